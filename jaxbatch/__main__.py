@@ -1,0 +1,5 @@
+import sys
+
+from jaxbatch.cli import main
+
+sys.exit(main())

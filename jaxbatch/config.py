@@ -1,0 +1,284 @@
+"""Typed run configuration: dataclasses, `key=value` overrides, files, validation.
+
+One `Config` holds everything a run needs. It is built from defaults, then an optional TOML/JSON file,
+then command-line `section.key=value` overrides, and validated before any device work starts, so a typo
+or an impossible shape fails in a second with a message naming the key, not minutes later inside XLA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+# Logical axis -> mesh axes. Data, not code: DP, FSDP and TP are all this table plus the mesh shape.
+# A mesh axis is used at most once per array; a later dimension skips axes already taken (so an
+# activation's `embed` stays replicated while its `batch` already uses 'fsdp'), as in MaxText.
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", ("model",)),
+    ("embed", ("fsdp",)),
+    ("mlp", ("model",)),
+    ("heads", ("model",)),
+    ("kv", ()),
+    ("length", ()),
+    ("labels", ()),
+)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """BERT encoder shape. `preset` fills the shape fields; explicit overrides win over the preset."""
+
+    preset: str = "tiny"
+    vocab_size: int = 512
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 128
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    task: str = "token"  # token | sequence
+    num_labels: int = 9
+    pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    """Mesh shape over ('data', 'fsdp', 'model'); -1 takes the devices the other axes leave."""
+
+    data: int = -1
+    fsdp: int = 1
+    model: int = 1
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | lamb | lars | sgd | adafactor
+    learning_rate: float = 5e-4
+    warmup_steps: int = 10
+    schedule: str = "linear"  # linear | cosine | polynomial | constant
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-6
+    momentum: float = 0.9
+    clip_norm: float = 1.0  # 0 disables global-norm clipping
+    scale_rule: str = "none"  # linear | sqrt | none
+    reference_batch: int = 0  # batch the learning_rate/warmup were tuned for (0 = this run's batch)
+
+
+@dataclasses.dataclass
+class PrecisionConfig:
+    policy: str = "fp32"  # fp32 | bf16 | fp16
+    init_loss_scale: float = 2.0**15
+    growth_interval: int = 2000
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: str = "synthetic_ner"  # synthetic_ner | synthetic_sst
+    data_dir: str = ""
+    seq_len: int = 64
+    num_train: int = 2048
+    num_eval: int = 256
+    shuffle_seed: int = 0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    batch_size: int = 32  # global batch, in sequences
+    accum_steps: int = 1  # micro-batches per step (global batch = accum_steps x micro-batch)
+    accum_impl: str = "scan"  # scan | multisteps
+    steps: int = 100
+    eval_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    run_dir: str = "runs/default"
+    progress: bool = True
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = look up the device kind or measure a matmul
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    directory: str = ""  # empty = <run_dir>/checkpoints
+    every: int = 0  # steps between saves; 0 = only at the end
+    max_to_keep: int = 3
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    precision: PrecisionConfig = dataclasses.field(default_factory=PrecisionConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration the run cannot use; the message names the key."""
+
+
+def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    cfg = Config() if cfg is None else cfg
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _coerce(text_or_value: Any, hint: Any, key: str) -> Any:
+    """Turns a command-line string (or a file value) into the field's declared type."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    value = text_or_value
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint in (int, float, str):
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return hint(value)
+        if origin is tuple:  # the rules table: JSON text or nested sequences
+            if isinstance(value, str):
+                value = json.loads(value)
+            return tuple((str(name), tuple(axes) if isinstance(axes, (list, tuple)) else
+                          ((axes,) if axes else ())) for name, axes in value)
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{key}: cannot read {text_or_value!r} as {getattr(hint, '__name__', hint)}") from e
+    raise ConfigError(f"{key}: unsupported field type {hint}")
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        node = getattr(node, part, None)
+    if node is None or not dataclasses.is_dataclass(node) or parts[-1] not in {
+            f.name for f in dataclasses.fields(node)} or dataclasses.is_dataclass(getattr(node, parts[-1])):
+        near = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+    hints = typing.get_type_hints(type(node))
+    setattr(node, parts[-1], _coerce(value, hints[parts[-1]], key))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Reads a TOML or JSON file of `[section] key = value` into flat `section.key` pairs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        tree = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    rules = tree.get("mesh", {}).pop("rules", None)
+    flat = _flatten(tree)
+    if rules is not None:
+        flat["mesh.rules"] = list(rules.items()) if isinstance(rules, dict) else rules
+    return flat
+
+
+def build(overrides: list[str] | None = None, config_file: str | None = None, base: Config | None = None) -> Config:
+    """Defaults (or `base`) <- preset <- file <- `key=value` overrides. Validation needs the device count and
+    is separate (`validate`)."""
+    cfg = base if base is not None else Config()
+    pairs: list[tuple[str, Any, str]] = []
+    if config_file:
+        pairs += [(k, v, f"{config_file}: ") for k, v in read_file(config_file).items()]
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value.strip(), ""))
+    for key, value, where in pairs:
+        if key == "model.preset":
+            _set(cfg, key, value)
+    from jaxbatch.models import presets  # a preset sets the shape; explicit keys then win
+
+    presets.apply(cfg.model)
+    for key, value, where in pairs:
+        try:
+            _set(cfg, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{e}") from e
+    return cfg
+
+
+def validate(cfg: Config, num_devices: int) -> None:
+    """Checks what can be checked before touching devices; raises ConfigError naming the key."""
+    from jaxbatch import mesh as mesh_lib
+
+    data, fsdp, model = mesh_lib.mesh_shape(cfg.mesh, num_devices)
+    m, t = cfg.model, cfg.train
+    if t.accum_steps < 1:
+        raise ConfigError(f"train.accum_steps must be >= 1, got {t.accum_steps}")
+    if t.batch_size % t.accum_steps:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
+    micro = t.batch_size // t.accum_steps
+    if micro % (data * fsdp):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
+            f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
+    for key, size in (("model.num_heads", m.num_heads), ("model.intermediate_size", m.intermediate_size)):
+        if size % model:
+            raise ConfigError(f"{key}={size} is not divisible by mesh.model={model} (tensor parallel)")
+    if m.hidden_size % m.num_heads:
+        raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    if m.task not in ("token", "sequence"):
+        raise ConfigError(f"model.task must be 'token' or 'sequence', got {m.task!r}")
+    if cfg.data.seq_len > m.max_position_embeddings:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_position_embeddings="
+                          f"{m.max_position_embeddings}")
+    if cfg.precision.policy not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision.policy must be fp32, bf16 or fp16, got {cfg.precision.policy!r}")
+    if t.accum_impl not in ("scan", "multisteps"):
+        raise ConfigError(f"train.accum_impl must be 'scan' or 'multisteps', got {t.accum_impl!r}")
+    known = {name for name, _ in cfg.mesh.rules}
+    for name in ("batch", "embed", "mlp", "heads", "kv", "vocab", "length"):
+        if name not in known:
+            raise ConfigError(f"mesh.rules has no rule for logical axis {name!r}")
+    for name, axes in cfg.mesh.rules:
+        for axis in axes:
+            if axis not in mesh_lib.AXES:
+                raise ConfigError(f"mesh.rules[{name!r}] names mesh axis {axis!r}; mesh axes are {mesh_lib.AXES}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def describe(cfg: Config) -> str:
+    """The config as `key = value` lines, printed at the start of every run."""
+    flat = _flatten(to_dict(cfg))
+    return "\n".join(f"  {k} = {v!r}" for k, v in flat.items())

@@ -1,0 +1,77 @@
+"""A small generated corpus for offline runs and tests: NER sentences with PER/LOC/ORG/MISC entities
+(IOB2 tags) and sentiment sentences with a binary label. Generated deterministically from a seed, and
+clearly synthetic: its scores say that the pipeline learns, not how good a model is on real text."""
+
+from __future__ import annotations
+
+import numpy as np
+
+NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
+
+_ENTITIES = {
+    "PER": ["Anna Berg", "John Smith", "Maria Lopez", "Kenji Sato", "Olga Ivanova", "Peter Brown", "Amira Haddad",
+            "Luis Garcia", "Chen Wei", "Sara Nilsson", "Tom Hardy", "Fatima Khan"],
+    "LOC": ["Paris", "New York", "Tokyo", "Berlin", "Cape Town", "Lima", "Oslo", "Cairo", "Sydney", "Rio de Janeiro",
+            "Toronto", "Mumbai"],
+    "ORG": ["Reuters", "United Nations", "Acme Corp", "Bank of England", "Red Cross", "Toyota", "FIFA",
+            "World Health Organization", "Siemens", "Apple"],
+    "MISC": ["German", "Olympic Games", "French", "World Cup", "Japanese", "Nobel Prize", "Brazilian", "Euro"],
+}
+_NER_TEMPLATES = [
+    "{PER} flew to {LOC} on Monday .", "{ORG} said {PER} will visit {LOC} .", "{PER} joined {ORG} in {LOC} .",
+    "the {MISC} team beat {LOC} in the final .", "{ORG} shares fell in {LOC} trading .",
+    "{PER} won the {MISC} after a long race .", "officials in {LOC} met {ORG} leaders .",
+    "{PER} told {ORG} that prices rose .", "a {MISC} firm opened an office in {LOC} .",
+    "{ORG} and {ORG} signed a deal in {LOC} .", "{PER} and {PER} spoke about the {MISC} .",
+    "markets were quiet on Friday .", "the weather stayed dry across the region .",
+]
+_POS = ["wonderful", "delightful", "moving", "brilliant", "funny", "charming", "gripping", "superb", "warm"]
+_NEG = ["dull", "tedious", "clumsy", "boring", "awful", "lifeless", "predictable", "weak", "messy"]
+_SST_TEMPLATES = ["the film is {A} .", "a {A} and {A} story .", "the acting feels {A} , the plot {A} .",
+                  "it is a {A} movie from start to finish .", "{A} , {A} and at times {A} .",
+                  "the director made something {A} ."]
+
+
+def ner_corpus(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """n (words, IOB2 tags) sentences."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        words, tags = [], []
+        for piece in _NER_TEMPLATES[rng.integers(len(_NER_TEMPLATES))].split():
+            if piece.startswith("{"):
+                kind = piece[1:-1]
+                ent = _ENTITIES[kind][rng.integers(len(_ENTITIES[kind]))].split()
+                words += ent
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(ent) - 1)
+            else:
+                words.append(piece)
+                tags.append("O")
+        out.append((words, tags))
+    return out
+
+
+def sentiment_corpus(n: int, seed: int) -> list[tuple[list[str], int]]:
+    """n (words, label) sentences; label 1 = positive. Adjectives agree with the label."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        label = int(rng.integers(2))
+        pool = _POS if label else _NEG
+        text = _SST_TEMPLATES[rng.integers(len(_SST_TEMPLATES))]
+        while "{A}" in text:
+            text = text.replace("{A}", pool[rng.integers(len(pool))], 1)
+        out.append((text.split(), label))
+    return out
+
+
+def vocabulary() -> list[str]:
+    """Word-level vocabulary of the generated corpus, BERT special tokens first (ids 0..4)."""
+    words = set()
+    for t in _NER_TEMPLATES + _SST_TEMPLATES:
+        words.update(w for w in t.split() if not w.startswith("{"))
+    for names in _ENTITIES.values():
+        for name in names:
+            words.update(name.split())
+    words.update(_POS + _NEG)
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)

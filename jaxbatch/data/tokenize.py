@@ -1,0 +1,89 @@
+"""BERT word-piece tokenization with label alignment, through transformers' tokenizers backend.
+
+Fixed-length arrays come out: [CLS] tokens [SEP] [PAD]... Truncation never happens silently: the number
+of truncated examples is returned, and the pipeline reports it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+def load_tokenizer(source: str | Path | Sequence[str], lowercase: bool | None = None):
+    """A BertTokenizer from a folder (vocab.txt [+ tokenizer_config.json]), a vocab file, or a word list.
+
+    transformers 5 reads the vocabulary from `vocab=`; the older `vocab_file=` is silently ignored there."""
+    from transformers import BertTokenizer
+
+    if isinstance(source, (list, tuple)):
+        return BertTokenizer(vocab={w: i for i, w in enumerate(source)},
+                             do_lower_case=bool(lowercase) if lowercase is not None else False)
+    path = Path(source)
+    vocab = path / "vocab.txt" if path.is_dir() else path
+    if not vocab.is_file():
+        raise FileNotFoundError(f"tokenizer: no vocab.txt in {path} (expected a BERT vocabulary file)")
+    if lowercase is None:
+        lowercase = True
+        config = vocab.parent / "tokenizer_config.json"
+        if config.is_file():
+            import json
+
+            try:
+                lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{config}: not valid JSON ({e})") from e
+    return BertTokenizer(vocab=str(vocab), do_lower_case=lowercase)
+
+
+@dataclasses.dataclass
+class Encoded:
+    arrays: dict[str, np.ndarray]  # input_ids, attention_mask, token_type_ids, labels
+    truncated: int  # examples that did not fit seq_len
+
+
+def _pack(ids_lists, seq_len: int, cls_id: int, sep_id: int, pad_id: int):
+    n = len(ids_lists)
+    input_ids = np.full((n, seq_len), pad_id, np.int32)
+    mask = np.zeros((n, seq_len), np.int32)
+    truncated = 0
+    for i, ids in enumerate(ids_lists):
+        if len(ids) > seq_len - 2:
+            truncated += 1
+            ids = ids[: seq_len - 2]
+        row = [cls_id, *ids, sep_id]
+        input_ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return input_ids, mask, truncated
+
+
+def encode_tagged(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]], seq_len: int,
+                  label_all_subtokens: bool = False) -> Encoded:
+    """Token classification: the word's label on its first word piece; later pieces get IGNORE_INDEX
+    (or the same label with `label_all_subtokens`)."""
+    enc = tokenizer(list(map(list, sentences)), is_split_into_words=True, add_special_tokens=False)
+    ids_lists = enc["input_ids"]
+    input_ids, mask, truncated = _pack(ids_lists, seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                                       tokenizer.pad_token_id)
+    labels = np.full(input_ids.shape, IGNORE_INDEX, np.int32)
+    for i in range(len(ids_lists)):
+        previous = None
+        for j, word in enumerate(enc.word_ids(i)[: seq_len - 2]):
+            if word is not None and (word != previous or label_all_subtokens):
+                labels[i, j + 1] = tags[i][word]
+            previous = word
+    return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=np.zeros_like(input_ids),
+                        labels=labels), truncated)
+
+
+def encode_labelled(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence[int], seq_len: int) -> Encoded:
+    """Sequence classification: one label per example."""
+    enc = tokenizer(list(map(list, sentences)), is_split_into_words=True, add_special_tokens=False)
+    input_ids, mask, truncated = _pack(enc["input_ids"], seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                                       tokenizer.pad_token_id)
+    return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=np.zeros_like(input_ids),
+                        labels=np.asarray(labels, np.int32)), truncated)

@@ -1,0 +1,129 @@
+"""Device mesh over ('data', 'fsdp', 'model') and the logical-axis rules that turn names into shardings.
+
+Models name the dimensions of every array (batch, length, embed, heads, kv, mlp, vocab); the rules table
+in `MeshConfig.rules` maps each name to mesh axes. Data parallel, FSDP and tensor parallel differ only in
+that table and the mesh shape, never in model code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import math
+from typing import Any, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "model")
+Rules = Sequence[tuple[str, Sequence[str]]]
+log = logging.getLogger(__name__)
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+    """Resolves the one allowed -1 to the devices left over; errors name the mesh key."""
+    from jaxbatch.config import ConfigError
+
+    sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model]
+    if sizes.count(-1) > 1:
+        raise ConfigError(f"at most one of mesh.data/fsdp/model may be -1, got {sizes}")
+    for name, size in zip(AXES, sizes):
+        if size == 0 or size < -1:
+            raise ConfigError(f"mesh.{name}={size} must be a positive size or -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(f"mesh {sizes}: {num_devices} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(f"mesh.data x mesh.fsdp x mesh.model = {sizes} uses {math.prod(sizes)} devices, "
+                          f"but {num_devices} are available")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with Auto axes: jit's in/out shardings plus GSPMD propagation do the partitioning."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(mesh_cfg, len(devices))
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def logical_to_spec(names: Sequence[str | None], rules: Rules, mesh: Mesh | None = None,
+                    shape: Sequence[int] | None = None) -> P:
+    """Maps logical dimension names to a PartitionSpec.
+
+    Each mesh axis is used at most once per array (the first dimension that asks gets it). With a shape,
+    a dimension that the mesh axes do not divide stays replicated (logged), e.g. vocab 30522 over model=4.
+    """
+    table = {name: tuple(axes) for name, axes in rules}
+    used: set[str] = set()
+    spec = []
+    for i, name in enumerate(names):
+        axes = tuple(a for a in table.get(name, ()) if a not in used) if name is not None else ()
+        if mesh is not None:
+            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+        if axes and shape is not None and mesh is not None:
+            size = math.prod(mesh.shape[a] for a in axes)
+            if shape[i] % size:
+                log.info("dimension %s=%d of shape %s is not divisible by mesh axes %s (%d); replicated",
+                         name, shape[i], tuple(shape), axes, size)
+                axes = ()
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else (axes or None))
+    return P(*spec)
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a pytree that holds nnx Variables (params, optimizer moments); other leaves
+    (step counters, scalars) are replicated."""
+
+    def one(x):
+        names = x.get_metadata().get("logical_axes") if _is_variable(x) else None
+        if names is None:
+            return NamedSharding(mesh, P())
+        return NamedSharding(mesh, logical_to_spec(names, rules, mesh, x.shape))
+
+    return jax.tree.map(one, abstract_tree, is_leaf=_is_variable)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int) -> NamedSharding:
+    """Sharding of a global batch array: leading dim on the batch axes, the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
+
+
+def batch_shards(mesh: Mesh, rules: Rules) -> int:
+    spec = logical_to_spec(("batch",), rules, mesh)[0]
+    axes = (spec,) if isinstance(spec, str) else (spec or ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+# Activation constraints: the step sets (mesh, rules) while tracing; model code only names dimensions.
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar("jaxbatch_rules", default=None)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules: Rules):
+    token = _ACTIVE.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """`with_sharding_constraint` by logical names; a no-op outside `activation_rules` (single device)."""
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules, mesh, x.shape)))
+
+
+def describe(mesh: Mesh) -> str:
+    return " x ".join(f"{a}={mesh.shape[a]}" for a in AXES) + f" ({mesh.devices.size} {mesh.devices.flat[0].platform} devices)"

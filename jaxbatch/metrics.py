@@ -1,0 +1,93 @@
+"""Evaluation metrics (seqeval entity F1, token-level report, accuracy) and the FLOP count behind MFU."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbatch.data.tokenize import IGNORE_INDEX
+
+
+def aligned_tags(preds: np.ndarray, labels: np.ndarray, label_names: list[str]) -> tuple[list, list]:
+    """Per-sentence (gold, predicted) tag lists over the labelled positions (first word pieces)."""
+    gold, pred = [], []
+    for p_row, l_row in zip(preds, labels):
+        keep = l_row != IGNORE_INDEX
+        gold.append([label_names[i] for i in l_row[keep]])
+        pred.append([label_names[i] for i in p_row[keep]])
+    return gold, pred
+
+
+def entity_report(gold: list[list[str]], pred: list[list[str]]) -> dict:
+    """seqeval entity-level precision/recall/F1 per type plus micro/macro/weighted averages (IOB2, strict)."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    report = classification_report(gold, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    return {k: {m: float(v) for m, v in d.items()} for k, d in report.items()}
+
+
+def token_report(gold: list[list[str]], pred: list[list[str]], label_names: list[str]) -> tuple[dict, str]:
+    """Token-level per-tag precision/recall/F1/support in scikit-learn's layout (dict and text)."""
+    from sklearn.metrics import classification_report
+
+    g = [t for s in gold for t in s]
+    p = [t for s in pred for t in s]
+    labels = [name for name in label_names if name in set(g) | set(p)]
+    kw = dict(labels=labels, zero_division=0, digits=4)
+    return classification_report(g, p, output_dict=True, **kw), classification_report(g, p, **kw)
+
+
+def format_entity_report(report: dict) -> str:
+    lines = [f"{'':>14}{'precision':>11}{'recall':>9}{'f1':>9}{'support':>9}"]
+    for name, row in report.items():
+        lines.append(f"{name:>14}{row['precision']:>11.4f}{row['recall']:>9.4f}{row['f1-score']:>9.4f}"
+                     f"{int(row['support']):>9d}")
+    return "\n".join(lines)
+
+
+def train_flops_per_sequence(model_cfg, seq_len: int) -> float:
+    """Matmul FLOPs of one training step per sequence: 3 x forward (backward = 2 x forward).
+
+    Forward per layer and token: QKV + output projections 8h^2, MLP 4hI, attention scores and values 4Th
+    (non-causal: every query sees all T keys). Embedding gathers are not matmuls and are not counted; the
+    classifier head is. This is the PaLM-style count that MaxText and Levanter use for MFU."""
+    h, inter, t, layers = model_cfg.hidden_size, model_cfg.intermediate_size, seq_len, model_cfg.num_layers
+    per_token = layers * (8 * h * h + 4 * h * inter + 4 * t * h) + 2 * h * model_cfg.num_labels
+    if model_cfg.task == "sequence":
+        per_token += 2 * h * h / t  # pooler on [CLS] only
+    return 3.0 * per_token * t
+
+
+# bf16 dense peak per chip/GPU, from the vendors' spec sheets.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+              "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+def measure_matmul_flops(n: int = 1024, dtype=jnp.float32, repeats: int = 5, device=None) -> float:
+    """Measured FLOP/s of an n x n matmul on one device (median of `repeats`)."""
+    device = device or jax.devices()[0]
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(times))
+
+
+def peak_flops_per_device(override_tflops: float = 0.0) -> tuple[float, str]:
+    """(FLOP/s, where the number came from): the override, the spec sheet for known accelerators, else a
+    measured fp32 matmul (CPU)."""
+    if override_tflops:
+        return override_tflops * 1e12, "config"
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return flops, f"spec sheet ({kind}, bf16)"
+    return measure_matmul_flops(), f"measured fp32 matmul ({kind})"

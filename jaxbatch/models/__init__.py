@@ -1,0 +1,1 @@
+"""Transformer models in Flax NNX; every parameter carries logical axis names (`logical_axes`)."""

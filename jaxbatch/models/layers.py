@@ -1,0 +1,101 @@
+"""Transformer building blocks shared by the encoder (BERT) and decoder (GPT) models.
+
+Every parameter is an `nnx.Param` with `logical_axes` metadata naming its dimensions; `mesh.py` turns the
+names into shardings. Parameters are stored in float32; `dtype` is the compute dtype of the precision
+policy (LayerNorm statistics and attention softmax are always computed in float32).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxbatch.mesh import constrain
+
+Names = tuple[str | None, ...]
+normal = jax.nn.initializers.normal
+
+
+def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], names: Names) -> nnx.Param:
+    key = rngs.params() if rngs is not None else jax.random.key(0)
+    return nnx.Param(init(key, tuple(shape), jnp.float32), logical_axes=tuple(names))
+
+
+class Dense(nnx.Module):
+    """y = x . W + b contracting the trailing `len(in_shape)` dims of x into `out_shape` (a LinearGeneral
+    whose kernel keeps its head structure, so tensor parallel can split heads by name)."""
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_names: Names, out_names: Names, *,
+                 rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02, use_bias: bool = True):
+        self.n_in, self.dtype = len(in_shape), dtype
+        self.kernel = param(rngs, normal(init_std), (*in_shape, *out_shape), (*in_names, *out_names))
+        self.bias = param(rngs, jax.nn.initializers.zeros, out_shape, out_names) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel[...].astype(self.dtype)
+        x = x.astype(self.dtype)
+        y = jax.lax.dot_general(x, k, ((tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in))), ((), ())))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    def __init__(self, num: int, features: int, names: Names, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 init_std: float = 0.02):
+        self.dtype = dtype
+        self.embedding = param(rngs, normal(init_std), (num, features), names)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm whose statistics are float32 whatever the compute dtype (bf16 variance is too coarse)."""
+
+    def __init__(self, features: int, eps: float, *, dtype=jnp.float32):
+        self.eps, self.dtype = eps, dtype
+        self.scale = param(None, jax.nn.initializers.ones, (features,), ("embed",))
+        self.bias = param(None, jax.nn.initializers.zeros, (features,), ("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention through `jax.nn.dot_product_attention`, so GPU/TPU backends may pick a
+    fused kernel. (Fused kernels take no attention-probability dropout, so there is none here; hidden
+    dropout is applied by the caller, as in MaxText.)"""
+
+    def __init__(self, hidden: int, heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02):
+        head_dim = hidden // heads
+        self.dtype = dtype
+        proj = dict(rngs=rngs, dtype=dtype, init_std=init_std)
+        self.query = Dense((hidden,), (heads, head_dim), ("embed",), ("heads", "kv"), **proj)
+        self.key = Dense((hidden,), (heads, head_dim), ("embed",), ("heads", "kv"), **proj)
+        self.value = Dense((hidden,), (heads, head_dim), ("embed",), ("heads", "kv"), **proj)
+        self.out = Dense((heads, head_dim), (hidden,), ("heads", "kv"), ("embed",), **proj)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None, is_causal: bool = False) -> jax.Array:
+        names = ("batch", "length", "heads", "kv")
+        q, k, v = (constrain(proj(x), names) for proj in (self.query, self.key, self.value))
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+        return constrain(self.out(constrain(y, names)), ("batch", "length", "embed"))
+
+
+class Mlp(nnx.Module):
+    def __init__(self, hidden: int, intermediate: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02):
+        proj = dict(rngs=rngs, dtype=dtype, init_std=init_std)
+        self.wi = Dense((hidden,), (intermediate,), ("embed",), ("mlp",), **proj)
+        self.wo = Dense((intermediate,), (hidden,), ("mlp",), ("embed",), **proj)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = constrain(jax.nn.gelu(self.wi(x), approximate=False), ("batch", "length", "mlp"))
+        return constrain(self.wo(h), ("batch", "length", "embed"))

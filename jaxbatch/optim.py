@@ -1,0 +1,93 @@
+"""Optimizers (optax), learning-rate schedules, LR scaling rules and BERT's weight-decay mask."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class EffectiveHparams:
+    """Learning rate and warmup after the scaling rule, as printed and logged at the start of a run."""
+
+    learning_rate: float
+    warmup_steps: int
+    rule: str
+    reference_batch: int
+    batch: int
+
+
+def scale_hparams(cfg, global_batch: int) -> EffectiveHparams:
+    """LR scaling rules for a global batch B given hparams tuned at reference batch B0.
+
+    linear (Goyal et al. 2017): lr x B/B0.  sqrt (Krizhevsky 2014; LAMB paper for Adam/LAMB): lr x sqrt(B/B0).
+    Warmup keeps the number of warmup *examples* fixed: steps x B0/B (at least 1 step when warmup was on).
+    """
+    ref = cfg.reference_batch or global_batch
+    ratio = global_batch / ref
+    factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}.get(cfg.scale_rule)
+    if factor is None:
+        from jaxbatch.config import ConfigError
+
+        raise ConfigError(f"optim.scale_rule must be linear, sqrt or none, got {cfg.scale_rule!r}")
+    warmup = cfg.warmup_steps if cfg.scale_rule == "none" else (
+        max(1, math.ceil(cfg.warmup_steps / ratio)) if cfg.warmup_steps else 0)
+    return EffectiveHparams(cfg.learning_rate * factor, warmup, cfg.scale_rule, ref, global_batch)
+
+
+def schedule(cfg, hp: EffectiveHparams, total_steps: int) -> optax.Schedule:
+    """Linear warmup to the peak, then linear / cosine / polynomial(power 2) decay to 0, or constant."""
+    decay_steps = max(1, total_steps - hp.warmup_steps)
+    decay = {
+        "linear": lambda: optax.linear_schedule(hp.learning_rate, 0.0, decay_steps),
+        "cosine": lambda: optax.cosine_decay_schedule(hp.learning_rate, decay_steps),
+        "polynomial": lambda: optax.polynomial_schedule(hp.learning_rate, 0.0, 2.0, decay_steps),
+        "constant": lambda: optax.constant_schedule(hp.learning_rate),
+    }.get(cfg.schedule)
+    if decay is None:
+        from jaxbatch.config import ConfigError
+
+        raise ConfigError(f"optim.schedule must be linear, cosine, polynomial or constant, got {cfg.schedule!r}")
+    if hp.warmup_steps == 0:
+        return decay()
+    warmup = optax.linear_schedule(0.0, hp.learning_rate, hp.warmup_steps)
+    return optax.join_schedules([warmup, decay()], [hp.warmup_steps])
+
+
+def _path_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def decay_mask(params):
+    """True where weight decay applies: BERT/HF exclude biases and LayerNorm parameters."""
+
+    def keep(path, _):
+        names = _path_names(path)
+        return not any(n == "bias" or n.endswith("norm") for n in names)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer named by `optim.name`, with global-norm clipping in front when `clip_norm > 0`."""
+    lr = schedule(cfg, hp, total_steps)
+    wd = cfg.weight_decay
+    factories = {
+        "adamw": lambda: optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=wd, mask=decay_mask),
+        "lamb": lambda: optax.lamb(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=wd, mask=decay_mask),
+        "lars": lambda: optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
+                                   momentum=cfg.momentum),
+        "sgd": lambda: optax.chain(optax.add_decayed_weights(wd, decay_mask), optax.sgd(lr, cfg.momentum)),
+        "adafactor": lambda: optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=decay_mask),
+    }
+    if cfg.name not in factories:
+        from jaxbatch.config import ConfigError
+
+        raise ConfigError(f"optim.name must be one of {', '.join(factories)}, got {cfg.name!r}")
+    tx = factories[cfg.name]()
+    if cfg.clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    return tx, lr

@@ -1,0 +1,83 @@
+"""Progress bar, JSONL metrics and TensorBoard event files: what a run shows and leaves behind."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+class Reporter:
+    """Writes one JSON object per logged step to `metrics.jsonl` and the same scalars to TensorBoard;
+    keeps a tqdm bar with loss, tokens/s and MFU. Only process 0 writes."""
+
+    def __init__(self, run_dir: str | Path, total_steps: int, flops_per_step: float, peak_flops: float,
+                 num_devices: int, tokens_per_step: int, progress: bool = True, initial_step: int = 0):
+        self.run_dir = Path(run_dir)
+        self.primary = jax.process_index() == 0
+        self.flops_per_step, self.peak = flops_per_step, peak_flops * num_devices
+        self.tokens_per_step = tokens_per_step
+        self.history: list[dict] = []
+        self._last_time, self._last_step = None, initial_step
+        self.bar = self.tb = self.jsonl = None
+        if self.primary:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(self.run_dir / "metrics.jsonl", "a")
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            if progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True)
+
+    def start_clock(self, step: int) -> None:
+        """Starts timing after compilation, so tokens/s and MFU measure steady-state steps."""
+        self._last_time, self._last_step = time.perf_counter(), step
+
+    def log(self, step: int, metrics: dict, kind: str = "train") -> dict:
+        record = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        if kind == "train" and self._last_time is not None and step > self._last_step:
+            now = time.perf_counter()
+            seconds = (now - self._last_time) / (step - self._last_step)
+            record.update(step_time_s=seconds, tokens_per_s=self.tokens_per_step / seconds,
+                          mfu=self.flops_per_step / seconds / self.peak)
+            self._last_time, self._last_step = now, step
+        record = {"step": step, "kind": kind, **record}
+        self.history.append(record)
+        if self.primary:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+            for k, v in record.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+            if self.bar is not None and kind == "train":
+                post = {"loss": f"{record['loss']:.4f}"}
+                if "tokens_per_s" in record:
+                    post.update(tok_s=f"{record['tokens_per_s']:.0f}", mfu=f"{100 * record['mfu']:.1f}%")
+                self.bar.set_postfix(post, refresh=False)
+        return record
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def write(self, text: str) -> None:
+        if self.primary:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.primary:
+            if self.bar is not None:
+                self.bar.close()
+            self.tb.close()
+            self.jsonl.close()
+
+
+def write_json(path: str | Path, obj) -> None:
+    if jax.process_index() == 0:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True))

@@ -1,0 +1,70 @@
+"""TrainState: everything a step reads and writes, as one explicit pytree, created already sharded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxbatch import mesh as mesh_lib
+from jaxbatch import precision
+from jaxbatch.models.bert import BertClassifier
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # optimizer steps taken
+    params: nnx.State  # float32 master parameters, leaves carry `logical_axes`
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key; each step folds in `step`, so resuming replays the same dropout
+    loss_scale: precision.LossScale
+
+
+def build_model(model_cfg, policy: str, seed: int = 0) -> nnx.Module:
+    return BertClassifier(model_cfg, rngs=nnx.Rngs(params=seed), dtype=precision.compute_dtype(policy))
+
+
+def abstract_model(model_cfg, policy: str) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph definition and parameter shapes/metadata, without allocating anything."""
+    return nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, policy)))
+
+
+def init_fn(model_cfg, policy: str, tx: optax.GradientTransformation, seed: int, precision_cfg=None):
+    def init() -> TrainState:
+        _, params = nnx.split(build_model(model_cfg, policy, seed))
+        kwargs = {} if precision_cfg is None else dict(init_scale=precision_cfg.init_loss_scale,
+                                                       growth_interval=precision_cfg.growth_interval)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.PRNGKey(seed), loss_scale=precision.LossScale.create(policy, **kwargs))
+
+    return init
+
+
+def shardings(abstract_state: TrainState, mesh: Mesh, rules) -> TrainState:
+    """Params and optimizer moments follow their parameters' logical axes; counters are replicated."""
+    return mesh_lib.tree_shardings(abstract_state, mesh, rules)
+
+
+def create(cfg, mesh: Mesh, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """Initialises the state under jit with out_shardings, so each device only ever holds its shards.
+
+    Returns (graphdef, state, state_shardings)."""
+    init = init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
+    abstract = jax.eval_shape(init)
+    state_sh = shardings(abstract, mesh, cfg.mesh.rules)
+    state = jax.jit(init, out_shardings=state_sh)()
+    graphdef, _ = abstract_model(cfg.model, cfg.precision.policy)
+    return graphdef, state, state_sh
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def num_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))

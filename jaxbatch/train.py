@@ -1,0 +1,128 @@
+"""The training loop, top to bottom: mesh -> data -> optimizer -> sharded state -> compiled steps -> loop."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxbatch import accumulate, config, metrics, optim, reporting
+from jaxbatch import mesh as mesh_lib
+from jaxbatch import state as state_lib
+from jaxbatch import steps as steps_lib
+from jaxbatch.data import pipeline, tasks
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(steps: steps_lib.Steps, params, data: tasks.TaskData, batch_sh: dict, batch_size: int) -> dict:
+    """Loss, accuracy and (token tasks) seqeval entity scores + token report over the whole eval split."""
+    totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0}
+    all_preds = []
+    for local, real in pipeline.eval_batches(data.eval, batch_size, jax.process_index(), jax.process_count()):
+        sums, preds = steps.eval(params, pipeline.to_global(local, batch_sh))
+        for k, v in jax.device_get(sums).items():
+            totals[k] += float(v)
+        all_preds.append(np.asarray(multihost_utils.process_allgather(preds, tiled=True))[:real])
+    weight = max(totals["weight"], 1.0)
+    result = {"loss": totals["loss_sum"] / weight, "accuracy": totals["correct"] / weight}
+    if data.task == "token":
+        gold, pred = metrics.aligned_tags(np.concatenate(all_preds), data.eval["labels"], data.label_names)
+        result["entities"] = metrics.entity_report(gold, pred)
+        result["entity_f1"] = result["entities"]["micro avg"]["f1-score"]
+        result["tokens"], result["token_report_text"] = metrics.token_report(gold, pred, data.label_names)
+    return result
+
+
+def train(cfg: config.Config) -> dict:
+    """Runs one training job as configured; returns a summary (final eval metrics, throughput)."""
+    # ---- Mesh and config --------------------------------------------------------------------------------
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    config.validate(cfg, jax.device_count())
+    run_dir = Path(cfg.train.run_dir)
+    say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+
+    # ---- Data (fixes the head: task and number of labels come from the dataset) -------------------------
+    data = tasks.load(cfg.data, cfg.model)
+    cfg.model.task = data.task
+    if not (cfg.model.num_labels == 1 and len(data.label_names) == 2):
+        cfg.model.num_labels = len(data.label_names)
+    say(f"config:\n{config.describe(cfg)}")
+    say(f"mesh: {mesh_lib.describe(mesh)}")
+    padding = pipeline.padding_stats(data.train)
+    say(f"data: {data.name}{' (SYNTHETIC, generated)' if data.synthetic else ''}: "
+        f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, labels {data.label_names}, "
+        f"padding {100 * padding.padding_fraction:.1f}%, truncated {data.truncated}")
+
+    # ---- Optimizer --------------------------------------------------------------------------------------
+    t = cfg.train
+    hp = optim.scale_hparams(cfg.optim, t.batch_size)
+    tx, schedule = optim.make(cfg.optim, hp, t.steps)
+    if t.accum_impl == "multisteps" and t.accum_steps > 1:
+        tx = accumulate.multisteps(tx, t.accum_steps)
+    say(f"optimizer: {cfg.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
+        f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {cfg.optim.schedule} decay")
+
+    # ---- Sharded state ----------------------------------------------------------------------------------
+    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
+    if cfg.model.pretrained:
+        from jaxbatch import hf
+
+        state, report = hf.load_into_state(state, state_sh, cfg.model.pretrained, cfg.model)
+        say(report)
+    n_params = state_lib.num_params(state.params)
+    say(f"model: BERT {cfg.model.preset} ({cfg.model.task} classification, {cfg.model.num_labels} labels), "
+        f"{n_params / 1e6:.2f}M parameters, precision {cfg.precision.policy}")
+
+    # ---- Compiled steps ---------------------------------------------------------------------------------
+    batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, data.train)
+    steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
+    micro_batch = t.batch_size // t.accum_steps
+    flops_per_step = metrics.train_flops_per_sequence(cfg.model, cfg.data.seq_len) * t.batch_size
+    peak, peak_source = metrics.peak_flops_per_device(t.peak_tflops)
+    say(f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
+    reporter = reporting.Reporter(run_dir, t.steps, flops_per_step, peak, jax.device_count(),
+                                  t.batch_size * cfg.data.seq_len, t.progress)
+
+    # ---- Loop -------------------------------------------------------------------------------------------
+    batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
+                                          jax.process_count()))
+    evals, start_time = [], time.perf_counter()
+    for step in range(int(state.step), t.steps):
+        batch = pipeline.to_global(next(batches), batch_sh)
+        state, step_metrics = steps.train(state, batch)
+        done = step + 1
+        if step == 0:  # exclude compilation from throughput
+            jax.block_until_ready(state)
+            reporter.start_clock(done)
+        if done % t.log_every == 0 or done == t.steps:
+            reporter.log(done, step_metrics)
+        reporter.advance()
+        if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
+            result = evaluate(steps, state.params, data, batch_sh, micro_batch)
+            evals.append({"step": done, **{k: v for k, v in result.items() if k != "token_report_text"}})
+            reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
+            line = f"eval @ {done}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
+            if "entity_f1" in result:
+                line += f" entity F1 {result['entity_f1']:.4f}"
+            reporter.write(line)
+    reporter.close()
+
+    # ---- Summary ----------------------------------------------------------------------------------------
+    train_logs = [r for r in reporter.history if r["kind"] == "train" and "tokens_per_s" in r]
+    summary = {
+        "steps": t.steps, "wall_time_s": time.perf_counter() - start_time, "parameters": n_params,
+        "final_eval": evals[-1] if evals else {}, "evals": evals,
+        "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,
+        "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
+        "synthetic_data": data.synthetic, "config": config.to_dict(cfg),
+    }
+    reporting.write_json(run_dir / "summary.json", summary)
+    if data.task == "token" and evals:
+        say("entity-level (seqeval):\n" + metrics.format_entity_report(evals[-1]["entities"]))
+        say("token-level:\n" + result["token_report_text"])
+    return {**summary, "state": state, "graphdef": graphdef}
