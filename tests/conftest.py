@@ -1,0 +1,76 @@
+"""Shared fixtures. JAX must see 8 CPU devices before it starts, so this is set before any jax import."""
+
+import os
+
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxbatch import config as config_lib  # noqa: E402
+from jaxbatch import mesh as mesh_lib  # noqa: E402
+from jaxbatch import optim, state as state_lib, steps as steps_lib  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_config(*overrides: str) -> config_lib.Config:
+    """The tiny BERT with dropout on, a constant LR (no warmup, so step 1 moves the parameters)."""
+    return config_lib.build(["model.preset=tiny", "optim.warmup_steps=0", "optim.schedule=constant",
+                             "optim.learning_rate=1e-3", "train.batch_size=16", "data.seq_len=16",
+                             "train.progress=false", *overrides])
+
+
+def random_batch(cfg: config_lib.Config, seed: int = 0, batch_size: int | None = None) -> dict:
+    """A token-classification batch whose examples have different numbers of real tokens."""
+    rng = np.random.default_rng(seed)
+    b, t = batch_size or cfg.train.batch_size, cfg.data.seq_len
+    lengths = rng.integers(3, t + 1, size=b)
+    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(5, cfg.model.vocab_size, size=(b, t)).astype(np.int32) * mask
+    if cfg.model.task == "token":
+        labels = rng.integers(0, cfg.model.num_labels, size=(b, t)).astype(np.int32)
+        labels = np.where(mask.astype(bool) & (rng.random((b, t)) < 0.8), labels, -100).astype(np.int32)
+    else:
+        labels = rng.integers(0, max(cfg.model.num_labels, 2), size=(b,)).astype(np.int32)
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids), labels=labels)
+
+
+def run_steps(cfg: config_lib.Config, batches: list[dict], devices=None):
+    """Builds mesh, optimizer, sharded state and compiled steps; runs the batches. Returns
+    (state, [metrics], steps, mesh)."""
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices)
+    config_lib.validate(cfg, mesh.devices.size)
+    hp = optim.scale_hparams(cfg.optim, cfg.train.batch_size)
+    tx, schedule = optim.make(cfg.optim, hp, cfg.train.steps)
+    if cfg.train.accum_impl == "multisteps" and cfg.train.accum_steps > 1:
+        from jaxbatch import accumulate
+
+        tx = accumulate.multisteps(tx, cfg.train.accum_steps)
+    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
+    batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, batches[0])
+    steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
+    history = []
+    for b in batches:
+        state, m = steps.train(state, {k: jax.device_put(v, batch_sh[k]) for k, v in b.items()})
+        history.append(jax.device_get(m))
+    return state, history, steps, mesh
+
+
+def dotted(path) -> str:
+    """Pytree path -> 'encoder.layers.0.attention.query.kernel' (the Variable's '.value' dropped)."""
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return ".".join(n for n in names if n != "value")
+
+
+def params_numpy(state) -> dict:
+    return {dotted(p): np.asarray(jax.device_get(x)) for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
+
+
+@pytest.fixture
+def tmp_run_dir(tmp_path):
+    return str(tmp_path / "run")

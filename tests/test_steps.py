@@ -1,0 +1,108 @@
+"""One train step on every mesh layout equals the single-device step; shardings are what the rules say."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import dotted, params_numpy, random_batch, run_steps, tiny_config
+
+MESHES = {  # (data, fsdp, model)
+    "dp": (8, 1, 1),
+    "fsdp": (1, 8, 1),
+    "tp": (1, 1, 4),  # tiny has 4 heads
+    "mixed": (2, 2, 2),
+    "dp_tp": (4, 1, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    cfg = tiny_config("mesh.data=1")
+    state, history, _, _ = run_steps(cfg, [random_batch(cfg, 0), random_batch(cfg, 1)], jax.devices()[:1])
+    return params_numpy(state), history
+
+
+def _mesh_cfg(shape):
+    d, f, m = shape
+    return tiny_config(f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.model={m}")
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_sharded_step_equals_single_device(name, reference):
+    ref_params, ref_history = reference
+    cfg = _mesh_cfg(MESHES[name])
+    n = int(np.prod(MESHES[name]))
+    state, history, _, _ = run_steps(cfg, [random_batch(cfg, 0), random_batch(cfg, 1)], jax.devices()[:n])
+    for got, want in zip(history, ref_history):
+        np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-5)
+    got_params = params_numpy(state)
+    assert got_params.keys() == ref_params.keys()
+    for key in ref_params:
+        np.testing.assert_allclose(got_params[key], ref_params[key], atol=1e-5, rtol=1e-5, err_msg=key)
+
+
+def _shard_shapes(state):
+    return {dotted(p): x.addressable_shards[0].data.shape for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
+
+
+# Expected per-device shapes of a few parameters of tiny BERT (hidden 64, 4 heads x 16, mlp 256, vocab 512),
+# written out by hand from the rules (vocab->model, embed->fsdp, mlp->model, heads->model).
+EXPECTED = {
+    "dp": {"query.kernel": (64, 4, 16), "wi.kernel": (64, 256), "wo.kernel": (256, 64),
+           "word_embeddings.embedding": (512, 64), "attention_norm.scale": (64,)},
+    "fsdp": {"query.kernel": (8, 4, 16), "wi.kernel": (8, 256), "wo.kernel": (256, 8),
+             "word_embeddings.embedding": (512, 8), "attention_norm.scale": (8,)},
+    "tp": {"query.kernel": (64, 1, 16), "out.kernel": (1, 16, 64), "wi.kernel": (64, 64), "wo.kernel": (64, 64),
+           "word_embeddings.embedding": (128, 64), "attention_norm.scale": (64,)},
+    "mixed": {"query.kernel": (32, 2, 16), "wi.kernel": (32, 128), "wo.kernel": (128, 32),
+              "word_embeddings.embedding": (256, 32)},
+}
+
+
+def _check_expected(shapes, expected):
+    for suffix, want in expected.items():
+        matches = [v for k, v in shapes.items() if k.endswith(suffix)]
+        assert matches, suffix
+        assert all(m == want for m in matches), (suffix, matches, want)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_parameter_shards_follow_rules(name):
+    cfg = _mesh_cfg(MESHES[name])
+    n = int(np.prod(MESHES[name]))
+    state, _, _, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:n])
+    _check_expected(_shard_shapes(state), EXPECTED[name])
+    # optimizer moments are sharded like their parameters (FSDP shards optimizer state too)
+    mu = state.opt_state[1][0].mu
+    for (path, p), m in zip(jax.tree_util.tree_leaves_with_path(state.params), jax.tree.leaves(mu)):
+        assert p.sharding == m.sharding, jax.tree_util.keystr(path)
+
+
+def test_wrong_rule_is_caught():
+    """A rules table that sends mlp to 'fsdp' instead of 'model' gives other shard shapes, so the check
+    above fails for it."""
+    cfg = _mesh_cfg(MESHES["tp"])
+    cfg.mesh.rules = tuple((name, ("fsdp",) if name == "mlp" else axes) for name, axes in cfg.mesh.rules)
+    state, _, _, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:4])
+    with pytest.raises(AssertionError):
+        _check_expected(_shard_shapes(state), EXPECTED["tp"])
+
+
+@pytest.mark.parametrize("name,collectives", [("dp", ["all-reduce"]), ("fsdp", ["all-gather"]),
+                                              ("tp", ["all-reduce"])])
+def test_compiled_step_has_expected_collectives(name, collectives):
+    cfg = _mesh_cfg(MESHES[name])
+    n = int(np.prod(MESHES[name]))
+    state, _, steps, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:n])
+    batch = random_batch(cfg, 1)
+    hlo = steps.lower_train(state, batch).compile().as_text()
+    for op in collectives:
+        assert f" {op}(" in hlo or f"{op}-start" in hlo, f"{op} missing from the {name} step"
+
+
+def test_single_device_step_has_no_collectives():
+    cfg = tiny_config("mesh.data=1")
+    state, _, steps, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:1])
+    hlo = steps.lower_train(state, random_batch(cfg, 1)).compile().as_text()
+    assert "all-reduce" not in hlo and "all-gather" not in hlo
