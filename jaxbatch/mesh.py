@@ -81,11 +81,12 @@ def _is_variable(x: Any) -> bool:
 
 def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for a pytree that holds nnx Variables (params, optimizer moments); other leaves
-    (step counters, scalars) are replicated."""
+    (step counters, scalars) and factored moments whose rank no longer matches the names (Adafactor's
+    row/column statistics, which are small) are replicated."""
 
     def one(x):
         names = x.get_metadata().get("logical_axes") if _is_variable(x) else None
-        if names is None:
+        if names is None or len(names) != len(x.shape):
             return NamedSharding(mesh, P())
         return NamedSharding(mesh, logical_to_spec(names, rules, mesh, x.shape))
 

@@ -86,7 +86,10 @@ class SelfAttention(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None, is_causal: bool = False) -> jax.Array:
         names = ("batch", "length", "heads", "kv")
         q, k, v = (constrain(proj(x), names) for proj in (self.query, self.key, self.value))
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+        if self.dtype == jnp.float16 and jax.default_backend() == "cpu":
+            # XLA:CPU has no fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses.
+            q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(self.dtype)
         return constrain(self.out(constrain(y, names)), ("batch", "length", "embed"))
 
 

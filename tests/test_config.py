@@ -1,0 +1,67 @@
+import pytest
+
+from jaxbatch import config
+
+
+def test_overrides_are_typed():
+    cfg = config.build(["mesh.model=2", "train.batch_size=64", "optim.learning_rate=3e-4", "train.progress=false"])
+    assert cfg.mesh.model == 2 and cfg.train.batch_size == 64
+    assert cfg.optim.learning_rate == pytest.approx(3e-4) and cfg.train.progress is False
+
+
+def test_preset_fills_shape_and_explicit_keys_win():
+    cfg = config.build(["model.num_layers=3", "model.preset=bert-base"])
+    assert (cfg.model.hidden_size, cfg.model.num_heads, cfg.model.num_layers) == (768, 12, 3)
+    minilm = config.build(["model.preset=minilm-l6"]).model
+    assert (minilm.hidden_size, minilm.num_layers, minilm.num_heads, minilm.vocab_size) == (384, 6, 12, 30522)
+
+
+def test_unknown_key_names_nearest():
+    with pytest.raises(config.ConfigError, match=r"unknown config key 'train.batchsize'.*train.batch_size"):
+        config.build(["train.batchsize=3"])
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(config.ConfigError, match="train.steps"):
+        config.build(["train.steps=ten"])
+    with pytest.raises(config.ConfigError, match="not of the form"):
+        config.build(["train.steps"])
+    with pytest.raises(config.ConfigError, match="model.preset='huge'"):
+        config.build(["model.preset=huge"])
+
+
+def test_file_then_overrides(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('[train]\nbatch_size = 128\nsteps = 7\n[mesh]\nfsdp = 2\n[mesh.rules]\nbatch = ["data", "fsdp"]\n'
+                 'embed = ["fsdp"]\nmlp = ["model"]\nheads = ["model"]\nkv = []\nvocab = []\nlength = []\n')
+    cfg = config.build(["train.steps=9"], str(f))
+    assert cfg.train.batch_size == 128 and cfg.train.steps == 9 and cfg.mesh.fsdp == 2
+    assert dict(cfg.mesh.rules)["vocab"] == () and dict(cfg.mesh.rules)["mlp"] == ("model",)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nbatch_sise = 1\n")
+    with pytest.raises(config.ConfigError, match=r"bad.toml: unknown config key 'train.batch_sise'"):
+        config.build([], str(bad))
+
+
+def test_rules_override_from_command_line():
+    cfg = config.build(['mesh.rules=[["batch", ["data"]], ["embed", []], ["mlp", "model"], ["heads", "model"], '
+                        '["kv", []], ["vocab", []], ["length", []]]'])
+    assert dict(cfg.mesh.rules) == {"batch": ("data",), "embed": (), "mlp": ("model",), "heads": ("model",),
+                                    "kv": (), "vocab": (), "length": ()}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.batch_size=12", "mesh.data=8"], r"batch_size=12 .* mesh.data x mesh.fsdp = 8 x 1"),
+    (["train.batch_size=32", "train.accum_steps=3"], "not divisible by train.accum_steps=3"),
+    (["train.batch_size=32", "train.accum_steps=8", "mesh.data=8"], r"micro-batch 4"),
+    (["mesh.data=1", "mesh.model=8", "model.num_heads=4"], r"model.num_heads=4 is not divisible by mesh.model=8"),
+    (["mesh.data=3"], "uses 3 devices, but 8 are available"),
+    (["mesh.data=-1", "mesh.fsdp=-1"], "at most one"),
+    (["model.hidden_size=66"], "hidden_size=66 is not divisible by model.num_heads=4"),
+    (["data.seq_len=4096"], "max_position_embeddings"),
+    (['mesh.rules=[["batch", ["dp"]]]'], "no rule for logical axis 'embed'"),
+])
+def test_validation(overrides, message):
+    cfg = config.build(["model.preset=tiny", *overrides])
+    with pytest.raises(config.ConfigError, match=message):
+        config.validate(cfg, 8)
