@@ -1,0 +1,42 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxbatch import config
+from jaxbatch.models.bert import BertClassifier
+
+
+def _model(task="token", num_labels=5):
+    cfg = config.build(["model.preset=tiny", f"model.task={task}", f"model.num_labels={num_labels}"]).model
+    return cfg, BertClassifier(cfg, rngs=nnx.Rngs(params=0))
+
+
+def test_shapes_and_logical_axes():
+    cfg, model = _model()
+    ids = jnp.ones((3, 10), jnp.int32)
+    assert model(ids, jnp.ones_like(ids)).shape == (3, 10, 5)
+    _, seq = _model("sequence", 1)
+    assert seq(ids, jnp.ones_like(ids)).shape == (3, 1)
+    for path, var in jax.tree_util.tree_leaves_with_path(nnx.state(model), is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        assert len(var.get_metadata()["logical_axes"]) == var[...].ndim, path
+
+
+def test_padding_does_not_change_real_positions():
+    _, model = _model()
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(5, 512, (2, 8)), jnp.int32)
+    short = model(ids, jnp.ones_like(ids))
+    padded_ids = jnp.concatenate([ids, jnp.zeros((2, 5), jnp.int32)], 1)
+    mask = jnp.concatenate([jnp.ones((2, 8), jnp.int32), jnp.zeros((2, 5), jnp.int32)], 1)
+    np.testing.assert_allclose(model(padded_ids, mask)[:, :8], short, atol=1e-5)
+
+
+def test_dropout_uses_explicit_rng():
+    _, model = _model()
+    ids = jnp.ones((2, 6), jnp.int32)
+    a = model(ids, jnp.ones_like(ids), deterministic=False, rngs=nnx.Rngs(dropout=1))
+    b = model(ids, jnp.ones_like(ids), deterministic=False, rngs=nnx.Rngs(dropout=1))
+    c = model(ids, jnp.ones_like(ids), deterministic=False, rngs=nnx.Rngs(dropout=2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
