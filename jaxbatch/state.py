@@ -50,20 +50,33 @@ def shardings(abstract_state: TrainState, mesh: Mesh, rules) -> TrainState:
     return mesh_lib.tree_shardings(abstract_state, mesh, rules)
 
 
-def create(cfg, mesh: Mesh, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+def create(cfg, mesh: Mesh, tx: optax.GradientTransformation, load_params=None):
     """Initialises the state under jit with out_shardings, so each device only ever holds its shards.
 
+    `load_params(params, shardings) -> params` (e.g. from a Hugging Face checkpoint) replaces parameters
+    after the random init; the optimizer state is then initialised from the loaded parameters.
     Returns (graphdef, state, state_shardings)."""
     init = init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
     abstract = jax.eval_shape(init)
     state_sh = shardings(abstract, mesh, cfg.mesh.rules)
     state = jax.jit(init, out_shardings=state_sh)()
+    if load_params is not None:
+        params = load_params(state.params, state_sh.params)
+        reinit = lambda p, s: s.replace(params=p, opt_state=tx.init(p))  # noqa: E731
+        state = jax.jit(reinit, out_shardings=state_sh, donate_argnums=1)(params, state)
     graphdef, _ = abstract_model(cfg.model, cfg.precision.policy)
     return graphdef, state, state_sh
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def param_name(path) -> str:
+    """Pytree path of a parameter -> 'encoder.layers.0.attention.query.kernel' (the Variable's `.value`
+    attribute step dropped)."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path
+                    if not isinstance(k, jax.tree_util.GetAttrKey))
 
 
 def num_params(params) -> int:

@@ -42,6 +42,12 @@ def train(cfg: config.Config) -> dict:
     """Runs one training job as configured; returns a summary (final eval metrics, throughput)."""
     # ---- Mesh and config --------------------------------------------------------------------------------
     mesh = mesh_lib.make_mesh(cfg.mesh)
+    pretrained = None
+    if cfg.model.pretrained:
+        from jaxbatch import hf
+
+        pretrained = hf.resolve(cfg.model.pretrained)
+        hf.configure(cfg.model, pretrained)  # the checkpoint's config.json fixes the model shape
     config.validate(cfg, jax.device_count())
     run_dir = Path(cfg.train.run_dir)
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
@@ -68,12 +74,16 @@ def train(cfg: config.Config) -> dict:
         f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {cfg.optim.schedule} decay")
 
     # ---- Sharded state ----------------------------------------------------------------------------------
-    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
-    if cfg.model.pretrained:
-        from jaxbatch import hf
-
-        state, report = hf.load_into_state(state, state_sh, cfg.model.pretrained, cfg.model)
-        say(report)
+    reports = []
+    load = None
+    if pretrained is not None:
+        def load(params, shardings):
+            params, report = hf.load_params(pretrained, cfg.model, params, shardings)
+            reports.append(report)
+            return params
+    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx, load)
+    for report in reports:
+        say(str(report))
     n_params = state_lib.num_params(state.params)
     say(f"model: BERT {cfg.model.preset} ({cfg.model.task} classification, {cfg.model.num_labels} labels), "
         f"{n_params / 1e6:.2f}M parameters, precision {cfg.precision.policy}")

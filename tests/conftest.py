@@ -62,10 +62,7 @@ def run_steps(cfg: config_lib.Config, batches: list[dict], devices=None):
     return state, history, steps, mesh
 
 
-def dotted(path) -> str:
-    """Pytree path -> 'encoder.layers.0.attention.query.kernel' (the Variable's '.value' dropped)."""
-    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-    return ".".join(n for n in names if n != "value")
+dotted = state_lib.param_name
 
 
 def params_numpy(state) -> dict:

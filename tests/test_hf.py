@@ -1,0 +1,152 @@
+"""Hugging Face BERT import/export: numerically identical to PyTorch transformers (skipped without torch)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import params_numpy
+from jaxbatch import config, hf, mesh as mesh_lib, optim, state as state_lib
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def load_ours(folder, task="token", num_labels=5, mesh_overrides=("mesh.data=2", "mesh.fsdp=2", "mesh.model=2")):
+    cfg = config.build(["model.preset=custom", f"model.pretrained={folder}", f"model.task={task}",
+                        f"model.num_labels={num_labels}", *mesh_overrides])
+    hf.configure(cfg.model, hf.resolve(str(folder)))
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    tx, _ = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, 8), 10)
+    reports = []
+
+    def load(params, shardings):
+        params, report = hf.load_params(hf.resolve(str(folder)), cfg.model, params, shardings)
+        reports.append(report)
+        return params
+
+    graphdef, state, _ = state_lib.create(cfg, mesh, tx, load)
+    return cfg, graphdef, state, reports[0]
+
+
+def padded_batch(vocab_size, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000 if vocab_size > 2000 else 5, vocab_size, (4, 12))
+    mask = np.ones_like(ids)
+    for row, length in enumerate([12, 7, 3, 9]):
+        ids[row, length:] = 0
+        mask[row, length:] = 0
+    types = np.zeros_like(ids)
+    types[0, 6:] = 1
+    return ids, mask, types
+
+
+def ours_hidden(graphdef, state, ids, mask, types):
+    model = nnx.merge(graphdef, state.params)
+    return np.asarray(jax.jit(lambda i, m, t: model.encoder(i, m, t))(ids, mask, types))
+
+
+def ours_logits(graphdef, state, ids, mask, types):
+    model = nnx.merge(graphdef, state.params)
+    return np.asarray(jax.jit(lambda i, m, t: model(i, m, t))(ids, mask, types))
+
+
+def torch_run(model, ids, mask, types, attr):
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types))
+    return getattr(out, attr).numpy()
+
+
+def test_minilm_matches_pytorch():
+    folder = hf.resolve("minilm-l6")
+    cfg, graphdef, state, report = load_ours(folder)
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads) == (384, 6, 12)
+    assert report.new == ["classifier.bias", "classifier.kernel"]
+    assert report.unexpected == [] and "embeddings.position_ids" not in report.unexpected
+    assert len(report.loaded) == 5 + 6 * 16
+    # the weights were placed per shard: the query kernel is split over fsdp (embed) and model (heads)
+    q = state.params["encoder"]["layers"][0]["attention"]["query"]["kernel"][...]
+    assert q.addressable_shards[0].data.shape == (192, 6, 32)
+    ids, mask, types = padded_batch(cfg.model.vocab_size)
+    theirs = torch_run(transformers.BertModel.from_pretrained(folder, attn_implementation="eager"), ids, mask, types,
+                       "last_hidden_state")
+    ours = ours_hidden(graphdef, state, ids, mask, types)
+    assert np.abs(ours - theirs).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def random_hf_models(tmp_path_factory):
+    """A randomly initialised HF BERT of another shape (2 layers, hidden 128, 4 heads, cased-size vocab)."""
+    torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(vocab_size=28996, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=512, max_position_embeddings=64, num_labels=5,
+                                     layer_norm_eps=1e-7)
+    folders = {}
+    for task, cls in (("token", transformers.BertForTokenClassification),
+                      ("sequence", transformers.BertForSequenceClassification)):
+        model = cls(hf_cfg)
+        folders[task] = tmp_path_factory.mktemp(task)
+        model.save_pretrained(folders[task])
+        if task == "token":
+            # transformers 5 always writes safetensors; an older-style pytorch_model.bin folder by hand
+            folders["token-bin"] = tmp_path_factory.mktemp("token-bin")
+            torch.save(model.state_dict(), folders["token-bin"] / "pytorch_model.bin")
+            (folders["token-bin"] / "config.json").write_text((folders[task] / "config.json").read_text())
+    return folders
+
+
+@pytest.mark.parametrize("task", ["token", "sequence", "token-bin"])
+def test_random_bert_logits_match_pytorch(task, random_hf_models):
+    folder = random_hf_models[task]
+    task = task.split("-")[0]
+    cfg, graphdef, state, report = load_ours(folder, task)
+    assert report.new == [] and report.unexpected == []
+    assert cfg.model.layer_norm_eps == 1e-7
+    ids, mask, types = padded_batch(cfg.model.vocab_size, 1)
+    cls = transformers.BertForTokenClassification if task == "token" else transformers.BertForSequenceClassification
+    theirs = torch_run(cls.from_pretrained(folder, attn_implementation="eager"), ids, mask, types, "logits")
+    assert np.abs(ours_logits(graphdef, state, ids, mask, types) - theirs).max() < 1e-4
+
+
+@pytest.mark.parametrize("task", ["token", "sequence"])
+def test_export_loads_in_pytorch_and_round_trips_bit_identically(task, tmp_path):
+    folder = hf.resolve("minilm-l6")
+    cfg, graphdef, state, _ = load_ours(folder, task, num_labels=3)
+    out = hf.export(state.params, cfg.model, tmp_path / "export", label_names=["a", "b", "c"])
+    cls = transformers.BertForTokenClassification if task == "token" else transformers.BertForSequenceClassification
+    model = cls.from_pretrained(out, attn_implementation="eager")
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    ids, mask, types = padded_batch(cfg.model.vocab_size, 2)
+    theirs = torch_run(model, ids, mask, types, "logits")
+    assert np.abs(ours_logits(graphdef, state, ids, mask, types) - theirs).max() < 1e-4
+    _, _, again, report = load_ours(out, task, num_labels=3)
+    assert report.new == [] and report.unexpected == []
+    a, b = params_numpy(state), params_numpy(again)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_bad_checkpoints_name_the_problem(tmp_path):
+    with pytest.raises(hf.CheckpointError, match="no such folder"):
+        hf.resolve(str(tmp_path / "missing"))
+    with pytest.raises(hf.CheckpointError, match="no config.json"):
+        hf.read_config(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_act": "relu"}')
+    with pytest.raises(hf.CheckpointError, match="hidden_act 'relu'"):
+        hf.read_config(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(hf.CheckpointError, match="config.json: not valid JSON"):
+        hf.read_config(tmp_path)
+    with pytest.raises(hf.CheckpointError, match="neither model.safetensors"):
+        hf.read_tensors(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(hf.CheckpointError, match="model.safetensors: cannot read"):
+        hf.read_tensors(tmp_path)
+
+
+def test_preset_mismatch_is_a_config_error():
+    cfg = config.build(["model.preset=bert-base"])
+    with pytest.raises(config.ConfigError, match="hidden_size: preset 768 vs checkpoint 384"):
+        hf.configure(cfg.model, hf.resolve("minilm-l6"))
