@@ -32,16 +32,24 @@ _SST_TEMPLATES = ["the film is {A} .", "a {A} and {A} story .", "the acting feel
                   "the director made something {A} ."]
 
 
-def ner_corpus(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """n (words, IOB2 tags) sentences."""
+def _entities(held_out: bool) -> dict[str, list[str]]:
+    """Every fourth name of each type is held out of training, so evaluation measures generalisation to
+    unseen names, not memorised ones."""
+    return {kind: [name for i, name in enumerate(names) if (i % 4 == 3) == held_out]
+            for kind, names in _ENTITIES.items()}
+
+
+def ner_corpus(n: int, seed: int, held_out: bool = False) -> list[tuple[list[str], list[str]]]:
+    """n (words, IOB2 tags) sentences; `held_out` draws entity names only from the held-out quarter."""
     rng = np.random.default_rng(seed)
+    entities = _entities(held_out)
     out = []
     for _ in range(n):
         words, tags = [], []
         for piece in _NER_TEMPLATES[rng.integers(len(_NER_TEMPLATES))].split():
             if piece.startswith("{"):
                 kind = piece[1:-1]
-                ent = _ENTITIES[kind][rng.integers(len(_ENTITIES[kind]))].split()
+                ent = entities[kind][rng.integers(len(entities[kind]))].split()
                 words += ent
                 tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(ent) - 1)
             else:

@@ -44,7 +44,7 @@ def load(data_cfg, model_cfg) -> TaskData:
         truncated = {}
         for split, n, seed in (("train", data_cfg.num_train, data_cfg.shuffle_seed),
                                ("eval", data_cfg.num_eval, data_cfg.shuffle_seed + 1)):
-            corpus = synthetic.ner_corpus(n, seed)
+            corpus = synthetic.ner_corpus(n, seed, held_out=split == "eval")
             enc = tokenize.encode_tagged(tok, [w for w, _ in corpus], [[label_to_id[t] for t in tags]
                                                                        for _, tags in corpus], seq_len)
             splits[split], truncated[split] = enc.arrays, enc.truncated

@@ -46,11 +46,14 @@ class Dense(nnx.Module):
 class Embed(nnx.Module):
     def __init__(self, num: int, features: int, names: Names, *, rngs: nnx.Rngs, dtype=jnp.float32,
                  init_std: float = 0.02):
-        self.dtype = dtype
+        self.dtype, self.names = dtype, tuple(names)
         self.embedding = param(rngs, normal(init_std), (num, features), names)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        # Gather the FSDP-sharded feature dim first (as for any FSDP weight); gathering from a table split
+        # on features and then resharding to batch-split activations is an all-to-all XLA does poorly.
+        table = constrain(self.embedding[...], (self.names[0], None))
+        return constrain(jnp.take(table, ids, axis=0).astype(self.dtype), ("batch", "length", "embed"))
 
 
 class LayerNorm(nnx.Module):
