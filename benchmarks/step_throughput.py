@@ -1,0 +1,131 @@
+"""Train-step throughput: median step time, tokens/s, model TFLOP/s and its fraction of a matmul peak
+measured in the same run; optionally against PyTorch eager (HF BertForTokenClassification + AdamW).
+
+    python benchmarks/step_throughput.py                      # MiniLM-L6 shape, batch 32 x 128, fp32
+    python benchmarks/step_throughput.py --vs-torch           # + PyTorch on the same shape, and the ratio
+    python benchmarks/step_throughput.py --preset bert-base --batch 64 --precision bf16   # a GPU shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from jaxbatch import config, metrics, optim
+from jaxbatch import mesh as mesh_lib
+from jaxbatch import state as state_lib
+from jaxbatch import steps as steps_lib
+
+
+def make_batch(vocab: int, batch: int, seq: int, num_labels: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, vocab, (batch, seq)).astype(np.int32)
+    return dict(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids),
+                labels=rng.integers(0, num_labels, (batch, seq)).astype(np.int32))
+
+
+def time_steps(step, n: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_jax(cfg: config.Config, batch: dict, n: int, warmup: int) -> float:
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    config.validate(cfg, mesh.devices.size)
+    tx, schedule = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size), 1000)
+    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
+    batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, batch)
+    steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
+    batch = {k: jax.device_put(v, batch_sh[k]) for k, v in batch.items()}
+    holder = [state]
+
+    def step():
+        holder[0], m = steps.train(holder[0], batch)
+        jax.block_until_ready(m["loss"])
+
+    return statistics.median(time_steps(step, n, warmup))
+
+
+def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float) -> float:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(
+        vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size, num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads, intermediate_size=model_cfg.intermediate_size,
+        max_position_embeddings=model_cfg.max_position_embeddings, num_labels=model_cfg.num_labels,
+        attention_probs_dropout_prob=0.0, hidden_dropout_prob=model_cfg.hidden_dropout)
+    model = transformers.BertForTokenClassification(hf_cfg)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    tb = {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(**tb).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return statistics.median(time_steps(step, n, warmup))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="minilm-l6")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--vs-torch", action="store_true")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. mesh.model=2")
+    args = p.parse_args()
+
+    cfg = config.build([f"model.preset={args.preset}", "model.task=token", "model.num_labels=9",
+                        f"train.batch_size={args.batch}", f"data.seq_len={args.seq}",
+                        f"precision.policy={args.precision}", "optim.name=adamw", *args.overrides])
+    batch = make_batch(cfg.model.vocab_size, args.batch, args.seq, cfg.model.num_labels)
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    peak_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
+    peak = metrics.measure_matmul_flops(4096 if devices[0].platform != "cpu" else 1024, dtype=peak_dtype)
+    flops = metrics.train_flops_per_sequence(cfg.model, args.seq) * args.batch
+    tokens = args.batch * args.seq
+
+    t_jax = bench_jax(cfg, batch, args.steps, args.warmup)
+    res = {"device": f"{len(devices)} x {kind}", "preset": args.preset, "batch": args.batch, "seq": args.seq,
+           "precision": args.precision, "jax_step_s": t_jax, "jax_tokens_per_s": tokens / t_jax,
+           "model_tflops": flops / t_jax / 1e12, "matmul_peak_tflops_per_device": peak / 1e12,
+           "fraction_of_peak": flops / t_jax / (peak * len(devices))}
+    print(f"device: {res['device']}; BERT {args.preset}, token classification, batch {args.batch} x seq "
+          f"{args.seq}, {args.precision}, AdamW")
+    print(f"jaxbatch : median step {t_jax * 1e3:8.1f} ms  {tokens / t_jax:10.0f} tokens/s  "
+          f"{res['model_tflops']:.3f} TFLOP/s = {100 * res['fraction_of_peak']:.1f}% of measured "
+          f"{args.precision} matmul peak ({peak / 1e12:.3f} TFLOP/s/device)")
+    if args.vs_torch:
+        t_torch = bench_torch(cfg.model, batch, args.steps, args.warmup, cfg.optim.learning_rate)
+        res.update(torch_step_s=t_torch, torch_tokens_per_s=tokens / t_torch, jax_over_torch=t_torch / t_jax)
+        print(f"pytorch  : median step {t_torch * 1e3:8.1f} ms  {tokens / t_torch:10.0f} tokens/s  "
+              f"(torch {__import__('torch').__version__}, eager, {__import__('torch').get_num_threads()} threads)")
+        print(f"ratio    : jaxbatch / pytorch tokens/s = {res['jax_over_torch']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
