@@ -85,11 +85,16 @@ class PrecisionConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    name: str = "synthetic_ner"  # synthetic_ner | synthetic_sst
-    data_dir: str = ""
+    name: str = "synthetic_ner"  # synthetic_ner | synthetic_sst | conll2003 | sst2
+    data_dir: str = ""  # the dataset's files (CoNLL eng.train/..., SST-2 *.tsv); empty = TFDS catalog (online)
+    cache_dir: str = ""  # where tfds keeps prepared array_record files; empty = ~/.cache/jaxbatch/tfds
     seq_len: int = 64
-    num_train: int = 2048
+    num_train: int = 2048  # synthetic corpora: examples to generate
     num_eval: int = 256
+    max_train: int = 0  # real datasets: use only the first N training examples (0 = all)
+    labels: str = ""  # comma-separated label set; empty = from the training split
+    unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
+    label_all_subtokens: bool = False  # NER: label every word piece, not only the first
     shuffle_seed: int = 0
 
 

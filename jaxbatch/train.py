@@ -19,19 +19,22 @@ from jaxbatch.data import pipeline, tasks
 log = logging.getLogger(__name__)
 
 
-def evaluate(steps: steps_lib.Steps, params, data: tasks.TaskData, batch_sh: dict, batch_size: int) -> dict:
-    """Loss, accuracy and (token tasks) seqeval entity scores + token report over the whole eval split."""
+def evaluate(steps: steps_lib.Steps, params, arrays: dict, data: tasks.TaskData, batch_sh: dict,
+             batch_size: int) -> dict:
+    """Loss, accuracy and (token tasks) seqeval entity scores + token report over one whole split;
+    `predictions` holds every example's predicted label ids."""
     totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0}
     all_preds = []
-    for local, real in pipeline.eval_batches(data.eval, batch_size, jax.process_index(), jax.process_count()):
+    for local, real in pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
         sums, preds = steps.eval(params, pipeline.to_global(local, batch_sh))
         for k, v in jax.device_get(sums).items():
             totals[k] += float(v)
         all_preds.append(np.asarray(multihost_utils.process_allgather(preds, tiled=True))[:real])
     weight = max(totals["weight"], 1.0)
-    result = {"loss": totals["loss_sum"] / weight, "accuracy": totals["correct"] / weight}
-    if data.task == "token":
-        gold, pred = metrics.aligned_tags(np.concatenate(all_preds), data.eval["labels"], data.label_names)
+    preds = np.concatenate(all_preds)
+    result = {"loss": totals["loss_sum"] / weight, "accuracy": totals["correct"] / weight, "predictions": preds}
+    if data.task == "token" and totals["weight"] > 0:
+        gold, pred = metrics.aligned_tags(preds, arrays["labels"], data.label_names)
         result["entities"] = metrics.entity_report(gold, pred)
         result["entity_f1"] = result["entities"]["micro avg"]["f1-score"]
         result["tokens"], result["token_report_text"] = metrics.token_report(gold, pred, data.label_names)
@@ -113,8 +116,9 @@ def train(cfg: config.Config) -> dict:
             reporter.log(done, step_metrics)
         reporter.advance()
         if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
-            result = evaluate(steps, state.params, data, batch_sh, micro_batch)
-            evals.append({"step": done, **{k: v for k, v in result.items() if k != "token_report_text"}})
+            result = evaluate(steps, state.params, data.eval, data, batch_sh, micro_batch)
+            evals.append({"step": done, **{k: v for k, v in result.items()
+                                           if k not in ("token_report_text", "predictions")}})
             reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
             line = f"eval @ {done}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
             if "entity_f1" in result:
@@ -135,4 +139,5 @@ def train(cfg: config.Config) -> dict:
     if data.task == "token" and evals:
         say("entity-level (seqeval):\n" + metrics.format_entity_report(evals[-1]["entities"]))
         say("token-level:\n" + result["token_report_text"])
-    return {**summary, "state": state, "graphdef": graphdef}
+    return {**summary, "state": state, "graphdef": graphdef, "steps_fn": steps, "data": data, "batch_sh": batch_sh,
+            "eval_batch": micro_batch}

@@ -1,0 +1,48 @@
+"""Shared driver of the fine-tuning experiments: train, evaluate dev (and optionally test), report, save JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jaxbatch import config, metrics, train
+
+
+def run(name: str, defaults: list[str], argv: list[str], description: str) -> dict:
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    p.add_argument("--data-dir", required=True, help="folder with the dataset's files")
+    p.add_argument("--test-split", action="store_true", help="also evaluate the test split, if the folder has one")
+    p.add_argument("--config", help="TOML/JSON config file applied before the overrides")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    args = p.parse_args(argv)
+    cfg = config.build(defaults + [f"data.data_dir={args.data_dir}"] + args.overrides, args.config)
+    summary = train.train(cfg)
+    data, run_dir = summary["data"], Path(cfg.train.run_dir)
+    results = {"dev": summary["final_eval"]}
+    if args.test_split:
+        if data.test is None:
+            print(f"--test-split: {args.data_dir} has no test split; skipped")
+        else:
+            test = train.evaluate(summary["steps_fn"], summary["state"].params, data.test, data, summary["batch_sh"],
+                                  summary["eval_batch"])
+            if data.test_labelled:
+                results["test"] = {k: v for k, v in test.items() if k not in ("predictions", "token_report_text")}
+            else:  # e.g. GLUE: test labels are hidden, so write predictions in the GLUE submission layout
+                path = run_dir / "test_predictions.tsv"
+                path.write_text("index\tprediction\n" + "".join(
+                    f"{i}\t{int(np.ravel(p)[0])}\n" for i, p in enumerate(test["predictions"])))
+                print(f"test split has no labels; predictions written to {path}")
+    for split, r in results.items():
+        line = f"{split}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}"
+        if "entities" in r:
+            line += f", entity micro F1 {r['entities']['micro avg']['f1-score']:.4f}"
+            print(line)
+            print(metrics.format_entity_report(r["entities"]))
+        else:
+            print(line)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    print(f"results in {run_dir}/results.json")
+    return results

@@ -1,0 +1,36 @@
+"""Plain-text LM corpora (any UTF-8 .txt, e.g. tiny shakespeare): documents are blank-line separated
+paragraphs, kept whole so a later packer can cut them into fixed-length windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jaxbatch.data.errors import DataError, read_text_file
+
+
+def read(path: str | Path) -> list[str]:
+    text = read_text_file(path)
+    docs = [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
+    if not docs:
+        raise DataError(f"{path}: no text")
+    return docs
+
+
+def split(docs: list[str], validation_fraction: float = 0.1) -> dict[str, list[str]]:
+    """Deterministic split: the last `validation_fraction` of documents is validation (no leakage across)."""
+    cut = max(1, int(round(len(docs) * (1 - validation_fraction))))
+    if cut >= len(docs):
+        raise DataError(f"a text corpus of {len(docs)} document(s) is too small to split")
+    return {"train": docs[:cut], "validation": docs[cut:]}
+
+
+def files(directory_or_file: str | Path) -> list[Path]:
+    p = Path(directory_or_file)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise DataError(f"text corpus {p} does not exist")
+    found = sorted(p.glob("*.txt"))
+    if not found:
+        raise DataError(f"{p}: no .txt files")
+    return found
