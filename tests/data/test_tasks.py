@@ -1,0 +1,78 @@
+"""Datasets through tfds (array_record, no TensorFlow) into tokenized arrays; bad input is named."""
+
+import pytest
+
+from conftest import SHARED_DATA
+from jaxbatch import config
+from jaxbatch.data import tasks, tfds_builders
+from jaxbatch.data.errors import DataError
+
+
+def _cfg(tmp_path, *overrides):
+    return config.build(["model.preset=minilm-l6", "model.pretrained=minilm-l6", "data.seq_len=32",
+                         f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+
+
+def _write_conll(d, dev_tag="B-LOC"):
+    d.mkdir()
+    (d / "train.txt").write_text("John B-PER\nlives O\nin O\nParis B-LOC\n\nAcme B-ORG\nCorp I-ORG\n")
+    (d / "valid.txt").write_text(f"Oslo {dev_tag}\nis O\ncold O\n")
+    return d
+
+
+def test_local_conll_is_prepared_once_and_rebuilt_when_changed(tmp_path):
+    d = _write_conll(tmp_path / "conll")
+    cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}")
+    data = tasks.load(cfg.data, cfg.model)
+    assert data.label_names == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    assert data.train["input_ids"].shape == (2, 32) and data.test is None
+    builds = list((tmp_path / "cache" / "jaxbatch_conll2003").iterdir())
+    assert len(builds) == 1
+    tasks.load(cfg.data, cfg.model)
+    assert list((tmp_path / "cache" / "jaxbatch_conll2003").iterdir()) == builds
+    (d / "valid.txt").write_text("Rome B-LOC\n")
+    tasks.load(cfg.data, cfg.model)
+    assert len(list((tmp_path / "cache" / "jaxbatch_conll2003").iterdir())) == 2
+
+
+def test_unknown_dev_label_errors_or_maps(tmp_path):
+    d = _write_conll(tmp_path / "conll", dev_tag="B-MISC")
+    cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}")
+    with pytest.raises(DataError, match=r"validation split, sentence 0: tag 'B-MISC' is not in the label set"):
+        tasks.load(cfg.data, cfg.model)
+    cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}", "data.unknown_label=O")
+    data = tasks.load(cfg.data, cfg.model)
+    assert data.eval["labels"][0][1] == 0
+
+
+def test_bad_input_through_the_task_loader(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "train.txt").write_text("John B-PER\nlives O extra\n")
+    (d / "valid.txt").write_text("x O\n")
+    with pytest.raises(DataError, match=r"train.txt:2: expected 4 columns"):
+        tasks.load(*_cfg2(tmp_path, d))
+    with pytest.raises(DataError, match="does not exist"):
+        tasks.load(*_cfg2(tmp_path, tmp_path / "missing"))
+    with pytest.raises(config.ConfigError, match="data.name='imagenet' is unknown"):
+        tasks.load(*_cfg2(tmp_path, d, "data.name=imagenet"))
+
+
+def _cfg2(tmp_path, d, *extra):
+    cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}", *extra)
+    return cfg.data, cfg.model
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="shared SST-2 copy not present")
+def test_shared_sst2_through_tfds(tmp_path):
+    sources = tfds_builders.prepare("sst2", SHARED_DATA / "sst2", tmp_path / "cache")
+    assert {k: len(v) for k, v in sources.items()} == {"train": 67349, "validation": 872, "test": 1821}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "conll2003").is_dir(), reason="shared CoNLL-2003 copy not present")
+def test_shared_conll_through_tfds_and_tokenizer(tmp_path):
+    cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={SHARED_DATA / 'conll2003'}", "data.seq_len=128")
+    data = tasks.load(cfg.data, cfg.model)
+    assert len(data.train["labels"]) == 14041 and len(data.eval["labels"]) == 3250
+    # every word's first piece carries its label, except the words cut by truncation (reported, not silent)
+    assert (data.eval["labels"] != -100).sum() == 51362 - 19 and data.truncated == {"train": 1, "validation": 3}
