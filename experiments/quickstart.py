@@ -19,6 +19,7 @@ DEFAULTS = [
     "model.pretrained=minilm-l6",
     "data.name=synthetic_ner",
     "data.seq_len=32",
+    "data.buckets=2",
     "data.num_train=4096",
     "data.num_eval=512",
     "train.batch_size=32",

@@ -95,6 +95,7 @@ class DataConfig:
     labels: str = ""  # comma-separated label set; empty = from the training split
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first
+    buckets: int = 1  # length buckets for training batches (seq_len/4, seq_len/2, seq_len for 3); 1 = no bucketing
     shuffle_seed: int = 0
 
 

@@ -14,14 +14,14 @@ class Reporter:
     """Writes one JSON object per logged step to `metrics.jsonl` and the same scalars to TensorBoard;
     keeps a tqdm bar with loss, tokens/s and MFU. Only process 0 writes."""
 
-    def __init__(self, run_dir: str | Path, total_steps: int, flops_per_step: float, peak_flops: float,
-                 num_devices: int, tokens_per_step: int, progress: bool = True, initial_step: int = 0):
+    def __init__(self, run_dir: str | Path, total_steps: int, peak_flops: float, num_devices: int,
+                 progress: bool = True, initial_step: int = 0):
         self.run_dir = Path(run_dir)
         self.primary = jax.process_index() == 0
-        self.flops_per_step, self.peak = flops_per_step, peak_flops * num_devices
-        self.tokens_per_step = tokens_per_step
+        self.peak = peak_flops * num_devices
         self.history: list[dict] = []
         self._last_time, self._last_step = None, initial_step
+        self._tokens = self._flops = 0.0
         self.bar = self.tb = self.jsonl = None
         if self.primary:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -37,15 +37,17 @@ class Reporter:
     def start_clock(self, step: int) -> None:
         """Starts timing after compilation, so tokens/s and MFU measure steady-state steps."""
         self._last_time, self._last_step = time.perf_counter(), step
+        self._tokens = self._flops = 0.0
 
     def log(self, step: int, metrics: dict, kind: str = "train") -> dict:
         record = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
         if kind == "train" and self._last_time is not None and step > self._last_step:
             now = time.perf_counter()
-            seconds = (now - self._last_time) / (step - self._last_step)
-            record.update(step_time_s=seconds, tokens_per_s=self.tokens_per_step / seconds,
-                          mfu=self.flops_per_step / seconds / self.peak)
+            elapsed = now - self._last_time
+            record.update(step_time_s=elapsed / (step - self._last_step), tokens_per_s=self._tokens / elapsed,
+                          mfu=self._flops / elapsed / self.peak)
             self._last_time, self._last_step = now, step
+            self._tokens = self._flops = 0.0
         record = {"step": step, "kind": kind, **record}
         self.history.append(record)
         if self.primary:
@@ -61,9 +63,12 @@ class Reporter:
                 self.bar.set_postfix(post, refresh=False)
         return record
 
-    def advance(self, steps: int = 1) -> None:
+    def advance(self, tokens: int, flops: float) -> None:
+        """One step done: `tokens` (padded, as computed) and model `flops` it took."""
+        self._tokens += tokens
+        self._flops += flops
         if self.bar is not None:
-            self.bar.update(steps)
+            self.bar.update(1)
 
     def write(self, text: str) -> None:
         if self.primary:

@@ -62,10 +62,10 @@ def train(cfg: config.Config) -> dict:
         cfg.model.num_labels = len(data.label_names)
     say(f"config:\n{config.describe(cfg)}")
     say(f"mesh: {mesh_lib.describe(mesh)}")
-    padding = pipeline.padding_stats(data.train)
+    padding = pipeline.padding_stats(data.train, cfg.data.buckets)
     say(f"data: {data.name}{' (SYNTHETIC, generated)' if data.synthetic else ''}: "
         f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, labels {data.label_names}, "
-        f"padding {100 * padding.padding_fraction:.1f}%, truncated {data.truncated}")
+        f"padding {100 * padding.padding_fraction:.1f}% ({cfg.data.buckets} length bucket(s)), truncated {data.truncated}")
 
     # ---- Optimizer --------------------------------------------------------------------------------------
     t = cfg.train
@@ -95,26 +95,25 @@ def train(cfg: config.Config) -> dict:
     batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, data.train)
     steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
     micro_batch = t.batch_size // t.accum_steps
-    flops_per_step = metrics.train_flops_per_sequence(cfg.model, cfg.data.seq_len) * t.batch_size
     peak, peak_source = metrics.peak_flops_per_device(t.peak_tflops)
     say(f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
-    reporter = reporting.Reporter(run_dir, t.steps, flops_per_step, peak, jax.device_count(),
-                                  t.batch_size * cfg.data.seq_len, t.progress)
+    reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress)
 
     # ---- Loop -------------------------------------------------------------------------------------------
     batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
-                                          jax.process_count()))
+                                          jax.process_count(), cfg.data.buckets))
     evals, start_time = [], time.perf_counter()
     for step in range(int(state.step), t.steps):
         batch = pipeline.to_global(next(batches), batch_sh)
         state, step_metrics = steps.train(state, batch)
         done = step + 1
-        if step == 0:  # exclude compilation from throughput
+        length = batch["input_ids"].shape[1]
+        reporter.advance(t.batch_size * length, metrics.train_flops_per_sequence(cfg.model, length) * t.batch_size)
+        if step == 0:  # exclude compilation from throughput (a new bucket length compiles once more)
             jax.block_until_ready(state)
             reporter.start_clock(done)
         if done % t.log_every == 0 or done == t.steps:
             reporter.log(done, step_metrics)
-        reporter.advance()
         if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
             result = evaluate(steps, state.params, data.eval, data, batch_sh, micro_batch)
             evals.append({"step": done, **{k: v for k, v in result.items()

@@ -29,14 +29,60 @@ class ArraySource:
         return {k: v[i] for k, v in self.arrays.items()}
 
 
+def bucket_lengths(seq_len: int, num_buckets: int) -> list[int]:
+    """Bucket boundaries seq_len / 2^k (multiples of 8), longest last: [32, 64, 128] for (128, 3)."""
+    lengths = sorted({max(8, (seq_len >> k) // 8 * 8) for k in range(num_buckets)} | {seq_len})
+    return lengths[-num_buckets:]
+
+
+def plan_buckets(lengths: np.ndarray, buckets: list[int], global_batch: int, num_steps: int, seed: int):
+    """Global batches as (bucket length, example indices), for `num_steps` steps.
+
+    Each epoch (seeded by (seed, epoch)) shuffles each bucket's examples and cuts them into full batches;
+    a bucket's leftovers move up to the next longer bucket, so only the longest bucket drops (< 1 batch)
+    per epoch. The epoch's batches are then shuffled, so lengths are mixed over time."""
+    member = np.searchsorted(buckets, lengths)  # smallest bucket that holds each example
+    if (member >= len(buckets)).any():
+        raise ValueError(f"examples longer than the longest bucket {buckets[-1]}")
+    plan, epoch = [], 0
+    while len(plan) < num_steps:
+        rng = np.random.default_rng([seed, epoch])
+        batches, carry = [], np.zeros(0, np.int64)
+        for b, length in enumerate(buckets):
+            pool = np.concatenate([carry, rng.permutation(np.flatnonzero(member == b))])
+            full = len(pool) // global_batch * global_batch
+            batches += [(length, pool[i: i + global_batch]) for i in range(0, full, global_batch)]
+            carry = pool[full:]
+        if not batches:
+            raise ValueError(f"the training split has fewer examples than one global batch of {global_batch}")
+        plan += [batches[i] for i in rng.permutation(len(batches))]
+        epoch += 1
+    return plan[:num_steps]
+
+
 def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """Local batches (global_batch / process_count examples) for `num_steps` steps, reshuffled every epoch."""
+                  process_index: int = 0, process_count: int = 1, num_buckets: int = 1) -> grain.IterDataset:
+    """Local batches (global_batch / process_count examples) for `num_steps` steps, reshuffled every epoch.
+
+    With `num_buckets > 1` each batch holds examples of similar length, cut to its bucket's length (a few
+    compiled shapes instead of padding everything to seq_len)."""
     if global_batch % process_count:
         raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
     n = len(next(iter(arrays.values())))
     if n < global_batch:
         raise ValueError(f"the training split has {n} examples, fewer than one global batch of {global_batch}")
+    if num_buckets > 1:
+        seq_len = arrays["input_ids"].shape[1]
+        plan = plan_buckets(arrays["attention_mask"].sum(1), bucket_lengths(seq_len, num_buckets), global_batch,
+                            num_steps, seed)
+        local = global_batch // process_count
+
+        def gather(entry):
+            length, idx = entry
+            idx = np.sort(idx[process_index * local: (process_index + 1) * local])
+            return {k: (v[idx, :length] if v.ndim == 2 and v.shape[1] == seq_len else v[idx]) for k, v in arrays.items()}
+
+        return grain.MapDataset.source(plan).map(gather).to_iter_dataset()
     epochs = math.ceil(num_steps * global_batch / n)
     ds = grain.MapDataset.source(ArraySource(arrays)).shuffle(seed=seed).repeat(epochs)
     ds = ds[: num_steps * global_batch][process_index::process_count]
@@ -76,6 +122,11 @@ class PaddingStats:
         return 1 - self.real_tokens / max(self.total_tokens, 1)
 
 
-def padding_stats(arrays: dict[str, np.ndarray]) -> PaddingStats:
+def padding_stats(arrays: dict[str, np.ndarray], num_buckets: int = 1) -> PaddingStats:
+    """Real vs computed tokens when every example is padded to seq_len, or to its length bucket."""
     mask = arrays["attention_mask"]
-    return PaddingStats(int(mask.sum()), int(mask.size))
+    lengths = mask.sum(1)
+    if num_buckets <= 1:
+        return PaddingStats(int(lengths.sum()), int(mask.size))
+    buckets = np.asarray(bucket_lengths(mask.shape[1], num_buckets))
+    return PaddingStats(int(lengths.sum()), int(buckets[np.searchsorted(buckets, lengths)].sum()))

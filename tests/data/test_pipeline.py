@@ -55,3 +55,38 @@ def test_eval_batches_cover_every_example_once_with_ignored_padding():
 def test_padding_fraction():
     stats = pipeline.padding_stats({"attention_mask": np.array([[1, 1, 0, 0], [1, 1, 1, 1]])})
     assert stats.padding_fraction == 0.25
+
+
+def _varied(n=400, seq=64, seed=0):
+    lengths = np.random.default_rng(seed).integers(3, seq + 1, n)
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
+    return {"input_ids": mask * 7, "attention_mask": mask, "labels": np.arange(n, dtype=np.int32)}, lengths
+
+
+def test_length_buckets_cut_padding_and_keep_every_example_fitting():
+    arrays, lengths = _varied()
+    assert pipeline.bucket_lengths(64, 3) == [16, 32, 64]
+    batches = list(pipeline.train_dataset(arrays, 16, num_steps=25, seed=0, num_buckets=3))
+    assert {b["input_ids"].shape[1] for b in batches} == {16, 32, 64}
+    for b in batches:  # no example is cut: each batch's length holds all its examples' tokens
+        assert (lengths[b["labels"]] <= b["input_ids"].shape[1]).all()
+        assert (b["attention_mask"].sum(1) == lengths[b["labels"]]).all()
+    # leftovers move up a bucket, so only the longest bucket can drop (< 16, here 0 as 16 divides 400)
+    epoch = sum((b["labels"].tolist() for b in batches), [])
+    assert sorted(epoch) == list(range(400))
+    assert pipeline.padding_stats(arrays, 3).padding_fraction < 0.6 * pipeline.padding_stats(arrays).padding_fraction
+
+
+def test_bucketed_hosts_are_disjoint_and_resume_exactly():
+    arrays, _ = _varied()
+    single = list(pipeline.train_dataset(arrays, 16, 10, seed=2, num_buckets=2))
+    hosts = [list(pipeline.train_dataset(arrays, 16, 10, seed=2, process_index=p, process_count=2, num_buckets=2))
+             for p in range(2)]
+    for s, a, b in zip(single, *hosts):
+        assert sorted(a["labels"].tolist() + b["labels"].tolist()) == sorted(s["labels"].tolist())
+        assert a["input_ids"].shape == b["input_ids"].shape == (8, s["input_ids"].shape[1])
+    it = iter(pipeline.train_dataset(arrays, 16, 10, seed=2, num_buckets=2))
+    head = [next(it)["labels"].tolist() for _ in range(4)]
+    again = iter(pipeline.train_dataset(arrays, 16, 10, seed=2, num_buckets=2))
+    again.set_state(it.get_state())
+    assert head + [b["labels"].tolist() for b in again] == [b["labels"].tolist() for b in single]
