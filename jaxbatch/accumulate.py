@@ -26,7 +26,10 @@ def split_micro_batches(batch: dict, k: int) -> dict:
 
 
 def scan_gradients(grad_fn: GradFn, params, batch: dict, k: int, rng: jax.Array, normalizer: jax.Array):
-    """Sums k micro-batch gradients in a `lax.scan` (one param-sized buffer, one compiled body)."""
+    """Sums k micro-batch gradients in a `lax.scan` (one param-sized buffer, one compiled body).
+
+    With k >= 2 the metrics also carry `micro_grad_sq`: the mean over micro-batches of the squared norm of
+    each micro-batch's own mean gradient, which the gradient-noise-scale estimate needs (noise_scale.py)."""
     if k == 1:
         return grad_fn(params, batch, rng, normalizer)
     micro = split_micro_batches(batch, k)
@@ -34,9 +37,14 @@ def scan_gradients(grad_fn: GradFn, params, batch: dict, k: int, rng: jax.Array,
     def body(carry, xs):
         i, mb = xs
         metrics, grads = grad_fn(params, mb, jax.random.fold_in(rng, i), normalizer)
+        # grads = d(sum of micro losses)/dp * normalizer; its own mean gradient divides by its token count
+        mean_scale = 1.0 / (normalizer * jnp.maximum(metrics["weight"], 1.0))
+        metrics = dict(metrics, micro_grad_sq=optax.tree.norm(grads, squared=True) * mean_scale**2 / k)
         return jax.tree.map(jnp.add, carry, (metrics, grads)), None
 
-    metrics0, grads0 = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng, normalizer)
+    first = jax.tree.map(lambda x: x[0], micro)
+    metrics0, grads0 = jax.eval_shape(grad_fn, params, first, rng, normalizer)
+    metrics0 = dict(metrics0, micro_grad_sq=jax.ShapeDtypeStruct((), jnp.float32))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (metrics0, grads0))
     (metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
     return metrics, grads

@@ -78,9 +78,13 @@ def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
 
 def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Schedule) -> dict:
     weight = jnp.maximum(sums["weight"], 1.0)
-    return dict(loss=sums["loss_sum"] / weight, accuracy=sums["correct"] / weight, weight=sums["weight"],
-                grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
-                loss_scale=state.loss_scale.scale, grads_finite=finite)
+    grad_norm = optax.global_norm(grads)
+    out = dict(loss=sums["loss_sum"] / weight, accuracy=sums["correct"] / weight, weight=sums["weight"],
+               grad_norm=grad_norm, learning_rate=schedule(state.step), loss_scale=state.loss_scale.scale,
+               grads_finite=finite)
+    if "micro_grad_sq" in sums:  # the two batch sizes of the gradient-noise-scale estimate
+        out.update(grad_sq_small=sums["micro_grad_sq"], grad_sq_big=grad_norm**2)
+    return out
 
 
 def train_step(state: TrainState, batch: dict, *, graphdef, tx, schedule, num_labels: int, accum_steps: int,

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxbatch import accumulate, config, metrics, optim, reporting
+from jaxbatch import accumulate, config, metrics, noise_scale, optim, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -102,6 +102,7 @@ def train(cfg: config.Config) -> dict:
     # ---- Loop -------------------------------------------------------------------------------------------
     batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
                                           jax.process_count(), cfg.data.buckets))
+    noise = noise_scale.NoiseScale(micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None
     evals, start_time = [], time.perf_counter()
     for step in range(int(state.step), t.steps):
         batch = pipeline.to_global(next(batches), batch_sh)
@@ -113,7 +114,11 @@ def train(cfg: config.Config) -> dict:
             jax.block_until_ready(state)
             reporter.start_clock(done)
         if done % t.log_every == 0 or done == t.steps:
-            reporter.log(done, step_metrics)
+            record = reporter.log(done, step_metrics)
+            if noise is not None:
+                noise.update(record["grad_sq_small"], record["grad_sq_big"])
+                if noise.b_simple is not None:
+                    reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
         if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
             result = evaluate(steps, state.params, data.eval, data, batch_sh, micro_batch)
             evals.append({"step": done, **{k: v for k, v in result.items()
@@ -133,8 +138,11 @@ def train(cfg: config.Config) -> dict:
         "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,
         "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
         "synthetic_data": data.synthetic, "config": config.to_dict(cfg),
+        "noise_scale": noise.b_simple if noise is not None else None,
     }
     reporting.write_json(run_dir / "summary.json", summary)
+    if noise is not None:
+        say(noise_scale.advice(noise.b_simple, t.batch_size))
     if data.task == "token" and evals:
         say("entity-level (seqeval):\n" + metrics.format_entity_report(evals[-1]["entities"]))
         say("token-level:\n" + result["token_report_text"])
