@@ -111,6 +111,8 @@ class TrainConfig:
     run_dir: str = "runs/default"
     progress: bool = True
     peak_tflops: float = 0.0  # per device, for MFU; 0 = look up the device kind or measure a matmul
+    auto_micro_batch: bool = False  # pick accum_steps from the compiled step's memory analysis
+    memory_budget_gb: float = 0.0  # per device, for auto_micro_batch; 0 = 90% of the device's memory
 
 
 @dataclasses.dataclass

@@ -71,6 +71,13 @@ def train(cfg: config.Config) -> dict:
     t = cfg.train
     hp = optim.scale_hparams(cfg.optim, t.batch_size)
     tx, schedule = optim.make(cfg.optim, hp, t.steps)
+    if t.auto_micro_batch:
+        from jaxbatch import memory
+
+        budget = memory.device_budget(t.memory_budget_gb)
+        say(f"planning the micro-batch for {budget / 2**30:.2f} GiB per device:")
+        t.accum_steps = memory.plan_micro_batch(cfg, mesh, tx, schedule, budget, log=say).accum_steps
+        say(f"plan: train.accum_steps={t.accum_steps} (micro-batch {t.batch_size // t.accum_steps})")
     if t.accum_impl == "multisteps" and t.accum_steps > 1:
         tx = accumulate.multisteps(tx, t.accum_steps)
     say(f"optimizer: {cfg.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
