@@ -25,4 +25,4 @@ def test_plan_prints_the_chosen_accumulation(capsys):
     assert cli.main(["plan", *TINY, "train.batch_size=64", "train.memory_budget_gb=0.004"]) == 0
     out = capsys.readouterr().out
     assert "plan: train.accum_steps=" in out and "too big" in out
-    assert cli.main(["plan", *TINY, "train.batch_size=64", "train.memory_budget_gb=0.00001"]) == 2
+    assert cli.main(["plan", *TINY, "train.batch_size=16", "train.memory_budget_gb=0.00001"]) == 2
