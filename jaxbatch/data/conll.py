@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jaxbatch.data.errors import DataError, read_text_file
+from jaxbatch.data.files import DataError, find_splits, read_text_file
 
 SPLIT_FILES = {  # split -> candidate file names, first found wins
     "train": ("eng.train", "train.txt"),
@@ -78,19 +78,7 @@ def read(path: str | Path) -> list[Sentence]:
 
 def split_paths(directory: str | Path) -> dict[str, Path]:
     """The split files present in a CoNLL directory; train and validation are required."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"CoNLL directory {directory} does not exist")
-    found = {}
-    for split, names in SPLIT_FILES.items():
-        for name in names:
-            if (directory / name).is_file():
-                found[split] = directory / name
-                break
-    for split in ("train", "validation"):
-        if split not in found:
-            raise DataError(f"{directory}: no {split} file (looked for {', '.join(SPLIT_FILES[split])})")
-    return found
+    return find_splits(directory, SPLIT_FILES, "CoNLL")
 
 
 def label_names(sentences: list[Sentence]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jaxbatch.data.errors import DataError, read_text_file
+from jaxbatch.data.files import DataError, find_splits, read_text_file
 
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 LABEL_NAMES = ["negative", "positive"]
@@ -46,11 +46,4 @@ def read(path: str | Path) -> list[Example]:
 
 
 def split_paths(directory: str | Path) -> dict[str, Path]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"SST-2 directory {directory} does not exist")
-    found = {s: directory / n for s, n in SPLIT_FILES.items() if (directory / n).is_file()}
-    for split in ("train", "validation"):
-        if split not in found:
-            raise DataError(f"{directory}: no {SPLIT_FILES[split]}")
-    return found
+    return find_splits(directory, {s: (n,) for s, n in SPLIT_FILES.items()}, "SST-2")

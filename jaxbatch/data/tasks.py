@@ -9,7 +9,7 @@ import logging
 import numpy as np
 
 from jaxbatch.data import synthetic, tokenize
-from jaxbatch.data.errors import DataError
+from jaxbatch.data.files import DataError
 
 log = logging.getLogger(__name__)
 TOKEN_TASKS = ("synthetic_ner", "conll2003")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxbatch.data.errors import DataError, read_text_file
+from jaxbatch.data.files import DataError, read_text_file
 
 
 def read(path: str | Path) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbatch.data import conll, glue, text
-from jaxbatch.data.errors import DataError
+from jaxbatch.data.files import DataError
 
 log = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = Path(os.environ.get("JAXBATCH_DATA_DIR", Path.home() / ".cache" / "jaxbatch" / "tfds"))

@@ -2,7 +2,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from jaxbatch.data import glue
-from jaxbatch.data.errors import DataError
+from jaxbatch.data.files import DataError
 
 
 def test_read_train_and_test_layouts(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from conftest import SHARED_DATA
 from jaxbatch import config
 from jaxbatch.data import tasks, tfds_builders
-from jaxbatch.data.errors import DataError
+from jaxbatch.data.files import DataError
 
 
 def _cfg(tmp_path, *overrides):

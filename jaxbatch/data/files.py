@@ -1,0 +1,44 @@
+"""Reading dataset files: the one error type for unusable input (messages name the file, line and key),
+UTF-8 text, and finding split files in a directory."""
+
+
+class DataError(ValueError):
+    pass
+
+
+def read_text_file(path) -> str:
+    """Reads UTF-8 text; a missing file or another encoding becomes a DataError naming the file and byte."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#x} at offset {e.start}); "
+                        f"re-encode the file as UTF-8") from e
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    return text
+
+
+def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,
+                required: tuple[str, ...] = ("train", "validation")) -> dict:
+    """{split: path} of the first candidate file name present for each split; `required` splits must exist."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{what} directory {directory} does not exist")
+    found = {}
+    for split, names in candidates.items():
+        present = [directory / n for n in names if (directory / n).is_file()]
+        if present:
+            found[split] = present[0]
+    for split in required:
+        if split not in found:
+            raise DataError(f"{directory}: no {split} file (looked for {', '.join(candidates[split])})")
+    return found
