@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         cfg = config.build(args.overrides, args.config)
-        from jaxbatch import train
+        from jaxbatch import distributed, train
 
+        if distributed.initialize(cfg.distributed):
+            print(distributed.describe())
         summary = train.train(cfg)
     except config.ConfigError as e:
         print(f"jaxbatch: config error: {e}", file=sys.stderr)

@@ -116,10 +116,14 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class CheckpointConfig:
-    directory: str = ""  # empty = <run_dir>/checkpoints
-    every: int = 0  # steps between saves; 0 = only at the end
-    max_to_keep: int = 3
+class DistributedConfig:
+    """Multi-host: one process per host. `auto` lets JAX find the coordinator (TPU VMs, SLURM)."""
+
+    auto: bool = False
+    coordinator: str = ""  # HOST:PORT of process 0
+    num_processes: int = 1
+    process_id: int = 0
+    cpu_devices: int = 0  # CPU only: devices per process (and gloo collectives); 0 = leave JAX's default
 
 
 @dataclasses.dataclass
@@ -130,7 +134,7 @@ class Config:
     precision: PrecisionConfig = dataclasses.field(default_factory=PrecisionConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 
 class ConfigError(ValueError):
