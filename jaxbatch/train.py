@@ -146,6 +146,8 @@ def train(cfg: config.Config) -> dict:
         "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
         "synthetic_data": data.synthetic, "config": config.to_dict(cfg),
         "noise_scale": noise.b_simple if noise is not None else None,
+        "effective_hparams": {"learning_rate": hp.learning_rate, "warmup_steps": hp.warmup_steps, "rule": hp.rule,
+                              "reference_batch": hp.reference_batch, "batch": hp.batch},
     }
     reporting.write_json(run_dir / "summary.json", summary)
     if noise is not None:

@@ -76,3 +76,25 @@ def test_shared_conll_through_tfds_and_tokenizer(tmp_path):
     assert len(data.train["labels"]) == 14041 and len(data.eval["labels"]) == 3250
     # every word's first piece carries its label, except the words cut by truncation (reported, not silent)
     assert (data.eval["labels"] != -100).sum() == 51362 - 19 and data.truncated == {"train": 1, "validation": 3}
+
+
+def test_text_corpus_builder_splits_documents(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_text("\n\n".join(f"paragraph {i} of a.\nsecond line." for i in range(9)))
+    (d / "b.txt").write_text("one more paragraph")
+    sources = tfds_builders.prepare("text", d, tmp_path / "cache")
+    docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    assert len(docs["train"]) == 9 and len(docs["validation"]) == 1
+    assert sorted(docs["train"] + docs["validation"])[0] == "one more paragraph"
+    assert "paragraph 0 of a.\nsecond line." in docs["train"]
+    (d / "c.txt").write_bytes(b"\xff\xfe bad")
+    with pytest.raises(DataError, match=r"c.txt:1: not UTF-8"):
+        tfds_builders.prepare("text", d, tmp_path / "cache")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare").is_dir(), reason="shared tiny shakespeare not present")
+def test_tiny_shakespeare_through_tfds(tmp_path):
+    sources = tfds_builders.prepare("text", SHARED_DATA / "tinyshakespeare", tmp_path / "cache")
+    text = "\n\n".join(r["text"] for s in ("train", "validation") for r in tfds_builders.read_all(sources[s]))
+    assert len(set(text)) == 65 and len(text) > 1_000_000
