@@ -26,9 +26,8 @@ from step_throughput import make_batch  # noqa: E402
 def measure(cfg, batch: dict, n: int) -> tuple[float, int]:
     mesh = mesh_lib.make_mesh(cfg.mesh)
     tx, schedule = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size), 1000)
-    if cfg.train.accum_impl == "multisteps" and cfg.train.accum_steps > 1:
-        tx = accumulate.multisteps(tx, cfg.train.accum_steps)
     mem = memory.step_memory(cfg, mesh, tx, schedule, cfg.train.accum_steps)
+    tx = accumulate.wrap(tx, cfg.train)
     graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
     batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, batch)
     steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)

@@ -50,6 +50,13 @@ def scan_gradients(grad_fn: GradFn, params, batch: dict, k: int, rng: jax.Array,
     return metrics, grads
 
 
+def wrap(tx: optax.GradientTransformation, train_cfg) -> optax.GradientTransformation:
+    """The optimizer a run steps with: `tx` itself, or tx inside MultiSteps when that accumulation is chosen."""
+    if train_cfg.accum_impl == "multisteps" and train_cfg.accum_steps > 1:
+        return multisteps(tx, train_cfg.accum_steps)
+    return tx
+
+
 def multisteps(tx: optax.GradientTransformation, k: int) -> optax.GradientTransformation:
     """optax.MultiSteps: the inner optimizer runs on every k-th call with the mean of the k gradients
     given to it. Callers feed it k x (gradient of the micro-batch loss sum / global token count), whose

@@ -15,6 +15,7 @@ import math
 import jax
 import numpy as np
 
+from jaxbatch import accumulate
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -52,9 +53,11 @@ def abstract_batch(cfg, batch_size: int, mesh) -> tuple[dict, dict]:
 
 
 def step_memory(cfg, mesh, tx, schedule, accum_steps: int) -> StepMemory:
-    """Compiles the train step for `train.accum_steps = accum_steps` on abstract inputs."""
+    """Compiles the train step for `train.accum_steps = accum_steps` on abstract inputs. `tx` is the inner
+    optimizer; it is wrapped in MultiSteps here when the config asks for that accumulation."""
     cfg = copy.deepcopy(cfg)
     cfg.train.accum_steps = accum_steps
+    tx = accumulate.wrap(tx, cfg.train)
     init = state_lib.init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
     abstract = jax.eval_shape(init)
     state_sh = state_lib.shardings(abstract, mesh, cfg.mesh.rules)

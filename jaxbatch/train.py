@@ -78,8 +78,7 @@ def train(cfg: config.Config) -> dict:
         say(f"planning the micro-batch for {budget / 2**30:.2f} GiB per device:")
         t.accum_steps = memory.plan_micro_batch(cfg, mesh, tx, schedule, budget, log=say).accum_steps
         say(f"plan: train.accum_steps={t.accum_steps} (micro-batch {t.batch_size // t.accum_steps})")
-    if t.accum_impl == "multisteps" and t.accum_steps > 1:
-        tx = accumulate.multisteps(tx, t.accum_steps)
+    tx = accumulate.wrap(tx, t)
     say(f"optimizer: {cfg.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
         f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {cfg.optim.schedule} decay")
 

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 from jaxbatch import config as config_lib  # noqa: E402
 from jaxbatch import mesh as mesh_lib  # noqa: E402
-from jaxbatch import optim, state as state_lib, steps as steps_lib  # noqa: E402
+from jaxbatch import accumulate, optim, state as state_lib, steps as steps_lib  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -48,10 +48,7 @@ def run_steps(cfg: config_lib.Config, batches: list[dict], devices=None):
     config_lib.validate(cfg, mesh.devices.size)
     hp = optim.scale_hparams(cfg.optim, cfg.train.batch_size)
     tx, schedule = optim.make(cfg.optim, hp, cfg.train.steps)
-    if cfg.train.accum_impl == "multisteps" and cfg.train.accum_steps > 1:
-        from jaxbatch import accumulate
-
-        tx = accumulate.multisteps(tx, cfg.train.accum_steps)
+    tx = accumulate.wrap(tx, cfg.train)
     graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
     batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, batches[0])
     steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
