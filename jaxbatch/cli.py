@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from jaxbatch import config
+    from jaxbatch.data.files import DataError
+    from jaxbatch.hf import CheckpointError
 
     if args.command == "keys":
         print("\n".join(line for line in config.describe(config.Config()).splitlines()
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = train.train(cfg)
     except config.ConfigError as e:
         print(f"jaxbatch: config error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, FileNotFoundError) as e:  # bad input files: the message names them
+        print(f"jaxbatch: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     final = summary["final_eval"]
     print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.1f}s; final eval loss "

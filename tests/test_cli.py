@@ -26,3 +26,14 @@ def test_plan_prints_the_chosen_accumulation(capsys):
     out = capsys.readouterr().out
     assert "plan: train.accum_steps=" in out and "too big" in out
     assert cli.main(["plan", *TINY, "train.batch_size=16", "train.memory_budget_gb=0.00001"]) == 2
+
+
+def test_bad_input_files_are_reported_without_traceback(tmp_path, capsys):
+    (tmp_path / "train.txt").write_text("John B-PER\nlives O extra\n")
+    (tmp_path / "valid.txt").write_text("x O\n")
+    args = ["train", "model.preset=minilm-l6", "model.pretrained=minilm-l6", "data.name=conll2003",
+            f"data.data_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "train.progress=false"]
+    assert cli.main(args) == 2
+    assert "DataError" in (err := capsys.readouterr().err) and "train.txt:2: expected 4 columns" in err
+    assert cli.main(["train", "model.preset=custom", f"model.pretrained={tmp_path / 'nothing'}"]) == 2
+    assert "no such folder" in capsys.readouterr().err
