@@ -36,8 +36,9 @@ def main(argv: list[str]) -> dict:
     cfg = config.build(DEFAULTS + argv)
     summary = train.train(cfg)
     final = summary["final_eval"]
-    print(f"\nquickstart: {summary['steps']} steps in {summary['wall_time_s']:.0f}s, "
-          f"{summary['tokens_per_s']:.0f} tokens/s; dev entity F1 {final['entity_f1']:.3f}, "
+    speed = f", {summary['tokens_per_s']:.0f} tokens/s" if summary["tokens_per_s"] else " (resumed, already trained)"
+    print(f"\nquickstart: {summary['steps']} steps in {summary['wall_time_s']:.0f}s{speed}; "
+          f"dev entity F1 {final['entity_f1']:.3f}, "
           f"token accuracy {final['accuracy']:.3f} (SYNTHETIC corpus). Results in {cfg.train.run_dir}/")
     return summary
 

@@ -113,6 +113,15 @@ class TrainConfig:
     peak_tflops: float = 0.0  # per device, for MFU; 0 = look up the device kind or measure a matmul
     auto_micro_batch: bool = False  # pick accum_steps from the compiled step's memory analysis
     memory_budget_gb: float = 0.0  # per device, for auto_micro_batch; 0 = 90% of the device's memory
+    stop_after: int = 0  # save and exit after N steps this process (a job's time slot); the next run resumes
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    directory: str = ""  # empty = <train.run_dir>/checkpoints
+    every: int = 0  # steps between saves; 0 = only at the end (and on SIGTERM)
+    max_to_keep: int = 3
+    resume: bool = True  # continue from the latest checkpoint in the directory, if any
 
 
 @dataclasses.dataclass
@@ -134,6 +143,7 @@ class Config:
     precision: PrecisionConfig = dataclasses.field(default_factory=PrecisionConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxbatch import accumulate, config, metrics, noise_scale, optim, reporting
+from jaxbatch import accumulate, checkpoint, config, metrics, noise_scale, optim, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -103,20 +103,41 @@ def train(cfg: config.Config) -> dict:
     micro_batch = t.batch_size // t.accum_steps
     peak, peak_source = metrics.peak_flops_per_device(t.peak_tflops)
     say(f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
-    reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress)
 
-    # ---- Loop -------------------------------------------------------------------------------------------
+    # ---- Data iterator and resume -----------------------------------------------------------------------
     batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
                                           jax.process_count(), cfg.data.buckets))
+    ckpt = checkpoint.Checkpointer(cfg.checkpoint.directory or run_dir / "checkpoints", cfg.checkpoint.max_to_keep)
+    ckpt.handle_sigterm()
+    if cfg.checkpoint.resume and ckpt.latest_step() is not None:
+        state = ckpt.restore(ckpt.latest_step(), state, state_sh, batches)
+        say(f"resumed from {ckpt.directory} at step {int(state.step)} (state and data iterator)")
+    first_step = int(state.step)
+    reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress, first_step)
+
+    # ---- Loop -------------------------------------------------------------------------------------------
     noise = noise_scale.NoiseScale(micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None
     evals, start_time = [], time.perf_counter()
-    for step in range(int(state.step), t.steps):
+
+    def run_eval(done: int) -> dict:
+        result = evaluate(steps, state.params, data.eval, data, batch_sh, micro_batch)
+        evals.append({"step": done, **{k: v for k, v in result.items() if k not in ("token_report_text", "predictions")}})
+        reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
+        line = f"eval @ {done}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
+        if "entity_f1" in result:
+            line += f" entity F1 {result['entity_f1']:.4f}"
+        reporter.write(line)
+        return result
+
+    if first_step == t.steps:  # resuming a finished run: nothing to train, evaluate what it left
+        result = run_eval(first_step)
+    for step in range(first_step, t.steps):
         batch = pipeline.to_global(next(batches), batch_sh)
         state, step_metrics = steps.train(state, batch)
         done = step + 1
         length = batch["input_ids"].shape[1]
         reporter.advance(t.batch_size * length, metrics.train_flops_per_sequence(cfg.model, length) * t.batch_size)
-        if step == 0:  # exclude compilation from throughput (a new bucket length compiles once more)
+        if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
             jax.block_until_ready(state)
             reporter.start_clock(done)
         if done % t.log_every == 0 or done == t.steps:
@@ -126,14 +147,15 @@ def train(cfg: config.Config) -> dict:
                 if noise.b_simple is not None:
                     reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
         if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
-            result = evaluate(steps, state.params, data.eval, data, batch_sh, micro_batch)
-            evals.append({"step": done, **{k: v for k, v in result.items()
-                                           if k not in ("token_report_text", "predictions")}})
-            reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
-            line = f"eval @ {done}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
-            if "entity_f1" in result:
-                line += f" entity F1 {result['entity_f1']:.4f}"
-            reporter.write(line)
+            result = run_eval(done)
+        stop = ckpt.stop_requested or (t.stop_after and done - first_step >= t.stop_after)
+        if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == t.steps or stop:
+            ckpt.save(done, state, batches, config.to_dict(cfg))  # asynchronous
+        if stop:
+            say(f"stopping at step {done} ({'SIGTERM' if ckpt.stop_requested else 'train.stop_after'}); "
+                f"checkpoint saved, run again to resume")
+            break
+    ckpt.close()
     reporter.close()
 
     # ---- Summary ----------------------------------------------------------------------------------------
