@@ -16,6 +16,13 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def abstract_with_shardings(tree, shardings):
+    """ShapeDtypeStructs carrying the target shardings (one array leaf per sharding, same order)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                              for x, s in zip(leaves, jax.tree.leaves(shardings))])
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 3):
         self.directory = Path(directory).absolute()
@@ -36,11 +43,9 @@ class Checkpointer:
     def restore(self, step: int, state_like, state_shardings, data_iterator):
         """The state at `step`, placed with `state_shardings` (any mesh: Orbax reshards), and the iterator
         moved to where it was."""
-        leaves, treedef = jax.tree.flatten(state_like)
-        abstract = treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-                                      for x, s in zip(leaves, jax.tree.leaves(state_shardings))])
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            state=ocp.args.StandardRestore(abstract_with_shardings(state_like, state_shardings)),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
         return restored.state
 
     def handle_sigterm(self) -> None:

@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     plan_p.add_argument("overrides", nargs="*")
     advise_p = sub.add_parser("advise-batch", help="batch-size advice from a run's gradient noise scale")
     advise_p.add_argument("run_dir")
+    export_p = sub.add_parser("export", help="write a finished run's model as a Hugging Face folder")
+    export_p.add_argument("run_dir")
+    export_p.add_argument("out_dir")
     keys_p = sub.add_parser("keys", help="list every config key with its default")
     keys_p.add_argument("prefix", nargs="?", default="")
     args = parser.parse_args(argv)
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "advise-batch":
         return advise_batch(args.run_dir)
+    if args.command == "export":
+        return export(args.run_dir, args.out_dir)
     if args.command == "plan":
         try:
             return plan(config.build(args.overrides, args.config))
@@ -71,6 +76,46 @@ def plan(cfg) -> int:
           f"budget {budget / 2**30:.2f} GiB per device")
     chosen = memory.plan_micro_batch(cfg, mesh, tx, schedule, budget)
     print(f"plan: train.accum_steps={chosen.accum_steps}  ({chosen.describe()})")
+    return 0
+
+
+def export(run_dir: str, out_dir: str) -> int:
+    """Restores the run's latest checkpoint (on this machine's devices) and writes config.json,
+    model.safetensors and the tokenizer files, loadable by transformers' BertFor*Classification."""
+    import json
+    from pathlib import Path
+
+    import jax
+
+    from jaxbatch import accumulate, checkpoint, config, hf, optim
+    from jaxbatch import mesh as mesh_lib
+    from jaxbatch import state as state_lib
+    from jaxbatch.data import tasks
+
+    summary_path = Path(run_dir) / "summary.json"
+    if not summary_path.is_file():
+        print(f"jaxbatch: {summary_path} does not exist (run not finished?)", file=sys.stderr)
+        return 2
+    summary = json.loads(summary_path.read_text())
+    cfg = config.from_dict(summary["config"])
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.model = -1, 1, 1  # export needs no model parallelism
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    tx, _ = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size), cfg.train.steps)
+    tx = accumulate.wrap(tx, cfg.train)
+    init = state_lib.init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
+    abstract = jax.eval_shape(init)
+    shardings = state_lib.shardings(abstract, mesh, cfg.mesh.rules)
+    ckpt = checkpoint.Checkpointer(cfg.checkpoint.directory or Path(run_dir) / "checkpoints")
+    step = ckpt.latest_step()
+    if step is None:
+        print(f"jaxbatch: no checkpoint in {ckpt.directory}", file=sys.stderr)
+        return 2
+    restored = ckpt.manager.restore(step, args=checkpoint.ocp.args.Composite(
+        state=checkpoint.ocp.args.StandardRestore(checkpoint.abstract_with_shardings(abstract, shardings))))
+    ckpt.close()
+    tokenizer = tasks.tokenizer_for(cfg.model, tasks.synthetic.vocabulary())
+    out = hf.export(restored.state.params, cfg.model, out_dir, tokenizer, summary.get("label_names"))
+    print(f"exported step {step} of {run_dir} to {out}")
     return 0
 
 

@@ -300,6 +300,16 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def from_dict(tree: dict) -> Config:
+    """Inverse of `to_dict` (e.g. the config saved in summary.json), with the same typing as overrides."""
+    cfg = Config()
+    for key, value in _flatten({k: v for k, v in tree.items() if k != "mesh"}).items():
+        _set(cfg, key, value)
+    for key, value in tree.get("mesh", {}).items():
+        _set(cfg, f"mesh.{key}", value)
+    return cfg
+
+
 def describe(cfg: Config) -> str:
     """The config as `key = value` lines, printed at the start of every run."""
     flat = _flatten(to_dict(cfg))

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from jaxbatch import accumulate
+from jaxbatch.checkpoint import abstract_with_shardings
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -61,9 +62,7 @@ def step_memory(cfg, mesh, tx, schedule, accum_steps: int) -> StepMemory:
     init = state_lib.init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
     abstract = jax.eval_shape(init)
     state_sh = state_lib.shardings(abstract, mesh, cfg.mesh.rules)
-    leaves, treedef = jax.tree.flatten(abstract)  # one array leaf per Variable, in the shardings' order
-    abstract = treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-                                  for x, s in zip(leaves, jax.tree.leaves(state_sh))])
+    abstract = abstract_with_shardings(abstract, state_sh)
     graphdef, _ = state_lib.abstract_model(cfg.model, cfg.precision.policy)
     batch, batch_sh = abstract_batch(cfg, cfg.train.batch_size, mesh)
     steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)

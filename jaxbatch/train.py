@@ -165,7 +165,7 @@ def train(cfg: config.Config) -> dict:
         "final_eval": evals[-1] if evals else {}, "evals": evals,
         "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,
         "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
-        "synthetic_data": data.synthetic, "config": config.to_dict(cfg),
+        "synthetic_data": data.synthetic, "config": config.to_dict(cfg), "label_names": data.label_names,
         "noise_scale": noise.b_simple if noise is not None else None,
         "effective_hparams": {"learning_rate": hp.learning_rate, "warmup_steps": hp.warmup_steps, "rule": hp.rule,
                               "reference_batch": hp.reference_batch, "batch": hp.batch},

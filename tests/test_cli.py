@@ -37,3 +37,30 @@ def test_bad_input_files_are_reported_without_traceback(tmp_path, capsys):
     assert "DataError" in (err := capsys.readouterr().err) and "train.txt:2: expected 4 columns" in err
     assert cli.main(["train", "model.preset=custom", f"model.pretrained={tmp_path / 'nothing'}"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_export_a_finished_run_loads_in_transformers(tmp_path):
+    import numpy as np
+    import pytest
+
+    from conftest import params_numpy, tiny_config
+    from jaxbatch import config, train
+
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    run = tmp_path / "run"
+    trained = train.train(tiny_config("train.batch_size=16", "train.steps=3", "train.eval_every=0",
+                                      f"train.run_dir={run}", "mesh.data=2", "mesh.model=4"))
+    assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 0
+    model = transformers.BertForTokenClassification.from_pretrained(tmp_path / "hf")
+    assert model.config.id2label[1] == "B-PER" and model.config.num_hidden_layers == 2
+    ours = params_numpy(trained["state"])
+    theirs = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    np.testing.assert_array_equal(theirs["classifier.weight"], ours["classifier.kernel"].T)
+    np.testing.assert_array_equal(theirs["bert.encoder.layer.1.intermediate.dense.weight"],
+                                  ours["encoder.layers.1.mlp.wi.kernel"].T)
+    cfg = config.from_dict(json.load(open(run / "summary.json"))["config"])
+    assert cfg.mesh.rules == config.Config().mesh.rules and (cfg.mesh.data, cfg.mesh.model) == (2, 4)
+    tok = transformers.BertTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.convert_tokens_to_ids("Paris") != tok.unk_token_id
+    assert cli.main(["export", str(tmp_path / "none"), str(tmp_path / "x")]) == 2
