@@ -82,6 +82,40 @@ class Reporter:
             self.jsonl.close()
 
 
+def plot_curves(run_dir: str | Path) -> Path | None:
+    """curves.png next to metrics.jsonl: train loss (and learning rate) and eval metrics against steps,
+    drawn from the whole file, so a resumed run's plot covers every segment."""
+    run_dir = Path(run_dir)
+    if jax.process_index() != 0 or not (run_dir / "metrics.jsonl").is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    a.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss")
+    a.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
+    a.legend()
+    for key in ("accuracy", "entity_f1"):
+        points = [(r["step"], r[key]) for r in evals if key in r]
+        if points:
+            b.plot(*zip(*points), "o-", label=f"eval {key}")
+    lr = b.twinx()
+    lr.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="gray", alpha=0.4)
+    lr.set_ylabel("learning rate (gray)")
+    b.set(xlabel="step", title="eval metrics")
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=90)
+    plt.close(fig)
+    return run_dir / "curves.png"
+
+
 def write_json(path: str | Path, obj) -> None:
     if jax.process_index() == 0:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

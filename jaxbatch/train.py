@@ -171,6 +171,7 @@ def train(cfg: config.Config) -> dict:
                               "reference_batch": hp.reference_batch, "batch": hp.batch},
     }
     reporting.write_json(run_dir / "summary.json", summary)
+    reporting.plot_curves(run_dir)
     if noise is not None:
         say(noise_scale.advice(noise.b_simple, t.batch_size))
     if data.task == "token" and evals:

@@ -25,6 +25,10 @@ def test_train_loop_learns_synthetic_ner(tmp_run_dir):
     assert set(report) >= {"PER", "LOC", "ORG", "MISC", "micro avg"}
     assert sum(report[t]["support"] for t in ("PER", "LOC", "ORG", "MISC")) == report["micro avg"]["support"] > 100
     assert json.load(open(f"{tmp_run_dir}/summary.json"))["synthetic_data"] is True
+    from pathlib import Path
+
+    assert (Path(tmp_run_dir) / "curves.png").stat().st_size > 10_000
+    assert list((Path(tmp_run_dir) / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_train_loop_learns_synthetic_sentiment(tmp_run_dir):
