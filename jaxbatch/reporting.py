@@ -101,15 +101,18 @@ def plot_curves(run_dir: str | Path) -> Path | None:
     a.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss")
     a.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
     a.legend()
+    plotted = False
     for key in ("accuracy", "entity_f1"):
         points = [(r["step"], r[key]) for r in evals if key in r]
         if points:
             b.plot(*zip(*points), "o-", label=f"eval {key}")
+            plotted = True
     lr = b.twinx()
     lr.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="gray", alpha=0.4)
     lr.set_ylabel("learning rate (gray)")
     b.set(xlabel="step", title="eval metrics")
-    b.legend(loc="lower right")
+    if plotted:
+        b.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=90)
     plt.close(fig)
