@@ -10,7 +10,6 @@ import argparse
 import time
 
 import jax
-import numpy as np
 
 from jaxbatch import config, mesh as mesh_lib, steps as steps_lib
 from jaxbatch.data import pipeline, tasks

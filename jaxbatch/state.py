@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import precision
@@ -66,10 +66,6 @@ def create(cfg, mesh: Mesh, tx: optax.GradientTransformation, load_params=None):
         state = jax.jit(reinit, out_shardings=state_sh, donate_argnums=1)(params, state)
     graphdef, _ = abstract_model(cfg.model, cfg.precision.policy)
     return graphdef, state, state_sh
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
 
 
 def param_name(path) -> str:

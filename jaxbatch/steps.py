@@ -16,11 +16,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxbatch import accumulate
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import precision
+from jaxbatch.data.tokenize import IGNORE_INDEX  # label of positions that carry no loss, as in HF
 from jaxbatch.state import TrainState
-
-IGNORE_INDEX = -100  # label of positions that carry no loss (padding, non-first word pieces), as in HF
-
-BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 def loss_sums(logits: jax.Array, labels: jax.Array, num_labels: int) -> tuple[dict, jax.Array]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
 from jaxbatch.data import pipeline, tasks
 
-log = logging.getLogger(__name__)
 
 
 def evaluate(steps: steps_lib.Steps, params, arrays: dict, data: tasks.TaskData, batch_sh: dict,

@@ -1,7 +1,6 @@
 """Hugging Face BERT import/export: numerically identical to PyTorch transformers (skipped without torch)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

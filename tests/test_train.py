@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from conftest import tiny_config
 from jaxbatch import cli, train

@@ -8,7 +8,6 @@ are not rebuilt, changed files get a new build next to the old one.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import tensorflow_datasets as tfds
 from jaxbatch.data import conll, glue, text
 from jaxbatch.data.files import DataError
 
-log = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = Path(os.environ.get("JAXBATCH_DATA_DIR", Path.home() / ".cache" / "jaxbatch" / "tfds"))
 
 
