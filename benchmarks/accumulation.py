@@ -14,28 +14,21 @@ import time
 
 import jax
 
-from jaxbatch import accumulate, config, memory, optim
-from jaxbatch import mesh as mesh_lib
-from jaxbatch import state as state_lib
-from jaxbatch import steps as steps_lib
+from jaxbatch import config, memory
+from jaxbatch import run as run_lib
 
 sys.path.insert(0, "benchmarks")
 from step_throughput import make_batch  # noqa: E402
 
 
 def measure(cfg, batch: dict, n: int) -> tuple[float, int]:
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    tx, schedule = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size), 1000)
-    mem = memory.step_memory(cfg, mesh, tx, schedule, cfg.train.accum_steps)
-    tx = accumulate.wrap(tx, cfg.train)
-    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
-    batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, batch)
-    steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
-    batch = {k: jax.device_put(v, batch_sh[k]) for k, v in batch.items()}
-    times = []
+    mem = memory.step_memory(cfg, cfg.train.accum_steps)
+    run = run_lib.setup(cfg)
+    batch = {k: jax.device_put(v, run.batch_sh[k]) for k, v in batch.items()}
+    times, state = [], run.state
     for i in range(n + 1):
         t0 = time.perf_counter()
-        state, m = steps.train(state, batch)
+        state, m = run.steps.train(state, batch)
         jax.block_until_ready(m["loss"])
         if i:  # the first call compiles
             times.append(time.perf_counter() - t0)
@@ -52,7 +45,7 @@ def main() -> None:
     args = p.parse_args()
     big = args.micro * args.k
     base = [f"model.preset={args.preset}", "model.task=token", "model.num_labels=9", f"data.seq_len={args.seq}",
-            f"train.batch_size={big}", "model.hidden_dropout=0"]
+            f"train.batch_size={big}", "model.hidden_dropout=0", "train.steps=1000"]
     batch = make_batch(config.build(base).model.vocab_size, big, args.seq, 9)
     t_big, m_big = measure(config.build(base), batch, args.steps)
     print(f"device: {jax.device_count()} x {jax.devices()[0].device_kind}; BERT {args.preset}, global batch {big} "

@@ -11,7 +11,7 @@ import time
 
 import jax
 
-from jaxbatch import config, mesh as mesh_lib, steps as steps_lib
+from jaxbatch import config, mesh as mesh_lib, run as run_lib, steps as steps_lib
 from jaxbatch.data import pipeline, tasks
 
 
@@ -52,11 +52,11 @@ def main() -> None:
                             f"data.data_dir={args.data_root}/{sub}", f"data.seq_len={seq}",
                             f"train.batch_size={args.batch}"])
         t0 = time.perf_counter()
-        data = tasks.load(cfg.data, cfg.model)
+        data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
         n = len(data.train["labels"])
         prep = time.perf_counter() - t0
         ex_s, tok_s = pipeline_rate(data, args.batch)
-        cfg.model.task, cfg.model.num_labels = "token", 9
+        cfg = config.replace(cfg, model__task="token", model__num_labels=9, model__pretrained="")
         step_s = bench_jax(cfg, make_batch(cfg.model.vocab_size, args.batch, seq, 9), args.steps, 1)
         consume = args.batch / step_s
         pad = pipeline.padding_stats(data.train).padding_fraction

@@ -16,10 +16,8 @@ import time
 import jax
 import numpy as np
 
-from jaxbatch import config, metrics, optim
-from jaxbatch import mesh as mesh_lib
-from jaxbatch import state as state_lib
-from jaxbatch import steps as steps_lib
+from jaxbatch import config, metrics, models
+from jaxbatch import run as run_lib
 
 
 def make_batch(vocab: int, batch: int, seq: int, num_labels: int, seed: int = 0) -> dict:
@@ -41,17 +39,12 @@ def time_steps(step, n: int, warmup: int) -> list[float]:
 
 
 def bench_jax(cfg: config.Config, batch: dict, n: int, warmup: int) -> float:
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    config.validate(cfg, mesh.devices.size)
-    tx, schedule = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size), 1000)
-    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
-    batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, batch)
-    steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
-    batch = {k: jax.device_put(v, batch_sh[k]) for k, v in batch.items()}
-    holder = [state]
+    run = run_lib.setup(cfg)
+    batch = {k: jax.device_put(v, run.batch_sh[k]) for k, v in batch.items()}
+    holder = [run.state]
 
     def step():
-        holder[0], m = steps.train(holder[0], batch)
+        holder[0], m = run.steps.train(holder[0], batch)
         jax.block_until_ready(m["loss"])
 
     return statistics.median(time_steps(step, n, warmup))
@@ -97,14 +90,15 @@ def main() -> None:
 
     cfg = config.build([f"model.preset={args.preset}", "model.task=token", "model.num_labels=9",
                         f"train.batch_size={args.batch}", f"data.seq_len={args.seq}",
-                        f"precision.policy={args.precision}", "optim.name=adamw", *args.overrides])
+                        f"precision.policy={args.precision}", "optim.name=adamw", "train.steps=1000",
+                        *args.overrides])
     batch = make_batch(cfg.model.vocab_size, args.batch, args.seq, cfg.model.num_labels)
     devices = jax.devices()
     kind = devices[0].device_kind
     peak_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
     peak = metrics.measure_matmul_flops(4096 if devices[0].platform != "cpu" else 1024, dtype=peak_dtype)
-    flops = metrics.train_flops_per_sequence(cfg.model, args.seq) * args.batch
     tokens = args.batch * args.seq
+    flops = models.family(cfg.model).train_flops_per_token(cfg.model, args.seq) * tokens
 
     t_jax = bench_jax(cfg, batch, args.steps, args.warmup)
     res = {"device": f"{len(devices)} x {kind}", "preset": args.preset, "batch": args.batch, "seq": args.seq,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxbatch import config, metrics, train
+from jaxbatch import config, evaluate, metrics, train
 
 
 def run(name: str, defaults: list[str], argv: list[str], description: str) -> dict:
@@ -19,15 +19,14 @@ def run(name: str, defaults: list[str], argv: list[str], description: str) -> di
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args(argv)
     cfg = config.build(defaults + [f"data.data_dir={args.data_dir}"] + args.overrides, args.config)
-    summary = train.train(cfg)
-    data, run_dir = summary["data"], Path(cfg.train.run_dir)
-    results = {"dev": summary["final_eval"]}
+    result = train.train(cfg)
+    data, run_dir = result.data, Path(cfg.train.run_dir)
+    results = {"dev": result.summary["final_eval"]}
     if args.test_split:
         if data.test is None:
             print(f"--test-split: {args.data_dir} has no test split; skipped")
         else:
-            test = train.evaluate(summary["steps_fn"], summary["state"].params, data.test, data, summary["batch_sh"],
-                                  summary["eval_batch"])
+            test = evaluate.evaluate(result.run, result.state.params, data.test, data.label_names, data.task)
             if data.test_labelled:
                 results["test"] = {k: v for k, v in test.items() if k not in ("predictions", "token_report_text")}
             else:  # e.g. GLUE: test labels are hidden, so write predictions in the GLUE submission layout

@@ -54,13 +54,13 @@ def run(argv: list[str]) -> list[dict]:
                                    f"train.run_dir={args.run_dir}/batch{batch}", *args.overrides])
         n_train = cfg.data.max_train or cfg.data.num_train
         if args.data_dir:
+            from jaxbatch import run as run_lib
             from jaxbatch.data import tasks
 
-            n_train = len(tasks.load(cfg.data, cfg.model).train["labels"])
-        cfg.train.steps = max(1, math.ceil(args.epochs * n_train / batch))
-        cfg.train.eval_every = cfg.train.steps
-        cfg.train.log_every = max(1, cfg.train.steps // 20)
-        summary = train.train(cfg)
+            n_train = len(tasks.load(cfg.data, run_lib.tokenizer(cfg)).train["labels"])
+        steps = max(1, math.ceil(args.epochs * n_train / batch))
+        cfg = config.replace(cfg, train__steps=steps, train__eval_every=steps, train__log_every=max(1, steps // 20))
+        summary = train.train(cfg).summary
         final = summary["final_eval"]
         curve = [(r["step"] * batch, r["loss"]) for r in _history(cfg.train.run_dir)]
         rows.append({"batch": batch, "steps": cfg.train.steps, "wall_time_s": summary["wall_time_s"],

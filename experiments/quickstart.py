@@ -33,8 +33,9 @@ DEFAULTS = [
 
 
 def main(argv: list[str]) -> dict:
+    """Returns the run's summary (as written to summary.json)."""
     cfg = config.build(DEFAULTS + argv)
-    summary = train.train(cfg)
+    summary = train.train(cfg).summary
     final = summary["final_eval"]
     speed = f", {summary['tokens_per_s']:.0f} tokens/s" if summary["tokens_per_s"] else " (resumed, already trained)"
     print(f"\nquickstart: {summary['steps']} steps in {summary['wall_time_s']:.0f}s{speed}; "

@@ -1,9 +1,13 @@
-"""`jaxbatch <command> [--config FILE] [section.key=value ...]`."""
+"""`jaxbatch <command> ...`: train | plan | predict | evaluate | export | advise-batch | keys.
+
+Every command reports a bad config, data file or model folder as one line naming the key or file and
+exits with code 2; no traceback."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,127 +19,151 @@ def main(argv: list[str] | None = None) -> int:
     plan_p = sub.add_parser("plan", help="choose the micro-batch from compiled memory (no training)")
     plan_p.add_argument("--config", help="TOML or JSON config file")
     plan_p.add_argument("overrides", nargs="*")
+    predict_p = sub.add_parser("predict", help="label new text with a trained run dir or Hugging Face folder")
+    predict_p.add_argument("model", help="run dir or Hugging Face folder")
+    predict_p.add_argument("--input", help="text (one sentence per line), CoNLL or TSV file; default stdin")
+    predict_p.add_argument("--format", default="auto", help="input format: auto | text | conll | tsv")
+    predict_p.add_argument("--output-format", default="json", help="json (lines) | conll (token tasks)")
+    predict_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
+    eval_p = sub.add_parser("evaluate", help="score a trained run dir on a dataset split")
+    eval_p.add_argument("model", help="run dir or Hugging Face folder")
+    eval_p.add_argument("--data-dir", required=True, help="folder with the split's file")
+    eval_p.add_argument("--split", default="test", help="train | validation | test (default test)")
+    eval_p.add_argument("--data-name", help="conll | tsv | ... (default: the run's data.name)")
+    eval_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
     advise_p = sub.add_parser("advise-batch", help="batch-size advice from a run's gradient noise scale")
     advise_p.add_argument("run_dir")
-    export_p = sub.add_parser("export", help="write a finished run's model as a Hugging Face folder")
+    export_p = sub.add_parser("export", help="write a trained run's model as a Hugging Face folder")
     export_p.add_argument("run_dir")
     export_p.add_argument("out_dir")
     keys_p = sub.add_parser("keys", help="list every config key with its default")
     keys_p.add_argument("prefix", nargs="?", default="")
     args = parser.parse_args(argv)
 
-    from jaxbatch import config
-    from jaxbatch.data.files import DataError
-    from jaxbatch.hf import CheckpointError
+    from jaxbatch.errors import CheckpointError, ConfigError, DataError
 
-    if args.command == "keys":
-        print("\n".join(line for line in config.describe(config.Config()).splitlines()
-                        if line.strip().startswith(args.prefix)))
-        return 0
-    if args.command == "advise-batch":
-        return advise_batch(args.run_dir)
-    if args.command == "export":
-        return export(args.run_dir, args.out_dir)
-    if args.command == "plan":
-        try:
-            return plan(config.build(args.overrides, args.config))
-        except config.ConfigError as e:
-            print(f"jaxbatch: config error: {e}", file=sys.stderr)
-            return 2
+    commands = {"train": train, "plan": plan, "predict": predict, "evaluate": evaluate_split, "export": export,
+                "advise-batch": advise_batch, "keys": keys}
     try:
-        cfg = config.build(args.overrides, args.config)
-        from jaxbatch import distributed, train
-
-        if distributed.initialize(cfg.distributed):
-            print(distributed.describe())
-        summary = train.train(cfg)
-    except config.ConfigError as e:
+        return commands[args.command](args)
+    except ConfigError as e:
         print(f"jaxbatch: config error: {e}", file=sys.stderr)
-        return 2
-    except (DataError, CheckpointError, FileNotFoundError) as e:  # bad input files: the message names them
+    except (DataError, CheckpointError) as e:  # bad input files: the message names them
         print(f"jaxbatch: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    final = summary["final_eval"]
-    print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.1f}s; final eval loss "
+    return 2
+
+
+def keys(args) -> int:
+    from jaxbatch import config
+
+    print("\n".join(line for line in config.describe(config.Config()).splitlines()
+                    if line.strip().startswith(args.prefix)))
+    return 0
+
+
+def train(args) -> int:
+    from jaxbatch import config, distributed
+    from jaxbatch import train as train_lib
+
+    cfg = config.build(args.overrides, args.config)
+    if distributed.initialize(cfg.distributed):
+        print(distributed.describe())
+    result = train_lib.train(cfg)
+    final = result.summary["final_eval"]
+    print(f"done: {result.summary['steps']} steps in {result.summary['wall_time_s']:.1f}s; final eval loss "
           f"{final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}; "
           f"summary in {cfg.train.run_dir}/summary.json")
     return 0
 
 
-def plan(cfg) -> int:
-    import jax
-
-    from jaxbatch import config, memory, optim
+def plan(args) -> int:
+    from jaxbatch import config, memory
     from jaxbatch import mesh as mesh_lib
+    from jaxbatch import run as run_lib
 
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    config.validate(cfg, jax.device_count())
-    tx, schedule = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size), cfg.train.steps)
-    budget = memory.device_budget(cfg.train.memory_budget_gb)
-    print(f"mesh {mesh_lib.describe(mesh)}; global batch {cfg.train.batch_size} x seq {cfg.data.seq_len}; "
+    spec = run_lib.resolve(config.build(args.overrides, args.config))
+    mesh = mesh_lib.make_mesh(spec.mesh)
+    config.validate(spec, mesh.devices.size)
+    budget = memory.device_budget(spec.train.memory_budget_gb)
+    print(f"mesh {mesh_lib.describe(mesh)}; global batch {spec.train.batch_size} x seq {spec.data.seq_len}; "
           f"budget {budget / 2**30:.2f} GiB per device")
-    chosen = memory.plan_micro_batch(cfg, mesh, tx, schedule, budget)
+    chosen = memory.plan_micro_batch(spec, budget)
     print(f"plan: train.accum_steps={chosen.accum_steps}  ({chosen.describe()})")
     return 0
 
 
-def export(run_dir: str, out_dir: str) -> int:
-    """Restores the run's latest checkpoint (on this machine's devices) and writes config.json,
-    model.safetensors and the tokenizer files, loadable by transformers' BertFor*Classification."""
-    import json
-    from pathlib import Path
+def _restore(model: str, overrides: list[str]):
+    from jaxbatch import run as run_lib
 
-    import jax
+    restored = run_lib.restore(model, overrides)
+    if not restored.finished:
+        print(f"jaxbatch: note: {model} is unfinished (checkpoint at step {restored.step} of "
+              f"{restored.run.spec.train.steps}); using that checkpoint", file=sys.stderr)
+    return restored
 
-    from jaxbatch import accumulate, checkpoint, config, hf, optim
-    from jaxbatch import mesh as mesh_lib
-    from jaxbatch import state as state_lib
-    from jaxbatch.data import tasks
 
-    summary_path = Path(run_dir) / "summary.json"
-    if not summary_path.is_file():
-        print(f"jaxbatch: {summary_path} does not exist (run not finished?)", file=sys.stderr)
-        return 2
-    summary = json.loads(summary_path.read_text())
-    cfg = config.from_dict(summary["config"])
-    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.model = -1, 1, 1  # export needs no model parallelism
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    tx, _ = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size), cfg.train.steps)
-    tx = accumulate.wrap(tx, cfg.train)
-    init = state_lib.init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
-    abstract = jax.eval_shape(init)
-    shardings = state_lib.shardings(abstract, mesh, cfg.mesh.rules)
-    ckpt = checkpoint.Checkpointer(cfg.checkpoint.directory or Path(run_dir) / "checkpoints")
-    step = ckpt.latest_step()
-    if step is None:
-        print(f"jaxbatch: no checkpoint in {ckpt.directory}", file=sys.stderr)
-        return 2
-    restored = ckpt.manager.restore(step, args=checkpoint.ocp.args.Composite(
-        state=checkpoint.ocp.args.StandardRestore(checkpoint.abstract_with_shardings(abstract, shardings))))
-    ckpt.close()
-    tokenizer = tasks.tokenizer_for(cfg.model, tasks.synthetic.vocabulary())
-    out = hf.export(restored.state.params, cfg.model, out_dir, tokenizer, summary.get("label_names"))
-    print(f"exported step {step} of {run_dir} to {out}")
+def predict(args) -> int:
+    from jaxbatch import predict as predict_lib
+
+    if args.output_format not in ("json", "conll"):
+        from jaxbatch.errors import ConfigError
+
+        raise ConfigError(f"--output-format must be json or conll, got {args.output_format!r}")
+    if not Path(args.model).is_dir():
+        from jaxbatch.errors import CheckpointError
+
+        raise CheckpointError(f"{args.model}: no such run dir or Hugging Face folder")
+    path = Path(args.input) if args.input else None
+    sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
+    restored = _restore(args.model, args.overrides)
+    predict_lib.write(predict_lib.predict(restored, sentences), sentences, args.output_format)
     return 0
 
 
-def advise_batch(run_dir: str) -> int:
+def evaluate_split(args) -> int:
+    import dataclasses
+
+    from jaxbatch import evaluate
+    from jaxbatch.data import tasks
+
+    restored = _restore(args.model, args.overrides)
+    spec = restored.run.spec
+    data_cfg = dataclasses.replace(spec.data, data_dir=args.data_dir, name=args.data_name or spec.data.name,
+                                   max_train=0)
+    arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split)
+    result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task)
+    print(f"{args.split} ({len(arrays['labels'])} examples, {args.data_dir}): "
+          + evaluate.report_lines(result, spec.model.task))
+    return 0
+
+
+def export(args) -> int:
+    """The run's newest checkpoint (params only, on this machine's devices) as config.json,
+    model.safetensors and tokenizer files, loadable by the family's transformers class."""
+    from jaxbatch import hf
+    from jaxbatch import run as run_lib
+
+    restored = _restore(args.run_dir, [])
+    spec = restored.run.spec
+    out = hf.export(restored.params, spec.model, args.out_dir, restored.tokenizer, run_lib.label_names(spec))
+    print(f"exported step {restored.step} of {args.run_dir} to {out}")
+    return 0
+
+
+def advise_batch(args) -> int:
     import json
-    from pathlib import Path
 
     from jaxbatch import noise_scale
 
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        print(f"jaxbatch: {path} does not exist", file=sys.stderr)
+    path = Path(args.run_dir) / "metrics.jsonl"
+    summary = Path(args.run_dir) / "summary.json"
+    if not path.is_file() or not summary.is_file():
+        print(f"jaxbatch: {path if not path.is_file() else summary} does not exist (run not finished?)",
+              file=sys.stderr)
         return 2
     records = [json.loads(line) for line in path.open()]
     estimates = [r["b_simple"] for r in records if r["kind"] == "noise_scale"]
-    summary = Path(run_dir) / "summary.json"
-    batch = json.loads(summary.read_text())["config"]["train"]["batch_size"] if summary.is_file() else None
-    if batch is None:
-        print(f"jaxbatch: {summary} does not exist (run not finished?)", file=sys.stderr)
-        return 2
+    batch = json.loads(summary.read_text())["config"]["train"]["batch_size"]
     print(noise_scale.advice(estimates[-1] if estimates else None, batch))
     return 0
 

@@ -16,6 +16,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from jaxbatch import mesh as mesh_lib
+from jaxbatch import models
+from jaxbatch.errors import ConfigError
+
 # Logical axis -> mesh axes. Data, not code: DP, FSDP and TP are all this table plus the mesh shape.
 # A mesh axis is used at most once per array; a later dimension skips axes already taken (so an
 # activation's `embed` stays replicated while its `batch` already uses 'fsdp'), as in MaxText.
@@ -31,10 +35,12 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """BERT encoder shape. `preset` fills the shape fields; explicit overrides win over the preset."""
+    """Model family and shape. A `preset` names a family's shape (see `jaxbatch keys model` and
+    models/<family>.py); explicit keys win over the preset. Families read the fields they use."""
 
+    family: str = ""  # empty = the preset's family ('custom' presets need it set)
     preset: str = "tiny"
     vocab_size: int = 512
     hidden_size: int = 64
@@ -50,7 +56,7 @@ class ModelConfig:
     pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Mesh shape over ('data', 'fsdp', 'model'); -1 takes the devices the other axes leave."""
 
@@ -60,7 +66,7 @@ class MeshConfig:
     rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     name: str = "adamw"  # adamw | lamb | lars | sgd | adafactor
     learning_rate: float = 5e-4
@@ -76,30 +82,31 @@ class OptimConfig:
     reference_batch: int = 0  # batch the learning_rate/warmup were tuned for (0 = this run's batch)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PrecisionConfig:
     policy: str = "fp32"  # fp32 | bf16 | fp16
     init_loss_scale: float = 2.0**15
     growth_interval: int = 2000
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
-    name: str = "synthetic_ner"  # synthetic_ner | synthetic_sst | conll2003 | sst2
-    data_dir: str = ""  # the dataset's files (CoNLL eng.train/..., SST-2 *.tsv); empty = TFDS catalog (online)
+    name: str = "synthetic_ner"  # conll | tsv (your files) | conll2003 | sst2 (their presets) | synthetic_ner | synthetic_sst
+    data_dir: str = ""  # the dataset's files (CoNLL train/dev/test, TSV train/dev/test); empty = TFDS catalog (online)
     cache_dir: str = ""  # where tfds keeps prepared array_record files; empty = ~/.cache/jaxbatch/tfds
+    tokenizer: str = ""  # tokenizer folder or known name for a randomly initialised model; empty = model.pretrained's
     seq_len: int = 64
     num_train: int = 2048  # synthetic corpora: examples to generate
     num_eval: int = 256
     max_train: int = 0  # real datasets: use only the first N training examples (0 = all)
-    labels: str = ""  # comma-separated label set; empty = from the training split
+    labels: str = ""  # comma-separated label set (tags, or class names in id order); empty = from the training split
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first
     buckets: int = 1  # length buckets for training batches (seq_len/4, seq_len/2, seq_len for 3); 1 = no bucketing
     shuffle_seed: int = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 32  # global batch, in sequences
     accum_steps: int = 1  # micro-batches per step (global batch = accum_steps x micro-batch)
@@ -116,7 +123,7 @@ class TrainConfig:
     stop_after: int = 0  # save and exit after N steps this process (a job's time slot); the next run resumes
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     directory: str = ""  # empty = <train.run_dir>/checkpoints
     every: int = 0  # steps between saves; 0 = only at the end (and on SIGTERM)
@@ -124,7 +131,7 @@ class CheckpointConfig:
     resume: bool = True  # continue from the latest checkpoint in the directory, if any
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DistributedConfig:
     """Multi-host: one process per host. `auto` lets JAX find the coordinator (TPU VMs, SLURM)."""
 
@@ -135,7 +142,7 @@ class DistributedConfig:
     cpu_devices: int = 0  # CPU only: devices per process (and gloo collectives); 0 = leave JAX's default
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -145,10 +152,6 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
-
-
-class ConfigError(ValueError):
-    """A configuration the run cannot use; the message names the key."""
 
 
 def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
@@ -191,18 +194,25 @@ def _coerce(text_or_value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {hint}")
 
 
-def _set(cfg: Config, key: str, value: Any) -> None:
+def replace(cfg: Config, **values: Any) -> Config:
+    """A copy of `cfg` with `section__key=value` fields replaced (values already typed), e.g.
+    `replace(cfg, train__accum_steps=4)`. Configs are frozen: deriving a value makes a new one."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, field = key.split("__")
+        sections.setdefault(section, {})[field] = value
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **f) for s, f in sections.items()})
+
+
+def _set(cfg: Config, key: str, value: Any) -> Config:
     parts = key.split(".")
-    node = cfg
-    for part in parts[:-1]:
-        node = getattr(node, part, None)
-    if node is None or not dataclasses.is_dataclass(node) or parts[-1] not in {
-            f.name for f in dataclasses.fields(node)} or dataclasses.is_dataclass(getattr(node, parts[-1])):
+    node = getattr(cfg, parts[0], None) if len(parts) == 2 else None
+    if node is None or not dataclasses.is_dataclass(node) or parts[1] not in {f.name for f in dataclasses.fields(node)}:
         near = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
         raise ConfigError(f"unknown config key {key!r}{hint}")
     hints = typing.get_type_hints(type(node))
-    setattr(node, parts[-1], _coerce(value, hints[parts[-1]], key))
+    return replace(cfg, **{f"{parts[0]}__{parts[1]}": _coerce(value, hints[parts[1]], key)})
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -243,28 +253,31 @@ def build(overrides: list[str] | None = None, config_file: str | None = None, ba
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         key, value = item.split("=", 1)
         pairs.append((key.strip(), value.strip(), ""))
-    for key, value, where in pairs:
-        if key == "model.preset":
-            _set(cfg, key, value)
-    from jaxbatch.models import presets  # a preset sets the shape; explicit keys then win
-
-    presets.apply(cfg.model)
+    shape_keys = [(k, v) for k, v, _ in pairs if k in ("model.preset", "model.family")]
+    for key, value in shape_keys:  # the preset and family first: a preset sets the shape, explicit keys win
+        cfg = _set(cfg, key, value)
+    if base is None or shape_keys:  # a given base (e.g. a saved spec) keeps its shape unless a preset is named
+        cfg = dataclasses.replace(cfg, model=models.apply_preset(cfg.model))
     for key, value, where in pairs:
         try:
-            _set(cfg, key, value)
+            cfg = _set(cfg, key, value)
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from e
     return cfg
 
 
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
 def validate(cfg: Config, num_devices: int) -> None:
     """Checks what can be checked before touching devices; raises ConfigError naming the key."""
-    from jaxbatch import mesh as mesh_lib
-
     data, fsdp, model = mesh_lib.mesh_shape(cfg.mesh, num_devices)
-    m, t = cfg.model, cfg.train
-    if t.accum_steps < 1:
-        raise ConfigError(f"train.accum_steps must be >= 1, got {t.accum_steps}")
+    t = cfg.train
+    for key in ("train.batch_size", "train.steps", "train.accum_steps", "data.seq_len"):
+        section, field = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), field))
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     micro = t.batch_size // t.accum_steps
@@ -272,16 +285,7 @@ def validate(cfg: Config, num_devices: int) -> None:
         raise ConfigError(
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
-    for key, size in (("model.num_heads", m.num_heads), ("model.intermediate_size", m.intermediate_size)):
-        if size % model:
-            raise ConfigError(f"{key}={size} is not divisible by mesh.model={model} (tensor parallel)")
-    if m.hidden_size % m.num_heads:
-        raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
-    if m.task not in ("token", "sequence"):
-        raise ConfigError(f"model.task must be 'token' or 'sequence', got {m.task!r}")
-    if cfg.data.seq_len > m.max_position_embeddings:
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_position_embeddings="
-                          f"{m.max_position_embeddings}")
+    models.family(cfg.model).validate(cfg.model, cfg.data.seq_len, model)
     if cfg.precision.policy not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision.policy must be fp32, bf16 or fp16, got {cfg.precision.policy!r}")
     if t.accum_impl not in ("scan", "multisteps"):
@@ -304,9 +308,9 @@ def from_dict(tree: dict) -> Config:
     """Inverse of `to_dict` (e.g. the config saved in summary.json), with the same typing as overrides."""
     cfg = Config()
     for key, value in _flatten({k: v for k, v in tree.items() if k != "mesh"}).items():
-        _set(cfg, key, value)
+        cfg = _set(cfg, key, value)
     for key, value in tree.get("mesh", {}).items():
-        _set(cfg, f"mesh.{key}", value)
+        cfg = _set(cfg, f"mesh.{key}", value)
     return cfg
 
 

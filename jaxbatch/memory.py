@@ -8,18 +8,15 @@ compiled; `memory_analysis()` reports what XLA's buffer assignment needs per dev
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
 import jax
 import numpy as np
 
-from jaxbatch import accumulate
-from jaxbatch.checkpoint import abstract_with_shardings
+from jaxbatch import config
 from jaxbatch import mesh as mesh_lib
-from jaxbatch import state as state_lib
-from jaxbatch import steps as steps_lib
+from jaxbatch.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -45,32 +42,24 @@ def _bytes_per_device(tree, shardings) -> int:
     return total
 
 
-def abstract_batch(cfg, batch_size: int, mesh) -> tuple[dict, dict]:
-    t = cfg.data.seq_len
-    shapes = {"input_ids": (batch_size, t), "attention_mask": (batch_size, t), "token_type_ids": (batch_size, t),
-              "labels": (batch_size, t) if cfg.model.task == "token" else (batch_size,)}
-    sh = {k: mesh_lib.batch_sharding(mesh, cfg.mesh.rules, len(v)) for k, v in shapes.items()}
-    return {k: jax.ShapeDtypeStruct(v, np.int32, sharding=sh[k]) for k, v in shapes.items()}, sh
+def abstract_batch(run, batch_size: int) -> dict:
+    """The family's global batch as ShapeDtypeStructs with the run's batch shardings."""
+    shapes = run.family.batch_shapes(run.spec.model, batch_size, run.spec.data.seq_len)
+    return {k: jax.ShapeDtypeStruct(v, np.int32, sharding=run.batch_sh[k]) for k, v in shapes.items()}
 
 
-def step_memory(cfg, mesh, tx, schedule, accum_steps: int) -> StepMemory:
-    """Compiles the train step for `train.accum_steps = accum_steps` on abstract inputs. `tx` is the inner
-    optimizer; it is wrapped in MultiSteps here when the config asks for that accumulation."""
-    cfg = copy.deepcopy(cfg)
-    cfg.train.accum_steps = accum_steps
-    tx = accumulate.wrap(tx, cfg.train)
-    init = state_lib.init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
-    abstract = jax.eval_shape(init)
-    state_sh = state_lib.shardings(abstract, mesh, cfg.mesh.rules)
-    abstract = abstract_with_shardings(abstract, state_sh)
-    graphdef, _ = state_lib.abstract_model(cfg.model, cfg.precision.policy)
-    batch, batch_sh = abstract_batch(cfg, cfg.train.batch_size, mesh)
-    steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
-    stats = steps.lower_train(abstract, batch).compile().memory_analysis()
+def step_memory(spec, accum_steps: int, devices=None) -> StepMemory:
+    """Compiles the train step of `spec` with `train.accum_steps = accum_steps` on abstract inputs."""
+    from jaxbatch import run as run_lib
+
+    spec = config.replace(spec, train__accum_steps=accum_steps, train__auto_micro_batch=False)
+    run = run_lib.setup(spec, devices=devices, abstract=True)
+    compiled = run.steps.lower_train(run.state, abstract_batch(run, spec.train.batch_size)).compile()
+    stats = compiled.memory_analysis()
     total = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
-    return StepMemory(cfg.train.batch_size // accum_steps, accum_steps,
-                      _bytes_per_device(abstract.params, state_sh.params),
-                      _bytes_per_device(abstract.opt_state, state_sh.opt_state), stats.temp_size_in_bytes,
+    return StepMemory(spec.train.batch_size // accum_steps, accum_steps,
+                      _bytes_per_device(run.state.params, run.state_sh.params),
+                      _bytes_per_device(run.state.opt_state, run.state_sh.opt_state), stats.temp_size_in_bytes,
                       int(max(total, getattr(stats, "peak_memory_in_bytes", 0) or 0)))
 
 
@@ -79,27 +68,24 @@ def device_budget(budget_gb: float) -> int:
         return int(budget_gb * 2**30)
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" not in stats:
-        from jaxbatch.config import ConfigError
-
         raise ConfigError("this device reports no memory limit; set train.memory_budget_gb for the planner")
     return int(0.9 * stats["bytes_limit"])
 
 
-def plan_micro_batch(cfg, mesh, tx, schedule, budget_bytes: int, log=print) -> StepMemory:
+def plan_micro_batch(spec, budget_bytes: int, devices=None, log=print) -> StepMemory:
     """The largest micro-batch (a divisor of the global batch, divisible by the batch shards) whose step
     fits `budget_bytes` per device. Tries k = 1, 2, 4, ... (then other divisors) and stops at the first fit."""
-    shards = mesh_lib.batch_shards(mesh, cfg.mesh.rules)
-    batch = cfg.train.batch_size
+    mesh = mesh_lib.make_mesh(spec.mesh, devices)
+    shards = mesh_lib.batch_shards(mesh, spec.mesh.rules)
+    batch = spec.train.batch_size
     ks = [k for k in range(1, batch + 1) if batch % k == 0 and (batch // k) % shards == 0]
     tried = []
     for k in ks:
-        m = step_memory(cfg, mesh, tx, schedule, k)
+        m = step_memory(spec, k, devices)
         tried.append(m)
         log(f"  plan: {m.describe()} -> {'fits' if m.total <= budget_bytes else 'too big'}")
         if m.total <= budget_bytes:
             return m
-    from jaxbatch.config import ConfigError
-
     raise ConfigError(f"no micro-batch of global batch {batch} fits {budget_bytes / 2**30:.3f} GiB per device "
                       f"(smallest needs {tried[-1].total / 2**30:.3f} GiB); shard more (mesh.fsdp, mesh.model), "
                       f"use precision.policy=bf16, or shorten data.seq_len")

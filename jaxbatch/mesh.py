@@ -17,6 +17,8 @@ import jax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxbatch.errors import ConfigError
+
 AXES = ("data", "fsdp", "model")
 Rules = Sequence[tuple[str, Sequence[str]]]
 log = logging.getLogger(__name__)
@@ -24,8 +26,6 @@ log = logging.getLogger(__name__)
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     """Resolves the one allowed -1 to the devices left over; errors name the mesh key."""
-    from jaxbatch.config import ConfigError
-
     sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model]
     if sizes.count(-1) > 1:
         raise ConfigError(f"at most one of mesh.data/fsdp/model may be -1, got {sizes}")

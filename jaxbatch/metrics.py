@@ -1,4 +1,4 @@
-"""Evaluation metrics (seqeval entity F1, token-level report, accuracy) and the FLOP count behind MFU."""
+"""Evaluation metrics (seqeval entity F1, token-level report) and the peak FLOP/s behind MFU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbatch.data.tokenize import IGNORE_INDEX
+from jaxbatch.losses import IGNORE_INDEX
 
 
 def aligned_tags(preds: np.ndarray, labels: np.ndarray, label_names: list[str]) -> tuple[list, list]:
@@ -47,19 +47,6 @@ def format_entity_report(report: dict) -> str:
         lines.append(f"{name:>14}{row['precision']:>11.4f}{row['recall']:>9.4f}{row['f1-score']:>9.4f}"
                      f"{int(row['support']):>9d}")
     return "\n".join(lines)
-
-
-def train_flops_per_sequence(model_cfg, seq_len: int) -> float:
-    """Matmul FLOPs of one training step per sequence: 3 x forward (backward = 2 x forward).
-
-    Forward per layer and token: QKV + output projections 8h^2, MLP 4hI, attention scores and values 4Th
-    (non-causal: every query sees all T keys). Embedding gathers are not matmuls and are not counted; the
-    classifier head is. This is the PaLM-style count that MaxText and Levanter use for MFU."""
-    h, inter, t, layers = model_cfg.hidden_size, model_cfg.intermediate_size, seq_len, model_cfg.num_layers
-    per_token = layers * (8 * h * h + 4 * h * inter + 4 * t * h) + 2 * h * model_cfg.num_labels
-    if model_cfg.task == "sequence":
-        per_token += 2 * h * h / t  # pooler on [CLS] only
-    return 3.0 * per_token * t
 
 
 # bf16 dense peak per chip/GPU, from the vendors' spec sheets.

@@ -1,4 +1,4 @@
-"""Optimizers (optax), learning-rate schedules, LR scaling rules and BERT's weight-decay mask."""
+"""Optimizers (optax), learning-rate schedules, LR scaling rules and the weight-decay mask."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import math
 
 import jax
 import optax
+from flax import nnx
+
+from jaxbatch.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +33,6 @@ def scale_hparams(cfg, global_batch: int) -> EffectiveHparams:
     ratio = global_batch / ref
     factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}.get(cfg.scale_rule)
     if factor is None:
-        from jaxbatch.config import ConfigError
-
         raise ConfigError(f"optim.scale_rule must be linear, sqrt or none, got {cfg.scale_rule!r}")
     warmup = cfg.warmup_steps if cfg.scale_rule == "none" else (
         max(1, math.ceil(cfg.warmup_steps / ratio)) if cfg.warmup_steps else 0)
@@ -48,8 +49,6 @@ def schedule(cfg, hp: EffectiveHparams, total_steps: int) -> optax.Schedule:
         "constant": lambda: optax.constant_schedule(hp.learning_rate),
     }.get(cfg.schedule)
     if decay is None:
-        from jaxbatch.config import ConfigError
-
         raise ConfigError(f"optim.schedule must be linear, cosine, polynomial or constant, got {cfg.schedule!r}")
     if hp.warmup_steps == 0:
         return decay()
@@ -57,18 +56,16 @@ def schedule(cfg, hp: EffectiveHparams, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, decay()], [hp.warmup_steps])
 
 
-def _path_names(path) -> list[str]:
-    return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-
-
 def decay_mask(params):
-    """True where weight decay applies: BERT/HF exclude biases and LayerNorm parameters."""
+    """True where weight decay applies, read from each parameter's `decay` metadata (models/layers.py
+    sets it False on biases and normalisation scales), so no family's naming can slip through."""
 
-    def keep(path, _):
-        names = _path_names(path)
-        return not any(n == "bias" or n.endswith("norm") for n in names)
+    def one(v):
+        if not isinstance(v, nnx.Variable):
+            return True
+        return jax.tree.map(lambda _: bool(v.get_metadata().get("decay", True)), v)
 
-    return jax.tree_util.tree_map_with_path(keep, params)
+    return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -84,8 +81,6 @@ def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTra
         "adafactor": lambda: optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=decay_mask),
     }
     if cfg.name not in factories:
-        from jaxbatch.config import ConfigError
-
         raise ConfigError(f"optim.name must be one of {', '.join(factories)}, got {cfg.name!r}")
     tx = factories[cfg.name]()
     if cfg.clip_norm > 0:

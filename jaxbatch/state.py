@@ -12,8 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxbatch import mesh as mesh_lib
-from jaxbatch import precision
-from jaxbatch.models.bert import BertClassifier
+from jaxbatch import models, precision
 
 
 @flax.struct.dataclass
@@ -26,7 +25,8 @@ class TrainState:
 
 
 def build_model(model_cfg, policy: str, seed: int = 0) -> nnx.Module:
-    return BertClassifier(model_cfg, rngs=nnx.Rngs(params=seed), dtype=precision.compute_dtype(policy))
+    """The family's module with parameters drawn from `seed`, computing in the policy's dtype."""
+    return models.family(model_cfg).build(model_cfg, rngs=nnx.Rngs(params=seed), dtype=precision.compute_dtype(policy))
 
 
 def abstract_model(model_cfg, policy: str) -> tuple[nnx.GraphDef, nnx.State]:
@@ -50,22 +50,23 @@ def shardings(abstract_state: TrainState, mesh: Mesh, rules) -> TrainState:
     return mesh_lib.tree_shardings(abstract_state, mesh, rules)
 
 
-def create(cfg, mesh: Mesh, tx: optax.GradientTransformation, load_params=None):
+def abstract_state(cfg, tx: optax.GradientTransformation) -> TrainState:
+    """The TrainState's shapes, dtypes and metadata, nothing allocated."""
+    return jax.eval_shape(init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision))
+
+
+def create(cfg, tx: optax.GradientTransformation, state_sh: TrainState, load_params=None) -> TrainState:
     """Initialises the state under jit with out_shardings, so each device only ever holds its shards.
 
     `load_params(params, shardings) -> params` (e.g. from a Hugging Face checkpoint) replaces parameters
-    after the random init; the optimizer state is then initialised from the loaded parameters.
-    Returns (graphdef, state, state_shardings)."""
+    after the random init; the optimizer state is then initialised from the loaded parameters."""
     init = init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
-    abstract = jax.eval_shape(init)
-    state_sh = shardings(abstract, mesh, cfg.mesh.rules)
     state = jax.jit(init, out_shardings=state_sh)()
     if load_params is not None:
         params = load_params(state.params, state_sh.params)
         reinit = lambda p, s: s.replace(params=p, opt_state=tx.init(p))  # noqa: E731
         state = jax.jit(reinit, out_shardings=state_sh, donate_argnums=1)(params, state)
-    graphdef, _ = abstract_model(cfg.model, cfg.precision.policy)
-    return graphdef, state, state_sh
+    return state
 
 
 def param_name(path) -> str:

@@ -16,42 +16,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxbatch import accumulate
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import precision
-from jaxbatch.data.tokenize import IGNORE_INDEX  # label of positions that carry no loss, as in HF
+from jaxbatch.losses import IGNORE_INDEX
+from jaxbatch.models import Family
 from jaxbatch.state import TrainState
 
 
-def loss_sums(logits: jax.Array, labels: jax.Array, num_labels: int) -> tuple[dict, jax.Array]:
-    """Summed float32 loss over labelled positions, their count and correct predictions.
-
-    Softmax cross-entropy for num_labels > 1; sigmoid + binary cross-entropy for num_labels == 1.
-    Sums (not means) so that micro-batches, shards and eval batches combine exactly."""
-    weights = labels != IGNORE_INDEX
-    logits = logits.astype(jnp.float32)
-    if num_labels == 1:
-        logit = logits[..., 0]
-        losses = optax.sigmoid_binary_cross_entropy(logit, jnp.where(weights, labels, 0).astype(jnp.float32))
-        preds = (logit > 0).astype(jnp.int32)
-    else:
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(weights, labels, 0))
-        preds = jnp.argmax(logits, -1).astype(jnp.int32)
-    w = weights.astype(jnp.float32)
-    sums = dict(loss_sum=jnp.sum(losses * w), weight=jnp.sum(w), correct=jnp.sum((preds == labels) * w))
-    return sums, preds
-
-
-def forward(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, *, rng: jax.Array | None) -> jax.Array:
+def forward(family: Family, graphdef: nnx.GraphDef, params: nnx.State, batch: dict, *, rng: jax.Array | None):
+    """The family's outputs; dropout is on exactly when a key is given."""
     model = nnx.merge(graphdef, params)
     rngs = nnx.Rngs(dropout=rng) if rng is not None else None
-    return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                 deterministic=rng is None, rngs=rngs)
+    return family.forward(model, batch, deterministic=rng is None, rngs=rngs)
 
 
-def make_grad_fn(graphdef: nnx.GraphDef, num_labels: int):
+def make_grad_fn(family: Family, model_cfg, graphdef: nnx.GraphDef):
     """grad_fn(params, batch, rng, normalizer) -> (metric sums, d(loss_sum * normalizer)/d params)."""
 
     def grad_fn(params, batch, rng, normalizer):
         def objective(p):
-            sums, _ = loss_sums(forward(graphdef, p, batch, rng=rng), batch["labels"], num_labels)
+            sums, _ = family.loss_sums(forward(family, graphdef, p, batch, rng=rng), batch, model_cfg)
             return sums["loss_sum"] * normalizer, sums
 
         grads, sums = jax.grad(objective, has_aux=True)(params)
@@ -74,31 +56,32 @@ def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
 
 
 def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Schedule) -> dict:
+    """Means of the family's metric sums (`correct` -> accuracy, any other sum -> its mean per weight)."""
     weight = jnp.maximum(sums["weight"], 1.0)
     grad_norm = optax.global_norm(grads)
-    out = dict(loss=sums["loss_sum"] / weight, accuracy=sums["correct"] / weight, weight=sums["weight"],
-               grad_norm=grad_norm, learning_rate=schedule(state.step), loss_scale=state.loss_scale.scale,
-               grads_finite=finite)
+    out = {("accuracy" if k == "correct" else k): v / weight for k, v in sums.items()
+           if k not in ("loss_sum", "weight", "micro_grad_sq")}
+    out.update(loss=sums["loss_sum"] / weight, weight=sums["weight"], grad_norm=grad_norm,
+               learning_rate=schedule(state.step), loss_scale=state.loss_scale.scale, grads_finite=finite)
     if "micro_grad_sq" in sums:  # the two batch sizes of the gradient-noise-scale estimate
         out.update(grad_sq_small=sums["micro_grad_sq"], grad_sq_big=grad_norm**2)
     return out
 
 
-def train_step(state: TrainState, batch: dict, *, graphdef, tx, schedule, num_labels: int, accum_steps: int,
+def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, accum_steps: int,
                mesh: Mesh, rules) -> tuple[TrainState, dict]:
     """One optimizer step on one global batch (accumulating `accum_steps` micro-batches in a scan)."""
     with mesh_lib.activation_rules(mesh, rules):
         rng = jax.random.fold_in(state.rng, state.step)
         total = jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
         normalizer = state.loss_scale.scale / jnp.maximum(total, 1.0)
-        sums, grads = accumulate.scan_gradients(make_grad_fn(graphdef, num_labels), state.params, batch,
-                                                accum_steps, rng, normalizer)
+        sums, grads = accumulate.scan_gradients(grad_fn, state.params, batch, accum_steps, rng, normalizer)
         new_state, grads, finite = _apply_gradients(state, grads, tx)
         return new_state, _metrics(sums, grads, finite, state, schedule)
 
 
-def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, graphdef, tx, schedule,
-                          num_labels: int, accum_steps: int, mesh: Mesh, rules) -> tuple[TrainState, dict]:
+def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, grad_fn, tx, schedule,
+                          accum_steps: int, mesh: Mesh, rules) -> tuple[TrainState, dict]:
     """One micro-batch of a global batch through an `optax.MultiSteps` optimizer: `index` picks the
     micro-batch; the inner update happens on index k-1. The gradient is scaled by k / (global token count)
     so that MultiSteps' mean over k calls is the exact token-weighted global gradient."""
@@ -107,41 +90,55 @@ def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, g
         total = jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
         micro = jax.tree.map(lambda x: x[index], accumulate.split_micro_batches(batch, accum_steps))
         normalizer = state.loss_scale.scale * accum_steps / jnp.maximum(total, 1.0)
-        sums, grads = make_grad_fn(graphdef, num_labels)(state.params, micro, rng, normalizer)
+        sums, grads = grad_fn(state.params, micro, rng, normalizer)
         new_state, grads, finite = _apply_gradients(state, grads, tx, step_done=index == accum_steps - 1)
         return new_state, _metrics(sums, grads, finite, state, schedule)
 
 
-def eval_step(params: nnx.State, batch: dict, *, graphdef, num_labels: int, mesh: Mesh, rules) -> tuple[dict, Any]:
-    """Metric sums and per-position predictions (for seqeval and accuracy) on one global batch."""
+def eval_step(params: nnx.State, batch: dict, *, family: Family, model_cfg, graphdef, mesh: Mesh,
+              rules) -> tuple[dict, dict]:
+    """Metric sums and the family's per-example predictions (labels, probabilities) on one global batch."""
     with mesh_lib.activation_rules(mesh, rules):
-        sums, preds = loss_sums(forward(graphdef, params, batch, rng=None), batch["labels"], num_labels)
-        return sums, preds
+        return family.loss_sums(forward(family, graphdef, params, batch, rng=None), batch, model_cfg)
 
 
 def batch_shardings(mesh: Mesh, rules, example_batch: dict) -> dict:
-    return {k: mesh_lib.batch_sharding(mesh, rules, v.ndim) for k, v in example_batch.items()}
+    return {k: mesh_lib.batch_sharding(mesh, rules, len(v.shape)) for k, v in example_batch.items()}
 
 
 class Steps:
     """The compiled steps of one run. `train(state, batch)` hides whether accumulation is a scan inside
-    one jit call or k calls through optax.MultiSteps; both take the global batch."""
+    one jit call or k calls through optax.MultiSteps; both take the global batch. `eval(params, batch)`
+    returns replicated metric sums and batch-sharded predictions. Without `tx` only `eval` exists
+    (inference: predict, evaluate)."""
 
-    def __init__(self, cfg, mesh: Mesh, graphdef, tx, schedule, state_sh: TrainState, batch_sh: dict):
+    def __init__(self, cfg, mesh: Mesh, family: Family, graphdef, params_sh, batch_sh: dict, tx=None, schedule=None,
+                 state_sh: TrainState | None = None):
         rules = cfg.mesh.rules
-        common = dict(graphdef=graphdef, num_labels=cfg.model.num_labels, mesh=mesh, rules=rules)
-        train_kw = dict(common, tx=tx, schedule=schedule, accum_steps=cfg.train.accum_steps)
         repl = NamedSharding(mesh, P())
         self.accum_steps, self.impl = cfg.train.accum_steps, cfg.train.accum_impl
-        if self.impl == "multisteps":
-            self._micro = jax.jit(functools.partial(multisteps_micro_step, **train_kw),
-                                  in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                                  donate_argnums=0)
-        else:
-            self._train = jax.jit(functools.partial(train_step, **train_kw), in_shardings=(state_sh, batch_sh),
-                                  out_shardings=(state_sh, repl), donate_argnums=0)
-        self.eval = jax.jit(functools.partial(eval_step, **common), in_shardings=(state_sh.params, batch_sh),
-                            out_shardings=(repl, batch_sh["labels"]))
+        self.mesh, self.batch_sh = mesh, batch_sh
+        if tx is not None:
+            train_kw = dict(grad_fn=make_grad_fn(family, cfg.model, graphdef), tx=tx, schedule=schedule,
+                            accum_steps=cfg.train.accum_steps, mesh=mesh, rules=rules)
+            if self.impl == "multisteps":
+                self._micro = jax.jit(functools.partial(multisteps_micro_step, **train_kw),
+                                      in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                                      donate_argnums=0)
+            else:
+                self._train = jax.jit(functools.partial(train_step, **train_kw), in_shardings=(state_sh, batch_sh),
+                                      out_shardings=(state_sh, repl), donate_argnums=0)
+        evaluate = functools.partial(eval_step, family=family, model_cfg=cfg.model, graphdef=graphdef, mesh=mesh,
+                                     rules=rules)
+        self._eval_fn, self._params_sh, self._eval = evaluate, params_sh, None
+
+    def eval(self, params, batch: dict) -> tuple[dict, dict]:
+        if self._eval is None:  # predictions are split along the batch like the batch; their keys are the family's
+            _, preds = jax.eval_shape(self._eval_fn, params, batch)
+            along_batch = NamedSharding(self.mesh, P(self.batch_sh["labels"].spec[0]))
+            self._eval = jax.jit(self._eval_fn, in_shardings=(self._params_sh, self.batch_sh),
+                                 out_shardings=(NamedSharding(self.mesh, P()), {k: along_batch for k in preds}))
+        return self._eval(params, batch)
 
     def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         if self.impl != "multisteps":

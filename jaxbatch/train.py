@@ -1,140 +1,105 @@
-"""The training loop, top to bottom: mesh -> data -> optimizer -> sharded state -> compiled steps -> loop."""
+"""The training loop, top to bottom: data -> resolved spec -> Run (run.py) -> resume -> loop -> summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from jaxbatch import accumulate, checkpoint, config, metrics, noise_scale, optim, reporting
+from jaxbatch import checkpoint, config, evaluate, metrics, noise_scale, reporting
 from jaxbatch import mesh as mesh_lib
+from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
-from jaxbatch import steps as steps_lib
 from jaxbatch.data import pipeline, tasks
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or stopped) training call leaves: the JSON summary written to summary.json, the
+    Run it built, its final state, and the data it trained on."""
 
-def evaluate(steps: steps_lib.Steps, params, arrays: dict, data: tasks.TaskData, batch_sh: dict,
-             batch_size: int) -> dict:
-    """Loss, accuracy and (token tasks) seqeval entity scores + token report over one whole split;
-    `predictions` holds every example's predicted label ids."""
-    totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0}
-    all_preds = []
-    for local, real in pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
-        sums, preds = steps.eval(params, pipeline.to_global(local, batch_sh))
-        for k, v in jax.device_get(sums).items():
-            totals[k] += float(v)
-        all_preds.append(np.asarray(multihost_utils.process_allgather(preds, tiled=True))[:real])
-    weight = max(totals["weight"], 1.0)
-    preds = np.concatenate(all_preds)
-    result = {"loss": totals["loss_sum"] / weight, "accuracy": totals["correct"] / weight, "predictions": preds}
-    if data.task == "token" and totals["weight"] > 0:
-        gold, pred = metrics.aligned_tags(preds, arrays["labels"], data.label_names)
-        result["entities"] = metrics.entity_report(gold, pred)
-        result["entity_f1"] = result["entities"]["micro avg"]["f1-score"]
-        result["tokens"], result["token_report_text"] = metrics.token_report(gold, pred, data.label_names)
-    return result
+    summary: dict
+    run: run_lib.Run
+    state: state_lib.TrainState
+    data: tasks.TaskData
+
+    @property
+    def spec(self) -> config.Config:
+        return self.run.spec
 
 
-def train(cfg: config.Config) -> dict:
-    """Runs one training job as configured; returns a summary (final eval metrics, throughput)."""
-    # ---- Mesh and config --------------------------------------------------------------------------------
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    pretrained = None
-    if cfg.model.pretrained:
-        from jaxbatch import hf
-
-        pretrained = hf.resolve(cfg.model.pretrained)
-        hf.configure(cfg.model, pretrained)  # the checkpoint's config.json fixes the model shape
-    config.validate(cfg, jax.device_count())
-    run_dir = Path(cfg.train.run_dir)
+def train(cfg: config.Config) -> TrainResult:
+    """Runs one training job as configured (`cfg` is not changed)."""
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+    run_dir = Path(cfg.train.run_dir)
 
-    # ---- Data (fixes the head: task and number of labels come from the dataset) -------------------------
-    data = tasks.load(cfg.data, cfg.model)
-    cfg.model.task = data.task
-    if not (cfg.model.num_labels == 1 and len(data.label_names) == 2):
-        cfg.model.num_labels = len(data.label_names)
-    say(f"config:\n{config.describe(cfg)}")
-    say(f"mesh: {mesh_lib.describe(mesh)}")
-    padding = pipeline.padding_stats(data.train, cfg.data.buckets)
+    # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
+    shaped = run_lib.resolve(cfg)  # the pretrained folder's shape: checked before any data is read
+    config.validate(shaped, jax.device_count())
+    tokenizer = run_lib.tokenizer(shaped)
+    if len(tokenizer) > shaped.model.vocab_size:
+        raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
+                                 f"{shaped.model.vocab_size}; raise model.vocab_size")
+    data = tasks.load(cfg.data, tokenizer)
+    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names)
+
+    # ---- The run: mesh, optimizer, sharded state, compiled steps ----------------------------------------------
+    run = run_lib.setup(spec, plan_log=say)
+    spec, t = run.spec, run.spec.train  # the planner may have chosen train.accum_steps
+    hp = run.hparams
+    say(f"spec (resolved config):\n{config.describe(spec)}")
+    say(f"mesh: {mesh_lib.describe(run.mesh)}")
+    padding = pipeline.padding_stats(data.train, spec.data.buckets)
     say(f"data: {data.name}{' (SYNTHETIC, generated)' if data.synthetic else ''}: "
         f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, labels {data.label_names}, "
-        f"padding {100 * padding.padding_fraction:.1f}% ({cfg.data.buckets} length bucket(s)), truncated {data.truncated}")
-
-    # ---- Optimizer --------------------------------------------------------------------------------------
-    t = cfg.train
-    hp = optim.scale_hparams(cfg.optim, t.batch_size)
-    tx, schedule = optim.make(cfg.optim, hp, t.steps)
-    if t.auto_micro_batch:
-        from jaxbatch import memory
-
-        budget = memory.device_budget(t.memory_budget_gb)
-        say(f"planning the micro-batch for {budget / 2**30:.2f} GiB per device:")
-        t.accum_steps = memory.plan_micro_batch(cfg, mesh, tx, schedule, budget, log=say).accum_steps
-        say(f"plan: train.accum_steps={t.accum_steps} (micro-batch {t.batch_size // t.accum_steps})")
-    tx = accumulate.wrap(tx, t)
-    say(f"optimizer: {cfg.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
-        f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {cfg.optim.schedule} decay")
-
-    # ---- Sharded state ----------------------------------------------------------------------------------
-    reports = []
-    load = None
-    if pretrained is not None:
-        def load(params, shardings):
-            params, report = hf.load_params(pretrained, cfg.model, params, shardings)
-            reports.append(report)
-            return params
-    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx, load)
-    for report in reports:
-        say(str(report))
-    n_params = state_lib.num_params(state.params)
-    say(f"model: BERT {cfg.model.preset} ({cfg.model.task} classification, {cfg.model.num_labels} labels), "
-        f"{n_params / 1e6:.2f}M parameters, precision {cfg.precision.policy}")
-
-    # ---- Compiled steps ---------------------------------------------------------------------------------
-    batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, data.train)
-    steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
-    micro_batch = t.batch_size // t.accum_steps
+        f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
+    say(f"optimizer: {spec.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
+        f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {spec.optim.schedule} decay")
+    if run.load_report is not None:
+        say(str(run.load_report))
+    n_params = state_lib.num_params(run.state.params)
+    say(f"model: {run.family.describe(spec.model)}, {n_params / 1e6:.2f}M parameters, precision "
+        f"{spec.precision.policy}")
     peak, peak_source = metrics.peak_flops_per_device(t.peak_tflops)
     say(f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
+    if jax.process_index() == 0:  # the run dir describes itself: its tokenizer travels with it
+        tokenizer.save_pretrained(str(run_dir / run_lib.TOKENIZER_DIR))
 
-    # ---- Data iterator and resume -----------------------------------------------------------------------
+    # ---- Data iterator and resume -----------------------------------------------------------------------------
     batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
-                                          jax.process_count(), cfg.data.buckets))
-    ckpt = checkpoint.Checkpointer(cfg.checkpoint.directory or run_dir / "checkpoints", cfg.checkpoint.max_to_keep)
+                                          jax.process_count(), spec.data.buckets))
+    ckpt = checkpoint.Checkpointer(spec.checkpoint.directory or run_dir / "checkpoints", spec.checkpoint.max_to_keep)
     ckpt.handle_sigterm()
-    if cfg.checkpoint.resume and ckpt.latest_step() is not None:
-        state = ckpt.restore(ckpt.latest_step(), state, state_sh, batches)
+    state = run.state
+    if spec.checkpoint.resume and ckpt.latest_step() is not None:
+        state = ckpt.restore(ckpt.latest_step(), state, run.state_sh, batches)
         say(f"resumed from {ckpt.directory} at step {int(state.step)} (state and data iterator)")
     first_step = int(state.step)
     reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress, first_step)
 
-    # ---- Loop -------------------------------------------------------------------------------------------
-    noise = noise_scale.NoiseScale(micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None
-    evals, start_time = [], time.perf_counter()
+    # ---- Loop -------------------------------------------------------------------------------------------------
+    noise = noise_scale.NoiseScale(run.micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None
+    evals, start_time, result = [], time.perf_counter(), None
 
     def run_eval(done: int) -> dict:
-        result = evaluate(steps, state.params, data.eval, data, batch_sh, micro_batch)
+        result = evaluate.evaluate(run, state.params, data.eval, data.label_names, data.task)
         evals.append({"step": done, **{k: v for k, v in result.items() if k not in ("token_report_text", "predictions")}})
         reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
-        line = f"eval @ {done}: loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
-        if "entity_f1" in result:
-            line += f" entity F1 {result['entity_f1']:.4f}"
-        reporter.write(line)
+        reporter.write(f"eval @ {done}: " + evaluate.report_lines(result, data.task).split("\n")[0])
         return result
 
     if first_step == t.steps:  # resuming a finished run: nothing to train, evaluate what it left
         result = run_eval(first_step)
     for step in range(first_step, t.steps):
-        batch = pipeline.to_global(next(batches), batch_sh)
-        state, step_metrics = steps.train(state, batch)
+        batch = pipeline.to_global(next(batches), run.batch_sh)
+        state, step_metrics = run.steps.train(state, batch)
         done = step + 1
         length = batch["input_ids"].shape[1]
-        reporter.advance(t.batch_size * length, metrics.train_flops_per_sequence(cfg.model, length) * t.batch_size)
+        tokens = t.batch_size * length
+        reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
         if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
             jax.block_until_ready(state)
             reporter.start_clock(done)
@@ -147,8 +112,8 @@ def train(cfg: config.Config) -> dict:
         if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
             result = run_eval(done)
         stop = ckpt.stop_requested or (t.stop_after and done - first_step >= t.stop_after)
-        if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == t.steps or stop:
-            ckpt.save(done, state, batches, config.to_dict(cfg))  # asynchronous
+        if (spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop:
+            ckpt.save(done, state, batches, spec)  # asynchronous
         if stop:
             say(f"stopping at step {done} ({'SIGTERM' if ckpt.stop_requested else 'train.stop_after'}); "
                 f"checkpoint saved, run again to resume")
@@ -156,24 +121,21 @@ def train(cfg: config.Config) -> dict:
     ckpt.close()
     reporter.close()
 
-    # ---- Summary ----------------------------------------------------------------------------------------
+    # ---- Summary ----------------------------------------------------------------------------------------------
     train_logs = [r for r in reporter.history if r["kind"] == "train" and "tokens_per_s" in r]
     summary = {
-        "steps": t.steps, "wall_time_s": time.perf_counter() - start_time, "parameters": n_params,
-        "final_eval": evals[-1] if evals else {}, "evals": evals,
+        "steps": t.steps, "step": int(state.step), "wall_time_s": time.perf_counter() - start_time,
+        "parameters": n_params, "final_eval": evals[-1] if evals else {}, "evals": evals,
         "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,
         "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
-        "synthetic_data": data.synthetic, "config": config.to_dict(cfg), "label_names": data.label_names,
+        "synthetic_data": data.synthetic, "config": config.to_dict(spec), "label_names": data.label_names,
         "noise_scale": noise.b_simple if noise is not None else None,
-        "effective_hparams": {"learning_rate": hp.learning_rate, "warmup_steps": hp.warmup_steps, "rule": hp.rule,
-                              "reference_batch": hp.reference_batch, "batch": hp.batch},
+        "effective_hparams": dataclasses.asdict(hp),
     }
     reporting.write_json(run_dir / "summary.json", summary)
     reporting.plot_curves(run_dir)
     if noise is not None:
         say(noise_scale.advice(noise.b_simple, t.batch_size))
-    if data.task == "token" and evals:
-        say("entity-level (seqeval):\n" + metrics.format_entity_report(evals[-1]["entities"]))
-        say("token-level:\n" + result["token_report_text"])
-    return {**summary, "state": state, "graphdef": graphdef, "steps_fn": steps, "data": data, "batch_sh": batch_sh,
-            "eval_batch": micro_batch}
+    if data.task == "token" and result is not None:
+        say(evaluate.report_lines(result, data.task).split("\n", 1)[1])
+    return TrainResult(summary, run, state, data)

@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from jaxbatch import config as config_lib  # noqa: E402
-from jaxbatch import mesh as mesh_lib  # noqa: E402
-from jaxbatch import accumulate, optim, state as state_lib, steps as steps_lib  # noqa: E402
+from jaxbatch import run as run_lib  # noqa: E402
+from jaxbatch import state as state_lib  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -42,21 +42,14 @@ def random_batch(cfg: config_lib.Config, seed: int = 0, batch_size: int | None =
 
 
 def run_steps(cfg: config_lib.Config, batches: list[dict], devices=None):
-    """Builds mesh, optimizer, sharded state and compiled steps; runs the batches. Returns
-    (state, [metrics], steps, mesh)."""
-    mesh = mesh_lib.make_mesh(cfg.mesh, devices)
-    config_lib.validate(cfg, mesh.devices.size)
-    hp = optim.scale_hparams(cfg.optim, cfg.train.batch_size)
-    tx, schedule = optim.make(cfg.optim, hp, cfg.train.steps)
-    tx = accumulate.wrap(tx, cfg.train)
-    graphdef, state, state_sh = state_lib.create(cfg, mesh, tx)
-    batch_sh = steps_lib.batch_shardings(mesh, cfg.mesh.rules, batches[0])
-    steps = steps_lib.Steps(cfg, mesh, graphdef, tx, schedule, state_sh, batch_sh)
-    history = []
+    """Sets the run up (run.setup: mesh, optimizer, sharded state, compiled steps) and trains on the batches.
+    Returns (state, [metrics], run)."""
+    run = run_lib.setup(cfg, devices=devices)
+    state, history = run.state, []
     for b in batches:
-        state, m = steps.train(state, {k: jax.device_put(v, batch_sh[k]) for k, v in b.items()})
+        state, m = run.steps.train(state, {k: jax.device_put(v, run.batch_sh[k]) for k, v in b.items()})
         history.append(jax.device_get(m))
-    return state, history, steps, mesh
+    return state, history, run
 
 
 dotted = state_lib.param_name

@@ -11,7 +11,7 @@ from conftest import params_numpy, random_batch, run_steps, tiny_config
 def big_batch_run():
     cfg = tiny_config("model.hidden_dropout=0", "train.batch_size=32", "mesh.data=2", "mesh.fsdp=2", "mesh.model=2")
     batches = [random_batch(cfg, 0), random_batch(cfg, 1)]
-    state, history, _, _ = run_steps(cfg, batches)
+    state, history, _ = run_steps(cfg, batches)
     return cfg, batches, params_numpy(state), history
 
 
@@ -25,7 +25,7 @@ def test_accumulation_equals_big_batch(impl, k, big_batch_run):
     assert len(set(micro_weights)) > 1, micro_weights
     cfg = tiny_config("model.hidden_dropout=0", "train.batch_size=32", f"train.accum_steps={k}",
                       f"train.accum_impl={impl}", "mesh.data=2", "mesh.fsdp=2", "mesh.model=2")
-    state, history, _, _ = run_steps(cfg, batches)
+    state, history, _ = run_steps(cfg, batches)
     assert int(state.step) == 2
     for got, want, w in zip(history, ref_history, weights):
         np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
@@ -43,8 +43,8 @@ def test_mean_of_means_would_differ(big_batch_run):
     micro = jax.tree.map(np.asarray, accumulate.split_micro_batches(big_batch_run[1][0], 4))
     micro = [{k: v[i] for k, v in micro.items()} for i in range(4)]
     cfg = tiny_config("model.hidden_dropout=0", "train.batch_size=8", "mesh.data=1")
-    state, _, steps, _ = run_steps(cfg, micro[:1], jax.devices()[:1])
-    sums = [jax.device_get(steps.eval(state.params, mb)[0]) for mb in micro]
+    state, _, run = run_steps(cfg, micro[:1], jax.devices()[:1])
+    sums = [jax.device_get(run.steps.eval(state.params, mb)[0]) for mb in micro]
     weighted = sum(s["loss_sum"] for s in sums) / sum(s["weight"] for s in sums)
     mean_of_means = np.mean([s["loss_sum"] / s["weight"] for s in sums])
     assert abs(mean_of_means - weighted) > 1e-3

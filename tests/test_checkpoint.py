@@ -20,11 +20,11 @@ def test_interrupted_run_resumes_bitwise(tmp_path):
     whole = train.train(tiny_config(*ARGS, "mesh.data=8", f"train.run_dir={tmp_path / 'whole'}"))
     part = tmp_path / "part"
     first = train.train(tiny_config(*ARGS, "mesh.data=8", "train.stop_after=3", f"train.run_dir={part}"))
-    assert int(first["state"].step) == 3
+    assert int(first.state.step) == 3
     assert checkpoint.Checkpointer(part / "checkpoints").latest_step() == 3
     # resume on a different mesh: Orbax reshards the saved state onto FSDP x TP
     rest = train.train(tiny_config(*ARGS, "mesh.data=2", "mesh.fsdp=2", "mesh.model=2", f"train.run_dir={part}"))
-    a, b = params_numpy(whole["state"]), params_numpy(rest["state"])
+    a, b = params_numpy(whole.state), params_numpy(rest.state)
     for key in a:  # across an epoch boundary (step 6) and length buckets: the iterator resumed exactly
         np.testing.assert_allclose(b[key], a[key], rtol=2e-6, atol=2e-7, err_msg=key)
     la, lb = _losses(tmp_path / "whole"), _losses(part)
@@ -38,10 +38,10 @@ def test_same_mesh_resume_is_bit_identical(tmp_path):
     part = tmp_path / "part"
     train.train(tiny_config(*ARGS, "mesh.data=2", "mesh.fsdp=4", "train.stop_after=5", f"train.run_dir={part}"))
     rest = train.train(tiny_config(*ARGS, "mesh.data=2", "mesh.fsdp=4", f"train.run_dir={part}"))
-    a, b = params_numpy(whole["state"]), params_numpy(rest["state"])
+    a, b = params_numpy(whole.state), params_numpy(rest.state)
     for key in a:
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
     # running a finished run again restores it and only evaluates
     again = train.train(tiny_config(*ARGS, "mesh.data=2", "mesh.fsdp=4", f"train.run_dir={part}"))
-    assert again["final_eval"]["loss"] == rest["final_eval"]["loss"]
-    assert jax.tree.all(jax.tree.map(np.array_equal, params_numpy(again["state"]), b))
+    assert again.summary["final_eval"]["loss"] == rest.summary["final_eval"]["loss"]
+    assert jax.tree.all(jax.tree.map(np.array_equal, params_numpy(again.state), b))

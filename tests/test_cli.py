@@ -54,7 +54,7 @@ def test_export_a_finished_run_loads_in_transformers(tmp_path):
     assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 0
     model = transformers.BertForTokenClassification.from_pretrained(tmp_path / "hf")
     assert model.config.id2label[1] == "B-PER" and model.config.num_hidden_layers == 2
-    ours = params_numpy(trained["state"])
+    ours = params_numpy(trained.state)
     theirs = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     np.testing.assert_array_equal(theirs["classifier.weight"], ours["classifier.kernel"].T)
     np.testing.assert_array_equal(theirs["bert.encoder.layer.1.intermediate.dense.weight"],

@@ -6,27 +6,17 @@ import pytest
 from flax import nnx
 
 from conftest import params_numpy
-from jaxbatch import config, hf, mesh as mesh_lib, optim, state as state_lib
+from jaxbatch import config, hf, run as run_lib
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
 def load_ours(folder, task="token", num_labels=5, mesh_overrides=("mesh.data=2", "mesh.fsdp=2", "mesh.model=2")):
-    cfg = config.build(["model.preset=custom", f"model.pretrained={folder}", f"model.task={task}",
-                        f"model.num_labels={num_labels}", *mesh_overrides])
-    hf.configure(cfg.model, hf.resolve(str(folder)))
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    tx, _ = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, 8), 10)
-    reports = []
-
-    def load(params, shardings):
-        params, report = hf.load_params(hf.resolve(str(folder)), cfg.model, params, shardings)
-        reports.append(report)
-        return params
-
-    graphdef, state, _ = state_lib.create(cfg, mesh, tx, load)
-    return cfg, graphdef, state, reports[0]
+    cfg = config.build(["model.preset=custom", "model.family=bert", f"model.pretrained={folder}",
+                        f"model.task={task}", f"model.num_labels={num_labels}", "train.batch_size=8", *mesh_overrides])
+    run = run_lib.setup(run_lib.resolve(cfg))
+    return run.spec, run.graphdef, run.state, run.load_report
 
 
 def padded_batch(vocab_size, seed=0):
@@ -133,7 +123,13 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
     with pytest.raises(hf.CheckpointError, match="no config.json"):
         hf.read_config(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_act": "relu"}')
-    with pytest.raises(hf.CheckpointError, match="hidden_act 'relu'"):
+    with pytest.raises(hf.CheckpointError, match="config.json: hidden_act 'relu'"):
+        hf.configure(config.Config().model, tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    with pytest.raises(hf.CheckpointError, match="model_type 't5' is not supported"):
+        hf.family_for(tmp_path)
+    (tmp_path / "config.json").write_text('[1, 2]')
+    with pytest.raises(hf.CheckpointError, match="expected a JSON object, got list"):
         hf.read_config(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(hf.CheckpointError, match="config.json: not valid JSON"):

@@ -34,7 +34,7 @@ def test_train_step_reports_both_batch_sizes():
     norm of each micro-batch's own gradient computed separately."""
     cfg = tiny_config("model.hidden_dropout=0", "train.batch_size=16", "train.accum_steps=2", "mesh.data=2")
     batch = random_batch(cfg, 0)
-    _, hist, _, _ = run_steps(cfg, [batch], jax.devices()[:2])
+    _, hist, _ = run_steps(cfg, [batch], jax.devices()[:2])
     assert hist[0]["grad_sq_small"] > hist[0]["grad_sq_big"] > 0
     micro = jax.tree.map(np.asarray, accumulate.split_micro_batches(batch, 2))
     single = tiny_config("model.hidden_dropout=0", "train.batch_size=8", "mesh.data=1", "optim.clip_norm=0")

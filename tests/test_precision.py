@@ -23,12 +23,10 @@ def test_fp16_overflow_skips_step_and_halves_scale():
     # A scale of 1e38 makes the fp16 backward pass overflow on the first step.
     cfg = tiny_config("precision.policy=fp16", "precision.init_loss_scale=1e38", "mesh.data=2", "mesh.fsdp=2",
                       "mesh.model=2")
-    from jaxbatch import mesh as mesh_lib, optim, state as state_lib
+    from jaxbatch import run as run_lib
 
-    tx, _ = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, 16), 10)
-    _, init_state, _ = state_lib.create(cfg, mesh_lib.make_mesh(cfg.mesh), tx)
-    before = params_numpy(init_state)
-    state, history, _, _ = run_steps(cfg, [random_batch(cfg, 0)])
+    before = params_numpy(run_lib.setup(cfg).state)
+    state, history, _ = run_steps(cfg, [random_batch(cfg, 0)])
     assert not bool(history[0]["grads_finite"])
     assert float(state.loss_scale.scale) == np.float32(1e38) / 2
     after = params_numpy(state)
@@ -39,14 +37,14 @@ def test_fp16_overflow_skips_step_and_halves_scale():
 
 def test_fp16_normal_scale_trains():
     cfg = tiny_config("precision.policy=fp16", "precision.init_loss_scale=1024", "mesh.data=8")
-    state, history, _, _ = run_steps(cfg, [random_batch(cfg, 0), random_batch(cfg, 1)])
+    state, history, _ = run_steps(cfg, [random_batch(cfg, 0), random_batch(cfg, 1)])
     assert all(bool(h["grads_finite"]) for h in history) and float(state.loss_scale.scale) == 1024.0
 
 
 def test_bf16_keeps_float32_master_params_and_tracks_fp32_loss():
     batches = [random_batch(tiny_config(), 0)]
-    ref_state, ref_hist, _, _ = run_steps(tiny_config("mesh.data=8"), batches)
-    state, hist, _, _ = run_steps(tiny_config("precision.policy=bf16", "mesh.data=8"), batches)
+    ref_state, ref_hist, _ = run_steps(tiny_config("mesh.data=8"), batches)
+    state, hist, _ = run_steps(tiny_config("precision.policy=bf16", "mesh.data=8"), batches)
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype("float32")}
     np.testing.assert_allclose(hist[0]["loss"], ref_hist[0]["loss"], rtol=2e-2)

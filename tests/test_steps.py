@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import dotted, params_numpy, random_batch, run_steps, tiny_config
+from jaxbatch import config
 
 MESHES = {  # (data, fsdp, model)
     "dp": (8, 1, 1),
@@ -18,7 +19,7 @@ MESHES = {  # (data, fsdp, model)
 @pytest.fixture(scope="module")
 def reference():
     cfg = tiny_config("mesh.data=1")
-    state, history, _, _ = run_steps(cfg, [random_batch(cfg, 0), random_batch(cfg, 1)], jax.devices()[:1])
+    state, history, _ = run_steps(cfg, [random_batch(cfg, 0), random_batch(cfg, 1)], jax.devices()[:1])
     return params_numpy(state), history
 
 
@@ -32,7 +33,7 @@ def test_sharded_step_equals_single_device(name, reference):
     ref_params, ref_history = reference
     cfg = _mesh_cfg(MESHES[name])
     n = int(np.prod(MESHES[name]))
-    state, history, _, _ = run_steps(cfg, [random_batch(cfg, 0), random_batch(cfg, 1)], jax.devices()[:n])
+    state, history, _ = run_steps(cfg, [random_batch(cfg, 0), random_batch(cfg, 1)], jax.devices()[:n])
     for got, want in zip(history, ref_history):
         np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-5)
@@ -71,7 +72,7 @@ def _check_expected(shapes, expected):
 def test_parameter_shards_follow_rules(name):
     cfg = _mesh_cfg(MESHES[name])
     n = int(np.prod(MESHES[name]))
-    state, _, _, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:n])
+    state, _, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:n])
     _check_expected(_shard_shapes(state), EXPECTED[name])
     # optimizer moments are sharded like their parameters (FSDP shards optimizer state too)
     mu = state.opt_state[1][0].mu
@@ -83,8 +84,9 @@ def test_wrong_rule_is_caught():
     """A rules table that sends mlp to 'fsdp' instead of 'model' gives other shard shapes, so the check
     above fails for it."""
     cfg = _mesh_cfg(MESHES["tp"])
-    cfg.mesh.rules = tuple((name, ("fsdp",) if name == "mlp" else axes) for name, axes in cfg.mesh.rules)
-    state, _, _, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:4])
+    cfg = config.replace(cfg, mesh__rules=tuple((name, ("fsdp",) if name == "mlp" else axes)
+                                                for name, axes in cfg.mesh.rules))
+    state, _, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:4])
     with pytest.raises(AssertionError):
         _check_expected(_shard_shapes(state), EXPECTED["tp"])
 
@@ -94,15 +96,15 @@ def test_wrong_rule_is_caught():
 def test_compiled_step_has_expected_collectives(name, collectives):
     cfg = _mesh_cfg(MESHES[name])
     n = int(np.prod(MESHES[name]))
-    state, _, steps, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:n])
+    state, _, run = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:n])
     batch = random_batch(cfg, 1)
-    hlo = steps.lower_train(state, batch).compile().as_text()
+    hlo = run.steps.lower_train(state, batch).compile().as_text()
     for op in collectives:
         assert f" {op}(" in hlo or f"{op}-start" in hlo, f"{op} missing from the {name} step"
 
 
 def test_single_device_step_has_no_collectives():
     cfg = tiny_config("mesh.data=1")
-    state, _, steps, _ = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:1])
-    hlo = steps.lower_train(state, random_batch(cfg, 1)).compile().as_text()
+    state, _, run = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:1])
+    hlo = run.steps.lower_train(state, random_batch(cfg, 1)).compile().as_text()
     assert "all-reduce" not in hlo and "all-gather" not in hlo

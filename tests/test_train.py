@@ -11,7 +11,7 @@ def test_train_loop_learns_synthetic_ner(tmp_run_dir):
     cfg = tiny_config("train.steps=60", "train.eval_every=30", "train.log_every=10", "train.batch_size=32",
                       "optim.learning_rate=3e-3", "data.seq_len=32", "mesh.data=4", "mesh.fsdp=2",
                       f"train.run_dir={tmp_run_dir}")
-    summary = train.train(cfg)
+    summary = train.train(cfg).summary
     evals = summary["evals"]
     assert [e["step"] for e in evals] == [30, 60]
     lines = [json.loads(line) for line in open(f"{tmp_run_dir}/metrics.jsonl")]
@@ -34,9 +34,11 @@ def test_train_loop_learns_synthetic_sentiment(tmp_run_dir):
     cfg = tiny_config("data.name=synthetic_sst", "train.steps=40", "train.eval_every=40", "train.batch_size=32",
                       "optim.learning_rate=3e-3", "data.seq_len=24", "mesh.data=2", "mesh.model=4",
                       f"train.run_dir={tmp_run_dir}")
-    summary = train.train(cfg)
-    assert cfg.model.task == "sequence" and cfg.model.num_labels == 2
-    assert summary["final_eval"]["accuracy"] > 0.95
+    result = train.train(cfg)
+    assert result.spec.model.task == "sequence" and result.spec.model.num_labels == 2
+    assert result.spec.data.labels == "negative,positive"
+    assert cfg.model.task == "token" and cfg.data.labels == ""  # the input config is never changed
+    assert result.summary["final_eval"]["accuracy"] > 0.95
 
 
 def test_cli_reports_config_errors(capsys):

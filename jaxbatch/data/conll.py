@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jaxbatch.data.files import DataError, find_splits, read_text_file
+from jaxbatch.errors import DataError
+from jaxbatch.data.files import find_splits, read_text_file
 
 SPLIT_FILES = {  # split -> candidate file names, first found wins
     "train": ("eng.train", "train.txt"),
@@ -76,9 +77,9 @@ def read(path: str | Path) -> list[Sentence]:
     return sentences
 
 
-def split_paths(directory: str | Path) -> dict[str, Path]:
-    """The split files present in a CoNLL directory; train and validation are required."""
-    return find_splits(directory, SPLIT_FILES, "CoNLL")
+def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Path]:
+    """The split files present in a CoNLL directory; the `required` ones must be there."""
+    return find_splits(directory, SPLIT_FILES, "CoNLL", required)
 
 
 def label_names(sentences: list[Sentence]) -> list[str]:

@@ -1,9 +1,7 @@
-"""Reading dataset files: the one error type for unusable input (messages name the file, line and key),
-UTF-8 text, and finding split files in a directory."""
+"""Reading dataset files: UTF-8 text whose errors name the file and line, and finding split files in a
+directory."""
 
-
-class DataError(ValueError):
-    pass
+from jaxbatch.errors import DataError
 
 
 def read_text_file(path) -> str:

@@ -12,7 +12,7 @@ import grain
 import jax
 import numpy as np
 
-from jaxbatch.data.tokenize import IGNORE_INDEX
+from jaxbatch.losses import IGNORE_INDEX
 
 
 class ArraySource:
@@ -108,8 +108,9 @@ def eval_batches(arrays: dict[str, np.ndarray], global_batch: int, process_index
 
 
 def to_global(local_batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
-    """Per-host numpy batch -> global jax.Arrays sharded on the mesh's batch axes."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local_batch.items()}
+    """Per-host numpy batch -> global jax.Arrays sharded on the mesh's batch axes; only the keys the model
+    family consumes (those in `shardings`)."""
+    return {k: jax.make_array_from_process_local_data(s, local_batch[k]) for k, s in shardings.items()}
 
 
 @dataclasses.dataclass

@@ -74,7 +74,7 @@ def sentiment_corpus(n: int, seed: int) -> list[tuple[list[str], int]]:
 
 
 def vocabulary() -> list[str]:
-    """Word-level vocabulary of the generated corpus, BERT special tokens first (ids 0..4)."""
+    """Word-level vocabulary of the generated corpus, special tokens [PAD] [UNK] [CLS] [SEP] [MASK] first (ids 0..4)."""
     words = set()
     for t in _NER_TEMPLATES + _SST_TEMPLATES:
         words.update(w for w in t.split() if not w.startswith("{"))

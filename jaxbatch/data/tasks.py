@@ -1,5 +1,10 @@
 """From `DataConfig` to tokenized train/eval(/test) arrays and label names: the one place a run's dataset is
-chosen. Raw examples come from the generated corpus or from tfds (local files or the catalog)."""
+chosen. Raw examples come from the generated corpus or from tfds (local files or the catalog).
+
+Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (B-/I- prefixes of any type,
+IOB1 or IOB2), `tsv` any N-class `text<TAB>label` file. `conll2003` and `sst2` are presets of them (with the
+TFDS catalog as a source when no `data.data_dir` is given, and SST-2's class names).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,29 @@ import logging
 
 import numpy as np
 
-from jaxbatch.data import synthetic, tokenize
-from jaxbatch.data.files import DataError
+from jaxbatch.data import conll, synthetic, tokenize, tsv
+from jaxbatch.errors import ConfigError, DataError
+from jaxbatch.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-TOKEN_TASKS = ("synthetic_ner", "conll2003")
-SEQUENCE_TASKS = ("synthetic_sst", "sst2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    source: str  # conll | tsv | synthetic_ner | synthetic_sst
+    task: str  # token | sequence
+    labels: tuple[str, ...] = ()  # the label set when neither data.labels nor the files say otherwise
+    catalog: str = ""  # TFDS catalog name, used when data.data_dir is empty
+
+
+DATASETS = {
+    "conll": Dataset("conll", "token"),
+    "conll2003": Dataset("conll", "token", catalog="conll2003"),
+    "tsv": Dataset("tsv", "sequence"),
+    "sst2": Dataset("tsv", "sequence", labels=("negative", "positive"), catalog="glue/sst2"),
+    "synthetic_ner": Dataset("synthetic_ner", "token", labels=synthetic.NER_LABELS),
+    "synthetic_sst": Dataset("synthetic_sst", "sequence", labels=("negative", "positive")),
+}
 
 
 @dataclasses.dataclass
@@ -23,49 +45,60 @@ class TaskData:
     label_names: list[str]
     train: dict[str, np.ndarray]
     eval: dict[str, np.ndarray]
-    tokenizer: object
     truncated: dict[str, int]
     synthetic: bool
     test: dict[str, np.ndarray] | None = None  # present when the source has a test split
     test_labelled: bool = True
 
 
-def tokenizer_for(model_cfg, vocab: list[str] | None = None):
-    """The pretrained model's tokenizer when there is one, else a word-level vocabulary."""
-    if model_cfg.pretrained:
-        from jaxbatch import hf
+def dataset(data_cfg) -> Dataset:
+    if data_cfg.name not in DATASETS:
+        raise ConfigError(f"data.name={data_cfg.name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    if data_cfg.unknown_label not in ("error", "O"):
+        raise ConfigError(f"data.unknown_label must be 'error' or 'O', got {data_cfg.unknown_label!r}")
+    ds = DATASETS[data_cfg.name]
+    if ds.source in ("conll", "tsv") and not data_cfg.data_dir and not ds.catalog:
+        raise ConfigError(f"data.name={data_cfg.name} reads your files: set data.data_dir to their folder")
+    return ds
 
-        return tokenize.load_tokenizer(hf.resolve(model_cfg.pretrained))
-    if vocab is None:
-        raise DataError("a randomly initialised model needs a vocabulary: set model.pretrained to a folder or "
-                        "name whose tokenizer to use")
-    return tokenize.load_tokenizer(vocab)
 
-
-def _raw_splits(data_cfg) -> tuple[dict[str, list], bool]:
-    """{split: [(words, tags) | (words, label)]} and whether the data is synthetic."""
-    name = data_cfg.name
-    if name == "synthetic_ner":
+def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list]:
+    """{split: [(words, tags) | (words, label as written)]}."""
+    if ds.source == "synthetic_ner":
         return {"train": synthetic.ner_corpus(data_cfg.num_train, data_cfg.shuffle_seed),
-                "validation": synthetic.ner_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1, held_out=True)}, True
-    if name == "synthetic_sst":
-        return {"train": synthetic.sentiment_corpus(data_cfg.num_train, data_cfg.shuffle_seed),
-                "validation": synthetic.sentiment_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1)}, True
+                "validation": synthetic.ner_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1, held_out=True)}
+    if ds.source == "synthetic_sst":
+        named = lambda rows: [(w, ds.labels[y]) for w, y in rows]  # noqa: E731
+        return {"train": named(synthetic.sentiment_corpus(data_cfg.num_train, data_cfg.shuffle_seed)),
+                "validation": named(synthetic.sentiment_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1))}
     from jaxbatch.data import tfds_builders
 
     if data_cfg.data_dir:
-        sources = tfds_builders.prepare(name, data_cfg.data_dir, data_cfg.cache_dir or None)
+        sources = tfds_builders.prepare(ds.source, data_cfg.data_dir, data_cfg.cache_dir or None, required)
     else:
-        sources = tfds_builders.from_catalog({"conll2003": "conll2003", "sst2": "glue/sst2"}[name],
-                                             data_cfg.cache_dir or None)
+        sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None)
     splits = {}
     for split, source in sources.items():
         records = tfds_builders.read_all(source)
-        if name == "conll2003":
+        if ds.source == "conll":
             splits[split] = [(r["tokens"], r["tags"]) for r in records]
-        else:
-            splits[split] = [(r["sentence"].split(), int(r["label"])) for r in records]
-    return splits, False
+        else:  # the catalog's SST-2 stores int labels (-1 for its hidden test labels)
+            splits[split] = [(r["sentence"].split(), "" if str(r["label"]) == "-1" else str(r["label"]))
+                             for r in records]
+    return splits
+
+
+def _label_names(data_cfg, ds: Dataset, train: list) -> list[str]:
+    if data_cfg.labels:
+        names = [x.strip() for x in data_cfg.labels.split(",")]
+        if len(set(names)) != len(names) or not all(names):
+            raise ConfigError(f"data.labels={data_cfg.labels!r} has empty or repeated names")
+        return names
+    if ds.labels:
+        return list(ds.labels)
+    if ds.task == "token":
+        return conll.label_names([conll.Sentence(w, t) for w, t in train])
+    return tsv.label_names([tsv.Example("", y) for _, y in train])
 
 
 def _tag_ids(split: str, examples, label_to_id: dict[str, int], unknown: str) -> list[list[int]]:
@@ -74,7 +107,7 @@ def _tag_ids(split: str, examples, label_to_id: dict[str, int], unknown: str) ->
         row = []
         for tag in tags:
             if tag not in label_to_id:
-                if unknown != "O":
+                if unknown != "O" or "O" not in label_to_id:
                     raise DataError(f"{split} split, sentence {n}: tag {tag!r} is not in the label set "
                                     f"{sorted(label_to_id)} (set data.unknown_label=O to map it to O)")
                 mapped += 1
@@ -86,52 +119,73 @@ def _tag_ids(split: str, examples, label_to_id: dict[str, int], unknown: str) ->
     return ids
 
 
-def load(data_cfg, model_cfg) -> TaskData:
-    name = data_cfg.name
-    if name not in TOKEN_TASKS + SEQUENCE_TASKS:
-        from jaxbatch.config import ConfigError
+def _class_ids(split: str, examples, names: list[str]) -> list[int]:
+    """A label as written is a class name or an integer id into the label set; "" is unlabelled."""
+    index = {n: i for i, n in enumerate(names)}
+    ids = []
+    for n, (_, label) in enumerate(examples):
+        if label == "":
+            ids.append(IGNORE_INDEX)
+        elif label in index:
+            ids.append(index[label])
+        elif label.isdigit() and int(label) < len(names):
+            ids.append(int(label))
+        else:
+            raise DataError(f"{split} split, example {n}: label {label!r} is neither one of {names} nor an id "
+                            f"below {len(names)} (set data.labels to the full class list)")
+    return ids
 
-        raise ConfigError(f"data.name={name!r} is unknown; choose one of {', '.join(TOKEN_TASKS + SEQUENCE_TASKS)}")
-    if data_cfg.unknown_label not in ("error", "O"):
-        from jaxbatch.config import ConfigError
 
-        raise ConfigError(f"data.unknown_label must be 'error' or 'O', got {data_cfg.unknown_label!r}")
-    splits, is_synthetic = _raw_splits(data_cfg)
+def _encode(data_cfg, ds: Dataset, tokenizer, split: str, examples, label_names: list[str]) -> tokenize.Encoded:
+    words = [w for w, _ in examples]
+    if ds.task == "token":
+        label_to_id = {n: i for i, n in enumerate(label_names)}
+        tags = _tag_ids(split, examples, label_to_id, "error" if split == "train" else data_cfg.unknown_label)
+        return tokenize.encode_tagged(tokenizer, words, tags, data_cfg.seq_len, data_cfg.label_all_subtokens)
+    ids = _class_ids(split, examples, label_names)
+    if split != "test" and IGNORE_INDEX in ids:
+        raise DataError(f"{split} split, example {ids.index(IGNORE_INDEX)}: no label")
+    return tokenize.encode_labelled(tokenizer, words, ids, data_cfg.seq_len)
+
+
+def load(data_cfg, tokenizer) -> TaskData:
+    """Train and validation (and test, when present) splits, tokenized; the label set from `data.labels`,
+    the dataset's preset, or the training split."""
+    ds = dataset(data_cfg)
+    splits = _raw_splits(data_cfg, ds)
     if data_cfg.max_train:
         splits["train"] = splits["train"][: data_cfg.max_train]
     for split, examples in splits.items():
         if not examples:
-            raise DataError(f"the {split} split of {name} is empty")
-    tok = tokenizer_for(model_cfg, synthetic.vocabulary() if is_synthetic else None)
+            raise DataError(f"the {split} split of {data_cfg.name} is empty")
+    label_names = _label_names(data_cfg, ds, splits["train"])
     encoded, truncated = {}, {}
-    if name in TOKEN_TASKS:
-        if data_cfg.labels:
-            label_names = [x.strip() for x in data_cfg.labels.split(",")]
-        elif is_synthetic:
-            label_names = list(synthetic.NER_LABELS)
-        else:
-            from jaxbatch.data import conll
-
-            label_names = conll.label_names([conll.Sentence(w, t) for w, t in splits["train"]])
-        label_to_id = {n: i for i, n in enumerate(label_names)}
-        for split, examples in splits.items():
-            tags = _tag_ids(split, examples, label_to_id, "error" if split == "train" else data_cfg.unknown_label)
-            enc = tokenize.encode_tagged(tok, [w for w, _ in examples], tags, data_cfg.seq_len,
-                                         data_cfg.label_all_subtokens)
-            encoded[split], truncated[split] = enc.arrays, enc.truncated
-        task, test_labelled = "token", True
-    else:
-        label_names = ["negative", "positive"]
-        for split, examples in splits.items():
-            enc = tokenize.encode_labelled(tok, [w for w, _ in examples], [y for _, y in examples], data_cfg.seq_len)
-            encoded[split], truncated[split] = enc.arrays, enc.truncated
-        task = "sequence"
-        test_labelled = "test" in splits and all(y >= 0 for _, y in splits["test"])
-        if "test" in encoded and not test_labelled:  # GLUE test labels are hidden: predict, do not score
-            encoded["test"]["labels"] = np.full_like(encoded["test"]["labels"], tokenize.IGNORE_INDEX)
+    for split, examples in splits.items():
+        enc = _encode(data_cfg, ds, tokenizer, split, examples, label_names)
+        encoded[split], truncated[split] = enc.arrays, enc.truncated
     for split, count in truncated.items():
         if count:
-            log.warning("%s: %d %s examples are longer than data.seq_len=%d and were truncated", name, count, split,
-                        data_cfg.seq_len)
-    return TaskData(name, task, label_names, encoded["train"], encoded["validation"], tok, truncated, is_synthetic,
-                    encoded.get("test"), test_labelled)
+            log.warning("%s: %d %s examples are longer than data.seq_len=%d and were truncated", data_cfg.name, count,
+                        split, data_cfg.seq_len)
+    test_labelled = "test" not in encoded or bool((encoded["test"]["labels"] != IGNORE_INDEX).any())
+    return TaskData(data_cfg.name, ds.task, label_names, encoded["train"], encoded["validation"], truncated,
+                    ds.source.startswith("synthetic"), encoded.get("test"), test_labelled)
+
+
+def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
+    """One split of a dataset folder (only its file is needed), with a trained run's label set
+    (`data.labels`, set in every resolved spec)."""
+    ds = dataset(data_cfg)
+    if split not in ("train", "validation", "test"):
+        raise ConfigError(f"--split must be train, validation or test, got {split!r}")
+    raw = _raw_splits(data_cfg, ds, required=(split,))
+    if split not in raw:
+        raise DataError(f"data.name={data_cfg.name} has no {split} split")
+    examples = raw[split]
+    if not examples:
+        raise DataError(f"the {split} split in {data_cfg.data_dir} is empty")
+    enc = _encode(data_cfg, ds, tokenizer, split, examples, data_cfg.labels.split(","))
+    if enc.truncated:
+        log.warning("%d %s examples are longer than data.seq_len=%d and were truncated", enc.truncated, split,
+                    data_cfg.seq_len)
+    return enc.arrays

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxbatch.data.files import DataError, read_text_file
+from jaxbatch.errors import DataError
+from jaxbatch.data.files import read_text_file
 
 
 def read(path: str | Path) -> list[str]:

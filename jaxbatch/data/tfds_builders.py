@@ -1,4 +1,4 @@
-"""tensorflow-datasets builders for local CoNLL-2003, SST-2 and plain-text files (array_record format, so
+"""tensorflow-datasets builders for local CoNLL, TSV and plain-text files (array_record format, so
 TensorFlow is never needed), and TFDS' own catalog when online.
 
 Prepared data is cached under a data dir, keyed by a hash of the source files' contents: unchanged files
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbatch.data import conll, glue, text
-from jaxbatch.data.files import DataError
+from jaxbatch.data import conll, text, tsv
+from jaxbatch.errors import DataError
 
 DEFAULT_DATA_DIR = Path(os.environ.get("JAXBATCH_DATA_DIR", Path.home() / ".cache" / "jaxbatch" / "tfds"))
 
@@ -29,9 +29,12 @@ def _digest(paths: dict[str, Path]) -> str:
 
 
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A builder over files given at construction; the config name is the files' content hash."""
+    """A builder over files given at construction; the config name is the files' content hash. TFDS
+    shuffles examples when it writes them, so each carries its position in the file (`index`) and
+    `read_all` gives them back in file order (predictions line up with the input; GLUE test ids hold)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "examples carry their file position"}
     FEATURES: dict = {}
 
     def __init__(self, paths: dict[str, Path], **kwargs):
@@ -39,29 +42,30 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(config=tfds.core.BuilderConfig(name=f"local-{_digest(paths)}"), **kwargs)
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(dict(self.FEATURES)))
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"index": np.int64, **self.FEATURES}))
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(path) for split, path in self.paths.items()}
 
 
-class Conll2003Local(_LocalBuilder):
-    name = "jaxbatch_conll2003"
+class ConllLocal(_LocalBuilder):
+    name = "jaxbatch_conll"
     FEATURES = {"tokens": tfds.features.Sequence(tfds.features.Text()),
                 "tags": tfds.features.Sequence(tfds.features.Text())}
 
     def _generate_examples(self, path):
         for i, s in enumerate(conll.read(path)):
-            yield i, {"tokens": s.words, "tags": s.tags}
+            yield i, {"index": i, "tokens": s.words, "tags": s.tags}
 
 
-class Sst2Local(_LocalBuilder):
-    name = "jaxbatch_sst2"
-    FEATURES = {"sentence": tfds.features.Text(), "label": np.int64}
+class TsvLocal(_LocalBuilder):
+    name = "jaxbatch_tsv"
+    FEATURES = {"sentence": tfds.features.Text(), "label": tfds.features.Text()}
 
     def _generate_examples(self, path):
-        for i, e in enumerate(glue.read(path)):
-            yield i, {"sentence": e.text, "label": e.label}
+        for i, e in enumerate(tsv.read(path)):
+            yield i, {"index": i, "sentence": e.text, "label": e.label}
 
 
 class TextLocal(_LocalBuilder):
@@ -74,17 +78,22 @@ class TextLocal(_LocalBuilder):
 
     def _generate_examples(self, docs):
         for i, doc in enumerate(docs):
-            yield i, {"text": doc}
+            yield i, {"index": i, "text": doc}
 
 
-BUILDERS = {"conll2003": (Conll2003Local, conll.split_paths), "sst2": (Sst2Local, glue.split_paths),
-            "text": (TextLocal, lambda s: {f"file{i}": p for i, p in enumerate(text.files(s))})}
+BUILDERS = {"conll": (ConllLocal, conll.split_paths), "tsv": (TsvLocal, tsv.split_paths),
+            "text": (TextLocal, lambda s, required=(): {f"file{i}": p for i, p in enumerate(text.files(s))})}
 
 
-def prepare(kind: str, source: str | Path, data_dir: str | Path | None = None):
-    """Builds (once) and opens the splits of a local dataset: {split: random-access data source}."""
+def prepare(kind: str, source: str | Path, data_dir: str | Path | None = None,
+            required: tuple[str, ...] = ("train", "validation")):
+    """Builds (once) and opens the splits of a local dataset: {split: random-access data source}. With
+    `required=(split,)` only that split's file is needed (and read)."""
     builder_cls, find_files = BUILDERS[kind]
-    builder = builder_cls(find_files(source), data_dir=str(data_dir or DEFAULT_DATA_DIR), file_format="array_record")
+    paths = find_files(source, required)
+    if kind != "text" and len(required) == 1:
+        paths = {required[0]: paths[required[0]]}
+    builder = builder_cls(paths, data_dir=str(data_dir or DEFAULT_DATA_DIR), file_format="array_record")
     builder.download_and_prepare()
     return builder.as_data_source()
 
@@ -100,7 +109,7 @@ def from_catalog(name: str, data_dir: str | Path | None = None):
 
 
 def read_all(source) -> list[dict]:
-    """Every record of a data source, bytes decoded to str."""
+    """Every record of a data source, bytes decoded to str, in file order where records carry `index`."""
     def decode(v):
         if isinstance(v, bytes):
             return v.decode("utf-8")
@@ -109,4 +118,5 @@ def read_all(source) -> list[dict]:
         return v
 
     records = source.__getitems__(range(len(source))) if len(source) else []
-    return [{k: decode(v) for k, v in r.items()} for r in records]
+    records = [{k: decode(v) for k, v in r.items()} for r in records]
+    return sorted(records, key=lambda r: r["index"]) if records and "index" in records[0] else records

@@ -1,4 +1,5 @@
-"""BERT word-piece tokenization with label alignment, through transformers' tokenizers backend.
+"""Sub-word tokenization of pre-split words with label alignment, through any transformers tokenizer
+(the model family's, or a pretrained folder's).
 
 Fixed-length arrays come out: [CLS] tokens [SEP] [PAD]... Truncation never happens silently: the number
 of truncated examples is returned, and the pipeline reports it."""
@@ -6,38 +7,11 @@ of truncated examples is returned, and the pipeline reports it."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
-
-
-def load_tokenizer(source: str | Path | Sequence[str], lowercase: bool | None = None):
-    """A BertTokenizer from a folder (vocab.txt [+ tokenizer_config.json]), a vocab file, or a word list.
-
-    transformers 5 reads the vocabulary from `vocab=`; the older `vocab_file=` is silently ignored there."""
-    from transformers import BertTokenizer
-
-    if isinstance(source, (list, tuple)):
-        return BertTokenizer(vocab={w: i for i, w in enumerate(source)},
-                             do_lower_case=bool(lowercase) if lowercase is not None else False)
-    path = Path(source)
-    vocab = path / "vocab.txt" if path.is_dir() else path
-    if not vocab.is_file():
-        raise FileNotFoundError(f"tokenizer: no vocab.txt in {path} (expected a BERT vocabulary file)")
-    if lowercase is None:
-        lowercase = True
-        config = vocab.parent / "tokenizer_config.json"
-        if config.is_file():
-            import json
-
-            try:
-                lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{config}: not valid JSON ({e})") from e
-    return BertTokenizer(vocab=str(vocab), do_lower_case=lowercase)
+from jaxbatch.losses import IGNORE_INDEX
 
 
 @dataclasses.dataclass

@@ -1,1 +1,110 @@
-"""Transformer models in Flax NNX; every parameter carries logical axis names (`logical_axes`)."""
+"""Model families: the one place where models are named.
+
+A family bundles what the core needs to train, evaluate, plan and convert a model without knowing what it
+is: the NNX module and its presets, the batch it consumes, its loss and metric sums, its FLOPs, its config
+checks, and its Hugging Face conversion. Every parameter carries `logical_axes` (sharding) and `decay`
+(weight decay) metadata, so optimizers and meshes read the model, not its names. A new family is a module
+that calls `register`; nothing in the core changes (tests/models/test_registry.py defines one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+from jaxbatch.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class HfMapping:
+    """How a family's parameters map to a Hugging Face folder (see hf.py).
+
+    key_map(model_cfg) -> {our parameter name: (HF tensor name, layout)}; configure(model_cfg, hf_config)
+    -> model_cfg with the shape of that config.json; hf_config(model_cfg, label_names) -> config.json;
+    model_types: the config.json `model_type`s this family reads; tensor_name(name, model_cfg) -> the
+    stored name (task prefixes); expected_unused(name, model_cfg): stored tensors we may ignore."""
+
+    model_types: tuple[str, ...]
+    key_map: Callable
+    configure: Callable
+    hf_config: Callable
+    tensor_name: Callable = lambda name, model_cfg: name
+    expected_unused: Callable = lambda name, model_cfg: False
+    normalize_name: Callable = lambda name: name
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a model family supplies. `build(model_cfg, rngs=, dtype=)` returns the NNX module;
+    `forward(model, batch, deterministic=, rngs=)` its outputs; `loss_sums(outputs, batch, model_cfg)` ->
+    (float32 sums incl. `loss_sum` and `weight`, predictions dict); `batch_shapes(model_cfg, batch, seq_len)`
+    -> {key: shape} of int32 arrays (every batch has `labels`, IGNORE_INDEX where no loss);
+    `train_flops_per_token(model_cfg, seq_len)`; `validate(model_cfg, seq_len, model_axis)` raises
+    ConfigError; `describe(model_cfg)` is the one-line summary a run prints; `tokenizer(folder or
+    vocabulary list)` builds the tokenizer when no pretrained folder brings one."""
+
+    name: str
+    presets: Mapping[str, Mapping[str, Any]]
+    build: Callable
+    forward: Callable
+    loss_sums: Callable
+    batch_shapes: Callable
+    train_flops_per_token: Callable
+    validate: Callable
+    describe: Callable
+    tokenizer: Callable
+    hf: HfMapping | None = None
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Adds a family (and its presets, whose names must be new) to the registry."""
+    taken = {p for f in _FAMILIES.values() if f.name != family.name for p in f.presets} & set(family.presets)
+    if taken:
+        raise ValueError(f"family {family.name!r}: preset names {sorted(taken)} are taken by another family")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def names() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def family_named(name: str) -> Family:
+    return _FAMILIES[name]
+
+
+def preset_family(preset: str) -> str | None:
+    return next((f.name for f in _FAMILIES.values() if preset in f.presets), None)
+
+
+def family(model_cfg) -> Family:
+    """The family of a (preset-applied) ModelConfig."""
+    name = model_cfg.family or preset_family(model_cfg.preset)
+    if not name:
+        raise ConfigError(f"model.preset=custom needs model.family ({', '.join(names())}) or a model.pretrained folder")
+    if name not in _FAMILIES:
+        raise ConfigError(f"model.family={name!r} is unknown; families: {', '.join(names())}")
+    return _FAMILIES[name]
+
+
+def apply_preset(model_cfg):
+    """A ModelConfig with its preset's family and shape filled in ('custom' keeps the fields, and needs
+    `model.family`)."""
+    if model_cfg.preset == "custom":  # the family comes from model.family (or a pretrained folder's config.json)
+        if model_cfg.family:
+            family(model_cfg)  # known?
+        return model_cfg
+    owner = preset_family(model_cfg.preset)
+    if owner is None:
+        every = [p for f in _FAMILIES.values() for p in f.presets]
+        raise ConfigError(f"model.preset={model_cfg.preset!r} is unknown; choose from {', '.join(every)} or 'custom'")
+    if model_cfg.family and model_cfg.family != owner:
+        raise ConfigError(f"model.preset={model_cfg.preset!r} belongs to family {owner!r}, not "
+                          f"model.family={model_cfg.family!r}")
+    return dataclasses.replace(model_cfg, family=owner, **_FAMILIES[owner].presets[model_cfg.preset])
+
+
+from jaxbatch.models import bert  # noqa: E402,F401  (registers the built-in families)

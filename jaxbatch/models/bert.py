@@ -1,14 +1,32 @@
-"""BERT encoder with sequence- and token-classification heads, numerically matching Hugging Face's
-`BertModel` (post-LayerNorm blocks, erf GELU, `layer_norm_eps` from config, padding mask)."""
+"""The BERT family: an encoder with sequence- and token-classification heads, numerically matching Hugging
+Face's `BertFor{Token,Sequence}Classification` (post-LayerNorm blocks, erf GELU, `layer_norm_eps` from
+config, padding mask), with its presets, FLOP count, config checks, tokenizer and HF conversion table."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxbatch import losses, models
+from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
 from jaxbatch.models.layers import Dense, Embed, LayerNorm, Mlp, SelfAttention
+
+# Named shapes: `tiny` is for tests; the others match the published checkpoints.
+PRESETS = {
+    "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256,
+                 max_position_embeddings=128),
+    "minilm-l6": dict(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,
+                      max_position_embeddings=512),
+    "bert-base": dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+                      max_position_embeddings=512),
+    "bert-large": dict(vocab_size=30522, hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096,
+                       max_position_embeddings=512),
+}
+TASKS = ("token", "sequence")
 
 
 class BertLayer(nnx.Module):
@@ -73,3 +91,180 @@ class BertClassifier(nnx.Module):
             x = jnp.tanh(self.pooler(x[:, 0]))
         logits = self.classifier(self.dropout(x, deterministic=deterministic, rngs=rngs))
         return logits.astype(jnp.float32)
+
+
+# ---- What the core asks of a family ---------------------------------------------------------------------
+
+def build(cfg, *, rngs: nnx.Rngs, dtype) -> BertClassifier:
+    return BertClassifier(cfg, rngs=rngs, dtype=dtype)
+
+
+def forward(model: BertClassifier, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                 deterministic=deterministic, rngs=rngs)
+
+
+def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
+    return losses.classification_sums(logits, batch["labels"])
+
+
+def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
+    return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "token_type_ids": (batch, seq_len),
+            "labels": (batch, seq_len) if cfg.task == "token" else (batch,)}
+
+
+def train_flops_per_token(cfg, seq_len: int) -> float:
+    """Matmul FLOPs of one training step per token: 3 x forward (backward = 2 x forward).
+
+    Forward per layer and token: QKV + output projections 8h^2, MLP 4hI, attention scores and values 4Th
+    (non-causal: every query sees all T keys); the classifier head 2hL (the pooler 2h^2 once per sequence).
+    Embedding gathers are not matmuls and are not counted. This is the PaLM-style count MaxText uses for MFU."""
+    h, inter, t = cfg.hidden_size, cfg.intermediate_size, seq_len
+    per_token = cfg.num_layers * (8 * h * h + 4 * h * inter + 4 * t * h) + 2 * h * cfg.num_labels
+    if cfg.task == "sequence":
+        per_token += 2 * h * h / t
+    return 3.0 * per_token
+
+
+def validate(cfg, seq_len: int, model_axis: int) -> None:
+    for key, size in (("model.num_heads", cfg.num_heads), ("model.intermediate_size", cfg.intermediate_size)):
+        if size % model_axis:
+            raise ConfigError(f"{key}={size} is not divisible by mesh.model={model_axis} (tensor parallel)")
+    if cfg.hidden_size % cfg.num_heads:
+        raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads}")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"model.task must be 'token' or 'sequence', got {cfg.task!r}")
+    if cfg.num_labels < 1:
+        raise ConfigError(f"model.num_labels must be >= 1, got {cfg.num_labels}")
+    if seq_len < 3:
+        raise ConfigError(f"data.seq_len={seq_len} leaves no room for a word between [CLS] and [SEP] (>= 3)")
+    if seq_len > cfg.max_position_embeddings:
+        raise ConfigError(f"data.seq_len={seq_len} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
+
+
+def describe(cfg) -> str:
+    return f"BERT {cfg.preset} ({cfg.task} classification, {cfg.num_labels} labels)"
+
+
+def tokenizer(source):
+    """A word-piece tokenizer from a folder (vocab.txt [+ tokenizer_config.json], or tokenizer.json) or a
+    word list.
+
+    transformers 5 reads the vocabulary from `vocab=`; the older `vocab_file=` is silently ignored there."""
+    import json
+    from pathlib import Path
+
+    from transformers import BertTokenizer
+
+    if isinstance(source, (list, tuple)):
+        return BertTokenizer(vocab={w: i for i, w in enumerate(source)}, do_lower_case=False)
+    vocab = Path(source) / "vocab.txt"
+    if not vocab.is_file():
+        if (Path(source) / "tokenizer.json").is_file():  # what transformers 5 saves
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(source))
+        raise CheckpointError(f"tokenizer: neither vocab.txt nor tokenizer.json in {source}")
+    lowercase, config = True, vocab.parent / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True))
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{config}: not a valid JSON object ({e})") from e
+    return BertTokenizer(vocab=str(vocab), do_lower_case=lowercase)
+
+
+# ---- Hugging Face conversion table ----------------------------------------------------------------------
+
+SHAPE_FIELDS = {  # ModelConfig field -> config.json key
+    "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings", "type_vocab_size": "type_vocab_size",
+}
+
+
+def hf_configure(cfg, hf: dict):
+    """The model shape from a BERT config.json; with a named preset, every shape field must agree."""
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(f"config.json: hidden_act {hf.get('hidden_act')!r}; jaxbatch BERT uses exact 'gelu'")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"config.json: position_embedding_type {hf['position_embedding_type']!r} is not supported")
+    wanted = {field: hf[key] for field, key in SHAPE_FIELDS.items() if key in hf}
+    if cfg.preset != "custom":
+        bad = {f: (getattr(cfg, f), v) for f, v in wanted.items() if getattr(cfg, f) != v}
+        if bad:
+            detail = ", ".join(f"{f}: preset {a} vs checkpoint {b}" for f, (a, b) in bad.items())
+            raise ConfigError(f"model.preset={cfg.preset!r} does not match config.json ({detail}); "
+                              f"use model.preset=custom to take the shape from the checkpoint")
+    heads = {"BertForTokenClassification": "token", "BertForSequenceClassification": "sequence"}
+    task = next((heads[a] for a in hf.get("architectures") or () if a in heads), None)
+    if task is not None:  # a fine-tuned head: its task and label count
+        wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", cfg.num_labels))
+    return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)))
+
+
+def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
+    """jaxbatch parameter name -> (HF tensor name without the 'bert.' prefix, layout transform)."""
+    m = {
+        "encoder.word_embeddings.embedding": ("embeddings.word_embeddings.weight", "copy"),
+        "encoder.position_embeddings.embedding": ("embeddings.position_embeddings.weight", "copy"),
+        "encoder.token_type_embeddings.embedding": ("embeddings.token_type_embeddings.weight", "copy"),
+        "encoder.embeddings_norm.scale": ("embeddings.LayerNorm.weight", "copy"),
+        "encoder.embeddings_norm.bias": ("embeddings.LayerNorm.bias", "copy"),
+        "classifier.kernel": ("classifier.weight", "t"),
+        "classifier.bias": ("classifier.bias", "copy"),
+    }
+    if cfg.task == "sequence":
+        m["pooler.kernel"] = ("pooler.dense.weight", "t")
+        m["pooler.bias"] = ("pooler.dense.bias", "copy")
+    for i in range(cfg.num_layers):
+        ours, theirs = f"encoder.layers.{i}", f"encoder.layer.{i}"
+        for name in ("query", "key", "value"):
+            m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.attention.self.{name}.weight", "qkv_kernel")
+            m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.attention.self.{name}.bias", "qkv_bias")
+        m[f"{ours}.attention.out.kernel"] = (f"{theirs}.attention.output.dense.weight", "out_kernel")
+        m[f"{ours}.attention.out.bias"] = (f"{theirs}.attention.output.dense.bias", "copy")
+        m[f"{ours}.attention_norm.scale"] = (f"{theirs}.attention.output.LayerNorm.weight", "copy")
+        m[f"{ours}.attention_norm.bias"] = (f"{theirs}.attention.output.LayerNorm.bias", "copy")
+        m[f"{ours}.mlp.wi.kernel"] = (f"{theirs}.intermediate.dense.weight", "t")
+        m[f"{ours}.mlp.wi.bias"] = (f"{theirs}.intermediate.dense.bias", "copy")
+        m[f"{ours}.mlp.wo.kernel"] = (f"{theirs}.output.dense.weight", "t")
+        m[f"{ours}.mlp.wo.bias"] = (f"{theirs}.output.dense.bias", "copy")
+        m[f"{ours}.output_norm.scale"] = (f"{theirs}.output.LayerNorm.weight", "copy")
+        m[f"{ours}.output_norm.bias"] = (f"{theirs}.output.LayerNorm.bias", "copy")
+    return m
+
+
+def hf_normalize_name(name: str) -> str:
+    """HF task models prefix the encoder with 'bert.'; old checkpoints say gamma/beta for LayerNorm."""
+    name = name[5:] if name.startswith("bert.") else name
+    return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+
+
+def hf_tensor_name(name: str, cfg) -> str:
+    return name if name.startswith("classifier") else "bert." + name
+
+
+def hf_expected_unused(name: str, cfg) -> bool:
+    return name == "embeddings.position_ids" or (cfg.task == "token" and name.startswith("pooler."))
+
+
+def hf_config(cfg, label_names: list[str] | None = None) -> dict:
+    arch = "BertForTokenClassification" if cfg.task == "token" else "BertForSequenceClassification"
+    labels = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
+    return {
+        "architectures": [arch], "model_type": "bert", "hidden_act": "gelu",
+        **{key: getattr(cfg, field) for field, key in SHAPE_FIELDS.items()},
+        "layer_norm_eps": cfg.layer_norm_eps, "hidden_dropout_prob": cfg.hidden_dropout,
+        "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "pad_token_id": 0,
+        "position_embedding_type": "absolute", "num_labels": cfg.num_labels,
+        "id2label": {str(i): n for i, n in enumerate(labels)}, "label2id": {n: i for i, n in enumerate(labels)},
+    }
+
+
+FAMILY = models.register(models.Family(
+    name="bert", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
+    train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
+    hf=models.HfMapping(model_types=("bert",), key_map=hf_key_map, configure=hf_configure, hf_config=hf_config,
+                        tensor_name=hf_tensor_name, expected_unused=hf_expected_unused,
+                        normalize_name=hf_normalize_name)))

@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by the encoder (BERT) and decoder (GPT) models.
+"""Transformer building blocks shared by the model families (encoders and decoders).
 
 Every parameter is an `nnx.Param` with `logical_axes` metadata naming its dimensions; `mesh.py` turns the
 names into shardings. Parameters are stored in float32; `dtype` is the compute dtype of the precision
@@ -19,9 +19,11 @@ Names = tuple[str | None, ...]
 normal = jax.nn.initializers.normal
 
 
-def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], names: Names) -> nnx.Param:
+def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], names: Names, decay: bool = True) -> nnx.Param:
+    """A float32 parameter named by logical axes; `decay=False` exempts it from weight decay (biases and
+    normalisation parameters, as the published encoder and decoder recipes do)."""
     key = rngs.params() if rngs is not None else jax.random.key(0)
-    return nnx.Param(init(key, tuple(shape), jnp.float32), logical_axes=tuple(names))
+    return nnx.Param(init(key, tuple(shape), jnp.float32), logical_axes=tuple(names), decay=decay)
 
 
 class Dense(nnx.Module):
@@ -32,7 +34,7 @@ class Dense(nnx.Module):
                  rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02, use_bias: bool = True):
         self.n_in, self.dtype = len(in_shape), dtype
         self.kernel = param(rngs, normal(init_std), (*in_shape, *out_shape), (*in_names, *out_names))
-        self.bias = param(rngs, jax.nn.initializers.zeros, out_shape, out_names) if use_bias else None
+        self.bias = param(rngs, jax.nn.initializers.zeros, out_shape, out_names, decay=False) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel[...].astype(self.dtype)
@@ -61,8 +63,8 @@ class LayerNorm(nnx.Module):
 
     def __init__(self, features: int, eps: float, *, dtype=jnp.float32):
         self.eps, self.dtype = eps, dtype
-        self.scale = param(None, jax.nn.initializers.ones, (features,), ("embed",))
-        self.bias = param(None, jax.nn.initializers.zeros, (features,), ("embed",))
+        self.scale = param(None, jax.nn.initializers.ones, (features,), ("embed",), decay=False)
+        self.bias = param(None, jax.nn.initializers.zeros, (features,), ("embed",), decay=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(jnp.float32)

@@ -2,7 +2,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from jaxbatch.data import conll
-from jaxbatch.data.files import DataError
+from jaxbatch.errors import DataError
 
 
 @pytest.mark.parametrize("iob1,iob2", [

@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import SHARED_DATA
-from jaxbatch import config
+from jaxbatch import config, run as run_lib
 from jaxbatch.data import tasks, tfds_builders
-from jaxbatch.data.files import DataError
+from jaxbatch.errors import DataError
 
 
 def _cfg(tmp_path, *overrides):
@@ -23,25 +23,25 @@ def _write_conll(d, dev_tag="B-LOC"):
 def test_local_conll_is_prepared_once_and_rebuilt_when_changed(tmp_path):
     d = _write_conll(tmp_path / "conll")
     cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}")
-    data = tasks.load(cfg.data, cfg.model)
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
     assert data.label_names == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     assert data.train["input_ids"].shape == (2, 32) and data.test is None
-    builds = list((tmp_path / "cache" / "jaxbatch_conll2003").iterdir())
+    builds = list((tmp_path / "cache" / "jaxbatch_conll").iterdir())
     assert len(builds) == 1
-    tasks.load(cfg.data, cfg.model)
-    assert list((tmp_path / "cache" / "jaxbatch_conll2003").iterdir()) == builds
+    tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    assert list((tmp_path / "cache" / "jaxbatch_conll").iterdir()) == builds
     (d / "valid.txt").write_text("Rome B-LOC\n")
-    tasks.load(cfg.data, cfg.model)
-    assert len(list((tmp_path / "cache" / "jaxbatch_conll2003").iterdir())) == 2
+    tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    assert len(list((tmp_path / "cache" / "jaxbatch_conll").iterdir())) == 2
 
 
 def test_unknown_dev_label_errors_or_maps(tmp_path):
     d = _write_conll(tmp_path / "conll", dev_tag="B-MISC")
     cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}")
     with pytest.raises(DataError, match=r"validation split, sentence 0: tag 'B-MISC' is not in the label set"):
-        tasks.load(cfg.data, cfg.model)
+        tasks.load(cfg.data, run_lib.tokenizer(cfg))
     cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}", "data.unknown_label=O")
-    data = tasks.load(cfg.data, cfg.model)
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
     assert data.eval["labels"][0][1] == 0
 
 
@@ -60,19 +60,19 @@ def test_bad_input_through_the_task_loader(tmp_path):
 
 def _cfg2(tmp_path, d, *extra):
     cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}", *extra)
-    return cfg.data, cfg.model
+    return cfg.data, run_lib.tokenizer(cfg)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="shared SST-2 copy not present")
 def test_shared_sst2_through_tfds(tmp_path):
-    sources = tfds_builders.prepare("sst2", SHARED_DATA / "sst2", tmp_path / "cache")
+    sources = tfds_builders.prepare("tsv", SHARED_DATA / "sst2", tmp_path / "cache")
     assert {k: len(v) for k, v in sources.items()} == {"train": 67349, "validation": 872, "test": 1821}
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "conll2003").is_dir(), reason="shared CoNLL-2003 copy not present")
 def test_shared_conll_through_tfds_and_tokenizer(tmp_path):
     cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={SHARED_DATA / 'conll2003'}", "data.seq_len=128")
-    data = tasks.load(cfg.data, cfg.model)
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
     assert len(data.train["labels"]) == 14041 and len(data.eval["labels"]) == 3250
     # every word's first piece carries its label, except the words cut by truncation (reported, not silent)
     assert (data.eval["labels"] != -100).sum() == 51362 - 19 and data.truncated == {"train": 1, "validation": 3}
@@ -98,3 +98,28 @@ def test_tiny_shakespeare_through_tfds(tmp_path):
     sources = tfds_builders.prepare("text", SHARED_DATA / "tinyshakespeare", tmp_path / "cache")
     text = "\n\n".join(r["text"] for s in ("train", "validation") for r in tfds_builders.read_all(sources[s]))
     assert len(set(text)) == 65 and len(text) > 1_000_000
+
+
+def test_custom_tag_set_and_n_class_tsv(tmp_path):
+    d = tmp_path / "drugs"
+    d.mkdir()
+    (d / "train.txt").write_text("take B-DOSE\n5mg I-DOSE\nof O\naspirin B-DRUG\n\nibuprofen B-DRUG\nhelps O\n")
+    (d / "dev.txt").write_text("aspirin B-DRUG\n")
+    cfg = _cfg(tmp_path, "data.name=conll", f"data.data_dir={d}")
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    assert data.task == "token" and data.label_names == ["O", "B-DOSE", "I-DOSE", "B-DRUG", "I-DRUG"]
+    t = tmp_path / "reviews"
+    t.mkdir()
+    (t / "train.tsv").write_text("great\tpositive\nfine\tneutral\nbad\tnegative\n")
+    (t / "dev.tsv").write_text("text\tlabel\nok\tneutral\nawful\t0\n")  # a header, and a label given by id
+    cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}")
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    assert data.task == "sequence" and data.label_names == ["negative", "neutral", "positive"]
+    assert data.train["labels"].tolist() == [2, 1, 0] and data.eval["labels"].tolist() == [1, 0]
+    cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.labels=positive,neutral,negative")
+    assert tasks.load(cfg.data, run_lib.tokenizer(cfg)).train["labels"].tolist() == [0, 1, 2]
+    (t / "dev.tsv").write_text("meh\tmixed\n")
+    with pytest.raises(DataError, match=r"validation split, example 0: label 'mixed' is neither one of"):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    with pytest.raises(config.ConfigError, match="data.name=tsv reads your files: set data.data_dir"):
+        tasks.load(_cfg(tmp_path, "data.name=tsv").data, None)

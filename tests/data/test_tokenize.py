@@ -2,10 +2,11 @@ import numpy as np
 
 from jaxbatch import hf
 from jaxbatch.data import tokenize
+from jaxbatch.models import bert
 
 
 def test_first_subtoken_alignment_and_truncation_count():
-    tok = tokenize.load_tokenizer(hf.resolve("minilm-l6"))
+    tok = bert.tokenizer(hf.resolve("minilm-l6"))
     sents = [["Wolfsburg", "is", "big"], ["a"] * 10]
     enc = tokenize.encode_tagged(tok, sents, [[1, 0, 0], [2] * 10], seq_len=8)
     pieces = tok.tokenize("Wolfsburg")
@@ -22,14 +23,7 @@ def test_first_subtoken_alignment_and_truncation_count():
 
 
 def test_sequence_encoding():
-    tok = tokenize.load_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film"])
+    tok = bert.tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film"])
     enc = tokenize.encode_labelled(tok, [["good", "film"], ["unknownword"]], [1, 0], seq_len=6)
     np.testing.assert_array_equal(enc.arrays["input_ids"], [[2, 5, 6, 3, 0, 0], [2, 1, 3, 0, 0, 0]])
     np.testing.assert_array_equal(enc.arrays["labels"], [1, 0])
-
-
-def test_missing_vocab_is_named(tmp_path):
-    import pytest
-
-    with pytest.raises(FileNotFoundError, match="no vocab.txt"):
-        tokenize.load_tokenizer(tmp_path)

@@ -40,3 +40,19 @@ def test_dropout_uses_explicit_rng():
     c = model(ids, jnp.ones_like(ids), deterministic=False, rngs=nnx.Rngs(dropout=2))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+def test_tokenizer_from_folder_word_list_or_saved(tmp_path):
+    import pytest
+
+    from jaxbatch import hf
+    from jaxbatch.errors import CheckpointError
+    from jaxbatch.models import bert
+
+    with pytest.raises(CheckpointError, match="neither vocab.txt nor tokenizer.json"):
+        bert.tokenizer(tmp_path)
+    original = bert.tokenizer(hf.resolve("minilm-l6"))
+    original.save_pretrained(str(tmp_path))  # transformers 5 writes tokenizer.json only
+    again = bert.tokenizer(tmp_path)
+    text = ["Wolfsburg", "is", "in", "Lower", "Saxony"]
+    assert again(text, is_split_into_words=True)["input_ids"] == original(text, is_split_into_words=True)["input_ids"]

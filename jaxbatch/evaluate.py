@@ -1,0 +1,62 @@
+"""Evaluation of a model on a whole split: loss, accuracy and, for token tasks, seqeval entity scores and
+the token report; also the per-example predictions and probabilities that `predict` prints.
+
+Used by the train loop, `jaxbatch evaluate` and `jaxbatch predict`, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxbatch import metrics, mesh as mesh_lib
+from jaxbatch.data import pipeline
+
+
+def eval_batch_size(run, wanted: int | None = None) -> int:
+    """The eval batch: `wanted` (default the run's micro-batch) rounded up to a multiple of the batch shards
+    and of the process count, so every device and host gets equal slices."""
+    shards = mesh_lib.batch_shards(run.mesh, run.spec.mesh.rules)
+    step = int(np.lcm(shards, jax.process_count()))
+    wanted = wanted or run.micro_batch
+    return -(-wanted // step) * step
+
+
+def outputs(run, params, arrays: dict, batch_size: int | None = None) -> tuple[dict, dict]:
+    """(summed metrics over the split, the family's per-example outputs as numpy, in the split's order)."""
+    batch_size = eval_batch_size(run, batch_size)
+    totals: dict[str, float] = {}
+    parts: dict[str, list] = {}
+    for local, real in pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
+        sums, preds = run.steps.eval(params, pipeline.to_global(local, run.batch_sh))
+        for k, v in jax.device_get(sums).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+        for k, v in preds.items():
+            parts.setdefault(k, []).append(np.asarray(multihost_utils.process_allgather(v, tiled=True))[:real])
+    return totals, {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None) -> dict:
+    """Loss and accuracy over one split; token tasks add seqeval entity scores and the token report.
+    `predictions` holds every example's predicted label ids."""
+    totals, out = outputs(run, params, arrays, batch_size)
+    weight = max(totals.get("weight", 0.0), 1.0)
+    result = {"loss": totals["loss_sum"] / weight, "accuracy": totals.get("correct", 0.0) / weight,
+              "predictions": out["preds"]}
+    if task == "token" and totals["weight"] > 0:
+        gold, pred = metrics.aligned_tags(out["preds"], arrays["labels"], label_names)
+        result["entities"] = metrics.entity_report(gold, pred)
+        result["entity_f1"] = result["entities"]["micro avg"]["f1-score"]
+        result["tokens"], result["token_report_text"] = metrics.token_report(gold, pred, label_names)
+    return result
+
+
+def report_lines(result: dict, task: str) -> str:
+    """The printed report: a summary line, then seqeval's entity table and the token report (token tasks)."""
+    line = f"loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
+    if "entity_f1" in result:
+        line += f" entity F1 {result['entity_f1']:.4f}"
+        line += "\nentity-level (seqeval):\n" + metrics.format_entity_report(result["entities"])
+        line += "\ntoken-level:\n" + result["token_report_text"]
+    return line

@@ -1,0 +1,219 @@
+"""One set-up path: Config -> resolved spec -> Run (mesh, optimizer, graphdef, sharded state, shardings,
+compiled steps). `train`, `plan`, `predict`, `evaluate`, `export`, the benchmarks and the test fixtures
+all build their run here, so none of them can drift from the others.
+
+The input `Config` is never changed. What a run derives (the model shape from a pretrained folder, the
+task and label set from the data, k from the micro-batch planner) goes into the *resolved spec*: a new
+frozen Config, printed at the start, saved in every checkpoint and in summary.json. A run dir or a Hugging
+Face folder alone is enough to rebuild the model (`restore`), on any mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import jax
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxbatch import accumulate, config, models, optim
+from jaxbatch import mesh as mesh_lib
+from jaxbatch import state as state_lib
+from jaxbatch import steps as steps_lib
+from jaxbatch.errors import CheckpointError, ConfigError
+
+TOKENIZER_DIR = "tokenizer"  # inside a run dir: the tokenizer the run used, so the dir describes itself
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything compiled and placed for one resolved spec. `state` is the initial TrainState (abstract
+    when built for planning; the first train step donates its buffers); inference runs carry no optimizer
+    (`tx`, `state` are None)."""
+
+    spec: config.Config
+    family: models.Family
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    params_sh: nnx.State
+    batch_sh: dict
+    steps: steps_lib.Steps
+    hparams: optim.EffectiveHparams | None = None
+    tx: optax.GradientTransformation | None = None
+    schedule: optax.Schedule | None = None
+    state_sh: state_lib.TrainState | None = None
+    state: state_lib.TrainState | None = dataclasses.field(default=None, repr=False)
+    load_report: object = None  # hf.LoadReport of a pretrained start
+
+    @property
+    def micro_batch(self) -> int:
+        return self.spec.train.batch_size // self.spec.train.accum_steps
+
+
+def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None) -> config.Config:
+    """The spec: `cfg` with the pretrained folder's shape and the data's task and label set filled in."""
+    model = cfg.model
+    if model.pretrained:
+        from jaxbatch import hf
+
+        folder = hf.resolve(model.pretrained)
+        if not model.family:
+            model = dataclasses.replace(model, family=hf.family_for(folder))
+        model = hf.configure(model, folder)
+    data = cfg.data
+    if label_names is not None:
+        if any("," in n for n in label_names):
+            raise ConfigError(f"label names may not contain ',': {label_names}")
+        single_logit = model.num_labels == 1 and len(label_names) == 2  # binary head with one logit, asked for
+        model = dataclasses.replace(model, task=task, num_labels=1 if single_logit else len(label_names))
+        data = dataclasses.replace(data, labels=",".join(label_names))
+    return dataclasses.replace(cfg, model=model, data=data)
+
+
+def label_names(spec: config.Config) -> list[str]:
+    if spec.data.labels:
+        return spec.data.labels.split(",")
+    return [f"LABEL_{i}" for i in range(max(spec.model.num_labels, 2 if spec.model.num_labels == 1 else 0))]
+
+
+def tokenizer(spec: config.Config, run_dir: str | Path | None = None):
+    """The run's tokenizer: the one saved in its run dir, else `data.tokenizer`'s or the pretrained folder's,
+    else the family's word-level tokenizer over the generated corpus' vocabulary (synthetic data only)."""
+    family = models.family(spec.model)
+    if run_dir is not None and (Path(run_dir) / TOKENIZER_DIR).is_dir():
+        return family.tokenizer(Path(run_dir) / TOKENIZER_DIR)
+    if spec.data.tokenizer or spec.model.pretrained:
+        from jaxbatch import hf
+
+        key = "data.tokenizer" if spec.data.tokenizer else "model.pretrained"
+        return family.tokenizer(hf.resolve(spec.data.tokenizer or spec.model.pretrained, key))
+    if spec.data.name.startswith("synthetic"):
+        from jaxbatch.data import synthetic
+
+        return family.tokenizer(synthetic.vocabulary())
+    raise ConfigError("a randomly initialised model needs a vocabulary: set data.tokenizer (or model.pretrained) "
+                      "to a folder or name whose tokenizer to use")
+
+
+def setup(spec: config.Config, *, devices=None, training: bool = True, abstract: bool = False,
+          plan_log: Callable[[str], None] | None = None) -> Run:
+    """Builds the Run for a resolved spec. `training=False` builds only what inference needs (params
+    shardings, the eval step); `abstract=True` places nothing (shapes and shardings for the planner).
+    With `train.auto_micro_batch`, k is planned here from compiled memory and written into the spec."""
+    mesh = mesh_lib.make_mesh(spec.mesh, devices)
+    family = models.family(spec.model)
+    if training:
+        config.validate(spec, mesh.devices.size)
+    else:
+        mesh_lib.mesh_shape(spec.mesh, mesh.devices.size)
+        family.validate(spec.model, spec.data.seq_len, mesh.shape["model"])
+    graphdef, abstract_params = state_lib.abstract_model(spec.model, spec.precision.policy)
+    params_sh = mesh_lib.tree_shardings(abstract_params, mesh, spec.mesh.rules)
+    example = family.batch_shapes(spec.model, 1, spec.data.seq_len)
+    batch_sh = steps_lib.batch_shardings(mesh, spec.mesh.rules, {k: jax.ShapeDtypeStruct(s, "int32")
+                                                                 for k, s in example.items()})
+    if not training:
+        steps = steps_lib.Steps(spec, mesh, family, graphdef, params_sh, batch_sh)
+        return Run(spec, family, mesh, graphdef, params_sh, batch_sh, steps)
+
+    hp = optim.scale_hparams(spec.optim, spec.train.batch_size)
+    tx, schedule = optim.make(spec.optim, hp, spec.train.steps)
+    if spec.train.auto_micro_batch:
+        from jaxbatch import memory
+
+        budget = memory.device_budget(spec.train.memory_budget_gb)
+        (plan_log or print)(f"planning the micro-batch for {budget / 2**30:.2f} GiB per device:")
+        k = memory.plan_micro_batch(spec, budget, devices=devices, log=plan_log or print).accum_steps
+        spec = config.replace(spec, train__accum_steps=k, train__auto_micro_batch=False)
+    tx = accumulate.wrap(tx, spec.train)
+    state_sh = state_lib.shardings(state_lib.abstract_state(spec, tx), mesh, spec.mesh.rules)
+    reports = []
+    if abstract:
+        from jaxbatch.checkpoint import abstract_with_shardings
+
+        state = abstract_with_shardings(state_lib.abstract_state(spec, tx), state_sh)
+    else:
+        load = None
+        if spec.model.pretrained:
+            from jaxbatch import hf
+
+            def load(params, shardings):
+                params, report = hf.load_params(hf.resolve(spec.model.pretrained), spec.model, params, shardings)
+                reports.append(report)
+                return params
+
+        state = state_lib.create(spec, tx, state_sh, load)
+    steps = steps_lib.Steps(spec, mesh, family, graphdef, state_sh.params, batch_sh, tx, schedule, state_sh)
+    return Run(spec, family, mesh, graphdef, state_sh.params, batch_sh, steps, hp, tx, schedule, state_sh, state,
+               reports[0] if reports else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A trained model from a run dir or a Hugging Face folder: its inference Run, sharded params and
+    tokenizer, and where they came from (`step` and `finished` for run dirs)."""
+
+    run: Run
+    params: nnx.State
+    tokenizer: object
+    source: str
+    step: int | None = None
+    finished: bool = True
+
+
+def hf_spec(folder: Path) -> config.Config:
+    """The spec of a Hugging Face folder: its family and shape (and the task its architecture names) and
+    the label names of its config.json."""
+    from jaxbatch import hf
+
+    base = config.Config()
+    model = dataclasses.replace(base.model, family=hf.family_for(folder), preset="custom", pretrained=str(folder))
+    model = hf.configure(model, folder)
+    names = hf.label_names(folder, model.num_labels)
+    return dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, labels=",".join(names)))
+
+
+def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None) -> Restored:
+    """Rebuilds a trained model for inference from a run dir (its newest checkpoint: spec + params, no
+    optimizer state) or a Hugging Face folder, on this machine's devices. `overrides` (key=value) may set
+    the mesh (`mesh.model=2`), the eval batch (`train.batch_size`) and `data.seq_len`; by default all
+    devices split the batch."""
+    from jaxbatch import checkpoint, hf
+
+    source = Path(source)
+    if not source.is_dir():
+        raise CheckpointError(f"{source}: no such run dir or Hugging Face folder")
+    allowed = ("mesh.", "train.batch_size", "data.seq_len", "precision.policy")
+    for item in overrides:
+        if not item.startswith(allowed):
+            raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len and precision.policy "
+                              f"may be changed when restoring a trained model")
+    inference_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.model=1", "train.accum_steps=1"]
+    if (source / "config.json").is_file() and not (source / "checkpoints").is_dir():
+        spec = config.build(inference_mesh + list(overrides), base=hf_spec(source))
+        run = setup(spec, devices=devices, training=False)
+        params, report = hf.load_params(source, spec.model, _zeros(run), run.params_sh)
+        if report.new:
+            raise CheckpointError(f"{source}: weights missing for {', '.join(report.new)}")
+        return Restored(run, params, run.family.tokenizer(source), str(source))
+    ckpt = checkpoint.Checkpointer(source / "checkpoints", read_only=True)
+    step = ckpt.latest_step()
+    if step is None:
+        raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'} (and no config.json)")
+    saved = ckpt.read_spec(step)
+    spec = config.build(inference_mesh + list(overrides), base=saved)
+    run = setup(spec, devices=devices, training=False)
+    _, abstract = state_lib.abstract_model(spec.model, spec.precision.policy)
+    params = ckpt.restore_params(step, abstract, run.params_sh)
+    ckpt.close()
+    return Restored(run, params, tokenizer(spec, source), str(source), step, finished=step >= saved.train.steps)
+
+
+def _zeros(run: Run) -> nnx.State:
+    """Params of the right shapes and shardings, to be overwritten by a loader."""
+    _, abstract = state_lib.abstract_model(run.spec.model, run.spec.precision.policy)
+    return jax.jit(lambda: jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype), abstract),
+                   out_shardings=run.params_sh)()

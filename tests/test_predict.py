@@ -1,0 +1,127 @@
+"""A trained model in use: `predict` agrees with `evaluate`, across meshes, and from an exported HF folder;
+user datasets with their own tag sets and classes train end to end."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxbatch import cli, evaluate, metrics, predict, run as run_lib, train
+from jaxbatch.data import synthetic, tasks
+
+MINILM_TOKENIZER = ["data.tokenizer=minilm-l6", "model.vocab_size=30522"]
+
+
+@pytest.fixture(scope="module")
+def ner_run(tmp_path_factory):
+    """A tiny NER model trained a little on the generated corpus (2x2x2 mesh), plus its dev sentences as a
+    CoNLL test file."""
+    root = tmp_path_factory.mktemp("ner")
+    result = train.train(tiny_config("train.steps=40", "train.eval_every=0", "train.batch_size=32",
+                                     "optim.learning_rate=3e-3", "data.seq_len=32", "mesh.data=2", "mesh.fsdp=2",
+                                     "mesh.model=2", f"train.run_dir={root / 'run'}"))
+    sentences = synthetic.ner_corpus(40, seed=7)  # names seen in training, so a tiny model tags some
+    (root / "data").mkdir()
+    (root / "data" / "test.txt").write_text("\n".join("".join(f"{w} {t}\n" for w, t in zip(*s)) for s in sentences))
+    return root, result, sentences
+
+
+def _tags_from_evaluate(restored, data_dir):
+    spec = restored.run.spec
+    data_cfg = dataclasses.replace(spec.data, name="conll", data_dir=str(data_dir))
+    arrays = tasks.load_split(data_cfg, restored.tokenizer, "test")
+    names = spec.data.labels.split(",")
+    result = evaluate.evaluate(restored.run, restored.params, arrays, names, "token")
+    return metrics.aligned_tags(result["predictions"], arrays["labels"], names)[1], result
+
+
+def test_predict_equals_evaluate_on_any_mesh_and_from_an_export(ner_run, tmp_path, capsys):
+    root, trained, sentences = ner_run
+    sharded = run_lib.restore(root / "run", ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"])
+    assert sharded.step == 40 and sharded.finished and sharded.run.mesh.shape["model"] == 2
+    eval_tags, result = _tags_from_evaluate(sharded, root / "data")
+    assert result["entity_f1"] > 0.3  # it learnt something, so agreement is not trivially all-O
+    words = [predict.from_words(w) for w, _ in sentences]
+    on_mesh = predict.predict(sharded, words)
+    assert [r["tags"] for r in on_mesh] == eval_tags
+    single = predict.predict(run_lib.restore(root / "run", devices=jax.devices()[:1]), words)
+    assert [r["tags"] for r in single] == eval_tags
+    for a, b in zip(single, on_mesh):
+        assert [e["label"] for e in a["entities"]] == [e["label"] for e in b["entities"]]
+        np.testing.assert_allclose([e["score"] for e in a["entities"]], [e["score"] for e in b["entities"]], atol=1e-5)
+    assert cli.main(["export", str(root / "run"), str(tmp_path / "hf")]) == 0
+    exported = predict.predict(run_lib.restore(tmp_path / "hf"), words)
+    assert [r["tags"] for r in exported] == eval_tags
+    # the CLI: CoNLL input, CoNLL and JSON output; evaluate prints the same report as training
+    capsys.readouterr()
+    assert cli.main(["predict", str(root / "run"), "--input", str(root / "data" / "test.txt"),
+                     "--output-format", "conll"]) == 0
+    blocks = capsys.readouterr().out.strip().split("\n\n")
+    assert [[line.split()[1] for line in b.splitlines()] for b in blocks] == eval_tags
+    assert cli.main(["evaluate", str(root / "run"), "--data-dir", str(root / "data"), "--data-name", "conll"]) == 0
+    out = capsys.readouterr().out
+    assert f"entity F1 {result['entity_f1']:.4f}" in out and "micro avg" in out and "B-PER" in out
+
+
+def test_predict_text_lines_gives_spans_with_offsets(ner_run, capsys, monkeypatch):
+    root, _, _ = ner_run
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Anna Berg flew to Paris on Monday.\n\n  \nmarkets were quiet .\n"))
+    assert cli.main(["predict", str(root / "run")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in records] == ["Anna Berg flew to Paris on Monday.", "markets were quiet ."]
+    assert len(records[0]["tags"]) == 8  # "Monday" and "." are separate words
+    for r in records:
+        for e in r["entities"]:
+            assert r["text"][e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
+    assert cli.main(["predict", str(root / "none")]) == 2
+    assert "no such run dir" in capsys.readouterr().err
+
+
+def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
+    d = tmp_path / "drugs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    drugs, doses = ["aspirin", "ibuprofen", "metformin", "warfarin"], ["5 mg", "10 mg", "two tablets"]
+
+    def sentence():
+        drug, dose = rng.choice(drugs), rng.choice(doses).split()
+        words = ["take", *dose, "of", drug, "daily"]
+        tags = ["O", "B-DOSE", *["I-DOSE"] * (len(dose) - 1), "O", "B-DRUG", "O"]
+        return "".join(f"{w} {t}\n" for w, t in zip(words, tags))
+
+    for name, n in (("train.txt", 64), ("dev.txt", 16)):
+        (d / name).write_text("\n".join(sentence() for _ in range(n)))
+    result = train.train(tiny_config("data.name=conll", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'c'}",
+                                     *MINILM_TOKENIZER, "train.steps=30", "train.eval_every=0", "train.batch_size=16",
+                                     "optim.learning_rate=3e-3", "data.seq_len=16", f"train.run_dir={tmp_path / 'r'}"))
+    report = result.summary["final_eval"]["entities"]
+    assert set(report) >= {"DRUG", "DOSE"} and report["DRUG"]["support"] == 16
+    assert result.summary["final_eval"]["entity_f1"] > 0.8
+    assert result.spec.data.labels == "O,B-DOSE,I-DOSE,B-DRUG,I-DRUG"
+
+    t = tmp_path / "reviews"
+    t.mkdir()
+    words = {"positive": ["great", "superb", "lovely"], "neutral": ["okay", "average", "fine"],
+             "negative": ["awful", "bad", "dreadful"]}
+    rows = lambda n: "".join(f"the film was {rng.choice(words[c])}\t{c}\n"  # noqa: E731
+                             for c in rng.choice(list(words), n))
+    (t / "train.tsv").write_text(rows(96))
+    (t / "dev.tsv").write_text(rows(24))
+    result = train.train(tiny_config("data.name=tsv", f"data.data_dir={t}", f"data.cache_dir={tmp_path / 'c'}",
+                                     *MINILM_TOKENIZER, "train.steps=80", "train.eval_every=0", "train.batch_size=16",
+                                     "optim.learning_rate=3e-3", "data.seq_len=16", f"train.run_dir={tmp_path / 's'}"))
+    assert result.spec.model.task == "sequence" and result.spec.model.num_labels == 3
+    assert result.summary["final_eval"]["accuracy"] > 0.9
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "s"), "--input", str(t / "dev.tsv")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 24 and all(set(r["probabilities"]) == {"negative", "neutral", "positive"} for r in records)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in records)
+    gold = [line.split("\t")[1] for line in (t / "dev.tsv").read_text().splitlines()]
+    assert np.mean([r["label"] == g for r, g in zip(records, gold)]) == pytest.approx(
+        result.summary["final_eval"]["accuracy"])
