@@ -1,23 +1,35 @@
 """Orbax checkpoints of the whole run: sharded TrainState + the grain iterator's position + the resolved
-spec, saved asynchronously as one Composite, so a resumed run continues bit-for-bit where it stopped, and a
-run dir alone rebuilds the model (`read_spec` + `restore_params`: no optimizer state, onto any mesh).
+spec + a fingerprint of every array, saved asynchronously as one Composite, so a resumed run continues
+bit-for-bit where it stopped, and a run dir alone rebuilds the model (`read_spec` + `restore_params`: no
+optimizer state, onto any mesh).
 
-Orbax writes each checkpoint to a temporary folder and renames it when complete, so a crash mid-save
-leaves the previous checkpoint as the latest. SIGTERM (a preemption notice on most clusters and Cloud
-TPU) asks the loop to save at the end of the current step and stop.
+Integrity: Orbax writes each checkpoint to a temporary folder and renames it when complete, so a crash
+mid-save leaves the previous checkpoint as the latest; what it cannot see is a file damaged afterwards.
+So each save also stores, per array, the wrapping uint32 sum of its bit patterns (computed in one jitted
+reduction over the sharded arrays; integer sums are exact whatever the sharding), and every restore
+recomputes and compares it. A checkpoint that fails to load or to verify is moved aside into
+`<checkpoints>/unusable/` (never deleted) and the previous one is tried. Non-finite parameters are never
+saved. SIGTERM (a preemption notice on most clusters and Cloud TPU) and a first Ctrl-C ask the loop to save
+at the end of the current step and stop; a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import sys
+import time
 from pathlib import Path
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxbatch import config
-from jaxbatch.errors import CheckpointError
+from jaxbatch.errors import CheckpointError, TrainingDiverged
 
 
 def abstract_with_shardings(tree, shardings):
@@ -27,30 +39,88 @@ def abstract_with_shardings(tree, shardings):
                               for x, s in zip(leaves, jax.tree.leaves(shardings))])
 
 
+def _words(x: jax.Array) -> jax.Array:
+    """An array's bit patterns as uint32 words (1-, 2- and 4-byte dtypes)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[np.dtype(x.dtype).itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _fingerprint(leaves):
+    sums = [_words(x).sum(dtype=jnp.uint32) for x in leaves]
+    finite = [jnp.isfinite(x).all() for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+    return sums, jnp.all(jnp.stack(finite)) if finite else jnp.asarray(True)
+
+
+def fingerprint(tree) -> tuple[dict[str, int], bool]:
+    """({array path: uint32 sum of its words}, whether every float array is finite)."""
+    paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(tree))
+    sums, finite = jax.device_get(_fingerprint(list(leaves)))
+    return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, sums)}, bool(finite)
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 3, read_only: bool = False):
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=not read_only, read_only=read_only))
         self.stop_requested = False
-        self._previous_handler = None
+        self._previous_handlers: dict = {}
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator, spec: config.Config) -> None:
-        """Starts an asynchronous save; the next save (or `close`) waits for it."""
+    def save(self, step: int, state, data_iterator, spec: config.Config, identity: dict | None = None) -> None:
+        """Starts an asynchronous save (the next save, or `close`, waits for it). Raises TrainingDiverged
+        rather than write non-finite parameters."""
+        sums, finite = fingerprint(state)
+        if not finite:
+            raise TrainingDiverged(f"step {step}: the state holds non-finite values; not saved (the newest "
+                                   f"checkpoint stays the last good one)")
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-            spec=ocp.args.JsonSave(config.to_dict(spec))))
+            spec=ocp.args.JsonSave(config.to_dict(spec)), fingerprint=ocp.args.JsonSave(sums),
+            identity=ocp.args.JsonSave(identity or {})))
 
     def restore(self, step: int, state_like, state_shardings, data_iterator):
-        """The state at `step`, placed with `state_shardings` (any mesh: Orbax reshards), and the iterator
-        moved to where it was."""
+        """The state at `step`, placed with `state_shardings` (any mesh: Orbax reshards), verified against
+        its fingerprint, and the iterator moved to where it was."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_with_shardings(state_like, state_shardings)),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            data=grain.checkpoint.CheckpointRestore(data_iterator), fingerprint=ocp.args.JsonRestore()))
+        self._verify(step, restored.state, restored.fingerprint)
         return restored.state
+
+    @staticmethod
+    def _verify(step: int, tree, saved: dict, prefix: str = "") -> None:
+        sums, _ = fingerprint(tree)
+        bad = [k for k, v in sums.items() if saved.get(prefix + k) != v]
+        if bad:
+            raise CheckpointError(f"step {step}: {len(bad)} array(s) differ from their fingerprint at save time "
+                                  f"(first: {bad[0]})")
+
+    def restore_latest(self, state_like, state_shardings, data_iterator, warn=print):
+        """The newest checkpoint that loads and verifies, or None when there is none. Each unusable one is
+        reported by step and reason and moved to `unusable/`; the previous one is tried next."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return self.restore(step, state_like, state_shardings, data_iterator)
+            except Exception as e:  # noqa: BLE001  Orbax, TensorStore and grain raise many types for bad files
+                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                warn(f"warning: checkpoint step {step} is unusable ({type(e).__name__}: {reason}); moved to "
+                     f"{self.move_aside(step)}; trying the previous one")
+        return None
+
+    def move_aside(self, step: int) -> Path:
+        """Moves a step's folder into `unusable/` (never deletes it) and forgets it."""
+        target = self.directory / "unusable" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), target)
+        self.manager.reload()
+        return target
 
     def read_spec(self, step: int) -> config.Config:
         """The resolved spec the checkpoint was written with."""
@@ -60,24 +130,42 @@ class Checkpointer:
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise CheckpointError(f"{self.directory}/{step}: cannot read the run's spec ({e})") from e
 
+    def read_identity(self, step: int) -> dict:
+        """What the run trained on (example count and content digest of the training split)."""
+        return self.manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore())).identity
+
     def restore_params(self, step: int, abstract_params, params_shardings):
         """Only the parameters of the state at `step` (no optimizer moments are read), placed with
-        `params_shardings` on whatever mesh they name."""
+        `params_shardings` on whatever mesh they name, verified against the save-time fingerprint."""
         item = {"params": abstract_with_shardings(abstract_params, params_shardings)}
         restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), item)
-        restored = ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+                item=item, restore_args=restore_args, partial_restore=True))
+            saved = self.manager.restore(step, args=ocp.args.Composite(fingerprint=ocp.args.JsonRestore())).fingerprint
+        except Exception as e:  # noqa: BLE001  damaged files surface as many error types
+            raise CheckpointError(f"{self.directory}/{step}: cannot read the parameters ({type(e).__name__}: "
+                                  f"{str(e).strip()[:300]})") from e
+        self._verify(step, restored["params"], saved, prefix=".params")
         return restored["params"]
 
-    def handle_sigterm(self) -> None:
-        """After this, SIGTERM sets `stop_requested` instead of killing the process."""
+    def handle_signals(self) -> None:
+        """After this, SIGTERM and a first Ctrl-C set `stop_requested` (the loop saves and stops); a second
+        Ctrl-C exits at once without saving (the previous checkpoint stays)."""
         def on_term(signum, frame):
+            if signum == signal.SIGINT and self.stop_requested:
+                print("\nsecond Ctrl-C: exiting now without saving", file=sys.stderr)
+                os._exit(130)
             self.stop_requested = True
+            if signum == signal.SIGINT:
+                print("\nCtrl-C: saving a checkpoint at the end of this step (press again to exit at once)",
+                      file=sys.stderr)
 
-        self._previous_handler = signal.signal(signal.SIGTERM, on_term)
+        self._previous_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}

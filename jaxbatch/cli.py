@@ -1,7 +1,9 @@
 """`jaxbatch <command> ...`: train | plan | predict | evaluate | export | advise-batch | keys.
 
 Every command reports a bad config, data file or model folder as one line naming the key or file and
-exits with code 2; no traceback."""
+exits with code 2; no traceback. `train` exits 0 when finished, 75 when stopped with a checkpoint to resume
+from (SIGTERM, Ctrl-C, train.stop_after: the launch scripts' retry signal) and 3 when the divergence guard
+stopped it (never retried)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     keys_p.add_argument("prefix", nargs="?", default="")
     args = parser.parse_args(argv)
 
-    from jaxbatch.errors import CheckpointError, ConfigError, DataError
+    from jaxbatch.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, CheckpointError, ConfigError, DataError, TrainingDiverged
 
     commands = {"train": train, "plan": plan, "predict": predict, "evaluate": evaluate_split, "export": export,
                 "advise-batch": advise_batch, "keys": keys}
@@ -50,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxbatch: config error: {e}", file=sys.stderr)
     except (DataError, CheckpointError) as e:  # bad input files: the message names them
         print(f"jaxbatch: {type(e).__name__}: {e}", file=sys.stderr)
-    return 2
+    except TrainingDiverged as e:
+        print(f"jaxbatch: diverged: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:  # before the loop there is nothing to save
+        print("jaxbatch: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_BAD_INPUT
 
 
 def keys(args) -> int:
@@ -69,6 +77,10 @@ def train(args) -> int:
     if distributed.initialize(cfg.distributed):
         print(distributed.describe())
     result = train_lib.train(cfg)
+    if not result.finished:
+        from jaxbatch.errors import EXIT_STOPPED
+
+        return EXIT_STOPPED
     final = result.summary["final_eval"]
     print(f"done: {result.summary['steps']} steps in {result.summary['wall_time_s']:.1f}s; final eval loss "
           f"{final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}; "

@@ -121,6 +121,7 @@ class TrainConfig:
     auto_micro_batch: bool = False  # pick accum_steps from the compiled step's memory analysis
     memory_budget_gb: float = 0.0  # per device, for auto_micro_batch; 0 = 90% of the device's memory
     stop_after: int = 0  # save and exit after N steps this process (a job's time slot); the next run resumes
+    max_bad_steps: int = 10  # stop (exit 3) after this many steps in a row with non-finite loss/gradients (skipped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +231,8 @@ def read_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.suffix not in (".toml", ".json"):
+        raise ConfigError(f"config file {path}: use a .toml or .json file (got {path.suffix or 'no suffix'!r})")
     try:
         tree = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -275,9 +278,14 @@ def validate(cfg: Config, num_devices: int) -> None:
     """Checks what can be checked before touching devices; raises ConfigError naming the key."""
     data, fsdp, model = mesh_lib.mesh_shape(cfg.mesh, num_devices)
     t = cfg.train
-    for key in ("train.batch_size", "train.steps", "train.accum_steps", "data.seq_len"):
+    for key in ("train.batch_size", "train.steps", "train.accum_steps", "train.log_every", "train.max_bad_steps",
+                "data.seq_len", "checkpoint.max_to_keep", "optim.learning_rate"):
         section, field = key.split(".")
         _positive(key, getattr(getattr(cfg, section), field))
+    for key in ("train.eval_every", "train.stop_after", "checkpoint.every", "data.max_train"):
+        section, field = key.split(".")
+        if getattr(getattr(cfg, section), field) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), field)}")
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     micro = t.batch_size // t.accum_steps
@@ -298,6 +306,25 @@ def validate(cfg: Config, num_devices: int) -> None:
         for axis in axes:
             if axis not in mesh_lib.AXES:
                 raise ConfigError(f"mesh.rules[{name!r}] names mesh axis {axis!r}; mesh axes are {mesh_lib.AXES}")
+
+
+# What a resumed run may change: cadence, stopping, where files live, the mesh and hosts (Orbax reshards).
+# Everything else (model shape, optimizer, data, seed, batch and accumulation, precision) is the run's
+# identity: changing it in a used run dir is refused (see `drift`).
+CHANGEABLE = ("train.steps", "train.eval_every", "train.log_every", "train.progress", "train.run_dir",
+              "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
+              "train.memory_budget_gb", "data.data_dir", "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.",
+              "distributed.")
+
+
+def drift(saved: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(identity keys that differ, changeable keys that differ), each as 'key: saved -> new'."""
+    a, b = _flatten(to_dict(saved)), _flatten(to_dict(new))
+    fixed, changed = [], []
+    for key in a:
+        if a[key] != b.get(key):
+            (changed if key.startswith(CHANGEABLE) else fixed).append(f"{key}: {a[key]!r} -> {b.get(key)!r}")
+    return fixed, changed
 
 
 def to_dict(cfg: Config) -> dict:

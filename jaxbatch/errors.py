@@ -12,3 +12,13 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A model or checkpoint folder the run cannot use; the message names the file and key."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradients stayed non-finite for `train.max_bad_steps` steps in a row."""
+
+
+# Exit codes of `jaxbatch train` (tpu_scripts and SLURM retry loops key on STOPPED, never on the others).
+EXIT_BAD_INPUT = 2  # a config, data file or checkpoint the run cannot use
+EXIT_DIVERGED = 3  # stopped by the divergence guard; the newest checkpoint is the last good one
+EXIT_STOPPED = 75  # preempted (SIGTERM), Ctrl-C or train.stop_after: checkpoint saved, run again to resume

@@ -25,7 +25,12 @@ class Reporter:
         self.bar = self.tb = self.jsonl = None
         if self.primary:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(self.run_dir / "metrics.jsonl", "a")
+            path = self.run_dir / "metrics.jsonl"
+            if path.is_file():  # a resumed run: rows past its checkpoint were not kept, so curves never double
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line)["step"] <= initial_step]
+                path.write_text("".join(line + "\n" for line in kept))
+            self.jsonl = open(path, "a")
             from tensorboardX import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -117,6 +122,22 @@ def plot_curves(run_dir: str | Path) -> Path | None:
     fig.savefig(run_dir / "curves.png", dpi=90)
     plt.close(fig)
     return run_dir / "curves.png"
+
+
+RUN_FILES = ("metrics.jsonl", "summary.json", "curves.png", "tensorboard", "results.json")
+
+
+def move_aside(run_dir: Path, checkpoint_dir: Path) -> Path:
+    """Moves a previous run's checkpoints and records into `<run_dir>/replaced-<time>/` (nothing is deleted)."""
+    import shutil
+
+    aside = Path(run_dir) / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0:
+        aside.mkdir(parents=True)
+        for path in [Path(checkpoint_dir), *(Path(run_dir) / n for n in RUN_FILES)]:
+            if path.exists():
+                shutil.move(str(path), aside / path.name)
+    return aside
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -22,6 +22,7 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # raw uint32 key; each step folds in `step`, so resuming replays the same dropout
     loss_scale: precision.LossScale
+    bad_steps: jax.Array  # consecutive steps skipped for a non-finite loss or gradient (the divergence guard)
 
 
 def build_model(model_cfg, policy: str, seed: int = 0) -> nnx.Module:
@@ -40,7 +41,8 @@ def init_fn(model_cfg, policy: str, tx: optax.GradientTransformation, seed: int,
         kwargs = {} if precision_cfg is None else dict(init_scale=precision_cfg.init_loss_scale,
                                                        growth_interval=precision_cfg.growth_interval)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.PRNGKey(seed), loss_scale=precision.LossScale.create(policy, **kwargs))
+                          rng=jax.random.PRNGKey(seed), loss_scale=precision.LossScale.create(policy, **kwargs),
+                          bad_steps=jnp.zeros((), jnp.int32))
 
     return init
 

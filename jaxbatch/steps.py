@@ -42,16 +42,19 @@ def make_grad_fn(family: Family, model_cfg, graphdef: nnx.GraphDef):
     return grad_fn
 
 
-def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, step_done: Any = True):
-    """Unscales, updates, and (fp16) skips the update when any gradient is not finite."""
+def _apply_gradients(state: TrainState, grads, loss_sum, tx: optax.GradientTransformation, step_done: Any = True):
+    """Unscales and updates; when the loss or any gradient is not finite the update is skipped (params and
+    optimizer state kept) and counted in `bad_steps`. fp16 keeps its own rule: such a step halves the loss
+    scale and counts only once the scale has fallen to 1."""
     grads = state.loss_scale.unscale(grads)
-    finite = precision.all_finite(grads)
+    finite = precision.all_finite(grads) & jnp.isfinite(loss_sum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if state.loss_scale.dynamic:
-        params, opt_state = precision.select_tree(finite, (params, opt_state), (state.params, state.opt_state))
+    params, opt_state = precision.select_tree(finite, (params, opt_state), (state.params, state.opt_state))
+    counted = jnp.logical_not(finite) & (jnp.logical_not(state.loss_scale.dynamic) | (state.loss_scale.scale <= 1))
     new = state.replace(step=state.step + jnp.asarray(step_done, jnp.int32), params=params, opt_state=opt_state,
-                        loss_scale=state.loss_scale.adjust(finite))
+                        loss_scale=state.loss_scale.adjust(finite),
+                        bad_steps=jnp.where(finite, 0, state.bad_steps + counted.astype(jnp.int32)))
     return new, grads, finite
 
 
@@ -76,7 +79,7 @@ def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, accum_s
         total = jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
         normalizer = state.loss_scale.scale / jnp.maximum(total, 1.0)
         sums, grads = accumulate.scan_gradients(grad_fn, state.params, batch, accum_steps, rng, normalizer)
-        new_state, grads, finite = _apply_gradients(state, grads, tx)
+        new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx)
         return new_state, _metrics(sums, grads, finite, state, schedule)
 
 
@@ -91,7 +94,8 @@ def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, g
         micro = jax.tree.map(lambda x: x[index], accumulate.split_micro_batches(batch, accum_steps))
         normalizer = state.loss_scale.scale * accum_steps / jnp.maximum(total, 1.0)
         sums, grads = grad_fn(state.params, micro, rng, normalizer)
-        new_state, grads, finite = _apply_gradients(state, grads, tx, step_done=index == accum_steps - 1)
+        new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx,
+                                                    step_done=index == accum_steps - 1)
         return new_state, _metrics(sums, grads, finite, state, schedule)
 
 

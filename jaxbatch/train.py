@@ -9,17 +9,21 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jax.experimental import multihost_utils
+
 from jaxbatch import checkpoint, config, evaluate, metrics, noise_scale, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
 from jaxbatch.data import pipeline, tasks
+from jaxbatch.errors import TrainingDiverged
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """What a finished (or stopped) training call leaves: the JSON summary written to summary.json, the
-    Run it built, its final state, and the data it trained on."""
+    Run it built, its final state, and the data it trained on. `finished` is False when the run stopped
+    early (SIGTERM, Ctrl-C, train.stop_after) with a checkpoint to resume from."""
 
     summary: dict
     run: run_lib.Run
@@ -30,6 +34,49 @@ class TrainResult:
     def spec(self) -> config.Config:
         return self.run.spec
 
+    @property
+    def finished(self) -> bool:
+        return self.summary["finished"]
+
+
+def writable_dir(path: Path, key: str) -> None:
+    """Fails at once (not minutes later inside a checkpoint thread) when `path` cannot be written."""
+    from jaxbatch.errors import CheckpointError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{jax.process_index()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"{key}={str(path)!r} is not a writable folder ({e.strerror or e})") from e
+
+
+def check_identity(ckpt: checkpoint.Checkpointer, spec: config.Config, identity: dict, say) -> None:
+    """A run dir holds one run: resuming with another model, optimizer, data, seed, batch, accumulation or
+    precision is refused; cadence, stopping and mesh may change (printed)."""
+    saved_step = ckpt.latest_step()
+    if saved_step > spec.train.steps:
+        raise config.ConfigError(f"train.steps={spec.train.steps} is below the step of the newest checkpoint "
+                                 f"({saved_step}) in {ckpt.directory}")
+    for step in sorted(ckpt.manager.all_steps(), reverse=True):  # the newest spec that can be read
+        try:
+            saved, saved_identity = ckpt.read_spec(step), ckpt.read_identity(step)
+            break
+        except Exception:  # noqa: BLE001  a damaged checkpoint: restore_latest reports and moves it
+            continue
+    else:
+        return
+    fixed, changed = config.drift(saved, spec)
+    fixed += [f"data ({k}): {saved_identity.get(k)!r} -> {v!r}" for k, v in identity.items()
+              if saved_identity.get(k) != v]
+    if fixed:
+        raise config.ConfigError(
+            f"{ckpt.directory} holds a run with a different identity:\n  " + "\n  ".join(fixed)
+            + "\nuse a new train.run_dir, or checkpoint.resume=false to move the old run aside and start anew")
+    if changed:
+        say("resuming with changed settings: " + "; ".join(changed))
+
 
 def train(cfg: config.Config) -> TrainResult:
     """Runs one training job as configured (`cfg` is not changed)."""
@@ -39,6 +86,8 @@ def train(cfg: config.Config) -> TrainResult:
     # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
     shaped = run_lib.resolve(cfg)  # the pretrained folder's shape: checked before any data is read
     config.validate(shaped, jax.device_count())
+    writable_dir(run_dir, "train.run_dir")
+    writable_dir(Path(cfg.checkpoint.directory or run_dir / "checkpoints"), "checkpoint.directory")
     tokenizer = run_lib.tokenizer(shaped)
     if len(tokenizer) > shaped.model.vocab_size:
         raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
@@ -68,16 +117,28 @@ def train(cfg: config.Config) -> TrainResult:
     if jax.process_index() == 0:  # the run dir describes itself: its tokenizer travels with it
         tokenizer.save_pretrained(str(run_dir / run_lib.TOKENIZER_DIR))
 
-    # ---- Data iterator and resume -----------------------------------------------------------------------------
+    # ---- Data iterator and resume (a run dir holds one run; damaged checkpoints are skipped, never lost) -----
+    ckpt_dir = Path(spec.checkpoint.directory or run_dir / "checkpoints")
     batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
                                           jax.process_count(), spec.data.buckets))
-    ckpt = checkpoint.Checkpointer(spec.checkpoint.directory or run_dir / "checkpoints", spec.checkpoint.max_to_keep)
-    ckpt.handle_sigterm()
+    identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
+    ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep)
     state = run.state
-    if spec.checkpoint.resume and ckpt.latest_step() is not None:
-        state = ckpt.restore(ckpt.latest_step(), state, run.state_sh, batches)
-        say(f"resumed from {ckpt.directory} at step {int(state.step)} (state and data iterator)")
+    if ckpt.latest_step() is not None and not spec.checkpoint.resume:
+        ckpt.close()
+        aside = reporting.move_aside(run_dir, ckpt_dir)
+        say(f"checkpoint.resume=false: the previous run in {run_dir} was moved to {aside}; starting a new run")
+        ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep)
+    elif ckpt.latest_step() is not None:
+        check_identity(ckpt, spec, identity, say)
+        restored = ckpt.restore_latest(state, run.state_sh, batches, warn=say)
+        if restored is not None:
+            state = restored
+            say(f"resumed from {ckpt.directory} at step {int(state.step)} (state and data iterator, verified)")
+    if int(state.step) == 0 and (run_dir / "metrics.jsonl").is_file():
+        say(f"no usable checkpoint in {ckpt_dir}: starting from step 0 (earlier metrics rows are dropped)")
     first_step = int(state.step)
+    ckpt.handle_signals()
     reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress, first_step)
 
     # ---- Loop -------------------------------------------------------------------------------------------------
@@ -91,40 +152,54 @@ def train(cfg: config.Config) -> TrainResult:
         reporter.write(f"eval @ {done}: " + evaluate.report_lines(result, data.task).split("\n")[0])
         return result
 
-    if first_step == t.steps:  # resuming a finished run: nothing to train, evaluate what it left
-        result = run_eval(first_step)
-    for step in range(first_step, t.steps):
-        batch = pipeline.to_global(next(batches), run.batch_sh)
-        state, step_metrics = run.steps.train(state, batch)
-        done = step + 1
-        length = batch["input_ids"].shape[1]
-        tokens = t.batch_size * length
-        reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
-        if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
-            jax.block_until_ready(state)
-            reporter.start_clock(done)
-        if done % t.log_every == 0 or done == t.steps:
-            record = reporter.log(done, step_metrics)
-            if noise is not None:
-                noise.update(record["grad_sq_small"], record["grad_sq_big"])
-                if noise.b_simple is not None:
-                    reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
-        if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
-            result = run_eval(done)
-        stop = ckpt.stop_requested or (t.stop_after and done - first_step >= t.stop_after)
-        if (spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop:
-            ckpt.save(done, state, batches, spec)  # asynchronous
-        if stop:
-            say(f"stopping at step {done} ({'SIGTERM' if ckpt.stop_requested else 'train.stop_after'}); "
-                f"checkpoint saved, run again to resume")
-            break
-    ckpt.close()
-    reporter.close()
+    def check_finite(done: int) -> None:
+        bad = int(state.bad_steps)
+        if bad >= t.max_bad_steps:
+            raise TrainingDiverged(
+                f"step {done}: the loss or gradients were non-finite for {bad} steps in a row (updates skipped; "
+                f"train.max_bad_steps={t.max_bad_steps}); the newest checkpoint in {ckpt.directory} is the last "
+                f"good one. Lower optim.learning_rate, raise optim.warmup_steps or use precision.policy=fp32")
+
+    stopped_by = None
+    try:
+        if first_step == t.steps:  # resuming a finished run: nothing to train, evaluate what it left
+            result = run_eval(first_step)
+        for step in range(first_step, t.steps):
+            batch = pipeline.to_global(next(batches), run.batch_sh)
+            state, step_metrics = run.steps.train(state, batch)
+            done = step + 1
+            length = batch["input_ids"].shape[1]
+            tokens = t.batch_size * length
+            reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
+            if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
+                jax.block_until_ready(state)
+                reporter.start_clock(done)
+            stop = _agree(ckpt.stop_requested or bool(t.stop_after and done - first_step >= t.stop_after))
+            save = (spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop
+            if done % t.log_every == 0 or done == t.steps or save:
+                check_finite(done)
+            if done % t.log_every == 0 or done == t.steps:
+                record = reporter.log(done, step_metrics)
+                if noise is not None:
+                    noise.update(record["grad_sq_small"], record["grad_sq_big"])
+                    if noise.b_simple is not None:
+                        reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
+            if ((t.eval_every and done % t.eval_every == 0) or done == t.steps) and not (stop and done < t.steps):
+                result = run_eval(done)
+            if save:
+                ckpt.save(done, state, batches, spec, identity)  # asynchronous
+            if stop and done < t.steps:
+                stopped_by = "SIGTERM or Ctrl-C" if ckpt.stop_requested else "train.stop_after"
+                break
+    finally:
+        ckpt.close()  # waits for the last asynchronous save, on every way out
+        reporter.close()
 
     # ---- Summary ----------------------------------------------------------------------------------------------
     train_logs = [r for r in reporter.history if r["kind"] == "train" and "tokens_per_s" in r]
     summary = {
-        "steps": t.steps, "step": int(state.step), "wall_time_s": time.perf_counter() - start_time,
+        "steps": t.steps, "step": int(state.step), "finished": stopped_by is None,
+        "wall_time_s": time.perf_counter() - start_time,
         "parameters": n_params, "final_eval": evals[-1] if evals else {}, "evals": evals,
         "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,
         "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
@@ -134,8 +209,19 @@ def train(cfg: config.Config) -> TrainResult:
     }
     reporting.write_json(run_dir / "summary.json", summary)
     reporting.plot_curves(run_dir)
+    if stopped_by is not None:
+        say(f"stopped at step {int(state.step)} of {t.steps} ({stopped_by}; checkpoint saved); run the same "
+            f"command again to resume")
+        return TrainResult(summary, run, state, data)
     if noise is not None:
         say(noise_scale.advice(noise.b_simple, t.batch_size))
     if data.task == "token" and result is not None:
         say(evaluate.report_lines(result, data.task).split("\n", 1)[1])
     return TrainResult(summary, run, state, data)
+
+
+def _agree(local: bool) -> bool:
+    """True on every process when it is true on any: hosts stop and save at the same step."""
+    if jax.process_count() == 1:
+        return local
+    return bool(np.max(multihost_utils.process_allgather(np.asarray(local, np.int32))))

@@ -12,6 +12,7 @@ import grain
 import jax
 import numpy as np
 
+from jaxbatch.errors import DataError
 from jaxbatch.losses import IGNORE_INDEX
 
 
@@ -54,7 +55,7 @@ def plan_buckets(lengths: np.ndarray, buckets: list[int], global_batch: int, num
             batches += [(length, pool[i: i + global_batch]) for i in range(0, full, global_batch)]
             carry = pool[full:]
         if not batches:
-            raise ValueError(f"the training split has fewer examples than one global batch of {global_batch}")
+            raise DataError(f"the training split has fewer examples than one global batch of {global_batch}")
         plan += [batches[i] for i in rng.permutation(len(batches))]
         epoch += 1
     return plan[:num_steps]
@@ -70,7 +71,8 @@ def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: i
         raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
     n = len(next(iter(arrays.values())))
     if n < global_batch:
-        raise ValueError(f"the training split has {n} examples, fewer than one global batch of {global_batch}")
+        raise DataError(f"the training split has {n} examples, fewer than one global batch of {global_batch} "
+                        f"(train.batch_size)")
     if num_buckets > 1:
         seq_len = arrays["input_ids"].shape[1]
         plan = plan_buckets(arrays["attention_mask"].sum(1), bucket_lengths(seq_len, num_buckets), global_batch,
@@ -105,6 +107,17 @@ def eval_batches(arrays: dict[str, np.ndarray], global_batch: int, process_index
                 chunk = np.concatenate([chunk, np.full((global_batch - real, *v.shape[1:]), fill, v.dtype)])
             batch[k] = chunk[process_index * local: (process_index + 1) * local]
         yield batch, real
+
+
+def digest(arrays: dict[str, np.ndarray]) -> str:
+    """A short content hash of tokenized arrays: a resumed run must train on the same data."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()[:16]
 
 
 def to_global(local_batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:

@@ -1,0 +1,195 @@
+"""Fault injection: damaged checkpoints, divergence, config drift, signals and bad input never lose work and
+never report something false."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import dotted
+from jaxbatch import checkpoint, cli, run as run_lib
+from jaxbatch.errors import EXIT_DIVERGED, EXIT_STOPPED
+
+TINY = ["model.preset=tiny", "data.seq_len=16", "train.batch_size=16", "data.num_train=96", "train.log_every=1",
+        "train.eval_every=0", "checkpoint.every=2", "train.progress=false", "mesh.data=2", "mesh.fsdp=2",
+        "mesh.model=2", "optim.warmup_steps=0", "optim.schedule=constant"]
+
+
+def _train(run_dir, *extra) -> int:
+    return cli.main(["train", *TINY, f"train.run_dir={run_dir}", *extra])
+
+
+def _params(run_dir) -> dict:
+    """The newest checkpoint's parameters, restored as predict/export do."""
+    restored = run_lib.restore(run_dir, ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"])
+    return {dotted(p): np.asarray(jax.device_get(x)) for p, x in jax.tree_util.tree_leaves_with_path(restored.params)}
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    run = tmp_path_factory.mktemp("whole")
+    assert _train(run, "train.steps=6") == 0
+    return _params(run)
+
+
+def _largest_array_file(step_dir: Path) -> Path:
+    return max((step_dir / "state").rglob("d/*"), key=lambda p: p.stat().st_size)
+
+
+def _garble(step_dir):
+    f = _largest_array_file(step_dir)
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2: len(b) // 2 + 32] = bytes(x ^ 0x5A for x in b[len(b) // 2: len(b) // 2 + 32])
+    f.write_bytes(bytes(b))
+
+
+FAULTS = {
+    "garbled": _garble,  # decompresses fine, wrong values: only the fingerprint sees it
+    "truncated": lambda d: os.truncate(_largest_array_file(d), 100),
+    "missing_metadata": lambda d: (d / "state" / "_METADATA").unlink(),
+    "missing_item": lambda d: __import__("shutil").rmtree(d / "state"),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_damaged_newest_checkpoint_falls_back_and_finishes_bitwise(fault, whole, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "train.steps=6", "train.stop_after=4") == EXIT_STOPPED
+    ckpts = run / "checkpoints"
+    FAULTS[fault](ckpts / "4")
+    (ckpts / "5").mkdir()  # an empty step folder as well
+    capsys.readouterr()
+    assert _train(run, "train.steps=6") == 0
+    out = capsys.readouterr().out
+    assert "checkpoint step 5 is unusable" in out and "checkpoint step 4 is unusable" in out
+    assert "resumed from" in out and "at step 2" in out
+    assert sorted(p.name.split("-")[0] for p in (ckpts / "unusable").iterdir()) == ["4", "5"]  # kept, not deleted
+    got = _params(run)
+    for key in whole:
+        np.testing.assert_array_equal(got[key], whole[key], err_msg=key)
+
+
+def test_divergence_stops_with_its_code_and_a_finite_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = _train(run, "train.steps=40", "optim.learning_rate=1e6", "train.max_bad_steps=3", "checkpoint.every=1")
+    assert code == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "diverged" in err and "non-finite for 3 steps in a row" in err and "Traceback" not in err
+    step = checkpoint.Checkpointer(run / "checkpoints", read_only=True).latest_step()
+    assert 0 < step < 40
+    assert all(np.isfinite(v).all() for v in _params(run).values())
+    assert not (run / "summary.json").exists()  # nothing claims the run finished
+
+
+def test_config_drift_is_refused_or_printed(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "train.steps=4") == 0
+    summary = json.loads((run / "summary.json").read_text())
+    for change, key in (("optim.learning_rate=1e-2", "optim.learning_rate"), ("train.batch_size=32", "train.batch_size"),
+                        ("data.seq_len=24", "data.seq_len"), ("train.seed=1", "train.seed"),
+                        ("precision.policy=bf16", "precision.policy"), ("model.num_layers=3", "model.num_layers"),
+                        ("data.num_train=128", "train_digest")):
+        capsys.readouterr()
+        assert _train(run, "train.steps=4", change) == 2, change
+        err = capsys.readouterr().err
+        assert key in err and "use a new train.run_dir, or checkpoint.resume=false" in err and "Traceback" not in err
+    assert json.loads((run / "summary.json").read_text()) == summary  # still describes its checkpoint
+    assert _train(run, "train.steps=3") == 2
+    assert "train.steps=3 is below the step of the newest checkpoint (4)" in capsys.readouterr().err
+    assert _train(run, "train.steps=6", "train.log_every=2", "mesh.data=8", "mesh.fsdp=1", "mesh.model=1") == 0
+    out = capsys.readouterr().out
+    assert "resuming with changed settings" in out and "train.steps: 4 -> 6" in out and "resumed from" in out
+    assert _train(run, "train.steps=2", "checkpoint.resume=false", "optim.learning_rate=1e-2") == 0
+    assert "was moved to" in capsys.readouterr().out
+    aside = next(run.glob("replaced-*"))
+    assert checkpoint.Checkpointer(aside / "checkpoints", read_only=True).latest_step() == 6
+    assert checkpoint.Checkpointer(run / "checkpoints", read_only=True).latest_step() == 2
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
+
+
+def test_sigterm_and_ctrl_c_save_exit_75_and_resume_bitwise(tmp_path):
+    args = [sys.executable, "-m", "jaxbatch", "train", *TINY, "checkpoint.every=0", "train.steps=150",
+            "data.num_train=64", "mesh.data=8", "mesh.fsdp=1", "mesh.model=1"]
+    whole = tmp_path / "whole"
+    subprocess.run([*args, f"train.run_dir={whole}"], check=True, capture_output=True, timeout=600)
+    reference = _params(whole)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        run = tmp_path / sig.name
+        proc = subprocess.Popen([*args, f"train.run_dir={run}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        metrics = run / "metrics.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and (len(metrics.read_text().splitlines()) if metrics.is_file() else 0) < 3:
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == EXIT_STOPPED, out[-2000:]
+        assert "Traceback" not in out and "stopped at step" in out and "of 150" in out and "final eval" not in out
+        step = checkpoint.Checkpointer(run / "checkpoints", read_only=True).latest_step()
+        assert 3 <= step < 150
+        assert json.loads((run / "summary.json").read_text())["finished"] is False
+        done = subprocess.run([*args, f"train.run_dir={run}"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:]
+        got = _params(run)
+        for key in reference:
+            np.testing.assert_array_equal(got[key], reference[key], err_msg=f"{sig.name} {key}")
+        rows = [r["step"] for r in map(json.loads, open(metrics)) if r["kind"] == "train"]
+        assert rows == list(range(1, 151))  # every step once: nothing doubled across the stop
+
+
+BAD = [
+    (["train.steps=0"], "train.steps must be > 0"),
+    (["train.batch_size=0"], "train.batch_size must be > 0"),
+    (["train.log_every=0"], "train.log_every must be > 0"),
+    (["checkpoint.max_to_keep=-1"], "checkpoint.max_to_keep must be > 0"),
+    (["data.seq_len=2"], "data.seq_len=2 leaves no room"),
+    (["data.num_train=8"], "fewer than one global batch of 16"),
+    (["train.run_dir=/proc/jaxbatch-run"], "train.run_dir='/proc/jaxbatch-run' is not a writable folder"),
+    (["train.steps=ten"], "train.steps: cannot read 'ten' as int"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_input_is_one_line_and_exit_2(overrides, message, tmp_path, capsys):
+    assert cli.main(["train", *TINY, f"train.run_dir={tmp_path / 'r'}", "train.steps=2", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_paths_are_one_line_and_exit_2(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "x.yaml").write_text("a: 1")
+    cases = [
+        (["train", *TINY, f"train.run_dir={afile}"], "is not a writable folder"),
+        (["train", "--config", str(tmp_path / "x.yaml")], "use a .toml or .json file"),
+        (["export", str(tmp_path / "none"), str(tmp_path / "out")], "no such run dir"),
+    ]
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("[1]")
+    cases.append((["train", *TINY, "model.preset=custom", "model.family=bert", f"model.pretrained={hf}"],
+                  "expected a JSON object"))
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_export_onto_a_file_and_an_unfinished_run_are_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "train.steps=6", "train.stop_after=2") == EXIT_STOPPED
+    capsys.readouterr()
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert cli.main(["export", str(run), str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "is unfinished (checkpoint at step 2 of 6)" in err and "exists and is not a folder" in err
