@@ -1,4 +1,4 @@
-"""`jaxbatch <command> ...`: train | plan | predict | evaluate | export | advise-batch | keys.
+"""`jaxbatch <command> ...`: train | plan | predict | evaluate | generate | export | advise-batch | keys.
 
 Every command reports a bad config, data file or model folder as one line naming the key or file and
 exits with code 2; no traceback. `train` exits 0 when finished, 75 when stopped with a checkpoint to resume
@@ -33,6 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     eval_p.add_argument("--split", default="test", help="train | validation | test (default test)")
     eval_p.add_argument("--data-name", help="conll | tsv | ... (default: the run's data.name)")
     eval_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
+    gen_p = sub.add_parser("generate", help="continue prompts with a trained decoder (run dir or HF folder)")
+    gen_p.add_argument("model", help="run dir or Hugging Face folder")
+    gen_p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    gen_p.add_argument("--max-new-tokens", type=int, default=200)
+    gen_p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    gen_p.add_argument("--top-k", type=int, default=0)
+    gen_p.add_argument("--top-p", type=float, default=1.0)
+    gen_p.add_argument("--seed", type=int, default=0)
+    gen_p.add_argument("overrides", nargs="*", help="mesh.*, precision.policy")
     advise_p = sub.add_parser("advise-batch", help="batch-size advice from a run's gradient noise scale")
     advise_p.add_argument("run_dir")
     export_p = sub.add_parser("export", help="write a trained run's model as a Hugging Face folder")
@@ -40,12 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     export_p.add_argument("out_dir")
     keys_p = sub.add_parser("keys", help="list every config key with its default")
     keys_p.add_argument("prefix", nargs="?", default="")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (argparse hands an empty `overrides` out before seeing them)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     from jaxbatch.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, CheckpointError, ConfigError, DataError, TrainingDiverged
 
-    commands = {"train": train, "plan": plan, "predict": predict, "evaluate": evaluate_split, "export": export,
-                "advise-batch": advise_batch, "keys": keys}
+    commands = {"train": train, "plan": plan, "predict": predict, "evaluate": evaluate_split, "generate": generate,
+                "export": export, "advise-batch": advise_batch, "keys": keys}
     try:
         return commands[args.command](args)
     except ConfigError as e:
@@ -104,10 +118,13 @@ def plan(args) -> int:
     return 0
 
 
-def _restore(model: str, overrides: list[str]):
+def _restore(model: str, overrides: list[str], need_tokenizer: bool = True):
     from jaxbatch import run as run_lib
+    from jaxbatch.errors import CheckpointError
 
     restored = run_lib.restore(model, overrides)
+    if need_tokenizer and restored.tokenizer is None:
+        raise CheckpointError(f"{model} has no tokenizer files (save one with the weights)")
     if not restored.finished:
         print(f"jaxbatch: note: {model} is unfinished (checkpoint at step {restored.step} of "
               f"{restored.run.spec.train.steps}); using that checkpoint", file=sys.stderr)
@@ -149,13 +166,35 @@ def evaluate_split(args) -> int:
     return 0
 
 
+def generate(args) -> int:
+    from jaxbatch import generate as generate_lib
+    from jaxbatch.errors import ConfigError
+
+    restored = _restore(args.model, args.overrides)
+    if restored.run.spec.model.task != "lm":
+        raise ConfigError(f"{args.model} is a {restored.run.spec.model.task} classifier, not a language model")
+    tok = restored.tokenizer
+    prompts = [list(tok.encode(p)) for p in args.prompt]
+    if args.max_new_tokens < 1 or not all(prompts):
+        raise ConfigError("--max-new-tokens must be >= 1 and every --prompt must have at least one token")
+    try:
+        new = generate_lib.generate(restored.run.graphdef, restored.params, prompts, args.max_new_tokens,
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    for prompt, tokens in zip(args.prompt, new):
+        print(prompt + tok.decode(tokens))
+        print("-" * 40)
+    return 0
+
+
 def export(args) -> int:
     """The run's newest checkpoint (params only, on this machine's devices) as config.json,
     model.safetensors and tokenizer files, loadable by the family's transformers class."""
     from jaxbatch import hf
     from jaxbatch import run as run_lib
 
-    restored = _restore(args.run_dir, [])
+    restored = _restore(args.run_dir, [], need_tokenizer=False)
     spec = restored.run.spec
     out = hf.export(restored.params, spec.model, args.out_dir, restored.tokenizer, run_lib.label_names(spec))
     print(f"exported step {restored.step} of {args.run_dir} to {out}")

@@ -51,9 +51,16 @@ class ModelConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     hidden_dropout: float = 0.1
-    task: str = "token"  # token | sequence
+    task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides
     num_labels: int = 9
     pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
+    # decoder family (GPT-2 / LLaMA-style); vocab_size=0 takes the tokenizer's size
+    arch: str = "gpt2"  # gpt2 (LayerNorm, GELU, learned positions, biases) | llama (RMSNorm, SwiGLU, RoPE, no biases)
+    num_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = num_heads)
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True  # the LM head reuses the token embedding
+    remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable: recompute in backward
+    z_loss: float = 0.0  # PaLM's z-loss weight on log(sum(exp(logits)))^2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +289,8 @@ def validate(cfg: Config, num_devices: int) -> None:
                 "data.seq_len", "checkpoint.max_to_keep", "optim.learning_rate"):
         section, field = key.split(".")
         _positive(key, getattr(getattr(cfg, section), field))
+    if cfg.model.vocab_size < 0:
+        raise ConfigError(f"model.vocab_size must be >= 0 (0 = the tokenizer's size), got {cfg.model.vocab_size}")
     for key in ("train.eval_every", "train.stop_after", "checkpoint.every", "data.max_train"):
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) < 0:

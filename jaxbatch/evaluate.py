@@ -12,6 +12,7 @@ from jax.experimental import multihost_utils
 
 from jaxbatch import metrics, mesh as mesh_lib
 from jaxbatch.data import pipeline
+from jaxbatch.losses import IGNORE_INDEX
 
 
 def eval_batch_size(run, wanted: int | None = None) -> int:
@@ -37,13 +38,20 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None) -> tuple[d
     return totals, {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None) -> dict:
-    """Loss and accuracy over one split; token tasks add seqeval entity scores and the token report.
-    `predictions` holds every example's predicted label ids."""
+def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,
+             bytes_per_token: np.ndarray | None = None) -> dict:
+    """Loss and accuracy over one split; token tasks add seqeval entity scores and the token report;
+    language models report cross-entropy (z-loss excluded), perplexity and bits per byte.
+    `predictions` holds every example's predicted label ids (classifiers)."""
     totals, out = outputs(run, params, arrays, batch_size)
     weight = max(totals.get("weight", 0.0), 1.0)
-    result = {"loss": totals["loss_sum"] / weight, "accuracy": totals.get("correct", 0.0) / weight,
-              "predictions": out["preds"]}
+    result = {"loss": (totals["loss_sum"] - totals.get("z_loss", 0.0)) / weight,
+              "accuracy": totals.get("correct", 0.0) / weight, "predictions": out.get("preds")}
+    if task == "lm":
+        result["perplexity"] = float(np.exp(min(result["loss"], 700.0)))
+        if bytes_per_token is not None:
+            labels = arrays["labels"][arrays["labels"] != IGNORE_INDEX]
+            result["bits_per_byte"] = (result["loss"] * weight / np.log(2)) / max(int(bytes_per_token[labels].sum()), 1)
     if task == "token" and totals["weight"] > 0:
         gold, pred = metrics.aligned_tags(out["preds"], arrays["labels"], label_names)
         result["entities"] = metrics.entity_report(gold, pred)
@@ -55,6 +63,10 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
 def report_lines(result: dict, task: str) -> str:
     """The printed report: a summary line, then seqeval's entity table and the token report (token tasks)."""
     line = f"loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
+    if "perplexity" in result:
+        line += f" perplexity {result['perplexity']:.2f}"
+        if "bits_per_byte" in result:
+            line += f" bits/byte {result['bits_per_byte']:.4f}"
     if "entity_f1" in result:
         line += f" entity F1 {result['entity_f1']:.4f}"
         line += "\nentity-level (seqeval):\n" + metrics.format_entity_report(result["entities"])

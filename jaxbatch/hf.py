@@ -114,8 +114,14 @@ def read_tensors(folder: Path) -> dict[str, np.ndarray]:
 
 
 def to_ours(x: np.ndarray, how: str, shape: tuple[int, ...]) -> np.ndarray:
-    if how in ("copy", "qkv_bias"):
-        return x.reshape(shape)
+    """HF tensor -> our parameter. `split3:i` takes the i-th third of a fused (in, 3*out) projection."""
+    if how.startswith("split3:"):
+        x = np.split(x, 3, axis=-1)[int(how[-1])]
+        how = "copy"
+    if x.size != int(np.prod(shape)):
+        raise ValueError(f"has {x.size} values, needs {shape}")
+    if how in ("copy", "qkv_bias", "heads_in"):
+        return np.ascontiguousarray(x).reshape(shape)
     if how in ("t", "qkv_kernel", "out_kernel"):
         return np.ascontiguousarray(x.T).reshape(shape)
     raise ValueError(how)
@@ -132,6 +138,10 @@ def to_theirs(x: np.ndarray, how: str) -> np.ndarray:
         return np.ascontiguousarray(x.reshape(x.shape[0], -1).T)
     if how == "out_kernel":  # (heads, kv, embed) -> (embed, heads*kv)
         return np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)
+    if how == "heads_in":  # (heads, kv, embed) -> (heads*kv, embed), an (in, out) Conv1D weight
+        return x.reshape(-1, x.shape[-1])
+    if how.startswith("split3:"):  # one third of a fused projection: (in, heads, kv) -> (in, heads*kv)
+        return x.reshape(*x.shape[: x.ndim - 2], -1) if x.ndim >= 2 else x
     raise ValueError(how)
 
 
@@ -170,10 +180,11 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
             new.append(name)
             return x
         source = tensors[hf_name]
-        if source.size != int(np.prod(x.shape)):
-            raise CheckpointError(f"{folder}: tensor {hf_name} has shape {source.shape}, but {name} needs "
-                                  f"{tuple(x.shape)} (config.json and the weights disagree?)")
-        value = to_ours(source.astype(np.float32), how, tuple(x.shape))
+        try:
+            value = to_ours(source.astype(np.float32), how, tuple(x.shape))
+        except ValueError as e:
+            raise CheckpointError(f"{folder}: tensor {hf_name} of shape {source.shape} {e} for {name} "
+                                  f"(config.json and the weights disagree?)") from e
         used.add(hf_name)
         loaded.append(name)
         return jax.make_array_from_callback(value.shape, flat_sh[name], lambda idx: value[idx])
@@ -199,11 +210,18 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
         raise CheckpointError(f"{folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     mapping = table.key_map(model_cfg)
-    tensors = {}
+    tensors, fused = {}, {}
     for path, x in jax.tree_util.tree_leaves_with_path(params):
         hf_name, how = mapping[param_name(path)]
-        if not table.expected_unused(hf_name, model_cfg):
-            tensors[table.tensor_name(hf_name, model_cfg)] = to_theirs(np.asarray(jax.device_get(x)), how)
+        if table.expected_unused(hf_name, model_cfg):
+            continue
+        value = to_theirs(np.asarray(jax.device_get(x)), how)
+        if how.startswith("split3:"):
+            fused.setdefault(hf_name, {})[int(how[-1])] = value
+        else:
+            tensors[table.tensor_name(hf_name, model_cfg)] = value
+    for hf_name, parts in fused.items():  # e.g. GPT-2's c_attn = [q | k | v]
+        tensors[table.tensor_name(hf_name, model_cfg)] = np.concatenate([parts[i] for i in range(3)], axis=-1)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(table.hf_config(model_cfg, label_names), indent=2))
     if tokenizer is not None:

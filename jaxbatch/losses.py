@@ -1,4 +1,5 @@
-"""Loss and metric *sums* of the heads model families use (token and sequence classification).
+"""Loss and metric *sums* of the heads model families use (token and sequence classification, next-token
+language modelling).
 
 Sums, not means: micro-batches, shards, hosts and eval batches then combine exactly, and the step
 divides by the global batch's count once (see accumulate.py). Positions whose label is IGNORE_INDEX
@@ -35,3 +36,20 @@ def classification_sums(logits: jax.Array, labels: jax.Array) -> tuple[dict, dic
     w = weights.astype(jnp.float32)
     sums = dict(loss_sum=jnp.sum(losses * w), weight=jnp.sum(w), correct=jnp.sum((preds == labels) * w))
     return sums, dict(preds=preds, probs=probs)
+
+
+def lm_sums(logits: jax.Array, labels: jax.Array, z_loss: float = 0.0) -> dict:
+    """Next-token cross-entropy summed over real targets (labels are the inputs shifted by one, IGNORE_INDEX
+    at padding and document boundaries), their count and correct argmax predictions. With `z_loss` the
+    objective adds z_loss * log(Z)^2 per token (PaLM), also reported alone as `z_loss`."""
+    weights = labels != IGNORE_INDEX
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, -1)
+    target = jnp.take_along_axis(logits, jnp.where(weights, labels, 0)[..., None], -1)[..., 0]
+    w = weights.astype(jnp.float32)
+    sums = dict(loss_sum=jnp.sum(jnp.where(weights, lse - target, 0.0)), weight=jnp.sum(w),
+                correct=jnp.sum((jnp.argmax(logits, -1) == labels) * w))
+    if z_loss:
+        sums["z_loss"] = z_loss * jnp.sum(jnp.where(weights, jnp.square(lse), 0.0))
+        sums["loss_sum"] = sums["loss_sum"] + sums["z_loss"]
+    return sums

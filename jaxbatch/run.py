@@ -53,8 +53,10 @@ class Run:
         return self.spec.train.batch_size // self.spec.train.accum_steps
 
 
-def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None) -> config.Config:
-    """The spec: `cfg` with the pretrained folder's shape and the data's task and label set filled in."""
+def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None,
+            vocab_size: int | None = None) -> config.Config:
+    """The spec: `cfg` with the pretrained folder's shape and what the data says filled in: the task, the
+    label set, and the vocabulary size where the model leaves it to the tokenizer (vocab_size 0)."""
     model = cfg.model
     if model.pretrained:
         from jaxbatch import hf
@@ -63,12 +65,16 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
         if not model.family:
             model = dataclasses.replace(model, family=hf.family_for(folder))
         model = hf.configure(model, folder)
+    if task is not None:
+        model = dataclasses.replace(model, task=task)
+    if vocab_size is not None and model.vocab_size == 0:
+        model = dataclasses.replace(model, vocab_size=vocab_size)
     data = cfg.data
-    if label_names is not None:
+    if label_names:
         if any("," in n for n in label_names):
             raise ConfigError(f"label names may not contain ',': {label_names}")
         single_logit = model.num_labels == 1 and len(label_names) == 2  # binary head with one logit, asked for
-        model = dataclasses.replace(model, task=task, num_labels=1 if single_logit else len(label_names))
+        model = dataclasses.replace(model, num_labels=1 if single_logit else len(label_names))
         data = dataclasses.replace(data, labels=",".join(label_names))
     return dataclasses.replace(cfg, model=model, data=data)
 
@@ -94,6 +100,8 @@ def tokenizer(spec: config.Config, run_dir: str | Path | None = None):
         from jaxbatch.data import synthetic
 
         return family.tokenizer(synthetic.vocabulary())
+    if spec.model.task == "lm":
+        return None  # a text corpus without a tokenizer: characters, built from the corpus (data/tasks.py)
     raise ConfigError("a randomly initialised model needs a vocabulary: set data.tokenizer (or model.pretrained) "
                       "to a folder or name whose tokenizer to use")
 
@@ -105,6 +113,8 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
     With `train.auto_micro_batch`, k is planned here from compiled memory and written into the spec."""
     mesh = mesh_lib.make_mesh(spec.mesh, devices)
     family = models.family(spec.model)
+    if spec.model.vocab_size < 1:
+        raise ConfigError("model.vocab_size=0 is taken from the tokenizer when training; set it for this command")
     if training:
         config.validate(spec, mesh.devices.size)
     else:
@@ -154,7 +164,8 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """A trained model from a run dir or a Hugging Face folder: its inference Run, sharded params and
-    tokenizer, and where they came from (`step` and `finished` for run dirs)."""
+    tokenizer (None for a folder holding weights only), and where they came from (`step` and `finished`
+    for run dirs)."""
 
     run: Run
     params: nnx.State
@@ -172,6 +183,9 @@ def hf_spec(folder: Path) -> config.Config:
     base = config.Config()
     model = dataclasses.replace(base.model, family=hf.family_for(folder), preset="custom", pretrained=str(folder))
     model = hf.configure(model, folder)
+    if model.task == "lm":
+        seq_len = min(base.data.seq_len, model.max_position_embeddings)
+        return dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, name="text", seq_len=seq_len))
     names = hf.label_names(folder, model.num_labels)
     return dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, labels=",".join(names)))
 
@@ -198,7 +212,7 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
         params, report = hf.load_params(source, spec.model, _zeros(run), run.params_sh)
         if report.new:
             raise CheckpointError(f"{source}: weights missing for {', '.join(report.new)}")
-        return Restored(run, params, run.family.tokenizer(source), str(source))
+        return Restored(run, params, _folder_tokenizer(run.family, source), str(source))
     ckpt = checkpoint.Checkpointer(source / "checkpoints", read_only=True)
     step = ckpt.latest_step()
     if step is None:
@@ -210,6 +224,14 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
     params = ckpt.restore_params(step, abstract, run.params_sh)
     ckpt.close()
     return Restored(run, params, tokenizer(spec, source), str(source), step, finished=step >= saved.train.steps)
+
+
+def _folder_tokenizer(family: models.Family, folder: Path):
+    """The folder's tokenizer, or None when it has no tokenizer files (weights only)."""
+    try:
+        return family.tokenizer(folder)
+    except CheckpointError:
+        return None
 
 
 def _zeros(run: Run) -> nnx.State:

@@ -84,16 +84,16 @@ def train(cfg: config.Config) -> TrainResult:
     run_dir = Path(cfg.train.run_dir)
 
     # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
-    shaped = run_lib.resolve(cfg)  # the pretrained folder's shape: checked before any data is read
+    shaped = run_lib.resolve(cfg, task=tasks.dataset(cfg.data).task)  # checked before any data is read
     config.validate(shaped, jax.device_count())
     writable_dir(run_dir, "train.run_dir")
     writable_dir(Path(cfg.checkpoint.directory or run_dir / "checkpoints"), "checkpoint.directory")
-    tokenizer = run_lib.tokenizer(shaped)
-    if len(tokenizer) > shaped.model.vocab_size:
+    data = tasks.load(cfg.data, run_lib.tokenizer(shaped))
+    tokenizer = data.tokenizer
+    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer))
+    if len(tokenizer) > spec.model.vocab_size:
         raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
-                                 f"{shaped.model.vocab_size}; raise model.vocab_size")
-    data = tasks.load(cfg.data, tokenizer)
-    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names)
+                                 f"{spec.model.vocab_size}; raise model.vocab_size")
 
     # ---- The run: mesh, optimizer, sharded state, compiled steps ----------------------------------------------
     run = run_lib.setup(spec, plan_log=say)
@@ -146,7 +146,8 @@ def train(cfg: config.Config) -> TrainResult:
     evals, start_time, result = [], time.perf_counter(), None
 
     def run_eval(done: int) -> dict:
-        result = evaluate.evaluate(run, state.params, data.eval, data.label_names, data.task)
+        result = evaluate.evaluate(run, state.params, data.eval, data.label_names, data.task,
+                                   bytes_per_token=data.bytes_per_token)
         evals.append({"step": done, **{k: v for k, v in result.items() if k not in ("token_report_text", "predictions")}})
         reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
         reporter.write(f"eval @ {done}: " + evaluate.report_lines(result, data.task).split("\n")[0])

@@ -3,8 +3,10 @@
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -44,3 +46,40 @@ def test_two_processes_match_one(tmp_path):
     final = [json.load(open(d / "summary.json"))["final_eval"] for d in (one, two)]
     assert final[1]["loss"] == pytest.approx(final[0]["loss"], rel=1e-5)
     assert final[1]["entities"]["micro avg"]["support"] == final[0]["entities"]["micro avg"]["support"]
+
+
+def _launch_two(run_dir, port, *extra):
+    return [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *ARGS, f"train.run_dir={run_dir}",
+                              f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
+                              f"distributed.process_id={i}", "distributed.cpu_devices=4", *extra],
+                             env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
+    """Preemption reaches one host: both agree to stop, save the same step collectively, exit 75, and resume."""
+    run = tmp_path / "two"
+    procs = _launch_two(run, _free_port(), "train.steps=150", "train.log_every=1", "train.eval_every=0")
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (len(metrics.read_text().splitlines()) if metrics.is_file() else 0) < 3:
+        time.sleep(0.1)
+    procs[0].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], outputs[0][-2000:] + outputs[1][-2000:]
+    from jaxbatch.checkpoint import Checkpointer
+
+    step = Checkpointer(run / "checkpoints", read_only=True).latest_step()
+    assert 3 <= step < 150 and f"stopped at step {step} of 150" in outputs[0]
+    procs = _launch_two(run, _free_port(), "train.steps=150", "train.log_every=1", "train.eval_every=0")
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:]
+    assert f"resumed from {run / 'checkpoints'} at step {step}" in outputs[0]
+    rows = [r["step"] for r in map(json.loads, open(metrics)) if r["kind"] == "train"]
+    assert rows == list(range(1, 151))

@@ -138,7 +138,7 @@ class PaddingStats:
 
 def padding_stats(arrays: dict[str, np.ndarray], num_buckets: int = 1) -> PaddingStats:
     """Real vs computed tokens when every example is padded to seq_len, or to its length bucket."""
-    mask = arrays["attention_mask"]
+    mask = arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"] > 0  # packed LM rows
     lengths = mask.sum(1)
     if num_buckets <= 1:
         return PaddingStats(int(lengths.sum()), int(mask.size))

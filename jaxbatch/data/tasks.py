@@ -2,8 +2,9 @@
 chosen. Raw examples come from the generated corpus or from tfds (local files or the catalog).
 
 Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (B-/I- prefixes of any type,
-IOB1 or IOB2), `tsv` any N-class `text<TAB>label` file. `conll2003` and `sst2` are presets of them (with the
-TFDS catalog as a source when no `data.data_dir` is given, and SST-2's class names).
+IOB1 or IOB2), `tsv` any N-class `text<TAB>label` file, `text` any plain-text corpus for language modelling
+(documents packed into rows; data/packing.py). `conll2003` and `sst2` are presets of them (with the TFDS
+catalog as a source when no `data.data_dir` is given, and SST-2's class names).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 
 import numpy as np
 
-from jaxbatch.data import conll, synthetic, tokenize, tsv
+from jaxbatch.data import conll, packing, synthetic, text, tokenize, tsv
 from jaxbatch.errors import ConfigError, DataError
 from jaxbatch.losses import IGNORE_INDEX
 
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    source: str  # conll | tsv | synthetic_ner | synthetic_sst
-    task: str  # token | sequence
+    source: str  # conll | tsv | text | synthetic_ner | synthetic_sst
+    task: str  # token | sequence | lm
     labels: tuple[str, ...] = ()  # the label set when neither data.labels nor the files say otherwise
     catalog: str = ""  # TFDS catalog name, used when data.data_dir is empty
 
@@ -33,6 +34,7 @@ DATASETS = {
     "conll2003": Dataset("conll", "token", catalog="conll2003"),
     "tsv": Dataset("tsv", "sequence"),
     "sst2": Dataset("tsv", "sequence", labels=("negative", "positive"), catalog="glue/sst2"),
+    "text": Dataset("text", "lm"),
     "synthetic_ner": Dataset("synthetic_ner", "token", labels=synthetic.NER_LABELS),
     "synthetic_sst": Dataset("synthetic_sst", "sequence", labels=("negative", "positive")),
 }
@@ -41,14 +43,16 @@ DATASETS = {
 @dataclasses.dataclass
 class TaskData:
     name: str
-    task: str  # token | sequence
-    label_names: list[str]
+    task: str  # token | sequence | lm
+    label_names: list[str]  # empty for language modelling
     train: dict[str, np.ndarray]
     eval: dict[str, np.ndarray]
     truncated: dict[str, int]
     synthetic: bool
+    tokenizer: object
     test: dict[str, np.ndarray] | None = None  # present when the source has a test split
     test_labelled: bool = True
+    bytes_per_token: np.ndarray | None = None  # language modelling: UTF-8 bytes of each token id (bits per byte)
 
 
 def dataset(data_cfg) -> Dataset:
@@ -57,7 +61,7 @@ def dataset(data_cfg) -> Dataset:
     if data_cfg.unknown_label not in ("error", "O"):
         raise ConfigError(f"data.unknown_label must be 'error' or 'O', got {data_cfg.unknown_label!r}")
     ds = DATASETS[data_cfg.name]
-    if ds.source in ("conll", "tsv") and not data_cfg.data_dir and not ds.catalog:
+    if ds.source in ("conll", "tsv", "text") and not data_cfg.data_dir and not ds.catalog:
         raise ConfigError(f"data.name={data_cfg.name} reads your files: set data.data_dir to their folder")
     return ds
 
@@ -148,10 +152,35 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, examples, label_names:
     return tokenize.encode_labelled(tokenizer, words, ids, data_cfg.seq_len)
 
 
+def _load_lm(data_cfg, tokenizer) -> TaskData:
+    """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
+    given), each ended by a blank line (characters) or EOS, and packed into rows of data.seq_len."""
+    from jaxbatch.data import tfds_builders
+
+    sources = tfds_builders.prepare("text", data_cfg.data_dir, data_cfg.cache_dir or None)
+    docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    if data_cfg.max_train:
+        docs["train"] = docs["train"][: data_cfg.max_train]
+    if tokenizer is None:
+        tokenizer = text.CharTokenizer.from_texts([d + "\n\n" for split in docs.values() for d in split])
+    if isinstance(tokenizer, text.CharTokenizer):
+        encode, per_byte = (lambda d: tokenizer.encode(d + "\n\n")), np.asarray(tokenizer.byte_lengths())
+    else:
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        encode = lambda d: list(tokenizer.encode(d)) + eos  # noqa: E731
+        per_byte = np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
+    arrays = {split: packing.pack([encode(d) for d in split_docs], data_cfg.seq_len)
+              for split, split_docs in docs.items()}
+    return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
+                    False, tokenizer, bytes_per_token=per_byte)
+
+
 def load(data_cfg, tokenizer) -> TaskData:
     """Train and validation (and test, when present) splits, tokenized; the label set from `data.labels`,
-    the dataset's preset, or the training split."""
+    the dataset's preset, or the training split. `tokenizer` may be None for a text corpus (characters)."""
     ds = dataset(data_cfg)
+    if ds.task == "lm":
+        return _load_lm(data_cfg, tokenizer)
     splits = _raw_splits(data_cfg, ds)
     if data_cfg.max_train:
         splits["train"] = splits["train"][: data_cfg.max_train]
@@ -169,7 +198,7 @@ def load(data_cfg, tokenizer) -> TaskData:
                         split, data_cfg.seq_len)
     test_labelled = "test" not in encoded or bool((encoded["test"]["labels"] != IGNORE_INDEX).any())
     return TaskData(data_cfg.name, ds.task, label_names, encoded["train"], encoded["validation"], truncated,
-                    ds.source.startswith("synthetic"), encoded.get("test"), test_labelled)
+                    ds.source.startswith("synthetic"), tokenizer, encoded.get("test"), test_labelled)
 
 
 def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:

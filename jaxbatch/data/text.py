@@ -35,3 +35,46 @@ def files(directory_or_file: str | Path) -> list[Path]:
     if not found:
         raise DataError(f"{p}: no .txt files")
     return found
+
+
+class CharTokenizer:
+    """Character-level tokenizer (nanoGPT's shakespeare_char): the vocabulary is the sorted set of characters
+    of the training text, id = position. Saved as chars.json, so a run dir carries it."""
+
+    FILE = "chars.json"
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_texts(cls, texts) -> "CharTokenizer":
+        return cls(sorted(set().union(*map(set, texts))))
+
+    @classmethod
+    def load(cls, folder) -> "CharTokenizer":
+        import json
+
+        return cls(json.loads((Path(folder) / cls.FILE).read_text()))
+
+    def save_pretrained(self, folder) -> None:
+        import json
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / self.FILE).write_text(json.dumps(self.chars, ensure_ascii=False))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        missing = sorted(set(text) - set(self.index))
+        if missing:
+            raise DataError(f"characters {missing[:10]} are not in the tokenizer's vocabulary of {len(self)}")
+        return [self.index[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def byte_lengths(self):
+        """UTF-8 bytes of each token (for bits per byte)."""
+        return [len(c.encode()) for c in self.chars]

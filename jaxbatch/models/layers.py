@@ -74,6 +74,19 @@ class LayerNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
+class RMSNorm(nnx.Module):
+    """RMSNorm (LLaMA): x / rms(x) * scale, statistics in float32 whatever the compute dtype."""
+
+    def __init__(self, features: int, eps: float, *, dtype=jnp.float32):
+        self.eps, self.dtype = eps, dtype
+        self.scale = param(None, jax.nn.initializers.ones, (features,), ("embed",), decay=False)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps) * self.scale[...]
+        return y.astype(self.dtype)
+
+
 class SelfAttention(nnx.Module):
     """Multi-head self-attention through `jax.nn.dot_product_attention`, so GPU/TPU backends may pick a
     fused kernel. (Fused kernels take no attention-probability dropout, so there is none here; hidden

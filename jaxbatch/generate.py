@@ -1,0 +1,72 @@
+"""Text generation from a trained decoder with a KV cache: greedy, temperature, top-k and top-p sampling,
+batched prompts of different lengths (left-padded; padding keys are masked), on whatever mesh the params
+live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
+token; equal token for token to recomputing the whole sequence each step (tests/test_generate.py)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """Next token ids from (batch, vocab) logits: argmax at temperature 0, else a draw from the
+    temperature-scaled distribution restricted to the top_k tokens and the top_p probability mass."""
+    if temperature <= 0:
+        return jnp.argmax(logits, -1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits, -1)
+        sorted_logits = jnp.take_along_axis(logits, order, -1)
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, -1), -1)
+        keep_sorted = cum - jax.nn.softmax(sorted_logits, -1) < top_p  # always keeps the most likely token
+        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        logits = jnp.where(keep, logits, -jnp.inf)
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _step(graphdef, params, ids, positions, key_valid, cache, index):
+    model = nnx.merge(graphdef, params)
+    logits, cache = model.decode_step(ids, positions, key_valid, cache, index)
+    return logits[:, -1], cache
+
+
+def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
+    """The new token ids for each prompt (a list of token ids, at least one)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    model = nnx.merge(graphdef, params)
+    batch, longest = len(prompts), max(len(p) for p in prompts)
+    total = longest + max_new_tokens
+    limit = getattr(model.cfg, "max_position_embeddings", total)
+    if model.cfg.arch == "gpt2" and total > limit:
+        raise ValueError(f"prompt + new tokens = {total} exceeds the model's {limit} positions")
+    pad = np.asarray([longest - len(p) for p in prompts])
+    ids = np.zeros((batch, longest), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, pad[i]:] = p
+    key_valid = np.arange(total)[None, :] >= pad[:, None]  # left padding is never attended to
+    positions = np.maximum(np.arange(longest)[None, :] - pad[:, None], 0).astype(np.int32)
+    cache = model.init_cache(batch, total)
+    logits, cache = _step(graphdef, params, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(key_valid), cache,
+                          jnp.asarray(0, jnp.int32))
+    key = jax.random.key(seed)
+    out, next_pos = [], jnp.asarray(positions[:, -1] + 1)
+    for i in range(max_new_tokens):
+        token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
+        out.append(token)
+        if i == max_new_tokens - 1:
+            break
+        logits, cache = _step(graphdef, params, token[:, None], next_pos[:, None], jnp.asarray(key_valid), cache,
+                              jnp.asarray(longest + i, jnp.int32))
+        next_pos = next_pos + 1
+    return np.asarray(jnp.stack(out, 1)).tolist()

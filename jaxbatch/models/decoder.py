@@ -1,0 +1,374 @@
+"""The decoder family: causal language models, GPT-2 and LLaMA-style from one block with options.
+
+`arch=gpt2`: learned positions, LayerNorm, tanh-GELU MLP, biases, tied embeddings (HF `GPT2LMHeadModel`).
+`arch=llama`: rotary positions (HF's rotate-half), RMSNorm, SwiGLU MLP, no biases, grouped-query attention,
+untied head (HF `LlamaForCausalLM`). Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick
+fused kernels. Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
+attending to each other and `positions` restart at each document. Generation uses a KV cache
+(`decode_step`), equal token for token to recomputing the whole sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxbatch import losses, models
+from jaxbatch.errors import CheckpointError, ConfigError
+from jaxbatch.mesh import constrain
+from jaxbatch.models.layers import Dense, Embed, LayerNorm, RMSNorm
+
+_GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
+_LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
+PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
+    "gpt-tiny": dict(_GPT2, vocab_size=0, hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512,
+                     max_position_embeddings=256),
+    "gpt2-124m": dict(_GPT2, vocab_size=50257, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+                      max_position_embeddings=1024),
+    "gpt2-350m": dict(_GPT2, vocab_size=50257, hidden_size=1024, num_layers=24, num_heads=16,
+                      intermediate_size=4096, max_position_embeddings=1024),
+    "gpt2-1.5b": dict(_GPT2, vocab_size=50257, hidden_size=1600, num_layers=48, num_heads=25,
+                      intermediate_size=6400, max_position_embeddings=1024),
+    "llama-tiny": dict(_LLAMA, vocab_size=0, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                       intermediate_size=352, max_position_embeddings=2048),
+    "llama-1b": dict(_LLAMA, vocab_size=128256, hidden_size=2048, num_layers=16, num_heads=32, num_kv_heads=8,
+                     intermediate_size=8192, max_position_embeddings=8192, rope_theta=500000.0, tie_embeddings=True,
+                     layer_norm_eps=1e-5),
+    "llama-7b": dict(_LLAMA, vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
+                     intermediate_size=11008, max_position_embeddings=4096, layer_norm_eps=1e-5),
+}
+REMAT = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+         "dots_saveable": jax.checkpoint_policies.dots_saveable,
+         "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def kv_heads(cfg) -> int:
+    return cfg.num_kv_heads or cfg.num_heads
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding as HF LLaMA applies it: rotate-half over (first half, second half) of head_dim."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (batch, length, d/2)
+    cos, sin = (jnp.concatenate([f(angles)] * 2, -1)[:, :, None, :] for f in (jnp.cos, jnp.sin))
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], -1)
+    return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+
+
+class CausalAttention(nnx.Module):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
+        h, heads, kv = cfg.hidden_size, cfg.num_heads, kv_heads(cfg)
+        d = h // heads
+        proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2")
+        self.query = Dense((h,), (heads, d), ("embed",), ("heads", "kv"), **proj)
+        self.key = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **proj)
+        self.value = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **proj)
+        self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",),
+                         init_std=0.02 / math.sqrt(2 * cfg.num_layers), **proj)
+        self.arch, self.theta, self.dtype = cfg.arch, cfg.rope_theta, dtype
+
+    def __call__(self, x, positions, mask, cache=None, cache_index=None):
+        """`mask` (batch, 1, q, k) says which keys each query sees. With `cache` (k, v of shape
+        (batch, max_len, kv_heads, head_dim)) the new keys/values are written at `cache_index` and attention
+        runs over the whole cache; returns (output, updated cache)."""
+        names = ("batch", "length", "heads", "kv")
+        q, k, v = (constrain(p(x), names) for p in (self.query, self.key, self.value))
+        if self.arch == "llama":
+            q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
+            cache = (k, v)
+        qf, kf, vf = q, k, v
+        if self.dtype == jnp.float16 and jax.default_backend() == "cpu":  # no F16_F16_F32 dot on XLA:CPU
+            qf, kf, vf = (t.astype(jnp.float32) for t in (q, k, v))
+        y = jax.nn.dot_product_attention(qf, kf.astype(qf.dtype), vf.astype(qf.dtype), mask=mask).astype(self.dtype)
+        return constrain(self.out(constrain(y, names)), ("batch", "length", "embed")), cache
+
+
+class Mlp(nnx.Module):
+    """GELU (tanh) MLP for gpt2; SwiGLU (down(silu(gate) * up)) for llama."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
+        h, inter = cfg.hidden_size, cfg.intermediate_size
+        proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2")
+        self.arch = cfg.arch
+        self.wi = Dense((h,), (inter,), ("embed",), ("mlp",), **proj)
+        if cfg.arch == "llama":
+            self.gate = Dense((h,), (inter,), ("embed",), ("mlp",), **proj)
+        self.wo = Dense((inter,), (h,), ("mlp",), ("embed",), init_std=0.02 / math.sqrt(2 * cfg.num_layers), **proj)
+
+    def __call__(self, x):
+        if self.arch == "llama":
+            hidden = jax.nn.silu(self.gate(x)) * self.wi(x)
+        else:
+            hidden = jax.nn.gelu(self.wi(x), approximate=True)
+        return constrain(self.wo(constrain(hidden, ("batch", "length", "mlp"))), ("batch", "length", "embed"))
+
+
+def _norm(cfg, dtype):
+    return (RMSNorm if cfg.arch == "llama" else LayerNorm)(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
+        self.attention_norm, self.attention = _norm(cfg, dtype), CausalAttention(cfg, rngs=rngs, dtype=dtype)
+        self.mlp_norm, self.mlp = _norm(cfg, dtype), Mlp(cfg, rngs=rngs, dtype=dtype)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+
+    def __call__(self, x, positions, mask, deterministic=True, rngs=None, cache=None, cache_index=None):
+        y, cache = self.attention(self.attention_norm(x), positions, mask, cache, cache_index)
+        x = x + self.dropout(y, deterministic=deterministic, rngs=rngs)
+        x = x + self.dropout(self.mlp(self.mlp_norm(x)), deterministic=deterministic, rngs=rngs)
+        return x, cache
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        h = cfg.hidden_size
+        self.cfg, self.dtype = cfg, dtype
+        self.token_embeddings = Embed(cfg.vocab_size, h, ("vocab", "embed"), rngs=rngs, dtype=dtype)
+        if cfg.arch == "gpt2":
+            self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), rngs=rngs, dtype=dtype,
+                                             init_std=0.01)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.layers = nnx.List([Block(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_layers)])
+        self.final_norm = _norm(cfg, dtype)
+        if not cfg.tie_embeddings:
+            self.lm_head = Dense((h,), (cfg.vocab_size,), ("embed",), ("vocab",), rngs=rngs, dtype=dtype, use_bias=False)
+
+    def _logits(self, x):
+        x = self.final_norm(x)
+        if self.cfg.tie_embeddings:
+            table = self.token_embeddings.embedding[...].astype(self.dtype)
+            logits = jnp.einsum("btd,vd->btv", x, table)
+        else:
+            logits = self.lm_head(x)
+        return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+    def _embed(self, ids, positions):
+        x = self.token_embeddings(ids)
+        if self.cfg.arch == "gpt2":
+            x = x + self.position_embeddings(positions)
+        return x
+
+    def __call__(self, ids, positions, segment_ids, *, deterministic=True, rngs=None):
+        """Logits (batch, length, vocab) of a packed batch: a token sees earlier tokens of its own segment."""
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        causal = jnp.tril(jnp.ones((ids.shape[1], ids.shape[1]), bool))
+        mask = (same & causal[None] & (segment_ids > 0)[:, None, :])[:, None]
+        x = self.dropout(self._embed(ids, positions), deterministic=deterministic, rngs=rngs)
+        def block(layer, x):
+            return layer(x, positions, mask, deterministic, rngs)[0]
+
+        if self.cfg.remat != "none":  # keep only what the policy saves; recompute the rest in the backward pass
+            block = nnx.remat(block, policy=REMAT[self.cfg.remat])
+        for layer in self.layers:
+            x = block(layer, x)
+        return self._logits(x)
+
+    def init_cache(self, batch: int, max_len: int):
+        shape = (batch, max_len, kv_heads(self.cfg), self.cfg.hidden_size // self.cfg.num_heads)
+        return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.layers]
+
+    def decode_step(self, ids, positions, key_valid, cache, cache_index):
+        """Runs `ids` (batch, n) written at cache slots [cache_index, cache_index + n); a query at slot
+        cache_index + i sees valid cache slots up to its own. Returns (logits, cache)."""
+        slots = cache_index + jnp.arange(ids.shape[1])
+        mask = (jnp.arange(cache[0][0].shape[1])[None, :] <= slots[:, None])[None] & key_valid[:, None, :]
+        x = self._embed(ids, positions)
+        new_cache = []
+        for layer, c in zip(self.layers, cache):
+            x, c = layer(x, positions, mask[:, None], cache=c, cache_index=cache_index)
+            new_cache.append(c)
+        return self._logits(x), new_cache
+
+
+# ---- What the core asks of a family ---------------------------------------------------------------------
+
+def build(cfg, *, rngs: nnx.Rngs, dtype) -> Decoder:
+    return Decoder(cfg, rngs=rngs, dtype=dtype)
+
+
+def forward(model: Decoder, batch: dict, *, deterministic: bool, rngs) -> jax.Array:
+    return model(batch["input_ids"], batch["positions"], batch["segment_ids"], deterministic=deterministic, rngs=rngs)
+
+
+def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
+    return losses.lm_sums(logits, batch["labels"], cfg.z_loss), {}
+
+
+def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
+    return {k: (batch, seq_len) for k in ("input_ids", "labels", "segment_ids", "positions")}
+
+
+def train_flops_per_token(cfg, seq_len: int) -> float:
+    """3 x forward matmul FLOPs per token. Forward per layer: q/out projections 4h^2, k/v 4h*kv_dim, MLP
+    4hI (6hI for SwiGLU), attention scores + values 2Th: the causal half of 4Th, as MaxText and PaLM count;
+    plus the LM head 2hV."""
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    kv_dim = kv_heads(cfg) * (h // cfg.num_heads)
+    mlp = (6 if cfg.arch == "llama" else 4) * h * inter
+    per_layer = 4 * h * h + 4 * h * kv_dim + mlp + 2 * seq_len * h
+    return 3.0 * (cfg.num_layers * per_layer + 2 * h * cfg.vocab_size)
+
+
+def validate(cfg, seq_len: int, model_axis: int) -> None:
+    if cfg.arch not in ("gpt2", "llama"):
+        raise ConfigError(f"model.arch must be gpt2 or llama, got {cfg.arch!r}")
+    if cfg.task != "lm":
+        raise ConfigError(f"the decoder family trains language models: use a text dataset (data.name=text), not a "
+                          f"{cfg.task} task")
+    if cfg.hidden_size % cfg.num_heads:
+        raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads}")
+    if cfg.num_heads % kv_heads(cfg):
+        raise ConfigError(f"model.num_heads={cfg.num_heads} is not divisible by model.num_kv_heads={cfg.num_kv_heads}")
+    if cfg.arch == "llama" and (cfg.hidden_size // cfg.num_heads) % 2:
+        raise ConfigError("rotary embeddings need an even head dimension (model.hidden_size / model.num_heads)")
+    for key, size in (("model.num_heads", cfg.num_heads), ("model.intermediate_size", cfg.intermediate_size)):
+        if size % model_axis:
+            raise ConfigError(f"{key}={size} is not divisible by mesh.model={model_axis} (tensor parallel)")
+    if cfg.remat not in REMAT:
+        raise ConfigError(f"model.remat must be one of {', '.join(REMAT)}, got {cfg.remat!r}")
+    if cfg.arch == "gpt2" and seq_len > cfg.max_position_embeddings:
+        raise ConfigError(f"data.seq_len={seq_len} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
+
+
+def describe(cfg) -> str:
+    kv = f", {kv_heads(cfg)} kv heads" if kv_heads(cfg) != cfg.num_heads else ""
+    return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
+            f" vocab {cfg.vocab_size}, remat {cfg.remat})")
+
+
+def tokenizer(source):
+    """A character tokenizer (a folder holding chars.json, or a list of characters) or any Hugging Face
+    tokenizer folder (GPT-2 BPE, SentencePiece)."""
+    from pathlib import Path
+
+    from jaxbatch.data import text
+
+    if isinstance(source, (list, tuple)):
+        return text.CharTokenizer(source)
+    if (Path(source) / text.CharTokenizer.FILE).is_file():
+        return text.CharTokenizer.load(source)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"tokenizer: {source} holds no tokenizer ({e})") from e
+
+
+# ---- Hugging Face conversion tables ---------------------------------------------------------------------
+
+def hf_configure(cfg, hf: dict):
+    """The shape from a GPT-2 or LLaMA config.json."""
+    if hf.get("model_type") == "gpt2":
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise CheckpointError(f"config.json: activation_function {hf['activation_function']!r} is not supported")
+        shape = dict(arch="gpt2", vocab_size=hf["vocab_size"], hidden_size=hf["n_embd"], num_layers=hf["n_layer"],
+                     num_heads=hf["n_head"], num_kv_heads=0, intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
+                     max_position_embeddings=hf["n_positions"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                     tie_embeddings=True)
+    else:
+        if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise CheckpointError("config.json: only silu LLaMA models without attention/MLP biases are supported")
+        rope_params = hf.get("rope_parameters") or {}
+        if rope_params.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+            raise CheckpointError("config.json: scaled rotary embeddings (rope_scaling) are not supported")
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+        if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
+            raise CheckpointError("config.json: head_dim x num_attention_heads != hidden_size is not supported")
+        shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+                     num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+                     num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                     intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
+                     layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                     rope_theta=float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))),
+                     tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    if cfg.preset != "custom":
+        bad = {f: (getattr(cfg, f), v) for f, v in shape.items() if getattr(cfg, f) != v}
+        if bad:
+            detail = ", ".join(f"{f}: preset {a} vs checkpoint {b}" for f, (a, b) in bad.items())
+            raise ConfigError(f"model.preset={cfg.preset!r} does not match config.json ({detail}); use "
+                              f"model.preset=custom to take the shape from the checkpoint")
+    return dataclasses.replace(cfg, **shape, task="lm")
+
+
+def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
+    """jaxbatch parameter name -> (HF tensor name, layout). GPT-2's Conv1D weights are already (in, out);
+    its fused c_attn is split into thirds (`split3:i`)."""
+    if cfg.arch == "gpt2":
+        m = {"token_embeddings.embedding": ("transformer.wte.weight", "copy"),
+             "position_embeddings.embedding": ("transformer.wpe.weight", "copy"),
+             "final_norm.scale": ("transformer.ln_f.weight", "copy"), "final_norm.bias": ("transformer.ln_f.bias", "copy")}
+        for i in range(cfg.num_layers):
+            ours, theirs = f"layers.{i}", f"transformer.h.{i}"
+            for j, name in enumerate(("query", "key", "value")):
+                m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.attn.c_attn.weight", f"split3:{j}")
+                m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.attn.c_attn.bias", f"split3:{j}")
+            m[f"{ours}.attention.out.kernel"] = (f"{theirs}.attn.c_proj.weight", "heads_in")
+            m[f"{ours}.attention.out.bias"] = (f"{theirs}.attn.c_proj.bias", "copy")
+            for norm, hf_norm in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                m[f"{ours}.{norm}.scale"] = (f"{theirs}.{hf_norm}.weight", "copy")
+                m[f"{ours}.{norm}.bias"] = (f"{theirs}.{hf_norm}.bias", "copy")
+            for ours_mlp, hf_mlp in (("wi", "c_fc"), ("wo", "c_proj")):
+                m[f"{ours}.mlp.{ours_mlp}.kernel"] = (f"{theirs}.mlp.{hf_mlp}.weight", "copy")
+                m[f"{ours}.mlp.{ours_mlp}.bias"] = (f"{theirs}.mlp.{hf_mlp}.bias", "copy")
+        return m
+    m = {"token_embeddings.embedding": ("model.embed_tokens.weight", "copy"), "final_norm.scale": ("model.norm.weight", "copy")}
+    if not cfg.tie_embeddings:
+        m["lm_head.kernel"] = ("lm_head.weight", "t")
+    for i in range(cfg.num_layers):
+        ours, theirs = f"layers.{i}", f"model.layers.{i}"
+        for name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.self_attn.{hf_name}.weight", "qkv_kernel")
+        m[f"{ours}.attention.out.kernel"] = (f"{theirs}.self_attn.o_proj.weight", "out_kernel")
+        m[f"{ours}.attention_norm.scale"] = (f"{theirs}.input_layernorm.weight", "copy")
+        m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
+        for ours_mlp, hf_mlp in (("gate", "gate_proj"), ("wi", "up_proj"), ("wo", "down_proj")):
+            m[f"{ours}.mlp.{ours_mlp}.kernel"] = (f"{theirs}.mlp.{hf_mlp}.weight", "t")
+    return m
+
+
+def hf_expected_unused(name: str, cfg) -> bool:
+    """Buffers some checkpoints carry (GPT-2's causal-mask `attn.bias`, rotary `inv_freq`) and the tied head."""
+    return name.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")) or (
+        cfg.tie_embeddings and name == "lm_head.weight")
+
+
+def hf_normalize_name(name: str) -> str:
+    """The original GPT-2 checkpoints name the trunk without its `transformer.` prefix."""
+    return "transformer." + name if name.startswith(("h.", "wte.", "wpe.", "ln_f.")) else name
+
+
+def hf_config(cfg, label_names=None) -> dict:
+    if cfg.arch == "gpt2":
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+                "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
+                "n_inner": cfg.intermediate_size, "n_positions": cfg.max_position_embeddings,
+                "layer_norm_epsilon": cfg.layer_norm_eps, "activation_function": "gelu_new",
+                "tie_word_embeddings": True, "resid_pdrop": cfg.hidden_dropout, "embd_pdrop": cfg.hidden_dropout,
+                "attn_pdrop": 0.0, "bos_token_id": None, "eos_token_id": None}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg),
+            "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_position_embeddings,
+            "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+            "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
+            "mlp_bias": False, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+
+
+FAMILY = models.register(models.Family(
+    name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
+    train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
+    hf=models.HfMapping(model_types=("gpt2", "llama"), key_map=hf_key_map, configure=hf_configure, hf_config=hf_config,
+                        expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))

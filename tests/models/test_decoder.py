@@ -1,0 +1,189 @@
+"""Decoder family (GPT-2 and LLaMA-style): causal and packed attention, GQA/RoPE, remat, sharded steps,
+and logits equal to Hugging Face's PyTorch models."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import dotted, params_numpy, run_steps
+from jaxbatch import config, hf, run as run_lib
+from jaxbatch.data import packing
+from jaxbatch.models import decoder
+
+ARCHS = ["gpt-tiny", "llama-tiny"]
+
+
+def _cfg(preset, *extra):
+    return config.build([f"model.preset={preset}", "model.vocab_size=97", "model.task=lm", "model.hidden_size=32",
+                         "model.num_heads=4", "model.intermediate_size=64", "model.num_layers=2", *extra])
+
+
+def _model(preset, *extra):
+    cfg = _cfg(preset, *extra).model
+    return cfg, decoder.Decoder(cfg, rngs=nnx.Rngs(params=0))
+
+
+def _ids(b=2, t=12, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, 97, (b, t)), jnp.int32)
+
+
+@pytest.mark.parametrize("preset", ARCHS)
+def test_no_future_token_changes_a_past_logit(preset):
+    _, model = _model(preset)
+    ids = _ids()
+    pos, seg = jnp.broadcast_to(jnp.arange(12), (2, 12)), jnp.ones((2, 12), jnp.int32)
+    a = model(ids, pos, seg)
+    b = model(ids.at[:, 7].set((ids[:, 7] + 1) % 97), pos, seg)
+    np.testing.assert_array_equal(a[:, :7], b[:, :7])
+    assert np.abs(np.asarray(a[:, 7:] - b[:, 7:])).max() > 1e-4
+
+
+@pytest.mark.parametrize("preset", ARCHS)
+def test_a_packed_document_has_its_logits_alone(preset):
+    _, model = _model(preset)
+    docs = [list(np.random.default_rng(i).integers(0, 97, n)) for i, n in enumerate((5, 9, 4))]
+    rows = packing.pack(docs, seq_len=17)
+    assert rows["input_ids"].shape == (1, 17) and rows["segment_ids"][0].tolist() == [1] * 5 + [2] * 9 + [3] * 3
+    packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
+    alone = model(jnp.asarray([docs[1]]), jnp.arange(9)[None], jnp.ones((1, 9), jnp.int32))
+    np.testing.assert_allclose(packed[0, 5:14], alone[0], atol=2e-5)
+    # the target across a boundary carries no loss; the last document continues past the row as a new one
+    assert rows["labels"][0, 4] == -100 and rows["labels"][0, 3] == docs[0][4]
+
+
+def test_packing_splits_long_documents_and_pads():
+    rows = packing.pack([list(range(1, 12)), [50, 51]], seq_len=4)
+    assert rows["input_ids"].tolist() == [[1, 2, 3, 4], [6, 7, 8, 9], [11, 50, 51, 0]]
+    assert rows["labels"].tolist() == [[2, 3, 4, 5], [7, 8, 9, 10], [-100, 51, -100, -100]]
+    assert rows["positions"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 1, 0]]
+    assert rows["segment_ids"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 2, 2, 0]]
+
+
+def test_gqa_and_rope_shapes():
+    cfg, model = _model("llama-tiny", "model.num_kv_heads=2")
+    assert model.layers[0].attention.query.kernel.shape == (32, 4, 8)
+    assert model.layers[0].attention.key.kernel.shape == (32, 2, 8)
+    assert model.lm_head.kernel.shape == (32, 97) and not hasattr(model, "position_embeddings")
+    x = jnp.ones((1, 3, 2, 8))
+    rotated = decoder.rope(x, jnp.arange(3)[None], 10000.0)
+    np.testing.assert_allclose(rotated[0, 0], x[0, 0])  # position 0 is the identity
+    np.testing.assert_allclose(jnp.linalg.norm(rotated, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots_saveable"])
+def test_remat_gives_identical_gradients(policy):
+    def grads(remat):
+        cfg, model = _model("llama-tiny", f"model.remat={remat}")
+        graphdef, params = nnx.split(model)
+        ids = _ids()
+        pos, seg = jnp.broadcast_to(jnp.arange(12), (2, 12)), jnp.ones((2, 12), jnp.int32)
+        loss = lambda p: nnx.merge(graphdef, p)(ids, pos, seg).sum()  # noqa: E731
+        return jax.jit(jax.grad(loss))(params)
+
+    a, b = grads("none"), grads(policy)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def _flat(params) -> dict:
+    return {dotted(p): np.asarray(jax.device_get(x)) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def _lm_batch(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    docs = [list(rng.integers(0, cfg.model.vocab_size, rng.integers(3, 20))) for _ in range(24)]
+    rows = packing.pack(docs, cfg.data.seq_len)
+    return {k: v[: cfg.train.batch_size] for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("preset", ARCHS)
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1), (1, 1, 4), (2, 2, 2)])
+def test_sharded_step_equals_single_device_with_dropout(preset, mesh):
+    extra = ["model.hidden_dropout=0.1", "train.batch_size=8", "data.seq_len=16", "optim.warmup_steps=0",
+             "optim.schedule=constant", "optim.learning_rate=1e-3", "data.name=text"]
+    one = _cfg(preset, *extra, "mesh.data=1")
+    batches = [_lm_batch(one, 0), _lm_batch(one, 1)]
+    ref, ref_hist, _ = run_steps(one, batches, jax.devices()[:1])
+    n = int(np.prod(mesh))
+    cfg = _cfg(preset, *extra, f"mesh.data={mesh[0]}", f"mesh.fsdp={mesh[1]}", f"mesh.model={mesh[2]}")
+    got, hist, _ = run_steps(cfg, batches, jax.devices()[:n])
+    np.testing.assert_allclose([h["loss"] for h in hist], [h["loss"] for h in ref_hist], rtol=1e-5)
+    a, b = params_numpy(ref), params_numpy(got)
+    for key in a:  # one Adam step moves each weight by ~lr = 1e-3; 1e-5 is 1% of that
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def _hf_model(arch, tmp_path):
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        c = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                    bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(c)
+    else:
+        c = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                     bos_token_id=0, eos_token_id=0, rope_parameters={"rope_theta": 500.0,
+                                                                                       "rope_type": "default"})
+        model = transformers.LlamaForCausalLM(c)
+    with torch.no_grad():  # make biases and norms non-trivial, so the mapping is really tested
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    model.save_pretrained(tmp_path / arch)
+    return model, tmp_path / arch
+
+
+def _torch_logits(model, ids, mask=None):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
+                     attention_mask=None if mask is None else torch.tensor(mask)).logits.numpy()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_hf_parity_and_round_trip(arch, tmp_path):
+    theirs, folder = _hf_model(arch, tmp_path)
+    restored = run_lib.restore(folder, ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"])
+    spec = restored.run.spec
+    assert spec.model.family == "decoder" and spec.model.arch == arch and spec.model.task == "lm"
+    model = nnx.merge(restored.run.graphdef, restored.params)
+    ids = _ids(3, 10, seed=3)
+    pos, seg = jnp.broadcast_to(jnp.arange(10), (3, 10)), jnp.ones((3, 10), jnp.int32)
+    np.testing.assert_allclose(model(ids, pos, seg), _torch_logits(theirs, ids), atol=1e-4)
+    # right padding: HF's attention_mask vs our segment 0
+    mask = np.ones((3, 10), np.int64)
+    mask[1, 6:] = 0
+    seg_padded = jnp.asarray(mask, jnp.int32)
+    ours = np.asarray(model(ids, pos, seg_padded))
+    np.testing.assert_allclose(ours[1, :6], _torch_logits(theirs, ids, mask)[1, :6], atol=1e-4)
+    # packed: the second document of a row equals HF on that document alone
+    docs = [list(np.asarray(ids[0, :4])), list(np.asarray(ids[2, :7]))]
+    rows = packing.pack(docs, seq_len=11)
+    packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
+    np.testing.assert_allclose(packed[0, 4:11], _torch_logits(theirs, [docs[1]])[0], atol=1e-4)
+    # export -> HF -> import is bit-identical
+    out = hf.export(restored.params, spec.model, tmp_path / "export")
+    again = run_lib.restore(out)
+    a, b = (_flat(r.params) for r in (restored, again))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    reloaded = getattr(transformers, "GPT2LMHeadModel" if arch == "gpt2" else "LlamaForCausalLM").from_pretrained(out)
+    np.testing.assert_allclose(_torch_logits(reloaded.eval(), ids), _torch_logits(theirs, ids), atol=1e-5)
+
+
+def test_flops_count_causal_half_and_swiglu():
+    gpt = _cfg("gpt-tiny").model
+    h, inter, t = 32, 64, 16
+    expected = 3 * (2 * (4 * h * h + 4 * h * h + 4 * h * inter + 2 * t * h) + 2 * h * 97)
+    assert decoder.train_flops_per_token(gpt, t) == expected
+    llama = _cfg("llama-tiny", "model.num_kv_heads=2").model
+    kv = 2 * 8
+    assert decoder.train_flops_per_token(llama, t) == 3 * (2 * (4 * h * h + 4 * h * kv + 6 * h * inter + 2 * t * h)
+                                                           + 2 * h * 97)
