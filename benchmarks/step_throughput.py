@@ -1,9 +1,11 @@
 """Train-step throughput: median step time, tokens/s, model TFLOP/s and its fraction of a matmul peak
-measured in the same run; optionally against PyTorch eager (HF BertForTokenClassification + AdamW).
+measured in the same run; optionally against PyTorch eager (the same model from HF transformers + AdamW).
 
     python benchmarks/step_throughput.py                      # MiniLM-L6 shape, batch 32 x 128, fp32
     python benchmarks/step_throughput.py --vs-torch           # + PyTorch on the same shape, and the ratio
     python benchmarks/step_throughput.py --preset bert-base --batch 64 --precision bf16   # a GPU shape
+    python benchmarks/step_throughput.py --family gpt2 --vs-torch   # GPT-2 124M vs HF GPT2LMHeadModel
+    python benchmarks/step_throughput.py --family llama --preset llama-tiny model.vocab_size=32000 --vs-torch
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ import numpy as np
 
 from jaxbatch import config, metrics, models
 from jaxbatch import run as run_lib
+
+
+def make_lm_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
+    """Full rows of one document each: next-token targets, one segment, positions 0..seq-1."""
+    ids = np.random.default_rng(seed).integers(0, vocab, (batch, seq + 1)).astype(np.int32)
+    return dict(input_ids=ids[:, :-1], labels=ids[:, 1:], segment_ids=np.ones((batch, seq), np.int32),
+                positions=np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy())
 
 
 def make_batch(vocab: int, batch: int, seq: int, num_labels: int, seed: int = 0) -> dict:
@@ -50,20 +59,38 @@ def bench_jax(cfg: config.Config, batch: dict, n: int, warmup: int) -> float:
     return statistics.median(time_steps(step, n, warmup))
 
 
-def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float) -> float:
+def torch_model(model_cfg):
+    """The same architecture from transformers, randomly initialised, built from our exported config.json."""
     import torch
     import transformers
 
+    from jaxbatch import models
+
     torch.manual_seed(0)
-    hf_cfg = transformers.BertConfig(
-        vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size, num_hidden_layers=model_cfg.num_layers,
-        num_attention_heads=model_cfg.num_heads, intermediate_size=model_cfg.intermediate_size,
-        max_position_embeddings=model_cfg.max_position_embeddings, num_labels=model_cfg.num_labels,
-        attention_probs_dropout_prob=0.0, hidden_dropout_prob=model_cfg.hidden_dropout)
-    model = transformers.BertForTokenClassification(hf_cfg)
+    if model_cfg.family == "bert":
+        hf_cfg = transformers.BertConfig(
+            vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size, num_hidden_layers=model_cfg.num_layers,
+            num_attention_heads=model_cfg.num_heads, intermediate_size=model_cfg.intermediate_size,
+            max_position_embeddings=model_cfg.max_position_embeddings, num_labels=model_cfg.num_labels,
+            attention_probs_dropout_prob=0.0, hidden_dropout_prob=model_cfg.hidden_dropout)
+        return transformers.BertForTokenClassification(hf_cfg)
+    hf = models.family(model_cfg).hf.hf_config(model_cfg)
+    cls = transformers.GPT2LMHeadModel if model_cfg.arch == "gpt2" else transformers.LlamaForCausalLM
+    config_cls = transformers.GPT2Config if model_cfg.arch == "gpt2" else transformers.LlamaConfig
+    return cls(config_cls(**{k: v for k, v in hf.items() if k not in ("architectures", "model_type")}))
+
+
+def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float) -> float:
+    import torch
+
+    model = torch_model(model_cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    tb = {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}
+    if model_cfg.family == "bert":
+        tb = {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}
+    else:  # HF shifts the labels itself: give it the inputs
+        ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
+        tb = {"input_ids": ids, "labels": ids}
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -77,7 +104,8 @@ def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float) -> float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="minilm-l6")
+    p.add_argument("--family", choices=["bert", "gpt2", "llama"], default="bert")
+    p.add_argument("--preset", default=None, help="default: minilm-l6 (bert), gpt2-124m (gpt2), llama-tiny (llama)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--precision", default="fp32")
@@ -88,11 +116,18 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. mesh.model=2")
     args = p.parse_args()
 
-    cfg = config.build([f"model.preset={args.preset}", "model.task=token", "model.num_labels=9",
-                        f"train.batch_size={args.batch}", f"data.seq_len={args.seq}",
+    preset = args.preset or {"bert": "minilm-l6", "gpt2": "gpt2-124m", "llama": "llama-tiny"}[args.family]
+    task = ["model.task=token", "model.num_labels=9"] if args.family == "bert" else [
+        "model.task=lm", "data.name=text", "model.hidden_dropout=0.0"]
+    cfg = config.build([f"model.preset={preset}", *task, f"train.batch_size={args.batch}", f"data.seq_len={args.seq}",
                         f"precision.policy={args.precision}", "optim.name=adamw", "train.steps=1000",
                         *args.overrides])
-    batch = make_batch(cfg.model.vocab_size, args.batch, args.seq, cfg.model.num_labels)
+    if cfg.model.vocab_size == 0:
+        cfg = config.replace(cfg, model__vocab_size=256)
+    if args.family == "bert":
+        batch = make_batch(cfg.model.vocab_size, args.batch, args.seq, cfg.model.num_labels)
+    else:
+        batch = make_lm_batch(cfg.model.vocab_size, args.batch, args.seq)
     devices = jax.devices()
     kind = devices[0].device_kind
     peak_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
@@ -101,11 +136,11 @@ def main() -> None:
     flops = models.family(cfg.model).train_flops_per_token(cfg.model, args.seq) * tokens
 
     t_jax = bench_jax(cfg, batch, args.steps, args.warmup)
-    res = {"device": f"{len(devices)} x {kind}", "preset": args.preset, "batch": args.batch, "seq": args.seq,
+    res = {"device": f"{len(devices)} x {kind}", "preset": preset, "batch": args.batch, "seq": args.seq,
            "precision": args.precision, "jax_step_s": t_jax, "jax_tokens_per_s": tokens / t_jax,
            "model_tflops": flops / t_jax / 1e12, "matmul_peak_tflops_per_device": peak / 1e12,
            "fraction_of_peak": flops / t_jax / (peak * len(devices))}
-    print(f"device: {res['device']}; BERT {args.preset}, token classification, batch {args.batch} x seq "
+    print(f"device: {res['device']}; {models.family(cfg.model).describe(cfg.model)}, batch {args.batch} x seq "
           f"{args.seq}, {args.precision}, AdamW")
     print(f"jaxbatch : median step {t_jax * 1e3:8.1f} ms  {tokens / t_jax:10.0f} tokens/s  "
           f"{res['model_tflops']:.3f} TFLOP/s = {100 * res['fraction_of_peak']:.1f}% of measured "

@@ -54,7 +54,7 @@ class ModelConfig:
     task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides
     num_labels: int = 9
     pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
-    # decoder family (GPT-2 / LLaMA-style); vocab_size=0 takes the tokenizer's size
+    # decoder families (model.arch picks the block); vocab_size=0 takes the tokenizer's size
     arch: str = "gpt2"  # gpt2 (LayerNorm, GELU, learned positions, biases) | llama (RMSNorm, SwiGLU, RoPE, no biases)
     num_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = num_heads)
     rope_theta: float = 10000.0

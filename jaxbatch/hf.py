@@ -220,7 +220,7 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
             fused.setdefault(hf_name, {})[int(how[-1])] = value
         else:
             tensors[table.tensor_name(hf_name, model_cfg)] = value
-    for hf_name, parts in fused.items():  # e.g. GPT-2's c_attn = [q | k | v]
+    for hf_name, parts in fused.items():  # a fused projection: [q | k | v]
         tensors[table.tensor_name(hf_name, model_cfg)] = np.concatenate([parts[i] for i in range(3)], axis=-1)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(table.hf_config(model_cfg, label_names), indent=2))

@@ -116,7 +116,7 @@ def test_config_drift_is_refused_or_printed(tmp_path, capsys):
 
 
 def test_sigterm_and_ctrl_c_save_exit_75_and_resume_bitwise(tmp_path):
-    args = [sys.executable, "-m", "jaxbatch", "train", *TINY, "checkpoint.every=0", "train.steps=150",
+    args = [sys.executable, "-m", "jaxbatch", "train", *TINY, "checkpoint.every=0", "train.steps=60",
             "data.num_train=64", "mesh.data=8", "mesh.fsdp=1", "mesh.model=1"]
     whole = tmp_path / "whole"
     subprocess.run([*args, f"train.run_dir={whole}"], check=True, capture_output=True, timeout=600)
@@ -132,9 +132,9 @@ def test_sigterm_and_ctrl_c_save_exit_75_and_resume_bitwise(tmp_path):
         proc.send_signal(sig)
         out = proc.communicate(timeout=300)[0]
         assert proc.returncode == EXIT_STOPPED, out[-2000:]
-        assert "Traceback" not in out and "stopped at step" in out and "of 150" in out and "final eval" not in out
+        assert "Traceback" not in out and "stopped at step" in out and "of 60" in out and "final eval" not in out
         step = checkpoint.Checkpointer(run / "checkpoints", read_only=True).latest_step()
-        assert 3 <= step < 150
+        assert 3 <= step < 60
         assert json.loads((run / "summary.json").read_text())["finished"] is False
         done = subprocess.run([*args, f"train.run_dir={run}"], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:]
@@ -142,7 +142,7 @@ def test_sigterm_and_ctrl_c_save_exit_75_and_resume_bitwise(tmp_path):
         for key in reference:
             np.testing.assert_array_equal(got[key], reference[key], err_msg=f"{sig.name} {key}")
         rows = [r["step"] for r in map(json.loads, open(metrics)) if r["kind"] == "train"]
-        assert rows == list(range(1, 151))  # every step once: nothing doubled across the stop
+        assert rows == list(range(1, 61))  # every step once: nothing doubled across the stop
 
 
 BAD = [

@@ -38,7 +38,7 @@ def files(directory_or_file: str | Path) -> list[Path]:
 
 
 class CharTokenizer:
-    """Character-level tokenizer (nanoGPT's shakespeare_char): the vocabulary is the sorted set of characters
+    """Character-level tokenizer (the classic char-level LM setup): the vocabulary is the sorted set of characters
     of the training text, id = position. Saved as chars.json, so a run dir carries it."""
 
     FILE = "chars.json"
