@@ -21,7 +21,6 @@ sys.path.insert(0, "benchmarks")
 from step_throughput import make_batch  # noqa: E402
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="minilm-l6")

@@ -90,6 +90,17 @@ def family(model_cfg) -> Family:
     return _FAMILIES[name]
 
 
+def check_shape(model_cfg, shape: Mapping[str, Any]) -> None:
+    """A named preset must agree with the shape a checkpoint's config.json gives; 'custom' takes it as is."""
+    if model_cfg.preset == "custom":
+        return
+    bad = {f: (getattr(model_cfg, f), v) for f, v in shape.items() if getattr(model_cfg, f) != v}
+    if bad:
+        detail = ", ".join(f"{f}: preset {a} vs checkpoint {b}" for f, (a, b) in bad.items())
+        raise ConfigError(f"model.preset={model_cfg.preset!r} does not match config.json ({detail}); "
+                          f"use model.preset=custom to take the shape from the checkpoint")
+
+
 def apply_preset(model_cfg):
     """A ModelConfig with its preset's family and shape filled in ('custom' keeps the fields, and needs
     `model.family`)."""

@@ -190,12 +190,7 @@ def hf_configure(cfg, hf: dict):
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"config.json: position_embedding_type {hf['position_embedding_type']!r} is not supported")
     wanted = {field: hf[key] for field, key in SHAPE_FIELDS.items() if key in hf}
-    if cfg.preset != "custom":
-        bad = {f: (getattr(cfg, f), v) for f, v in wanted.items() if getattr(cfg, f) != v}
-        if bad:
-            detail = ", ".join(f"{f}: preset {a} vs checkpoint {b}" for f, (a, b) in bad.items())
-            raise ConfigError(f"model.preset={cfg.preset!r} does not match config.json ({detail}); "
-                              f"use model.preset=custom to take the shape from the checkpoint")
+    models.check_shape(cfg, wanted)
     heads = {"BertForTokenClassification": "token", "BertForSequenceClassification": "sequence"}
     task = next((heads[a] for a in hf.get("architectures") or () if a in heads), None)
     if task is not None:  # a fine-tuned head: its task and label count

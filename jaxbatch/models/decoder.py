@@ -294,12 +294,7 @@ def hf_configure(cfg, hf: dict):
                      layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
                      rope_theta=float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))),
                      tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
-    if cfg.preset != "custom":
-        bad = {f: (getattr(cfg, f), v) for f, v in shape.items() if getattr(cfg, f) != v}
-        if bad:
-            detail = ", ".join(f"{f}: preset {a} vs checkpoint {b}" for f, (a, b) in bad.items())
-            raise ConfigError(f"model.preset={cfg.preset!r} does not match config.json ({detail}); use "
-                              f"model.preset=custom to take the shape from the checkpoint")
+    models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm")
 
 
