@@ -57,7 +57,8 @@ def main(argv: list[str]) -> dict:
         restored = run_lib.restore(cfg.train.run_dir)
         tok = restored.tokenizer
         prompts = [tok.encode("\n")] * args.samples
-        texts = generate.generate(restored.run.graphdef, restored.params, prompts, 200, temperature=0.8,
+        length = cfg.data.seq_len - 1  # positions past the training length were never trained
+        texts = generate.generate(restored.run.graphdef, restored.params, prompts, length, temperature=0.8,
                                   top_k=40, seed=0)
         for text in texts:
             print("-" * 60 + "\n" + tok.decode(text))
