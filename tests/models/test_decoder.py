@@ -53,14 +53,6 @@ def test_a_packed_document_has_its_logits_alone(preset):
     assert rows["labels"][0, 4] == -100 and rows["labels"][0, 3] == docs[0][4]
 
 
-def test_packing_splits_long_documents_and_pads():
-    rows = packing.pack([list(range(1, 12)), [50, 51]], seq_len=4)
-    assert rows["input_ids"].tolist() == [[1, 2, 3, 4], [6, 7, 8, 9], [11, 50, 51, 0]]
-    assert rows["labels"].tolist() == [[2, 3, 4, 5], [7, 8, 9, 10], [-100, 51, -100, -100]]
-    assert rows["positions"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 1, 0]]
-    assert rows["segment_ids"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 2, 2, 0]]
-
-
 def test_gqa_and_rope_shapes():
     cfg, model = _model("llama-tiny", "model.num_kv_heads=2")
     assert model.layers[0].attention.query.kernel.shape == (32, 4, 8)
