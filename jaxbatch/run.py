@@ -139,12 +139,13 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
         k = memory.plan_micro_batch(spec, budget, devices=devices, log=plan_log or print).accum_steps
         spec = config.replace(spec, train__accum_steps=k, train__auto_micro_batch=False)
     tx = accumulate.wrap(tx, spec.train)
-    state_sh = state_lib.shardings(state_lib.abstract_state(spec, tx), mesh, spec.mesh.rules)
+    abstract_state = state_lib.abstract_state(spec, tx)
+    state_sh = state_lib.shardings(abstract_state, mesh, spec.mesh.rules)
     reports = []
     if abstract:
         from jaxbatch.checkpoint import abstract_with_shardings
 
-        state = abstract_with_shardings(state_lib.abstract_state(spec, tx), state_sh)
+        state = abstract_with_shardings(abstract_state, state_sh)
     else:
         load = None
         if spec.model.pretrained:

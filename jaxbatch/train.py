@@ -16,7 +16,7 @@ from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
 from jaxbatch.data import pipeline, tasks
-from jaxbatch.errors import TrainingDiverged
+from jaxbatch.errors import CheckpointError, TrainingDiverged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +41,6 @@ class TrainResult:
 
 def writable_dir(path: Path, key: str) -> None:
     """Fails at once (not minutes later inside a checkpoint thread) when `path` cannot be written."""
-    from jaxbatch.errors import CheckpointError
-
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{jax.process_index()}"

@@ -141,15 +141,23 @@ def _class_ids(split: str, examples, names: list[str]) -> list[int]:
 
 
 def _encode(data_cfg, ds: Dataset, tokenizer, split: str, examples, label_names: list[str]) -> tokenize.Encoded:
+    """One split's examples -> arrays; an empty split is an error, truncation is reported."""
+    if not examples:
+        raise DataError(f"the {split} split of {data_cfg.name} is empty")
     words = [w for w, _ in examples]
     if ds.task == "token":
         label_to_id = {n: i for i, n in enumerate(label_names)}
         tags = _tag_ids(split, examples, label_to_id, "error" if split == "train" else data_cfg.unknown_label)
-        return tokenize.encode_tagged(tokenizer, words, tags, data_cfg.seq_len, data_cfg.label_all_subtokens)
-    ids = _class_ids(split, examples, label_names)
-    if split != "test" and IGNORE_INDEX in ids:
-        raise DataError(f"{split} split, example {ids.index(IGNORE_INDEX)}: no label")
-    return tokenize.encode_labelled(tokenizer, words, ids, data_cfg.seq_len)
+        enc = tokenize.encode_tagged(tokenizer, words, tags, data_cfg.seq_len, data_cfg.label_all_subtokens)
+    else:
+        ids = _class_ids(split, examples, label_names)
+        if split != "test" and IGNORE_INDEX in ids:
+            raise DataError(f"{split} split, example {ids.index(IGNORE_INDEX)}: no label")
+        enc = tokenize.encode_labelled(tokenizer, words, ids, data_cfg.seq_len)
+    if enc.truncated:
+        log.warning("%s: %d %s examples are longer than data.seq_len=%d and were truncated", data_cfg.name,
+                    enc.truncated, split, data_cfg.seq_len)
+    return enc
 
 
 def _load_lm(data_cfg, tokenizer) -> TaskData:
@@ -184,18 +192,13 @@ def load(data_cfg, tokenizer) -> TaskData:
     splits = _raw_splits(data_cfg, ds)
     if data_cfg.max_train:
         splits["train"] = splits["train"][: data_cfg.max_train]
-    for split, examples in splits.items():
-        if not examples:
-            raise DataError(f"the {split} split of {data_cfg.name} is empty")
+    if not splits["train"]:
+        raise DataError(f"the train split of {data_cfg.name} is empty")
     label_names = _label_names(data_cfg, ds, splits["train"])
     encoded, truncated = {}, {}
     for split, examples in splits.items():
         enc = _encode(data_cfg, ds, tokenizer, split, examples, label_names)
         encoded[split], truncated[split] = enc.arrays, enc.truncated
-    for split, count in truncated.items():
-        if count:
-            log.warning("%s: %d %s examples are longer than data.seq_len=%d and were truncated", data_cfg.name, count,
-                        split, data_cfg.seq_len)
     test_labelled = "test" not in encoded or bool((encoded["test"]["labels"] != IGNORE_INDEX).any())
     return TaskData(data_cfg.name, ds.task, label_names, encoded["train"], encoded["validation"], truncated,
                     ds.source.startswith("synthetic"), tokenizer, encoded.get("test"), test_labelled)
@@ -210,11 +213,4 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")
-    examples = raw[split]
-    if not examples:
-        raise DataError(f"the {split} split in {data_cfg.data_dir} is empty")
-    enc = _encode(data_cfg, ds, tokenizer, split, examples, data_cfg.labels.split(","))
-    if enc.truncated:
-        log.warning("%d %s examples are longer than data.seq_len=%d and were truncated", enc.truncated, split,
-                    data_cfg.seq_len)
-    return enc.arrays
+    return _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(",")).arrays
