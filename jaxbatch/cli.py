@@ -1,4 +1,5 @@
-"""`jaxbatch <command> ...`: train | plan | predict | evaluate | generate | export | advise-batch | keys.
+"""`jaxbatch <command> ...`: train | plan | predict | evaluate | generate | compress | export | advise-batch |
+keys.
 
 Every command reports a bad config, data file or model folder as one line naming the key or file and
 exits with code 2; no traceback. `train` exits 0 when finished, 75 when stopped with a checkpoint to resume
@@ -42,6 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--top-p", type=float, default=1.0)
     gen_p.add_argument("--seed", type=int, default=0)
     gen_p.add_argument("overrides", nargs="*", help="mesh.*, precision.policy")
+    comp_p = sub.add_parser("compress", help="prune / quantize / factorise a trained model into a new folder")
+    comp_p.add_argument("model", help="run dir or Hugging Face folder")
+    comp_p.add_argument("out", help="new folder (never overwritten); predict/evaluate/generate take it")
+    comp_p.add_argument("--prune", type=float, default=0.0, help="one-shot unstructured sparsity, e.g. 0.5")
+    comp_p.add_argument("--pattern", default="", help="N:M structured sparsity along the contraction dim, e.g. 2:4")
+    comp_p.add_argument("--scope", default="layer", help="unstructured ranking: layer (each kernel) | global")
+    comp_p.add_argument("--quant", default="", help="int8: weights (and embeddings) as int8, per-channel scales")
+    comp_p.add_argument("--act", default="none", help="int8 activations: none | dynamic (per token) | static")
+    comp_p.add_argument("--calibration", default="max", help="static activations: max | percentile:Q")
+    comp_p.add_argument("--calib-batches", type=int, default=8)
+    comp_p.add_argument("--rank", type=int, default=0, help="low-rank factors of this rank")
+    comp_p.add_argument("--rank-energy", type=float, default=0.0,
+                        help="low-rank: smallest rank keeping this fraction of spectral energy, e.g. 0.9")
+    comp_p.add_argument("--exclude", default="", help="regex over parameter / module names left alone")
+    comp_p.add_argument("--data-dir", default="", help="calibration data (default: the run's data.data_dir)")
     advise_p = sub.add_parser("advise-batch", help="batch-size advice from a run's gradient noise scale")
     advise_p.add_argument("run_dir")
     export_p = sub.add_parser("export", help="write a trained run's model as a Hugging Face folder")
@@ -59,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxbatch.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, CheckpointError, ConfigError, DataError, TrainingDiverged
 
     commands = {"train": train, "plan": plan, "predict": predict, "evaluate": evaluate_split, "generate": generate,
-                "export": export, "advise-batch": advise_batch, "keys": keys}
+                "compress": compress, "export": export, "advise-batch": advise_batch, "keys": keys}
     try:
         return commands[args.command](args)
     except ConfigError as e:
@@ -160,7 +176,9 @@ def evaluate_split(args) -> int:
     data_cfg = dataclasses.replace(spec.data, data_dir=args.data_dir, name=args.data_name or spec.data.name,
                                    max_train=0)
     arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split)
-    result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task)
+    per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" else None
+    result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
+                               bytes_per_token=per_byte)
     print(f"{args.split} ({len(arrays['labels'])} examples, {args.data_dir}): "
           + evaluate.report_lines(result, spec.model.task))
     return 0
@@ -188,14 +206,31 @@ def generate(args) -> int:
     return 0
 
 
+def compress(args) -> int:
+    from jaxbatch.compress import pipeline
+
+    opts = pipeline.Options(sparsity=args.prune, pattern=args.pattern, scope=args.scope, exclude=args.exclude,
+                            quant=args.quant, act=args.act, calibration=args.calibration,
+                            calib_batches=args.calib_batches, rank=args.rank, rank_energy=args.rank_energy,
+                            data_dir=args.data_dir)
+    report = pipeline.compress_model(args.model, args.out, opts)
+    print(f"wrote {args.out}: {report['params_after']:,} parameters ({report['nonzero_after']:,} non-zero; "
+          f"{report['params']:,} before), {report['bytes_on_disk'] / 2**20:.2f} MiB on disk")
+    return 0
+
+
 def export(args) -> int:
     """The run's newest checkpoint (params only, on this machine's devices) as config.json,
     model.safetensors and tokenizer files, loadable by the family's transformers class."""
     from jaxbatch import hf
     from jaxbatch import run as run_lib
+    from jaxbatch.errors import ConfigError
 
     restored = _restore(args.run_dir, [], need_tokenizer=False)
     spec = restored.run.spec
+    if spec.model.quant or spec.model.lowrank:
+        raise ConfigError(f"{args.run_dir} is a compressed model, which Hugging Face classes cannot load; "
+                          f"export the run it was compressed from")
     out = hf.export(restored.params, spec.model, args.out_dir, restored.tokenizer, run_lib.label_names(spec))
     print(f"exported step {restored.step} of {args.run_dir} to {out}")
     return 0

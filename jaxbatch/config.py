@@ -18,6 +18,8 @@ from typing import Any
 
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import models
+from jaxbatch import compress
+from jaxbatch.compress import prune
 from jaxbatch.errors import ConfigError
 
 # Logical axis -> mesh axes. Data, not code: DP, FSDP and TP are all this table plus the mesh shape.
@@ -61,6 +63,26 @@ class ModelConfig:
     tie_embeddings: bool = True  # the LM head reuses the token embedding
     remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable: recompute in backward
     z_loss: float = 0.0  # PaLM's z-loss weight on log(sum(exp(logits)))^2
+    # compressed models (written by `jaxbatch compress`; see jaxbatch/compress/)
+    quant: str = ""  # int8: dense kernels and embedding tables stored and run as int8 | '' = float
+    quant_act: str = "none"  # int8 activations too: dynamic (per token) | static (calibrated per layer) | none
+    quant_exclude: str = ""  # regex over module paths kept in float
+    lowrank: str = ""  # module.path:rank,...: dense layers replaced by two rank-r factors
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning while training (compress/prune.py): masks in the train state, applied after every
+    update. One shot when begin == end; else Zhu & Gupta's cubic schedule from begin to end."""
+
+    sparsity: float = 0.0  # final fraction of zeros in the pruned kernels; 0 = off (an N:M pattern implies it)
+    pattern: str = ""  # N:M (e.g. 2:4): keep N of every M weights along the contraction dim; empty = unstructured
+    scope: str = "layer"  # layer: each kernel exactly at the sparsity | global: one ranking over all of them
+    begin: int = 0  # first step of the schedule
+    end: int = 0  # step the final sparsity is reached
+    every: int = 100  # steps between mask updates
+    exclude: str = ""  # regex over parameter names (e.g. 'pooler'): kept dense
+    exclude_axes: str = "vocab,labels"  # kernels with these logical axes (output heads) are kept dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +181,7 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 
@@ -307,6 +330,11 @@ def validate(cfg: Config, num_devices: int) -> None:
         raise ConfigError(f"precision.policy must be fp32, bf16 or fp16, got {cfg.precision.policy!r}")
     if t.accum_impl not in ("scan", "multisteps"):
         raise ConfigError(f"train.accum_impl must be 'scan' or 'multisteps', got {t.accum_impl!r}")
+    prune.validate(cfg.prune)
+    compress.validate(cfg.model)
+    if cfg.model.quant:
+        raise ConfigError("model.quant: an int8 model is for inference; train the float model, then "
+                          "`jaxbatch compress` it")
     known = {name for name, _ in cfg.mesh.rules}
     for name in ("batch", "embed", "mlp", "heads", "kv", "vocab", "length"):
         if name not in known:

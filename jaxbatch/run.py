@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxbatch import accumulate, config, models, optim
+from jaxbatch import accumulate, compress, config, models, optim
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -120,6 +120,7 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
     else:
         mesh_lib.mesh_shape(spec.mesh, mesh.devices.size)
         family.validate(spec.model, spec.data.seq_len, mesh.shape["model"])
+        compress.validate(spec.model)
     graphdef, abstract_params = state_lib.abstract_model(spec.model, spec.precision.policy)
     params_sh = mesh_lib.tree_shardings(abstract_params, mesh, spec.mesh.rules)
     example = family.batch_shapes(spec.model, 1, spec.data.seq_len)
@@ -193,10 +194,12 @@ def hf_spec(folder: Path) -> config.Config:
 
 def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None) -> Restored:
     """Rebuilds a trained model for inference from a run dir (its newest checkpoint: spec + params, no
-    optimizer state) or a Hugging Face folder, on this machine's devices. `overrides` (key=value) may set
+    optimizer state), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
+    machine's devices. `overrides` (key=value) may set
     the mesh (`mesh.model=2`), the eval batch (`train.batch_size`) and `data.seq_len`; by default all
     devices split the batch."""
     from jaxbatch import checkpoint, hf
+    from jaxbatch.compress import storage
 
     source = Path(source)
     if not source.is_dir():
@@ -207,6 +210,12 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
             raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len and precision.policy "
                               f"may be changed when restoring a trained model")
     inference_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.model=1", "train.accum_steps=1"]
+    if storage.is_compressed(source):
+        spec = config.build(inference_mesh + list(overrides), base=storage.read_spec(source))
+        run = setup(spec, devices=devices, training=False)
+        _, abstract = state_lib.abstract_model(spec.model, spec.precision.policy)
+        params = storage.load(source, abstract, run.params_sh)
+        return Restored(run, params, tokenizer(spec, source), str(source))
     if (source / "config.json").is_file() and not (source / "checkpoints").is_dir():
         spec = config.build(inference_mesh + list(overrides), base=hf_spec(source))
         run = setup(spec, devices=devices, training=False)

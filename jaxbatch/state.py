@@ -12,7 +12,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxbatch import mesh as mesh_lib
-from jaxbatch import models, precision
+from jaxbatch import compress, models, precision
+from jaxbatch.compress import prune
 
 
 @flax.struct.dataclass
@@ -23,11 +24,15 @@ class TrainState:
     rng: jax.Array  # raw uint32 key; each step folds in `step`, so resuming replays the same dropout
     loss_scale: precision.LossScale
     bad_steps: jax.Array  # consecutive steps skipped for a non-finite loss or gradient (the divergence guard)
+    masks: nnx.State | None = None  # pruning masks (True = kept) of the pruned kernels, sharded like them
 
 
 def build_model(model_cfg, policy: str, seed: int = 0) -> nnx.Module:
-    """The family's module with parameters drawn from `seed`, computing in the policy's dtype."""
-    return models.family(model_cfg).build(model_cfg, rngs=nnx.Rngs(params=seed), dtype=precision.compute_dtype(policy))
+    """The family's module with parameters drawn from `seed`, computing in the policy's dtype, with the
+    compressed modules a compressed model's spec names."""
+    model = models.family(model_cfg).build(model_cfg, rngs=nnx.Rngs(params=seed),
+                                           dtype=precision.compute_dtype(policy))
+    return compress.restructure(model, model_cfg)
 
 
 def abstract_model(model_cfg, policy: str) -> tuple[nnx.GraphDef, nnx.State]:
@@ -35,14 +40,16 @@ def abstract_model(model_cfg, policy: str) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, policy)))
 
 
-def init_fn(model_cfg, policy: str, tx: optax.GradientTransformation, seed: int, precision_cfg=None):
+def init_fn(cfg, tx: optax.GradientTransformation):
     def init() -> TrainState:
-        _, params = nnx.split(build_model(model_cfg, policy, seed))
-        kwargs = {} if precision_cfg is None else dict(init_scale=precision_cfg.init_loss_scale,
-                                                       growth_interval=precision_cfg.growth_interval)
+        _, params = nnx.split(build_model(cfg.model, cfg.precision.policy, cfg.train.seed))
+        masks = prune.init(params, cfg.prune)
+        params = prune.apply(params, masks)
+        scale = precision.LossScale.create(cfg.precision.policy, init_scale=cfg.precision.init_loss_scale,
+                                           growth_interval=cfg.precision.growth_interval)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.PRNGKey(seed), loss_scale=precision.LossScale.create(policy, **kwargs),
-                          bad_steps=jnp.zeros((), jnp.int32))
+                          rng=jax.random.PRNGKey(cfg.train.seed), loss_scale=scale, bad_steps=jnp.zeros((), jnp.int32),
+                          masks=masks)
 
     return init
 
@@ -54,19 +61,24 @@ def shardings(abstract_state: TrainState, mesh: Mesh, rules) -> TrainState:
 
 def abstract_state(cfg, tx: optax.GradientTransformation) -> TrainState:
     """The TrainState's shapes, dtypes and metadata, nothing allocated."""
-    return jax.eval_shape(init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision))
+    return jax.eval_shape(init_fn(cfg, tx))
 
 
 def create(cfg, tx: optax.GradientTransformation, state_sh: TrainState, load_params=None) -> TrainState:
     """Initialises the state under jit with out_shardings, so each device only ever holds its shards.
 
     `load_params(params, shardings) -> params` (e.g. from a Hugging Face checkpoint) replaces parameters
-    after the random init; the optimizer state is then initialised from the loaded parameters."""
-    init = init_fn(cfg.model, cfg.precision.policy, tx, cfg.train.seed, cfg.precision)
-    state = jax.jit(init, out_shardings=state_sh)()
+    after the random init; the pruning masks and the optimizer state are then recomputed from the loaded
+    parameters."""
+    state = jax.jit(init_fn(cfg, tx), out_shardings=state_sh)()
     if load_params is not None:
         params = load_params(state.params, state_sh.params)
-        reinit = lambda p, s: s.replace(params=p, opt_state=tx.init(p))  # noqa: E731
+
+        def reinit(p, s):
+            masks = prune.init(p, cfg.prune)
+            p = prune.apply(p, masks)
+            return s.replace(params=p, opt_state=tx.init(p), masks=masks)
+
         state = jax.jit(reinit, out_shardings=state_sh, donate_argnums=1)(params, state)
     return state
 

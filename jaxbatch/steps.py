@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxbatch import accumulate
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import precision
+from jaxbatch.compress import prune
 from jaxbatch.losses import IGNORE_INDEX
 from jaxbatch.models import Family
 from jaxbatch.state import TrainState
@@ -42,17 +43,21 @@ def make_grad_fn(family: Family, model_cfg, graphdef: nnx.GraphDef):
     return grad_fn
 
 
-def _apply_gradients(state: TrainState, grads, loss_sum, tx: optax.GradientTransformation, step_done: Any = True):
+def _apply_gradients(state: TrainState, grads, loss_sum, tx: optax.GradientTransformation, prune_cfg,
+                     step_done: Any = True):
     """Unscales and updates; when the loss or any gradient is not finite the update is skipped (params and
     optimizer state kept) and counted in `bad_steps`. fp16 keeps its own rule: such a step halves the loss
-    scale and counts only once the scale has fallen to 1."""
+    scale and counts only once the scale has fallen to 1. Pruning masks are recomputed on their schedule
+    and applied after every update, so pruned weights stay exactly zero."""
     grads = state.loss_scale.unscale(grads)
     finite = precision.all_finite(grads) & jnp.isfinite(loss_sum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params, opt_state = precision.select_tree(finite, (params, opt_state), (state.params, state.opt_state))
     counted = jnp.logical_not(finite) & (jnp.logical_not(state.loss_scale.dynamic) | (state.loss_scale.scale <= 1))
-    new = state.replace(step=state.step + jnp.asarray(step_done, jnp.int32), params=params, opt_state=opt_state,
+    step = state.step + jnp.asarray(step_done, jnp.int32)
+    masks = prune.update(step, params, state.masks, prune_cfg, active=jnp.asarray(step_done) & finite)
+    new = state.replace(step=step, params=prune.apply(params, masks), opt_state=opt_state, masks=masks,
                         loss_scale=state.loss_scale.adjust(finite),
                         bad_steps=jnp.where(finite, 0, state.bad_steps + counted.astype(jnp.int32)))
     return new, grads, finite
@@ -71,7 +76,7 @@ def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Sched
     return out
 
 
-def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, accum_steps: int,
+def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, accum_steps: int, prune_cfg,
                mesh: Mesh, rules) -> tuple[TrainState, dict]:
     """One optimizer step on one global batch (accumulating `accum_steps` micro-batches in a scan)."""
     with mesh_lib.activation_rules(mesh, rules):
@@ -79,12 +84,12 @@ def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, accum_s
         total = jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
         normalizer = state.loss_scale.scale / jnp.maximum(total, 1.0)
         sums, grads = accumulate.scan_gradients(grad_fn, state.params, batch, accum_steps, rng, normalizer)
-        new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx)
+        new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg)
         return new_state, _metrics(sums, grads, finite, state, schedule)
 
 
 def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, grad_fn, tx, schedule,
-                          accum_steps: int, mesh: Mesh, rules) -> tuple[TrainState, dict]:
+                          accum_steps: int, prune_cfg, mesh: Mesh, rules) -> tuple[TrainState, dict]:
     """One micro-batch of a global batch through an `optax.MultiSteps` optimizer: `index` picks the
     micro-batch; the inner update happens on index k-1. The gradient is scaled by k / (global token count)
     so that MultiSteps' mean over k calls is the exact token-weighted global gradient."""
@@ -94,7 +99,7 @@ def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, g
         micro = jax.tree.map(lambda x: x[index], accumulate.split_micro_batches(batch, accum_steps))
         normalizer = state.loss_scale.scale * accum_steps / jnp.maximum(total, 1.0)
         sums, grads = grad_fn(state.params, micro, rng, normalizer)
-        new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx,
+        new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg,
                                                     step_done=index == accum_steps - 1)
         return new_state, _metrics(sums, grads, finite, state, schedule)
 
@@ -124,7 +129,7 @@ class Steps:
         self.mesh, self.batch_sh = mesh, batch_sh
         if tx is not None:
             train_kw = dict(grad_fn=make_grad_fn(family, cfg.model, graphdef), tx=tx, schedule=schedule,
-                            accum_steps=cfg.train.accum_steps, mesh=mesh, rules=rules)
+                            accum_steps=cfg.train.accum_steps, prune_cfg=cfg.prune, mesh=mesh, rules=rules)
             if self.impl == "multisteps":
                 self._micro = jax.jit(functools.partial(multisteps_micro_step, **train_kw),
                                       in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),

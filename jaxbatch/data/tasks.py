@@ -160,23 +160,36 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, examples, label_names:
     return enc
 
 
-def _load_lm(data_cfg, tokenizer) -> TaskData:
-    """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
-    given), each ended by a blank line (characters) or EOS, and packed into rows of data.seq_len."""
+def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list[str]]:
     from jaxbatch.data import tfds_builders
 
-    sources = tfds_builders.prepare("text", data_cfg.data_dir, data_cfg.cache_dir or None)
-    docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    sources = tfds_builders.prepare("text", data_cfg.data_dir, data_cfg.cache_dir or None, required)
+    return {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+
+
+def _lm_encoder(tokenizer):
+    """(document -> token ids ended by a blank line (characters) or EOS, UTF-8 bytes of each token id)."""
+    if isinstance(tokenizer, text.CharTokenizer):
+        return (lambda d: tokenizer.encode(d + "\n\n")), np.asarray(tokenizer.byte_lengths())
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    per_byte = np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
+    return (lambda d: list(tokenizer.encode(d)) + eos), per_byte
+
+
+def bytes_per_token(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of each token id (bits per byte of a language model)."""
+    return _lm_encoder(tokenizer)[1]
+
+
+def _load_lm(data_cfg, tokenizer) -> TaskData:
+    """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
+    given) and packed into rows of data.seq_len."""
+    docs = _lm_docs(data_cfg)
     if data_cfg.max_train:
         docs["train"] = docs["train"][: data_cfg.max_train]
     if tokenizer is None:
         tokenizer = text.CharTokenizer.from_texts([d + "\n\n" for split in docs.values() for d in split])
-    if isinstance(tokenizer, text.CharTokenizer):
-        encode, per_byte = (lambda d: tokenizer.encode(d + "\n\n")), np.asarray(tokenizer.byte_lengths())
-    else:
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        encode = lambda d: list(tokenizer.encode(d)) + eos  # noqa: E731
-        per_byte = np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
+    encode, per_byte = _lm_encoder(tokenizer)
     arrays = {split: packing.pack([encode(d) for d in split_docs], data_cfg.seq_len)
               for split, split_docs in docs.items()}
     return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
@@ -210,6 +223,12 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
     ds = dataset(data_cfg)
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"--split must be train, validation or test, got {split!r}")
+    if ds.task == "lm":
+        docs = _lm_docs(data_cfg, required=(split,))
+        if not docs.get(split):
+            raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir}")
+        encode, _ = _lm_encoder(tokenizer)
+        return packing.pack([encode(d) for d in docs[split]], data_cfg.seq_len)
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")

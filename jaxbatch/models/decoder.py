@@ -148,8 +148,7 @@ class Decoder(nnx.Module):
     def _logits(self, x):
         x = self.final_norm(x)
         if self.cfg.tie_embeddings:
-            table = self.token_embeddings.embedding[...].astype(self.dtype)
-            logits = jnp.einsum("btd,vd->btv", x, table)
+            logits = self.token_embeddings.attend(x)
         else:
             logits = self.lm_head(x)
         return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)

@@ -19,21 +19,25 @@ Names = tuple[str | None, ...]
 normal = jax.nn.initializers.normal
 
 
-def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], names: Names, decay: bool = True) -> nnx.Param:
+def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], names: Names, decay: bool = True,
+          **metadata) -> nnx.Param:
     """A float32 parameter named by logical axes; `decay=False` exempts it from weight decay (biases and
     normalisation parameters, as the published encoder and decoder recipes do)."""
     key = rngs.params() if rngs is not None else jax.random.key(0)
-    return nnx.Param(init(key, tuple(shape), jnp.float32), logical_axes=tuple(names), decay=decay)
+    return nnx.Param(init(key, tuple(shape), jnp.float32), logical_axes=tuple(names), decay=decay, **metadata)
 
 
 class Dense(nnx.Module):
     """y = x . W + b contracting the trailing `len(in_shape)` dims of x into `out_shape` (a LinearGeneral
-    whose kernel keeps its head structure, so tensor parallel can split heads by name)."""
+    whose kernel keeps its head structure, so tensor parallel can split heads by name). The kernel's
+    `contract` metadata counts its contracted (input) dims: compression (N:M pruning, per-output-channel
+    quantization, low-rank) reads the matmul's layout from it, whatever the family."""
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_names: Names, out_names: Names, *,
                  rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02, use_bias: bool = True):
         self.n_in, self.dtype = len(in_shape), dtype
-        self.kernel = param(rngs, normal(init_std), (*in_shape, *out_shape), (*in_names, *out_names))
+        self.kernel = param(rngs, normal(init_std), (*in_shape, *out_shape), (*in_names, *out_names),
+                            contract=len(in_shape))
         self.bias = param(rngs, jax.nn.initializers.zeros, out_shape, out_names, decay=False) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -56,6 +60,10 @@ class Embed(nnx.Module):
         # on features and then resharding to batch-split activations is an all-to-all XLA does poorly.
         table = constrain(self.embedding[...], (self.names[0], None))
         return constrain(jnp.take(table, ids, axis=0).astype(self.dtype), ("batch", "length", "embed"))
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """x . table^T: the table used as an output layer (tied LM heads)."""
+        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
 
 
 class LayerNorm(nnx.Module):
