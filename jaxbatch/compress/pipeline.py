@@ -43,7 +43,7 @@ class Options:
 def _factorize(model, opts: Options, log) -> dict[str, int]:
     ranks = {}
     for path, dense in compress.modules(model, Dense):
-        if not prune.selected(f"{path}.kernel", dense.kernel, opts.exclude, opts.exclude_axes):
+        if not prune.selected(f"{path}.kernel", dense.kernel, opts):
             continue
         full = min(int(np.prod(dense.kernel.shape[:dense.n_in])), int(np.prod(dense.kernel.shape[dense.n_in:])))
         rank = min(opts.rank, full) if opts.rank else lowrank.rank_for_energy(lowrank.spectrum(dense), opts.rank_energy)
@@ -59,7 +59,7 @@ def _prune(model, opts: Options, log) -> None:
                               exclude_axes=opts.exclude_axes)
     prune.validate(pcfg)
     params = nnx.state(model, nnx.Param)
-    kernels = prune.prunable(params, pcfg.exclude, pcfg.exclude_axes)
+    kernels = prune.prunable(params, pcfg)
     masks = prune.masks_at(kernels, prune.target(pcfg), pcfg)
     nnx.update(model, prune.apply(params, masks))
     kept = sum(int(m.sum()) for m in jax.tree.leaves(masks))
@@ -120,8 +120,7 @@ def _quantize(model, restored, opts: Options, log) -> None:
     log(f"int8: {count} layers (activations: {opts.act})")
 
 
-def compress_model(source: str | Path, out: str | Path, opts: Options, log=print) -> dict:
-    """Runs the pass and writes the folder; returns its report."""
+def check(opts: Options) -> None:
     if opts.quant not in ("", "int8") or opts.act not in quantize.ACTIVATIONS:
         raise ConfigError(f"--quant must be int8 and --act one of {', '.join(quantize.ACTIVATIONS)}")
     if opts.act != "none" and not opts.quant:
@@ -129,11 +128,18 @@ def compress_model(source: str | Path, out: str | Path, opts: Options, log=print
     if opts.rank < 0 or not 0.0 <= opts.rank_energy <= 1.0:
         raise ConfigError("--rank must be >= 1 and --rank-energy in (0, 1]")
     if opts.act == "static":
-        quantize.parse_calibration(opts.calibration)
-    restored = run_lib.restore(source)
+        try:
+            quantize.parse_calibration(opts.calibration)
+        except ValueError as e:
+            raise ConfigError(f"--{e}") from e
+
+
+def apply(restored: run_lib.Restored, opts: Options, log=print) -> tuple[config.Config, nnx.State, dict]:
+    """The compressed model of a restored one: (its spec, its params, a report)."""
+    check(opts)
     spec = restored.run.spec
     if spec.model.quant or spec.model.lowrank:
-        raise ConfigError(f"{source} is already compressed; compress the original run")
+        raise ConfigError(f"{restored.source} is already compressed; compress the original run")
     model = nnx.merge(restored.run.graphdef, restored.params)
     before = _count(model)
     ranks = _factorize(model, opts, log) if (opts.rank or opts.rank_energy) else {}
@@ -145,10 +151,17 @@ def compress_model(source: str | Path, out: str | Path, opts: Options, log=print
                                     quant_exclude=opts.exclude if opts.quant else "",
                                     lowrank=",".join(f"{p}:{r}" for p, r in ranks.items()))
     after = _count(model)
-    report = {"source": str(source), "options": dataclasses.asdict(opts), "params": before[0],
+    report = {"source": restored.source, "options": dataclasses.asdict(opts), "params": before[0],
               "params_after": after[0], "nonzero_after": after[1], "ranks": ranks}
-    storage.save(out, dataclasses.replace(spec, model=model_cfg), nnx.state(model, nnx.Param), restored.tokenizer,
-                 report)
+    return dataclasses.replace(spec, model=model_cfg), nnx.state(model, nnx.Param), report
+
+
+def compress_model(source: str | Path, out: str | Path, opts: Options, log=print) -> dict:
+    """Restores `source`, compresses it and writes the folder `out`; returns the report."""
+    check(opts)
+    restored = run_lib.restore(source)
+    spec, params, report = apply(restored, opts, log)
+    storage.save(out, spec, params, restored.tokenizer, report)
     report["bytes_on_disk"] = storage.bytes_on_disk(Path(out))
     return report
 

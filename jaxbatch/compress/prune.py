@@ -14,6 +14,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxbatch.errors import ConfigError
@@ -65,18 +66,18 @@ def _name(path) -> str:
     return ".".join(str(k) for k in path)
 
 
-def selected(name: str, variable: nnx.Variable, exclude: str = "", exclude_axes: str = "") -> bool:
+def selected(name: str, variable: nnx.Variable, cfg) -> bool:
     """A matmul kernel (a parameter with `contract` metadata: not an embedding, norm or bias) whose name does
-    not match `exclude` and whose logical axes include none of `exclude_axes` (comma-separated)."""
+    not match `cfg.exclude` and whose logical axes include none of `cfg.exclude_axes` (comma-separated)."""
     meta = variable.get_metadata()
-    axes = {a for a in exclude_axes.split(",") if a}
-    return ("contract" in meta and not (exclude and re.search(exclude, name))
+    axes = {a for a in cfg.exclude_axes.split(",") if a}
+    return ("contract" in meta and not (cfg.exclude and re.search(cfg.exclude, name))
             and not axes & set(meta.get("logical_axes") or ()))
 
 
-def prunable(params: nnx.State, exclude: str = "", exclude_axes: str = "") -> nnx.State:
+def prunable(params: nnx.State, cfg) -> nnx.State:
     """The kernels `selected` picks."""
-    return params.filter(lambda path, v: selected(_name(path), v, exclude, exclude_axes))
+    return params.filter(lambda path, v: selected(_name(path), v, cfg))
 
 
 def _contract(v) -> int:
@@ -120,8 +121,8 @@ def masks_at(params: nnx.State, sparsity, cfg) -> nnx.State:
     if cfg.scope == "global" and nm is None:
         flat = jnp.concatenate(scores)
         keep = _ranks(flat) >= jnp.round(sparsity * flat.size).astype(jnp.int32)
-        splits = jnp.cumsum(jnp.array([s.size for s in scores]))[:-1]
-        kept = jnp.split(keep, [int(i) for i in splits]) if len(scores) > 1 else [keep]
+        splits = np.cumsum([s.size for s in scores])[:-1]
+        kept = jnp.split(keep, [int(i) for i in splits])
     else:
         kept = [_ranks(s) >= jnp.round(sparsity * s.size).astype(jnp.int32) for s in scores]
     masks = [k.reshape(v.shape) for k, v in zip(kept, variables)]
@@ -167,7 +168,7 @@ def init(params: nnx.State, cfg) -> nnx.State | None:
     """The masks at step 0 (all ones unless a one-shot prune starts at 0), or None when pruning is off."""
     if not enabled(cfg):
         return None
-    return masks_at(prunable(params, cfg.exclude, cfg.exclude_axes), sparsity_at(0, cfg), cfg)
+    return masks_at(prunable(params, cfg), sparsity_at(0, cfg), cfg)
 
 
 def update(step, params: nnx.State, masks: nnx.State | None, cfg, active=True) -> nnx.State | None:
