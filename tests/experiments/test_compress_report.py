@@ -1,0 +1,29 @@
+"""The compression report: the float32 folder reproduces the run's own dev metric exactly, and the table's
+sizes and counts are the variants' real ones."""
+
+import json
+
+from conftest import tiny_config
+from experiments import compress_report
+from jaxbatch import train
+
+
+def test_report_table(tmp_path):
+    run_dir = tmp_path / "run"
+    result = train.train(tiny_config("model.hidden_size=128", "model.intermediate_size=512", "train.steps=40",
+                                     "train.eval_every=0", "data.num_train=256", "data.num_eval=64",
+                                     f"train.run_dir={run_dir}"))
+    summary = compress_report.main(["--run", str(run_dir), "--rounds", "1", "--batch", "16", "--only",
+                                    "int8 dynamic,2:4 one-shot", "--pruned", f"again={run_dir}"])
+    rows = {r["variant"]: r for r in summary["rows"]}
+    assert list(rows) == ["float32", "int8 dynamic", "2:4 one-shot", "again", "again + int8 dynamic"]
+    dense = rows["float32"]
+    assert dense["metric"] == result.summary["final_eval"]["entity_f1"] and dense["delta_points"] == 0
+    assert rows["again"]["bytes"] == dense["bytes"] and rows["again"]["metric"] == dense["metric"]
+    assert rows["int8 dynamic"]["bytes_ratio"] <= 0.27
+    kernels = 2 * (4 * 128 * 128 + 2 * 128 * 512)  # the pruned kernels: 2 layers x (q, k, v, out, wi, wo)
+    assert dense["nonzero"] - rows["2:4 one-shot"]["nonzero"] == kernels // 2
+    assert all(r["latency_ms"] > 0 for r in rows.values())
+    out = run_dir / "compress_report"
+    assert json.loads((out / "report.json").read_text())["rows"] == summary["rows"]
+    assert (out / "report.md").read_text().count("\n") == 2 + len(rows) and (out / "report.png").stat().st_size > 0
