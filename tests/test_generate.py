@@ -68,3 +68,14 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert lines[0].startswith("the cat") and len(lines[0]) == len("the cat") + 12 and " sat on" in lines[0]
     assert cli.main(["generate", str(run), "--prompt", "€", "--max-new-tokens", "3"]) == 2
     assert "not in the tokenizer's vocabulary" in capsys.readouterr().err
+    # the same run scored again from the CLI (the text corpus goes through the LM path, with bits per byte)
+    assert cli.main(["evaluate", str(run), "--data-dir", str(corpus), "--split", "validation"]) == 0
+    assert f"loss {final['loss']:.4f}" in capsys.readouterr().out
+    # compressed to int8 (tables and kernels, dynamic activations): generate and evaluate take the folder as is
+    assert cli.main(["compress", str(run), str(tmp_path / "int8"), "--quant", "int8", "--act", "dynamic"]) == 0
+    assert cli.main(["generate", str(tmp_path / "int8"), "--prompt", "the cat", "--max-new-tokens", "12",
+                     "--temperature", "0"]) == 0
+    assert " sat on" in capsys.readouterr().out.splitlines()[-2]
+    assert cli.main(["evaluate", str(tmp_path / "int8"), "--data-dir", str(corpus), "--split", "validation"]) == 0
+    loss = float(capsys.readouterr().out.split("loss ")[1].split()[0])
+    assert loss != final["loss"] and abs(loss - final["loss"]) < 0.05
