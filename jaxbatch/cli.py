@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     train_p.add_argument("overrides", nargs="*", help="e.g. mesh.model=2 train.batch_size=64")
     plan_p = sub.add_parser("plan", help="choose the micro-batch from compiled memory (no training)")
     plan_p.add_argument("--config", help="TOML or JSON config file")
+    plan_p.add_argument("--target", help="compile for a TPU slice instead of the local devices, e.g. v5e:16x16")
+    plan_p.add_argument("--compare-meshes", action="store_true",
+                        help="compile a few meshes (FSDP, FSDP+TP, DP+FSDP) at train.accum_steps and recommend one")
     plan_p.add_argument("overrides", nargs="*")
     predict_p = sub.add_parser("predict", help="label new text with a trained run dir or Hugging Face folder")
     predict_p.add_argument("model", help="run dir or Hugging Face folder")
@@ -119,19 +122,92 @@ def train(args) -> int:
 
 
 def plan(args) -> int:
-    from jaxbatch import config, memory
+    """Per-device memory of the compiled train step, the micro-batch plan and (for a TPU target) XLA's
+    estimated step time, tokens/s and MFU. Exit 1 when nothing fits."""
+    from jaxbatch import config, memory, models, topology
     from jaxbatch import mesh as mesh_lib
     from jaxbatch import run as run_lib
 
-    spec = run_lib.resolve(config.build(args.overrides, args.config))
-    mesh = mesh_lib.make_mesh(spec.mesh)
+    from jaxbatch.data import tasks
+
+    cfg = config.build(args.overrides, args.config)
+    spec = run_lib.resolve(cfg, task=tasks.dataset_task(cfg.data))
+    target = topology.target(args.target) if args.target else None
+    devices = target.devices if target else None
+    if target:
+        print(f"target {target.describe()}")
+    if spec.model.vocab_size < 1:
+        spec = config.replace(spec, model__vocab_size=32000)
+        print("model.vocab_size=0 (the tokenizer's): planning with 32000")
+    if args.compare_meshes:
+        spec = _best_mesh(spec, devices, target)
+    mesh = mesh_lib.make_mesh(spec.mesh, devices)
     config.validate(spec, mesh.devices.size)
-    budget = memory.device_budget(spec.train.memory_budget_gb)
+    budget = (int(spec.train.memory_budget_gb * 2**30) if spec.train.memory_budget_gb else
+              int(0.9 * target.device_memory) if target else memory.device_budget(0))
     print(f"mesh {mesh_lib.describe(mesh)}; global batch {spec.train.batch_size} x seq {spec.data.seq_len}; "
           f"budget {budget / 2**30:.2f} GiB per device")
-    chosen = memory.plan_micro_batch(spec, budget)
-    print(f"plan: train.accum_steps={chosen.accum_steps}  ({chosen.describe()})")
+    try:
+        chosen = memory.plan_micro_batch(spec, budget, devices=devices)
+    except memory.DoesNotFit as e:
+        print(f"does not fit: {e}")
+        return 1
+    gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+    print(f"plan: train.accum_steps={chosen.accum_steps} (micro-batch {chosen.micro_batch})")
+    hbm = f" of {gib(target.device_memory)} HBM" if target else ""
+    print(f"  per device: params {gib(chosen.params)}, optimizer {gib(chosen.optimizer)}, activations+temp "
+          f"{gib(chosen.temp)}, total {gib(chosen.total)}{hbm}")
+    if chosen.flops:
+        print(f"  compute: {chosen.flops / 1e12:.3f} TFLOP per device per step (XLA cost analysis)")
+    if target and not chosen.seconds:
+        print("  estimated step time: not given by the TPU cost model for this program")
+    if chosen.seconds and target:
+        tokens = spec.train.batch_size * spec.data.seq_len
+        model_flops = models.family(spec.model).train_flops_per_token(spec.model, spec.data.seq_len) * tokens
+        mfu = model_flops / (chosen.seconds * len(devices) * target.device_peak_flops)
+        print(f"  estimated step time {chosen.seconds * 1e3:.1f} ms (XLA's TPU cost model): "
+              f"{tokens / chosen.seconds:,.0f} tokens/s, MFU {mfu:.1%}")
     return 0
+
+
+def _best_mesh(spec, devices, target):
+    """Compiles the step on a few meshes at the spec's accum_steps; returns the spec with the fastest that
+    fits (by XLA's estimated time on a TPU target, else by memory)."""
+    import jax
+
+    from jaxbatch import config, memory
+
+    n = len(devices) if devices is not None else jax.device_count()
+    heads = spec.model.num_heads
+    candidates = {"FSDP": (1, n, 1), "DP": (n, 1, 1)}
+    for data in (2, 4, 8):
+        if n % data == 0 and n // data > 1:
+            candidates[f"DP {data} x FSDP"] = (data, n // data, 1)
+    for tp in (2, 4, 8):
+        if n % tp == 0 and heads % tp == 0 and n // tp > 1:
+            candidates[f"FSDP x TP {tp}"] = (1, n // tp, tp)
+    budget = (int(spec.train.memory_budget_gb * 2**30) if spec.train.memory_budget_gb else
+              int(0.9 * target.device_memory) if target else memory.device_budget(0))
+    rows = []
+    for name, (data, fsdp, model) in candidates.items():
+        candidate = config.replace(spec, mesh__data=data, mesh__fsdp=fsdp, mesh__model=model)
+        try:
+            config.validate(candidate, n)
+        except config.ConfigError as e:
+            print(f"  {name:16s} data={data} fsdp={fsdp} model={model}: skipped ({e})")
+            continue
+        m = memory.step_memory(candidate, spec.train.accum_steps, devices)
+        est = f"{m.seconds * 1e3:9.1f} ms" if m.seconds else "        -"
+        fit = m.total <= budget
+        print(f"  {name:16s} data={data} fsdp={fsdp} model={model}: {m.total / 2**30:7.2f} GiB/device, "
+              f"step {est} {'fits' if fit else 'too big'}")
+        rows.append((not fit, m.seconds or 0.0, m.total, name, candidate))
+    if not rows:
+        raise config.ConfigError("no candidate mesh is valid for this model and device count")
+    best = min(rows, key=lambda r: r[:3])
+    print(f"recommended mesh: {best[3]} (mesh.data={best[4].mesh.data} mesh.fsdp={best[4].mesh.fsdp} "
+          f"mesh.model={best[4].mesh.model}){'' if not best[0] else ' - but none fits at this accum_steps'}")
+    return best[4]
 
 
 def _restore(model: str, overrides: list[str], need_tokenizer: bool = True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import numpy as np
@@ -27,12 +28,22 @@ class StepMemory:
     optimizer: int
     temp: int  # activations, gradients and other scratch XLA assigns for the step
     total: int  # peak estimate: arguments + outputs not aliased (donated) + temp
+    flops: float | None = None  # per device per step, XLA's cost analysis (the accumulation loop body x k)
+    seconds: float | None = None  # XLA's estimated step time (TPU compiler), the same way
 
     def describe(self) -> str:
-        gib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
-        return (f"micro-batch {self.micro_batch} x {self.accum_steps} accumulation steps: params {gib(self.params)}, "
-                f"optimizer {gib(self.optimizer)}, activations+temp {gib(self.temp)}, total {gib(self.total)} "
+        mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+        return (f"micro-batch {self.micro_batch} x {self.accum_steps} accumulation steps: params {mib(self.params)}, "
+                f"optimizer {mib(self.optimizer)}, activations+temp {mib(self.temp)}, total {mib(self.total)} "
                 f"per device")
+
+
+class DoesNotFit(ConfigError):
+    """No micro-batch fits; `smallest` is the best that was measured (or params + optimizer alone)."""
+
+    def __init__(self, message: str, smallest: StepMemory):
+        super().__init__(message)
+        self.smallest = smallest
 
 
 def _bytes_per_device(tree, shardings) -> int:
@@ -54,13 +65,36 @@ def step_memory(spec, accum_steps: int, devices=None) -> StepMemory:
 
     spec = config.replace(spec, train__accum_steps=accum_steps, train__auto_micro_batch=False)
     run = run_lib.setup(spec, devices=devices, abstract=True)
-    compiled = run.steps.lower_train(run.state, abstract_batch(run, spec.train.batch_size)).compile()
+    params = _bytes_per_device(run.state.params, run.state_sh.params)
+    optimizer = _bytes_per_device(run.state.opt_state, run.state_sh.opt_state)
+    try:
+        compiled = run.steps.lower_train(run.state, abstract_batch(run, spec.train.batch_size)).compile()
+    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program larger than the chip's HBM
+        needed = re.search(r"RESOURCE_EXHAUSTED.*?\(([\d.]+)G\)", str(e))
+        if not needed:
+            raise
+        temp = int(float(needed[1]) * 2**30)
+        return StepMemory(spec.train.batch_size // accum_steps, accum_steps, params, optimizer, temp,
+                          params + optimizer + temp)
     stats = compiled.memory_analysis()
     total = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
-    return StepMemory(spec.train.batch_size // accum_steps, accum_steps,
-                      _bytes_per_device(run.state.params, run.state_sh.params),
-                      _bytes_per_device(run.state.opt_state, run.state_sh.opt_state), stats.temp_size_in_bytes,
-                      int(max(total, getattr(stats, "peak_memory_in_bytes", 0) or 0)))
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, list) else cost
+    loops = accum_steps if spec.train.accum_impl == "scan" else 1  # the cost model counts a loop body once
+    flops, seconds = cost.get("flops"), cost.get("optimal_seconds")
+    return StepMemory(spec.train.batch_size // accum_steps, accum_steps, params, optimizer, stats.temp_size_in_bytes,
+                      int(max(total, getattr(stats, "peak_memory_in_bytes", 0) or 0)),
+                      flops * loops if flops else None, seconds * loops if seconds and seconds > 0 else None)
+
+
+def state_bytes(spec, devices=None) -> StepMemory:
+    """Params and optimizer state per device, from shapes and shardings alone (nothing compiled)."""
+    from jaxbatch import run as run_lib
+
+    run = run_lib.setup(config.replace(spec, train__auto_micro_batch=False), devices=devices, abstract=True)
+    params = _bytes_per_device(run.state.params, run.state_sh.params)
+    optimizer = _bytes_per_device(run.state.opt_state, run.state_sh.opt_state)
+    return StepMemory(spec.train.batch_size, 1, params, optimizer, 0, params + optimizer)
 
 
 def device_budget(budget_gb: float) -> int:
@@ -74,18 +108,38 @@ def device_budget(budget_gb: float) -> int:
 
 def plan_micro_batch(spec, budget_bytes: int, devices=None, log=print) -> StepMemory:
     """The largest micro-batch (a divisor of the global batch, divisible by the batch shards) whose step
-    fits `budget_bytes` per device. Tries k = 1, 2, 4, ... (then other divisors) and stops at the first fit."""
+    fits `budget_bytes` per device. Memory falls as k grows, so: params + optimizer alone (no compile), then
+    k = 1 (the usual answer), then the largest k (if even that does not fit, nothing does), then a bisection
+    over the candidate k's in between."""
     mesh = mesh_lib.make_mesh(spec.mesh, devices)
     shards = mesh_lib.batch_shards(mesh, spec.mesh.rules)
     batch = spec.train.batch_size
     ks = [k for k in range(1, batch + 1) if batch % k == 0 and (batch // k) % shards == 0]
-    tried = []
-    for k in ks:
-        m = step_memory(spec, k, devices)
-        tried.append(m)
-        log(f"  plan: {m.describe()} -> {'fits' if m.total <= budget_bytes else 'too big'}")
-        if m.total <= budget_bytes:
-            return m
-    raise ConfigError(f"no micro-batch of global batch {batch} fits {budget_bytes / 2**30:.3f} GiB per device "
-                      f"(smallest needs {tried[-1].total / 2**30:.3f} GiB); shard more (mesh.fsdp, mesh.model), "
-                      f"use precision.policy=bf16, or shorten data.seq_len")
+    fixed = state_bytes(spec, devices)
+    if fixed.total > budget_bytes:
+        raise DoesNotFit(f"parameters and optimizer state alone take {fixed.total / 2**30:.2f} GiB per device "
+                         f"(params {fixed.params / 2**30:.2f}, optimizer {fixed.optimizer / 2**30:.2f}) of a "
+                         f"{budget_bytes / 2**30:.2f} GiB budget; shard them (mesh.fsdp, mesh.model)", fixed)
+    measured: dict[int, StepMemory] = {}
+
+    def fits(k: int) -> bool:
+        if k not in measured:
+            measured[k] = step_memory(spec, k, devices)
+            log(f"  plan: {measured[k].describe()} -> {'fits' if measured[k].total <= budget_bytes else 'too big'}")
+        return measured[k].total <= budget_bytes
+
+    if fits(ks[0]):
+        return measured[ks[0]]
+    if not fits(ks[-1]):
+        raise DoesNotFit(f"no micro-batch of global batch {batch} fits {budget_bytes / 2**30:.3f} GiB per device "
+                         f"(the smallest, {ks[-1]} accumulation steps of {batch // ks[-1]}, needs "
+                         f"{measured[ks[-1]].total / 2**30:.3f} GiB); shard more (mesh.fsdp, mesh.model), use "
+                         f"precision.policy=bf16, or shorten data.seq_len", measured[ks[-1]])
+    lo, hi = 1, len(ks) - 1  # ks[0] does not fit, ks[hi] does; find the first that does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(ks[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return measured[ks[hi]]

@@ -49,11 +49,6 @@ def format_entity_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-# bf16 dense peak per chip/GPU, from the vendors' spec sheets.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-              "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
-
-
 def measure_matmul_flops(n: int = 1024, dtype=jnp.float32, repeats: int = 5, device=None) -> float:
     """Measured FLOP/s of an n x n matmul on one device (median of `repeats`)."""
     device = device or jax.devices()[0]
@@ -73,8 +68,10 @@ def peak_flops_per_device(override_tflops: float = 0.0) -> tuple[float, str]:
     measured fp32 matmul (CPU)."""
     if override_tflops:
         return override_tflops * 1e12, "config"
+    from jaxbatch import topology
+
     kind = jax.devices()[0].device_kind
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops, f"spec sheet ({kind}, bf16)"
+    chip = topology.chip_for_kind(kind)
+    if chip is not None:
+        return chip.peak_flops, f"spec sheet ({kind}, bf16)"
     return measure_matmul_flops(), f"measured fp32 matmul ({kind})"

@@ -28,6 +28,12 @@ def test_planner_picks_smaller_micro_batch_for_smaller_budget(measured):
     small = memory.plan_micro_batch(cfg, sizes[2].total - 1, log=lines.append)
     assert small.accum_steps == 4 and small.micro_batch == 16
     assert any("too big" in line for line in lines)
-    cfg = config.replace(cfg, train__batch_size=16)  # micro-batches 16 and 8 over 8 batch shards: two compiles
-    with pytest.raises(config.ConfigError, match="no micro-batch of global batch 16 fits"):
+    cfg = config.replace(cfg, train__batch_size=16)  # micro-batches 16 and 8 over 8 batch shards
+    with pytest.raises(memory.DoesNotFit, match="parameters and optimizer state alone"):  # nothing compiled
         memory.plan_micro_batch(cfg, 1000, log=lines.append)
+    fixed = memory.state_bytes(cfg)
+    assert (fixed.params, fixed.optimizer) == (sizes[1].params, sizes[1].optimizer)
+    count = len(lines)
+    with pytest.raises(memory.DoesNotFit, match="no micro-batch of global batch 16 fits") as e:
+        memory.plan_micro_batch(cfg, fixed.total + 1000, log=lines.append)
+    assert len(lines) == count + 2 and e.value.smallest.accum_steps == 2  # k = 1, then the smallest micro-batch

@@ -66,6 +66,13 @@ def dataset(data_cfg) -> Dataset:
     return ds
 
 
+def dataset_task(data_cfg) -> str:
+    """The task a dataset trains (token | sequence | lm), known without reading it."""
+    if data_cfg.name not in DATASETS:
+        raise ConfigError(f"data.name={data_cfg.name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    return DATASETS[data_cfg.name].task
+
+
 def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list]:
     """{split: [(words, tags) | (words, label as written)]}."""
     if ds.source == "synthetic_ner":

@@ -1,0 +1,67 @@
+"""Planning for real TPU slices from this CPU box: libtpu compiles the real train step for a topology's
+devices; memory, the micro-batch plan and its dependence on the chip's HBM come from those compiles."""
+
+import pytest
+
+from conftest import tiny_config
+from jaxbatch import cli, config, memory, topology
+from jaxbatch import run as run_lib
+from jaxbatch.data import tasks
+from jaxbatch.errors import ConfigError
+
+pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is not installed")
+
+DECODER = ["model.preset=gpt-tiny", "model.vocab_size=256", "data.name=text", "data.seq_len=64"]
+
+
+def test_chips_and_targets():
+    assert topology.chip_for_kind("TPU v5 lite").name == "TPU v5e"
+    assert topology.chip_for_kind("TPU v5").name == "TPU v5p"
+    assert topology.chip_for_kind("NVIDIA H100 80GB HBM3").peak_flops == 989e12
+    assert topology.chip_for_kind("cpu") is None
+    v5e = topology.target("v5e:4x4")
+    assert len(v5e.devices) == 16 and v5e.device_memory == 16 * 2**30 and v5e.devices[0].platform == "tpu"
+    v4 = topology.target("v4:2x2x2")  # 8 chips, each one (megacore) device
+    assert (v4.chips, len(v4.devices), v4.device_memory) == (8, 8, 32 * 2**30)
+    for bad in ("v5e", "v3:2x2", "v5e:4x4x4x4", "tpu-v5e-16"):
+        with pytest.raises(ConfigError, match="--target"):
+            topology.target(bad)
+
+
+@pytest.mark.parametrize("target, overrides", [
+    ("v5e:4x4", ["model.preset=tiny", "train.batch_size=16", "mesh.data=-1"]),  # tiny BERT, DP over 16 chips
+    ("v4:2x2x2", [*DECODER, "train.batch_size=16", "mesh.fsdp=4", "mesh.data=2"]),  # a decoder, FSDP x DP
+])
+def test_plan_compiles_for_a_slice_on_this_cpu(capsys, target, overrides):
+    assert cli.main(["plan", "--target", target, *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "tpu devices" in out and "plan: train.accum_steps=1 (micro-batch 16)" in out, out
+    slice_ = topology.target(target)
+    assert f"of {slice_.device_memory / 2**30:.2f} GiB HBM" in out and "TFLOP per device per step" in out
+    cfg = config.build(overrides)
+    spec = run_lib.resolve(cfg, task=tasks.dataset_task(cfg.data))
+    fixed = memory.state_bytes(spec, slice_.devices)
+    assert f"params {fixed.params / 2**30:.2f} GiB" in out
+
+
+def test_a_model_too_big_for_the_slice_is_reported_with_numbers(capsys):
+    code = cli.main(["plan", "--target", "v5e:2x2", "model.preset=gpt2-1.5b", "model.vocab_size=50257",
+                     "data.name=text", "train.batch_size=8", "data.seq_len=128", "mesh.data=-1"])
+    out = capsys.readouterr().out
+    assert code == 1 and "does not fit: parameters and optimizer state alone take" in out, out
+    gib = float(out.split("alone take ")[1].split()[0])
+    assert gib == pytest.approx(12 * 1.558e9 / 2**30, rel=0.01)  # 1.56B params x (4 + 8 bytes), replicated
+
+
+def test_smaller_hbm_means_a_smaller_micro_batch():
+    # 16 heads x 8192^2 attention scores: ~8 GiB of activations per example; micro-batches of 2 or 1 per chip
+    spec = tiny_config("model.preset=gpt-tiny", "model.hidden_size=128", "model.num_heads=16", "model.num_layers=1",
+                       "model.intermediate_size=512", "model.vocab_size=256", "model.max_position_embeddings=8192",
+                       "data.name=text", "model.task=lm", "train.batch_size=8", "data.seq_len=8192",
+                       "mesh.data=1", "mesh.fsdp=4")
+    plans = {}
+    for name in ("v5e:2x2", "v5p:2x2x1"):  # 16 GiB vs 95 GiB per chip
+        target = topology.target(name)
+        plans[name] = memory.plan_micro_batch(spec, int(0.9 * target.device_memory), target.devices, log=print)
+    assert plans["v5p:2x2x1"].accum_steps == 1
+    assert plans["v5e:2x2"].accum_steps == 2 and plans["v5e:2x2"].total <= 0.9 * 16 * 2**30
