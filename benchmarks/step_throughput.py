@@ -80,24 +80,29 @@ def torch_model(model_cfg):
     return cls(config_cls(**{k: v for k, v in hf.items() if k not in ("architectures", "model_type")}))
 
 
-def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float) -> float:
+def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float, device: str = "cpu",
+                bf16: bool = False) -> float:
+    """Median step of HF transformers + torch AdamW, eager, on `device` (bf16 autocast when asked)."""
     import torch
 
-    model = torch_model(model_cfg)
+    model = torch_model(model_cfg).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     if model_cfg.family == "bert":
-        tb = {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}
+        tb = {k: torch.from_numpy(v.astype(np.int64)).to(device) for k, v in batch.items()}
     else:  # HF shifts the labels itself: give it the inputs
-        ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
+        ids = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(device)
         tb = {"input_ids": ids, "labels": ids}
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(**tb).loss
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**tb).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     return statistics.median(time_steps(step, n, warmup))
 

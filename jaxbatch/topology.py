@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 
 from jaxbatch.errors import ConfigError
@@ -82,6 +83,8 @@ def target(name: str) -> Target:
                           "pip install 'jaxbatch[tpu]' (it works on a machine without TPUs)") from e
     from jax.experimental import topologies
 
+    # Compiling takes no TPU, so several processes may do it at once (libtpu otherwise keeps one per machine).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     # v4 and v5p chips hold two cores that JAX runs as one device ("megacore"), as on the real slice
     kwargs = {"chip_config_name": "megacore"} if m[1] in ("v4", "v5p") else {}
     try:

@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+# CPU only, even with libtpu installed (the tpu extra): topologies for `plan --target` still work, and JAX
+# does not probe for TPU hardware (and print libtpu's warnings) in every test process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Optimisation level 0 cuts XLA:CPU compile time by about a third; tests compare numbers, not speed.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 

@@ -65,3 +65,17 @@ def test_smaller_hbm_means_a_smaller_micro_batch():
         plans[name] = memory.plan_micro_batch(spec, int(0.9 * target.device_memory), target.devices, log=print)
     assert plans["v5p:2x2x1"].accum_steps == 1
     assert plans["v5e:2x2"].accum_steps == 2 and plans["v5e:2x2"].total <= 0.9 * 16 * 2**30
+
+
+def test_compare_meshes_recommends_a_fitting_mesh(capsys):
+    assert cli.main(["plan", "--target", "v5e:2x2", "--compare-meshes", "model.preset=tiny",
+                     "train.batch_size=16"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "GiB/device" in line]
+    assert {r.split()[0] for r in rows} == {"FSDP", "DP", "FSDP", "DP"} | {r.split()[0] for r in rows}
+    assert len(rows) == 4 and all("fits" in r for r in rows), out  # FSDP, DP, DP 2 x FSDP, FSDP x TP 2
+    chosen = out.split("recommended mesh: ")[1].splitlines()[0]
+    data, fsdp, model = (int(chosen.split(f"mesh.{k}=")[1].split()[0].rstrip(")")) for k in ("data", "fsdp", "model"))
+    assert data * fsdp * model == 4 and f"mesh data={data} x fsdp={fsdp} x model={model}" in out
+    times = {r.split(":")[0].strip(): float(r.split("step")[1].split("ms")[0]) for r in rows}
+    assert min(times, key=times.get).split()[0] == chosen.split()[0]  # the fastest by XLA's estimate
