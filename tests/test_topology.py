@@ -14,7 +14,7 @@ pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is not installed")
 DECODER = ["model.preset=gpt-tiny", "model.vocab_size=256", "data.name=text", "data.seq_len=64"]
 
 
-def test_chips_and_targets():
+def test_chips_and_targets(monkeypatch):
     assert topology.chip_for_kind("TPU v5 lite").name == "TPU v5e"
     assert topology.chip_for_kind("TPU v5").name == "TPU v5p"
     assert topology.chip_for_kind("NVIDIA H100 80GB HBM3").peak_flops == 989e12
@@ -26,6 +26,9 @@ def test_chips_and_targets():
     for bad in ("v5e", "v3:2x2", "v5e:4x4x4x4", "tpu-v5e-16"):
         with pytest.raises(ConfigError, match="--target"):
             topology.target(bad)
+    monkeypatch.setitem(__import__("sys").modules, "libtpu", None)  # as if the tpu extra were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'jaxbatch\[tpu\]'"):
+        topology.target("v5e:4x4")
 
 
 @pytest.mark.parametrize("target, overrides", [
@@ -45,7 +48,7 @@ def test_plan_compiles_for_a_slice_on_this_cpu(capsys, target, overrides):
 
 
 def test_a_model_too_big_for_the_slice_is_reported_with_numbers(capsys):
-    code = cli.main(["plan", "--target", "v5e:2x2", "model.preset=gpt2-1.5b", "model.vocab_size=50257",
+    code = cli.main(["plan", "--target", "v5e:2x4", "model.preset=gpt2-1.5b", "model.vocab_size=50257",
                      "data.name=text", "train.batch_size=8", "data.seq_len=128", "mesh.data=-1"])
     out = capsys.readouterr().out
     assert code == 1 and "does not fit: parameters and optimizer state alone take" in out, out
