@@ -54,10 +54,13 @@ def _factorize(model, opts: Options, log) -> dict[str, int]:
     return ranks
 
 
-def _prune(model, opts: Options, log) -> None:
-    pcfg = config.PruneConfig(sparsity=opts.sparsity, pattern=opts.pattern, scope=opts.scope, exclude=opts.exclude,
+def _prune_config(opts: Options) -> config.PruneConfig:
+    return config.PruneConfig(sparsity=opts.sparsity, pattern=opts.pattern, scope=opts.scope, exclude=opts.exclude,
                               exclude_axes=opts.exclude_axes)
-    prune.validate(pcfg)
+
+
+def _prune(model, opts: Options, log) -> None:
+    pcfg = _prune_config(opts)
     params = nnx.state(model, nnx.Param)
     kernels = prune.prunable(params, pcfg)
     masks = prune.masks_at(kernels, prune.target(pcfg), pcfg)
@@ -121,6 +124,8 @@ def _quantize(model, restored, opts: Options, log) -> None:
 
 
 def check(opts: Options) -> None:
+    """Refuses bad options before anything is loaded."""
+    prune.validate(_prune_config(opts))
     if opts.quant not in ("", "int8") or opts.act not in quantize.ACTIVATIONS:
         raise ConfigError(f"--quant must be int8 and --act one of {', '.join(quantize.ACTIVATIONS)}")
     if opts.act != "none" and not opts.quant:
