@@ -59,8 +59,19 @@ def abstract_batch(run, batch_size: int) -> dict:
     return {k: jax.ShapeDtypeStruct(v, np.int32, sharding=run.batch_sh[k]) for k, v in shapes.items()}
 
 
+_measured: dict = {}
+
+
 def step_memory(spec, accum_steps: int, devices=None) -> StepMemory:
-    """Compiles the train step of `spec` with `train.accum_steps = accum_steps` on abstract inputs."""
+    """Compiles the train step of `spec` with `train.accum_steps = accum_steps` on abstract inputs (once per
+    spec, k and device set in a process: `plan --compare-meshes` and the planner ask for the same step)."""
+    key = (spec, accum_steps, None if devices is None else tuple(devices))
+    if key not in _measured:
+        _measured[key] = _compile_step(spec, accum_steps, devices)
+    return _measured[key]
+
+
+def _compile_step(spec, accum_steps: int, devices=None) -> StepMemory:
     from jaxbatch import run as run_lib
 
     spec = config.replace(spec, train__accum_steps=accum_steps, train__auto_micro_batch=False)

@@ -25,7 +25,8 @@ def test_plan_prints_the_chosen_accumulation(capsys):
     assert cli.main(["plan", *TINY, "train.batch_size=64", "train.memory_budget_gb=0.004"]) == 0
     out = capsys.readouterr().out
     assert "plan: train.accum_steps=" in out and "too big" in out
-    assert cli.main(["plan", *TINY, "train.batch_size=16", "train.memory_budget_gb=0.00001"]) == 2
+    assert cli.main(["plan", *TINY, "train.batch_size=16", "train.memory_budget_gb=0.00001"]) == 1
+    assert "does not fit: parameters and optimizer state alone" in capsys.readouterr().out
 
 
 def test_bad_input_files_are_reported_without_traceback(tmp_path, capsys):

@@ -10,7 +10,7 @@ from jaxbatch import train
 
 def test_report_table(tmp_path):
     run_dir = tmp_path / "run"
-    result = train.train(tiny_config("model.hidden_size=128", "model.intermediate_size=512", "train.steps=40",
+    result = train.train(tiny_config("model.hidden_size=128", "model.intermediate_size=512", "train.steps=20",
                                      "train.eval_every=0", "data.num_train=256", "data.num_eval=64",
                                      f"train.run_dir={run_dir}"))
     summary = compress_report.main(["--run", str(run_dir), "--rounds", "1", "--batch", "16", "--only",
