@@ -60,9 +60,8 @@ def main() -> None:
     t0 = time.perf_counter()
     ckpt.restore(ckpt.latest_step(), state, run.state_sh, data)
     full = time.perf_counter() - t0
-    _, abstract = state_lib.abstract_model(run.spec.model, run.spec.precision.policy)
     t0 = time.perf_counter()
-    ckpt.restore_params(ckpt.latest_step(), abstract, run.params_sh)
+    ckpt.restore_params(ckpt.latest_step(), run.abstract_params, run.params_sh)
     params_only = time.perf_counter() - t0
     ckpt.close()
     size = sum(f.stat().st_size for f in (folder / str(step)).rglob("*") if f.is_file())

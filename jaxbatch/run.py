@@ -32,12 +32,14 @@ TOKENIZER_DIR = "tokenizer"  # inside a run dir: the tokenizer the run used, so 
 class Run:
     """Everything compiled and placed for one resolved spec. `state` is the initial TrainState (abstract
     when built for planning; the first train step donates its buffers); inference runs carry no optimizer
-    (`tx`, `state` are None)."""
+    (`tx`, `state` are None). `abstract_params` holds the parameters' shapes and metadata (nothing
+    allocated): what loaders restore into."""
 
     spec: config.Config
     family: models.Family
     mesh: Mesh
     graphdef: nnx.GraphDef
+    abstract_params: nnx.State
     params_sh: nnx.State
     batch_sh: dict
     steps: steps_lib.Steps
@@ -128,7 +130,7 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
                                                                  for k, s in example.items()})
     if not training:
         steps = steps_lib.Steps(spec, mesh, family, graphdef, params_sh, batch_sh)
-        return Run(spec, family, mesh, graphdef, params_sh, batch_sh, steps)
+        return Run(spec, family, mesh, graphdef, abstract_params, params_sh, batch_sh, steps)
 
     hp = optim.scale_hparams(spec.optim, spec.train.batch_size)
     tx, schedule = optim.make(spec.optim, hp, spec.train.steps)
@@ -159,7 +161,8 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
 
         state = state_lib.create(spec, tx, state_sh, load)
     steps = steps_lib.Steps(spec, mesh, family, graphdef, state_sh.params, batch_sh, tx, schedule, state_sh)
-    return Run(spec, family, mesh, graphdef, state_sh.params, batch_sh, steps, hp, tx, schedule, state_sh, state,
+    return Run(spec, family, mesh, graphdef, abstract_params, state_sh.params, batch_sh, steps, hp, tx, schedule,
+               state_sh, state,
                reports[0] if reports else None)
 
 
@@ -213,8 +216,7 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
     if storage.is_compressed(source):
         spec = config.build(inference_mesh + list(overrides), base=storage.read_spec(source))
         run = setup(spec, devices=devices, training=False)
-        _, abstract = state_lib.abstract_model(spec.model, spec.precision.policy)
-        params = storage.load(source, abstract, run.params_sh)
+        params = storage.load(source, run.abstract_params, run.params_sh)
         return Restored(run, params, tokenizer(spec, source), str(source))
     if (source / "config.json").is_file() and not (source / "checkpoints").is_dir():
         spec = config.build(inference_mesh + list(overrides), base=hf_spec(source))
@@ -230,8 +232,7 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
     saved = ckpt.read_spec(step)
     spec = config.build(inference_mesh + list(overrides), base=saved)
     run = setup(spec, devices=devices, training=False)
-    _, abstract = state_lib.abstract_model(spec.model, spec.precision.policy)
-    params = ckpt.restore_params(step, abstract, run.params_sh)
+    params = ckpt.restore_params(step, run.abstract_params, run.params_sh)
     ckpt.close()
     return Restored(run, params, tokenizer(spec, source), str(source), step, finished=step >= saved.train.steps)
 
@@ -246,6 +247,5 @@ def _folder_tokenizer(family: models.Family, folder: Path):
 
 def _zeros(run: Run) -> nnx.State:
     """Params of the right shapes and shardings, to be overwritten by a loader."""
-    _, abstract = state_lib.abstract_model(run.spec.model, run.spec.precision.policy)
-    return jax.jit(lambda: jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype), abstract),
+    return jax.jit(lambda: jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype), run.abstract_params),
                    out_shardings=run.params_sh)()
