@@ -55,12 +55,17 @@ class TaskData:
     bytes_per_token: np.ndarray | None = None  # language modelling: UTF-8 bytes of each token id (bits per byte)
 
 
-def dataset(data_cfg) -> Dataset:
+def _known(data_cfg) -> Dataset:
     if data_cfg.name not in DATASETS:
         raise ConfigError(f"data.name={data_cfg.name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    return DATASETS[data_cfg.name]
+
+
+def dataset(data_cfg) -> Dataset:
+    """The dataset `data_cfg` names, with the settings reading it needs checked."""
+    ds = _known(data_cfg)
     if data_cfg.unknown_label not in ("error", "O"):
         raise ConfigError(f"data.unknown_label must be 'error' or 'O', got {data_cfg.unknown_label!r}")
-    ds = DATASETS[data_cfg.name]
     if ds.source in ("conll", "tsv", "text") and not data_cfg.data_dir and not ds.catalog:
         raise ConfigError(f"data.name={data_cfg.name} reads your files: set data.data_dir to their folder")
     return ds
@@ -68,9 +73,7 @@ def dataset(data_cfg) -> Dataset:
 
 def dataset_task(data_cfg) -> str:
     """The task a dataset trains (token | sequence | lm), known without reading it."""
-    if data_cfg.name not in DATASETS:
-        raise ConfigError(f"data.name={data_cfg.name!r} is unknown; choose one of {', '.join(DATASETS)}")
-    return DATASETS[data_cfg.name].task
+    return _known(data_cfg).task
 
 
 def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list]:
@@ -174,18 +177,20 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
     return {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
 
 
-def _lm_encoder(tokenizer):
-    """(document -> token ids ended by a blank line (characters) or EOS, UTF-8 bytes of each token id)."""
+def _lm_encode(tokenizer):
+    """document -> token ids, ended by a blank line (characters) or EOS."""
     if isinstance(tokenizer, text.CharTokenizer):
-        return (lambda d: tokenizer.encode(d + "\n\n")), np.asarray(tokenizer.byte_lengths())
+        return lambda d: tokenizer.encode(d + "\n\n")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    per_byte = np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
-    return (lambda d: list(tokenizer.encode(d)) + eos), per_byte
+    return lambda d: list(tokenizer.encode(d)) + eos
 
 
 def bytes_per_token(tokenizer) -> np.ndarray:
-    """UTF-8 bytes of each token id (bits per byte of a language model)."""
-    return _lm_encoder(tokenizer)[1]
+    """UTF-8 bytes of each token id (bits per byte of a language model); decodes the whole vocabulary of a
+    sub-word tokenizer, so only callers that report bits per byte ask for it."""
+    if isinstance(tokenizer, text.CharTokenizer):
+        return np.asarray(tokenizer.byte_lengths())
+    return np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
 
 
 def _load_lm(data_cfg, tokenizer) -> TaskData:
@@ -196,11 +201,11 @@ def _load_lm(data_cfg, tokenizer) -> TaskData:
         docs["train"] = docs["train"][: data_cfg.max_train]
     if tokenizer is None:
         tokenizer = text.CharTokenizer.from_texts([d + "\n\n" for split in docs.values() for d in split])
-    encode, per_byte = _lm_encoder(tokenizer)
+    encode = _lm_encode(tokenizer)
     arrays = {split: packing.pack([encode(d) for d in split_docs], data_cfg.seq_len)
               for split, split_docs in docs.items()}
     return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
-                    False, tokenizer, bytes_per_token=per_byte)
+                    False, tokenizer, bytes_per_token=bytes_per_token(tokenizer))
 
 
 def load(data_cfg, tokenizer) -> TaskData:
@@ -234,7 +239,7 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
         docs = _lm_docs(data_cfg, required=(split,))
         if not docs.get(split):
             raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir}")
-        encode, _ = _lm_encoder(tokenizer)
+        encode = _lm_encode(tokenizer)
         return packing.pack([encode(d) for d in docs[split]], data_cfg.seq_len)
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
