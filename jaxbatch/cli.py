@@ -143,8 +143,7 @@ def plan(args) -> int:
         spec = _best_mesh(spec, devices, target)
     mesh = mesh_lib.make_mesh(spec.mesh, devices)
     config.validate(spec, mesh.devices.size)
-    budget = (int(spec.train.memory_budget_gb * 2**30) if spec.train.memory_budget_gb else
-              int(0.9 * target.device_memory) if target else memory.device_budget(0))
+    budget = _budget(spec, target)
     print(f"mesh {mesh_lib.describe(mesh)}; global batch {spec.train.batch_size} x seq {spec.data.seq_len}; "
           f"budget {budget / 2**30:.2f} GiB per device")
     try:
@@ -171,6 +170,16 @@ def plan(args) -> int:
     return 0
 
 
+def _budget(spec, target) -> int:
+    """Bytes per device to plan for: train.memory_budget_gb, else 90% of the target chip's HBM or of this
+    device's memory."""
+    from jaxbatch import memory
+
+    if target and not spec.train.memory_budget_gb:
+        return int(0.9 * target.device_memory)
+    return memory.device_budget(spec.train.memory_budget_gb)
+
+
 def _best_mesh(spec, devices, target):
     """Compiles the step on a few meshes at the spec's accum_steps; returns the spec with the fastest that
     fits (by XLA's estimated time on a TPU target, else by memory)."""
@@ -187,8 +196,7 @@ def _best_mesh(spec, devices, target):
     for tp in (2, 4, 8):
         if n % tp == 0 and heads % tp == 0 and n // tp > 1:
             candidates[f"FSDP x TP {tp}"] = (1, n // tp, tp)
-    budget = (int(spec.train.memory_budget_gb * 2**30) if spec.train.memory_budget_gb else
-              int(0.9 * target.device_memory) if target else memory.device_budget(0))
+    budget = _budget(spec, target)
     rows = []
     for name, (data, fsdp, model) in candidates.items():
         candidate = config.replace(spec, mesh__data=data, mesh__fsdp=fsdp, mesh__model=model)

@@ -12,8 +12,6 @@ generate restore a compressed model like any other.
 from __future__ import annotations
 
 import re
-from typing import Iterator
-
 from flax import nnx
 
 from jaxbatch.errors import ConfigError
@@ -48,10 +46,6 @@ def parse_ranks(text: str) -> dict[str, int]:
     return ranks
 
 
-def quantized(path: str, model_cfg) -> bool:
-    return not (model_cfg.quant_exclude and re.search(model_cfg.quant_exclude, path))
-
-
 def validate(model_cfg) -> None:
     from jaxbatch.compress import quantize
 
@@ -79,13 +73,13 @@ def restructure(model: nnx.Module, model_cfg) -> nnx.Module:
                 raise ConfigError(f"model.lowrank names {path!r}, which is not a dense layer of this model")
             replace(model, path, lowrank.LowRankDense(dense[path], rank))
     if model_cfg.quant:
-        for path, m in _quantizable(model, model_cfg):
+        for path, m in quantizable(model, model_cfg):
             new = quantize.QuantDense(m, model_cfg.quant_act) if isinstance(m, Dense) else quantize.QuantEmbed(m)
             replace(model, path, new)
     return model
 
 
-def _quantizable(model, model_cfg) -> Iterator[tuple[str, nnx.Module]]:
-    for path, m in modules(model, (Dense, Embed)):
-        if quantized(path, model_cfg):
-            yield path, m
+def quantizable(model, model_cfg, kind=(Dense, Embed)) -> list[tuple[str, nnx.Module]]:
+    """(path, module) of the `kind` modules int8 applies to: all but those matching model.quant_exclude."""
+    exclude = model_cfg.quant_exclude
+    return [(path, m) for path, m in modules(model, kind) if not (exclude and re.search(exclude, path))]

@@ -21,7 +21,7 @@ from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch.compress import lowrank, prune, quantize, storage
 from jaxbatch.errors import ConfigError
-from jaxbatch.models.layers import Dense, Embed
+from jaxbatch.models.layers import Dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _calibrate(model, restored, opts: Options, percentile: float | None, log) ->
     n = min(len(arrays["labels"]), opts.calib_batches * batch)
     arrays = {k: v[:n] for k, v in arrays.items()}
     observers = {}
-    for path, dense in list(_dense_to_quantize(model, opts)):
+    for path, dense in compress.quantizable(model, _quant_cfg(opts), Dense):
         observers[path] = quantize.Observe(dense, percentile)
         compress.replace(model, path, observers[path])
 
@@ -101,10 +101,6 @@ def _calibrate(model, restored, opts: Options, percentile: float | None, log) ->
     return {path: float(obs.absmax[...]) for path, obs in observers.items()}
 
 
-def _dense_to_quantize(model, opts: Options):
-    return ((p, m) for p, m in compress.modules(model, Dense) if compress.quantized(p, _quant_cfg(opts)))
-
-
 def _quant_cfg(opts: Options):
     return config.ModelConfig(quant=opts.quant, quant_act=opts.act, quant_exclude=opts.exclude)
 
@@ -112,15 +108,12 @@ def _quant_cfg(opts: Options):
 def _quantize(model, restored, opts: Options, log) -> None:
     percentile = quantize.parse_calibration(opts.calibration) if opts.act == "static" else None
     absmax = _calibrate(model, restored, opts, percentile, log) if opts.act == "static" else {}
-    count = 0
-    for path, m in compress.modules(model, (Dense, Embed)):
-        if not compress.quantized(path, _quant_cfg(opts)):
-            continue
+    layers = compress.quantizable(model, _quant_cfg(opts))
+    for path, m in layers:
         new = (quantize.quantize_dense(m, opts.act, absmax.get(path)) if isinstance(m, Dense)
                else quantize.quantize_embed(m))
         compress.replace(model, path, new)
-        count += 1
-    log(f"int8: {count} layers (activations: {opts.act})")
+    log(f"int8: {len(layers)} layers (activations: {opts.act})")
 
 
 def check(opts: Options) -> None:
