@@ -43,8 +43,7 @@ def abstract_model(model_cfg, policy: str) -> tuple[nnx.GraphDef, nnx.State]:
 def init_fn(cfg, tx: optax.GradientTransformation):
     def init() -> TrainState:
         _, params = nnx.split(build_model(cfg.model, cfg.precision.policy, cfg.train.seed))
-        masks = prune.init(params, cfg.prune)
-        params = prune.apply(params, masks)
+        params, masks = prune.init(params, cfg.prune)
         scale = precision.LossScale.create(cfg.precision.policy, init_scale=cfg.precision.init_loss_scale,
                                            growth_interval=cfg.precision.growth_interval)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -75,8 +74,7 @@ def create(cfg, tx: optax.GradientTransformation, state_sh: TrainState, load_par
         params = load_params(state.params, state_sh.params)
 
         def reinit(p, s):
-            masks = prune.init(p, cfg.prune)
-            p = prune.apply(p, masks)
+            p, masks = prune.init(p, cfg.prune)
             return s.replace(params=p, opt_state=tx.init(p), masks=masks)
 
         state = jax.jit(reinit, out_shardings=state_sh, donate_argnums=1)(params, state)

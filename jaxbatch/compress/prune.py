@@ -164,11 +164,13 @@ def _has(tree, path) -> bool:
     return True
 
 
-def init(params: nnx.State, cfg) -> nnx.State | None:
-    """The masks at step 0 (all ones unless a one-shot prune starts at 0), or None when pruning is off."""
+def init(params: nnx.State, cfg) -> tuple[nnx.State, nnx.State | None]:
+    """(params with the step-0 masks applied, the masks): all ones unless a one-shot prune starts at 0; masks
+    are None when pruning is off."""
     if not enabled(cfg):
-        return None
-    return masks_at(prunable(params, cfg), sparsity_at(0, cfg), cfg)
+        return params, None
+    masks = masks_at(prunable(params, cfg), sparsity_at(0, cfg), cfg)
+    return apply(params, masks), masks
 
 
 def update(step, params: nnx.State, masks: nnx.State | None, cfg, active=True) -> nnx.State | None:
