@@ -18,7 +18,7 @@ from typing import Any
 
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import models
-from jaxbatch import compress
+from jaxbatch import compress, rampup
 from jaxbatch.compress import prune
 from jaxbatch.errors import ConfigError
 
@@ -151,6 +151,9 @@ class TrainConfig:
     memory_budget_gb: float = 0.0  # per device, for auto_micro_batch; 0 = 90% of the device's memory
     stop_after: int = 0  # save and exit after N steps this process (a job's time slot); the next run resumes
     max_bad_steps: int = 10  # stop (exit 3) after this many steps in a row with non-finite loss/gradients (skipped)
+    rampup_samples: int = 0  # batch ramp-up (rampup.py): grow the batch over this many examples; 0 = off
+    rampup_start: int = 0  # global batch at step 0 when ramping up
+    rampup_increment: int = 0  # batch growth per increment; 0 = the micro-batch (batch_size / accum_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +328,7 @@ def validate(cfg: Config, num_devices: int) -> None:
         raise ConfigError(
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
+    _validate_rampup(t, data * fsdp)
     models.family(cfg.model).validate(cfg.model, cfg.data.seq_len, model)
     if cfg.precision.policy not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision.policy must be fp32, bf16 or fp16, got {cfg.precision.policy!r}")
@@ -343,6 +347,27 @@ def validate(cfg: Config, num_devices: int) -> None:
         for axis in axes:
             if axis not in mesh_lib.AXES:
                 raise ConfigError(f"mesh.rules[{name!r}] names mesh axis {axis!r}; mesh axes are {mesh_lib.AXES}")
+
+
+def _validate_rampup(t, batch_shards: int) -> None:
+    for key in ("rampup_samples", "rampup_start", "rampup_increment"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    if not t.rampup_samples:
+        return
+    if not 0 < t.rampup_start < t.batch_size:
+        raise ConfigError(f"train.rampup_start={t.rampup_start} must be between 1 and train.batch_size-1 "
+                          f"({t.batch_size - 1}) when train.rampup_samples > 0")
+    if t.accum_impl != "scan":
+        raise ConfigError("train.rampup_samples needs train.accum_impl=scan (optax.MultiSteps has a fixed k)")
+    micro = rampup.micro_batch(t)
+    for b in rampup.distinct(t):
+        k = rampup.accum_for(b, micro)
+        if b % k or (b // k) % batch_shards:
+            raise ConfigError(
+                f"batch ramp-up reaches a global batch of {b} ({k} micro-batches of at most {micro}), which does "
+                f"not split into equal micro-batches divisible by mesh.data x mesh.fsdp = {batch_shards}; choose "
+                f"train.rampup_start and train.rampup_increment as multiples of the micro-batch {micro}")
 
 
 # What a resumed run may change: cadence, stopping, where files live, the mesh and hosts (Orbax reshards).

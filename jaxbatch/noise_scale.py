@@ -23,7 +23,8 @@ def unbiased_estimates(sq_small: float, sq_big: float, b_small: float, b_big: fl
 
 @dataclasses.dataclass
 class NoiseScale:
-    """Running B_simple estimate; feed it one (|g_b|^2, |g_B|^2) pair per step."""
+    """Running B_simple estimate; feed it one (|g_b|^2, |g_B|^2) pair per step (with that step's two batch
+    sizes when they vary, as while the batch ramps up)."""
 
     b_small: float
     b_big: float
@@ -32,8 +33,8 @@ class NoiseScale:
     trace: float | None = None
     count: int = 0
 
-    def update(self, sq_small: float, sq_big: float) -> None:
-        g2, trace = unbiased_estimates(sq_small, sq_big, self.b_small, self.b_big)
+    def update(self, sq_small: float, sq_big: float, b_small: float | None = None, b_big: float | None = None) -> None:
+        g2, trace = unbiased_estimates(sq_small, sq_big, b_small or self.b_small, b_big or self.b_big)
         if self.g2 is None:
             self.g2, self.trace = g2, trace
         else:

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxbatch import accumulate
 from jaxbatch import mesh as mesh_lib
-from jaxbatch import precision
+from jaxbatch import precision, rampup
 from jaxbatch.compress import prune
 from jaxbatch.losses import IGNORE_INDEX
 from jaxbatch.models import Family
@@ -76,14 +76,16 @@ def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Sched
     return out
 
 
-def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, accum_steps: int, prune_cfg,
+def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, micro_batch: int, prune_cfg,
                mesh: Mesh, rules) -> tuple[TrainState, dict]:
-    """One optimizer step on one global batch (accumulating `accum_steps` micro-batches in a scan)."""
+    """One optimizer step on one global batch, accumulated in a scan over micro-batches of at most
+    `micro_batch` sequences (the batch is train.batch_size, or smaller while the batch ramps up)."""
     with mesh_lib.activation_rules(mesh, rules):
         rng = jax.random.fold_in(state.rng, state.step)
         total = jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
         normalizer = state.loss_scale.scale / jnp.maximum(total, 1.0)
-        sums, grads = accumulate.scan_gradients(grad_fn, state.params, batch, accum_steps, rng, normalizer)
+        k = rampup.accum_for(batch["labels"].shape[0], micro_batch)
+        sums, grads = accumulate.scan_gradients(grad_fn, state.params, batch, k, rng, normalizer)
         new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg)
         return new_state, _metrics(sums, grads, finite, state, schedule)
 
@@ -129,13 +131,15 @@ class Steps:
         self.mesh, self.batch_sh = mesh, batch_sh
         if tx is not None:
             train_kw = dict(grad_fn=make_grad_fn(family, cfg.model, graphdef), tx=tx, schedule=schedule,
-                            accum_steps=cfg.train.accum_steps, prune_cfg=cfg.prune, mesh=mesh, rules=rules)
+                            prune_cfg=cfg.prune, mesh=mesh, rules=rules)
             if self.impl == "multisteps":
-                self._micro = jax.jit(functools.partial(multisteps_micro_step, **train_kw),
+                self._micro = jax.jit(functools.partial(multisteps_micro_step, accum_steps=cfg.train.accum_steps,
+                                                        **train_kw),
                                       in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                                       donate_argnums=0)
             else:
-                self._train = jax.jit(functools.partial(train_step, **train_kw), in_shardings=(state_sh, batch_sh),
+                self._train = jax.jit(functools.partial(train_step, micro_batch=rampup.micro_batch(cfg.train),
+                                                        **train_kw), in_shardings=(state_sh, batch_sh),
                                       out_shardings=(state_sh, repl), donate_argnums=0)
         evaluate = functools.partial(eval_step, family=family, model_cfg=cfg.model, graphdef=graphdef, mesh=mesh,
                                      rules=rules)

@@ -11,7 +11,7 @@ import numpy as np
 
 from jax.experimental import multihost_utils
 
-from jaxbatch import checkpoint, config, evaluate, metrics, noise_scale, reporting
+from jaxbatch import checkpoint, config, evaluate, metrics, noise_scale, rampup, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
@@ -105,6 +105,12 @@ def train(cfg: config.Config) -> TrainResult:
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
     say(f"optimizer: {spec.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
         f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {spec.optim.schedule} decay")
+    sizes = rampup.batch_sizes(t)
+    seen = np.concatenate([[0], np.cumsum(sizes)])  # examples consumed before step i
+    if t.rampup_samples:
+        ramp = sum(1 for b in sizes if b < t.batch_size)
+        say(f"batch ramp-up: {t.rampup_start} -> {t.batch_size} sequences over the first {ramp} steps "
+            f"({seen[ramp]} examples), batch sizes {rampup.distinct(t)} (one compile each)")
     if run.load_report is not None:
         say(str(run.load_report))
     n_params = state_lib.num_params(run.state.params)
@@ -118,7 +124,8 @@ def train(cfg: config.Config) -> TrainResult:
     # ---- Data iterator and resume (a run dir holds one run; damaged checkpoints are skipped, never lost) -----
     ckpt_dir = Path(spec.checkpoint.directory or run_dir / "checkpoints")
     batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
-                                          jax.process_count(), spec.data.buckets))
+                                          jax.process_count(), spec.data.buckets,
+                                          batch_sizes=sizes if t.rampup_samples else None))
     identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
     ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep)
     state = run.state
@@ -167,8 +174,8 @@ def train(cfg: config.Config) -> TrainResult:
             batch = pipeline.to_global(next(batches), run.batch_sh)
             state, step_metrics = run.steps.train(state, batch)
             done = step + 1
-            length = batch["input_ids"].shape[1]
-            tokens = t.batch_size * length
+            size, length = batch["input_ids"].shape
+            tokens = size * length
             reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
             if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
                 jax.block_until_ready(state)
@@ -178,9 +185,10 @@ def train(cfg: config.Config) -> TrainResult:
             if done % t.log_every == 0 or done == t.steps or save:
                 check_finite(done)
             if done % t.log_every == 0 or done == t.steps:
-                record = reporter.log(done, step_metrics)
-                if noise is not None:
-                    noise.update(record["grad_sq_small"], record["grad_sq_big"])
+                record = reporter.log(done, {**step_metrics, "batch_size": size, "samples": int(seen[done])})
+                if noise is not None and "grad_sq_small" in record:  # a ramp-up step of one micro-batch has none
+                    noise.update(record["grad_sq_small"], record["grad_sq_big"],
+                                 size / rampup.accum_for(size, run.micro_batch), size)
                     if noise.b_simple is not None:
                         reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
             if ((t.eval_every and done % t.eval_every == 0) or done == t.steps) and not (stop and done < t.steps):
@@ -198,6 +206,7 @@ def train(cfg: config.Config) -> TrainResult:
     train_logs = [r for r in reporter.history if r["kind"] == "train" and "tokens_per_s" in r]
     summary = {
         "steps": t.steps, "step": int(state.step), "finished": stopped_by is None,
+        "samples": int(seen[int(state.step)]),
         "wall_time_s": time.perf_counter() - start_time,
         "parameters": n_params, "final_eval": evals[-1] if evals else {}, "evals": evals,
         "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,

@@ -36,51 +36,63 @@ def bucket_lengths(seq_len: int, num_buckets: int) -> list[int]:
     return lengths[-num_buckets:]
 
 
-def plan_buckets(lengths: np.ndarray, buckets: list[int], global_batch: int, num_steps: int, seed: int):
-    """Global batches as (bucket length, example indices), for `num_steps` steps.
+def plan_buckets(lengths: np.ndarray, buckets: list[int], batch_sizes: list[int], seed: int):
+    """Global batches as (length, example indices), one per entry of `batch_sizes`.
 
-    Each epoch (seeded by (seed, epoch)) shuffles each bucket's examples and cuts them into full batches;
-    a bucket's leftovers move up to the next longer bucket, so only the longest bucket drops (< 1 batch)
-    per epoch. The epoch's batches are then shuffled, so lengths are mixed over time."""
+    Each epoch (seeded by (seed, epoch)) shuffles each bucket's examples and cuts them into chunks of
+    g = gcd(batch sizes) examples (the whole batch unless the batch ramps up); a bucket's leftovers move up
+    to the next longer bucket, so only the longest bucket drops (< 1 chunk) per epoch. The epoch's chunks
+    are shuffled, so lengths are mixed over time, and a batch of b takes the next b / g chunks, cut to the
+    longest of them."""
     member = np.searchsorted(buckets, lengths)  # smallest bucket that holds each example
     if (member >= len(buckets)).any():
         raise ValueError(f"examples longer than the longest bucket {buckets[-1]}")
-    plan, epoch = [], 0
-    while len(plan) < num_steps:
+    unit = math.gcd(*batch_sizes)
+    chunks, epoch, needed = [], 0, sum(batch_sizes) // unit
+    while len(chunks) < needed:
         rng = np.random.default_rng([seed, epoch])
-        batches, carry = [], np.zeros(0, np.int64)
+        epoch_chunks, carry = [], np.zeros(0, np.int64)
         for b, length in enumerate(buckets):
             pool = np.concatenate([carry, rng.permutation(np.flatnonzero(member == b))])
-            full = len(pool) // global_batch * global_batch
-            batches += [(length, pool[i: i + global_batch]) for i in range(0, full, global_batch)]
+            full = len(pool) // unit * unit
+            epoch_chunks += [(length, pool[i: i + unit]) for i in range(0, full, unit)]
             carry = pool[full:]
-        if not batches:
-            raise DataError(f"the training split has fewer examples than one global batch of {global_batch}")
-        plan += [batches[i] for i in rng.permutation(len(batches))]
+        if not epoch_chunks:
+            raise DataError(f"the training split has fewer examples than one global batch of {unit}")
+        chunks += [epoch_chunks[i] for i in rng.permutation(len(epoch_chunks))]
         epoch += 1
-    return plan[:num_steps]
+    plan, at = [], 0
+    for size in batch_sizes:
+        taken = chunks[at: at + size // unit]
+        plan.append((max(length for length, _ in taken), np.concatenate([idx for _, idx in taken])))
+        at += size // unit
+    return plan
 
 
 def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: int, seed: int,
-                  process_index: int = 0, process_count: int = 1, num_buckets: int = 1) -> grain.IterDataset:
+                  process_index: int = 0, process_count: int = 1, num_buckets: int = 1,
+                  batch_sizes: list[int] | None = None) -> grain.IterDataset:
     """Local batches (global_batch / process_count examples) for `num_steps` steps, reshuffled every epoch.
 
     With `num_buckets > 1` each batch holds examples of similar length, cut to its bucket's length (a few
-    compiled shapes instead of padding everything to seq_len)."""
-    if global_batch % process_count:
-        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    compiled shapes instead of padding everything to seq_len). `batch_sizes` (one global batch per step,
+    from rampup.py) replaces the fixed `global_batch` while the batch ramps up."""
+    sizes = batch_sizes or [global_batch] * num_steps
+    for b in set(sizes):
+        if b % process_count:
+            raise ValueError(f"global batch {b} is not divisible by {process_count} processes")
     n = len(next(iter(arrays.values())))
     if n < global_batch:
         raise DataError(f"the training split has {n} examples, fewer than one global batch of {global_batch} "
                         f"(train.batch_size)")
-    if num_buckets > 1:
+    if num_buckets > 1 or batch_sizes is not None:
         seq_len = arrays["input_ids"].shape[1]
-        plan = plan_buckets(arrays["attention_mask"].sum(1), bucket_lengths(seq_len, num_buckets), global_batch,
-                            num_steps, seed)
-        local = global_batch // process_count
+        lengths = (arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"] > 0).sum(1)
+        plan = plan_buckets(lengths, bucket_lengths(seq_len, num_buckets), sizes, seed)
 
         def gather(entry):
             length, idx = entry
+            local = len(idx) // process_count
             idx = np.sort(idx[process_index * local: (process_index + 1) * local])
             return {k: (v[idx, :length] if v.ndim == 2 and v.shape[1] == seq_len else v[idx]) for k, v in arrays.items()}
 

@@ -1,0 +1,46 @@
+"""Batch-size ramp-up (GPT-3; Megatron's `--rampup-batch-size`, MaxText's `global_rampup_samples`): the
+global batch grows linearly from `train.rampup_start` to `train.batch_size` over the first
+`train.rampup_samples` training examples, in steps of `train.rampup_increment`.
+
+The schedule is a function of the samples consumed so far, like Megatron's: batch b is used until
+`samples_per_increment` more examples have been seen, then b + increment. A step of b sequences runs
+ceil(b / micro) micro-batches of b / k sequences each (never larger than the configured micro-batch), so
+the step stays the exact gradient of its b sequences and memory stays within the plan. Each distinct b
+compiles the step once (like a length bucket); keep the number of increments small.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def batch_sizes(train_cfg) -> list[int]:
+    """The global batch of every step, 0 .. train.steps-1."""
+    t = train_cfg
+    if not t.rampup_samples:
+        return [t.batch_size] * t.steps
+    increment = t.rampup_increment or micro_batch(t)
+    increments = max(1, math.ceil((t.batch_size - t.rampup_start) / increment))
+    per_increment = t.rampup_samples / increments
+    sizes, seen = [], 0
+    while len(sizes) < t.steps:
+        b = min(t.batch_size, t.rampup_start + int(seen // per_increment) * increment)
+        if b == t.batch_size:  # ramp done: the rest is constant
+            return sizes + [b] * (t.steps - len(sizes))
+        sizes.append(b)
+        seen += b
+    return sizes
+
+
+def distinct(train_cfg) -> list[int]:
+    """The batch sizes a run steps with (each compiles once)."""
+    return sorted(set(batch_sizes(train_cfg)))
+
+
+def micro_batch(train_cfg) -> int:
+    return train_cfg.batch_size // train_cfg.accum_steps
+
+
+def accum_for(batch: int, micro: int) -> int:
+    """Micro-batches for a step of `batch` sequences: as few as keep each at most `micro`."""
+    return max(1, math.ceil(batch / micro))
