@@ -1,15 +1,65 @@
 import json
 
-from experiments import large_batch_sweep
+import pytest
+
+from experiments import large_batch_sweep as sweep
+from jaxbatch import train
+
+ARGS = ["--batches", "16,64", "--epochs", "0.5", "--micro-batch", "32", "--evals", "4", "data.num_train=512", "data.num_eval=64", "data.seq_len=16", "mesh.data=8"]
 
 
-def test_sweep_writes_table_json_and_plot(tmp_path):
+def test_steps_to_target_is_the_first_evaluation_at_or_above_it():
+    curve = [(40, 0.91), (10, 0.50), (20, 0.80), (30, 0.79)]  # unsorted; dips after reaching
+    assert sweep.steps_to_target(curve, 0.80) == 20
+    assert sweep.steps_to_target(curve, 0.85) == 40
+    assert sweep.steps_to_target(curve, 0.95) is None
+
+
+def test_summary_target_ratios_and_advisor_on_synthetic_points():
+    def point(variant, batch, seed, evals, noise):
+        return {"variant": variant, "batch": batch, "seed": seed, "steps": 100, "samples": 100 * batch,
+                "wall_time_s": 1.0, "learning_rate": 1e-3, "evals": evals, "best": max(v for _, v in evals),
+                "final": evals[-1][1], "noise_scale": noise}
+    points = [point("a", 32, 0, [(100, 0.80), (200, 0.90)], 100.0),
+              point("a", 32, 1, [(100, 0.85), (300, 0.92)], 300.0),
+              point("a", 128, 0, [(25, 0.895), (50, 0.90)], 200.0),
+              point("a", 128, 1, [(25, 0.80), (50, 0.899)], 200.0)]
+    variants = [{"name": "a"}]
+    args = type("A", (), {"target_drop": 0.005})()
+    report = sweep.summarize(points, [32, 128], variants, "accuracy", args)
+    assert report["target"] == pytest.approx(0.905)  # median(0.90, 0.92) - 0.005
+    r32, r128 = report["rows"]
+    assert (r32["reached"], r32["steps_to_target"]) == ("1/2", None)  # only seed 1 (step 300): not a majority
+    assert (r128["reached"], r128["steps_to_target"]) == ("0/2", None)
+    report = sweep.summarize(points, [32, 128], variants, "accuracy", type("A", (), {"target_drop": 0.03})())
+    r32, r128 = report["rows"]  # target 0.88: b32 at 200 and 300 -> 250; b128 at 25 and 50 -> 37.5
+    assert (r32["steps_to_target"], r128["steps_to_target"], r128["step_ratio"]) == (250, 37.5, 0.15)
+    # fewest examples to target: b32 250 x 32 = 8000 > b128 37.5 x 128 = 4800; B_simple median 200
+    assert report["advisor"] == [{"variant": "a", "b_simple": 200.0, "best_batch": 128, "factor": 200 / 128}]
+
+
+def test_sweep_writes_its_views_skips_finished_points_and_extends(tmp_path, monkeypatch):
     out = tmp_path / "sweep"
-    rows = large_batch_sweep.run(["--batches", "16,64", "--epochs", "0.5", "--micro-batch", "32",
-                                  "--run-dir", str(out), "data.num_train=512", "data.num_eval=64",
-                                  "data.seq_len=16", "mesh.data=8"])
-    assert [(r["batch"], r["steps"], r["accumulation"]) for r in rows] == [(16, 16, 1), (64, 4, 2)]
-    assert json.loads((out / "sweep.json").read_text())[1]["batch"] == 64
-    assert (out / "sweep.md").read_text().count("\n| ") == 3
+    report = sweep.run([*ARGS, "--variants", "lamb:sqrt", "--run-dir", str(out)])
+    rows = {(r["variant"], r["batch"]): r for r in report["rows"]}
+    assert [(p["batch"], p["steps"], p["accumulation"]) for p in report["points"]] == [(16, 16, 2), (64, 4, 2)]
+    assert rows["lamb:sqrt", 64]["learning_rate"] == pytest.approx(1e-2 * 2**0.5)  # sqrt(64 / 32)
+    assert all(len(p["evals"]) == 4 and p["samples"] == 256 for p in report["points"])
+    assert json.loads((out / "sweep.json").read_text())["target"] == report["target"]
+    assert (out / "sweep.md").read_text().count("\n| lamb:sqrt |") == 3  # two batches + the advisor row
     assert (out / "sweep.png").stat().st_size > 10_000
-    assert all(0 <= r["dev_accuracy"] <= 1 and r["loss_curve"] for r in rows)
+
+    def no_training(cfg):
+        raise AssertionError(f"finished point trained again: {cfg.train.run_dir}")
+    monkeypatch.setattr(train, "train", no_training)  # a re-run reads every point back
+    assert sweep.run([*ARGS, "--variants", "lamb:sqrt", "--run-dir", str(out)])["rows"] == report["rows"]
+    monkeypatch.undo()
+    trained = []
+    monkeypatch.setattr(train, "train", lambda cfg: trained.append(cfg.train.run_dir) or _real_train(cfg))
+    more = sweep.run([*ARGS, "--variants", "lamb:sqrt,adamw:none", "--run-dir", str(out)])  # only the new variant runs
+    assert sorted(trained) == [str(out / "adamw_none" / "b16" / "s0"), str(out / "adamw_none" / "b64" / "s0")]
+    assert more["rows"][:2] == report["rows"]
+    assert more["rows"][3]["learning_rate"] == pytest.approx(1e-3)  # no scaling
+
+
+_real_train = train.train
