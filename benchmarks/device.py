@@ -57,7 +57,7 @@ def main(argv=None) -> list[dict]:
     on_cpu = device.platform == "cpu"
     shapes, precision = (CPU_SHAPES, "fp32") if on_cpu else (ACCELERATOR_SHAPES, "bf16")
     chip = topology.chip_for_kind(device.device_kind)
-    peak = metrics.measure_matmul_flops(1024) if on_cpu or chip is None else chip.peak_flops
+    peak = metrics.measure_matmul_flops() if on_cpu or chip is None else chip.peak_flops
     torch_device = _torch_device(device.platform)
     rows = []
     for family, preset, batch, seq in shapes:

@@ -136,7 +136,7 @@ def main() -> None:
     devices = jax.devices()
     kind = devices[0].device_kind
     peak_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
-    peak = metrics.measure_matmul_flops(4096 if devices[0].platform != "cpu" else 1024, dtype=peak_dtype)
+    peak = metrics.measure_matmul_flops((4096,) if devices[0].platform != "cpu" else (1024, 2048), dtype=peak_dtype)
     tokens = args.batch * args.seq
     flops = models.family(cfg.model).train_flops_per_token(cfg.model, args.seq) * tokens
 

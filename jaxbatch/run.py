@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxbatch import accumulate, compress, config, models, optim
+from jaxbatch import accumulate, cache, compress, config, models, optim
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -113,6 +113,7 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
     """Builds the Run for a resolved spec. `training=False` builds only what inference needs (params
     shardings, the eval step); `abstract=True` places nothing (shapes and shardings for the planner).
     With `train.auto_micro_batch`, k is planned here from compiled memory and written into the spec."""
+    cache.enable_compilation_cache()  # before the first compile of the run
     mesh = mesh_lib.make_mesh(spec.mesh, devices)
     family = models.family(spec.model)
     if spec.model.vocab_size < 1:

@@ -1,0 +1,61 @@
+"""The persistent compilation cache and the cached CPU peak (cache.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxbatch import cache, metrics
+
+COMPILE_TWICE = """
+import jax, numpy as np
+import jax.monitoring
+hits = []
+jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name) if name.endswith("cache_hits") else None)
+sys.path.insert(0, "tests")
+from conftest import random_batch, run_steps, tiny_config
+cfg = tiny_config("mesh.data=2", "train.batch_size=8")
+state, history, run = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:2])
+print(json.dumps({"hits": len(hits), "dir": jax.config.jax_compilation_cache_dir, "loss": float(history[0]["loss"])}))
+"""
+
+
+def test_second_process_reads_the_train_step_from_the_cache(tmp_path):
+    env = {**os.environ, "JAXBATCH_CACHE": str(tmp_path / "c")}
+    script = "import json, sys\n" + COMPILE_TWICE
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                      check=True, cwd=Path(__file__).parents[1]).stdout.strip().splitlines()[-1])
+            for _ in range(2)]
+    folder = tmp_path / "c" / "xla" / f"jax-{__import__('jax').__version__}"
+    assert runs[0]["dir"] == runs[1]["dir"] == str(folder)
+    assert any(p.name.startswith("jit_train_step") for p in folder.iterdir())
+    assert runs[0]["hits"] == 0 and runs[1]["hits"] >= 1
+    assert runs[0]["loss"] == runs[1]["loss"]  # the cached program computes the same step
+
+
+def test_cache_off_or_user_dir_is_respected(monkeypatch):
+    monkeypatch.setenv("JAXBATCH_CACHE", "off")
+    assert cache.root() is None
+    monkeypatch.setenv("JAXBATCH_CACHE", "~/x")
+    assert cache.root() == Path.home() / "x"
+
+
+def test_peak_is_measured_once_per_machine_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
+    assert cache.cached_peak(lambda: 1.5e11) == (1.5e11, True)
+
+    def again():
+        raise AssertionError("measured twice")
+    assert cache.cached_peak(again) == (1.5e11, False)
+    stored = json.loads((tmp_path / "peak_flops.json").read_text())
+    assert list(stored.values()) == [1.5e11]
+
+
+def test_matmul_peak_is_the_fastest_run(monkeypatch):
+    """One slow (contended) timing must not lower the peak: the result is 2 n^3 / the shortest time."""
+    ticks = iter([0.0, 1.0, 10.0, 10.5, 20.0, 22.0])  # three runs of n=64: 1.0 s, 0.5 s, 2.0 s
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(ticks))
+    assert metrics.measure_matmul_flops(sizes=(64,), repeats=3) == pytest.approx(2 * 64**3 / 0.5)
