@@ -35,6 +35,8 @@ DATASETS = {
     "tsv": Dataset("tsv", "sequence"),
     "sst2": Dataset("tsv", "sequence", labels=("negative", "positive"), catalog="glue/sst2"),
     "text": Dataset("text", "lm"),
+    "tiny_shakespeare": Dataset("text", "lm", catalog="tiny_shakespeare"),
+    "lm1b": Dataset("text", "lm", catalog="lm1b"),
     "synthetic_ner": Dataset("synthetic_ner", "token", labels=synthetic.NER_LABELS),
     "synthetic_sst": Dataset("synthetic_sst", "sequence", labels=("negative", "positive")),
 }
@@ -56,8 +58,12 @@ class TaskData:
 
 
 def _known(data_cfg) -> Dataset:
+    """A name from DATASETS, or `tfds:NAME` for any TFDS catalog dataset with a `text` feature (an LM corpus)."""
+    if data_cfg.name.startswith("tfds:") and len(data_cfg.name) > 5:
+        return Dataset("text", "lm", catalog=data_cfg.name[5:])
     if data_cfg.name not in DATASETS:
-        raise ConfigError(f"data.name={data_cfg.name!r} is unknown; choose one of {', '.join(DATASETS)}")
+        raise ConfigError(f"data.name={data_cfg.name!r} is unknown; choose one of {', '.join(DATASETS)} or "
+                          f"tfds:NAME (a TFDS catalog text corpus)")
     return DATASETS[data_cfg.name]
 
 
@@ -171,10 +177,33 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, examples, label_names:
 
 
 def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list[str]]:
+    """{split: documents}: local text files (split by data/text.py), or a TFDS catalog corpus (one record
+    per document; its test split stands in for a missing validation split, as for lm1b). Only the first
+    data.max_train training documents are read."""
     from jaxbatch.data import tfds_builders
 
-    sources = tfds_builders.prepare("text", data_cfg.data_dir, data_cfg.cache_dir or None, required)
-    return {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    limit = {}
+    if data_cfg.data_dir:
+        sources = tfds_builders.prepare("text", data_cfg.data_dir, data_cfg.cache_dir or None, required)
+    else:
+        ds = _known(data_cfg)
+        sources = dict(tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None))
+        if "validation" not in sources and "test" in sources:
+            sources["validation"] = sources.pop("test")
+        missing = [s for s in required if s not in sources]
+        if missing:
+            raise DataError(f"tfds catalog dataset {ds.catalog!r} has no {missing[0]} split (it has {sorted(sources)})")
+        sources = {s: sources[s] for s in required}
+        limit = {"train": data_cfg.max_train or None}  # lm1b's 30M sentences: read only what is used
+    docs = {}
+    for split, src in sources.items():
+        records = tfds_builders.read_all(src, limit.get(split))
+        if records and "text" not in records[0]:
+            raise DataError(f"data.name={data_cfg.name}: records have no 'text' feature (they have {sorted(records[0])})")
+        docs[split] = [r["text"] for r in records]
+    if data_cfg.max_train and "train" in docs:
+        docs["train"] = docs["train"][: data_cfg.max_train]
+    return docs
 
 
 def _lm_encode(tokenizer):
@@ -197,8 +226,6 @@ def _load_lm(data_cfg, tokenizer) -> TaskData:
     """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
     given) and packed into rows of data.seq_len."""
     docs = _lm_docs(data_cfg)
-    if data_cfg.max_train:
-        docs["train"] = docs["train"][: data_cfg.max_train]
     if tokenizer is None:
         tokenizer = text.CharTokenizer.from_texts([d + "\n\n" for split in docs.values() for d in split])
     encode = _lm_encode(tokenizer)

@@ -108,8 +108,9 @@ def from_catalog(name: str, data_dir: str | Path | None = None):
                         f"offline, pass the files' directory instead") from e
 
 
-def read_all(source) -> list[dict]:
-    """Every record of a data source, bytes decoded to str, in file order where records carry `index`."""
+def read_all(source, limit: int | None = None) -> list[dict]:
+    """Every record of a data source (or its first `limit`), bytes decoded to str, in file order where
+    records carry `index`."""
     def decode(v):
         if isinstance(v, bytes):
             return v.decode("utf-8")
@@ -117,6 +118,7 @@ def read_all(source) -> list[dict]:
             return [x.decode("utf-8") for x in v]
         return v
 
-    records = source.__getitems__(range(len(source))) if len(source) else []
+    n = min(len(source), limit or len(source))
+    records = source.__getitems__(range(n)) if n else []
     records = [{k: decode(v) for k, v in r.items()} for r in records]
     return sorted(records, key=lambda r: r["index"]) if records and "index" in records[0] else records

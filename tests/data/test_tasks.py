@@ -100,6 +100,48 @@ def test_tiny_shakespeare_through_tfds(tmp_path):
     assert len(set(text)) == 65 and len(text) > 1_000_000
 
 
+class _Records:
+    """What tfds.data_source returns per split: random access with __getitems__."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitems__(self, idx):
+        return [self.rows[i] for i in idx]
+
+
+def test_tfds_catalog_text_corpora_pack_their_documents():
+    """`lm1b`, `tiny_shakespeare` and `tfds:NAME` read TFDS' catalog (mocked here: offline): one record per
+    document, the test split as validation when there is none, only data.max_train documents read."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    from jaxbatch.data import packing
+
+    asked = []
+
+    def source(builder, split=None, **kw):
+        docs = lambda s: _Records([{"text": f"{s} document {i}: to be or not to be".encode()} for i in range(40)])  # noqa: E731
+        asked.append(builder.name)
+        return docs(split) if split else {s: docs(s) for s in ("train", "test")}
+
+    with tfds.testing.mock_data(as_data_source_fn=source):
+        cfg = config.build(["model.preset=gpt-tiny", "data.name=tfds:lm1b", "data.seq_len=16", "data.max_train=5"])
+        data = tasks.load(cfg.data, None)
+        assert asked == ["lm1b"]
+        ids = lambda s, n: [data.tokenizer.encode(f"{s} document {i}: to be or not to be\n\n") for i in range(n)]  # noqa: E731
+        for got, want in ((data.train, packing.pack(ids("train", 5), 16)), (data.eval, packing.pack(ids("test", 40), 16))):
+            assert set(got) == set(want)
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        assert tasks.dataset(config.build(["data.name=lm1b"]).data).catalog == "lm1b"
+        with pytest.raises(config.ConfigError, match="tfds:NAME"):
+            tasks.dataset(config.build(["data.name=nope"]).data)
+
+
 def test_custom_tag_set_and_n_class_tsv(tmp_path):
     d = tmp_path / "drugs"
     d.mkdir()
