@@ -21,6 +21,7 @@ from jaxbatch import models
 from jaxbatch import compress, rampup
 from jaxbatch.compress import prune
 from jaxbatch.errors import ConfigError
+from jaxbatch.models.layers import REMAT
 
 # Logical axis -> mesh axes. Data, not code: DP, FSDP and TP are all this table plus the mesh shape.
 # A mesh axis is used at most once per array; a later dimension skips axes already taken (so an
@@ -62,6 +63,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = True  # the LM head reuses the token embedding
     remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable: recompute in backward
+    scan_layers: bool = False  # decoders: one compiled layer in lax.scan (compile time flat in depth)
     z_loss: float = 0.0  # PaLM's z-loss weight on log(sum(exp(logits)))^2
     # compressed models (written by `jaxbatch compress`; see jaxbatch/compress/)
     quant: str = ""  # int8: dense kernels and embedding tables stored and run as int8 | '' = float
@@ -329,6 +331,8 @@ def validate(cfg: Config, num_devices: int) -> None:
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
     _validate_rampup(t, data * fsdp)
+    if cfg.model.remat not in REMAT:
+        raise ConfigError(f"model.remat must be one of {', '.join(REMAT)}, got {cfg.model.remat!r}")
     models.family(cfg.model).validate(cfg.model, cfg.data.seq_len, model)
     if cfg.precision.policy not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision.policy must be fp32, bf16 or fp16, got {cfg.precision.policy!r}")

@@ -1,4 +1,4 @@
-"""Batch-size ramp-up (GPT-3; Megatron's `--rampup-batch-size`, MaxText's `global_rampup_samples`): the
+"""Batch-size ramp-up (Brown et al. 2020; Megatron's `--rampup-batch-size`, MaxText's `global_rampup_samples`): the
 global batch grows linearly from `train.rampup_start` to `train.batch_size` over the first
 `train.rampup_samples` training examples, in steps of `train.rampup_increment`.
 

@@ -13,7 +13,7 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import Dense, Embed, LayerNorm, Mlp, SelfAttention
+from jaxbatch.models.layers import REMAT, Dense, Embed, LayerNorm, Mlp, SelfAttention, run_layers
 
 # Named shapes: `tiny` is for tests; the others match the published checkpoints.
 PRESETS = {
@@ -54,6 +54,7 @@ class BertEncoder(nnx.Module):
         self.embeddings_norm = LayerNorm(h, cfg.layer_norm_eps, dtype=dtype)
         self.dropout = nnx.Dropout(cfg.hidden_dropout)
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_layers)])
+        self.scan_layers, self.remat = cfg.scan_layers, cfg.remat
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None):
@@ -65,9 +66,8 @@ class BertEncoder(nnx.Module):
         x = constrain(self.dropout(self.embeddings_norm(x), deterministic=deterministic, rngs=rngs),
                       ("batch", "length", "embed"))
         mask = attention_mask.astype(bool)[:, None, None, :]  # (batch, heads, q, k), broadcast
-        for layer in self.layers:
-            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
-        return x
+        return run_layers(self.layers, x, lambda layer, h, r: layer(h, mask, deterministic=deterministic, rngs=r),
+                          scan=self.scan_layers, remat_policy=REMAT[self.remat], rngs=rngs)
 
 
 class BertClassifier(nnx.Module):

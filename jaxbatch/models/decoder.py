@@ -20,7 +20,7 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import Dense, Embed, LayerNorm, RMSNorm
+from jaxbatch.models.layers import REMAT, Dense, Embed, LayerNorm, RMSNorm, run_layers
 
 _GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
 _LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
@@ -41,9 +41,6 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
     "llama-7b": dict(_LLAMA, vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
                      intermediate_size=11008, max_position_embeddings=4096, layer_norm_eps=1e-5),
 }
-REMAT = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
-         "dots_saveable": jax.checkpoint_policies.dots_saveable,
-         "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def kv_heads(cfg) -> int:
@@ -165,13 +162,9 @@ class Decoder(nnx.Module):
         causal = jnp.tril(jnp.ones((ids.shape[1], ids.shape[1]), bool))
         mask = (same & causal[None] & (segment_ids > 0)[:, None, :])[:, None]
         x = self.dropout(self._embed(ids, positions), deterministic=deterministic, rngs=rngs)
-        def block(layer, x):
-            return layer(x, positions, mask, deterministic, rngs)[0]
-
-        if self.cfg.remat != "none":  # keep only what the policy saves; recompute the rest in the backward pass
-            block = nnx.remat(block, policy=REMAT[self.cfg.remat])
-        for layer in self.layers:
-            x = block(layer, x)
+        # remat keeps only what the policy saves and recomputes the rest in the backward pass
+        x = run_layers(self.layers, x, lambda layer, h, r: layer(h, positions, mask, deterministic, r)[0],
+                       scan=self.cfg.scan_layers, remat_policy=REMAT[self.cfg.remat], rngs=rngs)
         return self._logits(x)
 
     def init_cache(self, batch: int, max_len: int):
@@ -235,8 +228,6 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
     for key, size in (("model.num_heads", cfg.num_heads), ("model.intermediate_size", cfg.intermediate_size)):
         if size % model_axis:
             raise ConfigError(f"{key}={size} is not divisible by mesh.model={model_axis} (tensor parallel)")
-    if cfg.remat not in REMAT:
-        raise ConfigError(f"model.remat must be one of {', '.join(REMAT)}, got {cfg.remat!r}")
     if cfg.arch == "gpt2" and seq_len > cfg.max_position_embeddings:
         raise ConfigError(f"data.seq_len={seq_len} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
 
@@ -244,7 +235,7 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 def describe(cfg) -> str:
     kv = f", {kv_heads(cfg)} kv heads" if kv_heads(cfg) != cfg.num_heads else ""
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
-            f" vocab {cfg.vocab_size}, remat {cfg.remat})")
+            f" vocab {cfg.vocab_size}, remat {cfg.remat}{', layers scanned' if cfg.scan_layers else ''})")
 
 
 def tokenizer(source):

@@ -49,6 +49,41 @@ class Dense(nnx.Module):
         return y
 
 
+REMAT = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,  # model.remat -> jax.checkpoint policy
+         "dots_saveable": jax.checkpoint_policies.dots_saveable,
+         "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def run_layers(layers, x: jax.Array, call, *, scan: bool, remat_policy=None, rngs: nnx.Rngs | None = None):
+    """x through each layer in turn, `call(layer, x, rngs) -> x`, with optional rematerialisation.
+
+    `scan=True` stacks the layers' parameters along a new leading axis and runs one copy of the layer in
+    `lax.scan`: XLA compiles the layer once instead of `len(layers)` times (compile time stops growing
+    with depth), at the cost of one stacked copy of the layer parameters (and of their gradient) per step.
+    Parameters stay stored per layer, so checkpoints, Hugging Face maps and compression see one layout.
+    Dropout keys then come from one draw folded with the layer index. Layers whose structures differ (e.g.
+    compressed to different ranks) cannot be stacked and run as a loop."""
+    if scan and len(layers) > 1:
+        graphdef, first = nnx.split(layers[0])
+        states = [nnx.split(layer)[1] for layer in layers]
+        if all(nnx.graphdef(layer) == graphdef for layer in layers[1:]):
+            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+            key = rngs.dropout() if rngs is not None else None
+
+            def body(h, xs):
+                i, state = xs
+                layer_rngs = nnx.Rngs(dropout=jax.random.fold_in(key, i)) if key is not None else None
+                return call(nnx.merge(graphdef, state), h, layer_rngs), None
+
+            if remat_policy is not None:
+                body = jax.checkpoint(body, policy=remat_policy)
+            return jax.lax.scan(body, x, (jnp.arange(len(layers)), stacked))[0]
+    step = call if remat_policy is None else nnx.remat(call, policy=remat_policy)
+    for layer in layers:
+        x = step(layer, x, rngs)
+    return x
+
+
 class Embed(nnx.Module):
     def __init__(self, num: int, features: int, names: Names, *, rngs: nnx.Rngs, dtype=jnp.float32,
                  init_std: float = 0.02):
