@@ -80,13 +80,16 @@ def train(cfg: config.Config) -> TrainResult:
     """Runs one training job as configured (`cfg` is not changed)."""
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     run_dir = Path(cfg.train.run_dir)
+    began_all = time.perf_counter()
 
     # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
     shaped = run_lib.resolve(cfg, task=tasks.dataset(cfg.data).task)  # checked before any data is read
     config.validate(shaped, jax.device_count())
     writable_dir(run_dir, "train.run_dir")
     writable_dir(Path(cfg.checkpoint.directory or run_dir / "checkpoints"), "checkpoint.directory")
+    began = time.perf_counter()
     data = tasks.load(cfg.data, run_lib.tokenizer(shaped))
+    data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer))
     if len(tokenizer) > spec.model.vocab_size:
@@ -148,14 +151,16 @@ def train(cfg: config.Config) -> TrainResult:
 
     # ---- Loop -------------------------------------------------------------------------------------------------
     noise = noise_scale.NoiseScale(run.micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None
-    evals, start_time, result = [], time.perf_counter(), None
+    evals, start_time, result, eval_s = [], time.perf_counter(), None, [0.0]
 
     def run_eval(done: int) -> dict:
+        began = time.perf_counter()
         result = evaluate.evaluate(run, state.params, data.eval, data.label_names, data.task,
                                    bytes_per_token=data.bytes_per_token)
         evals.append({"step": done, **{k: v for k, v in result.items() if k not in ("token_report_text", "predictions")}})
         reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
         reporter.write(f"eval @ {done}: " + evaluate.report_lines(result, data.task).split("\n")[0])
+        eval_s[0] += time.perf_counter() - began
         return result
 
     def check_finite(done: int) -> None:
@@ -207,7 +212,8 @@ def train(cfg: config.Config) -> TrainResult:
     summary = {
         "steps": t.steps, "step": int(state.step), "finished": stopped_by is None,
         "samples": int(seen[int(state.step)]),
-        "wall_time_s": time.perf_counter() - start_time,
+        "wall_time_s": time.perf_counter() - start_time,  # the loop: steps, evaluations, saves
+        "setup_s": start_time - began_all, "data_s": data_s, "eval_s": eval_s[0],  # set-up includes data_s
         "parameters": n_params, "final_eval": evals[-1] if evals else {}, "evals": evals,
         "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,
         "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
