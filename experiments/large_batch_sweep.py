@@ -65,14 +65,17 @@ def point_config(args, base: list[str], variant: dict, batch: int, seed: int, st
     return config.build(overrides + args.overrides)
 
 
-def run_point(cfg: config.Config, metric: str) -> dict:
+def run_point(cfg: config.Config, metric: str, train_missing: bool = True) -> dict | None:
     """Trains one point (resuming it if interrupted) or reads back its summary when it finished with the
-    same config (point.json records the config a finished point ran with)."""
+    same config (point.json records the config a finished point ran with). None: not finished and
+    `train_missing` is off."""
     run_dir = Path(cfg.train.run_dir)
     marker, summary_file = run_dir / "point.json", run_dir / "summary.json"
     settings = json.loads(json.dumps(config.to_dict(cfg)))  # as JSON reads it back (tuples -> lists)
     if marker.is_file() and json.loads(marker.read_text()) == settings and summary_file.is_file():
         done = json.loads(summary_file.read_text())
+    elif not train_missing:
+        return None
     else:
         done = train.train(cfg).summary
         if not done["finished"]:
@@ -105,6 +108,7 @@ def run(argv: list[str]) -> dict:
     p.add_argument("--target-drop", type=float, default=0.005)
     p.add_argument("--rampup-samples", type=int, default=0,
                    help="batches of more than 2 micro-batches ramp up from one micro-batch over this many examples")
+    p.add_argument("--report", action="store_true", help="train nothing: report the finished points among those named")
     p.add_argument("--run-dir", default="runs/large_batch_sweep")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
@@ -129,8 +133,9 @@ def run(argv: list[str]) -> dict:
             for seed in seeds:
                 run_dir = Path(args.run_dir) / variant["name"].replace(":", "_") / f"b{batch}" / f"s{seed}"
                 cfg = point_config(args, base, variant, batch, seed, steps, run_dir)
-                points.append({"variant": variant["name"], "batch": batch, "seed": seed,
-                               **run_point(cfg, metric)})
+                point = run_point(cfg, metric, train_missing=not args.report)
+                if point is not None:
+                    points.append({"variant": variant["name"], "batch": batch, "seed": seed, **point})
     report = summarize(points, batches, variants, metric, args)
     _write(report, Path(args.run_dir), metric)
     return report
@@ -148,11 +153,15 @@ def _train_examples(cfg: config.Config) -> int:
 def summarize(points: list[dict], batches: list[int], variants: list[dict], metric: str, args) -> dict:
     """Seed medians per (variant, batch); the target and each point's steps to it; the advisor's check."""
     base = [p["best"] for p in points if p["batch"] == batches[0] and p["variant"] == variants[0]["name"]]
+    if not base:
+        raise SystemExit(f"no finished baseline point ({variants[0]['name']}, batch {batches[0]}) to set the target")
     target = statistics.median(base) - args.target_drop
     rows = []
     for v in variants:
         for b in batches:
             ps = [p for p in points if p["variant"] == v["name"] and p["batch"] == b]
+            if not ps:
+                continue
             reach = [steps_to_target(p["evals"], target) for p in ps]
             hit = [s for s in reach if s is not None]
             noise = [p["noise_scale"] for p in ps if p["noise_scale"]]
@@ -167,7 +176,7 @@ def summarize(points: list[dict], batches: list[int], variants: list[dict], metr
                 "steps_to_target": statistics.median(hit) if len(hit) * 2 > len(ps) else None,
                 "noise_scale": statistics.median(noise) if noise else None})
     for r in rows:  # steps relative to the smallest batch of the same variant
-        first = next(x for x in rows if x["variant"] == r["variant"] and x["batch"] == batches[0])
+        first = next(x for x in rows if x["variant"] == r["variant"])
         r["step_ratio"] = (r["steps_to_target"] / first["steps_to_target"]
                            if r["steps_to_target"] and first["steps_to_target"] else None)
     return {"metric": metric, "target": target, "rows": rows, "points": points, "advisor": advisor(rows),

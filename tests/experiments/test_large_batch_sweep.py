@@ -60,6 +60,9 @@ def test_sweep_writes_its_views_skips_finished_points_and_extends(tmp_path, monk
     assert sorted(trained) == [str(out / "adamw_none" / "b16" / "s0"), str(out / "adamw_none" / "b64" / "s0")]
     assert more["rows"][:2] == report["rows"]
     assert more["rows"][3]["learning_rate"] == pytest.approx(1e-3)  # no scaling
+    monkeypatch.setattr(train, "train", no_training)  # --report: seed 1 never ran, so only seed 0 is reported
+    report = sweep.run([*ARGS, "--variants", "lamb:sqrt,adamw:none", "--seeds", "0,1", "--report", "--run-dir", str(out)])
+    assert report["rows"] == more["rows"] and all(r["seeds"] == 1 for r in report["rows"])
 
 
 _real_train = train.train
