@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from jaxbatch import config, train
+from jaxbatch import config, noise_scale, rampup, train
 
 DEFAULT_LR = {"pretrained": {"adamw": 5e-5, "lamb": 1e-3, "lars": 1e-3},
               "tiny": {"adamw": 1e-3, "lamb": 1e-2, "lars": 1e-2}}
@@ -84,10 +84,16 @@ def run_point(cfg: config.Config, metric: str, train_missing: bool = True) -> di
         marker.write_text(json.dumps(settings))
     history = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     evals = [(r["step"], r[metric]) for r in history if r["kind"] == "eval"]
+    micro = rampup.micro_batch(cfg.train)
+    pairs = [noise_scale.unbiased_estimates(r["grad_sq_small"], r["grad_sq_big"],
+                                            r["batch_size"] / rampup.accum_for(int(r["batch_size"]), micro), r["batch_size"])
+             for r in history if r["kind"] == "train" and "grad_sq_small" in r]
+    g2, trace = (statistics.fmean(x) for x in zip(*pairs)) if pairs else (0.0, 0.0)
     return {"steps": done["steps"], "samples": done["samples"], "wall_time_s": done["wall_time_s"],
             "accumulation": cfg.train.accum_steps, "learning_rate": done["effective_hparams"]["learning_rate"],
             "evals": evals, "best": max(v for _, v in evals), "final": evals[-1][1],
-            "noise_scale": done["noise_scale"],
+            "noise_scale": done["noise_scale"],  # the run's final moving average
+            "noise_scale_run": trace / g2 if g2 > 0 else None,  # over the whole run: mean tr(S) / mean |G|^2
             "loss_curve": [(r["step"], r["loss"]) for r in history if r["kind"] == "train"]}
 
 
@@ -165,6 +171,7 @@ def summarize(points: list[dict], batches: list[int], variants: list[dict], metr
             reach = [steps_to_target(p["evals"], target) for p in ps]
             hit = [s for s in reach if s is not None]
             noise = [p["noise_scale"] for p in ps if p["noise_scale"]]
+            noise_run = [p["noise_scale_run"] for p in ps if p.get("noise_scale_run")]
             rows.append({
                 "variant": v["name"], "batch": b, "seeds": len(ps), "steps": ps[0]["steps"],
                 "samples": ps[0]["samples"], "learning_rate": ps[0]["learning_rate"],
@@ -174,7 +181,8 @@ def summarize(points: list[dict], batches: list[int], variants: list[dict], metr
                 "final": statistics.median(p["final"] for p in ps),
                 "reached": f"{len(hit)}/{len(ps)}",
                 "steps_to_target": statistics.median(hit) if len(hit) * 2 > len(ps) else None,
-                "noise_scale": statistics.median(noise) if noise else None})
+                "noise_scale": statistics.median(noise) if noise else None,
+                "noise_scale_run": statistics.median(noise_run) if noise_run else None})
     for r in rows:  # steps relative to the smallest batch of the same variant
         first = next(x for x in rows if x["variant"] == r["variant"])
         r["step_ratio"] = (r["steps_to_target"] / first["steps_to_target"]
@@ -184,12 +192,13 @@ def summarize(points: list[dict], batches: list[int], variants: list[dict], metr
 
 
 def advisor(rows: list[dict]) -> list[dict]:
-    """Per variant: the batch the noise scale recommends (B_simple, median over that variant's runs) against
-    the batch that reached the target with the fewest examples, and the factor between them."""
+    """Per variant: the batch the noise scale recommends (B_simple averaged over each run, the median over
+    that variant's runs; the end-of-run moving average is larger, as the gradient shrinks late in training)
+    against the batch that reached the target with the fewest examples, and the factor between them."""
     out = []
     for v in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == v]
-        noise = [r["noise_scale"] for r in mine if r["noise_scale"]]
+        noise = [r["noise_scale_run"] for r in mine if r.get("noise_scale_run")]
         reached = [r for r in mine if r["steps_to_target"] is not None]
         best = min(reached, key=lambda r: (r["steps_to_target"] * r["batch"], r["batch"])) if reached else None
         b_simple = statistics.median(noise) if noise else None
@@ -212,14 +221,14 @@ def _write(report: dict, out: Path, metric: str) -> None:
     lines = [f"target: dev {metric} >= {report['target']:.4f} (the smallest batch's best, seed median, minus "
              f"{report['args']['target_drop']})", "",
              f"| variant | batch | seeds | steps | examples | peak lr | wall (s) | best {metric} (min-max) | final | "
-             f"reached | steps to target | x smallest batch | B_simple |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             f"reached | steps to target | x smallest batch | B_simple (run mean) | B_simple (end) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         lines.append(
             f"| {r['variant']} | {r['batch']} | {r['seeds']} | {r['steps']} | {r['samples']} | {r['learning_rate']:.2g} | "
             f"{r['wall_time_s']:.0f} | {r['best']:.4f} ({r['best_range'][0]:.4f}-{r['best_range'][1]:.4f}) | "
             f"{r['final']:.4f} | {r['reached']} | {_fmt(r['steps_to_target'], '.0f')} | {_fmt(r['step_ratio'], '.3f')} | "
-            f"{_fmt(r['noise_scale'], '.0f')} |")
+            f"{_fmt(r.get('noise_scale_run'), '.0f')} | {_fmt(r['noise_scale'], '.0f')} |")
     lines += ["", "| variant | B_simple (advice) | batch with fewest examples to target | factor |", "|---|---:|---:|---:|"]
     for a in report["advisor"]:
         lines.append(f"| {a['variant']} | {_fmt(a['b_simple'], '.0f')} | {_fmt(a['best_batch'], 'd')} | "

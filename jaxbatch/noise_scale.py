@@ -6,7 +6,8 @@ From the squared norms of mean gradients at two batch sizes b < B (unbiased esti
     tr(S)   ~ (|g_b|^2 - |g_B|^2) / (1/b - 1/B)
 The train step gets both for free when it accumulates k >= 2 micro-batches: each micro-batch gradient is a
 b-example mean, their sum the B-example mean. Both estimators are noisy, so each is smoothed with an
-exponential moving average before the ratio is taken, as the paper recommends.
+exponential moving average (over every step, a window of ~100 steps) before the ratio is taken, as the
+paper recommends.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class NoiseScale:
 
     b_small: float
     b_big: float
-    decay: float = 0.95
+    decay: float = 0.99
     g2: float | None = None
     trace: float | None = None
     count: int = 0

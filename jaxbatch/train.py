@@ -151,6 +151,7 @@ def train(cfg: config.Config) -> TrainResult:
 
     # ---- Loop -------------------------------------------------------------------------------------------------
     noise = noise_scale.NoiseScale(run.micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None
+    pending_noise = []  # per-step (|g_b|^2, |g_B|^2, b, B), on device until the next log
     evals, start_time, result, eval_s = [], time.perf_counter(), None, [0.0]
 
     def run_eval(done: int) -> dict:
@@ -182,6 +183,9 @@ def train(cfg: config.Config) -> TrainResult:
             size, length = batch["input_ids"].shape
             tokens = size * length
             reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
+            if noise is not None and "grad_sq_small" in step_metrics:  # every step (a one-micro-batch ramp step has none),
+                pending_noise.append((step_metrics["grad_sq_small"], step_metrics["grad_sq_big"],  # fetched when logging
+                                      size / rampup.accum_for(size, run.micro_batch), size))
             if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
                 jax.block_until_ready(state)
                 reporter.start_clock(done)
@@ -191,9 +195,10 @@ def train(cfg: config.Config) -> TrainResult:
                 check_finite(done)
             if done % t.log_every == 0 or done == t.steps:
                 record = reporter.log(done, {**step_metrics, "batch_size": size, "samples": int(seen[done])})
-                if noise is not None and "grad_sq_small" in record:  # a ramp-up step of one micro-batch has none
-                    noise.update(record["grad_sq_small"], record["grad_sq_big"],
-                                 size / rampup.accum_for(size, run.micro_batch), size)
+                if pending_noise:
+                    for sq_small, sq_big, b_small, b_big in jax.device_get(pending_noise):
+                        noise.update(float(sq_small), float(sq_big), b_small, b_big)
+                    pending_noise.clear()
                     if noise.b_simple is not None:
                         reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
             if ((t.eval_every and done % t.eval_every == 0) or done == t.steps) and not (stop and done < t.steps):

@@ -41,3 +41,23 @@ def test_train_step_reports_both_batch_sizes():
     norms = [run_steps(single, [{k: v[i] for k, v in micro.items()}], jax.devices()[:1])[1][0]["grad_norm"] ** 2
              for i in range(2)]
     assert hist[0]["grad_sq_small"] == pytest.approx(np.mean(norms), rel=1e-4)
+
+
+def test_every_step_feeds_the_estimate_whatever_the_logging_cadence(tmp_path):
+    """The loop fetches each step's pair at the next log: logging every step or every 4th gives the same
+    B_simple, equal to the moving average of the per-step pairs."""
+    import json
+
+    from jaxbatch import train
+
+    args = ["train.batch_size=16", "train.accum_steps=2", "mesh.data=8", "train.steps=8", "train.eval_every=0",
+            "data.num_train=128", "data.seq_len=16"]
+    every = train.train(tiny_config(*args, "train.log_every=1", f"train.run_dir={tmp_path / 'a'}"))
+    fourth = train.train(tiny_config(*args, "train.log_every=4", f"train.run_dir={tmp_path / 'b'}"))
+    rows = [r for r in map(json.loads, open(tmp_path / "a" / "metrics.jsonl")) if r["kind"] == "train"]
+    est = noise_scale.NoiseScale(8, 16)
+    for r in rows:
+        est.update(r["grad_sq_small"], r["grad_sq_big"])
+    assert len(rows) == 8
+    assert every.summary["noise_scale"] == pytest.approx(est.b_simple, rel=1e-6)
+    assert fourth.summary["noise_scale"] == pytest.approx(est.b_simple, rel=1e-5)

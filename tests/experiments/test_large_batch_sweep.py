@@ -19,7 +19,7 @@ def test_summary_target_ratios_and_advisor_on_synthetic_points():
     def point(variant, batch, seed, evals, noise):
         return {"variant": variant, "batch": batch, "seed": seed, "steps": 100, "samples": 100 * batch,
                 "wall_time_s": 1.0, "learning_rate": 1e-3, "evals": evals, "best": max(v for _, v in evals),
-                "final": evals[-1][1], "noise_scale": noise}
+                "final": evals[-1][1], "noise_scale": 10 * noise, "noise_scale_run": noise}
     points = [point("a", 32, 0, [(100, 0.80), (200, 0.90)], 100.0),
               point("a", 32, 1, [(100, 0.85), (300, 0.92)], 300.0),
               point("a", 128, 0, [(25, 0.895), (50, 0.90)], 200.0),
