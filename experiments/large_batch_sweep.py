@@ -24,6 +24,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from jaxbatch import config, noise_scale, rampup, train
 
 DEFAULT_LR = {"pretrained": {"adamw": 5e-5, "lamb": 1e-3, "lars": 1e-3},
@@ -191,20 +193,36 @@ def summarize(points: list[dict], batches: list[int], variants: list[dict], metr
             "args": {k: v for k, v in vars(args).items()}}
 
 
+def critical_batch(reached: list[tuple[int, float]]) -> tuple[float | None, float | None, float | None]:
+    """(B_crit, S_min, E_min) from (batch, steps to target) pairs by McCandlish et al.'s S(B) = S_min + E_min / B
+    (least squares in 1/B): B_crit = E_min / S_min, where twice the minimal steps and twice the minimal
+    examples are needed. None when fewer than two batches reached the target or steps did not fall with B
+    (S_min <= 0 means still perfect scaling: B_crit lies beyond the batches tried)."""
+    if len(reached) < 2:
+        return None, None, None
+    x = np.asarray([1.0 / b for b, _ in reached])
+    y = np.asarray([s for _, s in reached], float)
+    e_min, s_min = np.polyfit(x, y, 1)
+    if e_min <= 0 or s_min <= 0:
+        return None, (float(s_min) if e_min > 0 else None), float(e_min)
+    return float(e_min / s_min), float(s_min), float(e_min)
+
+
 def advisor(rows: list[dict]) -> list[dict]:
     """Per variant: the batch the noise scale recommends (B_simple averaged over each run, the median over
     that variant's runs; the end-of-run moving average is larger, as the gradient shrinks late in training)
-    against the batch that reached the target with the fewest examples, and the factor between them."""
+    against the empirical critical batch from the steps to target, and the factor between them."""
     out = []
     for v in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == v]
         noise = [r["noise_scale_run"] for r in mine if r.get("noise_scale_run")]
-        reached = [r for r in mine if r["steps_to_target"] is not None]
-        best = min(reached, key=lambda r: (r["steps_to_target"] * r["batch"], r["batch"])) if reached else None
+        reached = [(r["batch"], r["steps_to_target"]) for r in mine if r["steps_to_target"] is not None]
+        b_crit, s_min, e_min = critical_batch(reached)
+        fewest = min(reached, key=lambda bs: (bs[0] * bs[1], bs[0]))[0] if reached else None
         b_simple = statistics.median(noise) if noise else None
-        out.append({"variant": v, "b_simple": b_simple, "best_batch": best["batch"] if best else None,
-                    "factor": (max(b_simple, best["batch"]) / min(b_simple, best["batch"])
-                               if b_simple and best else None)})
+        out.append({"variant": v, "b_simple": b_simple, "b_crit": b_crit, "s_min": s_min, "e_min": e_min,
+                    "fewest_examples_batch": fewest,
+                    "factor": max(b_simple, b_crit) / min(b_simple, b_crit) if b_simple and b_crit else None})
     return out
 
 
@@ -229,10 +247,12 @@ def _write(report: dict, out: Path, metric: str) -> None:
             f"{r['wall_time_s']:.0f} | {r['best']:.4f} ({r['best_range'][0]:.4f}-{r['best_range'][1]:.4f}) | "
             f"{r['final']:.4f} | {r['reached']} | {_fmt(r['steps_to_target'], '.0f')} | {_fmt(r['step_ratio'], '.3f')} | "
             f"{_fmt(r.get('noise_scale_run'), '.0f')} | {_fmt(r['noise_scale'], '.0f')} |")
-    lines += ["", "| variant | B_simple (advice) | batch with fewest examples to target | factor |", "|---|---:|---:|---:|"]
+    lines += ["", "| variant | B_simple (the advice) | B_crit from steps to target (S_min, E_min) | factor | "
+              "batch with fewest examples to target |", "|---|---:|---:|---:|---:|"]
     for a in report["advisor"]:
-        lines.append(f"| {a['variant']} | {_fmt(a['b_simple'], '.0f')} | {_fmt(a['best_batch'], 'd')} | "
-                     f"{_fmt(a['factor'], '.1f')} |")
+        fit = f" ({a['s_min']:.0f}, {a['e_min']:.0f})" if a["b_crit"] else ""
+        lines.append(f"| {a['variant']} | {_fmt(a['b_simple'], '.0f')} | {_fmt(a['b_crit'], '.0f')}{fit} | "
+                     f"{_fmt(a['factor'], '.1f')} | {_fmt(a['fewest_examples_batch'], 'd')} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.md").write_text(table + "\n")

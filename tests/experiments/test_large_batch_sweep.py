@@ -34,8 +34,17 @@ def test_summary_target_ratios_and_advisor_on_synthetic_points():
     report = sweep.summarize(points, [32, 128], variants, "accuracy", type("A", (), {"target_drop": 0.03})())
     r32, r128 = report["rows"]  # target 0.88: b32 at 200 and 300 -> 250; b128 at 25 and 50 -> 37.5
     assert (r32["steps_to_target"], r128["steps_to_target"], r128["step_ratio"]) == (250, 37.5, 0.15)
-    # fewest examples to target: b32 250 x 32 = 8000 > b128 37.5 x 128 = 4800; B_simple median 200
-    assert report["advisor"] == [{"variant": "a", "b_simple": 200.0, "best_batch": 128, "factor": 200 / 128}]
+    # S(B) = S_min + E_min / B through (32, 250) and (128, 37.5): E_min = 9066.7, S_min = -33.3 < 0: B_crit unknown
+    (a,) = report["advisor"]
+    assert (a["b_simple"], a["b_crit"], a["fewest_examples_batch"]) == (200.0, None, 128)  # 37.5 x 128 < 250 x 32
+
+
+def test_critical_batch_from_steps_to_target():
+    """McCandlish et al.: S(B) = S_min (1 + B_crit / B); steps 100 + 32000 / B give B_crit = 320."""
+    b_crit, s_min, e_min = sweep.critical_batch([(b, 100 + 32000 / b) for b in (32, 256, 1024)])
+    assert (b_crit, s_min, e_min) == pytest.approx((320, 100, 32000))
+    assert sweep.critical_batch([(32, 100)]) == (None, None, None)
+    assert sweep.critical_batch([(32, 1000), (1024, 1000 * 32 / 1024)])[0] is None  # perfect scaling: beyond 1024
 
 
 def test_sweep_writes_its_views_skips_finished_points_and_extends(tmp_path, monkeypatch):
