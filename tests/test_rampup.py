@@ -13,7 +13,7 @@ from jaxbatch.data import pipeline
 from jaxbatch.errors import ConfigError
 
 RAMP = ["train.batch_size=32", "train.rampup_start=8", "train.rampup_samples=96", "train.steps=10",
-        "data.seq_len=16", "data.num_train=160", "train.log_every=1", "train.eval_every=0", "data.buckets=2"]
+        "data.seq_len=16", "data.num_train=160", "train.log_every=1", "train.eval_every=0"]
 
 
 def test_schedule_grows_by_increments_of_samples_seen():
