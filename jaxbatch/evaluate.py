@@ -24,18 +24,41 @@ def eval_batch_size(run, wanted: int | None = None) -> int:
     return -(-wanted // step) * step
 
 
-def outputs(run, params, arrays: dict, batch_size: int | None = None) -> tuple[dict, dict]:
-    """(summed metrics over the split, the family's per-example outputs as numpy, in the split's order)."""
+def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: int = 3) -> tuple[dict, dict]:
+    """(summed metrics over the split, the family's per-example outputs as numpy, in the split's order).
+
+    Padded examples (those with an attention mask) are evaluated shortest first, each batch cut to the
+    smallest of `buckets` lengths (seq_len/4, /2, /1) that holds it: the sums are the same, the padding
+    (most of a short-sentence split at seq_len) is not computed, and at most `buckets` shapes compile.
+    Per-token outputs are padded back to seq_len (0 past a batch's cut: padding is not computed) and
+    everything is returned in the split's order."""
     batch_size = eval_batch_size(run, batch_size)
+    n = len(arrays["labels"])
+    order, lengths = np.arange(n), None
+    if "attention_mask" in arrays:
+        order = np.argsort(arrays["attention_mask"].sum(1), kind="stable")
+        seq_len = arrays["attention_mask"].shape[1]
+        arrays = {k: v[order] for k, v in arrays.items()}
+        lengths = arrays["attention_mask"].sum(1)
+        cuts = np.asarray(pipeline.bucket_lengths(seq_len, buckets))
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}
-    for local, real in pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
+    for start, (local, real) in zip(range(0, n, batch_size),
+                                    pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count())):
+        if lengths is not None:  # the same cut on every host: from the global batch
+            cut = int(cuts[np.searchsorted(cuts, lengths[start: start + batch_size].max())])
+            local = {k: (v[:, :cut] if v.ndim == 2 and v.shape[1] == seq_len else v) for k, v in local.items()}
         sums, preds = run.steps.eval(params, pipeline.to_global(local, run.batch_sh))
         for k, v in jax.device_get(sums).items():
             totals[k] = totals.get(k, 0.0) + float(v)
         for k, v in preds.items():
-            parts.setdefault(k, []).append(np.asarray(multihost_utils.process_allgather(v, tiled=True))[:real])
-    return totals, {k: np.concatenate(v) for k, v in parts.items()}
+            v = np.asarray(multihost_utils.process_allgather(v, tiled=True))[:real]
+            if lengths is not None and arrays["labels"].ndim == 2 and v.ndim >= 2:  # per token: back to seq_len
+                v = np.pad(v, [(0, 0), (0, seq_len - v.shape[1])] + [(0, 0)] * (v.ndim - 2))
+            parts.setdefault(k, []).append(v)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(n)
+    return totals, {k: np.concatenate(v)[inverse] for k, v in parts.items()}
 
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,
