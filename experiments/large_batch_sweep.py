@@ -11,8 +11,10 @@ A variant is OPTIMIZER:RULE[:LR] (LR = the learning rate at --reference-batch; d
 1e-3 for lamb/lars on pretrained MiniLM-L6, 1e-3 / 1e-2 on the tiny offline model). Rule `none` runs
 without warmup; `linear` and `sqrt` warm up over --warmup of the examples. Every point is its own run dir
 (<run-dir>/<variant>/b<batch>/s<seed>) with checkpoints: an interrupted sweep resumes where it stopped,
-finished points are read back instead of rerun, and new batches, variants or seeds extend a sweep.
-Without --data-dir it runs offline on the generated corpus with the tiny model (minutes on a CPU).
+finished points are read back instead of rerun, and new batches, variants or seeds extend a sweep;
+`--report` trains nothing and tables the finished points among those named. The advisor check fits
+McCandlish et al.'s S(B) = S_min + E_min / B to the steps to target and compares B_crit = E_min / S_min with
+B_simple. Recorded results: experiments/results/. Without --data-dir it runs offline on the generated corpus with the tiny model (minutes on a CPU).
 """
 
 from __future__ import annotations
