@@ -31,11 +31,17 @@ def test_summary_target_ratios_and_advisor_on_synthetic_points():
     r32, r128 = report["rows"]
     assert (r32["reached"], r32["steps_to_target"]) == ("1/2", None)  # only seed 1 (step 300): not a majority
     assert (r128["reached"], r128["steps_to_target"]) == ("0/2", None)
+    points.append(point("b", 32, 0, [(100, 0.70), (200, 0.80)], 50.0))  # a weaker variant: its own target 0.77
+    points.append(point("b", 128, 0, [(25, 0.79)], 50.0))
+    variants.append({"name": "b"})
     report = sweep.summarize(points, [32, 128], variants, "accuracy", type("A", (), {"target_drop": 0.03})())
-    r32, r128 = report["rows"]  # target 0.88: b32 at 200 and 300 -> 250; b128 at 25 and 50 -> 37.5
+    b32, b128 = report["rows"][2:]
+    assert (b32["steps_to_target"], b32["steps_to_own_target"], b128["steps_to_own_target"]) == (None, 200, 25)
+    assert b128["own_step_ratio"] == 0.125 and b128["own_target"] == pytest.approx(0.77)
+    r32, r128 = report["rows"][:2]  # target 0.88: b32 at 200 and 300 -> 250; b128 at 25 and 50 -> 37.5
     assert (r32["steps_to_target"], r128["steps_to_target"], r128["step_ratio"]) == (250, 37.5, 0.15)
     # S(B) = S_min + E_min / B through (32, 250) and (128, 37.5): E_min = 9066.7, S_min = -33.3 < 0: B_crit unknown
-    (a,) = report["advisor"]
+    a = report["advisor"][0]
     assert (a["b_simple"], a["b_crit"], a["fewest_examples_batch"]) == (200.0, None, 128)  # 37.5 x 128 < 250 x 32
 
 
