@@ -75,8 +75,10 @@ def run_point(cfg: config.Config, metric: str, train_missing: bool = True) -> di
     `train_missing` is off."""
     run_dir = Path(cfg.train.run_dir)
     marker, summary_file = run_dir / "point.json", run_dir / "summary.json"
-    settings = json.loads(json.dumps(config.to_dict(cfg)))  # as JSON reads it back (tuples -> lists)
-    if marker.is_file() and json.loads(marker.read_text()) == settings and summary_file.is_file():
+    settings = config.to_dict(cfg)
+    # keys added to Config since a point ran take their defaults
+    same = marker.is_file() and summary_file.is_file() and config.from_dict(json.loads(marker.read_text())) == cfg
+    if same:
         done = json.loads(summary_file.read_text())
     elif not train_missing:
         return None
@@ -228,11 +230,14 @@ def advisor(rows: list[dict]) -> list[dict]:
         noise = [r["noise_scale_run"] for r in mine if r.get("noise_scale_run")]
         reached = [(r["batch"], r["steps_to_target"]) for r in mine if r["steps_to_target"] is not None]
         b_crit, s_min, e_min = critical_batch(reached)
+        own_crit = critical_batch([(r["batch"], r["steps_to_own_target"]) for r in mine
+                                   if r["steps_to_own_target"] is not None])[0]
         fewest = min(reached, key=lambda bs: (bs[0] * bs[1], bs[0]))[0] if reached else None
         b_simple = statistics.median(noise) if noise else None
         out.append({"variant": v, "b_simple": b_simple, "b_crit": b_crit, "s_min": s_min, "e_min": e_min,
-                    "fewest_examples_batch": fewest,
-                    "factor": max(b_simple, b_crit) / min(b_simple, b_crit) if b_simple and b_crit else None})
+                    "fewest_examples_batch": fewest, "b_crit_own": own_crit,
+                    "factor": max(b_simple, b_crit) / min(b_simple, b_crit) if b_simple and b_crit else None,
+                    "factor_own": max(b_simple, own_crit) / min(b_simple, own_crit) if b_simple and own_crit else None})
     return out
 
 
@@ -260,11 +265,13 @@ def _write(report: dict, out: Path, metric: str) -> None:
             f"{_fmt(r['steps_to_own_target'], '.0f')} (>= {r['own_target']:.4f}) | {_fmt(r['own_step_ratio'], '.3f')} | "
             f"{_fmt(r.get('noise_scale_run'), '.0f')} | {_fmt(r['noise_scale'], '.0f')} |")
     lines += ["", "| variant | B_simple (the advice) | B_crit from steps to target (S_min, E_min) | factor | "
-              "batch with fewest examples to target |", "|---|---:|---:|---:|---:|"]
+              "B_crit from steps to own target | factor | batch with fewest examples to target |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for a in report["advisor"]:
         fit = f" ({a['s_min']:.0f}, {a['e_min']:.0f})" if a["b_crit"] else ""
         lines.append(f"| {a['variant']} | {_fmt(a['b_simple'], '.0f')} | {_fmt(a['b_crit'], '.0f')}{fit} | "
-                     f"{_fmt(a['factor'], '.1f')} | {_fmt(a['fewest_examples_batch'], 'd')} |")
+                     f"{_fmt(a['factor'], '.1f')} | {_fmt(a.get('b_crit_own'), '.0f')} | {_fmt(a.get('factor_own'), '.1f')} | "
+                     f"{_fmt(a['fewest_examples_batch'], 'd')} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.md").write_text(table + "\n")

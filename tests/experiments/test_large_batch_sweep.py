@@ -41,8 +41,10 @@ def test_summary_target_ratios_and_advisor_on_synthetic_points():
     r32, r128 = report["rows"][:2]  # target 0.88: b32 at 200 and 300 -> 250; b128 at 25 and 50 -> 37.5
     assert (r32["steps_to_target"], r128["steps_to_target"], r128["step_ratio"]) == (250, 37.5, 0.15)
     # S(B) = S_min + E_min / B through (32, 250) and (128, 37.5): E_min = 9066.7, S_min = -33.3 < 0: B_crit unknown
-    a = report["advisor"][0]
+    a, b = report["advisor"]
     assert (a["b_simple"], a["b_crit"], a["fewest_examples_batch"]) == (200.0, None, 128)  # 37.5 x 128 < 250 x 32
+    # variant b, own target: S(32) = 200, S(128) = 25 -> E_min = 175 / (1/32 - 1/128) = 7466.7, S_min = -33.3: none
+    assert b["b_crit_own"] is None and b["b_simple"] == 50.0
 
 
 def test_critical_batch_from_steps_to_target():
