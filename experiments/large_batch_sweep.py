@@ -282,7 +282,10 @@ def _write(report: dict, out: Path, metric: str) -> None:
         a.errorbar([r["batch"] for r in mine], [r["best"] for r in mine], fmt="o-", label=v,
                    yerr=[[r["best"] - r["best_range"][0] for r in mine], [r["best_range"][1] - r["best"] for r in mine]])
         hit = [r for r in mine if r["steps_to_target"]]
-        c.plot([r["batch"] for r in hit], [r["steps_to_target"] for r in hit], "o-", label=v)
+        line, = c.plot([r["batch"] for r in hit], [r["steps_to_target"] for r in hit], "o-", label=f"{v}: target")
+        own = [r for r in mine if r["steps_to_own_target"]]
+        c.plot([r["batch"] for r in own], [r["steps_to_own_target"] for r in own], "s--", color=line.get_color(),
+               label=f"{v}: own target")
     for p in report["points"]:
         if p["seed"] == report["points"][0]["seed"]:
             b.plot(*zip(*p["evals"]), ".-", label=f"{p['variant']} b{p['batch']}", alpha=0.8)
