@@ -53,7 +53,7 @@ class NoiseScale:
 def advice(b_simple: float | None, batch: int) -> str:
     """A batch-size recommendation: near B_simple, training is still close to perfectly step-efficient;
     far above it, doubling the batch buys little fewer steps (the paper's critical batch size, when the
-    Hessian is well conditioned; B_simple underestimates it otherwise, as measured for LAMB on SST-2)."""
+    Hessian is well conditioned; B_simple can underestimate it otherwise, as the SST-2 sweep suggests)."""
     if b_simple is None or b_simple <= 0:
         return "gradient noise scale: not enough signal yet (need train.accum_steps >= 2 and more steps)"
     ratio = batch / b_simple
@@ -65,6 +65,6 @@ def advice(b_simple: float | None, batch: int) -> str:
     else:
         verdict = (f"the batch is {ratio:.0f}x the noise scale: for SGD, larger batches mostly waste compute and "
                    f"~{int(b_simple)} sequences would use examples more efficiently; B_simple ignores curvature and "
-                   f"Adam/LAMB preconditioning, so with those it is a lower bound (in the SST-2 sweep the critical "
-                   f"batch was ~10x B_simple: README 'Large batches')")
+                   f"Adam/LAMB preconditioning, so with those it can sit well below the critical batch (README "
+                   f"'Large batches')")
     return f"gradient noise scale B_simple ~ {b_simple:.0f} sequences (batch {batch}): {verdict}"
