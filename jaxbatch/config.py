@@ -63,7 +63,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = True  # the LM head reuses the token embedding
     remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable: recompute in backward
-    scan_layers: bool = False  # decoders: one compiled layer in lax.scan (compile time flat in depth)
+    scan_layers: bool = False  # one compiled layer in lax.scan over stacked layer params (faster compiles of deep models)
     z_loss: float = 0.0  # PaLM's z-loss weight on log(sum(exp(logits)))^2
     # compressed models (written by `jaxbatch compress`; see jaxbatch/compress/)
     quant: str = ""  # int8: dense kernels and embedding tables stored and run as int8 | '' = float

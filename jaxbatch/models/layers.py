@@ -64,9 +64,9 @@ def run_layers(layers, x: jax.Array, call, *, scan: bool, remat_policy=None, rng
     Dropout keys then come from one draw folded with the layer index. Layers whose structures differ (e.g.
     compressed to different ranks) cannot be stacked and run as a loop."""
     if scan and len(layers) > 1:
-        graphdef, first = nnx.split(layers[0])
-        states = [nnx.split(layer)[1] for layer in layers]
-        if all(nnx.graphdef(layer) == graphdef for layer in layers[1:]):
+        graphdefs, states = zip(*(nnx.split(layer) for layer in layers))
+        graphdef = graphdefs[0]
+        if all(g == graphdef for g in graphdefs[1:]):
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
             key = rngs.dropout() if rngs is not None else None
 
