@@ -36,10 +36,10 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     n = len(arrays["labels"])
     order, lengths = np.arange(n), None
     if "attention_mask" in arrays:
-        order = np.argsort(arrays["attention_mask"].sum(1), kind="stable")
-        seq_len = arrays["attention_mask"].shape[1]
-        arrays = {k: v[order] for k, v in arrays.items()}
         lengths = arrays["attention_mask"].sum(1)
+        order = np.argsort(lengths, kind="stable")
+        seq_len = arrays["attention_mask"].shape[1]
+        arrays, lengths = {k: v[order] for k, v in arrays.items()}, lengths[order]
         cuts = np.asarray(pipeline.bucket_lengths(seq_len, buckets))
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}

@@ -30,6 +30,11 @@ class ArraySource:
         return {k: v[i] for k, v in self.arrays.items()}
 
 
+def real_tokens(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Which positions hold real tokens: the attention mask, or the non-padding segments of packed LM rows."""
+    return arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"] > 0
+
+
 def bucket_lengths(seq_len: int, num_buckets: int) -> list[int]:
     """Bucket boundaries seq_len / 2^k (multiples of 8), longest last: [32, 64, 128] for (128, 3)."""
     lengths = sorted({max(8, (seq_len >> k) // 8 * 8) for k in range(num_buckets)} | {seq_len})
@@ -87,8 +92,7 @@ def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: i
                         f"(train.batch_size)")
     if num_buckets > 1 or batch_sizes is not None:
         seq_len = arrays["input_ids"].shape[1]
-        lengths = (arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"] > 0).sum(1)
-        plan = plan_buckets(lengths, bucket_lengths(seq_len, num_buckets), sizes, seed)
+        plan = plan_buckets(real_tokens(arrays).sum(1), bucket_lengths(seq_len, num_buckets), sizes, seed)
 
         def gather(entry):
             length, idx = entry
@@ -150,7 +154,7 @@ class PaddingStats:
 
 def padding_stats(arrays: dict[str, np.ndarray], num_buckets: int = 1) -> PaddingStats:
     """Real vs computed tokens when every example is padded to seq_len, or to its length bucket."""
-    mask = arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"] > 0  # packed LM rows
+    mask = real_tokens(arrays)
     lengths = mask.sum(1)
     if num_buckets <= 1:
         return PaddingStats(int(lengths.sum()), int(mask.size))
