@@ -92,7 +92,7 @@ def run_point(cfg: config.Config, metric: str, train_missing: bool = True) -> di
     evals = [(r["step"], r[metric]) for r in history if r["kind"] == "eval"]
     micro = rampup.micro_batch(cfg.train)
     pairs = [noise_scale.unbiased_estimates(r["grad_sq_small"], r["grad_sq_big"],
-                                            r["batch_size"] / rampup.accum_for(int(r["batch_size"]), micro), r["batch_size"])
+                                            rampup.step_micro_batch(r["batch_size"], micro), r["batch_size"])
              for r in history if r["kind"] == "train" and "grad_sq_small" in r]
     g2, trace = (statistics.fmean(x) for x in zip(*pairs)) if pairs else (0.0, 0.0)
     return {"steps": done["steps"], "samples": done["samples"], "wall_time_s": done["wall_time_s"],

@@ -325,7 +325,7 @@ def validate(cfg: Config, num_devices: int) -> None:
             raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), field)}")
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
-    micro = t.batch_size // t.accum_steps
+    micro = rampup.micro_batch(t)
     if micro % (data * fsdp):
         raise ConfigError(
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "

@@ -44,3 +44,8 @@ def micro_batch(train_cfg) -> int:
 def accum_for(batch: int, micro: int) -> int:
     """Micro-batches for a step of `batch` sequences: as few as keep each at most `micro`."""
     return max(1, math.ceil(batch / micro))
+
+
+def step_micro_batch(batch: int, micro: int) -> float:
+    """The micro-batch a step of `batch` sequences runs (its small batch in the noise-scale estimate)."""
+    return batch / accum_for(batch, micro)

@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxbatch import accumulate, cache, compress, config, models, optim
+from jaxbatch import accumulate, cache, compress, config, models, optim, rampup
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -52,7 +52,7 @@ class Run:
 
     @property
     def micro_batch(self) -> int:
-        return self.spec.train.batch_size // self.spec.train.accum_steps
+        return rampup.micro_batch(self.spec.train)
 
 
 def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None,

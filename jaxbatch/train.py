@@ -185,7 +185,7 @@ def train(cfg: config.Config) -> TrainResult:
             reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
             if noise is not None and "grad_sq_small" in step_metrics:  # every step (a one-micro-batch ramp step has none),
                 pending_noise.append((step_metrics["grad_sq_small"], step_metrics["grad_sq_big"],  # fetched when logging
-                                      size / rampup.accum_for(size, run.micro_batch), size))
+                                      rampup.step_micro_batch(size, run.micro_batch), size))
             if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
                 jax.block_until_ready(state)
                 reporter.start_clock(done)
