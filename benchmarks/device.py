@@ -62,8 +62,7 @@ def main(argv=None) -> list[dict]:
     rows = []
     for family, preset, batch, seq in shapes:
         cfg = _config(family, preset, batch, seq, precision, tiny=on_cpu)
-        data = (st.make_batch(cfg.model.vocab_size, batch, seq, cfg.model.num_labels) if family == "bert"
-                else st.make_lm_batch(cfg.model.vocab_size, batch, seq))
+        data = st.bench_batch(cfg, family, batch, seq)
         tokens = batch * seq
         flops = models.family(cfg.model).train_flops_per_token(cfg.model, seq) * tokens
         row = {"model": preset, "shape": f"{batch} x {seq}", "precision": precision}

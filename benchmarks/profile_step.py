@@ -26,9 +26,9 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_throughput import make_batch, make_lm_batch  # noqa: E402
+from step_throughput import DEFAULT_PRESET, bench_batch, bench_config  # noqa: E402
 
-from jaxbatch import config, metrics, models  # noqa: E402
+from jaxbatch import metrics, models  # noqa: E402
 from jaxbatch import run as run_lib  # noqa: E402
 
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)(?:\{[^}]*\})? ([\w\-]+)\((.*)$")
@@ -110,16 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", help="write the breakdown here")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    preset = args.preset or {"bert": "minilm-l6", "gpt2": "gpt2-124m", "llama": "llama-tiny"}[args.family]
-    task = ["model.task=token", "model.num_labels=9"] if args.family == "bert" else ["model.task=lm"]
-    cfg = config.build([f"model.preset={preset}", *task, f"train.batch_size={args.batch}", f"data.seq_len={args.seq}",
-                        "mesh.data=1", "train.progress=false", *args.overrides])
-    if cfg.model.vocab_size == 0:
-        cfg = config.replace(cfg, model__vocab_size=256)
-    devices = jax.devices()[:1]
-    run = run_lib.setup(cfg, devices=devices)
-    raw = (make_batch(cfg.model.vocab_size, args.batch, args.seq, cfg.model.num_labels) if args.family == "bert"
-           else make_lm_batch(cfg.model.vocab_size, args.batch, args.seq))
+    preset = args.preset or DEFAULT_PRESET[args.family]
+    cfg = bench_config(args.family, preset, args.batch, args.seq,
+                       overrides=["mesh.data=1", "train.progress=false", *args.overrides])
+    run = run_lib.setup(cfg, devices=jax.devices()[:1])
+    raw = bench_batch(cfg, args.family, args.batch, args.seq)
     batch = {k: jax.device_put(v, run.batch_sh[k]) for k, v in raw.items()}
     state = run.state
     for _ in range(2):

@@ -36,6 +36,26 @@ def make_batch(vocab: int, batch: int, seq: int, num_labels: int, seed: int = 0)
                 labels=rng.integers(0, num_labels, (batch, seq)).astype(np.int32))
 
 
+DEFAULT_PRESET = {"bert": "minilm-l6", "gpt2": "gpt2-124m", "llama": "llama-tiny"}
+
+
+def bench_config(family: str, preset: str, batch: int, seq: int, precision: str = "fp32",
+                 overrides=()) -> config.Config:
+    """The benchmarked shape: token classification (9 tags) for BERT, a dropout-free LM for decoders;
+    a tokenizer-sized vocabulary (0) becomes 256."""
+    task = ["model.task=token", "model.num_labels=9"] if family == "bert" else [
+        "model.task=lm", "data.name=text", "model.hidden_dropout=0.0"]
+    cfg = config.build([f"model.preset={preset}", *task, f"train.batch_size={batch}", f"data.seq_len={seq}",
+                        f"precision.policy={precision}", "optim.name=adamw", "train.steps=1000", *overrides])
+    return config.replace(cfg, model__vocab_size=256) if cfg.model.vocab_size == 0 else cfg
+
+
+def bench_batch(cfg: config.Config, family: str, batch: int, seq: int) -> dict:
+    if family == "bert":
+        return make_batch(cfg.model.vocab_size, batch, seq, cfg.model.num_labels)
+    return make_lm_batch(cfg.model.vocab_size, batch, seq)
+
+
 def time_steps(step, n: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         step()
@@ -121,18 +141,9 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. mesh.model=2")
     args = p.parse_args()
 
-    preset = args.preset or {"bert": "minilm-l6", "gpt2": "gpt2-124m", "llama": "llama-tiny"}[args.family]
-    task = ["model.task=token", "model.num_labels=9"] if args.family == "bert" else [
-        "model.task=lm", "data.name=text", "model.hidden_dropout=0.0"]
-    cfg = config.build([f"model.preset={preset}", *task, f"train.batch_size={args.batch}", f"data.seq_len={args.seq}",
-                        f"precision.policy={args.precision}", "optim.name=adamw", "train.steps=1000",
-                        *args.overrides])
-    if cfg.model.vocab_size == 0:
-        cfg = config.replace(cfg, model__vocab_size=256)
-    if args.family == "bert":
-        batch = make_batch(cfg.model.vocab_size, args.batch, args.seq, cfg.model.num_labels)
-    else:
-        batch = make_lm_batch(cfg.model.vocab_size, args.batch, args.seq)
+    preset = args.preset or DEFAULT_PRESET[args.family]
+    cfg = bench_config(args.family, preset, args.batch, args.seq, args.precision, args.overrides)
+    batch = bench_batch(cfg, args.family, args.batch, args.seq)
     devices = jax.devices()
     kind = devices[0].device_kind
     peak_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
