@@ -9,6 +9,8 @@ at the end, and samples text from the trained model. Presets:
                lr 1e-3 cosine, no dropout): the yardstick against nanoGPT's own wall time and val loss
   cpu          the same model trained longer with larger batches: the best val loss in ~20 min on 2 cores
   gpu          nanoGPT's shakespeare-char GPU shape (6 layers x 384, 6 heads, block 256, batch 64, dropout 0.2)
+The CPU presets run one XLA:CPU device per core, data parallel (`distributed.cpu_devices`, as many as divide
+the batch), which is how XLA:CPU uses more than one core on a model this small.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxbatch import config, train
+from jaxbatch import config, distributed, train
 from jaxbatch import run as run_lib
 
 COMMON = ["data.name=text", "optim.name=adamw", "optim.b2=0.99", "optim.eps=1e-8", "optim.weight_decay=0.1",
@@ -35,6 +37,16 @@ PRESETS = {
 }
 
 
+CPU_PRESETS = ("nanogpt-cpu", "cpu")
+
+
+def cpu_devices(batch: int) -> int:
+    """One XLA:CPU device per core (data parallel across them), as many as divide the batch: XLA:CPU runs a
+    small model's step on about one core per device (benchmarks/README.md, "Decoder step on CPU")."""
+    cores = distributed.cpu_device_count(-1)
+    return max(d for d in range(1, cores + 1) if batch % d == 0)
+
+
 def main(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="python -m experiments.lm_pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +57,11 @@ def main(argv: list[str]) -> dict:
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args(argv)
     arch = ["model.preset=llama-tiny"] if args.arch == "llama" else []
-    cfg = config.build(COMMON + PRESETS[args.preset] + arch + [f"data.data_dir={args.data_dir}"] + args.overrides)
+    base = COMMON + PRESETS[args.preset] + arch + [f"data.data_dir={args.data_dir}"]
+    cfg = config.build(base + args.overrides)
+    if args.preset in CPU_PRESETS:  # the command line's overrides still win
+        cfg = config.build(base + [f"distributed.cpu_devices={cpu_devices(cfg.train.batch_size)}"] + args.overrides)
+    distributed.initialize(cfg.distributed)
     result = train.train(cfg)
     final = result.summary["final_eval"]
     print(f"\nval loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}, bits/byte "

@@ -174,7 +174,7 @@ class DistributedConfig:
     coordinator: str = ""  # HOST:PORT of process 0
     num_processes: int = 1
     process_id: int = 0
-    cpu_devices: int = 0  # CPU only: devices per process (and gloo collectives); 0 = leave JAX's default
+    cpu_devices: int = 0  # CPU only: XLA devices per process (gloo between processes); 0 = JAX's default, -1 = one per core
 
 
 @dataclasses.dataclass(frozen=True)

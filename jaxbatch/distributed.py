@@ -7,15 +7,37 @@ CPU processes (tests, development) talk through gloo collectives.
 
 from __future__ import annotations
 
+import os
+
 import jax
 
 
+def cpu_device_count(setting: int) -> int:
+    """`distributed.cpu_devices`: -1 means one XLA:CPU device per core this process may run on."""
+    return len(os.sched_getaffinity(0)) if setting == -1 else setting
+
+
 def initialize(dist_cfg) -> bool:
-    """Starts jax.distributed when configured; returns whether it did. Must run before any device use."""
+    """Sets the CPU device count and starts jax.distributed when configured; returns whether it started
+    jax.distributed. Must run before any device use.
+
+    Several CPU devices in one process are how XLA:CPU uses several cores on a small model: it runs each
+    device's program on a core of its own, while one device runs the small matmuls and fusions of a model
+    like nanoGPT's on about one core (benchmarks/README.md, "Decoder step on CPU")."""
+    if dist_cfg.cpu_devices:
+        from jaxbatch.config import ConfigError
+
+        if dist_cfg.cpu_devices < -1:
+            raise ConfigError(f"distributed.cpu_devices={dist_cfg.cpu_devices}: use a count, 0 (JAX's default) "
+                              f"or -1 (one per core)")
+        try:
+            jax.config.update("jax_num_cpu_devices", cpu_device_count(dist_cfg.cpu_devices))
+        except RuntimeError:
+            raise ConfigError(f"distributed.cpu_devices={dist_cfg.cpu_devices}: JAX had started already; it "
+                              f"must be set before the first JAX operation") from None
     if dist_cfg.num_processes <= 1 and not dist_cfg.auto:
         return False
     if dist_cfg.cpu_devices:
-        jax.config.update("jax_num_cpu_devices", dist_cfg.cpu_devices)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if dist_cfg.auto:
         jax.distributed.initialize()

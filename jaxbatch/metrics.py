@@ -78,4 +78,8 @@ def peak_flops_per_device(override_tflops: float = 0.0) -> tuple[float, str]:
     if chip is not None:
         return chip.peak_flops, f"spec sheet ({kind}, bf16)"
     value, fresh = cache.cached_peak(measure_matmul_flops)
-    return value, f"fp32 matmul ({kind}), {'measured now' if fresh else 'measured earlier on this machine'}"
+    source = f"fp32 matmul ({kind}), {'measured now' if fresh else 'measured earlier on this machine'}"
+    shared = jax.local_device_count()  # XLA:CPU devices of one process share its cores: the peak is the host's
+    if shared > 1:
+        return value / shared, f"{source}, the host's peak shared by {shared} devices"
+    return value, source

@@ -83,3 +83,17 @@ def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
     assert f"resumed from {run / 'checkpoints'} at step {step}" in outputs[0]
     rows = [r["step"] for r in map(json.loads, open(metrics)) if r["kind"] == "train"]
     assert rows == list(range(1, 41))
+
+
+def test_cpu_devices_one_per_core_and_refused_once_jax_has_started(monkeypatch):
+    import jax
+
+    from jaxbatch import config, distributed
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    assert distributed.cpu_device_count(-1) == 6 and distributed.cpu_device_count(3) == 3
+    jax.devices()  # this process's JAX has started: the count can no longer change, and says so
+    for bad, message in ((-1, "JAX had started already"), (-2, "use a count")):
+        with pytest.raises(config.ConfigError, match=message):
+            distributed.initialize(config.build([f"distributed.cpu_devices={bad}"]).distributed)
+
