@@ -5,6 +5,7 @@ tokenized examples with the same hyper-parameters; print each one's wall time to
     python benchmarks/finetune_e2e.py --data-dir ../shared/data/conll2003            # 1300 steps each
     python benchmarks/finetune_e2e.py --steps 300 --json e2e.json                     # a shorter run
     python benchmarks/finetune_e2e.py --data synthetic --steps 20 data.seq_len=32     # offline, minutes
+    python benchmarks/finetune_e2e.py --steps 300 distributed.cpu_devices=-1          # one XLA:CPU device per core
 
 The PyTorch loop is what an HF user writes: `BertForTokenClassification.from_pretrained`, AdamW (no decay
 on biases and LayerNorm), linear warmup then linear decay (`get_linear_schedule_with_warmup`), clipping at
@@ -30,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import conll2003_ner  # noqa: E402
-from jaxbatch import config, hf, metrics, train  # noqa: E402
+from jaxbatch import config, distributed, hf, metrics, train  # noqa: E402
 
 
 def run_jaxbatch(cfg: config.Config) -> tuple[dict, object]:
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = tempfile.mkdtemp(prefix="e2e-")
     cfg = config.build([*conll2003_ner.DEFAULTS, *data, f"train.steps={args.steps}", "train.eval_every=0",
                         "train.progress=false", f"train.run_dir={run_dir}", *args.overrides])
+    distributed.initialize(cfg.distributed)  # distributed.cpu_devices=-1: one XLA:CPU device per core
     jx, task_data = run_jaxbatch(cfg)
     pt = run_torch(task_data, cfg)
     res = {"jaxbatch": jx, "torch": pt, "time_ratio": jx["train_s"] / pt["train_s"],

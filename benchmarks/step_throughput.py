@@ -3,6 +3,8 @@ measured in the same run; optionally against PyTorch eager (the same model from 
 
     python benchmarks/step_throughput.py                      # MiniLM-L6 shape, batch 32 x 128, fp32
     python benchmarks/step_throughput.py --vs-torch           # + PyTorch on the same shape, and the ratio
+    python benchmarks/step_throughput.py --torch-compile      # + PyTorch eager and torch.compile
+    python benchmarks/step_throughput.py --vs-torch distributed.cpu_devices=-1   # one XLA:CPU device per core
     python benchmarks/step_throughput.py --preset bert-base --batch 64 --precision bf16   # a GPU shape
     python benchmarks/step_throughput.py --family gpt2 --vs-torch   # GPT-2 124M vs HF GPT2LMHeadModel
     python benchmarks/step_throughput.py --family llama --preset llama-tiny model.vocab_size=32000 --vs-torch
@@ -18,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from jaxbatch import config, metrics, models
+from jaxbatch import config, distributed, metrics, models
 from jaxbatch import run as run_lib
 
 
@@ -101,12 +103,14 @@ def torch_model(model_cfg):
 
 
 def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float, device: str = "cpu",
-                bf16: bool = False) -> float:
-    """Median step of HF transformers + torch AdamW, eager, on `device` (bf16 autocast when asked)."""
+                bf16: bool = False, compiled: bool = False) -> float:
+    """Median step of HF transformers + torch AdamW on `device` (bf16 autocast when asked): eager, or the
+    model through `torch.compile` (inductor; its compilation happens in the warm-up steps)."""
     import torch
 
     model = torch_model(model_cfg).to(device)
     model.train()
+    forward = torch.compile(model) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     if model_cfg.family == "bert":
         tb = {k: torch.from_numpy(v.astype(np.int64)).to(device) for k, v in batch.items()}
@@ -117,7 +121,7 @@ def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float, device: 
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**tb).loss
+            loss = forward(**tb).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -137,17 +141,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--vs-torch", action="store_true")
+    p.add_argument("--torch-compile", action="store_true", help="also PyTorch with torch.compile (implies --vs-torch)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. mesh.model=2")
     args = p.parse_args()
 
     preset = args.preset or DEFAULT_PRESET[args.family]
     cfg = bench_config(args.family, preset, args.batch, args.seq, args.precision, args.overrides)
+    distributed.initialize(cfg.distributed)  # distributed.cpu_devices=-1: one XLA:CPU device per core
     batch = bench_batch(cfg, args.family, args.batch, args.seq)
     devices = jax.devices()
     kind = devices[0].device_kind
     peak_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
     peak = metrics.measure_matmul_flops((4096,) if devices[0].platform != "cpu" else (1024, 2048), dtype=peak_dtype)
+    if devices[0].platform == "cpu":  # one device's matmul already runs on every core: the host's peak, shared
+        peak /= len(devices)
     tokens = args.batch * args.seq
     flops = models.family(cfg.model).train_flops_per_token(cfg.model, args.seq) * tokens
 
@@ -161,12 +169,18 @@ def main() -> None:
     print(f"jaxbatch : median step {t_jax * 1e3:8.1f} ms  {tokens / t_jax:10.0f} tokens/s  "
           f"{res['model_tflops']:.3f} TFLOP/s = {100 * res['fraction_of_peak']:.1f}% of measured "
           f"{args.precision} matmul peak ({peak / 1e12:.3f} TFLOP/s/device)")
-    if args.vs_torch:
-        t_torch = bench_torch(cfg.model, batch, args.steps, args.warmup, cfg.optim.learning_rate)
-        res.update(torch_step_s=t_torch, torch_tokens_per_s=tokens / t_torch, jax_over_torch=t_torch / t_jax)
-        print(f"pytorch  : median step {t_torch * 1e3:8.1f} ms  {tokens / t_torch:10.0f} tokens/s  "
-              f"(torch {__import__('torch').__version__}, eager, {__import__('torch').get_num_threads()} threads)")
-        print(f"ratio    : jaxbatch / pytorch tokens/s = {res['jax_over_torch']:.2f}x")
+    if args.vs_torch or args.torch_compile:
+        import torch
+
+        for mode in ["eager"] + (["compile"] if args.torch_compile else []):
+            t_torch = bench_torch(cfg.model, batch, args.steps, args.warmup, cfg.optim.learning_rate,
+                                  compiled=mode == "compile")
+            key = "torch" if mode == "eager" else "torch_compile"
+            res.update({f"{key}_step_s": t_torch, f"{key}_tokens_per_s": tokens / t_torch,
+                        f"jax_over_{key}": t_torch / t_jax})
+            print(f"pytorch  : median step {t_torch * 1e3:8.1f} ms  {tokens / t_torch:10.0f} tokens/s  "
+                  f"(torch {torch.__version__}, {mode}, {torch.get_num_threads()} threads)")
+            print(f"ratio    : jaxbatch / pytorch {mode} tokens/s = {t_torch / t_jax:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
