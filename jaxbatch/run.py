@@ -11,6 +11,7 @@ Face folder alone is enough to rebuild the model (`restore`), on any mesh.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -197,8 +198,8 @@ def hf_spec(folder: Path) -> config.Config:
 
 
 def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None) -> Restored:
-    """Rebuilds a trained model for inference from a run dir (its newest checkpoint: spec + params, no
-    optimizer state), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
+    """Rebuilds a trained model for inference from a run dir (its newest usable checkpoint: spec + params,
+    no optimizer state; a damaged newer one is named in a warning), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
     machine's devices. `overrides` (key=value) may set
     the mesh (`mesh.model=2`), the eval batch (`train.batch_size`) and `data.seq_len`; by default all
     devices split the batch."""
@@ -227,15 +228,28 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
             raise CheckpointError(f"{source}: weights missing for {', '.join(report.new)}")
         return Restored(run, params, _folder_tokenizer(run.family, source), str(source))
     ckpt = checkpoint.Checkpointer(source / "checkpoints", read_only=True)
-    step = ckpt.latest_step()
-    if step is None:
+    steps = sorted(ckpt.manager.all_steps(), reverse=True)
+    if not steps:
         raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'} (and no config.json)")
-    saved = ckpt.read_spec(step)
-    spec = config.build(inference_mesh + list(overrides), base=saved)
-    run = setup(spec, devices=devices, training=False)
-    params = ckpt.restore_params(step, run.abstract_params, run.params_sh)
-    ckpt.close()
-    return Restored(run, params, tokenizer(spec, source), str(source), step, finished=step >= saved.train.steps)
+    unusable = []  # read-only: a damaged checkpoint is reported and left where it is, the previous one is used
+    try:
+        for step in steps:
+            try:
+                saved = ckpt.read_spec(step)
+                spec = config.build(inference_mesh + list(overrides), base=saved)
+                run = setup(spec, devices=devices, training=False)
+                params = ckpt.restore_params(step, run.abstract_params, run.params_sh)
+            except CheckpointError as e:
+                unusable.append(f"step {step}: {str(e).splitlines()[0][:300]}")
+                continue
+            if unusable:
+                print(f"warning: {source}: using checkpoint step {step}; newer ones are unusable "
+                      f"({'; '.join(unusable)})", file=sys.stderr)
+            return Restored(run, params, tokenizer(spec, source), str(source), step,
+                            finished=step >= saved.train.steps)
+    finally:
+        ckpt.close()
+    raise CheckpointError(f"{source}: no usable checkpoint ({'; '.join(unusable)})")
 
 
 def _folder_tokenizer(family: models.Family, folder: Path):

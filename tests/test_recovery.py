@@ -195,3 +195,28 @@ def test_export_onto_a_file_and_an_unfinished_run_are_named(tmp_path, capsys):
     assert cli.main(["export", str(run), str(target)]) == 2
     err = capsys.readouterr().err
     assert "is unfinished (checkpoint at step 2 of 6)" in err and "exists and is not a folder" in err
+
+
+def _truncate_all(step_dir: Path) -> None:
+    """Every data file of the step cut short: parameters included, whatever file they landed in."""
+    for f in (step_dir / "state").rglob("d/*"):
+        os.truncate(f, 100)
+
+
+def test_inference_uses_the_newest_usable_checkpoint_and_names_the_damaged_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "train.steps=4") == 0
+    mesh = ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"]
+    at_step_4 = run_lib.restore(run, mesh)
+    _truncate_all(run / "checkpoints" / "4")
+    capsys.readouterr()
+    restored = run_lib.restore(run, mesh)
+    err = capsys.readouterr().err
+    assert at_step_4.step == 4 and restored.step == 2 and not restored.finished
+    assert "using checkpoint step 2" in err and "step 4:" in err and "cannot read the parameters" in err
+    assert (run / "checkpoints" / "4").is_dir()  # read-only: nothing moved or deleted
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored.params),
+                                                          jax.tree.leaves(at_step_4.params)))
+    _truncate_all(run / "checkpoints" / "2")  # every checkpoint damaged: one error naming each, nothing made up
+    with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint.*step 4:.*step 2:"):
+        run_lib.restore(run, mesh)
