@@ -22,8 +22,8 @@ def initialize(dist_cfg) -> bool:
     jax.distributed. Must run before any device use.
 
     Several CPU devices in one process are how XLA:CPU uses several cores on a small model: it runs each
-    device's program on a core of its own, while one device runs the small matmuls and fusions of a model
-    like nanoGPT's on about one core (benchmarks/README.md, "Decoder step on CPU")."""
+    device's program on a core of its own, while one device runs the small matmuls and fusions of a ~1M-
+    parameter model on about one core (benchmarks/README.md, "Decoder step on CPU")."""
     if dist_cfg.cpu_devices:
         from jaxbatch.config import ConfigError
 

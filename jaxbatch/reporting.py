@@ -21,13 +21,16 @@ class EventWriter:
     import takes ~6 s of a core, which on a 2-core box is taken from the first training steps. Unless
     torch is loaded already, it is hidden while tensorboardX loads (0.8 s)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, purge_step: int | None = None):
+        """`purge_step` (a resumed run: the first step after its checkpoint) tells TensorBoard to hide the
+        events of earlier segments from that step on, so curves never double."""
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(str(folder),), name="tensorboard", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(str(folder), purge_step), name="tensorboard",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, folder: str) -> None:
+    def _run(self, folder: str, purge_step: int | None) -> None:
         try:
             hide = "torch" not in sys.modules
             if hide:
@@ -37,7 +40,7 @@ class EventWriter:
             finally:
                 if hide:
                     del sys.modules["torch"]
-            writer = SummaryWriter(folder)
+            writer = SummaryWriter(folder, purge_step=purge_step)
         except BaseException as e:  # noqa: BLE001  reported by close(), on the main thread
             self._error = e
             return
@@ -76,7 +79,7 @@ class Reporter:
                         if line.strip() and json.loads(line)["step"] <= initial_step]
                 path.write_text("".join(line + "\n" for line in kept))
             self.jsonl = open(path, "a")
-            self.tb = EventWriter(self.run_dir / "tensorboard")
+            self.tb = EventWriter(self.run_dir / "tensorboard", purge_step=initial_step + 1 if initial_step else None)
             if progress:
                 from tqdm.auto import tqdm
 

@@ -65,3 +65,14 @@ def params_numpy(state) -> dict:
 @pytest.fixture
 def tmp_run_dir(tmp_path):
     return str(tmp_path / "run")
+
+
+def event_records(events_file) -> list[bytes]:
+    """The serialized Event protos of a TensorBoard event file (TFRecord framing: uint64 length, crc,
+    payload, crc)."""
+    data, records = Path(events_file).read_bytes(), []
+    while data:
+        n = int.from_bytes(data[:8], "little")
+        records.append(data[12: 12 + n])
+        data = data[16 + n:]
+    return records

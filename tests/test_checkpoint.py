@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 
-from conftest import params_numpy, tiny_config
+from conftest import event_records, params_numpy, tiny_config
 from jaxbatch import checkpoint, train
 
 ARGS = ["train.steps=8", "train.log_every=1", "train.eval_every=0", "train.batch_size=16", "data.seq_len=16",
@@ -31,6 +31,13 @@ def test_interrupted_run_resumes_bitwise(tmp_path):
     assert sorted(lb) == list(range(1, 9))
     np.testing.assert_allclose([lb[s] for s in range(1, 9)], [la[s] for s in range(1, 9)], rtol=1e-6)
     assert checkpoint.Checkpointer(part / "checkpoints").latest_step() == 8
+    # TensorBoard: the resumed segment's file hides the first segment's events from step 4 on (no doubled curves)
+    from tensorboardX.proto import event_pb2
+
+    first_file, second_file = sorted((part / "tensorboard").glob("events.out.tfevents.*"))
+    starts = [[e.step for e in map(event_pb2.Event.FromString, event_records(f)) if e.HasField("session_log")]
+              for f in (first_file, second_file)]
+    assert starts == [[], [4]]
 
 
 def test_same_mesh_resume_is_bit_identical(tmp_path):

@@ -3,7 +3,7 @@
 import json
 
 
-from conftest import tiny_config
+from conftest import event_records, tiny_config
 from jaxbatch import cli, train
 
 
@@ -28,11 +28,7 @@ def test_train_loop_learns_synthetic_ner(tmp_run_dir):
 
     assert (Path(tmp_run_dir) / "curves.png").stat().st_size > 10_000
     (events,) = (Path(tmp_run_dir) / "tensorboard").glob("events.out.tfevents.*")
-    data, records = events.read_bytes(), []
-    while data:  # TFRecord framing: uint64 length, crc, payload, crc
-        n = int.from_bytes(data[:8], "little")
-        records.append(data[12: 12 + n])
-        data = data[16 + n:]
+    records = event_records(events)
     # every logged scalar, written by the writer thread: 6 train and 2 eval steps
     assert sum(b"train/grad_norm" in r for r in records) == 6 and sum(b"eval/accuracy" in r for r in records) == 2
 
