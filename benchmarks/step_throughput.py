@@ -153,9 +153,8 @@ def main() -> None:
     devices = jax.devices()
     kind = devices[0].device_kind
     peak_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
-    peak = metrics.measure_matmul_flops((4096,) if devices[0].platform != "cpu" else (1024, 2048), dtype=peak_dtype)
-    if devices[0].platform == "cpu":  # one device's matmul already runs on every core: the host's peak, shared
-        peak /= len(devices)
+    peak = metrics.measured_peak_per_device(metrics.measure_matmul_flops(
+        (4096,) if devices[0].platform != "cpu" else (1024, 2048), dtype=peak_dtype))
     tokens = args.batch * args.seq
     flops = models.family(cfg.model).train_flops_per_token(cfg.model, args.seq) * tokens
 

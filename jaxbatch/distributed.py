@@ -11,6 +11,8 @@ import os
 
 import jax
 
+from jaxbatch.errors import ConfigError
+
 
 def cpu_device_count(setting: int) -> int:
     """`distributed.cpu_devices`: -1 means one XLA:CPU device per core this process may run on."""
@@ -25,8 +27,6 @@ def initialize(dist_cfg) -> bool:
     device's program on a core of its own, while one device runs the small matmuls and fusions of a ~1M-
     parameter model on about one core (benchmarks/README.md, "Decoder step on CPU")."""
     if dist_cfg.cpu_devices:
-        from jaxbatch.config import ConfigError
-
         if dist_cfg.cpu_devices < -1:
             raise ConfigError(f"distributed.cpu_devices={dist_cfg.cpu_devices}: use a count, 0 (JAX's default) "
                               f"or -1 (one per core)")
@@ -43,8 +43,6 @@ def initialize(dist_cfg) -> bool:
         jax.distributed.initialize()
     else:
         if not dist_cfg.coordinator:
-            from jaxbatch.config import ConfigError
-
             raise ConfigError("distributed.num_processes > 1 needs distributed.coordinator=HOST:PORT")
         jax.distributed.initialize(dist_cfg.coordinator, num_processes=dist_cfg.num_processes,
                                    process_id=dist_cfg.process_id)

@@ -79,7 +79,16 @@ def peak_flops_per_device(override_tflops: float = 0.0) -> tuple[float, str]:
         return chip.peak_flops, f"spec sheet ({kind}, bf16)"
     value, fresh = cache.cached_peak(measure_matmul_flops)
     source = f"fp32 matmul ({kind}), {'measured now' if fresh else 'measured earlier on this machine'}"
-    shared = jax.local_device_count()  # XLA:CPU devices of one process share its cores: the peak is the host's
-    if shared > 1:
-        return value / shared, f"{source}, the host's peak shared by {shared} devices"
+    per_device = measured_peak_per_device(value)
+    if per_device != value:
+        return per_device, f"{source}, the host's peak shared by {jax.local_device_count()} devices"
     return value, source
+
+
+def measured_peak_per_device(peak: float) -> float:
+    """A peak measured on device 0 (`measure_matmul_flops`), per device. XLA:CPU devices of one process share
+    its cores, so one device's matmul already ran on all of them: the host's peak is split among them. An
+    accelerator's measurement is its own."""
+    if jax.devices()[0].platform == "cpu":
+        return peak / jax.local_device_count()
+    return peak

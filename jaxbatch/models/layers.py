@@ -117,7 +117,7 @@ def norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, center: bo
     The backward pass is written out (the textbook dx = r * (g - mean(g) - x_hat * mean(g * x_hat)) with
     g = dy * scale) rather than differentiated through mean and variance: the same numbers, but XLA:CPU runs the
     autodiff graph ~15% slower per decoder step (benchmarks/README.md, "Decoder step on CPU")."""
-    return _normalize(x, eps, center)[0] * scale + bias
+    return _norm_fwd(x, scale, bias, eps, center)[0]
 
 
 def _norm_fwd(x, scale, bias, eps, center):
