@@ -15,6 +15,7 @@ at the end of the current step and stop; a second Ctrl-C exits at once.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -28,15 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxbatch import config
+from jaxbatch import config, host
+from jaxbatch import mesh as mesh_lib
 from jaxbatch.errors import CheckpointError, TrainingDiverged
-
-
-def abstract_with_shardings(tree, shardings):
-    """ShapeDtypeStructs carrying the target shardings (one array leaf per sharding, same order)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-                              for x, s in zip(leaves, jax.tree.leaves(shardings))])
 
 
 def _words(x: jax.Array) -> jax.Array:
@@ -47,17 +42,22 @@ def _words(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
-@jax.jit
 def _fingerprint(leaves):
     sums = [_words(x).sum(dtype=jnp.uint32) for x in leaves]
     finite = [jnp.isfinite(x).all() for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
     return sums, jnp.all(jnp.stack(finite)) if finite else jnp.asarray(True)
 
 
+@functools.cache
+def _fingerprint_fn(platform: str):
+    return jax.jit(_fingerprint, compiler_options=host.run_once_options(platform))
+
+
 def fingerprint(tree) -> tuple[dict[str, int], bool]:
     """({array path: uint32 sum of its words}, whether every float array is finite)."""
     paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(tree))
-    sums, finite = jax.device_get(_fingerprint(list(leaves)))
+    platform = next(iter(leaves[0].devices())).platform
+    sums, finite = jax.device_get(_fingerprint_fn(platform)(list(leaves)))
     return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, sums)}, bool(finite)
 
 
@@ -88,7 +88,7 @@ class Checkpointer:
         """The state at `step`, placed with `state_shardings` (any mesh: Orbax reshards), verified against
         its fingerprint, and the iterator moved to where it was."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_with_shardings(state_like, state_shardings)),
+            state=ocp.args.StandardRestore(mesh_lib.abstract_with_shardings(state_like, state_shardings)),
             data=grain.checkpoint.CheckpointRestore(data_iterator), fingerprint=ocp.args.JsonRestore()))
         self._verify(step, restored.state, restored.fingerprint)
         return restored.state
@@ -137,7 +137,7 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params, params_shardings):
         """Only the parameters of the state at `step` (no optimizer moments are read), placed with
         `params_shardings` on whatever mesh they name, verified against the save-time fingerprint."""
-        item = {"params": abstract_with_shardings(abstract_params, params_shardings)}
+        item = {"params": mesh_lib.abstract_with_shardings(abstract_params, params_shardings)}
         restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), item)
         try:
             restored = ocp.PyTreeCheckpointer().restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(

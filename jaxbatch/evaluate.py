@@ -43,19 +43,22 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
         cuts = np.asarray(pipeline.bucket_lengths(seq_len, buckets))
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}
+    batch_sums = []  # fetched once at the end: the host does not wait for each batch before sending the next
     for start, (local, real) in zip(range(0, n, batch_size),
                                     pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count())):
         if lengths is not None:  # the same cut on every host: from the global batch
             cut = int(cuts[np.searchsorted(cuts, lengths[start: start + batch_size].max())])
             local = {k: (v[:, :cut] if v.ndim == 2 and v.shape[1] == seq_len else v) for k, v in local.items()}
         sums, preds = run.steps.eval(params, pipeline.to_global(local, run.batch_sh))
-        for k, v in jax.device_get(sums).items():
-            totals[k] = totals.get(k, 0.0) + float(v)
+        batch_sums.append(sums)
         for k, v in preds.items():
             v = np.asarray(multihost_utils.process_allgather(v, tiled=True))[:real]
             if lengths is not None and arrays["labels"].ndim == 2 and v.ndim >= 2:  # per token: back to seq_len
                 v = np.pad(v, [(0, 0), (0, seq_len - v.shape[1])] + [(0, 0)] * (v.ndim - 2))
             parts.setdefault(k, []).append(v)
+    for sums in jax.device_get(batch_sums):
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(n)
     return totals, {k: np.concatenate(v)[inverse] for k, v in parts.items()}

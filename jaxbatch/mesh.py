@@ -93,6 +93,14 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     return jax.tree.map(one, abstract_tree, is_leaf=_is_variable)
 
 
+def abstract_with_shardings(tree, shardings):
+    """ShapeDtypeStructs carrying the target shardings (one array leaf per sharding, same order): restore
+    targets, and the inputs a step is compiled for before any array exists."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef.unflatten([jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s, weak_type=getattr(x, "weak_type", False))
+                              for x, s in zip(leaves, jax.tree.leaves(shardings))])
+
+
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int) -> NamedSharding:
     """Sharding of a global batch array: leading dim on the batch axes, the rest replicated."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))

@@ -54,7 +54,3 @@ def all_finite(tree) -> jax.Array:
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
 
-
-def select_tree(pred: jax.Array, on_true, on_false):
-    """Elementwise `pred ? a : b` over two pytrees of the same structure (used to skip an fp16 step)."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)

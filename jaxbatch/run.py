@@ -13,14 +13,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxbatch import accumulate, cache, compress, config, models, optim, rampup
+from jaxbatch import accumulate, cache, compress, config, host, models, optim, rampup
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -110,11 +110,14 @@ def tokenizer(spec: config.Config, run_dir: str | Path | None = None):
 
 
 def setup(spec: config.Config, *, devices=None, training: bool = True, abstract: bool = False,
-          plan_log: Callable[[str], None] | None = None) -> Run:
+          plan_log: Callable[[str], None] | None = None, compile_ahead: Sequence[tuple[int, int]] = ()) -> Run:
     """Builds the Run for a resolved spec. `training=False` builds only what inference needs (params
     shardings, the eval step); `abstract=True` places nothing (shapes and shardings for the planner).
-    With `train.auto_micro_batch`, k is planned here from compiled memory and written into the spec."""
+    With `train.auto_micro_batch`, k is planned here from compiled memory and written into the spec.
+    `compile_ahead`: (global batch, length) shapes to compile the train step for on a thread, in order,
+    while the state is initialised (the training loop passes those its data will have)."""
     cache.enable_compilation_cache()  # before the first compile of the run
+    host.keep_freed_memory()
     mesh = mesh_lib.make_mesh(spec.mesh, devices)
     family = models.family(spec.model)
     if spec.model.vocab_size < 1:
@@ -146,11 +149,11 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
     tx = accumulate.wrap(tx, spec.train)
     abstract_state = state_lib.abstract_state(spec, tx)
     state_sh = state_lib.shardings(abstract_state, mesh, spec.mesh.rules)
+    abstract_sharded = mesh_lib.abstract_with_shardings(abstract_state, state_sh)
+    steps = steps_lib.Steps(spec, mesh, family, graphdef, state_sh.params, batch_sh, tx, schedule, state_sh)
     reports = []
     if abstract:
-        from jaxbatch.checkpoint import abstract_with_shardings
-
-        state = abstract_with_shardings(abstract_state, state_sh)
+        state = abstract_sharded
     else:
         load = None
         if spec.model.pretrained:
@@ -161,8 +164,10 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
                 reports.append(report)
                 return params
 
+        steps.compile_ahead(abstract_sharded, [
+            {k: jax.ShapeDtypeStruct(s, "int32", sharding=batch_sh[k])
+             for k, s in family.batch_shapes(spec.model, size, length).items()} for size, length in compile_ahead])
         state = state_lib.create(spec, tx, state_sh, load)
-    steps = steps_lib.Steps(spec, mesh, family, graphdef, state_sh.params, batch_sh, tx, schedule, state_sh)
     return Run(spec, family, mesh, graphdef, abstract_params, state_sh.params, batch_sh, steps, hp, tx, schedule,
                state_sh, state,
                reports[0] if reports else None)

@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxbatch import mesh as mesh_lib
-from jaxbatch import compress, models, precision
+from jaxbatch import compress, host, models, precision
 from jaxbatch.compress import prune
 
 
@@ -69,7 +69,8 @@ def create(cfg, tx: optax.GradientTransformation, state_sh: TrainState, load_par
     `load_params(params, shardings) -> params` (e.g. from a Hugging Face checkpoint) replaces parameters
     after the random init; the pruning masks and the optimizer state are then recomputed from the loaded
     parameters."""
-    state = jax.jit(init_fn(cfg, tx), out_shardings=state_sh)()
+    platform = jax.tree.leaves(state_sh)[0].mesh.devices.flat[0].platform
+    state = jax.jit(init_fn(cfg, tx), out_shardings=state_sh, compiler_options=host.run_once_options(platform))()
     if load_params is not None:
         params = load_params(state.params, state_sh.params)
 

@@ -97,7 +97,10 @@ def train(cfg: config.Config) -> TrainResult:
                                  f"{spec.model.vocab_size}; raise model.vocab_size")
 
     # ---- The run: mesh, optimizer, sharded state, compiled steps ----------------------------------------------
-    run = run_lib.setup(spec, plan_log=say)
+    peak, peak_source = metrics.peak_flops_per_device(spec.train.peak_tflops)  # measured before any compile runs
+    shapes = pipeline.step_shapes(data.train, spec.train.batch_size, spec.train.steps, spec.train.seed,
+                                  spec.data.buckets, rampup.batch_sizes(spec.train) if spec.train.rampup_samples else None)
+    run = run_lib.setup(spec, plan_log=say, compile_ahead=shapes)
     spec, t = run.spec, run.spec.train  # the planner may have chosen train.accum_steps
     hp = run.hparams
     say(f"spec (resolved config):\n{config.describe(spec)}")
@@ -119,7 +122,6 @@ def train(cfg: config.Config) -> TrainResult:
     n_params = state_lib.num_params(run.state.params)
     say(f"model: {run.family.describe(spec.model)}, {n_params / 1e6:.2f}M parameters, precision "
         f"{spec.precision.policy}")
-    peak, peak_source = metrics.peak_flops_per_device(t.peak_tflops)
     say(f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
     if jax.process_index() == 0:  # the run dir describes itself: its tokenizer travels with it
         tokenizer.save_pretrained(str(run_dir / run_lib.TOKENIZER_DIR))
@@ -209,6 +211,7 @@ def train(cfg: config.Config) -> TrainResult:
                 stopped_by = "SIGTERM or Ctrl-C" if ckpt.stop_requested else "train.stop_after"
                 break
     finally:
+        run.steps.close()
         ckpt.close()  # waits for the last asynchronous save, on every way out
         reporter.close()
 

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import dotted, params_numpy, random_batch, run_steps, tiny_config
 from jaxbatch import config
+from jaxbatch import run as run_lib
 
 MESHES = {  # (data, fsdp, model)
     "dp": (8, 1, 1),
@@ -108,3 +109,24 @@ def test_single_device_step_has_no_collectives():
     state, _, run = run_steps(cfg, [random_batch(cfg, 0)], jax.devices()[:1])
     hlo = run.steps.lower_train(state, random_batch(cfg, 1)).compile().as_text()
     assert "all-reduce" not in hlo and "all-gather" not in hlo
+
+
+def test_compile_ahead_runs_the_same_step():
+    """run.setup(compile_ahead=[shape]) compiles the train step for that batch shape on a thread while the
+    state initialises; the loop's steps then run that executable (the jitted function never compiles for
+    that shape) with the same numbers as the jitted step; another batch shape falls back to the jitted step."""
+    cfg = tiny_config("mesh.data=2")
+    batches = [random_batch(cfg, 0), random_batch(cfg, 1)]
+    devices = jax.devices()[:2]
+    reference, ref_history, _ = run_steps(cfg, batches, devices)
+    run = run_lib.setup(cfg, devices=devices, compile_ahead=[(cfg.train.batch_size, cfg.data.seq_len)])
+    state = run.state
+    for b, ref_metrics in zip(batches, ref_history):
+        state, m = run.steps.train(state, {k: jax.device_put(v, run.batch_sh[k]) for k, v in b.items()})
+        assert float(m["loss"]) == float(ref_metrics["loss"])
+    assert run.steps._train._cache_size() == 0  # every full batch ran the executable compiled ahead
+    for k, v in params_numpy(reference).items():
+        np.testing.assert_array_equal(params_numpy(state)[k], v, err_msg=k)
+    half = random_batch(cfg, 2, batch_size=cfg.train.batch_size // 2)
+    state, _ = run.steps.train(state, {k: jax.device_put(v, run.batch_sh[k]) for k, v in half.items()})
+    assert run.steps._train._cache_size() == 1
