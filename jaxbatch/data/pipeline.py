@@ -159,7 +159,7 @@ def to_global(local_batch: dict[str, np.ndarray], shardings: dict) -> dict[str, 
     """Per-host numpy batch -> global jax.Arrays sharded on the mesh's batch axes; only the keys the model
     family consumes (those in `shardings`)."""
     local = {k: local_batch[k] for k in shardings}
-    if jax.process_count() == 1:  # the same arrays; device_put takes a third of the host time (~0.5 ms a step)
+    if jax.process_count() == 1:  # the same arrays, placed with less host time (0.46 vs 0.73 ms a batch)
         return jax.device_put(local, shardings)
     return {k: jax.make_array_from_process_local_data(s, local[k]) for k, s in shardings.items()}
 
