@@ -138,18 +138,19 @@ class Steps:
         if tx is not None:
             train_kw = dict(grad_fn=make_grad_fn(family, cfg.model, graphdef), tx=tx, schedule=schedule,
                             prune_cfg=cfg.prune, mesh=mesh, rules=rules)
+            leaves_sh = jax.tree.leaves(state_sh)
             if self.impl == "multisteps":
-                self._micro = jax.jit(functools.partial(multisteps_micro_step, accum_steps=cfg.train.accum_steps,
-                                                        **train_kw),
-                                      in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                                      donate_argnums=0)
+                micro = functools.partial(multisteps_micro_step, accum_steps=cfg.train.accum_steps, **train_kw)
+                self._micro = jax.jit(self._on_leaves(micro), in_shardings=(leaves_sh, batch_sh, repl),
+                                      out_shardings=(leaves_sh, repl), donate_argnums=0)
             else:
-                self._train = jax.jit(functools.partial(train_step, micro_batch=rampup.micro_batch(cfg.train),
-                                                        **train_kw), in_shardings=(state_sh, batch_sh),
-                                      out_shardings=(state_sh, repl), donate_argnums=0)
+                step = functools.partial(train_step, micro_batch=rampup.micro_batch(cfg.train), **train_kw)
+                self._train = jax.jit(self._on_leaves(step), in_shardings=(leaves_sh, batch_sh),
+                                      out_shardings=(leaves_sh, repl), donate_argnums=0)
         evaluate = functools.partial(eval_step, family=family, model_cfg=cfg.model, graphdef=graphdef, mesh=mesh,
                                      rules=rules)
         self._eval_fn, self._params_sh, self._eval = evaluate, params_sh, None
+        self._treedef = None  # the state's structure, from the first state given (the steps take its leaves)
         self._ahead: dict[tuple, concurrent.futures.Future] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -163,7 +164,7 @@ class Steps:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-ahead")
         for batch in abstract_batches:
             self._ahead[_signature(batch)] = self._pool.submit(
-                lambda batch=batch: self._train.lower(abstract_state, batch).compile())
+                lambda batch=batch: self._train.lower(self._leaves(abstract_state), batch).compile())
 
     def close(self) -> None:
         """Drops compiles not yet started (a stopped run exits without compiling shapes it will not use)."""
@@ -179,19 +180,41 @@ class Steps:
         return self._eval(params, batch)
 
     def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        leaves = self._leaves(state)
         if self.impl != "multisteps":
             ahead = self._ahead.get(_signature(batch))
-            return (ahead.result() if ahead is not None else self._train)(state, batch)
+            leaves, metrics = (ahead.result() if ahead is not None else self._train)(leaves, batch)
+            return jax.tree.unflatten(self._treedef, leaves), metrics
         total = None
         for i in range(self.accum_steps):
-            state, metrics = self._micro(state, batch, jnp.asarray(i, jnp.int32))
+            leaves, metrics = self._micro(leaves, batch, jnp.asarray(i, jnp.int32))
             total = metrics if total is None else _combine_micro(total, metrics)
-        return state, total
+        return jax.tree.unflatten(self._treedef, leaves), total
 
     def lower_train(self, state, batch):
         if self.impl == "multisteps":
-            return self._micro.lower(state, batch, jnp.asarray(0, jnp.int32))
-        return self._train.lower(state, batch)
+            return self._micro.lower(self._leaves(state), batch, jnp.asarray(0, jnp.int32))
+        return self._train.lower(self._leaves(state), batch)
+
+    def _leaves(self, state) -> list:
+        leaves, treedef = jax.tree.flatten(state)
+        if self._treedef is None:
+            self._treedef = treedef
+        elif treedef != self._treedef:
+            raise ValueError("the state's tree structure is not the one this run's steps were built for")
+        return leaves
+
+    def _on_leaves(self, step):
+        """`step(state, ...)` as a function of the state's leaves. The compiled step takes and returns a flat
+        list: jit's C++ dispatch then handles plain arrays, where a TrainState of nnx Variables calls back
+        into Python for each of its ~200 nodes, twice a step. On multi-device CPU the call waits for the
+        previous step, so that host time is added to every step (benchmarks/README.md, "Decoder step on CPU")."""
+
+        def on_leaves(leaves, *args):
+            state, metrics = step(jax.tree.unflatten(self._treedef, leaves), *args)
+            return jax.tree.leaves(state), metrics
+
+        return on_leaves
 
 
 def _signature(batch: dict) -> tuple:
