@@ -61,8 +61,22 @@ def fingerprint(tree) -> tuple[dict[str, int], bool]:
     return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, sums)}, bool(finite)
 
 
+@functools.cache
+def _whole_arrays_on_cpu() -> None:
+    """On CPU devices, arrays are saved whole by their first replica. Orbax's default splits a replicated
+    array among its replicas, which slices it on device first: one small compile per array shape, ~0.7 s of
+    the first save of a 0.8M-parameter decoder on 2 CPU devices, and no gain where the devices share one
+    host's memory (Orbax makes the same choice for GPUs)."""
+    if jax.devices()[0].platform == "cpu":
+        from orbax.checkpoint._src.metadata import array_metadata_store  # the default handler's store
+
+        ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()), override=True)
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 3, read_only: bool = False):
+        _whole_arrays_on_cpu()
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=not read_only, read_only=read_only))
