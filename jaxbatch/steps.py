@@ -133,6 +133,10 @@ class Steps:
                  state_sh: TrainState | None = None):
         rules = cfg.mesh.rules
         repl = NamedSharding(mesh, P())
+        self._state, self._params = _Leaves(), _Leaves()  # the steps take (and train returns) flat leaves
+        # XLA:CPU with several devices: one program at a time (see `_launch`); elsewhere programs queue up
+        self._one_at_a_time = mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
+        self._in_flight = None
         self.accum_steps, self.impl = cfg.train.accum_steps, cfg.train.accum_impl
         self.mesh, self.batch_sh = mesh, batch_sh
         if tx is not None:
@@ -141,16 +145,17 @@ class Steps:
             leaves_sh = jax.tree.leaves(state_sh)
             if self.impl == "multisteps":
                 micro = functools.partial(multisteps_micro_step, accum_steps=cfg.train.accum_steps, **train_kw)
-                self._micro = jax.jit(self._on_leaves(micro), in_shardings=(leaves_sh, batch_sh, repl),
-                                      out_shardings=(leaves_sh, repl), donate_argnums=0)
+                self._micro = jax.jit(self._state.on_leaves(micro, returns_tree=True),
+                                      in_shardings=(leaves_sh, batch_sh, repl), out_shardings=(leaves_sh, repl),
+                                      donate_argnums=0)
             else:
                 step = functools.partial(train_step, micro_batch=rampup.micro_batch(cfg.train), **train_kw)
-                self._train = jax.jit(self._on_leaves(step), in_shardings=(leaves_sh, batch_sh),
-                                      out_shardings=(leaves_sh, repl), donate_argnums=0)
+                self._train = jax.jit(self._state.on_leaves(step, returns_tree=True),
+                                      in_shardings=(leaves_sh, batch_sh), out_shardings=(leaves_sh, repl),
+                                      donate_argnums=0)
         evaluate = functools.partial(eval_step, family=family, model_cfg=cfg.model, graphdef=graphdef, mesh=mesh,
                                      rules=rules)
         self._eval_fn, self._params_sh, self._eval = evaluate, params_sh, None
-        self._treedef = None  # the state's structure, from the first state given (the steps take its leaves)
         self._ahead: dict[tuple, concurrent.futures.Future] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -164,7 +169,7 @@ class Steps:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-ahead")
         for batch in abstract_batches:
             self._ahead[_signature(batch)] = self._pool.submit(
-                lambda batch=batch: self._train.lower(self._leaves(abstract_state), batch).compile())
+                lambda batch=batch: self._train.lower(self._state.flatten(abstract_state), batch).compile())
 
     def close(self) -> None:
         """Drops compiles not yet started (a stopped run exits without compiling shapes it will not use)."""
@@ -175,46 +180,72 @@ class Steps:
         if self._eval is None:  # predictions are split along the batch like the batch; their keys are the family's
             _, preds = jax.eval_shape(self._eval_fn, params, batch)
             along_batch = NamedSharding(self.mesh, P(self.batch_sh["labels"].spec[0]))
-            self._eval = jax.jit(self._eval_fn, in_shardings=(self._params_sh, self.batch_sh),
+            self._eval = jax.jit(self._params.on_leaves(self._eval_fn, returns_tree=False),
+                                 in_shardings=(jax.tree.leaves(self._params_sh), self.batch_sh),
                                  out_shardings=(NamedSharding(self.mesh, P()), {k: along_batch for k in preds}))
-        return self._eval(params, batch)
+        return self._launch(self._eval, self._params.flatten(params), batch)
 
     def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        leaves = self._leaves(state)
+        leaves = self._state.flatten(state)
         if self.impl != "multisteps":
             ahead = self._ahead.get(_signature(batch))
-            leaves, metrics = (ahead.result() if ahead is not None else self._train)(leaves, batch)
-            return jax.tree.unflatten(self._treedef, leaves), metrics
+            leaves, metrics = self._launch(ahead.result() if ahead is not None else self._train, leaves, batch)
+            return self._state.unflatten(leaves), metrics
         total = None
         for i in range(self.accum_steps):
-            leaves, metrics = self._micro(leaves, batch, jnp.asarray(i, jnp.int32))
+            leaves, metrics = self._launch(self._micro, leaves, batch, jnp.asarray(i, jnp.int32))
             total = metrics if total is None else _combine_micro(total, metrics)
-        return jax.tree.unflatten(self._treedef, leaves), total
+        return self._state.unflatten(leaves), total
+
+    def _launch(self, program, *args):
+        """Runs a compiled step. On XLA:CPU with several devices the previous program must first finish on
+        every device: two in flight (e.g. eval batches, which queue up without waiting) can each hold a
+        thread of the shared pool in an all-reduce the other device's thread has not reached, and then both
+        wait forever (seen once at the final evaluation after 2000 steps; XLA's rendezvous timeout aborted
+        the process). A train step waits for its predecessor's outputs anyway, so this costs no time there."""
+        if self._one_at_a_time:  # (outputs donated since to a later step are finished already)
+            jax.block_until_ready([x for x in jax.tree.leaves(self._in_flight) if not x.is_deleted()])
+        out = program(*args)
+        if self._one_at_a_time:
+            self._in_flight = out
+        return out
 
     def lower_train(self, state, batch):
         if self.impl == "multisteps":
-            return self._micro.lower(self._leaves(state), batch, jnp.asarray(0, jnp.int32))
-        return self._train.lower(self._leaves(state), batch)
+            return self._micro.lower(self._state.flatten(state), batch, jnp.asarray(0, jnp.int32))
+        return self._train.lower(self._state.flatten(state), batch)
 
-    def _leaves(self, state) -> list:
-        leaves, treedef = jax.tree.flatten(state)
-        if self._treedef is None:
-            self._treedef = treedef
-        elif treedef != self._treedef:
-            raise ValueError("the state's tree structure is not the one this run's steps were built for")
+
+class _Leaves:
+    """A step's tree argument (the TrainState, eval's params) passed as its flat list of leaves. jit's C++
+    dispatch handles a list of arrays by itself, where a tree of nnx Variables calls back into Python for
+    each of its ~200 nodes, on the way in and out. That host time is added to every step on multi-device
+    CPU, where the call waits for the previous step (benchmarks/README.md, "Decoder step on CPU"). The
+    structure is fixed by the first tree given."""
+
+    def __init__(self):
+        self.treedef = None
+
+    def flatten(self, tree) -> list:
+        leaves, treedef = jax.tree.flatten(tree)
+        if self.treedef is None:
+            self.treedef = treedef
+        elif treedef != self.treedef:
+            raise ValueError("a state or params tree of another structure than the one this run's steps were built for")
         return leaves
 
-    def _on_leaves(self, step):
-        """`step(state, ...)` as a function of the state's leaves. The compiled step takes and returns a flat
-        list: jit's C++ dispatch then handles plain arrays, where a TrainState of nnx Variables calls back
-        into Python for each of its ~200 nodes, twice a step. On multi-device CPU the call waits for the
-        previous step, so that host time is added to every step (benchmarks/README.md, "Decoder step on CPU")."""
+    def unflatten(self, leaves: list):
+        return jax.tree.unflatten(self.treedef, leaves)
 
-        def on_leaves(leaves, *args):
-            state, metrics = step(jax.tree.unflatten(self._treedef, leaves), *args)
-            return jax.tree.leaves(state), metrics
+    def on_leaves(self, fn, *, returns_tree: bool):
+        """fn(tree, ...) as a function of the tree's leaves; with `returns_tree`, fn returns (tree, rest) and
+        the tree goes back out as leaves too."""
 
-        return on_leaves
+        def leaves_fn(leaves, *args):
+            out = fn(self.unflatten(leaves), *args)
+            return (jax.tree.leaves(out[0]), out[1]) if returns_tree else out
+
+        return leaves_fn
 
 
 def _signature(batch: dict) -> tuple:

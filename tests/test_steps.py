@@ -130,3 +130,33 @@ def test_compile_ahead_runs_the_same_step():
     half = random_batch(cfg, 2, batch_size=cfg.train.batch_size // 2)
     state, _ = run.steps.train(state, {k: jax.device_put(v, run.batch_sh[k]) for k, v in half.items()})
     assert run.steps._train._cache_size() == 1
+
+
+def test_cpu_devices_run_one_program_at_a_time():
+    """On several XLA:CPU devices a step starts only when the previous program has finished on every device
+    (two in flight can deadlock in their all-reduces): each train or eval launch finds the outputs of the
+    one before it ready, whichever kind it was; the numbers are those of the unguarded steps."""
+    cfg = tiny_config("mesh.data=2")
+    batches = [random_batch(cfg, i) for i in range(3)]
+    reference, ref_history, _ = run_steps(cfg, batches[:2], jax.devices()[:2])
+    run = run_lib.setup(cfg, devices=jax.devices()[:2])
+    steps, seen = run.steps, []
+
+    def checked(program):
+        def call(*args):
+            seen.append(all(x.is_ready() for x in jax.tree.leaves(steps._in_flight)))
+            return program(*args)
+        return call
+
+    steps._train, steps._eval = checked(steps._train), None
+    place = lambda b: {k: jax.device_put(v, run.batch_sh[k]) for k, v in b.items()}  # noqa: E731
+    state, m0 = steps.train(run.state, place(batches[0]))
+    steps.eval(state.params, place(batches[2]))  # builds the eval program
+    steps._eval = checked(steps._eval)
+    sums = [steps.eval(state.params, place(batches[2]))[0] for _ in range(3)]
+    state, m1 = steps.train(state, place(batches[1]))
+    assert seen == [True] * 5
+    assert [float(m0["loss"]), float(m1["loss"])] == [float(h["loss"]) for h in ref_history]
+    assert len({float(s["loss_sum"]) for s in sums}) == 1
+    for k, v in params_numpy(reference).items():
+        np.testing.assert_array_equal(params_numpy(state)[k], v, err_msg=k)
