@@ -1,3 +1,15 @@
 """jaxbatch: large-batch Transformer training on JAX device meshes."""
 
+import sys
+
 __version__ = "0.1.0"
+
+if "IPython" not in sys.modules:  # not in a notebook or IPython shell
+    # flax.nnx asks IPython at import whether it runs inside IPython (for colours and displays). Outside
+    # it the answer is no; importing IPython to hear that took ~0.5 s of every start-up (and of every
+    # test worker). flax catches the ImportError and takes "no".
+    sys.modules["IPython"] = None
+    try:
+        import flax.nnx  # noqa: F401
+    finally:
+        del sys.modules["IPython"]

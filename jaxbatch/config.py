@@ -144,6 +144,7 @@ class TrainConfig:
     accum_impl: str = "scan"  # scan | multisteps
     steps: int = 100
     eval_every: int = 50
+    eval_batch_size: int = 0  # sequences per evaluation batch (0: the micro-batch); forward only, so larger fits
     log_every: int = 10
     seed: int = 0
     run_dir: str = "runs/default"
@@ -319,7 +320,7 @@ def validate(cfg: Config, num_devices: int) -> None:
         _positive(key, getattr(getattr(cfg, section), field))
     if cfg.model.vocab_size < 0:
         raise ConfigError(f"model.vocab_size must be >= 0 (0 = the tokenizer's size), got {cfg.model.vocab_size}")
-    for key in ("train.eval_every", "train.stop_after", "checkpoint.every", "data.max_train"):
+    for key in ("train.eval_every", "train.eval_batch_size", "train.stop_after", "checkpoint.every", "data.max_train"):
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), field)}")
@@ -377,7 +378,8 @@ def _validate_rampup(t, batch_shards: int) -> None:
 # What a resumed run may change: cadence, stopping, where files live, the mesh and hosts (Orbax reshards).
 # Everything else (model shape, optimizer, data, seed, batch and accumulation, precision) is the run's
 # identity: changing it in a used run dir is refused (see `drift`).
-CHANGEABLE = ("train.steps", "train.eval_every", "train.log_every", "train.progress", "train.run_dir",
+CHANGEABLE = ("train.steps", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
+              "train.run_dir",
               "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
               "train.memory_budget_gb", "data.data_dir", "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.",
               "distributed.")

@@ -159,7 +159,7 @@ def train(cfg: config.Config) -> TrainResult:
     def run_eval(done: int) -> dict:
         began = time.perf_counter()
         result = evaluate.evaluate(run, state.params, data.eval, data.label_names, data.task,
-                                   bytes_per_token=data.bytes_per_token)
+                                   batch_size=t.eval_batch_size or None, bytes_per_token=data.bytes_per_token)
         evals.append({"step": done, **{k: v for k, v in result.items() if k not in ("token_report_text", "predictions")}})
         reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
         reporter.write(f"eval @ {done}: " + evaluate.report_lines(result, data.task).split("\n")[0])
