@@ -23,7 +23,8 @@ from jaxbatch import run as run_lib
 
 COMMON = ["data.name=text", "optim.name=adamw", "optim.b2=0.99", "optim.eps=1e-8", "optim.weight_decay=0.1",
           "optim.schedule=cosine", "optim.clip_norm=1.0", "train.log_every=100",
-          "train.eval_batch_size=128"]  # the validation split in ~10 forward batches, not ~100
+          "train.eval_batch_size=128",  # the validation split in ~10 forward batches, not ~100
+          "optim.flatten=true"]  # a small model on a data-parallel mesh: adamw's moments as 2 arrays, not 136
 PRESETS = {
     "nanogpt-cpu": ["model.preset=gpt-tiny", "data.seq_len=64", "train.batch_size=12", "train.steps=2000",
                     "optim.learning_rate=1e-3", "optim.warmup_steps=100", "model.hidden_dropout=0.0",

@@ -111,6 +111,7 @@ class OptimConfig:
     clip_norm: float = 1.0  # 0 disables global-norm clipping
     scale_rule: str = "none"  # linear | sqrt | none
     reference_batch: int = 0  # batch the learning_rate/warmup were tuned for (0 = this run's batch)
+    flatten: bool = False  # adamw's moments as one vector each (optax.flatten); data-parallel meshes only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +325,9 @@ def validate(cfg: Config, num_devices: int) -> None:
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), field)}")
+    if cfg.optim.flatten and fsdp * model > 1:
+        raise ConfigError(f"optim.flatten keeps adamw's moments as replicated vectors: use it on a data-parallel mesh, "
+                          f"not mesh.fsdp={fsdp} x mesh.model={model}")
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     micro = rampup.micro_batch(t)

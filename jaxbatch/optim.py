@@ -56,6 +56,16 @@ def schedule(cfg, hp: EffectiveHparams, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, decay()], [hp.warmup_steps])
 
 
+def flat_adamw(cfg, lr: optax.Schedule) -> optax.GradientTransformation:
+    """optax.adamw with its two moments held as one flat vector each (`optax.flatten` around the Adam
+    statistics; decay and learning rate stay per parameter, so the decay mask holds). The same elementwise
+    update, on 3 arrays instead of 2 per parameter plus one: a small model's step on CPU spends its host
+    time per array (dispatch, donation, one update kernel each; benchmarks/README.md, "Decoder step on
+    CPU"). The vectors are replicated, so it is for data-parallel meshes (config.validate)."""
+    return optax.chain(optax.flatten(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps)),
+                       optax.add_decayed_weights(cfg.weight_decay, decay_mask), optax.scale_by_learning_rate(lr))
+
+
 def decay_mask(params):
     """True where weight decay applies, read from each parameter's `decay` metadata (models/layers.py
     sets it False on biases and normalisation scales), so no family's naming can slip through."""
@@ -73,13 +83,16 @@ def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTra
     lr = schedule(cfg, hp, total_steps)
     wd = cfg.weight_decay
     factories = {
-        "adamw": lambda: optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=wd, mask=decay_mask),
+        "adamw": lambda: flat_adamw(cfg, lr) if cfg.flatten else optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps,
+                                                                              weight_decay=wd, mask=decay_mask),
         "lamb": lambda: optax.lamb(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=wd, mask=decay_mask),
         "lars": lambda: optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
                                    momentum=cfg.momentum),
         "sgd": lambda: optax.chain(optax.add_decayed_weights(wd, decay_mask), optax.sgd(lr, cfg.momentum)),
         "adafactor": lambda: optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=decay_mask),
     }
+    if cfg.flatten and cfg.name != "adamw":
+        raise ConfigError(f"optim.flatten applies to adamw (its moments are elementwise), not {cfg.name!r}")
     if cfg.name not in factories:
         raise ConfigError(f"optim.name must be one of {', '.join(factories)}, got {cfg.name!r}")
     tx = factories[cfg.name]()

@@ -51,3 +51,23 @@ def test_trust_ratio_optimizers_sharded_equal_unsharded(name):
     for k in ref_p:
         np.testing.assert_allclose(got_p[k], ref_p[k], atol=1e-5, rtol=1e-5, err_msg=k)
     np.testing.assert_allclose(hist[1]["loss"], ref_hist[1]["loss"], rtol=1e-5)
+
+
+def test_flattened_adamw_equals_adamw():
+    """optim.flatten holds adamw's two moments as one vector each: the same update (weight decay still only
+    where the mask says), 2 moment arrays instead of 2 per parameter; on a data-parallel mesh only."""
+    cfg = tiny_config("optim.weight_decay=0.1", "mesh.data=2")
+    batches = [random_batch(cfg, i) for i in range(3)]
+    ref, ref_hist, _ = run_steps(cfg, batches, jax.devices()[:2])
+    flat_cfg = tiny_config("optim.weight_decay=0.1", "mesh.data=2", "optim.flatten=true")
+    got, hist, run = run_steps(flat_cfg, batches, jax.devices()[:2])
+    n_params = len(jax.tree.leaves(got.params))
+    assert len(jax.tree.leaves(got.opt_state)) < len(jax.tree.leaves(ref.opt_state)) - 2 * n_params + 8
+    for k, v in params_numpy(ref).items():
+        np.testing.assert_allclose(params_numpy(got)[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+    np.testing.assert_allclose([h["loss"] for h in hist], [h["loss"] for h in ref_hist], rtol=1e-6)
+    with pytest.raises(config.ConfigError, match="optim.flatten.*data-parallel"):
+        config.validate(tiny_config("optim.flatten=true", "mesh.data=1", "mesh.fsdp=2"), 2)
+    with pytest.raises(config.ConfigError, match="optim.flatten applies to adamw"):
+        optim.make(config.build(["optim.name=lamb", "optim.flatten=true"]).optim, optim.scale_hparams(
+            config.build([]).optim, 32), 10)
