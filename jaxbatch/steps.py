@@ -245,6 +245,8 @@ class _Leaves:
             out = fn(self.unflatten(leaves), *args)
             return (jax.tree.leaves(out[0]), out[1]) if returns_tree else out
 
+        # named after the step (jit_train_step in profiles, HLO dumps and the compilation cache)
+        leaves_fn.__name__ = leaves_fn.__qualname__ = getattr(fn, "func", fn).__name__
         return leaves_fn
 
 
