@@ -57,7 +57,7 @@ def fingerprint(tree) -> tuple[dict[str, int], bool]:
     """({array path: uint32 sum of its words}, whether every float array is finite)."""
     paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(tree))
     platform = next(iter(leaves[0].devices())).platform
-    jax.block_until_ready(leaves)  # the step that made them has finished everywhere (see steps.Steps.eval)
+    jax.block_until_ready(leaves)  # the step that made them has finished everywhere (see steps.Steps._launch)
     sums, finite = jax.device_get(_fingerprint_fn(platform)(list(leaves)))
     return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, sums)}, bool(finite)
 

@@ -383,8 +383,7 @@ def _validate_rampup(t, batch_shards: int) -> None:
 # Everything else (model shape, optimizer, data, seed, batch and accumulation, precision) is the run's
 # identity: changing it in a used run dir is refused (see `drift`).
 CHANGEABLE = ("train.steps", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
-              "train.run_dir",
-              "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
+              "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
               "train.memory_budget_gb", "data.data_dir", "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.",
               "distributed.")
 

@@ -43,7 +43,7 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
         cuts = np.asarray(pipeline.bucket_lengths(seq_len, buckets))
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}
-    batch_sums = []  # fetched once at the end: the host does not wait for each batch before sending the next
+    batch_sums = []  # fetched once at the end (batches queue up; several CPU devices: Steps._launch)
     for start, (local, real) in zip(range(0, n, batch_size),
                                     pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count())):
         if lengths is not None:  # the same cut on every host: from the global batch

@@ -59,9 +59,10 @@ def schedule(cfg, hp: EffectiveHparams, total_steps: int) -> optax.Schedule:
 def flat_adamw(cfg, lr: optax.Schedule) -> optax.GradientTransformation:
     """optax.adamw with its two moments held as one flat vector each (`optax.flatten` around the Adam
     statistics; decay and learning rate stay per parameter, so the decay mask holds). The same elementwise
-    update, on 3 arrays instead of 2 per parameter plus one: a small model's step on CPU spends its host
-    time per array (dispatch, donation, one update kernel each; benchmarks/README.md, "Decoder step on
-    CPU"). The vectors are replicated, so it is for data-parallel meshes (config.validate)."""
+    update, with a state of 3 arrays (two moments, the count) instead of 2 per parameter plus the count: a
+    small model's step on CPU spends its host time per array (dispatch, donation, one update kernel each;
+    benchmarks/README.md, "Decoder step on CPU"). The vectors are replicated, so it is for data-parallel
+    meshes (config.validate)."""
     return optax.chain(optax.flatten(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps)),
                        optax.add_decayed_weights(cfg.weight_decay, decay_mask), optax.scale_by_learning_rate(lr))
 
