@@ -62,6 +62,13 @@ def fingerprint(tree) -> tuple[dict[str, int], bool]:
     return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, sums)}, bool(finite)
 
 
+def compile_fingerprint(tree) -> None:
+    """Compiles `fingerprint` for this tree's arrays now rather than at the first save (the train loop
+    calls it while the train step compiles on another core)."""
+    leaves = jax.tree.leaves(tree)
+    _fingerprint_fn(next(iter(leaves[0].devices())).platform).lower(leaves).compile()
+
+
 @functools.cache
 def _whole_arrays_on_cpu() -> None:
     """On CPU devices, arrays are saved whole by their first replica. Orbax's default splits a replicated

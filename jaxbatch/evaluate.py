@@ -24,44 +24,74 @@ def eval_batch_size(run, wanted: int | None = None) -> int:
     return -(-wanted // step) * step
 
 
+def _plan(arrays: dict, batch_size: int, buckets: int) -> tuple[np.ndarray | None, list]:
+    """(the order to evaluate the split in, each batch's length): padded examples (those with an attention
+    mask) shortest first, each batch cut to the smallest of `buckets` lengths (seq_len/4, /2, /1) that
+    holds it; without a mask, the split's order and length (None, [None, ...])."""
+    starts = range(0, len(arrays["labels"]), batch_size)
+    if "attention_mask" not in arrays:
+        return None, [None for _ in starts]
+    lengths = arrays["attention_mask"].sum(1)
+    order = np.argsort(lengths, kind="stable")
+    lengths = lengths[order]
+    cuts = np.asarray(pipeline.bucket_lengths(arrays["attention_mask"].shape[1], buckets))
+    return order, [int(cuts[np.searchsorted(cuts, lengths[start: start + batch_size].max())]) for start in starts]
+
+
+def _cut(batch: dict, cut: int | None, seq_len: int | None) -> dict:
+    """The batch's per-token arrays (those seq_len long) cut to `cut` tokens."""
+    if cut is None:
+        return batch
+    return {k: (v[:, :cut] if v.ndim == 2 and v.shape[1] == seq_len else v) for k, v in batch.items()}
+
+
+def batch_shapes(run, arrays: dict, batch_size: int | None = None, buckets: int = 3) -> list[dict]:
+    """The distinct global batches `outputs` gives the eval step for this split, as abstract arrays: what
+    to compile ahead (Steps.compile_eval)."""
+    batch_size = eval_batch_size(run, batch_size)
+    seq_len = arrays["attention_mask"].shape[1] if "attention_mask" in arrays else None
+    shapes = {}
+    for cut in _plan(arrays, batch_size, buckets)[1]:
+        rows = _cut({k: arrays[k][:1] for k in run.batch_sh}, cut, seq_len)
+        shapes[cut] = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=run.batch_sh[k])
+                       for k, v in rows.items()}
+    return list(shapes.values())
+
+
 def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: int = 3) -> tuple[dict, dict]:
     """(summed metrics over the split, the family's per-example outputs as numpy, in the split's order).
 
-    Padded examples (those with an attention mask) are evaluated shortest first, each batch cut to the
-    smallest of `buckets` lengths (seq_len/4, /2, /1) that holds it: the sums are the same, the padding
-    (most of a short-sentence split at seq_len) is not computed, and at most `buckets` shapes compile.
-    Per-token outputs are padded back to seq_len (0 past a batch's cut: padding is not computed) and
-    everything is returned in the split's order."""
+    Padded examples are evaluated in length buckets (`_plan`): the sums are the same, the padding (most of
+    a short-sentence split at seq_len) is not computed, and at most `buckets` shapes compile. Per-token
+    outputs are padded back to seq_len (0 past a batch's cut: padding is not computed) and everything is
+    returned in the split's order."""
     batch_size = eval_batch_size(run, batch_size)
-    n = len(arrays["labels"])
-    order, lengths = np.arange(n), None
-    if "attention_mask" in arrays:
-        lengths = arrays["attention_mask"].sum(1)
-        order = np.argsort(lengths, kind="stable")
-        seq_len = arrays["attention_mask"].shape[1]
-        arrays, lengths = {k: v[order] for k, v in arrays.items()}, lengths[order]
-        cuts = np.asarray(pipeline.bucket_lengths(seq_len, buckets))
+    order, cuts = _plan(arrays, batch_size, buckets)
+    if order is not None:
+        arrays = {k: v[order] for k, v in arrays.items()}
+    seq_len = arrays["attention_mask"].shape[1] if "attention_mask" in arrays else None
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}
     batch_sums = []  # fetched once at the end (batches queue up; several CPU devices: Steps._launch)
-    for start, (local, real) in zip(range(0, n, batch_size),
-                                    pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count())):
-        if lengths is not None:  # the same cut on every host: from the global batch
-            cut = int(cuts[np.searchsorted(cuts, lengths[start: start + batch_size].max())])
-            local = {k: (v[:, :cut] if v.ndim == 2 and v.shape[1] == seq_len else v) for k, v in local.items()}
+    for cut, (local, real) in zip(cuts, pipeline.eval_batches(arrays, batch_size, jax.process_index(),
+                                                              jax.process_count())):
+        local = _cut(local, cut, seq_len)  # the same cut on every host: from the global batch
         sums, preds = run.steps.eval(params, pipeline.to_global(local, run.batch_sh))
         batch_sums.append(sums)
         for k, v in preds.items():
             v = np.asarray(multihost_utils.process_allgather(v, tiled=True))[:real]
-            if lengths is not None and arrays["labels"].ndim == 2 and v.ndim >= 2:  # per token: back to seq_len
+            if cut is not None and arrays["labels"].ndim == 2 and v.ndim >= 2:  # per token: back to seq_len
                 v = np.pad(v, [(0, 0), (0, seq_len - v.shape[1])] + [(0, 0)] * (v.ndim - 2))
             parts.setdefault(k, []).append(v)
     for sums in jax.device_get(batch_sums):
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
+    outs = {k: np.concatenate(v) for k, v in parts.items()}
+    if order is None:
+        return totals, outs
     inverse = np.empty_like(order)
-    inverse[order] = np.arange(n)
-    return totals, {k: np.concatenate(v)[inverse] for k, v in parts.items()}
+    inverse[order] = np.arange(len(order))
+    return totals, {k: v[inverse] for k, v in outs.items()}
 
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,

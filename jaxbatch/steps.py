@@ -177,13 +177,22 @@ class Steps:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def eval(self, params, batch: dict) -> tuple[dict, dict]:
+        return self._launch(self._eval_program(params, batch), self._params.flatten(params), batch)
+
+    def compile_eval(self, params, abstract_batches: list[dict]) -> None:
+        """Compiles the eval step for batches of these shapes now (the train loop calls it while the train
+        step compiles on its thread: a core that would otherwise wait), so evaluation does not compile."""
+        for batch in abstract_batches:
+            self._eval_program(params, batch).lower(self._params.flatten(params), batch).compile()
+
+    def _eval_program(self, params, batch: dict):
         if self._eval is None:  # predictions are split along the batch like the batch; their keys are the family's
             _, preds = jax.eval_shape(self._eval_fn, params, batch)
             along_batch = NamedSharding(self.mesh, P(self.batch_sh["labels"].spec[0]))
             self._eval = jax.jit(self._params.on_leaves(self._eval_fn, returns_tree=False),
                                  in_shardings=(jax.tree.leaves(self._params_sh), self.batch_sh),
                                  out_shardings=(NamedSharding(self.mesh, P()), {k: along_batch for k in preds}))
-        return self._launch(self._eval, self._params.flatten(params), batch)
+        return self._eval
 
     def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         leaves = self._state.flatten(state)

@@ -102,6 +102,9 @@ def train(cfg: config.Config) -> TrainResult:
                                   spec.data.buckets, rampup.batch_sizes(spec.train) if spec.train.rampup_samples else None)
     run = run_lib.setup(spec, plan_log=say, compile_ahead=shapes)
     spec, t = run.spec, run.spec.train  # the planner may have chosen train.accum_steps
+    # while the train step still compiles on its thread: the programs evaluation and checkpoints run
+    run.steps.compile_eval(run.state.params, evaluate.batch_shapes(run, data.eval, t.eval_batch_size or None))
+    checkpoint.compile_fingerprint(run.state)
     hp = run.hparams
     say(f"spec (resolved config):\n{config.describe(spec)}")
     say(f"mesh: {mesh_lib.describe(run.mesh)}")

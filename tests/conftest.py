@@ -9,6 +9,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Optimisation level 0 cuts XLA:CPU compile time by about a third; tests compare numbers, not speed.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 
+import contextlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -65,6 +66,25 @@ def params_numpy(state) -> dict:
 @pytest.fixture
 def tmp_run_dir(tmp_path):
     return str(tmp_path / "run")
+
+
+_COMPILE_RECORDS: list[list] = []  # one list per open `compiles()` block
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, secs, **kw: [r.append(name) for r in _COMPILE_RECORDS]
+    if name == "/jax/core/compile/backend_compile_duration" else None)
+jax.monitoring.register_event_listener(
+    lambda name, **kw: [r.append(name) for r in _COMPILE_RECORDS] if name == "/jax/compilation_cache/cache_hits" else None)
+
+
+@contextlib.contextmanager
+def compiles():
+    """The programs XLA compiled (or loaded from the persistent cache) while the block ran."""
+    record: list = []
+    _COMPILE_RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _COMPILE_RECORDS.remove(record)
 
 
 def event_records(events_file) -> list[bytes]:

@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 
-from conftest import event_records, params_numpy, tiny_config
+from conftest import compiles, event_records, params_numpy, run_steps, tiny_config
 from jaxbatch import checkpoint, train
 
 ARGS = ["train.steps=8", "train.log_every=1", "train.eval_every=0", "train.batch_size=16", "data.seq_len=16",
@@ -52,3 +52,15 @@ def test_same_mesh_resume_is_bit_identical(tmp_path):
     again = train.train(tiny_config(*ARGS, "mesh.data=2", "mesh.fsdp=4", f"train.run_dir={part}"))
     assert again.summary["final_eval"]["loss"] == rest.summary["final_eval"]["loss"]
     assert jax.tree.all(jax.tree.map(np.array_equal, params_numpy(again.state), b))
+
+
+
+def test_fingerprint_compiled_ahead():
+    """compile_fingerprint leaves nothing to compile at the first save."""
+    _, _, run = run_steps(tiny_config("mesh.data=2"), [], jax.devices()[:2])
+    with compiles() as ahead:
+        checkpoint.compile_fingerprint(run.state)
+    with compiles() as at_save:
+        sums, finite = checkpoint.fingerprint(run.state)
+    assert ahead and at_save == []
+    assert finite and len(sums) == len(jax.tree.leaves(run.state))

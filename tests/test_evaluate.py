@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import random_batch, run_steps, tiny_config
+from conftest import compiles, random_batch, run_steps, tiny_config
 from jaxbatch import evaluate
 
 
@@ -30,3 +30,39 @@ def test_bucketed_eval_equals_full_length_eval(task):
         assert out[k].shape == full[k].shape
         a, b = (x[real] if task == "token" and x.ndim >= 2 else x for x in (out[k], full[k]))
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("task", ["token", "sequence", "lm"])
+def test_eval_compiled_ahead_for_every_batch_shape(task):
+    """batch_shapes names exactly the batches `outputs` evaluates; after Steps.compile_eval, evaluating the
+    split compiles nothing (the train loop compiles them while the train step compiles)."""
+    if task == "lm":
+        cfg = tiny_config("model.preset=gpt-tiny", "model.vocab_size=97", "model.task=lm", "model.hidden_size=32",
+                          "model.num_heads=4", "model.intermediate_size=64", "model.num_layers=2", "mesh.data=2")
+        ids = np.random.default_rng(0).integers(0, 97, (37, 16)).astype(np.int32)
+        arrays = dict(input_ids=ids, labels=np.roll(ids, -1, 1), segment_ids=np.ones_like(ids),
+                      positions=np.broadcast_to(np.arange(16, dtype=np.int32), ids.shape).copy())
+    else:
+        cfg = tiny_config(f"model.task={task}", "data.seq_len=32", "train.batch_size=8", "mesh.data=2")
+        arrays = random_batch(cfg, 1, batch_size=45)
+        lengths = np.where(np.arange(45) % 3 == 0, 6, 30)  # short and long examples: two of the three bucket lengths
+        arrays["attention_mask"] = (np.arange(32) < lengths[:, None]).astype(np.int32)
+        arrays["input_ids"] *= arrays["attention_mask"]
+    _, _, run = run_steps(cfg, [], jax.devices()[:2])
+    shapes = evaluate.batch_shapes(run, arrays)
+    with compiles() as ahead:
+        run.steps.compile_eval(run.state.params, shapes)
+    seen = []
+    evaluate_step = run.steps.eval
+
+    def spy(params, batch):
+        seen.append(sorted((k, v.shape, v.dtype) for k, v in batch.items()))
+        return evaluate_step(params, batch)
+
+    run.steps.eval = spy
+    with compiles() as evaluating:
+        evaluate.outputs(run, run.state.params, arrays)
+    assert evaluating == [] and len(ahead) >= len(shapes)
+    expected = {str(sorted((k, v.shape, v.dtype) for k, v in b.items())) for b in shapes}
+    assert {str(b) for b in seen} == expected
+    assert len(expected) == (1 if task == "lm" else 2)
