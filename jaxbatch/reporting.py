@@ -80,6 +80,9 @@ class Reporter:
                 path.write_text("".join(line + "\n" for line in kept))
             self.jsonl = open(path, "a")
             self.tb = EventWriter(self.run_dir / "tensorboard", purge_step=initial_step + 1 if initial_step else None)
+            # pyplot takes ~1 s to import (its font list): loaded now, while the first step compiles, not when
+            # `plot_curves` draws at the end of the run
+            threading.Thread(target=_import_pyplot, name="pyplot-import", daemon=True).start()
             if progress:
                 from tqdm.auto import tqdm
 
@@ -133,15 +136,20 @@ class Reporter:
             self.tb.close()
 
 
+def _import_pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
 def plot_curves(run_dir: str | Path) -> Path | None:
     """curves.png next to metrics.jsonl: train loss (and learning rate) and eval metrics against steps,
     drawn from the whole file, so a resumed run's plot covers every segment."""
     run_dir = Path(run_dir)
     if jax.process_index() != 0 or not (run_dir / "metrics.jsonl").is_file():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
+    _import_pyplot()
     import matplotlib.pyplot as plt
 
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
