@@ -1,3 +1,4 @@
+import grain
 import numpy as np
 
 from jaxbatch.data import pipeline
@@ -90,3 +91,13 @@ def test_bucketed_hosts_are_disjoint_and_resume_exactly():
     again = iter(pipeline.train_dataset(arrays, 16, 10, seed=2, num_buckets=2))
     again.set_state(it.get_state())
     assert head + [b["labels"].tolist() for b in again] == [b["labels"].tolist() for b in single]
+
+
+def test_batches_are_grains_shuffle_of_the_examples():
+    """Batches gathered by index are the batches of grain shuffling the examples themselves (what earlier
+    versions did, example by example): runs and checkpoints from before train on the same data."""
+    arrays = _arrays()
+    rows = grain.MapDataset.source([{k: v[i] for k, v in arrays.items()} for i in range(100)])
+    examples = rows.shuffle(seed=5).repeat(2)[:160][1::2].batch(8).to_iter_dataset()
+    gathered = pipeline.train_dataset(arrays, 16, num_steps=10, seed=5, process_index=1, process_count=2)
+    assert _ids(gathered) == _ids(examples)
