@@ -60,7 +60,7 @@ def plan_buckets(lengths: np.ndarray, buckets: list[int], batch_sizes: list[int]
     return plan
 
 
-# A batch is one gather per array from memory (~0.2 ms for nanoGPT's 12 x 64; batching the examples one by
+# A batch is one gather per array from memory (~0.2 ms for 12 x 64 tokens; batching the examples one by
 # one took ~1.4 ms of CPU, grain's prefetch threads included): read on the caller's thread, no prefetching.
 _IN_MEMORY = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
