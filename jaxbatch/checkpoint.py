@@ -53,12 +53,16 @@ def _fingerprint_fn(platform: str):
     return jax.jit(_fingerprint, compiler_options=host.run_once_options(platform))
 
 
+def _fingerprint_program(leaves):
+    """The fingerprint's jitted function for the platform these arrays live on."""
+    return _fingerprint_fn(next(iter(leaves[0].devices())).platform)
+
+
 def fingerprint(tree) -> tuple[dict[str, int], bool]:
     """({array path: uint32 sum of its words}, whether every float array is finite)."""
     paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(tree))
-    platform = next(iter(leaves[0].devices())).platform
     jax.block_until_ready(leaves)  # the step that made them has finished everywhere (see steps.Steps._launch)
-    sums, finite = jax.device_get(_fingerprint_fn(platform)(list(leaves)))
+    sums, finite = jax.device_get(_fingerprint_program(leaves)(list(leaves)))
     return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, sums)}, bool(finite)
 
 
@@ -66,7 +70,7 @@ def compile_fingerprint(tree) -> None:
     """Compiles `fingerprint` for this tree's arrays now rather than at the first save (the train loop
     calls it while the train step compiles on another core)."""
     leaves = jax.tree.leaves(tree)
-    _fingerprint_fn(next(iter(leaves[0].devices())).platform).lower(leaves).compile()
+    _fingerprint_program(leaves).lower(leaves).compile()
 
 
 @functools.cache

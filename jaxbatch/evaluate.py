@@ -24,18 +24,20 @@ def eval_batch_size(run, wanted: int | None = None) -> int:
     return -(-wanted // step) * step
 
 
-def _plan(arrays: dict, batch_size: int, buckets: int) -> tuple[np.ndarray | None, list]:
-    """(the order to evaluate the split in, each batch's length): padded examples (those with an attention
-    mask) shortest first, each batch cut to the smallest of `buckets` lengths (seq_len/4, /2, /1) that
-    holds it; without a mask, the split's order and length (None, [None, ...])."""
+def _plan(arrays: dict, batch_size: int, buckets: int) -> tuple[np.ndarray | None, list, int | None]:
+    """(the order to evaluate the split in, each batch's length, the padded length): padded examples (those
+    with an attention mask) shortest first, each batch cut to the smallest of `buckets` lengths (seq_len/4,
+    /2, /1) that holds it; without a mask, the split's order and length (None, [None, ...], None)."""
     starts = range(0, len(arrays["labels"]), batch_size)
     if "attention_mask" not in arrays:
-        return None, [None for _ in starts]
+        return None, [None for _ in starts], None
     lengths = arrays["attention_mask"].sum(1)
     order = np.argsort(lengths, kind="stable")
     lengths = lengths[order]
-    cuts = np.asarray(pipeline.bucket_lengths(arrays["attention_mask"].shape[1], buckets))
-    return order, [int(cuts[np.searchsorted(cuts, lengths[start: start + batch_size].max())]) for start in starts]
+    seq_len = arrays["attention_mask"].shape[1]
+    cuts = np.asarray(pipeline.bucket_lengths(seq_len, buckets))
+    return order, [int(cuts[np.searchsorted(cuts, lengths[start: start + batch_size].max())])
+                   for start in starts], seq_len
 
 
 def _cut(batch: dict, cut: int | None, seq_len: int | None) -> dict:
@@ -49,9 +51,9 @@ def batch_shapes(run, arrays: dict, batch_size: int | None = None, buckets: int 
     """The distinct global batches `outputs` gives the eval step for this split, as abstract arrays: what
     to compile ahead (Steps.compile_eval)."""
     batch_size = eval_batch_size(run, batch_size)
-    seq_len = arrays["attention_mask"].shape[1] if "attention_mask" in arrays else None
+    _, cuts, seq_len = _plan(arrays, batch_size, buckets)
     shapes = {}
-    for cut in _plan(arrays, batch_size, buckets)[1]:
+    for cut in cuts:
         rows = _cut({k: arrays[k][:1] for k in run.batch_sh}, cut, seq_len)
         shapes[cut] = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=run.batch_sh[k])
                        for k, v in rows.items()}
@@ -66,10 +68,9 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     outputs are padded back to seq_len (0 past a batch's cut: padding is not computed) and everything is
     returned in the split's order."""
     batch_size = eval_batch_size(run, batch_size)
-    order, cuts = _plan(arrays, batch_size, buckets)
+    order, cuts, seq_len = _plan(arrays, batch_size, buckets)
     if order is not None:
         arrays = {k: v[order] for k, v in arrays.items()}
-    seq_len = arrays["attention_mask"].shape[1] if "attention_mask" in arrays else None
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}
     batch_sums = []  # fetched once at the end (batches queue up; several CPU devices: Steps._launch)

@@ -54,7 +54,6 @@ def test_same_mesh_resume_is_bit_identical(tmp_path):
     assert jax.tree.all(jax.tree.map(np.array_equal, params_numpy(again.state), b))
 
 
-
 def test_fingerprint_compiled_ahead():
     """compile_fingerprint leaves nothing to compile at the first save."""
     _, _, run = run_steps(tiny_config("mesh.data=2"), [], jax.devices()[:2])
