@@ -6,6 +6,7 @@ keep nothing. The XLA cache is keyed by the jax version (a folder each) and, ins
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +29,21 @@ def enable_compilation_cache() -> None:
         return
     jax.config.update("jax_compilation_cache_dir", str(base / "xla" / f"jax-{jax.__version__}"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # steps, not tiny helper kernels
+
+
+@contextlib.contextmanager
+def bypassed(devices):
+    """Compiles inside skip the persistent cache when `devices` are not this process's (a TPU slice compiled
+    for on another machine: libtpu's client-less compiler cannot read an executable back, so a cached entry
+    only costs a failed read, a warning and the compile anyway)."""
+    if devices is None or set(devices) <= set(jax.devices()) or not jax.config.jax_enable_compilation_cache:
+        yield
+        return
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
 
 
 def cached_peak(measure) -> tuple[float, bool]:

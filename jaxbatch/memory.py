@@ -15,7 +15,7 @@ import re
 import jax
 import numpy as np
 
-from jaxbatch import config
+from jaxbatch import cache, config
 from jaxbatch import mesh as mesh_lib
 from jaxbatch.errors import ConfigError
 
@@ -79,7 +79,8 @@ def _compile_step(spec, accum_steps: int, devices=None) -> StepMemory:
     params = _bytes_per_device(run.state.params, run.state_sh.params)
     optimizer = _bytes_per_device(run.state.opt_state, run.state_sh.opt_state)
     try:
-        compiled = run.steps.lower_train(run.state, abstract_batch(run, spec.train.batch_size)).compile()
+        with cache.bypassed(devices):
+            compiled = run.steps.lower_train(run.state, abstract_batch(run, spec.train.batch_size)).compile()
     except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program larger than the chip's HBM
         needed = re.search(r"RESOURCE_EXHAUSTED.*?\(([\d.]+)G\)", str(e))
         if not needed:

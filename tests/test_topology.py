@@ -82,3 +82,29 @@ def test_compare_meshes_recommends_a_fitting_mesh(capsys):
     assert data * fsdp * model == 4 and f"mesh data={data} x fsdp={fsdp} x model={model}" in out
     times = {r.split(":")[0].strip(): float(r.split("step")[1].split("ms")[0]) for r in rows}
     assert min(times, key=times.get).split()[0] == chosen.split()[0]  # the fastest by XLA's estimate
+
+
+def test_slice_compiles_stay_out_of_the_persistent_cache(tmp_path):
+    """libtpu's client-less compiler cannot read a cached executable back: a second `plan --target` would warn
+    and compile anyway. Neither run writes the slice's step to the cache; a plan for this CPU's devices does."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # the cache on first, then every compile kept (the tiny step compiles in under the default 0.5 s)
+    code = ("import jax, sys; from jaxbatch import cache, cli; cache.enable_compilation_cache(); "
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); sys.exit(cli.main(sys.argv[1:]))")
+    plan = ["plan", "model.preset=tiny", "train.batch_size=16", "train.memory_budget_gb=1"]
+
+    def run(*args):
+        env = {**os.environ, "JAXBATCH_CACHE": str(tmp_path)}
+        return subprocess.run([sys.executable, "-c", code, *plan, *args], env=env, capture_output=True, text=True,
+                              cwd=Path(__file__).parents[1])
+
+    for _ in range(2):
+        out = run("--target", "v5e:2x2")
+        assert out.returncode == 0 and "PjRtCompiler" not in out.stderr, out.stderr[-2000:]
+    assert list(tmp_path.rglob("jit_train_step*")) == []
+    assert run().returncode == 0  # the same plan on this process's CPU devices
+    assert list(tmp_path.rglob("jit_train_step*"))
