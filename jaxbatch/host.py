@@ -1,11 +1,14 @@
 """The host process's memory allocator, tuned for a training loop.
 
-Every step allocates and frees the same temporary buffers (on XLA:CPU, all of the step's activations).
-glibc's malloc hands large freed blocks back to the kernel (munmap, heap trimming), so the next step
-faults the same pages in again: up to ~6,000 page faults and ~20 ms of kernel time per step of a
-0.8M-parameter decoder on 2 cores, in bursts that made the loop's speed wander (benchmarks/README.md,
-"Decoder step on CPU"). Keeping freed memory in the process costs nothing a training loop does not
-use again on its next step. Linux/glibc only; elsewhere it does nothing."""
+Every step allocates and frees the same temporary buffers (on XLA:CPU, all of the step's activations: one
+block per device per step, 213 MiB for MiniLM at 32 x 32 on 2 devices). glibc hands large freed blocks back
+to the kernel, so the next step faults the same pages in again: MiniLM's 32 x 128 step on 2 cores took
+~395,000 page faults and 1.2-1.6 s of kernel time, of a 2.2 s step (benchmarks/README.md). Its thresholds
+cannot keep such blocks: above 32 MiB (the largest mmap threshold) and in any thread's own arena (XLA's
+workers each get one; an arena heap holds at most 64 MiB) malloc maps every block on its own and unmaps it
+when freed. So: one arena (the main heap, which grows with brk without that limit), no per-block mappings,
+no trimming. A training loop uses what it freed again on its next step. Linux/glibc only; elsewhere it does
+nothing."""
 
 from __future__ import annotations
 
@@ -13,20 +16,21 @@ import ctypes
 import ctypes.util
 import functools
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Raises glibc's mmap and trim thresholds to their maximum (freed blocks stay in the heap for reuse);
-    returns whether the allocator took it. Idempotent."""
+    """One arena, no per-block mappings, no trimming: freed blocks of any size stay in the heap for reuse.
+    Returns whether the allocator took it. Idempotent. It must run before XLA's threads first allocate (a
+    thread keeps the arena it started with), so `import jaxbatch` calls it."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl): nothing to tune
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+    return bool(mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
 
 
 def run_once_options(platform: str) -> dict:

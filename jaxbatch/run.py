@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxbatch import accumulate, cache, compress, config, host, models, optim, rampup
+from jaxbatch import accumulate, cache, compress, config, models, optim, rampup
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -117,7 +117,6 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
     `compile_ahead`: (global batch, length) shapes to compile the train step for on a thread, in order,
     while the state is initialised (the training loop passes those its data will have)."""
     cache.enable_compilation_cache()  # before the first compile of the run
-    host.keep_freed_memory()
     mesh = mesh_lib.make_mesh(spec.mesh, devices)
     family = models.family(spec.model)
     if spec.model.vocab_size < 1:
