@@ -6,6 +6,7 @@ tokenized examples with the same hyper-parameters; print each one's wall time to
     python benchmarks/finetune_e2e.py --steps 300 --json e2e.json                     # a shorter run
     python benchmarks/finetune_e2e.py --data synthetic --steps 20 data.seq_len=32     # offline, minutes
     python benchmarks/finetune_e2e.py --steps 300 distributed.cpu_devices=-1          # one XLA:CPU device per core
+    python benchmarks/finetune_e2e.py --steps 300 distributed.cpu_devices=-1 distributed.cpu_one_arena=true  # + one malloc arena
 
 The PyTorch loop is what an HF user writes: `BertForTokenClassification.from_pretrained`, AdamW (no decay
 on biases and LayerNorm), linear warmup then linear decay (`get_linear_schedule_with_warmup`), clipping at

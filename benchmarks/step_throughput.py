@@ -5,6 +5,7 @@ measured in the same run; optionally against PyTorch eager (the same model from 
     python benchmarks/step_throughput.py --vs-torch           # + PyTorch on the same shape, and the ratio
     python benchmarks/step_throughput.py --torch-compile      # + PyTorch eager and torch.compile
     python benchmarks/step_throughput.py --vs-torch distributed.cpu_devices=-1   # one XLA:CPU device per core
+    python benchmarks/step_throughput.py --vs-torch distributed.cpu_devices=-1 distributed.cpu_one_arena=true  # + one malloc arena
     python benchmarks/step_throughput.py --preset bert-base --batch 64 --precision bf16   # a GPU shape
     python benchmarks/step_throughput.py --family gpt2 --vs-torch   # GPT-2 124M vs HF GPT2LMHeadModel
     python benchmarks/step_throughput.py --family llama --preset llama-tiny model.vocab_size=32000 --vs-torch

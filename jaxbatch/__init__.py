@@ -6,7 +6,7 @@ from jaxbatch import host
 
 __version__ = "0.1.0"
 
-host.keep_freed_memory()  # before XLA starts its threads: each keeps the malloc arena it first used
+host.keep_freed_memory()  # freed step buffers stay in the process for the next step (host.py)
 
 if "IPython" not in sys.modules:  # not in a notebook or IPython shell
     # flax.nnx asks IPython at import whether it runs inside IPython (for colours and displays). Outside

@@ -177,6 +177,7 @@ class DistributedConfig:
     num_processes: int = 1
     process_id: int = 0
     cpu_devices: int = 0  # CPU only: XLA devices per process (gloo between processes); 0 = JAX's default, -1 = one per core
+    cpu_one_arena: bool = False  # one malloc arena for all threads: for CPU steps whose buffers pass 64 MiB (host.py)
 
 
 @dataclasses.dataclass(frozen=True)

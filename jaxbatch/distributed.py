@@ -11,6 +11,7 @@ import os
 
 import jax
 
+from jaxbatch import host
 from jaxbatch.errors import ConfigError
 
 
@@ -26,6 +27,8 @@ def initialize(dist_cfg) -> bool:
     Several CPU devices in one process are how XLA:CPU uses several cores on a small model: it runs each
     device's program on a core of its own, while one device runs the small matmuls and fusions of a ~1M-
     parameter model on about one core (benchmarks/README.md, "Decoder step on CPU")."""
+    if dist_cfg.cpu_one_arena:
+        host.one_arena()
     if dist_cfg.cpu_devices:
         if dist_cfg.cpu_devices < -1:
             raise ConfigError(f"distributed.cpu_devices={dist_cfg.cpu_devices}: use a count, 0 (JAX's default) "

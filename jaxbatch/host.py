@@ -1,14 +1,17 @@
 """The host process's memory allocator, tuned for a training loop.
 
-Every step allocates and frees the same temporary buffers (on XLA:CPU, all of the step's activations: one
-block per device per step, 213 MiB for MiniLM at 32 x 32 on 2 devices). glibc hands large freed blocks back
-to the kernel, so the next step faults the same pages in again: MiniLM's 32 x 128 step on 2 cores took
-~395,000 page faults and 1.2-1.6 s of kernel time, of a 2.2 s step (benchmarks/README.md). Its thresholds
-cannot keep such blocks: above 32 MiB (the largest mmap threshold) and in any thread's own arena (XLA's
-workers each get one; an arena heap holds at most 64 MiB) malloc maps every block on its own and unmaps it
-when freed. So: one arena (the main heap, which grows with brk without that limit), no per-block mappings,
-no trimming. A training loop uses what it freed again on its next step. Linux/glibc only; elsewhere it does
-nothing."""
+Every step allocates and frees the same temporary buffers (on XLA:CPU, all of the step's activations, one
+block per device per run). glibc hands large freed blocks back to the kernel, so the next step faults the
+same pages in again. Two cases (benchmarks/README.md, step_throughput.py, session 9):
+- blocks above 32 MiB (the largest mmap threshold) are mapped on their own and unmapped when freed: no
+  per-block mappings and no trimming, at `import jaxbatch`, keep them in the heap (a 0.8M-parameter decoder's
+  loop ~10% faster);
+- a thread's own arena (XLA's workers each get one) holds at most 64 MiB per heap, so a larger block there
+  is mapped afresh whatever the settings: MiniLM's 32 x 128 step on 2 CPU devices made ~395,000 page faults
+  (1.2-1.6 s of kernel time in a 2.2 s step) for its 213+ MiB blocks. One arena for every thread (the main
+  heap, grown with brk without that limit) keeps those too, but its lock costs a small model's loop ~25%,
+  so it is a setting (`distributed.cpu_one_arena`), applied before XLA's threads first allocate.
+Linux/glibc only; elsewhere nothing changes."""
 
 from __future__ import annotations
 
@@ -20,17 +23,27 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt par
 
 
 @functools.cache
-def keep_freed_memory() -> bool:
-    """One arena, no per-block mappings, no trimming: freed blocks of any size stay in the heap for reuse.
-    Returns whether the allocator took it. Idempotent. It must run before XLA's threads first allocate (a
-    thread keeps the arena it started with), so `import jaxbatch` calls it."""
-    name = ctypes.util.find_library("c")
+def _mallopt():
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        return ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl): nothing to tune
-        return False
-    return bool(mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+        return None
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """No per-block mappings, no trimming: freed blocks stay in their arena's heap for reuse. Returns whether
+    the allocator took it. Idempotent; `import jaxbatch` calls it."""
+    mallopt = _mallopt()
+    return bool(mallopt and mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
+@functools.cache
+def one_arena() -> bool:
+    """Every thread allocates from the main heap, so blocks above 64 MiB are kept too. A thread keeps the
+    arena it first allocated from: this must run before the first JAX operation (`distributed.initialize`)."""
+    mallopt = _mallopt()
+    return bool(keep_freed_memory() and mallopt(_M_ARENA_MAX, 1))
 
 
 def run_once_options(platform: str) -> dict:
