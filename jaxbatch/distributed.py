@@ -21,8 +21,9 @@ def cpu_device_count(setting: int) -> int:
 
 
 def initialize(dist_cfg) -> bool:
-    """Sets the CPU device count and starts jax.distributed when configured; returns whether it started
-    jax.distributed. Must run before any device use.
+    """Sets the CPU device count (and, with `cpu_one_arena`, one malloc arena: host.one_arena) and starts
+    jax.distributed when configured; returns whether it started jax.distributed. Must run before any device
+    use.
 
     Several CPU devices in one process are how XLA:CPU uses several cores on a small model: it runs each
     device's program on a core of its own, while one device runs the small matmuls and fusions of a ~1M-

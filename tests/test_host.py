@@ -32,9 +32,12 @@ def allocate():  # as XLA:CPU allocates a step's buffers (tsl::port::AlignedMall
     mapped.append(libc.mallinfo2().hblkhd - before)
     libc.free(block)
 
-thread = threading.Thread(target=allocate) if where == "thread" else None
-thread.start() if thread else allocate()
-thread.join() if thread else None
+if where == "thread":
+    thread = threading.Thread(target=allocate)
+    thread.start()
+    thread.join()
+else:
+    allocate()
 print(mapped[0])
 """
 
