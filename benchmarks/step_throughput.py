@@ -1,5 +1,6 @@
 """Train-step throughput: median step time, tokens/s, model TFLOP/s and its fraction of a matmul peak
-measured in the same run; optionally against PyTorch eager (the same model from HF transformers + AdamW).
+measured in the same run; optionally against PyTorch eager (the same model from HF transformers + AdamW),
+in alternating rounds in one process (the box's speed drifts; each round times both sides back to back).
 
     python benchmarks/step_throughput.py                      # MiniLM-L6 shape, batch 32 x 128, fp32
     python benchmarks/step_throughput.py --vs-torch           # + PyTorch on the same shape, and the ratio
@@ -70,7 +71,8 @@ def time_steps(step, n: int, warmup: int) -> list[float]:
     return times
 
 
-def bench_jax(cfg: config.Config, batch: dict, n: int, warmup: int) -> float:
+def jax_step(cfg: config.Config, batch: dict):
+    """One jaxbatch train step on `batch`, waited for (the state carried from call to call)."""
     run = run_lib.setup(cfg)
     batch = {k: jax.device_put(v, run.batch_sh[k]) for k, v in batch.items()}
     holder = [run.state]
@@ -79,7 +81,11 @@ def bench_jax(cfg: config.Config, batch: dict, n: int, warmup: int) -> float:
         holder[0], m = run.steps.train(holder[0], batch)
         jax.block_until_ready(m["loss"])
 
-    return statistics.median(time_steps(step, n, warmup))
+    return step
+
+
+def bench_jax(cfg: config.Config, batch: dict, n: int, warmup: int) -> float:
+    return statistics.median(time_steps(jax_step(cfg, batch), n, warmup))
 
 
 def torch_model(model_cfg):
@@ -103,10 +109,10 @@ def torch_model(model_cfg):
     return cls(config_cls(**{k: v for k, v in hf.items() if k not in ("architectures", "model_type")}))
 
 
-def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float, device: str = "cpu",
-                bf16: bool = False, compiled: bool = False) -> float:
-    """Median step of HF transformers + torch AdamW on `device` (bf16 autocast when asked): eager, or the
-    model through `torch.compile` (inductor; its compilation happens in the warm-up steps)."""
+def torch_step(model_cfg, batch: dict, lr: float, device: str = "cpu", bf16: bool = False,
+               compiled: bool = False):
+    """One step of HF transformers + torch AdamW on `device` (bf16 autocast when asked): eager, or the model
+    through `torch.compile` (inductor; it compiles in the first calls, the warm-up)."""
     import torch
 
     model = torch_model(model_cfg).to(device)
@@ -129,7 +135,12 @@ def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float, device: 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    return statistics.median(time_steps(step, n, warmup))
+    return step
+
+
+def bench_torch(model_cfg, batch: dict, n: int, warmup: int, lr: float, device: str = "cpu",
+                bf16: bool = False, compiled: bool = False) -> float:
+    return statistics.median(time_steps(torch_step(model_cfg, batch, lr, device, bf16, compiled), n, warmup))
 
 
 def main() -> None:
@@ -139,7 +150,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, alternating jaxbatch and PyTorch in this process")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--vs-torch", action="store_true")
     p.add_argument("--torch-compile", action="store_true", help="also PyTorch with torch.compile (implies --vs-torch)")
@@ -159,28 +171,41 @@ def main() -> None:
     tokens = args.batch * args.seq
     flops = models.family(cfg.model).train_flops_per_token(cfg.model, args.seq) * tokens
 
-    t_jax = bench_jax(cfg, batch, args.steps, args.warmup)
-    res = {"device": f"{len(devices)} x {kind}", "preset": preset, "batch": args.batch, "seq": args.seq,
-           "precision": args.precision, "jax_step_s": t_jax, "jax_tokens_per_s": tokens / t_jax,
-           "model_tflops": flops / t_jax / 1e12, "matmul_peak_tflops_per_device": peak / 1e12,
-           "fraction_of_peak": flops / t_jax / (peak * len(devices))}
-    print(f"device: {res['device']}; {models.family(cfg.model).describe(cfg.model)}, batch {args.batch} x seq "
-          f"{args.seq}, {args.precision}, AdamW")
-    print(f"jaxbatch : median step {t_jax * 1e3:8.1f} ms  {tokens / t_jax:10.0f} tokens/s  "
-          f"{res['model_tflops']:.3f} TFLOP/s = {100 * res['fraction_of_peak']:.1f}% of measured "
-          f"{args.precision} matmul peak ({peak / 1e12:.3f} TFLOP/s/device)")
+    steps = {"jaxbatch": jax_step(cfg, batch)}
     if args.vs_torch or args.torch_compile:
         import torch
 
-        for mode in ["eager"] + (["compile"] if args.torch_compile else []):
-            t_torch = bench_torch(cfg.model, batch, args.steps, args.warmup, cfg.optim.learning_rate,
-                                  compiled=mode == "compile")
-            key = "torch" if mode == "eager" else "torch_compile"
-            res.update({f"{key}_step_s": t_torch, f"{key}_tokens_per_s": tokens / t_torch,
-                        f"jax_over_{key}": t_torch / t_jax})
-            print(f"pytorch  : median step {t_torch * 1e3:8.1f} ms  {tokens / t_torch:10.0f} tokens/s  "
-                  f"(torch {torch.__version__}, {mode}, {torch.get_num_threads()} threads)")
-            print(f"ratio    : jaxbatch / pytorch {mode} tokens/s = {t_torch / t_jax:.2f}x")
+        steps["eager"] = torch_step(cfg.model, batch, cfg.optim.learning_rate)
+        if args.torch_compile:
+            steps["compile"] = torch_step(cfg.model, batch, cfg.optim.learning_rate, compiled=True)
+    for step in steps.values():
+        time_steps(step, 0, args.warmup)
+    rounds = {name: [] for name in steps}  # per round, each side's median step
+    for r in range(args.rounds):
+        for name, step in steps.items():
+            rounds[name].append(statistics.median(time_steps(step, args.steps, 0)))
+        if args.rounds > 1:
+            print(f"round {r + 1}: " + ", ".join(f"{name} {t[-1] * 1e3:.0f} ms" for name, t in rounds.items()))
+    t_jax = statistics.median(rounds["jaxbatch"])
+    res = {"device": f"{len(devices)} x {kind}", "preset": preset, "batch": args.batch, "seq": args.seq,
+           "precision": args.precision, "rounds": args.rounds, "steps_per_round": args.steps,
+           "jax_step_s": t_jax, "jax_step_s_rounds": rounds["jaxbatch"], "jax_tokens_per_s": tokens / t_jax,
+           "model_tflops": flops / t_jax / 1e12, "matmul_peak_tflops_per_device": peak / 1e12,
+           "fraction_of_peak": flops / t_jax / (peak * len(devices))}
+    print(f"device: {res['device']}; {models.family(cfg.model).describe(cfg.model)}, batch {args.batch} x seq "
+          f"{args.seq}, {args.precision}, AdamW; median of {args.rounds} alternating round(s) of {args.steps} steps")
+    print(f"jaxbatch : median step {t_jax * 1e3:8.1f} ms  {tokens / t_jax:10.0f} tokens/s  "
+          f"{res['model_tflops']:.3f} TFLOP/s = {100 * res['fraction_of_peak']:.1f}% of measured "
+          f"{args.precision} matmul peak ({peak / 1e12:.3f} TFLOP/s/device)")
+    for mode in [m for m in ("eager", "compile") if m in steps]:
+        t_torch = statistics.median(rounds[mode])
+        ratio = statistics.median(t / j for t, j in zip(rounds[mode], rounds["jaxbatch"]))  # per round, then median
+        key = "torch" if mode == "eager" else "torch_compile"
+        res.update({f"{key}_step_s": t_torch, f"{key}_step_s_rounds": rounds[mode],
+                    f"{key}_tokens_per_s": tokens / t_torch, f"jax_over_{key}": ratio})
+        print(f"pytorch  : median step {t_torch * 1e3:8.1f} ms  {tokens / t_torch:10.0f} tokens/s  "
+              f"(torch {torch.__version__}, {mode}, {torch.get_num_threads()} threads)")
+        print(f"ratio    : jaxbatch / pytorch {mode} tokens/s = {ratio:.2f}x (median of the rounds' ratios)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
