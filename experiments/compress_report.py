@@ -16,13 +16,14 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from jaxbatch import evaluate
+from jaxbatch import cli, evaluate
 from jaxbatch import run as run_lib
 from jaxbatch.compress import pipeline, storage
 from jaxbatch.data import pipeline as data_pipeline
@@ -156,4 +157,4 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.reported(main))

@@ -1,4 +1,8 @@
-"""Shared driver of the fine-tuning experiments: train, evaluate dev (and optionally test), report, save JSON."""
+"""Shared driver of the fine-tuning experiments: train, evaluate dev (and optionally test), report, save JSON.
+
+On CPU the recipes run one XLA:CPU device per core (as many as divide the batch) and one malloc arena, which
+a MiniLM-sized step needs to keep its buffers out of the kernel's page-fault path (jaxbatch/host.py); the
+command line's `distributed.*` overrides win. Other platforms ignore the device count."""
 
 from __future__ import annotations
 
@@ -8,7 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxbatch import config, evaluate, metrics, train
+from jaxbatch import config, distributed, evaluate, metrics, train
+
+
+def configure(defaults: list[str], overrides: list[str], config_file: str | None = None) -> config.Config:
+    """The recipe's config with the CPU set-up above, then JAX started with it (`distributed.initialize`,
+    before anything touches a device)."""
+    batch = config.build(defaults + overrides, config_file).train.batch_size
+    cpu = [f"distributed.cpu_devices={distributed.cpu_devices_dividing(batch)}", "distributed.cpu_one_arena=true"]
+    cfg = config.build(defaults + cpu + overrides, config_file)
+    if distributed.initialize(cfg.distributed):
+        print(distributed.describe())
+    return cfg
 
 
 def run(name: str, defaults: list[str], argv: list[str], description: str) -> dict:
@@ -18,7 +33,7 @@ def run(name: str, defaults: list[str], argv: list[str], description: str) -> di
     p.add_argument("--config", help="TOML/JSON config file applied before the overrides")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args(argv)
-    cfg = config.build(defaults + [f"data.data_dir={args.data_dir}"] + args.overrides, args.config)
+    cfg = configure(defaults + [f"data.data_dir={args.data_dir}"], args.overrides, args.config)
     result = train.train(cfg)
     data, run_dir = result.data, Path(cfg.train.run_dir)
     results = {"dev": result.summary["final_eval"]}

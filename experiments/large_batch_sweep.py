@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxbatch import config, noise_scale, rampup, train
+from jaxbatch import cli, config, distributed, noise_scale, rampup, train
 
 DEFAULT_LR = {"pretrained": {"adamw": 5e-5, "lamb": 1e-3, "lars": 1e-3},
               "tiny": {"adamw": 1e-3, "lamb": 1e-2, "lars": 1e-2}}
@@ -137,7 +137,9 @@ def run(argv: list[str]) -> dict:
         name = {"sst2": "synthetic_sst", "conll": "synthetic_ner"}[args.task]
         base = ["model.preset=tiny", f"data.name={name}", "data.seq_len=32", "data.num_train=16384"]
     metric = "entity_f1" if args.task == "conll" else "accuracy"
-    n_train = _train_examples(config.build(base + args.overrides))
+    sweep_cfg = config.build(base + args.overrides)
+    distributed.initialize(sweep_cfg.distributed)  # the overrides' distributed.* hold for every point
+    n_train = _train_examples(sweep_cfg)
     points = []
     for variant in variants:
         for batch in batches:
@@ -307,4 +309,4 @@ def _write(report: dict, out: Path, metric: str) -> None:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1:])
+    sys.exit(cli.reported(run, sys.argv[1:]))

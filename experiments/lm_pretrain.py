@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxbatch import config, distributed, train
+from jaxbatch import cli, config, distributed, train
 from jaxbatch import run as run_lib
 
 COMMON = ["data.name=text", "optim.name=adamw", "optim.b2=0.99", "optim.eps=1e-8", "optim.weight_decay=0.1",
@@ -42,13 +42,6 @@ PRESETS = {
 CPU_PRESETS = ("nanogpt-cpu", "cpu")
 
 
-def cpu_devices(batch: int) -> int:
-    """One XLA:CPU device per core (data parallel across them), as many as divide the batch: XLA:CPU runs a
-    small model's step on about one core per device (benchmarks/README.md, "Decoder step on CPU")."""
-    cores = distributed.cpu_device_count(-1)
-    return max(d for d in range(1, cores + 1) if batch % d == 0)
-
-
 def main(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="python -m experiments.lm_pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,7 +55,7 @@ def main(argv: list[str]) -> dict:
     base = COMMON + PRESETS[args.preset] + arch + [f"data.data_dir={args.data_dir}"]
     cfg = config.build(base + args.overrides)
     if args.preset in CPU_PRESETS:  # the command line's overrides still win
-        cfg = config.build(base + [f"distributed.cpu_devices={cpu_devices(cfg.train.batch_size)}"] + args.overrides)
+        cfg = config.build(base + [f"distributed.cpu_devices={distributed.cpu_devices_dividing(cfg.train.batch_size)}"] + args.overrides)
     distributed.initialize(cfg.distributed)
     result = train.train(cfg)
     final = result.summary["final_eval"]
@@ -84,4 +77,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli.reported(main, sys.argv[1:]))

@@ -8,10 +8,11 @@ The GLUE test split has no labels: --test-split writes test_predictions.tsv inst
 import sys
 
 from experiments import finetune
+from jaxbatch import cli
 
 DEFAULTS = ["model.preset=minilm-l6", "model.pretrained=minilm-l6", "data.name=sst2", "data.seq_len=64", "data.buckets=3",
             "train.batch_size=32", "train.steps=2000", "train.eval_every=500", "train.log_every=20",
             "optim.learning_rate=5e-5", "optim.warmup_steps=100", "train.run_dir=runs/sst2"]
 
 if __name__ == "__main__":
-    finetune.run("sst2", DEFAULTS, sys.argv[1:], __doc__)
+    sys.exit(cli.reported(finetune.run, "sst2", DEFAULTS, sys.argv[1:], __doc__))

@@ -75,12 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
-    from jaxbatch.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, CheckpointError, ConfigError, DataError, TrainingDiverged
-
     commands = {"train": train, "plan": plan, "predict": predict, "evaluate": evaluate_split, "generate": generate,
                 "compress": compress, "export": export, "advise-batch": advise_batch, "keys": keys}
+    return reported(commands[args.command], args)
+
+
+def reported(command, *args) -> int:
+    """Runs `command(*args)` (a CLI command, an experiment's main) and returns its exit code: the int it
+    returns, else 0. An error the user caused becomes one line on stderr and its exit code (errors.py)."""
+    from jaxbatch.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, CheckpointError, ConfigError, DataError, TrainingDiverged
+
     try:
-        return commands[args.command](args)
+        result = command(*args)
+        return result if isinstance(result, int) else 0
     except ConfigError as e:
         print(f"jaxbatch: config error: {e}", file=sys.stderr)
     except (DataError, CheckpointError) as e:  # bad input files: the message names them

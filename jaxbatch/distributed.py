@@ -20,6 +20,13 @@ def cpu_device_count(setting: int) -> int:
     return len(os.sched_getaffinity(0)) if setting == -1 else setting
 
 
+def cpu_devices_dividing(batch: int) -> int:
+    """One XLA:CPU device per core, as many as divide `batch` (each device takes an equal share of it): the
+    recipes' CPU default."""
+    cores = cpu_device_count(-1)
+    return max(d for d in range(1, cores + 1) if batch % d == 0)
+
+
 def initialize(dist_cfg) -> bool:
     """Sets the CPU device count (and, with `cpu_one_arena`, one malloc arena: host.one_arena) and starts
     jax.distributed when configured; returns whether it started jax.distributed. Must run before any device

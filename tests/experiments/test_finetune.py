@@ -1,0 +1,37 @@
+"""The fine-tuning recipes' set-up: JAX started with their CPU defaults (the command line winning), and a
+user's error as one line and exit code 2, not a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SETUP = """
+import sys, jax
+from experiments import finetune
+from jaxbatch import distributed, host
+cfg = finetune.configure(["model.preset=tiny", "train.batch_size=12"], sys.argv[1:])
+print(jax.device_count(), distributed.cpu_devices_dividing(12), cfg.distributed.cpu_one_arena, host.one_arena.cache_info().currsize)  # 1: applied
+"""
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_recipes_start_jax_with_one_device_per_core_dividing_the_batch_and_overrides_win():
+    devices, expected, one_arena, applied = _python("-c", SETUP).stdout.split()
+    assert (int(devices), one_arena, applied) == (int(expected), "True", "1")
+    devices, _, one_arena, _ = _python("-c", SETUP, "distributed.cpu_devices=3", "distributed.cpu_one_arena=false").stdout.split()
+    assert (devices, one_arena) == ("3", "False")
+
+
+def test_a_bad_data_dir_is_one_line_and_exit_code_2(tmp_path):
+    for module in ("experiments.conll2003_ner", "experiments.sst2"):
+        done = _python("-m", module, "--data-dir", str(tmp_path / "missing"), f"train.run_dir={tmp_path / 'run'}")
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+        last = done.stderr.splitlines()[-1]
+        assert last.startswith("jaxbatch: DataError: ") and f"{tmp_path / 'missing'} does not exist" in last, last
