@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,23 +67,37 @@ def measure_matmul_flops(sizes: tuple[int, ...] = (1024, 2048), dtype=jnp.float3
     return best
 
 
-def peak_flops_per_device(override_tflops: float = 0.0) -> tuple[float, str]:
-    """(FLOP/s, where the number came from): the override, the spec sheet for known accelerators, else a
-    measured fp32 matmul (CPU), cached per machine (cache.py)."""
+class Peak(NamedTuple):
+    flops: float  # per device
+    source: str  # where the number came from, for the log
+    measured: bool  # a matmul timed on this machine (a lower bound: a faster step raises it)
+
+
+def peak_flops_per_device(override_tflops: float = 0.0) -> Peak:
+    """The override, the spec sheet for known accelerators, else a measured fp32 matmul (CPU), cached per
+    machine (cache.py)."""
     if override_tflops:
-        return override_tflops * 1e12, "config"
+        return Peak(override_tflops * 1e12, "config", False)
     from jaxbatch import cache, topology
 
     kind = jax.devices()[0].device_kind
     chip = topology.chip_for_kind(kind)
     if chip is not None:
-        return chip.peak_flops, f"spec sheet ({kind}, bf16)"
+        return Peak(chip.peak_flops, f"spec sheet ({kind}, bf16)", False)
     value, fresh = cache.cached_peak(measure_matmul_flops)
     source = f"fp32 matmul ({kind}), {'measured now' if fresh else 'measured earlier on this machine'}"
     per_device = measured_peak_per_device(value)
     if per_device != value:
-        return per_device, f"{source}, the host's peak shared by {jax.local_device_count()} devices"
-    return value, source
+        return Peak(per_device, f"{source}, the host's peak shared by {jax.local_device_count()} devices", True)
+    return Peak(value, source, True)
+
+
+def raise_measured_peak(per_device: float) -> None:
+    """A step reached `per_device` FLOP/s on each device, above the measured peak: the measurement was low;
+    store the step's rate as this machine's peak instead (cache.raise_peak), in `measure_matmul_flops`' units."""
+    from jaxbatch import cache
+
+    cache.raise_peak(per_device * jax.local_device_count() if jax.devices()[0].platform == "cpu" else per_device)
 
 
 def measured_peak_per_device(peak: float) -> float:

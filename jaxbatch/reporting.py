@@ -63,10 +63,10 @@ class Reporter:
     keeps a tqdm bar with loss, tokens/s and MFU. Only process 0 writes."""
 
     def __init__(self, run_dir: str | Path, total_steps: int, peak_flops: float, num_devices: int,
-                 progress: bool = True, initial_step: int = 0):
+                 progress: bool = True, initial_step: int = 0, peak_measured: bool = False):
         self.run_dir = Path(run_dir)
         self.primary = jax.process_index() == 0
-        self.peak = peak_flops * num_devices
+        self.peak, self.num_devices, self.peak_measured = peak_flops * num_devices, num_devices, peak_measured
         self.history: list[dict] = []
         self._last_time, self._last_step = None, initial_step
         self._tokens = self._flops = 0.0
@@ -98,6 +98,8 @@ class Reporter:
         if kind == "train" and self._last_time is not None and step > self._last_step:
             now = time.perf_counter()
             elapsed = now - self._last_time
+            if self.peak_measured and self._flops / elapsed > self.peak:  # MFU never reads above 100%:
+                self._raise_peak(self._flops / elapsed)  # the measured peak was low
             record.update(step_time_s=elapsed / (step - self._last_step), tokens_per_s=self._tokens / elapsed,
                           mfu=self._flops / elapsed / self.peak)
             self._last_time, self._last_step = now, step
@@ -116,6 +118,15 @@ class Reporter:
                     post.update(tok_s=f"{record['tokens_per_s']:.0f}", mfu=f"{100 * record['mfu']:.1f}%")
                 self.bar.set_postfix(post, refresh=False)
         return record
+
+    def _raise_peak(self, achieved: float) -> None:
+        self.write(f"MFU: steps ran at {achieved / self.num_devices / 1e12:.3f} TFLOP/s per device, above the peak "
+                   f"measured ({self.peak / self.num_devices / 1e12:.3f}): that is this machine's peak from now on")
+        self.peak = achieved
+        if self.primary:
+            from jaxbatch import metrics
+
+            metrics.raise_measured_peak(achieved / self.num_devices)
 
     def advance(self, tokens: int, flops: float) -> None:
         """One step done: `tokens` (padded, as computed) and model `flops` it took."""

@@ -97,7 +97,7 @@ def train(cfg: config.Config) -> TrainResult:
                                  f"{spec.model.vocab_size}; raise model.vocab_size")
 
     # ---- The run: mesh, optimizer, sharded state, compiled steps ----------------------------------------------
-    peak, peak_source = metrics.peak_flops_per_device(spec.train.peak_tflops)  # measured before any compile runs
+    peak = metrics.peak_flops_per_device(spec.train.peak_tflops)  # measured before any compile runs
     shapes = pipeline.step_shapes(data.train, spec.train.batch_size, spec.train.steps, spec.train.seed,
                                   spec.data.buckets, rampup.batch_sizes(spec.train) if spec.train.rampup_samples else None)
     run = run_lib.setup(spec, plan_log=say, compile_ahead=shapes)
@@ -125,7 +125,7 @@ def train(cfg: config.Config) -> TrainResult:
     n_params = state_lib.num_params(run.state.params)
     say(f"model: {run.family.describe(spec.model)}, {n_params / 1e6:.2f}M parameters, precision "
         f"{spec.precision.policy}")
-    say(f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
+    say(f"MFU against {peak.flops / 1e12:.2f} TFLOP/s per device ({peak.source})")
     if jax.process_index() == 0:  # the run dir describes itself: its tokenizer travels with it
         tokenizer.save_pretrained(str(run_dir / run_lib.TOKENIZER_DIR))
 
@@ -152,7 +152,8 @@ def train(cfg: config.Config) -> TrainResult:
         say(f"no usable checkpoint in {ckpt_dir}: starting from step 0 (earlier metrics rows are dropped)")
     first_step = int(state.step)
     ckpt.handle_signals()
-    reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress, first_step)
+    reporter = reporting.Reporter(run_dir, t.steps, peak.flops, jax.device_count(), t.progress, first_step,
+                                  peak.measured)
 
     # ---- Loop -------------------------------------------------------------------------------------------------
     noise = noise_scale.NoiseScale(run.micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None

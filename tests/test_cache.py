@@ -59,3 +59,12 @@ def test_matmul_peak_is_the_fastest_run(monkeypatch):
     ticks = iter([0.0, 1.0, 10.0, 10.5, 20.0, 22.0])  # three runs of n=64: 1.0 s, 0.5 s, 2.0 s
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(ticks))
     assert metrics.measure_matmul_flops(sizes=(64,), repeats=3) == pytest.approx(2 * 64**3 / 0.5)
+
+
+def test_a_faster_rate_raises_the_stored_peak_and_a_slower_one_does_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
+    assert cache.cached_peak(lambda: 1.0e11) == (1.0e11, True)  # measured in a slow moment
+    cache.raise_peak(0.5e11)
+    assert cache.cached_peak(lambda: 0.0) == (1.0e11, False)
+    cache.raise_peak(3.0e11)
+    assert cache.cached_peak(lambda: 0.0) == (3.0e11, False)

@@ -1,0 +1,35 @@
+"""The reporter's MFU (reporting.py): never above 100% of a measured peak."""
+
+import json
+
+import jax
+import pytest
+
+from jaxbatch import cache, reporting
+
+
+def _mfu(tmp_path, peak_measured: bool) -> tuple[float, float]:
+    reporter = reporting.Reporter(tmp_path / str(peak_measured), 10, peak_flops=1e6, num_devices=jax.device_count(),
+                                  progress=False, peak_measured=peak_measured)
+    reporter.start_clock(0)
+    reporter.advance(tokens=100, flops=1e12)  # far above 1 MFLOP/s per device, whatever the step time
+    record = reporter.log(1, {"loss": 1.0})
+    reporter.close()
+    return record["mfu"], reporter.peak
+
+
+def test_a_step_faster_than_the_measured_peak_raises_it_for_this_run_and_the_next(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path / "cache"))
+    mfu, peak = _mfu(tmp_path, peak_measured=True)
+    assert mfu == pytest.approx(1.0) and peak > 1e6 * jax.device_count()
+    stored = json.loads((tmp_path / "cache" / "peak_flops.json").read_text())
+    per_device = peak / jax.device_count()
+    assert list(stored.values()) == [pytest.approx(per_device * jax.local_device_count())]  # metrics' units
+    assert cache.cached_peak(lambda: 0.0)[0] == pytest.approx(per_device * jax.local_device_count())
+
+
+def test_a_peak_from_the_config_or_a_spec_sheet_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path / "cache"))
+    mfu, peak = _mfu(tmp_path, peak_measured=False)
+    assert mfu > 1.0 and peak == 1e6 * jax.device_count()  # a wrong FLOP count shows, never hidden
+    assert not (tmp_path / "cache" / "peak_flops.json").exists()
