@@ -15,11 +15,13 @@ import numpy as np
 from jaxbatch import config, distributed, evaluate, metrics, train
 
 
-def configure(defaults: list[str], overrides: list[str], config_file: str | None = None) -> config.Config:
-    """The recipe's config with the CPU set-up above, then JAX started with it (`distributed.initialize`,
-    before anything touches a device)."""
+def configure(defaults: list[str], overrides: list[str], config_file: str | None = None,
+              cpu_setup: bool = True) -> config.Config:
+    """The recipe's config (with the CPU set-up above unless `cpu_setup` is false), then JAX started with it
+    (`distributed.initialize`, before anything touches a device)."""
     batch = config.build(defaults + overrides, config_file).train.batch_size
-    cpu = [f"distributed.cpu_devices={distributed.cpu_devices_dividing(batch)}", "distributed.cpu_one_arena=true"]
+    cpu = [f"distributed.cpu_devices={distributed.cpu_devices_dividing(batch)}",
+           "distributed.cpu_one_arena=true"] if cpu_setup else []
     cfg = config.build(defaults + cpu + overrides, config_file)
     if distributed.initialize(cfg.distributed):
         print(distributed.describe())
