@@ -50,9 +50,9 @@ def cached_peak(measure) -> tuple[float, bool]:
     """(peak FLOP/s, whether it was measured now): measured once per machine, device kind, device count
     and jax version, then read back (runs start faster and share one number; the measurement itself is
     the largest of several, see metrics.measure_matmul_flops)."""
-    stored = _stored_peaks()
-    if _peak_key() in stored:
-        return float(stored[_peak_key()]), False
+    stored, key = _stored_peaks(), _peak_key()
+    if key in stored:
+        return float(stored[key]), False
     value = measure()
     _store_peak(stored, value)
     return value, True

@@ -97,13 +97,15 @@ def raise_measured_peak(per_device: float) -> None:
     store the step's rate as this machine's peak instead (cache.raise_peak), in `measure_matmul_flops`' units."""
     from jaxbatch import cache
 
-    cache.raise_peak(per_device * jax.local_device_count() if jax.devices()[0].platform == "cpu" else per_device)
+    cache.raise_peak(per_device * _devices_sharing_a_measurement())
 
 
 def measured_peak_per_device(peak: float) -> float:
-    """A peak measured on device 0 (`measure_matmul_flops`), per device. XLA:CPU devices of one process share
-    its cores, so one device's matmul already ran on all of them: the host's peak is split among them. An
-    accelerator's measurement is its own."""
-    if jax.devices()[0].platform == "cpu":
-        return peak / jax.local_device_count()
-    return peak
+    """A peak measured on device 0 (`measure_matmul_flops`), per device."""
+    return peak / _devices_sharing_a_measurement()
+
+
+def _devices_sharing_a_measurement() -> int:
+    """XLA:CPU devices of one process share its cores, so one device's matmul already ran on all of them: the
+    host's peak is split among them. An accelerator's measurement is its own."""
+    return jax.local_device_count() if jax.devices()[0].platform == "cpu" else 1
