@@ -6,7 +6,9 @@ tokenized examples with the same hyper-parameters; print each one's wall time to
     python benchmarks/finetune_e2e.py --steps 300 --json e2e.json                     # a shorter run
     python benchmarks/finetune_e2e.py --data synthetic --steps 20 data.seq_len=32     # offline, minutes
     python benchmarks/finetune_e2e.py --steps 300 distributed.cpu_devices=-1          # one XLA:CPU device per core
-    python benchmarks/finetune_e2e.py --steps 300 distributed.cpu_devices=-1 distributed.cpu_one_arena=true  # + one malloc arena
+
+jaxbatch runs with the recipe's own set-up (`experiments/finetune.configure`: on CPU one device and one
+malloc arena); the command line's overrides win.
 
 The PyTorch loop is what an HF user writes: `BertForTokenClassification.from_pretrained`, AdamW (no decay
 on biases and LayerNorm), linear warmup then linear decay (`get_linear_schedule_with_warmup`), clipping at
@@ -31,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import conll2003_ner  # noqa: E402
-from jaxbatch import config, distributed, hf, metrics, train  # noqa: E402
+from experiments import conll2003_ner, finetune  # noqa: E402
+from jaxbatch import config, hf, metrics, train  # noqa: E402
 
 
 def run_jaxbatch(cfg: config.Config) -> tuple[dict, object]:
@@ -104,9 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     data = ["data.name=synthetic_ner"] if args.data == "synthetic" else [f"data.data_dir={args.data_dir}"]
     run_dir = tempfile.mkdtemp(prefix="e2e-")
-    cfg = config.build([*conll2003_ner.DEFAULTS, *data, f"train.steps={args.steps}", "train.eval_every=0",
-                        "train.progress=false", f"train.run_dir={run_dir}", *args.overrides])
-    distributed.initialize(cfg.distributed)  # distributed.cpu_devices=-1: one XLA:CPU device per core
+    cfg = finetune.configure([*conll2003_ner.DEFAULTS, *data, f"train.steps={args.steps}", "train.eval_every=0",
+                              "train.progress=false", f"train.run_dir={run_dir}"], args.overrides)
     jx, task_data = run_jaxbatch(cfg)
     pt = run_torch(task_data, cfg)
     res = {"jaxbatch": jx, "torch": pt, "time_ratio": jx["train_s"] / pt["train_s"],

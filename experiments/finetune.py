@@ -1,8 +1,10 @@
 """Shared driver of the fine-tuning experiments: train, evaluate dev (and optionally test), report, save JSON.
 
-On CPU the recipes run one XLA:CPU device per core (as many as divide the batch) and one malloc arena, which
-a MiniLM-sized step needs to keep its buffers out of the kernel's page-fault path (jaxbatch/host.py); the
-command line's `distributed.*` overrides win. Other platforms ignore the device count."""
+On CPU the recipes run one malloc arena, which a MiniLM-sized step needs to keep its buffers out of the
+kernel's page-fault path (jaxbatch/host.py), on JAX's one CPU device: for a 22.6M-parameter model two data-
+parallel devices repeat the AdamW update on both cores and all-reduce 90 MB of gradients a step, which the
+short batches of these tasks do not amortise (MiniLM at batch 32: one device 24% faster at 16 tokens, 7% at
+32, even at 64; benchmarks/README.md, "Session 11"). The command line's `distributed.*` overrides win."""
 
 from __future__ import annotations
 
@@ -19,9 +21,7 @@ def configure(defaults: list[str], overrides: list[str], config_file: str | None
               cpu_setup: bool = True) -> config.Config:
     """The recipe's config (with the CPU set-up above unless `cpu_setup` is false), then JAX started with it
     (`distributed.initialize`, before anything touches a device)."""
-    batch = config.build(defaults + overrides, config_file).train.batch_size
-    cpu = [f"distributed.cpu_devices={distributed.cpu_devices_dividing(batch)}",
-           "distributed.cpu_one_arena=true"] if cpu_setup else []
+    cpu = ["distributed.cpu_one_arena=true"] if cpu_setup else []
     cfg = config.build(defaults + cpu + overrides, config_file)
     if distributed.initialize(cfg.distributed):
         print(distributed.describe())

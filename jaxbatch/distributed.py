@@ -22,7 +22,7 @@ def cpu_device_count(setting: int) -> int:
 
 def cpu_devices_dividing(batch: int) -> int:
     """One XLA:CPU device per core, as many as divide `batch` (each device takes an equal share of it): the
-    recipes' CPU default."""
+    small decoder recipe's CPU default (`experiments.lm_pretrain`)."""
     cores = cpu_device_count(-1)
     return max(d for d in range(1, cores + 1) if batch % d == 0)
 

@@ -92,7 +92,7 @@ def test_cpu_devices_one_per_core_and_refused_once_jax_has_started(monkeypatch):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
     assert distributed.cpu_device_count(-1) == 6 and distributed.cpu_device_count(3) == 3
-    assert [distributed.cpu_devices_dividing(b) for b in (12, 32, 7)] == [6, 4, 1]  # the recipes' CPU default
+    assert [distributed.cpu_devices_dividing(b) for b in (12, 32, 7)] == [6, 4, 1]  # lm_pretrain's CPU default
     jax.devices()  # this process's JAX has started: the count can no longer change, and says so
     for bad, message in ((-1, "JAX had started already"), (-2, "use a count")):
         with pytest.raises(config.ConfigError, match=message):

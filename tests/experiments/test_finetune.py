@@ -10,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SETUP = """
 import sys, jax
 from experiments import finetune
-from jaxbatch import distributed, host
+from jaxbatch import host
 cfg = finetune.configure(["model.preset=tiny", "train.batch_size=12"], sys.argv[1:])
-print(jax.device_count(), distributed.cpu_devices_dividing(12), cfg.distributed.cpu_one_arena, host.one_arena.cache_info().currsize)  # 1: applied
+print(jax.device_count(), cfg.distributed.cpu_one_arena, host.one_arena.cache_info().currsize)  # 1: applied
 """
 
 
@@ -21,10 +21,9 @@ def _python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_recipes_start_jax_with_one_device_per_core_dividing_the_batch_and_overrides_win():
-    devices, expected, one_arena, applied = _python("-c", SETUP).stdout.split()
-    assert (int(devices), one_arena, applied) == (int(expected), "True", "1")
-    devices, _, one_arena, _ = _python("-c", SETUP, "distributed.cpu_devices=3", "distributed.cpu_one_arena=false").stdout.split()
+def test_recipes_start_jax_on_one_cpu_device_with_one_arena_and_overrides_win():
+    assert _python("-c", SETUP).stdout.split() == ["1", "True", "1"]
+    devices, one_arena, _ = _python("-c", SETUP, "distributed.cpu_devices=3", "distributed.cpu_one_arena=false").stdout.split()
     assert (devices, one_arena) == ("3", "False")
 
 
