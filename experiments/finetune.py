@@ -4,7 +4,8 @@ On CPU the recipes run one malloc arena, which a MiniLM-sized step needs to keep
 kernel's page-fault path (jaxbatch/host.py), on JAX's one CPU device: for a 22.6M-parameter model two data-
 parallel devices repeat the AdamW update on both cores and all-reduce 90 MB of gradients a step, which the
 short batches of these tasks do not amortise (MiniLM at batch 32: one device 24% faster at 16 tokens, 7% at
-32, even at 64; benchmarks/README.md, "Session 11"). The command line's `distributed.*` overrides win."""
+32, even at 64; two devices 20% faster at 128; benchmarks/README.md, "Session 11"). For long sequences set
+`distributed.cpu_devices=-1`: the command line's `distributed.*` overrides win."""
 
 from __future__ import annotations
 
