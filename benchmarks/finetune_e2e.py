@@ -7,8 +7,8 @@ tokenized examples with the same hyper-parameters; print each one's wall time to
     python benchmarks/finetune_e2e.py --data synthetic --steps 20 data.seq_len=32     # offline, minutes
     python benchmarks/finetune_e2e.py --steps 300 distributed.cpu_devices=-1          # one XLA:CPU device per core
 
-jaxbatch runs with the recipe's own set-up (`experiments/finetune.configure`: on CPU one device and one
-malloc arena); the command line's overrides win.
+jaxbatch runs with the recipe's own set-up (its DEFAULTS through `experiments/finetune.configure`: on CPU
+one device and one malloc arena); the command line's overrides win.
 
 The PyTorch loop is what an HF user writes: `BertForTokenClassification.from_pretrained`, AdamW (no decay
 on biases and LayerNorm), linear warmup then linear decay (`get_linear_schedule_with_warmup`), clipping at

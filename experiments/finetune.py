@@ -1,9 +1,9 @@
 """Shared driver of the fine-tuning experiments: train, evaluate dev (and optionally test), report, save JSON.
 
-On CPU the recipes run one malloc arena, which a MiniLM-sized step needs to keep its buffers out of the
-kernel's page-fault path (jaxbatch/host.py), on JAX's one CPU device: for a 22.6M-parameter model two data-
-parallel devices repeat the AdamW update on both cores and all-reduce 90 MB of gradients a step, which the
-short batches of these tasks do not amortise (MiniLM at batch 32: one device 24% faster at 16 tokens, 7% at
+The recipes' DEFAULTS turn on one malloc arena (`distributed.cpu_one_arena`), which a MiniLM-sized CPU step
+needs to keep its buffers out of the kernel's page-fault path (jaxbatch/host.py), and keep JAX's one CPU
+device: for a 22.6M-parameter model two data-parallel devices repeat the AdamW update on both cores and
+all-reduce 90 MB of gradients a step, which the short batches of these tasks do not amortise (MiniLM at batch 32: one device 24% faster at 16 tokens, 7% at
 32, even at 64; two devices 20% faster at 128; benchmarks/README.md, "Session 11"). For long sequences set
 `distributed.cpu_devices=-1`: the command line's `distributed.*` overrides win."""
 
@@ -18,12 +18,10 @@ import numpy as np
 from jaxbatch import config, distributed, evaluate, metrics, train
 
 
-def configure(defaults: list[str], overrides: list[str], config_file: str | None = None,
-              cpu_setup: bool = True) -> config.Config:
-    """The recipe's config (with the CPU set-up above unless `cpu_setup` is false), then JAX started with it
-    (`distributed.initialize`, before anything touches a device)."""
-    cpu = ["distributed.cpu_one_arena=true"] if cpu_setup else []
-    cfg = config.build(defaults + cpu + overrides, config_file)
+def configure(defaults: list[str], overrides: list[str], config_file: str | None = None) -> config.Config:
+    """The recipe's config, then JAX started with it (`distributed.initialize`, before anything touches a
+    device)."""
+    cfg = config.build(defaults + overrides, config_file)
     if distributed.initialize(cfg.distributed):
         print(distributed.describe())
     return cfg

@@ -36,7 +36,7 @@ DEFAULTS = [
 
 def main(argv: list[str]) -> dict:
     """Returns the run's summary (as written to summary.json)."""
-    cfg = finetune.configure(DEFAULTS, argv, cpu_setup=False)
+    cfg = finetune.configure(DEFAULTS, argv)
     summary = train.train(cfg).summary
     final = summary["final_eval"]
     speed = f", {summary['tokens_per_s']:.0f} tokens/s" if summary["tokens_per_s"] else " (resumed, already trained)"

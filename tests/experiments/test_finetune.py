@@ -9,9 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = """
 import sys, jax
-from experiments import finetune
+from experiments import conll2003_ner, finetune
 from jaxbatch import host
-cfg = finetune.configure(["model.preset=tiny", "train.batch_size=12"], sys.argv[1:])
+cfg = finetune.configure(conll2003_ner.DEFAULTS, sys.argv[1:])
 print(jax.device_count(), cfg.distributed.cpu_one_arena, host.one_arena.cache_info().currsize)  # 1: applied
 """
 
