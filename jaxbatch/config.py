@@ -337,6 +337,8 @@ def validate(cfg: Config, num_devices: int) -> None:
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
     _validate_rampup(t, data * fsdp)
+    if not 0.0 <= cfg.model.hidden_dropout < 1.0:
+        raise ConfigError(f"model.hidden_dropout must be in [0, 1), got {cfg.model.hidden_dropout}")
     if cfg.model.remat not in REMAT:
         raise ConfigError(f"model.remat must be one of {', '.join(REMAT)}, got {cfg.model.remat!r}")
     models.family(cfg.model).validate(cfg.model, cfg.data.seq_len, model)

@@ -58,6 +58,7 @@ def test_rules_override_from_command_line():
     (["mesh.data=3"], "uses 3 devices, but 8 are available"),
     (["mesh.data=-1", "mesh.fsdp=-1"], "at most one"),
     (["model.hidden_size=66"], "hidden_size=66 is not divisible by model.num_heads=4"),
+    (["model.hidden_dropout=1.0"], r"model.hidden_dropout must be in \[0, 1\), got 1.0"),
     (["data.seq_len=4096"], "max_position_embeddings"),
     (['mesh.rules=[["batch", ["dp"]]]'], "no rule for logical axis 'embed'"),
 ])

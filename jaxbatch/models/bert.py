@@ -13,7 +13,7 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import REMAT, Dense, Embed, LayerNorm, Mlp, SelfAttention, run_layers
+from jaxbatch.models.layers import REMAT, Dense, Dropout, Embed, LayerNorm, Mlp, SelfAttention, run_layers
 
 # Named shapes: `tiny` is for tests; the others match the published checkpoints.
 PRESETS = {
@@ -35,7 +35,7 @@ class BertLayer(nnx.Module):
         self.attention_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
         self.mlp = Mlp(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, dtype=dtype)
         self.output_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
 
     def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)  # noqa: E731
@@ -52,7 +52,7 @@ class BertEncoder(nnx.Module):
         self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), rngs=rngs, dtype=dtype)
         self.token_type_embeddings = Embed(cfg.type_vocab_size, h, (None, "embed"), rngs=rngs, dtype=dtype)
         self.embeddings_norm = LayerNorm(h, cfg.layer_norm_eps, dtype=dtype)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_layers)])
         self.scan_layers, self.remat = cfg.scan_layers, cfg.remat
 
@@ -80,7 +80,7 @@ class BertClassifier(nnx.Module):
         self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype)
         if cfg.task == "sequence":
             self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ("embed",), (None,), rngs=rngs, dtype=dtype)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
         self.classifier = Dense((cfg.hidden_size,), (cfg.num_labels,), ("embed",), ("labels",), rngs=rngs,
                                 dtype=dtype)
 

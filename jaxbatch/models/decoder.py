@@ -20,7 +20,7 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import REMAT, Dense, Embed, LayerNorm, RMSNorm, run_layers
+from jaxbatch.models.layers import REMAT, Dense, Dropout, Embed, LayerNorm, RMSNorm, run_layers
 
 _GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
 _LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
@@ -119,7 +119,7 @@ class Block(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
         self.attention_norm, self.attention = _norm(cfg, dtype), CausalAttention(cfg, rngs=rngs, dtype=dtype)
         self.mlp_norm, self.mlp = _norm(cfg, dtype), Mlp(cfg, rngs=rngs, dtype=dtype)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
 
     def __call__(self, x, positions, mask, deterministic=True, rngs=None, cache=None, cache_index=None):
         y, cache = self.attention(self.attention_norm(x), positions, mask, cache, cache_index)
@@ -136,7 +136,7 @@ class Decoder(nnx.Module):
         if cfg.arch == "gpt2":
             self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), rngs=rngs, dtype=dtype,
                                              init_std=0.01)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
         self.layers = nnx.List([Block(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_layers)])
         self.final_norm = _norm(cfg, dtype)
         if not cfg.tie_embeddings:

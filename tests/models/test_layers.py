@@ -1,4 +1,5 @@
-"""Shared building blocks: the hand-written normalisation backward pass equals autodiff's."""
+"""Shared building blocks: the hand-written normalisation backward pass equals autodiff's; dropout masks keep
+the asked fraction, independently per element and per key, and do not depend on how the array is sharded."""
 
 import jax
 import jax.numpy as jnp
@@ -33,3 +34,46 @@ def test_norm_gradient_in_bf16_compute_comes_back_in_bf16():
     x = jax.random.normal(jax.random.key(1), (4, 16), jnp.bfloat16)
     g = jax.grad(lambda x: ln(x).astype(jnp.float32).sum())(x)
     assert ln(x).dtype == jnp.bfloat16 and g.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_dropout_keeps_the_asked_fraction_independently(rate):
+    keep = np.asarray(layers.dropout_keep(jax.random.key(0), (64, 96, 384), rate))
+    n, p = keep.size, 1.0 - rate
+    sigma = np.sqrt(p * (1 - p) / n)
+    assert abs(keep.mean() - p) < 5 * sigma
+    # neighbours along columns, rows and the batch, and the same element under another key, are independent
+    other = np.asarray(layers.dropout_keep(jax.random.key(1), keep.shape, rate))
+    pairs = {"column": (keep[..., 1:], keep[..., :-1]), "row": (keep[:, 1:], keep[:, :-1]),
+             "batch": (keep[1:], keep[:-1]), "key": (keep, other)}
+    for name, (a, b) in pairs.items():
+        both = (a & b).mean()
+        assert abs(both - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / a.size), name
+    # every row and every column position keeps about the same fraction (no stuck lanes or rows)
+    per_column, per_row = keep.reshape(-1, 384).mean(0), keep.reshape(-1, 384).mean(1)
+    assert abs(per_column - p).max() < 6 * np.sqrt(p * (1 - p) / (64 * 96))
+    assert abs(per_row - p).max() < 6 * np.sqrt(p * (1 - p) / 384)
+
+
+def test_dropout_mask_is_the_same_however_the_array_is_sharded():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    key, shape = jax.random.key(7), (8, 16, 64)
+    expected = layers.dropout_keep(key, shape, 0.1)
+    mesh = jax.make_mesh((2, 4), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    for spec in (P("a", "b"), P(None, "a", "b"), P(("a", "b"))):
+        sharded = jax.jit(lambda k: layers.dropout_keep(k, shape, 0.1), out_shardings=NamedSharding(mesh, spec))(key)
+        np.testing.assert_array_equal(sharded, expected, err_msg=str(spec))
+
+
+def test_dropout_scales_kept_values_and_is_off_when_deterministic():
+    from flax import nnx
+
+    x = jnp.arange(1.0, 1 + 4 * 256).reshape(4, 256)
+    drop = layers.Dropout(0.25)
+    np.testing.assert_array_equal(drop(x, deterministic=True, rngs=None), x)
+    y = drop(x, deterministic=False, rngs=nnx.Rngs(dropout=0))
+    kept = np.asarray(y) != 0
+    np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
+    again = drop(x, deterministic=False, rngs=nnx.Rngs(dropout=0))
+    np.testing.assert_array_equal(y, again)
