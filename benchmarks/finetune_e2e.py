@@ -3,6 +3,7 @@
 tokenized examples with the same hyper-parameters; print each one's wall time to train and dev entity F1.
 
     python benchmarks/finetune_e2e.py --data-dir ../shared/data/conll2003            # 1300 steps each
+    python benchmarks/finetune_e2e.py --data-dir ../shared/data/conll2003 --seeds 0,1,2   # F1 mean and spread
     python benchmarks/finetune_e2e.py --steps 300 --json e2e.json                     # a shorter run
     python benchmarks/finetune_e2e.py --data synthetic --steps 20 data.seq_len=32     # offline, minutes
     python benchmarks/finetune_e2e.py --steps 300 distributed.cpu_devices=-1          # one XLA:CPU device per core
@@ -101,26 +102,54 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default="", help="CoNLL-2003 folder")
     p.add_argument("--data", choices=["conll2003", "synthetic"], default="conll2003")
     p.add_argument("--steps", type=int, default=1300)
+    p.add_argument("--seeds", default="0", help="comma-separated; both loops run once per seed (jaxbatch's "
+                   "train.seed, PyTorch's init, dropout and order), in turn")
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("overrides", nargs="*", help="jaxbatch config overrides (both loops read the optimizer and batch)")
+    p.add_argument("overrides", nargs="*", help="jaxbatch config overrides (both loops read the optimizer and batch; "
+                   "train.seed and train.run_dir are set per seed)")
     args = p.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     data = ["data.name=synthetic_ner"] if args.data == "synthetic" else [f"data.data_dir={args.data_dir}"]
-    run_dir = tempfile.mkdtemp(prefix="e2e-")
-    cfg = finetune.configure([*conll2003_ner.DEFAULTS, *data, f"train.steps={args.steps}", "train.eval_every=0",
-                              "train.progress=false", f"train.run_dir={run_dir}"], args.overrides)
-    jx, task_data = run_jaxbatch(cfg)
-    pt = run_torch(task_data, cfg)
-    res = {"jaxbatch": jx, "torch": pt, "time_ratio": jx["train_s"] / pt["train_s"],
-           "f1_delta_points": 100 * (jx["dev_entity_f1"] - pt["dev_entity_f1"]),
-           "steps": args.steps, "batch": cfg.train.batch_size, "seq_len": cfg.data.seq_len, "buckets": cfg.data.buckets}
-    print("| loop | train wall (s) | s / step | dev entity F1 |\n|---|---:|---:|---:|")
-    for name, r in (("jaxbatch", jx), ("PyTorch + HF eager", pt)):
-        print(f"| {name} | {r['train_s']:.1f} | {r['train_s'] / args.steps:.3f} | {r['dev_entity_f1']:.4f} |")
-    print(f"jaxbatch / PyTorch wall time: {res['time_ratio']:.2f}x (goal <= 0.8x); F1 difference "
-          f"{res['f1_delta_points']:+.2f} points")
+    print("| seed | loop | train wall (s) | s / step | dev entity F1 |\n|---:|---|---:|---:|---:|", flush=True)
+    runs = []
+    for seed in seeds:
+        cfg = finetune.configure([*conll2003_ner.DEFAULTS, *data, f"train.steps={args.steps}", "train.eval_every=0",
+                                  "train.progress=false"],  # each seed trains from scratch in a run dir of its own
+                                 [*args.overrides, f"train.seed={seed}", f"train.run_dir={tempfile.mkdtemp(prefix='e2e-')}"])
+        jx, task_data = run_jaxbatch(cfg)
+        pt = run_torch(task_data, cfg, seed)
+        runs.append({"seed": seed, "jaxbatch": jx, "torch": pt, "time_ratio": jx["train_s"] / pt["train_s"]})
+        for name, r in (("jaxbatch", jx), ("PyTorch + HF eager", pt)):
+            print(f"| {seed} | {name} | {r['train_s']:.1f} | {r['train_s'] / args.steps:.3f} | "
+                  f"{r['dev_entity_f1']:.4f} |", flush=True)
+    res = {**summary(runs), "runs": runs, "steps": args.steps, "batch": cfg.train.batch_size,
+           "seq_len": cfg.data.seq_len, "buckets": cfg.data.buckets}
+    f1 = {k: f"{res[k]['f1_mean']:.4f}" + (f" +- {res[k]['f1_std']:.4f} (sd)" if len(runs) > 1 else "")
+          for k in ("jaxbatch", "torch")}
+    print(f"jaxbatch / PyTorch wall time: {res['time_ratio']:.2f}x (median over seeds; goal <= 0.8x)\n"
+          f"dev entity F1 over {len(runs)} seed(s): jaxbatch {f1['jaxbatch']}, PyTorch {f1['torch']}; "
+          f"difference of means {res['f1_delta_points']:+.2f} points"
+          + (f" (standard error {res['f1_delta_se_points']:.2f})" if len(runs) > 1 else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return res
+
+
+def summary(runs: list[dict]) -> dict:
+    """Per loop: median train time and F1 mean / sample sd over seeds; the median time ratio; the F1
+    difference of means in points and its standard error (unpaired: the loops' seeds are unrelated)."""
+    out = {"time_ratio": float(np.median([r["time_ratio"] for r in runs]))}
+    for k in ("jaxbatch", "torch"):
+        f1 = np.array([r[k]["dev_entity_f1"] for r in runs])
+        out[k] = {"train_s_median": float(np.median([r[k]["train_s"] for r in runs])), "f1_mean": float(f1.mean()),
+                  "f1_std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0}
+    out["f1_delta_points"] = 100 * (out["jaxbatch"]["f1_mean"] - out["torch"]["f1_mean"])
+    out["f1_delta_se_points"] = 100 * float(np.sqrt((out["jaxbatch"]["f1_std"] ** 2 + out["torch"]["f1_std"] ** 2)
+                                                    / len(runs)))
+    return out
 
 
 if __name__ == "__main__":

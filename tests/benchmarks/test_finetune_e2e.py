@@ -1,9 +1,11 @@
-"""benchmarks/finetune_e2e.py runs both loops on the same examples and reports consistent numbers."""
+"""benchmarks/finetune_e2e.py runs both loops on the same examples, once per seed, and reports consistent numbers."""
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -11,15 +13,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import finetune_e2e  # noqa: E402
 
 
-def test_both_loops_train_and_the_ratio_is_theirs(tmp_path, capsys):
+def test_both_loops_train_per_seed_and_the_summary_is_theirs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the per-seed run dirs
     out = tmp_path / "e2e.json"
-    res = finetune_e2e.main(["--data", "synthetic", "--steps", "3", "--json", str(out), "data.seq_len=32",
-                             "data.num_train=96", "data.num_eval=48", "train.batch_size=8", "optim.warmup_steps=1",
-                             "data.buckets=1", "distributed.cpu_one_arena=false", f"train.run_dir={tmp_path / 'run'}"])
-    jx, pt = res["jaxbatch"], res["torch"]
-    assert jx["steps"] == pt["steps"] == 3
-    assert 0 < jx["train_s"] < jx["total_s"] and pt["train_s"] > 0
-    assert res["time_ratio"] == pytest.approx(jx["train_s"] / pt["train_s"])
-    assert all(0 <= r["dev_entity_f1"] <= 1 for r in (jx, pt))
+    res = finetune_e2e.main(["--data", "synthetic", "--steps", "3", "--seeds", "0,1", "--json", str(out),
+                             "data.seq_len=32", "data.num_train=96", "data.num_eval=48", "train.batch_size=8",
+                             "optim.warmup_steps=1", "data.buckets=1", "distributed.cpu_one_arena=false"])
+    assert [r["seed"] for r in res["runs"]] == [0, 1]
+    assert len(list(tmp_path.glob("e2e-*/checkpoints"))) == 2  # each seed trained from scratch in its own dir
+    for r in res["runs"]:
+        jx, pt = r["jaxbatch"], r["torch"]
+        assert jx["steps"] == pt["steps"] == 3
+        assert 0 < jx["train_s"] < jx["total_s"] and pt["train_s"] > 0
+        assert r["time_ratio"] == pytest.approx(jx["train_s"] / pt["train_s"])
+        assert all(0 <= x["dev_entity_f1"] <= 1 for x in (jx, pt))
+    assert res["time_ratio"] == pytest.approx(np.median([r["time_ratio"] for r in res["runs"]]))
     assert json.loads(out.read_text())["time_ratio"] == res["time_ratio"]
     assert f"{res['time_ratio']:.2f}x" in capsys.readouterr().out
+
+
+def test_summary_is_mean_sd_and_the_unpaired_standard_error():
+    runs = [{"jaxbatch": {"train_s": t, "dev_entity_f1": f}, "torch": {"train_s": 2.0, "dev_entity_f1": g},
+             "time_ratio": t / 2.0} for t, f, g in ((1.0, 0.90, 0.91), (3.0, 0.92, 0.91), (2.0, 0.94, 0.91))]
+    s = finetune_e2e.summary(runs)
+    assert s["time_ratio"] == 1.0 and s["jaxbatch"]["train_s_median"] == 2.0
+    assert s["jaxbatch"]["f1_mean"] == pytest.approx(0.92) and s["jaxbatch"]["f1_std"] == pytest.approx(0.02)
+    assert s["torch"]["f1_std"] == pytest.approx(0.0, abs=1e-12)
+    assert s["f1_delta_points"] == pytest.approx(1.0)
+    assert s["f1_delta_se_points"] == pytest.approx(2.0 / np.sqrt(3))
