@@ -20,7 +20,7 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import REMAT, Dense, Dropout, Embed, LayerNorm, RMSNorm, run_layers
+from jaxbatch.models.layers import REMAT, Dense, Dropout, Embed, LayerNorm, RMSNorm, attend, run_layers
 
 _GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
 _LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
@@ -82,10 +82,7 @@ class CausalAttention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
             cache = (k, v)
-        qf, kf, vf = q, k, v
-        if self.dtype == jnp.float16 and jax.default_backend() == "cpu":  # no F16_F16_F32 dot on XLA:CPU
-            qf, kf, vf = (t.astype(jnp.float32) for t in (q, k, v))
-        y = jax.nn.dot_product_attention(qf, kf.astype(qf.dtype), vf.astype(qf.dtype), mask=mask).astype(self.dtype)
+        y = attend(q, k, v, mask, self.dtype)
         return constrain(self.out(constrain(y, names)), ("batch", "length", "embed")), cache
 
 

@@ -209,6 +209,16 @@ class RMSNorm(nnx.Module):
         return norm(x.astype(jnp.float32), self.scale[...], zero, self.eps, False).astype(self.dtype)
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, is_causal: bool = False):
+    """`jax.nn.dot_product_attention` in q's dtype (keys and values, e.g. from a KV cache, are cast to it),
+    returned in `dtype`. fp16 runs in float32 on CPU: XLA:CPU has no fp16 x fp16 -> fp32 dot
+    (F16_F16_F32), which the attention backward pass uses."""
+    if dtype == jnp.float16 and jax.default_backend() == "cpu":
+        q = q.astype(jnp.float32)
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(dtype)
+
+
 class SelfAttention(nnx.Module):
     """Multi-head self-attention through `jax.nn.dot_product_attention`, so GPU/TPU backends may pick a
     fused kernel. (Fused kernels take no attention-probability dropout, so there is none here; hidden
@@ -226,10 +236,7 @@ class SelfAttention(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None, is_causal: bool = False) -> jax.Array:
         names = ("batch", "length", "heads", "kv")
         q, k, v = (constrain(proj(x), names) for proj in (self.query, self.key, self.value))
-        if self.dtype == jnp.float16 and jax.default_backend() == "cpu":
-            # XLA:CPU has no fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses.
-            q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(self.dtype)
+        y = attend(q, k, v, mask, self.dtype, is_causal)
         return constrain(self.out(constrain(y, names)), ("batch", "length", "embed"))
 
 
