@@ -14,7 +14,10 @@ one device and one malloc arena); the command line's overrides win.
 The PyTorch loop is what an HF user writes: `BertForTokenClassification.from_pretrained`, AdamW (no decay
 on biases and LayerNorm), linear warmup then linear decay (`get_linear_schedule_with_warmup`), clipping at
 1.0, hidden dropout 0.1, and dynamic padding (each batch cut to its longest sequence). Attention-probability
-dropout is 0 on both sides (jaxbatch's attention goes through fused kernels, which take none). "train" is
+dropout is 0 on both sides (jaxbatch's attention goes through fused kernels, which take none). Both weigh
+every labelled token alike: PyTorch's randomly mixed batches divide their summed loss by their own token
+count (HF's mean); jaxbatch's length-bucketed batches divide by rows x the split's mean tokens per row
+(`train.loss_norm=dataset`, the recipe's default with buckets). "train" is
 the wall time from the start of training (jaxbatch: set-up, compilation and the loop; PyTorch: model load
 and the loop) to the last step, without data preparation (shared) and without the final dev evaluation
 (timed separately).

@@ -158,6 +158,9 @@ class TrainConfig:
     rampup_samples: int = 0  # batch ramp-up (rampup.py): grow the batch over this many examples; 0 = off
     rampup_start: int = 0  # global batch at step 0 when ramping up
     rampup_increment: int = 0  # batch growth per increment; 0 = the micro-batch (batch_size / accum_steps)
+    # what divides a batch's summed loss (steps.loss_denominator): batch = its labelled positions (HF's mean);
+    # dataset = rows x the train split's mean labelled positions per row; auto = dataset with data.buckets > 1
+    loss_norm: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +347,8 @@ def validate(cfg: Config, num_devices: int) -> None:
     models.family(cfg.model).validate(cfg.model, cfg.data.seq_len, model)
     if cfg.precision.policy not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision.policy must be fp32, bf16 or fp16, got {cfg.precision.policy!r}")
+    if t.loss_norm not in ("auto", "batch", "dataset"):
+        raise ConfigError(f"train.loss_norm must be auto, batch or dataset, got {t.loss_norm!r}")
     if t.accum_impl not in ("scan", "multisteps"):
         raise ConfigError(f"train.accum_impl must be 'scan' or 'multisteps', got {t.accum_impl!r}")
     prune.validate(cfg.prune)

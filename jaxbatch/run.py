@@ -59,7 +59,8 @@ class Run:
 def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None,
             vocab_size: int | None = None) -> config.Config:
     """The spec: `cfg` with the pretrained folder's shape and what the data says filled in: the task, the
-    label set, and the vocabulary size where the model leaves it to the tokenizer (vocab_size 0)."""
+    label set, and the vocabulary size where the model leaves it to the tokenizer (vocab_size 0);
+    train.loss_norm=auto made batch or dataset."""
     model = cfg.model
     if model.pretrained:
         from jaxbatch import hf
@@ -79,7 +80,10 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
         single_logit = model.num_labels == 1 and len(label_names) == 2  # binary head with one logit, asked for
         model = dataclasses.replace(model, num_labels=1 if single_logit else len(label_names))
         data = dataclasses.replace(data, labels=",".join(label_names))
-    return dataclasses.replace(cfg, model=model, data=data)
+    train = cfg.train
+    if train.loss_norm == "auto":
+        train = dataclasses.replace(train, loss_norm="dataset" if data.buckets > 1 else "batch")
+    return dataclasses.replace(cfg, model=model, data=data, train=train)
 
 
 def label_names(spec: config.Config) -> list[str]:
@@ -110,12 +114,15 @@ def tokenizer(spec: config.Config, run_dir: str | Path | None = None):
 
 
 def setup(spec: config.Config, *, devices=None, training: bool = True, abstract: bool = False,
-          plan_log: Callable[[str], None] | None = None, compile_ahead: Sequence[tuple[int, int]] = ()) -> Run:
+          plan_log: Callable[[str], None] | None = None, compile_ahead: Sequence[tuple[int, int]] = (),
+          labelled_per_row: float = 0.0) -> Run:
     """Builds the Run for a resolved spec. `training=False` builds only what inference needs (params
     shardings, the eval step); `abstract=True` places nothing (shapes and shardings for the planner).
     With `train.auto_micro_batch`, k is planned here from compiled memory and written into the spec.
     `compile_ahead`: (global batch, length) shapes to compile the train step for on a thread, in order,
-    while the state is initialised (the training loop passes those its data will have)."""
+    while the state is initialised (the training loop passes those its data will have).
+    `labelled_per_row`: the train split's, for train.loss_norm=dataset (steps.loss_denominator); 0 divides
+    each batch by its own labelled count (what the planner and benchmarks, which measure cost, use)."""
     cache.enable_compilation_cache()  # before the first compile of the run
     mesh = mesh_lib.make_mesh(spec.mesh, devices)
     family = models.family(spec.model)
@@ -149,7 +156,8 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
     abstract_state = state_lib.abstract_state(spec, tx)
     state_sh = state_lib.shardings(abstract_state, mesh, spec.mesh.rules)
     abstract_sharded = mesh_lib.abstract_with_shardings(abstract_state, state_sh)
-    steps = steps_lib.Steps(spec, mesh, family, graphdef, state_sh.params, batch_sh, tx, schedule, state_sh)
+    steps = steps_lib.Steps(spec, mesh, family, graphdef, state_sh.params, batch_sh, tx, schedule, state_sh,
+                            labelled_per_row)
     reports = []
     if abstract:
         state = abstract_sharded

@@ -69,8 +69,23 @@ def _apply_gradients(state: TrainState, grads, loss_sum, tx: optax.GradientTrans
     return new, grads, finite
 
 
-def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Schedule) -> dict:
-    """Means of the family's metric sums (`correct` -> accuracy, any other sum -> its mean per weight)."""
+def loss_denominator(labels: jax.Array, labelled_per_row: float) -> jax.Array:
+    """What divides a global batch's summed loss. 0 `labelled_per_row` (train.loss_norm=batch): the batch's own
+    labelled positions, as Hugging Face's mean loss. Otherwise (dataset): rows x the train split's mean
+    labelled positions per row, the same for every batch of that size, so each position weighs the same in
+    every batch. Length buckets put short rows together; dividing such a batch by its own few positions
+    made each of its tokens count several times more than a long batch's (9x on CoNLL-2003; see
+    benchmarks/README.md, finetune_e2e.py)."""
+    if labelled_per_row:
+        return jnp.float32(labelled_per_row * labels.shape[0])
+    return jnp.maximum(jnp.sum(labels != IGNORE_INDEX).astype(jnp.float32), 1.0)
+
+
+def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Schedule,
+             denominator: jax.Array | None = None) -> dict:
+    """Means of the family's metric sums (`correct` -> accuracy, any other sum -> its mean per weight).
+    `denominator`: what the step divided the loss sum by (loss_denominator), for the noise-scale estimate,
+    which needs the norm of the batch's own mean gradient."""
     weight = jnp.maximum(sums["weight"], 1.0)
     grad_norm = optax.global_norm(grads)
     out = {("accuracy" if k == "correct" else k): v / weight for k, v in sums.items()
@@ -78,34 +93,34 @@ def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Sched
     out.update(loss=sums["loss_sum"] / weight, weight=sums["weight"], grad_norm=grad_norm,
                learning_rate=schedule(state.step), loss_scale=state.loss_scale.scale, grads_finite=finite)
     if "micro_grad_sq" in sums:  # the two batch sizes of the gradient-noise-scale estimate
-        out.update(grad_sq_small=sums["micro_grad_sq"], grad_sq_big=grad_norm**2)
+        out.update(grad_sq_small=sums["micro_grad_sq"], grad_sq_big=(grad_norm * denominator / weight) ** 2)
     return out
 
 
-def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, micro_batch: int, prune_cfg,
-               mesh: Mesh, rules) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, micro_batch: int, labelled_per_row: float,
+               prune_cfg, mesh: Mesh, rules) -> tuple[TrainState, dict]:
     """One optimizer step on one global batch, accumulated in a scan over micro-batches of at most
     `micro_batch` sequences (the batch is train.batch_size, or smaller while the batch ramps up)."""
     with mesh_lib.activation_rules(mesh, rules):
         rng = jax.random.fold_in(state.rng, state.step)
-        total = jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
-        normalizer = state.loss_scale.scale / jnp.maximum(total, 1.0)
+        denominator = loss_denominator(batch["labels"], labelled_per_row)
         k = rampup.accum_for(batch["labels"].shape[0], micro_batch)
-        sums, grads = accumulate.scan_gradients(grad_fn, state.params, batch, k, rng, normalizer)
+        sums, grads = accumulate.scan_gradients(grad_fn, state.params, batch, k, rng,
+                                                state.loss_scale.scale / denominator)
         new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg)
-        return new_state, _metrics(sums, grads, finite, state, schedule)
+        return new_state, _metrics(sums, grads, finite, state, schedule, denominator)
 
 
 def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, grad_fn, tx, schedule,
-                          accum_steps: int, prune_cfg, mesh: Mesh, rules) -> tuple[TrainState, dict]:
+                          accum_steps: int, labelled_per_row: float, prune_cfg, mesh: Mesh,
+                          rules) -> tuple[TrainState, dict]:
     """One micro-batch of a global batch through an `optax.MultiSteps` optimizer: `index` picks the
-    micro-batch; the inner update happens on index k-1. The gradient is scaled by k / (global token count)
-    so that MultiSteps' mean over k calls is the exact token-weighted global gradient."""
+    micro-batch; the inner update happens on index k-1. The gradient is scaled by k / (the global batch's
+    loss_denominator) so that MultiSteps' mean over k calls is the exact global gradient."""
     with mesh_lib.activation_rules(mesh, rules):
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), index)
-        total = jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
         micro = jax.tree.map(lambda x: x[index], accumulate.split_micro_batches(batch, accum_steps))
-        normalizer = state.loss_scale.scale * accum_steps / jnp.maximum(total, 1.0)
+        normalizer = state.loss_scale.scale * accum_steps / loss_denominator(batch["labels"], labelled_per_row)
         sums, grads = grad_fn(state.params, micro, rng, normalizer)
         new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg,
                                                     step_done=index == accum_steps - 1)
@@ -127,21 +142,21 @@ class Steps:
     """The compiled steps of one run. `train(state, batch)` hides whether accumulation is a scan inside
     one jit call or k calls through optax.MultiSteps; both take the global batch. `eval(params, batch)`
     returns replicated metric sums and batch-sharded predictions. Without `tx` only `eval` exists
-    (inference: predict, evaluate)."""
+    (inference: predict, evaluate). `labelled_per_row`: see loss_denominator (0: each batch's own count)."""
 
     def __init__(self, cfg, mesh: Mesh, family: Family, graphdef, params_sh, batch_sh: dict, tx=None, schedule=None,
-                 state_sh: TrainState | None = None):
+                 state_sh: TrainState | None = None, labelled_per_row: float = 0.0):
         rules = cfg.mesh.rules
         repl = NamedSharding(mesh, P())
         self._state, self._params = _Leaves(), _Leaves()  # the steps take (and train returns) flat leaves
         # XLA:CPU with several devices: one program at a time (see `_launch`); elsewhere programs queue up
         self._one_at_a_time = mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
         self._in_flight = None
-        self.accum_steps, self.impl = cfg.train.accum_steps, cfg.train.accum_impl
+        self.accum_steps, self.impl, self.labelled_per_row = cfg.train.accum_steps, cfg.train.accum_impl, labelled_per_row
         self.mesh, self.batch_sh = mesh, batch_sh
         if tx is not None:
             train_kw = dict(grad_fn=make_grad_fn(family, cfg.model, graphdef), tx=tx, schedule=schedule,
-                            prune_cfg=cfg.prune, mesh=mesh, rules=rules)
+                            labelled_per_row=labelled_per_row, prune_cfg=cfg.prune, mesh=mesh, rules=rules)
             leaves_sh = jax.tree.leaves(state_sh)
             if self.impl == "multisteps":
                 micro = functools.partial(multisteps_micro_step, accum_steps=cfg.train.accum_steps, **train_kw)

@@ -100,7 +100,8 @@ def train(cfg: config.Config) -> TrainResult:
     peak = metrics.peak_flops_per_device(spec.train.peak_tflops)  # measured before any compile runs
     shapes = pipeline.step_shapes(data.train, spec.train.batch_size, spec.train.steps, spec.train.seed,
                                   spec.data.buckets, rampup.batch_sizes(spec.train) if spec.train.rampup_samples else None)
-    run = run_lib.setup(spec, plan_log=say, compile_ahead=shapes)
+    per_row = pipeline.labelled_per_row(data.train) if spec.train.loss_norm == "dataset" else 0.0
+    run = run_lib.setup(spec, plan_log=say, compile_ahead=shapes, labelled_per_row=per_row)
     spec, t = run.spec, run.spec.train  # the planner may have chosen train.accum_steps
     # while the train step still compiles on its thread: the programs evaluation and checkpoints run
     run.steps.compile_eval(run.state.params, evaluate.batch_shapes(run, data.eval, t.eval_batch_size or None))
@@ -112,6 +113,8 @@ def train(cfg: config.Config) -> TrainResult:
     say(f"data: {data.name}{' (SYNTHETIC, generated)' if data.synthetic else ''}: "
         f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, labels {data.label_names}, "
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
+    say("loss: each batch's sum divided by " + (f"rows x {per_row:.2f}, the train split's labelled positions per row"
+                                                 if per_row else "its labelled positions") + f" (train.loss_norm={t.loss_norm})")
     say(f"optimizer: {spec.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
         f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {spec.optim.schedule} decay")
     sizes = rampup.batch_sizes(t)

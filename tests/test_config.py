@@ -61,6 +61,7 @@ def test_rules_override_from_command_line():
     (["model.hidden_dropout=1.0"], r"model.hidden_dropout must be in \[0, 1\), got 1.0"),
     (["data.seq_len=4096"], "max_position_embeddings"),
     (['mesh.rules=[["batch", ["dp"]]]'], "no rule for logical axis 'embed'"),
+    (["train.loss_norm=tokens"], "train.loss_norm must be auto, batch or dataset, got 'tokens'"),
 ])
 def test_validation(overrides, message):
     cfg = config.build(["model.preset=tiny", *overrides])

@@ -1,12 +1,15 @@
 """One train step on every mesh layout equals the single-device step; shardings are what the rules say."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import dotted, params_numpy, random_batch, run_steps, tiny_config
 from jaxbatch import config
 from jaxbatch import run as run_lib
+from jaxbatch.data import pipeline
+from jaxbatch.losses import IGNORE_INDEX
 
 MESHES = {  # (data, fsdp, model)
     "dp": (8, 1, 1),
@@ -160,3 +163,50 @@ def test_cpu_devices_run_one_program_at_a_time():
     assert len({float(s["loss_sum"]) for s in sums}) == 1
     for k, v in params_numpy(reference).items():
         np.testing.assert_array_equal(params_numpy(state)[k], v, err_msg=k)
+
+
+def _gradients(cfg, batches, labelled_per_row=0.0):
+    """Each batch's gradient of the step's objective at the same initial parameters (plain SGD at lr 1, no
+    clipping, decay or dropout: a step moves the parameters by minus the gradient)."""
+    cfg = config.replace(cfg, optim__name="sgd", optim__learning_rate=1.0, optim__momentum=0.0,
+                         optim__weight_decay=0.0, optim__clip_norm=0.0, model__hidden_dropout=0.0)
+    run = run_lib.setup(cfg, devices=jax.devices()[:1], labelled_per_row=labelled_per_row)
+    before, grads, history = params_numpy(run.state), [], []
+    for b in batches:
+        state, m = run.steps.train(jax.tree.map(jnp.copy, run.state),
+                                   {k: jax.device_put(v, run.batch_sh[k]) for k, v in b.items()})
+        grads.append({k: before[k] - v for k, v in params_numpy(state).items()})
+        history.append(jax.device_get(m))
+    return grads, history
+
+
+def test_dataset_loss_norm_weighs_every_position_alike():
+    """train.loss_norm=dataset: over batches that hold a split once, the mean of the steps' gradients is the
+    split's token-mean gradient, however unevenly the batches hold labelled positions (as length buckets
+    make them). Dividing each batch by its own count (batch) weighs the sparse batch's positions more."""
+    cfg = tiny_config("mesh.data=1")
+    long, short = random_batch(cfg, 0), random_batch(cfg, 1)
+    short["labels"][:, 4:] = IGNORE_INDEX  # a few labelled positions per row
+    split = {k: np.concatenate([long[k], short[k]]) for k in long}
+    per_row = pipeline.labelled_per_row(split)
+    (whole,), _ = _gradients(config.replace(cfg, train__batch_size=32), [split])
+    by_dataset, _ = _gradients(cfg, [long, short], per_row)
+    by_batch, _ = _gradients(cfg, [long, short])
+    for key, want in whole.items():
+        np.testing.assert_allclose((by_dataset[0][key] + by_dataset[1][key]) / 2, want, rtol=1e-4, atol=1e-7,
+                                   err_msg=key)
+    key = "classifier.kernel"
+    off = np.abs((by_batch[0][key] + by_batch[1][key]) / 2 - whole[key]).max() / np.abs(whole[key]).max()
+    assert off > 0.05, off
+
+
+def test_noise_scale_sees_the_batch_mean_gradient_under_either_loss_norm():
+    """grad_sq_big / grad_sq_small are norms of the batch's and micro-batches' own mean gradients, whatever
+    the step divides the loss by."""
+    cfg = tiny_config("mesh.data=1", "train.accum_steps=2")
+    batch = random_batch(cfg, 0)
+    _, (by_batch,) = _gradients(cfg, [batch])
+    _, (by_dataset,) = _gradients(cfg, [batch], labelled_per_row=3.0)
+    for key in ("grad_sq_big", "grad_sq_small", "loss"):
+        np.testing.assert_allclose(by_dataset[key], by_batch[key], rtol=1e-4, err_msg=key)
+    assert by_dataset["grad_norm"] != pytest.approx(by_batch["grad_norm"], rel=1e-2)  # the steps did differ

@@ -5,13 +5,18 @@ import json
 
 from conftest import event_records, tiny_config
 from jaxbatch import cli, train
+from jaxbatch.data import pipeline
 
 
 def test_train_loop_learns_synthetic_ner(tmp_run_dir):
     cfg = tiny_config("train.steps=60", "train.eval_every=30", "train.log_every=10", "train.batch_size=32",
-                      "optim.learning_rate=3e-3", "data.seq_len=32", "mesh.data=4", "mesh.fsdp=2",
+                      "optim.learning_rate=3e-3", "data.seq_len=32", "mesh.data=4", "mesh.fsdp=2", "data.buckets=2",
                       f"train.run_dir={tmp_run_dir}")
-    summary = train.train(cfg).summary
+    result = train.train(cfg)
+    summary = result.summary
+    # length buckets: every batch's loss is divided by its rows x the split's labelled tokens per row
+    assert result.spec.train.loss_norm == "dataset" and cfg.train.loss_norm == "auto"
+    assert result.run.steps.labelled_per_row == pipeline.labelled_per_row(result.data.train) > 1
     evals = summary["evals"]
     assert [e["step"] for e in evals] == [30, 60]
     lines = [json.loads(line) for line in open(f"{tmp_run_dir}/metrics.jsonl")]

@@ -166,6 +166,12 @@ class PaddingStats:
         return 1 - self.real_tokens / max(self.total_tokens, 1)
 
 
+def labelled_per_row(arrays: dict[str, np.ndarray]) -> float:
+    """Mean labelled positions (labels other than IGNORE_INDEX) per example: train.loss_norm=dataset's unit."""
+    labels = arrays["labels"]
+    return float((labels != IGNORE_INDEX).sum() / max(len(labels), 1))
+
+
 def padding_stats(arrays: dict[str, np.ndarray], num_buckets: int = 1) -> PaddingStats:
     """Real vs computed tokens when every example is padded to seq_len, or to its length bucket."""
     mask = real_tokens(arrays)

@@ -58,6 +58,12 @@ def test_padding_fraction():
     assert stats.padding_fraction == 0.25
 
 
+def test_labelled_per_row_counts_labels_not_ignored():
+    labels = np.array([[1, -100, 2, -100], [-100, -100, -100, -100], [0, 0, 0, -100]])
+    assert pipeline.labelled_per_row({"labels": labels}) == 5 / 3
+    assert pipeline.labelled_per_row({"labels": np.array([1, 0, -100, 1])}) == 0.75  # one label per example
+
+
 def _varied(n=400, seq=64, seed=0):
     lengths = np.random.default_rng(seed).integers(3, seq + 1, n)
     mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
