@@ -18,11 +18,26 @@ def read(path: str | Path) -> list[str]:
 
 
 def split(docs: list[str], validation_fraction: float = 0.1) -> dict[str, list[str]]:
-    """Deterministic split: the last `validation_fraction` of documents is validation (no leakage across)."""
+    """Deterministic split: the last `validation_fraction` of documents is validation (no leakage across).
+    A corpus of too few documents for that (one book without blank lines, a handful of files) is split as
+    nanoGPT splits a text: the last fraction of its characters, cut at a line break where there is one."""
     cut = max(1, int(round(len(docs) * (1 - validation_fraction))))
-    if cut >= len(docs):
-        raise DataError(f"a text corpus of {len(docs)} document(s) is too small to split")
-    return {"train": docs[:cut], "validation": docs[cut:]}
+    if cut < len(docs):
+        return {"train": docs[:cut], "validation": docs[cut:]}
+    target = int(sum(len(d) for d in docs) * (1 - validation_fraction))
+    for i, doc in enumerate(docs):
+        if target < len(doc):
+            break
+        target -= len(doc)
+    if target == 0 and i > 0:  # the cut falls on a document boundary
+        return {"train": docs[:i], "validation": docs[i:]}
+    line = doc.rfind("\n", 0, target + 1)
+    at = line if line > 0 else target
+    head, tail = doc[:at].strip(), doc[at:].strip()
+    if not head or not tail:
+        raise DataError(f"a text corpus of {len(docs)} document(s) and {sum(len(d) for d in docs)} characters "
+                        f"is too small to split into training and validation text")
+    return {"train": docs[:i] + [head], "validation": [tail] + docs[i + 1:]}
 
 
 def files(directory_or_file: str | Path) -> list[Path]:

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from jaxbatch import config, run as run_lib
-from jaxbatch.data import tasks, tfds_builders
+from jaxbatch.data import tasks, text, tfds_builders
 from jaxbatch.errors import DataError
 
 
@@ -91,6 +91,22 @@ def test_text_corpus_builder_splits_documents(tmp_path):
     (d / "c.txt").write_bytes(b"\xff\xfe bad")
     with pytest.raises(DataError, match=r"c.txt:1: not UTF-8"):
         tfds_builders.prepare("text", d, tmp_path / "cache")
+
+
+def test_text_corpus_of_one_document_splits_its_characters(tmp_path):
+    """One book without blank lines (or too few documents to hold a tenth out) splits as nanoGPT does: the
+    last 10% of the characters, at a line break, with nothing lost or repeated."""
+    lines = [f"line {i:03d} of the only document" for i in range(200)]
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "book.txt").write_text("\n".join(lines))
+    sources = tfds_builders.prepare("text", d, tmp_path / "cache")
+    docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    assert docs["train"] == ["\n".join(lines[:180])] and docs["validation"] == ["\n".join(lines[180:])]
+    assert text.split(["x" * 60, "y" * 40]) == {"train": ["x" * 60, "y" * 30], "validation": ["y" * 10]}
+    assert text.split(["x" * 45, "y" * 5]) == {"train": ["x" * 45], "validation": ["y" * 5]}
+    with pytest.raises(DataError, match="1 characters is too small to split"):
+        text.split(["x"])
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare").is_dir(), reason="shared tiny shakespeare not present")
