@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     advise_p.add_argument("run_dir")
     export_p = sub.add_parser("export", help="write a trained run's model as a Hugging Face folder")
     export_p.add_argument("run_dir")
-    export_p.add_argument("out_dir")
+    export_p.add_argument("out_dir", help="new folder (never overwritten)")
     keys_p = sub.add_parser("keys", help="list every config key with its default")
     keys_p.add_argument("prefix", nargs="?", default="")
     args, extra = parser.parse_known_args(argv)
@@ -253,6 +253,11 @@ def predict(args) -> int:
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides)
+    if restored.run.spec.model.task == "lm":
+        from jaxbatch.errors import ConfigError
+
+        raise ConfigError(f"{args.model} is a language model, and predict labels text with a classifier; "
+                          f"continue text with `jaxbatch generate` or score it with `jaxbatch evaluate`")
     predict_lib.write(predict_lib.predict(restored, sentences), sentences, args.output_format)
     return 0
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxbatch import models
+from jaxbatch import folders, models
 from jaxbatch.errors import CheckpointError
 from jaxbatch.state import param_name
 
@@ -199,16 +199,13 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
 def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, label_names: list[str] | None = None,
            ) -> Path:
     """Writes config.json + model.safetensors (+ tokenizer files) loadable by the family's transformers
-    model class (`from_pretrained`)."""
+    model class (`from_pretrained`), into a new folder (folders.new_folder: an existing model is never
+    overwritten)."""
     from safetensors.numpy import save_file
 
     table = models.family(model_cfg).hf
     if table is None:
         raise CheckpointError(f"model family {model_cfg.family!r} has no Hugging Face conversion")
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise CheckpointError(f"{folder} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
     mapping = table.key_map(model_cfg)
     tensors, fused = {}, {}
     for path, x in jax.tree_util.tree_leaves_with_path(params):
@@ -222,8 +219,9 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
             tensors[table.tensor_name(hf_name, model_cfg)] = value
     for hf_name, parts in fused.items():  # a fused projection: [q | k | v]
         tensors[table.tensor_name(hf_name, model_cfg)] = np.concatenate([parts[i] for i in range(3)], axis=-1)
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(table.hf_config(model_cfg, label_names), indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
-    return folder
+    with folders.new_folder(folder) as partial:
+        save_file(tensors, str(partial / "model.safetensors"), metadata={"format": "pt"})
+        (partial / "config.json").write_text(json.dumps(table.hf_config(model_cfg, label_names), indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(partial))
+    return Path(folder)

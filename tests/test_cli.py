@@ -66,3 +66,6 @@ def test_export_a_finished_run_loads_in_transformers(tmp_path):
     tok = transformers.BertTokenizer.from_pretrained(tmp_path / "hf")
     assert tok.convert_tokens_to_ids("Paris") != tok.unk_token_id
     assert cli.main(["export", str(tmp_path / "none"), str(tmp_path / "x")]) == 2
+    before = {f.name: f.read_bytes() for f in (tmp_path / "hf").iterdir()}
+    assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 2  # an existing model is never overwritten
+    assert {f.name: f.read_bytes() for f in (tmp_path / "hf").iterdir()} == before

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxbatch import compress, config
+from jaxbatch import compress, config, folders
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch.compress import lowrank, prune, quantize, storage
@@ -157,6 +157,7 @@ def apply(restored: run_lib.Restored, opts: Options, log=print) -> tuple[config.
 def compress_model(source: str | Path, out: str | Path, opts: Options, log=print) -> dict:
     """Restores `source`, compresses it and writes the folder `out`; returns the report."""
     check(opts)
+    folders.check_new(out)
     restored = run_lib.restore(source)
     spec, params, report = apply(restored, opts, log)
     storage.save(out, spec, params, restored.tokenizer, report)

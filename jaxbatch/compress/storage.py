@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import jax
@@ -28,8 +26,8 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from jaxbatch import config
-from jaxbatch.errors import CheckpointError, ConfigError
+from jaxbatch import config, folders
+from jaxbatch.errors import CheckpointError
 
 MANIFEST = "compressed.json"
 WEIGHTS = "model.safetensors"
@@ -64,32 +62,24 @@ def _digest(x: np.ndarray) -> str:
 
 def save(out: str | Path, spec: config.Config, params: nnx.State, tokenizer, report: dict) -> Path:
     """Writes the folder (atomically: OUT.partial, then renamed). Refuses an existing, non-empty OUT."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not empty; choose a new output folder (nothing was overwritten)")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    tensors, entries = {}, {}
-    for name, x in _named(params):
-        x = np.asarray(jax.device_get(x))
-        entry = {"shape": list(x.shape), "dtype": str(x.dtype), "sha256": _digest(x)}
-        packed = pack(x)
-        if packed is None:
-            tensors[name] = x
-        else:
-            tensors[f"{name}:values"], tensors[f"{name}:bits"] = packed["values"], packed["bits"]
-            entry["packed"] = True
-        entries[name] = entry
-    save_file(tensors, str(partial / WEIGHTS))
-    manifest = {"spec": config.to_dict(spec), "params": entries, "report": report}
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(partial / "tokenizer"))
-    if out.exists():
-        out.rmdir()
-    os.replace(partial, out)
-    return out
+    with folders.new_folder(out) as partial:
+        tensors, entries = {}, {}
+        for name, x in _named(params):
+            x = np.asarray(jax.device_get(x))
+            entry = {"shape": list(x.shape), "dtype": str(x.dtype), "sha256": _digest(x)}
+            packed = pack(x)
+            if packed is None:
+                tensors[name] = x
+            else:
+                tensors[f"{name}:values"], tensors[f"{name}:bits"] = packed["values"], packed["bits"]
+                entry["packed"] = True
+            entries[name] = entry
+        save_file(tensors, str(partial / WEIGHTS))
+        manifest = {"spec": config.to_dict(spec), "params": entries, "report": report}
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(partial / "tokenizer"))
+    return Path(out)
 
 
 def is_compressed(folder: Path) -> bool:

@@ -1,0 +1,40 @@
+"""Output folders that never overwrite work (`compress` and `export` write them): an existing OUT that is
+a file or holds anything is refused, and OUT is written as OUT.partial and renamed into place when
+complete, so an interrupted write never leaves a half-written OUT that loads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from jaxbatch.errors import ConfigError
+
+
+def check_new(out: str | Path) -> Path:
+    """Refuses an `out` that is a file or a folder holding anything (callers check before the work, too)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder; choose a new output folder (nothing was overwritten)")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; choose a new output folder (nothing was overwritten)")
+    return out
+
+
+@contextlib.contextmanager
+def new_folder(out: str | Path) -> Iterator[Path]:
+    """Yields the folder to write into; on success it becomes `out`, on an error it is removed."""
+    out = check_new(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    os.replace(partial, out)

@@ -1,0 +1,36 @@
+"""Output folders: existing work is refused, and an interrupted write leaves neither OUT nor its temporary."""
+
+import pytest
+
+from jaxbatch import folders
+from jaxbatch.errors import ConfigError
+
+
+def test_a_complete_write_lands_and_existing_work_is_refused(tmp_path):
+    out = tmp_path / "sub" / "out"
+    with folders.new_folder(out) as partial:
+        assert partial != out and not out.exists()
+        (partial / "weights").write_bytes(b"w")
+    assert sorted(p.name for p in tmp_path.joinpath("sub").iterdir()) == ["out"]
+    assert (out / "weights").read_bytes() == b"w"
+    with pytest.raises(ConfigError, match="exists and is not empty"), folders.new_folder(out):
+        pass
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        folders.check_new(tmp_path / "file")
+    assert (out / "weights").read_bytes() == b"w" and (tmp_path / "file").read_text() == "keep"
+    (tmp_path / "empty").mkdir()
+    with folders.new_folder(tmp_path / "empty") as partial:  # an empty folder is taken
+        (partial / "a").write_text("a")
+    assert (tmp_path / "empty" / "a").read_text() == "a"
+
+
+def test_an_interrupted_write_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "out.partial").mkdir()  # a stale temporary from a killed run
+    (tmp_path / "out.partial" / "stale").write_text("x")
+    with pytest.raises(KeyboardInterrupt), folders.new_folder(out) as partial:
+        assert not (partial / "stale").exists()
+        (partial / "half").write_text("h")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
