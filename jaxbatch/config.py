@@ -275,7 +275,8 @@ def read_file(path: str | Path) -> dict[str, Any]:
     if path.suffix not in (".toml", ".json"):
         raise ConfigError(f"config file {path}: use a .toml or .json file (got {path.suffix or 'no suffix'!r})")
     try:
-        tree = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
+        tree = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from e
     rules = tree.get("mesh", {}).pop("rules", None)

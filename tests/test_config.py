@@ -37,6 +37,8 @@ def test_file_then_overrides(tmp_path):
     cfg = config.build(["train.steps=9"], str(f))
     assert cfg.train.batch_size == 128 and cfg.train.steps == 9 and cfg.mesh.fsdp == 2
     assert dict(cfg.mesh.rules)["vocab"] == () and dict(cfg.mesh.rules)["mlp"] == ("model",)
+    f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())  # saved by a Windows editor
+    assert config.build([], str(f)).train.steps == 7
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nbatch_sise = 1\n")
     with pytest.raises(config.ConfigError, match=r"bad.toml: unknown config key 'train.batch_sise'"):

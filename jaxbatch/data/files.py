@@ -5,7 +5,8 @@ from jaxbatch.errors import DataError
 
 
 def read_text_file(path) -> str:
-    """Reads UTF-8 text; a missing file or another encoding becomes a DataError naming the file and byte."""
+    """Reads UTF-8 text (without a leading byte-order mark); a missing file or another encoding becomes a
+    DataError naming the file and byte."""
     from pathlib import Path
 
     path = Path(path)
@@ -18,6 +19,7 @@ def read_text_file(path) -> str:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#x} at offset {e.start}); "
                         f"re-encode the file as UTF-8") from e
+    text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors, spreadsheet exports) is not content
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     return text

@@ -23,6 +23,8 @@ def test_read_handles_docstart_anywhere_two_columns_and_no_final_newline(tmp_pat
     sents = conll.read(f)
     assert [s.words for s in sents] == [["John", "Smith", "flew"], ["to", "Paris"]]
     assert [s.tags for s in sents] == [["B-PER", "I-PER", "O"], ["O", "B-LOC"]]
+    f.write_bytes(b"\xef\xbb\xbf-DOCSTART- -X- -X- O\r\n\r\nEU NNP B-NP B-ORG\r\n")  # byte-order mark, CRLF
+    assert [(s.words, s.tags) for s in conll.read(f)] == [(["EU"], ["B-ORG"])]
 
 
 @pytest.mark.parametrize("content,message", [

@@ -15,6 +15,9 @@ def test_read_layouts(tmp_path):
     assert [(e.text, e.label) for e in plain] == [("great value", "positive"), ("meh", "neutral"), ("awful", "negative")]
     assert tsv.label_names(plain) == ["negative", "neutral", "positive"]
     assert tsv.label_names(tsv.read(tmp_path / "train.tsv")) == ["0", "1"]
+    # a spreadsheet's export: byte-order mark and CRLF; the header is still a header
+    (tmp_path / "excel.tsv").write_bytes(b"\xef\xbb\xbfsentence\tlabel\r\nfine\tpos\r\n")
+    assert [(e.text, e.label) for e in tsv.read(tmp_path / "excel.tsv")] == [("fine", "pos")]
 
 
 @pytest.mark.parametrize("content,message", [
