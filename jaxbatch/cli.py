@@ -336,7 +336,8 @@ def export(args) -> int:
 def advise_batch(args) -> int:
     import json
 
-    from jaxbatch import noise_scale
+    from jaxbatch import noise_scale, reporting
+    from jaxbatch.errors import CheckpointError
 
     path = Path(args.run_dir) / "metrics.jsonl"
     summary = Path(args.run_dir) / "summary.json"
@@ -344,9 +345,11 @@ def advise_batch(args) -> int:
         print(f"jaxbatch: {path if not path.is_file() else summary} does not exist (run not finished?)",
               file=sys.stderr)
         return 2
-    records = [json.loads(line) for line in path.open()]
-    estimates = [r["b_simple"] for r in records if r["kind"] == "noise_scale"]
-    batch = json.loads(summary.read_text())["config"]["train"]["batch_size"]
+    estimates = [r["b_simple"] for r in reporting.read_metrics(args.run_dir) if r["kind"] == "noise_scale"]
+    try:
+        batch = json.loads(summary.read_text())["config"]["train"]["batch_size"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{summary}: not a jaxbatch run summary ({type(e).__name__}: {e})") from e
     print(noise_scale.advice(estimates[-1] if estimates else None, batch))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
@@ -75,9 +76,8 @@ class Reporter:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = self.run_dir / "metrics.jsonl"
             if path.is_file():  # a resumed run: rows past its checkpoint were not kept, so curves never double
-                kept = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line)["step"] <= initial_step]
-                path.write_text("".join(line + "\n" for line in kept))
+                kept = [r for r in read_metrics(self.run_dir) if r["step"] <= initial_step]
+                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
             self.jsonl = open(path, "a")
             self.tb = EventWriter(self.run_dir / "tensorboard", purge_step=initial_step + 1 if initial_step else None)
             # pyplot takes ~1 s to import (its font list): loaded now, while the first step compiles, not when
@@ -154,6 +154,20 @@ def _import_pyplot():
     import matplotlib.pyplot  # noqa: F401
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of metrics.jsonl. A line that is not a whole row (the last write of a killed process, cut
+    short) is skipped rather than failing a resume or a report."""
+    rows = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and "kind" in row:
+            rows.append(row)
+    return rows
+
+
 def plot_curves(run_dir: str | Path) -> Path | None:
     """curves.png next to metrics.jsonl: train loss (and learning rate) and eval metrics against steps,
     drawn from the whole file, so a resumed run's plot covers every segment."""
@@ -163,7 +177,7 @@ def plot_curves(run_dir: str | Path) -> Path | None:
     _import_pyplot()
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    records = read_metrics(run_dir)
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -206,6 +220,10 @@ def move_aside(run_dir: Path, checkpoint_dir: Path) -> Path:
 
 
 def write_json(path: str | Path, obj) -> None:
+    """Written whole or not at all (a temporary file renamed over `path`), so a kill never leaves half a file."""
     if jax.process_index() == 0:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(obj, indent=2, sort_keys=True))
+        os.replace(partial, path)

@@ -19,6 +19,11 @@ def test_train_with_accumulation_then_advise(tmp_path, capsys):
     assert cli.main(["advise-batch", str(run)]) == 0
     assert "gradient noise scale" in capsys.readouterr().out
     assert cli.main(["advise-batch", str(tmp_path / "none")]) == 2
+    (run / "summary.json").write_text("{")  # damaged: one line naming the file, exit 2
+    capsys.readouterr()
+    assert cli.main(["advise-batch", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "summary.json: not a jaxbatch run summary" in err and err.count("\n") == 1, err
 
 
 def test_plan_prints_the_chosen_accumulation(capsys):

@@ -1,4 +1,4 @@
-"""The reporter's MFU (reporting.py): never above 100% of a measured peak."""
+"""The reporter (reporting.py): MFU never above 100% of a measured peak; run files that survive a kill."""
 
 import json
 
@@ -33,3 +33,22 @@ def test_a_peak_from_the_config_or_a_spec_sheet_is_kept(tmp_path, monkeypatch):
     mfu, peak = _mfu(tmp_path, peak_measured=False)
     assert mfu > 1.0 and peak == 1e6 * jax.device_count()  # a wrong FLOP count shows, never hidden
     assert not (tmp_path / "cache" / "peak_flops.json").exists()
+
+
+def test_a_resume_drops_rows_past_its_checkpoint_and_a_torn_last_line(tmp_path):
+    """A killed process can leave half a row at the end of metrics.jsonl; a resume keeps every whole row up
+    to its checkpoint's step, and the report and curves read the file."""
+    rows = [{"step": s, "kind": "train", "loss": 1.0 / s, "learning_rate": 0.1} for s in (1, 2, 3, 4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "ki')
+    assert reporting.read_metrics(tmp_path) == rows
+    reporter = reporting.Reporter(tmp_path, 10, peak_flops=1e6, num_devices=1, progress=False, initial_step=2)
+    reporter.close()
+    assert reporting.read_metrics(tmp_path) == rows[:2]
+    assert reporting.plot_curves(tmp_path).is_file()
+
+
+def test_json_files_are_replaced_whole(tmp_path):
+    reporting.write_json(tmp_path / "summary.json", {"a": 1})
+    reporting.write_json(tmp_path / "summary.json", {"a": 2})
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
