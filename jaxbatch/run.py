@@ -213,19 +213,19 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
     """Rebuilds a trained model for inference from a run dir (its newest usable checkpoint: spec + params,
     no optimizer state; a damaged newer one is named in a warning), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
     machine's devices. `overrides` (key=value) may set
-    the mesh (`mesh.model=2`), the eval batch (`train.batch_size`) and `data.seq_len`; by default all
-    devices split the batch."""
+    the mesh (`mesh.model=2`), the eval batch (`train.batch_size`), `data.seq_len` and how an evaluated
+    split's unknown tags are read (`data.unknown_label`); by default all devices split the batch."""
     from jaxbatch import checkpoint, hf
     from jaxbatch.compress import storage
 
     source = Path(source)
     if not source.is_dir():
         raise CheckpointError(f"{source}: no such run dir or Hugging Face folder")
-    allowed = ("mesh.", "train.batch_size", "data.seq_len", "precision.policy")
+    allowed = ("mesh.", "train.batch_size", "data.seq_len", "data.unknown_label", "precision.policy")
     for item in overrides:
         if not item.startswith(allowed):
-            raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len and precision.policy "
-                              f"may be changed when restoring a trained model")
+            raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len, data.unknown_label and "
+                              f"precision.policy may be changed when restoring a trained model")
     inference_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.model=1", "train.accum_steps=1"]
     if storage.is_compressed(source):
         spec = config.build(inference_mesh + list(overrides), base=storage.read_spec(source))

@@ -103,6 +103,12 @@ def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
     assert set(report) >= {"DRUG", "DOSE"} and report["DRUG"]["support"] == 16
     assert result.summary["final_eval"]["entity_f1"] > 0.8
     assert result.spec.data.labels == "O,B-DOSE,I-DOSE,B-DRUG,I-DRUG"
+    (d / "test.txt").write_text("take O\naspirin B-DRUG\nwith O\nsoup B-FOOD\n")  # a tag the model never saw
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "r"), "--data-dir", str(d)]) == 2
+    assert "tag 'B-FOOD' is not in the label set" in capsys.readouterr().err  # ... and the hint below works
+    assert cli.main(["evaluate", str(tmp_path / "r"), "--data-dir", str(d), "data.unknown_label=O"]) == 0
+    assert "test (1 examples" in capsys.readouterr().out
 
     t = tmp_path / "reviews"
     t.mkdir()
