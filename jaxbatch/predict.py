@@ -3,8 +3,9 @@
 Input is one sentence per line (split into words and punctuation, with character offsets), a CoNLL file
 (first column; tags, if any, are ignored) or a TSV file (`text<TAB>label`, or `index<TAB>sentence`).
 Sentences are length-bucketed into batches, run through the same compiled eval step as `evaluate`, and
-written in input order: entity spans with labels and scores (token tasks; JSON lines or CoNLL columns),
-or the label and every class probability (sequence tasks).
+written in input order: entity spans with labels and scores and one tag per word (token tasks; JSON lines
+or CoNLL columns; sentences longer than data.seq_len in overlapping windows), or the label and every class
+probability (sequence tasks).
 """
 
 from __future__ import annotations
@@ -82,12 +83,31 @@ def _read_lines(path: Path) -> list[str]:
     return read_text_file(path).splitlines()
 
 
-def _encode(restored: run_lib.Restored, sentences: list[Sentence]) -> tokenize.Encoded:
-    spec = restored.run.spec
-    words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
-    if spec.model.task == "token":
-        return tokenize.encode_tagged(restored.tokenizer, words, [[0] * len(w) for w in words], spec.data.seq_len)
-    return tokenize.encode_labelled(restored.tokenizer, words, [0] * len(words), spec.data.seq_len)
+def _pieces(restored: run_lib.Restored, words: list[list[str]]) -> list[np.ndarray]:
+    """Word pieces of each word of each sentence (special tokens aside)."""
+    enc = restored.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+    return [np.bincount([w for w in enc.word_ids(i) if w is not None], minlength=len(ws)).astype(int)
+            for i, ws in enumerate(words)]
+
+
+def windows(pieces: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Word windows [a, b) covering a sentence, each within `budget` pieces (at least one word), each
+    starting half way through the one before, so every word is seen with context on both sides (the
+    stride of Hugging Face's token-classification pipeline). One window when the sentence fits."""
+    out, a, n = [], 0, len(pieces)
+    while True:
+        b, used = a, 0
+        while b < n and (b == a or used + pieces[b] <= budget):
+            used, b = used + pieces[b], b + 1
+        out.append((a, b))
+        if b >= n:
+            return out
+        a = max(a + 1, (a + b) // 2)
+
+
+def _context(i: int, a: int, b: int, n: int) -> int:
+    """Words of context word i has in window [a, b) on its poorer side (a sentence's own ends cut nothing)."""
+    return min(i - a if a > 0 else n, b - 1 - i if b < n else n)
 
 
 def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -> dict[str, list[np.ndarray]]:
@@ -113,32 +133,53 @@ def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -
 
 def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
     """One record per sentence: `entities` (token tasks: text, label, start, end, score = the mean
-    probability of the predicted tag over the entity's words) and `tags`; or `label` and `probabilities`."""
+    probability of the predicted tag over the entity's words) and `tags`, one per word however long the
+    sentence (a sentence longer than data.seq_len is run as overlapping windows, each word labelled from the
+    window where it has the most context); or `label` and `probabilities` (sequence tasks: a text longer than
+    data.seq_len is truncated, and the record says by how many pieces)."""
     from seqeval.metrics.sequence_labeling import get_entities
 
-    names = run_lib.label_names(restored.run.spec)
-    enc = _encode(restored, sentences)
-    out = predict_arrays(restored, enc.arrays)
+    spec = restored.run.spec
+    names = run_lib.label_names(spec)
+    words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
+    pieces = _pieces(restored, words)
+    budget = spec.data.seq_len - 2  # [CLS] ... [SEP]
+    if spec.model.task != "token":
+        enc = tokenize.encode_labelled(restored.tokenizer, words, [0] * len(words), spec.data.seq_len)
+        out = predict_arrays(restored, enc.arrays)
+        records = []
+        for i, s in enumerate(sentences):
+            record = {"text": s.text, "label": names[int(out["preds"][i])],
+                      "probabilities": {n: round(float(p), 6) for n, p in zip(names, out["probs"][i])}}
+            if pieces[i].sum() > budget:
+                record["truncated_pieces"] = int(pieces[i].sum() - budget)
+            records.append(record)
+        return records
+    rows, owners = [], []  # one row per window; the labels carry each word's index, so pieces map back to words
+    for i, ws in enumerate(words):
+        for a, b in windows(pieces[i], budget):
+            rows.append((ws[a:b], list(range(a, b))))
+            owners.append((i, a, b))
+    enc = tokenize.encode_tagged(restored.tokenizer, [r[0] for r in rows], [r[1] for r in rows], spec.data.seq_len)
+    word_of = enc.arrays["labels"]
+    out = predict_arrays(restored, {**enc.arrays, "labels": np.where(word_of != IGNORE_INDEX, 0, IGNORE_INDEX)})
+    best: list[dict[int, tuple]] = [{} for _ in sentences]  # word -> (context, tag id, probability)
+    for r, (i, a, b) in enumerate(owners):
+        for j in np.flatnonzero(word_of[r] != IGNORE_INDEX):  # each word's first piece
+            word, pred = int(word_of[r, j]), int(out["preds"][r][j])
+            candidate = (_context(word, a, b, len(words[i])), pred, float(out["probs"][r][j, pred]))
+            if word not in best[i] or candidate[0] > best[i][word][0]:
+                best[i][word] = candidate
     records = []
     for i, s in enumerate(sentences):
-        if restored.run.spec.model.task != "token":
-            probs = out["probs"][i]
-            records.append({"text": s.text, "label": names[int(out["preds"][i])],
-                            "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}})
-            continue
-        first = np.flatnonzero(enc.arrays["labels"][i] != IGNORE_INDEX)  # each kept word's first piece
-        preds, probs = out["preds"][i], out["probs"][i]
-        tags = [names[int(preds[j])] for j in first]
-        scores = [float(probs[j, preds[j]]) for j in first]
+        chosen = [best[i].get(w, (0, names.index("O") if "O" in names else 0, 0.0)) for w in range(len(s.words))]
+        tags = [names[c[1]] for c in chosen]  # a word with no pieces at all (a lone control character) is O
         entities = []
         for label, start, end in get_entities(tags):
             a, b = s.offsets[start][0], s.offsets[end][1]
             entities.append({"text": s.text[a:b], "label": label, "start": a, "end": b,
-                             "score": round(float(np.mean(scores[start:end + 1])), 6)})
-        record = {"text": s.text, "entities": entities, "tags": tags}
-        if len(tags) < len(s.words):
-            record["truncated_words"] = len(s.words) - len(tags)
-        records.append(record)
+                             "score": round(float(np.mean([c[2] for c in chosen[start:end + 1]])), 6)})
+        records.append({"text": s.text, "entities": entities, "tags": tags})
     return records
 
 
@@ -147,7 +188,6 @@ def write(records: Iterable[dict], sentences: list[Sentence], fmt: str, out: Tex
     out = out or sys.stdout
     for record, s in zip(records, sentences):
         if fmt == "conll" and "tags" in record:
-            tags = record["tags"] + ["O"] * (len(s.words) - len(record["tags"]))
-            out.write("".join(f"{w} {t}\n" for w, t in zip(s.words, tags)) + "\n")
+            out.write("".join(f"{w} {t}\n" for w, t in zip(s.words, record["tags"])) + "\n")
         else:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -82,6 +82,38 @@ def test_predict_text_lines_gives_spans_with_offsets(ner_run, capsys, monkeypatc
     assert "no such run dir" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("pieces,budget,expected", [
+    ([1, 1, 1], 5, [(0, 3)]),  # fits: one window
+    ([1] * 10, 4, [(0, 4), (2, 6), (4, 8), (6, 10)]),  # each starts half way through the one before
+    ([2, 9, 1, 1], 4, [(0, 1), (1, 2), (2, 4)]),  # a word longer than the budget is a window of its own
+])
+def test_windows_cover_every_word_within_the_budget(pieces, budget, expected):
+    assert predict.windows(np.array(pieces), budget) == expected
+
+
+def test_a_sentence_longer_than_seq_len_is_labelled_word_by_word_from_windows(ner_run):
+    """Each word's tag and score are the ones it gets when its most central window is predicted alone, and
+    a word without word pieces (a zero-width space) is O without shifting its neighbours' tags."""
+    root, _, sentences = ner_run
+    restored = run_lib.restore(root / "run")
+    words = [w for ws, _ in sentences[:12] for w in ws]
+    pieces = predict._pieces(restored, [words])[0]
+    spans = predict.windows(pieces, restored.run.spec.data.seq_len - 2)
+    assert len(spans) > 3 and pieces.sum() > 2 * restored.run.spec.data.seq_len
+    (record,) = predict.predict(restored, [predict.from_words(words)])
+    alone = predict.predict(restored, [predict.from_words(words[a:b]) for a, b in spans])
+    assert len(record["tags"]) == len(words)
+    for i in range(len(words)):
+        w = max(range(len(spans)), key=lambda k: (predict._context(i, *spans[k], len(words)) if
+                                                  spans[k][0] <= i < spans[k][1] else -1, -k))
+        assert record["tags"][i] == alone[w]["tags"][i - spans[w][0]], i
+    for e in record["entities"]:
+        assert record["text"][e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
+    plain, spaced = predict.predict(restored, [predict.from_words(sentences[0][0]),
+                                               predict.from_words([sentences[0][0][0], "\u200b", *sentences[0][0][1:]])])
+    assert spaced["tags"] == [plain["tags"][0], "O", *plain["tags"][1:]]
+
+
 def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
     d = tmp_path / "drugs"
     d.mkdir()
