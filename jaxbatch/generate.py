@@ -44,6 +44,12 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     """The new token ids for each prompt (a list of token ids, at least one)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    if not temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0 = every token), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
     model = nnx.merge(graphdef, params)
     batch, longest = len(prompts), max(len(p) for p in prompts)
     total = longest + max_new_tokens

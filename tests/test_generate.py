@@ -68,6 +68,11 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert lines[0].startswith("the cat") and len(lines[0]) == len("the cat") + 12 and " sat on" in lines[0]
     assert cli.main(["generate", str(run), "--prompt", "€", "--max-new-tokens", "3"]) == 2
     assert "not in the tokenizer's vocabulary" in capsys.readouterr().err
+    for flag, value, message in (("--temperature", "-1", "--temperature must be >= 0"),
+                                 ("--top-k", "-3", "--top-k must be >= 0"), ("--top-p", "2", "--top-p must be in")):
+        assert cli.main(["generate", str(run), "--prompt", "the", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
     (tmp_path / "lines.txt").write_text("the cat\n")
     assert cli.main(["predict", str(run), "--input", str(tmp_path / "lines.txt")]) == 2
     err = capsys.readouterr().err
