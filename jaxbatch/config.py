@@ -343,6 +343,7 @@ def validate(cfg: Config, num_devices: int) -> None:
     _validate_rampup(t, data * fsdp)
     if not 0.0 <= cfg.model.hidden_dropout < 1.0:
         raise ConfigError(f"model.hidden_dropout must be in [0, 1), got {cfg.model.hidden_dropout}")
+    _validate_optim(cfg.optim)
     if cfg.model.remat not in REMAT:
         raise ConfigError(f"model.remat must be one of {', '.join(REMAT)}, got {cfg.model.remat!r}")
     models.family(cfg.model).validate(cfg.model, cfg.data.seq_len, model)
@@ -365,6 +366,17 @@ def validate(cfg: Config, num_devices: int) -> None:
         for axis in axes:
             if axis not in mesh_lib.AXES:
                 raise ConfigError(f"mesh.rules[{name!r}] names mesh axis {axis!r}; mesh axes are {mesh_lib.AXES}")
+
+
+def _validate_optim(o) -> None:
+    for key in ("b1", "b2", "momentum"):
+        if not 0.0 <= getattr(o, key) < 1.0:
+            raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
+    if not o.eps > 0:  # 0 divides a parameter's zero gradient by a zero second moment: NaN
+        raise ConfigError(f"optim.eps must be > 0, got {o.eps}")
+    for key in ("weight_decay", "clip_norm", "warmup_steps", "reference_batch"):
+        if not getattr(o, key) >= 0:
+            raise ConfigError(f"optim.{key} must be >= 0, got {getattr(o, key)}")
 
 
 def _validate_rampup(t, batch_shards: int) -> None:

@@ -27,6 +27,15 @@ def cpu_devices_dividing(batch: int) -> int:
     return max(d for d in range(1, cores + 1) if batch % d == 0)
 
 
+def _check(d) -> None:
+    if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
+        raise ConfigError(f"distributed.process_id={d.process_id} must be in [0, distributed.num_processes="
+                          f"{d.num_processes})")
+    host, _, port = d.coordinator.rpartition(":")
+    if d.coordinator and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"distributed.coordinator={d.coordinator!r}: use HOST:PORT, e.g. 10.0.0.2:1234")
+
+
 def initialize(dist_cfg) -> bool:
     """Sets the CPU device count (and, with `cpu_one_arena`, one malloc arena: host.one_arena) and starts
     jax.distributed when configured; returns whether it started jax.distributed. Must run before any device
@@ -35,6 +44,7 @@ def initialize(dist_cfg) -> bool:
     Several CPU devices in one process are how XLA:CPU uses several cores on a small model: it runs each
     device's program on a core of its own, while one device runs the small matmuls and fusions of a ~1M-
     parameter model on about one core (benchmarks/README.md, "Decoder step on CPU")."""
+    _check(dist_cfg)
     if dist_cfg.cpu_one_arena:
         host.one_arena()
     if dist_cfg.cpu_devices:

@@ -64,6 +64,9 @@ def test_rules_override_from_command_line():
     (["data.seq_len=4096"], "max_position_embeddings"),
     (['mesh.rules=[["batch", ["dp"]]]'], "no rule for logical axis 'embed'"),
     (["train.loss_norm=tokens"], "train.loss_norm must be auto, batch or dataset, got 'tokens'"),
+    (["optim.b2=1.0"], r"optim.b2 must be in \[0, 1\), got 1.0"),
+    (["optim.eps=0"], "optim.eps must be > 0"),
+    (["optim.clip_norm=-1"], "optim.clip_norm must be >= 0"),
 ])
 def test_validation(overrides, message):
     cfg = config.build(["model.preset=tiny", *overrides])

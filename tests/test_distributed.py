@@ -97,4 +97,8 @@ def test_cpu_devices_one_per_core_and_refused_once_jax_has_started(monkeypatch):
     for bad, message in ((-1, "JAX had started already"), (-2, "use a count")):
         with pytest.raises(config.ConfigError, match=message):
             distributed.initialize(config.build([f"distributed.cpu_devices={bad}"]).distributed)
-
+    for overrides, message in ((["distributed.num_processes=2", "distributed.coordinator=host"], "use HOST:PORT"),
+                               (["distributed.num_processes=2", "distributed.coordinator=h:0"], "use HOST:PORT"),
+                               (["distributed.process_id=2", "distributed.num_processes=2"], r"process_id=2 must be")):
+        with pytest.raises(config.ConfigError, match=message):  # before jax.distributed is touched
+            distributed.initialize(config.build(overrides).distributed)
