@@ -1,7 +1,8 @@
 """`jaxbatch predict`: a trained model (run dir or Hugging Face folder) on new text.
 
 Input is one sentence per line (split into words and punctuation, with character offsets), a CoNLL file
-(first column; tags, if any, are ignored) or a TSV file (`text<TAB>label`, or `index<TAB>sentence`).
+(first column; tags, if any, are ignored) or a text-classification file (TSV `text<TAB>label` or
+`index<TAB>sentence`, CSV or JSON lines with a `text` or `sentence` column; labels are ignored).
 Sentences are length-bucketed into batches, run through the same compiled eval step as `evaluate`, and
 written in input order: entity spans with labels and scores and one tag per word (token tasks; JSON lines
 or CoNLL columns; sentences longer than data.seq_len in overlapping windows), or the label and every class
@@ -53,7 +54,7 @@ def input_format(path: Path | None, fmt: str) -> str:
         return fmt
     if path is None:
         return "text"
-    if path.suffix == ".tsv":
+    if path.suffix in (".tsv", ".csv", ".jsonl"):  # text-classification files (data/tsv.py)
         return "tsv"
     names = {n for names in conll.SPLIT_FILES.values() for n in names}
     if path.suffix in (".conll", ".iob", ".bio") or path.name in names:

@@ -2,7 +2,8 @@
 chosen. Raw examples come from the generated corpus or from tfds (local files or the catalog).
 
 Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (B-/I- prefixes of any type,
-IOB1 or IOB2), `tsv` any N-class `text<TAB>label` file, `text` any plain-text corpus for language modelling
+IOB1 or IOB2), `tsv` (or `csv`, `jsonl`: the same reader) any N-class text-classification file (TSV, CSV or
+JSON lines), `text` any plain-text corpus for language modelling
 (documents packed into rows; data/packing.py). `conll2003` and `sst2` are presets of them (with the TFDS
 catalog as a source when no `data.data_dir` is given, and SST-2's class names).
 """
@@ -32,7 +33,9 @@ class Dataset:
 DATASETS = {
     "conll": Dataset("conll", "token"),
     "conll2003": Dataset("conll", "token", catalog="conll2003"),
-    "tsv": Dataset("tsv", "sequence"),
+    "tsv": Dataset("tsv", "sequence"),  # reads train.tsv, train.csv or train.jsonl (data/tsv.py)
+    "csv": Dataset("tsv", "sequence"),
+    "jsonl": Dataset("tsv", "sequence"),
     "sst2": Dataset("tsv", "sequence", labels=("negative", "positive"), catalog="glue/sst2"),
     "text": Dataset("text", "lm"),
     "tiny_shakespeare": Dataset("text", "lm", catalog="tiny_shakespeare"),

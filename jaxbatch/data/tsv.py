@@ -1,8 +1,12 @@
-"""Sequence-classification TSV files: `text<TAB>label` rows, any number of classes.
+"""Sequence-classification files, any number of classes: `text<TAB>label` TSV, CSV with a header, or JSON
+lines.
 
-A header row is optional (`sentence<TAB>label` as in GLUE, or `text<TAB>label`); an unlabelled split
-(GLUE's test) has the layout `index<TAB>sentence`. Labels are kept as written (a class name or an
-integer id) and turned into ids by `data/tasks.py` against the label set.
+TSV: a header row is optional (`sentence<TAB>label` as in GLUE, or `text<TAB>label`); an unlabelled split
+(GLUE's test) has the layout `index<TAB>sentence`. CSV (`train.csv`, as pandas or a spreadsheet writes it,
+quoted fields included) and JSON lines (`train.jsonl`, one object per line) name their columns: the text in
+`text` or `sentence`, the class in `label`; other columns are ignored, and a split without `label` is
+unlabelled. Labels are kept as written (a class name or an integer id) and turned into ids by
+`data/tasks.py` against the label set.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from pathlib import Path
 
 from jaxbatch.data.files import DataError, find_splits, read_text_file
 
-SPLIT_FILES = {"train": ("train.tsv",), "validation": ("dev.tsv", "valid.tsv", "validation.tsv"),
-               "test": ("test.tsv",)}
+SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl") for name in names)
+               for split, names in {"train": ("train",), "validation": ("dev", "valid", "validation"),
+                                    "test": ("test",)}.items()}
+TEXT_COLUMNS = ("text", "sentence")
 LABELLED_HEADERS = (["sentence", "label"], ["text", "label"])
 UNLABELLED_HEADER = ["index", "sentence"]
 
@@ -26,6 +32,10 @@ class Example:
 
 def read(path: str | Path) -> list[Example]:
     path = Path(path)
+    if path.suffix == ".csv":
+        return _read_csv(path)
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
     lines = read_text_file(path).splitlines()
     first = [c.strip() for c in lines[0].split("\t")]
     text_col, label_col, skip = 0, 1, 0
@@ -54,8 +64,68 @@ def read(path: str | Path) -> list[Example]:
     return out
 
 
+def _example(path: Path, number: int, text, label, labelled: bool) -> Example:
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{path}:{number}: the text must be a non-empty string, got {text!r}")
+    if labelled and (isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip()):
+        raise DataError(f"{path}:{number}: the label must be a class name or an integer id, got {label!r}")
+    return Example(text.strip(), str(label).strip() if labelled else "")
+
+
+def _columns(path: Path, names) -> tuple[str, bool]:
+    """The text column's name and whether there is a label column."""
+    text_col = next((c for c in TEXT_COLUMNS if c in names), None)
+    if text_col is None:
+        raise DataError(f"{path}:1: no 'text' or 'sentence' column (the columns are {sorted(names)})")
+    return text_col, "label" in names
+
+
+def _read_csv(path: Path) -> list[Example]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""))
+    text_col, labelled = _columns(path, [c.strip() for c in reader.fieldnames or []])
+    reader.fieldnames = [c.strip() for c in reader.fieldnames]
+    out = []
+    try:
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} comma-separated "
+                                f"columns like the header")
+            if any(v.strip() for v in row.values()):
+                out.append(_example(path, reader.line_num, row[text_col], row.get("label"), labelled))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: {e}") from e
+    if not out:
+        raise DataError(f"{path}: no examples after the header")
+    return out
+
+
+def _read_jsonl(path: Path) -> list[Example]:
+    import json
+
+    rows = []
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not a JSON object ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: not a JSON object")
+        rows.append((number, row))
+    text_col, labelled = _columns(path, rows[0][1].keys())
+    for number, row in rows:
+        if text_col not in row or labelled != ("label" in row):
+            raise DataError(f"{path}:{number}: expected the keys of line {rows[0][0]} "
+                            f"({text_col!r}{' and label' if labelled else ''})")
+    return [_example(path, n, row[text_col], row.get("label"), labelled) for n, row in rows]
+
+
 def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Path]:
-    return find_splits(directory, SPLIT_FILES, "TSV", required)
+    return find_splits(directory, SPLIT_FILES, "text-classification (tsv, csv, jsonl)", required)
 
 
 def label_names(examples: list[Example]) -> list[str]:

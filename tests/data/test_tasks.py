@@ -176,6 +176,17 @@ def test_custom_tag_set_and_n_class_tsv(tmp_path):
     assert data.train["labels"].tolist() == [2, 1, 0] and data.eval["labels"].tolist() == [1, 0]
     cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.labels=positive,neutral,negative")
     assert tasks.load(cfg.data, run_lib.tokenizer(cfg)).train["labels"].tolist() == [0, 1, 2]
+    (t / "train.tsv").unlink()  # the same examples as CSV and JSON lines, with ids as labels in JSON
+    (t / "train.csv").write_text("text,label\ngreat,positive\nfine,neutral\nbad,negative\n")
+    (t / "dev.tsv").unlink()
+    (t / "dev.jsonl").write_text('{"text": "ok", "label": "neutral"}\n{"text": "awful", "label": 0}\n')
+    for name in ("csv", "jsonl"):
+        cfg = _cfg(tmp_path, f"data.name={name}", f"data.data_dir={t}")
+        data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
+        assert data.label_names == ["negative", "neutral", "positive"], name
+        assert data.train["labels"].tolist() == [2, 1, 0] and data.eval["labels"].tolist() == [1, 0], name
+    (t / "dev.jsonl").unlink()
+    cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.labels=positive,neutral,negative")
     (t / "dev.tsv").write_text("meh\tmixed\n")
     with pytest.raises(DataError, match=r"validation split, example 0: label 'mixed' is neither one of"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg))

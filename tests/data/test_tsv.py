@@ -39,3 +39,37 @@ def test_shared_sst2_counts():
     assert len(train) == 67349 and sum(e.label == "1" for e in train) == 37569
     assert len(tsv.read(paths["validation"])) == 872
     assert len(tsv.read(paths["test"])) == 1821
+
+
+def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
+    (tmp_path / "train.tsv").write_text("text\tlabel\nI loved it, truly\tpos\nbad film\tneg\n")
+    (tmp_path / "train.csv").write_text('id,text,label\n7,"I loved it, truly",pos\n8,bad film,neg\n')
+    (tmp_path / "train.jsonl").write_text('{"sentence": "I loved it, truly", "label": "pos", "id": 7}\n\n'
+                                          '{"sentence": "bad film", "label": "neg"}\n')
+    expected = [(e.text, e.label) for e in tsv.read(tmp_path / "train.tsv")]
+    for name in ("train.csv", "train.jsonl"):
+        assert [(e.text, e.label) for e in tsv.read(tmp_path / name)] == expected, name
+    (tmp_path / "multi.csv").write_text('text,label\n"two\nlines",1\n')  # a quoted field may hold a newline
+    assert [(e.text, e.label) for e in tsv.read(tmp_path / "multi.csv")] == [("two\nlines", "1")]
+    (tmp_path / "test.jsonl").write_text('{"text": "unlabelled"}\n')  # no label key: an unlabelled split
+    assert [(e.text, e.label) for e in tsv.read(tmp_path / "test.jsonl")] == [("unlabelled", "")]
+    (tmp_path / "dev.csv").write_text("text,label\nok,pos\n")
+    paths = tsv.split_paths(tmp_path, ("train", "validation", "test"))
+    assert [paths[s].name for s in ("train", "validation", "test")] == ["train.tsv", "dev.csv", "test.jsonl"]
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("x.csv", "body,label\nx,1\n", r"x.csv:1: no 'text' or 'sentence' column \(the columns are \['body', 'label'\]\)"),
+    ("x.csv", "text,label\nfine,1\nx\n", r"x.csv:3: expected 2 comma-separated columns"),
+    ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name or an integer id, got ''"),
+    ("x.csv", "text,label\n", r"x.csv: no examples after the header"),
+    ("x.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"x.jsonl:2: not a JSON object"),
+    ("x.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', r"x.jsonl:2: expected the keys of line 1"),
+    ("x.jsonl", '{"text": "a", "label": null}\n', r"x.jsonl:1: the label must be .* got None"),
+    ("x.jsonl", '{"text": "a", "label": 1.5}\n', r"x.jsonl:1: the label must be .* got 1.5"),
+    ("x.jsonl", '{"text": 3, "label": 1}\n', r"x.jsonl:1: the text must be a non-empty string, got 3"),
+])
+def test_bad_csv_and_json_lines_name_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message):
+        tsv.read(tmp_path / name)
