@@ -19,8 +19,8 @@ def read(path: str | Path) -> list[str]:
 
 def split(docs: list[str], validation_fraction: float = 0.1) -> dict[str, list[str]]:
     """Deterministic split: the last `validation_fraction` of documents is validation (no leakage across).
-    A corpus of too few documents for that (one book without blank lines, a handful of files) is split as
-    nanoGPT splits a text: the last fraction of its characters, cut at a line break where there is one."""
+    A corpus of too few documents for that (one book without blank lines, a handful of files) is split
+    as a single text usually is: the last fraction of its characters, cut at a line break where there is one."""
     cut = max(1, int(round(len(docs) * (1 - validation_fraction))))
     if cut < len(docs):
         return {"train": docs[:cut], "validation": docs[cut:]}
