@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 
 def root() -> Path | None:
@@ -35,15 +36,18 @@ def enable_compilation_cache() -> None:
 def bypassed(devices):
     """Compiles inside skip the persistent cache when `devices` are not this process's (a TPU slice compiled
     for on another machine: libtpu's client-less compiler cannot read an executable back, so a cached entry
-    only costs a failed read, a warning and the compile anyway)."""
+    only costs a failed read, a warning and the compile anyway). jax decides once per process whether to use
+    the cache, so the decision is reset on the way in and out."""
     if devices is None or set(devices) <= set(jax.devices()) or not jax.config.jax_enable_compilation_cache:
         yield
         return
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     try:
         yield
     finally:
         jax.config.update("jax_enable_compilation_cache", True)
+        compilation_cache.reset_cache()
 
 
 def cached_peak(measure) -> tuple[float, bool]:

@@ -92,9 +92,11 @@ def test_slice_compiles_stay_out_of_the_persistent_cache(tmp_path):
     import sys
     from pathlib import Path
 
-    # the cache on first, then every compile kept (the tiny step compiles in under the default 0.5 s)
+    # the cache on first, then every compile kept (the tiny step compiles in under the default 0.5 s); a local
+    # compile before the plan, as in a notebook that trained first (jax decides once per process whether to cache)
     code = ("import jax, sys; from jaxbatch import cache, cli; cache.enable_compilation_cache(); "
-            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); sys.exit(cli.main(sys.argv[1:]))")
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); jax.jit(lambda x: x + 1)(1.0); "
+            "sys.exit(cli.main(sys.argv[1:]))")
     plan = ["plan", "model.preset=tiny", "train.batch_size=16", "train.memory_budget_gb=1"]
 
     def run(*args):
