@@ -2,11 +2,12 @@
 
 import sys
 
-from jaxbatch import host
+from jaxbatch import backends, host
 
 __version__ = "0.1.0"
 
 host.keep_freed_memory()  # freed step buffers stay in the process for the next step (host.py)
+backends.cpu_only_without_tpu_chips()  # libtpu without TPU chips: no start-up noise (backends.py)
 
 if "IPython" not in sys.modules:  # not in a notebook or IPython shell
     # flax.nnx asks IPython at import whether it runs inside IPython (for colours and displays). Outside

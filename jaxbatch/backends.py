@@ -1,0 +1,34 @@
+"""Which JAX backends a process starts.
+
+`jaxbatch[tpu]` installs libtpu so that `plan --target` can compile for TPU slices on a CPU box (topology.py).
+With libtpu installed, JAX tries to start the TPU runtime in every process; on a machine without TPU chips
+libtpu then prints half a dozen lines of warnings and errors (TPU_ACCELERATOR_TYPE, TPU_WORKER_HOSTNAMES,
+"INVALID_ARGUMENT") before JAX falls back to the CPU, burying the one line a bad input gets. Compiling for a
+topology does not need the TPU backend, so where there are no TPU chips and no GPU plugin, and the user chose
+no platform (JAX_PLATFORMS), only the CPU backend is started."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+
+import jax
+
+
+def cpu_only_without_tpu_chips() -> bool:
+    """Sets jax_platforms=cpu on a machine with libtpu but no TPU chips (and no GPU plugin, and no platform
+    chosen); returns whether it did. Must run before the first JAX operation to take effect; `import
+    jaxbatch` calls it."""
+    if jax.config.jax_platforms or importlib.util.find_spec("libtpu") is None:
+        return False
+    if importlib.metadata.entry_points(group="jax_plugins") or importlib.util.find_spec("jax_plugins"):
+        return False  # a GPU (or other) PJRT plugin: JAX picks among them
+    try:
+        from jax._src import hardware_utils  # how JAX itself counts the chips on the PCI bus
+    except ImportError:
+        return False
+    count = getattr(hardware_utils, "num_available_tpu_chips_and_device_id", None)
+    if count is None or count()[0]:
+        return False
+    jax.config.update("jax_platforms", "cpu")
+    return True
