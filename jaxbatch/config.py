@@ -54,7 +54,7 @@ class ModelConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     hidden_dropout: float = 0.1
-    task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides
+    task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides (set otherwise, must match)
     num_labels: int = 9
     pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
     # decoder families (model.arch picks the block); vocab_size=0 takes the tokenizer's size

@@ -62,6 +62,10 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
     label set, and the vocabulary size where the model leaves it to the tokenizer (vocab_size 0);
     train.loss_norm=auto made batch or dataset."""
     model = cfg.model
+    default_task = config.ModelConfig.task  # the default defers to the data; an explicit other task must match it
+    if task is not None and model.task not in (default_task, task):
+        raise ConfigError(f"model.task={model.task} but data.name={cfg.data.name} is a {task} dataset: leave "
+                          f"model.task out (the data sets it) or choose a {model.task} dataset")
     if model.pretrained:
         from jaxbatch import hf
 

@@ -74,3 +74,11 @@ def test_export_a_finished_run_loads_in_transformers(tmp_path):
     before = {f.name: f.read_bytes() for f in (tmp_path / "hf").iterdir()}
     assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 2  # an existing model is never overwritten
     assert {f.name: f.read_bytes() for f in (tmp_path / "hf").iterdir()} == before
+
+
+def test_a_task_the_data_does_not_train_is_refused(tmp_path, capsys):
+    for task, data, trains in (("sequence", "synthetic_ner", "token"), ("lm", "synthetic_sst", "sequence")):
+        assert cli.main(["train", *TINY, f"model.task={task}", f"data.name={data}", f"train.run_dir={tmp_path}"]) == 2
+        err = capsys.readouterr().err
+        assert f"model.task={task} but data.name={data} is a {trains} dataset" in err and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
