@@ -16,6 +16,7 @@ at the end of the current step and stop; a second Ctrl-C exits at once.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -88,9 +89,17 @@ def _whole_arrays_on_cpu() -> None:
             ignore_warnings=True)
 
 
+def _is_not_read_only_notice(record: logging.LogRecord) -> bool:
+    """Orbax warns that a folder opened read-only is read only and that it will therefore neither save nor
+    prune: opening a run dir for inference is not news."""
+    return not (record.pathname.endswith("checkpoint_manager.py")
+                and ("read only" in str(record.msg) or "read_only=True" in str(record.msg)))
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 3, read_only: bool = False):
         _whole_arrays_on_cpu()
+        logging.getLogger("absl").addFilter(_is_not_read_only_notice)  # once: a filter is added once
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=not read_only, read_only=read_only))

@@ -103,9 +103,12 @@ def reported(command, *args) -> int:
 
 def keys(args) -> int:
     from jaxbatch import config
+    from jaxbatch.errors import ConfigError
 
-    print("\n".join(line for line in config.describe(config.Config()).splitlines()
-                    if line.strip().startswith(args.prefix)))
+    lines = [line for line in config.describe(config.Config()).splitlines() if line.strip().startswith(args.prefix)]
+    if not lines:
+        raise ConfigError(f"no config key starts with {args.prefix!r}; `jaxbatch keys` lists them all")
+    print("\n".join(lines))
     return 0
 
 
@@ -305,11 +308,15 @@ def generate(args) -> int:
 
 def compress(args) -> int:
     from jaxbatch.compress import pipeline
+    from jaxbatch.errors import ConfigError
 
     opts = pipeline.Options(sparsity=args.prune, pattern=args.pattern, scope=args.scope, exclude=args.exclude,
                             quant=args.quant, act=args.act, calibration=args.calibration,
                             calib_batches=args.calib_batches, rank=args.rank, rank_energy=args.rank_energy,
                             data_dir=args.data_dir)
+    pipeline.check(opts)  # a bad option's own message first
+    if not (args.prune or args.pattern or args.quant or args.rank or args.rank_energy):
+        raise ConfigError("compress: nothing asked; choose --prune, --pattern, --quant int8, --rank or --rank-energy")
     report = pipeline.compress_model(args.model, args.out, opts)
     print(f"wrote {args.out}: {report['params_after']:,} parameters ({report['nonzero_after']:,} non-zero; "
           f"{report['params']:,} before), {report['bytes_on_disk'] / 2**20:.2f} MiB on disk")

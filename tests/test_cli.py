@@ -82,3 +82,10 @@ def test_a_task_the_data_does_not_train_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"model.task={task} but data.name={data} is a {trains} dataset" in err and err.count("\n") == 1, err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_command_that_would_do_nothing_says_so(tmp_path, capsys):
+    assert cli.main(["keys", "train.ste"]) == 0 and capsys.readouterr().out.split() == ["train.steps", "=", "100"]
+    assert cli.main(["keys", "trian"]) == 2 and "no config key starts with 'trian'" in capsys.readouterr().err
+    assert cli.main(["compress", str(tmp_path), str(tmp_path / "out")]) == 2  # no --prune/--quant/--rank
+    assert "compress: nothing asked" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@ user datasets with their own tag sets and classes train end to end."""
 
 import dataclasses
 import json
+import logging
 
 import jax
 import numpy as np
@@ -89,6 +90,12 @@ def test_predict_text_lines_gives_spans_with_offsets(ner_run, capsys, monkeypatc
 ])
 def test_windows_cover_every_word_within_the_budget(pieces, budget, expected):
     assert predict.windows(np.array(pieces), budget) == expected
+
+
+def test_opening_a_run_for_inference_warns_of_nothing(ner_run, caplog):
+    with caplog.at_level(logging.WARNING):
+        run_lib.restore(ner_run[0] / "run")
+    assert [r.getMessage() for r in caplog.records] == []  # orbax: "Given directory is read only", filtered
 
 
 def test_a_sentence_longer_than_seq_len_is_labelled_word_by_word_from_windows(ner_run):

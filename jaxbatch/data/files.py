@@ -10,9 +10,11 @@ def read_text_file(path) -> str:
     from pathlib import Path
 
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
+    if not path.exists():
         raise DataError(f"{path}: no such file")
-    raw = path.read_bytes()
+    raw = path.read_bytes()  # read once: a pipe (`--input <(zcat x.gz)`) can be read only once
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
