@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     predict_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
     eval_p = sub.add_parser("evaluate", help="score a trained run dir on a dataset split")
     eval_p.add_argument("model", help="run dir or Hugging Face folder")
-    eval_p.add_argument("--data-dir", required=True, help="folder with the split's file")
+    eval_p.add_argument("--data-dir", help="folder with the split's file (default: the run's data.data_dir)")
     eval_p.add_argument("--split", default="test", help="train | validation | test (default test)")
     eval_p.add_argument("--data-name", help="conll | tsv | ... (default: the run's data.name)")
     eval_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
@@ -271,15 +271,20 @@ def evaluate_split(args) -> int:
     from jaxbatch import evaluate
     from jaxbatch.data import tasks
 
+    from jaxbatch.errors import ConfigError
+
     restored = _restore(args.model, args.overrides)
     spec = restored.run.spec
-    data_cfg = dataclasses.replace(spec.data, data_dir=args.data_dir, name=args.data_name or spec.data.name,
-                                   max_train=0)
+    data_cfg = dataclasses.replace(spec.data, data_dir=spec.data.data_dir if args.data_dir is None else args.data_dir,
+                                   name=args.data_name or spec.data.name, max_train=0)
+    if tasks.dataset_task(data_cfg) != spec.model.task:
+        raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
+                          f"{tasks.dataset_task(data_cfg)} dataset: name the split's kind with --data-name")
     arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split)
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte)
-    print(f"{args.split} ({len(arrays['labels'])} examples, {args.data_dir}): "
+    print(f"{args.split} ({len(arrays['labels'])} examples, {tasks.source_of(data_cfg)}): "
           + evaluate.report_lines(result, spec.model.task))
     return 0
 

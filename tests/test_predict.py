@@ -92,6 +92,19 @@ def test_windows_cover_every_word_within_the_budget(pieces, budget, expected):
     assert predict.windows(np.array(pieces), budget) == expected
 
 
+def test_evaluate_reads_what_it_says_it_reads(ner_run, tmp_path, capsys):
+    """The run trained on generated data: without --data-dir its split is generated again (and the report says
+    so); a folder with the generated kind is refused, not ignored; an exported token model meets a sequence
+    dataset with an error, not a confusing tag error."""
+    root, _, _ = ner_run
+    assert cli.main(["evaluate", str(root / "run"), "--split", "validation"]) == 0
+    assert capsys.readouterr().out.startswith("validation (256 examples, generated): ")
+    assert cli.main(["evaluate", str(root / "run"), "--data-dir", str(root / "data")]) == 2
+    assert "data.name=synthetic_ner is generated, not read from" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(root / "run"), "--data-dir", str(root / "data"), "--data-name", "tsv"]) == 2
+    assert "is a token model but data.name=tsv is a sequence dataset" in capsys.readouterr().err
+
+
 def test_opening_a_run_for_inference_warns_of_nothing(ner_run, caplog):
     with caplog.at_level(logging.WARNING):
         run_lib.restore(ner_run[0] / "run")

@@ -259,12 +259,21 @@ def load(data_cfg, tokenizer) -> TaskData:
                     ds.source.startswith("synthetic"), tokenizer, encoded.get("test"), test_labelled)
 
 
+def source_of(data_cfg) -> str:
+    """Where a dataset's examples come from, as a report names it: its folder, its catalog or 'generated'."""
+    ds = dataset(data_cfg)
+    return data_cfg.data_dir or (f"TFDS catalog {ds.catalog}" if ds.catalog else "generated")
+
+
 def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
     """One split of a dataset folder (only its file is needed), with a trained run's label set
     (`data.labels`, set in every resolved spec)."""
     ds = dataset(data_cfg)
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"--split must be train, validation or test, got {split!r}")
+    if ds.source.startswith("synthetic") and data_cfg.data_dir:
+        raise ConfigError(f"data.name={data_cfg.name} is generated, not read from {data_cfg.data_dir}: name the "
+                          f"files' kind (--data-name conll, tsv, csv, jsonl or text)")
     if ds.task == "lm":
         docs = _lm_docs(data_cfg, required=(split,))
         if not docs.get(split):
