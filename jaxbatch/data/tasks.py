@@ -272,8 +272,8 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"--split must be train, validation or test, got {split!r}")
     if ds.source.startswith("synthetic") and data_cfg.data_dir:
-        raise ConfigError(f"data.name={data_cfg.name} is generated, not read from {data_cfg.data_dir}: name the "
-                          f"files' kind (--data-name conll, tsv, csv, jsonl or text)")
+        raise ConfigError(f"data.name={data_cfg.name} is generated, not read from {data_cfg.data_dir} (evaluate "
+                          f"names the files' kind with --data-name conll, tsv, csv, jsonl or text)")
     if ds.task == "lm":
         docs = _lm_docs(data_cfg, required=(split,))
         if not docs.get(split):
