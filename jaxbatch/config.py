@@ -316,12 +316,20 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be > 0, got {value}")
 
 
+def validate_inference(cfg: Config) -> None:
+    """What inference (predict, evaluate, generate) reads of the train and data sections, checked."""
+    for key in ("train.batch_size", "data.seq_len"):
+        section, field = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), field))
+
+
 def validate(cfg: Config, num_devices: int) -> None:
     """Checks what can be checked before touching devices; raises ConfigError naming the key."""
     data, fsdp, model = mesh_lib.mesh_shape(cfg.mesh, num_devices)
     t = cfg.train
-    for key in ("train.batch_size", "train.steps", "train.accum_steps", "train.log_every", "train.max_bad_steps",
-                "data.seq_len", "checkpoint.max_to_keep", "optim.learning_rate"):
+    validate_inference(cfg)
+    for key in ("train.steps", "train.accum_steps", "train.log_every", "train.max_bad_steps",
+                "checkpoint.max_to_keep", "optim.learning_rate"):
         section, field = key.split(".")
         _positive(key, getattr(getattr(cfg, section), field))
     if cfg.model.vocab_size < 0:

@@ -135,6 +135,7 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
     if training:
         config.validate(spec, mesh.devices.size)
     else:
+        config.validate_inference(spec)
         mesh_lib.mesh_shape(spec.mesh, mesh.devices.size)
         family.validate(spec.model, spec.data.seq_len, mesh.shape["model"])
         compress.validate(spec.model)

@@ -105,6 +105,15 @@ def test_evaluate_reads_what_it_says_it_reads(ner_run, tmp_path, capsys):
     assert "is a token model but data.name=tsv is a sequence dataset" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("override, message", [("train.batch_size=0", "train.batch_size must be > 0, got 0"),
+                                               ("data.seq_len=-2", "data.seq_len must be > 0, got -2")])
+def test_inference_settings_are_checked(ner_run, capsys, override, message):
+    root, _, _ = ner_run
+    assert cli.main(["predict", str(root / "run"), "--input", str(root / "data" / "test.txt"), override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
 def test_opening_a_run_for_inference_warns_of_nothing(ner_run, caplog):
     with caplog.at_level(logging.WARNING):
         run_lib.restore(ner_run[0] / "run")
