@@ -152,7 +152,7 @@ class TrainConfig:
     progress: bool = True
     peak_tflops: float = 0.0  # per device, for MFU; 0 = look up the device kind or measure a matmul
     auto_micro_batch: bool = False  # pick accum_steps from the compiled step's memory analysis
-    memory_budget_gb: float = 0.0  # per device, for auto_micro_batch; 0 = 90% of the device's memory
+    memory_budget_gb: float = 0.0  # per device, for auto_micro_batch; 0 = 90% of the device's memory (CPU: of RAM / devices)
     stop_after: int = 0  # save and exit after N steps this process (a job's time slot); the next run resumes
     max_bad_steps: int = 10  # stop (exit 3) after this many steps in a row with non-finite loss/gradients (skipped)
     rampup_samples: int = 0  # batch ramp-up (rampup.py): grow the batch over this many examples; 0 = off

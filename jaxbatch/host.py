@@ -1,4 +1,4 @@
-"""The host process's memory allocator, tuned for a training loop.
+"""The host process: its memory allocator, tuned for a training loop, and its RAM (the memory of CPU devices).
 
 Every step allocates and frees the same temporary buffers (on XLA:CPU, all of the step's activations, one
 block per device per run). glibc hands large freed blocks back to the kernel, so the next step faults the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 
@@ -52,3 +53,11 @@ def run_once_options(platform: str) -> dict:
     init: 5.1 s -> 3.0 s) and they run for milliseconds either way. Integer results (fingerprints) are
     identical; float ones within 2 ulp (-O2 fuses multiply-adds). Other backends compile as usual."""
     return {"xla_backend_optimization_level": 0} if platform == "cpu" else {}
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (0 where the OS does not say): CPU devices' memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0

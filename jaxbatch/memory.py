@@ -15,7 +15,7 @@ import re
 import jax
 import numpy as np
 
-from jaxbatch import cache, config
+from jaxbatch import cache, config, host
 from jaxbatch import mesh as mesh_lib
 from jaxbatch.errors import ConfigError
 
@@ -110,12 +110,17 @@ def state_bytes(spec, devices=None) -> StepMemory:
 
 
 def device_budget(budget_gb: float) -> int:
+    """Bytes per device the planner may fill: `budget_gb`, else 90% of the device's memory (CPU devices share
+    the host's RAM, so each gets its share of it)."""
     if budget_gb > 0:
         return int(budget_gb * 2**30)
-    stats = jax.devices()[0].memory_stats() or {}
-    if "bytes_limit" not in stats:
-        raise ConfigError("this device reports no memory limit; set train.memory_budget_gb for the planner")
-    return int(0.9 * stats["bytes_limit"])
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(0.9 * stats["bytes_limit"])
+    if device.platform == "cpu" and host.physical_memory():
+        return int(0.9 * host.physical_memory() / jax.local_device_count())
+    raise ConfigError("this device reports no memory limit; set train.memory_budget_gb for the planner")
 
 
 def plan_micro_batch(spec, budget_bytes: int, devices=None, log=print) -> StepMemory:

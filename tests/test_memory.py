@@ -37,3 +37,13 @@ def test_planner_picks_smaller_micro_batch_for_smaller_budget(measured):
     with pytest.raises(memory.DoesNotFit, match="no micro-batch of global batch 16 fits") as e:
         memory.plan_micro_batch(cfg, fixed.total + 1000, log=lines.append)
     assert len(lines) == count + 2 and e.value.smallest.accum_steps == 2  # k = 1, then the smallest micro-batch
+
+
+def test_cpu_devices_share_the_hosts_ram_as_their_budget():
+    import os
+
+    import jax
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert memory.device_budget(0) == int(0.9 * ram / jax.local_device_count())  # conftest: 8 CPU devices
+    assert memory.device_budget(1.5) == int(1.5 * 2**30)
