@@ -15,9 +15,11 @@ at the end of the current step and stop; a second Ctrl-C exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -104,6 +106,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=not read_only, read_only=read_only))
         self.stop_requested = False
+        self._failed = False  # a save failed and was reported
         self._previous_handlers: dict = {}
 
     def latest_step(self) -> int | None:
@@ -116,10 +119,42 @@ class Checkpointer:
         if not finite:
             raise TrainingDiverged(f"step {step}: the state holds non-finite values; not saved (the newest "
                                    f"checkpoint stays the last good one)")
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-            spec=ocp.args.JsonSave(config.to_dict(spec)), fingerprint=ocp.args.JsonSave(sums),
-            identity=ocp.args.JsonSave(identity or {})))
+        with self._writing():  # the previous save first (Orbax would wait for it too): its failure surfaces here
+            self.manager.wait_until_finished()
+        self._check_space(state)
+        with self._writing():
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+                spec=ocp.args.JsonSave(config.to_dict(spec)), fingerprint=ocp.args.JsonSave(sums),
+                identity=ocp.args.JsonSave(identity or {})))
+
+    def _newest_complete(self) -> str:
+        steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()] if self.directory.is_dir() else []
+        return f"step {max(steps)}" if steps else "none yet"
+
+    def _check_space(self, state) -> None:
+        """Refuses to start a save the disk cannot hold (a full disk mid-save costs a half-written folder and a
+        page of Orbax errors); the estimate is this process' share of the state's bytes."""
+        needed = sum(x.nbytes for x in jax.tree.leaves(state)) // jax.process_count() + (16 << 20)
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise CheckpointError(f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint needs about "
+                                  f"{needed / 2**20:.1f} MiB; nothing was written (the newest complete checkpoint "
+                                  f"is {self._newest_complete()}): free space and run again to resume")
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write (disk full, quota, permissions: Orbax and TensorStore raise OSError or ValueError) is
+        one CheckpointError naming the cause and the newest complete checkpoint, which it never touches."""
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            self._failed = True
+            code = re.search(r"os_error_code='(\d+)'", str(e))
+            cause = os.strerror(int(code[1])) if code else (getattr(e, "strerror", None) or str(e).strip()[:200])
+            raise CheckpointError(f"{self.directory}: writing a checkpoint failed ({cause}); the newest complete "
+                                  f"checkpoint is {self._newest_complete()}: fix that and run again to resume "
+                                  f"from it") from e
 
     def restore(self, step: int, state_like, state_shardings, data_iterator):
         """The state at `step`, placed with `state_shardings` (any mesh: Orbax reshards), verified against
@@ -201,8 +236,17 @@ class Checkpointer:
         self._previous_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-        for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
-        self._previous_handlers = {}
+        """Waits for the last save (a failed one raises CheckpointError, once) and lets go of the folder."""
+        try:
+            if not self._failed:
+                with self._writing():
+                    self.manager.wait_until_finished()
+        finally:
+            try:
+                self.manager.close()
+            except (OSError, ValueError):
+                if not self._failed:  # a failure already reported is not reported twice
+                    raise
+            for sig, handler in self._previous_handlers.items():
+                signal.signal(sig, handler)
+            self._previous_handlers = {}

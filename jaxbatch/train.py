@@ -219,8 +219,10 @@ def train(cfg: config.Config) -> TrainResult:
                 break
     finally:
         run.steps.close()
-        ckpt.close()  # waits for the last asynchronous save, on every way out
-        reporter.close()
+        try:
+            ckpt.close()  # waits for the last asynchronous save, on every way out
+        finally:
+            reporter.close()
 
     # ---- Summary ----------------------------------------------------------------------------------------------
     train_logs = [r for r in reporter.history if r["kind"] == "train" and "tokens_per_s" in r]
