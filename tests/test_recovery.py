@@ -3,6 +3,7 @@ never report something false."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import dotted
+from conftest import dotted, tiny_config
 from jaxbatch import checkpoint, cli, run as run_lib
-from jaxbatch.errors import EXIT_DIVERGED, EXIT_STOPPED
+from jaxbatch import train as train_lib
+from jaxbatch.errors import EXIT_DIVERGED, EXIT_STOPPED, CheckpointError
 
 TINY = ["model.preset=tiny", "data.seq_len=16", "train.batch_size=16", "data.num_train=96", "train.log_every=1",
         "train.eval_every=0", "checkpoint.every=2", "train.progress=false", "mesh.data=2", "mesh.fsdp=2",
@@ -220,3 +222,40 @@ def test_inference_uses_the_newest_usable_checkpoint_and_names_the_damaged_one(t
     _truncate_all(run / "checkpoints" / "2")  # every checkpoint damaged: one error naming each, nothing made up
     with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint.*step 4:.*step 2:"):
         run_lib.restore(run, mesh)
+
+
+def _disk_full_run(tmp_path, monkeypatch, fail_at: int, how: str):
+    """Trains 4 steps saving every step; the save of step `fail_at` meets a full disk, seen ahead (`free`: the
+    space check) or mid-write (`write`: Orbax/TensorStore's error)."""
+    real_usage, real_save = shutil.disk_usage, checkpoint.ocp.CheckpointManager.save
+
+    def usage(path):
+        return real_usage(path)._replace(free=0 if how == "free" and checkpoint_steps() >= fail_at - 1 else 1 << 40)
+
+    def save(self, step, *a, **k):
+        if how == "write" and step == fail_at:
+            raise ValueError("RESOURCE_EXHAUSTED: Error writing \"x\" in OCDBT database: Failed to write 656429 "
+                             "bytes to file 8: No space left on device [os_error_code='28']")
+        return real_save(self, step, *a, **k)
+
+    folder = tmp_path / "run" / "checkpoints"
+    checkpoint_steps = lambda: len([p for p in folder.iterdir() if p.name.isdigit()])  # noqa: E731
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", usage)
+    monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", save)
+    cfg = tiny_config("train.steps=4", "checkpoint.every=1", "train.eval_every=0", f"train.run_dir={tmp_path / 'run'}")
+    with pytest.raises(CheckpointError) as failed:
+        train_lib.train(cfg)
+    return str(failed.value), sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def test_a_full_disk_is_one_error_and_keeps_every_complete_checkpoint(tmp_path, monkeypatch):
+    message, kept = _disk_full_run(tmp_path, monkeypatch, fail_at=3, how="free")
+    assert kept == [1, 2] and "MiB free, a checkpoint needs about" in message
+    assert "nothing was written (the newest complete checkpoint is step 2)" in message
+    message, kept = _disk_full_run(tmp_path / "w", monkeypatch, fail_at=3, how="write")
+    assert kept == [1, 2] and "writing a checkpoint failed (No space left on device)" in message
+    assert "the newest complete checkpoint is step 2" in message
+    monkeypatch.undo()  # space again: the run resumes from step 2 and finishes
+    result = train_lib.train(tiny_config("train.steps=4", "checkpoint.every=1", "train.eval_every=0",
+                                     f"train.run_dir={tmp_path / 'w' / 'run'}"))
+    assert result.finished and result.summary["step"] == 4
