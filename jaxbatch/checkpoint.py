@@ -121,7 +121,7 @@ class Checkpointer:
                                    f"checkpoint stays the last good one)")
         with self._writing():  # the previous save first (Orbax would wait for it too): its failure surfaces here
             self.manager.wait_until_finished()
-        self._check_space(state)
+        self.check_space(state)
         with self._writing():
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -132,7 +132,7 @@ class Checkpointer:
         steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()] if self.directory.is_dir() else []
         return f"step {max(steps)}" if steps else "none yet"
 
-    def _check_space(self, state) -> None:
+    def check_space(self, state) -> None:
         """Refuses to start a save the disk cannot hold (a full disk mid-save costs a half-written folder and a
         page of Orbax errors); the estimate is this process' share of the state's bytes."""
         needed = sum(x.nbytes for x in jax.tree.leaves(state)) // jax.process_count() + (16 << 20)
@@ -140,7 +140,7 @@ class Checkpointer:
         if free < needed:
             raise CheckpointError(f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint needs about "
                                   f"{needed / 2**20:.1f} MiB; nothing was written (the newest complete checkpoint "
-                                  f"is {self._newest_complete()}): free space and run again to resume")
+                                  f"is {self._newest_complete()}): free space and run again")
 
     @contextlib.contextmanager
     def _writing(self):
@@ -153,8 +153,8 @@ class Checkpointer:
             code = re.search(r"os_error_code='(\d+)'", str(e))
             cause = os.strerror(int(code[1])) if code else (getattr(e, "strerror", None) or str(e).strip()[:200])
             raise CheckpointError(f"{self.directory}: writing a checkpoint failed ({cause}); the newest complete "
-                                  f"checkpoint is {self._newest_complete()}: fix that and run again to resume "
-                                  f"from it") from e
+                                  f"checkpoint is {self._newest_complete()}: fix that and run again (it resumes "
+                                  f"from there)") from e
 
     def restore(self, step: int, state_like, state_shardings, data_iterator):
         """The state at `step`, placed with `state_shardings` (any mesh: Orbax reshards), verified against

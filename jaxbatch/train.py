@@ -154,6 +154,8 @@ def train(cfg: config.Config) -> TrainResult:
     if int(state.step) == 0 and (run_dir / "metrics.jsonl").is_file():
         say(f"no usable checkpoint in {ckpt_dir}: starting from step 0 (earlier metrics rows are dropped)")
     first_step = int(state.step)
+    if first_step < t.steps:
+        ckpt.check_space(state)  # before the first step, not at the first save
     ckpt.handle_signals()
     reporter = reporting.Reporter(run_dir, t.steps, peak.flops, jax.device_count(), t.progress, first_step,
                                   peak.measured)

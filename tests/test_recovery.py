@@ -252,6 +252,10 @@ def test_a_full_disk_is_one_error_and_keeps_every_complete_checkpoint(tmp_path, 
     message, kept = _disk_full_run(tmp_path, monkeypatch, fail_at=3, how="free")
     assert kept == [1, 2] and "MiB free, a checkpoint needs about" in message
     assert "nothing was written (the newest complete checkpoint is step 2)" in message
+    message, kept = _disk_full_run(tmp_path / "s", monkeypatch, fail_at=1, how="free")  # refused before step 1
+    assert kept == [] and "(the newest complete checkpoint is none yet)" in message
+    metrics = tmp_path / "s" / "run" / "metrics.jsonl"
+    assert not metrics.exists() or '"train"' not in metrics.read_text()  # no step was trained
     message, kept = _disk_full_run(tmp_path / "w", monkeypatch, fail_at=3, how="write")
     assert kept == [1, 2] and "writing a checkpoint failed (No space left on device)" in message
     assert "the newest complete checkpoint is step 2" in message
