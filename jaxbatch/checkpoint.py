@@ -119,18 +119,18 @@ class Checkpointer:
         if not finite:
             raise TrainingDiverged(f"step {step}: the state holds non-finite values; not saved (the newest "
                                    f"checkpoint stays the last good one)")
-        with self._writing():  # the previous save first (Orbax would wait for it too): its failure surfaces here
+        with self._writing():  # the previous save's failure surfaces in the wait (Orbax's save would wait too)
             self.manager.wait_until_finished()
-        self.check_space(state)
-        with self._writing():
+            self.check_space(state)  # after the wait: the previous save's bytes are on disk
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
                 spec=ocp.args.JsonSave(config.to_dict(spec)), fingerprint=ocp.args.JsonSave(sums),
                 identity=ocp.args.JsonSave(identity or {})))
 
     def _newest_complete(self) -> str:
-        steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()] if self.directory.is_dir() else []
-        return f"step {max(steps)}" if steps else "none yet"
+        self.manager.reload()  # the steps on disk: a save that failed is not one of them
+        step = self.manager.latest_step()
+        return "none yet" if step is None else f"step {step}"
 
     def check_space(self, state) -> None:
         """Refuses to start a save the disk cannot hold (a full disk mid-save costs a half-written folder and a

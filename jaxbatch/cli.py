@@ -270,16 +270,16 @@ def evaluate_split(args) -> int:
 
     from jaxbatch import evaluate
     from jaxbatch.data import tasks
-
     from jaxbatch.errors import ConfigError
 
     restored = _restore(args.model, args.overrides)
     spec = restored.run.spec
     data_cfg = dataclasses.replace(spec.data, data_dir=spec.data.data_dir if args.data_dir is None else args.data_dir,
                                    name=args.data_name or spec.data.name, max_train=0)
-    if tasks.dataset_task(data_cfg) != spec.model.task:
+    data_task = tasks.dataset_task(data_cfg)
+    if data_task != spec.model.task:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
-                          f"{tasks.dataset_task(data_cfg)} dataset: name the split's kind with --data-name")
+                          f"{data_task} dataset: name the split's kind with --data-name")
     arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split)
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,

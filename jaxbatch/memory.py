@@ -118,8 +118,9 @@ def device_budget(budget_gb: float) -> int:
     stats = device.memory_stats() or {}
     if "bytes_limit" in stats:
         return int(0.9 * stats["bytes_limit"])
-    if device.platform == "cpu" and host.physical_memory():
-        return int(0.9 * host.physical_memory() / jax.local_device_count())
+    ram = host.physical_memory() if device.platform == "cpu" else 0
+    if ram:
+        return int(0.9 * ram / jax.local_device_count())
     raise ConfigError("this device reports no memory limit; set train.memory_budget_gb for the planner")
 
 

@@ -63,4 +63,3 @@ def test_fingerprint_compiled_ahead():
         sums, finite = checkpoint.fingerprint(run.state)
     assert ahead and at_save == []
     assert finite and len(sums) == len(jax.tree.leaves(run.state))
-

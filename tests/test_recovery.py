@@ -230,7 +230,7 @@ def _disk_full_run(tmp_path, monkeypatch, fail_at: int, how: str):
     real_usage, real_save = shutil.disk_usage, checkpoint.ocp.CheckpointManager.save
 
     def usage(path):
-        return real_usage(path)._replace(free=0 if how == "free" and checkpoint_steps() >= fail_at - 1 else 1 << 40)
+        return real_usage(path)._replace(free=0 if how == "free" and len(saved()) >= fail_at - 1 else 1 << 40)
 
     def save(self, step, *a, **k):
         if how == "write" and step == fail_at:
@@ -239,13 +239,13 @@ def _disk_full_run(tmp_path, monkeypatch, fail_at: int, how: str):
         return real_save(self, step, *a, **k)
 
     folder = tmp_path / "run" / "checkpoints"
-    checkpoint_steps = lambda: len([p for p in folder.iterdir() if p.name.isdigit()])  # noqa: E731
+    saved = lambda: sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())  # noqa: E731
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", usage)
     monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", save)
     cfg = tiny_config("train.steps=4", "checkpoint.every=1", "train.eval_every=0", f"train.run_dir={tmp_path / 'run'}")
     with pytest.raises(CheckpointError) as failed:
         train_lib.train(cfg)
-    return str(failed.value), sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    return str(failed.value), saved()
 
 
 def test_a_full_disk_is_one_error_and_keeps_every_complete_checkpoint(tmp_path, monkeypatch):
