@@ -127,8 +127,9 @@ class Checkpointer:
                 spec=ocp.args.JsonSave(config.to_dict(spec)), fingerprint=ocp.args.JsonSave(sums),
                 identity=ocp.args.JsonSave(identity or {})))
 
-    def _newest_complete(self) -> str:
-        self.manager.reload()  # the steps on disk: a save that failed is not one of them
+    def newest_complete(self) -> str:
+        """'step N' for the newest checkpoint on disk (a save that failed is not one), else 'none yet'."""
+        self.manager.reload()
         step = self.manager.latest_step()
         return "none yet" if step is None else f"step {step}"
 
@@ -140,7 +141,7 @@ class Checkpointer:
         if free < needed:
             raise CheckpointError(f"{self.directory}: {free / 2**20:.1f} MiB free, a checkpoint needs about "
                                   f"{needed / 2**20:.1f} MiB; nothing was written (the newest complete checkpoint "
-                                  f"is {self._newest_complete()}): free space and run again")
+                                  f"is {self.newest_complete()}): free space and run again")
 
     @contextlib.contextmanager
     def _writing(self):
@@ -153,7 +154,7 @@ class Checkpointer:
             code = re.search(r"os_error_code='(\d+)'", str(e))
             cause = os.strerror(int(code[1])) if code else (getattr(e, "strerror", None) or str(e).strip()[:200])
             raise CheckpointError(f"{self.directory}: writing a checkpoint failed ({cause}); the newest complete "
-                                  f"checkpoint is {self._newest_complete()}: fix that and run again (it resumes "
+                                  f"checkpoint is {self.newest_complete()}: fix that and run again (it resumes "
                                   f"from there)") from e
 
     def restore(self, step: int, state_like, state_shardings, data_iterator):
@@ -235,12 +236,16 @@ class Checkpointer:
 
         self._previous_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
 
+    def wait(self) -> None:
+        """Waits for the save under way; a failed one raises CheckpointError, once."""
+        if not self._failed:
+            with self._writing():
+                self.manager.wait_until_finished()
+
     def close(self) -> None:
-        """Waits for the last save (a failed one raises CheckpointError, once) and lets go of the folder."""
+        """Waits for the last save (as `wait`) and lets go of the folder."""
         try:
-            if not self._failed:
-                with self._writing():
-                    self.manager.wait_until_finished()
+            self.wait()
         finally:
             try:
                 self.manager.close()

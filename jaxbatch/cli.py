@@ -83,14 +83,15 @@ def main(argv: list[str] | None = None) -> int:
 def reported(command, *args) -> int:
     """Runs `command(*args)` (a CLI command, an experiment's main) and returns its exit code: the int it
     returns, else 0. An error the user caused becomes one line on stderr and its exit code (errors.py)."""
-    from jaxbatch.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, CheckpointError, ConfigError, DataError, TrainingDiverged
+    from jaxbatch.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, CheckpointError, ConfigError, DataError,
+                                 TrainingDiverged, WriteError)
 
     try:
         result = command(*args)
         return result if isinstance(result, int) else 0
     except ConfigError as e:
         print(f"jaxbatch: config error: {e}", file=sys.stderr)
-    except (DataError, CheckpointError) as e:  # bad input files: the message names them
+    except (DataError, CheckpointError, WriteError) as e:  # files it cannot use or write: the message names them
         print(f"jaxbatch: {type(e).__name__}: {e}", file=sys.stderr)
     except TrainingDiverged as e:
         print(f"jaxbatch: diverged: {e}", file=sys.stderr)

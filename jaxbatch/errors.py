@@ -1,5 +1,7 @@
-"""The error types a user can cause, in one module that imports nothing, so any module may raise them
-without an import cycle. The CLI turns each into one line and exit code 2."""
+"""The error types a user can cause, in one module that imports nothing of jaxbatch, so any module may raise
+them without an import cycle. The CLI turns each into one line and exit code 2."""
+
+import contextlib
 
 
 class ConfigError(ValueError):
@@ -14,11 +16,26 @@ class CheckpointError(ValueError):
     """A model or checkpoint folder the run cannot use; the message names the file and key."""
 
 
+class WriteError(RuntimeError):
+    """A run's own records (metrics, TensorBoard events, summary, plot, outputs) could not be written: a full
+    disk, a quota, a read-only folder. The message names the file; checkpoints are never touched by it."""
+
+
+@contextlib.contextmanager
+def writing(path):
+    """An OSError while writing `path` (a full disk, a quota, a read-only folder) becomes one WriteError
+    naming the file and the cause."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteError(f"{e.filename or path}: cannot write ({e.strerror or e})") from e
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or gradients stayed non-finite for `train.max_bad_steps` steps in a row."""
 
 
 # Exit codes of `jaxbatch train` (tpu_scripts and SLURM retry loops key on STOPPED, never on the others).
-EXIT_BAD_INPUT = 2  # a config, data file or checkpoint the run cannot use
+EXIT_BAD_INPUT = 2  # a config, data file or checkpoint the run cannot use, or a folder it cannot write
 EXIT_DIVERGED = 3  # stopped by the divergence guard; the newest checkpoint is the last good one
 EXIT_STOPPED = 75  # preempted (SIGTERM), Ctrl-C or train.stop_after: checkpoint saved, run again to resume

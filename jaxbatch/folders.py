@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from jaxbatch.errors import ConfigError
+from jaxbatch.errors import ConfigError, writing
 
 
 def check_new(out: str | Path) -> Path:
@@ -29,12 +29,13 @@ def new_folder(out: str | Path) -> Iterator[Path]:
     out = check_new(out)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     try:
-        yield partial
+        with writing(out):  # a full disk is one line naming `out`
+            partial.mkdir(parents=True)
+            yield partial
+            if out.exists():
+                out.rmdir()
+            os.replace(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if out.exists():
-        out.rmdir()
-    os.replace(partial, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -13,10 +14,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxbatch.errors import WriteError, writing
+
 
 class EventWriter:
-    """TensorBoard scalars (tensorboardX) written from a thread of their own, so the import and the writes
-    never hold up a step. Scalars wait in a queue, so none is lost; `close` waits for the last one.
+    """TensorBoard scalars written from a thread of their own, so the import and the writes never hold up a
+    step. Scalars wait in a queue, so none is lost; `close` waits for the last one. The thread writes with
+    tensorboardX's synchronous `EventsWriter`, not its `SummaryWriter`: that one adds a second writer thread
+    which dies silently on a full disk and then blocks every later write (and exit) on its bounded queue.
 
     tensorboardX imports torch whenever it is installed, only to accept torch tensors (we pass floats): that
     import takes ~6 s of a core, which on a 2-core box is taken from the first training steps. Unless
@@ -25,29 +30,41 @@ class EventWriter:
     def __init__(self, folder: Path, purge_step: int | None = None):
         """`purge_step` (a resumed run: the first step after its checkpoint) tells TensorBoard to hide the
         events of earlier segments from that step on, so curves never double."""
+        self.folder = Path(folder)
         self._queue: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(str(folder), purge_step), name="tensorboard",
-                                        daemon=True)
+        self.error: BaseException | None = None  # set by the thread; the Reporter raises it on the main thread
+        self._thread = threading.Thread(target=self._run, args=(purge_step,), name="tensorboard", daemon=True)
         self._thread.start()
 
-    def _run(self, folder: str, purge_step: int | None) -> None:
+    def _run(self, purge_step: int | None) -> None:
         try:
+            self._write_events(purge_step)
+        except BaseException as e:  # noqa: BLE001  raised on the main thread by Reporter.log / close
+            self.error = e
+
+    def _write_events(self, purge_step: int | None) -> None:
+        with writing(self.folder):
             hide = "torch" not in sys.modules
             if hide:
                 sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX.event_file_writer import EventsWriter
+                from tensorboardX.proto.event_pb2 import Event, SessionLog
+                from tensorboardX.summary import scalar
             finally:
                 if hide:
                     del sys.modules["torch"]
-            writer = SummaryWriter(folder, purge_step=purge_step)
-        except BaseException as e:  # noqa: BLE001  reported by close(), on the main thread
-            self._error = e
-            return
-        while (item := self._queue.get()) is not None:
-            writer.add_scalar(*item)
-        writer.close()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            events = EventsWriter(str(self.folder / "events"))
+            if purge_step is not None:  # as SummaryWriter(purge_step=...) writes it
+                events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
+                events.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+            while (item := self._queue.get()) is not None:
+                tag, value, step = item
+                events.write_event(Event(wall_time=time.time(), step=step, summary=scalar(tag, value)))
+                if self._queue.empty():  # a burst (one log's scalars) is flushed once
+                    events.flush()
+            events.close()
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self._queue.put((tag, value, step))
@@ -55,8 +72,8 @@ class EventWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
 
 
 class Reporter:
@@ -72,13 +89,15 @@ class Reporter:
         self._last_time, self._last_step = None, initial_step
         self._tokens = self._flops = 0.0
         self.bar = self.tb = self.jsonl = None
+        self._failed = False  # a write failed and was raised: close does not raise it again
         if self.primary:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             path = self.run_dir / "metrics.jsonl"
             if path.is_file():  # a resumed run: rows past its checkpoint were not kept, so curves never double
                 kept = [r for r in read_metrics(self.run_dir) if r["step"] <= initial_step]
-                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            self.jsonl = open(path, "a")
+                replace_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            with writing(path):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.jsonl = open(path, "a")
             self.tb = EventWriter(self.run_dir / "tensorboard", purge_step=initial_step + 1 if initial_step else None)
             # pyplot takes ~1 s to import (its font list): loaded now, while the first step compiles, not when
             # `plot_curves` draws at the end of the run
@@ -107,8 +126,12 @@ class Reporter:
         record = {"step": step, "kind": kind, **record}
         self.history.append(record)
         if self.primary:
-            self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
+            with self._writing(self.jsonl.name):
+                self.jsonl.write(json.dumps(record) + "\n")
+                self.jsonl.flush()
+            if self.tb.error is not None:
+                self._failed = True
+                raise self.tb.error
             for k, v in record.items():
                 if k not in ("step", "kind") and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
@@ -139,12 +162,27 @@ class Reporter:
         if self.primary:
             (self.bar.write if self.bar is not None else print)(text)
 
+    @contextlib.contextmanager
+    def _writing(self, path):
+        try:
+            with writing(path):
+                yield
+        except WriteError:
+            self._failed = True
+            raise
+
     def close(self) -> None:
+        """Closes the bar and the files; a write failure already raised is not raised again."""
         if self.primary:
             if self.bar is not None:
                 self.bar.close()
-            self.jsonl.close()
-            self.tb.close()
+            try:
+                with self._writing(self.jsonl.name):
+                    self.jsonl.close()
+                self.tb.close()
+            except (WriteError, OSError):
+                if not self._failed:
+                    raise
 
 
 def _import_pyplot():
@@ -198,7 +236,8 @@ def plot_curves(run_dir: str | Path) -> Path | None:
     if plotted:
         b.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=90)
+    with writing(run_dir / "curves.png"):
+        fig.savefig(run_dir / "curves.png", dpi=90)
     plt.close(fig)
     return run_dir / "curves.png"
 
@@ -212,18 +251,27 @@ def move_aside(run_dir: Path, checkpoint_dir: Path) -> Path:
 
     aside = Path(run_dir) / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
     if jax.process_index() == 0:
-        aside.mkdir(parents=True)
-        for path in [Path(checkpoint_dir), *(Path(run_dir) / n for n in RUN_FILES)]:
-            if path.exists():
-                shutil.move(str(path), aside / path.name)
+        with writing(aside):  # a move that fails midway (another disk, full) keeps the source
+            aside.mkdir(parents=True)
+            for path in [Path(checkpoint_dir), *(Path(run_dir) / n for n in RUN_FILES)]:
+                if path.exists():
+                    shutil.move(str(path), aside / path.name)
     return aside
 
 
 def write_json(path: str | Path, obj) -> None:
     """Written whole or not at all (a temporary file renamed over `path`), so a kill never leaves half a file."""
     if jax.process_index() == 0:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(obj, indent=2, sort_keys=True))
-        os.replace(partial, path)
+        replace_text(Path(path), json.dumps(obj, indent=2, sort_keys=True))
+
+
+def replace_text(path: Path, text: str) -> None:
+    """`path` holds `text` or, when the write fails (a full disk), what it held before: never half of either."""
+    partial = path.with_name(path.name + ".partial")
+    with writing(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(text)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)

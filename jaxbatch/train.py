@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
 from jaxbatch.data import pipeline, tasks
-from jaxbatch.errors import CheckpointError, TrainingDiverged
+from jaxbatch.errors import CheckpointError, TrainingDiverged, WriteError, writing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +131,8 @@ def train(cfg: config.Config) -> TrainResult:
         f"{spec.precision.policy}")
     say(f"MFU against {peak.flops / 1e12:.2f} TFLOP/s per device ({peak.source})")
     if jax.process_index() == 0:  # the run dir describes itself: its tokenizer travels with it
-        tokenizer.save_pretrained(str(run_dir / run_lib.TOKENIZER_DIR))
+        with writing(run_dir / run_lib.TOKENIZER_DIR):
+            tokenizer.save_pretrained(str(run_dir / run_lib.TOKENIZER_DIR))
 
     # ---- Data iterator and resume (a run dir holds one run; damaged checkpoints are skipped, never lost) -----
     ckpt_dir = Path(spec.checkpoint.directory or run_dir / "checkpoints")
@@ -184,64 +186,66 @@ def train(cfg: config.Config) -> TrainResult:
                 f"good one. Lower optim.learning_rate, raise optim.warmup_steps or use precision.policy=fp32")
 
     stopped_by = None
-    try:
-        if first_step == t.steps:  # resuming a finished run: nothing to train, evaluate what it left
-            result = run_eval(first_step)
-        for step in range(first_step, t.steps):
-            batch = pipeline.to_global(next(batches), run.batch_sh)
-            state, step_metrics = run.steps.train(state, batch)
-            done = step + 1
-            size, length = batch["input_ids"].shape
-            tokens = size * length
-            reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
-            if noise is not None and "grad_sq_small" in step_metrics:  # every step (a one-micro-batch ramp step has none),
-                pending_noise.append((step_metrics["grad_sq_small"], step_metrics["grad_sq_big"],  # fetched when logging
-                                      rampup.step_micro_batch(size, run.micro_batch), size))
-            if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
-                jax.block_until_ready(state)
-                reporter.start_clock(done)
-            stop = _agree(ckpt.stop_requested or bool(t.stop_after and done - first_step >= t.stop_after))
-            save = (spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop
-            if done % t.log_every == 0 or done == t.steps or save:
-                check_finite(done)
-            if done % t.log_every == 0 or done == t.steps:
-                record = reporter.log(done, {**step_metrics, "batch_size": size, "samples": int(seen[done])})
-                if pending_noise:
-                    for sq_small, sq_big, b_small, b_big in jax.device_get(pending_noise):
-                        noise.update(float(sq_small), float(sq_big), b_small, b_big)
-                    pending_noise.clear()
-                    if noise.b_simple is not None:
-                        reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
-            if ((t.eval_every and done % t.eval_every == 0) or done == t.steps) and not (stop and done < t.steps):
-                result = run_eval(done)
-            if save:
-                ckpt.save(done, state, batches, spec, identity)  # asynchronous
-            if stop and done < t.steps:
-                stopped_by = "SIGTERM or Ctrl-C" if ckpt.stop_requested else "train.stop_after"
-                break
-    finally:
-        run.steps.close()
+    with _naming_the_newest_checkpoint(ckpt):  # a run file on a full disk stops the run in one line
         try:
-            ckpt.close()  # waits for the last asynchronous save, on every way out
+            if first_step == t.steps:  # resuming a finished run: nothing to train, evaluate what it left
+                result = run_eval(first_step)
+            for step in range(first_step, t.steps):
+                batch = pipeline.to_global(next(batches), run.batch_sh)
+                state, step_metrics = run.steps.train(state, batch)
+                done = step + 1
+                size, length = batch["input_ids"].shape
+                tokens = size * length
+                reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
+                if noise is not None and "grad_sq_small" in step_metrics:  # every step (a one-micro-batch ramp
+                    pending_noise.append((step_metrics["grad_sq_small"],  # step has none), fetched when logging
+                                          step_metrics["grad_sq_big"], rampup.step_micro_batch(size, run.micro_batch),
+                                          size))
+                if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
+                    jax.block_until_ready(state)
+                    reporter.start_clock(done)
+                stop = _agree(ckpt.stop_requested or bool(t.stop_after and done - first_step >= t.stop_after))
+                save = (spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop
+                if done % t.log_every == 0 or done == t.steps or save:
+                    check_finite(done)
+                if done % t.log_every == 0 or done == t.steps:
+                    record = reporter.log(done, {**step_metrics, "batch_size": size, "samples": int(seen[done])})
+                    if pending_noise:
+                        for sq_small, sq_big, b_small, b_big in jax.device_get(pending_noise):
+                            noise.update(float(sq_small), float(sq_big), b_small, b_big)
+                        pending_noise.clear()
+                        if noise.b_simple is not None:
+                            reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
+                if ((t.eval_every and done % t.eval_every == 0) or done == t.steps) and not (stop and done < t.steps):
+                    result = run_eval(done)
+                if save:
+                    ckpt.save(done, state, batches, spec, identity)  # asynchronous
+                if stop and done < t.steps:
+                    stopped_by = "SIGTERM or Ctrl-C" if ckpt.stop_requested else "train.stop_after"
+                    break
         finally:
-            reporter.close()
+            run.steps.close()
+            try:
+                ckpt.close()  # waits for the last asynchronous save, on every way out
+            finally:
+                reporter.close()
 
-    # ---- Summary ----------------------------------------------------------------------------------------------
-    train_logs = [r for r in reporter.history if r["kind"] == "train" and "tokens_per_s" in r]
-    summary = {
-        "steps": t.steps, "step": int(state.step), "finished": stopped_by is None,
-        "samples": int(seen[int(state.step)]),
-        "wall_time_s": time.perf_counter() - start_time,  # the loop: steps, evaluations, saves
-        "setup_s": start_time - began_all, "data_s": data_s, "eval_s": eval_s[0],  # set-up includes data_s
-        "parameters": n_params, "final_eval": evals[-1] if evals else {}, "evals": evals,
-        "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,
-        "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
-        "synthetic_data": data.synthetic, "config": config.to_dict(spec), "label_names": data.label_names,
-        "noise_scale": noise.b_simple if noise is not None else None,
-        "effective_hparams": dataclasses.asdict(hp),
-    }
-    reporting.write_json(run_dir / "summary.json", summary)
-    reporting.plot_curves(run_dir)
+        # ---- Summary ------------------------------------------------------------------------------------------
+        train_logs = [r for r in reporter.history if r["kind"] == "train" and "tokens_per_s" in r]
+        summary = {
+            "steps": t.steps, "step": int(state.step), "finished": stopped_by is None,
+            "samples": int(seen[int(state.step)]),
+            "wall_time_s": time.perf_counter() - start_time,  # the loop: steps, evaluations, saves
+            "setup_s": start_time - began_all, "data_s": data_s, "eval_s": eval_s[0],  # set-up includes data_s
+            "parameters": n_params, "final_eval": evals[-1] if evals else {}, "evals": evals,
+            "tokens_per_s": float(np.median([r["tokens_per_s"] for r in train_logs])) if train_logs else None,
+            "mfu": float(np.median([r["mfu"] for r in train_logs])) if train_logs else None,
+            "synthetic_data": data.synthetic, "config": config.to_dict(spec), "label_names": data.label_names,
+            "noise_scale": noise.b_simple if noise is not None else None,
+            "effective_hparams": dataclasses.asdict(hp),
+        }
+        reporting.write_json(run_dir / "summary.json", summary)
+        reporting.plot_curves(run_dir)
     if stopped_by is not None:
         say(f"stopped at step {int(state.step)} of {t.steps} ({stopped_by}; checkpoint saved); run the same "
             f"command again to resume")
@@ -251,6 +255,17 @@ def train(cfg: config.Config) -> TrainResult:
     if data.task == "token" and result is not None:
         say(evaluate.report_lines(result, data.task).split("\n", 1)[1])
     return TrainResult(summary, run, state, data)
+
+
+@contextlib.contextmanager
+def _naming_the_newest_checkpoint(ckpt: checkpoint.Checkpointer):
+    """A WriteError (metrics, events or the summary on a full disk) says where running again resumes from."""
+    try:
+        yield
+    except WriteError as e:
+        ckpt.wait()  # the save under way lands first (or fails, and says so)
+        raise WriteError(f"{e}; the newest complete checkpoint is {ckpt.newest_complete()}: free space and run "
+                         f"the same command again (it resumes from there)") from e
 
 
 def _agree(local: bool) -> bool:

@@ -1,9 +1,11 @@
 """Output folders: existing work is refused, and an interrupted write leaves neither OUT nor its temporary."""
 
+import os
+
 import pytest
 
 from jaxbatch import folders
-from jaxbatch.errors import ConfigError
+from jaxbatch.errors import ConfigError, WriteError
 
 
 def test_a_complete_write_lands_and_existing_work_is_refused(tmp_path):
@@ -33,4 +35,14 @@ def test_an_interrupted_write_leaves_nothing(tmp_path):
         assert not (partial / "stale").exists()
         (partial / "half").write_text("h")
         raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_is_one_error_naming_the_output_and_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(WriteError, match=rf"^{out}: cannot write \(No space left on device\)$"):
+        with folders.new_folder(out) as partial:
+            (partial / "weights").symlink_to("/dev/full")  # its writes fail with ENOSPC, as a full disk's do
+            (partial / "weights").write_bytes(b"w" * 4096)
     assert list(tmp_path.iterdir()) == []

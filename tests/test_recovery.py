@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import dotted, tiny_config
-from jaxbatch import checkpoint, cli, run as run_lib
+from jaxbatch import checkpoint, cli, reporting, run as run_lib
 from jaxbatch import train as train_lib
-from jaxbatch.errors import EXIT_DIVERGED, EXIT_STOPPED, CheckpointError
+from jaxbatch.errors import EXIT_DIVERGED, EXIT_STOPPED, CheckpointError, WriteError
 
 TINY = ["model.preset=tiny", "data.seq_len=16", "train.batch_size=16", "data.num_train=96", "train.log_every=1",
         "train.eval_every=0", "checkpoint.every=2", "train.progress=false", "mesh.data=2", "mesh.fsdp=2",
@@ -263,3 +263,21 @@ def test_a_full_disk_is_one_error_and_keeps_every_complete_checkpoint(tmp_path, 
     result = train_lib.train(tiny_config("train.steps=4", "checkpoint.every=1", "train.eval_every=0",
                                      f"train.run_dir={tmp_path / 'w' / 'run'}"))
     assert result.finished and result.summary["step"] == 4
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_metrics_on_a_full_disk_stop_the_run_in_one_line_naming_where_it_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to("/dev/full")  # its writes fail with ENOSPC, as a full disk's do
+    args = ["train.steps=4", "train.log_every=3", "checkpoint.every=2", "train.eval_every=0", f"train.run_dir={run}"]
+    with pytest.raises(WriteError) as failed:  # the log of step 3, after the save of step 2
+        train_lib.train(tiny_config(*args))
+    assert str(failed.value) == (f"{run / 'metrics.jsonl'}: cannot write (No space left on device); the newest "
+                                 f"complete checkpoint is step 2: free space and run the same command again (it "
+                                 f"resumes from there)")
+    assert checkpoint.Checkpointer(run / "checkpoints").latest_step() == 2
+    (run / "metrics.jsonl").unlink()  # space again
+    result = train_lib.train(tiny_config(*args))
+    assert result.finished and "resumed from" in capsys.readouterr().out
+    assert [r["step"] for r in reporting.read_metrics(run) if r["kind"] == "train"] == [3, 4]

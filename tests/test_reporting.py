@@ -1,11 +1,16 @@
-"""The reporter (reporting.py): MFU never above 100% of a measured peak; run files that survive a kill."""
+"""The reporter (reporting.py): MFU never above 100% of a measured peak; run files that survive a kill or a
+full disk."""
 
+import errno
 import json
+import os
+import time
 
 import jax
 import pytest
 
 from jaxbatch import cache, reporting
+from jaxbatch.errors import WriteError
 
 
 def _mfu(tmp_path, peak_measured: bool) -> tuple[float, float]:
@@ -52,3 +57,42 @@ def test_json_files_are_replaced_whole(tmp_path):
     reporting.write_json(tmp_path / "summary.json", {"a": 2})
     assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+FULL = "/dev/full"  # every write to it fails with ENOSPC, as a full disk's do
+
+
+@pytest.mark.skipif(not os.path.exists(FULL), reason="needs /dev/full")
+def test_a_full_disk_keeps_the_json_a_file_held(tmp_path):
+    reporting.write_json(tmp_path / "summary.json", {"a": 1})
+    (tmp_path / "summary.json.partial").symlink_to(FULL)
+    with pytest.raises(WriteError, match=r"summary.json: cannot write \(No space left on device\)"):
+        reporting.write_json(tmp_path / "summary.json", {"a": 2})
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_tensorboard_on_a_full_disk_stops_the_next_log_in_one_error(tmp_path, monkeypatch):
+    """tensorboardX's own SummaryWriter thread would die on ENOSPC and then block every later write and the
+    exit on its bounded queue; ours records the error, the next log raises it, and close neither hangs nor
+    raises it twice."""
+    from tensorboardX import record_writer
+
+    writes = []
+
+    def write(self, data):
+        writes.append(data)
+        if len(writes) > 3:  # the file's header and the first log's two scalars land
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    reporter = reporting.Reporter(tmp_path, 10, peak_flops=1e6, num_devices=1, progress=False)
+    reporter.log(1, {"loss": 1.0, "learning_rate": 0.1})
+    deadline = time.monotonic() + 60
+    with pytest.raises(WriteError, match=r"tensorboard: cannot write \(No space left on device\)"):
+        for step in range(2, 10**6):  # the writer thread meets the full disk a moment after a log
+            reporter.log(step, {"loss": 1.0, "learning_rate": 0.1})
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    reporter.close()
+    assert [r["step"] for r in reporting.read_metrics(tmp_path)][:2] == [1, 2]
