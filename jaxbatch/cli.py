@@ -9,6 +9,8 @@ stopped it (never retried)."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -84,11 +86,15 @@ def reported(command, *args) -> int:
     """Runs `command(*args)` (a CLI command, an experiment's main) and returns its exit code: the int it
     returns, else 0. An error the user caused becomes one line on stderr and its exit code (errors.py)."""
     from jaxbatch.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, CheckpointError, ConfigError, DataError,
-                                 TrainingDiverged, WriteError)
+                                 TrainingDiverged, WriteError, writing)
 
     try:
         result = command(*args)
+        with writing("standard output"):  # `> file` on a full disk fails here, not as a traceback at exit
+            sys.stdout.flush()
         return result if isinstance(result, int) else 0
+    except BrokenPipeError:  # `jaxbatch predict ... | head`: the reader has what it wanted
+        return 128 + signal.SIGPIPE
     except ConfigError as e:
         print(f"jaxbatch: config error: {e}", file=sys.stderr)
     except (DataError, CheckpointError, WriteError) as e:  # files it cannot use or write: the message names them
@@ -99,6 +105,13 @@ def reported(command, *args) -> int:
     except KeyboardInterrupt:  # before the loop there is nothing to save
         print("jaxbatch: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # what the machine refused (a file, the disk, stdout): its errno and path in one line
+        print(f"jaxbatch: {e}", file=sys.stderr)
+    finally:
+        try:
+            sys.stdout.flush()
+        except OSError:  # already reported: point stdout at /dev/null so the exit's own flush stays quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_BAD_INPUT
 
 
@@ -262,7 +275,11 @@ def predict(args) -> int:
 
         raise ConfigError(f"{args.model} is a language model, and predict labels text with a classifier; "
                           f"continue text with `jaxbatch generate` or score it with `jaxbatch evaluate`")
-    predict_lib.write(predict_lib.predict(restored, sentences), sentences, args.output_format)
+    records = predict_lib.predict(restored, sentences)
+    from jaxbatch.errors import writing
+
+    with writing("standard output"):
+        predict_lib.write(records, sentences, args.output_format)
     return 0
 
 

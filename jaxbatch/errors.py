@@ -27,6 +27,8 @@ def writing(path):
     naming the file and the cause."""
     try:
         yield
+    except BrokenPipeError:
+        raise  # a reader that closed the pipe (`| head`) has what it wanted: not a failed write
     except OSError as e:
         raise WriteError(f"{e.filename or path}: cannot write ({e.strerror or e})") from e
 

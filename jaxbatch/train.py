@@ -51,6 +51,20 @@ def writable_dir(path: Path, key: str) -> None:
         raise CheckpointError(f"{key}={str(path)!r} is not a writable folder ({e.strerror or e})") from e
 
 
+def link_checkpoints(run_dir: Path, ckpt_dir: Path) -> None:
+    """A run dir always has `checkpoints/`: with checkpoint.directory elsewhere (a bigger disk) it is a link
+    there, so predict, evaluate, compress and export find the run's checkpoints from its run dir."""
+    link = run_dir / "checkpoints"
+    if jax.process_index() != 0 or link.resolve() == ckpt_dir.resolve():
+        return
+    if link.exists() and not link.is_symlink():
+        raise config.ConfigError(f"{link} holds this run dir's own checkpoints, so checkpoint.directory="
+                                 f"{str(ckpt_dir)!r} would split the run in two; use a new train.run_dir")
+    with writing(link):
+        link.unlink(missing_ok=True)  # a link left by an earlier segment
+        link.symlink_to(ckpt_dir.resolve(), target_is_directory=True)
+
+
 def check_identity(ckpt: checkpoint.Checkpointer, spec: config.Config, identity: dict, say) -> None:
     """A run dir holds one run: resuming with another model, optimizer, data, seed, batch, accumulation or
     precision is refused; cadence, stopping and mesh may change (printed)."""
@@ -86,8 +100,10 @@ def train(cfg: config.Config) -> TrainResult:
     # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
     shaped = run_lib.resolve(cfg, task=tasks.dataset(cfg.data).task)  # checked before any data is read
     config.validate(shaped, jax.device_count())
+    ckpt_dir = Path(cfg.checkpoint.directory or run_dir / "checkpoints")
     writable_dir(run_dir, "train.run_dir")
-    writable_dir(Path(cfg.checkpoint.directory or run_dir / "checkpoints"), "checkpoint.directory")
+    writable_dir(ckpt_dir, "checkpoint.directory")
+    link_checkpoints(run_dir, ckpt_dir)
     began = time.perf_counter()
     data = tasks.load(cfg.data, run_lib.tokenizer(shaped))
     data_s = time.perf_counter() - began
@@ -135,7 +151,6 @@ def train(cfg: config.Config) -> TrainResult:
             tokenizer.save_pretrained(str(run_dir / run_lib.TOKENIZER_DIR))
 
     # ---- Data iterator and resume (a run dir holds one run; damaged checkpoints are skipped, never lost) -----
-    ckpt_dir = Path(spec.checkpoint.directory or run_dir / "checkpoints")
     batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
                                           jax.process_count(), spec.data.buckets,
                                           batch_sizes=sizes if t.rampup_samples else None))

@@ -89,3 +89,25 @@ def test_a_command_that_would_do_nothing_says_so(tmp_path, capsys):
     assert cli.main(["keys", "trian"]) == 2 and "no config key starts with 'trian'" in capsys.readouterr().err
     assert cli.main(["compress", str(tmp_path), str(tmp_path / "out")]) == 2  # no --prune/--quant/--rank
     assert "compress: nothing asked" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_full_or_closed_stdout_is_one_line_or_quiet(tmp_path):
+    """`> file` on a full disk is one line on stderr and exit 2; `| head` closing the pipe is exit 141 (as
+    SIGPIPE) and nothing on stderr: never a traceback, from the command or from the interpreter's exit."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    command = [sys.executable, "-m", "jaxbatch", "keys"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "No space left on device" in done.stderr
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader.stdout.close()  # as `head` does once it has read enough: here before the command writes (it
+    # spends seconds importing JAX first)
+    assert reader.wait(timeout=300) == 141 and reader.stderr.read() == ""

@@ -2,6 +2,9 @@
 
 import json
 
+import jax
+import numpy as np
+import pytest
 
 from conftest import event_records, tiny_config
 from jaxbatch import cli, train
@@ -52,3 +55,25 @@ def test_train_loop_learns_synthetic_sentiment(tmp_run_dir):
 def test_cli_reports_config_errors(capsys):
     assert cli.main(["train", "train.batchsize=3"]) == 2
     assert "did you mean train.batch_size" in capsys.readouterr().err
+
+
+def test_checkpoints_on_another_disk_are_found_from_the_run_dir(tmp_path):
+    """checkpoint.directory elsewhere: the run dir links to it, so inference finds the run's checkpoints; a
+    run dir that holds checkpoints of its own is not split across two folders."""
+    from jaxbatch import run as run_lib
+    from jaxbatch.errors import ConfigError
+
+    run, elsewhere = tmp_path / "run", tmp_path / "big_disk" / "ckpts"
+    args = ["train.steps=4", "train.eval_every=0", "checkpoint.every=2", f"train.run_dir={run}"]
+    done = train.train(tiny_config(*args, f"checkpoint.directory={elsewhere}"))
+    assert (run / "checkpoints").is_symlink() and (run / "checkpoints").resolve() == elsewhere.resolve()
+    assert sorted(p.name for p in elsewhere.iterdir() if p.name.isdigit()) == ["2", "4"]
+    restored = run_lib.restore(run)
+    assert restored.step == 4 and restored.finished
+    assert jax.tree.all(jax.tree.map(np.array_equal, jax.device_get(restored.params),
+                                     jax.device_get(done.state.params)))
+    own = tmp_path / "own"
+    train.train(tiny_config(*args, f"train.run_dir={own}"))
+    with pytest.raises(ConfigError, match="holds this run dir's own checkpoints"):
+        train.train(tiny_config(*args, f"train.run_dir={own}", f"checkpoint.directory={elsewhere}"))
+    assert (own / "checkpoints").is_dir() and not (own / "checkpoints").is_symlink()
