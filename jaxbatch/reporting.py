@@ -246,16 +246,25 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "curves.png", "tensorboard", "resu
 
 
 def move_aside(run_dir: Path, checkpoint_dir: Path) -> Path:
-    """Moves a previous run's checkpoints and records into `<run_dir>/replaced-<time>/` (nothing is deleted)."""
+    """Moves a previous run's records and checkpoints into `<run_dir>/replaced-<time>/` (nothing is deleted).
+    Checkpoints on another disk (`checkpoint.directory`) are renamed beside themselves instead, never copied
+    across disks, and linked from there, so the replaced folder stays a run dir that `predict` can read."""
     import shutil
 
     aside = Path(run_dir) / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
     if jax.process_index() == 0:
         with writing(aside):  # a move that fails midway (another disk, full) keeps the source
             aside.mkdir(parents=True)
-            for path in [Path(checkpoint_dir), *(Path(run_dir) / n for n in RUN_FILES)]:
+            for path in (Path(run_dir) / n for n in RUN_FILES):
                 if path.exists():
                     shutil.move(str(path), aside / path.name)
+            ckpt = Path(checkpoint_dir)
+            if ckpt.resolve().parent != Path(run_dir).resolve():
+                renamed = ckpt.resolve().with_name(f"{ckpt.resolve().name}.{aside.name}")
+                os.replace(ckpt.resolve(), renamed)
+                (aside / "checkpoints").symlink_to(renamed, target_is_directory=True)
+            elif ckpt.exists():
+                shutil.move(str(ckpt), aside / "checkpoints")
     return aside
 
 

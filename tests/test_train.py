@@ -77,3 +77,10 @@ def test_checkpoints_on_another_disk_are_found_from_the_run_dir(tmp_path):
     with pytest.raises(ConfigError, match="holds this run dir's own checkpoints"):
         train.train(tiny_config(*args, f"train.run_dir={own}", f"checkpoint.directory={elsewhere}"))
     assert (own / "checkpoints").is_dir() and not (own / "checkpoints").is_symlink()
+    # a new run in the same run dir: the old checkpoints are renamed on their own disk and linked from the
+    # replaced folder, which stays a run dir inference can read
+    again = train.train(tiny_config(*args, "train.steps=2", "checkpoint.resume=false",
+                                    f"checkpoint.directory={elsewhere}"))
+    (aside,) = run.glob("replaced-*")
+    assert (aside / "checkpoints").resolve().parent == elsewhere.resolve().parent
+    assert run_lib.restore(aside).step == 4 and run_lib.restore(run).step == again.summary["step"] == 2
