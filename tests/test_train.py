@@ -84,3 +84,32 @@ def test_checkpoints_on_another_disk_are_found_from_the_run_dir(tmp_path):
     (aside,) = run.glob("replaced-*")
     assert (aside / "checkpoints").resolve().parent == elsewhere.resolve().parent
     assert run_lib.restore(aside).step == 4 and run_lib.restore(run).step == again.summary["step"] == 2
+
+
+def test_a_run_dir_trains_in_one_process_at_a_time(tmp_path):
+    """A second launch on a run dir in use is refused in one line naming the holder, before it reads data or
+    touches a checkpoint; the kernel drops the lock with its holder, so a killed run leaves none behind."""
+    import os
+    import subprocess
+    import sys
+
+    from jaxbatch.errors import ConfigError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+f = open({str(run / train.LOCK)!r}, "a+"); fcntl.flock(f, fcntl.LOCK_EX); f.write(f"{{os.getpid()}}\\n"); f.flush()
+print("held", flush=True); time.sleep(600)"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError, match=rf"is in use by another training process \(pid {holder.pid}\)"):
+            train.train(tiny_config("train.steps=2", f"train.run_dir={run}"))
+        assert sorted(p.name for p in run.iterdir()) == [train.LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    result = train.train(tiny_config("train.steps=2", "train.eval_every=0", f"train.run_dir={run}"))  # gone with it
+    assert result.finished
+    again = train.train(tiny_config("train.steps=4", "train.eval_every=0", f"train.run_dir={run}"))  # released
+    assert again.summary["step"] == 4 and os.path.exists(run / train.LOCK)
