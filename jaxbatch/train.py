@@ -14,7 +14,7 @@ import numpy as np
 
 from jax.experimental import multihost_utils
 
-from jaxbatch import checkpoint, config, evaluate, metrics, noise_scale, rampup, reporting
+from jaxbatch import checkpoint, config, evaluate, metrics, noise_scale, optim, rampup, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
@@ -169,6 +169,10 @@ def _train(cfg: config.Config, shaped: config.Config) -> TrainResult:
                                                  if per_row else "its labelled positions") + f" (train.loss_norm={t.loss_norm})")
     say(f"optimizer: {spec.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
         f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {spec.optim.schedule} decay")
+    if hp.warmup_steps >= t.steps:  # allowed (a later segment may raise train.steps), never hidden
+        top = float(optim.schedule(spec.optim, hp, t.steps)(t.steps - 1))
+        say(f"note: the warmup ({hp.warmup_steps} steps) is not shorter than the run ({t.steps} steps): the learning "
+            f"rate reaches {top:.3g} at most, not the peak {hp.learning_rate:.3g}")
     sizes = rampup.batch_sizes(t)
     seen = np.concatenate([[0], np.cumsum(sizes)])  # examples consumed before step i
     if t.rampup_samples:

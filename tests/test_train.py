@@ -113,3 +113,12 @@ print("held", flush=True); time.sleep(600)"""], stdout=subprocess.PIPE, text=Tru
     assert result.finished
     again = train.train(tiny_config("train.steps=4", "train.eval_every=0", f"train.run_dir={run}"))  # released
     assert again.summary["step"] == 4 and os.path.exists(run / train.LOCK)
+
+
+def test_a_warmup_longer_than_the_run_says_how_high_the_learning_rate_gets(tmp_path, capsys):
+    train.train(tiny_config("train.steps=3", "train.log_every=1", "train.eval_every=0", "optim.warmup_steps=10",
+                            "optim.learning_rate=1e-3", f"train.run_dir={tmp_path}"))
+    logged = max(r["learning_rate"] for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if r["kind"] == "train")
+    assert logged == pytest.approx(2e-4)  # step 3 trains with the schedule's value at step 2: 1e-3 x 2/10
+    assert ("the warmup (10 steps) is not shorter than the run (3 steps): the learning rate reaches 0.0002 at "
+            "most, not the peak 0.001") in capsys.readouterr().out
