@@ -18,7 +18,7 @@ from jaxbatch import checkpoint, config, evaluate, metrics, noise_scale, optim, 
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
-from jaxbatch.data import pipeline, tasks
+from jaxbatch.data import pipeline, tasks, tfds_builders
 from jaxbatch.errors import CheckpointError, TrainingDiverged, WriteError, writing
 
 
@@ -140,7 +140,8 @@ def _train(cfg: config.Config, shaped: config.Config) -> TrainResult:
     writable_dir(ckpt_dir, "checkpoint.directory")
     link_checkpoints(run_dir, ckpt_dir)
     began = time.perf_counter()
-    data = tasks.load(cfg.data, run_lib.tokenizer(shaped))
+    with tfds_builders.progress_bars(cfg.train.progress):
+        data = tasks.load(cfg.data, run_lib.tokenizer(shaped))
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer))

@@ -7,7 +7,9 @@ are not rebuilt, changed files get a new build next to the old one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -40,6 +42,13 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init__(self, paths: dict[str, Path], **kwargs):
         self.paths = paths
         super().__init__(config=tfds.core.BuilderConfig(name=f"local-{_digest(paths)}"), **kwargs)
+
+    def _log_download_bytes(self) -> None:  # TFDS' banner ("Downloading ... Unknown size") would be wrong here
+        print(f"data: preparing {', '.join(str(p) for p in self.paths.values())} as array_record in "
+              f"{self.data_dir} (once: later runs on the same files reuse it)")
+
+    def _log_download_done(self) -> None:
+        pass
 
     def _info(self):
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
@@ -85,6 +94,22 @@ BUILDERS = {"conll": (ConllLocal, conll.split_paths), "tsv": (TsvLocal, tsv.spli
             "text": (TextLocal, lambda s, required=(): {f"file{i}": p for i, p in enumerate(text.files(s))})}
 
 
+def _is_not_custom_config_notice(record: logging.LogRecord) -> bool:
+    """TFDS warns "Using custom data configuration" for every local build: its config is the files' hash, by
+    design."""
+    return "Using custom data configuration" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """TFDS' own bars while it prepares a dataset, as `train.progress` says (TFDS' default, on, afterwards)."""
+    tfds.display_progress_bar(enabled)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(True)
+
+
 def prepare(kind: str, source: str | Path, data_dir: str | Path | None = None,
             required: tuple[str, ...] = ("train", "validation")):
     """Builds (once) and opens the splits of a local dataset: {split: random-access data source}. With
@@ -93,6 +118,7 @@ def prepare(kind: str, source: str | Path, data_dir: str | Path | None = None,
     paths = find_files(source, required)
     if kind != "text" and len(required) == 1:
         paths = {required[0]: paths[required[0]]}
+    logging.getLogger("absl").addFilter(_is_not_custom_config_notice)  # once: a filter is added once
     builder = builder_cls(paths, data_dir=str(data_dir or DEFAULT_DATA_DIR), file_format="array_record")
     builder.download_and_prepare()
     return builder.as_data_source()

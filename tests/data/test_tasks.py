@@ -192,3 +192,15 @@ def test_custom_tag_set_and_n_class_tsv(tmp_path):
         tasks.load(cfg.data, run_lib.tokenizer(cfg))
     with pytest.raises(config.ConfigError, match="data.name=tsv reads your files: set data.data_dir"):
         tasks.load(_cfg(tmp_path, "data.name=tsv").data, None)
+
+
+def test_a_first_build_says_one_line_and_no_bars_when_progress_is_off(tmp_path, capfd):
+    d = _write_conll(tmp_path / "conll")
+    cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}")
+    capfd.readouterr()
+    with tfds_builders.progress_bars(False):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    out, err = capfd.readouterr()
+    assert out.startswith(f"data: preparing {d / 'train.txt'}, {d / 'valid.txt'} as array_record in ")
+    assert out.count("\n") == 1 and "Unknown size" not in out
+    assert "examples" not in err and "custom data configuration" not in err, err
