@@ -99,46 +99,52 @@ def check_identity(ckpt: checkpoint.Checkpointer, spec: config.Config, identity:
 def train(cfg: config.Config) -> TrainResult:
     """Runs one training job as configured (`cfg` is not changed), holding its run dir while it runs."""
     run_dir = Path(cfg.train.run_dir)
+    ckpt_dir = Path(cfg.checkpoint.directory or run_dir / "checkpoints")
     shaped = run_lib.resolve(cfg, task=tasks.dataset(cfg.data).task)  # checked before any data is read
     config.validate(shaped, jax.device_count())
     writable_dir(run_dir, "train.run_dir")
-    with holding(run_dir):
-        return _train(cfg, shaped)
+    with holding(run_dir, "train.run_dir"):
+        writable_dir(ckpt_dir, "checkpoint.directory")
+        with holding(ckpt_dir, "checkpoint.directory"):
+            link_checkpoints(run_dir, ckpt_dir)
+            return _train(cfg, shaped, ckpt_dir)
 
 
 @contextlib.contextmanager
-def holding(run_dir: Path):
-    """One training process per run dir: a second one (a double launch, a retry loop while the first still
-    runs) would save the same steps and interleave the metrics. The lock is the kernel's (flock on
-    `.train.lock`), so a killed process never leaves it behind. Process 0 holds it for every host."""
+def holding(folder: Path, key: str):
+    """One training process per run dir and per checkpoint folder: a second one (a double launch, a retry
+    loop while the first still runs, two runs given one checkpoint.directory) would save the same steps and
+    interleave the metrics. The lock is the kernel's (flock on `.train.lock`), so a killed process never
+    leaves it behind. Process 0 holds it for every host."""
     if jax.process_index() != 0:
         yield
         return
-    with writing(run_dir / LOCK):
-        handle = open(run_dir / LOCK, "a+")
+    with writing(folder / LOCK):
+        handle = open(folder / LOCK, "a+")
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise config.ConfigError(f"train.run_dir={str(run_dir)!r} is in use by another training process "
+            raise config.ConfigError(f"{key}={str(folder)!r} is in use by another training process "
                                      f"(pid {holder}); wait for it to finish, or use another run dir") from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        except OSError:  # a file system without locks (some network mounts): run unguarded, as before
+            locked = False
+        if locked:
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         yield  # closing the file releases the lock
 
 
-def _train(cfg: config.Config, shaped: config.Config) -> TrainResult:
+def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainResult:
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     run_dir = Path(cfg.train.run_dir)
     began_all = time.perf_counter()
 
     # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
-    ckpt_dir = Path(cfg.checkpoint.directory or run_dir / "checkpoints")
-    writable_dir(ckpt_dir, "checkpoint.directory")
-    link_checkpoints(run_dir, ckpt_dir)
     began = time.perf_counter()
     with tfds_builders.progress_bars(cfg.train.progress):
         data = tasks.load(cfg.data, run_lib.tokenizer(shaped))

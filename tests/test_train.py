@@ -106,6 +106,9 @@ print("held", flush=True); time.sleep(600)"""], stdout=subprocess.PIPE, text=Tru
         with pytest.raises(ConfigError, match=rf"is in use by another training process \(pid {holder.pid}\)"):
             train.train(tiny_config("train.steps=2", f"train.run_dir={run}"))
         assert sorted(p.name for p in run.iterdir()) == [train.LOCK]
+        shared = [f"checkpoint.directory={run}", "train.steps=2"]  # another run dir, the same checkpoint folder
+        with pytest.raises(ConfigError, match=rf"checkpoint.directory='{run}' is in use .*pid {holder.pid}"):
+            train.train(tiny_config(*shared, f"train.run_dir={tmp_path / 'other'}"))
     finally:
         holder.kill()
         holder.wait()
