@@ -160,9 +160,13 @@ def plan(args) -> int:
     devices = target.devices if target else None
     if target:
         print(f"target {target.describe()}")
-    if spec.model.vocab_size < 1:
-        spec = config.replace(spec, model__vocab_size=32000)
-        print("model.vocab_size=0 (the tokenizer's): planning with 32000")
+    if spec.model.vocab_size < 1:  # the tokenizer's, as train takes it: a text corpus without one reads its
+        tokenizer = run_lib.tokenizer(spec)  # characters from the data
+        whose = "the tokenizer's"
+        if tokenizer is None:
+            tokenizer, whose = tasks.load(cfg.data, None).tokenizer, "the corpus' characters"
+        spec = config.replace(spec, model__vocab_size=len(tokenizer))
+        print(f"model.vocab_size=0: planning with {whose}, {len(tokenizer)}")
     if args.compare_meshes:
         spec = _best_mesh(spec, devices, target)
     mesh = mesh_lib.make_mesh(spec.mesh, devices)

@@ -111,3 +111,20 @@ def test_a_full_or_closed_stdout_is_one_line_or_quiet(tmp_path):
     reader.stdout.close()  # as `head` does once it has read enough: here before the command writes (it
     # spends seconds importing JAX first)
     assert reader.wait(timeout=300) == 141 and reader.stderr.read() == ""
+
+
+def test_plan_for_a_character_corpus_uses_the_vocabulary_train_builds(tmp_path, capsys):
+    """Without a tokenizer, train builds a character vocabulary from the corpus; plan reads the same one
+    (not a 32000-token guess, whose embedding would dominate a small model's memory)."""
+    from jaxbatch import config, train
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("To be, or not to be: that is the question.\n\n" * 40 + "Zany quiz!\n")
+    args = ["model.preset=gpt-tiny", "data.name=text", f"data.data_dir={corpus}", f"data.cache_dir={tmp_path / 'c'}",
+            "data.seq_len=16", "train.batch_size=8", "train.progress=false"]
+    assert cli.main(["plan", *args]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("model.vocab_size=0"))
+    result = train.train(config.build([*args, "train.steps=1", "train.eval_every=0", f"train.run_dir={tmp_path / 'r'}"]))
+    assert line == f"model.vocab_size=0: planning with the corpus' characters, {result.spec.model.vocab_size}"
+    assert 20 < result.spec.model.vocab_size < 40
