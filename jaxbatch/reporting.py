@@ -258,10 +258,10 @@ def move_aside(run_dir: Path, checkpoint_dir: Path) -> Path:
             for path in (Path(run_dir) / n for n in RUN_FILES):
                 if path.exists():
                     shutil.move(str(path), aside / path.name)
-            ckpt = Path(checkpoint_dir)
-            if ckpt.resolve().parent != Path(run_dir).resolve():
-                renamed = ckpt.resolve().with_name(f"{ckpt.resolve().name}.{aside.name}")
-                os.replace(ckpt.resolve(), renamed)
+            ckpt = Path(checkpoint_dir).resolve()
+            if ckpt.parent != Path(run_dir).resolve():
+                renamed = ckpt.with_name(f"{ckpt.name}.{aside.name}")
+                os.replace(ckpt, renamed)
                 (aside / "checkpoints").symlink_to(renamed, target_is_directory=True)
             elif ckpt.exists():
                 shutil.move(str(ckpt), aside / "checkpoints")
