@@ -4,9 +4,10 @@ directory."""
 from jaxbatch.errors import DataError
 
 
-def read_text_file(path) -> str:
+def read_text_file(path, empty_ok: bool = False) -> str:
     """Reads UTF-8 text (without a leading byte-order mark); a missing file or another encoding becomes a
-    DataError naming the file and byte."""
+    DataError naming the file and byte, and so does an empty file unless `empty_ok` (one file of a corpus
+    folder may hold nothing)."""
     from pathlib import Path
 
     path = Path(path)
@@ -22,7 +23,7 @@ def read_text_file(path) -> str:
         raise DataError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#x} at offset {e.start}); "
                         f"re-encode the file as UTF-8") from e
     text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors, spreadsheet exports) is not content
-    if not text.strip():
+    if not text.strip() and not empty_ok:
         raise DataError(f"{path}: file is empty")
     return text
 

@@ -9,11 +9,16 @@ from jaxbatch.errors import DataError
 from jaxbatch.data.files import read_text_file
 
 
-def read(path: str | Path) -> list[str]:
-    text = read_text_file(path)
-    docs = [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
+def read(paths: list[Path]) -> list[str]:
+    """The documents of every file in order. An empty file in a folder of several holds no documents (as in
+    Hugging Face's text loader); a corpus with no text at all is an error naming it."""
+    docs = []
+    for path in paths:
+        text = read_text_file(path, empty_ok=len(paths) > 1)
+        docs += [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
     if not docs:
-        raise DataError(f"{path}: no text")
+        where = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} .txt files)"
+        raise DataError(f"{where}: no text")
     return docs
 
 

@@ -82,7 +82,7 @@ class TextLocal(_LocalBuilder):
     FEATURES = {"text": tfds.features.Text()}
 
     def _split_generators(self, dl_manager):
-        docs = [d for p in self.paths.values() for d in text.read(p)]
+        docs = text.read(list(self.paths.values()))
         return {split: self._generate_examples(d) for split, d in text.split(docs).items()}
 
     def _generate_examples(self, docs):

@@ -93,6 +93,23 @@ def test_text_corpus_builder_splits_documents(tmp_path):
         tfds_builders.prepare("text", d, tmp_path / "cache")
 
 
+def test_an_empty_file_in_a_corpus_folder_holds_no_documents(tmp_path):
+    """A folder of .txt files may hold an empty one (as Hugging Face's text loader reads it); a corpus with no
+    text at all, or a single empty file, is still an error naming it."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_text("\n\n".join(f"paragraph {i}" for i in range(10)))
+    (d / "b.txt").write_text("")
+    (d / "c.txt").write_text(" \n\n ")
+    sources = tfds_builders.prepare("text", d, tmp_path / "cache")
+    assert sum(len(tfds_builders.read_all(src)) for src in sources.values()) == 10
+    (d / "a.txt").write_text("")
+    with pytest.raises(DataError, match=r"corpus \(3 .txt files\): no text"):
+        tfds_builders.prepare("text", d, tmp_path / "cache")
+    with pytest.raises(DataError, match=r"b.txt: file is empty"):
+        tfds_builders.prepare("text", d / "b.txt", tmp_path / "cache")
+
+
 def test_text_corpus_of_one_document_splits_its_characters(tmp_path):
     """One book without blank lines (or too few documents to hold a tenth out) splits as nanoGPT does: the
     last 10% of the characters, at a line break, with nothing lost or repeated."""
