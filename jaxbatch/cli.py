@@ -327,9 +327,12 @@ def generate(args) -> int:
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    for prompt, tokens in zip(args.prompt, new):
-        print(prompt + tok.decode(tokens))
-        print("-" * 40)
+    from jaxbatch.errors import writing
+
+    with writing("standard output"):
+        for prompt, tokens in zip(args.prompt, new):
+            print(prompt + tok.decode(tokens))
+            print("-" * 40)
     return 0
 
 

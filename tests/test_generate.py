@@ -1,5 +1,8 @@
 """KV-cache generation equals recomputing the whole sequence; sampling filters; the CLI end to end."""
 
+from pathlib import Path
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +69,11 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
                      "--temperature", "0", "mesh.model=2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("the cat") and len(lines[0]) == len("the cat") + 12 and " sat on" in lines[0]
+    if Path("/dev/full").exists():  # a full disk under `> file` mid-output: one line naming standard output
+        with open("/dev/full", "w", buffering=1) as full, mock.patch("sys.stdout", full):
+            assert cli.main(["generate", str(run), "--prompt", "the", "--max-new-tokens", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err == "jaxbatch: WriteError: standard output: cannot write (No space left on device)\n", err
     assert cli.main(["generate", str(run), "--prompt", "€", "--max-new-tokens", "3"]) == 2
     assert "not in the tokenizer's vocabulary" in capsys.readouterr().err
     for flag, value, message in (("--temperature", "-1", "--temperature must be >= 0"),
