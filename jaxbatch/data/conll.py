@@ -20,6 +20,7 @@ SPLIT_FILES = {  # split -> candidate file names, first found wins
 class Sentence:
     words: list[str]
     tags: list[str]
+    line: int = 0  # the file line of its first word (its k-th word is on line + k); 0 when not from a file
 
 
 def iob1_to_iob2(tags: list[str]) -> list[str]:
@@ -44,11 +45,11 @@ def read(path: str | Path) -> list[Sentence]:
     """Sentences of one file, IOB2. Errors name the file and line."""
     path = Path(path)
     text = read_text_file(path)
-    sentences, words, tags, columns = [], [], [], None
+    sentences, words, tags, columns, first = [], [], [], None, 0
 
     def flush():
         if words:
-            sentences.append(Sentence(list(words), iob1_to_iob2(list(tags))))
+            sentences.append(Sentence(list(words), iob1_to_iob2(list(tags)), first))
             words.clear()
             tags.clear()
 
@@ -69,6 +70,7 @@ def read(path: str | Path) -> list[Sentence]:
         elif len(parts) != columns:
             raise DataError(f"{where}: {len(parts)} columns, but the file started with {columns}")
         _check_tag(parts[-1], where)
+        first = first if words else number
         words.append(parts[0])
         tags.append(parts[-1])
     flush()

@@ -85,33 +85,60 @@ def dataset_task(data_cfg) -> str:
     return _known(data_cfg).task
 
 
-def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list]:
-    """{split: [(words, tags) | (words, label as written)]}."""
+@dataclasses.dataclass(frozen=True)
+class Raw:
+    """One split's examples as read: words, tags or the label as written, and each one's file line, so an
+    error names `file:line` (`place` is the file, or what stands for it when the examples have no lines)."""
+    place: str
+    words: list[list[str]]
+    labels: list  # per example: its tags (token tasks) or its label as written ("" unlabelled)
+    lines: list[int]  # 0: not from a file
+
+    def at(self, n: int, offset: int = 0) -> str:
+        """Where example n (and its word `offset`, whose line follows its first) is, for a message."""
+        return f"{self.place}:{self.lines[n] + offset}" if self.lines[n] else f"{self.place}, example {n}"
+
+    def head(self, n: int) -> "Raw":
+        return Raw(self.place, self.words[:n], self.labels[:n], self.lines[:n])
+
+
+def _generated(split: str, rows) -> Raw:
+    return Raw(f"the generated {split} split", [w for w, _ in rows], [y for _, y in rows], [0] * len(rows))
+
+
+def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Raw]:
     if ds.source == "synthetic_ner":
-        return {"train": synthetic.ner_corpus(data_cfg.num_train, data_cfg.shuffle_seed),
-                "validation": synthetic.ner_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1, held_out=True)}
+        return {"train": _generated("train", synthetic.ner_corpus(data_cfg.num_train, data_cfg.shuffle_seed)),
+                "validation": _generated("validation", synthetic.ner_corpus(
+                    data_cfg.num_eval, data_cfg.shuffle_seed + 1, held_out=True))}
     if ds.source == "synthetic_sst":
         named = lambda rows: [(w, ds.labels[y]) for w, y in rows]  # noqa: E731
-        return {"train": named(synthetic.sentiment_corpus(data_cfg.num_train, data_cfg.shuffle_seed)),
-                "validation": named(synthetic.sentiment_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1))}
+        return {"train": _generated("train", named(synthetic.sentiment_corpus(data_cfg.num_train,
+                                                                               data_cfg.shuffle_seed))),
+                "validation": _generated("validation", named(synthetic.sentiment_corpus(
+                    data_cfg.num_eval, data_cfg.shuffle_seed + 1)))}
     from jaxbatch.data import tfds_builders
 
     if data_cfg.data_dir:
+        places = {split: str(path) for split, path in
+                  tfds_builders.files(ds.source, data_cfg.data_dir, required).items()}
         sources = tfds_builders.prepare(ds.source, data_cfg.data_dir, data_cfg.cache_dir or None, required)
     else:
         sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None)
+        places = {split: f"tfds {ds.catalog} {split} split" for split in sources}
     splits = {}
     for split, source in sources.items():
         records = tfds_builders.read_all(source)
+        lines = [int(r.get("line", 0)) for r in records]
         if ds.source == "conll":
-            splits[split] = [(r["tokens"], r["tags"]) for r in records]
+            splits[split] = Raw(places[split], [r["tokens"] for r in records], [r["tags"] for r in records], lines)
         else:  # the catalog's SST-2 stores int labels (-1 for its hidden test labels)
-            splits[split] = [(r["sentence"].split(), "" if str(r["label"]) == "-1" else str(r["label"]))
-                             for r in records]
+            splits[split] = Raw(places[split], [r["sentence"].split() for r in records],
+                                ["" if str(r["label"]) == "-1" else str(r["label"]) for r in records], lines)
     return splits
 
 
-def _label_names(data_cfg, ds: Dataset, train: list) -> list[str]:
+def _label_names(data_cfg, ds: Dataset, train: Raw) -> list[str]:
     if data_cfg.labels:
         names = [x.strip() for x in data_cfg.labels.split(",")]
         if len(set(names)) != len(names) or not all(names):
@@ -120,19 +147,19 @@ def _label_names(data_cfg, ds: Dataset, train: list) -> list[str]:
     if ds.labels:
         return list(ds.labels)
     if ds.task == "token":
-        return conll.label_names([conll.Sentence(w, t) for w, t in train])
-    return tsv.label_names([tsv.Example("", y) for _, y in train])
+        return conll.label_names([conll.Sentence(w, t) for w, t in zip(train.words, train.labels)])
+    return tsv.label_names([tsv.Example("", y) for y in train.labels])
 
 
-def _tag_ids(split: str, examples, label_to_id: dict[str, int], unknown: str) -> list[list[int]]:
+def _tag_ids(split: str, raw: Raw, label_to_id: dict[str, int], unknown: str) -> list[list[int]]:
     ids, mapped = [], 0
-    for n, (_, tags) in enumerate(examples):
+    for n, tags in enumerate(raw.labels):
         row = []
-        for tag in tags:
+        for k, tag in enumerate(tags):
             if tag not in label_to_id:
                 if unknown != "O" or "O" not in label_to_id:
-                    raise DataError(f"{split} split, sentence {n}: tag {tag!r} is not in the label set "
-                                    f"{sorted(label_to_id)} (set data.unknown_label=O to map it to O)")
+                    raise DataError(f"{raw.at(n, k)}: tag {tag!r} is not in the label set {sorted(label_to_id)} "
+                                    f"(set data.unknown_label=O to map it to O)")
                 mapped += 1
                 tag = "O"
             row.append(label_to_id[tag])
@@ -142,11 +169,11 @@ def _tag_ids(split: str, examples, label_to_id: dict[str, int], unknown: str) ->
     return ids
 
 
-def _class_ids(split: str, examples, names: list[str]) -> list[int]:
+def _class_ids(raw: Raw, names: list[str]) -> list[int]:
     """A label as written is a class name or an integer id into the label set; "" is unlabelled."""
     index = {n: i for i, n in enumerate(names)}
     ids = []
-    for n, (_, label) in enumerate(examples):
+    for n, label in enumerate(raw.labels):
         if label == "":
             ids.append(IGNORE_INDEX)
         elif label in index:
@@ -154,25 +181,25 @@ def _class_ids(split: str, examples, names: list[str]) -> list[int]:
         elif label.isdigit() and int(label) < len(names):
             ids.append(int(label))
         else:
-            raise DataError(f"{split} split, example {n}: label {label!r} is neither one of {names} nor an id "
-                            f"below {len(names)} (set data.labels to the full class list)")
+            raise DataError(f"{raw.at(n)}: label {label!r} is neither one of {names} nor an id below {len(names)} "
+                            f"(set data.labels to the full class list)")
     return ids
 
 
-def _encode(data_cfg, ds: Dataset, tokenizer, split: str, examples, label_names: list[str]) -> tokenize.Encoded:
+def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names: list[str]) -> tokenize.Encoded:
     """One split's examples -> arrays; an empty split is an error, truncation is reported."""
-    if not examples:
+    if not raw.words:
         raise DataError(f"the {split} split of {data_cfg.name} is empty")
-    words = [w for w, _ in examples]
     if ds.task == "token":
         label_to_id = {n: i for i, n in enumerate(label_names)}
-        tags = _tag_ids(split, examples, label_to_id, "error" if split == "train" else data_cfg.unknown_label)
-        enc = tokenize.encode_tagged(tokenizer, words, tags, data_cfg.seq_len, data_cfg.label_all_subtokens)
+        tags = _tag_ids(split, raw, label_to_id, "error" if split == "train" else data_cfg.unknown_label)
+        enc = tokenize.encode_tagged(tokenizer, raw.words, tags, data_cfg.seq_len, data_cfg.label_all_subtokens)
     else:
-        ids = _class_ids(split, examples, label_names)
+        ids = _class_ids(raw, label_names)
         if split != "test" and IGNORE_INDEX in ids:
-            raise DataError(f"{split} split, example {ids.index(IGNORE_INDEX)}: no label")
-        enc = tokenize.encode_labelled(tokenizer, words, ids, data_cfg.seq_len)
+            raise DataError(f"{raw.at(ids.index(IGNORE_INDEX))}: no label (a {split} file needs a label column; "
+                            f"only a test split may be unlabelled)")
+        enc = tokenize.encode_labelled(tokenizer, raw.words, ids, data_cfg.seq_len)
     if enc.truncated:
         log.warning("%s: %d %s examples are longer than data.seq_len=%d and were truncated", data_cfg.name,
                     enc.truncated, split, data_cfg.seq_len)
@@ -246,8 +273,8 @@ def load(data_cfg, tokenizer) -> TaskData:
         return _load_lm(data_cfg, tokenizer)
     splits = _raw_splits(data_cfg, ds)
     if data_cfg.max_train:
-        splits["train"] = splits["train"][: data_cfg.max_train]
-    if not splits["train"]:
+        splits["train"] = splits["train"].head(data_cfg.max_train)
+    if not splits["train"].words:
         raise DataError(f"the train split of {data_cfg.name} is empty")
     label_names = _label_names(data_cfg, ds, splits["train"])
     encoded, truncated = {}, {}

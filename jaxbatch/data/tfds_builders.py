@@ -35,8 +35,9 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     shuffles examples when it writes them, so each carries its position in the file (`index`) and
     `read_all` gives them back in file order (predictions line up with the input; GLUE test ids hold)."""
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.1.0": "examples carry their file position"}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.1.0": "examples carry their file position",
+                     "1.2.0": "examples of CoNLL and text-classification files carry their line"}
     FEATURES: dict = {}
 
     def __init__(self, paths: dict[str, Path], **kwargs):
@@ -61,20 +62,20 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class ConllLocal(_LocalBuilder):
     name = "jaxbatch_conll"
     FEATURES = {"tokens": tfds.features.Sequence(tfds.features.Text()),
-                "tags": tfds.features.Sequence(tfds.features.Text())}
+                "tags": tfds.features.Sequence(tfds.features.Text()), "line": np.int64}
 
     def _generate_examples(self, path):
         for i, s in enumerate(conll.read(path)):
-            yield i, {"index": i, "tokens": s.words, "tags": s.tags}
+            yield i, {"index": i, "tokens": s.words, "tags": s.tags, "line": s.line}
 
 
 class TsvLocal(_LocalBuilder):
     name = "jaxbatch_tsv"
-    FEATURES = {"sentence": tfds.features.Text(), "label": tfds.features.Text()}
+    FEATURES = {"sentence": tfds.features.Text(), "label": tfds.features.Text(), "line": np.int64}
 
     def _generate_examples(self, path):
         for i, e in enumerate(tsv.read(path)):
-            yield i, {"index": i, "sentence": e.text, "label": e.label}
+            yield i, {"index": i, "sentence": e.text, "label": e.label, "line": e.line}
 
 
 class TextLocal(_LocalBuilder):
@@ -110,16 +111,21 @@ def progress_bars(enabled: bool):
         tfds.display_progress_bar(True)
 
 
+def files(kind: str, source: str | Path, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Path]:
+    """The files `prepare` reads: {split: path} (a text corpus: every .txt file, all in its splits)."""
+    paths = BUILDERS[kind][1](source, required)
+    if kind != "text" and len(required) == 1:
+        paths = {required[0]: paths[required[0]]}
+    return paths
+
+
 def prepare(kind: str, source: str | Path, data_dir: str | Path | None = None,
             required: tuple[str, ...] = ("train", "validation")):
     """Builds (once) and opens the splits of a local dataset: {split: random-access data source}. With
     `required=(split,)` only that split's file is needed (and read)."""
-    builder_cls, find_files = BUILDERS[kind]
-    paths = find_files(source, required)
-    if kind != "text" and len(required) == 1:
-        paths = {required[0]: paths[required[0]]}
+    paths = files(kind, source, required)
     logging.getLogger("absl").addFilter(_is_not_custom_config_notice)  # once: a filter is added once
-    builder = builder_cls(paths, data_dir=str(data_dir or DEFAULT_DATA_DIR), file_format="array_record")
+    builder = BUILDERS[kind][0](paths, data_dir=str(data_dir or DEFAULT_DATA_DIR), file_format="array_record")
     builder.download_and_prepare()
     return builder.as_data_source()
 

@@ -28,6 +28,7 @@ UNLABELLED_HEADER = ["index", "sentence"]
 class Example:
     text: str
     label: str  # as written in the file; "" for an unlabelled split
+    line: int = 0  # its line in the file (a quoted CSV field may span lines: the last); 0 when not from a file
 
 
 def read(path: str | Path) -> list[Example]:
@@ -58,7 +59,7 @@ def read(path: str | Path) -> list[Example]:
             raise DataError(f"{path}:{number}: empty label")
         if not parts[text_col].strip():
             raise DataError(f"{path}:{number}: empty text")
-        out.append(Example(parts[text_col].strip(), label))
+        out.append(Example(parts[text_col].strip(), label, number))
     if not out:
         raise DataError(f"{path}: no examples{' after the header' if skip else ''}")
     return out
@@ -69,7 +70,7 @@ def _example(path: Path, number: int, text, label, labelled: bool) -> Example:
         raise DataError(f"{path}:{number}: the text must be a non-empty string, got {text!r}")
     if labelled and (isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip()):
         raise DataError(f"{path}:{number}: the label must be a class name or an integer id, got {label!r}")
-    return Example(text.strip(), str(label).strip() if labelled else "")
+    return Example(text.strip(), str(label).strip() if labelled else "", number)
 
 
 def _columns(path: Path, names) -> tuple[str, bool]:

@@ -36,13 +36,15 @@ def test_local_conll_is_prepared_once_and_rebuilt_when_changed(tmp_path):
 
 
 def test_unknown_dev_label_errors_or_maps(tmp_path):
-    d = _write_conll(tmp_path / "conll", dev_tag="B-MISC")
+    """The error names the file and the line of the tag, past -DOCSTART- and blank lines."""
+    d = _write_conll(tmp_path / "conll")
+    (d / "valid.txt").write_text("-DOCSTART- O\n\nOslo B-LOC\nis O\n\n\nRome B-LOC\nand O\nBonn B-MISC\n")
     cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}")
-    with pytest.raises(DataError, match=r"validation split, sentence 0: tag 'B-MISC' is not in the label set"):
+    with pytest.raises(DataError, match=rf"^{d / 'valid.txt'}:9: tag 'B-MISC' is not in the label set"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg))
     cfg = _cfg(tmp_path, "data.name=conll2003", f"data.data_dir={d}", "data.unknown_label=O")
     data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
-    assert data.eval["labels"][0][1] == 0
+    assert data.eval["labels"][1][3] == 0 and data.eval["labels"][1][1] == 1  # [CLS] Rome and Bonn
 
 
 def test_bad_input_through_the_task_loader(tmp_path):
@@ -204,8 +206,12 @@ def test_custom_tag_set_and_n_class_tsv(tmp_path):
         assert data.train["labels"].tolist() == [2, 1, 0] and data.eval["labels"].tolist() == [1, 0], name
     (t / "dev.jsonl").unlink()
     cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.labels=positive,neutral,negative")
-    (t / "dev.tsv").write_text("meh\tmixed\n")
-    with pytest.raises(DataError, match=r"validation split, example 0: label 'mixed' is neither one of"):
+    (t / "dev.tsv").write_text("text\tlabel\ngood\tpositive\n\nmeh\tmixed\n")  # the file's line, not the example's
+    with pytest.raises(DataError, match=rf"^{t / 'dev.tsv'}:4: label 'mixed' is neither one of"):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    (t / "dev.tsv").unlink()
+    (t / "dev.csv").write_text('text\n"a long,\nreview"\nfine\n')  # a record's line: its last, as csv counts
+    with pytest.raises(DataError, match=rf"^{t / 'dev.csv'}:3: no label \(a validation file needs a label column"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg))
     with pytest.raises(config.ConfigError, match="data.name=tsv reads your files: set data.data_dir"):
         tasks.load(_cfg(tmp_path, "data.name=tsv").data, None)
