@@ -4,7 +4,7 @@ Input is one sentence per line (split into words and punctuation, with character
 (first column; tags, if any, are ignored) or a text-classification file (TSV `text<TAB>label` or
 `index<TAB>sentence`, CSV or JSON lines with a `text` or `sentence` column; labels are ignored).
 Sentences are length-bucketed into batches, run through the same compiled eval step as `evaluate`, and
-written in input order: entity spans with labels and scores and one tag per word (token tasks; JSON lines
+written in input order, each JSON record with its input `line` (blank lines are skipped): entity spans with labels and scores and one tag per word (token tasks; JSON lines
 or CoNLL columns; sentences longer than data.seq_len in overlapping windows), or the label and every class
 probability (sequence tasks).
 """
@@ -34,19 +34,20 @@ class Sentence:
     text: str
     words: list[str]
     offsets: list[tuple[int, int]]  # character span of each word in `text`
+    line: int = 0  # where it starts in the input (1-based), so records line up with a file that skips blanks
 
 
-def split_words(line: str) -> Sentence:
+def split_words(line: str, number: int = 0) -> Sentence:
     matches = list(WORD.finditer(line))
-    return Sentence(line, [m.group() for m in matches], [m.span() for m in matches])
+    return Sentence(line, [m.group() for m in matches], [m.span() for m in matches], number)
 
 
-def from_words(words: list[str]) -> Sentence:
+def from_words(words: list[str], number: int = 0) -> Sentence:
     offsets, pos = [], 0
     for w in words:
         offsets.append((pos, pos + len(w)))
         pos += len(w) + 1
-    return Sentence(" ".join(words), list(words), offsets)
+    return Sentence(" ".join(words), list(words), offsets, number)
 
 
 def input_format(path: Path | None, fmt: str) -> str:
@@ -66,13 +67,13 @@ def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> 
     """Sentences from a file (or stdin for text), in order; empty text lines are skipped."""
     fmt = input_format(path, fmt)
     if fmt == "conll":
-        return [from_words(s.words) for s in conll.read(path)]
+        return [from_words(s.words, s.line) for s in conll.read(path)]
     if fmt == "tsv":
-        return [split_words(e.text) for e in tsv.read(path)]
+        return [split_words(e.text, e.line) for e in tsv.read(path)]
     if fmt != "text":
         raise DataError(f"--format must be auto, text, conll or tsv, got {fmt!r}")
     lines = (stdin or sys.stdin).read().splitlines() if path is None else _read_lines(path)
-    sentences = [split_words(line.strip()) for line in lines if line.strip()]
+    sentences = [split_words(line.strip(), n) for n, line in enumerate(lines, start=1) if line.strip()]
     if not sentences:
         raise DataError(f"{path or 'stdin'}: no text to predict")
     return sentences
@@ -150,7 +151,7 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
         out = predict_arrays(restored, enc.arrays)
         records = []
         for i, s in enumerate(sentences):
-            record = {"text": s.text, "label": names[int(out["preds"][i])],
+            record = {**_line(s), "text": s.text, "label": names[int(out["preds"][i])],
                       "probabilities": {n: round(float(p), 6) for n, p in zip(names, out["probs"][i])}}
             if pieces[i].sum() > budget:
                 record["truncated_pieces"] = int(pieces[i].sum() - budget)
@@ -180,8 +181,12 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
             a, b = s.offsets[start][0], s.offsets[end][1]
             entities.append({"text": s.text[a:b], "label": label, "start": a, "end": b,
                              "score": round(float(np.mean([c[2] for c in chosen[start:end + 1]])), 6)})
-        records.append({"text": s.text, "entities": entities, "tags": tags})
+        records.append({**_line(s), "text": s.text, "entities": entities, "tags": tags})
     return records
+
+
+def _line(s: Sentence) -> dict:
+    return {"line": s.line} if s.line else {}
 
 
 def write(records: Iterable[dict], sentences: list[Sentence], fmt: str, out: TextIO | None = None) -> None:

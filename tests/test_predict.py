@@ -62,6 +62,11 @@ def test_predict_equals_evaluate_on_any_mesh_and_from_an_export(ner_run, tmp_pat
                      "--output-format", "conll"]) == 0
     blocks = capsys.readouterr().out.strip().split("\n\n")
     assert [[line.split()[1] for line in b.splitlines()] for b in blocks] == eval_tags
+    assert cli.main(["predict", str(root / "run"), "--input", str(root / "data" / "test.txt")]) == 0
+    lines = (root / "data" / "test.txt").read_text().splitlines()
+    for r in (json.loads(x) for x in capsys.readouterr().out.splitlines()):  # each sentence's first line
+        assert lines[r["line"] - 1].split()[0] == r["text"].split()[0]
+        assert r["line"] == 1 or not lines[r["line"] - 2].strip()
     assert cli.main(["evaluate", str(root / "run"), "--data-dir", str(root / "data"), "--data-name", "conll"]) == 0
     out = capsys.readouterr().out
     assert f"entity F1 {result['entity_f1']:.4f}" in out and "micro avg" in out and "B-PER" in out
@@ -75,6 +80,7 @@ def test_predict_text_lines_gives_spans_with_offsets(ner_run, capsys, monkeypatc
     assert cli.main(["predict", str(root / "run")]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in records] == ["Anna Berg flew to Paris on Monday.", "markets were quiet ."]
+    assert [r["line"] for r in records] == [1, 4]  # blank lines skipped, records still point at their lines
     assert len(records[0]["tags"]) == 8  # "Monday" and "." are separate words
     for r in records:
         for e in r["entities"]:
@@ -187,6 +193,7 @@ def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["predict", str(tmp_path / "s"), "--input", str(t / "dev.tsv")]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["line"] for r in records] == list(range(1, 25))
     assert len(records) == 24 and all(set(r["probabilities"]) == {"negative", "neutral", "positive"} for r in records)
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in records)
     gold = [line.split("\t")[1] for line in (t / "dev.tsv").read_text().splitlines()]
