@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=not read_only, read_only=read_only))
-        self.stop_requested = False
+        self.stop_requested = ""  # the name of the signal that asked the run to save and stop
         self._failed = False  # a save failed and was reported
         self._previous_handlers: dict = {}
 
@@ -223,18 +224,28 @@ class Checkpointer:
         return restored["params"]
 
     def handle_signals(self) -> None:
-        """After this, SIGTERM and a first Ctrl-C set `stop_requested` (the loop saves and stops); a second
-        Ctrl-C exits at once without saving (the previous checkpoint stays)."""
+        """After this, SIGTERM, a hang-up and a first Ctrl-C set `stop_requested` to the signal's name (the loop
+        saves and stops); a second Ctrl-C exits at once without saving (the previous checkpoint stays). A
+        hang-up (the ssh session or terminal that started the run is gone) first points output that does not go
+        to a file at /dev/null, so the steps up to the save do not fail writing to it; a run started
+        under `nohup` (hang-ups ignored) keeps running."""
         def on_term(signum, frame):
             if signum == signal.SIGINT and self.stop_requested:
                 print("\nsecond Ctrl-C: exiting now without saving", file=sys.stderr)
                 os._exit(130)
-            self.stop_requested = True
+            if signum == signal.SIGHUP:  # a terminal, or a pipe into `tee` that went with it (a hung-up
+                for fd in (1, 2):        # terminal is no longer a tty to isatty); a log file keeps its lines
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            self.stop_requested = signal.Signals(signum).name
             if signum == signal.SIGINT:
                 print("\nCtrl-C: saving a checkpoint at the end of this step (press again to exit at once)",
                       file=sys.stderr)
 
-        self._previous_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
+        wanted = [signal.SIGTERM, signal.SIGINT]
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:  # not under nohup
+            wanted.append(signal.SIGHUP)
+        self._previous_handlers = {sig: signal.signal(sig, on_term) for sig in wanted}
 
     def wait(self) -> None:
         """Waits for the save under way; a failed one raises CheckpointError, once."""

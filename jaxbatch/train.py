@@ -282,7 +282,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                 if save:
                     ckpt.save(done, state, batches, spec, identity)  # asynchronous
                 if stop and done < t.steps:
-                    stopped_by = "SIGTERM or Ctrl-C" if ckpt.stop_requested else "train.stop_after"
+                    stopped_by = ckpt.stop_requested or "train.stop_after"
                     break
         finally:
             run.steps.close()

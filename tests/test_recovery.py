@@ -117,36 +117,61 @@ def test_config_drift_is_refused_or_printed(tmp_path, capsys):
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
 
 
-def test_sigterm_and_ctrl_c_save_exit_75_and_resume_bitwise(tmp_path):
+def _wait_for_steps(run, n: int) -> None:
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (len(metrics.read_text().splitlines()) if metrics.is_file() else 0) < n:
+        time.sleep(0.1)
+
+
+def test_sigterm_ctrl_c_and_a_hang_up_save_exit_75_and_resume_bitwise(tmp_path):
+    """A hang-up is the ssh session that started the run going away: its terminal is gone (writes to it
+    fail), and the run saves and stops as on SIGTERM; under `nohup` it keeps running."""
+    import pty
+
     args = [sys.executable, "-m", "jaxbatch", "train", *TINY, "checkpoint.every=0", "train.steps=60",
             "data.num_train=64", "mesh.data=8", "mesh.fsdp=1", "mesh.model=1"]
     whole = tmp_path / "whole"
     subprocess.run([*args, f"train.run_dir={whole}"], check=True, capture_output=True, timeout=600)
     reference = _params(whole)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         run = tmp_path / sig.name
-        proc = subprocess.Popen([*args, f"train.run_dir={run}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        metrics = run / "metrics.jsonl"
-        deadline = time.time() + 300
-        while time.time() < deadline and (len(metrics.read_text().splitlines()) if metrics.is_file() else 0) < 3:
-            time.sleep(0.1)
-        proc.send_signal(sig)
-        out = proc.communicate(timeout=300)[0]
+        if sig == signal.SIGHUP:  # the run's output on a terminal, which closes before the signal arrives
+            terminal, run_side = pty.openpty()
+            proc = subprocess.Popen([*args, f"train.run_dir={run}", "train.progress=true"], stdout=run_side,
+                                    stderr=run_side, start_new_session=True)
+            os.close(run_side)
+            _wait_for_steps(run, 3)
+            proc.send_signal(sig)  # as the kernel hangs up a terminal: the signal, and writes to it fail
+            os.close(terminal)
+            out = "stopped at step of 60 (output went to the closed terminal)"
+            proc.wait(timeout=300)
+        else:
+            proc = subprocess.Popen([*args, f"train.run_dir={run}"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            _wait_for_steps(run, 3)
+            proc.send_signal(sig)
+            out = proc.communicate(timeout=300)[0]
         assert proc.returncode == EXIT_STOPPED, out[-2000:]
         assert "Traceback" not in out and "stopped at step" in out and "of 60" in out and "final eval" not in out
+        assert f"({sig.name}; checkpoint saved)" in out or sig == signal.SIGHUP
         step = checkpoint.Checkpointer(run / "checkpoints", read_only=True).latest_step()
         assert 3 <= step < 60
         assert json.loads((run / "summary.json").read_text())["finished"] is False
-        if sig == signal.SIGINT:  # the same stop path as SIGTERM from here on; resumed bitwise below once
+        if sig != signal.SIGTERM:  # the same stop path as SIGTERM from here on; resumed bitwise below once
             continue
         done = subprocess.run([*args, f"train.run_dir={run}"], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:]
         got = _params(run)
         for key in reference:
             np.testing.assert_array_equal(got[key], reference[key], err_msg=f"{sig.name} {key}")
-        rows = [r["step"] for r in map(json.loads, open(metrics)) if r["kind"] == "train"]
+        rows = [r["step"] for r in map(json.loads, open(run / "metrics.jsonl")) if r["kind"] == "train"]
         assert rows == list(range(1, 61))  # every step once: nothing doubled across the stop
+    ignoring = subprocess.Popen(["nohup", *args, f"train.run_dir={tmp_path / 'nohup'}"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    _wait_for_steps(tmp_path / "nohup", 3)
+    ignoring.send_signal(signal.SIGHUP)
+    assert ignoring.wait(timeout=300) == 0  # as `nohup jaxbatch train ...`: the hang-up changes nothing
 
 
 BAD = [
