@@ -199,3 +199,7 @@ def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
     gold = [line.split("\t")[1] for line in (t / "dev.tsv").read_text().splitlines()]
     assert np.mean([r["label"] == g for r, g in zip(records, gold)]) == pytest.approx(
         result.summary["final_eval"]["accuracy"])
+    (t / "test.tsv").write_text("index\tsentence\n0\tthe film was great\n1\tthe film was bad\n")  # GLUE's hidden labels
+    assert cli.main(["evaluate", str(tmp_path / "s"), "--split", "test"]) == 2  # not "loss 0, accuracy 0"
+    err = capsys.readouterr().err
+    assert f"{t / 'test.tsv'}: the test split has no labels, so there is nothing to score" in err, err

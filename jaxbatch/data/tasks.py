@@ -310,4 +310,8 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")
-    return _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(",")).arrays
+    arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(",")).arrays
+    if (arrays["labels"] == IGNORE_INDEX).all():  # scored, it would read as loss 0 and accuracy 0
+        raise DataError(f"{raw[split].place}: the {split} split has no labels, so there is nothing to score; "
+                        f"`jaxbatch predict` labels it")
+    return arrays
