@@ -67,6 +67,15 @@ def flat_adamw(cfg, lr: optax.Schedule) -> optax.GradientTransformation:
                        optax.add_decayed_weights(cfg.weight_decay, decay_mask), optax.scale_by_learning_rate(lr))
 
 
+def adafactor(lr, weight_decay: float) -> optax.GradientTransformation:
+    """optax.adafactor's defaults (factored second moments, update clipping at block RMS 1, steps relative to
+    each parameter's scale), with weight decay decoupled and scaled by the learning rate as in every other
+    optimizer here (p -= lr_t * (u + wd * p)). optax.adafactor adds its `weight_decay_rate` after the
+    learning rate, so weight_decay=0.01 there shrank every weight by 1% a step whatever the schedule."""
+    return optax.chain(optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0), optax.scale_by_param_block_rms(),
+                       optax.add_decayed_weights(weight_decay, decay_mask), optax.scale_by_learning_rate(lr))
+
+
 def decay_mask(params):
     """True where weight decay applies, read from each parameter's `decay` metadata (models/layers.py
     sets it False on biases and normalisation scales), so no family's naming can slip through."""
@@ -90,7 +99,7 @@ def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTra
         "lars": lambda: optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
                                    momentum=cfg.momentum),
         "sgd": lambda: optax.chain(optax.add_decayed_weights(wd, decay_mask), optax.sgd(lr, cfg.momentum)),
-        "adafactor": lambda: optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=decay_mask),
+        "adafactor": lambda: adafactor(lr, wd),
     }
     if cfg.flatten and cfg.name != "adamw":
         raise ConfigError(f"optim.flatten applies to adamw (its moments are elementwise), not {cfg.name!r}")

@@ -75,3 +75,33 @@ def test_flattened_adamw_equals_adamw():
     with pytest.raises(config.ConfigError, match="optim.flatten applies to adamw"):
         optim.make(config.build(["optim.name=lamb", "optim.flatten=true"]).optim, optim.scale_hparams(
             config.build([]).optim, 32), 10)
+
+
+def test_adafactor_decays_weights_like_every_other_optimizer_here():
+    """Without decay it is optax.adafactor exactly; weight_decay adds lr_t * wd * p (decoupled, following the
+    schedule), where optax.adafactor's weight_decay_rate=0.01 would take 1% of every weight a step."""
+    import jax.numpy as jnp
+    import optax
+
+    rng = np.random.default_rng(0)
+    params = {"kernel": jnp.asarray(rng.normal(size=(256, 160)), jnp.float32),
+              "bias": jnp.asarray(rng.normal(size=(160,)), jnp.float32)}
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(3)]
+    lr = optax.linear_schedule(0.0, 0.1, 2)
+
+    def run(tx):
+        state, p, out = tx.init(params), params, []
+        for g in grads:
+            u, state = tx.update(g, state, p)
+            out.append(u)
+            p = optax.apply_updates(p, u)
+        return out
+
+    for ours, theirs in zip(run(optim.adafactor(lr, 0.0)), run(optax.adafactor(lr))):
+        for k in params:
+            np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-7)
+    plain, decayed = run(optim.adafactor(lr, 0.0)), run(optim.adafactor(lr, 0.5))
+    np.testing.assert_array_equal(decayed[0]["kernel"], plain[0]["kernel"])  # lr 0 at the first step: no decay
+    p1 = optax.apply_updates(params, plain[0])  # the second step's lr is 0.05: it takes 0.05 x 0.5 of p
+    for k in params:
+        np.testing.assert_allclose(decayed[1][k] - plain[1][k], -0.025 * p1[k], rtol=1e-5, atol=1e-6)
