@@ -90,27 +90,54 @@ def label_names(folder: Path, num_labels: int) -> list[str]:
 
 
 def read_tensors(folder: Path) -> dict[str, np.ndarray]:
-    """All tensors as numpy, from model.safetensors (no torch needed) or pytorch_model.bin (needs torch)."""
-    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
-    if st.is_file():
-        from safetensors.numpy import load_file
+    """All tensors as numpy, from model.safetensors (no torch needed) or pytorch_model.bin (needs torch), or
+    from the shards a `*.index.json` names (how transformers saves models past its shard size, e.g. LLaMA)."""
+    for single, read in (("model.safetensors", _read_safetensors), ("pytorch_model.bin", _read_torch)):
+        if (folder / single).is_file():
+            return read(folder / single)
+        index = folder / f"{single}.index.json"
+        if index.is_file():
+            tensors = {}
+            for shard in _shards(index):
+                tensors.update(read(shard))
+            return tensors
+    raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin (nor a sharded "
+                          f"*.index.json of either)")
 
-        try:
-            return load_file(str(st))
-        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-            raise CheckpointError(f"{st}: cannot read ({e})") from e
-    if pt.is_file():
-        try:
-            import torch
-        except ImportError as e:
-            raise CheckpointError(f"{pt} needs torch to read (pip install 'jaxbatch[bench]'), "
-                                  f"or convert it to model.safetensors") from e
-        try:
-            state = torch.load(pt, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle/zip errors of a damaged file
-            raise CheckpointError(f"{pt}: cannot read ({e})") from e
-        return {k: v.float().numpy() for k, v in state.items()}
-    raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
+
+def _shards(index: Path) -> list[Path]:
+    """The shard files a transformers index names, each checked to exist."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a transformers index (a JSON object with a weight_map)") from e
+    for name in names:
+        if not (index.parent / name).is_file():
+            raise CheckpointError(f"{index}: names shard {name}, which is not in {index.parent}")
+    return [index.parent / name for name in names]
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{path}: cannot read ({e})") from e
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointError(f"{path} needs torch to read (pip install 'jaxbatch[bench]'), "
+                              f"or convert it to model.safetensors") from e
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors of a damaged file
+        raise CheckpointError(f"{path}: cannot read ({e})") from e
+    return {k: v.float().numpy() for k, v in state.items()}
 
 
 def to_ours(x: np.ndarray, how: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Decoder family (GPT-2 and LLaMA-style): causal and packed attention, GQA/RoPE, remat, sharded steps,
 and logits equal to Hugging Face's PyTorch models."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from flax import nnx
 from conftest import dotted, params_numpy, run_steps
 from jaxbatch import config, hf, run as run_lib
 from jaxbatch.data import packing
+from jaxbatch.errors import CheckpointError
 from jaxbatch.models import decoder
 
 ARCHS = ["gpt-tiny", "llama-tiny"]
@@ -204,6 +207,36 @@ def test_hf_parity_and_round_trip(arch, tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     reloaded = getattr(transformers, "GPT2LMHeadModel" if arch == "gpt2" else "LlamaForCausalLM").from_pretrained(out)
     np.testing.assert_allclose(_torch_logits(reloaded.eval(), ids), _torch_logits(theirs, ids), atol=1e-5)
+
+
+def test_sharded_and_half_precision_hf_folders_load(tmp_path):
+    """How LLaMA-sized models come: bfloat16 tensors in shards named by model.safetensors.index.json (or
+    pytorch_model.bin.index.json); read as float32 (the bf16 values exactly), equal to one unsharded file."""
+    theirs, _ = _hf_model("llama", tmp_path)
+    half = theirs.to(torch.bfloat16)
+    half.save_pretrained(tmp_path / "one")
+    half.save_pretrained(tmp_path / "shards", max_shard_size="8KB")
+    bins = tmp_path / "bins"  # older hub repos: pytorch_model-*.bin shards (transformers 5 writes safetensors only)
+    half.save_pretrained(bins)
+    (bins / "model.safetensors").unlink()
+    state = half.state_dict()
+    weight_map = {k: f"pytorch_model-0000{i % 2 + 1}-of-00002.bin" for i, k in enumerate(state)}
+    for name in set(weight_map.values()):
+        torch.save({k: v for k, v in state.items() if weight_map[k] == name}, bins / name)
+    (bins / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert (tmp_path / "shards" / "model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "shards").glob("model-*.safetensors"))) > 2
+    one = _flat(run_lib.restore(tmp_path / "one").params)
+    expected = {n: p.detach().float().numpy() for n, p in half.named_parameters()}
+    assert one["final_norm.scale"].dtype == np.float32
+    np.testing.assert_array_equal(one["final_norm.scale"], expected["model.norm.weight"])
+    for folder in ("shards", "bins"):
+        got = _flat(run_lib.restore(tmp_path / folder).params)
+        for key in one:
+            np.testing.assert_array_equal(got[key], one[key], err_msg=f"{folder} {key}")
+    sorted((tmp_path / "shards").glob("model-*.safetensors"))[1].unlink()
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: names shard model-0000\d-of-"):
+        run_lib.restore(tmp_path / "shards")
 
 
 def test_flops_count_causal_half_and_swiglu():
