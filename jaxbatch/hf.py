@@ -91,7 +91,7 @@ def label_names(folder: Path, num_labels: int) -> list[str]:
 
 def read_tensors(folder: Path) -> dict[str, np.ndarray]:
     """All tensors as numpy, from model.safetensors (no torch needed) or pytorch_model.bin (needs torch), or
-    from the shards a `*.index.json` names (how transformers saves models past its shard size, e.g. LLaMA)."""
+    from the shards a `*.index.json` names (how transformers saves a model past its shard size)."""
     for single, read in (("model.safetensors", _read_safetensors), ("pytorch_model.bin", _read_torch)):
         if (folder / single).is_file():
             return read(folder / single)

@@ -265,7 +265,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                 if step == first_step:  # exclude compilation from throughput (a new bucket length compiles once more)
                     jax.block_until_ready(state)
                     reporter.start_clock(done)
-                stop = _agree(ckpt.stop_requested or bool(t.stop_after and done - first_step >= t.stop_after))
+                slot_ended = bool(t.stop_after and done - first_step >= t.stop_after)
+                stop = _agree(bool(ckpt.stop_requested) or slot_ended)
                 save = (spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop
                 if done % t.log_every == 0 or done == t.steps or save:
                     check_finite(done)
@@ -282,7 +283,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                 if save:
                     ckpt.save(done, state, batches, spec, identity)  # asynchronous
                 if stop and done < t.steps:
-                    stopped_by = ckpt.stop_requested or "train.stop_after"
+                    stopped_by = ckpt.stop_requested or ("train.stop_after" if slot_ended else
+                                                         "another process was asked to stop")
                     break
         finally:
             run.steps.close()

@@ -70,13 +70,14 @@ def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and (len(metrics.read_text().splitlines()) if metrics.is_file() else 0) < 3:
         time.sleep(0.1)
-    procs[0].send_signal(signal.SIGTERM)
+    procs[1].send_signal(signal.SIGTERM)  # not the host that prints: process 0 learns it from the agreement
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [75, 75], outputs[0][-2000:] + outputs[1][-2000:]
     from jaxbatch.checkpoint import Checkpointer
 
     step = Checkpointer(run / "checkpoints", read_only=True).latest_step()
     assert 3 <= step < 40 and f"stopped at step {step} of 40" in outputs[0]
+    assert "(another process was asked to stop; checkpoint saved)" in outputs[0]
     procs = _launch_two(run, _free_port(), "train.steps=40", "train.log_every=1", "train.eval_every=0")
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:]
