@@ -4,8 +4,8 @@ lines.
 TSV: a header row is optional (`sentence<TAB>label` as in GLUE, or `text<TAB>label`); an unlabelled split
 (GLUE's test) has the layout `index<TAB>sentence`. CSV (`train.csv`, as pandas or a spreadsheet writes it,
 quoted fields included) and JSON lines (`train.jsonl`, one object per line) name their columns: the text in
-`text` or `sentence`, the class in `label`; other columns are ignored, and a split without `label` is
-unlabelled. Labels are kept as written (a class name or an integer id) and turned into ids by
+`text` or `sentence`, the class in `label` (header names in any case); other columns are ignored, and a split
+without `label` is unlabelled. Labels are kept as written (a class name or an integer id) and turned into ids by
 `data/tasks.py` against the label set.
 """
 
@@ -38,7 +38,7 @@ def read(path: str | Path) -> list[Example]:
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     lines = read_text_file(path).splitlines()
-    first = [c.strip() for c in lines[0].split("\t")]
+    first = [c.strip().lower() for c in lines[0].split("\t")]  # a `Text<TAB>Label` header is a header too
     text_col, label_col, skip = 0, 1, 0
     if first in LABELLED_HEADERS:
         skip = 1
@@ -86,8 +86,8 @@ def _read_csv(path: Path) -> list[Example]:
     import io
 
     reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""))
-    text_col, labelled = _columns(path, [c.strip() for c in reader.fieldnames or []])
-    reader.fieldnames = [c.strip() for c in reader.fieldnames]
+    reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]  # `Text,Label` names them too
+    text_col, labelled = _columns(path, reader.fieldnames)
     out = []
     try:
         for row in reader:

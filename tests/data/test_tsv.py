@@ -18,6 +18,11 @@ def test_read_layouts(tmp_path):
     # a spreadsheet's export: byte-order mark and CRLF; the header is still a header
     (tmp_path / "excel.tsv").write_bytes(b"\xef\xbb\xbfsentence\tlabel\r\nfine\tpos\r\n")
     assert [(e.text, e.label) for e in tsv.read(tmp_path / "excel.tsv")] == [("fine", "pos")]
+    # a capitalised header is a header (not an example whose class is "Label"), in TSV and CSV
+    (tmp_path / "caps.tsv").write_text("Text\tLabel\nfine\tpos\n")
+    (tmp_path / "caps.csv").write_text("ID,Sentence,Label\n3,fine,pos\n")
+    for name in ("caps.tsv", "caps.csv"):
+        assert [(e.text, e.label, e.line) for e in tsv.read(tmp_path / name)] == [("fine", "pos", 2)], name
 
 
 @pytest.mark.parametrize("content,message", [
