@@ -4,9 +4,9 @@ Input is one sentence per line (split into words and punctuation, with character
 (first column; tags, if any, are ignored) or a text-classification file (TSV `text<TAB>label` or
 `index<TAB>sentence`, CSV or JSON lines with a `text` or `sentence` column; labels are ignored).
 Sentences are length-bucketed into batches, run through the same compiled eval step as `evaluate`, and
-written in input order, each JSON record with its input `line` (blank lines are skipped): entity spans with labels and scores and one tag per word (token tasks; JSON lines
-or CoNLL columns; sentences longer than data.seq_len in overlapping windows), or the label and every class
-probability (sequence tasks).
+written in input order, each JSON record with its input `line` (blank lines are skipped): entity spans with
+labels and scores and one tag per word (token tasks; JSON lines or CoNLL columns; sentences longer than
+data.seq_len in overlapping windows), or the label and every class probability (sequence tasks).
 """
 
 from __future__ import annotations

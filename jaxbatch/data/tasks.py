@@ -120,9 +120,9 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
     from jaxbatch.data import tfds_builders
 
     if data_cfg.data_dir:
-        places = {split: str(path) for split, path in
-                  tfds_builders.files(ds.source, data_cfg.data_dir, required).items()}
-        sources = tfds_builders.prepare(ds.source, data_cfg.data_dir, data_cfg.cache_dir or None, required)
+        paths = tfds_builders.files(ds.source, data_cfg.data_dir, required)
+        places = {split: str(path) for split, path in paths.items()}
+        sources = tfds_builders.build(ds.source, paths, data_cfg.cache_dir or None)
     else:
         sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None)
         places = {split: f"tfds {ds.catalog} {split} split" for split in sources}
@@ -265,6 +265,11 @@ def _load_lm(data_cfg, tokenizer) -> TaskData:
                     False, tokenizer, bytes_per_token=bytes_per_token(tokenizer))
 
 
+def _labelled(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether a split has any label to score (a GLUE-style test split has none)."""
+    return bool((arrays["labels"] != IGNORE_INDEX).any())
+
+
 def load(data_cfg, tokenizer) -> TaskData:
     """Train and validation (and test, when present) splits, tokenized; the label set from `data.labels`,
     the dataset's preset, or the training split. `tokenizer` may be None for a text corpus (characters)."""
@@ -281,7 +286,7 @@ def load(data_cfg, tokenizer) -> TaskData:
     for split, examples in splits.items():
         enc = _encode(data_cfg, ds, tokenizer, split, examples, label_names)
         encoded[split], truncated[split] = enc.arrays, enc.truncated
-    test_labelled = "test" not in encoded or bool((encoded["test"]["labels"] != IGNORE_INDEX).any())
+    test_labelled = "test" not in encoded or _labelled(encoded["test"])
     return TaskData(data_cfg.name, ds.task, label_names, encoded["train"], encoded["validation"], truncated,
                     ds.source.startswith("synthetic"), tokenizer, encoded.get("test"), test_labelled)
 
@@ -311,7 +316,7 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")
     arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(",")).arrays
-    if (arrays["labels"] == IGNORE_INDEX).all():  # scored, it would read as loss 0 and accuracy 0
+    if not _labelled(arrays):  # scored, it would read as loss 0 and accuracy 0
         raise DataError(f"{raw[split].place}: the {split} split has no labels, so there is nothing to score; "
                         f"`jaxbatch predict` labels it")
     return arrays

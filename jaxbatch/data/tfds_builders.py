@@ -123,7 +123,11 @@ def prepare(kind: str, source: str | Path, data_dir: str | Path | None = None,
             required: tuple[str, ...] = ("train", "validation")):
     """Builds (once) and opens the splits of a local dataset: {split: random-access data source}. With
     `required=(split,)` only that split's file is needed (and read)."""
-    paths = files(kind, source, required)
+    return build(kind, files(kind, source, required), data_dir)
+
+
+def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None):
+    """`prepare` for files already found (`files`), for a caller that also names them in its messages."""
     logging.getLogger("absl").addFilter(_is_not_custom_config_notice)  # once: a filter is added once
     builder = BUILDERS[kind][0](paths, data_dir=str(data_dir or DEFAULT_DATA_DIR), file_format="array_record")
     builder.download_and_prepare()
