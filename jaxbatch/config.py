@@ -61,6 +61,13 @@ class ModelConfig:
     arch: str = "gpt2"  # gpt2 (LayerNorm, GELU, learned positions, biases) | llama (RMSNorm, SwiGLU, RoPE, no biases)
     num_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = num_heads)
     rope_theta: float = 10000.0
+    # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |
+    # llama3 (LLaMA 3.1+: low frequencies / factor, high ones kept, a smooth blend between)
+    rope_type: str = "default"
+    rope_factor: float = 1.0  # linear, llama3: the context extension factor
+    rope_low_freq_factor: float = 1.0  # llama3: wavelengths above original/low are divided by factor
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below original/high are kept
+    rope_original_max_positions: int = 8192  # llama3: the context length of pretraining
     tie_embeddings: bool = True  # the LM head reuses the token embedding
     remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable: recompute in backward
     scan_layers: bool = False  # one compiled layer in lax.scan over stacked layer params (faster compiles of deep models)

@@ -36,8 +36,9 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
     "llama-tiny": dict(_LLAMA, vocab_size=0, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                        intermediate_size=352, max_position_embeddings=2048),
     "llama-1b": dict(_LLAMA, vocab_size=128256, hidden_size=2048, num_layers=16, num_heads=32, num_kv_heads=8,
-                     intermediate_size=8192, max_position_embeddings=8192, rope_theta=500000.0, tie_embeddings=True,
-                     layer_norm_eps=1e-5),
+                     intermediate_size=8192, max_position_embeddings=131072, rope_theta=500000.0, tie_embeddings=True,
+                     layer_norm_eps=1e-5, rope_type="llama3", rope_factor=32.0, rope_low_freq_factor=1.0,
+                     rope_high_freq_factor=4.0, rope_original_max_positions=8192),  # LLaMA 3.2 1B
     "llama-7b": dict(_LLAMA, vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
                      intermediate_size=11008, max_position_embeddings=4096, layer_norm_eps=1e-5),
 }
@@ -47,10 +48,30 @@ def kv_heads(cfg) -> int:
     return cfg.num_kv_heads or cfg.num_heads
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_frequencies(cfg, head_dim: int) -> jax.Array:
+    """Inverse frequencies (head_dim/2,) of the rotary embedding, scaled as HF's `rope_parameters` say:
+    `linear` divides them all by the factor; `llama3` divides the low ones (wavelength above
+    original/low_freq_factor), keeps the high ones (below original/high_freq_factor) and blends between."""
+    inv_freq = 1.0 / cfg.rope_theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    if cfg.rope_type == "linear":
+        return inv_freq / cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        original, factor = cfg.rope_original_max_positions, cfg.rope_factor
+        low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= original / high) & (wavelen <= original / low)
+        return jnp.where(medium, blended, scaled)
+    return inv_freq
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
     """Rotary embedding as HF LLaMA applies it: rotate-half over (first half, second half) of head_dim."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (batch, length, d/2)
     cos, sin = (jnp.concatenate([f(angles)] * 2, -1)[:, :, None, :] for f in (jnp.cos, jnp.sin))
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -68,7 +89,7 @@ class CausalAttention(nnx.Module):
         self.value = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **proj)
         self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",),
                          init_std=0.02 / math.sqrt(2 * cfg.num_layers), **proj)
-        self.arch, self.theta, self.dtype = cfg.arch, cfg.rope_theta, dtype
+        self.arch, self.cfg, self.dtype = cfg.arch, cfg, dtype
 
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
         """`mask` (batch, 1, q, k) says which keys each query sees. With `cache` (k, v of shape
@@ -77,7 +98,8 @@ class CausalAttention(nnx.Module):
         names = ("batch", "length", "heads", "kv")
         q, k, v = (constrain(p(x), names) for p in (self.query, self.key, self.value))
         if self.arch == "llama":
-            q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
+            inv_freq = rope_frequencies(self.cfg, q.shape[-1])
+            q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
@@ -222,6 +244,15 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
         raise ConfigError(f"model.num_heads={cfg.num_heads} is not divisible by model.num_kv_heads={cfg.num_kv_heads}")
     if cfg.arch == "llama" and (cfg.hidden_size // cfg.num_heads) % 2:
         raise ConfigError("rotary embeddings need an even head dimension (model.hidden_size / model.num_heads)")
+    if cfg.rope_type not in ROPE_TYPES:
+        raise ConfigError(f"model.rope_type must be one of {', '.join(ROPE_TYPES)}, got {cfg.rope_type!r}")
+    if not cfg.rope_factor >= 1:
+        raise ConfigError(f"model.rope_factor must be >= 1 (1 = no scaling), got {cfg.rope_factor}")
+    if cfg.rope_type == "llama3" and not 0 < cfg.rope_low_freq_factor < cfg.rope_high_freq_factor:
+        raise ConfigError(f"model.rope_low_freq_factor={cfg.rope_low_freq_factor} must be > 0 and below "
+                          f"model.rope_high_freq_factor={cfg.rope_high_freq_factor}")
+    if cfg.rope_type == "llama3" and cfg.rope_original_max_positions <= 0:
+        raise ConfigError(f"model.rope_original_max_positions must be > 0, got {cfg.rope_original_max_positions}")
     for key, size in (("model.num_heads", cfg.num_heads), ("model.intermediate_size", cfg.intermediate_size)):
         if size % model_axis:
             raise ConfigError(f"{key}={size} is not divisible by mesh.model={model_axis} (tensor parallel)")
@@ -268,9 +299,7 @@ def hf_configure(cfg, hf: dict):
     else:
         if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
             raise CheckpointError("config.json: only silu LLaMA models without attention/MLP biases are supported")
-        rope_params = hf.get("rope_parameters") or {}
-        if rope_params.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
-            raise CheckpointError("config.json: scaled rotary embeddings (rope_scaling) are not supported")
+        rope_shape = _hf_rope(hf)
         head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
         if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
             raise CheckpointError("config.json: head_dim x num_attention_heads != hidden_size is not supported")
@@ -278,11 +307,41 @@ def hf_configure(cfg, hf: dict):
                      num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
                      num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
                      intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
-                     layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
-                     rope_theta=float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))),
-                     tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+                     layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                     **rope_shape)
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm")
+
+
+def _hf_rope(hf: dict) -> dict:
+    """The rotary fields of a LLaMA config.json: transformers 5 writes `rope_parameters` (theta inside),
+    older ones `rope_scaling` (`type` or `rope_type`) beside a top-level `rope_theta`."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise CheckpointError(f"config.json: rope_type {kind!r} is not supported (only {', '.join(ROPE_TYPES)})")
+    fields = dict(rope_type=kind, rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))))
+    need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                              "original_max_position_embeddings")}.get(kind, ())
+    missing = [k for k in need if k not in params]
+    if missing:
+        raise CheckpointError(f"config.json: rope_type {kind!r} needs {', '.join(missing)}")
+    names = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor", high_freq_factor="rope_high_freq_factor",
+                 original_max_position_embeddings="rope_original_max_positions")
+    for key in need:
+        fields[names[key]] = int(params[key]) if key.startswith("original") else float(params[key])
+    return fields
+
+
+def _rope_parameters(cfg) -> dict:
+    """`_hf_rope` inverted: the rope_parameters of a config.json transformers 5 reads."""
+    params = {"rope_theta": cfg.rope_theta, "rope_type": cfg.rope_type}
+    if cfg.rope_type in ("linear", "llama3"):
+        params["factor"] = cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        params.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
+                      original_max_position_embeddings=cfg.rope_original_max_positions)
+    return params
 
 
 def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
@@ -344,7 +403,7 @@ def hf_config(cfg, label_names=None) -> dict:
             "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
             "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg),
             "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_position_embeddings,
-            "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+            "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": _rope_parameters(cfg),
             "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
             "mlp_bias": False, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
 

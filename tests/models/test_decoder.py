@@ -1,6 +1,7 @@
 """Decoder family (GPT-2 and LLaMA-style): causal and packed attention, GQA/RoPE, remat, sharded steps,
 and logits equal to Hugging Face's PyTorch models."""
 
+import dataclasses
 import json
 
 import jax
@@ -62,7 +63,7 @@ def test_gqa_and_rope_shapes():
     assert model.layers[0].attention.key.kernel.shape == (32, 2, 8)
     assert model.lm_head.kernel.shape == (32, 97) and not hasattr(model, "position_embeddings")
     x = jnp.ones((1, 3, 2, 8))
-    rotated = decoder.rope(x, jnp.arange(3)[None], 10000.0)
+    rotated = decoder.rope(x, jnp.arange(3)[None], decoder.rope_frequencies(cfg, 8))
     np.testing.assert_allclose(rotated[0, 0], x[0, 0])  # position 0 is the identity
     np.testing.assert_allclose(jnp.linalg.norm(rotated, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-6)
 
@@ -150,7 +151,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def _hf_model(arch, tmp_path):
+def _hf_model(arch, tmp_path, rope=None):
     torch.manual_seed(0)
     if arch == "gpt2":
         c = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
@@ -159,8 +160,8 @@ def _hf_model(arch, tmp_path):
     else:
         c = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                     bos_token_id=0, eos_token_id=0, rope_parameters={"rope_theta": 500.0,
-                                                                                       "rope_type": "default"})
+                                     bos_token_id=0, eos_token_id=0,
+                                     rope_parameters=rope or {"rope_theta": 500.0, "rope_type": "default"})
         model = transformers.LlamaForCausalLM(c)
     with torch.no_grad():  # make biases and norms non-trivial, so the mapping is really tested
         for name, p in model.named_parameters():
@@ -207,6 +208,56 @@ def test_hf_parity_and_round_trip(arch, tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     reloaded = getattr(transformers, "GPT2LMHeadModel" if arch == "gpt2" else "LlamaForCausalLM").from_pretrained(out)
     np.testing.assert_allclose(_torch_logits(reloaded.eval(), ids), _torch_logits(theirs, ids), atol=1e-5)
+
+
+SCALED_ROPE = {  # head_dim 8, theta 500: wavelengths 6.3, 30, 140, 664 against 64/4 and 64/1 exercise all
+    # three llama3 branches (kept, blended, divided) at the 40 positions compared
+    "linear": {"rope_theta": 500.0, "rope_type": "linear", "factor": 4.0},
+    "llama3": {"rope_theta": 500.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SCALED_ROPE))
+def test_scaled_rope_equals_hf_and_round_trips(kind, tmp_path):
+    """LLaMA 3.1+ checkpoints ship `llama3` rotary scaling; long-context fine-tunes `linear`. Logits equal
+    HF's at positions where the scaling matters, from transformers 5's `rope_parameters` and from the older
+    `rope_scaling` + top-level `rope_theta` that hub configs still carry; export writes them back."""
+    theirs, folder = _hf_model("llama", tmp_path, rope=SCALED_ROPE[kind])
+    restored = run_lib.restore(folder)
+    spec = restored.run.spec.model
+    assert (spec.rope_type, spec.rope_factor, spec.rope_theta) == (kind, SCALED_ROPE[kind]["factor"], 500.0)
+    model = nnx.merge(restored.run.graphdef, restored.params)
+    ids = _ids(2, 40, seed=5)
+    pos, seg = jnp.broadcast_to(jnp.arange(40), (2, 40)), jnp.ones((2, 40), jnp.int32)
+    ours = np.asarray(model(ids, pos, seg))
+    np.testing.assert_allclose(ours, _torch_logits(theirs, ids), atol=1e-5)
+    plain = {"rope_theta": 500.0, "rope_type": "default"}  # the same weights (same seed) without the scaling
+    unscaled = _torch_logits(_hf_model("llama", tmp_path / "plain", rope=plain)[0], ids)
+    assert np.abs(ours[:, 20:] - unscaled[:, 20:]).max() > 5e-4  # 50x the tolerance: the scaling is exercised
+    old = json.loads((folder / "config.json").read_text())
+    params = old.pop("rope_parameters")
+    old["rope_theta"] = params.pop("rope_theta")
+    old["rope_scaling"] = dict(params, type=params.pop("rope_type"))
+    (folder / "config.json").write_text(json.dumps(old))
+    assert run_lib.restore(folder).run.spec.model == spec
+    out = hf.export(restored.params, spec, tmp_path / "export")
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+    np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-5)
+    assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
+
+
+@pytest.mark.parametrize("rope, message", [
+    ({"rope_type": "yarn", "factor": 4.0}, "rope_type 'yarn' is not supported"),
+    ({"rope_type": "llama3", "factor": 8.0}, "rope_type 'llama3' needs low_freq_factor, high_freq_factor, original_max"),
+])
+def test_unsupported_rope_is_one_line(rope, message, tmp_path):
+    _, folder = _hf_model("llama", tmp_path)
+    c = json.loads((folder / "config.json").read_text())
+    c["rope_parameters"] = dict(rope, rope_theta=500.0)
+    (folder / "config.json").write_text(json.dumps(c))
+    with pytest.raises(CheckpointError, match=message):
+        run_lib.restore(folder)
 
 
 def test_sharded_and_half_precision_hf_folders_load(tmp_path):
