@@ -3,8 +3,8 @@ lines.
 
 TSV: a header row is optional (`sentence<TAB>label` as in GLUE, or `text<TAB>label`); an unlabelled split
 (GLUE's test) has the layout `index<TAB>sentence`. CSV (`train.csv`, as pandas or a spreadsheet writes it,
-quoted fields included) and JSON lines (`train.jsonl`, one object per line) name their columns: the text in
-`text` or `sentence`, the class in `label` (header names in any case); other columns are ignored, and a split
+quoted fields included; `;`-separated too) and JSON lines (`train.jsonl`, one object per line) name their
+columns: the text in `text` or `sentence`, the class in `label` (names in any case); other columns are ignored, and a split
 without `label` is unlabelled. Labels are kept as written (a class name or an integer id) and turned into ids by
 `data/tasks.py` against the label set.
 """
@@ -22,6 +22,7 @@ SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl") f
 TEXT_COLUMNS = ("text", "sentence")
 LABELLED_HEADERS = (["sentence", "label"], ["text", "label"])
 UNLABELLED_HEADER = ["index", "sentence"]
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}  # of CSV, in the order tried
 
 
 @dataclasses.dataclass
@@ -81,19 +82,30 @@ def _columns(path: Path, names) -> tuple[str, bool]:
     return text_col, "label" in names
 
 
+def _delimiter(header: str) -> str:
+    """',' unless the header names a text column only when split at ';' (what spreadsheets write where the
+    decimal mark is a comma) or at a tab."""
+    for d in DELIMITERS:
+        if any(c.strip().strip('"').lower() in TEXT_COLUMNS for c in header.split(d)):
+            return d
+    return ","
+
+
 def _read_csv(path: Path) -> list[Example]:
     import csv
     import io
 
-    reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""))
+    text = read_text_file(path)
+    delimiter = _delimiter(text.split("\n", 1)[0])
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]  # `Text,Label` names them too
     text_col, labelled = _columns(path, reader.fieldnames)
     out = []
     try:
         for row in reader:
             if None in row or any(v is None for v in row.values()):
-                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} comma-separated "
-                                f"columns like the header")
+                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} "
+                                f"{DELIMITERS[delimiter]}-separated columns like the header")
             if any(v.strip() for v in row.values()):
                 out.append(_example(path, reader.line_num, row[text_col], row.get("label"), labelled))
     except csv.Error as e:
@@ -116,7 +128,7 @@ def _read_jsonl(path: Path) -> list[Example]:
             raise DataError(f"{path}:{number}: not a JSON object ({e.msg})") from e
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: not a JSON object")
-        rows.append((number, row))
+        rows.append((number, {k.strip().lower(): v for k, v in row.items()}))  # `Text` names the text too
     text_col, labelled = _columns(path, rows[0][1].keys())
     for number, row in rows:
         if text_col not in row or labelled != ("label" in row):

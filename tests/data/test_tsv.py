@@ -54,6 +54,12 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
     expected = [(e.text, e.label) for e in tsv.read(tmp_path / "train.tsv")]
     for name in ("train.csv", "train.jsonl"):
         assert [(e.text, e.label) for e in tsv.read(tmp_path / name)] == expected, name
+    (tmp_path / "semi.csv").write_text('id;Text;Label\n7;"I loved it, truly";pos\n8;bad film;neg\n')
+    (tmp_path / "caps.jsonl").write_text('{"Sentence": "I loved it, truly", "LABEL": "pos"}\n'
+                                         '{"Sentence": "bad film", "LABEL": "neg"}\n')
+    for name, lines in (("semi.csv", [2, 3]), ("caps.jsonl", [1, 2])):  # a spreadsheet's ';' export; any case
+        got = tsv.read(tmp_path / name)
+        assert [(e.text, e.label) for e in got] == expected and [e.line for e in got] == lines, name
     (tmp_path / "multi.csv").write_text('text,label\n"two\nlines",1\n')  # a quoted field may hold a newline
     assert [(e.text, e.label) for e in tsv.read(tmp_path / "multi.csv")] == [("two\nlines", "1")]
     (tmp_path / "test.jsonl").write_text('{"text": "unlabelled"}\n')  # no label key: an unlabelled split
@@ -66,6 +72,7 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
 @pytest.mark.parametrize("name,content,message", [
     ("x.csv", "body,label\nx,1\n", r"x.csv:1: no 'text' or 'sentence' column \(the columns are \['body', 'label'\]\)"),
     ("x.csv", "text,label\nfine,1\nx\n", r"x.csv:3: expected 2 comma-separated columns"),
+    ("x.csv", "text;label\nfine;1\nx,1\n", r"x.csv:3: expected 2 semicolon-separated columns"),
     ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name or an integer id, got ''"),
     ("x.csv", "text,label\n", r"x.csv: no examples after the header"),
     ("x.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"x.jsonl:2: not a JSON object"),
