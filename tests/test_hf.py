@@ -1,5 +1,7 @@
 """Hugging Face BERT import/export: numerically identical to PyTorch transformers (skipped without torch)."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -139,6 +141,24 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(hf.CheckpointError, match="model.safetensors: cannot read"):
         hf.read_tensors(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_attention_heads": None}, "no 'num_attention_heads', which a bert config needs"),  # never a default
+    ({"hidden_size": "384"}, "model.hidden_size must be an integer, got '384'"),
+    ({"num_hidden_layers": 0}, "model.num_layers must be > 0, got 0"),
+    ({"num_hidden_layers": 6.5}, "model.num_layers must be an integer, got 6.5"),
+    ({"layer_norm_eps": None}, "cannot read the model's shape from layer_norm_eps=None"),
+])
+def test_a_bad_config_json_value_is_one_error_naming_it(tmp_path, change, message):
+    """A hand-edited or truncated config.json: a missing shape key used to take our default (a model with
+    the wrong number of heads loads the same weights, silently); a bad value used to be a traceback."""
+    tree = hf.read_config(hf.resolve("minilm-l6"))
+    tree.update(change)
+    tree = {k: v for k, v in tree.items() if v is not None or k == "layer_norm_eps"}
+    (tmp_path / "config.json").write_text(json.dumps(tree))
+    with pytest.raises(hf.CheckpointError, match=f"^{tmp_path}/config.json: {message}"):
+        run_lib.hf_spec(tmp_path)
 
 
 def test_preset_mismatch_is_a_config_error():

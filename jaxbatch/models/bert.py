@@ -189,7 +189,7 @@ def hf_configure(cfg, hf: dict):
         raise CheckpointError(f"config.json: hidden_act {hf.get('hidden_act')!r}; jaxbatch BERT uses exact 'gelu'")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"config.json: position_embedding_type {hf['position_embedding_type']!r} is not supported")
-    wanted = {field: hf[key] for field, key in SHAPE_FIELDS.items() if key in hf}
+    wanted = {field: hf[key] for field, key in SHAPE_FIELDS.items()}  # a missing key is an error, never a default
     models.check_shape(cfg, wanted)
     heads = {"BertForTokenClassification": "token", "BertForSequenceClassification": "sequence"}
     task = next((heads[a] for a in hf.get("architectures") or () if a in heads), None)

@@ -302,7 +302,8 @@ def hf_configure(cfg, hf: dict):
         rope_shape = _hf_rope(hf)
         head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
         if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
-            raise CheckpointError("config.json: head_dim x num_attention_heads != hidden_size is not supported")
+            raise CheckpointError(f"config.json: head_dim {head_dim} x num_attention_heads {hf['num_attention_heads']}"
+                                  f" != hidden_size {hf['hidden_size']} is not supported")
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
                      num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
                      num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
