@@ -132,6 +132,8 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
             raise ConfigError(f"{key}={size} is not divisible by mesh.model={model_axis} (tensor parallel)")
     if cfg.hidden_size % cfg.num_heads:
         raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads}")
+    if cfg.head_dim not in (0, cfg.hidden_size // cfg.num_heads):
+        raise ConfigError(f"model.head_dim={cfg.head_dim}: BERT's heads are hidden_size / num_heads wide (set 0)")
     if cfg.task not in TASKS:
         raise ConfigError(f"model.task must be 'token' or 'sequence', got {cfg.task!r}")
     if cfg.num_labels < 1:

@@ -48,14 +48,19 @@ def kv_heads(cfg) -> int:
     return cfg.num_kv_heads or cfg.num_heads
 
 
+def head_dim(cfg) -> int:
+    """Usually hidden_size / num_heads; LLaMA-style models may set it apart (width-pruned ones do)."""
+    return cfg.head_dim or cfg.hidden_size // cfg.num_heads
+
+
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
-def rope_frequencies(cfg, head_dim: int) -> jax.Array:
-    """Inverse frequencies (head_dim/2,) of the rotary embedding, scaled as HF's `rope_parameters` say:
+def rope_frequencies(cfg, width: int) -> jax.Array:
+    """Inverse frequencies (width/2,) of a head's rotary embedding, scaled as HF's `rope_parameters` say:
     `linear` divides them all by the factor; `llama3` divides the low ones (wavelength above
     original/low_freq_factor), keeps the high ones (below original/high_freq_factor) and blends between."""
-    inv_freq = 1.0 / cfg.rope_theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    inv_freq = 1.0 / cfg.rope_theta ** (jnp.arange(0, width, 2, dtype=jnp.float32) / width)
     if cfg.rope_type == "linear":
         return inv_freq / cfg.rope_factor
     if cfg.rope_type == "llama3":
@@ -81,8 +86,7 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
 
 class CausalAttention(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
-        h, heads, kv = cfg.hidden_size, cfg.num_heads, kv_heads(cfg)
-        d = h // heads
+        h, heads, kv, d = cfg.hidden_size, cfg.num_heads, kv_heads(cfg), head_dim(cfg)
         proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2")
         self.query = Dense((h,), (heads, d), ("embed",), ("heads", "kv"), **proj)
         self.key = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **proj)
@@ -187,7 +191,7 @@ class Decoder(nnx.Module):
         return self._logits(x)
 
     def init_cache(self, batch: int, max_len: int):
-        shape = (batch, max_len, kv_heads(self.cfg), self.cfg.hidden_size // self.cfg.num_heads)
+        shape = (batch, max_len, kv_heads(self.cfg), head_dim(self.cfg))
         return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.layers]
 
     def decode_step(self, ids, positions, key_valid, cache, cache_index):
@@ -222,13 +226,13 @@ def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
 
 
 def train_flops_per_token(cfg, seq_len: int) -> float:
-    """3 x forward matmul FLOPs per token. Forward per layer: q/out projections 4h^2, k/v 4h*kv_dim, MLP
-    4hI (6hI for SwiGLU), attention scores + values 2Th: the causal half of 4Th, as MaxText and PaLM count;
-    plus the LM head 2hV."""
+    """3 x forward matmul FLOPs per token. Forward per layer: q/out projections 4h*q_dim (4h^2 when
+    q_dim = heads x head_dim = h), k/v 4h*kv_dim, MLP 4hI (6hI for SwiGLU), attention scores + values
+    2T*q_dim: the causal half of 4T*q_dim, as MaxText and PaLM count; plus the LM head 2hV."""
     h, inter = cfg.hidden_size, cfg.intermediate_size
-    kv_dim = kv_heads(cfg) * (h // cfg.num_heads)
+    q_dim, kv_dim = cfg.num_heads * head_dim(cfg), kv_heads(cfg) * head_dim(cfg)
     mlp = (6 if cfg.arch == "llama" else 4) * h * inter
-    per_layer = 4 * h * h + 4 * h * kv_dim + mlp + 2 * seq_len * h
+    per_layer = 4 * h * q_dim + 4 * h * kv_dim + mlp + 2 * seq_len * q_dim
     return 3.0 * (cfg.num_layers * per_layer + 2 * h * cfg.vocab_size)
 
 
@@ -238,12 +242,15 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
     if cfg.task != "lm":
         raise ConfigError(f"the decoder family trains language models: use a text dataset (data.name=text), not a "
                           f"{cfg.task} task")
-    if cfg.hidden_size % cfg.num_heads:
-        raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads}")
+    if cfg.hidden_size % cfg.num_heads and not cfg.head_dim:
+        raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads} "
+                          f"(or set model.head_dim)")
+    if cfg.arch == "gpt2" and cfg.head_dim and cfg.head_dim * cfg.num_heads != cfg.hidden_size:
+        raise ConfigError(f"model.head_dim={cfg.head_dim}: GPT-2's heads are hidden_size / num_heads wide (set 0)")
     if cfg.num_heads % kv_heads(cfg):
         raise ConfigError(f"model.num_heads={cfg.num_heads} is not divisible by model.num_kv_heads={cfg.num_kv_heads}")
-    if cfg.arch == "llama" and (cfg.hidden_size // cfg.num_heads) % 2:
-        raise ConfigError("rotary embeddings need an even head dimension (model.hidden_size / model.num_heads)")
+    if cfg.arch == "llama" and head_dim(cfg) % 2:
+        raise ConfigError(f"rotary embeddings need an even head dimension, got {head_dim(cfg)}")
     if cfg.rope_type not in ROPE_TYPES:
         raise ConfigError(f"model.rope_type must be one of {', '.join(ROPE_TYPES)}, got {cfg.rope_type!r}")
     if not cfg.rope_factor >= 1:
@@ -300,13 +307,11 @@ def hf_configure(cfg, hf: dict):
         if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
             raise CheckpointError("config.json: only silu LLaMA models without attention/MLP biases are supported")
         rope_shape = _hf_rope(hf)
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
-        if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
-            raise CheckpointError(f"config.json: head_dim {head_dim} x num_attention_heads {hf['num_attention_heads']}"
-                                  f" != hidden_size {hf['hidden_size']} is not supported")
+        width = hf.get("head_dim") or 0
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
                      num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
                      num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                     head_dim=0 if width * hf["num_attention_heads"] == hf["hidden_size"] else width,
                      intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
                      layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                      **rope_shape)
@@ -402,7 +407,7 @@ def hf_config(cfg, label_names=None) -> dict:
                 "attn_pdrop": 0.0, "bos_token_id": None, "eos_token_id": None}
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg),
+            "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg), "head_dim": head_dim(cfg),
             "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_position_embeddings,
             "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": _rope_parameters(cfg),
             "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,

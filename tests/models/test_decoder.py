@@ -151,7 +151,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def _hf_model(arch, tmp_path, rope=None):
+def _hf_model(arch, tmp_path, rope=None, **extra):
     torch.manual_seed(0)
     if arch == "gpt2":
         c = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
@@ -161,7 +161,7 @@ def _hf_model(arch, tmp_path, rope=None):
         c = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                      bos_token_id=0, eos_token_id=0,
-                                     rope_parameters=rope or {"rope_theta": 500.0, "rope_type": "default"})
+                                     rope_parameters=rope or {"rope_theta": 500.0, "rope_type": "default"}, **extra)
         model = transformers.LlamaForCausalLM(c)
     with torch.no_grad():  # make biases and norms non-trivial, so the mapping is really tested
         for name, p in model.named_parameters():
@@ -245,6 +245,27 @@ def test_scaled_rope_equals_hf_and_round_trips(kind, tmp_path):
     reloaded = transformers.LlamaForCausalLM.from_pretrained(out).eval()
     np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-5)
     assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
+
+
+def test_heads_wider_than_hidden_over_heads_equal_hf(tmp_path):
+    """head_dim set apart from hidden_size / num_heads (width-pruned LLaMA-style models ship so): 4 heads of
+    16 over a hidden size of 32. Logits equal HF's; export writes head_dim back; the KV cache has its width."""
+    theirs, folder = _hf_model("llama", tmp_path, head_dim=16)
+    restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
+    spec = restored.run.spec.model
+    assert spec.head_dim == 16 and restored.params["layers"][0]["attention"]["query"]["kernel"].shape == (32, 4, 16)
+    model = nnx.merge(restored.run.graphdef, restored.params)
+    ids = _ids(2, 10, seed=4)
+    pos, seg = jnp.broadcast_to(jnp.arange(10), (2, 10)), jnp.ones((2, 10), jnp.int32)
+    np.testing.assert_allclose(model(ids, pos, seg), _torch_logits(theirs, ids), atol=1e-5)
+    assert model.init_cache(1, 5)[0][0].shape == (1, 5, 2, 16)
+    h, inter, kv, q = 32, 64, 2 * 16, 4 * 16
+    assert decoder.train_flops_per_token(spec, 10) == 3 * (2 * (4 * h * q + 4 * h * kv + 6 * h * inter + 2 * 10 * q)
+                                                           + 2 * h * 97)
+    out = hf.export(restored.params, spec, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["head_dim"] == 16
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+    np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-6)
 
 
 @pytest.mark.parametrize("rope, message", [
