@@ -124,6 +124,16 @@ def device_budget(budget_gb: float) -> int:
     raise ConfigError("this device reports no memory limit; set train.memory_budget_gb for the planner")
 
 
+def _remedies(spec) -> str:
+    """What would shrink the step's memory, leaving out what the spec already does."""
+    ways = ["shard more (mesh.fsdp, mesh.model)"]
+    if spec.model.remat == "none":
+        ways.append("recompute activations (model.remat=full)")
+    if spec.precision.policy == "fp32":
+        ways.append("use precision.policy=bf16")
+    return ", ".join(ways) + " or shorten data.seq_len"
+
+
 def plan_micro_batch(spec, budget_bytes: int, devices=None, log=print) -> StepMemory:
     """The largest micro-batch (a divisor of the global batch, divisible by the batch shards) whose step
     fits `budget_bytes` per device. Memory falls as k grows, so: params + optimizer alone (no compile), then
@@ -151,8 +161,7 @@ def plan_micro_batch(spec, budget_bytes: int, devices=None, log=print) -> StepMe
     if not fits(ks[-1]):
         raise DoesNotFit(f"no micro-batch of global batch {batch} fits {budget_bytes / 2**30:.3f} GiB per device "
                          f"(the smallest, {ks[-1]} accumulation steps of {batch // ks[-1]}, needs "
-                         f"{measured[ks[-1]].total / 2**30:.3f} GiB); shard more (mesh.fsdp, mesh.model), use "
-                         f"precision.policy=bf16, or shorten data.seq_len", measured[ks[-1]])
+                         f"{measured[ks[-1]].total / 2**30:.3f} GiB); {_remedies(spec)}", measured[ks[-1]])
     lo, hi = 1, len(ks) - 1  # ks[0] does not fit, ks[hi] does; find the first that does
     while lo < hi:
         mid = (lo + hi) // 2

@@ -37,6 +37,10 @@ def test_planner_picks_smaller_micro_batch_for_smaller_budget(measured):
     with pytest.raises(memory.DoesNotFit, match="no micro-batch of global batch 16 fits") as e:
         memory.plan_micro_batch(cfg, fixed.total + 1000, log=lines.append)
     assert len(lines) == count + 2 and e.value.smallest.accum_steps == 2  # k = 1, then the smallest micro-batch
+    assert str(e.value).endswith("shard more (mesh.fsdp, mesh.model), recompute activations (model.remat=full), "
+                                 "use precision.policy=bf16 or shorten data.seq_len")
+    done = config.replace(cfg, model__remat="full", precision__policy="bf16")  # only what the spec does not do yet
+    assert memory._remedies(done) == "shard more (mesh.fsdp, mesh.model) or shorten data.seq_len"
 
 
 def test_cpu_devices_share_the_hosts_ram_as_their_budget():
