@@ -79,7 +79,9 @@ def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: i
             raise ValueError(f"global batch {b} is not divisible by {process_count} processes")
     n = len(next(iter(arrays.values())))
     if n < global_batch:
-        raise DataError(f"the training split has {n} examples, fewer than one global batch of {global_batch} "
+        unit = ("example", "examples") if "segment_ids" not in arrays else (  # text: packed rows of seq_len tokens
+            f"row of {arrays['input_ids'].shape[1]} tokens", f"rows of {arrays['input_ids'].shape[1]} tokens")
+        raise DataError(f"the training split has {n} {unit[n != 1]}, fewer than one global batch of {global_batch} "
                         f"(train.batch_size)")
     plan = _plan(arrays, sizes, seed, num_buckets, batch_sizes is not None)
     if plan is not None:

@@ -1,5 +1,6 @@
 import grain
 import numpy as np
+import pytest
 
 from jaxbatch.data import pipeline
 
@@ -107,3 +108,11 @@ def test_batches_are_grains_shuffle_of_the_examples():
     examples = rows.shuffle(seed=5).repeat(2)[:160][1::2].batch(8).to_iter_dataset()
     gathered = pipeline.train_dataset(arrays, 16, num_steps=10, seed=5, process_index=1, process_count=2)
     assert _ids(gathered) == _ids(examples)
+
+
+def test_too_few_examples_for_one_batch_says_what_it_counted():
+    with pytest.raises(pipeline.DataError, match=r"^the training split has 3 examples, fewer than one global batch of 4"):
+        pipeline.train_dataset(_arrays(3), 4, num_steps=1, seed=0)
+    rows = dict(_arrays(1), segment_ids=np.ones((1, 4), np.int32))  # text is packed into rows of seq_len tokens
+    with pytest.raises(pipeline.DataError, match=r"^the training split has 1 row of 4 tokens, fewer than one global"):
+        pipeline.train_dataset(rows, 2, num_steps=1, seed=0)
