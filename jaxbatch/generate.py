@@ -40,8 +40,10 @@ def _step(graphdef, params, ids, positions, key_valid, cache, index):
 
 
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
-    """The new token ids for each prompt (a list of token ids, at least one)."""
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_token: int | None = None) -> list[list[int]]:
+    """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
+    `stop_token` (the tokenizer's end of sequence; kept as its last token, as HF's generate does), and the
+    loop ends once every prompt has ended."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if not temperature >= 0:
@@ -53,9 +55,8 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     model = nnx.merge(graphdef, params)
     batch, longest = len(prompts), max(len(p) for p in prompts)
     total = longest + max_new_tokens
-    limit = getattr(model.cfg, "max_position_embeddings", total)
-    if model.cfg.arch == "gpt2" and total > limit:
-        raise ValueError(f"prompt + new tokens = {total} exceeds the model's {limit} positions")
+    if model.position_limit is not None and total > model.position_limit:
+        raise ValueError(f"prompt + new tokens = {total} exceeds the model's {model.position_limit} positions")
     pad = np.asarray([longest - len(p) for p in prompts])
     ids = np.zeros((batch, longest), np.int32)
     for i, p in enumerate(prompts):
@@ -66,13 +67,16 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     logits, cache = _step(graphdef, params, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(key_valid), cache,
                           jnp.asarray(0, jnp.int32))
     key = jax.random.key(seed)
-    out, next_pos = [], jnp.asarray(positions[:, -1] + 1)
+    out, next_pos, ended = [], jnp.asarray(positions[:, -1] + 1), np.zeros(batch, bool)
     for i in range(max_new_tokens):
         token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
         out.append(token)
-        if i == max_new_tokens - 1:
+        if stop_token is not None:
+            ended |= np.asarray(token) == stop_token
+        if i == max_new_tokens - 1 or ended.all():
             break
         logits, cache = _step(graphdef, params, token[:, None], next_pos[:, None], jnp.asarray(key_valid), cache,
                               jnp.asarray(longest + i, jnp.int32))
         next_pos = next_pos + 1
-    return np.asarray(jnp.stack(out, 1)).tolist()
+    rows = np.asarray(jnp.stack(out, 1)).tolist()
+    return [row[: row.index(stop_token) + 1] if stop_token in row else row for row in rows]

@@ -13,9 +13,9 @@ from jaxbatch import cli, config, generate
 from jaxbatch.models import decoder
 
 
-def _model(preset):
+def _model(preset, *extra):
     cfg = config.build([f"model.preset={preset}", "model.vocab_size=50", "model.task=lm", "model.hidden_size=32",
-                        "model.num_heads=4", "model.num_layers=2", "model.intermediate_size=64"]).model
+                        "model.num_heads=4", "model.num_layers=2", "model.intermediate_size=64", *extra]).model
     return nnx.split(decoder.Decoder(cfg, rngs=nnx.Rngs(params=1)))
 
 
@@ -35,6 +35,25 @@ def test_kv_cache_greedy_equals_full_recompute_for_a_ragged_batch(preset):
     got = generate.generate(graphdef, params, prompts, 7)
     for prompt, tokens in zip(prompts, got):
         assert tokens == _recompute_greedy(graphdef, params, prompt, 7)
+
+
+def test_a_prompt_ends_at_the_stop_token_and_the_others_go_on():
+    graphdef, params = _model("llama-tiny")
+    prompts = [[3, 14, 15, 9, 2, 6], [5, 3], [8]]
+    free = generate.generate(graphdef, params, prompts, 12)
+    stop = free[0][3]
+    got = generate.generate(graphdef, params, prompts, 12, stop_token=stop)
+    for row, tokens in zip(free, got):  # each cut after its first stop token (kept), else all 12
+        assert tokens == (row[: row.index(stop) + 1] if stop in row else row)
+    assert got[0] == free[0][: free[0].index(stop) + 1] and len(got[0]) <= 4
+    first = free[0][0]  # every prompt ends at once: the prefill alone runs, no decode step
+    with mock.patch.object(generate, "_step", wraps=generate._step) as step:
+        assert generate.generate(graphdef, params, [prompts[0]] * 2, 12, stop_token=first) == [[first]] * 2
+    assert step.call_count == 1
+    short = ["model.max_position_embeddings=64"]  # learned positions end what a model can read; rotary ones do not
+    with pytest.raises(ValueError, match="prompt \\+ new tokens = 69 exceeds the model.s 64 positions"):
+        generate.generate(*_model("gpt-tiny", *short), [[1] * 9], 60)
+    assert len(generate.generate(*_model("llama-tiny", *short), [[1] * 9], 60)[0]) == 60
 
 
 def test_sampling_filters():

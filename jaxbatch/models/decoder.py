@@ -155,6 +155,8 @@ class Decoder(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         h = cfg.hidden_size
         self.cfg, self.dtype = cfg, dtype
+        # learned positions end the sequence a model can read (and generate); rotary ones do not
+        self.position_limit = cfg.max_position_embeddings if cfg.arch == "gpt2" else None
         self.token_embeddings = Embed(cfg.vocab_size, h, ("vocab", "embed"), rngs=rngs, dtype=dtype)
         if cfg.arch == "gpt2":
             self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), rngs=rngs, dtype=dtype,
