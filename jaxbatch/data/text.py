@@ -1,5 +1,6 @@
-"""Plain-text LM corpora (any UTF-8 .txt, e.g. tiny shakespeare): documents are blank-line separated
-paragraphs, kept whole so a later packer can cut them into fixed-length windows."""
+"""LM corpora: plain UTF-8 .txt (e.g. tiny shakespeare), whose documents are blank-line separated
+paragraphs, and JSON lines (.jsonl, one `{"text": ...}` document per line, as Hugging Face datasets and web
+crawls are dumped). Documents are kept whole so a later packer can cut them into fixed-length windows."""
 
 from __future__ import annotations
 
@@ -15,10 +16,33 @@ def read(paths: list[Path]) -> list[str]:
     docs = []
     for path in paths:
         text = read_text_file(path, empty_ok=len(paths) > 1)
-        docs += [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
+        if path.suffix == ".jsonl":
+            docs += _json_lines(path, text)
+        else:
+            docs += [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
     if not docs:
-        where = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} .txt files)"
+        where = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
         raise DataError(f"{where}: no text")
+    return docs
+
+
+def _json_lines(path: Path, text: str) -> list[str]:
+    """The `text` (any case) of each line's object; an empty text holds no document."""
+    import json
+
+    docs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not a JSON object ({e.msg})") from e
+        row = {k.strip().lower(): v for k, v in row.items()} if isinstance(row, dict) else None
+        if row is None or not isinstance(row.get("text"), str):
+            raise DataError(f"{path}:{number}: expected an object with a 'text' string, got {line.strip()[:80]!r}")
+        if row["text"].strip():
+            docs.append(row["text"].strip())
     return docs
 
 
@@ -51,9 +75,9 @@ def files(directory_or_file: str | Path) -> list[Path]:
         return [p]
     if not p.is_dir():
         raise DataError(f"text corpus {p} does not exist")
-    found = sorted(p.glob("*.txt"))
+    found = sorted([*p.glob("*.txt"), *p.glob("*.jsonl")])
     if not found:
-        raise DataError(f"{p}: no .txt files")
+        raise DataError(f"{p}: no .txt or .jsonl files")
     return found
 
 

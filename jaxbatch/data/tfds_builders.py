@@ -26,7 +26,7 @@ def _digest(paths: dict[str, Path]) -> str:
     h = hashlib.sha1()
     for split, path in sorted(paths.items()):
         h.update(split.encode())
-        h.update(path.read_bytes())
+        h.update(path.suffix.encode() + path.read_bytes())  # a .jsonl reads differently from a .txt
     return h.hexdigest()[:12]
 
 

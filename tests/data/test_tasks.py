@@ -95,6 +95,30 @@ def test_text_corpus_builder_splits_documents(tmp_path):
         tfds_builders.prepare("text", d, tmp_path / "cache")
 
 
+def test_json_lines_corpus_holds_one_document_per_line(tmp_path):
+    """How Hugging Face datasets and crawls are dumped: `{"text": ...}` per line, other keys ignored; a
+    document may hold blank lines. Read beside .txt files, in name order."""
+    import json
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    rows = [{"text": f"doc {i}\n\nits second paragraph", "url": f"u{i}"} for i in range(9)]
+    (d / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:5]) + "\n\n" + json.dumps({"Text": ""}) + "\n")
+    (d / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows[5:]))
+    (d / "c.txt").write_text("a plain paragraph")
+    sources = tfds_builders.prepare("text", d, tmp_path / "cache")
+    docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    assert sorted(docs["train"] + docs["validation"]) == sorted([r["text"] for r in rows] + ["a plain paragraph"])
+    assert docs["validation"] == ["a plain paragraph"]  # the last tenth, in file name order
+    for content, message in (('{"text": "ok"}\n[1, 2]\n', r"b.jsonl:2: expected an object with a 'text' string"),
+                             ('{"body": "x"}\n', r"b.jsonl:1: expected an object with a 'text' string"),
+                             ('{"text": 3}\n', r"b.jsonl:1: expected an object"),
+                             ('{"text": "ok"}\n{oops\n', r"b.jsonl:2: not a JSON object")):
+        (d / "b.jsonl").write_text(content)
+        with pytest.raises(DataError, match=message):
+            tfds_builders.prepare("text", d, tmp_path / "cache")
+
+
 def test_an_empty_file_in_a_corpus_folder_holds_no_documents(tmp_path):
     """A folder of .txt files may hold an empty one (as Hugging Face's text loader reads it); a corpus with no
     text at all, or a single empty file, is still an error naming it."""
@@ -106,7 +130,7 @@ def test_an_empty_file_in_a_corpus_folder_holds_no_documents(tmp_path):
     sources = tfds_builders.prepare("text", d, tmp_path / "cache")
     assert sum(len(tfds_builders.read_all(src)) for src in sources.values()) == 10
     (d / "a.txt").write_text("")
-    with pytest.raises(DataError, match=r"corpus \(3 .txt files\): no text"):
+    with pytest.raises(DataError, match=r"corpus \(3 files\): no text"):
         tfds_builders.prepare("text", d, tmp_path / "cache")
     with pytest.raises(DataError, match=r"b.txt: file is empty"):
         tfds_builders.prepare("text", d / "b.txt", tmp_path / "cache")
