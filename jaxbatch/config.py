@@ -61,6 +61,8 @@ class ModelConfig:
     arch: str = "gpt2"  # gpt2 (LayerNorm, GELU, learned positions, biases) | llama (RMSNorm, SwiGLU, RoPE, no biases)
     num_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = num_heads)
     head_dim: int = 0  # width of an attention head (0 = hidden_size / num_heads)
+    qkv_bias: bool = False  # llama arch: biases on the query, key and value projections
+    sliding_window: int = 0  # a token attends to at most this many latest tokens, itself included (0 = all)
     rope_theta: float = 10000.0
     # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |
     # llama3 (low frequencies / factor, high ones kept, a smooth blend between)
@@ -341,6 +343,8 @@ def validate_model_shape(m: ModelConfig) -> None:
         _positive(f"model.{field}", getattr(m, field))
     if m.vocab_size < 0:
         raise ConfigError(f"model.vocab_size must be >= 0 (0 = the tokenizer's size), got {m.vocab_size}")
+    if m.sliding_window < 0:
+        raise ConfigError(f"model.sliding_window must be >= 0 (0 = no window), got {m.sliding_window}")
     if m.head_dim < 0:
         raise ConfigError(f"model.head_dim must be >= 0 (0 = model.hidden_size / model.num_heads), got {m.head_dim}")
     if m.num_kv_heads < 0:

@@ -28,9 +28,9 @@ def _recompute_greedy(graphdef, params, prompt, n):
     return ids[len(prompt):]
 
 
-@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny", "llama-tiny:model.sliding_window=3"])
 def test_kv_cache_greedy_equals_full_recompute_for_a_ragged_batch(preset):
-    graphdef, params = _model(preset)
+    graphdef, params = _model(*preset.split(":"))  # the window: a left-padded prompt's cache slots count back too
     prompts = [[3, 14, 15, 9, 2, 6], [5, 3], [8]]
     got = generate.generate(graphdef, params, prompts, 7)
     for prompt, tokens in zip(prompts, got):

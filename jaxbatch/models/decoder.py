@@ -2,7 +2,8 @@
 
 `arch=gpt2`: learned positions, LayerNorm, tanh-GELU MLP, biases, tied embeddings (HF `GPT2LMHeadModel`).
 `arch=llama`: rotary positions (HF's rotate-half), RMSNorm, SwiGLU MLP, no biases, grouped-query attention,
-untied head (HF `LlamaForCausalLM`). Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick
+untied head (HF `LlamaForCausalLM`); with `qkv_bias` (Qwen2) and a `sliding_window` (Mistral) it reads and
+writes those checkpoints too. Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick
 fused kernels. Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`), equal token for token to recomputing the whole sequence.
@@ -88,9 +89,10 @@ class CausalAttention(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
         h, heads, kv, d = cfg.hidden_size, cfg.num_heads, kv_heads(cfg), head_dim(cfg)
         proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2")
-        self.query = Dense((h,), (heads, d), ("embed",), ("heads", "kv"), **proj)
-        self.key = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **proj)
-        self.value = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **proj)
+        qkv = dict(proj, use_bias=cfg.arch == "gpt2" or cfg.qkv_bias)
+        self.query = Dense((h,), (heads, d), ("embed",), ("heads", "kv"), **qkv)
+        self.key = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **qkv)
+        self.value = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **qkv)
         self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",),
                          init_std=0.02 / math.sqrt(2 * cfg.num_layers), **proj)
         self.arch, self.cfg, self.dtype = cfg.arch, cfg, dtype
@@ -185,7 +187,10 @@ class Decoder(nnx.Module):
         """Logits (batch, length, vocab) of a packed batch: a token sees earlier tokens of its own segment."""
         same = segment_ids[:, :, None] == segment_ids[:, None, :]
         causal = jnp.tril(jnp.ones((ids.shape[1], ids.shape[1]), bool))
-        mask = (same & causal[None] & (segment_ids > 0)[:, None, :])[:, None]
+        mask = same & causal[None] & (segment_ids > 0)[:, None, :]
+        if self.cfg.sliding_window:  # within a document, positions count the tokens back
+            mask &= positions[:, :, None] - positions[:, None, :] < self.cfg.sliding_window
+        mask = mask[:, None]
         x = self.dropout(self._embed(ids, positions), deterministic=deterministic, rngs=rngs)
         # remat keeps only what the policy saves and recomputes the rest in the backward pass
         x = run_layers(self.layers, x, lambda layer, h, r: layer(h, positions, mask, deterministic, r)[0],
@@ -199,8 +204,11 @@ class Decoder(nnx.Module):
     def decode_step(self, ids, positions, key_valid, cache, cache_index):
         """Runs `ids` (batch, n) written at cache slots [cache_index, cache_index + n); a query at slot
         cache_index + i sees valid cache slots up to its own. Returns (logits, cache)."""
-        slots = cache_index + jnp.arange(ids.shape[1])
-        mask = (jnp.arange(cache[0][0].shape[1])[None, :] <= slots[:, None])[None] & key_valid[:, None, :]
+        slots, keys = cache_index + jnp.arange(ids.shape[1]), jnp.arange(cache[0][0].shape[1])
+        seen = keys[None, :] <= slots[:, None]
+        if self.cfg.sliding_window:
+            seen &= slots[:, None] - keys[None, :] < self.cfg.sliding_window
+        mask = seen[None] & key_valid[:, None, :]
         x = self._embed(ids, positions)
         new_cache = []
         for layer, c in zip(self.layers, cache):
@@ -247,6 +255,8 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
     if cfg.hidden_size % cfg.num_heads and not cfg.head_dim:
         raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads} "
                           f"(or set model.head_dim)")
+    if cfg.arch == "gpt2" and cfg.qkv_bias:
+        raise ConfigError("model.qkv_bias is for arch=llama (gpt2 has biases on every projection already)")
     if cfg.arch == "gpt2" and cfg.head_dim and cfg.head_dim * cfg.num_heads != cfg.hidden_size:
         raise ConfigError(f"model.head_dim={cfg.head_dim}: GPT-2's heads are hidden_size / num_heads wide (set 0)")
     if cfg.num_heads % kv_heads(cfg):
@@ -271,8 +281,11 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 
 def describe(cfg) -> str:
     kv = f", {kv_heads(cfg)} kv heads" if kv_heads(cfg) != cfg.num_heads else ""
+    extras = [f"head_dim {cfg.head_dim}" * bool(cfg.head_dim), "qkv biases" * cfg.qkv_bias,
+              f"sliding window {cfg.sliding_window}" * bool(cfg.sliding_window),
+              f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"), "layers scanned" * cfg.scan_layers]
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
-            f" vocab {cfg.vocab_size}, remat {cfg.remat}{', layers scanned' if cfg.scan_layers else ''})")
+            f" vocab {cfg.vocab_size}, remat {cfg.remat}{''.join(', ' + e for e in extras if e)})")
 
 
 def tokenizer(source):
@@ -297,7 +310,7 @@ def tokenizer(source):
 # ---- Hugging Face conversion tables ---------------------------------------------------------------------
 
 def hf_configure(cfg, hf: dict):
-    """The shape from a GPT-2 or LLaMA config.json."""
+    """The shape from a GPT-2 or LLaMA-style (llama, mistral, qwen2) config.json."""
     if hf.get("model_type") == "gpt2":
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise CheckpointError(f"config.json: activation_function {hf['activation_function']!r} is not supported")
@@ -307,7 +320,8 @@ def hf_configure(cfg, hf: dict):
                      tie_embeddings=True)
     else:
         if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise CheckpointError("config.json: only silu LLaMA models without attention/MLP biases are supported")
+            raise CheckpointError("config.json: attention_bias (on the output projection too), mlp_bias and "
+                                  "activations other than silu are not supported")
         rope_shape = _hf_rope(hf)
         width = hf.get("head_dim") or 0
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -316,9 +330,23 @@ def hf_configure(cfg, hf: dict):
                      head_dim=0 if width * hf["num_attention_heads"] == hf["hidden_size"] else width,
                      intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
                      layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                     **rope_shape)
+                     qkv_bias=hf["model_type"] == "qwen2", sliding_window=_hf_window(hf), **rope_shape)
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm")
+
+
+def _hf_window(hf: dict) -> int:
+    """One sliding window for every layer, or none: mistral's `sliding_window` (null = none); qwen2's
+    `layer_types` (or `use_sliding_window` from layer `max_window_layers` on). Mixed layers are refused."""
+    n, window = hf["num_hidden_layers"], hf.get("sliding_window") or 0
+    if hf["model_type"] == "mistral" or not window:
+        return window
+    kinds = hf.get("layer_types") or [
+        "sliding_attention" if hf.get("use_sliding_window") and i >= hf.get("max_window_layers", n) else "full_attention"
+        for i in range(n)]
+    if len(set(kinds)) > 1:
+        raise CheckpointError("config.json: a sliding window on some layers only (layer_types) is not supported")
+    return window if kinds[0] == "sliding_attention" else 0
 
 
 def _hf_rope(hf: dict) -> dict:
@@ -380,6 +408,8 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
         ours, theirs = f"layers.{i}", f"model.layers.{i}"
         for name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
             m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.self_attn.{hf_name}.weight", "qkv_kernel")
+            if cfg.qkv_bias:
+                m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.self_attn.{hf_name}.bias", "qkv_bias")
         m[f"{ours}.attention.out.kernel"] = (f"{theirs}.self_attn.o_proj.weight", "out_kernel")
         m[f"{ours}.attention_norm.scale"] = (f"{theirs}.input_layernorm.weight", "copy")
         m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
@@ -407,17 +437,25 @@ def hf_config(cfg, label_names=None) -> dict:
                 "layer_norm_epsilon": cfg.layer_norm_eps, "activation_function": "gelu_new",
                 "tie_word_embeddings": True, "resid_pdrop": cfg.hidden_dropout, "embd_pdrop": cfg.hidden_dropout,
                 "attn_pdrop": 0.0, "bos_token_id": None, "eos_token_id": None}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg), "head_dim": head_dim(cfg),
-            "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_position_embeddings,
-            "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": _rope_parameters(cfg),
-            "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
-            "mlp_bias": False, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    common = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
+              "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg), "head_dim": head_dim(cfg),
+              "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_position_embeddings,
+              "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": _rope_parameters(cfg), "hidden_act": "silu",
+              "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
+              "pad_token_id": None}
+    window = cfg.sliding_window or None
+    if cfg.qkv_bias:  # the transformers class with exactly these biases
+        kind = "sliding_attention" if window else "full_attention"
+        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **common, "sliding_window": window,
+                "use_sliding_window": bool(window), "max_window_layers": 0, "layer_types": [kind] * cfg.num_layers}
+    if window:
+        return {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **common, "sliding_window": window}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common, "attention_bias": False,
+            "mlp_bias": False}
 
 
 FAMILY = models.register(models.Family(
     name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("gpt2", "llama"), key_map=hf_key_map, configure=hf_configure, hf_config=hf_config,
+    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2"), key_map=hf_key_map, configure=hf_configure, hf_config=hf_config,
                         expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))
