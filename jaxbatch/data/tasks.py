@@ -309,7 +309,8 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
     if ds.task == "lm":
         docs = _lm_docs(data_cfg, required=(split,))
         if not docs.get(split):
-            raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir}")
+            raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir} (a text corpus "
+                            f"is split into train and validation: --split validation)")
         encode = _lm_encode(tokenizer)
         return packing.pack([encode(d) for d in docs[split]], data_cfg.seq_len)
     raw = _raw_splits(data_cfg, ds, required=(split,))
