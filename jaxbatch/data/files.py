@@ -28,6 +28,25 @@ def read_text_file(path, empty_ok: bool = False) -> str:
     return text
 
 
+def json_lines(path, text: str) -> list[tuple[int, dict]]:
+    """(line number, object with lower-cased keys) for each non-blank line of a JSON lines file's `text`;
+    anything but an object is a DataError naming the line."""
+    import json
+
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not a JSON object ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: not a JSON object")
+        rows.append((number, {k.strip().lower(): v for k, v in row.items()}))  # `Text` names the text too
+    return rows
+
+
 def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,
                 required: tuple[str, ...] = ("train", "validation")) -> dict:
     """{split: path} of the first candidate file name present for each split; `required` splits must exist."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxbatch.errors import DataError
-from jaxbatch.data.files import read_text_file
+from jaxbatch.data.files import json_lines, read_text_file
 
 
 def read(paths: list[Path]) -> list[str]:
@@ -28,19 +28,10 @@ def read(paths: list[Path]) -> list[str]:
 
 def _json_lines(path: Path, text: str) -> list[str]:
     """The `text` (any case) of each line's object; an empty text holds no document."""
-    import json
-
     docs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not a JSON object ({e.msg})") from e
-        row = {k.strip().lower(): v for k, v in row.items()} if isinstance(row, dict) else None
-        if row is None or not isinstance(row.get("text"), str):
-            raise DataError(f"{path}:{number}: expected an object with a 'text' string, got {line.strip()[:80]!r}")
+    for number, row in json_lines(path, text):
+        if not isinstance(row.get("text"), str):
+            raise DataError(f"{path}:{number}: expected an object with a 'text' string, got keys {sorted(row)}")
         if row["text"].strip():
             docs.append(row["text"].strip())
     return docs

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jaxbatch.data.files import DataError, find_splits, read_text_file
+from jaxbatch.data.files import DataError, find_splits, json_lines, read_text_file
 
 SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl") for name in names)
                for split, names in {"train": ("train",), "validation": ("dev", "valid", "validation"),
@@ -116,19 +116,7 @@ def _read_csv(path: Path) -> list[Example]:
 
 
 def _read_jsonl(path: Path) -> list[Example]:
-    import json
-
-    rows = []
-    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not a JSON object ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: not a JSON object")
-        rows.append((number, {k.strip().lower(): v for k, v in row.items()}))  # `Text` names the text too
+    rows = json_lines(path, read_text_file(path))
     text_col, labelled = _columns(path, rows[0][1].keys())
     for number, row in rows:
         if text_col not in row or labelled != ("label" in row):

@@ -110,9 +110,9 @@ def test_json_lines_corpus_holds_one_document_per_line(tmp_path):
     docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
     assert sorted(docs["train"] + docs["validation"]) == sorted([r["text"] for r in rows] + ["a plain paragraph"])
     assert docs["validation"] == ["a plain paragraph"]  # the last tenth, in file name order
-    for content, message in (('{"text": "ok"}\n[1, 2]\n', r"b.jsonl:2: expected an object with a 'text' string"),
-                             ('{"body": "x"}\n', r"b.jsonl:1: expected an object with a 'text' string"),
-                             ('{"text": 3}\n', r"b.jsonl:1: expected an object"),
+    for content, message in (('{"text": "ok"}\n[1, 2]\n', r"b.jsonl:2: not a JSON object"),
+                             ('{"body": "x"}\n', r"b.jsonl:1: expected an object with a 'text' string, got keys \['body'\]"),
+                             ('{"text": 3}\n', r"b.jsonl:1: expected an object with a 'text' string"),
                              ('{"text": "ok"}\n{oops\n', r"b.jsonl:2: not a JSON object")):
         (d / "b.jsonl").write_text(content)
         with pytest.raises(DataError, match=message):
