@@ -314,6 +314,9 @@ def hf_configure(cfg, hf: dict):
     if hf.get("model_type") == "gpt2":
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise CheckpointError(f"config.json: activation_function {hf['activation_function']!r} is not supported")
+        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
+            raise CheckpointError("config.json: attention scores are scaled by 1/sqrt(head_dim) only here "
+                                  "(scale_attn_weights=false and scale_attn_by_inverse_layer_idx are not supported)")
         shape = dict(arch="gpt2", vocab_size=hf["vocab_size"], hidden_size=hf["n_embd"], num_layers=hf["n_layer"],
                      num_heads=hf["n_head"], num_kv_heads=0, intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
                      max_position_embeddings=hf["n_positions"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),

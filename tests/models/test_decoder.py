@@ -300,6 +300,16 @@ def test_heads_wider_than_hidden_over_heads_equal_hf(tmp_path):
     np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-6)
 
 
+@pytest.mark.parametrize("key, value", [("scale_attn_by_inverse_layer_idx", True), ("scale_attn_weights", False)])
+def test_gpt2_attention_scalings_it_lacks_are_refused(key, value, tmp_path):
+    """HF GPT-2 options that change the logits; read silently they gave a model that differs from HF's."""
+    _, folder = _hf_model("gpt2", tmp_path)
+    c = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(c, **{key: value})))
+    with pytest.raises(CheckpointError, match=r"config.json: attention scores are scaled by 1/sqrt\(head_dim\) only"):
+        run_lib.restore(folder)
+
+
 @pytest.mark.parametrize("rope, message", [
     ({"rope_type": "yarn", "factor": 4.0}, "rope_type 'yarn' is not supported"),
     ({"rope_type": "llama3", "factor": 8.0}, "rope_type 'llama3' needs low_freq_factor, high_freq_factor, original_max"),
