@@ -189,6 +189,9 @@ def hf_configure(cfg, hf: dict):
     """The model shape from a BERT config.json; with a named preset, every shape field must agree."""
     if hf.get("hidden_act", "gelu") != "gelu":
         raise CheckpointError(f"config.json: hidden_act {hf.get('hidden_act')!r}; jaxbatch BERT uses exact 'gelu'")
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise CheckpointError("config.json: is_decoder / add_cross_attention (a causal or cross-attending BERT) "
+                              "is not supported; jaxbatch BERT is a bidirectional encoder")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"config.json: position_embedding_type {hf['position_embedding_type']!r} is not supported")
     wanted = {field: hf[key] for field, key in SHAPE_FIELDS.items()}  # a missing key is an error, never a default
