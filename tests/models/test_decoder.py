@@ -353,6 +353,31 @@ def test_sharded_and_half_precision_hf_folders_load(tmp_path):
         run_lib.restore(tmp_path / "shards")
 
 
+HUB_CONFIGS = {  # the shape keys of the hub config.json files the presets are named after
+    "gpt2-124m": {"model_type": "gpt2", "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05, "n_ctx": 1024,
+                  "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024, "vocab_size": 50257},
+    "llama-1b": {"model_type": "llama", "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,  # Llama-3.2-1B
+                 "intermediate_size": 8192, "max_position_embeddings": 131072, "num_attention_heads": 32,
+                 "num_hidden_layers": 16, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+                 "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                 "rope_theta": 500000.0, "tie_word_embeddings": True, "vocab_size": 128256},
+    "llama-7b": {"model_type": "llama", "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 11008,
+                 "max_position_embeddings": 4096, "num_attention_heads": 32, "num_hidden_layers": 32,
+                 "num_key_value_heads": 32, "rms_norm_eps": 1e-05, "rope_scaling": None, "tie_word_embeddings": False,
+                 "vocab_size": 32000},  # Llama-2-7b-hf
+}
+
+
+@pytest.mark.parametrize("preset", sorted(HUB_CONFIGS))
+def test_presets_are_the_shapes_of_the_checkpoints_they_are_named_after(preset, tmp_path):
+    """`model.preset=llama-1b model.pretrained=<Llama-3.2-1B>` must load: a named preset has to agree with
+    the checkpoint's config.json on every shape field (rotary scaling included), or it is refused."""
+    (tmp_path / "config.json").write_text(json.dumps(HUB_CONFIGS[preset]))
+    cfg = config.build([f"model.preset={preset}"]).model
+    assert hf.configure(cfg, tmp_path) == dataclasses.replace(cfg, task="lm")
+
+
 def test_flops_count_causal_half_and_swiglu():
     gpt = _cfg("gpt-tiny").model
     h, inter, t = 32, 64, 16
