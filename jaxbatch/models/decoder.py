@@ -42,6 +42,11 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
                      rope_high_freq_factor=4.0, rope_original_max_positions=8192),  # LLaMA 3.2 1B
     "llama-7b": dict(_LLAMA, vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
                      intermediate_size=11008, max_position_embeddings=4096, layer_norm_eps=1e-5),
+    "mistral-7b": dict(_LLAMA, vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                       intermediate_size=14336, max_position_embeddings=32768, layer_norm_eps=1e-5, sliding_window=4096),
+    "qwen2.5-0.5b": dict(_LLAMA, vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
+                         intermediate_size=4864, max_position_embeddings=32768, rope_theta=1e6, tie_embeddings=True,
+                         qkv_bias=True),
 }
 
 

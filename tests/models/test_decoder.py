@@ -366,6 +366,15 @@ HUB_CONFIGS = {  # the shape keys of the hub config.json files the presets are n
                  "max_position_embeddings": 4096, "num_attention_heads": 32, "num_hidden_layers": 32,
                  "num_key_value_heads": 32, "rms_norm_eps": 1e-05, "rope_scaling": None, "tie_word_embeddings": False,
                  "vocab_size": 32000},  # Llama-2-7b-hf
+    "mistral-7b": {"model_type": "mistral", "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
+                   "max_position_embeddings": 32768, "num_attention_heads": 32, "num_hidden_layers": 32,
+                   "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
+                   "tie_word_embeddings": False, "vocab_size": 32000},  # Mistral-7B-v0.1
+    "qwen2.5-0.5b": {"model_type": "qwen2", "hidden_act": "silu", "hidden_size": 896, "intermediate_size": 4864,
+                     "max_position_embeddings": 32768, "max_window_layers": 24, "num_attention_heads": 14,
+                     "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+                     "sliding_window": 32768, "tie_word_embeddings": True, "use_sliding_window": False,
+                     "vocab_size": 151936},  # Qwen2.5-0.5B: a window named but not used
 }
 
 
