@@ -320,20 +320,20 @@ def generate(args) -> int:
         raise ConfigError(f"{args.model} is a {restored.run.spec.model.task} classifier, not a language model")
     tok = restored.tokenizer
     prompts = [list(tok.encode(p)) for p in args.prompt]
-    eos = getattr(tok, "eos_token_id", None)  # a sub-word tokenizer's end of sequence (training ends documents so)
+    stops = generate_lib.stop_tokens(tok, [f for f in (args.model, restored.run.spec.model.pretrained) if f])
     if args.max_new_tokens < 1 or not all(prompts):
         raise ConfigError("--max-new-tokens must be >= 1 and every --prompt must have at least one token")
     try:
         new = generate_lib.generate(restored.run.graphdef, restored.params, prompts, args.max_new_tokens,
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                    stop_token=eos)
+                                    stop_tokens=stops)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     from jaxbatch.errors import writing
 
     with writing("standard output"):
         for prompt, tokens in zip(args.prompt, new):
-            print(prompt + tok.decode(tokens[:-1] if tokens and tokens[-1] == eos else tokens))
+            print(prompt + tok.decode(tokens[:-1] if tokens and tokens[-1] in stops else tokens))
             print("-" * 40)
     return 0
 

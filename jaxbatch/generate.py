@@ -6,11 +6,16 @@ token; equal token for token to recomputing the whole sequence each step (tests/
 from __future__ import annotations
 
 import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from jaxbatch.errors import CheckpointError
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
@@ -40,9 +45,9 @@ def _step(graphdef, params, ids, positions, key_valid, cache, index):
 
 
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_token: int | None = None) -> list[list[int]]:
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_tokens: Sequence[int] = ()) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
-    `stop_token` (the tokenizer's end of sequence; kept as its last token, as HF's generate does), and the
+    the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does), and the
     loop ends once every prompt has ended."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -71,12 +76,29 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     for i in range(max_new_tokens):
         token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
         out.append(token)
-        if stop_token is not None:
-            ended |= np.asarray(token) == stop_token
+        if stop_tokens:
+            ended |= np.isin(np.asarray(token), stop_tokens)
         if i == max_new_tokens - 1 or ended.all():
             break
         logits, cache = _step(graphdef, params, token[:, None], next_pos[:, None], jnp.asarray(key_valid), cache,
                               jnp.asarray(longest + i, jnp.int32))
         next_pos = next_pos + 1
     rows = np.asarray(jnp.stack(out, 1)).tolist()
-    return [row[: row.index(stop_token) + 1] if stop_token in row else row for row in rows]
+    ends = [next((i for i, t in enumerate(row) if t in stop_tokens), len(row) - 1) for row in rows]
+    return [row[: end + 1] for row, end in zip(rows, ends)]
+
+
+def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:
+    """The ids that end a continuation: the tokenizer's end of sequence, and the `eos_token_id` (one id or a
+    list) of a generation_config.json in `folders` (a Hugging Face folder, or the one a run was trained from),
+    as HF's generate reads it: chat checkpoints end a turn with a token of their own."""
+    ids = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
+    for folder in folders:
+        path = Path(folder) / "generation_config.json"
+        if path.is_file():
+            try:
+                eos = json.loads(path.read_text()).get("eos_token_id")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                raise CheckpointError(f"{path}: not a JSON object ({e})") from e
+            ids += [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
+    return sorted(set(ids))

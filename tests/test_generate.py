@@ -42,18 +42,32 @@ def test_a_prompt_ends_at_the_stop_token_and_the_others_go_on():
     prompts = [[3, 14, 15, 9, 2, 6], [5, 3], [8]]
     free = generate.generate(graphdef, params, prompts, 12)
     stop = free[0][3]
-    got = generate.generate(graphdef, params, prompts, 12, stop_token=stop)
+    got = generate.generate(graphdef, params, prompts, 12, stop_tokens=[stop])
     for row, tokens in zip(free, got):  # each cut after its first stop token (kept), else all 12
         assert tokens == (row[: row.index(stop) + 1] if stop in row else row)
     assert got[0] == free[0][: free[0].index(stop) + 1] and len(got[0]) <= 4
     first = free[0][0]  # every prompt ends at once: the prefill alone runs, no decode step
     with mock.patch.object(generate, "_step", wraps=generate._step) as step:
-        assert generate.generate(graphdef, params, [prompts[0]] * 2, 12, stop_token=first) == [[first]] * 2
+        assert generate.generate(graphdef, params, [prompts[0]] * 2, 12, stop_tokens=[first]) == [[first]] * 2
     assert step.call_count == 1
     short = ["model.max_position_embeddings=64"]  # learned positions end what a model can read; rotary ones do not
     with pytest.raises(ValueError, match="prompt \\+ new tokens = 69 exceeds the model.s 64 positions"):
         generate.generate(*_model("gpt-tiny", *short), [[1] * 9], 60)
     assert len(generate.generate(*_model("llama-tiny", *short), [[1] * 9], 60)[0]) == 60
+
+
+def test_stop_tokens_are_the_tokenizers_eos_and_the_generation_configs(tmp_path):
+    """HF's generate ends at generation_config.json's eos_token_id too: an id, or a list (chat checkpoints
+    end a turn with a token of their own)."""
+    tok = mock.Mock(eos_token_id=2)
+    assert generate.stop_tokens(tok, [tmp_path]) == [2]
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [7, 2, 9], "bos_token_id": 1}')
+    assert generate.stop_tokens(tok, [tmp_path, tmp_path / "missing"]) == [2, 7, 9]
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": 5}')
+    assert generate.stop_tokens(mock.Mock(spec=[]), [tmp_path]) == [5]  # a character tokenizer has no EOS
+    (tmp_path / "generation_config.json").write_text('[1]')
+    with pytest.raises(generate.CheckpointError, match="generation_config.json: not a JSON object"):
+        generate.stop_tokens(tok, [tmp_path])
 
 
 def test_sampling_filters():
