@@ -265,6 +265,7 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
     table = models.family(model_cfg).hf
     if table is None:
         raise CheckpointError(f"model family {model_cfg.family!r} has no Hugging Face conversion")
+    config_json = table.hf_config(model_cfg, label_names)  # first: a model HF cannot hold writes nothing
     mapping = table.key_map(model_cfg)
     tensors, fused = {}, {}
     for path, x in jax.tree_util.tree_leaves_with_path(params):
@@ -280,7 +281,7 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
         tensors[table.tensor_name(hf_name, model_cfg)] = np.concatenate([parts[i] for i in range(3)], axis=-1)
     with folders.new_folder(folder) as partial:
         save_file(tensors, str(partial / "model.safetensors"), metadata={"format": "pt"})
-        (partial / "config.json").write_text(json.dumps(table.hf_config(model_cfg, label_names), indent=2))
+        (partial / "config.json").write_text(json.dumps(config_json, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
     return Path(folder)

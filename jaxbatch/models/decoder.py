@@ -438,6 +438,8 @@ def hf_normalize_name(name: str) -> str:
 
 
 def hf_config(cfg, label_names=None) -> dict:
+    if cfg.arch == "gpt2" and cfg.sliding_window:
+        raise ConfigError("a gpt2-arch model with model.sliding_window has no Hugging Face class to export to")
     if cfg.arch == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
                 "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,

@@ -279,6 +279,13 @@ def test_mistral_and_qwen2_equal_hf_and_round_trip(arch, extra, tmp_path):
     assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
 
 
+def test_a_windowed_gpt2_has_no_hf_class_and_exports_nothing(tmp_path):
+    cfg, model = _model("gpt-tiny", "model.sliding_window=4")
+    with pytest.raises(config.ConfigError, match="no Hugging Face class"):
+        hf.export(nnx.state(model, nnx.Param), cfg, tmp_path / "out")
+    assert not list(tmp_path.iterdir())
+
+
 def test_heads_wider_than_hidden_over_heads_equal_hf(tmp_path):
     """head_dim set apart from hidden_size / num_heads (width-pruned LLaMA-style models ship so): 4 heads of
     16 over a hidden size of 32. Logits equal HF's; export writes head_dim back; the KV cache has its width."""
