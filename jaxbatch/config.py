@@ -61,7 +61,7 @@ class ModelConfig:
     arch: str = "gpt2"  # gpt2 (LayerNorm, GELU, learned positions, biases) | llama (RMSNorm, SwiGLU, RoPE, no biases)
     num_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = num_heads)
     head_dim: int = 0  # width of an attention head (0 = hidden_size / num_heads)
-    qkv_bias: bool = False  # llama arch: biases on the query, key and value projections
+    attention_bias: str = "none"  # llama arch: none | qkv (query, key, value projections) | all (and output)
     sliding_window: int = 0  # a token attends to at most this many latest tokens, itself included (0 = all)
     rope_theta: float = 10000.0
     # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |

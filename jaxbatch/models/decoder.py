@@ -2,8 +2,8 @@
 
 `arch=gpt2`: learned positions, LayerNorm, tanh-GELU MLP, biases, tied embeddings (HF `GPT2LMHeadModel`).
 `arch=llama`: rotary positions (HF's rotate-half), RMSNorm, SwiGLU MLP, no biases, grouped-query attention,
-untied head (HF `LlamaForCausalLM`); with `qkv_bias` (Qwen2) and a `sliding_window` (Mistral) it reads and
-writes those checkpoints too. Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick
+untied head (HF `LlamaForCausalLM`); with `attention_bias` (qkv: Qwen2) and a `sliding_window` (Mistral) it
+reads and writes those checkpoints too. Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick
 fused kernels. Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`), equal token for token to recomputing the whole sequence.
@@ -46,7 +46,7 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
                        intermediate_size=14336, max_position_embeddings=32768, layer_norm_eps=1e-5, sliding_window=4096),
     "qwen2.5-0.5b": dict(_LLAMA, vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
                          intermediate_size=4864, max_position_embeddings=32768, rope_theta=1e6, tie_embeddings=True,
-                         qkv_bias=True),
+                         attention_bias="qkv"),
 }
 
 
@@ -94,12 +94,12 @@ class CausalAttention(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
         h, heads, kv, d = cfg.hidden_size, cfg.num_heads, kv_heads(cfg), head_dim(cfg)
         proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2")
-        qkv = dict(proj, use_bias=cfg.arch == "gpt2" or cfg.qkv_bias)
+        qkv = dict(proj, use_bias=cfg.arch == "gpt2" or cfg.attention_bias in ("qkv", "all"))
         self.query = Dense((h,), (heads, d), ("embed",), ("heads", "kv"), **qkv)
         self.key = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **qkv)
         self.value = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **qkv)
-        self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",),
-                         init_std=0.02 / math.sqrt(2 * cfg.num_layers), **proj)
+        self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",), init_std=0.02 / math.sqrt(2 * cfg.num_layers),
+                         **dict(proj, use_bias=cfg.arch == "gpt2" or cfg.attention_bias == "all"))
         self.arch, self.cfg, self.dtype = cfg.arch, cfg, dtype
 
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
@@ -260,8 +260,10 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
     if cfg.hidden_size % cfg.num_heads and not cfg.head_dim:
         raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads} "
                           f"(or set model.head_dim)")
-    if cfg.arch == "gpt2" and cfg.qkv_bias:
-        raise ConfigError("model.qkv_bias is for arch=llama (gpt2 has biases on every projection already)")
+    if cfg.attention_bias not in ("none", "qkv", "all"):
+        raise ConfigError(f"model.attention_bias must be none, qkv or all, got {cfg.attention_bias!r}")
+    if cfg.arch == "gpt2" and cfg.attention_bias != "none":
+        raise ConfigError("model.attention_bias is for arch=llama (gpt2 has biases on every projection already)")
     if cfg.arch == "gpt2" and cfg.head_dim and cfg.head_dim * cfg.num_heads != cfg.hidden_size:
         raise ConfigError(f"model.head_dim={cfg.head_dim}: GPT-2's heads are hidden_size / num_heads wide (set 0)")
     if cfg.num_heads % kv_heads(cfg):
@@ -286,7 +288,7 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 
 def describe(cfg) -> str:
     kv = f", {kv_heads(cfg)} kv heads" if kv_heads(cfg) != cfg.num_heads else ""
-    extras = [f"head_dim {cfg.head_dim}" * bool(cfg.head_dim), "qkv biases" * cfg.qkv_bias,
+    extras = [f"head_dim {cfg.head_dim}" * bool(cfg.head_dim), f"{cfg.attention_bias} attention biases" * (cfg.attention_bias != "none"),
               f"sliding window {cfg.sliding_window}" * bool(cfg.sliding_window),
               f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"), "layers scanned" * cfg.scan_layers]
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
@@ -327,9 +329,8 @@ def hf_configure(cfg, hf: dict):
                      max_position_embeddings=hf["n_positions"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                      tie_embeddings=True)
     else:
-        if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise CheckpointError("config.json: attention_bias (on the output projection too), mlp_bias and "
-                                  "activations other than silu are not supported")
+        if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
+            raise CheckpointError("config.json: mlp_bias and activations other than silu are not supported")
         rope_shape = _hf_rope(hf)
         width = hf.get("head_dim") or 0
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -338,7 +339,8 @@ def hf_configure(cfg, hf: dict):
                      head_dim=0 if width * hf["num_attention_heads"] == hf["hidden_size"] else width,
                      intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
                      layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                     qkv_bias=hf["model_type"] == "qwen2", sliding_window=_hf_window(hf), **rope_shape)
+                     attention_bias="qkv" if hf["model_type"] == "qwen2" else "all" if hf.get("attention_bias") else "none",
+                     sliding_window=_hf_window(hf), **rope_shape)
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm")
 
@@ -416,8 +418,10 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
         ours, theirs = f"layers.{i}", f"model.layers.{i}"
         for name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
             m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.self_attn.{hf_name}.weight", "qkv_kernel")
-            if cfg.qkv_bias:
+            if cfg.attention_bias in ("qkv", "all"):
                 m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.self_attn.{hf_name}.bias", "qkv_bias")
+        if cfg.attention_bias == "all":
+            m[f"{ours}.attention.out.bias"] = (f"{theirs}.self_attn.o_proj.bias", "copy")
         m[f"{ours}.attention.out.kernel"] = (f"{theirs}.self_attn.o_proj.weight", "out_kernel")
         m[f"{ours}.attention_norm.scale"] = (f"{theirs}.input_layernorm.weight", "copy")
         m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
@@ -454,14 +458,16 @@ def hf_config(cfg, label_names=None) -> dict:
               "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
               "pad_token_id": None}
     window = cfg.sliding_window or None
-    if cfg.qkv_bias:  # the transformers class with exactly these biases
+    if cfg.attention_bias == "all" and window:
+        raise ConfigError("a model with model.attention_bias=all and a sliding window has no Hugging Face class")
+    if cfg.attention_bias == "qkv":  # the transformers class with exactly these biases
         kind = "sliding_attention" if window else "full_attention"
         return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **common, "sliding_window": window,
                 "use_sliding_window": bool(window), "max_window_layers": 0, "layer_types": [kind] * cfg.num_layers}
     if window:
         return {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **common, "sliding_window": window}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common, "attention_bias": False,
-            "mlp_bias": False}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+            "attention_bias": cfg.attention_bias == "all", "mlp_bias": False}
 
 
 FAMILY = models.register(models.Family(

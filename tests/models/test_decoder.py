@@ -248,17 +248,19 @@ def test_scaled_rope_equals_hf_and_round_trips(kind, tmp_path):
     assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
 
 
-@pytest.mark.parametrize("arch, extra", [("mistral", {"sliding_window": 4}), ("qwen2", {}),
-                                         ("qwen2", {"use_sliding_window": True, "sliding_window": 3,
-                                                    "max_window_layers": 0})])
-def test_mistral_and_qwen2_equal_hf_and_round_trip(arch, extra, tmp_path):
-    """LLaMA-style checkpoints beside llama: mistral's sliding window (a token sees its 4 latest tokens, so
-    10 tokens exercise it), qwen2's query/key/value biases (and its window on every layer). Logits equal HF's
-    on plain and packed rows; export writes the same class back."""
+@pytest.mark.parametrize("arch, extra, bias", [("mistral", {"sliding_window": 4}, "none"), ("qwen2", {}, "qkv"),
+                                               ("qwen2", {"use_sliding_window": True, "sliding_window": 3,
+                                                          "max_window_layers": 0}, "qkv"),
+                                               ("llama", {"attention_bias": True}, "all")])
+def test_mistral_qwen2_and_biased_llama_equal_hf_and_round_trip(arch, extra, bias, tmp_path):
+    """LLaMA-style checkpoints beside plain llama: mistral's sliding window (a token sees its 4 latest tokens,
+    so 10 tokens exercise it), qwen2's query/key/value biases (and its window on every layer), llama's
+    attention_bias (the output projection too). Logits equal HF's on plain and packed rows; export writes the
+    same class back."""
     theirs, folder = _hf_model(arch, tmp_path, **extra)
     restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
     spec = restored.run.spec.model
-    assert (spec.qkv_bias, spec.sliding_window) == (arch == "qwen2", extra.get("sliding_window", 0))
+    assert (spec.attention_bias, spec.sliding_window) == (bias, extra.get("sliding_window", 0))
     model = nnx.merge(restored.run.graphdef, restored.params)
     ids = _ids(2, 10, seed=6)
     pos, seg = jnp.broadcast_to(jnp.arange(10), (2, 10)), jnp.ones((2, 10), jnp.int32)
