@@ -4,9 +4,9 @@ lines.
 TSV: a header row is optional (`sentence<TAB>label` as in GLUE, or `text<TAB>label`); an unlabelled split
 (GLUE's test) has the layout `index<TAB>sentence`. CSV (`train.csv`, as pandas or a spreadsheet writes it,
 quoted fields included; `;`-separated too) and JSON lines (`train.jsonl`, one object per line) name their
-columns: the text in `text` or `sentence`, the class in `label` (names in any case); other columns are ignored, and a split
-without `label` is unlabelled. Labels are kept as written (a class name or an integer id) and turned into ids by
-`data/tasks.py` against the label set.
+columns: the text in `text` or `sentence`, the class in `label` (names in any case); other columns are ignored,
+and a split without `label` is unlabelled. Labels are kept as written (a class name or an integer id) and
+turned into ids by `data/tasks.py` against the label set.
 """
 
 from __future__ import annotations

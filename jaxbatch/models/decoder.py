@@ -288,9 +288,11 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 
 def describe(cfg) -> str:
     kv = f", {kv_heads(cfg)} kv heads" if kv_heads(cfg) != cfg.num_heads else ""
-    extras = [f"head_dim {cfg.head_dim}" * bool(cfg.head_dim), f"{cfg.attention_bias} attention biases" * (cfg.attention_bias != "none"),
+    extras = [f"head_dim {cfg.head_dim}" * bool(cfg.head_dim),
+              f"{cfg.attention_bias} attention biases" * (cfg.attention_bias != "none"),
               f"sliding window {cfg.sliding_window}" * bool(cfg.sliding_window),
-              f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"), "layers scanned" * cfg.scan_layers]
+              f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"),
+              "layers scanned" * cfg.scan_layers]
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
             f" vocab {cfg.vocab_size}, remat {cfg.remat}{''.join(', ' + e for e in extras if e)})")
 
@@ -339,7 +341,7 @@ def hf_configure(cfg, hf: dict):
                      head_dim=0 if width * hf["num_attention_heads"] == hf["hidden_size"] else width,
                      intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
                      layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                     attention_bias="qkv" if hf["model_type"] == "qwen2" else "all" if hf.get("attention_bias") else "none",
+                     attention_bias={"qwen2": "qkv"}.get(hf["model_type"], "all" if hf.get("attention_bias") else "none"),
                      sliding_window=_hf_window(hf), **rope_shape)
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm")
@@ -473,5 +475,5 @@ def hf_config(cfg, label_names=None) -> dict:
 FAMILY = models.register(models.Family(
     name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2"), key_map=hf_key_map, configure=hf_configure, hf_config=hf_config,
-                        expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))
+    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2"), key_map=hf_key_map, configure=hf_configure,
+                        hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))
