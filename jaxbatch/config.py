@@ -330,14 +330,20 @@ MODEL_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "m
 _TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
+def _typed(value, hint) -> bool:
+    """`value` is of the scalar type `hint` (an int is a number; a bool is nothing but a bool)."""
+    if hint is bool or isinstance(value, bool):
+        return hint is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if hint is float else hint)
+
+
 def validate_model_shape(m: ModelConfig) -> None:
     """The model's fields typed and its sizes positive, before a family divides by or allocates them (a
     shape may come from a checkpoint's config.json, not only through `_coerce`)."""
     hints = typing.get_type_hints(ModelConfig)
     for f in dataclasses.fields(m):
         value, hint = getattr(m, f.name), hints[f.name]
-        wrong = isinstance(value, bool) != (hint is bool) or not isinstance(value, int if hint is int else hint)
-        if hint in _TYPES and wrong and not (hint is float and isinstance(value, int) and not isinstance(value, bool)):
+        if hint in _TYPES and not _typed(value, hint):
             raise ConfigError(f"model.{f.name} must be {_TYPES[hint]}, got {value!r}")
     for field in MODEL_SIZES:
         _positive(f"model.{field}", getattr(m, field))
