@@ -309,6 +309,8 @@ def build(overrides: list[str] | None = None, config_file: str | None = None, ba
         key, value = item.split("=", 1)
         pairs.append((key.strip(), value.strip(), ""))
     shape_keys = [(k, v) for k, v, _ in pairs if k in ("model.preset", "model.family")]
+    if base is None and not shape_keys and any(k == "model.pretrained" for k, _, _ in pairs):
+        shape_keys = [("model.preset", "custom")]  # as from_pretrained: the checkpoint's config.json is the shape
     for key, value in shape_keys:  # the preset and family first: a preset sets the shape, explicit keys win
         cfg = _set(cfg, key, value)
     if base is None or shape_keys:  # a given base (e.g. a saved spec) keeps its shape unless a preset is named

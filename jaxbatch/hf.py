@@ -71,8 +71,9 @@ def configure(model_cfg, folder: Path):
     fam = models.family(model_cfg)
     hf = read_config(folder)
     if fam.hf is None or hf.get("model_type", fam.hf.model_types[0]) not in fam.hf.model_types:
+        named = f" (model.preset={model_cfg.preset} is one; leave it out to take the checkpoint's shape)"
         raise CheckpointError(f"{folder}/config.json: model_type {hf.get('model_type')!r} is not a "
-                              f"{fam.name} model")
+                              f"{fam.name} model{named if model_cfg.preset != 'custom' else ''}")
     hf = _ConfigJson(hf)
     try:
         shaped = fam.hf.configure(model_cfg, hf)

@@ -16,6 +16,17 @@ def test_preset_fills_shape_and_explicit_keys_win():
     assert (minilm.hidden_size, minilm.num_layers, minilm.num_heads, minilm.vocab_size) == (384, 6, 12, 30522)
 
 
+def test_a_pretrained_folder_without_a_preset_gives_the_shape(tmp_path):
+    """As from_pretrained: `model.pretrained=FOLDER` alone takes family and shape from its config.json (the
+    default preset is a tiny BERT, which a decoder checkpoint would contradict); a named preset must agree."""
+    alone = config.build([f"model.pretrained={tmp_path}", "model.num_layers=3"]).model
+    assert (alone.preset, alone.family, alone.num_layers) == ("custom", "", 3)
+    named = config.build([f"model.pretrained={tmp_path}", "model.preset=bert-base"]).model
+    assert (named.preset, named.family, named.hidden_size) == ("bert-base", "bert", 768)
+    (tmp_path / "run.toml").write_text(f'[model]\npretrained = "{tmp_path}"\n')
+    assert config.build(config_file=str(tmp_path / "run.toml")).model.preset == "custom"
+
+
 def test_unknown_key_names_nearest():
     with pytest.raises(config.ConfigError, match=r"unknown config key 'train.batchsize'.*train.batch_size"):
         config.build(["train.batchsize=3"])

@@ -162,6 +162,14 @@ def test_a_bad_config_json_value_is_one_error_naming_it(tmp_path, change, messag
         run_lib.hf_spec(tmp_path)
 
 
+def test_pretrained_alone_takes_the_folders_shape_and_a_wrong_family_preset_says_so(tmp_path):
+    spec = run_lib.resolve(config.build(["model.pretrained=minilm-l6"]))
+    assert (spec.model.family, spec.model.hidden_size, spec.model.num_layers) == ("bert", 384, 6)
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(hf.CheckpointError, match="is not a bert model \\(model.preset=tiny is one; leave it out"):
+        run_lib.resolve(config.build([f"model.pretrained={tmp_path}", "model.preset=tiny"]))
+
+
 def test_preset_mismatch_is_a_config_error():
     cfg = config.build(["model.preset=bert-base"])
     with pytest.raises(config.ConfigError, match="hidden_size: preset 768 vs checkpoint 384"):
