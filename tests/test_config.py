@@ -77,6 +77,10 @@ def test_rules_override_from_command_line():
     (["model.num_layers=0"], "model.num_layers must be > 0, got 0"),
     (["model.intermediate_size=0"], "model.intermediate_size must be > 0, got 0"),  # not a failed save
     (["model.num_kv_heads=-1"], "model.num_kv_heads must be >= 0"),
+    (["model.preset=gpt-tiny", "model.task=lm", "model.rope_type=linear"], "gpt2 learns its positions"),
+    (["model.preset=gpt-tiny", "model.task=lm", "model.attention_bias=qkv"], "attention_bias is for arch=llama"),
+    (["model.preset=llama-tiny", "model.task=lm", "model.attention_bias=out"], "must be none, qkv or all"),
+    (["model.sliding_window=-1"], "model.sliding_window must be >= 0"),
     (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=yarn"], "model.rope_type must be one of default, linear, llama3"),
     (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=llama3", "model.rope_low_freq_factor=4"], "below model.rope_high"),
     (["data.seq_len=4096"], "max_position_embeddings"),

@@ -270,6 +270,8 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
         raise ConfigError(f"model.num_heads={cfg.num_heads} is not divisible by model.num_kv_heads={cfg.num_kv_heads}")
     if cfg.arch == "llama" and head_dim(cfg) % 2:
         raise ConfigError(f"rotary embeddings need an even head dimension, got {head_dim(cfg)}")
+    if cfg.arch == "gpt2" and cfg.rope_type != "default":
+        raise ConfigError("model.rope_type scales rotary positions (arch=llama); gpt2 learns its positions")
     if cfg.rope_type not in ROPE_TYPES:
         raise ConfigError(f"model.rope_type must be one of {', '.join(ROPE_TYPES)}, got {cfg.rope_type!r}")
     if not cfg.rope_factor >= 1:
