@@ -62,6 +62,7 @@ class ModelConfig:
     num_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = num_heads)
     head_dim: int = 0  # width of an attention head (0 = hidden_size / num_heads)
     attention_bias: str = "none"  # llama arch: none | qkv (query, key, value projections) | all (and output)
+    mlp_bias: bool = False  # llama arch: biases on the MLP's gate, up and down projections
     sliding_window: int = 0  # a token attends to at most this many latest tokens, itself included (0 = all)
     rope_theta: float = 10000.0
     # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |

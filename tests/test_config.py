@@ -78,7 +78,8 @@ def test_rules_override_from_command_line():
     (["model.intermediate_size=0"], "model.intermediate_size must be > 0, got 0"),  # not a failed save
     (["model.num_kv_heads=-1"], "model.num_kv_heads must be >= 0"),
     (["model.preset=gpt-tiny", "model.task=lm", "model.rope_type=linear"], "gpt2 learns its positions"),
-    (["model.preset=gpt-tiny", "model.task=lm", "model.attention_bias=qkv"], "attention_bias is for arch=llama"),
+    (["model.preset=gpt-tiny", "model.task=lm", "model.attention_bias=qkv"], "attention_bias and model.mlp_bias are"),
+    (["model.preset=gpt-tiny", "model.task=lm", "model.mlp_bias=true"], "are for arch=llama"),
     (["model.preset=llama-tiny", "model.task=lm", "model.attention_bias=out"], "must be none, qkv or all"),
     (["model.sliding_window=-1"], "model.sliding_window must be >= 0"),
     (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=yarn"], "model.rope_type must be one of default, linear, llama3"),

@@ -124,7 +124,7 @@ class Mlp(nnx.Module):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
         h, inter = cfg.hidden_size, cfg.intermediate_size
-        proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2")
+        proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2" or cfg.mlp_bias)
         self.arch = cfg.arch
         self.wi = Dense((h,), (inter,), ("embed",), ("mlp",), **proj)
         if cfg.arch == "llama":
@@ -262,8 +262,9 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
                           f"(or set model.head_dim)")
     if cfg.attention_bias not in ("none", "qkv", "all"):
         raise ConfigError(f"model.attention_bias must be none, qkv or all, got {cfg.attention_bias!r}")
-    if cfg.arch == "gpt2" and cfg.attention_bias != "none":
-        raise ConfigError("model.attention_bias is for arch=llama (gpt2 has biases on every projection already)")
+    if cfg.arch == "gpt2" and (cfg.attention_bias != "none" or cfg.mlp_bias):
+        raise ConfigError("model.attention_bias and model.mlp_bias are for arch=llama (gpt2 has biases on every "
+                          "projection already)")
     if cfg.arch == "gpt2" and cfg.head_dim and cfg.head_dim * cfg.num_heads != cfg.hidden_size:
         raise ConfigError(f"model.head_dim={cfg.head_dim}: GPT-2's heads are hidden_size / num_heads wide (set 0)")
     if cfg.num_heads % kv_heads(cfg):
@@ -291,7 +292,7 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 def describe(cfg) -> str:
     kv = f", {kv_heads(cfg)} kv heads" if kv_heads(cfg) != cfg.num_heads else ""
     extras = [f"head_dim {cfg.head_dim}" * bool(cfg.head_dim),
-              f"{cfg.attention_bias} attention biases" * (cfg.attention_bias != "none"),
+              f"{cfg.attention_bias} attention biases" * (cfg.attention_bias != "none"), "MLP biases" * cfg.mlp_bias,
               f"sliding window {cfg.sliding_window}" * bool(cfg.sliding_window),
               f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"),
               "layers scanned" * cfg.scan_layers]
@@ -333,8 +334,8 @@ def hf_configure(cfg, hf: dict):
                      max_position_embeddings=hf["n_positions"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                      tie_embeddings=True)
     else:
-        if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
-            raise CheckpointError("config.json: mlp_bias and activations other than silu are not supported")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise CheckpointError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (only silu)")
         rope_shape = _hf_rope(hf)
         width = hf.get("head_dim") or 0
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -344,7 +345,7 @@ def hf_configure(cfg, hf: dict):
                      intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
                      layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                      attention_bias={"qwen2": "qkv"}.get(hf["model_type"], "all" if hf.get("attention_bias") else "none"),
-                     sliding_window=_hf_window(hf), **rope_shape)
+                     mlp_bias=bool(hf.get("mlp_bias")), sliding_window=_hf_window(hf), **rope_shape)
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm")
 
@@ -431,6 +432,8 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
         m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
         for ours_mlp, hf_mlp in (("gate", "gate_proj"), ("wi", "up_proj"), ("wo", "down_proj")):
             m[f"{ours}.mlp.{ours_mlp}.kernel"] = (f"{theirs}.mlp.{hf_mlp}.weight", "t")
+            if cfg.mlp_bias:
+                m[f"{ours}.mlp.{ours_mlp}.bias"] = (f"{theirs}.mlp.{hf_mlp}.bias", "copy")
     return m
 
 
@@ -462,8 +465,9 @@ def hf_config(cfg, label_names=None) -> dict:
               "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
               "pad_token_id": None}
     window = cfg.sliding_window or None
-    if cfg.attention_bias == "all" and window:
-        raise ConfigError("a model with model.attention_bias=all and a sliding window has no Hugging Face class")
+    if (cfg.attention_bias == "all" or cfg.mlp_bias) and (window or cfg.attention_bias == "qkv"):
+        raise ConfigError("no Hugging Face class holds this model: attention_bias=all or mlp_bias (LLaMA's options) "
+                          "with a sliding window or qkv biases")
     if cfg.attention_bias == "qkv":  # the transformers class with exactly these biases
         kind = "sliding_attention" if window else "full_attention"
         return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **common, "sliding_window": window,
@@ -471,7 +475,7 @@ def hf_config(cfg, label_names=None) -> dict:
     if window:
         return {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **common, "sliding_window": window}
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
-            "attention_bias": cfg.attention_bias == "all", "mlp_bias": False}
+            "attention_bias": cfg.attention_bias == "all", "mlp_bias": cfg.mlp_bias}
 
 
 FAMILY = models.register(models.Family(

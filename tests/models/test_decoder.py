@@ -251,16 +251,17 @@ def test_scaled_rope_equals_hf_and_round_trips(kind, tmp_path):
 @pytest.mark.parametrize("arch, extra, bias", [("mistral", {"sliding_window": 4}, "none"), ("qwen2", {}, "qkv"),
                                                ("qwen2", {"use_sliding_window": True, "sliding_window": 3,
                                                           "max_window_layers": 0}, "qkv"),
-                                               ("llama", {"attention_bias": True}, "all")])
+                                               ("llama", {"attention_bias": True, "mlp_bias": True}, "all")])
 def test_mistral_qwen2_and_biased_llama_equal_hf_and_round_trip(arch, extra, bias, tmp_path):
     """LLaMA-style checkpoints beside plain llama: mistral's sliding window (a token sees its 4 latest tokens,
     so 10 tokens exercise it), qwen2's query/key/value biases (and its window on every layer), llama's
-    attention_bias (the output projection too). Logits equal HF's on plain and packed rows; export writes the
-    same class back."""
+    attention_bias (the output projection too) and mlp_bias. Logits equal HF's on plain and packed rows;
+    export writes the same class back."""
     theirs, folder = _hf_model(arch, tmp_path, **extra)
     restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
     spec = restored.run.spec.model
-    assert (spec.attention_bias, spec.sliding_window) == (bias, extra.get("sliding_window", 0))
+    assert (spec.attention_bias, spec.sliding_window, spec.mlp_bias) == (bias, extra.get("sliding_window", 0),
+                                                                         extra.get("mlp_bias", False))
     model = nnx.merge(restored.run.graphdef, restored.params)
     ids = _ids(2, 10, seed=6)
     pos, seg = jnp.broadcast_to(jnp.arange(10), (2, 10)), jnp.ones((2, 10), jnp.int32)
