@@ -243,11 +243,15 @@ def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
 def train_flops_per_token(cfg, seq_len: int) -> float:
     """3 x forward matmul FLOPs per token. Forward per layer: q/out projections 4h*q_dim (4h^2 when
     q_dim = heads x head_dim = h), k/v 4h*kv_dim, MLP 4hI (6hI for SwiGLU), attention scores + values
-    2T*q_dim: the causal half of 4T*q_dim, as MaxText and PaLM count; plus the LM head 2hV."""
+    4A*q_dim over the A keys a query sees on average: T/2, the causal half, as MaxText and PaLM count, or
+    W - W^2/2T under a sliding window W < T (model FLOPs: the masked-out scores XLA still computes are not
+    counted); plus the LM head 2hV."""
     h, inter = cfg.hidden_size, cfg.intermediate_size
     q_dim, kv_dim = cfg.num_heads * head_dim(cfg), kv_heads(cfg) * head_dim(cfg)
     mlp = (6 if cfg.arch == "llama" else 4) * h * inter
-    per_layer = 4 * h * q_dim + 4 * h * kv_dim + mlp + 2 * seq_len * q_dim
+    window = cfg.sliding_window
+    attended = window * (1 - window / (2 * seq_len)) if 0 < window < seq_len else seq_len / 2
+    per_layer = 4 * h * q_dim + 4 * h * kv_dim + mlp + 4 * attended * q_dim
     return 3.0 * (cfg.num_layers * per_layer + 2 * h * cfg.vocab_size)
 
 

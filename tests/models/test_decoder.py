@@ -406,3 +406,8 @@ def test_flops_count_causal_half_and_swiglu():
     kv = 2 * 8
     assert decoder.train_flops_per_token(llama, t) == 3 * (2 * (4 * h * h + 4 * h * kv + 6 * h * inter + 2 * t * h)
                                                            + 2 * h * 97)
+    # a window of 4 over 16 queries: (1 + 2 + 3 + 4 x 13) / 16 = 3.6 keys each, W - W^2/2T = 3.5 as counted
+    windowed = _cfg("llama-tiny", "model.num_kv_heads=2", "model.sliding_window=4").model
+    assert decoder.train_flops_per_token(windowed, t) == 3 * (2 * (4 * h * h + 4 * h * kv + 6 * h * inter + 4 * 3.5 * h)
+                                                              + 2 * h * 97)
+    assert decoder.train_flops_per_token(windowed, 4) == decoder.train_flops_per_token(llama, 4)  # W >= T: causal
