@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
     gen_p = sub.add_parser("generate", help="continue prompts with a trained decoder (run dir or HF folder)")
     gen_p.add_argument("model", help="run dir or Hugging Face folder")
-    gen_p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    gen_p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
+    gen_p.add_argument("--prompts", help="a UTF-8 file of prompts, one per line (blank lines skipped), after any --prompt")
+    gen_p.add_argument("--batch-size", type=int, default=32, help="prompts continued at once")
     gen_p.add_argument("--max-new-tokens", type=int, default=200)
     gen_p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     gen_p.add_argument("--top-k", type=int, default=0)
@@ -318,23 +320,31 @@ def generate(args) -> int:
     restored = _restore(args.model, args.overrides)
     if restored.run.spec.model.task != "lm":
         raise ConfigError(f"{args.model} is a {restored.run.spec.model.task} classifier, not a language model")
+    texts = list(args.prompt)
+    if args.prompts:
+        from jaxbatch.data.files import read_text_file
+
+        texts += [line for line in read_text_file(args.prompts).splitlines() if line.strip()]
+    if not texts or args.max_new_tokens < 1 or args.batch_size < 1:
+        raise ConfigError("give a --prompt or a --prompts file; --max-new-tokens and --batch-size must be >= 1")
     tok = restored.tokenizer
-    prompts = [list(tok.encode(p)) for p in args.prompt]
+    prompts = [list(tok.encode(p)) for p in texts]
+    if not all(prompts):
+        raise ConfigError("every prompt must have at least one token")
     stops = generate_lib.stop_tokens(tok, [f for f in (args.model, restored.run.spec.model.pretrained) if f])
-    if args.max_new_tokens < 1 or not all(prompts):
-        raise ConfigError("--max-new-tokens must be >= 1 and every --prompt must have at least one token")
-    try:
-        new = generate_lib.generate(restored.run.graphdef, restored.params, prompts, args.max_new_tokens,
-                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                    stop_tokens=stops)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
     from jaxbatch.errors import writing
 
-    with writing("standard output"):
-        for prompt, tokens in zip(args.prompt, new):
-            print(prompt + tok.decode(tokens[:-1] if tokens and tokens[-1] in stops else tokens))
-            print("-" * 40)
+    for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done
+        try:
+            new = generate_lib.generate(restored.run.graphdef, restored.params, prompts[start:start + args.batch_size],
+                                        args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                        top_p=args.top_p, seed=args.seed + start, stop_tokens=stops)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        with writing("standard output"):
+            for prompt, tokens in zip(texts[start:], new):
+                print(prompt + tok.decode(tokens[:-1] if tokens and tokens[-1] in stops else tokens))
+                print("-" * 40, flush=True)
     return 0
 
 

@@ -107,6 +107,14 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
             assert cli.main(["generate", str(run), "--prompt", "the", "--max-new-tokens", "2"]) == 2
         err = capsys.readouterr().err
         assert err == "jaxbatch: WriteError: standard output: cannot write (No space left on device)\n", err
+    (tmp_path / "prompts.txt").write_text("the\n\nthe dog\nthe cat\n")  # a file of prompts, in batches of 2
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--prompts", str(tmp_path / "prompts.txt"),
+                     "--max-new-tokens", "12", "--temperature", "0", "--batch-size", "2"]) == 0
+    outs = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("---")]
+    assert len(outs) == 4 and outs[1].startswith("the") and outs[2].startswith("the dog")
+    assert outs[0] == outs[3] == lines[0]  # greedy: the same continuation whatever the batch and its padding
+    assert cli.main(["generate", str(run), "--max-new-tokens", "3"]) == 2
+    assert "give a --prompt or a --prompts file" in capsys.readouterr().err
     assert cli.main(["generate", str(run), "--prompt", "€", "--max-new-tokens", "3"]) == 2
     assert "not in the tokenizer's vocabulary" in capsys.readouterr().err
     for flag, value, message in (("--temperature", "-1", "--temperature must be >= 0"),
