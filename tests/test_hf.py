@@ -119,6 +119,26 @@ def test_export_loads_in_pytorch_and_round_trips_bit_identically(task, tmp_path)
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+@pytest.mark.parametrize("change, kind", [({"id2label": {"0": "score"}}, "regression"),
+                                          ({"problem_type": "multi_label_classification"}, "multi_label_classification"),
+                                          ({"problem_type": "regression"}, "regression")])
+def test_sequence_heads_that_do_not_classify_are_refused(change, kind, random_hf_models, tmp_path):
+    """HF reads one logit as a regression (STS-B) and multi-label heads through sigmoids: taken as a softmax
+    classifier, predict would print a label and a probability that mean nothing."""
+    tree = dict(hf.read_config(random_hf_models["sequence"]), **change)
+    tree.pop("label2id", None)
+    (tmp_path / "config.json").write_text(json.dumps(tree))
+    with pytest.raises(hf.CheckpointError, match=f"config.json: a {kind} head .* is not supported"):
+        run_lib.hf_spec(tmp_path)
+
+
+def test_a_one_logit_binary_head_is_not_exported_as_a_regression(tmp_path):
+    cfg = config.build(["model.preset=tiny", "model.num_labels=1", "model.task=sequence"]).model
+    with pytest.raises(config.ConfigError, match="one-logit binary head has no Hugging Face class"):
+        hf.export({}, cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_checkpoints_name_the_problem(tmp_path):
     with pytest.raises(hf.CheckpointError, match="no such folder"):
         hf.resolve(str(tmp_path / "missing"))

@@ -200,6 +200,10 @@ def hf_configure(cfg, hf: dict):
     task = next((heads[a] for a in hf.get("architectures") or () if a in heads), None)
     if task is not None:  # a fine-tuned head: its task and label count
         wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", cfg.num_labels))
+        kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
+        if task == "sequence" and kind != "single_label_classification":  # HF reads one logit as a regression
+            raise CheckpointError(f"config.json: a {kind} head ({wanted['num_labels']} output(s)) is not supported; "
+                                  f"jaxbatch classifies each text into one of its labels")
     return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)))
 
 
@@ -250,6 +254,9 @@ def hf_expected_unused(name: str, cfg) -> bool:
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
+    if cfg.num_labels == 1:
+        raise ConfigError("a one-logit binary head has no Hugging Face class that reads it so (HF takes one logit "
+                          "for a regression); train it with model.num_labels=2 to export")
     arch = "BertForTokenClassification" if cfg.task == "token" else "BertForSequenceClassification"
     labels = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
     return {
