@@ -267,6 +267,9 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
     if table is None:
         raise CheckpointError(f"model family {model_cfg.family!r} has no Hugging Face conversion")
     config_json = table.hf_config(model_cfg, label_names)  # first: a model HF cannot hold writes nothing
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # HF's generate stops at the tokenizer's EOS
+        if config_json.get(key, 0) is None and getattr(tokenizer, key, None) is not None:
+            config_json[key] = getattr(tokenizer, key)
     mapping = table.key_map(model_cfg)
     tensors, fused = {}, {}
     for path, x in jax.tree_util.tree_leaves_with_path(params):

@@ -282,6 +282,21 @@ def test_mistral_qwen2_and_biased_llama_equal_hf_and_round_trip(arch, extra, bia
     assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
 
 
+def test_export_carries_the_tokenizers_special_ids_so_hf_generate_stops(tmp_path):
+    import tokenizers
+
+    _, folder = _hf_model("llama", tmp_path)
+    restored = run_lib.restore(folder)
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "a", "b"])}
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>")),
+        bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    out = hf.export(restored.params, restored.run.spec.model, tmp_path / "export", tok)
+    written = json.loads((out / "config.json").read_text())
+    assert (written["bos_token_id"], written["eos_token_id"], written["pad_token_id"]) == (1, 2, None)
+    assert transformers.LlamaForCausalLM.from_pretrained(out).generation_config.eos_token_id == 2
+
+
 def test_a_windowed_gpt2_has_no_hf_class_and_exports_nothing(tmp_path):
     cfg, model = _model("gpt-tiny", "model.sliding_window=4")
     with pytest.raises(config.ConfigError, match="no Hugging Face class"):
