@@ -66,12 +66,15 @@ class ModelConfig:
     sliding_window: int = 0  # a token attends to at most this many latest tokens, itself included (0 = all)
     rope_theta: float = 10000.0
     # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |
-    # llama3 (low frequencies / factor, high ones kept, a smooth blend between)
+    # llama3 (low frequencies / factor, high ones kept, a smooth blend between) | yarn (a ramp over dimensions)
     rope_type: str = "default"
-    rope_factor: float = 1.0  # linear, llama3: the context extension factor
+    rope_factor: float = 1.0  # linear, llama3, yarn: the context extension factor
     rope_low_freq_factor: float = 1.0  # llama3: wavelengths above original/low are divided by factor
     rope_high_freq_factor: float = 4.0  # llama3: wavelengths below original/high are kept
-    rope_original_max_positions: int = 8192  # llama3: the context length of pretraining
+    rope_original_max_positions: int = 8192  # llama3, yarn: the context length of pretraining
+    rope_beta_fast: float = 32.0  # yarn: dimensions rotating more than this often over the original length are kept
+    rope_beta_slow: float = 1.0  # yarn: ... less than this often are divided by factor
+    rope_attention_factor: float = 0.0  # yarn: cos/sin scale (0 = 0.1 ln(factor) + 1, the paper's)
     tie_embeddings: bool = True  # the LM head reuses the token embedding
     remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable: recompute in backward
     scan_layers: bool = False  # one compiled layer in lax.scan over stacked layer params (faster compiles of deep models)

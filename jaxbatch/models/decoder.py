@@ -59,13 +59,15 @@ def head_dim(cfg) -> int:
     return cfg.head_dim or cfg.hidden_size // cfg.num_heads
 
 
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 def rope_frequencies(cfg, width: int) -> jax.Array:
     """Inverse frequencies (width/2,) of a head's rotary embedding, scaled as HF's `rope_parameters` say:
     `linear` divides them all by the factor; `llama3` divides the low ones (wavelength above
-    original/low_freq_factor), keeps the high ones (below original/high_freq_factor) and blends between."""
+    original/low_freq_factor), keeps the high ones (below original/high_freq_factor) and blends between;
+    `yarn` ramps from kept to divided across the dimensions that turn beta_fast..beta_slow times over the
+    original length (HF's truncated ramp)."""
     inv_freq = 1.0 / cfg.rope_theta ** (jnp.arange(0, width, 2, dtype=jnp.float32) / width)
     if cfg.rope_type == "linear":
         return inv_freq / cfg.rope_factor
@@ -78,13 +80,29 @@ def rope_frequencies(cfg, width: int) -> jax.Array:
         blended = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= original / high) & (wavelen <= original / low)
         return jnp.where(medium, blended, scaled)
+    if cfg.rope_type == "yarn":
+        def dim_of(turns):  # the dimension that turns `turns` times over the original length
+            return width * math.log(cfg.rope_original_max_positions / (turns * 2 * math.pi)) / (2 * math.log(cfg.rope_theta))
+
+        low = max(math.floor(dim_of(cfg.rope_beta_fast)), 0)
+        high = min(math.ceil(dim_of(cfg.rope_beta_slow)), width - 1)
+        ramp = jnp.clip((jnp.arange(width // 2, dtype=jnp.float32) - low) / ((high - low) or 0.001), 0, 1)
+        return inv_freq / cfg.rope_factor * ramp + inv_freq * (1 - ramp)
     return inv_freq
 
 
-def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotary embedding as HF LLaMA applies it: rotate-half over (first half, second half) of head_dim."""
+def rope_attention_factor(cfg) -> float:
+    """yarn's scale on cos and sin (so on the attention logits, squared); 1 otherwise."""
+    if cfg.rope_type != "yarn":
+        return 1.0
+    return cfg.rope_attention_factor or (0.1 * math.log(cfg.rope_factor) + 1.0 if cfg.rope_factor > 1 else 1.0)
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array, scale: float = 1.0) -> jax.Array:
+    """Rotary embedding as HF LLaMA applies it: rotate-half over (first half, second half) of head_dim;
+    cos and sin times `scale` (yarn's attention factor)."""
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (batch, length, d/2)
-    cos, sin = (jnp.concatenate([f(angles)] * 2, -1)[:, :, None, :] for f in (jnp.cos, jnp.sin))
+    cos, sin = (scale * jnp.concatenate([f(angles)] * 2, -1)[:, :, None, :] for f in (jnp.cos, jnp.sin))
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], -1)
     return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
@@ -109,8 +127,8 @@ class CausalAttention(nnx.Module):
         names = ("batch", "length", "heads", "kv")
         q, k, v = (constrain(p(x), names) for p in (self.query, self.key, self.value))
         if self.arch == "llama":
-            inv_freq = rope_frequencies(self.cfg, q.shape[-1])
-            q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+            inv_freq, scale = rope_frequencies(self.cfg, q.shape[-1]), rope_attention_factor(self.cfg)
+            q, k = rope(q, positions, inv_freq, scale), rope(k, positions, inv_freq, scale)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
@@ -284,7 +302,12 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
     if cfg.rope_type == "llama3" and not 0 < cfg.rope_low_freq_factor < cfg.rope_high_freq_factor:
         raise ConfigError(f"model.rope_low_freq_factor={cfg.rope_low_freq_factor} must be > 0 and below "
                           f"model.rope_high_freq_factor={cfg.rope_high_freq_factor}")
-    if cfg.rope_type == "llama3" and cfg.rope_original_max_positions <= 0:
+    if cfg.rope_type == "yarn" and not 0 < cfg.rope_beta_slow < cfg.rope_beta_fast:
+        raise ConfigError(f"model.rope_beta_slow={cfg.rope_beta_slow} must be > 0 and below "
+                          f"model.rope_beta_fast={cfg.rope_beta_fast}")
+    if cfg.rope_type == "yarn" and cfg.rope_attention_factor < 0:
+        raise ConfigError(f"model.rope_attention_factor must be >= 0 (0 = from the factor), got {cfg.rope_attention_factor}")
+    if cfg.rope_type in ("llama3", "yarn") and cfg.rope_original_max_positions <= 0:
         raise ConfigError(f"model.rope_original_max_positions must be > 0, got {cfg.rope_original_max_positions}")
     for key, size in (("model.num_heads", cfg.num_heads), ("model.intermediate_size", cfg.intermediate_size)):
         if size % model_axis:
@@ -377,26 +400,32 @@ def _hf_rope(hf: dict) -> dict:
         raise CheckpointError(f"config.json: rope_type {kind!r} is not supported (only {', '.join(ROPE_TYPES)})")
     fields = dict(rope_type=kind, rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))))
     need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                              "original_max_position_embeddings")}.get(kind, ())
-    missing = [k for k in need if k not in params]
+                                              "original_max_position_embeddings"),
+            "yarn": ("factor", "original_max_position_embeddings")}.get(kind, ())
+    missing = [k for k in need if params.get(k) is None]
     if missing:
         raise CheckpointError(f"config.json: rope_type {kind!r} needs {', '.join(missing)}")
-    names = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor", high_freq_factor="rope_high_freq_factor",
-                 original_max_position_embeddings="rope_original_max_positions")
-    for key in need:
-        fields[names[key]] = int(params[key]) if key.startswith("original") else float(params[key])
+    if kind == "yarn" and (params.get("mscale") or params.get("mscale_all_dim") or params.get("truncate") is False):
+        raise CheckpointError("config.json: yarn with mscale, mscale_all_dim or truncate=false is not supported")
+    optional = ("beta_fast", "beta_slow", "attention_factor") if kind == "yarn" else ()
+    for key in need + tuple(k for k in optional if params.get(k)):
+        fields[_ROPE_KEYS[key]] = int(params[key]) if key.startswith("original") else float(params[key])
     return fields
+
+
+_ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor", high_freq_factor="rope_high_freq_factor",
+                  original_max_position_embeddings="rope_original_max_positions", beta_fast="rope_beta_fast",
+                  beta_slow="rope_beta_slow", attention_factor="rope_attention_factor")
 
 
 def _rope_parameters(cfg) -> dict:
     """`_hf_rope` inverted: the rope_parameters of a config.json transformers 5 reads."""
-    params = {"rope_theta": cfg.rope_theta, "rope_type": cfg.rope_type}
-    if cfg.rope_type in ("linear", "llama3"):
-        params["factor"] = cfg.rope_factor
-    if cfg.rope_type == "llama3":
-        params.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
-                      original_max_position_embeddings=cfg.rope_original_max_positions)
-    return params
+    keys = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                              "original_max_position_embeddings"),
+            "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow")}.get(cfg.rope_type, ())
+    if cfg.rope_type == "yarn" and cfg.rope_attention_factor:
+        keys += ("attention_factor",)
+    return {"rope_theta": cfg.rope_theta, "rope_type": cfg.rope_type, **{k: getattr(cfg, _ROPE_KEYS[k]) for k in keys}}
 
 
 def hf_key_map(cfg) -> dict[str, tuple[str, str]]:

@@ -216,6 +216,8 @@ SCALED_ROPE = {  # head_dim 8, theta 500: wavelengths 6.3, 30, 140, 664 against 
     "linear": {"rope_theta": 500.0, "rope_type": "linear", "factor": 4.0},
     "llama3": {"rope_theta": 500.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+    # yarn: the ramp over the 4 frequencies is [0, 0.5, 1, 1] (kept, blended, divided), cos/sin x 1.139
+    "yarn": {"rope_theta": 500.0, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
 }
 
 
@@ -336,7 +338,9 @@ def test_gpt2_attention_scalings_it_lacks_are_refused(key, value, tmp_path):
 
 
 @pytest.mark.parametrize("rope, message", [
-    ({"rope_type": "yarn", "factor": 4.0}, "rope_type 'yarn' is not supported"),
+    ({"rope_type": "dynamic", "factor": 4.0}, "rope_type 'dynamic' is not supported"),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 0.7},
+     "yarn with mscale, mscale_all_dim or truncate=false is not supported"),
     ({"rope_type": "llama3", "factor": 8.0}, "rope_type 'llama3' needs low_freq_factor, high_freq_factor, original_max"),
 ])
 def test_unsupported_rope_is_one_line(rope, message, tmp_path):
