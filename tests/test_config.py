@@ -83,7 +83,7 @@ def test_rules_override_from_command_line():
     (["model.preset=llama-tiny", "model.task=lm", "model.attention_bias=out"], "must be none, qkv or all"),
     (["model.sliding_window=-1"], "model.sliding_window must be >= 0"),
     (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=yarn", "model.rope_beta_fast=1"], "below model.rope_beta_fast"),
-    (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=yarn"], "model.rope_type must be one of default, linear, llama3"),
+    (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=ntk"], "model.rope_type must be one of default, linear, llama3, yarn"),
     (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=llama3", "model.rope_low_freq_factor=4"], "below model.rope_high"),
     (["data.seq_len=4096"], "max_position_embeddings"),
     (['mesh.rules=[["batch", ["dp"]]]'], "no rule for logical axis 'embed'"),
