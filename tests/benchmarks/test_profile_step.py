@@ -1,5 +1,6 @@
 """benchmarks/profile_step.py joins the trace to the HLO: every timed instruction gets a phase and a kind."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,10 @@ def test_profile_attributes_the_step_to_phases_and_kinds(capsys):
     # forward: 2 layers x (q, k, v, out, wi, wo, 2 attention dots) + the tied head; the backward has at least as many
     forward_dots = [r for r in res["rows"] if r["phase"] == "forward" and r["kind"] == "matmul"]
     assert len(forward_dots) >= 2 * 6
-    assert 0 < res["thunk_ms"] <= res["step_ms"] * 1.05
+    # independent thunks may run at once on XLA:CPU's executor threads, so their sum may pass the step's wall
+    # time (25.4 vs 21.9 ms once, on a loaded 2-core box), by at most the number of threads that ran them
+    assert 0 < res["thunk_ms"] <= res["step_ms"] * max(2, os.cpu_count() or 1)
+    assert len({r["name"] for r in res["rows"]}) == len(res["rows"])  # each instruction counted once
     assert abs(sum(g["ms"] for g in res["groups"]) - res["thunk_ms"]) < 1e-6 * res["thunk_ms"] + 1e-9
     assert "| backward | matmul |" in capsys.readouterr().out
 
