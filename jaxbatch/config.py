@@ -334,6 +334,8 @@ def _positive(key: str, value: float) -> None:
 
 MODEL_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings")
 _TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_ZERO_MEANS = {"vocab_size": "the tokenizer's size", "sliding_window": "no window",  # model sizes where 0 is a default
+               "head_dim": "model.hidden_size / model.num_heads", "num_kv_heads": "model.num_heads"}
 
 
 def _typed(value, hint) -> bool:
@@ -353,14 +355,9 @@ def validate_model_shape(m: ModelConfig) -> None:
             raise ConfigError(f"model.{f.name} must be {_TYPES[hint]}, got {value!r}")
     for field in MODEL_SIZES:
         _positive(f"model.{field}", getattr(m, field))
-    if m.vocab_size < 0:
-        raise ConfigError(f"model.vocab_size must be >= 0 (0 = the tokenizer's size), got {m.vocab_size}")
-    if m.sliding_window < 0:
-        raise ConfigError(f"model.sliding_window must be >= 0 (0 = no window), got {m.sliding_window}")
-    if m.head_dim < 0:
-        raise ConfigError(f"model.head_dim must be >= 0 (0 = model.hidden_size / model.num_heads), got {m.head_dim}")
-    if m.num_kv_heads < 0:
-        raise ConfigError(f"model.num_kv_heads must be >= 0 (0 = model.num_heads), got {m.num_kv_heads}")
+    for field, zero in _ZERO_MEANS.items():
+        if getattr(m, field) < 0:
+            raise ConfigError(f"model.{field} must be >= 0 (0 = {zero}), got {getattr(m, field)}")
 
 
 def validate_inference(cfg: Config) -> None:

@@ -118,7 +118,7 @@ class CausalAttention(nnx.Module):
         self.value = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **qkv)
         self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",), init_std=0.02 / math.sqrt(2 * cfg.num_layers),
                          **dict(proj, use_bias=cfg.arch == "gpt2" or cfg.attention_bias == "all"))
-        self.arch, self.cfg, self.dtype = cfg.arch, cfg, dtype
+        self.cfg, self.dtype = cfg, dtype
 
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
         """`mask` (batch, 1, q, k) says which keys each query sees. With `cache` (k, v of shape
@@ -126,7 +126,7 @@ class CausalAttention(nnx.Module):
         runs over the whole cache; returns (output, updated cache)."""
         names = ("batch", "length", "heads", "kv")
         q, k, v = (constrain(p(x), names) for p in (self.query, self.key, self.value))
-        if self.arch == "llama":
+        if self.cfg.arch == "llama":
             inv_freq, scale = rope_frequencies(self.cfg, q.shape[-1]), rope_attention_factor(self.cfg)
             q, k = rope(q, positions, inv_freq, scale), rope(k, positions, inv_freq, scale)
         if cache is not None:
@@ -399,20 +399,22 @@ def _hf_rope(hf: dict) -> dict:
     if kind not in ROPE_TYPES:
         raise CheckpointError(f"config.json: rope_type {kind!r} is not supported (only {', '.join(ROPE_TYPES)})")
     fields = dict(rope_type=kind, rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))))
-    need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                              "original_max_position_embeddings"),
-            "yarn": ("factor", "original_max_position_embeddings")}.get(kind, ())
+    need = _ROPE_NEEDS.get(kind, ())
     missing = [k for k in need if params.get(k) is None]
     if missing:
         raise CheckpointError(f"config.json: rope_type {kind!r} needs {', '.join(missing)}")
     if kind == "yarn" and (params.get("mscale") or params.get("mscale_all_dim") or params.get("truncate") is False):
         raise CheckpointError("config.json: yarn with mscale, mscale_all_dim or truncate=false is not supported")
-    optional = ("beta_fast", "beta_slow", "attention_factor") if kind == "yarn" else ()
-    for key in need + tuple(k for k in optional if params.get(k)):
+    for key in need + tuple(k for k in _ROPE_OPTIONAL.get(kind, ()) if params.get(k)):
         fields[_ROPE_KEYS[key]] = int(params[key]) if key.startswith("original") else float(params[key])
     return fields
 
 
+# rope_parameters keys by rope_type: those a config.json must give, and those it may (written when set)
+_ROPE_NEEDS = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                                 "original_max_position_embeddings"),
+               "yarn": ("factor", "original_max_position_embeddings")}
+_ROPE_OPTIONAL = {"yarn": ("beta_fast", "beta_slow", "attention_factor")}
 _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor", high_freq_factor="rope_high_freq_factor",
                   original_max_position_embeddings="rope_original_max_positions", beta_fast="rope_beta_fast",
                   beta_slow="rope_beta_slow", attention_factor="rope_attention_factor")
@@ -420,11 +422,8 @@ _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor", 
 
 def _rope_parameters(cfg) -> dict:
     """`_hf_rope` inverted: the rope_parameters of a config.json transformers 5 reads."""
-    keys = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                              "original_max_position_embeddings"),
-            "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow")}.get(cfg.rope_type, ())
-    if cfg.rope_type == "yarn" and cfg.rope_attention_factor:
-        keys += ("attention_factor",)
+    keys = _ROPE_NEEDS.get(cfg.rope_type, ()) + tuple(
+        k for k in _ROPE_OPTIONAL.get(cfg.rope_type, ()) if getattr(cfg, _ROPE_KEYS[k]))
     return {"rope_theta": cfg.rope_theta, "rope_type": cfg.rope_type, **{k: getattr(cfg, _ROPE_KEYS[k]) for k in keys}}
 
 
