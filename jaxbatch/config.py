@@ -21,7 +21,7 @@ from jaxbatch import models
 from jaxbatch import compress, rampup
 from jaxbatch.compress import prune
 from jaxbatch.errors import ConfigError
-from jaxbatch.models.layers import REMAT
+from jaxbatch.models.layers import ACTIVATIONS, REMAT
 
 # Logical axis -> mesh axes. Data, not code: DP, FSDP and TP are all this table plus the mesh shape.
 # A mesh axis is used at most once per array; a later dimension skips axes already taken (so an
@@ -54,6 +54,9 @@ class ModelConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     hidden_dropout: float = 0.1
+    # the MLP's nonlinearity by its Hugging Face name (gelu, gelu_new, quick_gelu, relu, silu, ...; see
+    # models/layers.ACTIVATIONS); empty = the architecture's own: gelu (encoders), gelu_new (gpt2), silu (llama, gated)
+    activation: str = ""
     task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides (set otherwise, must match)
     num_labels: int = 9
     pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
@@ -358,6 +361,9 @@ def validate_model_shape(m: ModelConfig) -> None:
     for field, zero in _ZERO_MEANS.items():
         if getattr(m, field) < 0:
             raise ConfigError(f"model.{field} must be >= 0 (0 = {zero}), got {getattr(m, field)}")
+    if m.activation and m.activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)} (or empty: the "
+                          f"architecture's own), got {m.activation!r}")
 
 
 def validate_inference(cfg: Config) -> None:

@@ -82,6 +82,7 @@ def test_rules_override_from_command_line():
     (["model.preset=gpt-tiny", "model.task=lm", "model.mlp_bias=true"], "are for arch=llama"),
     (["model.preset=llama-tiny", "model.task=lm", "model.attention_bias=out"], "must be none, qkv or all"),
     (["model.sliding_window=-1"], "model.sliding_window must be >= 0"),
+    (["model.activation=gelu_tanh"], "model.activation must be one of gelu, .*, got 'gelu_tanh'"),
     (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=yarn", "model.rope_beta_fast=1"], "below model.rope_beta_fast"),
     (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=ntk"], "model.rope_type must be one of default, linear, llama3, yarn"),
     (["model.preset=llama-tiny", "model.task=lm", "model.rope_type=llama3", "model.rope_low_freq_factor=4"], "below model.rope_high"),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
-from jaxbatch.errors import ConfigError
+from jaxbatch.errors import CheckpointError, ConfigError
+from jaxbatch.models.layers import ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,15 @@ def check_shape(model_cfg, shape: Mapping[str, Any]) -> None:
         detail = ", ".join(f"{f}: preset {a} vs checkpoint {b}" for f, (a, b) in bad.items())
         raise ConfigError(f"model.preset={model_cfg.preset!r} does not match config.json ({detail}); "
                           f"use model.preset=custom to take the shape from the checkpoint")
+
+
+def hf_activation(hf: Mapping[str, Any], key: str, default: str) -> str:
+    """config.json's MLP activation (`key`: hidden_act, activation_function), one we run (layers.ACTIVATIONS),
+    as model.activation: '' for the architecture's `default`, so a preset equals the checkpoint it names."""
+    name = hf.get(key, default)
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise CheckpointError(f"config.json: {key} {name!r} is not supported (only {', '.join(ACTIVATIONS)})")
+    return "" if name == default else name
 
 
 def apply_preset(model_cfg):

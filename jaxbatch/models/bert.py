@@ -27,13 +27,15 @@ PRESETS = {
                        max_position_embeddings=512),
 }
 TASKS = ("token", "sequence")
+ACTIVATION = "gelu"  # BERT's own (exact, erf) GELU, used where model.activation is empty
 
 
 class BertLayer(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
         self.attention = SelfAttention(cfg.hidden_size, cfg.num_heads, rngs=rngs, dtype=dtype)
         self.attention_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
-        self.mlp = Mlp(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, dtype=dtype)
+        self.mlp = Mlp(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, dtype=dtype,
+                       activation=cfg.activation or ACTIVATION)
         self.output_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
 
@@ -187,8 +189,7 @@ SHAPE_FIELDS = {  # ModelConfig field -> config.json key
 
 def hf_configure(cfg, hf: dict):
     """The model shape from a BERT config.json; with a named preset, every shape field must agree."""
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise CheckpointError(f"config.json: hidden_act {hf.get('hidden_act')!r}; jaxbatch BERT uses exact 'gelu'")
+    activation = models.hf_activation(hf, "hidden_act", ACTIVATION)
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise CheckpointError("config.json: is_decoder / add_cross_attention (a causal or cross-attending BERT) "
                               "is not supported; jaxbatch BERT is a bidirectional encoder")
@@ -204,7 +205,8 @@ def hf_configure(cfg, hf: dict):
         if task == "sequence" and kind != "single_label_classification":  # HF reads one logit as a regression
             raise CheckpointError(f"config.json: a {kind} head ({wanted['num_labels']} output(s)) is not supported; "
                                   f"jaxbatch classifies each text into one of its labels")
-    return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)))
+    return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+                               activation=activation)
 
 
 def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
@@ -260,7 +262,7 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
     arch = "BertForTokenClassification" if cfg.task == "token" else "BertForSequenceClassification"
     labels = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
     return {
-        "architectures": [arch], "model_type": "bert", "hidden_act": "gelu",
+        "architectures": [arch], "model_type": "bert", "hidden_act": cfg.activation or ACTIVATION,
         **{key: getattr(cfg, field) for field, key in SHAPE_FIELDS.items()},
         "layer_norm_eps": cfg.layer_norm_eps, "hidden_dropout_prob": cfg.hidden_dropout,
         "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "pad_token_id": 0,

@@ -21,7 +21,7 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import REMAT, Dense, Dropout, Embed, LayerNorm, RMSNorm, attend, run_layers
+from jaxbatch.models.layers import ACTIVATIONS, REMAT, Dense, Dropout, Embed, LayerNorm, RMSNorm, attend, run_layers
 
 _GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
 _LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
@@ -138,23 +138,29 @@ class CausalAttention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-    """GELU (tanh) MLP for gpt2; SwiGLU (down(silu(gate) * up)) for llama."""
+    """gpt2: wo(act(wi(x))), GELU (tanh) by default; llama: wo(act(gate(x)) * wi(x)), SwiGLU by default."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
         h, inter = cfg.hidden_size, cfg.intermediate_size
         proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2" or cfg.mlp_bias)
-        self.arch = cfg.arch
+        self.gated, self.activation = cfg.arch == "llama", activation(cfg)
         self.wi = Dense((h,), (inter,), ("embed",), ("mlp",), **proj)
-        if cfg.arch == "llama":
+        if self.gated:
             self.gate = Dense((h,), (inter,), ("embed",), ("mlp",), **proj)
         self.wo = Dense((inter,), (h,), ("mlp",), ("embed",), init_std=0.02 / math.sqrt(2 * cfg.num_layers), **proj)
 
     def __call__(self, x):
-        if self.arch == "llama":
-            hidden = jax.nn.silu(self.gate(x)) * self.wi(x)
-        else:
-            hidden = jax.nn.gelu(self.wi(x), approximate=True)
+        act = ACTIVATIONS[self.activation]
+        hidden = act(self.gate(x)) * self.wi(x) if self.gated else act(self.wi(x))
         return constrain(self.wo(constrain(hidden, ("batch", "length", "mlp"))), ("batch", "length", "embed"))
+
+
+_ACTIVATION = {"gpt2": "gelu_new", "llama": "silu"}  # each architecture's own
+
+
+def activation(cfg) -> str:
+    """The MLP nonlinearity's HF name: model.activation, else the architecture's own."""
+    return cfg.activation or _ACTIVATION[cfg.arch]
 
 
 def _norm(cfg, dtype):
@@ -351,8 +357,6 @@ def tokenizer(source):
 def hf_configure(cfg, hf: dict):
     """The shape from a GPT-2 or LLaMA-style (llama, mistral, qwen2) config.json."""
     if hf.get("model_type") == "gpt2":
-        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise CheckpointError(f"config.json: activation_function {hf['activation_function']!r} is not supported")
         if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
             raise CheckpointError("config.json: attention scores are scaled by 1/sqrt(head_dim) only here "
                                   "(scale_attn_weights=false and scale_attn_by_inverse_layer_idx are not supported)")
@@ -360,9 +364,8 @@ def hf_configure(cfg, hf: dict):
                      num_heads=hf["n_head"], num_kv_heads=0, intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
                      max_position_embeddings=hf["n_positions"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                      tie_embeddings=True)
+        act = models.hf_activation(hf, "activation_function", _ACTIVATION["gpt2"])
     else:
-        if hf.get("hidden_act", "silu") != "silu":
-            raise CheckpointError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (only silu)")
         rope_shape = _hf_rope(hf)
         width = hf.get("head_dim") or 0
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -373,8 +376,9 @@ def hf_configure(cfg, hf: dict):
                      layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                      attention_bias={"qwen2": "qkv"}.get(hf["model_type"], "all" if hf.get("attention_bias") else "none"),
                      mlp_bias=bool(hf.get("mlp_bias")), sliding_window=_hf_window(hf), **rope_shape)
+        act = models.hf_activation(hf, "hidden_act", _ACTIVATION["llama"])
     models.check_shape(cfg, shape)
-    return dataclasses.replace(cfg, **shape, task="lm")
+    return dataclasses.replace(cfg, **shape, task="lm", activation=act)
 
 
 def _hf_window(hf: dict) -> int:
@@ -487,13 +491,13 @@ def hf_config(cfg, label_names=None) -> dict:
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
                 "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
                 "n_inner": cfg.intermediate_size, "n_positions": cfg.max_position_embeddings,
-                "layer_norm_epsilon": cfg.layer_norm_eps, "activation_function": "gelu_new",
+                "layer_norm_epsilon": cfg.layer_norm_eps, "activation_function": activation(cfg),
                 "tie_word_embeddings": True, "resid_pdrop": cfg.hidden_dropout, "embd_pdrop": cfg.hidden_dropout,
                 "attn_pdrop": 0.0, "bos_token_id": None, "eos_token_id": None}
     common = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
               "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg), "head_dim": head_dim(cfg),
               "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_position_embeddings,
-              "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": _rope_parameters(cfg), "hidden_act": "silu",
+              "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": _rope_parameters(cfg), "hidden_act": activation(cfg),
               "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
               "pad_token_id": None}
     window = cfg.sliding_window or None

@@ -20,6 +20,15 @@ from jaxbatch.mesh import constrain
 Names = tuple[str | None, ...]
 normal = jax.nn.initializers.normal
 
+_exact_gelu = functools.partial(jax.nn.gelu, approximate=False)
+_tanh_gelu = functools.partial(jax.nn.gelu, approximate=True)
+# MLP nonlinearities by the names Hugging Face config.json files give them (hidden_act, activation_function),
+# so a checkpoint's choice is read and written back as is; aliases compute the same function as HF's.
+ACTIVATIONS = {"gelu": _exact_gelu, "gelu_python": _exact_gelu, "gelu_new": _tanh_gelu,
+               "gelu_pytorch_tanh": _tanh_gelu, "gelu_fast": _tanh_gelu,
+               "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+               "relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu}
+
 
 def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], names: Names, decay: bool = True,
           **metadata) -> nnx.Param:
@@ -241,11 +250,13 @@ class SelfAttention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-    def __init__(self, hidden: int, intermediate: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02):
+    def __init__(self, hidden: int, intermediate: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02,
+                 activation: str = "gelu"):
         proj = dict(rngs=rngs, dtype=dtype, init_std=init_std)
+        self.activation = activation
         self.wi = Dense((hidden,), (intermediate,), ("embed",), ("mlp",), **proj)
         self.wo = Dense((intermediate,), (hidden,), ("mlp",), ("embed",), **proj)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = constrain(jax.nn.gelu(self.wi(x), approximate=False), ("batch", "length", "mlp"))
+        h = constrain(ACTIVATIONS[self.activation](self.wi(x)), ("batch", "length", "mlp"))
         return constrain(self.wo(h), ("batch", "length", "embed"))

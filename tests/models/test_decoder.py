@@ -155,7 +155,7 @@ def _hf_model(arch, tmp_path, rope=None, **extra):
     torch.manual_seed(0)
     if arch == "gpt2":
         c = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                                    bos_token_id=0, eos_token_id=0)
+                                    bos_token_id=0, eos_token_id=0, **extra)
         model = transformers.GPT2LMHeadModel(c)
     else:  # llama, mistral, qwen2: one LLaMA-style config signature
         name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[arch]
@@ -282,6 +282,29 @@ def test_mistral_qwen2_and_biased_llama_equal_hf_and_round_trip(arch, extra, bia
     reloaded = type(theirs).from_pretrained(out).eval()
     np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-6)
     assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
+
+
+@pytest.mark.parametrize("arch, key, activation", [("gpt2", "activation_function", "relu"),
+                                                   ("llama", "hidden_act", "gelu")])
+def test_another_mlp_activation_equals_hf_and_round_trips(arch, key, activation, tmp_path):
+    """A config.json's activation is run (GPT-2 with relu; a GELU-gated LLaMA-style MLP, as GeGLU models
+    have) and written back on export; the architecture's default on the same weights gives other logits."""
+    theirs, folder = _hf_model(arch, tmp_path, **{key: activation})
+    restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
+    spec = restored.run.spec.model
+    assert spec.activation == activation
+    model = nnx.merge(restored.run.graphdef, restored.params)
+    ids = _ids(2, 10, seed=7)
+    pos, seg = jnp.broadcast_to(jnp.arange(10), (2, 10)), jnp.ones((2, 10), jnp.int32)
+    ours = np.asarray(model(ids, pos, seg))
+    np.testing.assert_allclose(ours, _torch_logits(theirs, ids), atol=1e-5)
+    default = dataclasses.replace(spec, activation="")
+    plain = nnx.merge(*nnx.split(decoder.Decoder(default, rngs=nnx.Rngs(params=0)))[:1], restored.params)
+    assert np.abs(np.asarray(plain(ids, pos, seg)) - ours).max() > 1e-3
+    out = hf.export(restored.params, spec, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())[key] == activation
+    reloaded = type(theirs).from_pretrained(out).eval()
+    np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-6)
 
 
 def test_export_carries_the_tokenizers_special_ids_so_hf_generate_stops(tmp_path):
