@@ -9,14 +9,22 @@ So each save also stores, per array, the wrapping uint32 sum of its bit patterns
 reduction over the sharded arrays; integer sums are exact whatever the sharding), and every restore
 recomputes and compares it. A checkpoint that fails to load or to verify is moved aside into
 `<checkpoints>/unusable/` (never deleted) and the previous one is tried. Non-finite parameters are never
-saved. SIGTERM (a preemption notice on most clusters and Cloud TPU) and a first Ctrl-C ask the loop to save
+saved.
+
+The best checkpoint (checkpoint.best_metric, as Hugging Face's load_best_model_at_end): every checkpoint
+carries Orbax metrics (`Best.metrics`: the metric at that step, if it was evaluated there, the best value so
+far and the evaluations since it), Orbax's preservation policy keeps the best one beside the latest
+`max_to_keep`, inference reads it first (`ranked_steps`), and a resumed run reads its early-stopping state
+back from the newest checkpoint. SIGTERM (a preemption notice on most clusters and Cloud TPU) and a first Ctrl-C ask the loop to save
 at the end of the current step and stop; a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import math
 import logging
 import os
 import re
@@ -99,13 +107,72 @@ def _is_not_read_only_notice(record: logging.LogRecord) -> bool:
                 and ("read only" in str(record.msg) or "read_only=True" in str(record.msg)))
 
 
+MINIMIZED = ("loss", "perplexity", "bits_per_byte")  # eval metrics where lower is better
+
+
+@dataclasses.dataclass(frozen=True)
+class Best:
+    """The eval metric that ranks checkpoints, whether higher or lower is better, the best value so far and
+    the evaluations since it (what early stopping counts)."""
+
+    name: str
+    mode: str  # max | min
+    value: float | None = None
+    step: int | None = None  # where `value` was reached
+    since: int = 0
+
+    @classmethod
+    def of(cls, ckpt_cfg) -> Best | None:
+        """From config (checkpoint.best_metric, checkpoint.best_mode); None when no metric is named."""
+        if not ckpt_cfg.best_metric:
+            return None
+        auto = "min" if ckpt_cfg.best_metric in MINIMIZED else "max"
+        return cls(ckpt_cfg.best_metric, auto if ckpt_cfg.best_mode == "auto" else ckpt_cfg.best_mode)
+
+    def update(self, value: float, step: int) -> Best:
+        """After an evaluation: a strictly better value (never NaN) becomes the best, else one more without."""
+        better = not math.isnan(value) and (self.value is None or (value > self.value if self.mode == "max"
+                                                                   else value < self.value))
+        if better:
+            return dataclasses.replace(self, value=value, step=step, since=0)
+        return dataclasses.replace(self, since=self.since + 1)
+
+    def metrics(self, value: float | None) -> dict:
+        """What a checkpoint stores (`value`: the metric at its step, None when it was not evaluated there)."""
+        return {"name": self.name, "mode": self.mode, "value": value, "best": self.value, "best_step": self.step,
+                "since_best": self.since}
+
+    def resumed(self, metrics: dict) -> Best:
+        """The state saved with the checkpoint a run resumes from (kept only if it ranked by this metric)."""
+        if metrics.get("name") != self.name or metrics.get("mode") != self.mode:
+            return self
+        return dataclasses.replace(self, value=metrics["best"], step=metrics["best_step"], since=metrics["since_best"])
+
+    def describe(self) -> str:
+        where = f"{self.value:.4f} at step {self.step}" if self.value is not None else "none yet"
+        return f"best {self.name} ({self.mode}): {where}"
+
+    def score(self, metrics) -> float:
+        """Orbax's ranking of checkpoints: a checkpoint that set a new best has its value; any other loses (a
+        run's new bests are strictly better each time, so the newest of them is the best)."""
+        ok = (isinstance(metrics, dict) and metrics.get("name") == self.name and metrics.get("value") is not None
+              and metrics.get("since_best") == 0)
+        return metrics["value"] if ok else (-math.inf if self.mode == "max" else math.inf)
+
+
 class Checkpointer:
-    def __init__(self, directory: str | Path, max_to_keep: int = 3, read_only: bool = False):
+    def __init__(self, directory: str | Path, max_to_keep: int = 3, read_only: bool = False, best: Best | None = None):
         _whole_arrays_on_cpu()
         logging.getLogger("absl").addFilter(_is_not_read_only_notice)  # once: a filter is added once
         self.directory = Path(directory).absolute()
+        keep = dict(max_to_keep=max_to_keep)
+        if best is not None and not read_only:  # the latest max_to_keep, and the best one
+            keep = dict(best_fn=best.score, best_mode=best.mode, preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
+                ocp.checkpoint_managers.LatestN(n=max_to_keep),
+                ocp.checkpoint_managers.BestN(get_metric_fn=best.score, reverse=best.mode == "min", n=1,
+                                              keep_checkpoints_without_metrics=False)]))
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=not read_only, read_only=read_only))
+            **keep, create=not read_only, read_only=read_only))
         self.stop_requested = ""  # the name of the signal that asked the run to save and stop
         self._failed = False  # a save failed and was reported
         self._previous_handlers: dict = {}
@@ -113,9 +180,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator, spec: config.Config, identity: dict | None = None) -> None:
-        """Starts an asynchronous save (the next save, or `close`, waits for it). Raises TrainingDiverged
-        rather than write non-finite parameters."""
+    def save(self, step: int, state, data_iterator, spec: config.Config, identity: dict | None = None,
+             metrics: dict | None = None) -> None:
+        """Starts an asynchronous save (the next save, or `close`, waits for it), with `Best.metrics` when
+        checkpoints are ranked. Raises TrainingDiverged rather than write non-finite parameters."""
         sums, finite = fingerprint(state)
         if not finite:
             raise TrainingDiverged(f"step {step}: the state holds non-finite values; not saved (the newest "
@@ -126,7 +194,7 @@ class Checkpointer:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
                 spec=ocp.args.JsonSave(config.to_dict(spec)), fingerprint=ocp.args.JsonSave(sums),
-                identity=ocp.args.JsonSave(identity or {})))
+                identity=ocp.args.JsonSave(identity or {})), metrics=metrics)
 
     def newest_complete(self) -> str:
         """'step N' for the newest checkpoint on disk (a save that failed is not one), else 'none yet'."""
@@ -186,6 +254,24 @@ class Checkpointer:
                 warn(f"warning: checkpoint step {step} is unusable ({type(e).__name__}: {reason}); moved to "
                      f"{self.move_aside(step)}; trying the previous one")
         return None
+
+    def metrics(self, step: int) -> dict:
+        """The `Best.metrics` saved with a step ({} when it has none)."""
+        found = self.manager.metrics(step)
+        return found if isinstance(found, dict) else {}
+
+    def ranked_steps(self) -> list[int]:
+        """The steps in the order inference tries them: when the newest checkpoint was saved ranked, the best
+        by that metric first; then the others, newest first."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        newest = self.metrics(steps[0]) if steps else {}
+        if not newest.get("name"):  # the run saved its newest checkpoint unranked: the newest is the model
+            return steps
+        best = Best(newest["name"], newest["mode"])
+        saved = {step: self.metrics(step) for step in steps}
+        ranked = sorted((s for s in steps if best.score(saved[s]) not in (math.inf, -math.inf)),
+                        key=lambda s: best.score(saved[s]), reverse=best.mode == "max")
+        return ranked + [s for s in steps if s not in ranked]
 
     def move_aside(self, step: int) -> Path:
         """Moves a step's folder into `unusable/` (never deletes it) and forgets it."""

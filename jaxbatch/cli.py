@@ -141,7 +141,7 @@ def train(args) -> int:
 
         return EXIT_STOPPED
     final = result.summary["final_eval"]
-    print(f"done: {result.summary['steps']} steps in {result.summary['wall_time_s']:.1f}s; final eval loss "
+    print(f"done: {result.summary['step']} steps in {result.summary['wall_time_s']:.1f}s; final eval loss "
           f"{final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}; "
           f"summary in {cfg.train.run_dir}/summary.json")
     return 0

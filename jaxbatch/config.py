@@ -172,6 +172,7 @@ class TrainConfig:
     memory_budget_gb: float = 0.0  # per device, for auto_micro_batch; 0 = 90% of the device's memory (CPU: of RAM / devices)
     stop_after: int = 0  # save and exit after N steps this process (a job's time slot); the next run resumes
     max_bad_steps: int = 10  # stop (exit 3) after this many steps in a row with non-finite loss/gradients (skipped)
+    patience: int = 0  # early stopping: stop after this many evaluations without a better checkpoint.best_metric (0 = never)
     rampup_samples: int = 0  # batch ramp-up (rampup.py): grow the batch over this many examples; 0 = off
     rampup_start: int = 0  # global batch at step 0 when ramping up
     rampup_increment: int = 0  # batch growth per increment; 0 = the micro-batch (batch_size / accum_steps)
@@ -186,6 +187,11 @@ class CheckpointConfig:
     every: int = 0  # steps between saves; 0 = only at the end (and on SIGTERM)
     max_to_keep: int = 3
     resume: bool = True  # continue from the latest checkpoint in the directory, if any
+    # keep the checkpoint with the best value of this eval metric (loss, accuracy, entity_f1, perplexity,
+    # bits_per_byte) beside the latest max_to_keep, as HF's load_best_model_at_end; every evaluation saves,
+    # and predict, evaluate, generate, compress and export read the best one. Empty = the newest is the model
+    best_metric: str = ""
+    best_mode: str = "auto"  # max | min | auto (min for loss, perplexity and bits_per_byte, else max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,7 +389,8 @@ def validate(cfg: Config, num_devices: int) -> None:
         section, field = key.split(".")
         _positive(key, getattr(getattr(cfg, section), field))
     validate_model_shape(cfg.model)
-    for key in ("train.eval_every", "train.eval_batch_size", "train.stop_after", "checkpoint.every", "data.max_train"):
+    for key in ("train.eval_every", "train.eval_batch_size", "train.stop_after", "checkpoint.every", "data.max_train",
+                "train.patience"):
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), field)}")
@@ -401,6 +408,11 @@ def validate(cfg: Config, num_devices: int) -> None:
     if not 0.0 <= cfg.model.hidden_dropout < 1.0:
         raise ConfigError(f"model.hidden_dropout must be in [0, 1), got {cfg.model.hidden_dropout}")
     _validate_optim(cfg.optim)
+    if cfg.checkpoint.best_mode not in ("auto", "max", "min"):
+        raise ConfigError(f"checkpoint.best_mode must be auto, max or min, got {cfg.checkpoint.best_mode!r}")
+    if t.patience and not cfg.checkpoint.best_metric:
+        raise ConfigError("train.patience counts evaluations without a better checkpoint.best_metric: name one "
+                          "(e.g. checkpoint.best_metric=loss)")
     if cfg.model.remat not in REMAT:
         raise ConfigError(f"model.remat must be one of {', '.join(REMAT)}, got {cfg.model.remat!r}")
     models.family(cfg.model).validate(cfg.model, cfg.data.seq_len, model)
@@ -462,7 +474,7 @@ def _validate_rampup(t, batch_shards: int) -> None:
 # identity: changing it in a used run dir is refused (see `drift`).
 CHANGEABLE = ("train.steps", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
               "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
-              "train.memory_budget_gb", "data.data_dir", "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.",
+              "train.memory_budget_gb", "train.patience", "data.data_dir", "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.",
               "distributed.")
 
 

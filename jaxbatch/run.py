@@ -245,10 +245,10 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
             raise CheckpointError(f"{source}: weights missing for {', '.join(report.new)}")
         return Restored(run, params, _folder_tokenizer(run.family, source), str(source))
     ckpt = checkpoint.Checkpointer(source / "checkpoints", read_only=True)
-    steps = sorted(ckpt.manager.all_steps(), reverse=True)
+    steps = ckpt.ranked_steps()  # the best by checkpoint.best_metric first, when the run ranked them
     if not steps:
         raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'} (and no config.json)")
-    unusable = []  # read-only: a damaged checkpoint is reported and left where it is, the previous one is used
+    unusable = []  # read-only: a damaged checkpoint is reported and left where it is, the next one is used
     try:
         for step in steps:
             try:
@@ -259,14 +259,24 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
             except CheckpointError as e:
                 unusable.append(f"step {step}: {str(e).splitlines()[0][:300]}")
                 continue
+            ranking = ckpt.metrics(step)
+            if ranking.get("since_best") == 0 and ranking.get("value") is not None:
+                print(f"{source}: the best checkpoint by {ranking['name']}: step {step} ({ranking['value']:.4f}; "
+                      f"newest step {max(steps)})", file=sys.stderr)
             if unusable:
-                print(f"warning: {source}: using checkpoint step {step}; newer ones are unusable "
+                print(f"warning: {source}: using checkpoint step {step}; the ones before it in line are unusable "
                       f"({'; '.join(unusable)})", file=sys.stderr)
-            return Restored(run, params, tokenizer(spec, source), str(source), step,
-                            finished=step >= saved.train.steps)
+            return Restored(run, params, tokenizer(spec, source), str(source), step, finished=_finished(ckpt, saved))
     finally:
         ckpt.close()
     raise CheckpointError(f"{source}: no usable checkpoint ({'; '.join(unusable)})")
+
+
+def _finished(ckpt, spec: config.Config) -> bool:
+    """The run reached train.steps, or stopped early (train.patience), by its newest checkpoint."""
+    newest = max(ckpt.manager.all_steps())
+    since = ckpt.metrics(newest).get("since_best") or 0
+    return newest >= spec.train.steps or bool(spec.train.patience and since >= spec.train.patience)
 
 
 def _folder_tokenizer(family: models.Family, folder: Path):

@@ -201,23 +201,31 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                           jax.process_count(), spec.data.buckets,
                                           batch_sizes=sizes if t.rampup_samples else None))
     identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
-    ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep)
+    best = checkpoint.Best.of(spec.checkpoint)  # the metric ranking checkpoints, and early stopping's count
+    if best is not None and best.name not in evaluate.metric_names(data.task, data.bytes_per_token):
+        raise config.ConfigError(f"checkpoint.best_metric={best.name!r} is not reported for this {data.task} task; "
+                                 f"choose one of {', '.join(evaluate.metric_names(data.task, data.bytes_per_token))}")
+    ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep, best=best)
     state = run.state
     if ckpt.latest_step() is not None and not spec.checkpoint.resume:
         ckpt.close()
         aside = reporting.move_aside(run_dir, ckpt_dir)
         say(f"checkpoint.resume=false: the previous run in {run_dir} was moved to {aside}; starting a new run")
-        ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep)
+        ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep, best=best)
     elif ckpt.latest_step() is not None:
         check_identity(ckpt, spec, identity, say)
         restored = ckpt.restore_latest(state, run.state_sh, batches, warn=say)
         if restored is not None:
             state = restored
             say(f"resumed from {ckpt.directory} at step {int(state.step)} (state and data iterator, verified)")
+            if best is not None:
+                best = best.resumed(ckpt.metrics(int(state.step)))
     if int(state.step) == 0 and (run_dir / "metrics.jsonl").is_file():
         say(f"no usable checkpoint in {ckpt_dir}: starting from step 0 (earlier metrics rows are dropped)")
     first_step = int(state.step)
-    if first_step < t.steps:
+    patience_spent = lambda: bool(best and t.patience and best.since >= t.patience)  # noqa: E731
+    last_step = first_step if patience_spent() else t.steps  # a run that stopped early stays stopped
+    if first_step < last_step:
         ckpt.check_space(state)  # before the first step, not at the first save
     ckpt.handle_signals()
     reporter = reporting.Reporter(run_dir, t.steps, peak.flops, jax.device_count(), t.progress, first_step,
@@ -249,9 +257,9 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     stopped_by = None
     with _naming_the_newest_checkpoint(ckpt):  # a run file on a full disk stops the run in one line
         try:
-            if first_step == t.steps:  # resuming a finished run: nothing to train, evaluate what it left
+            if first_step == last_step:  # resuming a finished run: nothing to train, evaluate what it left
                 result = run_eval(first_step)
-            for step in range(first_step, t.steps):
+            for step in range(first_step, last_step):
                 batch = pipeline.to_global(next(batches), run.batch_sh)
                 state, step_metrics = run.steps.train(state, batch)
                 done = step + 1
@@ -267,7 +275,9 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                     reporter.start_clock(done)
                 slot_ended = bool(t.stop_after and done - first_step >= t.stop_after)
                 stop = _agree(bool(ckpt.stop_requested) or slot_ended)
-                save = (spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop
+                evaluating = ((t.eval_every and done % t.eval_every == 0) or done == t.steps) and not (stop and done < t.steps)
+                save = ((spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop
+                        or (best is not None and evaluating))
                 if done % t.log_every == 0 or done == t.steps or save:
                     check_finite(done)
                 if done % t.log_every == 0 or done == t.steps:
@@ -278,10 +288,17 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                         pending_noise.clear()
                         if noise.b_simple is not None:
                             reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
-                if ((t.eval_every and done % t.eval_every == 0) or done == t.steps) and not (stop and done < t.steps):
+                if evaluating:
                     result = run_eval(done)
-                if save:
-                    ckpt.save(done, state, batches, spec, identity)  # asynchronous
+                    if best is not None:
+                        best = best.update(result[best.name], done)
+                if save:  # asynchronous; with a ranking metric, it travels with the checkpoint
+                    ranking = best.metrics(result[best.name] if evaluating else None) if best is not None else None
+                    ckpt.save(done, state, batches, spec, identity, ranking)
+                if patience_spent() and done < t.steps:
+                    say(f"early stop at step {done}: no better {best.name} in {best.since} evaluations "
+                        f"(train.patience={t.patience})")
+                    break
                 if stop and done < t.steps:
                     stopped_by = ckpt.stop_requested or ("train.stop_after" if slot_ended else
                                                          "another process was asked to stop")
@@ -306,6 +323,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
             "synthetic_data": data.synthetic, "config": config.to_dict(spec), "label_names": data.label_names,
             "noise_scale": noise.b_simple if noise is not None else None,
             "effective_hparams": dataclasses.asdict(hp),
+            "best": None if best is None else {"metric": best.name, "value": best.value, "step": best.step,
+                                               "evaluations_since": best.since, "stopped_early": patience_spent()},
         }
         reporting.write_json(run_dir / "summary.json", summary)
         reporting.plot_curves(run_dir)
@@ -313,6 +332,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
         say(f"stopped at step {int(state.step)} of {t.steps} ({stopped_by}; checkpoint saved); run the same "
             f"command again to resume")
         return TrainResult(summary, run, state, data)
+    if best is not None:
+        say(f"{best.describe()}: the checkpoint predict, evaluate, generate, compress and export read")
     if noise is not None:
         say(noise_scale.advice(noise.b_simple, t.batch_size))
     if data.task == "token" and result is not None:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from conftest import compiles, event_records, params_numpy, run_steps, tiny_config
-from jaxbatch import checkpoint, train
+from jaxbatch import checkpoint, config, train
 
 ARGS = ["train.steps=8", "train.log_every=1", "train.eval_every=0", "train.batch_size=16", "data.seq_len=16",
         "data.num_train=96", "checkpoint.every=4", "data.buckets=2"]  # dropout on; 96/16 = 6 steps an epoch
@@ -63,3 +63,18 @@ def test_fingerprint_compiled_ahead():
         sums, finite = checkpoint.fingerprint(run.state)
     assert ahead and at_save == []
     assert finite and len(sums) == len(jax.tree.leaves(run.state))
+
+
+def test_best_tracker_counts_strict_improvements_and_never_takes_nan():
+    best = checkpoint.Best.of(config.build(["checkpoint.best_metric=entity_f1"]).checkpoint)
+    assert (best.name, best.mode) == ("entity_f1", "max")
+    assert checkpoint.Best.of(config.build(["checkpoint.best_metric=perplexity"]).checkpoint).mode == "min"
+    assert checkpoint.Best.of(config.Config().checkpoint) is None
+    for step, value in [(2, float("nan")), (4, 0.5), (6, 0.5), (8, 0.7), (10, 0.6)]:
+        best = best.update(value, step)
+    assert (best.value, best.step, best.since) == (0.7, 8, 1)  # a tie is no improvement; NaN is never the best
+    saved = best.metrics(0.6)
+    assert best.score(saved) == -float("inf")  # only a checkpoint that set a new best ranks
+    assert best.score(best.update(0.9, 12).metrics(0.9)) == 0.9
+    assert checkpoint.Best("entity_f1", "max").resumed(saved) == best
+    assert checkpoint.Best("loss", "min").resumed(saved) == checkpoint.Best("loss", "min")  # another metric: anew

@@ -125,3 +125,58 @@ def test_a_warmup_longer_than_the_run_says_how_high_the_learning_rate_gets(tmp_p
     assert logged == pytest.approx(2e-4)  # step 3 trains with the schedule's value at step 2: 1e-3 x 2/10
     assert ("the warmup (10 steps) is not shorter than the run (3 steps): the learning rate reaches 0.0002 at "
             "most, not the peak 0.001") in capsys.readouterr().out
+
+
+def _replay(evals, name, mode, patience):
+    """Where the run should have stopped and which step is best, replayed from its evaluations."""
+    best, best_step, since = None, None, 0
+    for e in evals:
+        if best is None or (e[name] > best if mode == "max" else e[name] < best):
+            best, best_step, since = e[name], e["step"], 0
+        else:
+            since += 1
+        if since >= patience:
+            return e["step"], best_step, best
+    return evals[-1]["step"], best_step, best
+
+
+def test_the_best_checkpoint_is_kept_read_and_early_stopping_resumes_exactly(tmp_path):
+    """checkpoint.best_metric keeps the best checkpoint beside the latest max_to_keep (here 1) and inference
+    reads it; train.patience stops the run, and a run cut in two segments (train.stop_after) stops at the same
+    step with the same best, because the tracker travels with each checkpoint. Higher loss counts as better
+    here only so that the first evaluation stays best and the run has to stop early: the mechanics are
+    under test, not the metric."""
+    from jaxbatch import run as run_lib
+    from jaxbatch import evaluate
+    from jaxbatch.data import tasks
+
+    common = ["train.steps=20", "train.eval_every=2", "checkpoint.max_to_keep=1", "checkpoint.best_metric=loss",
+              "checkpoint.best_mode=max", "train.patience=3"]
+    whole = train.train(tiny_config(*common, f"train.run_dir={tmp_path / 'whole'}")).summary
+    stop, best_step, best_loss = _replay(whole["evals"], "loss", "max", 3)
+    assert whole["finished"] and whole["step"] == stop < 20
+    assert whole["best"] == {"metric": "loss", "value": best_loss, "step": best_step, "evaluations_since": 3,
+                             "stopped_early": True}
+    ckpt_dir = tmp_path / "whole" / "checkpoints"
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == sorted({best_step, stop})
+    restored = run_lib.restore(tmp_path / "whole")
+    assert restored.step == best_step and restored.finished
+    arrays = tasks.load_split(restored.run.spec.data, restored.tokenizer, "validation")
+    again = evaluate.evaluate(restored.run, restored.params, arrays, restored.run.spec.data.labels.split(","), "token")
+    np.testing.assert_allclose(again["loss"], best_loss, rtol=1e-6)
+    # the same command again: the run stays stopped
+    rerun = train.train(tiny_config(*common, f"train.run_dir={tmp_path / 'whole'}")).summary
+    assert rerun["step"] == stop and rerun["best"]["step"] == best_step
+    # two segments: cut before the best is known to be final
+    cut = tiny_config(*common, "train.stop_after=3", f"train.run_dir={tmp_path / 'cut'}")
+    assert not train.train(cut).finished
+    resumed = train.train(tiny_config(*common, f"train.run_dir={tmp_path / 'cut'}")).summary
+    assert resumed["step"] == stop and resumed["best"] == whole["best"]
+    assert [e["loss"] for e in resumed["evals"]] == [e["loss"] for e in whole["evals"] if e["step"] > 3]
+
+
+def test_best_metric_must_be_one_the_task_reports(tmp_path, capsys):
+    assert cli.main(["train", "model.preset=tiny", "checkpoint.best_metric=perplexity", "train.steps=2",
+                     "train.progress=false", f"train.run_dir={tmp_path}"]) == 2
+    assert "checkpoint.best_metric='perplexity' is not reported for this token task; choose one of loss, " \
+           "accuracy, entity_f1" in capsys.readouterr().err
