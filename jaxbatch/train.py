@@ -291,9 +291,9 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                 if evaluating:
                     result = run_eval(done)
                     if best is not None:
-                        best = best.update(result[best.name], done)
+                        best = best.update(result.get(best.name, float("nan")), done)  # absent: no labelled dev token
                 if save:  # asynchronous; with a ranking metric, it travels with the checkpoint
-                    ranking = best.metrics(result[best.name] if evaluating else None) if best is not None else None
+                    ranking = best.metrics(result.get(best.name) if evaluating else None) if best is not None else None
                     ckpt.save(done, state, batches, spec, identity, ranking)
                 if patience_spent() and done < t.steps:
                     say(f"early stop at step {done}: no better {best.name} in {best.since} evaluations "
