@@ -266,7 +266,8 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
             if unusable:
                 print(f"warning: {source}: using checkpoint step {step}; the ones before it in line are unusable "
                       f"({'; '.join(unusable)})", file=sys.stderr)
-            return Restored(run, params, tokenizer(spec, source), str(source), step, finished=_finished(ckpt, saved))
+            return Restored(run, params, tokenizer(spec, source), str(source), step,
+                            finished=not unusable and _finished(ckpt, saved))  # the run's model, as it ended
     finally:
         ckpt.close()
     raise CheckpointError(f"{source}: no usable checkpoint ({'; '.join(unusable)})")
