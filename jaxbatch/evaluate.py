@@ -95,11 +95,10 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     return totals, {k: v[inverse] for k, v in outs.items()}
 
 
-def metric_names(task: str, bytes_per_token: np.ndarray | None = None) -> tuple[str, ...]:
-    """The scalar metrics `evaluate` reports for a task (what checkpoint.best_metric may name)."""
-    extra = {"lm": ("perplexity",) + (("bits_per_byte",) if bytes_per_token is not None else ()),
-             "token": ("entity_f1",)}.get(task, ())
-    return ("loss", "accuracy") + extra
+def metric_names(task: str) -> tuple[str, ...]:
+    """The scalar metrics a training run's evaluations report for a task (what checkpoint.best_metric may
+    name); a language model's bits per byte come from the run's tokenizer."""
+    return ("loss", "accuracy") + {"lm": ("perplexity", "bits_per_byte"), "token": ("entity_f1",)}.get(task, ())
 
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,

@@ -102,6 +102,10 @@ def train(cfg: config.Config) -> TrainResult:
     ckpt_dir = Path(cfg.checkpoint.directory or run_dir / "checkpoints")
     shaped = run_lib.resolve(cfg, task=tasks.dataset(cfg.data).task)  # checked before any data is read
     config.validate(shaped, jax.device_count())
+    named = evaluate.metric_names(shaped.model.task)
+    if shaped.checkpoint.best_metric and shaped.checkpoint.best_metric not in named:
+        raise config.ConfigError(f"checkpoint.best_metric={shaped.checkpoint.best_metric!r} is not reported for this "
+                                 f"{shaped.model.task} task; choose one of {', '.join(named)}")
     writable_dir(run_dir, "train.run_dir")
     with holding(run_dir, "train.run_dir"):
         writable_dir(ckpt_dir, "checkpoint.directory")
@@ -202,9 +206,6 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                           batch_sizes=sizes if t.rampup_samples else None))
     identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
     best = checkpoint.Best.of(spec.checkpoint)  # the metric ranking checkpoints, and early stopping's count
-    if best is not None and best.name not in evaluate.metric_names(data.task, data.bytes_per_token):
-        raise config.ConfigError(f"checkpoint.best_metric={best.name!r} is not reported for this {data.task} task; "
-                                 f"choose one of {', '.join(evaluate.metric_names(data.task, data.bytes_per_token))}")
     ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep, best=best)
     state = run.state
     if ckpt.latest_step() is not None and not spec.checkpoint.resume:

@@ -98,6 +98,9 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     final = json.loads((run / "summary.json").read_text())["final_eval"]
     assert final["loss"] < 1.0 and final["perplexity"] == pytest.approx(np.exp(final["loss"]), rel=1e-6)
     assert final["bits_per_byte"] == pytest.approx(final["loss"] / np.log(2), rel=1e-6)  # one byte per char
+    from jaxbatch import evaluate
+
+    assert set(evaluate.metric_names("lm")) <= set(final)  # what checkpoint.best_metric may name is reported
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--prompt", "the", "--max-new-tokens", "12",
                      "--temperature", "0", "mesh.model=2"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -28,6 +28,9 @@ def test_train_loop_learns_synthetic_ner(tmp_run_dir):
     assert train_lines[-1]["loss"] < 0.3 * train_lines[0]["loss"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in train_lines[1:])
     # dev names are unseen and a random-init word-level model cannot place them; context words still count
+    from jaxbatch import evaluate
+
+    assert set(evaluate.metric_names("token")) <= set(evals[-1])  # what checkpoint.best_metric may name
     report = evals[-1]["entities"]
     assert set(report) >= {"PER", "LOC", "ORG", "MISC", "micro avg"}
     assert sum(report[t]["support"] for t in ("PER", "LOC", "ORG", "MISC")) == report["micro avg"]["support"] > 100
