@@ -333,6 +333,9 @@ def describe(cfg) -> str:
             f" vocab {cfg.vocab_size}, remat {cfg.remat}{''.join(', ' + e for e in extras if e)})")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")  # any one
+
+
 def tokenizer(source):
     """A character tokenizer (a folder holding chars.json, or a list of characters) or any Hugging Face
     tokenizer folder (GPT-2 BPE, SentencePiece)."""
@@ -346,6 +349,9 @@ def tokenizer(source):
         return text.CharTokenizer.load(source)
     from transformers import AutoTokenizer
 
+    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in _TOKENIZER_FILES):
+        # transformers would build an empty GPT-2 tokenizer from config.json alone: every text, no tokens
+        raise CheckpointError(f"tokenizer: {source} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as e:

@@ -185,6 +185,7 @@ def test_hf_parity_and_round_trip(arch, tmp_path):
     restored = run_lib.restore(folder, ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"])
     spec = restored.run.spec
     assert spec.model.family == "decoder" and spec.model.arch == arch and spec.model.task == "lm"
+    assert restored.tokenizer is None  # weights only: not the empty GPT-2 tokenizer transformers builds from config
     model = nnx.merge(restored.run.graphdef, restored.params)
     ids = _ids(3, 10, seed=3)
     pos, seg = jnp.broadcast_to(jnp.arange(10), (3, 10)), jnp.ones((3, 10), jnp.int32)
