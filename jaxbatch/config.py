@@ -67,6 +67,7 @@ class ModelConfig:
     attention_bias: str = "none"  # llama arch: none | qkv (query, key, value projections) | all (and output)
     mlp_bias: bool = False  # llama arch: biases on the MLP's gate, up and down projections
     sliding_window: int = 0  # a token attends to at most this many latest tokens, itself included (0 = all)
+    qk_norm: bool = False  # llama arch: RMSNorm over each head's queries and keys before the rotary embedding (Qwen3)
     rope_theta: float = 10000.0
     # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |
     # llama3 (low frequencies / factor, high ones kept, a smooth blend between) | yarn (a ramp over dimensions)

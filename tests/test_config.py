@@ -80,6 +80,7 @@ def test_rules_override_from_command_line():
     (["model.preset=gpt-tiny", "model.task=lm", "model.rope_type=linear"], "gpt2 learns its positions"),
     (["model.preset=gpt-tiny", "model.task=lm", "model.attention_bias=qkv"], "attention_bias and model.mlp_bias are"),
     (["model.preset=gpt-tiny", "model.task=lm", "model.mlp_bias=true"], "are for arch=llama"),
+    (["model.preset=gpt-tiny", "model.task=lm", "model.qk_norm=true"], "gpt2 has no such norm"),
     (["model.preset=llama-tiny", "model.task=lm", "model.attention_bias=out"], "must be none, qkv or all"),
     (["model.sliding_window=-1"], "model.sliding_window must be >= 0"),
     (["model.activation=gelu_tanh"], "model.activation must be one of gelu, .*, got 'gelu_tanh'"),

@@ -2,8 +2,8 @@
 
 `arch=gpt2`: learned positions, LayerNorm, tanh-GELU MLP, biases, tied embeddings (HF `GPT2LMHeadModel`).
 `arch=llama`: rotary positions (HF's rotate-half), RMSNorm, SwiGLU MLP, no biases, grouped-query attention,
-untied head (HF `LlamaForCausalLM`); with `attention_bias` (qkv: Qwen2) and a `sliding_window` (Mistral) it
-reads and writes those checkpoints too. Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick
+untied head (HF `LlamaForCausalLM`); with `attention_bias` (qkv: Qwen2), a `sliding_window` (Mistral) and
+`qk_norm` (Qwen3) it reads and writes those checkpoints too; `activation` swaps the MLP's nonlinearity. Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick
 fused kernels. Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`), equal token for token to recomputing the whole sequence.
@@ -47,6 +47,9 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
     "qwen2.5-0.5b": dict(_LLAMA, vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
                          intermediate_size=4864, max_position_embeddings=32768, rope_theta=1e6, tie_embeddings=True,
                          attention_bias="qkv"),
+    "qwen3-0.6b": dict(_LLAMA, vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
+                       head_dim=128, intermediate_size=3072, max_position_embeddings=40960, rope_theta=1e6,
+                       tie_embeddings=True, qk_norm=True),
 }
 
 
@@ -119,6 +122,9 @@ class CausalAttention(nnx.Module):
         self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",), init_std=0.02 / math.sqrt(2 * cfg.num_layers),
                          **dict(proj, use_bias=cfg.arch == "gpt2" or cfg.attention_bias == "all"))
         self.cfg, self.dtype = cfg, dtype
+        if cfg.qk_norm:  # one scale per head dimension, shared by the heads (Qwen3)
+            self.query_norm = RMSNorm(d, cfg.layer_norm_eps, dtype=dtype, names=("kv",))
+            self.key_norm = RMSNorm(d, cfg.layer_norm_eps, dtype=dtype, names=("kv",))
 
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
         """`mask` (batch, 1, q, k) says which keys each query sees. With `cache` (k, v of shape
@@ -126,6 +132,8 @@ class CausalAttention(nnx.Module):
         runs over the whole cache; returns (output, updated cache)."""
         names = ("batch", "length", "heads", "kv")
         q, k, v = (constrain(p(x), names) for p in (self.query, self.key, self.value))
+        if self.cfg.qk_norm:
+            q, k = self.query_norm(q), self.key_norm(k)
         if self.cfg.arch == "llama":
             inv_freq, scale = rope_frequencies(self.cfg, q.shape[-1]), rope_attention_factor(self.cfg)
             q, k = rope(q, positions, inv_freq, scale), rope(k, positions, inv_freq, scale)
@@ -290,6 +298,8 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
                           f"(or set model.head_dim)")
     if cfg.attention_bias not in ("none", "qkv", "all"):
         raise ConfigError(f"model.attention_bias must be none, qkv or all, got {cfg.attention_bias!r}")
+    if cfg.arch == "gpt2" and cfg.qk_norm:
+        raise ConfigError("model.qk_norm normalises rotary queries and keys (arch=llama); gpt2 has no such norm")
     if cfg.arch == "gpt2" and (cfg.attention_bias != "none" or cfg.mlp_bias):
         raise ConfigError("model.attention_bias and model.mlp_bias are for arch=llama (gpt2 has biases on every "
                           "projection already)")
@@ -361,7 +371,7 @@ def tokenizer(source):
 # ---- Hugging Face conversion tables ---------------------------------------------------------------------
 
 def hf_configure(cfg, hf: dict):
-    """The shape from a GPT-2 or LLaMA-style (llama, mistral, qwen2) config.json."""
+    """The shape from a GPT-2 or LLaMA-style (llama, mistral, qwen2, qwen3) config.json."""
     if hf.get("model_type") == "gpt2":
         if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
             raise CheckpointError("config.json: attention scores are scaled by 1/sqrt(head_dim) only here "
@@ -381,6 +391,7 @@ def hf_configure(cfg, hf: dict):
                      intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
                      layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                      attention_bias={"qwen2": "qkv"}.get(hf["model_type"], "all" if hf.get("attention_bias") else "none"),
+                     qk_norm=hf["model_type"] == "qwen3",
                      mlp_bias=bool(hf.get("mlp_bias")), sliding_window=_hf_window(hf), **rope_shape)
         act = models.hf_activation(hf, "hidden_act", _ACTIVATION["llama"])
     models.check_shape(cfg, shape)
@@ -469,6 +480,9 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
                 m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.self_attn.{hf_name}.bias", "qkv_bias")
         if cfg.attention_bias == "all":
             m[f"{ours}.attention.out.bias"] = (f"{theirs}.self_attn.o_proj.bias", "copy")
+        if cfg.qk_norm:
+            m[f"{ours}.attention.query_norm.scale"] = (f"{theirs}.self_attn.q_norm.weight", "copy")
+            m[f"{ours}.attention.key_norm.scale"] = (f"{theirs}.self_attn.k_norm.weight", "copy")
         m[f"{ours}.attention.out.kernel"] = (f"{theirs}.self_attn.o_proj.weight", "out_kernel")
         m[f"{ours}.attention_norm.scale"] = (f"{theirs}.input_layernorm.weight", "copy")
         m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
@@ -507,11 +521,18 @@ def hf_config(cfg, label_names=None) -> dict:
               "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
               "pad_token_id": None}
     window = cfg.sliding_window or None
+    kind = "sliding_attention" if window else "full_attention"
+    if cfg.qk_norm:  # the transformers class with query/key norms
+        if cfg.attention_bias == "qkv" or cfg.mlp_bias:
+            raise ConfigError("no Hugging Face class holds this model: model.qk_norm (Qwen3) with qkv-only attention "
+                              "biases or mlp_bias")
+        return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **common,
+                "attention_bias": cfg.attention_bias == "all", "sliding_window": window,
+                "use_sliding_window": bool(window), "max_window_layers": 0, "layer_types": [kind] * cfg.num_layers}
     if (cfg.attention_bias == "all" or cfg.mlp_bias) and (window or cfg.attention_bias == "qkv"):
         raise ConfigError("no Hugging Face class holds this model: attention_bias=all or mlp_bias (LLaMA's options) "
                           "with a sliding window or qkv biases")
     if cfg.attention_bias == "qkv":  # the transformers class with exactly these biases
-        kind = "sliding_attention" if window else "full_attention"
         return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **common, "sliding_window": window,
                 "use_sliding_window": bool(window), "max_window_layers": 0, "layer_types": [kind] * cfg.num_layers}
     if window:
@@ -523,5 +544,5 @@ def hf_config(cfg, label_names=None) -> dict:
 FAMILY = models.register(models.Family(
     name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2"), key_map=hf_key_map, configure=hf_configure,
+    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3"), key_map=hf_key_map, configure=hf_configure,
                         hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))

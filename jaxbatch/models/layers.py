@@ -197,9 +197,9 @@ norm.defvjp(_norm_fwd, _norm_bwd)
 class LayerNorm(nnx.Module):
     """LayerNorm whose statistics are float32 whatever the compute dtype (bf16 variance is too coarse)."""
 
-    def __init__(self, features: int, eps: float, *, dtype=jnp.float32):
+    def __init__(self, features: int, eps: float, *, dtype=jnp.float32, names: Names = ("embed",)):
         self.eps, self.dtype = eps, dtype
-        self.scale = param(None, jax.nn.initializers.ones, (features,), ("embed",), decay=False)
+        self.scale = param(None, jax.nn.initializers.ones, (features,), names, decay=False)
         self.bias = param(None, jax.nn.initializers.zeros, (features,), ("embed",), decay=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -209,9 +209,9 @@ class LayerNorm(nnx.Module):
 class RMSNorm(nnx.Module):
     """RMSNorm (LLaMA): x / rms(x) * scale, statistics in float32 whatever the compute dtype."""
 
-    def __init__(self, features: int, eps: float, *, dtype=jnp.float32):
+    def __init__(self, features: int, eps: float, *, dtype=jnp.float32, names: Names = ("embed",)):
         self.eps, self.dtype = eps, dtype
-        self.scale = param(None, jax.nn.initializers.ones, (features,), ("embed",), decay=False)
+        self.scale = param(None, jax.nn.initializers.ones, (features,), names, decay=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         zero = jnp.zeros((), jnp.float32)

@@ -158,7 +158,7 @@ def _hf_model(arch, tmp_path, rope=None, **extra):
                                     bos_token_id=0, eos_token_id=0, **extra)
         model = transformers.GPT2LMHeadModel(c)
     else:  # llama, mistral, qwen2: one LLaMA-style config signature
-        name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[arch]
+        name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
         c = getattr(transformers, f"{name}Config")(
             vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
@@ -254,17 +254,21 @@ def test_scaled_rope_equals_hf_and_round_trips(kind, tmp_path):
 @pytest.mark.parametrize("arch, extra, bias", [("mistral", {"sliding_window": 4}, "none"), ("qwen2", {}, "qkv"),
                                                ("qwen2", {"use_sliding_window": True, "sliding_window": 3,
                                                           "max_window_layers": 0}, "qkv"),
-                                               ("llama", {"attention_bias": True, "mlp_bias": True}, "all")])
-def test_mistral_qwen2_and_biased_llama_equal_hf_and_round_trip(arch, extra, bias, tmp_path):
+                                               ("llama", {"attention_bias": True, "mlp_bias": True}, "all"),
+                                               ("qwen3", {"attention_bias": True}, "all"),
+                                               ("qwen3", {"use_sliding_window": True, "sliding_window": 3,
+                                                          "max_window_layers": 0}, "none")])
+def test_mistral_qwen_and_biased_llama_equal_hf_and_round_trip(arch, extra, bias, tmp_path):
     """LLaMA-style checkpoints beside plain llama: mistral's sliding window (a token sees its 4 latest tokens,
     so 10 tokens exercise it), qwen2's query/key/value biases (and its window on every layer), llama's
-    attention_bias (the output projection too) and mlp_bias. Logits equal HF's on plain and packed rows;
-    export writes the same class back."""
+    attention_bias (the output projection too) and mlp_bias, qwen3's query/key RMSNorms (with its biases or
+    window). Logits equal HF's on plain and packed rows; export writes the same class back."""
     theirs, folder = _hf_model(arch, tmp_path, **extra)
     restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
     spec = restored.run.spec.model
     assert (spec.attention_bias, spec.sliding_window, spec.mlp_bias) == (bias, extra.get("sliding_window", 0),
                                                                          extra.get("mlp_bias", False))
+    assert spec.qk_norm == (arch == "qwen3")
     model = nnx.merge(restored.run.graphdef, restored.params)
     ids = _ids(2, 10, seed=6)
     pos, seg = jnp.broadcast_to(jnp.arange(10), (2, 10)), jnp.ones((2, 10), jnp.int32)
@@ -428,6 +432,12 @@ HUB_CONFIGS = {  # the shape keys of the hub config.json files the presets are n
                      "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
                      "sliding_window": 32768, "tie_word_embeddings": True, "use_sliding_window": False,
                      "vocab_size": 151936},  # Qwen2.5-0.5B: a window named but not used
+    "qwen3-0.6b": {"model_type": "qwen3", "attention_bias": False, "head_dim": 128, "hidden_act": "silu",
+                   "hidden_size": 1024, "intermediate_size": 3072, "max_position_embeddings": 40960,
+                   "max_window_layers": 28, "num_attention_heads": 16, "num_hidden_layers": 28,
+                   "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+                   "sliding_window": None, "tie_word_embeddings": True, "use_sliding_window": False,
+                   "vocab_size": 151936},  # Qwen3-0.6B: heads 16 x 128 over a hidden size of 1024
 }
 
 
