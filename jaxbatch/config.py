@@ -83,6 +83,8 @@ class ModelConfig:
     remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable: recompute in backward
     scan_layers: bool = False  # one compiled layer in lax.scan over stacked layer params (faster compiles of deep models)
     z_loss: float = 0.0  # PaLM's z-loss weight on log(sum(exp(logits)))^2
+    label_smoothing: float = 0.0  # training targets mix in this much of the uniform distribution (HF's
+    # label_smoothing_factor); evaluation reports the plain cross-entropy
     # compressed models (written by `jaxbatch compress`; see jaxbatch/compress/)
     quant: str = ""  # int8: dense kernels and embedding tables stored and run as int8 | '' = float
     quant_act: str = "none"  # int8 activations too: dynamic (per token) | static (calibrated per layer) | none
@@ -406,8 +408,9 @@ def validate(cfg: Config, num_devices: int) -> None:
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
     _validate_rampup(t, data * fsdp)
-    if not 0.0 <= cfg.model.hidden_dropout < 1.0:
-        raise ConfigError(f"model.hidden_dropout must be in [0, 1), got {cfg.model.hidden_dropout}")
+    for key in ("hidden_dropout", "label_smoothing"):
+        if not 0.0 <= getattr(cfg.model, key) < 1.0:
+            raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
     _validate_optim(cfg.optim)
     if cfg.checkpoint.best_mode not in ("auto", "max", "min"):
         raise ConfigError(f"checkpoint.best_mode must be auto, max or min, got {cfg.checkpoint.best_mode!r}")

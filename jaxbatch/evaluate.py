@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 
 from jaxbatch import metrics, mesh as mesh_lib
 from jaxbatch.data import pipeline
-from jaxbatch.losses import IGNORE_INDEX
+from jaxbatch.losses import IGNORE_INDEX, OBJECTIVE_TERMS
 
 
 def eval_batch_size(run, wanted: int | None = None) -> int:
@@ -108,7 +108,8 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
     `predictions` holds every example's predicted label ids (classifiers)."""
     totals, out = outputs(run, params, arrays, batch_size)
     weight = max(totals.get("weight", 0.0), 1.0)
-    result = {"loss": (totals["loss_sum"] - totals.get("z_loss", 0.0)) / weight,
+    objective = sum(totals.get(k, 0.0) for k in OBJECTIVE_TERMS)  # regularisers: not the model's loss
+    result = {"loss": (totals["loss_sum"] - objective) / weight,
               "accuracy": totals.get("correct", 0.0) / weight, "predictions": out.get("preds")}
     if task == "lm":
         result["perplexity"] = float(np.exp(min(result["loss"], 700.0)))

@@ -13,14 +13,24 @@ import jax.numpy as jnp
 import optax
 
 IGNORE_INDEX = -100
+# sums a training objective adds to the cross-entropy in `loss_sum` (each also reported alone); evaluation
+# takes them out again, so its loss is the plain cross-entropy whatever the regularisers
+OBJECTIVE_TERMS = ("z_loss", "label_smoothing")
 
 
-def classification_sums(logits: jax.Array, labels: jax.Array) -> tuple[dict, dict]:
+def _smoothing(logits: jax.Array, target_logit: jax.Array, w: jax.Array, epsilon: float) -> jax.Array:
+    """Label smoothing's sum over the cross-entropy: targets (1 - eps) one-hot + eps / K (HF's LabelSmoother,
+    optax.smooth_labels) cost eps * (mean_k(-log p_k) - (-log p_y)) = eps * (logit_y - mean_k logit_k) more."""
+    return epsilon * jnp.sum(w * (target_logit - jnp.mean(logits, -1)))
+
+
+def classification_sums(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> tuple[dict, dict]:
     """Summed float32 loss over labelled positions, their count and correct predictions; predictions
     are the argmax label and the class probabilities.
 
     Softmax cross-entropy for more than one logit; sigmoid + binary cross-entropy for a single logit
-    (probabilities are then [1-p, p])."""
+    (probabilities are then [1-p, p]). `label_smoothing` eps: targets (1 - eps) one-hot + eps / classes
+    (a single logit's target moves eps / 2 towards 1/2)."""
     weights = labels != IGNORE_INDEX
     logits = logits.astype(jnp.float32)
     if logits.shape[-1] == 1:
@@ -35,13 +45,22 @@ def classification_sums(logits: jax.Array, labels: jax.Array) -> tuple[dict, dic
         probs = jax.nn.softmax(logits, -1)
     w = weights.astype(jnp.float32)
     sums = dict(loss_sum=jnp.sum(losses * w), weight=jnp.sum(w), correct=jnp.sum((preds == labels) * w))
+    if label_smoothing:
+        safe = jnp.where(weights, labels, 0)
+        if logits.shape[-1] == 1:  # BCE(x, y') - BCE(x, y) = -x (y' - y), y' = y (1 - eps) + eps / 2
+            extra = label_smoothing * jnp.sum(w * logits[..., 0] * (safe - 0.5))
+        else:
+            extra = _smoothing(logits, jnp.take_along_axis(logits, safe[..., None], -1)[..., 0], w, label_smoothing)
+        sums["label_smoothing"] = extra
+        sums["loss_sum"] = sums["loss_sum"] + extra
     return sums, dict(preds=preds, probs=probs)
 
 
-def lm_sums(logits: jax.Array, labels: jax.Array, z_loss: float = 0.0) -> dict:
+def lm_sums(logits: jax.Array, labels: jax.Array, z_loss: float = 0.0, label_smoothing: float = 0.0) -> dict:
     """Next-token cross-entropy summed over real targets (labels are the inputs shifted by one, IGNORE_INDEX
     at padding and document boundaries), their count and correct argmax predictions. With `z_loss` the
-    objective adds z_loss * log(Z)^2 per token (PaLM), also reported alone as `z_loss`."""
+    objective adds z_loss * log(Z)^2 per token (PaLM), also reported alone as `z_loss`; with
+    `label_smoothing` the targets mix in the uniform distribution over the vocabulary."""
     weights = labels != IGNORE_INDEX
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, -1)
@@ -52,4 +71,7 @@ def lm_sums(logits: jax.Array, labels: jax.Array, z_loss: float = 0.0) -> dict:
     if z_loss:
         sums["z_loss"] = z_loss * jnp.sum(jnp.where(weights, jnp.square(lse), 0.0))
         sums["loss_sum"] = sums["loss_sum"] + sums["z_loss"]
+    if label_smoothing:
+        sums["label_smoothing"] = _smoothing(logits, target, w, label_smoothing)
+        sums["loss_sum"] = sums["loss_sum"] + sums["label_smoothing"]
     return sums

@@ -107,7 +107,7 @@ def forward(model: BertClassifier, batch: dict, *, deterministic: bool, rngs: nn
 
 
 def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
-    return losses.classification_sums(logits, batch["labels"])
+    return losses.classification_sums(logits, batch["labels"], cfg.label_smoothing)
 
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:

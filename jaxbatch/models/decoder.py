@@ -265,7 +265,7 @@ def forward(model: Decoder, batch: dict, *, deterministic: bool, rngs) -> jax.Ar
 
 
 def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
-    return losses.lm_sums(logits, batch["labels"], cfg.z_loss), {}
+    return losses.lm_sums(logits, batch["labels"], cfg.z_loss, cfg.label_smoothing), {}
 
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,58 @@
+"""Loss sums: label smoothing equals Hugging Face's LabelSmoother and optax's smoothed targets; evaluation
+takes the objective's extra terms out again."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxbatch import losses
+
+
+def _batch(shape, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (*shape, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, shape).astype(np.int32)
+    labels.reshape(-1)[::3] = losses.IGNORE_INDEX
+    return logits, labels
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets(eps):
+    logits, labels = _batch((4, 6), 5)
+    w = labels != losses.IGNORE_INDEX
+    safe = np.where(w, labels, 0)
+    smoothed = optax.smooth_labels(jax_one_hot(safe, 5), eps)
+    expected = float(np.sum(np.asarray(optax.softmax_cross_entropy(logits, smoothed)) * w))
+    sums, _ = losses.classification_sums(jnp.asarray(logits), jnp.asarray(labels), eps)
+    assert float(sums["loss_sum"]) == pytest.approx(expected, rel=1e-5)
+    lm = losses.lm_sums(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=eps)
+    assert float(lm["loss_sum"]) == pytest.approx(expected, rel=1e-5)
+    plain = losses.lm_sums(jnp.asarray(logits), jnp.asarray(labels))
+    # the term alone is reported, so evaluation can take it out: loss_sum - label_smoothing = cross-entropy
+    assert float(lm["loss_sum"] - lm.get("label_smoothing", 0.0)) == pytest.approx(float(plain["loss_sum"]), rel=1e-6)
+    assert ("label_smoothing" in lm) == (eps > 0)
+
+
+def test_label_smoothing_equals_hugging_faces_label_smoother():
+    torch = pytest.importorskip("torch")
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    logits, labels = _batch((3, 7), 9, seed=1)
+    theirs = LabelSmoother(epsilon=0.2)({"logits": torch.tensor(logits)}, torch.tensor(labels.astype(np.int64)))
+    sums, _ = losses.classification_sums(jnp.asarray(logits), jnp.asarray(labels), 0.2)
+    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_a_single_logit_head_smooths_its_binary_target():
+    logits, labels = _batch((8,), 1, seed=2)
+    labels = np.where(labels == losses.IGNORE_INDEX, labels, np.arange(8) % 2).astype(np.int32)
+    w = labels != losses.IGNORE_INDEX
+    target = np.where(w, labels, 0) * 0.8 + 0.1
+    expected = float(np.sum(np.asarray(optax.sigmoid_binary_cross_entropy(logits[:, 0], target)) * w))
+    sums, _ = losses.classification_sums(jnp.asarray(logits), jnp.asarray(labels), 0.2)
+    assert float(sums["loss_sum"]) == pytest.approx(expected, rel=1e-5)
+
+
+def jax_one_hot(labels, classes):
+    return np.eye(classes, dtype=np.float32)[labels]
