@@ -160,6 +160,21 @@ class Best:
         return metrics["value"] if ok else (-math.inf if self.mode == "max" else math.inf)
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, except that a damaged metrics file (the ranking saved with a checkpoint) leaves that
+    checkpoint unranked, and is recorded in `damaged_metrics`, instead of making the whole folder unopenable
+    (Orbax reads every step's metrics when it opens one, and raises on the first that does not parse)."""
+
+    damaged_metrics: set
+
+    def _get_metrics(self, step: int):
+        try:
+            return super()._get_metrics(step)
+        except (ValueError, OSError, TypeError):  # JSONDecodeError is a ValueError
+            self.__dict__.setdefault("damaged_metrics", set()).add(step)
+            return None
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 3, read_only: bool = False, best: Best | None = None):
         _whole_arrays_on_cpu()
@@ -171,7 +186,7 @@ class Checkpointer:
                 ocp.checkpoint_managers.LatestN(n=max_to_keep),
                 ocp.checkpoint_managers.BestN(get_metric_fn=best.score, reverse=best.mode == "min", n=1,
                                               keep_checkpoints_without_metrics=False)]))
-        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        self.manager = _Manager(self.directory, options=ocp.CheckpointManagerOptions(
             **keep, create=not read_only, read_only=read_only))
         self.stop_requested = ""  # the name of the signal that asked the run to save and stop
         self._failed = False  # a save failed and was reported
@@ -245,7 +260,11 @@ class Checkpointer:
 
     def restore_latest(self, state_like, state_shardings, data_iterator, warn=print):
         """The newest checkpoint that loads and verifies, or None when there is none. Each unusable one is
-        reported by step and reason and moved to `unusable/`; the previous one is tried next."""
+        reported by step and reason and moved to `unusable/`; the previous one is tried next. So is one whose
+        saved ranking does not parse (kept, it would rank last and be pruned while it may be the best)."""
+        for step in self.damaged_metrics():
+            warn(f"warning: checkpoint step {step}: its ranking (metrics) is unreadable; moved to "
+                 f"{self.move_aside(step)}")
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 return self.restore(step, state_like, state_shardings, data_iterator)
@@ -256,9 +275,13 @@ class Checkpointer:
         return None
 
     def metrics(self, step: int) -> dict:
-        """The `Best.metrics` saved with a step ({} when it has none)."""
+        """The `Best.metrics` saved with a step ({} when it has none or they do not parse)."""
         found = self.manager.metrics(step)
         return found if isinstance(found, dict) else {}
+
+    def damaged_metrics(self) -> list[int]:
+        """Steps whose saved ranking could not be read (see `_Manager`)."""
+        return sorted(self.manager.__dict__.get("damaged_metrics", ()))
 
     def ranked_steps(self) -> list[int]:
         """The steps in the order inference tries them: when the newest checkpoint was saved ranked, the best

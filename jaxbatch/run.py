@@ -246,6 +246,9 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
         return Restored(run, params, _folder_tokenizer(run.family, source), str(source))
     ckpt = checkpoint.Checkpointer(source / "checkpoints", read_only=True)
     steps = ckpt.ranked_steps()  # the best by checkpoint.best_metric first, when the run ranked them
+    if ckpt.damaged_metrics():
+        print(f"warning: {source}: the ranking saved with checkpoint step(s) {ckpt.damaged_metrics()} is unreadable; "
+              f"they rank last", file=sys.stderr)
     if not steps:
         raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'} (and no config.json)")
     unusable = []  # read-only: a damaged checkpoint is reported and left where it is, the next one is used

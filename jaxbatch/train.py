@@ -333,8 +333,10 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
         say(f"stopped at step {int(state.step)} of {t.steps} ({stopped_by}; checkpoint saved); run the same "
             f"command again to resume")
         return TrainResult(summary, run, state, data)
-    if best is not None:
-        say(f"{best.describe()}: the checkpoint predict, evaluate, generate, compress and export read")
+    if best is not None and best.step is not None:
+        kept = (ckpt.directory / str(best.step)).is_dir()
+        say(f"{best.describe()}: " + ("the checkpoint predict, evaluate, generate, compress and export read" if kept
+                                      else "its checkpoint was set aside as unusable; they read the best one left"))
     if noise is not None:
         say(noise_scale.advice(noise.b_simple, t.batch_size))
     if data.task == "token" and result is not None:

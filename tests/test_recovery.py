@@ -306,3 +306,23 @@ def test_metrics_on_a_full_disk_stop_the_run_in_one_line_naming_where_it_resumes
     result = train_lib.train(tiny_config(*args))
     assert result.finished and "resumed from" in capsys.readouterr().out
     assert [r["step"] for r in reporting.read_metrics(run) if r["kind"] == "train"] == [3, 4]
+
+
+def test_a_damaged_ranking_is_named_ranks_last_and_is_set_aside_not_pruned(tmp_path, capsys):
+    """The metrics Orbax keeps beside a ranked checkpoint (checkpoint.best_metric) garbled on disk: Orbax
+    alone would refuse to open the folder at all. Inference names the step and ranks it last; training moves
+    it to unusable/ (kept: it may be the best) and the final line says where the best went."""
+    run = tmp_path / "run"
+    ranked = ["checkpoint.best_metric=loss", "checkpoint.best_mode=max", "train.eval_every=2", "train.steps=6"]
+    assert _train(run, *ranked) == 0
+    best = json.loads((run / "summary.json").read_text())["best"]["step"]
+    (run / "checkpoints" / str(best) / "metrics" / "metrics").write_text("{garbage")
+    capsys.readouterr()
+    restored = run_lib.restore(run)
+    err = capsys.readouterr().err
+    assert f"the ranking saved with checkpoint step(s) [{best}] is unreadable; they rank last" in err
+    assert restored.step != best
+    assert _train(run, *ranked, "train.steps=8") == 0
+    out = capsys.readouterr().out
+    assert f"warning: checkpoint step {best}: its ranking (metrics) is unreadable; moved to" in out
+    assert [p.name.split("-")[0] for p in (run / "checkpoints" / "unusable").iterdir()] == [str(best)]
