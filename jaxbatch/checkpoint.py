@@ -144,7 +144,8 @@ class Best:
 
     def resumed(self, metrics: dict) -> Best:
         """The state saved with the checkpoint a run resumes from (kept only if it ranked by this metric)."""
-        if metrics.get("name") != self.name or metrics.get("mode") != self.mode:
+        if metrics.get("name") != self.name or metrics.get("mode") != self.mode or not isinstance(
+                metrics.get("since_best"), int):
             return self
         return dataclasses.replace(self, value=metrics["best"], step=metrics["best_step"], since=metrics["since_best"])
 
@@ -155,8 +156,8 @@ class Best:
     def score(self, metrics) -> float:
         """Orbax's ranking of checkpoints: a checkpoint that set a new best has its value; any other loses (a
         run's new bests are strictly better each time, so the newest of them is the best)."""
-        ok = (isinstance(metrics, dict) and metrics.get("name") == self.name and metrics.get("value") is not None
-              and metrics.get("since_best") == 0)
+        ok = (isinstance(metrics, dict) and metrics.get("name") == self.name and metrics.get("since_best") == 0
+              and isinstance(metrics.get("value"), (int, float)) and not isinstance(metrics["value"], bool))
         return metrics["value"] if ok else (-math.inf if self.mode == "max" else math.inf)
 
 
