@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import params_numpy
+from conftest import dotted, params_numpy
 from jaxbatch import config, hf, run as run_lib
 
 torch = pytest.importorskip("torch")
@@ -99,6 +99,39 @@ def test_random_bert_logits_match_pytorch(task, random_hf_models):
     cls = transformers.BertForTokenClassification if task == "token" else transformers.BertForSequenceClassification
     theirs = torch_run(cls.from_pretrained(folder, attn_implementation="eager"), ids, mask, types, "logits")
     assert np.abs(ours_logits(graphdef, state, ids, mask, types) - theirs).max() < 1e-4
+
+
+@pytest.mark.parametrize("task", ["token", "sequence"])
+def test_training_gradients_equal_pytorch(task, random_hf_models):
+    """A training step's loss and every parameter's gradient (steps.make_grad_fn, dropout off) equal torch
+    autograd on HF's own loss for the same padded batch, mapped through the HF table."""
+    from jaxbatch import steps
+    from jaxbatch.models import bert
+
+    cfg, graphdef, state, _ = load_ours(random_hf_models[task], task)
+    ids, mask, types = padded_batch(cfg.model.vocab_size, 4)
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, ids.shape if task == "token" else ids.shape[:1])
+    if task == "token":
+        labels = np.where(mask == 1, labels, -100)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels.astype(np.int32)}
+    family = bert.FAMILY
+    sums, grads = jax.jit(steps.make_grad_fn(family, cfg.model, graphdef))(state.params, batch, None, 1.0)
+    cls = transformers.BertForTokenClassification if task == "token" else transformers.BertForSequenceClassification
+    theirs = cls.from_pretrained(random_hf_models[task], attn_implementation="eager").eval()
+    loss = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types),
+                  labels=torch.tensor(labels)).loss
+    loss.backward()
+    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(float(loss), rel=1e-5)
+    named = dict(theirs.named_parameters())
+    flat = {dotted(p): np.asarray(g) / float(sums["weight"])  # of the mean, as HF's loss
+            for p, g in jax.tree_util.tree_leaves_with_path(grads)}
+    key_map = bert.hf_key_map(cfg.model)
+    assert sorted(key_map) == sorted(flat)
+    for ours, (name, how) in key_map.items():
+        mine = hf.to_theirs(flat[ours], how)
+        expected = named[family.hf.tensor_name(name, cfg.model)].grad.numpy()
+        np.testing.assert_allclose(mine, expected.reshape(mine.shape), rtol=1e-3, atol=1e-6, err_msg=ours)
 
 
 @pytest.mark.parametrize("task", ["token", "sequence"])
