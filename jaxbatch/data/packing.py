@@ -4,7 +4,8 @@ Each row holds `seq_len + 1` tokens from one or more documents; `segment_ids` nu
 row (0 = padding) and `positions` restart at 0 for each, so attention never crosses a document and
 learned/rotary positions see each document from its start. A document longer than the room left
 continues in the next row as a new segment. Inputs are row[:-1], targets row[1:]; a target is real only
-where it continues the same document, so no loss is taken across a boundary or on padding.
+where it continues the same document, so no loss is taken across a boundary or on padding, nor on a
+document's prompt (its first `prompt_lengths` tokens: supervised fine-tuning trains on completions only).
 """
 
 from __future__ import annotations
@@ -14,31 +15,36 @@ import numpy as np
 from jaxbatch.losses import IGNORE_INDEX
 
 
-def pack(documents: list[list[int]], seq_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+def pack(documents: list[list[int]], seq_len: int, pad_id: int = 0,
+         prompt_lengths: list[int] | None = None) -> dict[str, np.ndarray]:
     """{input_ids, labels, segment_ids, positions}, each (rows, seq_len) int32."""
     width = seq_len + 1
-    tokens, segments = [], []
-    row_t, row_s, seg = [], [], 0
-    for doc in documents:
+    tokens, segments, trained = [], [], []
+    row_t, row_s, row_l, seg = [], [], [], 0
+    for i, doc in enumerate(documents):
         seg += 1
-        start = 0
+        start, lead = 0, prompt_lengths[i] if prompt_lengths else 0
         while start < len(doc):
             take = doc[start: start + width - len(row_t)]
             row_t += take
             row_s += [seg] * len(take)
+            row_l += [start + j >= lead for j in range(len(take))]
             start += len(take)
             if len(row_t) == width:
                 tokens.append(row_t)
                 segments.append(row_s)
-                row_t, row_s, seg = [], [], 1  # the rest of this document starts the next row
+                trained.append(row_l)
+                row_t, row_s, row_l, seg = [], [], [], 1  # the rest of this document starts the next row
     if row_t:
         tokens.append(row_t + [pad_id] * (width - len(row_t)))
         segments.append(row_s + [0] * (width - len(row_s)))
+        trained.append(row_l + [False] * (width - len(row_l)))
     t = np.asarray(tokens, np.int32).reshape(-1, width)
     s = np.asarray(segments, np.int32).reshape(-1, width)
+    target = np.asarray(trained, bool).reshape(-1, width)[:, 1:]
     positions = np.zeros_like(s)
     for j in range(1, width):  # position within its segment
         positions[:, j] = np.where(s[:, j] == s[:, j - 1], positions[:, j - 1] + 1, 0)
-    same = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] > 0)
+    same = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] > 0) & target
     return {"input_ids": t[:, :-1], "labels": np.where(same, t[:, 1:], IGNORE_INDEX).astype(np.int32),
             "segment_ids": s[:, :-1], "positions": positions[:, :-1]}

@@ -206,8 +206,8 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
     return enc
 
 
-def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list[str]]:
-    """{split: documents}: local text files (split by data/text.py), or a TFDS catalog corpus (one record
+def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list[text.Doc]]:
+    """{split: (prompt, text) documents}: local text files (split by data/text.py), or a TFDS catalog corpus (one record
     per document; its test split stands in for a missing validation split, as for lm1b). Only the first
     data.max_train training documents are read."""
     from jaxbatch.data import tfds_builders
@@ -230,18 +230,32 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
         records = tfds_builders.read_all(src, limit.get(split))
         if records and "text" not in records[0]:
             raise DataError(f"data.name={data_cfg.name}: records have no 'text' feature (they have {sorted(records[0])})")
-        docs[split] = [r["text"] for r in records]
+        docs[split] = [(r.get("prompt", ""), r["text"]) for r in records]  # catalog corpora have no prompts
     if data_cfg.max_train and "train" in docs:
         docs["train"] = docs["train"][: data_cfg.max_train]
     return docs
 
 
 def _lm_encode(tokenizer):
-    """document -> token ids, ended by a blank line (characters) or EOS."""
+    """(prompt, text) -> (token ids, how many lead tokens are the prompt's). The text is ended by a blank line
+    (characters) or EOS; a sub-word prompt and text are encoded apart (the prompt with the tokenizer's
+    special tokens, e.g. BOS), so the boundary falls where generation starts from the prompt alone."""
     if isinstance(tokenizer, text.CharTokenizer):
-        return lambda d: tokenizer.encode(d + "\n\n")
+        return lambda p, d: (tokenizer.encode(p + d + "\n\n"), len(p))
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return lambda d: list(tokenizer.encode(d)) + eos
+
+    def encode(prompt, doc):
+        if not prompt:
+            return list(tokenizer.encode(doc)) + eos, 0
+        lead = list(tokenizer.encode(prompt))
+        return lead + list(tokenizer.encode(doc, add_special_tokens=False)) + eos, len(lead)
+
+    return encode
+
+
+def _pack(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+    encoded = [_lm_encode(tokenizer)(p, d) for p, d in docs]
+    return packing.pack([ids for ids, _ in encoded], seq_len, prompt_lengths=[n for _, n in encoded])
 
 
 def bytes_per_token(tokenizer) -> np.ndarray:
@@ -257,10 +271,8 @@ def _load_lm(data_cfg, tokenizer) -> TaskData:
     given) and packed into rows of data.seq_len."""
     docs = _lm_docs(data_cfg)
     if tokenizer is None:
-        tokenizer = text.CharTokenizer.from_texts([d + "\n\n" for split in docs.values() for d in split])
-    encode = _lm_encode(tokenizer)
-    arrays = {split: packing.pack([encode(d) for d in split_docs], data_cfg.seq_len)
-              for split, split_docs in docs.items()}
+        tokenizer = text.CharTokenizer.from_texts([p + d + "\n\n" for split in docs.values() for p, d in split])
+    arrays = {split: _pack(split_docs, tokenizer, data_cfg.seq_len) for split, split_docs in docs.items()}
     return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
                     False, tokenizer, bytes_per_token=bytes_per_token(tokenizer))
 
@@ -311,8 +323,7 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
         if not docs.get(split):
             raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir} (a text corpus "
                             f"is split into train and validation: --split validation)")
-        encode = _lm_encode(tokenizer)
-        return packing.pack([encode(d) for d in docs[split]], data_cfg.seq_len)
+        return _pack(docs[split], tokenizer, data_cfg.seq_len)
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")

@@ -1,6 +1,9 @@
 """LM corpora: plain UTF-8 .txt (e.g. tiny shakespeare), whose documents are blank-line separated
-paragraphs, and JSON lines (.jsonl, one `{"text": ...}` document per line, as Hugging Face datasets and web
-crawls are dumped). Documents are kept whole so a later packer can cut them into fixed-length windows."""
+paragraphs, and JSON lines (.jsonl: one `{"text": ...}` document per line, as Hugging Face datasets and web
+crawls are dumped, or one `{"prompt": ..., "completion": ...}` example, TRL's format for supervised
+fine-tuning). A document is a (prompt, text) pair: the model reads the prompt ('' for plain documents) and
+is trained only to produce the text. Documents are kept whole so a later packer can cut them into
+fixed-length windows."""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ from pathlib import Path
 from jaxbatch.errors import DataError
 from jaxbatch.data.files import json_lines, read_text_file
 
+Doc = tuple[str, str]  # (prompt: read, not trained on; text: trained on)
 
-def read(paths: list[Path]) -> list[str]:
+
+def read(paths: list[Path]) -> list[Doc]:
     """The documents of every file in order. An empty file in a folder of several holds no documents (as in
     Hugging Face's text loader); a corpus with no text at all is an error naming it."""
     docs = []
@@ -19,31 +24,46 @@ def read(paths: list[Path]) -> list[str]:
         if path.suffix == ".jsonl":
             docs += _json_lines(path, text)
         else:
-            docs += [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
+            docs += [("", d.strip()) for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
     if not docs:
         where = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
         raise DataError(f"{where}: no text")
     return docs
 
 
-def _json_lines(path: Path, text: str) -> list[str]:
-    """The `text` (any case) of each line's object; an empty text holds no document."""
+def _json_lines(path: Path, text: str) -> list[Doc]:
+    """The `text` (any case) of each line's object, or its `prompt` and `completion` (kept as written: a
+    completion often starts with a space); an empty text or completion holds no document."""
     docs = []
     for number, row in json_lines(path, text):
-        if not isinstance(row.get("text"), str):
-            raise DataError(f"{path}:{number}: expected an object with a 'text' string, got keys {sorted(row)}")
-        if row["text"].strip():
-            docs.append(row["text"].strip())
+        if isinstance(row.get("text"), str):
+            if row["text"].strip():
+                docs.append(("", row["text"].strip()))
+        elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+            if row["completion"].strip():
+                docs.append((row["prompt"], row["completion"]))
+        else:
+            raise DataError(f"{path}:{number}: expected an object with a 'text' string, or 'prompt' and "
+                            f"'completion' strings, got keys {sorted(row)}")
     return docs
 
 
-def split(docs: list[str], validation_fraction: float = 0.1) -> dict[str, list[str]]:
+def split(docs: list[Doc], validation_fraction: float = 0.1) -> dict[str, list[Doc]]:
     """Deterministic split: the last `validation_fraction` of documents is validation (no leakage across).
     A corpus of too few documents for that (one book without blank lines, a handful of files) is split
     as a single text usually is: the last fraction of its characters, cut at a line break where there is one."""
     cut = max(1, int(round(len(docs) * (1 - validation_fraction))))
     if cut < len(docs):
         return {"train": docs[:cut], "validation": docs[cut:]}
+    if any(prompt for prompt, _ in docs):
+        raise DataError(f"{len(docs)} prompt/completion example(s) are too few to split into training and "
+                        f"validation examples (at least 5)")
+    parts = _split_text([d for _, d in docs], validation_fraction)
+    return {split: [("", d) for d in part] for split, part in parts.items()}
+
+
+def _split_text(docs: list[str], validation_fraction: float) -> dict[str, list[str]]:
+    """Too few documents to split by: the last fraction of the characters is validation."""
     target = int(sum(len(d) for d in docs) * (1 - validation_fraction))
     for i, doc in enumerate(docs):
         if target < len(doc):

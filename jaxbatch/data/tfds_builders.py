@@ -80,15 +80,17 @@ class TsvLocal(_LocalBuilder):
 
 class TextLocal(_LocalBuilder):
     name = "jaxbatch_text"
-    FEATURES = {"text": tfds.features.Text()}
+    VERSION = tfds.core.Version("1.3.0")
+    RELEASE_NOTES = {**_LocalBuilder.RELEASE_NOTES, "1.3.0": "documents carry a prompt (read, not trained on)"}
+    FEATURES = {"text": tfds.features.Text(), "prompt": tfds.features.Text()}
 
     def _split_generators(self, dl_manager):
         docs = text.read(list(self.paths.values()))
         return {split: self._generate_examples(d) for split, d in text.split(docs).items()}
 
     def _generate_examples(self, docs):
-        for i, doc in enumerate(docs):
-            yield i, {"index": i, "text": doc}
+        for i, (prompt, doc) in enumerate(docs):
+            yield i, {"index": i, "text": doc, "prompt": prompt}
 
 
 BUILDERS = {"conll": (ConllLocal, conll.split_paths), "tsv": (TsvLocal, tsv.split_paths),

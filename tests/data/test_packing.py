@@ -9,3 +9,14 @@ def test_packing_splits_long_documents_and_pads():
     assert rows["labels"].tolist() == [[2, 3, 4, 5], [7, 8, 9, 10], [-100, 51, -100, -100]]
     assert rows["positions"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 1, 0]]
     assert rows["segment_ids"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 2, 2, 0]]
+
+
+def test_a_prompt_is_read_but_not_trained_on_even_across_rows():
+    """Targets inside a document's first prompt_lengths tokens carry no loss; the first completion token is
+    predicted from the prompt's last; the flags travel with a document cut across rows (its second part
+    starts a new segment, as plain packing does)."""
+    rows = packing.pack([[1, 2, 3, 4, 5, 6, 7], [20, 21, 22]], seq_len=4, prompt_lengths=[3, 2])
+    assert rows["input_ids"].tolist() == [[1, 2, 3, 4], [6, 7, 20, 21]]  # rows of 5 tokens, inputs their first 4
+    assert rows["labels"].tolist() == [[-100, -100, 4, 5], [7, -100, -100, 22]]
+    plain = packing.pack([[1, 2, 3, 4, 5, 6, 7], [20, 21, 22]], seq_len=4)
+    assert plain["labels"].tolist() == [[2, 3, 4, 5], [7, -100, 21, 22]]

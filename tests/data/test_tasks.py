@@ -111,7 +111,9 @@ def test_json_lines_corpus_holds_one_document_per_line(tmp_path):
     assert sorted(docs["train"] + docs["validation"]) == sorted([r["text"] for r in rows] + ["a plain paragraph"])
     assert docs["validation"] == ["a plain paragraph"]  # the last tenth, in file name order
     for content, message in (('{"text": "ok"}\n[1, 2]\n', r"b.jsonl:2: not a JSON object"),
-                             ('{"body": "x"}\n', r"b.jsonl:1: expected an object with a 'text' string, got keys \['body'\]"),
+                             ('{"body": "x"}\n', r"b.jsonl:1: expected an object with a 'text' string, or 'prompt' and "
+                                                  r"'completion' strings, got keys \['body'\]"),
+                             ('{"prompt": "x"}\n', r"b.jsonl:1: expected .* got keys \['prompt'\]"),
                              ('{"text": 3}\n', r"b.jsonl:1: expected an object with a 'text' string"),
                              ('{"text": "ok"}\n{oops\n', r"b.jsonl:2: not a JSON object")):
         (d / "b.jsonl").write_text(content)
@@ -146,10 +148,11 @@ def test_text_corpus_of_one_document_splits_its_characters(tmp_path):
     sources = tfds_builders.prepare("text", d, tmp_path / "cache")
     docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
     assert docs["train"] == ["\n".join(lines[:180])] and docs["validation"] == ["\n".join(lines[180:])]
-    assert text.split(["x" * 60, "y" * 40]) == {"train": ["x" * 60, "y" * 30], "validation": ["y" * 10]}
-    assert text.split(["x" * 45, "y" * 5]) == {"train": ["x" * 45], "validation": ["y" * 5]}
+    plain = lambda *texts: [("", t) for t in texts]  # noqa: E731  (prompt, text) documents without prompts
+    assert text.split(plain("x" * 60, "y" * 40)) == {"train": plain("x" * 60, "y" * 30), "validation": plain("y" * 10)}
+    assert text.split(plain("x" * 45, "y" * 5)) == {"train": plain("x" * 45), "validation": plain("y" * 5)}
     with pytest.raises(DataError, match="1 characters is too small to split"):
-        text.split(["x"])
+        text.split(plain("x"))
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare").is_dir(), reason="shared tiny shakespeare not present")
@@ -251,3 +254,50 @@ def test_a_first_build_says_one_line_and_no_bars_when_progress_is_off(tmp_path, 
     assert out.startswith(f"data: preparing {d / 'train.txt'}, {d / 'valid.txt'} as array_record in ")
     assert out.count("\n") == 1 and "Unknown size" not in out
     assert "examples" not in err and "custom data configuration" not in err, err
+
+
+def test_prompt_completion_lines_train_on_completions_only(tmp_path):
+    """TRL's prompt/completion JSON lines (mixed with plain text documents): the loss is taken on each
+    completion (and its end, a blank line for characters) only, in training and validation alike."""
+    import json
+
+    d = tmp_path / "sft"
+    d.mkdir()
+    pairs = [(f"Q: {a}+{b}=?\nA:", f" {a + b}") for a in range(4) for b in range(3)]
+    lines = [json.dumps({"prompt": p, "completion": c}) for p, c in pairs] + [json.dumps({"text": "plain doc"})]
+    (d / "train.jsonl").write_text("\n".join(lines))
+    cfg = config.build(["model.preset=gpt-tiny", "data.name=text", f"data.data_dir={d}", "data.seq_len=256",
+                        f"data.cache_dir={tmp_path / 'cache'}"])
+    data = tasks.load(cfg.data, None)
+    tok = data.tokenizer
+    arrays = {"train": data.train, "validation": data.eval}
+    labelled = {s: [tok.decode([t]) for t in a["labels"].ravel() if t != -100] for s, a in arrays.items()}
+    # 13 documents, 12 train and 1 validation by document order: the plain one is validation; one row each
+    assert data.train["labels"].shape == (1, 256)
+    assert "".join(labelled["validation"]) == "lain doc\n\n"
+    train_targets = "".join(labelled["train"])
+    assert train_targets == "".join(c + "\n\n" for _, c in pairs)  # no prompt character is a target
+    assert int((data.train["segment_ids"] > 0).sum()) >= sum(len(p + c) + 2 for p, c in pairs)
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "a.jsonl").write_text("\n".join(lines[:3]))
+    with pytest.raises(DataError, match="3 prompt/completion example.s. are too few to split"):
+        tfds_builders.prepare("text", few, tmp_path / "cache")
+
+
+def test_a_subword_prompt_and_completion_are_encoded_apart_with_one_bos_and_an_eos():
+    """With a tokenizer that adds BOS (LLaMA's do), the prompt gets it and the completion does not; EOS ends
+    the completion; the prompt's length is what packing leaves out of the loss."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers.processors import TemplateProcessing
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "what", "is", "up", "nothing", "much"])}
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    core.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                               unk_token="<unk>")
+    ids, lead = tasks._lm_encode(tok)("what is up", " nothing much")
+    assert (ids, lead) == ([1, 3, 4, 5, 6, 7, 2], 4)
+    assert tasks._lm_encode(tok)("", "nothing much") == ([1, 6, 7, 2], 0)
