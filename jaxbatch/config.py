@@ -122,6 +122,9 @@ class OptimConfig:
     name: str = "adamw"  # adamw | lamb | lars | sgd | adafactor
     learning_rate: float = 5e-4
     warmup_steps: int = 10
+    # > 0: warm up over this fraction of train.steps instead (HF's warmup_ratio, MaxText's warmup_steps_fraction);
+    # a fraction of this run's own steps, so LR scaling rules leave it as it is
+    warmup_fraction: float = 0.0
     schedule: str = "linear"  # linear | cosine | polynomial | constant
     weight_decay: float = 0.01
     b1: float = 0.9
@@ -447,6 +450,8 @@ def _validate_optim(o) -> None:
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
     if not o.eps > 0:  # 0 divides a parameter's zero gradient by a zero second moment: NaN
         raise ConfigError(f"optim.eps must be > 0, got {o.eps}")
+    if not 0.0 <= o.warmup_fraction < 1.0:
+        raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {o.warmup_fraction}")
     for key in ("weight_decay", "clip_norm", "warmup_steps", "reference_batch"):
         if not getattr(o, key) >= 0:
             raise ConfigError(f"optim.{key} must be >= 0, got {getattr(o, key)}")

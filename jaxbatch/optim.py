@@ -23,19 +23,24 @@ class EffectiveHparams:
     batch: int
 
 
-def scale_hparams(cfg, global_batch: int) -> EffectiveHparams:
+def scale_hparams(cfg, global_batch: int, total_steps: int) -> EffectiveHparams:
     """LR scaling rules for a global batch B given hparams tuned at reference batch B0.
 
     linear (Goyal et al. 2017): lr x B/B0.  sqrt (Krizhevsky 2014; LAMB paper for Adam/LAMB): lr x sqrt(B/B0).
-    Warmup keeps the number of warmup *examples* fixed: steps x B0/B (at least 1 step when warmup was on).
+    Warmup keeps the number of warmup *examples* fixed: steps x B0/B (at least 1 step when warmup was on);
+    `warmup_fraction` of the run's `total_steps` is already in this run's steps, so it is taken as is.
     """
     ref = cfg.reference_batch or global_batch
     ratio = global_batch / ref
     factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}.get(cfg.scale_rule)
     if factor is None:
         raise ConfigError(f"optim.scale_rule must be linear, sqrt or none, got {cfg.scale_rule!r}")
-    warmup = cfg.warmup_steps if cfg.scale_rule == "none" else (
-        max(1, math.ceil(cfg.warmup_steps / ratio)) if cfg.warmup_steps else 0)
+    if cfg.warmup_fraction:
+        warmup = max(1, round(cfg.warmup_fraction * total_steps))
+    elif cfg.scale_rule == "none" or not cfg.warmup_steps:
+        warmup = cfg.warmup_steps
+    else:
+        warmup = max(1, math.ceil(cfg.warmup_steps / ratio))
     return EffectiveHparams(cfg.learning_rate * factor, warmup, cfg.scale_rule, ref, global_batch)
 
 

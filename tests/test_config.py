@@ -94,6 +94,7 @@ def test_rules_override_from_command_line():
     (["optim.b2=1.0"], r"optim.b2 must be in \[0, 1\), got 1.0"),
     (["optim.eps=0"], "optim.eps must be > 0"),
     (["optim.clip_norm=-1"], "optim.clip_norm must be >= 0"),
+    (["optim.warmup_fraction=1.5"], r"optim.warmup_fraction must be in \[0, 1\), got 1.5"),
     (["checkpoint.best_mode=highest"], "checkpoint.best_mode must be auto, max or min, got 'highest'"),
     (["train.patience=3"], r"train.patience counts evaluations without a better checkpoint.best_metric"),
     (["train.patience=-1", "checkpoint.best_metric=loss"], "train.patience must be >= 0"),

@@ -63,7 +63,7 @@ def test_run_once_options_give_the_same_initial_state():
     """The state's init compiled at -O0 (host.run_once_options on CPU) is the fully optimised compile's up to
     rounding (LLVM fuses multiply-adds at -O2: 2 ulp at most), and integer state is identical."""
     cfg = tiny_config()
-    tx, _ = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size), cfg.train.steps)
+    tx, _ = optim.make(cfg.optim, optim.scale_hparams(cfg.optim, cfg.train.batch_size, cfg.train.steps), cfg.train.steps)
     init = state_lib.init_fn(cfg, tx)
     assert host.run_once_options("cpu") == {"xla_backend_optimization_level": 0}
     fast = jax.jit(init, compiler_options=host.run_once_options("cpu"))()

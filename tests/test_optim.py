@@ -10,14 +10,18 @@ from jaxbatch import config, optim, run as run_lib, state as state_lib
     ("none", 4096, 1e-3, 100), ("linear", 4096, 16e-3, 7), ("sqrt", 4096, 4e-3, 7), ("linear", 128, 0.5e-3, 200)])
 def test_scale_rules(rule, batch, lr, warmup):
     cfg = config.OptimConfig(learning_rate=1e-3, warmup_steps=100, scale_rule=rule, reference_batch=256)
-    hp = optim.scale_hparams(cfg, batch)
+    hp = optim.scale_hparams(cfg, batch, 1000)
     assert hp.learning_rate == pytest.approx(lr) and hp.warmup_steps == warmup
+    # a fraction of the run's own steps (HF's warmup_ratio) is not rescaled by the rule
+    fraction = optim.scale_hparams(config.OptimConfig(warmup_fraction=0.06, scale_rule=rule, reference_batch=256),
+                                   batch, 1000)
+    assert fraction.warmup_steps == 60
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "polynomial", "constant"])
 def test_schedule_warmup_then_decay(kind):
     cfg = config.OptimConfig(learning_rate=1.0, warmup_steps=10, schedule=kind)
-    lr = optim.schedule(cfg, optim.scale_hparams(cfg, 32), total_steps=110)
+    lr = optim.schedule(cfg, optim.scale_hparams(cfg, 32, 110), total_steps=110)
     assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5) and float(lr(10)) == pytest.approx(1.0)
     end = float(lr(110))
     assert end == (pytest.approx(1.0) if kind == "constant" else pytest.approx(0.0, abs=1e-6))
@@ -74,7 +78,7 @@ def test_flattened_adamw_equals_adamw():
         config.validate(tiny_config("optim.flatten=true", "mesh.data=1", "mesh.fsdp=2"), 2)
     with pytest.raises(config.ConfigError, match="optim.flatten applies to adamw"):
         optim.make(config.build(["optim.name=lamb", "optim.flatten=true"]).optim, optim.scale_hparams(
-            config.build([]).optim, 32), 10)
+            config.build([]).optim, 32, 10), 10)
 
 
 def test_adafactor_decays_weights_like_every_other_optimizer_here():
