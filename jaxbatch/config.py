@@ -178,6 +178,7 @@ class TrainConfig:
     memory_budget_gb: float = 0.0  # per device, for auto_micro_batch; 0 = 90% of the device's memory (CPU: of RAM / devices)
     stop_after: int = 0  # save and exit after N steps this process (a job's time slot); the next run resumes
     max_bad_steps: int = 10  # stop (exit 3) after this many steps in a row with non-finite loss/gradients (skipped)
+    profile: int = 0  # trace this many steps (from the second of a process) with jax.profiler into <run_dir>/profile
     patience: int = 0  # early stopping: stop after this many evaluations without a better checkpoint.best_metric (0 = never)
     rampup_samples: int = 0  # batch ramp-up (rampup.py): grow the batch over this many examples; 0 = off
     rampup_start: int = 0  # global batch at step 0 when ramping up
@@ -396,7 +397,7 @@ def validate(cfg: Config, num_devices: int) -> None:
         _positive(key, getattr(getattr(cfg, section), field))
     validate_model_shape(cfg.model)
     for key in ("train.eval_every", "train.eval_batch_size", "train.stop_after", "checkpoint.every", "data.max_train",
-                "train.patience"):
+                "train.patience", "train.profile"):
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), field)}")
@@ -483,7 +484,7 @@ def _validate_rampup(t, batch_shards: int) -> None:
 # identity: changing it in a used run dir is refused (see `drift`).
 CHANGEABLE = ("train.steps", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
               "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
-              "train.memory_budget_gb", "train.patience", "data.data_dir", "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.",
+              "train.memory_budget_gb", "train.patience", "train.profile", "data.data_dir", "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.",
               "distributed.")
 
 

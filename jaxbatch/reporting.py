@@ -185,6 +185,34 @@ class Reporter:
                     raise
 
 
+class StepTrace:
+    """A `jax.profiler` trace of `steps` training steps into `folder` (TensorBoard's profile plugin reads it,
+    Perfetto its perfetto_trace.json.gz), from the step after `first_step`: the first step of a process
+    compiles. Each host traces itself. `close` ends a trace the loop left early (a stop, an early stop)."""
+
+    def __init__(self, folder: Path, first_step: int, steps: int):
+        self.folder, self.begin, self.end, self.on = Path(folder), first_step + 1, first_step + 1 + steps, False
+        self.steps = steps
+
+    def before(self, step: int) -> None:
+        if self.steps and step == self.begin:
+            jax.profiler.start_trace(str(self.folder), create_perfetto_trace=True)
+            self.on = True
+
+    def after(self, done: int, state) -> str | None:
+        """A line to print when the trace is written (after `done`, the last traced step, has finished)."""
+        if self.on and done == self.end:
+            jax.block_until_ready(state)
+            self.close()
+            return f"profile of steps {self.begin + 1}-{self.end} written to {self.folder}"
+        return None
+
+    def close(self) -> None:
+        if self.on:
+            self.on = False
+            jax.profiler.stop_trace()
+
+
 def _import_pyplot():
     import matplotlib
 

@@ -256,14 +256,19 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                 f"good one. Lower optim.learning_rate, raise optim.warmup_steps or use precision.policy=fp32")
 
     stopped_by = None
+    trace = reporting.StepTrace(run_dir / "profile", first_step, t.profile)
     with _naming_the_newest_checkpoint(ckpt):  # a run file on a full disk stops the run in one line
         try:
             if first_step == last_step:  # resuming a finished run: nothing to train, evaluate what it left
                 result = run_eval(first_step)
             for step in range(first_step, last_step):
                 batch = pipeline.to_global(next(batches), run.batch_sh)
+                trace.before(step)
                 state, step_metrics = run.steps.train(state, batch)
                 done = step + 1
+                traced = trace.after(done, state)
+                if traced:
+                    reporter.write(traced)
                 size, length = batch["input_ids"].shape
                 tokens = size * length
                 reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
@@ -305,6 +310,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                                          "another process was asked to stop")
                     break
         finally:
+            trace.close()
             run.steps.close()
             try:
                 ckpt.close()  # waits for the last asynchronous save, on every way out

@@ -96,3 +96,27 @@ def test_tensorboard_on_a_full_disk_stops_the_next_log_in_one_error(tmp_path, mo
             time.sleep(0.01)
     reporter.close()
     assert [r["step"] for r in reporting.read_metrics(tmp_path)][:2] == [1, 2]
+
+
+def test_train_profile_traces_the_steps_after_the_compiling_one(tmp_path, capsys):
+    """train.profile=2: a Perfetto/TensorBoard trace of steps 2-3 in <run_dir>/profile, holding the train
+    step's executions of exactly those two steps; a trace the run outlives is still closed and written."""
+    import collections
+    import gzip
+
+    from conftest import tiny_config
+    from jaxbatch import train
+
+    train.train(tiny_config("train.steps=5", "train.eval_every=0", "train.profile=2",
+                            f"train.run_dir={tmp_path / 'a'}"))
+    assert f"profile of steps 2-3 written to {tmp_path / 'a' / 'profile'}" in capsys.readouterr().out
+    (trace,) = (tmp_path / "a" / "profile").glob("plugins/profile/*/perfetto_trace.json.gz")
+    events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    names = collections.Counter(e["name"] for e in events if e.get("ph") == "X")
+    calls = names["PjitFunction(jit(train_step))"]
+    assert calls % 2 == 0 and 2 <= calls <= 2 * jax.local_device_count()  # two steps, per device program
+    train.train(tiny_config("train.steps=3", "train.eval_every=0", "train.profile=10",
+                            f"train.run_dir={tmp_path / 'b'}"))
+    assert "profile of steps" not in capsys.readouterr().out
+    assert list((tmp_path / "b" / "profile").glob("plugins/profile/*/perfetto_trace.json.gz"))
