@@ -11,11 +11,13 @@ recomputes and compares it. A checkpoint that fails to load or to verify is move
 `<checkpoints>/unusable/` (never deleted) and the previous one is tried. Non-finite parameters are never
 saved.
 
-The best checkpoint (checkpoint.best_metric, as Hugging Face's load_best_model_at_end): every checkpoint
+The best checkpoint (checkpoint.best_metric, as Hugging Face's load_best_model_at_end): each checkpoint then
 carries Orbax metrics (`Best.metrics`: the metric at that step, if it was evaluated there, the best value so
 far and the evaluations since it), Orbax's preservation policy keeps the best one beside the latest
 `max_to_keep`, inference reads it first (`ranked_steps`), and a resumed run reads its early-stopping state
-back from the newest checkpoint. SIGTERM (a preemption notice on most clusters and Cloud TPU) and a first Ctrl-C ask the loop to save
+back from the newest checkpoint.
+
+SIGTERM (a preemption notice on most clusters and Cloud TPU) and a first Ctrl-C ask the loop to save
 at the end of the current step and stop; a second Ctrl-C exits at once.
 """
 
@@ -183,10 +185,11 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         keep = dict(max_to_keep=max_to_keep)
         if best is not None and not read_only:  # the latest max_to_keep, and the best one
-            keep = dict(best_fn=best.score, best_mode=best.mode, preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
-                ocp.checkpoint_managers.LatestN(n=max_to_keep),
-                ocp.checkpoint_managers.BestN(get_metric_fn=best.score, reverse=best.mode == "min", n=1,
-                                              keep_checkpoints_without_metrics=False)]))
+            policies = ocp.checkpoint_managers
+            keep = dict(best_fn=best.score, best_mode=best.mode, preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(n=max_to_keep),
+                policies.BestN(get_metric_fn=best.score, reverse=best.mode == "min", n=1,
+                               keep_checkpoints_without_metrics=False)]))
         self.manager = _Manager(self.directory, options=ocp.CheckpointManagerOptions(
             **keep, create=not read_only, read_only=read_only))
         self.stop_requested = ""  # the name of the signal that asked the run to save and stop

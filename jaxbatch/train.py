@@ -224,7 +224,10 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     if int(state.step) == 0 and (run_dir / "metrics.jsonl").is_file():
         say(f"no usable checkpoint in {ckpt_dir}: starting from step 0 (earlier metrics rows are dropped)")
     first_step = int(state.step)
-    patience_spent = lambda: bool(best and t.patience and best.since >= t.patience)  # noqa: E731
+
+    def patience_spent() -> bool:  # early stopping: evaluations without a better checkpoint.best_metric
+        return bool(best is not None and t.patience and best.since >= t.patience)
+
     last_step = first_step if patience_spent() else t.steps  # a run that stopped early stays stopped
     if first_step < last_step:
         ckpt.check_space(state)  # before the first step, not at the first save
@@ -281,7 +284,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                     reporter.start_clock(done)
                 slot_ended = bool(t.stop_after and done - first_step >= t.stop_after)
                 stop = _agree(bool(ckpt.stop_requested) or slot_ended)
-                evaluating = ((t.eval_every and done % t.eval_every == 0) or done == t.steps) and not (stop and done < t.steps)
+                evaluating = (((t.eval_every and done % t.eval_every == 0) or done == t.steps)
+                              and not (stop and done < t.steps))
                 save = ((spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop
                         or (best is not None and evaluating))
                 if done % t.log_every == 0 or done == t.steps or save:
