@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 
+STEP_HELP = "a run dir's checkpoint at this step (default: its best by checkpoint.best_metric, else its newest)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxbatch", description="Large-batch Transformer training in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,18 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     plan_p.add_argument("overrides", nargs="*")
     predict_p = sub.add_parser("predict", help="label new text with a trained run dir or Hugging Face folder")
     predict_p.add_argument("model", help="run dir or Hugging Face folder")
+    predict_p.add_argument("--step", type=int, help=STEP_HELP)
     predict_p.add_argument("--input", help="text (one sentence per line), CoNLL or TSV file; default stdin")
     predict_p.add_argument("--format", default="auto", help="input format: auto | text | conll | tsv")
     predict_p.add_argument("--output-format", default="json", help="json (lines) | conll (token tasks)")
     predict_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
     eval_p = sub.add_parser("evaluate", help="score a trained run dir on a dataset split")
     eval_p.add_argument("model", help="run dir or Hugging Face folder")
+    eval_p.add_argument("--step", type=int, help=STEP_HELP)
     eval_p.add_argument("--data-dir", help="folder with the split's file (default: the run's data.data_dir)")
     eval_p.add_argument("--split", default="test", help="train | validation | test (default test)")
     eval_p.add_argument("--data-name", help="conll | tsv | ... (default: the run's data.name)")
     eval_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
     gen_p = sub.add_parser("generate", help="continue prompts with a trained decoder (run dir or HF folder)")
     gen_p.add_argument("model", help="run dir or Hugging Face folder")
+    gen_p.add_argument("--step", type=int, help=STEP_HELP)
     gen_p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     gen_p.add_argument("--prompts", help="a UTF-8 file of prompts, one per line (blank lines skipped), after any --prompt")
     gen_p.add_argument("--batch-size", type=int, default=32, help="prompts continued at once")
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("overrides", nargs="*", help="mesh.*, precision.policy")
     comp_p = sub.add_parser("compress", help="prune / quantize / factorise a trained model into a new folder")
     comp_p.add_argument("model", help="run dir or Hugging Face folder")
+    comp_p.add_argument("--step", type=int, help=STEP_HELP)
     comp_p.add_argument("out", help="new folder (never overwritten); predict/evaluate/generate take it")
     comp_p.add_argument("--prune", type=float, default=0.0, help="one-shot unstructured sparsity, e.g. 0.5")
     comp_p.add_argument("--pattern", default="", help="N:M structured sparsity along the contraction dim, e.g. 2:4")
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     export_p = sub.add_parser("export", help="write a trained run's model as a Hugging Face folder")
     export_p.add_argument("run_dir")
     export_p.add_argument("out_dir", help="new folder (never overwritten)")
+    export_p.add_argument("--step", type=int, help=STEP_HELP)
     keys_p = sub.add_parser("keys", help="list every config key with its default")
     keys_p.add_argument("prefix", nargs="?", default="")
     args, extra = parser.parse_known_args(argv)
@@ -249,11 +257,11 @@ def _best_mesh(spec, devices, target):
     return best[4]
 
 
-def _restore(model: str, overrides: list[str], need_tokenizer: bool = True):
+def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer: bool = True):
     from jaxbatch import run as run_lib
     from jaxbatch.errors import CheckpointError
 
-    restored = run_lib.restore(model, overrides)
+    restored = run_lib.restore(model, overrides, step=step)
     if need_tokenizer and restored.tokenizer is None:
         raise CheckpointError(f"{model} has no tokenizer files (save one with the weights)")
     if not restored.finished:
@@ -275,7 +283,7 @@ def predict(args) -> int:
         raise CheckpointError(f"{args.model}: no such run dir or Hugging Face folder")
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
-    restored = _restore(args.model, args.overrides)
+    restored = _restore(args.model, args.overrides, args.step)
     if restored.run.spec.model.task == "lm":
         from jaxbatch.errors import ConfigError
 
@@ -296,7 +304,7 @@ def evaluate_split(args) -> int:
     from jaxbatch.data import tasks
     from jaxbatch.errors import ConfigError
 
-    restored = _restore(args.model, args.overrides)
+    restored = _restore(args.model, args.overrides, args.step)
     spec = restored.run.spec
     data_cfg = dataclasses.replace(spec.data, data_dir=spec.data.data_dir if args.data_dir is None else args.data_dir,
                                    name=args.data_name or spec.data.name, max_train=0)
@@ -317,7 +325,7 @@ def generate(args) -> int:
     from jaxbatch import generate as generate_lib
     from jaxbatch.errors import ConfigError
 
-    restored = _restore(args.model, args.overrides)
+    restored = _restore(args.model, args.overrides, args.step)
     if restored.run.spec.model.task != "lm":
         raise ConfigError(f"{args.model} is a {restored.run.spec.model.task} classifier, not a language model")
     texts = list(args.prompt)
@@ -359,20 +367,20 @@ def compress(args) -> int:
     pipeline.check(opts)  # a bad option's own message first
     if not (args.prune or args.pattern or args.quant or args.rank or args.rank_energy):
         raise ConfigError("compress: nothing asked; choose --prune, --pattern, --quant int8, --rank or --rank-energy")
-    report = pipeline.compress_model(args.model, args.out, opts)
+    report = pipeline.compress_model(args.model, args.out, opts, step=args.step)
     print(f"wrote {args.out}: {report['params_after']:,} parameters ({report['nonzero_after']:,} non-zero; "
           f"{report['params']:,} before), {report['bytes_on_disk'] / 2**20:.2f} MiB on disk")
     return 0
 
 
 def export(args) -> int:
-    """The run's newest checkpoint (params only, on this machine's devices) as config.json,
+    """The run's best or newest checkpoint, or --step (params only, on this machine's devices) as config.json,
     model.safetensors and tokenizer files, loadable by the family's transformers class."""
     from jaxbatch import hf
     from jaxbatch import run as run_lib
     from jaxbatch.errors import ConfigError
 
-    restored = _restore(args.run_dir, [], need_tokenizer=False)
+    restored = _restore(args.run_dir, [], args.step, need_tokenizer=False)
     spec = restored.run.spec
     if spec.model.quant or spec.model.lowrank:
         raise ConfigError(f"{args.run_dir} is a compressed model, which Hugging Face classes cannot load; "

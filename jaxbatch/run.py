@@ -214,12 +214,13 @@ def hf_spec(folder: Path) -> config.Config:
     return dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, labels=",".join(names)))
 
 
-def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None) -> Restored:
+def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None, step: int | None = None) -> Restored:
     """Rebuilds a trained model for inference from a run dir (its newest usable checkpoint: spec + params,
     no optimizer state; a damaged newer one is named in a warning), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
     machine's devices. `overrides` (key=value) may set
     the mesh (`mesh.model=2`), the eval batch (`train.batch_size`), `data.seq_len` and how an evaluated
-    split's unknown tags are read (`data.unknown_label`); by default all devices split the batch."""
+    split's unknown tags are read (`data.unknown_label`); by default all devices split the batch. `step` picks
+    one checkpoint of a run dir (default: its best by checkpoint.best_metric, else its newest)."""
     from jaxbatch import checkpoint, hf
     from jaxbatch.compress import storage
 
@@ -232,6 +233,8 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
             raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len, data.unknown_label and "
                               f"precision.policy may be changed when restoring a trained model")
     inference_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.model=1", "train.accum_steps=1"]
+    if step is not None and not (source / "checkpoints").is_dir():
+        raise ConfigError(f"--step picks a checkpoint of a run dir; {source} holds one model")
     if storage.is_compressed(source):
         spec = config.build(inference_mesh + list(overrides), base=storage.read_spec(source))
         run = setup(spec, devices=devices, training=False)
@@ -245,7 +248,12 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
             raise CheckpointError(f"{source}: weights missing for {', '.join(report.new)}")
         return Restored(run, params, _folder_tokenizer(run.family, source), str(source))
     ckpt = checkpoint.Checkpointer(source / "checkpoints", read_only=True)
-    steps = ckpt.ranked_steps()  # the best by checkpoint.best_metric first, when the run ranked them
+    steps, explicit = ckpt.ranked_steps(), step is not None  # the best by checkpoint.best_metric first
+    if explicit:
+        if step not in steps:
+            ckpt.close()
+            raise CheckpointError(f"{source}: no checkpoint at step {step} (it has {', '.join(map(str, sorted(steps)))})")
+        steps = [step]
     if ckpt.damaged_metrics():
         print(f"warning: {source}: the ranking saved with checkpoint step(s) {ckpt.damaged_metrics()} is unreadable; "
               f"they rank last", file=sys.stderr)
@@ -265,12 +273,12 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None)
             ranking = ckpt.metrics(step)
             if ranking.get("since_best") == 0 and ranking.get("value") is not None:
                 print(f"{source}: the best checkpoint by {ranking['name']}: step {step} ({ranking['value']:.4f}; "
-                      f"newest step {max(steps)})", file=sys.stderr)
+                      f"newest step {max(ckpt.manager.all_steps())})", file=sys.stderr)
             if unusable:
                 print(f"warning: {source}: using checkpoint step {step}; the ones before it in line are unusable "
                       f"({'; '.join(unusable)})", file=sys.stderr)
             return Restored(run, params, tokenizer(spec, source), str(source), step,
-                            finished=not unusable and _finished(ckpt, saved))  # the run's model, as it ended
+                            finished=_finished(ckpt, saved) and (explicit or not unusable))
     finally:
         ckpt.close()
     raise CheckpointError(f"{source}: no usable checkpoint ({'; '.join(unusable)})")

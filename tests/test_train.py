@@ -152,6 +152,7 @@ def test_the_best_checkpoint_is_kept_read_and_early_stopping_resumes_exactly(tmp
     from jaxbatch import run as run_lib
     from jaxbatch import evaluate
     from jaxbatch.data import tasks
+    from jaxbatch.errors import CheckpointError
 
     common = ["train.steps=20", "train.eval_every=2", "checkpoint.max_to_keep=1", "checkpoint.best_metric=loss",
               "checkpoint.best_mode=max", "train.patience=3"]
@@ -167,6 +168,10 @@ def test_the_best_checkpoint_is_kept_read_and_early_stopping_resumes_exactly(tmp
     arrays = tasks.load_split(restored.run.spec.data, restored.tokenizer, "validation")
     again = evaluate.evaluate(restored.run, restored.params, arrays, restored.run.spec.data.labels.split(","), "token")
     np.testing.assert_allclose(again["loss"], best_loss, rtol=1e-6)
+    newest = run_lib.restore(tmp_path / "whole", step=stop)  # --step: any kept checkpoint, e.g. the newest
+    assert newest.step == stop and newest.finished
+    with pytest.raises(CheckpointError, match=f"no checkpoint at step 1 .it has {min(best_step, stop)}, "):
+        run_lib.restore(tmp_path / "whole", step=1)
     # the same command again: the run stays stopped
     rerun = train.train(tiny_config(*common, f"train.run_dir={tmp_path / 'whole'}")).summary
     assert rerun["step"] == stop and rerun["best"]["step"] == best_step
