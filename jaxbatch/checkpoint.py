@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import logging
+import math
 import os
 import re
 import shutil
@@ -168,13 +168,15 @@ class _Manager(ocp.CheckpointManager):
     checkpoint unranked, and is recorded in `damaged_metrics`, instead of making the whole folder unopenable
     (Orbax reads every step's metrics when it opens one, and raises on the first that does not parse)."""
 
-    damaged_metrics: set
+    def __init__(self, *args, **kwargs):
+        self.damaged_metrics: set[int] = set()  # before Orbax's constructor, which reads the metrics
+        super().__init__(*args, **kwargs)
 
     def _get_metrics(self, step: int):
         try:
             return super()._get_metrics(step)
         except (ValueError, OSError, TypeError):  # JSONDecodeError is a ValueError
-            self.__dict__.setdefault("damaged_metrics", set()).add(step)
+            self.damaged_metrics.add(step)
             return None
 
 
@@ -285,7 +287,7 @@ class Checkpointer:
 
     def damaged_metrics(self) -> list[int]:
         """Steps whose saved ranking could not be read (see `_Manager`)."""
-        return sorted(self.manager.__dict__.get("damaged_metrics", ()))
+        return sorted(self.manager.damaged_metrics)
 
     def ranked_steps(self) -> list[int]:
         """The steps in the order inference tries them: when the newest checkpoint was saved ranked, the best

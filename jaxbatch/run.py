@@ -215,8 +215,9 @@ def hf_spec(folder: Path) -> config.Config:
 
 
 def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None, step: int | None = None) -> Restored:
-    """Rebuilds a trained model for inference from a run dir (its newest usable checkpoint: spec + params,
-    no optimizer state; a damaged newer one is named in a warning), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
+    """Rebuilds a trained model for inference from a run dir (its best usable checkpoint by
+    checkpoint.best_metric, else its newest: spec + params, no optimizer state; a damaged one before it in
+    line is named in a warning), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
     machine's devices. `overrides` (key=value) may set
     the mesh (`mesh.model=2`), the eval batch (`train.batch_size`), `data.seq_len` and how an evaluated
     split's unknown tags are read (`data.unknown_label`); by default all devices split the batch. `step` picks
@@ -248,19 +249,19 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
             raise CheckpointError(f"{source}: weights missing for {', '.join(report.new)}")
         return Restored(run, params, _folder_tokenizer(run.family, source), str(source))
     ckpt = checkpoint.Checkpointer(source / "checkpoints", read_only=True)
-    steps, explicit = ckpt.ranked_steps(), step is not None  # the best by checkpoint.best_metric first
-    if explicit:
-        if step not in steps:
-            ckpt.close()
-            raise CheckpointError(f"{source}: no checkpoint at step {step} (it has {', '.join(map(str, sorted(steps)))})")
-        steps = [step]
-    if ckpt.damaged_metrics():
-        print(f"warning: {source}: the ranking saved with checkpoint step(s) {ckpt.damaged_metrics()} is unreadable; "
-              f"they rank last", file=sys.stderr)
-    if not steps:
-        raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'} (and no config.json)")
-    unusable = []  # read-only: a damaged checkpoint is reported and left where it is, the next one is used
     try:
+        steps, explicit = ckpt.ranked_steps(), step is not None  # the best by checkpoint.best_metric first
+        if not steps:
+            raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'} (and no config.json)")
+        if explicit:
+            if step not in steps:
+                raise CheckpointError(f"{source}: no checkpoint at step {step} (it has "
+                                      f"{', '.join(map(str, sorted(steps)))})")
+            steps = [step]
+        if ckpt.damaged_metrics():
+            print(f"warning: {source}: the ranking saved with checkpoint step(s) {ckpt.damaged_metrics()} is "
+                  f"unreadable; they rank last", file=sys.stderr)
+        unusable = []  # read-only: a damaged checkpoint is reported and left where it is, the next one is used
         for step in steps:
             try:
                 saved = ckpt.read_spec(step)
