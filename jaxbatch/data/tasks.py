@@ -11,6 +11,7 @@ catalog as a source when no `data.data_dir` is given, and SST-2's class names).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 import numpy as np
@@ -230,7 +231,8 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
         records = tfds_builders.read_all(src, limit.get(split))
         if records and "text" not in records[0]:
             raise DataError(f"data.name={data_cfg.name}: records have no 'text' feature (they have {sorted(records[0])})")
-        docs[split] = [(r.get("prompt", ""), r["text"]) for r in records]  # catalog corpora have no prompts
+        docs[split] = [(json.loads(r["prompt"]) if r.get("chat") else r.get("prompt", ""), r["text"])
+                       for r in records]  # catalog corpora have no prompts
     if data_cfg.max_train and "train" in docs:
         docs["train"] = docs["train"][: data_cfg.max_train]
     return docs
@@ -239,18 +241,40 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
 def _lm_encode(tokenizer):
     """(prompt, text) -> (token ids, how many lead tokens are the prompt's). The text is ended by a blank line
     (characters) or EOS; a sub-word prompt and text are encoded apart (the prompt with the tokenizer's
-    special tokens, e.g. BOS), so the boundary falls where generation starts from the prompt alone."""
+    special tokens, e.g. BOS), so the boundary falls where generation starts from the prompt alone. A chat
+    history and its answer are rendered by the tokenizer's chat template, which brings its own special
+    tokens and ends the answer's turn."""
     if isinstance(tokenizer, text.CharTokenizer):
         return lambda p, d: (tokenizer.encode(p + d + "\n\n"), len(p))
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(prompt, doc):
+        if isinstance(prompt, list):
+            lead, answer = _chat_text(tokenizer, prompt, doc)
+            lead_ids = list(tokenizer.encode(lead, add_special_tokens=False))
+            return lead_ids + list(tokenizer.encode(answer, add_special_tokens=False)), len(lead_ids)
         if not prompt:
             return list(tokenizer.encode(doc)) + eos, 0
         lead = list(tokenizer.encode(prompt))
         return lead + list(tokenizer.encode(doc, add_special_tokens=False)) + eos, len(lead)
 
     return encode
+
+
+CHAT_NEEDS = ("chat examples ({\"messages\": ...}) need a tokenizer with a chat template (a Hugging Face folder's "
+              "tokenizer_config.json or chat_template.jinja: model.pretrained or data.tokenizer)")
+
+
+def _chat_text(tokenizer, history: list[dict], answer: str) -> tuple[str, str]:
+    """The chat template's rendering of a conversation split where the assistant's answer starts."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(CHAT_NEEDS)
+    lead = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
+    whole = tokenizer.apply_chat_template(history + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not whole.startswith(lead):
+        raise DataError("the tokenizer's chat template does not render a conversation as its history followed by "
+                        "the answer, so the answer cannot be told apart for training")
+    return lead, whole[len(lead):]
 
 
 def _pack(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
@@ -271,6 +295,8 @@ def _load_lm(data_cfg, tokenizer) -> TaskData:
     given) and packed into rows of data.seq_len."""
     docs = _lm_docs(data_cfg)
     if tokenizer is None:
+        if any(isinstance(p, list) for split in docs.values() for p, _ in split):
+            raise DataError(CHAT_NEEDS)
         tokenizer = text.CharTokenizer.from_texts([p + d + "\n\n" for split in docs.values() for p, d in split])
     arrays = {split: _pack(split_docs, tokenizer, data_cfg.seq_len) for split, split_docs in docs.items()}
     return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},

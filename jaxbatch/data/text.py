@@ -1,8 +1,10 @@
 """LM corpora: plain UTF-8 .txt (e.g. tiny shakespeare), whose documents are blank-line separated
 paragraphs, and JSON lines (.jsonl: one `{"text": ...}` document per line, as Hugging Face datasets and web
-crawls are dumped, or one `{"prompt": ..., "completion": ...}` example, TRL's format for supervised
-fine-tuning). A document is a (prompt, text) pair: the model reads the prompt ('' for plain documents) and
-is trained only to produce the text. Documents are kept whole so a later packer can cut them into
+crawls are dumped, or one example in TRL's formats for supervised fine-tuning: `{"prompt": ...,
+"completion": ...}`, or `{"messages": [{"role": ..., "content": ...}, ...]}` ending with the assistant's
+turn). A document is a (prompt, text) pair: the model reads the prompt ('' for plain documents; for a chat,
+the conversation before the last turn, as a list of messages for the tokenizer's chat template to render)
+and is trained only to produce the text. Documents are kept whole so a later packer can cut them into
 fixed-length windows."""
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from jaxbatch.errors import DataError
 from jaxbatch.data.files import json_lines, read_text_file
 
-Doc = tuple[str, str]  # (prompt: read, not trained on; text: trained on)
+Doc = tuple[str | list[dict], str]  # (prompt or chat history: read, not trained on; text: trained on)
 
 
 def read(paths: list[Path]) -> list[Doc]:
@@ -42,10 +44,24 @@ def _json_lines(path: Path, text: str) -> list[Doc]:
         elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
             if row["completion"].strip():
                 docs.append((row["prompt"], row["completion"]))
+        elif "messages" in row:
+            docs.append(_chat(row["messages"], f"{path}:{number}"))
         else:
-            raise DataError(f"{path}:{number}: expected an object with a 'text' string, or 'prompt' and "
-                            f"'completion' strings, got keys {sorted(row)}")
+            raise DataError(f"{path}:{number}: expected an object with a 'text' string, 'prompt' and "
+                            f"'completion' strings, or 'messages', got keys {sorted(row)}")
     return docs
+
+
+def _chat(messages, where: str) -> Doc:
+    """A conversation: its history (every message before the last) and the assistant's last answer."""
+    ok = isinstance(messages, list) and messages and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+    if not ok:
+        raise DataError(f"{where}: 'messages' must be a list of {{\"role\": ..., \"content\": ...}} objects")
+    if messages[-1]["role"] != "assistant" or len(messages) < 2:
+        raise DataError(f"{where}: a conversation must end with the assistant's answer to something (the answer "
+                        f"is what is trained), got roles {[m['role'] for m in messages]}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1]["content"]
 
 
 def split(docs: list[Doc], validation_fraction: float = 0.1) -> dict[str, list[Doc]]:
@@ -56,7 +72,7 @@ def split(docs: list[Doc], validation_fraction: float = 0.1) -> dict[str, list[D
     if cut < len(docs):
         return {"train": docs[:cut], "validation": docs[cut:]}
     if any(prompt for prompt, _ in docs):
-        raise DataError(f"{len(docs)} prompt/completion example(s) are too few to split into training and "
+        raise DataError(f"{len(docs)} prompt/completion or chat example(s) are too few to split into training and "
                         f"validation examples (at least 5)")
     parts = _split_text([d for _, d in docs], validation_fraction)
     return {split: [("", d) for d in part] for split, part in parts.items()}

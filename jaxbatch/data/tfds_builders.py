@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -81,8 +82,9 @@ class TsvLocal(_LocalBuilder):
 class TextLocal(_LocalBuilder):
     name = "jaxbatch_text"
     VERSION = tfds.core.Version("1.3.0")
-    RELEASE_NOTES = {**_LocalBuilder.RELEASE_NOTES, "1.3.0": "documents carry a prompt (read, not trained on)"}
-    FEATURES = {"text": tfds.features.Text(), "prompt": tfds.features.Text()}
+    RELEASE_NOTES = {**_LocalBuilder.RELEASE_NOTES,
+                     "1.3.0": "documents carry a prompt (read, not trained on) or a chat history (as JSON)"}
+    FEATURES = {"text": tfds.features.Text(), "prompt": tfds.features.Text(), "chat": np.bool_}
 
     def _split_generators(self, dl_manager):
         docs = text.read(list(self.paths.values()))
@@ -90,7 +92,8 @@ class TextLocal(_LocalBuilder):
 
     def _generate_examples(self, docs):
         for i, (prompt, doc) in enumerate(docs):
-            yield i, {"index": i, "text": doc, "prompt": prompt}
+            chat = isinstance(prompt, list)
+            yield i, {"index": i, "text": doc, "prompt": json.dumps(prompt) if chat else prompt, "chat": chat}
 
 
 BUILDERS = {"conll": (ConllLocal, conll.split_paths), "tsv": (TsvLocal, tsv.split_paths),

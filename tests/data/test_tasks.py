@@ -111,8 +111,8 @@ def test_json_lines_corpus_holds_one_document_per_line(tmp_path):
     assert sorted(docs["train"] + docs["validation"]) == sorted([r["text"] for r in rows] + ["a plain paragraph"])
     assert docs["validation"] == ["a plain paragraph"]  # the last tenth, in file name order
     for content, message in (('{"text": "ok"}\n[1, 2]\n', r"b.jsonl:2: not a JSON object"),
-                             ('{"body": "x"}\n', r"b.jsonl:1: expected an object with a 'text' string, or 'prompt' and "
-                                                  r"'completion' strings, got keys \['body'\]"),
+                             ('{"body": "x"}\n', r"b.jsonl:1: expected an object with a 'text' string, 'prompt' and "
+                                                  r"'completion' strings, or 'messages', got keys \['body'\]"),
                              ('{"prompt": "x"}\n', r"b.jsonl:1: expected .* got keys \['prompt'\]"),
                              ('{"text": 3}\n', r"b.jsonl:1: expected an object with a 'text' string"),
                              ('{"text": "ok"}\n{oops\n', r"b.jsonl:2: not a JSON object")):
@@ -281,7 +281,7 @@ def test_prompt_completion_lines_train_on_completions_only(tmp_path):
     few = tmp_path / "few"
     few.mkdir()
     (few / "a.jsonl").write_text("\n".join(lines[:3]))
-    with pytest.raises(DataError, match="3 prompt/completion example.s. are too few to split"):
+    with pytest.raises(DataError, match="3 prompt/completion or chat example.s. are too few to split"):
         tfds_builders.prepare("text", few, tmp_path / "cache")
 
 
@@ -301,3 +301,38 @@ def test_a_subword_prompt_and_completion_are_encoded_apart_with_one_bos_and_an_e
     ids, lead = tasks._lm_encode(tok)("what is up", " nothing much")
     assert (ids, lead) == ([1, 3, 4, 5, 6, 7, 2], 4)
     assert tasks._lm_encode(tok)("", "nothing much") == ([1, 6, 7, 2], 0)
+
+
+def test_chat_messages_train_on_the_last_answer_as_the_chat_template_renders_it(tmp_path):
+    """TRL's conversational format: the tokenizer's chat template renders the history (with the generation
+    prompt) and the answer; only the answer and its end-of-turn are targets. Without a template: one line."""
+    import json
+
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    words = ["<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "hi", "hello", "be", "brief", "bye"]
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|end|>",
+                                               additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"])
+    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    ids, lead = tasks._lm_encode(tok)(history, "hello")
+    assert tok.convert_ids_to_tokens(ids) == ["<|system|>", "be", "brief", "<|end|>", "<|user|>", "hi", "<|end|>",
+                                              "<|assistant|>", "hello", "<|end|>"] and lead == 8
+    d = tmp_path / "chat"
+    d.mkdir()
+    chats = [{"messages": [*history, {"role": "assistant", "content": "hello" if i % 2 else "bye"}], "id": i}
+             for i in range(10)]
+    (d / "a.jsonl").write_text("\n".join(json.dumps(c) for c in chats))
+    cfg = config.build(["model.preset=llama-tiny", "data.name=text", f"data.data_dir={d}", "data.seq_len=128",
+                        f"data.cache_dir={tmp_path / 'cache'}"])
+    data = tasks.load(cfg.data, tok)
+    targets = [t for t in data.train["labels"].ravel() if t != -100]
+    assert tok.convert_ids_to_tokens(targets) == [w for i in range(9) for w in ("hello" if i % 2 else "bye", "<|end|>")]
+    with pytest.raises(DataError, match="chat examples .* need a tokenizer with a chat template"):
+        tasks.load(cfg.data, None)
+    (d / "a.jsonl").write_text(json.dumps({"messages": history}))
+    with pytest.raises(DataError, match=r"a.jsonl:1: a conversation must end with the assistant's answer"):
+        tfds_builders.prepare("text", d, tmp_path / "cache")
