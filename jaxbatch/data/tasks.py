@@ -208,9 +208,9 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
 
 
 def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list[text.Doc]]:
-    """{split: (prompt, text) documents}: local text files (split by data/text.py), or a TFDS catalog corpus (one record
-    per document; its test split stands in for a missing validation split, as for lm1b). Only the first
-    data.max_train training documents are read."""
+    """{split: (prompt, text) documents}: local text files (split by data/text.py), or a TFDS catalog corpus
+    (one record per document; its test split stands in for a missing validation split, as for lm1b). Only the
+    first data.max_train training documents are read."""
     from jaxbatch.data import tfds_builders
 
     limit = {}
@@ -245,7 +245,12 @@ def _lm_encode(tokenizer):
     history and its answer are rendered by the tokenizer's chat template, which brings its own special
     tokens and ends the answer's turn."""
     if isinstance(tokenizer, text.CharTokenizer):
-        return lambda p, d: (tokenizer.encode(p + d + "\n\n"), len(p))
+        def by_character(prompt, doc):
+            if isinstance(prompt, list):
+                raise DataError(CHAT_NEEDS)
+            return tokenizer.encode(prompt + doc + "\n\n"), len(prompt)
+
+        return by_character
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(prompt, doc):
@@ -269,8 +274,12 @@ def _chat_text(tokenizer, history: list[dict], answer: str) -> tuple[str, str]:
     """The chat template's rendering of a conversation split where the assistant's answer starts."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(CHAT_NEEDS)
-    lead = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
-    whole = tokenizer.apply_chat_template(history + [{"role": "assistant", "content": answer}], tokenize=False)
+    try:  # templates raise on conversations they do not take (roles out of turn, a system message, ...)
+        lead = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
+        whole = tokenizer.apply_chat_template(history + [{"role": "assistant", "content": answer}], tokenize=False)
+    except Exception as e:  # noqa: BLE001  jinja2's TemplateError and whatever a template raises
+        raise DataError(f"the tokenizer's chat template refused a conversation ({type(e).__name__}: {e}); roles "
+                        f"{[m['role'] for m in history] + ['assistant']}") from e
     if not whole.startswith(lead):
         raise DataError("the tokenizer's chat template does not render a conversation as its history followed by "
                         "the answer, so the answer cannot be told apart for training")

@@ -333,6 +333,12 @@ def test_chat_messages_train_on_the_last_answer_as_the_chat_template_renders_it(
     assert tok.convert_ids_to_tokens(targets) == [w for i in range(9) for w in ("hello" if i % 2 else "bye", "<|end|>")]
     with pytest.raises(DataError, match="chat examples .* need a tokenizer with a chat template"):
         tasks.load(cfg.data, None)
+    with pytest.raises(DataError, match="chat examples .* need a tokenizer with a chat template"):
+        tasks.load_split(cfg.data, text.CharTokenizer("abc"), "validation")  # evaluate with a char-level run
+    tok.chat_template = "{{ raise_exception('roles must alternate') }}"
+    with pytest.raises(DataError, match=r"chat template refused a conversation \(.*roles must alternate\); roles "
+                                        r"\['system', 'user', 'assistant'\]"):
+        tasks.load(cfg.data, tok)
     (d / "a.jsonl").write_text(json.dumps({"messages": history}))
     with pytest.raises(DataError, match=r"a.jsonl:1: a conversation must end with the assistant's answer"):
         tfds_builders.prepare("text", d, tmp_path / "cache")
