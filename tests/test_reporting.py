@@ -107,16 +107,17 @@ def test_train_profile_traces_the_steps_after_the_compiling_one(tmp_path, capsys
     from conftest import tiny_config
     from jaxbatch import train
 
-    train.train(tiny_config("train.steps=5", "train.eval_every=0", "train.profile=2",
-                            f"train.run_dir={tmp_path / 'a'}"))
-    assert f"profile of steps 2-3 written to {tmp_path / 'a' / 'profile'}" in capsys.readouterr().out
-    (trace,) = (tmp_path / "a" / "profile").glob("plugins/profile/*/perfetto_trace.json.gz")
+    train.train(tiny_config("train.steps=3", "train.eval_every=0", "train.profile=2", f"train.run_dir={tmp_path}"))
+    assert f"profile of steps 2-3 written to {tmp_path / 'profile'}" in capsys.readouterr().out
+    (trace,) = (tmp_path / "profile").glob("plugins/profile/*/perfetto_trace.json.gz")
     events = json.load(gzip.open(trace))
     events = events["traceEvents"] if isinstance(events, dict) else events
     names = collections.Counter(e["name"] for e in events if e.get("ph") == "X")
     calls = names["PjitFunction(jit(train_step))"]
     assert calls % 2 == 0 and 2 <= calls <= 2 * jax.local_device_count()  # two steps, per device program
-    train.train(tiny_config("train.steps=3", "train.eval_every=0", "train.profile=10",
-                            f"train.run_dir={tmp_path / 'b'}"))
-    assert "profile of steps" not in capsys.readouterr().out
-    assert list((tmp_path / "b" / "profile").glob("plugins/profile/*/perfetto_trace.json.gz"))
+    outlived = reporting.StepTrace(tmp_path / "outlived", first_step=0, steps=10)
+    outlived.before(1)
+    jax.numpy.ones(3).block_until_ready()
+    assert outlived.after(2, None) is None  # not at its end yet
+    outlived.close()  # the loop ended first (a stop): the trace is still written
+    assert list((tmp_path / "outlived").glob("plugins/profile/*/perfetto_trace.json.gz"))
