@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--top-k", type=int, default=0)
     gen_p.add_argument("--top-p", type=float, default=1.0)
     gen_p.add_argument("--seed", type=int, default=0)
+    gen_p.add_argument("--chat", action="store_true",
+                        help="each prompt is a user's message, rendered by the tokenizer's chat template")
     gen_p.add_argument("overrides", nargs="*", help="mesh.*, precision.policy")
     comp_p = sub.add_parser("compress", help="prune / quantize / factorise a trained model into a new folder")
     comp_p.add_argument("model", help="run dir or Hugging Face folder")
@@ -336,7 +338,7 @@ def generate(args) -> int:
     if not texts or args.max_new_tokens < 1 or args.batch_size < 1:
         raise ConfigError("give a --prompt or a --prompts file; --max-new-tokens and --batch-size must be >= 1")
     tok = restored.tokenizer
-    prompts = [list(tok.encode(p)) for p in texts]
+    prompts = generate_lib.encode_prompts(tok, texts, chat=args.chat)
     if not all(prompts):
         raise ConfigError("every prompt must have at least one token")
     stops = generate_lib.stop_tokens(tok, [f for f in (args.model, restored.run.spec.model.pretrained) if f])
@@ -351,7 +353,8 @@ def generate(args) -> int:
             raise ConfigError(str(e)) from e
         with writing("standard output"):
             for prompt, tokens in zip(texts[start:], new):
-                print(prompt + tok.decode(tokens[:-1] if tokens and tokens[-1] in stops else tokens))
+                answer = tok.decode(tokens[:-1] if tokens and tokens[-1] in stops else tokens)
+                print(prompt + ("\n" if args.chat else "") + answer)  # a chat's answer is a turn of its own
                 print("-" * 40, flush=True)
     return 0
 

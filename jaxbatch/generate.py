@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxbatch.errors import CheckpointError
+from jaxbatch.errors import CheckpointError, ConfigError
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
@@ -86,6 +86,18 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     rows = np.asarray(jnp.stack(out, 1)).tolist()
     ends = [next((i for i, t in enumerate(row) if t in stop_tokens), len(row) - 1) for row in rows]
     return [row[: end + 1] for row, end in zip(rows, ends)]
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False) -> list[list[int]]:
+    """Token ids of each prompt; with `chat`, each is a user's message rendered by the tokenizer's chat
+    template up to the assistant's turn (as the model was fine-tuned on chats), special tokens included."""
+    if not chat:
+        return [list(tokenizer.encode(t)) for t in texts]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("--chat renders prompts with the tokenizer's chat template, and this model's tokenizer has none")
+    return [list(tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                                add_generation_prompt=True), add_special_tokens=False))
+            for t in texts]
 
 
 def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:

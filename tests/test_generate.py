@@ -140,3 +140,24 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "int8"), "--data-dir", str(corpus), "--split", "validation"]) == 0
     loss = float(capsys.readouterr().out.split("loss ")[1].split()[0])
     assert loss != final["loss"] and abs(loss - final["loss"]) < 0.05
+
+
+def test_chat_prompts_are_rendered_by_the_tokenizers_template(tmp_path):
+    """generate --chat: each prompt is a user's message, rendered up to the assistant's turn by the chat
+    template the model was fine-tuned with; a tokenizer without one is refused in one line."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from jaxbatch import generate as generate_lib
+    from jaxbatch.errors import ConfigError
+
+    words = ["<unk>", "<|user|>", "<|assistant|>", "<|end|>", "hi", "there"]
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|end|>",
+                                               additional_special_tokens=["<|user|>", "<|assistant|>"])
+    assert generate_lib.encode_prompts(tok, ["hi there"]) == [[4, 5]]
+    with pytest.raises(ConfigError, match="--chat renders prompts with the tokenizer's chat template"):
+        generate_lib.encode_prompts(tok, ["hi"], chat=True)
+    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    assert generate_lib.encode_prompts(tok, ["hi there", "hi"], chat=True) == [[1, 4, 5, 3, 2], [1, 4, 3, 2]]
