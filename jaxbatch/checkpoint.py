@@ -158,9 +158,14 @@ class Best:
     def score(self, metrics) -> float:
         """Orbax's ranking of checkpoints: a checkpoint that set a new best has its value; any other loses (a
         run's new bests are strictly better each time, so the newest of them is the best)."""
-        ok = (isinstance(metrics, dict) and metrics.get("name") == self.name and metrics.get("since_best") == 0
-              and isinstance(metrics.get("value"), (int, float)) and not isinstance(metrics["value"], bool))
+        ok = set_a_best(metrics) and metrics.get("name") == self.name
         return metrics["value"] if ok else (-math.inf if self.mode == "max" else math.inf)
+
+
+def set_a_best(metrics) -> bool:
+    """Whether the ranking saved with a checkpoint says its evaluation set a new best (a number)."""
+    return (isinstance(metrics, dict) and metrics.get("since_best") == 0
+            and isinstance(metrics.get("value"), (int, float)) and not isinstance(metrics["value"], bool))
 
 
 class _Manager(ocp.CheckpointManager):

@@ -446,13 +446,11 @@ def validate(cfg: Config, num_devices: int) -> None:
 
 
 def _validate_optim(o) -> None:
-    for key in ("b1", "b2", "momentum"):
+    for key in ("b1", "b2", "momentum", "warmup_fraction"):
         if not 0.0 <= getattr(o, key) < 1.0:
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
     if not o.eps > 0:  # 0 divides a parameter's zero gradient by a zero second moment: NaN
         raise ConfigError(f"optim.eps must be > 0, got {o.eps}")
-    if not 0.0 <= o.warmup_fraction < 1.0:
-        raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {o.warmup_fraction}")
     for key in ("weight_decay", "clip_norm", "warmup_steps", "reference_batch"):
         if not getattr(o, key) >= 0:
             raise ConfigError(f"optim.{key} must be >= 0, got {getattr(o, key)}")
@@ -484,8 +482,8 @@ def _validate_rampup(t, batch_shards: int) -> None:
 # identity: changing it in a used run dir is refused (see `drift`).
 CHANGEABLE = ("train.steps", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
               "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
-              "train.memory_budget_gb", "train.patience", "train.profile", "data.data_dir", "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.",
-              "distributed.")
+              "train.memory_budget_gb", "train.patience", "train.profile", "data.data_dir", "data.cache_dir",
+              "data.num_eval", "checkpoint.", "mesh.", "distributed.")
 
 
 def drift(saved: Config, new: Config) -> tuple[list[str], list[str]]:

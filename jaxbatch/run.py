@@ -272,7 +272,7 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
                 unusable.append(f"step {step}: {str(e).splitlines()[0][:300]}")
                 continue
             ranking = ckpt.metrics(step)
-            if ranking.get("since_best") == 0 and ranking.get("value") is not None:
+            if checkpoint.set_a_best(ranking):
                 print(f"{source}: the best checkpoint by {ranking['name']}: step {step} ({ranking['value']:.4f}; "
                       f"newest step {max(ckpt.manager.all_steps())})", file=sys.stderr)
             if unusable:

@@ -287,7 +287,8 @@ def _chat_text(tokenizer, history: list[dict], answer: str) -> tuple[str, str]:
 
 
 def _pack(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
-    encoded = [_lm_encode(tokenizer)(p, d) for p, d in docs]
+    encode = _lm_encode(tokenizer)
+    encoded = [encode(p, d) for p, d in docs]
     return packing.pack([ids for ids, _ in encoded], seq_len, prompt_lengths=[n for _, n in encoded])
 
 

@@ -3,8 +3,8 @@
 `arch=gpt2`: learned positions, LayerNorm, tanh-GELU MLP, biases, tied embeddings (HF `GPT2LMHeadModel`).
 `arch=llama`: rotary positions (HF's rotate-half), RMSNorm, SwiGLU MLP, no biases, grouped-query attention,
 untied head (HF `LlamaForCausalLM`); with `attention_bias` (qkv: Qwen2), a `sliding_window` (Mistral) and
-`qk_norm` (Qwen3) it reads and writes those checkpoints too; `activation` swaps the MLP's nonlinearity. Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick
-fused kernels. Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
+`qk_norm` (Qwen3) it reads and writes those checkpoints too; `activation` swaps the MLP's nonlinearity.
+Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick fused kernels. Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`), equal token for token to recomputing the whole sequence.
 """
@@ -522,19 +522,19 @@ def hf_config(cfg, label_names=None) -> dict:
               "pad_token_id": None}
     window = cfg.sliding_window or None
     kind = "sliding_attention" if window else "full_attention"
+    qwen_window = {"sliding_window": window, "use_sliding_window": bool(window), "max_window_layers": 0,
+                   "layer_types": [kind] * cfg.num_layers}  # how Qwen2 and Qwen3 configs say it, every layer alike
     if cfg.qk_norm:  # the transformers class with query/key norms
         if cfg.attention_bias == "qkv" or cfg.mlp_bias:
             raise ConfigError("no Hugging Face class holds this model: model.qk_norm (Qwen3) with qkv-only attention "
                               "biases or mlp_bias")
         return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **common,
-                "attention_bias": cfg.attention_bias == "all", "sliding_window": window,
-                "use_sliding_window": bool(window), "max_window_layers": 0, "layer_types": [kind] * cfg.num_layers}
+                "attention_bias": cfg.attention_bias == "all", **qwen_window}
     if (cfg.attention_bias == "all" or cfg.mlp_bias) and (window or cfg.attention_bias == "qkv"):
         raise ConfigError("no Hugging Face class holds this model: attention_bias=all or mlp_bias (LLaMA's options) "
                           "with a sliding window or qkv biases")
     if cfg.attention_bias == "qkv":  # the transformers class with exactly these biases
-        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **common, "sliding_window": window,
-                "use_sliding_window": bool(window), "max_window_layers": 0, "layer_types": [kind] * cfg.num_layers}
+        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **common, **qwen_window}
     if window:
         return {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **common, "sliding_window": window}
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,

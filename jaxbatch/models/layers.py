@@ -197,9 +197,9 @@ norm.defvjp(_norm_fwd, _norm_bwd)
 class LayerNorm(nnx.Module):
     """LayerNorm whose statistics are float32 whatever the compute dtype (bf16 variance is too coarse)."""
 
-    def __init__(self, features: int, eps: float, *, dtype=jnp.float32, names: Names = ("embed",)):
+    def __init__(self, features: int, eps: float, *, dtype=jnp.float32):
         self.eps, self.dtype = eps, dtype
-        self.scale = param(None, jax.nn.initializers.ones, (features,), names, decay=False)
+        self.scale = param(None, jax.nn.initializers.ones, (features,), ("embed",), decay=False)
         self.bias = param(None, jax.nn.initializers.zeros, (features,), ("embed",), decay=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -250,8 +250,8 @@ class SelfAttention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-    def __init__(self, hidden: int, intermediate: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02,
-                 activation: str = "gelu"):
+    def __init__(self, hidden: int, intermediate: int, *, activation: str, rngs: nnx.Rngs, dtype=jnp.float32,
+                 init_std: float = 0.02):
         proj = dict(rngs=rngs, dtype=dtype, init_std=init_std)
         self.activation = activation
         self.wi = Dense((hidden,), (intermediate,), ("embed",), ("mlp",), **proj)
