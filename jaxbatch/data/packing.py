@@ -4,8 +4,9 @@ Each row holds `seq_len + 1` tokens from one or more documents; `segment_ids` nu
 row (0 = padding) and `positions` restart at 0 for each, so attention never crosses a document and
 learned/rotary positions see each document from its start. A document longer than the room left
 continues in the next row as a new segment. Inputs are row[:-1], targets row[1:]; a target is real only
-where it continues the same document, so no loss is taken across a boundary or on padding, nor on a
-document's prompt (its first `prompt_lengths` tokens: supervised fine-tuning trains on completions only).
+where it continues the same document, so no loss is taken across a boundary or on padding, nor on the
+tokens a document only reads (`trained`: supervised fine-tuning trains on completions and assistant turns,
+not on prompts).
 """
 
 from __future__ import annotations
@@ -16,32 +17,33 @@ from jaxbatch.losses import IGNORE_INDEX
 
 
 def pack(documents: list[list[int]], seq_len: int, pad_id: int = 0,
-         prompt_lengths: list[int] | None = None) -> dict[str, np.ndarray]:
-    """{input_ids, labels, segment_ids, positions}, each (rows, seq_len) int32."""
+         trained: list[list[bool]] | None = None) -> dict[str, np.ndarray]:
+    """{input_ids, labels, segment_ids, positions}, each (rows, seq_len) int32. `trained[i][j]`: whether
+    document i's token j is a target (all of them when not given)."""
     width = seq_len + 1
-    tokens, segments, trained = [], [], []
+    tokens, segments, targets = [], [], []
     row_t, row_s, row_l, seg = [], [], [], 0
     for i, doc in enumerate(documents):
         seg += 1
-        start, lead = 0, prompt_lengths[i] if prompt_lengths else 0
+        start = 0
         while start < len(doc):
             take = doc[start: start + width - len(row_t)]
             row_t += take
             row_s += [seg] * len(take)
-            row_l += [start + j >= lead for j in range(len(take))]
+            row_l += trained[i][start: start + len(take)] if trained else [True] * len(take)
             start += len(take)
             if len(row_t) == width:
                 tokens.append(row_t)
                 segments.append(row_s)
-                trained.append(row_l)
+                targets.append(row_l)
                 row_t, row_s, row_l, seg = [], [], [], 1  # the rest of this document starts the next row
     if row_t:
         tokens.append(row_t + [pad_id] * (width - len(row_t)))
         segments.append(row_s + [0] * (width - len(row_s)))
-        trained.append(row_l + [False] * (width - len(row_l)))
+        targets.append(row_l + [False] * (width - len(row_l)))
     t = np.asarray(tokens, np.int32).reshape(-1, width)
     s = np.asarray(segments, np.int32).reshape(-1, width)
-    target = np.asarray(trained, bool).reshape(-1, width)[:, 1:]
+    target = np.asarray(targets, bool).reshape(-1, width)[:, 1:]
     positions = np.zeros_like(s)
     for j in range(1, width):  # position within its segment
         positions[:, j] = np.where(s[:, j] == s[:, j - 1], positions[:, j - 1] + 1, 0)

@@ -239,29 +239,33 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
 
 
 def _lm_encode(tokenizer):
-    """(prompt, text) -> (token ids, how many lead tokens are the prompt's). The text is ended by a blank line
-    (characters) or EOS; a sub-word prompt and text are encoded apart (the prompt with the tokenizer's
-    special tokens, e.g. BOS), so the boundary falls where generation starts from the prompt alone. A chat
-    history and its answer are rendered by the tokenizer's chat template, which brings its own special
-    tokens and ends the answer's turn."""
+    """(prompt, text) -> (token ids, which of them are targets, how many of a chat's assistant turns could
+    only be read). The text is ended by a blank line (characters) or EOS; a sub-word prompt and text are
+    encoded apart (the prompt with the tokenizer's special tokens, e.g. BOS), so the boundary falls where
+    generation starts from the prompt alone. A chat is rendered by the tokenizer's chat template, which
+    brings its own special tokens and ends each turn; every assistant turn is a target (_chat_pieces)."""
     if isinstance(tokenizer, text.CharTokenizer):
         def by_character(prompt, doc):
             if isinstance(prompt, list):
                 raise DataError(CHAT_NEEDS)
-            return tokenizer.encode(prompt + doc + "\n\n"), len(prompt)
+            ids = tokenizer.encode(prompt + doc + "\n\n")
+            return ids, [j >= len(prompt) for j in range(len(ids))], 0
 
         return by_character
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(prompt, doc):
         if isinstance(prompt, list):
-            lead, answer = _chat_text(tokenizer, prompt, doc)
-            lead_ids = list(tokenizer.encode(lead, add_special_tokens=False))
-            return lead_ids + list(tokenizer.encode(answer, add_special_tokens=False)), len(lead_ids)
-        if not prompt:
-            return list(tokenizer.encode(doc)) + eos, 0
-        lead = list(tokenizer.encode(prompt))
-        return lead + list(tokenizer.encode(doc, add_special_tokens=False)) + eos, len(lead)
+            pieces, context_turns = _chat_pieces(tokenizer, prompt, doc)
+            ids, trained = [], []
+            for piece, target in pieces:
+                piece_ids = list(tokenizer.encode(piece, add_special_tokens=False))
+                ids += piece_ids
+                trained += [target] * len(piece_ids)
+            return ids, trained, context_turns
+        lead = list(tokenizer.encode(prompt)) if prompt else []
+        ids = lead + list(tokenizer.encode(doc, add_special_tokens=not prompt)) + eos
+        return ids, [j >= len(lead) for j in range(len(ids))], 0
 
     return encode
 
@@ -270,26 +274,49 @@ CHAT_NEEDS = ("chat examples ({\"messages\": ...}) need a tokenizer with a chat 
               "tokenizer_config.json or chat_template.jinja: model.pretrained or data.tokenizer)")
 
 
-def _chat_text(tokenizer, history: list[dict], answer: str) -> tuple[str, str]:
-    """The chat template's rendering of a conversation split where the assistant's answer starts."""
+def _chat_pieces(tokenizer, history: list[dict], answer: str) -> tuple[list[tuple[str, bool]], int]:
+    """A conversation as the chat template renders it, cut into (text, trained) pieces: each assistant turn
+    (from where the template's generation prompt ends to the end of its turn) is trained, the rest is read.
+    An earlier assistant turn is cut the same way when the template renders the conversation up to it as
+    the start of the whole; a template that rewrites earlier turns (Qwen3's drops their reasoning) leaves
+    such a turn as context, counted in the second value. The last answer is always trained."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(CHAT_NEEDS)
+    messages = history + [{"role": "assistant", "content": answer}]
+
+    def render(upto: int, prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(messages[:upto], add_generation_prompt=prompt, tokenize=False)
+
     try:  # templates raise on conversations they do not take (roles out of turn, a system message, ...)
-        lead = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
-        whole = tokenizer.apply_chat_template(history + [{"role": "assistant", "content": answer}], tokenize=False)
+        whole, last = render(len(messages)), render(len(history), prompt=True)
     except Exception as e:  # noqa: BLE001  jinja2's TemplateError and whatever a template raises
         raise DataError(f"the tokenizer's chat template refused a conversation ({type(e).__name__}: {e}); roles "
-                        f"{[m['role'] for m in history] + ['assistant']}") from e
-    if not whole.startswith(lead):
+                        f"{[m['role'] for m in messages]}") from e
+    if not whole.startswith(last):
         raise DataError("the tokenizer's chat template does not render a conversation as its history followed by "
                         "the answer, so the answer cannot be told apart for training")
-    return lead, whole[len(lead):]
+    pieces, done, context_turns = [], 0, 0
+    for i in [i for i, m in enumerate(history) if m["role"] == "assistant" and i > 0]:
+        try:
+            lead, upto = render(i, prompt=True), render(i + 1)
+        except Exception:  # noqa: BLE001  a template may refuse a conversation cut short; the turn is still read
+            lead = upto = None
+        if lead is None or not (done <= len(lead) and upto.startswith(lead) and whole.startswith(upto) and len(upto) <= len(last)):
+            context_turns += 1
+            continue
+        pieces += [(whole[done:len(lead)], False), (whole[len(lead):len(upto)], True)]
+        done = len(upto)
+    return pieces + [(whole[done:len(last)], False), (whole[len(last):], True)], context_turns
 
 
 def _pack(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
     encode = _lm_encode(tokenizer)
     encoded = [encode(p, d) for p, d in docs]
-    return packing.pack([ids for ids, _ in encoded], seq_len, prompt_lengths=[n for _, n in encoded])
+    context_turns = sum(n for _, _, n in encoded)
+    if context_turns:
+        log.warning("%d earlier assistant turn(s) are not trained, only read: the chat template renders them "
+                    "differently once the conversation goes on (e.g. without their reasoning)", context_turns)
+    return packing.pack([ids for ids, _, _ in encoded], seq_len, trained=[t for _, t, _ in encoded])
 
 
 def bytes_per_token(tokenizer) -> np.ndarray:

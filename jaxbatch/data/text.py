@@ -4,7 +4,7 @@ crawls are dumped, or one example in TRL's formats for supervised fine-tuning: `
 "completion": ...}`, or `{"messages": [{"role": ..., "content": ...}, ...]}` ending with the assistant's
 turn). A document is a (prompt, text) pair: the model reads the prompt ('' for plain documents; for a chat,
 the conversation before the last turn, as a list of messages for the tokenizer's chat template to render)
-and is trained only to produce the text. Documents are kept whole so a later packer can cut them into
+and is trained to produce the text (and a chat's earlier assistant turns: data/tasks.py). Documents are kept whole so a later packer can cut them into
 fixed-length windows."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from jaxbatch.errors import DataError
 from jaxbatch.data.files import json_lines, read_text_file
 
-Doc = tuple[str | list[dict], str]  # (prompt or chat history: read, not trained on; text: trained on)
+Doc = tuple[str | list[dict], str]  # (prompt or chat history: read, bar its assistant turns; text: trained on)
 
 
 def read(paths: list[Path]) -> list[Doc]:

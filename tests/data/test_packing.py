@@ -11,12 +11,15 @@ def test_packing_splits_long_documents_and_pads():
     assert rows["segment_ids"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 2, 2, 0]]
 
 
-def test_a_prompt_is_read_but_not_trained_on_even_across_rows():
-    """Targets inside a document's first prompt_lengths tokens carry no loss; the first completion token is
+def test_tokens_only_read_are_not_trained_on_even_across_rows():
+    """A token flagged untrained (a prompt, a chat's user turns) is no target; the first completion token is
     predicted from the prompt's last; the flags travel with a document cut across rows (its second part
-    starts a new segment, as plain packing does)."""
-    rows = packing.pack([[1, 2, 3, 4, 5, 6, 7], [20, 21, 22]], seq_len=4, prompt_lengths=[3, 2])
+    starts a new segment, as plain packing does), and a document may alternate read and trained spans."""
+    trained = [[False] * 3 + [True] * 4, [False, False, True]]
+    rows = packing.pack([[1, 2, 3, 4, 5, 6, 7], [20, 21, 22]], seq_len=4, trained=trained)
     assert rows["input_ids"].tolist() == [[1, 2, 3, 4], [6, 7, 20, 21]]  # rows of 5 tokens, inputs their first 4
     assert rows["labels"].tolist() == [[-100, -100, 4, 5], [7, -100, -100, 22]]
+    turns = packing.pack([[1, 2, 3, 4, 5, 6, 7]], seq_len=6, trained=[[False, True, True, False, False, True, True]])
+    assert turns["labels"].tolist() == [[2, 3, -100, -100, 6, 7]]
     plain = packing.pack([[1, 2, 3, 4, 5, 6, 7], [20, 21, 22]], seq_len=4)
     assert plain["labels"].tolist() == [[2, 3, 4, 5], [7, -100, 21, 22]]

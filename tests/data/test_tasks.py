@@ -298,12 +298,12 @@ def test_a_subword_prompt_and_completion_are_encoded_apart_with_one_bos_and_an_e
     core.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
                                                unk_token="<unk>")
-    ids, lead = tasks._lm_encode(tok)("what is up", " nothing much")
-    assert (ids, lead) == ([1, 3, 4, 5, 6, 7, 2], 4)
-    assert tasks._lm_encode(tok)("", "nothing much") == ([1, 6, 7, 2], 0)
+    ids, trained, _ = tasks._lm_encode(tok)("what is up", " nothing much")
+    assert (ids, trained) == ([1, 3, 4, 5, 6, 7, 2], [False] * 4 + [True] * 3)
+    assert tasks._lm_encode(tok)("", "nothing much") == ([1, 6, 7, 2], [True] * 4, 0)
 
 
-def test_chat_messages_train_on_the_last_answer_as_the_chat_template_renders_it(tmp_path):
+def test_chat_messages_train_on_the_answer_as_the_chat_template_renders_it(tmp_path):
     """TRL's conversational format: the tokenizer's chat template renders the history (with the generation
     prompt) and the answer; only the answer and its end-of-turn are targets. Without a template: one line."""
     import json
@@ -318,9 +318,9 @@ def test_chat_messages_train_on_the_last_answer_as_the_chat_template_renders_it(
     tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|> {% endif %}")
     history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    ids, lead = tasks._lm_encode(tok)(history, "hello")
+    ids, trained, _ = tasks._lm_encode(tok)(history, "hello")
     assert tok.convert_ids_to_tokens(ids) == ["<|system|>", "be", "brief", "<|end|>", "<|user|>", "hi", "<|end|>",
-                                              "<|assistant|>", "hello", "<|end|>"] and lead == 8
+                                              "<|assistant|>", "hello", "<|end|>"] and trained == [False] * 8 + [True] * 2
     d = tmp_path / "chat"
     d.mkdir()
     chats = [{"messages": [*history, {"role": "assistant", "content": "hello" if i % 2 else "bye"}], "id": i}
@@ -342,3 +342,40 @@ def test_chat_messages_train_on_the_last_answer_as_the_chat_template_renders_it(
     (d / "a.jsonl").write_text(json.dumps({"messages": history}))
     with pytest.raises(DataError, match=r"a.jsonl:1: a conversation must end with the assistant's answer"):
         tfds_builders.prepare("text", d, tmp_path / "cache")
+
+
+def _chat_tokenizer(words: list[str], template: str):
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    words = ["<unk>", "<|user|>", "<|assistant|>", "<|end|>", *words]
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|end|>",
+                                               additional_special_tokens=["<|user|>", "<|assistant|>"])
+    tok.chat_template = template
+    return tok
+
+
+def test_every_assistant_turn_of_a_chat_is_trained_and_a_rewritten_one_only_read(caplog):
+    """Several turns: each assistant answer and its end of turn are targets, user turns and generation
+    prompts are not (TRL's assistant_only_loss). A template that renders an earlier answer differently once
+    the conversation goes on (as Qwen3's drops reasoning) leaves that turn as context and says how many."""
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "how"}, {"role": "assistant", "content": "fine"}, {"role": "user", "content": "bye"}]
+    plain = ("{% for m in messages %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endfor %}"
+             "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    tok = _chat_tokenizer(["hi", "hello", "how", "fine", "bye", "later", "think"], plain)
+    ids, trained, context_turns = tasks._lm_encode(tok)(chat, "later")
+    assert [t for t, keep in zip(tok.convert_ids_to_tokens(ids), trained) if keep] == [
+        "hello", "<|end|>", "fine", "<|end|>", "later", "<|end|>"] and context_turns == 0
+    assert tok.convert_ids_to_tokens(ids)[:4] == ["<|user|>", "hi", "<|end|>", "<|assistant|>"]
+    rewrites = ("{% for m in messages %}<|{{ m.role }}|> {% if m.role == 'assistant' and loop.last %}think {% endif %}"
+                "{{ m.content }} <|end|> {% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    tok.chat_template = rewrites
+    ids, trained, context_turns = tasks._lm_encode(tok)(chat, "later")
+    assert [t for t, keep in zip(tok.convert_ids_to_tokens(ids), trained) if keep] == [
+        "think", "later", "<|end|>"] and context_turns == 2
+    with caplog.at_level("WARNING", logger="jaxbatch.data.tasks"):
+        rows = tasks._pack([(chat, "later")] * 3, tok, seq_len=64)
+    assert "6 earlier assistant turn(s) are not trained, only read" in caplog.text
+    assert tok.convert_ids_to_tokens([t for t in rows["labels"].ravel() if t != -100]) == ["think", "later", "<|end|>"] * 3
