@@ -46,10 +46,12 @@ class BertLayer(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-    """Embeddings + N post-LN Transformer layers; returns the last hidden state (batch, length, embed)."""
+    """Embeddings + N post-LN Transformer layers; returns the last hidden state (batch, length, embed).
+    Learned positions start at row `position_offset` of their table (RoBERTa's: past its padding row)."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, position_offset: int = 0):
         h = cfg.hidden_size
+        self.position_offset = position_offset
         self.word_embeddings = Embed(cfg.vocab_size, h, ("vocab", "embed"), rngs=rngs, dtype=dtype)
         self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), rngs=rngs, dtype=dtype)
         self.token_type_embeddings = Embed(cfg.type_vocab_size, h, (None, "embed"), rngs=rngs, dtype=dtype)
@@ -62,7 +64,7 @@ class BertEncoder(nnx.Module):
                  rngs: nnx.Rngs | None = None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        positions = jnp.arange(input_ids.shape[1])[None, :]
+        positions = self.position_offset + jnp.arange(input_ids.shape[1])[None, :]  # rows are right-padded
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
         x = constrain(self.dropout(self.embeddings_norm(x), deterministic=deterministic, rngs=rngs),
@@ -77,9 +79,9 @@ class BertClassifier(nnx.Module):
     (`task='sequence'`: tanh pooler on [CLS] + dense, logits per example), as HF's
     BertFor{Token,Sequence}Classification."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, position_offset: int = 0):
         self.task, self.dtype = cfg.task, dtype
-        self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype)
+        self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype, position_offset=position_offset)
         if cfg.task == "sequence":
             self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ("embed",), (None,), rngs=rngs, dtype=dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
@@ -187,8 +189,10 @@ SHAPE_FIELDS = {  # ModelConfig field -> config.json key
 }
 
 
-def hf_configure(cfg, hf: dict):
-    """The model shape from a BERT config.json; with a named preset, every shape field must agree."""
+def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
+    """The model shape from a BERT config.json; with a named preset, every shape field must agree. A
+    fine-tuned head (an architecture named *ForTokenClassification or *ForSequenceClassification) sets the
+    task and label count."""
     activation = models.hf_activation(hf, "hidden_act", ACTIVATION)
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise CheckpointError("config.json: is_decoder / add_cross_attention (a causal or cross-attending BERT) "
@@ -197,15 +201,15 @@ def hf_configure(cfg, hf: dict):
         raise CheckpointError(f"config.json: position_embedding_type {hf['position_embedding_type']!r} is not supported")
     wanted = {field: hf[key] for field, key in SHAPE_FIELDS.items()}  # a missing key is an error, never a default
     models.check_shape(cfg, wanted)
-    heads = {"BertForTokenClassification": "token", "BertForSequenceClassification": "sequence"}
-    task = next((heads[a] for a in hf.get("architectures") or () if a in heads), None)
+    heads = {"ForTokenClassification": "token", "ForSequenceClassification": "sequence"}
+    task = next((t for a in hf.get("architectures") or () for end, t in heads.items() if str(a).endswith(end)), None)
     if task is not None:  # a fine-tuned head: its task and label count
         wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", cfg.num_labels))
         kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
         if task == "sequence" and kind != "single_label_classification":  # HF reads one logit as a regression
             raise CheckpointError(f"config.json: a {kind} head ({wanted['num_labels']} output(s)) is not supported; "
                                   f"jaxbatch classifies each text into one of its labels")
-    return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+    return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)),
                                activation=activation)
 
 
