@@ -96,3 +96,26 @@ def event_records(events_file) -> list[bytes]:
         records.append(data[12: 12 + n])
         data = data[16 + n:]
     return records
+
+
+def assert_gradients_equal_torch(family, model_cfg, graphdef, params, batch: dict, torch_model, **torch_inputs):
+    """A training step's loss and every parameter's gradient (steps.make_grad_fn, dropout off) equal torch
+    autograd on the Hugging Face model's own loss for the same batch, mapped through the family's HF table."""
+    import torch
+
+    from jaxbatch import hf, steps
+
+    sums, grads = jax.jit(steps.make_grad_fn(family, model_cfg, graphdef))(params, batch, None, 1.0)
+    loss = torch_model(**{k: torch.tensor(v) for k, v in torch_inputs.items()},
+                       labels=torch.tensor(batch["labels"].astype(np.int64))).loss
+    loss.backward()
+    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(float(loss), rel=1e-5)
+    named = dict(torch_model.named_parameters())
+    flat = {dotted(p): np.asarray(g) / float(sums["weight"])  # of the mean, as HF's loss
+            for p, g in jax.tree_util.tree_leaves_with_path(grads)}
+    key_map = family.hf.key_map(model_cfg)
+    assert sorted(key_map) == sorted(flat)
+    for ours, (name, how) in key_map.items():
+        mine = hf.to_theirs(flat[ours], how)
+        expected = named[family.hf.tensor_name(name, model_cfg)].grad.numpy()
+        np.testing.assert_allclose(mine, expected.reshape(mine.shape), rtol=1e-3, atol=1e-6, err_msg=ours)

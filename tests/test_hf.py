@@ -1,4 +1,5 @@
-"""Hugging Face BERT import/export: numerically identical to PyTorch transformers (skipped without torch)."""
+"""Hugging Face encoder import/export (BERT; RoBERTa and DistilBERT): numerically identical to PyTorch
+transformers (skipped without torch)."""
 
 import json
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import dotted, params_numpy
+from conftest import assert_gradients_equal_torch, params_numpy
 from jaxbatch import config, hf, run as run_lib
 
 torch = pytest.importorskip("torch")
@@ -105,7 +106,6 @@ def test_random_bert_logits_match_pytorch(task, random_hf_models):
 def test_training_gradients_equal_pytorch(task, random_hf_models):
     """A training step's loss and every parameter's gradient (steps.make_grad_fn, dropout off) equal torch
     autograd on HF's own loss for the same padded batch, mapped through the HF table."""
-    from jaxbatch import steps
     from jaxbatch.models import bert
 
     cfg, graphdef, state, _ = load_ours(random_hf_models[task], task)
@@ -115,23 +115,10 @@ def test_training_gradients_equal_pytorch(task, random_hf_models):
     if task == "token":
         labels = np.where(mask == 1, labels, -100)
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels.astype(np.int32)}
-    family = bert.FAMILY
-    sums, grads = jax.jit(steps.make_grad_fn(family, cfg.model, graphdef))(state.params, batch, None, 1.0)
     cls = transformers.BertForTokenClassification if task == "token" else transformers.BertForSequenceClassification
     theirs = cls.from_pretrained(random_hf_models[task], attn_implementation="eager").eval()
-    loss = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types),
-                  labels=torch.tensor(labels)).loss
-    loss.backward()
-    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(float(loss), rel=1e-5)
-    named = dict(theirs.named_parameters())
-    flat = {dotted(p): np.asarray(g) / float(sums["weight"])  # of the mean, as HF's loss
-            for p, g in jax.tree_util.tree_leaves_with_path(grads)}
-    key_map = bert.hf_key_map(cfg.model)
-    assert sorted(key_map) == sorted(flat)
-    for ours, (name, how) in key_map.items():
-        mine = hf.to_theirs(flat[ours], how)
-        expected = named[family.hf.tensor_name(name, cfg.model)].grad.numpy()
-        np.testing.assert_allclose(mine, expected.reshape(mine.shape), rtol=1e-3, atol=1e-6, err_msg=ours)
+    assert_gradients_equal_torch(bert.FAMILY, cfg.model, graphdef, state.params, batch, theirs, input_ids=ids,
+                                 attention_mask=mask, token_type_ids=types)
 
 
 @pytest.mark.parametrize("task", ["token", "sequence"])
@@ -150,6 +137,57 @@ def test_export_loads_in_pytorch_and_round_trips_bit_identically(task, tmp_path)
     a, b = params_numpy(state), params_numpy(again)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+ENCODERS = {  # family -> (transformers config class, its class prefix, config.json overrides)
+    "roberta": ("RobertaConfig", "Roberta", dict(max_position_embeddings=20, type_vocab_size=1, pad_token_id=1)),
+    "distilbert": ("DistilBertConfig", "DistilBert", dict(max_position_embeddings=18, dim=32, n_layers=2, n_heads=4,
+                                                          hidden_dim=64)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(ENCODERS))
+@pytest.mark.parametrize("task", ["token", "sequence"])
+def test_other_encoder_families_equal_pytorch_and_export_back(family, task, tmp_path):
+    """RoBERTa and DistilBERT checkpoints (random, small): logits on a right-padded batch and every training
+    gradient equal transformers', and the exported folder loads in transformers with identical logits."""
+    from jaxbatch import models
+
+    config_cls, prefix, shape = ENCODERS[family]
+    cls = getattr(transformers, f"{prefix}For{'Token' if task == 'token' else 'Sequence'}Classification")
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    cls(getattr(transformers, config_cls)(**sizes, **shape, num_labels=3)).save_pretrained(tmp_path / "in")
+    run = run_lib.setup(run_lib.resolve(config.build([
+        f"model.pretrained={tmp_path / 'in'}", "train.batch_size=8", "data.seq_len=18", "mesh.data=2", "mesh.model=2",
+        "mesh.fsdp=2"])))
+    assert (run.spec.model.family, run.spec.model.task, run.spec.model.hidden_size) == (family, task, 32)
+    assert run.load_report.new == [] and run.load_report.unexpected == []
+    rng = np.random.default_rng(1)
+    ids, mask = rng.integers(5, 99, (8, 18)), np.ones((8, 18), np.int64)
+    for row, length in enumerate([18, 7, 3, 12, 1, 18, 9, 2]):
+        ids[row, length:], mask[row, length:] = shape.get("pad_token_id", 0), 0
+    theirs = cls.from_pretrained(tmp_path / "in", attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    model = nnx.merge(run.graphdef, run.state.params)
+    ours = np.asarray(jax.jit(lambda i, m: model(i, m))(ids, mask))
+    real = mask == 1 if task == "token" else slice(None)  # RoBERTa gives padding the padding row's position
+    assert np.abs(ours[real] - expected[real]).max() < 1e-5
+
+    labels = rng.integers(0, 3, ids.shape if task == "token" else ids.shape[:1])
+    labels = np.where(mask == 1, labels, -100) if task == "token" else labels
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
+             "labels": labels.astype(np.int32)}
+    assert_gradients_equal_torch(models.family(run.spec.model), run.spec.model, run.graphdef, run.state.params,
+                                 batch, theirs, input_ids=ids, attention_mask=mask)
+
+    out = hf.export(run.state.params, run.spec.model, tmp_path / "out", label_names=["a", "b", "c"])
+    assert json.loads((out / "config.json").read_text())["architectures"] == [cls.__name__]
+    with torch.no_grad():
+        exported = cls.from_pretrained(out, attn_implementation="eager")
+        again = exported(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_array_equal(again.numpy(), expected)
 
 
 @pytest.mark.parametrize("activation", ["gelu_new", "relu"])

@@ -54,7 +54,8 @@ class BertEncoder(nnx.Module):
         self.position_offset = position_offset
         self.word_embeddings = Embed(cfg.vocab_size, h, ("vocab", "embed"), rngs=rngs, dtype=dtype)
         self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), rngs=rngs, dtype=dtype)
-        self.token_type_embeddings = Embed(cfg.type_vocab_size, h, (None, "embed"), rngs=rngs, dtype=dtype)
+        self.token_type_embeddings = (Embed(cfg.type_vocab_size, h, (None, "embed"), rngs=rngs, dtype=dtype)
+                                      if cfg.type_vocab_size else None)  # DistilBERT has no token types
         self.embeddings_norm = LayerNorm(h, cfg.layer_norm_eps, dtype=dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_layers)])
@@ -62,11 +63,10 @@ class BertEncoder(nnx.Module):
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None):
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
         positions = self.position_offset + jnp.arange(input_ids.shape[1])[None, :]  # rows are right-padded
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-             + self.token_type_embeddings(token_type_ids))
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        if self.token_type_embeddings is not None:
+            x += self.token_type_embeddings(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         x = constrain(self.dropout(self.embeddings_norm(x), deterministic=deterministic, rngs=rngs),
                       ("batch", "length", "embed"))
         mask = attention_mask.astype(bool)[:, None, None, :]  # (batch, heads, q, k), broadcast
