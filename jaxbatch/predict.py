@@ -1,8 +1,9 @@
 """`jaxbatch predict`: a trained model (run dir or Hugging Face folder) on new text.
 
-Input is one sentence per line (split into words and punctuation, with character offsets), a CoNLL file
-(first column; tags, if any, are ignored) or a text-classification file (TSV `text<TAB>label` or
-`index<TAB>sentence`, CSV or JSON lines with a `text` or `sentence` column; labels are ignored).
+Input is one sentence per line (split into words and punctuation, with character offsets; for a text
+classifier `first<TAB>second` is a text pair), a CoNLL file (first column; tags, if any, are ignored) or a
+text-classification file (TSV `text<TAB>label`, or TSV, CSV or JSON lines naming a text column or a pair of
+them, data/tsv.py; labels are ignored).
 Sentences are length-bucketed into batches, run through the same compiled eval step as `evaluate`, and
 written in input order, each JSON record with its input `line` (blank lines are skipped): entity spans with
 labels and scores and one tag per word (token tasks; JSON lines or CoNLL columns; sentences longer than
@@ -35,6 +36,7 @@ class Sentence:
     words: list[str]
     offsets: list[tuple[int, int]]  # character span of each word in `text`
     line: int = 0  # where it starts in the input (1-based), so records line up with a file that skips blanks
+    pair: "Sentence | None" = None  # a text pair's second text (sequence tasks)
 
 
 def split_words(line: str, number: int = 0) -> Sentence:
@@ -69,7 +71,8 @@ def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> 
     if fmt == "conll":
         return [from_words(s.words, s.line) for s in conll.read(path)]
     if fmt == "tsv":
-        return [split_words(e.text, e.line) for e in tsv.read(path)]
+        return [dataclasses.replace(split_words(e.text, e.line), pair=split_words(e.text_pair) if e.text_pair else None)
+                for e in tsv.read(path)]
     if fmt != "text":
         raise DataError(f"--format must be auto, text, conll or tsv, got {fmt!r}")
     lines = (stdin or sys.stdin).read().splitlines() if path is None else _read_lines(path)
@@ -142,21 +145,12 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
     from seqeval.metrics.sequence_labeling import get_entities
 
     spec = restored.run.spec
+    if spec.model.task != "token":
+        return _classify(restored, [_paired(s) for s in sentences])
     names = run_lib.label_names(spec)
     words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
     pieces = _pieces(restored, words)
     budget = spec.data.seq_len - 2  # [CLS] ... [SEP]
-    if spec.model.task != "token":
-        enc = tokenize.encode_labelled(restored.tokenizer, words, [0] * len(words), spec.data.seq_len)
-        out = predict_arrays(restored, enc.arrays)
-        records = []
-        for i, s in enumerate(sentences):
-            record = {**_line(s), "text": s.text, "label": names[int(out["preds"][i])],
-                      "probabilities": {n: round(float(p), 6) for n, p in zip(names, out["probs"][i])}}
-            if pieces[i].sum() > budget:
-                record["truncated_pieces"] = int(pieces[i].sum() - budget)
-            records.append(record)
-        return records
     rows, owners = [], []  # one row per window; the labels carry each word's index, so pieces map back to words
     for i, ws in enumerate(words):
         for a, b in windows(pieces[i], budget):
@@ -182,6 +176,43 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
             entities.append({"text": s.text[a:b], "label": label, "start": a, "end": b,
                              "score": round(float(np.mean([c[2] for c in chosen[start:end + 1]])), 6)})
         records.append({**_line(s), "text": s.text, "entities": entities, "tags": tags})
+    return records
+
+
+def _paired(s: Sentence) -> Sentence:
+    """A text line `first<TAB>second` is a pair of texts (files name their pair columns: data/tsv.py)."""
+    if s.pair is not None or "\t" not in s.text:
+        return s
+    first, second = (part.strip() for part in s.text.split("\t", 1))
+    return dataclasses.replace(split_words(first, s.line), pair=split_words(second))
+
+
+def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
+    """The label and every class probability of each text or text pair; a record says how many word pieces
+    were cut to fit data.seq_len."""
+    spec, tokenizer = restored.run.spec, restored.tokenizer
+    names = run_lib.label_names(spec)
+    paired = [s.pair is not None for s in sentences]
+    if any(paired) and not all(paired):
+        single = next(s for s, p in zip(sentences, paired) if not p)
+        raise DataError(f"line {single.line}: a single text among text pairs (a pair is 'first<TAB>second'); "
+                        f"a model reads one or the other")
+    words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
+    pairs = [s.pair.words or ["."] for s in sentences] if any(paired) else None
+    pieces = [p.sum() for p in _pieces(restored, words)]
+    if pairs:
+        pieces = [a + b.sum() for a, b in zip(pieces, _pieces(restored, pairs))]
+    budget = spec.data.seq_len - tokenizer.num_special_tokens_to_add(pair=bool(pairs))
+    enc = tokenize.encode_labelled(tokenizer, words, [0] * len(words), spec.data.seq_len, pairs)
+    out = predict_arrays(restored, enc.arrays)
+    records = []
+    for i, s in enumerate(sentences):
+        record = {**_line(s), "text": s.text, **({"text_pair": s.pair.text} if pairs else {}),
+                  "label": names[int(out["preds"][i])],
+                  "probabilities": {n: round(float(p), 6) for n, p in zip(names, out["probs"][i])}}
+        if pieces[i] > budget:
+            record["truncated_pieces"] = int(pieces[i] - budget)
+        records.append(record)
     return records
 
 

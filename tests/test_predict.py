@@ -204,3 +204,46 @@ def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "s"), "--split", "test"]) == 2  # not "loss 0, accuracy 0"
     err = capsys.readouterr().err
     assert f"{t / 'test.tsv'}: the test split has no labels, so there is nothing to score" in err, err
+
+
+def test_text_pairs_train_and_predict_as_evaluate_reads_them(tmp_path, capsys, monkeypatch):
+    """A GLUE-style pair task (sentence1, sentence2): training reads both texts with their token types,
+    predict gives each pair's probabilities exactly as evaluate's arrays do, from a file or from
+    `first<TAB>second` lines; a single text among pairs, or splits that disagree, is one line."""
+    import io
+
+    d = tmp_path / "rte"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    animals = ["cat", "dog", "bird", "fish"]
+    rows = [(a, rng.choice(animals) if rng.random() < 0.5 else a) for a in rng.choice(animals, 40)]
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    lines = [f"{i}\tthe {a} runs\ta {b} sleeps\t{'same' if a == b else 'other'}\n" for i, (a, b) in enumerate(rows)]
+    (d / "train.tsv").write_text(header + "".join(lines[:32]))
+    (d / "dev.tsv").write_text(header + "".join(lines[32:]))
+    run_dir = tmp_path / "r"
+    data = tasks.load(tiny_config("data.name=tsv", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'c'}",
+                                  *MINILM_TOKENIZER).data, run_lib.tokenizer(tiny_config(*MINILM_TOKENIZER)))
+    assert (data.train["token_type_ids"].sum(1) == 4).all()  # "a <animal> sleeps [SEP]", one piece each
+    train.train(tiny_config("data.name=tsv", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'c'}",
+                            *MINILM_TOKENIZER, "train.steps=2", "train.eval_every=0", "train.batch_size=8",
+                            f"train.run_dir={run_dir}"))
+    restored = run_lib.restore(run_dir)
+    arrays = tasks.load_split(restored.run.spec.data, restored.tokenizer, "validation")
+    _, expected = evaluate.outputs(restored.run, restored.params, arrays)
+    capsys.readouterr()
+    assert cli.main(["predict", str(run_dir), "--input", str(d / "dev.tsv")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["text"], r["text_pair"]) for r in records] == [
+        (f"the {a} runs", f"a {b} sleeps") for a, b in rows[32:]]
+    np.testing.assert_allclose([r["probabilities"]["same"] for r in records],
+                               expected["probs"][:, 1], atol=2e-6)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"the {rows[32][0]} runs\ta {rows[32][1]} sleeps\n"))
+    assert cli.main(["predict", str(run_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["probabilities"] == records[0]["probabilities"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("the cat runs\ta cat sleeps\nthe cat runs\n"))
+    assert cli.main(["predict", str(run_dir)]) == 2
+    assert "line 2: a single text among text pairs" in capsys.readouterr().err
+    (d / "dev.tsv").write_text("sentence\tlabel\nthe cat runs\tsame\n")
+    with pytest.raises(tasks.DataError, match=r"the train split\(s\) hold text pairs and the others single texts"):
+        tasks.load(dataclasses.replace(restored.run.spec.data, cache_dir=str(tmp_path / "c")), restored.tokenizer)

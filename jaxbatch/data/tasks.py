@@ -94,13 +94,14 @@ class Raw:
     words: list[list[str]]
     labels: list  # per example: its tags (token tasks) or its label as written ("" unlabelled)
     lines: list[int]  # 0: not from a file
+    pairs: list[list[str]] = dataclasses.field(default_factory=list)  # a text pair's second words; [] = single
 
     def at(self, n: int, offset: int = 0) -> str:
         """Where example n (and its word `offset`, whose line follows its first) is, for a message."""
         return f"{self.place}:{self.lines[n] + offset}" if self.lines[n] else f"{self.place}, example {n}"
 
     def head(self, n: int) -> "Raw":
-        return Raw(self.place, self.words[:n], self.labels[:n], self.lines[:n])
+        return Raw(self.place, self.words[:n], self.labels[:n], self.lines[:n], self.pairs[:n])
 
 
 def _generated(split: str, rows) -> Raw:
@@ -133,9 +134,15 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
         lines = [int(r.get("line", 0)) for r in records]
         if ds.source == "conll":
             splits[split] = Raw(places[split], [r["tokens"] for r in records], [r["tags"] for r in records], lines)
-        else:  # the catalog's SST-2 stores int labels (-1 for its hidden test labels)
+        else:  # the catalog's SST-2 stores int labels (-1 for its hidden test labels) and no pairs
+            pairs = [r.get("sentence_pair", "").split() for r in records]
             splits[split] = Raw(places[split], [r["sentence"].split() for r in records],
-                                ["" if str(r["label"]) == "-1" else str(r["label"]) for r in records], lines)
+                                ["" if str(r["label"]) == "-1" else str(r["label"]) for r in records], lines,
+                                pairs if any(pairs) else [])
+    if len({bool(raw.pairs) for raw in splits.values()}) > 1:
+        paired = sorted(split for split, raw in splits.items() if raw.pairs)
+        raise DataError(f"{data_cfg.name}: the {', '.join(paired)} split(s) hold text pairs and the others single "
+                        f"texts ({', '.join(places.values())}); a model reads one or the other")
     return splits
 
 
@@ -200,7 +207,7 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
         if split != "test" and IGNORE_INDEX in ids:
             raise DataError(f"{raw.at(ids.index(IGNORE_INDEX))}: no label (a {split} file needs a label column; "
                             f"only a test split may be unlabelled)")
-        enc = tokenize.encode_labelled(tokenizer, raw.words, ids, data_cfg.seq_len)
+        enc = tokenize.encode_labelled(tokenizer, raw.words, ids, data_cfg.seq_len, raw.pairs)
     if enc.truncated:
         log.warning("%s: %d %s examples are longer than data.seq_len=%d and were truncated", data_cfg.name,
                     enc.truncated, split, data_cfg.seq_len)

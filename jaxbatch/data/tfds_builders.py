@@ -72,11 +72,14 @@ class ConllLocal(_LocalBuilder):
 
 class TsvLocal(_LocalBuilder):
     name = "jaxbatch_tsv"
-    FEATURES = {"sentence": tfds.features.Text(), "label": tfds.features.Text(), "line": np.int64}
+    VERSION = tfds.core.Version("1.3.0")
+    RELEASE_NOTES = {**_LocalBuilder.RELEASE_NOTES, "1.3.0": "examples carry a pair's second text"}
+    FEATURES = {"sentence": tfds.features.Text(), "sentence_pair": tfds.features.Text(),
+                "label": tfds.features.Text(), "line": np.int64}
 
     def _generate_examples(self, path):
         for i, e in enumerate(tsv.read(path)):
-            yield i, {"index": i, "sentence": e.text, "label": e.label, "line": e.line}
+            yield i, {"index": i, "sentence": e.text, "sentence_pair": e.text_pair, "label": e.label, "line": e.line}
 
 
 class TextLocal(_LocalBuilder):

@@ -54,10 +54,36 @@ def encode_tagged(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[
                         labels=labels), truncated)
 
 
-def encode_labelled(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence[int], seq_len: int) -> Encoded:
-    """Sequence classification: one label per example."""
+def encode_labelled(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence[int], seq_len: int,
+                    pairs: Sequence[Sequence[str]] | None = None) -> Encoded:
+    """Sequence classification: one label per example, of a text or of a pair of texts (`pairs`: each
+    example's second text)."""
+    if pairs:
+        return _encode_pairs(tokenizer, sentences, pairs, labels, seq_len)
     enc = tokenizer(list(map(list, sentences)), is_split_into_words=True, add_special_tokens=False)
     input_ids, mask, truncated = _pack(enc["input_ids"], seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
                                        tokenizer.pad_token_id)
     return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=np.zeros_like(input_ids),
                         labels=np.asarray(labels, np.int32)), truncated)
+
+
+def _encode_pairs(tokenizer, firsts, seconds, labels, seq_len: int) -> Encoded:
+    """Text pairs laid out by the tokenizer's own template ([CLS] a [SEP] b [SEP] with token types 0 then 1
+    for BERT; <s> a </s></s> b </s> for RoBERTa), cut longest first to seq_len as Hugging Face's GLUE script
+    does, then padded on the right. Token types only where the tokenizer's models take them."""
+    firsts, seconds = list(map(list, firsts)), list(map(list, seconds))
+    lengths = [len(a) + len(b) for a, b in zip(*(
+        tokenizer(texts, is_split_into_words=True, add_special_tokens=False)["input_ids"] for texts in (firsts, seconds)))]
+    enc = tokenizer(firsts, seconds, is_split_into_words=True, truncation="longest_first", max_length=seq_len,
+                    return_token_type_ids=True)
+    n = len(firsts)
+    input_ids = np.full((n, seq_len), tokenizer.pad_token_id, np.int32)
+    mask, types = np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.int32)
+    typed = "token_type_ids" in tokenizer.model_input_names
+    for i, ids in enumerate(enc["input_ids"]):
+        input_ids[i, : len(ids)], mask[i, : len(ids)] = ids, 1
+        if typed:
+            types[i, : len(ids)] = enc["token_type_ids"][i]
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=types,
+                        labels=np.asarray(labels, np.int32)), sum(k + special > seq_len for k in lengths))

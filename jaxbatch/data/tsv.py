@@ -1,12 +1,12 @@
-"""Sequence-classification files, any number of classes: `text<TAB>label` TSV, CSV with a header, or JSON
-lines.
+"""Sequence-classification files, any number of classes, single texts or text pairs: `text<TAB>label` TSV,
+a TSV, CSV or JSON lines file whose header (keys) names its columns.
 
-TSV: a header row is optional (`sentence<TAB>label` as in GLUE, or `text<TAB>label`); an unlabelled split
-(GLUE's test) has the layout `index<TAB>sentence`. CSV (`train.csv`, as pandas or a spreadsheet writes it,
-quoted fields included; `;`-separated too) and JSON lines (`train.jsonl`, one object per line) name their
-columns: the text in `text` or `sentence`, the class in `label` (names in any case); other columns are ignored,
-and a split without `label` is unlabelled. Labels are kept as written (a class name or an integer id) and
-turned into ids by `data/tasks.py` against the label set.
+Headerless TSV: `text<TAB>label`. Named columns (a TSV header row as GLUE's, CSV as pandas or a spreadsheet
+writes it, quoted fields included, `;`-separated too, or the keys of JSON lines): the text in `text` or
+`sentence`, or a pair of texts (GLUE's and NLI's names: `sentence1`/`sentence2`, `premise`/`hypothesis`,
+`question`/`sentence`, `question1`/`question2`, or `text`/`text_pair`), the class in `label` (names in any
+case); other columns are ignored (GLUE's `index`), and a split without `label` is unlabelled. Labels are kept
+as written (a class name or an integer id) and turned into ids by `data/tasks.py` against the label set.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from jaxbatch.data.files import DataError, find_splits, json_lines, read_text_fi
 SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl") for name in names)
                for split, names in {"train": ("train",), "validation": ("dev", "valid", "validation"),
                                     "test": ("test",)}.items()}
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
+                ("question1", "question2"), ("text", "text_pair"))  # tried first, in order
 TEXT_COLUMNS = ("text", "sentence")
-LABELLED_HEADERS = (["sentence", "label"], ["text", "label"])
-UNLABELLED_HEADER = ["index", "sentence"]
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}  # of CSV, in the order tried
 
 
@@ -30,6 +30,7 @@ class Example:
     text: str
     label: str  # as written in the file; "" for an unlabelled split
     line: int = 0  # its line in the file (a quoted CSV field may span lines: the last); 0 when not from a file
+    text_pair: str = ""  # the second text of a pair ("" for a single text)
 
 
 def read(path: str | Path) -> list[Example]:
@@ -38,68 +39,76 @@ def read(path: str | Path) -> list[Example]:
         return _read_csv(path)
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
-    lines = read_text_file(path).splitlines()
+    text = read_text_file(path)
+    lines = text.splitlines()
     first = [c.strip().lower() for c in lines[0].split("\t")]  # a `Text<TAB>Label` header is a header too
-    text_col, label_col, skip = 0, 1, 0
-    if first in LABELLED_HEADERS:
-        skip = 1
-    elif first == UNLABELLED_HEADER:
-        text_col, label_col, skip = 1, None, 1
-    elif len(first) != 2:
-        raise DataError(f"{path}:1: expected 'text<TAB>label' (2 tab-separated columns, optional header "
-                        f"'sentence<TAB>label'), got {len(first)} column(s): {lines[0]!r}")
+    if _names_text(first):
+        return _read_named(path, text, "\t")
+    if len(first) != 2:
+        raise DataError(f"{path}:1: expected 'text<TAB>label' (2 tab-separated columns) or a header naming the "
+                        f"columns ('sentence<TAB>label', 'sentence1<TAB>sentence2<TAB>label', ...), got "
+                        f"{len(first)} column(s): {lines[0]!r}")
     out = []
-    for number, line in enumerate(lines[skip:], start=skip + 1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         parts = line.split("\t")
         if len(parts) != 2:
             raise DataError(f"{path}:{number}: expected 2 tab-separated columns, got {len(parts)}")
-        label = "" if label_col is None else parts[label_col].strip()
-        if label_col is not None and not label:
-            raise DataError(f"{path}:{number}: empty label")
-        if not parts[text_col].strip():
-            raise DataError(f"{path}:{number}: empty text")
-        out.append(Example(parts[text_col].strip(), label, number))
-    if not out:
-        raise DataError(f"{path}: no examples{' after the header' if skip else ''}")
+        out.append(_example(path, number, {"text": parts[0], "label": parts[1]}, ("text", None), True))
     return out
 
 
-def _example(path: Path, number: int, text, label, labelled: bool) -> Example:
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{path}:{number}: the text must be a non-empty string, got {text!r}")
+def _names_text(names) -> bool:
+    return any(c in names for c in TEXT_COLUMNS) or any(set(pair) <= set(names) for pair in PAIR_COLUMNS)
+
+
+def _example(path: Path, number: int, row: dict, columns: tuple[str, str | None], labelled: bool) -> Example:
+    texts = [row.get(c) for c in columns if c]
+    for column, text in zip(columns, texts):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}:{number}: {column!r} must be a non-empty string, got {text!r}")
+    label = row.get("label")
     if labelled and (isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip()):
         raise DataError(f"{path}:{number}: the label must be a class name or an integer id, got {label!r}")
-    return Example(text.strip(), str(label).strip() if labelled else "", number)
+    return Example(texts[0].strip(), str(label).strip() if labelled else "", number,
+                   texts[1].strip() if len(texts) > 1 else "")
 
 
-def _columns(path: Path, names) -> tuple[str, bool]:
-    """The text column's name and whether there is a label column."""
+def _columns(path: Path, names) -> tuple[tuple[str, str | None], bool]:
+    """The text column (and the pair's second, or None) and whether there is a label column."""
+    pair = next((p for p in PAIR_COLUMNS if set(p) <= set(names)), None)
     text_col = next((c for c in TEXT_COLUMNS if c in names), None)
-    if text_col is None:
-        raise DataError(f"{path}:1: no 'text' or 'sentence' column (the columns are {sorted(names)})")
-    return text_col, "label" in names
+    if pair is None and text_col is None:
+        raise DataError(f"{path}:1: no 'text' or 'sentence' column, nor a pair of texts ("
+                        f"{', '.join('/'.join(p) for p in PAIR_COLUMNS)}); the columns are {sorted(names)}")
+    return pair or (text_col, None), "label" in names
 
 
 def _delimiter(header: str) -> str:
     """',' unless the header names a text column only when split at ';' (what spreadsheets write where the
     decimal mark is a comma) or at a tab."""
     for d in DELIMITERS:
-        if any(c.strip().strip('"').lower() in TEXT_COLUMNS for c in header.split(d)):
+        if _names_text([c.strip().strip('"').lower() for c in header.split(d)]):
             return d
     return ","
 
 
 def _read_csv(path: Path) -> list[Example]:
+    text = read_text_file(path)
+    return _read_named(path, text, _delimiter(text.split("\n", 1)[0]))
+
+
+def _read_named(path: Path, text: str, delimiter: str) -> list[Example]:
+    """Rows of a file whose header names its columns. A TSV's quotes are text (GLUE's are: a premise may
+    start with one); a CSV's quote fields."""
     import csv
     import io
 
-    text = read_text_file(path)
-    delimiter = _delimiter(text.split("\n", 1)[0])
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]  # `Text,Label` names them too
-    text_col, labelled = _columns(path, reader.fieldnames)
+    columns, labelled = _columns(path, reader.fieldnames)
     out = []
     try:
         for row in reader:
@@ -107,7 +116,7 @@ def _read_csv(path: Path) -> list[Example]:
                 raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} "
                                 f"{DELIMITERS[delimiter]}-separated columns like the header")
             if any(v.strip() for v in row.values()):
-                out.append(_example(path, reader.line_num, row[text_col], row.get("label"), labelled))
+                out.append(_example(path, reader.line_num, row, columns, labelled))
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: {e}") from e
     if not out:
@@ -117,12 +126,13 @@ def _read_csv(path: Path) -> list[Example]:
 
 def _read_jsonl(path: Path) -> list[Example]:
     rows = json_lines(path, read_text_file(path))
-    text_col, labelled = _columns(path, rows[0][1].keys())
+    columns, labelled = _columns(path, rows[0][1].keys())
     for number, row in rows:
-        if text_col not in row or labelled != ("label" in row):
+        if any(c and c not in row for c in columns) or labelled != ("label" in row):
+            keys = " and ".join(repr(c) for c in columns if c)
             raise DataError(f"{path}:{number}: expected the keys of line {rows[0][0]} "
-                            f"({text_col!r}{' and label' if labelled else ''})")
-    return [_example(path, n, row[text_col], row.get("label"), labelled) for n, row in rows]
+                            f"({keys}{' and label' if labelled else ''})")
+    return [_example(path, n, row, columns, labelled) for n, row in rows]
 
 
 def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Path]:

@@ -79,6 +79,8 @@ def tokenizer(source):
         words = [*SPECIAL_TOKENS, *(w for w in source if not (w.startswith("[") and w.endswith("]")))]
         core = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
         core.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+        core.post_processor = tokenizers.processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
         return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", cls_token="<s>", pad_token="<pad>",
                                        eos_token="</s>", sep_token="</s>", unk_token="<unk>", mask_token="<mask>")
     files = ("tokenizer.json", "vocab.json", "sentencepiece.bpe.model")

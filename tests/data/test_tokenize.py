@@ -27,3 +27,27 @@ def test_sequence_encoding():
     enc = tokenize.encode_labelled(tok, [["good", "film"], ["unknownword"]], [1, 0], seq_len=6)
     np.testing.assert_array_equal(enc.arrays["input_ids"], [[2, 5, 6, 3, 0, 0], [2, 1, 3, 0, 0, 0]])
     np.testing.assert_array_equal(enc.arrays["labels"], [1, 0])
+
+
+def test_text_pairs_follow_the_tokenizers_template_and_are_cut_longest_first():
+    """BERT: [CLS] a [SEP] b [SEP], token types 0 then 1, exactly what the tokenizer gives for the pair (as
+    Hugging Face's GLUE script encodes it), padded on the right; the longer text loses pieces first and the
+    cut is counted. RoBERTa: <s> a </s></s> b </s> and no token types."""
+    from jaxbatch.models import roberta
+
+    tok = bert.tokenizer(hf.resolve("minilm-l6"))
+    firsts, seconds = [["the", "cat", "sat", "on", "the", "mat"], ["hi"]], [["a", "dog"], ["there"]]
+    enc = tokenize.encode_labelled(tok, firsts, [1, 0], seq_len=8, pairs=seconds)
+    theirs = tok([" ".join(firsts[0])], [" ".join(seconds[0])], truncation="longest_first", max_length=8)
+    np.testing.assert_array_equal(enc.arrays["input_ids"][0], theirs["input_ids"][0])
+    np.testing.assert_array_equal(enc.arrays["token_type_ids"][0], theirs["token_type_ids"][0])
+    assert tok.convert_ids_to_tokens(enc.arrays["input_ids"][0].tolist()) == [
+        "[CLS]", "the", "cat", "sat", "[SEP]", "a", "dog", "[SEP]"]
+    assert enc.arrays["token_type_ids"][1].tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    assert enc.arrays["attention_mask"][1].tolist() == [1] * 5 + [0] * 3 and enc.truncated == 1
+    assert enc.arrays["input_ids"][1, 5:].tolist() == [tok.pad_token_id] * 3
+    rob = roberta.tokenizer(["[PAD]", "hi", "there"])
+    enc = tokenize.encode_labelled(rob, [["hi"]], [0], seq_len=8, pairs=[["there"]])
+    assert rob.convert_ids_to_tokens(enc.arrays["input_ids"][0].tolist()) == [
+        "<s>", "hi", "</s>", "</s>", "there", "</s>", "<pad>", "<pad>"]
+    assert not enc.arrays["token_type_ids"].any() and enc.truncated == 0

@@ -27,8 +27,10 @@ def test_read_layouts(tmp_path):
 
 @pytest.mark.parametrize("content,message", [
     ("a\tb\tc\nx\t1\n", r"x.tsv:1: expected 'text<TAB>label'"),
-    ("sentence\tlabel\nno tab here\n", r"x.tsv:2: expected 2 tab-separated columns, got 1"),
-    ("sentence\tlabel\nok\t1\nbad\t \n", r"x.tsv:3: empty label"),
+    ("sentence\tlabel\nno tab here\n", r"x.tsv:2: expected 2 tab-separated columns like the header"),
+    ("good\t1\nno tab here\n", r"x.tsv:2: expected 2 tab-separated columns, got 1"),
+    ("sentence\tlabel\nok\t1\nbad\t \n", r"x.tsv:3: the label must be a class name or an integer id, got ' '"),
+    ("sentence1\tsentence2\tlabel\na\t \t1\n", r"x.tsv:2: 'sentence2' must be a non-empty string, got ' '"),
     ("sentence\tlabel\n", r"x.tsv: no examples after the header"),
 ])
 def test_bad_tsv(tmp_path, content, message):
@@ -70,7 +72,8 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("x.csv", "body,label\nx,1\n", r"x.csv:1: no 'text' or 'sentence' column \(the columns are \['body', 'label'\]\)"),
+    ("x.csv", "body,label\nx,1\n", r"x.csv:1: no 'text' or 'sentence' column, nor a pair of texts \(sentence1/sentence2, premise/hypothesis, .*\); "
+     r"the columns are \['body', 'label'\]"),
     ("x.csv", "text,label\nfine,1\nx\n", r"x.csv:3: expected 2 comma-separated columns"),
     ("x.csv", "text;label\nfine;1\nx,1\n", r"x.csv:3: expected 2 semicolon-separated columns"),
     ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name or an integer id, got ''"),
@@ -79,9 +82,28 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
     ("x.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', r"x.jsonl:2: expected the keys of line 1"),
     ("x.jsonl", '{"text": "a", "label": null}\n', r"x.jsonl:1: the label must be .* got None"),
     ("x.jsonl", '{"text": "a", "label": 1.5}\n', r"x.jsonl:1: the label must be .* got 1.5"),
-    ("x.jsonl", '{"text": 3, "label": 1}\n', r"x.jsonl:1: the text must be a non-empty string, got 3"),
+    ("x.jsonl", '{"text": 3, "label": 1}\n', r"x.jsonl:1: 'text' must be a non-empty string, got 3"),
 ])
 def test_bad_csv_and_json_lines_name_file_and_line(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(DataError, match=message):
         tsv.read(tmp_path / name)
+
+
+def test_text_pairs_are_read_by_their_column_names_from_tsv_csv_and_json_lines(tmp_path):
+    """GLUE's TSV (an index column, quotes that are text, not quoting), NLI's premise/hypothesis, QNLI's
+    question/sentence: each example's two texts and label; a single-text file has no second text."""
+    (tmp_path / "rte.tsv").write_text('index\tsentence1\tsentence2\tlabel\n0\t"Quoted" start\tA claim .\tentailment\n'
+                                      '1\tOther text\t"Half\tnot_entailment\n')
+    (tmp_path / "nli.jsonl").write_text('{"premise": "A man sleeps", "hypothesis": "Nobody sleeps", "label": 2}\n')
+    (tmp_path / "qnli.csv").write_text('question,sentence,label\n"Who, then?",It was him .,entailment\n')
+    (tmp_path / "test.tsv").write_text("index\tsentence1\tsentence2\n0\ta\tb\n")  # GLUE's unlabelled test
+    assert [(e.text, e.text_pair, e.label, e.line) for e in tsv.read(tmp_path / "rte.tsv")] == [
+        ('"Quoted" start', "A claim .", "entailment", 2), ("Other text", '"Half', "not_entailment", 3)]
+    assert [(e.text, e.text_pair, e.label) for e in tsv.read(tmp_path / "nli.jsonl")] == [
+        ("A man sleeps", "Nobody sleeps", "2")]
+    assert [(e.text, e.text_pair, e.label) for e in tsv.read(tmp_path / "qnli.csv")] == [
+        ("Who, then?", "It was him .", "entailment")]
+    assert [(e.text, e.text_pair, e.label) for e in tsv.read(tmp_path / "test.tsv")] == [("a", "b", "")]
+    (tmp_path / "one.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    assert [(e.text, e.text_pair) for e in tsv.read(tmp_path / "one.tsv")] == [("fine", "")]
