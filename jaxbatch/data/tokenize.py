@@ -68,9 +68,9 @@ def encode_labelled(tokenizer, sentences: Sequence[Sequence[str]], labels: Seque
 
 
 def _encode_pairs(tokenizer, firsts, seconds, labels, seq_len: int) -> Encoded:
-    """Text pairs laid out by the tokenizer's own template ([CLS] a [SEP] b [SEP] with token types 0 then 1
-    for BERT; <s> a </s></s> b </s> for RoBERTa), cut longest first to seq_len as Hugging Face's GLUE script
-    does, then padded on the right. Token types only where the tokenizer's models take them."""
+    """Text pairs laid out by the tokenizer's own template (`[CLS] a [SEP] b [SEP]` with token types 0 then 1,
+    or `<s> a </s></s> b </s>`), cut longest first to seq_len as Hugging Face's GLUE script does, then padded
+    on the right. Token types only where the tokenizer's models take them (`model_input_names`)."""
     firsts, seconds = list(map(list, firsts)), list(map(list, seconds))
     lengths = [len(a) + len(b) for a, b in zip(*(
         tokenizer(texts, is_split_into_words=True, add_special_tokens=False)["input_ids"] for texts in (firsts, seconds)))]
