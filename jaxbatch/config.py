@@ -52,6 +52,7 @@ class ModelConfig:
     intermediate_size: int = 256
     max_position_embeddings: int = 128
     type_vocab_size: int = 2
+    embedding_size: int = 0  # encoders: width of the embeddings, projected to hidden_size (ELECTRA); 0 = hidden_size
     layer_norm_eps: float = 1e-12
     hidden_dropout: float = 0.1
     # the MLP's nonlinearity by its Hugging Face name (gelu, gelu_new, quick_gelu, relu, silu, ...; see
@@ -351,7 +352,8 @@ def _positive(key: str, value: float) -> None:
 MODEL_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings")
 _TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 _ZERO_MEANS = {"vocab_size": "the tokenizer's size", "sliding_window": "no window",  # model sizes where 0 is a default
-               "head_dim": "model.hidden_size / model.num_heads", "num_kv_heads": "model.num_heads"}
+               "head_dim": "model.hidden_size / model.num_heads", "num_kv_heads": "model.num_heads",
+               "embedding_size": "model.hidden_size"}
 
 
 def _typed(value, hint) -> bool:

@@ -1,4 +1,4 @@
-"""Hugging Face encoder import/export (BERT; RoBERTa and DistilBERT): numerically identical to PyTorch
+"""Hugging Face encoder import/export (BERT; RoBERTa, DistilBERT and ELECTRA): numerically identical to PyTorch
 transformers (skipped without torch)."""
 
 import json
@@ -143,14 +143,16 @@ ENCODERS = {  # family -> (transformers config class, its class prefix, config.j
     "roberta": ("RobertaConfig", "Roberta", dict(max_position_embeddings=20, type_vocab_size=1, pad_token_id=1)),
     "distilbert": ("DistilBertConfig", "DistilBert", dict(max_position_embeddings=18, dim=32, n_layers=2, n_heads=4,
                                                           hidden_dim=64)),
+    "electra": ("ElectraConfig", "Electra", dict(max_position_embeddings=18, embedding_size=16)),
 }
 
 
 @pytest.mark.parametrize("family", sorted(ENCODERS))
 @pytest.mark.parametrize("task", ["token", "sequence"])
 def test_other_encoder_families_equal_pytorch_and_export_back(family, task, tmp_path):
-    """RoBERTa and DistilBERT checkpoints (random, small): logits on a right-padded batch and every training
-    gradient equal transformers', and the exported folder loads in transformers with identical logits."""
+    """RoBERTa, DistilBERT and ELECTRA checkpoints (random, small; ELECTRA's embeddings narrower than its
+    hidden size): logits on a right-padded batch and every training gradient equal transformers', and the
+    exported folder loads in transformers with identical logits."""
     from jaxbatch import models
 
     config_cls, prefix, shape = ENCODERS[family]

@@ -308,7 +308,8 @@ def _chat_pieces(tokenizer, history: list[dict], answer: str) -> tuple[list[tupl
             lead, upto = render(i, prompt=True), render(i + 1)
         except Exception:  # noqa: BLE001  a template may refuse a conversation cut short; the turn is still read
             lead = upto = None
-        if lead is None or not (done <= len(lead) and upto.startswith(lead) and whole.startswith(upto) and len(upto) <= len(last)):
+        cut = lead is not None and done <= len(lead) <= len(upto) <= len(last)
+        if not (cut and upto.startswith(lead) and whole.startswith(upto)):
             context_turns += 1
             continue
         pieces += [(whole[done:len(lead)], False), (whole[len(lead):len(upto)], True)]

@@ -4,8 +4,8 @@ crawls are dumped, or one example in TRL's formats for supervised fine-tuning: `
 "completion": ...}`, or `{"messages": [{"role": ..., "content": ...}, ...]}` ending with the assistant's
 turn). A document is a (prompt, text) pair: the model reads the prompt ('' for plain documents; for a chat,
 the conversation before the last turn, as a list of messages for the tokenizer's chat template to render)
-and is trained to produce the text (and a chat's earlier assistant turns: data/tasks.py). Documents are kept whole so a later packer can cut them into
-fixed-length windows."""
+and is trained to produce the text (and a chat's earlier assistant turns: data/tasks.py). Documents are
+kept whole so a later packer can cut them into fixed-length windows."""
 
 from __future__ import annotations
 

@@ -72,8 +72,9 @@ def _encode_pairs(tokenizer, firsts, seconds, labels, seq_len: int) -> Encoded:
     or `<s> a </s></s> b </s>`), cut longest first to seq_len as Hugging Face's GLUE script does, then padded
     on the right. Token types only where the tokenizer's models take them (`model_input_names`)."""
     firsts, seconds = list(map(list, firsts)), list(map(list, seconds))
-    lengths = [len(a) + len(b) for a, b in zip(*(
-        tokenizer(texts, is_split_into_words=True, add_special_tokens=False)["input_ids"] for texts in (firsts, seconds)))]
+    pieces = [tokenizer(texts, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+              for texts in (firsts, seconds)]
+    lengths = [len(a) + len(b) for a, b in zip(*pieces)]
     enc = tokenizer(firsts, seconds, is_split_into_words=True, truncation="longest_first", max_length=seq_len,
                     return_token_type_ids=True)
     n = len(firsts)

@@ -128,4 +128,5 @@ def apply_preset(model_cfg):
     return dataclasses.replace(model_cfg, family=owner, **_FAMILIES[owner].presets[model_cfg.preset])
 
 
-from jaxbatch.models import bert, decoder, distilbert, roberta  # noqa: E402,F401  (registers the built-in families)
+# the built-in families register themselves on import
+from jaxbatch.models import bert, decoder, distilbert, electra, roberta  # noqa: E402,F401

@@ -13,7 +13,7 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import REMAT, Dense, Dropout, Embed, LayerNorm, Mlp, SelfAttention, run_layers
+from jaxbatch.models.layers import ACTIVATIONS, REMAT, Dense, Dropout, Embed, LayerNorm, Mlp, SelfAttention, run_layers
 
 # Named shapes: `tiny` is for tests; the others match the published checkpoints.
 PRESETS = {
@@ -28,6 +28,16 @@ PRESETS = {
 }
 TASKS = ("token", "sequence")
 ACTIVATION = "gelu"  # BERT's own (exact, erf) GELU, used where model.activation is empty
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How a BERT-derived architecture's modules differ from BERT's (the RoBERTa, DistilBERT and ELECTRA
+    families pass theirs; the parameters keep BERT's names)."""
+
+    position_offset: int = 0  # learned positions start at this row of their table (RoBERTa: past its padding row)
+    pooler_activation: str = "tanh"  # the sequence head's nonlinearity on [CLS]: tanh, or an ACTIVATIONS name
+    dropout_before_pooler: bool = False  # RoBERTa's and ELECTRA's heads drop out [CLS] before their dense layer
 
 
 class BertLayer(nnx.Module):
@@ -47,16 +57,19 @@ class BertLayer(nnx.Module):
 
 class BertEncoder(nnx.Module):
     """Embeddings + N post-LN Transformer layers; returns the last hidden state (batch, length, embed).
-    Learned positions start at row `position_offset` of their table (RoBERTa's: past its padding row)."""
+    Learned positions start at row `position_offset` of their table (RoBERTa's: past its padding row); with
+    `model.embedding_size` the embeddings are that wide and projected to hidden_size (ELECTRA)."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, position_offset: int = 0):
-        h = cfg.hidden_size
+        h, e = cfg.hidden_size, cfg.embedding_size or cfg.hidden_size
         self.position_offset = position_offset
-        self.word_embeddings = Embed(cfg.vocab_size, h, ("vocab", "embed"), rngs=rngs, dtype=dtype)
-        self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), rngs=rngs, dtype=dtype)
-        self.token_type_embeddings = (Embed(cfg.type_vocab_size, h, (None, "embed"), rngs=rngs, dtype=dtype)
+        self.word_embeddings = Embed(cfg.vocab_size, e, ("vocab", "embed"), rngs=rngs, dtype=dtype)
+        self.position_embeddings = Embed(cfg.max_position_embeddings, e, (None, "embed"), rngs=rngs, dtype=dtype)
+        self.token_type_embeddings = (Embed(cfg.type_vocab_size, e, (None, "embed"), rngs=rngs, dtype=dtype)
                                       if cfg.type_vocab_size else None)  # DistilBERT has no token types
-        self.embeddings_norm = LayerNorm(h, cfg.layer_norm_eps, dtype=dtype)
+        self.embeddings_norm = LayerNorm(e, cfg.layer_norm_eps, dtype=dtype)
+        self.embeddings_project = (Dense((e,), (h,), (None,), ("embed",), rngs=rngs, dtype=dtype)
+                                   if e != h else None)
         self.dropout = Dropout(cfg.hidden_dropout)
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_layers)])
         self.scan_layers, self.remat = cfg.scan_layers, cfg.remat
@@ -67,8 +80,10 @@ class BertEncoder(nnx.Module):
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         if self.token_type_embeddings is not None:
             x += self.token_type_embeddings(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
-        x = constrain(self.dropout(self.embeddings_norm(x), deterministic=deterministic, rngs=rngs),
-                      ("batch", "length", "embed"))
+        x = self.dropout(self.embeddings_norm(x), deterministic=deterministic, rngs=rngs)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
+        x = constrain(x, ("batch", "length", "embed"))
         mask = attention_mask.astype(bool)[:, None, None, :]  # (batch, heads, q, k), broadcast
         return run_layers(self.layers, x, lambda layer, h, r: layer(h, mask, deterministic=deterministic, rngs=r),
                           scan=self.scan_layers, remat_policy=REMAT[self.remat], rngs=rngs)
@@ -77,11 +92,11 @@ class BertEncoder(nnx.Module):
 class BertClassifier(nnx.Module):
     """BERT with a token-classification head (`task='token'`: logits per token) or a sequence head
     (`task='sequence'`: tanh pooler on [CLS] + dense, logits per example), as HF's
-    BertFor{Token,Sequence}Classification."""
+    BertFor{Token,Sequence}Classification; a `Variant` makes it a RoBERTa, DistilBERT or ELECTRA."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, position_offset: int = 0):
-        self.task, self.dtype = cfg.task, dtype
-        self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype, position_offset=position_offset)
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, variant: Variant = Variant()):
+        self.task, self.dtype, self.variant = cfg.task, dtype, variant
+        self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype, position_offset=variant.position_offset)
         if cfg.task == "sequence":
             self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ("embed",), (None,), rngs=rngs, dtype=dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
@@ -90,11 +105,15 @@ class BertClassifier(nnx.Module):
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
+        drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)  # noqa: E731
         x = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
         if self.task == "sequence":
-            x = jnp.tanh(self.pooler(x[:, 0]))
-        logits = self.classifier(self.dropout(x, deterministic=deterministic, rngs=rngs))
-        return logits.astype(jnp.float32)
+            x = drop(x[:, 0]) if self.variant.dropout_before_pooler else x[:, 0]
+            x = POOLER_ACTIVATIONS[self.variant.pooler_activation](self.pooler(x))
+        return self.classifier(drop(x)).astype(jnp.float32)
+
+
+POOLER_ACTIVATIONS = {"tanh": jnp.tanh, **ACTIVATIONS}
 
 
 # ---- What the core asks of a family ---------------------------------------------------------------------
@@ -138,6 +157,9 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
         raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads}")
     if cfg.head_dim not in (0, cfg.hidden_size // cfg.num_heads):
         raise ConfigError(f"model.head_dim={cfg.head_dim}: BERT's heads are hidden_size / num_heads wide (set 0)")
+    if cfg.embedding_size not in (0, cfg.hidden_size):
+        raise ConfigError(f"model.embedding_size={cfg.embedding_size}: this family's embeddings are hidden_size wide "
+                          f"(set 0; ELECTRA's presets project narrower ones)")
     if cfg.task not in TASKS:
         raise ConfigError(f"model.task must be 'token' or 'sequence', got {cfg.task!r}")
     if cfg.num_labels < 1:
@@ -243,6 +265,26 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
         m[f"{ours}.output_norm.scale"] = (f"{theirs}.output.LayerNorm.weight", "copy")
         m[f"{ours}.output_norm.bias"] = (f"{theirs}.output.LayerNorm.bias", "copy")
     return m
+
+
+def hf_head_map(cfg) -> dict[str, tuple[str, str]]:
+    """The sequence head where RoBERTa and ELECTRA store it (classifier.dense, classifier.out_proj)."""
+    if cfg.task != "sequence":
+        return {}
+    return {"pooler.kernel": ("classifier.dense.weight", "t"), "pooler.bias": ("classifier.dense.bias", "copy"),
+            "classifier.kernel": ("classifier.out_proj.weight", "t"),
+            "classifier.bias": ("classifier.out_proj.bias", "copy")}
+
+
+def hf_prefixed(prefix: str):
+    """(normalize_name, tensor_name) of a family storing its encoder under `prefix.` and its heads at the top."""
+    def normalize_name(name: str) -> str:
+        return name[len(prefix) + 1:] if name.startswith(prefix + ".") else name
+
+    def tensor_name(name: str, cfg) -> str:
+        return name if name.startswith(("classifier", "pre_classifier")) else f"{prefix}.{name}"
+
+    return normalize_name, tensor_name
 
 
 def hf_normalize_name(name: str) -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxbatch import models
@@ -24,20 +22,9 @@ PRESETS = {
 }
 
 
-class DistilBertClassifier(bert.BertClassifier):
+def build(cfg, *, rngs: nnx.Rngs, dtype) -> bert.BertClassifier:
     """BERT's classifier whose sequence head is ReLU(pre_classifier([CLS])), dropout, classifier."""
-
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = self.encoder(input_ids, attention_mask, None, deterministic=deterministic, rngs=rngs)
-        if self.task == "sequence":
-            x = jax.nn.relu(self.pooler(x[:, 0]))
-        logits = self.classifier(self.dropout(x, deterministic=deterministic, rngs=rngs))
-        return logits.astype(jnp.float32)
-
-
-def build(cfg, *, rngs: nnx.Rngs, dtype) -> DistilBertClassifier:
-    return DistilBertClassifier(cfg, rngs=rngs, dtype=dtype)
+    return bert.BertClassifier(cfg, rngs=rngs, dtype=dtype, variant=bert.Variant(pooler_activation="relu"))
 
 
 def describe(cfg) -> str:
@@ -81,12 +68,7 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
             if "token_type" not in ours}
 
 
-def hf_normalize_name(name: str) -> str:
-    return name[len("distilbert."):] if name.startswith("distilbert.") else name
-
-
-def hf_tensor_name(name: str, cfg) -> str:
-    return name if name.startswith(("classifier", "pre_classifier")) else "distilbert." + name
+hf_normalize_name, hf_tensor_name = bert.hf_prefixed("distilbert")
 
 
 def hf_expected_unused(name: str, cfg) -> bool:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxbatch import models
@@ -34,24 +32,13 @@ PRESETS = {
 }
 
 
-class RobertaClassifier(bert.BertClassifier):
+VARIANT = bert.Variant(position_offset=POSITION_OFFSET, dropout_before_pooler=True)
+
+
+def build(cfg, *, rngs: nnx.Rngs, dtype) -> bert.BertClassifier:
     """BERT's classifier with RoBERTa's positions; its sequence head is HF's RobertaClassificationHead
     (dropout, dense + tanh on <s>, dropout, projection), kept under BERT's names (pooler, classifier)."""
-
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        super().__init__(cfg, rngs=rngs, dtype=dtype, position_offset=POSITION_OFFSET)
-
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
-        if self.task == "sequence":
-            x = jnp.tanh(self.pooler(self.dropout(x[:, 0], deterministic=deterministic, rngs=rngs)))
-        logits = self.classifier(self.dropout(x, deterministic=deterministic, rngs=rngs))
-        return logits.astype(jnp.float32)
-
-
-def build(cfg, *, rngs: nnx.Rngs, dtype) -> RobertaClassifier:
-    return RobertaClassifier(cfg, rngs=rngs, dtype=dtype)
+    return bert.BertClassifier(cfg, rngs=rngs, dtype=dtype, variant=VARIANT)
 
 
 def validate(cfg, seq_len: int, model_axis: int) -> None:
@@ -99,20 +86,10 @@ def hf_configure(cfg, hf: dict):
 
 
 def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
-    m = bert.hf_key_map(cfg)
-    if cfg.task == "sequence":
-        m.update({"pooler.kernel": ("classifier.dense.weight", "t"), "pooler.bias": ("classifier.dense.bias", "copy"),
-                  "classifier.kernel": ("classifier.out_proj.weight", "t"),
-                  "classifier.bias": ("classifier.out_proj.bias", "copy")})
-    return m
+    return {**bert.hf_key_map(cfg), **bert.hf_head_map(cfg)}
 
 
-def hf_normalize_name(name: str) -> str:
-    return name[len("roberta."):] if name.startswith("roberta.") else name
-
-
-def hf_tensor_name(name: str, cfg) -> str:
-    return name if name.startswith("classifier") else "roberta." + name
+hf_normalize_name, hf_tensor_name = bert.hf_prefixed("roberta")
 
 
 def hf_expected_unused(name: str, cfg) -> bool:

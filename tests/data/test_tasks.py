@@ -361,7 +361,8 @@ def test_every_assistant_turn_of_a_chat_is_trained_and_a_rewritten_one_only_read
     prompts are not (TRL's assistant_only_loss). A template that renders an earlier answer differently once
     the conversation goes on (as Qwen3's drops reasoning) leaves that turn as context and says how many."""
     chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-            {"role": "user", "content": "how"}, {"role": "assistant", "content": "fine"}, {"role": "user", "content": "bye"}]
+            {"role": "user", "content": "how"}, {"role": "assistant", "content": "fine"},
+            {"role": "user", "content": "bye"}]
     plain = ("{% for m in messages %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endfor %}"
              "{% if add_generation_prompt %}<|assistant|> {% endif %}")
     tok = _chat_tokenizer(["hi", "hello", "how", "fine", "bye", "later", "think"], plain)
@@ -378,4 +379,5 @@ def test_every_assistant_turn_of_a_chat_is_trained_and_a_rewritten_one_only_read
     with caplog.at_level("WARNING", logger="jaxbatch.data.tasks"):
         rows = tasks._pack([(chat, "later")] * 3, tok, seq_len=64)
     assert "6 earlier assistant turn(s) are not trained, only read" in caplog.text
-    assert tok.convert_ids_to_tokens([t for t in rows["labels"].ravel() if t != -100]) == ["think", "later", "<|end|>"] * 3
+    targets = [t for t in rows["labels"].ravel() if t != -100]
+    assert tok.convert_ids_to_tokens(targets) == ["think", "later", "<|end|>"] * 3

@@ -33,7 +33,8 @@ def test_the_sequence_head_drops_out_before_its_dense_layer_as_roberta_does():
     cfg = config.build(["model.preset=roberta-tiny", "model.task=sequence", "model.num_labels=3",
                         "model.hidden_dropout=0.3"]).model
     ours = roberta.build(cfg, rngs=nnx.Rngs(params=0), dtype=np.float32)
-    theirs = bert.BertClassifier(cfg, rngs=nnx.Rngs(params=0), dtype=np.float32, position_offset=2)
+    theirs = bert.BertClassifier(cfg, rngs=nnx.Rngs(params=0), dtype=np.float32,
+                                  variant=bert.Variant(position_offset=2))
     nnx.update(theirs, nnx.state(ours, nnx.Param))
     ids, mask = np.arange(5, 21).reshape(2, 8), np.ones((2, 8), np.int32)
     np.testing.assert_array_equal(ours(ids, mask), theirs(ids, mask))
