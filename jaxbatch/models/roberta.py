@@ -30,8 +30,6 @@ PRESETS = {
     "xlm-roberta-base": dict(vocab_size=250002, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                              max_position_embeddings=514, **_SHAPE),
 }
-
-
 VARIANT = bert.Variant(position_offset=POSITION_OFFSET, dropout_before_pooler=True)
 
 
