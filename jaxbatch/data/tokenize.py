@@ -70,21 +70,27 @@ def encode_labelled(tokenizer, sentences: Sequence[Sequence[str]], labels: Seque
 def _encode_pairs(tokenizer, firsts, seconds, labels, seq_len: int) -> Encoded:
     """Text pairs laid out by the tokenizer's own template (`[CLS] a [SEP] b [SEP]` with token types 0 then 1,
     or `<s> a </s></s> b </s>`), cut longest first to seq_len as Hugging Face's GLUE script does, then padded
-    on the right. Token types only where the tokenizer's models take them (`model_input_names`)."""
+    on the right. Token types only where the tokenizer's models take them (`model_input_names`). Each pair
+    is encoded whole once; only the ones too long are encoded again, cut."""
     firsts, seconds = list(map(list, firsts)), list(map(list, seconds))
-    pieces = [tokenizer(texts, is_split_into_words=True, add_special_tokens=False)["input_ids"]
-              for texts in (firsts, seconds)]
-    lengths = [len(a) + len(b) for a, b in zip(*pieces)]
-    enc = tokenizer(firsts, seconds, is_split_into_words=True, truncation="longest_first", max_length=seq_len,
-                    return_token_type_ids=True)
+
+    def encode(rows: list[int], **cut) -> tuple[list, list]:
+        enc = tokenizer([firsts[i] for i in rows], [seconds[i] for i in rows], is_split_into_words=True,
+                        return_token_type_ids=True, **cut)
+        return enc["input_ids"], enc["token_type_ids"]
+
+    ids, type_ids = encode(list(range(len(firsts))))
+    long = [i for i, row in enumerate(ids) if len(row) > seq_len]
+    if long:
+        for i, row, row_types in zip(long, *encode(long, truncation="longest_first", max_length=seq_len)):
+            ids[i], type_ids[i] = row, row_types
     n = len(firsts)
     input_ids = np.full((n, seq_len), tokenizer.pad_token_id, np.int32)
     mask, types = np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.int32)
     typed = "token_type_ids" in tokenizer.model_input_names
-    for i, ids in enumerate(enc["input_ids"]):
-        input_ids[i, : len(ids)], mask[i, : len(ids)] = ids, 1
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)], mask[i, : len(row)] = row, 1
         if typed:
-            types[i, : len(ids)] = enc["token_type_ids"][i]
-    special = tokenizer.num_special_tokens_to_add(pair=True)
+            types[i, : len(row)] = type_ids[i]
     return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=types,
-                        labels=np.asarray(labels, np.int32)), sum(k + special > seq_len for k in lengths))
+                        labels=np.asarray(labels, np.int32)), len(long))
