@@ -45,6 +45,8 @@ def metric(result: dict, task: str) -> tuple[str, float]:
     """The headline dev metric (higher is better except the LM's loss)."""
     if task == "token":
         return "entity F1", result["entity_f1"]
+    if "pearson" in result:  # a regression head
+        return "Pearson r", result["pearson"]
     if task == "sequence":
         return "accuracy", result["accuracy"]
     return "loss", result["loss"]
@@ -94,7 +96,7 @@ def main(argv=None) -> dict:
         restored[name] = r = run_lib.restore(folder, [f"train.batch_size={args.batch}"])
         spec = r.run.spec
         data_cfg = dataclasses.replace(spec.data, data_dir=args.data_dir or spec.data.data_dir, max_train=0)
-        arrays = tasks.load_split(data_cfg, r.tokenizer, "validation")
+        arrays = tasks.load_split(data_cfg, r.tokenizer, "validation", spec.model.problem_type)
         per_byte = tasks.bytes_per_token(r.tokenizer) if spec.model.task == "lm" else None
         result = evaluate.evaluate(r.run, r.params, arrays, run_lib.label_names(spec), spec.model.task,
                                    batch_size=args.batch, bytes_per_token=per_byte)

@@ -139,7 +139,7 @@ def keys(args) -> int:
 
 
 def train(args) -> int:
-    from jaxbatch import config, distributed
+    from jaxbatch import config, distributed, metrics
     from jaxbatch import train as train_lib
 
     cfg = config.build(args.overrides, args.config)
@@ -151,8 +151,8 @@ def train(args) -> int:
 
         return EXIT_STOPPED
     final = result.summary["final_eval"]
-    print(f"done: {result.summary['step']} steps in {result.summary['wall_time_s']:.1f}s; final eval loss "
-          f"{final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}; "
+    scores = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "accuracy", *metrics.CORRELATIONS) if k in final)
+    print(f"done: {result.summary['step']} steps in {result.summary['wall_time_s']:.1f}s; final eval {scores}; "
           f"summary in {cfg.train.run_dir}/summary.json")
     return 0
 
@@ -314,7 +314,7 @@ def evaluate_split(args) -> int:
     if data_task != spec.model.task:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
                           f"{data_task} dataset: name the split's kind with --data-name")
-    arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split)
+    arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type)
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte)

@@ -60,6 +60,10 @@ class ModelConfig:
     activation: str = ""
     task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides (set otherwise, must match)
     num_labels: int = 9
+    # sequence heads: regression (one score, mean squared error: HF's problem_type, GLUE STS-B) | classification;
+    # empty = the data decides (labels all numbers, some with a decimal point, are scores, as HF's run_glue
+    # reads a float column); a resolved spec holds regression or empty
+    problem_type: str = ""
     pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
     # decoder families (model.arch picks the block); vocab_size=0 takes the tokenizer's size
     arch: str = "gpt2"  # gpt2 (LayerNorm, GELU, learned positions, biases) | llama (RMSNorm, SwiGLU, RoPE, no biases)
@@ -414,6 +418,13 @@ def validate(cfg: Config, num_devices: int) -> None:
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
     _validate_rampup(t, data * fsdp)
+    if cfg.model.problem_type not in ("", "classification", "regression"):
+        raise ConfigError(f"model.problem_type must be classification or regression, got {cfg.model.problem_type!r}")
+    if cfg.model.problem_type == "regression" and cfg.model.task != "sequence":
+        raise ConfigError(f"model.problem_type=regression scores whole texts (a tsv, csv or jsonl dataset), not a "
+                          f"{cfg.model.task} task")
+    if cfg.model.problem_type == "regression" and cfg.model.label_smoothing:
+        raise ConfigError("model.label_smoothing mixes class targets; a regression head has none")
     for key in ("hidden_dropout", "label_smoothing"):
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")

@@ -1,5 +1,6 @@
 """Evaluation of a model on a whole split: loss, accuracy and, for token tasks, seqeval entity scores and
-the token report; also the per-example predictions and probabilities that `predict` prints.
+the token report (regression heads: Pearson and Spearman correlations instead of accuracy); also the
+per-example predictions and probabilities that `predict` prints.
 
 Used by the train loop, `jaxbatch evaluate` and `jaxbatch predict`, so the three can never disagree.
 """
@@ -12,6 +13,7 @@ from jax.experimental import multihost_utils
 
 from jaxbatch import metrics, mesh as mesh_lib
 from jaxbatch.data import pipeline
+from jaxbatch import losses
 from jaxbatch.losses import IGNORE_INDEX, OBJECTIVE_TERMS
 
 
@@ -95,22 +97,30 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     return totals, {k: v[inverse] for k, v in outs.items()}
 
 
-def metric_names(task: str) -> tuple[str, ...]:
+def metric_names(task: str, problem_type: str | None = "") -> tuple[str, ...]:
     """The scalar metrics a training run's evaluations report for a task (what checkpoint.best_metric may
-    name); a language model's bits per byte come from the run's tokenizer."""
-    return ("loss", "accuracy") + {"lm": ("perplexity", "bits_per_byte"), "token": ("entity_f1",)}.get(task, ())
+    name); a language model's bits per byte come from the run's tokenizer. `problem_type` None: not known
+    yet (before the data has decided), so either a classifier's or a regression head's."""
+    if problem_type == "regression":
+        return ("loss",) + metrics.CORRELATIONS
+    names = ("loss", "accuracy") + {"lm": ("perplexity", "bits_per_byte"), "token": ("entity_f1",)}.get(task, ())
+    return names + (metrics.CORRELATIONS if task == "sequence" and problem_type is None else ())
 
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,
              bytes_per_token: np.ndarray | None = None) -> dict:
     """Loss and accuracy over one split; token tasks add seqeval entity scores and the token report;
-    language models report cross-entropy (z-loss excluded), perplexity and bits per byte.
-    `predictions` holds every example's predicted label ids (classifiers)."""
+    language models report cross-entropy (z-loss excluded), perplexity and bits per byte; regression heads
+    their mean squared error and correlations, no accuracy. `predictions` holds every example's predicted
+    label ids (classifiers) or scores (regression)."""
     totals, out = outputs(run, params, arrays, batch_size)
     weight = max(totals.get("weight", 0.0), 1.0)
     objective = sum(totals.get(k, 0.0) for k in OBJECTIVE_TERMS)  # regularisers: not the model's loss
-    result = {"loss": (totals["loss_sum"] - objective) / weight,
-              "accuracy": totals.get("correct", 0.0) / weight, "predictions": out.get("preds")}
+    result = {"loss": (totals["loss_sum"] - objective) / weight, "predictions": out.get("preds")}
+    if run.spec.model.problem_type == "regression":
+        keep = losses.labelled(arrays["labels"])
+        return {**result, **metrics.correlations(out["preds"][keep], arrays["labels"][keep])}
+    result["accuracy"] = totals.get("correct", 0.0) / weight
     if task == "lm":
         result["perplexity"] = float(np.exp(min(result["loss"], 700.0)))
         if bytes_per_token is not None:
@@ -126,6 +136,9 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
 
 def report_lines(result: dict, task: str) -> str:
     """The printed report: a summary line, then seqeval's entity table and the token report (token tasks)."""
+    if "accuracy" not in result:  # a regression head: its loss is the mean squared error
+        return f"loss (mean squared error) {result['loss']:.4f} " + " ".join(
+            f"{k} {result[k]:.4f}" for k in metrics.CORRELATIONS)
     line = f"loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
     if "perplexity" in result:
         line += f" perplexity {result['perplexity']:.2f}"

@@ -1,21 +1,46 @@
-"""Loss and metric *sums* of the heads model families use (token and sequence classification, next-token
-language modelling).
+"""Loss and metric *sums* of the heads model families use (token and sequence classification, regression,
+next-token language modelling).
 
 Sums, not means: micro-batches, shards, hosts and eval batches then combine exactly, and the step
-divides by the global batch's count once (see accumulate.py). Positions whose label is IGNORE_INDEX
-carry no loss, as in Hugging Face.
+divides by the global batch's count once (see accumulate.py). Positions whose label is IGNORE_INDEX (NaN
+for regression targets) carry no loss, as in Hugging Face.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # a class id marking "no label"; regression targets (float) mark it with NaN
 # sums a training objective adds to the cross-entropy in `loss_sum` (each also reported alone); evaluation
 # takes them out again, so its loss is the plain cross-entropy whatever the regularisers
 OBJECTIVE_TERMS = ("z_loss", "label_smoothing")
+
+
+def label_dtype(model_cfg) -> np.dtype:
+    """Class ids are int32; a regression head's targets are float32 (HF's problem_type=regression)."""
+    return np.dtype(np.float32 if model_cfg.problem_type == "regression" else np.int32)
+
+
+def no_label(dtype) -> float | int:
+    """What marks an unlabelled position in labels of `dtype`: NaN for targets, IGNORE_INDEX for class ids."""
+    return np.nan if np.issubdtype(dtype, np.floating) else IGNORE_INDEX
+
+
+def labelled(labels):
+    """Where `labels` (numpy or jax) hold a label: not IGNORE_INDEX, or not NaN for float targets."""
+    return labels == labels if np.issubdtype(labels.dtype, np.floating) else labels != IGNORE_INDEX
+
+
+def regression_sums(logits: jax.Array, labels: jax.Array) -> tuple[dict, dict]:
+    """Summed squared error of a one-output head against float targets (NaN: unlabelled) and their count, so the
+    step's mean is HF's MSELoss; predictions are the scores."""
+    weights = labelled(labels)
+    scores = logits.astype(jnp.float32)[..., 0]
+    error = jnp.where(weights, scores - jnp.where(weights, labels, 0.0), 0.0)
+    return dict(loss_sum=jnp.sum(jnp.square(error)), weight=jnp.sum(weights.astype(jnp.float32))), dict(preds=scores)
 
 
 def _smoothing(logits: jax.Array, target_logit: jax.Array, w: jax.Array, epsilon: float) -> jax.Array:

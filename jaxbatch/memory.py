@@ -15,7 +15,7 @@ import re
 import jax
 import numpy as np
 
-from jaxbatch import cache, config, host
+from jaxbatch import cache, config, host, models
 from jaxbatch import mesh as mesh_lib
 from jaxbatch.errors import ConfigError
 
@@ -55,8 +55,7 @@ def _bytes_per_device(tree, shardings) -> int:
 
 def abstract_batch(run, batch_size: int) -> dict:
     """The family's global batch as ShapeDtypeStructs with the run's batch shardings."""
-    shapes = run.family.batch_shapes(run.spec.model, batch_size, run.spec.data.seq_len)
-    return {k: jax.ShapeDtypeStruct(v, np.int32, sharding=run.batch_sh[k]) for k, v in shapes.items()}
+    return models.abstract_batch(run.spec.model, batch_size, run.spec.data.seq_len, run.batch_sh)
 
 
 _measured: dict = {}

@@ -1,4 +1,5 @@
-"""Evaluation metrics (seqeval entity F1, token-level report) and the peak FLOP/s behind MFU."""
+"""Evaluation metrics (seqeval entity F1, token-level report, correlations of scores) and the peak FLOP/s
+behind MFU."""
 
 from __future__ import annotations
 
@@ -40,6 +41,24 @@ def token_report(gold: list[list[str]], pred: list[list[str]], label_names: list
     labels = [name for name in label_names if name in set(g) | set(p)]
     kw = dict(labels=labels, zero_division=0, digits=4)
     return classification_report(g, p, output_dict=True, **kw), classification_report(g, p, **kw)
+
+
+CORRELATIONS = ("pearson", "spearmanr")  # what GLUE scores STS-B by (HF's run_glue, scipy)
+
+
+def correlations(predicted: np.ndarray, gold: np.ndarray) -> dict:
+    """Pearson's and Spearman's correlation of predicted and gold scores (scipy.stats, as GLUE's metric);
+    NaN where they are undefined (fewer than two examples, or constant scores)."""
+    import warnings
+
+    from scipy import stats
+
+    if len(gold) < 2 or np.ptp(predicted) == 0 or np.ptp(gold) == 0:
+        return {k: float("nan") for k in CORRELATIONS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {"pearson": float(stats.pearsonr(predicted, gold)[0]),
+                "spearmanr": float(stats.spearmanr(predicted, gold)[0])}
 
 
 def format_entity_report(report: dict) -> str:

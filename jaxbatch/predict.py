@@ -21,7 +21,7 @@ from typing import Iterable, TextIO
 
 import numpy as np
 
-from jaxbatch import evaluate
+from jaxbatch import evaluate, losses
 from jaxbatch import run as run_lib
 from jaxbatch.data import conll, pipeline, tokenize, tsv
 from jaxbatch.errors import DataError
@@ -140,8 +140,8 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
     """One record per sentence: `entities` (token tasks: text, label, start, end, score = the mean
     probability of the predicted tag over the entity's words) and `tags`, one per word however long the
     sentence (a sentence longer than data.seq_len is run as overlapping windows, each word labelled from the
-    window where it has the most context); or `label` and `probabilities` (sequence tasks: a text longer than
-    data.seq_len is truncated, and the record says by how many pieces)."""
+    window where it has the most context); or `label` and `probabilities` (sequence tasks; `score` for a
+    regression head: a text longer than data.seq_len is truncated, and the record says by how many pieces)."""
     from seqeval.metrics.sequence_labeling import get_entities
 
     spec = restored.run.spec
@@ -188,8 +188,8 @@ def _paired(s: Sentence) -> Sentence:
 
 
 def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
-    """The label and every class probability of each text or text pair; a record says how many word pieces
-    were cut to fit data.seq_len."""
+    """The label and every class probability (a regression head: the score) of each text or text pair; a
+    record says how many word pieces were cut to fit data.seq_len."""
     spec, tokenizer = restored.run.spec, restored.tokenizer
     names = run_lib.label_names(spec)
     paired = [s.pair is not None for s in sentences]
@@ -203,13 +203,17 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
     if pairs:
         pieces = [a + b.sum() for a, b in zip(pieces, _pieces(restored, pairs))]
     budget = spec.data.seq_len - tokenizer.num_special_tokens_to_add(pair=bool(pairs))
-    enc = tokenize.encode_labelled(tokenizer, words, [0] * len(words), spec.data.seq_len, pairs)
+    dummy = np.zeros(len(words), losses.label_dtype(spec.model))
+    enc = tokenize.encode_labelled(tokenizer, words, dummy, spec.data.seq_len, pairs)
     out = predict_arrays(restored, enc.arrays)
     records = []
     for i, s in enumerate(sentences):
-        record = {**_line(s), "text": s.text, **({"text_pair": s.pair.text} if pairs else {}),
-                  "label": names[int(out["preds"][i])],
-                  "probabilities": {n: round(float(p), 6) for n, p in zip(names, out["probs"][i])}}
+        record = {**_line(s), "text": s.text, **({"text_pair": s.pair.text} if pairs else {})}
+        if spec.model.problem_type == "regression":
+            record["score"] = round(float(out["preds"][i]), 6)
+        else:
+            record.update(label=names[int(out["preds"][i])],
+                          probabilities={n: round(float(p), 6) for n, p in zip(names, out["probs"][i])})
         if pieces[i] > budget:
             record["truncated_pieces"] = int(pieces[i] - budget)
         records.append(record)

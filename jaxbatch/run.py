@@ -57,10 +57,10 @@ class Run:
 
 
 def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None,
-            vocab_size: int | None = None) -> config.Config:
+            vocab_size: int | None = None, regression: bool | None = None) -> config.Config:
     """The spec: `cfg` with the pretrained folder's shape and what the data says filled in: the task, the
-    label set, and the vocabulary size where the model leaves it to the tokenizer (vocab_size 0);
-    train.loss_norm=auto made batch or dataset."""
+    label set or `regression` (one score: model.problem_type regression, else empty), and the vocabulary size
+    where the model leaves it to the tokenizer (vocab_size 0); train.loss_norm=auto made batch or dataset."""
     model = cfg.model
     default_task = config.ModelConfig.task  # the default defers to the data; an explicit other task must match it
     if task is not None and model.task not in (default_task, task):
@@ -77,6 +77,9 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
         model = dataclasses.replace(model, task=task)
     if vocab_size is not None and model.vocab_size == 0:
         model = dataclasses.replace(model, vocab_size=vocab_size)
+    if regression is not None:
+        model = dataclasses.replace(model, problem_type="regression" if regression else "",
+                                    num_labels=1 if regression else model.num_labels)
     data = cfg.data
     if label_names:
         if any("," in n for n in label_names):
@@ -91,6 +94,8 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
 
 
 def label_names(spec: config.Config) -> list[str]:
+    if spec.model.problem_type == "regression":
+        return ["LABEL_0"]  # HF's name for a regression head's one output
     if spec.data.labels:
         return spec.data.labels.split(",")
     return [f"LABEL_{i}" for i in range(max(spec.model.num_labels, 2 if spec.model.num_labels == 1 else 0))]
@@ -141,9 +146,8 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
         compress.validate(spec.model)
     graphdef, abstract_params = state_lib.abstract_model(spec.model, spec.precision.policy)
     params_sh = mesh_lib.tree_shardings(abstract_params, mesh, spec.mesh.rules)
-    example = family.batch_shapes(spec.model, 1, spec.data.seq_len)
-    batch_sh = steps_lib.batch_shardings(mesh, spec.mesh.rules, {k: jax.ShapeDtypeStruct(s, "int32")
-                                                                 for k, s in example.items()})
+    example = models.abstract_batch(spec.model, 1, spec.data.seq_len)
+    batch_sh = steps_lib.batch_shardings(mesh, spec.mesh.rules, example)
     if not training:
         steps = steps_lib.Steps(spec, mesh, family, graphdef, params_sh, batch_sh)
         return Run(spec, family, mesh, graphdef, abstract_params, params_sh, batch_sh, steps)
@@ -176,9 +180,8 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
                 reports.append(report)
                 return params
 
-        steps.compile_ahead(abstract_sharded, [
-            {k: jax.ShapeDtypeStruct(s, "int32", sharding=batch_sh[k])
-             for k, s in family.batch_shapes(spec.model, size, length).items()} for size, length in compile_ahead])
+        steps.compile_ahead(abstract_sharded, [models.abstract_batch(spec.model, size, length, batch_sh)
+                                               for size, length in compile_ahead])
         state = state_lib.create(spec, tx, state_sh, load)
     return Run(spec, family, mesh, graphdef, abstract_params, state_sh.params, batch_sh, steps, hp, tx, schedule,
                state_sh, state,

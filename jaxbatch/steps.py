@@ -14,11 +14,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxbatch import accumulate
+from jaxbatch import accumulate, losses
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import precision, rampup
 from jaxbatch.compress import prune
-from jaxbatch.losses import IGNORE_INDEX
 from jaxbatch.models import Family
 from jaxbatch.state import TrainState
 
@@ -78,7 +77,7 @@ def loss_denominator(labels: jax.Array, labelled_per_row: float) -> jax.Array:
     benchmarks/README.md, finetune_e2e.py)."""
     if labelled_per_row:
         return jnp.float32(labelled_per_row * labels.shape[0])
-    return jnp.maximum(jnp.sum(labels != IGNORE_INDEX).astype(jnp.float32), 1.0)
+    return jnp.maximum(jnp.sum(losses.labelled(labels)).astype(jnp.float32), 1.0)
 
 
 def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Schedule,

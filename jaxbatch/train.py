@@ -102,16 +102,22 @@ def train(cfg: config.Config) -> TrainResult:
     ckpt_dir = Path(cfg.checkpoint.directory or run_dir / "checkpoints")
     shaped = run_lib.resolve(cfg, task=tasks.dataset(cfg.data).task)  # checked before any data is read
     config.validate(shaped, jax.device_count())
-    named = evaluate.metric_names(shaped.model.task)
-    if shaped.checkpoint.best_metric and shaped.checkpoint.best_metric not in named:
-        raise config.ConfigError(f"checkpoint.best_metric={shaped.checkpoint.best_metric!r} is not reported for this "
-                                 f"{shaped.model.task} task; choose one of {', '.join(named)}")
+    _check_best_metric(shaped, shaped.model.problem_type or None)
     writable_dir(run_dir, "train.run_dir")
     with holding(run_dir, "train.run_dir"):
         writable_dir(ckpt_dir, "checkpoint.directory")
         with holding(ckpt_dir, "checkpoint.directory"):
             link_checkpoints(run_dir, ckpt_dir)
             return _train(cfg, shaped, ckpt_dir)
+
+
+def _check_best_metric(spec: config.Config, problem_type: str | None) -> None:
+    """checkpoint.best_metric must be one the evaluations report (`problem_type` None: the data decides it)."""
+    named = evaluate.metric_names(spec.model.task, problem_type)
+    if spec.checkpoint.best_metric and spec.checkpoint.best_metric not in named:
+        head = "regression" if problem_type == "regression" else spec.model.task
+        raise config.ConfigError(f"checkpoint.best_metric={spec.checkpoint.best_metric!r} is not reported for this "
+                                 f"{head} task; choose one of {', '.join(named)}")
 
 
 @contextlib.contextmanager
@@ -151,10 +157,12 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
     began = time.perf_counter()
     with tfds_builders.progress_bars(cfg.train.progress):
-        data = tasks.load(cfg.data, run_lib.tokenizer(shaped))
+        data = tasks.load(cfg.data, run_lib.tokenizer(shaped), shaped.model.problem_type)
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
-    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer))
+    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),
+                           regression=data.regression if data.task == "sequence" else None)
+    _check_best_metric(spec, spec.model.problem_type)
     if len(tokenizer) > spec.model.vocab_size:
         raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
                                  f"{spec.model.vocab_size}; raise model.vocab_size")
@@ -174,7 +182,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     say(f"mesh: {mesh_lib.describe(run.mesh)}")
     padding = pipeline.padding_stats(data.train, spec.data.buckets)
     say(f"data: {data.name}{' (SYNTHETIC, generated)' if data.synthetic else ''}: "
-        f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, labels {data.label_names}, "
+        f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, "
+        f"{'scores (regression)' if data.regression else f'labels {data.label_names}'}, "
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
     say("loss: each batch's sum divided by " + (f"rows x {per_row:.2f}, the train split's labelled positions per row"
                                                  if per_row else "its labelled positions") + f" (train.loss_norm={t.loss_norm})")

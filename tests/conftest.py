@@ -98,6 +98,11 @@ def event_records(events_file) -> list[bytes]:
     return records
 
 
+def _torch_labels(labels: np.ndarray) -> np.ndarray:
+    """Class ids as torch's int64; regression scores stay float32."""
+    return labels if np.issubdtype(labels.dtype, np.floating) else labels.astype(np.int64)
+
+
 def assert_gradients_equal_torch(family, model_cfg, graphdef, params, batch: dict, torch_model, **torch_inputs):
     """A training step's loss and every parameter's gradient (steps.make_grad_fn, dropout off) equal torch
     autograd on the Hugging Face model's own loss for the same batch, mapped through the family's HF table."""
@@ -107,9 +112,9 @@ def assert_gradients_equal_torch(family, model_cfg, graphdef, params, batch: dic
 
     sums, grads = jax.jit(steps.make_grad_fn(family, model_cfg, graphdef))(params, batch, None, 1.0)
     loss = torch_model(**{k: torch.tensor(v) for k, v in torch_inputs.items()},
-                       labels=torch.tensor(batch["labels"].astype(np.int64))).loss
+                       labels=torch.tensor(_torch_labels(batch["labels"]))).loss
     loss.backward()
-    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(float(loss), rel=1e-5)
+    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(loss.item(), rel=1e-5)
     named = dict(torch_model.named_parameters())
     flat = {dotted(p): np.asarray(g) / float(sums["weight"])  # of the mean, as HF's loss
             for p, g in jax.tree_util.tree_leaves_with_path(grads)}

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import assert_gradients_equal_torch, params_numpy
-from jaxbatch import config, hf, run as run_lib
+from jaxbatch import config, hf, run as run_lib, steps
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -220,12 +220,58 @@ def test_an_encoder_with_another_activation_equals_pytorch_and_exports_it(activa
     assert np.abs(torch_run(reloaded, ids, mask, types, "logits") - theirs).max() < 1e-5
 
 
-@pytest.mark.parametrize("change, kind", [({"id2label": {"0": "score"}}, "regression"),
-                                          ({"problem_type": "multi_label_classification"}, "multi_label_classification"),
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_a_regression_head_equals_pytorch_and_exports_back(family, tmp_path):
+    """HF reads a one-output sequence head as a regression (STS-B): its score, its mean squared error loss and
+    every gradient equal transformers' (unlabelled rows, NaN, count nowhere), and the export is one again."""
+    from jaxbatch import models
+
+    config_cls, prefix = {"bert": ("BertConfig", "Bert"), "roberta": ("RobertaConfig", "Roberta")}[family]
+    cls = getattr(transformers, f"{prefix}ForSequenceClassification")
+    torch.manual_seed(2)
+    shape = dict(pad_token_id=1, type_vocab_size=1) if family == "roberta" else {}
+    cls(getattr(transformers, config_cls)(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=20, num_labels=1,
+                                          **shape)).save_pretrained(tmp_path / "in")
+    run = run_lib.setup(run_lib.resolve(config.build([f"model.pretrained={tmp_path / 'in'}", "train.batch_size=8",
+                                                      "data.seq_len=16", "mesh.data=4", "mesh.model=2"])))
+    assert (run.spec.model.problem_type, run.spec.model.num_labels) == ("regression", 1)
+    assert run_lib.label_names(run.spec) == ["LABEL_0"]
+    rng = np.random.default_rng(3)
+    ids, mask = rng.integers(5, 99, (8, 16)), np.ones((8, 16), np.int64)
+    for row, length in enumerate([16, 7, 3, 12, 1, 16, 9, 2]):
+        ids[row, length:], mask[row, length:] = shape.get("pad_token_id", 0), 0
+    theirs = cls.from_pretrained(tmp_path / "in", attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    scores = rng.uniform(0, 5, 8).astype(np.float32)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids), "labels": scores}
+    family_ = models.family(run.spec.model)
+    sums, out = jax.jit(lambda p, b: steps.eval_step(p, b, family=family_, model_cfg=run.spec.model,
+                                                     graphdef=run.graphdef, mesh=run.mesh, rules=run.spec.mesh.rules))(
+        run.state.params, batch)
+    assert np.abs(np.asarray(out["preds"]) - expected[:, 0]).max() < 1e-5
+    unlabelled = dict(batch, labels=np.where(np.arange(8) < 6, scores, np.nan).astype(np.float32))
+    sums6, _ = steps.eval_step(run.state.params, unlabelled, family=family_, model_cfg=run.spec.model,
+                               graphdef=run.graphdef, mesh=run.mesh, rules=run.spec.mesh.rules)
+    assert float(sums6["weight"]) == 6
+    assert float(sums6["loss_sum"]) == pytest.approx(float(((expected[:6, 0] - scores[:6]) ** 2).sum()), rel=1e-5)
+    assert_gradients_equal_torch(family_, run.spec.model, run.graphdef, run.state.params, batch, theirs,
+                                 input_ids=ids, attention_mask=mask)
+    out_dir = hf.export(run.state.params, run.spec.model, tmp_path / "out", label_names=run_lib.label_names(run.spec))
+    written = json.loads((out_dir / "config.json").read_text())
+    assert (written["problem_type"], written["num_labels"], written["id2label"]) == ("regression", 1, {"0": "LABEL_0"})
+    with torch.no_grad():
+        again = cls.from_pretrained(out_dir, attn_implementation="eager")(input_ids=torch.tensor(ids),
+                                                                         attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_array_equal(again.numpy(), expected)
+
+
+@pytest.mark.parametrize("change, kind", [({"problem_type": "multi_label_classification"}, "multi_label_classification"),
                                           ({"problem_type": "regression"}, "regression")])
 def test_sequence_heads_that_do_not_classify_are_refused(change, kind, random_hf_models, tmp_path):
-    """HF reads one logit as a regression (STS-B) and multi-label heads through sigmoids: taken as a softmax
-    classifier, predict would print a label and a probability that mean nothing."""
+    """Multi-label heads (HF reads them through sigmoids) and regressions of several outputs: taken as a
+    softmax classifier, predict would print a label and a probability that mean nothing."""
     tree = dict(hf.read_config(random_hf_models["sequence"]), **change)
     tree.pop("label2id", None)
     (tmp_path / "config.json").write_text(json.dumps(tree))

@@ -247,3 +247,43 @@ def test_text_pairs_train_and_predict_as_evaluate_reads_them(tmp_path, capsys, m
     (d / "dev.tsv").write_text("sentence\tlabel\nthe cat runs\tsame\n")
     with pytest.raises(tasks.DataError, match=r"the train split\(s\) hold text pairs and the others single texts"):
         tasks.load(dataclasses.replace(restored.run.spec.data, cache_dir=str(tmp_path / "c")), restored.tokenizer)
+
+
+def test_a_regression_task_trains_reports_correlations_and_predicts_scores(tmp_path, capsys):
+    """STS-B's layout (pairs, a `score` column): the run trains a one-score head on the mean squared error,
+    reports Pearson and Spearman (scipy's, on evaluate's own scores) instead of accuracy, keeps the best
+    checkpoint by Pearson, and `predict` prints each pair's score as evaluate computes it."""
+    from scipy import stats
+
+    d = tmp_path / "sts"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    animals = ["cat", "dog", "bird", "fish"]
+    header = "index\tsentence1\tsentence2\tscore\n"
+    pairs = [(a, rng.choice(animals)) for a in rng.choice(animals, 48)]
+    lines = [f"{i}\tthe {a} runs\ta {b} sleeps\t{5.0 * (a == b) + rng.uniform(0, 0.5):.3f}\n"
+             for i, (a, b) in enumerate(pairs)]
+    (d / "train.tsv").write_text(header + "".join(lines[:32]))
+    (d / "dev.tsv").write_text(header + "".join(lines[32:]))
+    overrides = ["data.name=tsv", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'c'}", *MINILM_TOKENIZER,
+                 "train.batch_size=8", "train.eval_every=3", f"train.run_dir={tmp_path / 'r'}"]
+    with pytest.raises(run_lib.ConfigError, match="best_metric='accuracy' is not reported for this regression task"):
+        train.train(tiny_config(*overrides, "train.steps=6", "checkpoint.best_metric=accuracy"))
+    result = train.train(tiny_config(*overrides, "train.steps=6", "checkpoint.best_metric=pearson"))
+    final = result.summary["final_eval"]
+    assert result.spec.model.problem_type == "regression" and "accuracy" not in final
+    restored = run_lib.restore(tmp_path / "r")
+    best = max(result.summary["evals"], key=lambda e: e["pearson"])
+    assert restored.step == best["step"]
+    arrays = tasks.load_split(restored.run.spec.data, restored.tokenizer, "validation", "regression")
+    got = evaluate.evaluate(restored.run, restored.params, arrays, [], "sequence")
+    scores, gold = got["predictions"], arrays["labels"]
+    assert got["pearson"] == pytest.approx(stats.pearsonr(scores, gold)[0], rel=1e-6)
+    assert got["pearson"] == pytest.approx(best["pearson"], rel=1e-5)
+    assert got["spearmanr"] == pytest.approx(stats.spearmanr(scores, gold)[0], rel=1e-6)
+    assert got["loss"] == pytest.approx(float(np.mean((scores - gold) ** 2)), rel=1e-5)
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "r"), "--input", str(d / "dev.tsv")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(set(r) == {"line", "text", "text_pair", "score"} for r in records)
+    np.testing.assert_allclose([r["score"] for r in records], scores, atol=2e-6)

@@ -79,7 +79,7 @@ def _calibrate(model, restored, opts: Options, percentile: float | None, log) ->
     data_cfg = dataclasses.replace(run.spec.data, data_dir=opts.data_dir or run.spec.data.data_dir, max_train=0)
     if restored.tokenizer is None:
         raise ConfigError(f"{restored.source} has no tokenizer to calibrate with; use --act dynamic or none")
-    arrays = tasks.load_split(data_cfg, restored.tokenizer, "train")
+    arrays = tasks.load_split(data_cfg, restored.tokenizer, "train", run.spec.model.problem_type)
     batch = run.micro_batch
     n = min(len(arrays["labels"]), opts.calib_batches * batch)
     arrays = {k: v[:n] for k, v in arrays.items()}

@@ -12,8 +12,8 @@ import grain
 import jax
 import numpy as np
 
+from jaxbatch import losses
 from jaxbatch.errors import DataError
-from jaxbatch.losses import IGNORE_INDEX
 
 
 def real_tokens(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -122,8 +122,8 @@ def step_shapes(arrays: dict[str, np.ndarray], global_batch: int, num_steps: int
 
 def eval_batches(arrays: dict[str, np.ndarray], global_batch: int, process_index: int = 0,
                  process_count: int = 1):
-    """Fixed-order local batches covering every example once; the last batch is padded with examples whose
-    labels are all IGNORE_INDEX (they count nowhere). Yields (local batch, number of real examples)."""
+    """Fixed-order local batches covering every example once; the last batch is padded with unlabelled
+    examples (IGNORE_INDEX, NaN for scores: they count nowhere). Yields (local batch, number of real examples)."""
     n = len(next(iter(arrays.values())))
     local = global_batch // process_count
     for start in range(0, n, global_batch):
@@ -132,7 +132,7 @@ def eval_batches(arrays: dict[str, np.ndarray], global_batch: int, process_index
         for k, v in arrays.items():
             chunk = v[start: start + global_batch]
             if real < global_batch:
-                fill = IGNORE_INDEX if k == "labels" else 0
+                fill = losses.no_label(v.dtype) if k == "labels" else 0
                 chunk = np.concatenate([chunk, np.full((global_batch - real, *v.shape[1:]), fill, v.dtype)])
             batch[k] = chunk[process_index * local: (process_index + 1) * local]
         yield batch, real
@@ -169,9 +169,9 @@ class PaddingStats:
 
 
 def labelled_per_row(arrays: dict[str, np.ndarray]) -> float:
-    """Mean labelled positions (labels other than IGNORE_INDEX) per example: train.loss_norm=dataset's unit."""
+    """Mean labelled positions (losses.labelled) per example: train.loss_norm=dataset's unit."""
     labels = arrays["labels"]
-    return float((labels != IGNORE_INDEX).sum() / max(len(labels), 1))
+    return float(losses.labelled(labels).sum() / max(len(labels), 1))
 
 
 def padding_stats(arrays: dict[str, np.ndarray], num_buckets: int = 1) -> PaddingStats:

@@ -16,6 +16,7 @@ import logging
 
 import numpy as np
 
+from jaxbatch import losses
 from jaxbatch.data import conll, packing, synthetic, text, tokenize, tsv
 from jaxbatch.errors import ConfigError, DataError
 from jaxbatch.losses import IGNORE_INDEX
@@ -59,6 +60,7 @@ class TaskData:
     test: dict[str, np.ndarray] | None = None  # present when the source has a test split
     test_labelled: bool = True
     bytes_per_token: np.ndarray | None = None  # language modelling: UTF-8 bytes of each token id (bits per byte)
+    regression: bool = False  # labels are float scores, not class ids (model.problem_type)
 
 
 def _known(data_cfg) -> Dataset:
@@ -177,6 +179,40 @@ def _tag_ids(split: str, raw: Raw, label_to_id: dict[str, int], unknown: str) ->
     return ids
 
 
+def _looks_like_scores(labels: list[str]) -> bool:
+    """HF's run_glue makes a float label column a regression: every label a number, some not whole-looking."""
+    given = [y for y in labels if y != ""]
+    try:
+        numbers = [float(y) for y in given]
+    except ValueError:
+        return False
+    return bool(numbers) and all(np.isfinite(numbers)) and any(not y.lstrip("+-").isdigit() for y in given)
+
+
+def regression(data_cfg, problem_type: str, train: Raw) -> bool:
+    """Whether a sequence task's labels are scores: model.problem_type says, or else the training labels do
+    (never with a class list: data.labels or the dataset's own)."""
+    if problem_type or data_cfg.labels or _known(data_cfg).labels:
+        return problem_type == "regression"
+    return _looks_like_scores(train.labels)
+
+
+def _scores(raw: Raw) -> np.ndarray:
+    """Regression targets as float32; "" (unlabelled) is NaN."""
+    out = np.full(len(raw.labels), np.nan, np.float32)
+    for n, label in enumerate(raw.labels):
+        if label == "":
+            continue
+        try:
+            out[n] = float(label)
+        except ValueError:
+            out[n] = np.nan
+        if not np.isfinite(out[n]):
+            raise DataError(f"{raw.at(n)}: label {label!r} is not a finite number (a regression head reads scores; "
+                            f"model.problem_type=classification reads class names)")
+    return out
+
+
 def _class_ids(raw: Raw, names: list[str]) -> list[int]:
     """A label as written is a class name or an integer id into the label set; "" is unlabelled."""
     index = {n: i for i, n in enumerate(names)}
@@ -194,8 +230,10 @@ def _class_ids(raw: Raw, names: list[str]) -> list[int]:
     return ids
 
 
-def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names: list[str]) -> tokenize.Encoded:
-    """One split's examples -> arrays; an empty split is an error, truncation is reported."""
+def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names: list[str],
+            scores: bool = False) -> tokenize.Encoded:
+    """One split's examples -> arrays (`scores`: float regression targets); an empty split is an error,
+    truncation is reported."""
     if not raw.words:
         raise DataError(f"the {split} split of {data_cfg.name} is empty")
     if ds.task == "token":
@@ -203,9 +241,10 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
         tags = _tag_ids(split, raw, label_to_id, "error" if split == "train" else data_cfg.unknown_label)
         enc = tokenize.encode_tagged(tokenizer, raw.words, tags, data_cfg.seq_len, data_cfg.label_all_subtokens)
     else:
-        ids = _class_ids(raw, label_names)
-        if split != "test" and IGNORE_INDEX in ids:
-            raise DataError(f"{raw.at(ids.index(IGNORE_INDEX))}: no label (a {split} file needs a label column; "
+        ids = _scores(raw) if scores else np.asarray(_class_ids(raw, label_names), np.int32)
+        missing = np.flatnonzero(~losses.labelled(ids))
+        if split != "test" and len(missing):
+            raise DataError(f"{raw.at(int(missing[0]))}: no label (a {split} file needs a label column; "
                             f"only a test split may be unlabelled)")
         enc = tokenize.encode_labelled(tokenizer, raw.words, ids, data_cfg.seq_len, raw.pairs)
     if enc.truncated:
@@ -350,12 +389,13 @@ def _load_lm(data_cfg, tokenizer) -> TaskData:
 
 def _labelled(arrays: dict[str, np.ndarray]) -> bool:
     """Whether a split has any label to score (a GLUE-style test split has none)."""
-    return bool((arrays["labels"] != IGNORE_INDEX).any())
+    return bool(losses.labelled(arrays["labels"]).any())
 
 
-def load(data_cfg, tokenizer) -> TaskData:
+def load(data_cfg, tokenizer, problem_type: str = "") -> TaskData:
     """Train and validation (and test, when present) splits, tokenized; the label set from `data.labels`,
-    the dataset's preset, or the training split. `tokenizer` may be None for a text corpus (characters)."""
+    the dataset's preset, or the training split; a sequence task's labels are scores as `regression` decides
+    (model.problem_type). `tokenizer` may be None for a text corpus (characters)."""
     ds = dataset(data_cfg)
     if ds.task == "lm":
         return _load_lm(data_cfg, tokenizer)
@@ -364,14 +404,16 @@ def load(data_cfg, tokenizer) -> TaskData:
         splits["train"] = splits["train"].head(data_cfg.max_train)
     if not splits["train"].words:
         raise DataError(f"the train split of {data_cfg.name} is empty")
-    label_names = _label_names(data_cfg, ds, splits["train"])
+    scores = ds.task == "sequence" and regression(data_cfg, problem_type, splits["train"])
+    label_names = [] if scores else _label_names(data_cfg, ds, splits["train"])
     encoded, truncated = {}, {}
     for split, examples in splits.items():
-        enc = _encode(data_cfg, ds, tokenizer, split, examples, label_names)
+        enc = _encode(data_cfg, ds, tokenizer, split, examples, label_names, scores)
         encoded[split], truncated[split] = enc.arrays, enc.truncated
     test_labelled = "test" not in encoded or _labelled(encoded["test"])
     return TaskData(data_cfg.name, ds.task, label_names, encoded["train"], encoded["validation"], truncated,
-                    ds.source.startswith("synthetic"), tokenizer, encoded.get("test"), test_labelled)
+                    ds.source.startswith("synthetic"), tokenizer, encoded.get("test"), test_labelled,
+                    regression=scores)
 
 
 def source_of(data_cfg) -> str:
@@ -380,9 +422,9 @@ def source_of(data_cfg) -> str:
     return data_cfg.data_dir or (f"TFDS catalog {ds.catalog}" if ds.catalog else "generated")
 
 
-def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
+def load_split(data_cfg, tokenizer, split: str, problem_type: str = "") -> dict[str, np.ndarray]:
     """One split of a dataset folder (only its file is needed), with a trained run's label set
-    (`data.labels`, set in every resolved spec)."""
+    (`data.labels`, set in every resolved spec), or as scores (a resolved model.problem_type regression)."""
     ds = dataset(data_cfg)
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"--split must be train, validation or test, got {split!r}")
@@ -398,7 +440,8 @@ def load_split(data_cfg, tokenizer, split: str) -> dict[str, np.ndarray]:
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")
-    arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(",")).arrays
+    arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(","),
+                     problem_type == "regression").arrays
     if not _labelled(arrays):  # scored, it would read as loss 0 and accuracy 0
         raise DataError(f"{raw[split].place}: the {split} split has no labels, so there is nothing to score; "
                         f"`jaxbatch predict` labels it")

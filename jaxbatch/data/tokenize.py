@@ -54,17 +54,23 @@ def encode_tagged(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[
                         labels=labels), truncated)
 
 
+def _label_array(labels) -> np.ndarray:
+    """Class ids as int32; regression scores (floats) as float32."""
+    labels = np.asarray(labels)
+    return labels.astype(np.float32 if np.issubdtype(labels.dtype, np.floating) else np.int32)
+
+
 def encode_labelled(tokenizer, sentences: Sequence[Sequence[str]], labels: Sequence[int], seq_len: int,
                     pairs: Sequence[Sequence[str]] | None = None) -> Encoded:
-    """Sequence classification: one label per example, of a text or of a pair of texts (`pairs`: each
-    example's second text)."""
+    """Sequence classification or regression: one label (class id or score) per example, of a text or of a
+    pair of texts (`pairs`: each example's second text)."""
     if pairs:
         return _encode_pairs(tokenizer, sentences, pairs, labels, seq_len)
     enc = tokenizer(list(map(list, sentences)), is_split_into_words=True, add_special_tokens=False)
     input_ids, mask, truncated = _pack(enc["input_ids"], seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
                                        tokenizer.pad_token_id)
     return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=np.zeros_like(input_ids),
-                        labels=np.asarray(labels, np.int32)), truncated)
+                        labels=_label_array(labels)), truncated)
 
 
 def _encode_pairs(tokenizer, firsts, seconds, labels, seq_len: int) -> Encoded:
@@ -93,4 +99,4 @@ def _encode_pairs(tokenizer, firsts, seconds, labels, seq_len: int) -> Encoded:
         if typed:
             types[i, : len(row)] = type_ids[i]
     return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=types,
-                        labels=np.asarray(labels, np.int32)), len(long))
+                        labels=_label_array(labels)), len(long))

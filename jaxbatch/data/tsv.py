@@ -4,9 +4,10 @@ a TSV, CSV or JSON lines file whose header (keys) names its columns.
 Headerless TSV: `text<TAB>label`. Named columns (a TSV header row as GLUE's, CSV as pandas or a spreadsheet
 writes it, quoted fields included, `;`-separated too, or the keys of JSON lines): the text in `text` or
 `sentence`, or a pair of texts (GLUE's and NLI's names: `sentence1`/`sentence2`, `premise`/`hypothesis`,
-`question`/`sentence`, `question1`/`question2`, or `text`/`text_pair`), the class in `label` (names in any
-case); other columns are ignored (GLUE's `index`), and a split without `label` is unlabelled. Labels are kept
-as written (a class name or an integer id) and turned into ids by `data/tasks.py` against the label set.
+`question`/`sentence`, `question1`/`question2`, or `text`/`text_pair`), the class in `label` (or a
+regression target in `label` or `score`, GLUE STS-B's; names in any case); other columns are ignored (GLUE's
+`index`), and a split without a label column is unlabelled. Labels are kept as written (a class name, an
+integer id or a score) and turned into ids or scores by `data/tasks.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl") f
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
                 ("question1", "question2"), ("text", "text_pair"))  # tried first, in order
 TEXT_COLUMNS = ("text", "sentence")
+LABEL_COLUMNS = ("label", "score")  # the first one present
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}  # of CSV, in the order tried
 
 
@@ -55,7 +57,7 @@ def read(path: str | Path) -> list[Example]:
         parts = line.split("\t")
         if len(parts) != 2:
             raise DataError(f"{path}:{number}: expected 2 tab-separated columns, got {len(parts)}")
-        out.append(_example(path, number, {"text": parts[0], "label": parts[1]}, ("text", None), True))
+        out.append(_example(path, number, {"text": parts[0], "label": parts[1]}, ("text", None), "label"))
     return out
 
 
@@ -63,26 +65,29 @@ def _names_text(names) -> bool:
     return any(c in names for c in TEXT_COLUMNS) or any(set(pair) <= set(names) for pair in PAIR_COLUMNS)
 
 
-def _example(path: Path, number: int, row: dict, columns: tuple[str, str | None], labelled: bool) -> Example:
+def _example(path: Path, number: int, row: dict, columns: tuple[str, str | None],
+             label_column: str | None) -> Example:
     texts = [row.get(c) for c in columns if c]
     for column, text in zip(columns, texts):
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}:{number}: {column!r} must be a non-empty string, got {text!r}")
-    label = row.get("label")
-    if labelled and (isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip()):
-        raise DataError(f"{path}:{number}: the label must be a class name or an integer id, got {label!r}")
-    return Example(texts[0].strip(), str(label).strip() if labelled else "", number,
+    label = row.get(label_column) if label_column else ""
+    bad = isinstance(label, bool) or not isinstance(label, (str, int, float)) or not str(label).strip()
+    if label_column and bad:
+        raise DataError(f"{path}:{number}: the {label_column} must be a class name, an integer id or a score, got "
+                        f"{label!r}")
+    return Example(texts[0].strip(), str(label).strip(), number,
                    texts[1].strip() if len(texts) > 1 else "")
 
 
-def _columns(path: Path, names) -> tuple[tuple[str, str | None], bool]:
-    """The text column (and the pair's second, or None) and whether there is a label column."""
+def _columns(path: Path, names) -> tuple[tuple[str, str | None], str | None]:
+    """The text column (and the pair's second, or None) and the label column (None: unlabelled)."""
     pair = next((p for p in PAIR_COLUMNS if set(p) <= set(names)), None)
     text_col = next((c for c in TEXT_COLUMNS if c in names), None)
     if pair is None and text_col is None:
         raise DataError(f"{path}:1: no 'text' or 'sentence' column, nor a pair of texts ("
                         f"{', '.join('/'.join(p) for p in PAIR_COLUMNS)}); the columns are {sorted(names)}")
-    return pair or (text_col, None), "label" in names
+    return pair or (text_col, None), next((c for c in LABEL_COLUMNS if c in names), None)
 
 
 def _delimiter(header: str) -> str:
@@ -108,7 +113,7 @@ def _read_named(path: Path, text: str, delimiter: str) -> list[Example]:
     quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]  # `Text,Label` names them too
-    columns, labelled = _columns(path, reader.fieldnames)
+    columns, label_column = _columns(path, reader.fieldnames)
     out = []
     try:
         for row in reader:
@@ -116,7 +121,7 @@ def _read_named(path: Path, text: str, delimiter: str) -> list[Example]:
                 raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} "
                                 f"{DELIMITERS[delimiter]}-separated columns like the header")
             if any(v.strip() for v in row.values()):
-                out.append(_example(path, reader.line_num, row, columns, labelled))
+                out.append(_example(path, reader.line_num, row, columns, label_column))
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: {e}") from e
     if not out:
@@ -126,13 +131,12 @@ def _read_named(path: Path, text: str, delimiter: str) -> list[Example]:
 
 def _read_jsonl(path: Path) -> list[Example]:
     rows = json_lines(path, read_text_file(path))
-    columns, labelled = _columns(path, rows[0][1].keys())
+    columns, label_column = _columns(path, rows[0][1].keys())
     for number, row in rows:
-        if any(c and c not in row for c in columns) or labelled != ("label" in row):
-            keys = " and ".join(repr(c) for c in columns if c)
-            raise DataError(f"{path}:{number}: expected the keys of line {rows[0][0]} "
-                            f"({keys}{' and label' if labelled else ''})")
-    return [_example(path, n, row, columns, labelled) for n, row in rows]
+        if any(c and c not in row for c in columns) or label_column != _columns(path, row.keys())[1]:
+            keys = " and ".join(repr(c) for c in (*columns, label_column) if c)
+            raise DataError(f"{path}:{number}: expected the keys of line {rows[0][0]} ({keys})")
+    return [_example(path, n, row, columns, label_column) for n, row in rows]
 
 
 def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Path]:

@@ -39,7 +39,7 @@ class Family:
     """What a model family supplies. `build(model_cfg, rngs=, dtype=)` returns the NNX module;
     `forward(model, batch, deterministic=, rngs=)` its outputs; `loss_sums(outputs, batch, model_cfg)` ->
     (float32 sums incl. `loss_sum` and `weight`, predictions dict); `batch_shapes(model_cfg, batch, seq_len)`
-    -> {key: shape} of int32 arrays (every batch has `labels`, IGNORE_INDEX where no loss);
+    -> {key: shape} (int32 arrays but `labels`, see `abstract_batch`; IGNORE_INDEX or NaN where no loss);
     `train_flops_per_token(model_cfg, seq_len)`; `validate(model_cfg, seq_len, model_axis)` raises
     ConfigError; `describe(model_cfg)` is the one-line summary a run prints; `tokenizer(folder or
     vocabulary list)` builds the tokenizer when no pretrained folder brings one."""
@@ -89,6 +89,19 @@ def family(model_cfg) -> Family:
     if name not in _FAMILIES:
         raise ConfigError(f"model.family={name!r} is unknown; families: {', '.join(names())}")
     return _FAMILIES[name]
+
+
+def abstract_batch(model_cfg, batch: int, seq_len: int, shardings: Mapping | None = None) -> dict:
+    """The family's batch as ShapeDtypeStructs (with `shardings`, when given): int32, but float32 `labels`
+    for regression targets (losses.label_dtype). What the steps compile for and the planner measures."""
+    import jax
+
+    from jaxbatch import losses
+
+    shapes = family(model_cfg).batch_shapes(model_cfg, batch, seq_len)
+    dtypes = {"labels": losses.label_dtype(model_cfg)}
+    return {k: jax.ShapeDtypeStruct(s, dtypes.get(k, "int32"), **({"sharding": shardings[k]} if shardings else {}))
+            for k, s in shapes.items()}
 
 
 def check_shape(model_cfg, shape: Mapping[str, Any]) -> None:

@@ -128,6 +128,8 @@ def forward(model: BertClassifier, batch: dict, *, deterministic: bool, rngs: nn
 
 
 def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
+    if cfg.problem_type == "regression":
+        return losses.regression_sums(logits, batch["labels"])
     return losses.classification_sums(logits, batch["labels"], cfg.label_smoothing)
 
 
@@ -170,8 +172,15 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
         raise ConfigError(f"data.seq_len={seq_len} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
 
 
+def head(cfg) -> str:
+    """The head, as a run's summary line names it."""
+    if cfg.problem_type == "regression":
+        return f"{cfg.task} regression, one score"
+    return f"{cfg.task} classification, {cfg.num_labels} labels"
+
+
 def describe(cfg) -> str:
-    return f"BERT {cfg.preset} ({cfg.task} classification, {cfg.num_labels} labels)"
+    return f"BERT {cfg.preset} ({head(cfg)})"
 
 
 def tokenizer(source):
@@ -214,7 +223,7 @@ SHAPE_FIELDS = {  # ModelConfig field -> config.json key
 def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
     """The model shape from a BERT config.json; with a named preset, every shape field must agree. A
     fine-tuned head (an architecture named *ForTokenClassification or *ForSequenceClassification) sets the
-    task and label count."""
+    task and label count, and a regression head (HF reads one output so) model.problem_type unless it is set."""
     activation = models.hf_activation(hf, "hidden_act", ACTIVATION)
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise CheckpointError("config.json: is_decoder / add_cross_attention (a causal or cross-attending BERT) "
@@ -228,9 +237,11 @@ def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
     if task is not None:  # a fine-tuned head: its task and label count
         wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", cfg.num_labels))
         kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
-        if task == "sequence" and kind != "single_label_classification":  # HF reads one logit as a regression
+        if task == "sequence" and kind == "regression" and wanted["num_labels"] == 1:
+            wanted.update(problem_type=cfg.problem_type or "regression")
+        elif task == "sequence" and kind != "single_label_classification":
             raise CheckpointError(f"config.json: a {kind} head ({wanted['num_labels']} output(s)) is not supported; "
-                                  f"jaxbatch classifies each text into one of its labels")
+                                  f"jaxbatch classifies each text into one of its labels or scores it (regression)")
     return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)),
                                activation=activation)
 
@@ -302,6 +313,9 @@ def hf_expected_unused(name: str, cfg) -> bool:
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
+    if cfg.problem_type == "regression":
+        return {**hf_config(dataclasses.replace(cfg, problem_type="", num_labels=2), ["LABEL_0", "LABEL_1"]),
+                "num_labels": 1, "problem_type": "regression", "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
     if cfg.num_labels == 1:
         raise ConfigError("a one-logit binary head has no Hugging Face class that reads it so (HF takes one logit "
                           "for a regression); train it with model.num_labels=2 to export")

@@ -28,7 +28,7 @@ def build(cfg, *, rngs: nnx.Rngs, dtype) -> bert.BertClassifier:
 
 
 def describe(cfg) -> str:
-    return f"DistilBERT {cfg.preset} ({cfg.task} classification, {cfg.num_labels} labels)"
+    return f"DistilBERT {cfg.preset} ({bert.head(cfg)})"
 
 
 # ---- Hugging Face conversion table ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 
 
 def describe(cfg) -> str:
-    return f"ELECTRA {cfg.preset} ({cfg.task} classification, {cfg.num_labels} labels)"
+    return f"ELECTRA {cfg.preset} ({bert.head(cfg)})"
 
 
 # ---- Hugging Face conversion table: BERT's under 'electra.', the projection, RoBERTa-style head names -----

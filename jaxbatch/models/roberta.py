@@ -48,7 +48,7 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 
 
 def describe(cfg) -> str:
-    return f"RoBERTa {cfg.preset} ({cfg.task} classification, {cfg.num_labels} labels)"
+    return f"RoBERTa {cfg.preset} ({bert.head(cfg)})"
 
 
 def tokenizer(source):

@@ -1,5 +1,6 @@
 """Datasets through tfds (array_record, no TensorFlow) into tokenized arrays; bad input is named."""
 
+import numpy as np
 import pytest
 
 from conftest import SHARED_DATA
@@ -381,3 +382,42 @@ def test_every_assistant_turn_of_a_chat_is_trained_and_a_rewritten_one_only_read
     assert "6 earlier assistant turn(s) are not trained, only read" in caplog.text
     targets = [t for t in rows["labels"].ravel() if t != -100]
     assert tok.convert_ids_to_tokens(targets) == ["think", "later", "<|end|>"] * 3
+
+
+def test_scores_make_a_regression_task_as_run_glue_reads_a_float_column(tmp_path):
+    """GLUE STS-B's layout (`score` column, pairs): numbers with a decimal point are regression targets
+    (float32, NaN unlabelled); whole numbers stay class ids unless model.problem_type=regression says so; a
+    class list (data.labels) always classifies; a label that is no number is one line naming file and line."""
+    t = tmp_path / "sts"
+    t.mkdir()
+    header = "index\tgenre\tsentence1\tsentence2\tscore\n"
+    (t / "train.tsv").write_text(header + "0\tmain\ta cat\ta cat\t5.000\n1\tmain\ta cat\ta dog\t1.25\n")
+    (t / "dev.tsv").write_text(header + "0\tmain\ta dog\ta dog\t1.25\n")
+    (t / "test.tsv").write_text("index\tsentence1\tsentence2\n0\ta cow\ta cat\n")  # GLUE's hidden labels
+    cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}")
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    assert data.regression and data.label_names == [] and data.train["labels"].dtype == "float32"
+    assert data.train["labels"].tolist() == [5.0, 1.25] and data.eval["labels"].tolist() == [1.25]
+    assert np.isnan(data.test["labels"]).all() and not data.test_labelled
+    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, regression=data.regression)
+    assert (spec.model.problem_type, spec.model.num_labels, spec.data.labels) == ("regression", 1, "")
+    assert tasks.load_split(spec.data, run_lib.tokenizer(cfg), "validation", "regression")["labels"].dtype == "float32"
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg), "classification")  # the scores as class names
+    assert not data.regression and data.label_names == ["1.25", "5.000"]
+    (t / "train.tsv").write_text(header + "0\tmain\ta cat\ta cat\t5\n1\tmain\ta cat\ta dog\t1\n")
+    (t / "dev.tsv").write_text(header + "0\tmain\ta dog\ta dog\t4\n")
+    assert not tasks.load(cfg.data, run_lib.tokenizer(cfg)).regression  # ids: classes, as run_glue's int column
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg), "regression")
+    assert data.regression and data.train["labels"].tolist() == [5.0, 1.0]
+    cfg_named = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.labels=a,b,c,d,e,f")
+    assert not tasks.load(cfg_named.data, run_lib.tokenizer(cfg)).regression
+    (t / "dev.tsv").write_text(header + "0\tmain\ta dog\ta dog\t4.8\n1\tmain\ta\tb\thigh\n")
+    with pytest.raises(DataError, match=rf"^{t / 'dev.tsv'}:3: label 'high' is not a finite number"):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg), "regression")
+    for bad, message in ((["model.problem_type=ordinal"], "model.problem_type must be classification or regression"),
+                         (["model.problem_type=regression", "data.name=conll2003"], "not a token task"),
+                         (["model.problem_type=regression", "data.name=sst2", "model.label_smoothing=0.1"],
+                          "a regression head has none")):
+        shaped = config.build(["model.preset=tiny", *bad])
+        with pytest.raises(config.ConfigError, match=message):
+            config.validate(run_lib.resolve(shaped, task=tasks.dataset_task(shaped.data)), 8)
