@@ -165,7 +165,7 @@ def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
     for name, n in (("train.txt", 64), ("dev.txt", 16)):
         (d / name).write_text("\n".join(sentence() for _ in range(n)))
     result = train.train(tiny_config("data.name=conll", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'c'}",
-                                     *MINILM_TOKENIZER, "train.steps=30", "train.eval_every=0", "train.batch_size=16",
+                                     *MINILM_TOKENIZER, "train.steps=20", "train.eval_every=0", "train.batch_size=16",
                                      "optim.learning_rate=3e-3", "data.seq_len=16", f"train.run_dir={tmp_path / 'r'}"))
     report = result.summary["final_eval"]["entities"]
     assert set(report) >= {"DRUG", "DOSE"} and report["DRUG"]["support"] == 16
@@ -187,7 +187,7 @@ def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
     (t / "train.tsv").write_text(rows(96))
     (t / "dev.tsv").write_text(rows(24))
     result = train.train(tiny_config("data.name=tsv", f"data.data_dir={t}", f"data.cache_dir={tmp_path / 'c'}",
-                                     *MINILM_TOKENIZER, "train.steps=80", "train.eval_every=0", "train.batch_size=16",
+                                     *MINILM_TOKENIZER, "train.steps=50", "train.eval_every=0", "train.batch_size=16",
                                      "optim.learning_rate=3e-3", "data.seq_len=16", f"train.run_dir={tmp_path / 's'}"))
     assert result.spec.model.task == "sequence" and result.spec.model.num_labels == 3
     assert result.summary["final_eval"]["accuracy"] > 0.9
