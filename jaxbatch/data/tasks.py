@@ -225,8 +225,9 @@ def _class_ids(raw: Raw, names: list[str]) -> list[int]:
         elif label.isdigit() and int(label) < len(names):
             ids.append(int(label))
         else:
+            hint = " or model.problem_type=regression for scores" if _looks_like_scores([label]) else ""
             raise DataError(f"{raw.at(n)}: label {label!r} is neither one of {names} nor an id below {len(names)} "
-                            f"(set data.labels to the full class list)")
+                            f"(set data.labels to the full class list{hint})")
     return ids
 
 

@@ -407,6 +407,10 @@ def test_scores_make_a_regression_task_as_run_glue_reads_a_float_column(tmp_path
     (t / "train.tsv").write_text(header + "0\tmain\ta cat\ta cat\t5\n1\tmain\ta cat\ta dog\t1\n")
     (t / "dev.tsv").write_text(header + "0\tmain\ta dog\ta dog\t4\n")
     assert not tasks.load(cfg.data, run_lib.tokenizer(cfg)).regression  # ids: classes, as run_glue's int column
+    (t / "test.tsv").write_text(header + "0\tmain\ta cow\ta cat\t2.5\n")
+    with pytest.raises(DataError, match=r"test.tsv:2: label '2.5' is neither .* or model.problem_type=regression"):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    (t / "test.tsv").unlink()
     data = tasks.load(cfg.data, run_lib.tokenizer(cfg), "regression")
     assert data.regression and data.train["labels"].tolist() == [5.0, 1.0]
     cfg_named = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.labels=a,b,c,d,e,f")
