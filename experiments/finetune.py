@@ -47,10 +47,14 @@ def run(name: str, defaults: list[str], argv: list[str], description: str) -> di
                 results["test"] = {k: v for k, v in test.items() if k not in ("predictions", "token_report_text")}
             else:  # e.g. GLUE: test labels are hidden, so write predictions in the GLUE submission layout
                 path = run_dir / "test_predictions.tsv"
+                as_text = (lambda p: f"{float(p):.3f}") if data.regression else (lambda p: str(int(np.ravel(p)[0])))
                 path.write_text("index\tprediction\n" + "".join(
-                    f"{i}\t{int(np.ravel(p)[0])}\n" for i, p in enumerate(test["predictions"])))
+                    f"{i}\t{as_text(p)}\n" for i, p in enumerate(test["predictions"])))
                 print(f"test split has no labels; predictions written to {path}")
     for split, r in results.items():
+        if "accuracy" not in r:  # a regression head: its loss and correlations
+            print(f"{split}: " + evaluate.report_lines(r, data.task))
+            continue
         line = f"{split}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}"
         if "entities" in r:
             line += f", entity micro F1 {r['entities']['micro avg']['f1-score']:.4f}"
