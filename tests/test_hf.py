@@ -139,6 +139,19 @@ def test_export_loads_in_pytorch_and_round_trips_bit_identically(task, tmp_path)
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def _right_padded_logits(cls, folder, pad_id: int, seq_len: int, seed: int):
+    """(the rng, then) a right-padded batch of 8 rows of 1 to seq_len tokens, the transformers model of `folder`
+    and its logits for them."""
+    rng = np.random.default_rng(seed)
+    ids, mask = rng.integers(5, 99, (8, seq_len)), np.ones((8, seq_len), np.int64)
+    for row, length in enumerate([seq_len, 7, 3, 12, 1, seq_len, 9, 2]):
+        ids[row, length:], mask[row, length:] = pad_id, 0
+    theirs = cls.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    return rng, ids, mask, theirs, expected
+
+
 ENCODERS = {  # family -> (transformers config class, its class prefix, config.json overrides)
     "roberta": ("RobertaConfig", "Roberta", dict(max_position_embeddings=20, type_vocab_size=1, pad_token_id=1)),
     "distilbert": ("DistilBertConfig", "DistilBert", dict(max_position_embeddings=18, dim=32, n_layers=2, n_heads=4,
@@ -165,13 +178,7 @@ def test_other_encoder_families_equal_pytorch_and_export_back(family, task, tmp_
         "mesh.fsdp=2"])))
     assert (run.spec.model.family, run.spec.model.task, run.spec.model.hidden_size) == (family, task, 32)
     assert run.load_report.new == [] and run.load_report.unexpected == []
-    rng = np.random.default_rng(1)
-    ids, mask = rng.integers(5, 99, (8, 18)), np.ones((8, 18), np.int64)
-    for row, length in enumerate([18, 7, 3, 12, 1, 18, 9, 2]):
-        ids[row, length:], mask[row, length:] = shape.get("pad_token_id", 0), 0
-    theirs = cls.from_pretrained(tmp_path / "in", attn_implementation="eager").eval()
-    with torch.no_grad():
-        expected = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    rng, ids, mask, theirs, expected = _right_padded_logits(cls, tmp_path / "in", shape.get("pad_token_id", 0), 18, 1)
     model = nnx.merge(run.graphdef, run.state.params)
     ours = np.asarray(jax.jit(lambda i, m: model(i, m))(ids, mask))
     real = mask == 1 if task == "token" else slice(None)  # RoBERTa gives padding the padding row's position
@@ -237,13 +244,7 @@ def test_a_regression_head_equals_pytorch_and_exports_back(family, tmp_path):
                                                       "data.seq_len=16", "mesh.data=4", "mesh.model=2"])))
     assert (run.spec.model.problem_type, run.spec.model.num_labels) == ("regression", 1)
     assert run_lib.label_names(run.spec) == ["LABEL_0"]
-    rng = np.random.default_rng(3)
-    ids, mask = rng.integers(5, 99, (8, 16)), np.ones((8, 16), np.int64)
-    for row, length in enumerate([16, 7, 3, 12, 1, 16, 9, 2]):
-        ids[row, length:], mask[row, length:] = shape.get("pad_token_id", 0), 0
-    theirs = cls.from_pretrained(tmp_path / "in", attn_implementation="eager").eval()
-    with torch.no_grad():
-        expected = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    rng, ids, mask, theirs, expected = _right_padded_logits(cls, tmp_path / "in", shape.get("pad_token_id", 0), 16, 3)
     scores = rng.uniform(0, 5, 8).astype(np.float32)
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids), "labels": scores}
     family_ = models.family(run.spec.model)
