@@ -204,12 +204,13 @@ def _scores(raw: Raw) -> np.ndarray:
         if label == "":
             continue
         try:
-            out[n] = float(label)
+            value = float(label)
         except ValueError:
-            out[n] = np.nan
-        if not np.isfinite(out[n]):
+            value = np.nan
+        if not np.isfinite(value):
             raise DataError(f"{raw.at(n)}: label {label!r} is not a finite number (a regression head reads scores; "
                             f"model.problem_type=classification reads class names)")
+        out[n] = value
     return out
 
 
