@@ -83,7 +83,8 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
     data = cfg.data
     if label_names:
         if any("," in n for n in label_names):
-            raise ConfigError(f"label names may not contain ',': {label_names}")
+            raise ConfigError(f"label names may not contain ',': {label_names} (one class per example: multi-label "
+                              f"heads are not supported)")
         single_logit = model.num_labels == 1 and len(label_names) == 2  # binary head with one logit, asked for
         model = dataclasses.replace(model, num_labels=1 if single_logit else len(label_names))
         data = dataclasses.replace(data, labels=",".join(label_names))

@@ -425,3 +425,5 @@ def test_scores_make_a_regression_task_as_run_glue_reads_a_float_column(tmp_path
         shaped = config.build(["model.preset=tiny", *bad])
         with pytest.raises(config.ConfigError, match=message):
             config.validate(run_lib.resolve(shaped, task=tasks.dataset_task(shaped.data)), 8)
+    with pytest.raises(config.ConfigError, match=r"may not contain ','.*multi-label heads are not supported"):
+        run_lib.resolve(cfg, task="sequence", label_names=["joy,anger", "fear"])  # several classes per example
