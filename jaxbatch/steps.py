@@ -278,10 +278,12 @@ def _signature(batch: dict) -> tuple:
 
 
 def _combine_micro(a: dict, b: dict) -> dict:
-    """Per-micro-batch metrics of the MultiSteps path -> global-batch metrics (token-weighted)."""
+    """Per-micro-batch metrics of the MultiSteps path -> global-batch metrics (token-weighted): every mean
+    per labelled position the head reports (a regression head has no accuracy)."""
     w = a["weight"] + b["weight"]
     out = dict(b)
-    for key in ("loss", "accuracy"):
-        out[key] = (a[key] * a["weight"] + b[key] * b["weight"]) / jnp.maximum(w, 1.0)
+    for key in ("loss", "accuracy", *losses.OBJECTIVE_TERMS):
+        if key in b:
+            out[key] = (a[key] * a["weight"] + b[key] * b["weight"]) / jnp.maximum(w, 1.0)
     out["weight"] = w
     return out
