@@ -60,7 +60,8 @@ class ModelConfig:
     activation: str = ""
     task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides (set otherwise, must match)
     num_labels: int = 9
-    # sequence heads: regression (one score, mean squared error: HF's problem_type, GLUE STS-B) | classification;
+    # sequence heads: regression (one score, mean squared error: HF's problem_type, GLUE STS-B) | classification
+    # (or HF's name for it, single_label_classification);
     # empty = the data decides (labels all numbers, some with a decimal point, are scores, as HF's run_glue
     # reads a float column); a resolved spec holds regression or empty
     problem_type: str = ""
@@ -418,8 +419,12 @@ def validate(cfg: Config, num_devices: int) -> None:
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
     _validate_rampup(t, data * fsdp)
-    if cfg.model.problem_type not in ("", "classification", "regression"):
-        raise ConfigError(f"model.problem_type must be classification or regression, got {cfg.model.problem_type!r}")
+    if cfg.model.problem_type == "multi_label_classification":
+        raise ConfigError("model.problem_type=multi_label_classification: multi-label heads are not supported (one "
+                          "class per example, or one score)")
+    if cfg.model.problem_type not in ("", "classification", "single_label_classification", "regression"):
+        raise ConfigError(f"model.problem_type must be classification (HF's single_label_classification) or "
+                          f"regression, got {cfg.model.problem_type!r}")
     if cfg.model.problem_type == "regression" and cfg.model.task != "sequence":
         raise ConfigError(f"model.problem_type=regression scores whole texts (a tsv, csv or jsonl dataset), not a "
                           f"{cfg.model.task} task")

@@ -402,8 +402,9 @@ def test_scores_make_a_regression_task_as_run_glue_reads_a_float_column(tmp_path
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, regression=data.regression)
     assert (spec.model.problem_type, spec.model.num_labels, spec.data.labels) == ("regression", 1, "")
     assert tasks.load_split(spec.data, run_lib.tokenizer(cfg), "validation", "regression")["labels"].dtype == "float32"
-    data = tasks.load(cfg.data, run_lib.tokenizer(cfg), "classification")  # the scores as class names
-    assert not data.regression and data.label_names == ["1.25", "5.000"]
+    for name in ("classification", "single_label_classification"):  # the scores as class names
+        data = tasks.load(cfg.data, run_lib.tokenizer(cfg), name)
+        assert not data.regression and data.label_names == ["1.25", "5.000"]
     (t / "train.tsv").write_text(header + "0\tmain\ta cat\ta cat\t5\n1\tmain\ta cat\ta dog\t1\n")
     (t / "dev.tsv").write_text(header + "0\tmain\ta dog\ta dog\t4\n")
     assert not tasks.load(cfg.data, run_lib.tokenizer(cfg)).regression  # ids: classes, as run_glue's int column
@@ -418,7 +419,8 @@ def test_scores_make_a_regression_task_as_run_glue_reads_a_float_column(tmp_path
     (t / "dev.tsv").write_text(header + "0\tmain\ta dog\ta dog\t4.8\n1\tmain\ta\tb\thigh\n")
     with pytest.raises(DataError, match=rf"^{t / 'dev.tsv'}:3: label 'high' is not a finite number"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg), "regression")
-    for bad, message in ((["model.problem_type=ordinal"], "model.problem_type must be classification or regression"),
+    for bad, message in ((["model.problem_type=ordinal"], "model.problem_type must be classification .* or regression"),
+                         (["model.problem_type=multi_label_classification"], "multi-label heads are not supported"),
                          (["model.problem_type=regression", "data.name=conll2003"], "not a token task"),
                          (["model.problem_type=regression", "data.name=sst2", "model.label_smoothing=0.1"],
                           "a regression head has none")):
