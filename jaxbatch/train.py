@@ -161,7 +161,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),
-                           regression=data.regression if data.task == "sequence" else None)
+                           regression=data.regression)
     _check_best_metric(spec, spec.model.problem_type)
     if len(tokenizer) > spec.model.vocab_size:
         raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="

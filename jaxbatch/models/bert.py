@@ -312,22 +312,26 @@ def hf_expected_unused(name: str, cfg) -> bool:
     return name == "embeddings.position_ids" or (cfg.task == "token" and name.startswith("pooler."))
 
 
+def hf_architecture(prefix: str, cfg) -> str:
+    """The transformers class a family's head is saved as: {prefix}For{Token,Sequence}Classification."""
+    return f"{prefix}For{'Token' if cfg.task == 'token' else 'Sequence'}Classification"
+
+
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
-    if cfg.problem_type == "regression":
-        return {**hf_config(dataclasses.replace(cfg, problem_type="", num_labels=2), ["LABEL_0", "LABEL_1"]),
-                "num_labels": 1, "problem_type": "regression", "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
-    if cfg.num_labels == 1:
+    regression = cfg.problem_type == "regression"
+    if cfg.num_labels == 1 and not regression:
         raise ConfigError("a one-logit binary head has no Hugging Face class that reads it so (HF takes one logit "
                           "for a regression); train it with model.num_labels=2 to export")
-    arch = "BertForTokenClassification" if cfg.task == "token" else "BertForSequenceClassification"
-    labels = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
+    labels = ["LABEL_0"] if regression else label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
     return {
-        "architectures": [arch], "model_type": "bert", "hidden_act": cfg.activation or ACTIVATION,
+        "architectures": [hf_architecture("Bert", cfg)], "model_type": "bert",
+        "hidden_act": cfg.activation or ACTIVATION,
         **{key: getattr(cfg, field) for field, key in SHAPE_FIELDS.items()},
         "layer_norm_eps": cfg.layer_norm_eps, "hidden_dropout_prob": cfg.hidden_dropout,
         "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "pad_token_id": 0,
         "position_embedding_type": "absolute", "num_labels": cfg.num_labels,
         "id2label": {str(i): n for i, n in enumerate(labels)}, "label2id": {n: i for i, n in enumerate(labels)},
+        **({"problem_type": "regression"} if regression else {}),
     }
 
 

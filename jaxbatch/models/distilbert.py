@@ -82,8 +82,7 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
     for key in (*bert.SHAPE_FIELDS.values(), "layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob",
                 "hidden_act", "position_embedding_type"):
         out.pop(key, None)
-    arch = "DistilBertForTokenClassification" if cfg.task == "token" else "DistilBertForSequenceClassification"
-    return {**out, "architectures": [arch], "model_type": "distilbert",
+    return {**out, "architectures": [bert.hf_architecture("DistilBert", cfg)], "model_type": "distilbert",
             **{key: getattr(cfg, field) for field, key in SHAPE_FIELDS.items()},
             "activation": cfg.activation or bert.ACTIVATION, "dropout": cfg.hidden_dropout, "attention_dropout": 0.0,
             "seq_classif_dropout": cfg.hidden_dropout, "sinusoidal_pos_embds": False}

@@ -70,8 +70,7 @@ def hf_expected_unused(name: str, cfg) -> bool:
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
     out = bert.hf_config(cfg, label_names)
-    arch = "ElectraForTokenClassification" if cfg.task == "token" else "ElectraForSequenceClassification"
-    return {**out, "architectures": [arch], "model_type": "electra",
+    return {**out, "architectures": [bert.hf_architecture("Electra", cfg)], "model_type": "electra",
             "embedding_size": cfg.embedding_size or cfg.hidden_size, "classifier_dropout": None}
 
 

@@ -97,9 +97,8 @@ def hf_expected_unused(name: str, cfg) -> bool:
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
     out = bert.hf_config(cfg, label_names)
-    arch = "RobertaForTokenClassification" if cfg.task == "token" else "RobertaForSequenceClassification"
-    return {**out, "architectures": [arch], "model_type": "roberta", "pad_token_id": PADDING_IDX, "bos_token_id": 0,
-            "eos_token_id": 2, "classifier_dropout": None}
+    return {**out, "architectures": [bert.hf_architecture("Roberta", cfg)], "model_type": "roberta",
+            "pad_token_id": PADDING_IDX, "bos_token_id": 0, "eos_token_id": 2, "classifier_dropout": None}
 
 
 FAMILY = models.register(dataclasses.replace(
