@@ -21,7 +21,7 @@ from jaxbatch import models
 from jaxbatch import compress, rampup
 from jaxbatch.compress import prune
 from jaxbatch.errors import ConfigError
-from jaxbatch.models.layers import ACTIVATIONS, REMAT
+from jaxbatch.models.layers import ACTIVATIONS, ATTENTION, REMAT
 
 # Logical axis -> mesh axes. Data, not code: DP, FSDP and TP are all this table plus the mesh shape.
 # A mesh axis is used at most once per array; a later dimension skips axes already taken (so an
@@ -87,6 +87,9 @@ class ModelConfig:
     rope_attention_factor: float = 0.0  # yarn: cos/sin scale (0 = 0.1 ln(factor) + 1, the paper's)
     tie_embeddings: bool = True  # the LM head reuses the token embedding
     remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable: recompute in backward
+    # the attention kernel: auto (cuDNN's fused flash attention on NVIDIA GPUs in bf16/fp16 where it runs,
+    # XLA's otherwise; models/layers.fused_kernel) | xla (XLA's everywhere, e.g. to compare)
+    attention_impl: str = "auto"
     scan_layers: bool = False  # one compiled layer in lax.scan over stacked layer params (faster compiles of deep models)
     z_loss: float = 0.0  # PaLM's z-loss weight on log(sum(exp(logits)))^2
     label_smoothing: float = 0.0  # training targets mix in this much of the uniform distribution (HF's
@@ -441,6 +444,9 @@ def validate(cfg: Config, num_devices: int) -> None:
                           "(e.g. checkpoint.best_metric=loss)")
     if cfg.model.remat not in REMAT:
         raise ConfigError(f"model.remat must be one of {', '.join(REMAT)}, got {cfg.model.remat!r}")
+    if cfg.model.attention_impl not in ATTENTION:
+        raise ConfigError(f"model.attention_impl must be one of {', '.join(ATTENTION)}, "
+                          f"got {cfg.model.attention_impl!r}")
     models.family(cfg.model).validate(cfg.model, cfg.data.seq_len, model)
     if cfg.precision.policy not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision.policy must be fp32, bf16 or fp16, got {cfg.precision.policy!r}")
@@ -495,12 +501,14 @@ def _validate_rampup(t, batch_shards: int) -> None:
                 f"train.rampup_start and train.rampup_increment as multiples of the micro-batch {micro}")
 
 
-# What a resumed run may change: cadence, stopping, where files live, the mesh and hosts (Orbax reshards).
+# What a resumed run may change: cadence, stopping, where files live, the mesh and hosts (Orbax reshards),
+# the attention kernel (the same function, rounded differently).
 # Everything else (model shape, optimizer, data, seed, batch and accumulation, precision) is the run's
 # identity: changing it in a used run dir is refused (see `drift`).
 CHANGEABLE = ("train.steps", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
               "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
-              "train.memory_budget_gb", "train.patience", "train.profile", "data.data_dir", "data.cache_dir",
+              "train.memory_budget_gb", "train.patience", "train.profile", "model.attention_impl", "data.data_dir",
+              "data.cache_dir",
               "data.num_eval", "checkpoint.", "mesh.", "distributed.")
 
 

@@ -42,7 +42,8 @@ class Variant:
 
 class BertLayer(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
-        self.attention = SelfAttention(cfg.hidden_size, cfg.num_heads, rngs=rngs, dtype=dtype)
+        self.attention = SelfAttention(cfg.hidden_size, cfg.num_heads, rngs=rngs, dtype=dtype,
+                                       impl=cfg.attention_impl)
         self.attention_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
         self.mlp = Mlp(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, dtype=dtype,
                        activation=cfg.activation or ACTIVATION)

@@ -141,7 +141,7 @@ class CausalAttention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
             cache = (k, v)
-        y = attend(q, k, v, mask, self.dtype)
+        y = attend(q, k, v, mask, self.dtype, impl=self.cfg.attention_impl)
         return constrain(self.out(constrain(y, names)), ("batch", "length", "embed")), cache
 
 

@@ -218,14 +218,41 @@ class RMSNorm(nnx.Module):
         return norm(x.astype(jnp.float32), self.scale[...], zero, self.eps, False).astype(self.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, is_causal: bool = False):
+ATTENTION = ("auto", "xla")  # model.attention_impl
+
+
+def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
+    """The `jax.nn.dot_product_attention` implementation to ask for: cuDNN's fused (flash) attention where
+    `impl` is auto and it runs: an NVIDIA GPU of compute capability >= 8.0, bf16/fp16, a head width that is a
+    multiple of 8 up to 128 (256 from Hopper on), and queries as long as the keys, an even length (training
+    and prefill; a KV-cache decode step stays on XLA). None (XLA's einsum-softmax-einsum) otherwise, which
+    jax itself picks when asked for nothing."""
+    if impl != "auto" or q.dtype not in (jnp.bfloat16, jnp.float16) or jax.default_backend() != "gpu":
+        return None
+    device = jax.devices()[0]
+    capability = tuple(int(c) for c in getattr(device, "compute_capability", "0.0").split("."))
+    head, (t, s) = q.shape[-1], (q.shape[1], k.shape[1])
+    fits = (device.device_kind.startswith("NVIDIA") and capability >= (8, 0) and head % 8 == 0
+            and head <= (256 if capability >= (9, 0) else 128) and t == s and t % 2 == 0)
+    return "cudnn" if fits else None
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, is_causal: bool = False,
+           impl: str = "auto"):
     """`jax.nn.dot_product_attention` in q's dtype (keys and values, e.g. from a KV cache, are cast to it),
-    returned in `dtype`. fp16 runs in float32 on CPU: XLA:CPU has no fp16 x fp16 -> fp32 dot
-    (F16_F16_F32), which the attention backward pass uses."""
+    returned in `dtype`, on the kernel `fused_kernel` picks. fp16 runs in float32 on CPU: XLA:CPU has no
+    fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
+    additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k) is broadcast, and a
+    query that sees no key (a packed row's padding) sees them all, as in XLA's kernel: cuDNN's gradient for a
+    fully masked row is NaN, which would reach the projections' weight gradients."""
     if dtype == jnp.float16 and jax.default_backend() == "cpu":
         q = q.astype(jnp.float32)
     k, v = k.astype(q.dtype), v.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(dtype)
+    kernel = fused_kernel(impl, q, k)
+    if kernel and mask is not None:
+        mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
+        mask = mask | ~mask.any(-1, keepdims=True)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=kernel).astype(dtype)
 
 
 class SelfAttention(nnx.Module):
@@ -233,9 +260,10 @@ class SelfAttention(nnx.Module):
     fused kernel. (Fused kernels take no attention-probability dropout, so there is none here; hidden
     dropout is applied by the caller, as in MaxText.)"""
 
-    def __init__(self, hidden: int, heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02):
+    def __init__(self, hidden: int, heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02,
+                 impl: str = "auto"):
         head_dim = hidden // heads
-        self.dtype = dtype
+        self.dtype, self.impl = dtype, impl
         proj = dict(rngs=rngs, dtype=dtype, init_std=init_std)
         self.query = Dense((hidden,), (heads, head_dim), ("embed",), ("heads", "kv"), **proj)
         self.key = Dense((hidden,), (heads, head_dim), ("embed",), ("heads", "kv"), **proj)
@@ -245,7 +273,7 @@ class SelfAttention(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None, is_causal: bool = False) -> jax.Array:
         names = ("batch", "length", "heads", "kv")
         q, k, v = (constrain(proj(x), names) for proj in (self.query, self.key, self.value))
-        y = attend(q, k, v, mask, self.dtype, is_causal)
+        y = attend(q, k, v, mask, self.dtype, is_causal, self.impl)
         return constrain(self.out(constrain(y, names)), ("batch", "length", "embed"))
 
 

@@ -77,3 +77,87 @@ def test_dropout_scales_kept_values_and_is_off_when_deterministic():
     np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
     again = drop(x, deterministic=False, rngs=nnx.Rngs(dropout=0))
     np.testing.assert_array_equal(y, again)
+
+
+# The attention kernel (model.attention_impl). CI has no GPU: there, auto must be XLA's kernel exactly; the
+# cuDNN tests run where JAX sees an NVIDIA GPU (JAX_PLATFORMS=cuda; benchmarks/README.md, device.py).
+needs_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's fused attention needs an NVIDIA GPU")
+
+
+def _attention_inputs(kind: str, b: int = 4, t: int = 64, heads: int = 4, d: int = 32):
+    """bf16 q, k, v and a mask of the model's form: padding (batch, 1, 1, k), as the encoders build it, or
+    causal within packed documents with a padded tail (batch, 1, q, k), as the decoders do; and the query
+    rows that see any key."""
+    kq, kk, kv = jax.random.split(jax.random.key(1), 3)
+    kv_heads = heads // 2 if kind == "gqa" else heads
+    q = jax.random.normal(kq, (b, t, heads, d), jnp.bfloat16)
+    k, v = (jax.random.normal(key, (b, t, kv_heads, d), jnp.bfloat16) for key in (kk, kv))
+    lengths = jnp.array([t, t // 2, t - 6, 10][:b])
+    valid = jnp.arange(t)[None, :] < lengths[:, None]
+    if kind == "padding":
+        return q, k, v, valid[:, None, None, :], valid
+    segment = jnp.where(valid, 1 + (jnp.arange(t)[None, :] >= lengths[:, None] // 3), 0)  # two documents
+    mask = (segment[:, :, None] == segment[:, None, :]) & jnp.tril(jnp.ones((t, t), bool)) & valid[:, None, :]
+    return q, k, v, mask[:, None], valid
+
+
+def _attention_and_grads(impl: str, q, k, v, mask, valid):
+    g = jax.random.normal(jax.random.key(2), q.shape, jnp.float32) * valid[:, :, None, None]
+
+    def loss(q, k, v):
+        y = layers.attend(q, k, v, mask, q.dtype, impl=impl)
+        return (y.astype(jnp.float32) * g).sum(), y * valid[:, :, None, None]
+
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(q, k, v)
+    return [np.asarray(a, np.float32) for a in (y, *grads)]
+
+
+def test_auto_attention_is_xlas_kernel_off_nvidia_gpus():
+    if jax.default_backend() == "gpu":
+        pytest.skip("on a GPU, auto picks cuDNN (the tests below)")
+    q, k, v, mask, valid = _attention_inputs("packed")
+    assert layers.fused_kernel("auto", q, k) is None
+    auto, xla = (_attention_and_grads(impl, q, k, v, mask, valid) for impl in ("auto", "xla"))
+    for a, b in zip(auto, xla):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind", ["padding", "packed", "gqa"])
+def test_cudnn_attention_equals_xla_on_a_gpu(kind):
+    q, k, v, mask, valid = _attention_inputs(kind)
+    assert layers.fused_kernel("auto", q, k) == "cudnn" and layers.fused_kernel("xla", q, k) is None
+    assert layers.fused_kernel("auto", q[:, :1], k) is None  # a KV-cache decode step stays on XLA
+    exact = [np.asarray(a, np.float32) for a in _attention_and_grads("xla", *(
+        x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x for x in (q, k, v)), mask, valid)]
+    for name, fused, xla, ref in zip(("output", "dq", "dk", "dv"), _attention_and_grads("auto", q, k, v, mask, valid),
+                                     _attention_and_grads("xla", q, k, v, mask, valid), exact):
+        # both bf16 kernels are as far from a float32 reference as bf16 rounding puts them; a wrong mask is O(1)
+        scale = np.abs(ref).max()
+        assert np.abs(fused - ref).max() < 0.02 * scale + 2 * np.abs(xla - ref).max(), name
+
+
+@needs_gpu
+@pytest.mark.parametrize("preset", ["tiny", "gpt-tiny", "llama-tiny"])
+def test_models_train_alike_with_either_kernel_on_a_gpu(preset):
+    """Three bf16 steps of each family (padded encoder rows; packed decoder documents) with cuDNN's kernel
+    and with XLA's: the same losses to bf16 rounding."""
+    from conftest import random_batch, run_steps, tiny_config
+    from jaxbatch.data import packing
+
+    extra = [f"model.preset={preset}", "precision.policy=bf16", "data.seq_len=32", "train.batch_size=8"]
+    if preset != "tiny":
+        extra += ["model.task=lm", "data.name=text", "model.vocab_size=97"]
+    losses = {}
+    for impl in ("auto", "xla"):
+        cfg = tiny_config(*extra, f"model.attention_impl={impl}")
+        if preset == "tiny":
+            batches = [random_batch(cfg, seed) for seed in range(3)]
+        else:
+            rng = np.random.default_rng(0)
+            docs = [list(rng.integers(0, 97, rng.integers(3, 20))) for _ in range(90)]
+            rows = packing.pack(docs, 32)
+            batches = [{k: v[8 * i: 8 * i + 8] for k, v in rows.items()} for i in range(3)]
+        _, history, _ = run_steps(cfg, batches, jax.devices()[:1])
+        losses[impl] = [float(h["loss"]) for h in history]
+    np.testing.assert_allclose(losses["auto"], losses["xla"], rtol=2e-2)
