@@ -134,5 +134,12 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules, mesh, x.shape)))
 
 
+def target_device():
+    """The first device of the program being traced: its mesh's under `activation_rules` (a TPU slice compiled
+    ahead of time on a CPU or GPU box), else JAX's default device."""
+    active = _ACTIVE.get()
+    return active[0].devices.flat[0] if active is not None else jax.devices()[0]
+
+
 def describe(mesh: Mesh) -> str:
     return " x ".join(f"{a}={mesh.shape[a]}" for a in AXES) + f" ({mesh.devices.size} {mesh.devices.flat[0].platform} devices)"

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxbatch.mesh import constrain
+from jaxbatch.mesh import constrain, target_device
 
 Names = tuple[str | None, ...]
 normal = jax.nn.initializers.normal
@@ -227,9 +227,9 @@ def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
     multiple of 8 up to 128 (256 from Hopper on), and queries as long as the keys, an even length (training
     and prefill; a KV-cache decode step stays on XLA). None (XLA's einsum-softmax-einsum) otherwise, which
     jax itself picks when asked for nothing."""
-    if impl != "auto" or q.dtype not in (jnp.bfloat16, jnp.float16) or jax.default_backend() != "gpu":
+    device = target_device()
+    if impl != "auto" or q.dtype not in (jnp.bfloat16, jnp.float16) or device.platform != "gpu":
         return None
-    device = jax.devices()[0]
     capability = tuple(int(c) for c in getattr(device, "compute_capability", "0.0").split("."))
     head, (t, s) = q.shape[-1], (q.shape[1], k.shape[1])
     fits = (device.device_kind.startswith("NVIDIA") and capability >= (8, 0) and head % 8 == 0

@@ -122,6 +122,26 @@ def test_auto_attention_is_xlas_kernel_off_nvidia_gpus():
         np.testing.assert_array_equal(a, b)
 
 
+def test_auto_asks_for_cudnn_only_where_its_kernel_runs(monkeypatch):
+    """The selection rule itself, against a stand-in device (CI has no GPU)."""
+    def device(kind="NVIDIA H200", capability="9.0", platform="gpu"):
+        return type("Device", (), dict(platform=platform, device_kind=kind, compute_capability=capability))()
+
+    def pick(dev, q_shape=(2, 64, 4, 64), k_len=64, dtype=jnp.bfloat16, impl="auto"):
+        monkeypatch.setattr(layers, "target_device", lambda: dev)
+        q = jax.ShapeDtypeStruct(q_shape, dtype)
+        return layers.fused_kernel(impl, q, jax.ShapeDtypeStruct((q_shape[0], k_len, 2, q_shape[3]), dtype))
+
+    assert pick(device()) == "cudnn" and pick(device(), dtype=jnp.float16) == "cudnn"
+    assert pick(device(), q_shape=(2, 64, 4, 256)) == "cudnn"  # Hopper: head width up to 256
+    assert pick(device(capability="8.0"), q_shape=(2, 64, 4, 256)) is None  # Ampere: up to 128
+    for off in (pick(device(), impl="xla"), pick(device(), dtype=jnp.float32), pick(device(capability="7.5")),
+                pick(device(kind="AMD Instinct MI300X")), pick(device(platform="tpu", kind="TPU v5 lite")),
+                pick(device(), q_shape=(2, 64, 4, 60)), pick(device(), q_shape=(2, 1, 4, 64)),
+                pick(device(), q_shape=(2, 63, 4, 64), k_len=63)):
+        assert off is None
+
+
 @needs_gpu
 @pytest.mark.parametrize("kind", ["padding", "packed", "gqa"])
 def test_cudnn_attention_equals_xla_on_a_gpu(kind):
