@@ -8,25 +8,30 @@ MFU is model FLOPs (6N + attention, models/*.py) per second over the chip's bf16
 (jaxbatch/topology.py), or over a measured fp32 matmul on a CPU. On an NVIDIA GPU each model runs with both
 attention kernels (`model.attention_impl`: xla, and auto = cuDNN's fused attention), and a first table times
 the attention core alone (forward + backward) with each kernel and mask form, with its error against XLA's.
-Rows are printed and written to --json as they are measured, so a run cut short keeps what it measured.
-Budget: about 8 minutes on one GPU.
+Each measurement (the attention table; one model with one kernel; torch on one model) runs in its own process
+under --part-timeout, so a stalled compile or an out-of-memory costs one row and every process has the whole
+device; rows are written to --json as they come. JAX grows its GPU memory as needed
+(XLA_PYTHON_CLIENT_PREALLOCATE=false unless set), leaving the rest to torch. Budget: about 8 minutes on one GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import step_throughput as st
-from jaxbatch import config, metrics, models, topology
-from jaxbatch.models import layers
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import step_throughput as st  # noqa: E402
+from jaxbatch import config, metrics, models, topology  # noqa: E402
+from jaxbatch.models import layers  # noqa: E402
 
 ACCELERATOR_SHAPES = [  # (family, preset, batch, seq), smallest first: a run cut short keeps the first rows
     ("bert", "bert-base", 32, 512),
@@ -59,14 +64,6 @@ def _torch_device(platform: str) -> str | None:
     if platform == "gpu":
         return "cuda" if torch.cuda.is_available() else None
     return "cpu" if platform == "cpu" else None
-
-
-def _release_torch_memory(torch_device: str | None) -> None:
-    gc.collect()
-    if torch_device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
 
 
 def _time(f, *args, n: int = 10) -> float:
@@ -127,78 +124,68 @@ def attention_rows(n: int) -> list[dict]:
     return rows
 
 
-def model_rows(shapes, precision: str, attentions: list[str], peak: float, torch_device: str | None, on_cpu: bool,
-               steps: int, warmup: int, save) -> list[dict]:
-    rows = []
-    for family, preset, batch, seq in shapes:
-        tokens = batch * seq
-        torch_tokens = None
-        for attention in attentions:
-            cfg = _config(family, preset, batch, seq, precision, tiny=on_cpu, attention=attention)
-            data = st.bench_batch(cfg, family, batch, seq)
-            flops = models.family(cfg.model).train_flops_per_token(cfg.model, seq) * tokens
-            row = {"model": preset, "shape": f"{batch} x {seq}", "precision": precision, "attention": attention}
-            t0 = time.perf_counter()
-            print(f"{preset} {batch} x {seq}, attention {attention}: set-up, compile and {warmup + steps} steps ...",
-                  flush=True)
-            try:
-                t = st.bench_jax(cfg, data, steps, warmup)
-            except jax.errors.JaxRuntimeError as e:  # e.g. LLaMA-1B on a small card
-                if "RESOURCE_EXHAUSTED" not in str(e):
-                    raise
-                rows.append({**row, "skipped": "out of device memory"})
-                continue
-            finally:
-                gc.collect()
-            row.update(jax_tokens_per_s=tokens / t, mfu=flops / t / (peak * jax.device_count()),
-                       wall_s=time.perf_counter() - t0)
-            if torch_device is not None and torch_tokens is None:
-                try:
-                    tt = st.bench_torch(cfg.model, data, steps, warmup, cfg.optim.learning_rate,
-                                        device=torch_device, bf16=precision == "bf16")
-                    torch_tokens = tokens / tt
-                except RuntimeError as e:  # torch out of memory
-                    torch_tokens = f"failed: {str(e).splitlines()[0][:60]}"
-                _release_torch_memory(torch_device)
-            if isinstance(torch_tokens, float):
-                row.update(torch_tokens_per_s=torch_tokens, ratio=row["jax_tokens_per_s"] / torch_tokens)
-            elif torch_tokens:
-                row["torch"] = torch_tokens
-            rows.append(row)
-            print(row, flush=True)
-            save(rows)
-    return rows
+def jax_row(shape: tuple, attention: str, precision: str, on_cpu: bool, peak: float, steps: int,
+            warmup: int) -> dict:
+    family, preset, batch, seq = shape
+    cfg = _config(family, preset, batch, seq, precision, tiny=on_cpu, attention=attention)
+    flops = models.family(cfg.model).train_flops_per_token(cfg.model, seq) * batch * seq
+    t0 = time.perf_counter()
+    try:
+        t = st.bench_jax(cfg, st.bench_batch(cfg, family, batch, seq), steps, warmup)
+    except jax.errors.JaxRuntimeError as e:  # e.g. LLaMA-1B on a small card
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return {"skipped": "out of device memory"}
+    return {"jax_tokens_per_s": batch * seq / t, "mfu": flops / t / (peak * jax.device_count()),
+            "wall_s": time.perf_counter() - t0}
 
 
-def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--json", help="also write the rows here")
-    args = p.parse_args(argv)
+def torch_tokens_per_s(shape: tuple, precision: str, on_cpu: bool, device: str, steps: int, warmup: int) -> dict:
+    family, preset, batch, seq = shape
+    cfg = _config(family, preset, batch, seq, precision, tiny=on_cpu, attention="auto")
+    try:
+        tt = st.bench_torch(cfg.model, st.bench_batch(cfg, family, batch, seq), steps, warmup,
+                            cfg.optim.learning_rate, device=device, bf16=precision == "bf16")
+    except RuntimeError as e:  # torch out of memory
+        return {"torch": f"failed: {str(e).splitlines()[0][:60]}"}
+    return {"torch_tokens_per_s": batch * seq / tt}
+
+
+def run_part(part: str, args) -> dict:
+    """One measurement in this process: `attention`, `jax:<shape>:<kernel>` or `torch:<shape>`."""
     device = jax.devices()[0]
-    on_cpu, on_gpu = device.platform == "cpu", device.platform == "gpu"
+    on_cpu = device.platform == "cpu"
     shapes, precision = (CPU_SHAPES, "fp32") if on_cpu else (ACCELERATOR_SHAPES, "bf16")
-    attentions = ["xla", "auto"] if on_gpu else ["auto"]  # auto is XLA's kernel on CPUs and TPUs
-    chip = topology.chip_for_kind(device.device_kind)
-    peak = metrics.measure_matmul_flops() if on_cpu or chip is None else chip.peak_flops
-    torch_device = _torch_device(device.platform)
-    result = {"device": device.device_kind, "count": jax.device_count(), "attention": [], "rows": []}
+    if part == "attention":
+        return {"measured_bf16_matmul_tflops": metrics.measure_matmul_flops((8192,), jnp.bfloat16) / 1e12,
+                "attention": attention_rows(args.steps)}
+    what, index, *kernel = part.split(":")
+    if what == "torch":
+        return torch_tokens_per_s(shapes[int(index)], precision, on_cpu, _torch_device(device.platform),
+                                  args.steps, args.warmup)
+    return jax_row(shapes[int(index)], kernel[0], precision, on_cpu, args.peak, args.steps, args.warmup)
 
-    def save(rows=None, attention=None):
-        result["rows"] = rows if rows is not None else result["rows"]
-        result["attention"] = attention if attention is not None else result["attention"]
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
 
-    if on_gpu:
-        result["measured_bf16_matmul_tflops"] = metrics.measure_matmul_flops((8192,), jnp.bfloat16) / 1e12
-        print(f"measured bf16 matmul (8192^3, ones): {result['measured_bf16_matmul_tflops']:.0f} TFLOP/s", flush=True)
-        save(attention=attention_rows(args.steps))
-    rows = model_rows(shapes, precision, attentions, peak, torch_device, on_cpu, args.steps, args.warmup, save)
-    peak_from = "measured fp32 matmul" if on_cpu or chip is None else f"{chip.name} bf16 spec"
-    print(f"device: {jax.device_count()} x {device.device_kind}; peak {peak / 1e12:.1f} TFLOP/s per device "
+def in_a_process(part: str, args) -> dict:
+    """`run_part` in a child process: its output passed on, its result from the last line, or why there is none."""
+    command = [sys.executable, os.path.abspath(__file__), "--part", part, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--peak", str(args.peak)]
+    print(f"[{time.strftime('%H:%M:%S')}] {part} ...", flush=True)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.part_timeout)
+    except subprocess.TimeoutExpired as e:
+        sys.stdout.write(e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or "")
+        return {"skipped": f"did not finish in {args.part_timeout} s"}
+    sys.stdout.write(done.stdout)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines or not lines[-1].startswith("RESULT "):
+        sys.stdout.write(done.stderr[-3000:])
+        return {"skipped": f"failed (exit {done.returncode}): {(done.stderr.strip().splitlines() or [''])[-1][:80]}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def print_tables(result: dict, peak: float, peak_from: str, torch_device: str | None) -> None:
+    print(f"device: {result['count']} x {result['device']}; peak {peak / 1e12:.1f} TFLOP/s per device "
           f"({peak_from}); torch: {torch_device or 'does not see this device'}")
     if result["attention"]:
         print("| attention core | kernel | forward + backward ms | max abs error vs XLA |")
@@ -209,7 +196,7 @@ def main(argv=None) -> list[dict]:
     print("| model | batch x seq | precision | attention | jaxbatch tokens/s | MFU | torch eager tokens/s | "
           "jaxbatch / torch |")
     print("|---|---|---|---|---:|---:|---:|---:|")
-    for r in rows:
+    for r in result["rows"]:
         if "skipped" in r:
             print(f"| {r['model']} | {r['shape']} | {r['precision']} | {r['attention']} | {r['skipped']} | | | |")
             continue
@@ -217,8 +204,53 @@ def main(argv=None) -> list[dict]:
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
         print(f"| {r['model']} | {r['shape']} | {r['precision']} | {r['attention']} | {r['jax_tokens_per_s']:,.0f} | "
               f"{r['mfu']:.1%} | {torch_col} | {ratio} |")
-    save(rows)
-    return rows
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--part-timeout", type=int, default=240, help="seconds one measurement's process may take")
+    p.add_argument("--part", help=argparse.SUPPRESS)  # a child process's one measurement
+    p.add_argument("--peak", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.part:
+        print("RESULT " + json.dumps(run_part(args.part, args)), flush=True)
+        return []
+    device = jax.devices()[0]
+    on_cpu, on_gpu = device.platform == "cpu", device.platform == "gpu"
+    shapes, precision = (CPU_SHAPES, "fp32") if on_cpu else (ACCELERATOR_SHAPES, "bf16")
+    attentions = ["xla", "auto"] if on_gpu else ["auto"]  # auto is XLA's kernel on CPUs and TPUs
+    chip = topology.chip_for_kind(device.device_kind)
+    args.peak = metrics.measure_matmul_flops() if on_cpu or chip is None else chip.peak_flops
+    torch_device = _torch_device(device.platform)
+    result = {"device": device.device_kind, "count": jax.device_count(), "attention": [], "rows": []}
+
+    def save():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+
+    if on_gpu:
+        result.update(in_a_process("attention", args))
+        save()
+    for i, (family, preset, batch, seq) in enumerate(shapes):
+        torch = in_a_process(f"torch:{i}", args) if torch_device else {}
+        for attention in attentions:
+            row = {"model": preset, "shape": f"{batch} x {seq}", "precision": precision, "attention": attention,
+                   **in_a_process(f"jax:{i}:{attention}", args)}
+            if "torch_tokens_per_s" in torch and "jax_tokens_per_s" in row:
+                row.update(torch_tokens_per_s=torch["torch_tokens_per_s"],
+                           ratio=row["jax_tokens_per_s"] / torch["torch_tokens_per_s"])
+            elif torch:
+                row["torch"] = torch.get("torch") or torch.get("skipped")
+            result["rows"].append(row)
+            print(row, flush=True)
+            save()
+    peak_from = "measured fp32 matmul" if on_cpu or chip is None else f"{chip.name} bf16 spec"
+    print_tables(result, args.peak, peak_from, torch_device)
+    return result["rows"]
 
 
 if __name__ == "__main__":
