@@ -141,5 +141,12 @@ def target_device():
     return active[0].devices.flat[0] if active is not None else jax.devices()[0]
 
 
+def activation_spec(names: Sequence[str | None], shape: Sequence[int]) -> P:
+    """The PartitionSpec `constrain` gives an activation of these logical names and shape while tracing
+    (replicated outside `activation_rules`)."""
+    active = _ACTIVE.get()
+    return P() if active is None else logical_to_spec(names, active[1], active[0], shape)
+
+
 def describe(mesh: Mesh) -> str:
     return " x ".join(f"{a}={mesh.shape[a]}" for a in AXES) + f" ({mesh.devices.size} {mesh.devices.flat[0].platform} devices)"

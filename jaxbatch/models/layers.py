@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxbatch.mesh import constrain, target_device
+from jaxbatch.mesh import activation_spec, constrain, target_device
 
 Names = tuple[str | None, ...]
 normal = jax.nn.initializers.normal
@@ -224,9 +224,10 @@ ATTENTION = ("auto", "xla")  # model.attention_impl
 def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
     """The `jax.nn.dot_product_attention` implementation to ask for: cuDNN's fused (flash) attention where
     `impl` is auto and it runs: an NVIDIA GPU of compute capability >= 8.0, bf16/fp16, a head width that is a
-    multiple of 8 up to 128 (256 from Hopper on), and queries as long as the keys, an even length (training
-    and prefill; a KV-cache decode step stays on XLA). None (XLA's einsum-softmax-einsum) otherwise, which
-    jax itself picks when asked for nothing."""
+    multiple of 8 up to 128 (256 from Hopper on), queries as long as the keys, an even length (training
+    and prefill; a KV-cache decode step stays on XLA), and a sharding cuDNN's partitioner takes (queries, keys
+    and values alike, split by batch and heads only). None (XLA's einsum-softmax-einsum) otherwise, which jax
+    itself picks when asked for nothing."""
     device = target_device()
     if impl != "auto" or q.dtype not in (jnp.bfloat16, jnp.float16) or device.platform != "gpu":
         return None
@@ -234,7 +235,10 @@ def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
     head, (t, s) = q.shape[-1], (q.shape[1], k.shape[1])
     fits = (device.device_kind.startswith("NVIDIA") and capability >= (8, 0) and head % 8 == 0
             and head <= (256 if capability >= (9, 0) else 128) and t == s and t % 2 == 0)
-    return "cudnn" if fits else None
+    names = ("batch", "length", "heads", "kv")
+    spec = tuple(activation_spec(names, q.shape)) + (None,) * 4
+    shardable = spec[:4] == (tuple(activation_spec(names, k.shape)) + (None,) * 4)[:4] and spec[1] is spec[3] is None
+    return "cudnn" if fits and shardable else None
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, is_causal: bool = False,

@@ -127,7 +127,7 @@ def test_auto_asks_for_cudnn_only_where_its_kernel_runs(monkeypatch):
     def device(kind="NVIDIA H200", capability="9.0", platform="gpu"):
         return type("Device", (), dict(platform=platform, device_kind=kind, compute_capability=capability))()
 
-    def pick(dev, q_shape=(2, 64, 4, 64), k_len=64, dtype=jnp.bfloat16, impl="auto"):
+    def pick(dev, q_shape=(2, 64, 4, 64), k_len=64, dtype=jnp.bfloat16, impl="auto"):  # 2 key/value heads
         monkeypatch.setattr(layers, "target_device", lambda: dev)
         q = jax.ShapeDtypeStruct(q_shape, dtype)
         return layers.fused_kernel(impl, q, jax.ShapeDtypeStruct((q_shape[0], k_len, 2, q_shape[3]), dtype))
@@ -140,6 +140,14 @@ def test_auto_asks_for_cudnn_only_where_its_kernel_runs(monkeypatch):
                 pick(device(), q_shape=(2, 64, 4, 60)), pick(device(), q_shape=(2, 1, 4, 64)),
                 pick(device(), q_shape=(2, 63, 4, 64), k_len=63)):
         assert off is None
+    # sharded: cuDNN's partitioner splits batch and heads only, queries, keys and values alike
+    from jaxbatch import config, mesh as mesh_lib
+
+    for model, sequence_parallel, expected in ((2, False, "cudnn"), (4, False, None), (2, True, None)):
+        grid = jax.make_mesh((8 // model, 1, model), mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+        rules = tuple((n, ("model",) if sequence_parallel and n == "length" else a) for n, a in config.DEFAULT_RULES)
+        with mesh_lib.activation_rules(grid, rules):  # 4 query heads, 2 key heads: 4 devices split only the first
+            assert pick(device(), q_shape=(8, 64, 4, 64)) == expected, (model, sequence_parallel)
 
 
 @needs_gpu
