@@ -508,8 +508,7 @@ def _validate_rampup(t, batch_shards: int) -> None:
 CHANGEABLE = ("train.steps", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
               "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
               "train.memory_budget_gb", "train.patience", "train.profile", "model.attention_impl", "data.data_dir",
-              "data.cache_dir",
-              "data.num_eval", "checkpoint.", "mesh.", "distributed.")
+              "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.", "distributed.")
 
 
 def drift(saved: Config, new: Config) -> tuple[list[str], list[str]]:

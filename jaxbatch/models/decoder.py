@@ -4,7 +4,7 @@
 `arch=llama`: rotary positions (HF's rotate-half), RMSNorm, SwiGLU MLP, no biases, grouped-query attention,
 untied head (HF `LlamaForCausalLM`); with `attention_bias` (qkv: Qwen2), a `sliding_window` (Mistral) and
 `qk_norm` (Qwen3) it reads and writes those checkpoints too; `activation` swaps the MLP's nonlinearity.
-Attention goes through `jax.nn.dot_product_attention` so GPU/TPU pick fused kernels. Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
+Attention goes through `layers.attend` (cuDNN's fused kernel on NVIDIA GPUs). Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`), equal token for token to recomputing the whole sequence.
 """

@@ -236,8 +236,8 @@ def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
     fits = (device.device_kind.startswith("NVIDIA") and capability >= (8, 0) and head % 8 == 0
             and head <= (256 if capability >= (9, 0) else 128) and t == s and t % 2 == 0)
     names = ("batch", "length", "heads", "kv")
-    spec = tuple(activation_spec(names, q.shape)) + (None,) * 4
-    shardable = spec[:4] == (tuple(activation_spec(names, k.shape)) + (None,) * 4)[:4] and spec[1] is spec[3] is None
+    q_spec, k_spec = ((tuple(activation_spec(names, x.shape)) + (None,) * 4)[:4] for x in (q, k))
+    shardable = q_spec == k_spec and q_spec[1] is None and q_spec[3] is None
     return "cudnn" if fits and shardable else None
 
 
@@ -260,9 +260,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dty
 
 
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention through `jax.nn.dot_product_attention`, so GPU/TPU backends may pick a
-    fused kernel. (Fused kernels take no attention-probability dropout, so there is none here; hidden
-    dropout is applied by the caller, as in MaxText.)"""
+    """Multi-head self-attention through `attend` (cuDNN's fused kernel on NVIDIA GPUs: `fused_kernel`).
+    Fused kernels take no attention-probability dropout, so there is none here; hidden dropout is applied by
+    the caller, as in MaxText."""
 
     def __init__(self, hidden: int, heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02,
                  impl: str = "auto"):
