@@ -66,14 +66,9 @@ def _torch_device(platform: str) -> str | None:
     return "cpu" if platform == "cpu" else None
 
 
-def _time(f, *args, n: int = 10) -> float:
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _shapes(platform: str) -> tuple[list, str]:
+    """The model shapes and precision this platform runs: tiny fp32 ones on a CPU, bf16 ones elsewhere."""
+    return (CPU_SHAPES, "fp32") if platform == "cpu" else (ACCELERATOR_SHAPES, "bf16")
 
 
 def attention_rows(n: int) -> list[dict]:
@@ -108,7 +103,7 @@ def attention_rows(n: int) -> list[dict]:
             f = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))
             row = {"shape": f"{name}: {b} x {t}, {heads} heads x {d}", "kernel": kernel}
             try:
-                seconds = _time(f, q, k, v, n=n)
+                seconds = statistics.median(st.time_steps(lambda: jax.block_until_ready(f(q, k, v)), n, 1))
                 (_, y), grads = f(q, k, v)
             except Exception as e:  # noqa: BLE001 - a kernel this cuDNN refuses is a row, not the end of the run
                 rows.append({**row, "failed": str(e).splitlines()[0][:120]})
@@ -155,7 +150,7 @@ def run_part(part: str, args) -> dict:
     """One measurement in this process: `attention`, `jax:<shape>:<kernel>` or `torch:<shape>`."""
     device = jax.devices()[0]
     on_cpu = device.platform == "cpu"
-    shapes, precision = (CPU_SHAPES, "fp32") if on_cpu else (ACCELERATOR_SHAPES, "bf16")
+    shapes, precision = _shapes(device.platform)
     if part == "attention":
         return {"measured_bf16_matmul_tflops": metrics.measure_matmul_flops((8192,), jnp.bfloat16) / 1e12,
                 "attention": attention_rows(args.steps)}
@@ -220,7 +215,7 @@ def main(argv=None) -> list[dict]:
         return []
     device = jax.devices()[0]
     on_cpu, on_gpu = device.platform == "cpu", device.platform == "gpu"
-    shapes, precision = (CPU_SHAPES, "fp32") if on_cpu else (ACCELERATOR_SHAPES, "bf16")
+    shapes, precision = _shapes(device.platform)
     attentions = ["xla", "auto"] if on_gpu else ["auto"]  # auto is XLA's kernel on CPUs and TPUs
     chip = topology.chip_for_kind(device.device_kind)
     args.peak = metrics.measure_matmul_flops() if on_cpu or chip is None else chip.peak_flops
