@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxbatch import config, distributed, evaluate, metrics, train
+from jaxbatch import config, distributed, evaluate, losses, metrics, train
 
 
 def configure(defaults: list[str], overrides: list[str], config_file: str | None = None) -> config.Config:
@@ -44,24 +44,22 @@ def run(name: str, defaults: list[str], argv: list[str], description: str) -> di
         else:
             test = evaluate.evaluate(result.run, result.state.params, data.test, data.label_names, data.task)
             if data.test_labelled:
-                results["test"] = {k: v for k, v in test.items() if k not in ("predictions", "token_report_text")}
+                results["test"] = evaluate.recorded(test)
             else:  # e.g. GLUE: test labels are hidden, so write predictions in the GLUE submission layout
                 path = run_dir / "test_predictions.tsv"
-                as_text = (lambda p: f"{float(p):.3f}") if data.regression else (lambda p: str(int(np.ravel(p)[0])))
+                as_text = {losses.REGRESSION: lambda p: f"{float(p):.3f}",  # multi-label: the classes, comma-separated
+                           losses.MULTI_LABEL: lambda p: ",".join(n for n, y in zip(data.label_names, p) if y)}.get(
+                    data.problem_type, lambda p: str(int(np.ravel(p)[0])))
                 path.write_text("index\tprediction\n" + "".join(
                     f"{i}\t{as_text(p)}\n" for i, p in enumerate(test["predictions"])))
                 print(f"test split has no labels; predictions written to {path}")
     for split, r in results.items():
-        if "accuracy" not in r:  # a regression head: its loss and correlations
-            print(f"{split}: " + evaluate.report_lines(r, data.task))
-            continue
-        line = f"{split}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}"
         if "entities" in r:
-            line += f", entity micro F1 {r['entities']['micro avg']['f1-score']:.4f}"
-            print(line)
+            print(f"{split}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}, entity micro F1 "
+                  f"{r['entities']['micro avg']['f1-score']:.4f}")
             print(metrics.format_entity_report(r["entities"]))
-        else:
-            print(line)
+        else:  # a sequence head's line: loss, then accuracy, F1 or correlations as it reports
+            print(f"{split}: " + evaluate.report_lines(r, data.task))
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     print(f"results in {run_dir}/results.json")
     return results

@@ -151,7 +151,8 @@ def train(args) -> int:
 
         return EXIT_STOPPED
     final = result.summary["final_eval"]
-    scores = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "accuracy", *metrics.CORRELATIONS) if k in final)
+    scores = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "accuracy", *metrics.MULTI_LABEL, *metrics.CORRELATIONS)
+                       if k in final)
     print(f"done: {result.summary['step']} steps in {result.summary['wall_time_s']:.1f}s; final eval {scores}; "
           f"summary in {cfg.train.run_dir}/summary.json")
     return 0

@@ -60,10 +60,12 @@ class ModelConfig:
     activation: str = ""
     task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides (set otherwise, must match)
     num_labels: int = 9
-    # sequence heads: regression (one score, mean squared error: HF's problem_type, GLUE STS-B) | classification
-    # (or HF's name for it, single_label_classification);
-    # empty = the data decides (labels all numbers, some with a decimal point, are scores, as HF's run_glue
-    # reads a float column); a resolved spec holds regression or empty
+    # sequence heads, HF's problem_type: regression (one score, mean squared error: GLUE STS-B) |
+    # multi_label_classification (any number of classes per text: a sigmoid and binary cross-entropy each) |
+    # classification (or HF's name for it, single_label_classification);
+    # empty = the data decides (lists of classes make a multi-label head; labels all numbers, some with a
+    # decimal point, are scores, as HF's run_glue reads a float column); a resolved spec holds regression,
+    # multi_label_classification or empty
     problem_type: str = ""
     pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
     # decoder families (model.arch picks the block); vocab_size=0 takes the tokenizer's size
@@ -422,17 +424,16 @@ def validate(cfg: Config, num_devices: int) -> None:
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the batch-sharding "
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
     _validate_rampup(t, data * fsdp)
-    if cfg.model.problem_type == "multi_label_classification":
-        raise ConfigError("model.problem_type=multi_label_classification: multi-label heads are not supported (one "
-                          "class per example, or one score)")
-    if cfg.model.problem_type not in ("", "classification", "single_label_classification", "regression"):
-        raise ConfigError(f"model.problem_type must be classification (HF's single_label_classification) or "
-                          f"regression, got {cfg.model.problem_type!r}")
-    if cfg.model.problem_type == "regression" and cfg.model.task != "sequence":
-        raise ConfigError(f"model.problem_type=regression scores whole texts (a tsv, csv or jsonl dataset), not a "
+    kind = cfg.model.problem_type
+    if kind not in ("", "classification", "single_label_classification", "regression", "multi_label_classification"):
+        raise ConfigError(f"model.problem_type must be classification (HF's single_label_classification), "
+                          f"multi_label_classification or regression, got {kind!r}")
+    if kind in ("regression", "multi_label_classification") and cfg.model.task != "sequence":
+        raise ConfigError(f"model.problem_type={kind} reads whole texts (a tsv, csv or jsonl dataset), not a "
                           f"{cfg.model.task} task")
-    if cfg.model.problem_type == "regression" and cfg.model.label_smoothing:
-        raise ConfigError("model.label_smoothing mixes class targets; a regression head has none")
+    if kind in ("regression", "multi_label_classification") and cfg.model.label_smoothing:
+        raise ConfigError(f"model.label_smoothing mixes one class's target with the others'; a {kind} head has "
+                          f"no such target")
     for key in ("hidden_dropout", "label_smoothing"):
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")

@@ -1,6 +1,7 @@
 """Evaluation of a model on a whole split: loss, accuracy and, for token tasks, seqeval entity scores and
-the token report (regression heads: Pearson and Spearman correlations instead of accuracy); also the
-per-example predictions and probabilities that `predict` prints.
+the token report (multi-label heads: micro/macro F1, exact match and the per-class report; regression heads:
+Pearson and Spearman correlations instead of accuracy); also the per-example predictions and probabilities
+that `predict` prints.
 
 Used by the train loop, `jaxbatch evaluate` and `jaxbatch predict`, so the three can never disagree.
 """
@@ -42,21 +43,16 @@ def _plan(arrays: dict, batch_size: int, buckets: int) -> tuple[np.ndarray | Non
                    for start in starts], seq_len
 
 
-def _cut(batch: dict, cut: int | None, seq_len: int | None) -> dict:
-    """The batch's per-token arrays (those seq_len long) cut to `cut` tokens."""
-    if cut is None:
-        return batch
-    return {k: (v[:, :cut] if v.ndim == 2 and v.shape[1] == seq_len else v) for k, v in batch.items()}
 
 
 def batch_shapes(run, arrays: dict, batch_size: int | None = None, buckets: int = 3) -> list[dict]:
     """The distinct global batches `outputs` gives the eval step for this split, as abstract arrays: what
     to compile ahead (Steps.compile_eval)."""
     batch_size = eval_batch_size(run, batch_size)
-    _, cuts, seq_len = _plan(arrays, batch_size, buckets)
+    _, cuts, _ = _plan(arrays, batch_size, buckets)
     shapes = {}
     for cut in cuts:
-        rows = _cut({k: arrays[k][:1] for k in run.batch_sh}, cut, seq_len)
+        rows = pipeline.take({k: arrays[k] for k in run.batch_sh}, slice(0, 1), cut)
         shapes[cut] = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=run.batch_sh[k])
                        for k, v in rows.items()}
     return list(shapes.values())
@@ -73,17 +69,18 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     order, cuts, seq_len = _plan(arrays, batch_size, buckets)
     if order is not None:
         arrays = {k: v[order] for k, v in arrays.items()}
+    token_outputs = seq_len is not None and pipeline.per_token("labels", arrays["labels"], seq_len)
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}
     batch_sums = []  # fetched once at the end (batches queue up; several CPU devices: Steps._launch)
     for cut, (local, real) in zip(cuts, pipeline.eval_batches(arrays, batch_size, jax.process_index(),
                                                               jax.process_count())):
-        local = _cut(local, cut, seq_len)  # the same cut on every host: from the global batch
+        local = pipeline.take(local, slice(None), cut)  # the same cut on every host: from the global batch
         sums, preds = run.steps.eval(params, pipeline.to_global(local, run.batch_sh))
         batch_sums.append(sums)
         for k, v in preds.items():
             v = np.asarray(multihost_utils.process_allgather(v, tiled=True))[:real]
-            if cut is not None and arrays["labels"].ndim == 2 and v.ndim >= 2:  # per token: back to seq_len
+            if cut is not None and token_outputs and v.ndim >= 2:  # per token: back to seq_len
                 v = np.pad(v, [(0, 0), (0, seq_len - v.shape[1])] + [(0, 0)] * (v.ndim - 2))
             parts.setdefault(k, []).append(v)
     for sums in jax.device_get(batch_sums):
@@ -100,27 +97,33 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
 def metric_names(task: str, problem_type: str | None = "") -> tuple[str, ...]:
     """The scalar metrics a training run's evaluations report for a task (what checkpoint.best_metric may
     name); a language model's bits per byte come from the run's tokenizer. `problem_type` None: not known
-    yet (before the data has decided), so either a classifier's or a regression head's."""
-    if problem_type == "regression":
+    yet (before the data has decided), so any sequence head's."""
+    if problem_type == losses.REGRESSION:
         return ("loss",) + metrics.CORRELATIONS
     names = ("loss", "accuracy") + {"lm": ("perplexity", "bits_per_byte"), "token": ("entity_f1",)}.get(task, ())
-    return names + (metrics.CORRELATIONS if task == "sequence" and problem_type is None else ())
+    if problem_type == losses.MULTI_LABEL:
+        return names + metrics.MULTI_LABEL
+    return names + (metrics.MULTI_LABEL + metrics.CORRELATIONS if task == "sequence" and problem_type is None else ())
 
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,
              bytes_per_token: np.ndarray | None = None) -> dict:
     """Loss and accuracy over one split; token tasks add seqeval entity scores and the token report;
-    language models report cross-entropy (z-loss excluded), perplexity and bits per byte; regression heads
+    language models report cross-entropy (z-loss excluded), perplexity and bits per byte; multi-label heads
+    their binary cross-entropy and accuracy per (example, class) pair, F1 and exact match; regression heads
     their mean squared error and correlations, no accuracy. `predictions` holds every example's predicted
-    label ids (classifiers) or scores (regression)."""
+    label ids (classifiers), 0/1 per class (multi-label) or scores (regression)."""
     totals, out = outputs(run, params, arrays, batch_size)
     weight = max(totals.get("weight", 0.0), 1.0)
     objective = sum(totals.get(k, 0.0) for k in OBJECTIVE_TERMS)  # regularisers: not the model's loss
     result = {"loss": (totals["loss_sum"] - objective) / weight, "predictions": out.get("preds")}
-    if run.spec.model.problem_type == "regression":
+    if run.spec.model.problem_type == losses.REGRESSION:
         keep = losses.labelled(arrays["labels"])
         return {**result, **metrics.correlations(out["preds"][keep], arrays["labels"][keep])}
     result["accuracy"] = totals.get("correct", 0.0) / weight
+    if run.spec.model.problem_type == losses.MULTI_LABEL:
+        keep = losses.labelled(arrays["labels"]).all(1)
+        result.update(metrics.multi_label_scores(out["preds"][keep], arrays["labels"][keep] > 0.5, label_names))
     if task == "lm":
         result["perplexity"] = float(np.exp(min(result["loss"], 700.0)))
         if bytes_per_token is not None:
@@ -134,6 +137,11 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
     return result
 
 
+def recorded(result: dict) -> dict:
+    """What a run's records keep of an evaluation: not the per-example predictions nor the printed reports."""
+    return {k: v for k, v in result.items() if k != "predictions" and not k.endswith("_text")}
+
+
 def report_lines(result: dict, task: str) -> str:
     """The printed report: a summary line, then seqeval's entity table and the token report (token tasks)."""
     if "accuracy" not in result:  # a regression head: its loss is the mean squared error
@@ -144,6 +152,9 @@ def report_lines(result: dict, task: str) -> str:
         line += f" perplexity {result['perplexity']:.2f}"
         if "bits_per_byte" in result:
             line += f" bits/byte {result['bits_per_byte']:.4f}"
+    if "micro_f1" in result:
+        line += " " + " ".join(f"{k.replace('_', ' ')} {result[k]:.4f}" for k in metrics.MULTI_LABEL)
+        line += "\nper class:\n" + result["class_report_text"] if "class_report_text" in result else ""
     if "entity_f1" in result:
         line += f" entity F1 {result['entity_f1']:.4f}"
         line += "\nentity-level (seqeval):\n" + metrics.format_entity_report(result["entities"])

@@ -1,9 +1,9 @@
-"""Loss and metric *sums* of the heads model families use (token and sequence classification, regression,
-next-token language modelling).
+"""Loss and metric *sums* of the heads model families use (token and sequence classification, multi-label
+classification, regression, next-token language modelling).
 
 Sums, not means: micro-batches, shards, hosts and eval batches then combine exactly, and the step
 divides by the global batch's count once (see accumulate.py). Positions whose label is IGNORE_INDEX (NaN
-for regression targets) carry no loss, as in Hugging Face.
+for float targets: scores and multi-label indicators) carry no loss, as in Hugging Face.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-IGNORE_INDEX = -100  # a class id marking "no label"; regression targets (float) mark it with NaN
+IGNORE_INDEX = -100  # a class id marking "no label"; float targets (scores, multi-label indicators) mark it with NaN
+REGRESSION, MULTI_LABEL = "regression", "multi_label_classification"  # model.problem_type's heads with float targets
 # sums a training objective adds to the cross-entropy in `loss_sum` (each also reported alone); evaluation
 # takes them out again, so its loss is the plain cross-entropy whatever the regularisers
 OBJECTIVE_TERMS = ("z_loss", "label_smoothing")
 
 
 def label_dtype(model_cfg) -> np.dtype:
-    """Class ids are int32; a regression head's targets are float32 (HF's problem_type=regression)."""
-    return np.dtype(np.float32 if model_cfg.problem_type == "regression" else np.int32)
+    """Class ids are int32; a regression head's scores and a multi-label head's 0/1 indicators (one per class)
+    are float32, as Hugging Face's MSELoss and BCEWithLogitsLoss take them."""
+    return np.dtype(np.float32 if model_cfg.problem_type in (REGRESSION, MULTI_LABEL) else np.int32)
 
 
 def no_label(dtype) -> float | int:
@@ -41,6 +43,22 @@ def regression_sums(logits: jax.Array, labels: jax.Array) -> tuple[dict, dict]:
     scores = logits.astype(jnp.float32)[..., 0]
     error = jnp.where(weights, scores - jnp.where(weights, labels, 0.0), 0.0)
     return dict(loss_sum=jnp.sum(jnp.square(error)), weight=jnp.sum(weights.astype(jnp.float32))), dict(preds=scores)
+
+
+def multi_label_sums(logits: jax.Array, labels: jax.Array) -> tuple[dict, dict]:
+    """A sigmoid and binary cross-entropy per class (HF's BCEWithLogitsLoss: its mean over examples x classes is
+    the step's loss), summed over labelled examples' (example, class) pairs, their count and the pairs decided
+    right (accuracy: one minus the Hamming loss); predictions are each class's 0/1 decision (logit > 0, i.e.
+    probability > 0.5) and its probability. `labels` (batch, classes) hold 0/1 (or soft targets), NaN for
+    an unlabelled example."""
+    weights = labelled(labels)
+    logits = logits.astype(jnp.float32)
+    targets = jnp.where(weights, labels, 0.0)
+    w = weights.astype(jnp.float32)
+    preds = (logits > 0).astype(jnp.int32)
+    return (dict(loss_sum=jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets) * w), weight=jnp.sum(w),
+                 correct=jnp.sum((preds == (targets > 0.5)) * w)),
+            dict(preds=preds, probs=jax.nn.sigmoid(logits)))
 
 
 def _smoothing(logits: jax.Array, target_logit: jax.Array, w: jax.Array, epsilon: float) -> jax.Array:

@@ -1,5 +1,5 @@
-"""Evaluation metrics (seqeval entity F1, token-level report, correlations of scores) and the peak FLOP/s
-behind MFU."""
+"""Evaluation metrics (seqeval entity F1, token-level report, multi-label F1, correlations of scores) and the
+peak FLOP/s behind MFU."""
 
 from __future__ import annotations
 
@@ -59,6 +59,23 @@ def correlations(predicted: np.ndarray, gold: np.ndarray) -> dict:
         warnings.simplefilter("ignore")
         return {"pearson": float(stats.pearsonr(predicted, gold)[0]),
                 "spearmanr": float(stats.spearmanr(predicted, gold)[0])}
+
+
+MULTI_LABEL = ("micro_f1", "macro_f1", "exact_match")  # what multi-label heads are scored by (HF's examples)
+
+
+def multi_label_scores(pred: np.ndarray, gold: np.ndarray, label_names: list[str]) -> dict:
+    """Micro- and macro-averaged F1 over classes, the fraction of examples whose whole label set is right
+    (exact_match: scikit-learn's subset accuracy), and the per-class report (dict and text), from 0/1
+    (examples, classes) indicator arrays."""
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+    kw = dict(y_true=gold.astype(np.int32), y_pred=pred.astype(np.int32), zero_division=0)
+    names = dict(labels=list(range(len(label_names))), target_names=label_names)
+    return {"micro_f1": float(f1_score(average="micro", **kw)), "macro_f1": float(f1_score(average="macro", **kw)),
+            "exact_match": float(accuracy_score(kw["y_true"], kw["y_pred"])),
+            "classes": classification_report(output_dict=True, **names, **kw),
+            "class_report_text": classification_report(digits=4, **names, **kw)}
 
 
 def format_entity_report(report: dict) -> str:

@@ -127,8 +127,7 @@ def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -
         rows = np.flatnonzero(member == b)
         if not len(rows):
             continue
-        part = {k: (v[rows, :length] if v.ndim == 2 and v.shape[1] == seq_len else v[rows]) for k, v in arrays.items()}
-        _, got = evaluate.outputs(restored.run, restored.params, part)
+        _, got = evaluate.outputs(restored.run, restored.params, pipeline.take(arrays, rows, length))
         for k, v in got.items():
             column = out.setdefault(k, [None] * len(lengths))
             for r, row in zip(rows, v):
@@ -140,8 +139,9 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
     """One record per sentence: `entities` (token tasks: text, label, start, end, score = the mean
     probability of the predicted tag over the entity's words) and `tags`, one per word however long the
     sentence (a sentence longer than data.seq_len is run as overlapping windows, each word labelled from the
-    window where it has the most context); or `label` and `probabilities` (sequence tasks; `score` for a
-    regression head: a text longer than data.seq_len is truncated, and the record says by how many pieces)."""
+    window where it has the most context); or `label` and `probabilities` (sequence tasks; `labels` for a
+    multi-label head, `score` for a regression head: a text longer than data.seq_len is truncated, and the
+    record says by how many pieces)."""
     from seqeval.metrics.sequence_labeling import get_entities
 
     spec = restored.run.spec
@@ -188,8 +188,9 @@ def _paired(s: Sentence) -> Sentence:
 
 
 def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
-    """The label and every class probability (a regression head: the score) of each text or text pair; a
-    record says how many word pieces were cut to fit data.seq_len."""
+    """The label and every class probability (a multi-label head: its labels, those above probability 1/2;
+    a regression head: the score) of each text or text pair; a record says how many word pieces were cut to
+    fit data.seq_len."""
     spec, tokenizer = restored.run.spec, restored.tokenizer
     names = run_lib.label_names(spec)
     paired = [s.pair is not None for s in sentences]
@@ -203,14 +204,18 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
     if pairs:
         pieces = [a + b.sum() for a, b in zip(pieces, _pieces(restored, pairs))]
     budget = spec.data.seq_len - tokenizer.num_special_tokens_to_add(pair=bool(pairs))
-    dummy = np.zeros(len(words), losses.label_dtype(spec.model))
+    shape = restored.run.family.batch_shapes(spec.model, len(words), spec.data.seq_len)["labels"]
+    dummy = np.zeros(shape, losses.label_dtype(spec.model))  # labels only say the batch's shape here
     enc = tokenize.encode_labelled(tokenizer, words, dummy, spec.data.seq_len, pairs)
     out = predict_arrays(restored, enc.arrays)
     records = []
     for i, s in enumerate(sentences):
         record = {**_line(s), "text": s.text, **({"text_pair": s.pair.text} if pairs else {})}
-        if spec.model.problem_type == "regression":
+        if spec.model.problem_type == losses.REGRESSION:
             record["score"] = round(float(out["preds"][i]), 6)
+        elif spec.model.problem_type == losses.MULTI_LABEL:  # every class whose probability is above 1/2
+            record.update(labels=[n for n, y in zip(names, out["preds"][i]) if y],
+                          probabilities={n: round(float(p), 6) for n, p in zip(names, out["probs"][i])})
         else:
             record.update(label=names[int(out["preds"][i])],
                           probabilities={n: round(float(p), 6) for n, p in zip(names, out["probs"][i])})

@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxbatch import accumulate, cache, compress, config, models, optim, rampup
+from jaxbatch import accumulate, cache, compress, config, losses, models, optim, rampup
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import state as state_lib
 from jaxbatch import steps as steps_lib
@@ -57,9 +57,10 @@ class Run:
 
 
 def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None,
-            vocab_size: int | None = None, regression: bool | None = None) -> config.Config:
+            vocab_size: int | None = None, problem_type: str | None = None) -> config.Config:
     """The spec: `cfg` with the pretrained folder's shape and what the data says filled in: the task, the
-    label set or `regression` (one score: model.problem_type regression, else empty), and the vocabulary size
+    label set, the sequence head's `problem_type` (regression: one score; multi_label_classification; empty:
+    one class per example), and the vocabulary size
     where the model leaves it to the tokenizer (vocab_size 0); train.loss_norm=auto made batch or dataset."""
     model = cfg.model
     default_task = config.ModelConfig.task  # the default defers to the data; an explicit other task must match it
@@ -77,15 +78,17 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
         model = dataclasses.replace(model, task=task)
     if vocab_size is not None and model.vocab_size == 0:
         model = dataclasses.replace(model, vocab_size=vocab_size)
-    if regression is not None:
-        model = dataclasses.replace(model, problem_type="regression" if regression else "",
-                                    num_labels=1 if regression else model.num_labels)
+    if problem_type is not None:
+        model = dataclasses.replace(model, problem_type=problem_type,
+                                    num_labels=1 if problem_type == losses.REGRESSION else model.num_labels)
     data = cfg.data
     if label_names:
         if any("," in n for n in label_names):
-            raise ConfigError(f"label names may not contain ',': {label_names} (one class per example: multi-label "
-                              f"heads are not supported)")
-        single_logit = model.num_labels == 1 and len(label_names) == 2  # binary head with one logit, asked for
+            raise ConfigError(f"label names may not contain ',': {label_names} (data.labels lists them "
+                              f"comma-separated); model.problem_type=multi_label_classification reads a label "
+                              f"'a,b' as the classes a and b")
+        single_logit = (model.num_labels == 1 and len(label_names) == 2  # binary head with one logit, asked for
+                        and model.problem_type != losses.MULTI_LABEL)
         model = dataclasses.replace(model, num_labels=1 if single_logit else len(label_names))
         data = dataclasses.replace(data, labels=",".join(label_names))
     train = cfg.train
@@ -95,7 +98,7 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
 
 
 def label_names(spec: config.Config) -> list[str]:
-    if spec.model.problem_type == "regression":
+    if spec.model.problem_type == losses.REGRESSION:
         return ["LABEL_0"]  # HF's name for a regression head's one output
     if spec.data.labels:
         return spec.data.labels.split(",")

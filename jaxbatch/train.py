@@ -14,7 +14,7 @@ import numpy as np
 
 from jax.experimental import multihost_utils
 
-from jaxbatch import checkpoint, config, evaluate, metrics, noise_scale, optim, rampup, reporting
+from jaxbatch import checkpoint, config, evaluate, losses, metrics, noise_scale, optim, rampup, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
@@ -115,7 +115,7 @@ def _check_best_metric(spec: config.Config, problem_type: str | None) -> None:
     """checkpoint.best_metric must be one the evaluations report (`problem_type` None: the data decides it)."""
     named = evaluate.metric_names(spec.model.task, problem_type)
     if spec.checkpoint.best_metric and spec.checkpoint.best_metric not in named:
-        head = "regression" if problem_type == "regression" else spec.model.task
+        head = {losses.REGRESSION: "regression", losses.MULTI_LABEL: "multi-label"}.get(problem_type, spec.model.task)
         raise config.ConfigError(f"checkpoint.best_metric={spec.checkpoint.best_metric!r} is not reported for this "
                                  f"{head} task; choose one of {', '.join(named)}")
 
@@ -161,7 +161,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),
-                           regression=data.regression)
+                           problem_type=data.problem_type)
     _check_best_metric(spec, spec.model.problem_type)
     if len(tokenizer) > spec.model.vocab_size:
         raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
@@ -183,7 +183,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     padding = pipeline.padding_stats(data.train, spec.data.buckets)
     say(f"data: {data.name}{' (SYNTHETIC, generated)' if data.synthetic else ''}: "
         f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, "
-        f"{'scores (regression)' if data.regression else f'labels {data.label_names}'}, "
+        f"{'scores (regression)' if data.problem_type == losses.REGRESSION else f'labels {data.label_names}'}"
+        f"{' (several per example)' if data.problem_type == losses.MULTI_LABEL else ''}, "
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
     say("loss: each batch's sum divided by " + (f"rows x {per_row:.2f}, the train split's labelled positions per row"
                                                  if per_row else "its labelled positions") + f" (train.loss_norm={t.loss_norm})")
@@ -253,7 +254,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
         began = time.perf_counter()
         result = evaluate.evaluate(run, state.params, data.eval, data.label_names, data.task,
                                    batch_size=t.eval_batch_size or None, bytes_per_token=data.bytes_per_token)
-        evals.append({"step": done, **{k: v for k, v in result.items() if k not in ("token_report_text", "predictions")}})
+        evals.append({"step": done, **evaluate.recorded(result)})
         reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
         reporter.write(f"eval @ {done}: " + evaluate.report_lines(result, data.task).split("\n")[0])
         eval_s[0] += time.perf_counter() - began

@@ -56,3 +56,22 @@ def test_a_single_logit_head_smooths_its_binary_target():
 
 def jax_one_hot(labels, classes):
     return np.eye(classes, dtype=np.float32)[labels]
+
+
+def test_multi_label_sums_are_pytorchs_bce_with_logits_over_labelled_examples():
+    """HF's multi-label loss is BCEWithLogitsLoss, the mean over examples x classes: the sums give it exactly,
+    an unlabelled example (a NaN row, eval padding) counts nowhere, and `correct` counts right 0/1 decisions."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (6, 5)).astype(np.float32)
+    labels = (rng.random((6, 5)) < 0.4).astype(np.float32)
+    labels[[1, 4]] = np.nan
+    sums, out = losses.multi_label_sums(jnp.asarray(logits), jnp.asarray(labels))
+    keep = [0, 2, 3, 5]
+    expected = torch.nn.BCEWithLogitsLoss()(torch.tensor(logits[keep]), torch.tensor(labels[keep])).item()
+    assert float(sums["weight"]) == 4 * 5
+    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_array_equal(out["preds"], logits > 0)
+    np.testing.assert_allclose(out["probs"], 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    assert float(sums["correct"]) == ((logits[keep] > 0) == (labels[keep] > 0.5)).sum()

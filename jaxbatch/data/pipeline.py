@@ -21,6 +21,19 @@ def real_tokens(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"] > 0
 
 
+def per_token(key: str, v: np.ndarray, seq_len: int) -> bool:
+    """Whether an array holds a value per token (so a batch cut to fewer tokens cuts it): 2-D and seq_len wide,
+    but never float labels (a regression's scores; a multi-label head's indicators, one per class however
+    many classes there are)."""
+    return v.ndim == 2 and v.shape[1] == seq_len and not (key == "labels" and np.issubdtype(v.dtype, np.floating))
+
+
+def take(arrays: dict[str, np.ndarray], rows, length: int | None = None) -> dict[str, np.ndarray]:
+    """`rows` of every array, the per-token ones cut to their first `length` tokens (None: all)."""
+    seq_len = arrays["input_ids"].shape[1]
+    return {k: v[rows, :length] if per_token(k, v, seq_len) else v[rows] for k, v in arrays.items()}
+
+
 def bucket_lengths(seq_len: int, num_buckets: int) -> list[int]:
     """Bucket boundaries seq_len / 2^k (multiples of 8), longest last: [32, 64, 128] for (128, 3)."""
     lengths = sorted({max(8, (seq_len >> k) // 8 * 8) for k in range(num_buckets)} | {seq_len})
@@ -85,13 +98,10 @@ def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: i
                         f"(train.batch_size)")
     plan = _plan(arrays, sizes, seed, num_buckets, batch_sizes is not None)
     if plan is not None:
-        seq_len = arrays["input_ids"].shape[1]
-
         def gather(entry):
             length, idx = entry
             local = len(idx) // process_count
-            idx = np.sort(idx[process_index * local: (process_index + 1) * local])
-            return {k: (v[idx, :length] if v.ndim == 2 and v.shape[1] == seq_len else v[idx]) for k, v in arrays.items()}
+            return take(arrays, np.sort(idx[process_index * local: (process_index + 1) * local]), length)
 
         return grain.MapDataset.source(plan).map(gather).to_iter_dataset(_IN_MEMORY)
     epochs = math.ceil(num_steps * global_batch / n)

@@ -3,7 +3,7 @@ chosen. Raw examples come from the generated corpus or from tfds (local files or
 
 Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (B-/I- prefixes of any type,
 IOB1 or IOB2), `tsv` (or `csv`, `jsonl`: the same reader) any N-class text-classification file (TSV, CSV or
-JSON lines), `text` any plain-text corpus for language modelling
+JSON lines; one class per text, several, or a score), `text` any plain-text corpus for language modelling
 (documents packed into rows; data/packing.py). `conll2003` and `sst2` are presets of them (with the TFDS
 catalog as a source when no `data.data_dir` is given, and SST-2's class names).
 """
@@ -19,7 +19,7 @@ import numpy as np
 from jaxbatch import losses
 from jaxbatch.data import conll, packing, synthetic, text, tokenize, tsv
 from jaxbatch.errors import ConfigError, DataError
-from jaxbatch.losses import IGNORE_INDEX
+from jaxbatch.losses import IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class TaskData:
     test: dict[str, np.ndarray] | None = None  # present when the source has a test split
     test_labelled: bool = True
     bytes_per_token: np.ndarray | None = None  # language modelling: UTF-8 bytes of each token id (bits per byte)
-    regression: bool = False  # labels are float scores, not class ids (model.problem_type)
+    problem_type: str = ""  # a sequence head's: "" (one class), regression or multi_label_classification
 
 
 def _known(data_cfg) -> Dataset:
@@ -94,7 +94,7 @@ class Raw:
     error names `file:line` (`place` is the file, or what stands for it when the examples have no lines)."""
     place: str
     words: list[list[str]]
-    labels: list  # per example: its tags (token tasks) or its label as written ("" unlabelled)
+    labels: list  # per example: its tags (token tasks) or its label as written ("" unlabelled; a list of classes)
     lines: list[int]  # 0: not from a file
     pairs: list[list[str]] = dataclasses.field(default_factory=list)  # a text pair's second words; [] = single
 
@@ -138,8 +138,9 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
             splits[split] = Raw(places[split], [r["tokens"] for r in records], [r["tags"] for r in records], lines)
         else:  # the catalog's SST-2 stores int labels (-1 for its hidden test labels) and no pairs
             pairs = [r.get("sentence_pair", "").split() for r in records]
-            splits[split] = Raw(places[split], [r["sentence"].split() for r in records],
-                                ["" if str(r["label"]) == "-1" else str(r["label"]) for r in records], lines,
+            labels = [list(r["labels"]) if r.get("listed") else "" if str(r["label"]) == "-1" else str(r["label"])
+                      for r in records]
+            splits[split] = Raw(places[split], [r["sentence"].split() for r in records], labels, lines,
                                 pairs if any(pairs) else [])
     if len({bool(raw.pairs) for raw in splits.values()}) > 1:
         paired = sorted(split for split, raw in splits.items() if raw.pairs)
@@ -148,7 +149,7 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
     return splits
 
 
-def _label_names(data_cfg, ds: Dataset, train: Raw) -> list[str]:
+def _label_names(data_cfg, ds: Dataset, train: Raw, problem: str = "") -> list[str]:
     if data_cfg.labels:
         names = [x.strip() for x in data_cfg.labels.split(",")]
         if len(set(names)) != len(names) or not all(names):
@@ -158,7 +159,12 @@ def _label_names(data_cfg, ds: Dataset, train: Raw) -> list[str]:
         return list(ds.labels)
     if ds.task == "token":
         return conll.label_names([conll.Sentence(w, t) for w, t in zip(train.words, train.labels)])
-    return tsv.label_names([tsv.Example("", y) for y in train.labels])
+    if problem != MULTI_LABEL:
+        return tsv.label_names(train.labels)
+    names = tsv.label_names([c for y in train.labels for c in _classes(y)])
+    if not names:
+        raise DataError(f"{train.place}: no training example names a class (every label list is empty)")
+    return names
 
 
 def _tag_ids(split: str, raw: Raw, label_to_id: dict[str, int], unknown: str) -> list[list[int]]:
@@ -189,12 +195,34 @@ def _looks_like_scores(labels: list[str]) -> bool:
     return bool(numbers) and all(np.isfinite(numbers)) and any(not y.lstrip("+-").isdigit() for y in given)
 
 
-def regression(data_cfg, problem_type: str, train: Raw) -> bool:
-    """Whether a sequence task's labels are scores: model.problem_type says, or else the training labels do
-    (never with a class list: data.labels or the dataset's own)."""
-    if problem_type or data_cfg.labels or _known(data_cfg).labels:
-        return problem_type == "regression"
-    return _looks_like_scores(train.labels)
+def problem(data_cfg, problem_type: str, train: Raw) -> str:
+    """A sequence task's head: model.problem_type when it is set, "" for classification; or else what the
+    training labels are, as HF's run_classification reads them: lists of classes (JSON lines) make a
+    multi-label head, scores a regression (never with a class list: data.labels or the dataset's own)."""
+    listed = next((n for n, y in enumerate(train.labels) if isinstance(y, list)), None)
+    if problem_type:
+        head = problem_type if problem_type in (REGRESSION, MULTI_LABEL) else ""
+        if listed is not None and head != MULTI_LABEL:
+            raise DataError(f"{train.at(listed)}: label {train.labels[listed]} is a list of classes, which a "
+                            f"multi-label head reads (model.problem_type={MULTI_LABEL}), not model.problem_type={problem_type}")
+        return head
+    if listed is not None:
+        return MULTI_LABEL
+    if data_cfg.labels or _known(data_cfg).labels:
+        return ""
+    return REGRESSION if _looks_like_scores(train.labels) else ""
+
+
+def _classes(label) -> list[str]:
+    """A multi-label example's classes: its list, or its label as written with classes comma-separated."""
+    return label if isinstance(label, list) else [c.strip() for c in label.split(",") if c.strip()]
+
+
+def _class_id(label: str, index: dict[str, int]) -> int | None:
+    """A class written as its name or as an integer id into the label set; None if it is neither."""
+    if label in index:
+        return index[label]
+    return int(label) if label.isdigit() and int(label) < len(index) else None
 
 
 def _scores(raw: Raw) -> np.ndarray:
@@ -205,7 +233,7 @@ def _scores(raw: Raw) -> np.ndarray:
             continue
         try:
             value = float(label)
-        except ValueError:
+        except (TypeError, ValueError):  # a list of classes (TypeError) is no score either
             value = np.nan
         if not np.isfinite(value):
             raise DataError(f"{raw.at(n)}: label {label!r} is not a finite number (a regression head reads scores; "
@@ -219,23 +247,39 @@ def _class_ids(raw: Raw, names: list[str]) -> list[int]:
     index = {n: i for i, n in enumerate(names)}
     ids = []
     for n, label in enumerate(raw.labels):
-        if label == "":
-            ids.append(IGNORE_INDEX)
-        elif label in index:
-            ids.append(index[label])
-        elif label.isdigit() and int(label) < len(names):
-            ids.append(int(label))
-        else:
+        if isinstance(label, list):
+            raise DataError(f"{raw.at(n)}: label {label} is a list of classes, which a multi-label head reads "
+                            f"(model.problem_type={MULTI_LABEL}), not one that picks one class")
+        i = IGNORE_INDEX if label == "" else _class_id(label, index)
+        if i is None:
             hint = " or model.problem_type=regression for scores" if _looks_like_scores([label]) else ""
             raise DataError(f"{raw.at(n)}: label {label!r} is neither one of {names} nor an id below {len(names)} "
                             f"(set data.labels to the full class list{hint})")
+        ids.append(i)
     return ids
 
 
+def _indicators(raw: Raw, names: list[str]) -> np.ndarray:
+    """Multi-label targets: per example a 0/1 float32 per class (what binary cross-entropy takes), 1 for each
+    class its label names (_classes: by name or integer id); "" (unlabelled) is a row of NaN."""
+    index = {n: i for i, n in enumerate(names)}
+    out = np.zeros((len(raw.labels), len(names)), np.float32)
+    for n, label in enumerate(raw.labels):
+        if label == "":
+            out[n] = np.nan
+        for c in _classes(label):
+            i = _class_id(c, index)
+            if i is None:
+                raise DataError(f"{raw.at(n)}: class {c!r} is neither one of {names} nor an id below {len(names)} "
+                                f"(set data.labels to the full class list)")
+            out[n, i] = 1.0
+    return out
+
+
 def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names: list[str],
-            scores: bool = False) -> tokenize.Encoded:
-    """One split's examples -> arrays (`scores`: float regression targets); an empty split is an error,
-    truncation is reported."""
+            problem_type: str = "") -> tokenize.Encoded:
+    """One split's examples -> arrays (a sequence task's labels as `problem_type` reads them: class ids, scores
+    or per-class indicators); an empty split is an error, truncation is reported."""
     if not raw.words:
         raise DataError(f"the {split} split of {data_cfg.name} is empty")
     if ds.task == "token":
@@ -243,8 +287,10 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
         tags = _tag_ids(split, raw, label_to_id, "error" if split == "train" else data_cfg.unknown_label)
         enc = tokenize.encode_tagged(tokenizer, raw.words, tags, data_cfg.seq_len, data_cfg.label_all_subtokens)
     else:
-        ids = _scores(raw) if scores else np.asarray(_class_ids(raw, label_names), np.int32)
-        missing = np.flatnonzero(~losses.labelled(ids))
+        read = {REGRESSION: _scores, MULTI_LABEL: lambda raw: _indicators(raw, label_names)}.get(
+            problem_type, lambda raw: np.asarray(_class_ids(raw, label_names), np.int32))
+        ids = read(raw)
+        missing = np.flatnonzero(~losses.labelled(ids).reshape(len(ids), -1).all(1))
         if split != "test" and len(missing):
             raise DataError(f"{raw.at(int(missing[0]))}: no label (a {split} file needs a label column; "
                             f"only a test split may be unlabelled)")
@@ -396,8 +442,8 @@ def _labelled(arrays: dict[str, np.ndarray]) -> bool:
 
 def load(data_cfg, tokenizer, problem_type: str = "") -> TaskData:
     """Train and validation (and test, when present) splits, tokenized; the label set from `data.labels`,
-    the dataset's preset, or the training split; a sequence task's labels are scores as `regression` decides
-    (model.problem_type). `tokenizer` may be None for a text corpus (characters)."""
+    the dataset's preset, or the training split; a sequence task's labels are read as `problem` decides
+    (model.problem_type, or the labels). `tokenizer` may be None for a text corpus (characters)."""
     ds = dataset(data_cfg)
     if ds.task == "lm":
         return _load_lm(data_cfg, tokenizer)
@@ -406,16 +452,16 @@ def load(data_cfg, tokenizer, problem_type: str = "") -> TaskData:
         splits["train"] = splits["train"].head(data_cfg.max_train)
     if not splits["train"].words:
         raise DataError(f"the train split of {data_cfg.name} is empty")
-    scores = ds.task == "sequence" and regression(data_cfg, problem_type, splits["train"])
-    label_names = [] if scores else _label_names(data_cfg, ds, splits["train"])
+    head = problem(data_cfg, problem_type, splits["train"]) if ds.task == "sequence" else ""
+    label_names = [] if head == REGRESSION else _label_names(data_cfg, ds, splits["train"], head)
     encoded, truncated = {}, {}
     for split, examples in splits.items():
-        enc = _encode(data_cfg, ds, tokenizer, split, examples, label_names, scores)
+        enc = _encode(data_cfg, ds, tokenizer, split, examples, label_names, head)
         encoded[split], truncated[split] = enc.arrays, enc.truncated
     test_labelled = "test" not in encoded or _labelled(encoded["test"])
     return TaskData(data_cfg.name, ds.task, label_names, encoded["train"], encoded["validation"], truncated,
                     ds.source.startswith("synthetic"), tokenizer, encoded.get("test"), test_labelled,
-                    regression=scores)
+                    problem_type=head)
 
 
 def source_of(data_cfg) -> str:
@@ -426,7 +472,7 @@ def source_of(data_cfg) -> str:
 
 def load_split(data_cfg, tokenizer, split: str, problem_type: str = "") -> dict[str, np.ndarray]:
     """One split of a dataset folder (only its file is needed), with a trained run's label set
-    (`data.labels`, set in every resolved spec), or as scores (a resolved model.problem_type regression)."""
+    (`data.labels`, set in every resolved spec), read as the resolved model.problem_type says."""
     ds = dataset(data_cfg)
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"--split must be train, validation or test, got {split!r}")
@@ -442,8 +488,7 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "") -> dict[
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")
-    arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(","),
-                     problem_type == "regression").arrays
+    arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(","), problem_type).arrays
     if not _labelled(arrays):  # scored, it would read as loss 0 and accuracy 0
         raise DataError(f"{raw[split].place}: the {split} split has no labels, so there is nothing to score; "
                         f"`jaxbatch predict` labels it")

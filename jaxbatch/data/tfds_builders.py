@@ -72,14 +72,18 @@ class ConllLocal(_LocalBuilder):
 
 class TsvLocal(_LocalBuilder):
     name = "jaxbatch_tsv"
-    VERSION = tfds.core.Version("1.3.0")
-    RELEASE_NOTES = {**_LocalBuilder.RELEASE_NOTES, "1.3.0": "examples carry a pair's second text"}
+    VERSION = tfds.core.Version("1.4.0")
+    RELEASE_NOTES = {**_LocalBuilder.RELEASE_NOTES, "1.3.0": "examples carry a pair's second text",
+                     "1.4.0": "a label may be a list of classes (`labels`, with `listed` set)"}
     FEATURES = {"sentence": tfds.features.Text(), "sentence_pair": tfds.features.Text(),
-                "label": tfds.features.Text(), "line": np.int64}
+                "label": tfds.features.Text(), "labels": tfds.features.Sequence(tfds.features.Text()),
+                "listed": np.bool_, "line": np.int64}
 
     def _generate_examples(self, path):
         for i, e in enumerate(tsv.read(path)):
-            yield i, {"index": i, "sentence": e.text, "sentence_pair": e.text_pair, "label": e.label, "line": e.line}
+            listed = isinstance(e.label, tuple)
+            yield i, {"index": i, "sentence": e.text, "sentence_pair": e.text_pair, "label": "" if listed else e.label,
+                      "labels": list(e.label) if listed else [], "listed": listed, "line": e.line}
 
 
 class TextLocal(_LocalBuilder):

@@ -4,10 +4,12 @@ a TSV, CSV or JSON lines file whose header (keys) names its columns.
 Headerless TSV: `text<TAB>label`. Named columns (a TSV header row as GLUE's, CSV as pandas or a spreadsheet
 writes it, quoted fields included, `;`-separated too, or the keys of JSON lines): the text in `text` or
 `sentence`, or a pair of texts (GLUE's and NLI's names: `sentence1`/`sentence2`, `premise`/`hypothesis`,
-`question`/`sentence`, `question1`/`question2`, or `text`/`text_pair`), the class in `label` (or a
+`question`/`sentence`, `question1`/`question2`, or `text`/`text_pair`), the class in `label` or `labels` (or a
 regression target in `label` or `score`, GLUE STS-B's; names in any case); other columns are ignored (GLUE's
-`index`), and a split without a label column is unlabelled. Labels are kept as written (a class name, an
-integer id or a score) and turned into ids or scores by `data/tasks.py`.
+`index`), and a split without a label column is unlabelled. A multi-label example's classes are a JSON list
+(`"labels": ["sports", "politics"]`, `[]` for none, as GoEmotions is stored) or, in any file, written
+comma-separated. Labels are kept as written (a class name, an integer id, a score, or a list of classes)
+and turned into ids, indicators or scores by `data/tasks.py`.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl") f
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
                 ("question1", "question2"), ("text", "text_pair"))  # tried first, in order
 TEXT_COLUMNS = ("text", "sentence")
-LABEL_COLUMNS = ("label", "score")  # the first one present
+LABEL_COLUMNS = ("label", "labels", "score")  # the first one present
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}  # of CSV, in the order tried
 
 
 @dataclasses.dataclass
 class Example:
     text: str
-    label: str  # as written in the file; "" for an unlabelled split
+    label: str | tuple[str, ...]  # as written in the file ("" for an unlabelled split); a JSON list: a tuple
     line: int = 0  # its line in the file (a quoted CSV field may span lines: the last); 0 when not from a file
     text_pair: str = ""  # the second text of a pair ("" for a single text)
 
@@ -72,10 +74,17 @@ def _example(path: Path, number: int, row: dict, columns: tuple[str, str | None]
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}:{number}: {column!r} must be a non-empty string, got {text!r}")
     label = row.get(label_column) if label_column else ""
+    if isinstance(label, list):  # a multi-label example's classes
+        wrong = [y for y in label if isinstance(y, bool) or not isinstance(y, (str, int)) or not str(y).strip()]
+        if wrong:
+            raise DataError(f"{path}:{number}: the {label_column} list must hold class names or integer ids, got "
+                            f"{wrong[0]!r}")
+        label = tuple(str(y).strip() for y in label)
+        return Example(texts[0].strip(), label, number, texts[1].strip() if len(texts) > 1 else "")
     bad = isinstance(label, bool) or not isinstance(label, (str, int, float)) or not str(label).strip()
     if label_column and bad:
-        raise DataError(f"{path}:{number}: the {label_column} must be a class name, an integer id or a score, got "
-                        f"{label!r}")
+        raise DataError(f"{path}:{number}: the {label_column} must be a class name, an integer id, a score or a "
+                        f"list of classes, got {label!r}")
     return Example(texts[0].strip(), str(label).strip(), number,
                    texts[1].strip() if len(texts) > 1 else "")
 
@@ -143,9 +152,10 @@ def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "va
     return find_splits(directory, SPLIT_FILES, "text-classification (tsv, csv, jsonl)", required)
 
 
-def label_names(examples: list[Example]) -> list[str]:
-    """Label set from data: integer ids in numeric order (their names are the ids), else names sorted."""
-    found = {e.label for e in examples if e.label}
-    if all(x.lstrip("-").isdigit() for x in found):
+def label_names(labels: list[str]) -> list[str]:
+    """Label set from the classes the data names: integer ids in numeric order (their names are the ids),
+    else names sorted."""
+    found = {y for y in labels if y}
+    if found and all(x.lstrip("-").isdigit() for x in found):
         return [str(i) for i in range(max(int(x) for x in found) + 1)]
     return sorted(found)

@@ -129,14 +129,17 @@ def forward(model: BertClassifier, batch: dict, *, deterministic: bool, rngs: nn
 
 
 def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
-    if cfg.problem_type == "regression":
+    if cfg.problem_type == losses.REGRESSION:
         return losses.regression_sums(logits, batch["labels"])
+    if cfg.problem_type == losses.MULTI_LABEL:
+        return losses.multi_label_sums(logits, batch["labels"])
     return losses.classification_sums(logits, batch["labels"], cfg.label_smoothing)
 
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "token_type_ids": (batch, seq_len),
-            "labels": (batch, seq_len) if cfg.task == "token" else (batch,)}
+            "labels": (batch, seq_len) if cfg.task == "token" else (
+                (batch, cfg.num_labels) if cfg.problem_type == losses.MULTI_LABEL else (batch,))}
 
 
 def train_flops_per_token(cfg, seq_len: int) -> float:
@@ -177,6 +180,8 @@ def head(cfg) -> str:
     """The head, as a run's summary line names it."""
     if cfg.problem_type == "regression":
         return f"{cfg.task} regression, one score"
+    if cfg.problem_type == losses.MULTI_LABEL:
+        return f"{cfg.task} multi-label classification, {cfg.num_labels} labels"
     return f"{cfg.task} classification, {cfg.num_labels} labels"
 
 
@@ -224,7 +229,8 @@ SHAPE_FIELDS = {  # ModelConfig field -> config.json key
 def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
     """The model shape from a BERT config.json; with a named preset, every shape field must agree. A
     fine-tuned head (an architecture named *ForTokenClassification or *ForSequenceClassification) sets the
-    task and label count, and a regression head (HF reads one output so) model.problem_type unless it is set."""
+    task and label count, and a regression head (HF reads one output so) or a multi-label one (HF's problem_type)
+    model.problem_type unless it is set."""
     activation = models.hf_activation(hf, "hidden_act", ACTIVATION)
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise CheckpointError("config.json: is_decoder / add_cross_attention (a causal or cross-attending BERT) "
@@ -238,11 +244,13 @@ def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
     if task is not None:  # a fine-tuned head: its task and label count
         wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", cfg.num_labels))
         kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
-        if task == "sequence" and kind == "regression" and wanted["num_labels"] == 1:
-            wanted.update(problem_type=cfg.problem_type or "regression")
+        one_score = (kind, wanted["num_labels"]) == (losses.REGRESSION, 1)
+        if task == "sequence" and (kind == losses.MULTI_LABEL or one_score):
+            wanted.update(problem_type=cfg.problem_type or kind)
         elif task == "sequence" and kind != "single_label_classification":
             raise CheckpointError(f"config.json: a {kind} head ({wanted['num_labels']} output(s)) is not supported; "
-                                  f"jaxbatch classifies each text into one of its labels or scores it (regression)")
+                                  f"jaxbatch classifies each text into one of its labels or into several "
+                                  f"(multi_label_classification), or scores it (regression)")
     return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)),
                                activation=activation)
 
@@ -319,8 +327,8 @@ def hf_architecture(prefix: str, cfg) -> str:
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
-    regression = cfg.problem_type == "regression"
-    if cfg.num_labels == 1 and not regression:
+    regression = cfg.problem_type == losses.REGRESSION
+    if cfg.num_labels == 1 and cfg.problem_type != losses.MULTI_LABEL and not regression:
         raise ConfigError("a one-logit binary head has no Hugging Face class that reads it so (HF takes one logit "
                           "for a regression); train it with model.num_labels=2 to export")
     labels = ["LABEL_0"] if regression else label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
@@ -332,7 +340,7 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
         "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "pad_token_id": 0,
         "position_embedding_type": "absolute", "num_labels": cfg.num_labels,
         "id2label": {str(i): n for i, n in enumerate(labels)}, "label2id": {n: i for i, n in enumerate(labels)},
-        **({"problem_type": "regression"} if regression else {}),
+        **({"problem_type": cfg.problem_type} if cfg.problem_type in (losses.REGRESSION, losses.MULTI_LABEL) else {}),
     }
 
 

@@ -396,36 +396,85 @@ def test_scores_make_a_regression_task_as_run_glue_reads_a_float_column(tmp_path
     (t / "test.tsv").write_text("index\tsentence1\tsentence2\n0\ta cow\ta cat\n")  # GLUE's hidden labels
     cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}")
     data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
-    assert data.regression and data.label_names == [] and data.train["labels"].dtype == "float32"
+    assert data.problem_type == "regression" and data.label_names == [] and data.train["labels"].dtype == "float32"
     assert data.train["labels"].tolist() == [5.0, 1.25] and data.eval["labels"].tolist() == [1.25]
     assert np.isnan(data.test["labels"]).all() and not data.test_labelled
-    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, regression=data.regression)
+    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, problem_type=data.problem_type)
     assert (spec.model.problem_type, spec.model.num_labels, spec.data.labels) == ("regression", 1, "")
     assert tasks.load_split(spec.data, run_lib.tokenizer(cfg), "validation", "regression")["labels"].dtype == "float32"
     for name in ("classification", "single_label_classification"):  # the scores as class names
         data = tasks.load(cfg.data, run_lib.tokenizer(cfg), name)
-        assert not data.regression and data.label_names == ["1.25", "5.000"]
+        assert data.problem_type == "" and data.label_names == ["1.25", "5.000"]
     (t / "train.tsv").write_text(header + "0\tmain\ta cat\ta cat\t5\n1\tmain\ta cat\ta dog\t1\n")
     (t / "dev.tsv").write_text(header + "0\tmain\ta dog\ta dog\t4\n")
-    assert not tasks.load(cfg.data, run_lib.tokenizer(cfg)).regression  # ids: classes, as run_glue's int column
+    assert tasks.load(cfg.data, run_lib.tokenizer(cfg)).problem_type == ""  # ids: classes, as run_glue's int column
     (t / "test.tsv").write_text(header + "0\tmain\ta cow\ta cat\t2.5\n")
     with pytest.raises(DataError, match=r"test.tsv:2: label '2.5' is neither .* or model.problem_type=regression"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg))
     (t / "test.tsv").unlink()
     data = tasks.load(cfg.data, run_lib.tokenizer(cfg), "regression")
-    assert data.regression and data.train["labels"].tolist() == [5.0, 1.0]
+    assert data.problem_type == "regression" and data.train["labels"].tolist() == [5.0, 1.0]
     cfg_named = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.labels=a,b,c,d,e,f")
-    assert not tasks.load(cfg_named.data, run_lib.tokenizer(cfg)).regression
+    assert tasks.load(cfg_named.data, run_lib.tokenizer(cfg)).problem_type == ""
     (t / "dev.tsv").write_text(header + "0\tmain\ta dog\ta dog\t4.8\n1\tmain\ta\tb\thigh\n")
     with pytest.raises(DataError, match=rf"^{t / 'dev.tsv'}:3: label 'high' is not a finite number"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg), "regression")
     for bad, message in ((["model.problem_type=ordinal"], "model.problem_type must be classification .* or regression"),
-                         (["model.problem_type=multi_label_classification"], "multi-label heads are not supported"),
                          (["model.problem_type=regression", "data.name=conll2003"], "not a token task"),
+                         (["model.problem_type=multi_label_classification", "data.name=conll2003"], "not a token task"),
                          (["model.problem_type=regression", "data.name=sst2", "model.label_smoothing=0.1"],
-                          "a regression head has none")):
+                          "a regression head has no such target"),
+                         (["model.problem_type=multi_label_classification", "data.name=sst2",
+                           "model.label_smoothing=0.1"], "a multi_label_classification head has no such target")):
         shaped = config.build(["model.preset=tiny", *bad])
         with pytest.raises(config.ConfigError, match=message):
             config.validate(run_lib.resolve(shaped, task=tasks.dataset_task(shaped.data)), 8)
-    with pytest.raises(config.ConfigError, match=r"may not contain ','.*multi-label heads are not supported"):
-        run_lib.resolve(cfg, task="sequence", label_names=["joy,anger", "fear"])  # several classes per example
+    with pytest.raises(config.ConfigError, match=r"may not contain ','.*multi_label_classification reads a label 'a,b' "
+                                                 r"as the classes a and b"):
+        run_lib.resolve(cfg, task="sequence", label_names=["joy,anger", "fear"])
+
+
+def test_lists_of_classes_make_a_multi_label_task(tmp_path):
+    """GoEmotions' layout (JSON lines, `labels` a list of names or ids, [] for none) makes a multi-label head as
+    HF's run_classification reads a list column: per example a 0/1 float32 per class of the training split's
+    classes (sorted; ids in numeric order), NaN rows for an unlabelled test split. Comma-separated classes in a
+    CSV read so when model.problem_type says; a class outside the set is one line naming file and line."""
+    d = tmp_path / "emotions"
+    d.mkdir()
+    (d / "train.jsonl").write_text('{"text": "so happy and scared", "labels": ["joy", "fear"]}\n'
+                                   '{"text": "fine", "labels": []}\n{"text": "grr", "labels": ["anger"]}\n')
+    (d / "dev.jsonl").write_text('{"text": "yay", "labels": ["joy"]}\n{"text": "eek", "labels": ["fear", "joy"]}\n')
+    (d / "test.jsonl").write_text('{"text": "hmm"}\n')
+    cfg = _cfg(tmp_path, "data.name=jsonl", f"data.data_dir={d}")
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    assert (data.problem_type, data.label_names) == ("multi_label_classification", ["anger", "fear", "joy"])
+    assert data.train["labels"].dtype == np.float32
+    assert data.train["labels"].tolist() == [[0, 1, 1], [0, 0, 0], [1, 0, 0]]
+    assert data.eval["labels"].tolist() == [[0, 0, 1], [0, 1, 1]]
+    assert np.isnan(data.test["labels"]).all() and data.test["labels"].shape == (1, 3) and not data.test_labelled
+    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, problem_type=data.problem_type)
+    assert (spec.model.problem_type, spec.model.num_labels, spec.data.labels) == (
+        "multi_label_classification", 3, "anger,fear,joy")
+    config.validate(spec, 1)
+    got = tasks.load_split(spec.data, run_lib.tokenizer(cfg), "validation", spec.model.problem_type)
+    np.testing.assert_array_equal(got["labels"], data.eval["labels"])
+
+    (d / "dev.jsonl").write_text('{"text": "yay", "labels": [2]}\n{"text": "eek", "labels": ["love"]}\n')
+    with pytest.raises(DataError, match=rf"^{d / 'dev.jsonl'}:2: class 'love' is neither one of \['anger', 'fear', "
+                                        r"'joy'\] nor an id below 3"):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    with pytest.raises(DataError, match=rf"^{d / 'train.jsonl'}:1: label \['joy', 'fear'\] is a list of classes, "
+                                        r"which a multi-label head reads"):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg), "classification")
+    (d / "train.jsonl").write_text('{"text": "fine", "labels": []}\n')
+    with pytest.raises(DataError, match="no training example names a class"):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg))
+
+    for f in d.iterdir():
+        f.unlink()
+    (d / "train.csv").write_text('text,label\nso happy and scared,"joy, fear"\ngrr,anger\n')
+    (d / "dev.csv").write_text("text,label\nyay,anger\n")
+    csv_cfg = _cfg(tmp_path, "data.name=csv", f"data.data_dir={d}")
+    data = tasks.load(csv_cfg.data, run_lib.tokenizer(cfg), "multi_label_classification")
+    assert data.label_names == ["anger", "fear", "joy"] and data.train["labels"].tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert tasks.load(csv_cfg.data, run_lib.tokenizer(cfg)).label_names == ["anger", "joy, fear"]  # one class each

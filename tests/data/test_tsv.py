@@ -13,8 +13,8 @@ def test_read_layouts(tmp_path):
     assert [(e.text, e.label) for e in tsv.read(tmp_path / "test.tsv")] == [("something", "")]
     plain = tsv.read(tmp_path / "plain.tsv")  # no header, class names, blank line, no final newline
     assert [(e.text, e.label) for e in plain] == [("great value", "positive"), ("meh", "neutral"), ("awful", "negative")]
-    assert tsv.label_names(plain) == ["negative", "neutral", "positive"]
-    assert tsv.label_names(tsv.read(tmp_path / "train.tsv")) == ["0", "1"]
+    assert tsv.label_names([e.label for e in plain]) == ["negative", "neutral", "positive"]
+    assert tsv.label_names([e.label for e in tsv.read(tmp_path / "train.tsv")]) == ["0", "1"]
     # a spreadsheet's export: byte-order mark and CRLF; the header is still a header
     (tmp_path / "excel.tsv").write_bytes(b"\xef\xbb\xbfsentence\tlabel\r\nfine\tpos\r\n")
     assert [(e.text, e.label) for e in tsv.read(tmp_path / "excel.tsv")] == [("fine", "pos")]
@@ -29,7 +29,7 @@ def test_read_layouts(tmp_path):
     ("a\tb\tc\nx\t1\n", r"x.tsv:1: expected 'text<TAB>label'"),
     ("sentence\tlabel\nno tab here\n", r"x.tsv:2: expected 2 tab-separated columns like the header"),
     ("good\t1\nno tab here\n", r"x.tsv:2: expected 2 tab-separated columns, got 1"),
-    ("sentence\tlabel\nok\t1\nbad\t \n", r"x.tsv:3: the label must be a class name, an integer id or a score, got ' '"),
+    ("sentence\tlabel\nok\t1\nbad\t \n", r"x.tsv:3: the label must be a class name, an integer id, a score or a list of classes, got ' '"),
     ("sentence1\tsentence2\tlabel\na\t \t1\n", r"x.tsv:2: 'sentence2' must be a non-empty string, got ' '"),
     ("sentence\tlabel\n", r"x.tsv: no examples after the header"),
 ])
@@ -76,12 +76,15 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
      r"the columns are \['body', 'label'\]"),
     ("x.csv", "text,label\nfine,1\nx\n", r"x.csv:3: expected 2 comma-separated columns"),
     ("x.csv", "text;label\nfine;1\nx,1\n", r"x.csv:3: expected 2 semicolon-separated columns"),
-    ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name, an integer id or a score, got ''"),
+    ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name, an integer id, a score or a list of classes, got ''"),
     ("x.csv", "text,label\n", r"x.csv: no examples after the header"),
     ("x.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"x.jsonl:2: not a JSON object"),
     ("x.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', r"x.jsonl:2: expected the keys of line 1"),
     ("x.jsonl", '{"text": "a", "label": null}\n', r"x.jsonl:1: the label must be .* got None"),
-    ("x.jsonl", '{"text": "a", "label": [1]}\n', r"x.jsonl:1: the label must be .* got \[1\]"),
+    ("x.jsonl", '{"text": "a", "label": {"a": 1}}\n', r"x.jsonl:1: the label must be .* got \{'a': 1\}"),
+    ("x.jsonl", '{"text": "a", "labels": ["joy", true]}\n', r"x.jsonl:1: the labels list must hold class names or "
+                                                           r"integer ids, got True"),
+    ("x.jsonl", '{"text": "a", "labels": [" "]}\n', r"x.jsonl:1: the labels list must .* got ' '"),
     ("x.jsonl", '{"text": 3, "label": 1}\n', r"x.jsonl:1: 'text' must be a non-empty string, got 3"),
 ])
 def test_bad_csv_and_json_lines_name_file_and_line(tmp_path, name, content, message):
