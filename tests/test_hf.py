@@ -268,16 +268,56 @@ def test_a_regression_head_equals_pytorch_and_exports_back(family, tmp_path):
     np.testing.assert_array_equal(again.numpy(), expected)
 
 
-@pytest.mark.parametrize("change, kind", [({"problem_type": "multi_label_classification"}, "multi_label_classification"),
-                                          ({"problem_type": "regression"}, "regression")])
-def test_sequence_heads_that_do_not_classify_are_refused(change, kind, random_hf_models, tmp_path):
-    """Multi-label heads (HF reads them through sigmoids) and regressions of several outputs: taken as a
-    softmax classifier, predict would print a label and a probability that mean nothing."""
-    tree = dict(hf.read_config(random_hf_models["sequence"]), **change)
+def test_a_regression_of_several_outputs_is_refused(random_hf_models, tmp_path):
+    """Taken as a softmax classifier, predict would print a label and a probability that mean nothing."""
+    tree = dict(hf.read_config(random_hf_models["sequence"]), problem_type="regression")
     tree.pop("label2id", None)
     (tmp_path / "config.json").write_text(json.dumps(tree))
-    with pytest.raises(hf.CheckpointError, match=f"config.json: a {kind} head .* is not supported"):
+    with pytest.raises(hf.CheckpointError, match="config.json: a regression head .* is not supported"):
         run_lib.hf_spec(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_a_multi_label_head_equals_pytorch_and_exports_back(family, tmp_path):
+    """HF's multi_label_classification head (a sigmoid per class, BCEWithLogitsLoss on float 0/1 targets): its
+    logits, loss and every gradient equal transformers' on a sharded mesh, an unlabelled example (a NaN row)
+    counts nowhere, and the export is one again with its class names."""
+    from jaxbatch import models
+
+    config_cls, prefix = {"bert": ("BertConfig", "Bert"), "distilbert": ("DistilBertConfig", "DistilBert")}[family]
+    cls = getattr(transformers, f"{prefix}ForSequenceClassification")
+    torch.manual_seed(3)
+    shape = (dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64) if family == "distilbert" else
+             dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+    names = ["anger", "fear", "joy", "love"]
+    cls(getattr(transformers, config_cls)(vocab_size=99, max_position_embeddings=20, num_labels=4,
+                                          problem_type="multi_label_classification",
+                                          id2label=dict(enumerate(names)), **shape)).save_pretrained(tmp_path / "in")
+    run = run_lib.setup(run_lib.resolve(config.build([f"model.pretrained={tmp_path / 'in'}", "train.batch_size=8",
+                                                      "data.seq_len=16", "mesh.data=4", "mesh.model=2"])))
+    assert (run.spec.model.problem_type, run.spec.model.num_labels) == ("multi_label_classification", 4)
+    rng, ids, mask, theirs, expected = _right_padded_logits(cls, tmp_path / "in", 0, 16, 4)
+    targets = (rng.random((8, 4)) < 0.4).astype(np.float32)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids), "labels": targets}
+    family_ = models.family(run.spec.model)
+    eval_step = jax.jit(lambda p, b: steps.eval_step(p, b, family=family_, model_cfg=run.spec.model,
+                                                     graphdef=run.graphdef, mesh=run.mesh, rules=run.spec.mesh.rules))
+    _, out = eval_step(run.state.params, batch)
+    assert np.abs(np.asarray(out["probs"]) - 1 / (1 + np.exp(-expected))).max() < 1e-5
+    unlabelled = dict(batch, labels=np.where(np.arange(8)[:, None] < 6, targets, np.nan).astype(np.float32))
+    sums6, _ = eval_step(run.state.params, unlabelled)
+    bce = torch.nn.BCEWithLogitsLoss(reduction="sum")(torch.tensor(expected[:6]), torch.tensor(targets[:6])).item()
+    assert float(sums6["weight"]) == 6 * 4 and float(sums6["loss_sum"]) == pytest.approx(bce, rel=1e-5)
+    assert_gradients_equal_torch(family_, run.spec.model, run.graphdef, run.state.params, batch, theirs,
+                                 input_ids=ids, attention_mask=mask)
+    out_dir = hf.export(run.state.params, run.spec.model, tmp_path / "out", label_names=names)
+    written = json.loads((out_dir / "config.json").read_text())
+    assert (written["problem_type"], written["id2label"]) == ("multi_label_classification",
+                                                              {str(i): n for i, n in enumerate(names)})
+    with torch.no_grad():
+        again = cls.from_pretrained(out_dir, attn_implementation="eager")(input_ids=torch.tensor(ids),
+                                                                         attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_array_equal(again.numpy(), expected)
 
 
 def test_a_one_logit_binary_head_is_not_exported_as_a_regression(tmp_path):

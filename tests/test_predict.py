@@ -287,3 +287,50 @@ def test_a_regression_task_trains_reports_correlations_and_predicts_scores(tmp_p
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert all(set(r) == {"line", "text", "text_pair", "score"} for r in records)
     np.testing.assert_allclose([r["score"] for r in records], scores, atol=2e-6)
+
+
+def test_a_multi_label_task_trains_reports_f1_and_predicts_label_sets(tmp_path, capsys):
+    """GoEmotions' layout (JSON lines, a list of classes per text, [] for none): the run trains a sigmoid per
+    class on HF's binary cross-entropy, reports per-(text, class) accuracy, micro/macro F1 and exact match as
+    scikit-learn computes them from evaluate's own decisions, keeps the best checkpoint by macro F1, and
+    `predict` prints each text's label set (the classes above probability 1/2) and every probability."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    d = tmp_path / "topics"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    topics = {"food": ["bread", "soup"], "music": ["song", "band"], "sport": ["ball", "goal"]}
+
+    def line():
+        on = [t for t in topics if rng.random() < 0.45]
+        words = ["the", "day", "was"] + [str(rng.choice(topics[t])) for t in on]
+        rng.shuffle(words)
+        return json.dumps({"text": " ".join(words), "labels": on}) + "\n"
+
+    (d / "train.jsonl").write_text("".join(line() for _ in range(48)))
+    (d / "dev.jsonl").write_text("".join(line() for _ in range(24)))
+    run_dir = tmp_path / "r"
+    overrides = ["data.name=jsonl", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'c'}", *MINILM_TOKENIZER,
+                 "data.buckets=2", "optim.learning_rate=5e-3", "train.batch_size=8", "train.steps=30",
+                 "train.eval_every=10", f"train.run_dir={run_dir}", "checkpoint.best_metric=macro_f1"]
+    result = train.train(tiny_config(*overrides))
+    assert result.spec.model.problem_type == "multi_label_classification" and result.data.label_names == list(topics)
+    restored = run_lib.restore(run_dir)
+    best = max(e["macro_f1"] for e in result.summary["evals"])
+    assert best > 0.5  # it learned which words name which topics: the scores below are not all zeros
+    assert restored.step in [e["step"] for e in result.summary["evals"] if e["macro_f1"] == best]
+    arrays = tasks.load_split(restored.run.spec.data, restored.tokenizer, "validation", "multi_label_classification")
+    got = evaluate.evaluate(restored.run, restored.params, arrays, list(topics), "sequence")
+    preds, gold = got["predictions"], arrays["labels"].astype(int)
+    assert got["macro_f1"] == pytest.approx(best, rel=1e-6)
+    assert got["micro_f1"] == pytest.approx(f1_score(gold, preds, average="micro"), rel=1e-6)
+    assert got["macro_f1"] == pytest.approx(f1_score(gold, preds, average="macro", zero_division=0), rel=1e-6)
+    assert got["exact_match"] == pytest.approx(accuracy_score(gold, preds), rel=1e-6)
+    assert got["accuracy"] == pytest.approx(float(np.mean(preds == gold)), rel=1e-6)
+    capsys.readouterr()
+    assert cli.main(["predict", str(run_dir), "--input", str(d / "dev.jsonl")]) == 0
+    records = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+    assert [r["labels"] for r in records] == [[t for t, y in zip(topics, row) if y] for row in preds]
+    p = np.array([[r["probabilities"][t] for t in topics] for r in records])
+    bce = -np.mean(gold * np.log(p) + (1 - gold) * np.log(1 - p))
+    assert got["loss"] == pytest.approx(bce, rel=1e-4)

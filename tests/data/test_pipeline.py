@@ -116,3 +116,16 @@ def test_too_few_examples_for_one_batch_says_what_it_counted():
     rows = dict(_arrays(1), segment_ids=np.ones((1, 4), np.int32))  # text is packed into rows of seq_len tokens
     with pytest.raises(pipeline.DataError, match=r"^the training split has 1 row of 4 tokens, fewer than one global"):
         pipeline.train_dataset(rows, 2, num_steps=1, seed=0)
+
+
+def test_a_length_cut_cuts_per_token_arrays_and_never_a_multi_label_heads_classes():
+    """Buckets cut every per-token array to the batch's length; float labels as wide as seq_len are a
+    multi-label head's classes (here 8 classes, seq_len 8) and stay whole, while token labels (int) are cut."""
+    ids = np.arange(32, dtype=np.int32).reshape(4, 8)
+    classes = np.eye(4, 8, dtype=np.float32)
+    cut = pipeline.take({"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": classes}, [2, 0], 3)
+    np.testing.assert_array_equal(cut["input_ids"], ids[[2, 0], :3])
+    np.testing.assert_array_equal(cut["attention_mask"], np.ones((2, 3)))
+    np.testing.assert_array_equal(cut["labels"], classes[[2, 0]])
+    assert pipeline.take({"input_ids": ids, "labels": ids}, [1], 5)["labels"].shape == (1, 5)
+    assert pipeline.take({"input_ids": ids, "labels": classes}, slice(None))["labels"].shape == (4, 8)
