@@ -21,7 +21,8 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import ACTIVATIONS, REMAT, Dense, Dropout, Embed, LayerNorm, RMSNorm, attend, run_layers
+from jaxbatch.models.layers import (ACTIVATIONS, HEADS, REMAT, Dense, Dropout, Embed, LayerNorm, RMSNorm, attend,
+                                    run_layers)
 
 _GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
 _LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
@@ -130,8 +131,7 @@ class CausalAttention(nnx.Module):
         """`mask` (batch, 1, q, k) says which keys each query sees. With `cache` (k, v of shape
         (batch, max_len, kv_heads, head_dim)) the new keys/values are written at `cache_index` and attention
         runs over the whole cache; returns (output, updated cache)."""
-        names = ("batch", "length", "heads", "kv")
-        q, k, v = (constrain(p(x), names) for p in (self.query, self.key, self.value))
+        q, k, v = (constrain(p(x), HEADS) for p in (self.query, self.key, self.value))
         if self.cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         if self.cfg.arch == "llama":
@@ -142,7 +142,7 @@ class CausalAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
             cache = (k, v)
         y = attend(q, k, v, mask, self.dtype, impl=self.cfg.attention_impl)
-        return constrain(self.out(constrain(y, names)), ("batch", "length", "embed")), cache
+        return constrain(self.out(constrain(y, HEADS)), ("batch", "length", "embed")), cache
 
 
 class Mlp(nnx.Module):

@@ -221,6 +221,9 @@ class RMSNorm(nnx.Module):
 ATTENTION = ("auto", "xla")  # model.attention_impl
 
 
+HEADS = ("batch", "length", "heads", "kv")  # the logical names of queries, keys and values split into heads
+
+
 def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
     """The `jax.nn.dot_product_attention` implementation to ask for: cuDNN's fused (flash) attention where
     `impl` is auto and it runs: an NVIDIA GPU of compute capability >= 8.0, bf16/fp16, a head width that is a
@@ -235,28 +238,27 @@ def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
     head, (t, s) = q.shape[-1], (q.shape[1], k.shape[1])
     fits = (device.device_kind.startswith("NVIDIA") and capability >= (8, 0) and head % 8 == 0
             and head <= (256 if capability >= (9, 0) else 128) and t == s and t % 2 == 0)
-    names = ("batch", "length", "heads", "kv")
-    q_spec, k_spec = ((tuple(activation_spec(names, x.shape)) + (None,) * 4)[:4] for x in (q, k))
+    q_spec, k_spec = ((tuple(activation_spec(HEADS, x.shape)) + (None,) * 4)[:4] for x in (q, k))
     shardable = q_spec == k_spec and q_spec[1] is None and q_spec[3] is None
     return "cudnn" if fits and shardable else None
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, is_causal: bool = False,
-           impl: str = "auto"):
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, impl: str = "auto"):
     """`jax.nn.dot_product_attention` in q's dtype (keys and values, e.g. from a KV cache, are cast to it),
-    returned in `dtype`, on the kernel `fused_kernel` picks. fp16 runs in float32 on CPU: XLA:CPU has no
-    fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
+    returned in `dtype`, on the kernel `fused_kernel` picks. fp16 runs in float32 on CPU (the traced program's
+    device: a TPU slice compiled on a CPU box keeps fp16): XLA:CPU has no fp16 x fp16 -> fp32 dot
+    (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
     additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k) is broadcast, and a
     query that sees no key (a packed row's padding) sees them all, as in XLA's kernel: cuDNN's gradient for a
     fully masked row is NaN, which would reach the projections' weight gradients."""
-    if dtype == jnp.float16 and jax.default_backend() == "cpu":
+    if dtype == jnp.float16 and target_device().platform == "cpu":
         q = q.astype(jnp.float32)
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     kernel = fused_kernel(impl, q, k)
     if kernel and mask is not None:
         mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
         mask = mask | ~mask.any(-1, keepdims=True)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=kernel).astype(dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=kernel).astype(dtype)
 
 
 class SelfAttention(nnx.Module):
@@ -274,11 +276,10 @@ class SelfAttention(nnx.Module):
         self.value = Dense((hidden,), (heads, head_dim), ("embed",), ("heads", "kv"), **proj)
         self.out = Dense((heads, head_dim), (hidden,), ("heads", "kv"), ("embed",), **proj)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None, is_causal: bool = False) -> jax.Array:
-        names = ("batch", "length", "heads", "kv")
-        q, k, v = (constrain(proj(x), names) for proj in (self.query, self.key, self.value))
-        y = attend(q, k, v, mask, self.dtype, is_causal, self.impl)
-        return constrain(self.out(constrain(y, names)), ("batch", "length", "embed"))
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        q, k, v = (constrain(proj(x), HEADS) for proj in (self.query, self.key, self.value))
+        y = attend(q, k, v, mask, self.dtype, self.impl)
+        return constrain(self.out(constrain(y, HEADS)), ("batch", "length", "embed"))
 
 
 class Mlp(nnx.Module):

@@ -150,6 +150,19 @@ def test_auto_asks_for_cudnn_only_where_its_kernel_runs(monkeypatch):
             assert pick(device(), q_shape=(8, 64, 4, 64)) == expected, (model, sequence_parallel)
 
 
+def test_fp16_attention_runs_in_float32_only_when_the_program_is_for_a_cpu(monkeypatch):
+    """XLA:CPU lacks the fp16 x fp16 -> fp32 dot the backward pass uses, so a CPU program computes fp16
+    attention in float32; a program traced for a TPU slice on this CPU box (`plan --target`) keeps fp16."""
+    q = jnp.ones((2, 8, 4, 16), jnp.float16)
+
+    def dot_types(platform):
+        monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform=platform))())
+        jaxpr = jax.make_jaxpr(lambda q: layers.attend(q, q, q, None, jnp.float16, impl="xla"))(q)
+        return {str(e.invars[0].aval.dtype) for e in jaxpr.eqns if e.primitive.name == "dot_general"}
+
+    assert dot_types("cpu") == {"float32"} and dot_types("tpu") == {"float16"}
+
+
 @needs_gpu
 @pytest.mark.parametrize("kind", ["padding", "packed", "gqa"])
 def test_cudnn_attention_equals_xla_on_a_gpu(kind):
