@@ -252,7 +252,7 @@ def plot_curves(run_dir: str | Path) -> Path | None:
     a.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
     a.legend()
     plotted = False
-    for key in ("accuracy", "entity_f1", "pearson"):
+    for key in ("accuracy", "entity_f1", "macro_f1", "pearson"):
         points = [(r["step"], r[key]) for r in evals if key in r]
         if points:
             b.plot(*zip(*points), "o-", label=f"eval {key}")

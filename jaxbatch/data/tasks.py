@@ -204,7 +204,8 @@ def problem(data_cfg, problem_type: str, train: Raw) -> str:
         head = problem_type if problem_type in (REGRESSION, MULTI_LABEL) else ""
         if listed is not None and head != MULTI_LABEL:
             raise DataError(f"{train.at(listed)}: label {train.labels[listed]} is a list of classes, which a "
-                            f"multi-label head reads (model.problem_type={MULTI_LABEL}), not model.problem_type={problem_type}")
+                            f"multi-label head reads (model.problem_type={MULTI_LABEL}), not "
+                            f"model.problem_type={problem_type}")
         return head
     if listed is not None:
         return MULTI_LABEL

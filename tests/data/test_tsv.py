@@ -29,7 +29,8 @@ def test_read_layouts(tmp_path):
     ("a\tb\tc\nx\t1\n", r"x.tsv:1: expected 'text<TAB>label'"),
     ("sentence\tlabel\nno tab here\n", r"x.tsv:2: expected 2 tab-separated columns like the header"),
     ("good\t1\nno tab here\n", r"x.tsv:2: expected 2 tab-separated columns, got 1"),
-    ("sentence\tlabel\nok\t1\nbad\t \n", r"x.tsv:3: the label must be a class name, an integer id, a score or a list of classes, got ' '"),
+    ("sentence\tlabel\nok\t1\nbad\t \n", r"x.tsv:3: the label must be a class name, an integer id, a score or a list "
+                                        r"of classes, got ' '"),
     ("sentence1\tsentence2\tlabel\na\t \t1\n", r"x.tsv:2: 'sentence2' must be a non-empty string, got ' '"),
     ("sentence\tlabel\n", r"x.tsv: no examples after the header"),
 ])
@@ -76,7 +77,8 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
      r"the columns are \['body', 'label'\]"),
     ("x.csv", "text,label\nfine,1\nx\n", r"x.csv:3: expected 2 comma-separated columns"),
     ("x.csv", "text;label\nfine;1\nx,1\n", r"x.csv:3: expected 2 semicolon-separated columns"),
-    ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name, an integer id, a score or a list of classes, got ''"),
+    ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name, an integer id, a score or a list of "
+                                  r"classes, got ''"),
     ("x.csv", "text,label\n", r"x.csv: no examples after the header"),
     ("x.jsonl", '{"text": "a", "label": 1}\nnot json\n', r"x.jsonl:2: not a JSON object"),
     ("x.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', r"x.jsonl:2: expected the keys of line 1"),
