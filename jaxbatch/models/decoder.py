@@ -4,6 +4,10 @@
 `arch=llama`: rotary positions (HF's rotate-half), RMSNorm, SwiGLU MLP, no biases, grouped-query attention,
 untied head (HF `LlamaForCausalLM`); with `attention_bias` (qkv: Qwen2), a `sliding_window` (Mistral) and
 `qk_norm` (Qwen3) it reads and writes those checkpoints too; `activation` swaps the MLP's nonlinearity.
+`arch=gemma3`: llama's block with RMSNorms that scale by 1 + weight, a second norm after attention and after
+the MLP, normalised queries and keys, a GELU-gated MLP, embeddings times sqrt(hidden_size), and a sliding
+window on all layers but every `sliding_window_pattern`th, which rotate by their own base (HF
+`Gemma3ForCausalLM`).
 Attention goes through `layers.attend` (cuDNN's fused kernel on NVIDIA GPUs). Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`), equal token for token to recomputing the whole sequence.
@@ -26,6 +30,9 @@ from jaxbatch.models.layers import (ACTIVATIONS, HEADS, REMAT, Dense, Dropout, E
 
 _GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
 _LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
+_GEMMA3 = dict(_LLAMA, arch="gemma3", tie_embeddings=True, qk_norm=True, rope_theta=1e6, rope_local_theta=1e4,
+               sliding_window_pattern=6, query_scale=256.0, num_kv_heads=1, head_dim=256, max_position_embeddings=32768,
+               vocab_size=262144, sliding_window=512)
 PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
     "gpt-tiny": dict(_GPT2, vocab_size=0, hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512,
                      max_position_embeddings=256),
@@ -51,11 +58,33 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
     "qwen3-0.6b": dict(_LLAMA, vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
                        head_dim=128, intermediate_size=3072, max_position_embeddings=40960, rope_theta=1e6,
                        tie_embeddings=True, qk_norm=True),
+    "gemma3-tiny": dict(_GEMMA3, vocab_size=0, hidden_size=128, num_layers=6, num_heads=4, head_dim=32,
+                        intermediate_size=256, max_position_embeddings=2048, sliding_window=32, query_scale=32.0,
+                        sliding_window_pattern=3),
+    "gemma3-270m": dict(_GEMMA3, hidden_size=640, num_layers=18, num_heads=4, intermediate_size=2048),
 }
 
 
 def kv_heads(cfg) -> int:
     return cfg.num_kv_heads or cfg.num_heads
+
+
+def rotary(cfg) -> bool:
+    """Positions by rotary embeddings (llama, gemma3), not learned ones (gpt2)."""
+    return cfg.arch != "gpt2"
+
+
+def windowed(cfg, layer: int) -> bool:
+    """Whether `layer` attends through the sliding window: every layer, or all but each Nth (Gemma 3's)."""
+    every = cfg.sliding_window_pattern
+    return bool(cfg.sliding_window) and not (every and (layer + 1) % every == 0)
+
+
+def layer_rope(cfg, windowed_layer: bool):
+    """The rotary settings of a layer: a windowed layer's own base, unscaled, where `rope_local_theta` is set."""
+    if windowed_layer and cfg.rope_local_theta:
+        return dataclasses.replace(cfg, rope_theta=cfg.rope_local_theta, rope_type="default")
+    return cfg
 
 
 def head_dim(cfg) -> int:
@@ -113,7 +142,7 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array, scale: float =
 
 
 class CausalAttention(nnx.Module):
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype, windowed_layer: bool = False):
         h, heads, kv, d = cfg.hidden_size, cfg.num_heads, kv_heads(cfg), head_dim(cfg)
         proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2")
         qkv = dict(proj, use_bias=cfg.arch == "gpt2" or cfg.attention_bias in ("qkv", "all"))
@@ -122,26 +151,29 @@ class CausalAttention(nnx.Module):
         self.value = Dense((h,), (kv, d), ("embed",), ("heads", "kv"), **qkv)
         self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",), init_std=0.02 / math.sqrt(2 * cfg.num_layers),
                          **dict(proj, use_bias=cfg.arch == "gpt2" or cfg.attention_bias == "all"))
-        self.cfg, self.dtype = cfg, dtype
-        if cfg.qk_norm:  # one scale per head dimension, shared by the heads (Qwen3)
-            self.query_norm = RMSNorm(d, cfg.layer_norm_eps, dtype=dtype, names=("kv",))
-            self.key_norm = RMSNorm(d, cfg.layer_norm_eps, dtype=dtype, names=("kv",))
+        self.cfg, self.dtype, self.windowed = cfg, dtype, windowed_layer
+        self.rope_cfg = layer_rope(cfg, windowed_layer)
+        if cfg.qk_norm:  # one scale per head dimension, shared by the heads (Qwen3, Gemma 3)
+            self.query_norm = _norm(cfg, dtype, d, ("kv",))
+            self.key_norm = _norm(cfg, dtype, d, ("kv",))
 
-    def __call__(self, x, positions, mask, cache=None, cache_index=None):
-        """`mask` (batch, 1, q, k) says which keys each query sees. With `cache` (k, v of shape
-        (batch, max_len, kv_heads, head_dim)) the new keys/values are written at `cache_index` and attention
-        runs over the whole cache; returns (output, updated cache)."""
+    def __call__(self, x, positions, masks, cache=None, cache_index=None):
+        """`masks` (each (batch, 1, q, k)) say which keys each query sees: all earlier ones, or those in the
+        sliding window; the layer takes its own. With `cache` (k, v of shape (batch, max_len, kv_heads,
+        head_dim)) the new keys/values are written at `cache_index` and attention runs over the whole cache;
+        returns (output, updated cache)."""
         q, k, v = (constrain(p(x), HEADS) for p in (self.query, self.key, self.value))
         if self.cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
-        if self.cfg.arch == "llama":
-            inv_freq, scale = rope_frequencies(self.cfg, q.shape[-1]), rope_attention_factor(self.cfg)
+        if rotary(self.cfg):
+            inv_freq, scale = rope_frequencies(self.rope_cfg, q.shape[-1]), rope_attention_factor(self.rope_cfg)
             q, k = rope(q, positions, inv_freq, scale), rope(k, positions, inv_freq, scale)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
             cache = (k, v)
-        y = attend(q, k, v, mask, self.dtype, impl=self.cfg.attention_impl)
+        y = attend(q, k, v, masks[self.windowed], self.dtype, impl=self.cfg.attention_impl,
+                   scale=self.cfg.query_scale ** -0.5 if self.cfg.query_scale else None)
         return constrain(self.out(constrain(y, HEADS)), ("batch", "length", "embed")), cache
 
 
@@ -151,7 +183,7 @@ class Mlp(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
         h, inter = cfg.hidden_size, cfg.intermediate_size
         proj = dict(rngs=rngs, dtype=dtype, use_bias=cfg.arch == "gpt2" or cfg.mlp_bias)
-        self.gated, self.activation = cfg.arch == "llama", activation(cfg)
+        self.gated, self.activation = rotary(cfg), activation(cfg)
         self.wi = Dense((h,), (inter,), ("embed",), ("mlp",), **proj)
         if self.gated:
             self.gate = Dense((h,), (inter,), ("embed",), ("mlp",), **proj)
@@ -163,7 +195,7 @@ class Mlp(nnx.Module):
         return constrain(self.wo(constrain(hidden, ("batch", "length", "mlp"))), ("batch", "length", "embed"))
 
 
-_ACTIVATION = {"gpt2": "gelu_new", "llama": "silu"}  # each architecture's own
+_ACTIVATION = {"gpt2": "gelu_new", "llama": "silu", "gemma3": "gelu_pytorch_tanh"}  # each architecture's own
 
 
 def activation(cfg) -> str:
@@ -171,22 +203,31 @@ def activation(cfg) -> str:
     return cfg.activation or _ACTIVATION[cfg.arch]
 
 
-def _norm(cfg, dtype):
-    return (RMSNorm if cfg.arch == "llama" else LayerNorm)(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
+def _norm(cfg, dtype, width: int | None = None, names=("embed",)):
+    if cfg.arch == "gpt2":
+        return LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
+    return RMSNorm(width or cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype, names=names,
+                   offset=1.0 if cfg.arch == "gemma3" else 0.0)
 
 
 class Block(nnx.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); gemma3 normalises what attention
+    and the MLP return too (x + norm(attn(norm(x))))."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
-        self.attention_norm, self.attention = _norm(cfg, dtype), CausalAttention(cfg, rngs=rngs, dtype=dtype)
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype, layer: int = 0):
+        self.attention_norm = _norm(cfg, dtype)
+        self.attention = CausalAttention(cfg, rngs=rngs, dtype=dtype, windowed_layer=windowed(cfg, layer))
         self.mlp_norm, self.mlp = _norm(cfg, dtype), Mlp(cfg, rngs=rngs, dtype=dtype)
+        if cfg.arch == "gemma3":
+            self.attention_post_norm, self.mlp_post_norm = _norm(cfg, dtype), _norm(cfg, dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
 
-    def __call__(self, x, positions, mask, deterministic=True, rngs=None, cache=None, cache_index=None):
-        y, cache = self.attention(self.attention_norm(x), positions, mask, cache, cache_index)
-        x = x + self.dropout(y, deterministic=deterministic, rngs=rngs)
-        x = x + self.dropout(self.mlp(self.mlp_norm(x)), deterministic=deterministic, rngs=rngs)
+    def __call__(self, x, positions, masks, deterministic=True, rngs=None, cache=None, cache_index=None):
+        post = (self.attention_post_norm, self.mlp_post_norm) if hasattr(self, "mlp_post_norm") else (None, None)
+        y, cache = self.attention(self.attention_norm(x), positions, masks, cache, cache_index)
+        x = x + self.dropout(post[0](y) if post[0] else y, deterministic=deterministic, rngs=rngs)
+        y = self.mlp(self.mlp_norm(x))
+        x = x + self.dropout(post[1](y) if post[1] else y, deterministic=deterministic, rngs=rngs)
         return x, cache
 
 
@@ -201,7 +242,7 @@ class Decoder(nnx.Module):
             self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), rngs=rngs, dtype=dtype,
                                              init_std=0.01)
         self.dropout = Dropout(cfg.hidden_dropout)
-        self.layers = nnx.List([Block(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([Block(cfg, rngs=rngs, dtype=dtype, layer=i) for i in range(cfg.num_layers)])
         self.final_norm = _norm(cfg, dtype)
         if not cfg.tie_embeddings:
             self.lm_head = Dense((h,), (cfg.vocab_size,), ("embed",), ("vocab",), rngs=rngs, dtype=dtype, use_bias=False)
@@ -218,19 +259,25 @@ class Decoder(nnx.Module):
         x = self.token_embeddings(ids)
         if self.cfg.arch == "gpt2":
             x = x + self.position_embeddings(positions)
+        if self.cfg.arch == "gemma3":  # in the compute dtype, as HF casts its normaliser
+            x = x * jnp.asarray(math.sqrt(self.cfg.hidden_size), x.dtype)
         return x
+
+    def _masks(self, seen, distance):
+        """(all a query may see, those within the sliding window) from what it may see and how far back each
+        key is; the second only where some layer slides."""
+        return seen, (seen & (distance < self.cfg.sliding_window)) if self.cfg.sliding_window else seen
 
     def __call__(self, ids, positions, segment_ids, *, deterministic=True, rngs=None):
         """Logits (batch, length, vocab) of a packed batch: a token sees earlier tokens of its own segment."""
         same = segment_ids[:, :, None] == segment_ids[:, None, :]
         causal = jnp.tril(jnp.ones((ids.shape[1], ids.shape[1]), bool))
         mask = same & causal[None] & (segment_ids > 0)[:, None, :]
-        if self.cfg.sliding_window:  # within a document, positions count the tokens back
-            mask &= positions[:, :, None] - positions[:, None, :] < self.cfg.sliding_window
-        mask = mask[:, None]
+        # within a document, positions count the tokens back
+        masks = tuple(m[:, None] for m in self._masks(mask, positions[:, :, None] - positions[:, None, :]))
         x = self.dropout(self._embed(ids, positions), deterministic=deterministic, rngs=rngs)
         # remat keeps only what the policy saves and recomputes the rest in the backward pass
-        x = run_layers(self.layers, x, lambda layer, h, r: layer(h, positions, mask, deterministic, r)[0],
+        x = run_layers(self.layers, x, lambda layer, h, r: layer(h, positions, masks, deterministic, r)[0],
                        scan=self.cfg.scan_layers, remat_policy=REMAT[self.cfg.remat], rngs=rngs)
         return self._logits(x)
 
@@ -242,14 +289,12 @@ class Decoder(nnx.Module):
         """Runs `ids` (batch, n) written at cache slots [cache_index, cache_index + n); a query at slot
         cache_index + i sees valid cache slots up to its own. Returns (logits, cache)."""
         slots, keys = cache_index + jnp.arange(ids.shape[1]), jnp.arange(cache[0][0].shape[1])
-        seen = keys[None, :] <= slots[:, None]
-        if self.cfg.sliding_window:
-            seen &= slots[:, None] - keys[None, :] < self.cfg.sliding_window
-        mask = seen[None] & key_valid[:, None, :]
+        seen = (keys[None, :] <= slots[:, None])[None] & key_valid[:, None, :]
+        masks = tuple(m[:, None] for m in self._masks(seen, (slots[:, None] - keys[None, :])[None]))
         x = self._embed(ids, positions)
         new_cache = []
         for layer, c in zip(self.layers, cache):
-            x, c = layer(x, positions, mask[:, None], cache=c, cache_index=cache_index)
+            x, c = layer(x, positions, masks, cache=c, cache_index=cache_index)
             new_cache.append(c)
         return self._logits(x), new_cache
 
@@ -276,20 +321,28 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
     """3 x forward matmul FLOPs per token. Forward per layer: q/out projections 4h*q_dim (4h^2 when
     q_dim = heads x head_dim = h), k/v 4h*kv_dim, MLP 4hI (6hI for SwiGLU), attention scores + values
     4A*q_dim over the A keys a query sees on average: T/2, the causal half, as MaxText and PaLM count, or
-    W - W^2/2T under a sliding window W < T (model FLOPs: the masked-out scores XLA still computes are not
-    counted); plus the LM head 2hV."""
-    h, inter = cfg.hidden_size, cfg.intermediate_size
+    W - W^2/2T in a layer with a sliding window W < T (model FLOPs: the masked-out scores XLA still computes
+    are not counted); plus the LM head 2hV."""
+    h, inter, window = cfg.hidden_size, cfg.intermediate_size, cfg.sliding_window
     q_dim, kv_dim = cfg.num_heads * head_dim(cfg), kv_heads(cfg) * head_dim(cfg)
-    mlp = (6 if cfg.arch == "llama" else 4) * h * inter
-    window = cfg.sliding_window
-    attended = window * (1 - window / (2 * seq_len)) if 0 < window < seq_len else seq_len / 2
-    per_layer = 4 * h * q_dim + 4 * h * kv_dim + mlp + 4 * attended * q_dim
-    return 3.0 * (cfg.num_layers * per_layer + 2 * h * cfg.vocab_size)
+    mlp = (6 if rotary(cfg) else 4) * h * inter
+    slid = window * (1 - window / (2 * seq_len)) if 0 < window < seq_len else seq_len / 2
+    attended = sum(slid if windowed(cfg, i) else seq_len / 2 for i in range(cfg.num_layers))
+    per_layer = 4 * h * q_dim + 4 * h * kv_dim + mlp
+    return 3.0 * (cfg.num_layers * per_layer + 4 * attended * q_dim + 2 * h * cfg.vocab_size)
 
 
 def validate(cfg, seq_len: int, model_axis: int) -> None:
-    if cfg.arch not in ("gpt2", "llama"):
-        raise ConfigError(f"model.arch must be gpt2 or llama, got {cfg.arch!r}")
+    if cfg.arch not in ("gpt2", "llama", "gemma3"):
+        raise ConfigError(f"model.arch must be gpt2, llama or gemma3, got {cfg.arch!r}")
+    if cfg.arch == "gemma3" and not cfg.qk_norm:
+        raise ConfigError("model.arch=gemma3 normalises queries and keys: set model.qk_norm=true")
+    if cfg.sliding_window_pattern and not cfg.sliding_window:
+        raise ConfigError("model.sliding_window_pattern says which layers skip the sliding window: set "
+                          "model.sliding_window")
+    if cfg.rope_local_theta and not (rotary(cfg) and cfg.sliding_window):
+        raise ConfigError("model.rope_local_theta is the rotary base of windowed layers (arch=llama or gemma3 with "
+                          "model.sliding_window)")
     if cfg.task != "lm":
         raise ConfigError(f"the decoder family trains language models: use a text dataset (data.name=text), not a "
                           f"{cfg.task} task")
@@ -307,7 +360,7 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
         raise ConfigError(f"model.head_dim={cfg.head_dim}: GPT-2's heads are hidden_size / num_heads wide (set 0)")
     if cfg.num_heads % kv_heads(cfg):
         raise ConfigError(f"model.num_heads={cfg.num_heads} is not divisible by model.num_kv_heads={cfg.num_kv_heads}")
-    if cfg.arch == "llama" and head_dim(cfg) % 2:
+    if rotary(cfg) and head_dim(cfg) % 2:
         raise ConfigError(f"rotary embeddings need an even head dimension, got {head_dim(cfg)}")
     if cfg.arch == "gpt2" and cfg.rope_type != "default":
         raise ConfigError("model.rope_type scales rotary positions (arch=llama); gpt2 learns its positions")
@@ -337,6 +390,7 @@ def describe(cfg) -> str:
     extras = [f"head_dim {cfg.head_dim}" * bool(cfg.head_dim),
               f"{cfg.attention_bias} attention biases" * (cfg.attention_bias != "none"), "MLP biases" * cfg.mlp_bias,
               f"sliding window {cfg.sliding_window}" * bool(cfg.sliding_window),
+              f"full attention every {cfg.sliding_window_pattern} layers" * bool(cfg.sliding_window_pattern),
               f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"),
               "layers scanned" * cfg.scan_layers]
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
@@ -371,7 +425,7 @@ def tokenizer(source):
 # ---- Hugging Face conversion tables ---------------------------------------------------------------------
 
 def hf_configure(cfg, hf: dict):
-    """The shape from a GPT-2 or LLaMA-style (llama, mistral, qwen2, qwen3) config.json."""
+    """The shape from a GPT-2, LLaMA-style (llama, mistral, qwen2, qwen3) or Gemma 3 text config.json."""
     if hf.get("model_type") == "gpt2":
         if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
             raise CheckpointError("config.json: attention scores are scaled by 1/sqrt(head_dim) only here "
@@ -382,7 +436,8 @@ def hf_configure(cfg, hf: dict):
                      tie_embeddings=True)
         act = models.hf_activation(hf, "activation_function", _ACTIVATION["gpt2"])
     else:
-        rope_shape = _hf_rope(hf)
+        gemma = hf["model_type"] == "gemma3_text"
+        rope_shape = _hf_gemma3(hf) if gemma else _hf_rope(hf)
         width = hf.get("head_dim") or 0
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
                      num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
@@ -394,15 +449,20 @@ def hf_configure(cfg, hf: dict):
                      qk_norm=hf["model_type"] == "qwen3",
                      mlp_bias=bool(hf.get("mlp_bias")), sliding_window=_hf_window(hf), **rope_shape)
         act = models.hf_activation(hf, "hidden_act", _ACTIVATION["llama"])
+        if gemma:
+            shape.update(arch="gemma3", qk_norm=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+                         query_scale=float(hf.get("query_pre_attn_scalar") or 0), **_hf_layer_kinds(hf))
+            act = models.hf_activation(hf, "hidden_activation", _ACTIVATION["gemma3"])
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm", activation=act)
 
 
 def _hf_window(hf: dict) -> int:
     """One sliding window for every layer, or none: mistral's `sliding_window` (null = none); qwen2's
-    `layer_types` (or `use_sliding_window` from layer `max_window_layers` on). Mixed layers are refused."""
+    `layer_types` (or `use_sliding_window` from layer `max_window_layers` on). Mixed layers are refused
+    (Gemma 3's pattern: `_hf_layer_kinds`)."""
     n, window = hf["num_hidden_layers"], hf.get("sliding_window") or 0
-    if hf["model_type"] == "mistral" or not window:
+    if hf["model_type"] in ("mistral", "gemma3_text") or not window:
         return window
     kinds = hf.get("layer_types") or [
         "sliding_attention" if hf.get("use_sliding_window") and i >= hf.get("max_window_layers", n) else "full_attention"
@@ -410,6 +470,42 @@ def _hf_window(hf: dict) -> int:
     if len(set(kinds)) > 1:
         raise CheckpointError("config.json: a sliding window on some layers only (layer_types) is not supported")
     return window if kinds[0] == "sliding_attention" else 0
+
+
+def _hf_layer_kinds(hf: dict) -> dict:
+    """Gemma 3's `layer_types`: windowed layers with every Nth attending to all (model.sliding_window_pattern);
+    no window when every layer attends to all. Other layouts are refused."""
+    n = hf["num_hidden_layers"]
+    every = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+    kinds = hf.get("layer_types") or ["full_attention" if (i + 1) % every == 0 else "sliding_attention"
+                                      for i in range(n)]
+    if set(kinds) == {"full_attention"}:
+        return dict(sliding_window=0, sliding_window_pattern=0, rope_local_theta=0.0)
+    full = [i for i, kind in enumerate(kinds) if kind == "full_attention"]
+    every = full[0] + 1 if full else 0
+    if kinds != ["full_attention" if every and (i + 1) % every == 0 else "sliding_attention" for i in range(n)]:
+        raise CheckpointError(f"config.json: layer_types {kinds} is not a sliding window on all layers but every "
+                              f"Nth, the layout supported")
+    return dict(sliding_window_pattern=every)
+
+
+def _hf_gemma3(hf: dict) -> dict:
+    """Gemma 3's rotary fields: `rope_parameters` per layer kind (transformers 5), or `rope_theta`,
+    `rope_scaling` and `rope_local_base_freq` (older files); the windowed layers' must be unscaled."""
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if hf.get(key):
+            raise CheckpointError(f"config.json: {key} (Gemma 2's soft-capping) is not supported")
+    if hf.get("use_bidirectional_attention"):
+        raise CheckpointError("config.json: use_bidirectional_attention (an encoder) is not supported")
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params:
+        local = params.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise CheckpointError("config.json: the sliding layers' rope_parameters must be unscaled (rope_type "
+                                  "default)")
+        return dict(_hf_rope({"rope_parameters": params["full_attention"]}),
+                    rope_local_theta=float(local.get("rope_theta", 10000.0)))
+    return dict(_hf_rope(hf), rope_local_theta=float(hf.get("rope_local_base_freq", 10000.0)))
 
 
 def _hf_rope(hf: dict) -> dict:
@@ -485,7 +581,12 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
             m[f"{ours}.attention.key_norm.scale"] = (f"{theirs}.self_attn.k_norm.weight", "copy")
         m[f"{ours}.attention.out.kernel"] = (f"{theirs}.self_attn.o_proj.weight", "out_kernel")
         m[f"{ours}.attention_norm.scale"] = (f"{theirs}.input_layernorm.weight", "copy")
-        m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
+        if cfg.arch == "gemma3":  # HF's post_attention_layernorm is Gemma's norm after attention, not before the MLP
+            m[f"{ours}.attention_post_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
+            m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.pre_feedforward_layernorm.weight", "copy")
+            m[f"{ours}.mlp_post_norm.scale"] = (f"{theirs}.post_feedforward_layernorm.weight", "copy")
+        else:
+            m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
         for ours_mlp, hf_mlp in (("gate", "gate_proj"), ("wi", "up_proj"), ("wo", "down_proj")):
             m[f"{ours}.mlp.{ours_mlp}.kernel"] = (f"{theirs}.mlp.{hf_mlp}.weight", "t")
             if cfg.mlp_bias:
@@ -521,6 +622,8 @@ def hf_config(cfg, label_names=None) -> dict:
               "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
               "pad_token_id": None}
     window = cfg.sliding_window or None
+    if cfg.arch == "gemma3":
+        return _hf_gemma3_config(cfg, common, window)
     kind = "sliding_attention" if window else "full_attention"
     qwen_window = {"sliding_window": window, "use_sliding_window": bool(window), "max_window_layers": 0,
                    "layer_types": [kind] * cfg.num_layers}  # how Qwen2 and Qwen3 configs say it, every layer alike
@@ -541,8 +644,26 @@ def hf_config(cfg, label_names=None) -> dict:
             "attention_bias": cfg.attention_bias == "all", "mlp_bias": cfg.mlp_bias}
 
 
+def _hf_gemma3_config(cfg, common: dict, window: int | None) -> dict:
+    """Gemma3ForCausalLM's config.json: rotary settings per layer kind and the layers' kinds written out."""
+    if cfg.attention_bias == "qkv" or cfg.mlp_bias:
+        raise ConfigError("no Hugging Face class holds this model: arch=gemma3 with qkv-only attention biases or "
+                          "mlp_bias")
+    full = _rope_parameters(cfg)
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta} if cfg.rope_local_theta else full
+    kinds = ["sliding_attention" if windowed(cfg, i) else "full_attention" for i in range(cfg.num_layers)]
+    common = {k: v for k, v in common.items() if k != "hidden_act"}
+    scale = cfg.query_scale or head_dim(cfg)  # an int where it is whole: transformers' config class insists
+    return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **common,
+            "hidden_activation": activation(cfg), "rope_parameters": {"full_attention": full, "sliding_attention": local},
+            "query_pre_attn_scalar": int(scale) if float(scale).is_integer() else scale, "sliding_window": window,
+            "layer_types": kinds,
+            "attention_bias": cfg.attention_bias == "all", "final_logit_softcapping": None,
+            "attn_logit_softcapping": None}
+
+
 FAMILY = models.register(models.Family(
     name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3"), key_map=hf_key_map, configure=hf_configure,
+    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3_text"), key_map=hf_key_map, configure=hf_configure,
                         hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))

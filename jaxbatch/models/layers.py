@@ -207,15 +207,18 @@ class LayerNorm(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm (LLaMA): x / rms(x) * scale, statistics in float32 whatever the compute dtype."""
+    """RMSNorm (LLaMA): x / rms(x) * scale, statistics in float32 whatever the compute dtype. With `offset`
+    1 the stored scale is the difference from one, x / rms(x) * (1 + scale), initialised to zero (Gemma's)."""
 
-    def __init__(self, features: int, eps: float, *, dtype=jnp.float32, names: Names = ("embed",)):
-        self.eps, self.dtype = eps, dtype
-        self.scale = param(None, jax.nn.initializers.ones, (features,), names, decay=False)
+    def __init__(self, features: int, eps: float, *, dtype=jnp.float32, names: Names = ("embed",),
+                 offset: float = 0.0):
+        self.eps, self.dtype, self.offset = eps, dtype, offset
+        init = jax.nn.initializers.zeros if offset else jax.nn.initializers.ones
+        self.scale = param(None, init, (features,), names, decay=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         zero = jnp.zeros((), jnp.float32)
-        return norm(x.astype(jnp.float32), self.scale[...], zero, self.eps, False).astype(self.dtype)
+        return norm(x.astype(jnp.float32), self.scale[...] + self.offset, zero, self.eps, False).astype(self.dtype)
 
 
 ATTENTION = ("auto", "xla")  # model.attention_impl
@@ -243,9 +246,11 @@ def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
     return "cudnn" if fits and shardable else None
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, impl: str = "auto"):
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, impl: str = "auto",
+           scale: float | None = None):
     """`jax.nn.dot_product_attention` in q's dtype (keys and values, e.g. from a KV cache, are cast to it),
-    returned in `dtype`, on the kernel `fused_kernel` picks. fp16 runs in float32 on CPU (the traced program's
+    returned in `dtype`, on the kernel `fused_kernel` picks; scores are scaled by `scale` (None: one over the
+    square root of the head width). fp16 runs in float32 on CPU (the traced program's
     device: a TPU slice compiled on a CPU box keeps fp16): XLA:CPU has no fp16 x fp16 -> fp32 dot
     (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
     additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k) is broadcast, and a
@@ -258,7 +263,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dty
     if kernel and mask is not None:
         mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
         mask = mask | ~mask.any(-1, keepdims=True)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=kernel).astype(dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=kernel).astype(dtype)
 
 
 class SelfAttention(nnx.Module):

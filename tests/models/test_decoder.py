@@ -16,7 +16,7 @@ from jaxbatch.data import packing
 from jaxbatch.errors import CheckpointError
 from jaxbatch.models import decoder
 
-ARCHS = ["gpt-tiny", "llama-tiny"]
+ARCHS = ["gpt-tiny", "llama-tiny", "gemma3-tiny"]
 
 
 def _cfg(preset, *extra):
@@ -157,6 +157,15 @@ def _hf_model(arch, tmp_path, rope=None, **extra):
         c = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
                                     bos_token_id=0, eos_token_id=0, **extra)
         model = transformers.GPT2LMHeadModel(c)
+    elif arch == "gemma3":  # a window of 4 on layers 1 and 3, all tokens on 2 and 4; its own rotary base
+        extra = {"num_hidden_layers": 4, "sliding_window": 4, "sliding_window_pattern": 2, "head_dim": 8,
+                 "query_pre_attn_scalar": 6, **extra}
+        c = transformers.Gemma3TextConfig(
+            vocab_size=97, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            rope_parameters=rope or {"full_attention": {"rope_type": "default", "rope_theta": 500.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}, **extra)
+        model = transformers.Gemma3ForCausalLM(c)
     else:  # llama, mistral, qwen2: one LLaMA-style config signature
         name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
         c = getattr(transformers, f"{name}Config")(
@@ -212,7 +221,8 @@ def test_hf_parity_and_round_trip(arch, tmp_path):
     np.testing.assert_allclose(_torch_logits(reloaded.eval(), ids), _torch_logits(theirs, ids), atol=1e-5)
 
 
-@pytest.mark.parametrize("arch, extra", [("gpt2", {}), ("llama", {"head_dim": 16}), ("qwen3", {"attention_bias": True})])
+@pytest.mark.parametrize("arch, extra", [("gpt2", {}), ("llama", {"head_dim": 16}), ("qwen3", {"attention_bias": True}),
+                                         ("gemma3", {})])
 def test_training_gradients_equal_pytorch(arch, extra, tmp_path):
     """What a training step computes, not only the forward pass: the loss and every parameter's gradient
     from steps.make_grad_fn (on a packed row with padding, so segments and ignored targets count) equal
@@ -322,6 +332,59 @@ def test_mistral_qwen_and_biased_llama_equal_hf_and_round_trip(arch, extra, bias
     reloaded = type(theirs).from_pretrained(out).eval()
     np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-6)
     assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
+
+
+def test_gemma3_equals_hf_and_round_trips(tmp_path):
+    """Gemma 3's text decoder: embeddings times sqrt(hidden), RMSNorms scaling by 1 + weight before and after
+    attention and the MLP, normalised queries and keys, scores over sqrt(query_pre_attn_scalar), a window on
+    every other layer here and each kind of layer rotating by its own base. Logits equal HF's on plain and
+    packed rows, the window and the windowed layers' base are really exercised, export writes Gemma3ForCausalLM
+    back, and the older config.json layout (rope_local_base_freq, no layer_types) reads the same."""
+    theirs, folder = _hf_model("gemma3", tmp_path)
+    restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
+    spec = restored.run.spec.model
+    assert (spec.arch, spec.qk_norm, spec.sliding_window, spec.sliding_window_pattern, spec.rope_theta,
+            spec.rope_local_theta, spec.query_scale, spec.tie_embeddings) == (
+        "gemma3", True, 4, 2, 500.0, 50.0, 6.0, True)
+    assert [decoder.windowed(spec, i) for i in range(4)] == [True, False, True, False]
+    model = nnx.merge(restored.run.graphdef, restored.params)
+    ids = _ids(2, 12, seed=7)
+    pos, seg = jnp.broadcast_to(jnp.arange(12), (2, 12)), jnp.ones((2, 12), jnp.int32)
+    ours = np.asarray(model(ids, pos, seg))
+    np.testing.assert_allclose(ours, _torch_logits(theirs, ids), atol=1e-5)
+    docs = [list(np.asarray(ids[0, :4])), list(np.asarray(ids[1, :7]))]
+    rows = packing.pack(docs, seq_len=11)
+    packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
+    np.testing.assert_allclose(packed[0, 4:11], _torch_logits(theirs, [docs[1]])[0], atol=1e-5)
+    for change in ({"sliding_window": 0, "sliding_window_pattern": 0, "rope_local_theta": 0.0},
+                   {"rope_local_theta": 500.0}):  # without the window, or with one base: the logits differ
+        other = decoder.Decoder(dataclasses.replace(spec, **change), rngs=nnx.Rngs(params=0))
+        other = nnx.merge(nnx.split(other)[0], restored.params)
+        assert np.abs(np.asarray(other(ids, pos, seg)) - ours).max() > 1e-3, change
+    out = hf.export(restored.params, spec, tmp_path / "export")
+    written = json.loads((out / "config.json").read_text())
+    assert (written["model_type"], written["layer_types"]) == ("gemma3_text", ["sliding_attention", "full_attention"] * 2)
+    reloaded = transformers.Gemma3ForCausalLM.from_pretrained(out).eval()
+    np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-6)
+    assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
+    old = json.loads((folder / "config.json").read_text())
+    rope = old.pop("rope_parameters")
+    old.pop("layer_types")
+    old.update(rope_theta=rope["full_attention"]["rope_theta"], rope_scaling=None, sliding_window_pattern=2,
+               rope_local_base_freq=rope["sliding_attention"]["rope_theta"])
+    (folder / "config.json").write_text(json.dumps(old))
+    assert run_lib.restore(folder).run.spec.model == spec
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"final_logit_softcapping": 30.0}, "final_logit_softcapping .Gemma 2's soft-capping. is not supported"),
+    ({"layer_types": ["full_attention", "sliding_attention"] * 2}, "layer_types .* is not a sliding window on all "
+                                                                   "layers but every Nth")])
+def test_gemma_layouts_it_lacks_are_refused(change, message, tmp_path):
+    _, folder = _hf_model("gemma3", tmp_path)
+    (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **change}))
+    with pytest.raises(CheckpointError, match=message):
+        run_lib.restore(folder)
 
 
 @pytest.mark.parametrize("arch, key, activation", [("gpt2", "activation_function", "relu"),
@@ -467,6 +530,12 @@ HUB_CONFIGS = {  # the shape keys of the hub config.json files the presets are n
                      "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
                      "sliding_window": 32768, "tie_word_embeddings": True, "use_sliding_window": False,
                      "vocab_size": 151936},  # Qwen2.5-0.5B: a window named but not used
+    "gemma3-270m": {"model_type": "gemma3_text", "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+                    "hidden_size": 640, "intermediate_size": 2048, "max_position_embeddings": 32768,
+                    "num_attention_heads": 4, "num_hidden_layers": 18, "num_key_value_heads": 1,
+                    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0,
+                    "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": 512, "vocab_size": 262144,
+                    "final_logit_softcapping": None, "attn_logit_softcapping": None},  # as GGUF metadata lists it
     "qwen3-0.6b": {"model_type": "qwen3", "attention_bias": False, "head_dim": 128, "hidden_act": "silu",
                    "hidden_size": 1024, "intermediate_size": 3072, "max_position_embeddings": 40960,
                    "max_window_layers": 28, "num_attention_heads": 16, "num_hidden_layers": 28,
