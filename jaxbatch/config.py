@@ -70,8 +70,8 @@ class ModelConfig:
     pretrained: str = ""  # HF folder or a known name (e.g. minilm-l6); empty = random init
     # decoder families (model.arch picks the block); vocab_size=0 takes the tokenizer's size
     arch: str = "gpt2"  # gpt2 (LayerNorm, GELU, learned positions, biases) | llama (RMSNorm, SwiGLU, RoPE, no biases)
-    # | gemma3 (llama's block with RMSNorms scaling by 1 + weight, norms after attention and MLP too,
-    # normalised queries and keys, a GELU-gated MLP, embeddings times sqrt(hidden_size): Gemma 3's text model)
+    # | gemma (llama's block with RMSNorms scaling by 1 + weight, norms after attention and MLP too, a
+    # GELU-gated MLP, embeddings times sqrt(hidden_size): Gemma 2; with qk_norm and rope_local_theta, Gemma 3)
     num_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = num_heads)
     head_dim: int = 0  # width of an attention head (0 = hidden_size / num_heads)
     attention_bias: str = "none"  # llama arch: none | qkv (query, key, value projections) | all (and output)
@@ -80,6 +80,8 @@ class ModelConfig:
     sliding_window_pattern: int = 0  # with a window: every Nth layer (N, 2N, ...) sees all tokens (Gemma 3: 6); 0 = none
     rope_local_theta: float = 0.0  # the windowed layers' rotary base, unscaled (Gemma 3: 10000); 0 = as the others
     query_scale: float = 0.0  # scores are divided by sqrt(this) (Gemma's query_pre_attn_scalar); 0 = the head width
+    attention_softcap: float = 0.0  # scores become cap * tanh(scores / cap) before the mask (Gemma 2); 0 = none
+    logit_softcap: float = 0.0  # the LM head's logits likewise (Gemma 2's final_logit_softcapping); 0 = none
     qk_norm: bool = False  # llama arch: RMSNorm over each head's queries and keys before the rotary embedding (Qwen3)
     rope_theta: float = 10000.0
     # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |
@@ -368,7 +370,7 @@ MODEL_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "m
 _TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 _ZERO_MEANS = {"vocab_size": "the tokenizer's size", "sliding_window": "no window",  # model sizes where 0 is a default
                "sliding_window_pattern": "every layer alike", "rope_local_theta": "the other layers' rotary base",
-               "query_scale": "the head width",
+               "query_scale": "the head width", "attention_softcap": "none", "logit_softcap": "none",
                "head_dim": "model.hidden_size / model.num_heads", "num_kv_heads": "model.num_heads",
                "embedding_size": "model.hidden_size"}
 

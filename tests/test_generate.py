@@ -35,9 +35,11 @@ def _recompute_greedy(graphdef, params, prompts, n, width=16):
 
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny", "llama-tiny:model.sliding_window=3",
-                                    "gemma3-tiny:model.sliding_window=3:model.sliding_window_pattern=2"])
+                                    "gemma3-tiny:model.sliding_window=3:model.sliding_window_pattern=2",
+                                    "gemma3-tiny:model.qk_norm=false:model.attention_softcap=1:model.logit_softcap=2"])
 def test_kv_cache_greedy_equals_full_recompute_for_a_ragged_batch(preset):
-    """The window: a left-padded prompt's cache slots count back too; gemma3: one layer slides, one does not."""
+    """The window: a left-padded prompt's cache slots count back too; gemma: one layer slides, one does not;
+    soft-capped scores and logits (Gemma 2's) over the cache too."""
     graphdef, params = _model(*preset.split(":"))
     prompts = [[3, 14, 15, 9, 2, 6], [5, 3], [8]]
     assert generate.generate(graphdef, params, prompts, 7) == _recompute_greedy(graphdef, params, prompts, 7)

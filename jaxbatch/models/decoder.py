@@ -4,10 +4,11 @@
 `arch=llama`: rotary positions (HF's rotate-half), RMSNorm, SwiGLU MLP, no biases, grouped-query attention,
 untied head (HF `LlamaForCausalLM`); with `attention_bias` (qkv: Qwen2), a `sliding_window` (Mistral) and
 `qk_norm` (Qwen3) it reads and writes those checkpoints too; `activation` swaps the MLP's nonlinearity.
-`arch=gemma3`: llama's block with RMSNorms that scale by 1 + weight, a second norm after attention and after
-the MLP, normalised queries and keys, a GELU-gated MLP, embeddings times sqrt(hidden_size), and a sliding
-window on all layers but every `sliding_window_pattern`th, which rotate by their own base (HF
-`Gemma3ForCausalLM`).
+`arch=gemma`: llama's block with RMSNorms that scale by 1 + weight, a second norm after attention and after
+the MLP, a GELU-gated MLP, embeddings times sqrt(hidden_size), a sliding window on all layers but every
+`sliding_window_pattern`th, and tanh soft-capped attention scores and logits (HF `Gemma2ForCausalLM`); with
+normalised queries and keys and the windowed layers rotating by their own base it is Gemma 3's text model
+(HF `Gemma3ForCausalLM`).
 Attention goes through `layers.attend` (cuDNN's fused kernel on NVIDIA GPUs). Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`), equal token for token to recomputing the whole sequence.
@@ -30,7 +31,7 @@ from jaxbatch.models.layers import (ACTIVATIONS, HEADS, REMAT, Dense, Dropout, E
 
 _GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
 _LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
-_GEMMA3 = dict(_LLAMA, arch="gemma3", tie_embeddings=True, qk_norm=True, rope_theta=1e6, rope_local_theta=1e4,
+_GEMMA3 = dict(_LLAMA, arch="gemma", tie_embeddings=True, qk_norm=True, rope_theta=1e6, rope_local_theta=1e4,
                sliding_window_pattern=6, query_scale=256.0, num_kv_heads=1, head_dim=256, max_position_embeddings=32768,
                vocab_size=262144, sliding_window=512)
 PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
@@ -62,6 +63,10 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
                         intermediate_size=256, max_position_embeddings=2048, sliding_window=32, query_scale=32.0,
                         sliding_window_pattern=3),
     "gemma3-270m": dict(_GEMMA3, hidden_size=640, num_layers=18, num_heads=4, intermediate_size=2048),
+    "gemma2-2b": dict(_LLAMA, arch="gemma", tie_embeddings=True, vocab_size=256000, hidden_size=2304, num_layers=26,
+                      num_heads=8, num_kv_heads=4, head_dim=256, intermediate_size=9216, max_position_embeddings=8192,
+                      sliding_window=4096, sliding_window_pattern=2, query_scale=256.0, attention_softcap=50.0,
+                      logit_softcap=30.0),
 }
 
 
@@ -70,7 +75,7 @@ def kv_heads(cfg) -> int:
 
 
 def rotary(cfg) -> bool:
-    """Positions by rotary embeddings (llama, gemma3), not learned ones (gpt2)."""
+    """Positions by rotary embeddings (llama, gemma), not learned ones (gpt2)."""
     return cfg.arch != "gpt2"
 
 
@@ -173,7 +178,8 @@ class CausalAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
             cache = (k, v)
         y = attend(q, k, v, masks[self.windowed], self.dtype, impl=self.cfg.attention_impl,
-                   scale=self.cfg.query_scale ** -0.5 if self.cfg.query_scale else None)
+                   scale=self.cfg.query_scale ** -0.5 if self.cfg.query_scale else None,
+                   softcap=self.cfg.attention_softcap)
         return constrain(self.out(constrain(y, HEADS)), ("batch", "length", "embed")), cache
 
 
@@ -195,7 +201,7 @@ class Mlp(nnx.Module):
         return constrain(self.wo(constrain(hidden, ("batch", "length", "mlp"))), ("batch", "length", "embed"))
 
 
-_ACTIVATION = {"gpt2": "gelu_new", "llama": "silu", "gemma3": "gelu_pytorch_tanh"}  # each architecture's own
+_ACTIVATION = {"gpt2": "gelu_new", "llama": "silu", "gemma": "gelu_pytorch_tanh"}  # each architecture's own
 
 
 def activation(cfg) -> str:
@@ -207,18 +213,18 @@ def _norm(cfg, dtype, width: int | None = None, names=("embed",)):
     if cfg.arch == "gpt2":
         return LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
     return RMSNorm(width or cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype, names=names,
-                   offset=1.0 if cfg.arch == "gemma3" else 0.0)
+                   offset=1.0 if cfg.arch == "gemma" else 0.0)
 
 
 class Block(nnx.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); gemma3 normalises what attention
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); gemma normalises what attention
     and the MLP return too (x + norm(attn(norm(x))))."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype, layer: int = 0):
         self.attention_norm = _norm(cfg, dtype)
         self.attention = CausalAttention(cfg, rngs=rngs, dtype=dtype, windowed_layer=windowed(cfg, layer))
         self.mlp_norm, self.mlp = _norm(cfg, dtype), Mlp(cfg, rngs=rngs, dtype=dtype)
-        if cfg.arch == "gemma3":
+        if cfg.arch == "gemma":
             self.attention_post_norm, self.mlp_post_norm = _norm(cfg, dtype), _norm(cfg, dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
 
@@ -253,13 +259,15 @@ class Decoder(nnx.Module):
             logits = self.token_embeddings.attend(x)
         else:
             logits = self.lm_head(x)
-        return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        logits = constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        cap = self.cfg.logit_softcap
+        return cap * jnp.tanh(logits / cap) if cap else logits
 
     def _embed(self, ids, positions):
         x = self.token_embeddings(ids)
         if self.cfg.arch == "gpt2":
             x = x + self.position_embeddings(positions)
-        if self.cfg.arch == "gemma3":  # in the compute dtype, as HF casts its normaliser
+        if self.cfg.arch == "gemma":  # in the compute dtype, as HF casts its normaliser
             x = x * jnp.asarray(math.sqrt(self.cfg.hidden_size), x.dtype)
         return x
 
@@ -333,15 +341,13 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
 
 
 def validate(cfg, seq_len: int, model_axis: int) -> None:
-    if cfg.arch not in ("gpt2", "llama", "gemma3"):
-        raise ConfigError(f"model.arch must be gpt2, llama or gemma3, got {cfg.arch!r}")
-    if cfg.arch == "gemma3" and not cfg.qk_norm:
-        raise ConfigError("model.arch=gemma3 normalises queries and keys: set model.qk_norm=true")
+    if cfg.arch not in ("gpt2", "llama", "gemma"):
+        raise ConfigError(f"model.arch must be gpt2, llama or gemma, got {cfg.arch!r}")
     if cfg.sliding_window_pattern and not cfg.sliding_window:
         raise ConfigError("model.sliding_window_pattern says which layers skip the sliding window: set "
                           "model.sliding_window")
     if cfg.rope_local_theta and not (rotary(cfg) and cfg.sliding_window):
-        raise ConfigError("model.rope_local_theta is the rotary base of windowed layers (arch=llama or gemma3 with "
+        raise ConfigError("model.rope_local_theta is the rotary base of windowed layers (arch=llama or gemma with "
                           "model.sliding_window)")
     if cfg.task != "lm":
         raise ConfigError(f"the decoder family trains language models: use a text dataset (data.name=text), not a "
@@ -391,6 +397,7 @@ def describe(cfg) -> str:
               f"{cfg.attention_bias} attention biases" * (cfg.attention_bias != "none"), "MLP biases" * cfg.mlp_bias,
               f"sliding window {cfg.sliding_window}" * bool(cfg.sliding_window),
               f"full attention every {cfg.sliding_window_pattern} layers" * bool(cfg.sliding_window_pattern),
+              f"soft caps {cfg.attention_softcap:g}/{cfg.logit_softcap:g}" * bool(cfg.attention_softcap or cfg.logit_softcap),
               f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"),
               "layers scanned" * cfg.scan_layers]
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
@@ -436,8 +443,8 @@ def hf_configure(cfg, hf: dict):
                      tie_embeddings=True)
         act = models.hf_activation(hf, "activation_function", _ACTIVATION["gpt2"])
     else:
-        gemma = hf["model_type"] == "gemma3_text"
-        rope_shape = _hf_gemma3(hf) if gemma else _hf_rope(hf)
+        gemma = hf["model_type"] in ("gemma2", "gemma3_text")
+        rope_shape = _hf_gemma(hf) if gemma else _hf_rope(hf)
         width = hf.get("head_dim") or 0
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
                      num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
@@ -450,9 +457,10 @@ def hf_configure(cfg, hf: dict):
                      mlp_bias=bool(hf.get("mlp_bias")), sliding_window=_hf_window(hf), **rope_shape)
         act = models.hf_activation(hf, "hidden_act", _ACTIVATION["llama"])
         if gemma:
-            shape.update(arch="gemma3", qk_norm=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            shape.update(arch="gemma", qk_norm=hf["model_type"] == "gemma3_text",
+                         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
                          query_scale=float(hf.get("query_pre_attn_scalar") or 0), **_hf_layer_kinds(hf))
-            act = models.hf_activation(hf, "hidden_activation", _ACTIVATION["gemma3"])
+            act = models.hf_activation(hf, "hidden_activation", _ACTIVATION["gemma"])
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm", activation=act)
 
@@ -460,9 +468,9 @@ def hf_configure(cfg, hf: dict):
 def _hf_window(hf: dict) -> int:
     """One sliding window for every layer, or none: mistral's `sliding_window` (null = none); qwen2's
     `layer_types` (or `use_sliding_window` from layer `max_window_layers` on). Mixed layers are refused
-    (Gemma 3's pattern: `_hf_layer_kinds`)."""
+    (Gemma's pattern: `_hf_layer_kinds`)."""
     n, window = hf["num_hidden_layers"], hf.get("sliding_window") or 0
-    if hf["model_type"] in ("mistral", "gemma3_text") or not window:
+    if hf["model_type"] in ("mistral", "gemma2", "gemma3_text") or not window:
         return window
     kinds = hf.get("layer_types") or [
         "sliding_attention" if hf.get("use_sliding_window") and i >= hf.get("max_window_layers", n) else "full_attention"
@@ -473,10 +481,12 @@ def _hf_window(hf: dict) -> int:
 
 
 def _hf_layer_kinds(hf: dict) -> dict:
-    """Gemma 3's `layer_types`: windowed layers with every Nth attending to all (model.sliding_window_pattern);
-    no window when every layer attends to all. Other layouts are refused."""
+    """Gemma's `layer_types`: windowed layers with every Nth attending to all (model.sliding_window_pattern;
+    without layer_types, every 2nd in Gemma 2, `sliding_window_pattern` or every 6th in Gemma 3); no window
+    when every layer attends to all. Other layouts are refused."""
     n = hf["num_hidden_layers"]
-    every = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+    every = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or (
+        2 if hf["model_type"] == "gemma2" else 6)
     kinds = hf.get("layer_types") or ["full_attention" if (i + 1) % every == 0 else "sliding_attention"
                                       for i in range(n)]
     if set(kinds) == {"full_attention"}:
@@ -489,23 +499,25 @@ def _hf_layer_kinds(hf: dict) -> dict:
     return dict(sliding_window_pattern=every)
 
 
-def _hf_gemma3(hf: dict) -> dict:
-    """Gemma 3's rotary fields: `rope_parameters` per layer kind (transformers 5), or `rope_theta`,
-    `rope_scaling` and `rope_local_base_freq` (older files); the windowed layers' must be unscaled."""
-    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
-        if hf.get(key):
-            raise CheckpointError(f"config.json: {key} (Gemma 2's soft-capping) is not supported")
+def _hf_gemma(hf: dict) -> dict:
+    """Gemma 2's and 3's soft-capping and rotary fields: Gemma 3's `rope_parameters` per layer kind
+    (transformers 5), or `rope_theta`, `rope_scaling` and `rope_local_base_freq` (older files), the windowed
+    layers' unscaled; Gemma 2 rotates every layer alike."""
     if hf.get("use_bidirectional_attention"):
         raise CheckpointError("config.json: use_bidirectional_attention (an encoder) is not supported")
+    caps = dict(attention_softcap=float(hf.get("attn_logit_softcapping") or 0),
+                logit_softcap=float(hf.get("final_logit_softcapping") or 0))
     params = hf.get("rope_parameters") or {}
+    if hf["model_type"] == "gemma2":
+        return dict(_hf_rope(hf), **caps)
     if "full_attention" in params:
         local = params.get("sliding_attention") or {}
         if local.get("rope_type", "default") != "default":
             raise CheckpointError("config.json: the sliding layers' rope_parameters must be unscaled (rope_type "
                                   "default)")
         return dict(_hf_rope({"rope_parameters": params["full_attention"]}),
-                    rope_local_theta=float(local.get("rope_theta", 10000.0)))
-    return dict(_hf_rope(hf), rope_local_theta=float(hf.get("rope_local_base_freq", 10000.0)))
+                    rope_local_theta=float(local.get("rope_theta", 10000.0)), **caps)
+    return dict(_hf_rope(hf), rope_local_theta=float(hf.get("rope_local_base_freq", 10000.0)), **caps)
 
 
 def _hf_rope(hf: dict) -> dict:
@@ -581,7 +593,7 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
             m[f"{ours}.attention.key_norm.scale"] = (f"{theirs}.self_attn.k_norm.weight", "copy")
         m[f"{ours}.attention.out.kernel"] = (f"{theirs}.self_attn.o_proj.weight", "out_kernel")
         m[f"{ours}.attention_norm.scale"] = (f"{theirs}.input_layernorm.weight", "copy")
-        if cfg.arch == "gemma3":  # HF's post_attention_layernorm is Gemma's norm after attention, not before the MLP
+        if cfg.arch == "gemma":  # HF's post_attention_layernorm is Gemma's norm after attention, not before the MLP
             m[f"{ours}.attention_post_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
             m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.pre_feedforward_layernorm.weight", "copy")
             m[f"{ours}.mlp_post_norm.scale"] = (f"{theirs}.post_feedforward_layernorm.weight", "copy")
@@ -622,8 +634,8 @@ def hf_config(cfg, label_names=None) -> dict:
               "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
               "pad_token_id": None}
     window = cfg.sliding_window or None
-    if cfg.arch == "gemma3":
-        return _hf_gemma3_config(cfg, common, window)
+    if cfg.arch == "gemma":
+        return _hf_gemma_config(cfg, common, window)
     kind = "sliding_attention" if window else "full_attention"
     qwen_window = {"sliding_window": window, "use_sliding_window": bool(window), "max_window_layers": 0,
                    "layer_types": [kind] * cfg.num_layers}  # how Qwen2 and Qwen3 configs say it, every layer alike
@@ -644,26 +656,31 @@ def hf_config(cfg, label_names=None) -> dict:
             "attention_bias": cfg.attention_bias == "all", "mlp_bias": cfg.mlp_bias}
 
 
-def _hf_gemma3_config(cfg, common: dict, window: int | None) -> dict:
-    """Gemma3ForCausalLM's config.json: rotary settings per layer kind and the layers' kinds written out."""
+def _hf_gemma_config(cfg, common: dict, window: int | None) -> dict:
+    """Gemma3ForCausalLM's config.json (query/key norms: rotary settings per layer kind) or Gemma2ForCausalLM's
+    (every layer rotating alike), with the layers' kinds written out."""
     if cfg.attention_bias == "qkv" or cfg.mlp_bias:
-        raise ConfigError("no Hugging Face class holds this model: arch=gemma3 with qkv-only attention biases or "
+        raise ConfigError("no Hugging Face class holds this model: arch=gemma with qkv-only attention biases or "
                           "mlp_bias")
     full = _rope_parameters(cfg)
+    if not cfg.qk_norm and cfg.rope_local_theta not in (0.0, cfg.rope_theta):
+        raise ConfigError("no Hugging Face class holds this model: arch=gemma with model.rope_local_theta but "
+                          "without model.qk_norm (Gemma 2 rotates every layer alike; Gemma 3 normalises queries)")
     local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta} if cfg.rope_local_theta else full
-    kinds = ["sliding_attention" if windowed(cfg, i) else "full_attention" for i in range(cfg.num_layers)]
     common = {k: v for k, v in common.items() if k != "hidden_act"}
     scale = cfg.query_scale or head_dim(cfg)  # an int where it is whole: transformers' config class insists
-    return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **common,
-            "hidden_activation": activation(cfg), "rope_parameters": {"full_attention": full, "sliding_attention": local},
-            "query_pre_attn_scalar": int(scale) if float(scale).is_integer() else scale, "sliding_window": window,
-            "layer_types": kinds,
-            "attention_bias": cfg.attention_bias == "all", "final_logit_softcapping": None,
-            "attn_logit_softcapping": None}
+    out = {**common, "hidden_activation": activation(cfg), "attention_bias": cfg.attention_bias == "all",
+           "query_pre_attn_scalar": int(scale) if float(scale).is_integer() else scale, "sliding_window": window,
+           "layer_types": ["sliding_attention" if windowed(cfg, i) else "full_attention" for i in range(cfg.num_layers)],
+           "final_logit_softcapping": cfg.logit_softcap or None, "attn_logit_softcapping": cfg.attention_softcap or None}
+    if cfg.qk_norm:
+        return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **out,
+                "rope_parameters": {"full_attention": full, "sliding_attention": local}}
+    return {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", **out, "rope_parameters": full}
 
 
 FAMILY = models.register(models.Family(
     name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3_text"), key_map=hf_key_map, configure=hf_configure,
+    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"), key_map=hf_key_map, configure=hf_configure,
                         hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))

@@ -247,10 +247,11 @@ def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, impl: str = "auto",
-           scale: float | None = None):
+           scale: float | None = None, softcap: float = 0.0):
     """`jax.nn.dot_product_attention` in q's dtype (keys and values, e.g. from a KV cache, are cast to it),
     returned in `dtype`, on the kernel `fused_kernel` picks; scores are scaled by `scale` (None: one over the
-    square root of the head width). fp16 runs in float32 on CPU (the traced program's
+    square root of the head width), and with `softcap` become softcap * tanh(scores / softcap) before the
+    mask (`softcapped`). fp16 runs in float32 on CPU (the traced program's
     device: a TPU slice compiled on a CPU box keeps fp16): XLA:CPU has no fp16 x fp16 -> fp32 dot
     (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
     additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k) is broadcast, and a
@@ -259,11 +260,28 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dty
     if dtype == jnp.float16 and target_device().platform == "cpu":
         q = q.astype(jnp.float32)
     k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if softcap:
+        return softcapped(q, k, v, mask, scale or q.shape[-1] ** -0.5, softcap).astype(dtype)
     kernel = fused_kernel(impl, q, k)
     if kernel and mask is not None:
         mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
         mask = mask | ~mask.any(-1, keepdims=True)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=kernel).astype(dtype)
+
+
+def softcapped(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float, cap: float):
+    """Attention with tanh soft-capped scores (Gemma 2's attn_logit_softcapping), written out because
+    `jax.nn.dot_product_attention` has no such step: scores and softmax in float32, keys and values shared by
+    each group of query heads. `mask` broadcasts to (batch, 1, q, k)."""
+    b, t, heads, d = q.shape
+    groups = k.shape[2]
+    scores = jnp.einsum("btkgd,bskd->bkgts", q.reshape(b, t, groups, heads // groups, d), k,
+                        preferred_element_type=jnp.float32) * scale
+    scores = cap * jnp.tanh(scores / cap)
+    if mask is not None:
+        scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, d)
 
 
 class SelfAttention(nnx.Module):

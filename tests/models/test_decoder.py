@@ -157,15 +157,20 @@ def _hf_model(arch, tmp_path, rope=None, **extra):
         c = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
                                     bos_token_id=0, eos_token_id=0, **extra)
         model = transformers.GPT2LMHeadModel(c)
-    elif arch == "gemma3":  # a window of 4 on layers 1 and 3, all tokens on 2 and 4; its own rotary base
+    elif arch in ("gemma2", "gemma3"):  # a window of 4 on layers 1 and 3, all tokens on 2 and 4
         extra = {"num_hidden_layers": 4, "sliding_window": 4, "sliding_window_pattern": 2, "head_dim": 8,
                  "query_pre_attn_scalar": 6, **extra}
-        c = transformers.Gemma3TextConfig(
+        plain = {"rope_type": "default", "rope_theta": 500.0}
+        if arch == "gemma2":  # soft caps near the scores' and logits' size, so they bend them
+            cls, extra = "Gemma2", {"attn_logit_softcapping": 0.002, "final_logit_softcapping": 0.3, **extra}
+        else:  # its windowed layers rotate by their own base
+            cls, rope = "Gemma3Text", rope or {"full_attention": plain,
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}
+        c = getattr(transformers, f"{cls}Config")(
             vocab_size=97, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-            rope_parameters=rope or {"full_attention": {"rope_type": "default", "rope_theta": 500.0},
-                                     "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}, **extra)
-        model = transformers.Gemma3ForCausalLM(c)
+            rope_parameters=rope or plain, **extra)
+        model = getattr(transformers, f"{cls[:6]}ForCausalLM")(c)
     else:  # llama, mistral, qwen2: one LLaMA-style config signature
         name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
         c = getattr(transformers, f"{name}Config")(
@@ -222,7 +227,7 @@ def test_hf_parity_and_round_trip(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch, extra", [("gpt2", {}), ("llama", {"head_dim": 16}), ("qwen3", {"attention_bias": True}),
-                                         ("gemma3", {})])
+                                         ("gemma2", {}), ("gemma3", {})])
 def test_training_gradients_equal_pytorch(arch, extra, tmp_path):
     """What a training step computes, not only the forward pass: the loss and every parameter's gradient
     from steps.make_grad_fn (on a packed row with padding, so segments and ignored targets count) equal
@@ -334,18 +339,29 @@ def test_mistral_qwen_and_biased_llama_equal_hf_and_round_trip(arch, extra, bias
     assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
 
 
-def test_gemma3_equals_hf_and_round_trips(tmp_path):
-    """Gemma 3's text decoder: embeddings times sqrt(hidden), RMSNorms scaling by 1 + weight before and after
-    attention and the MLP, normalised queries and keys, scores over sqrt(query_pre_attn_scalar), a window on
-    every other layer here and each kind of layer rotating by its own base. Logits equal HF's on plain and
-    packed rows, the window and the windowed layers' base are really exercised, export writes Gemma3ForCausalLM
-    back, and the older config.json layout (rope_local_base_freq, no layer_types) reads the same."""
-    theirs, folder = _hf_model("gemma3", tmp_path)
+GEMMA = {  # what each generation's tiny checkpoint reads as, and what each exercised setting changes
+    "gemma2": (dict(qk_norm=False, rope_local_theta=0.0, attention_softcap=0.002, logit_softcap=0.3),
+               ({"attention_softcap": 0.0}, {"logit_softcap": 0.0})),
+    "gemma3": (dict(qk_norm=True, rope_local_theta=50.0, attention_softcap=0.0, logit_softcap=0.0),
+               ({"rope_local_theta": 500.0},)),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(GEMMA))
+def test_gemma_equals_hf_and_round_trips(arch, tmp_path):
+    """Gemma 2's and 3's decoders: embeddings times sqrt(hidden), RMSNorms scaling by 1 + weight before and
+    after attention and the MLP, scores over sqrt(query_pre_attn_scalar), a window on every other layer here;
+    Gemma 2's tanh soft-capped scores and logits, Gemma 3's normalised queries and keys with each kind of layer
+    rotating by its own base. Logits equal HF's on plain and packed rows, the window, the caps and the
+    windowed layers' base are really exercised, export writes the same class back, and Gemma 3's older
+    config.json layout (rope_local_base_freq, no layer_types) reads the same."""
+    read_as, changes = GEMMA[arch]
+    theirs, folder = _hf_model(arch, tmp_path)
     restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
     spec = restored.run.spec.model
-    assert (spec.arch, spec.qk_norm, spec.sliding_window, spec.sliding_window_pattern, spec.rope_theta,
-            spec.rope_local_theta, spec.query_scale, spec.tie_embeddings) == (
-        "gemma3", True, 4, 2, 500.0, 50.0, 6.0, True)
+    assert (spec.arch, spec.sliding_window, spec.sliding_window_pattern, spec.rope_theta, spec.query_scale,
+            spec.tie_embeddings) == ("gemma", 4, 2, 500.0, 6.0, True)
+    assert {k: getattr(spec, k) for k in read_as} == read_as
     assert [decoder.windowed(spec, i) for i in range(4)] == [True, False, True, False]
     model = nnx.merge(restored.run.graphdef, restored.params)
     ids = _ids(2, 12, seed=7)
@@ -356,17 +372,19 @@ def test_gemma3_equals_hf_and_round_trips(tmp_path):
     rows = packing.pack(docs, seq_len=11)
     packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
     np.testing.assert_allclose(packed[0, 4:11], _torch_logits(theirs, [docs[1]])[0], atol=1e-5)
-    for change in ({"sliding_window": 0, "sliding_window_pattern": 0, "rope_local_theta": 0.0},
-                   {"rope_local_theta": 500.0}):  # without the window, or with one base: the logits differ
+    for change in ({"sliding_window": 0, "sliding_window_pattern": 0, "rope_local_theta": 0.0}, *changes):
         other = decoder.Decoder(dataclasses.replace(spec, **change), rngs=nnx.Rngs(params=0))
         other = nnx.merge(nnx.split(other)[0], restored.params)
         assert np.abs(np.asarray(other(ids, pos, seg)) - ours).max() > 1e-3, change
     out = hf.export(restored.params, spec, tmp_path / "export")
     written = json.loads((out / "config.json").read_text())
-    assert (written["model_type"], written["layer_types"]) == ("gemma3_text", ["sliding_attention", "full_attention"] * 2)
-    reloaded = transformers.Gemma3ForCausalLM.from_pretrained(out).eval()
+    assert (written["model_type"], written["layer_types"]) == (theirs.config.model_type,
+                                                               ["sliding_attention", "full_attention"] * 2)
+    reloaded = type(theirs).from_pretrained(out).eval()
     np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-6)
     assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
+    if arch == "gemma2":
+        return
     old = json.loads((folder / "config.json").read_text())
     rope = old.pop("rope_parameters")
     old.pop("layer_types")
@@ -377,7 +395,7 @@ def test_gemma3_equals_hf_and_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"final_logit_softcapping": 30.0}, "final_logit_softcapping .Gemma 2's soft-capping. is not supported"),
+    ({"use_bidirectional_attention": True}, "use_bidirectional_attention .an encoder. is not supported"),
     ({"layer_types": ["full_attention", "sliding_attention"] * 2}, "layer_types .* is not a sliding window on all "
                                                                    "layers but every Nth")])
 def test_gemma_layouts_it_lacks_are_refused(change, message, tmp_path):
@@ -530,6 +548,11 @@ HUB_CONFIGS = {  # the shape keys of the hub config.json files the presets are n
                      "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
                      "sliding_window": 32768, "tie_word_embeddings": True, "use_sliding_window": False,
                      "vocab_size": 151936},  # Qwen2.5-0.5B: a window named but not used
+    "gemma2-2b": {"model_type": "gemma2", "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                  "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
+                  "intermediate_size": 9216, "max_position_embeddings": 8192, "num_attention_heads": 8,
+                  "num_hidden_layers": 26, "num_key_value_heads": 4, "query_pre_attn_scalar": 256,
+                  "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "vocab_size": 256000},
     "gemma3-270m": {"model_type": "gemma3_text", "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
                     "hidden_size": 640, "intermediate_size": 2048, "max_position_embeddings": 32768,
                     "num_attention_heads": 4, "num_hidden_layers": 18, "num_key_value_heads": 1,
