@@ -224,17 +224,20 @@ class Block(nnx.Module):
         self.attention_norm = _norm(cfg, dtype)
         self.attention = CausalAttention(cfg, rngs=rngs, dtype=dtype, windowed_layer=windowed(cfg, layer))
         self.mlp_norm, self.mlp = _norm(cfg, dtype), Mlp(cfg, rngs=rngs, dtype=dtype)
-        if cfg.arch == "gemma":
+        self.sandwich = cfg.arch == "gemma"
+        if self.sandwich:
             self.attention_post_norm, self.mlp_post_norm = _norm(cfg, dtype), _norm(cfg, dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
 
     def __call__(self, x, positions, masks, deterministic=True, rngs=None, cache=None, cache_index=None):
-        post = (self.attention_post_norm, self.mlp_post_norm) if hasattr(self, "mlp_post_norm") else (None, None)
         y, cache = self.attention(self.attention_norm(x), positions, masks, cache, cache_index)
-        x = x + self.dropout(post[0](y) if post[0] else y, deterministic=deterministic, rngs=rngs)
+        if self.sandwich:
+            y = self.attention_post_norm(y)
+        x = x + self.dropout(y, deterministic=deterministic, rngs=rngs)
         y = self.mlp(self.mlp_norm(x))
-        x = x + self.dropout(post[1](y) if post[1] else y, deterministic=deterministic, rngs=rngs)
-        return x, cache
+        if self.sandwich:
+            y = self.mlp_post_norm(y)
+        return x + self.dropout(y, deterministic=deterministic, rngs=rngs), cache
 
 
 class Decoder(nnx.Module):
@@ -397,7 +400,8 @@ def describe(cfg) -> str:
               f"{cfg.attention_bias} attention biases" * (cfg.attention_bias != "none"), "MLP biases" * cfg.mlp_bias,
               f"sliding window {cfg.sliding_window}" * bool(cfg.sliding_window),
               f"full attention every {cfg.sliding_window_pattern} layers" * bool(cfg.sliding_window_pattern),
-              f"soft caps {cfg.attention_softcap:g}/{cfg.logit_softcap:g}" * bool(cfg.attention_softcap or cfg.logit_softcap),
+              f"soft caps {cfg.attention_softcap:g}/{cfg.logit_softcap:g}" * bool(cfg.attention_softcap
+                                                                                  or cfg.logit_softcap),
               f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"),
               "layers scanned" * cfg.scan_layers]
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
@@ -671,8 +675,10 @@ def _hf_gemma_config(cfg, common: dict, window: int | None) -> dict:
     scale = cfg.query_scale or head_dim(cfg)  # an int where it is whole: transformers' config class insists
     out = {**common, "hidden_activation": activation(cfg), "attention_bias": cfg.attention_bias == "all",
            "query_pre_attn_scalar": int(scale) if float(scale).is_integer() else scale, "sliding_window": window,
-           "layer_types": ["sliding_attention" if windowed(cfg, i) else "full_attention" for i in range(cfg.num_layers)],
-           "final_logit_softcapping": cfg.logit_softcap or None, "attn_logit_softcapping": cfg.attention_softcap or None}
+           "layer_types": ["sliding_attention" if windowed(cfg, i) else "full_attention"
+                           for i in range(cfg.num_layers)],
+           "final_logit_softcapping": cfg.logit_softcap or None,
+           "attn_logit_softcapping": cfg.attention_softcap or None}
     if cfg.qk_norm:
         return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **out,
                 "rope_parameters": {"full_attention": full, "sliding_attention": local}}
@@ -682,5 +688,6 @@ def _hf_gemma_config(cfg, common: dict, window: int | None) -> dict:
 FAMILY = models.register(models.Family(
     name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"), key_map=hf_key_map, configure=hf_configure,
+    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"),
+                        key_map=hf_key_map, configure=hf_configure,
                         hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))
