@@ -173,14 +173,22 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in state.items()}
 
 
+def _part(how: str) -> tuple[int, int, int, str]:
+    """models.hf_part's fields."""
+    _, axis, start, stop, inner = how.split(":")
+    return int(axis), int(start), int(stop), inner
+
+
 def to_ours(x: np.ndarray, how: str, shape: tuple[int, ...]) -> np.ndarray:
-    """HF tensor -> our parameter. `split3:i` takes the i-th third of a fused (in, 3*out) projection."""
-    if how.startswith("split3:"):
-        x = np.split(x, 3, axis=-1)[int(how[-1])]
-        how = "copy"
+    """HF tensor -> our parameter (`part`: the slice of a fused tensor, then its own layout)."""
+    if how.startswith("part:"):
+        axis, start, stop, how = _part(how)
+        if x.shape[axis] < stop:
+            raise ValueError(f"has {x.shape[axis]} entries along axis {axis}, needs {stop}")
+        x = np.take(x, np.arange(start, stop), axis=axis)
     if x.size != int(np.prod(shape)):
         raise ValueError(f"has {x.size} values, needs {shape}")
-    if how in ("copy", "qkv_bias", "heads_in"):
+    if how in ("copy", "qkv_bias", "heads_in", "heads_last"):
         return np.ascontiguousarray(x).reshape(shape)
     if how in ("t", "qkv_kernel", "out_kernel"):
         return np.ascontiguousarray(x.T).reshape(shape)
@@ -200,8 +208,10 @@ def to_theirs(x: np.ndarray, how: str) -> np.ndarray:
         return np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)
     if how == "heads_in":  # (heads, kv, embed) -> (heads*kv, embed), an (in, out) Conv1D weight
         return x.reshape(-1, x.shape[-1])
-    if how.startswith("split3:"):  # one third of a fused projection: (in, heads, kv) -> (in, heads*kv)
-        return x.reshape(*x.shape[: x.ndim - 2], -1) if x.ndim >= 2 else x
+    if how == "heads_last":  # (..., heads, kv) -> (..., heads*kv): a Conv1D's (in, out) weight or its bias
+        return x.reshape(*x.shape[:-2], -1)
+    if how.startswith("part:"):  # this parameter's slice; `export` puts the slices together
+        return to_theirs(x, _part(how)[3])
     raise ValueError(how)
 
 
@@ -277,12 +287,14 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
         if table.expected_unused(hf_name, model_cfg):
             continue
         value = to_theirs(np.asarray(jax.device_get(x)), how)
-        if how.startswith("split3:"):
-            fused.setdefault(hf_name, {})[int(how[-1])] = value
+        if how.startswith("part:"):
+            axis, start, _, _ = _part(how)
+            fused.setdefault(hf_name, {})[start] = (axis, value)
         else:
             tensors[table.tensor_name(hf_name, model_cfg)] = value
-    for hf_name, parts in fused.items():  # a fused projection: [q | k | v]
-        tensors[table.tensor_name(hf_name, model_cfg)] = np.concatenate([parts[i] for i in range(3)], axis=-1)
+    for hf_name, parts in fused.items():  # a fused projection, e.g. [q | k | v], its slices in order
+        axis = next(iter(parts.values()))[0]
+        tensors[table.tensor_name(hf_name, model_cfg)] = np.concatenate([parts[s][1] for s in sorted(parts)], axis)
     with folders.new_folder(folder) as partial:
         save_file(tensors, str(partial / "model.safetensors"), metadata={"format": "pt"})
         (partial / "config.json").write_text(json.dumps(config_json, indent=2))

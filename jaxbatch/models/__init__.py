@@ -115,6 +115,12 @@ def check_shape(model_cfg, shape: Mapping[str, Any]) -> None:
                           f"use model.preset=custom to take the shape from the checkpoint")
 
 
+def hf_part(axis: int, start: int, stop: int, inner: str) -> str:
+    """A key-map layout: the parameter is stored in a slice of a fused HF tensor (GPT-2's c_attn, Phi-3's
+    qkv_proj and gate_up_proj), entries start:stop along `axis`, laid out within as `inner`."""
+    return f"part:{axis}:{start}:{stop}:{inner}"
+
+
 def hf_activation(hf: Mapping[str, Any], key: str, default: str) -> str:
     """config.json's MLP activation (`key`: hidden_act, activation_function), one we run (layers.ACTIVATIONS),
     as model.activation: '' for the architecture's `default`, so a preset equals the checkpoint it names."""

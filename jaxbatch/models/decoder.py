@@ -562,16 +562,18 @@ def _rope_parameters(cfg) -> dict:
 
 def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
     """jaxbatch parameter name -> (HF tensor name, layout). GPT-2's Conv1D weights are already (in, out);
-    its fused c_attn is split into thirds (`split3:i`)."""
+    its fused c_attn is split into thirds (`models.hf_part`)."""
     if cfg.arch == "gpt2":
         m = {"token_embeddings.embedding": ("transformer.wte.weight", "copy"),
              "position_embeddings.embedding": ("transformer.wpe.weight", "copy"),
              "final_norm.scale": ("transformer.ln_f.weight", "copy"), "final_norm.bias": ("transformer.ln_f.bias", "copy")}
         for i in range(cfg.num_layers):
             ours, theirs = f"layers.{i}", f"transformer.h.{i}"
+            h = cfg.hidden_size
             for j, name in enumerate(("query", "key", "value")):
-                m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.attn.c_attn.weight", f"split3:{j}")
-                m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.attn.c_attn.bias", f"split3:{j}")
+                third = models.hf_part(-1, j * h, (j + 1) * h, "heads_last")
+                m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.attn.c_attn.weight", third)
+                m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.attn.c_attn.bias", third)
             m[f"{ours}.attention.out.kernel"] = (f"{theirs}.attn.c_proj.weight", "heads_in")
             m[f"{ours}.attention.out.bias"] = (f"{theirs}.attn.c_proj.bias", "copy")
             for norm, hf_norm in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
