@@ -238,7 +238,10 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
     """Replaces every parameter the checkpoint has; keeps the others (reported as new). Each array is
     built shard by shard on its devices from the host copy."""
     table = models.family(model_cfg).hf
-    tensors = {table.normalize_name(k): v for k, v in read_tensors(folder).items()}
+    try:
+        tensors = table.unfuse({table.normalize_name(k): v for k, v in read_tensors(folder).items()}, model_cfg)
+    except ValueError as e:  # a fused tensor of another shape than config.json's
+        raise CheckpointError(f"{folder}: {e}") from e
     mapping = table.key_map(model_cfg)
     used, loaded, new = set(), [], []
     flat_sh = {param_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(shardings)}

@@ -23,7 +23,9 @@ class HfMapping:
     key_map(model_cfg) -> {our parameter name: (HF tensor name, layout)}; configure(model_cfg, hf_config)
     -> model_cfg with the shape of that config.json; hf_config(model_cfg, label_names) -> config.json;
     model_types: the config.json `model_type`s this family reads; tensor_name(name, model_cfg) -> the
-    stored name (task prefixes); expected_unused(name, model_cfg): stored tensors we may ignore."""
+    stored name (task prefixes); expected_unused(name, model_cfg): stored tensors we may ignore;
+    normalize_name(name): a stored name as key_map spells it; unfuse(tensors, model_cfg): the stored tensors
+    with fused ones split into those key_map names (Phi-3's qkv_proj)."""
 
     model_types: tuple[str, ...]
     key_map: Callable
@@ -32,6 +34,7 @@ class HfMapping:
     tensor_name: Callable = lambda name, model_cfg: name
     expected_unused: Callable = lambda name, model_cfg: False
     normalize_name: Callable = lambda name: name
+    unfuse: Callable = lambda tensors, model_cfg: tensors
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxbatch import losses, models
@@ -59,6 +60,8 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
     "qwen3-0.6b": dict(_LLAMA, vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
                        head_dim=128, intermediate_size=3072, max_position_embeddings=40960, rope_theta=1e6,
                        tie_embeddings=True, qk_norm=True),
+    "phi3-mini": dict(_LLAMA, vocab_size=32064, hidden_size=3072, num_layers=32, num_heads=32, num_kv_heads=32,
+                      intermediate_size=8192, max_position_embeddings=4096, layer_norm_eps=1e-5, sliding_window=2047),
     "gemma3-tiny": dict(_GEMMA3, vocab_size=0, hidden_size=128, num_layers=6, num_heads=4, head_dim=32,
                         intermediate_size=256, max_position_embeddings=2048, sliding_window=32, query_scale=32.0,
                         sliding_window_pattern=3),
@@ -436,7 +439,9 @@ def tokenizer(source):
 # ---- Hugging Face conversion tables ---------------------------------------------------------------------
 
 def hf_configure(cfg, hf: dict):
-    """The shape from a GPT-2, LLaMA-style (llama, mistral, qwen2, qwen3) or Gemma 3 text config.json."""
+    """The shape from a GPT-2, LLaMA-style (llama, mistral, qwen2, qwen3, phi3) or Gemma 2/3 text config.json.
+    Phi-3 is LLaMA's block with fused tensors (`hf_unfuse`), so it is exported as the LLaMA-style class
+    holding the same function (MistralForCausalLM with its window)."""
     if hf.get("model_type") == "gpt2":
         if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
             raise CheckpointError("config.json: attention scores are scaled by 1/sqrt(head_dim) only here "
@@ -448,6 +453,10 @@ def hf_configure(cfg, hf: dict):
         act = models.hf_activation(hf, "activation_function", _ACTIVATION["gpt2"])
     else:
         gemma = hf["model_type"] in ("gemma2", "gemma3_text")
+        rotated = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+        if rotated != 1.0:  # Phi-3's option (Phi-4-mini rotates 3/4 of each head)
+            raise CheckpointError(f"config.json: partial_rotary_factor {rotated} is not supported (only 1.0: rotary "
+                                  f"embeddings over the whole head)")
         rope_shape = _hf_gemma(hf) if gemma else _hf_rope(hf)
         width = hf.get("head_dim") or 0
         shape = dict(arch="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -471,10 +480,11 @@ def hf_configure(cfg, hf: dict):
 
 def _hf_window(hf: dict) -> int:
     """One sliding window for every layer, or none: mistral's `sliding_window` (null = none); qwen2's
-    `layer_types` (or `use_sliding_window` from layer `max_window_layers` on). Mixed layers are refused
-    (Gemma's pattern: `_hf_layer_kinds`)."""
+    `layer_types` (or `use_sliding_window` from layer `max_window_layers` on); phi3's and gemma's
+    `sliding_window` (Gemma's pattern of layers: `_hf_layer_kinds`). Mixed layers are refused
+    otherwise."""
     n, window = hf["num_hidden_layers"], hf.get("sliding_window") or 0
-    if hf["model_type"] in ("mistral", "gemma2", "gemma3_text") or not window:
+    if hf["model_type"] in ("mistral", "phi3", "gemma2", "gemma3_text") or not window:
         return window
     kinds = hf.get("layer_types") or [
         "sliding_attention" if hf.get("use_sliding_window") and i >= hf.get("max_window_layers", n) else "full_attention"
@@ -618,6 +628,27 @@ def hf_expected_unused(name: str, cfg) -> bool:
         cfg.tie_embeddings and name == "lm_head.weight")
 
 
+def hf_unfuse(tensors: dict, cfg) -> dict:
+    """Phi-3 stores each layer's query, key and value projections as one `qkv_proj` and the MLP's gate and up
+    projections as one `gate_up_proj` (gate first): split into LLaMA's tensors, which the table maps."""
+    q, kv = cfg.num_heads * head_dim(cfg), kv_heads(cfg) * head_dim(cfg)
+    out = {}
+    for name, x in tensors.items():
+        fused = next((f for f in ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight") if name.endswith(f)), None)
+        if fused is None:
+            out[name] = x
+            continue
+        stem, rows = name[: -len(fused)], (q + 2 * kv if fused.startswith("self") else 2 * cfg.intermediate_size)
+        if x.shape[0] != rows:
+            raise ValueError(f"tensor {name} has {x.shape[0]} rows; config.json's shape needs {rows}")
+        if fused.startswith("self"):
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), np.split(x, [q, q + kv])):
+                out[f"{stem}self_attn.{part}.weight"] = piece
+        else:
+            out[f"{stem}mlp.gate_proj.weight"], out[f"{stem}mlp.up_proj.weight"] = np.split(x, 2)
+    return out
+
+
 def hf_normalize_name(name: str) -> str:
     """The original GPT-2 checkpoints name the trunk without its `transformer.` prefix."""
     return "transformer." + name if name.startswith(("h.", "wte.", "wpe.", "ln_f.")) else name
@@ -690,6 +721,7 @@ def _hf_gemma_config(cfg, common: dict, window: int | None) -> dict:
 FAMILY = models.register(models.Family(
     name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"),
+    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"),
                         key_map=hf_key_map, configure=hf_configure,
-                        hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))
+                        hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name,
+                        unfuse=hf_unfuse)))

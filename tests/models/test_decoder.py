@@ -172,7 +172,7 @@ def _hf_model(arch, tmp_path, rope=None, **extra):
             rope_parameters=rope or plain, **extra)
         model = getattr(transformers, f"{cls[:6]}ForCausalLM")(c)
     else:  # llama, mistral, qwen2: one LLaMA-style config signature
-        name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
+        name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "phi3": "Phi3"}[arch]
         c = getattr(transformers, f"{name}Config")(
             vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
@@ -227,7 +227,8 @@ def test_hf_parity_and_round_trip(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch, extra", [("gpt2", {}), ("llama", {"head_dim": 16}), ("qwen3", {"attention_bias": True}),
-                                         ("gemma2", {}), ("gemma3", {})])
+                                         ("phi3", {"sliding_window": 4, "pad_token_id": 0}), ("gemma2", {}),
+                                         ("gemma3", {})])
 def test_training_gradients_equal_pytorch(arch, extra, tmp_path):
     """What a training step computes, not only the forward pass: the loss and every parameter's gradient
     from steps.make_grad_fn (on a packed row with padding, so segments and ignored targets count) equal
@@ -244,22 +245,22 @@ def test_training_gradients_equal_pytorch(arch, extra, tmp_path):
     total.backward()
     assert float(sums["weight"]) == sum(len(d) - 1 for d in docs)
     assert float(sums["loss_sum"]) == pytest.approx(total.item(), rel=1e-5)
-    flat, named = _flat(grads), dict(theirs.named_parameters())
+    flat = _flat(grads)  # HF's gradients under the table's names (Phi-3's fused tensors split)
+    named = decoder.hf_unfuse({n: p.grad.numpy() for n, p in theirs.named_parameters()}, spec)
     key_map = decoder.hf_key_map(spec)
     assert len(key_map) == len(flat)
     for ours, (name, how) in key_map.items():
         if how.startswith("part:"):  # GPT-2's fused c_attn: our three projections side by side
             continue
         mine = hf.to_theirs(np.asarray(flat[ours]), how)
-        np.testing.assert_allclose(mine, named[name].grad.numpy().reshape(mine.shape), rtol=1e-3, atol=2e-5,
-                                   err_msg=ours)
+        np.testing.assert_allclose(mine, named[name].reshape(mine.shape), rtol=1e-3, atol=2e-5, err_msg=ours)
     if arch == "gpt2":
         for i in range(spec.num_layers):
             for part in ("kernel", "bias"):
                 fused = np.concatenate([np.asarray(flat[f"layers.{i}.attention.{n}.{part}"]).reshape(
                     *(() if part == "bias" else (spec.hidden_size,)), -1) for n in ("query", "key", "value")], -1)
                 hf_name = f"transformer.h.{i}.attn.c_attn.{'weight' if part == 'kernel' else 'bias'}"
-                np.testing.assert_allclose(fused, named[hf_name].grad.numpy(), rtol=1e-3, atol=2e-5)
+                np.testing.assert_allclose(fused, named[hf_name], rtol=1e-3, atol=2e-5)
 
 
 SCALED_ROPE = {  # head_dim 8, theta 500: wavelengths 6.3, 30, 140, 664 against 64/4 and 64/1 exercise all
@@ -400,6 +401,44 @@ def test_gemma_equals_hf_and_round_trips(arch, tmp_path):
                                                                    "layers but every Nth")])
 def test_gemma_layouts_it_lacks_are_refused(change, message, tmp_path):
     _, folder = _hf_model("gemma3", tmp_path)
+    (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **change}))
+    with pytest.raises(CheckpointError, match=message):
+        run_lib.restore(folder)
+
+
+def test_phi3_reads_its_fused_tensors_and_exports_the_same_function(tmp_path):
+    """Phi-3 is LLaMA's block with q/k/v in one `qkv_proj` and gate/up in one `gate_up_proj` (split on load):
+    logits equal HF's on plain and packed rows with its sliding window exercised, and the export (the LLaMA-style
+    class holding that function: Mistral's, for the window) gives the same logits in transformers."""
+    theirs, folder = _hf_model("phi3", tmp_path, sliding_window=4, pad_token_id=0)
+    restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
+    spec = restored.run.spec.model
+    assert (spec.arch, spec.sliding_window, spec.num_kv_heads, spec.tie_embeddings) == ("llama", 4, 2, False)
+    model = nnx.merge(restored.run.graphdef, restored.params)
+    ids = _ids(2, 12, seed=8)
+    pos, seg = jnp.broadcast_to(jnp.arange(12), (2, 12)), jnp.ones((2, 12), jnp.int32)
+    ours = np.asarray(model(ids, pos, seg))
+    np.testing.assert_allclose(ours, _torch_logits(theirs, ids), atol=1e-5)
+    docs = [list(np.asarray(ids[0, :4])), list(np.asarray(ids[1, :7]))]
+    rows = packing.pack(docs, seq_len=11)
+    packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
+    np.testing.assert_allclose(packed[0, 4:11], _torch_logits(theirs, [docs[1]])[0], atol=1e-5)
+    wide = nnx.merge(nnx.split(decoder.Decoder(dataclasses.replace(spec, sliding_window=0),
+                                               rngs=nnx.Rngs(params=0)))[0], restored.params)
+    assert np.abs(np.asarray(wide(ids, pos, seg)) - ours).max() > 1e-3
+    out = hf.export(restored.params, spec, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor 0.5 is not supported"),
+    ({"intermediate_size": 48}, "phi3: tensor model.layers.0.mlp.gate_up_proj.weight has 128 rows; config.json's "
+                                "shape needs 96")])
+def test_phi3_layouts_it_cannot_hold_are_one_line(change, message, tmp_path):
+    _, folder = _hf_model("phi3", tmp_path, pad_token_id=0)
     (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **change}))
     with pytest.raises(CheckpointError, match=message):
         run_lib.restore(folder)
@@ -548,6 +587,11 @@ HUB_CONFIGS = {  # the shape keys of the hub config.json files the presets are n
                      "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
                      "sliding_window": 32768, "tie_word_embeddings": True, "use_sliding_window": False,
                      "vocab_size": 151936},  # Qwen2.5-0.5B: a window named but not used
+    "phi3-mini": {"model_type": "phi3", "hidden_act": "silu", "hidden_size": 3072, "intermediate_size": 8192,
+                  "max_position_embeddings": 4096, "num_attention_heads": 32, "num_hidden_layers": 32,
+                  "num_key_value_heads": 32, "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
+                  "rope_scaling": None, "rope_theta": 10000.0, "sliding_window": 2047, "tie_word_embeddings": False,
+                  "vocab_size": 32064},  # Phi-3-mini-4k-instruct
     "gemma2-2b": {"model_type": "gemma2", "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
                   "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
                   "intermediate_size": 9216, "max_position_embeddings": 8192, "num_attention_heads": 8,
