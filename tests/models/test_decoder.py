@@ -193,6 +193,29 @@ def _torch_logits(model, ids, mask=None):
                      attention_mask=None if mask is None else torch.tensor(mask)).logits.numpy()
 
 
+def _equals_hf(model, theirs, ids) -> np.ndarray:
+    """Our logits (returned) equal HF's on plain rows, and on a packed row its second document's equal HF's on
+    that document alone."""
+    b, t = ids.shape
+    pos, seg = jnp.broadcast_to(jnp.arange(t), (b, t)), jnp.ones((b, t), jnp.int32)
+    ours = np.asarray(model(ids, pos, seg))
+    np.testing.assert_allclose(ours, _torch_logits(theirs, ids), atol=1e-5)
+    docs = [list(np.asarray(ids[0, :4])), list(np.asarray(ids[1, :7]))]
+    rows = packing.pack(docs, seq_len=11)
+    packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
+    np.testing.assert_allclose(packed[0, 4:11], _torch_logits(theirs, [docs[1]])[0], atol=1e-5)
+    return ours
+
+
+def _exercised(spec, params, ids, ours, **change) -> None:
+    """The same weights under `change` give other logits: the setting changed is really exercised."""
+    b, t = ids.shape
+    other = nnx.merge(nnx.split(decoder.Decoder(dataclasses.replace(spec, **change), rngs=nnx.Rngs(params=0)))[0],
+                      params)
+    got = np.asarray(other(ids, jnp.broadcast_to(jnp.arange(t), (b, t)), jnp.ones((b, t), jnp.int32)))
+    assert np.abs(got[:, 5:] - ours[:, 5:]).max() > 1e-3, change
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_hf_parity_and_round_trip(arch, tmp_path):
     theirs, folder = _hf_model(arch, tmp_path)
@@ -320,19 +343,10 @@ def test_mistral_qwen_and_biased_llama_equal_hf_and_round_trip(arch, extra, bias
     assert (spec.attention_bias, spec.sliding_window, spec.mlp_bias) == (bias, extra.get("sliding_window", 0),
                                                                          extra.get("mlp_bias", False))
     assert spec.qk_norm == (arch == "qwen3")
-    model = nnx.merge(restored.run.graphdef, restored.params)
     ids = _ids(2, 10, seed=6)
-    pos, seg = jnp.broadcast_to(jnp.arange(10), (2, 10)), jnp.ones((2, 10), jnp.int32)
-    ours = np.asarray(model(ids, pos, seg))
-    np.testing.assert_allclose(ours, _torch_logits(theirs, ids), atol=1e-5)
-    docs = [list(np.asarray(ids[0, :4])), list(np.asarray(ids[1, :7]))]
-    rows = packing.pack(docs, seq_len=11)
-    packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
-    np.testing.assert_allclose(packed[0, 4:11], _torch_logits(theirs, [docs[1]])[0], atol=1e-5)
+    ours = _equals_hf(nnx.merge(restored.run.graphdef, restored.params), theirs, ids)
     if spec.sliding_window:  # the window is really exercised: without it the later logits differ
-        wide = nnx.merge(*nnx.split(decoder.Decoder(dataclasses.replace(spec, sliding_window=0),
-                                                    rngs=nnx.Rngs(params=0)))[:1], restored.params)
-        assert np.abs(np.asarray(wide(ids, pos, seg))[:, 5:] - ours[:, 5:]).max() > 1e-3
+        _exercised(spec, restored.params, ids, ours, sliding_window=0)
     out = hf.export(restored.params, spec, tmp_path / "export")
     assert json.loads((out / "config.json").read_text())["model_type"] == arch
     reloaded = type(theirs).from_pretrained(out).eval()
@@ -364,19 +378,10 @@ def test_gemma_equals_hf_and_round_trips(arch, tmp_path):
             spec.tie_embeddings) == ("gemma", 4, 2, 500.0, 6.0, True)
     assert {k: getattr(spec, k) for k in read_as} == read_as
     assert [decoder.windowed(spec, i) for i in range(4)] == [True, False, True, False]
-    model = nnx.merge(restored.run.graphdef, restored.params)
     ids = _ids(2, 12, seed=7)
-    pos, seg = jnp.broadcast_to(jnp.arange(12), (2, 12)), jnp.ones((2, 12), jnp.int32)
-    ours = np.asarray(model(ids, pos, seg))
-    np.testing.assert_allclose(ours, _torch_logits(theirs, ids), atol=1e-5)
-    docs = [list(np.asarray(ids[0, :4])), list(np.asarray(ids[1, :7]))]
-    rows = packing.pack(docs, seq_len=11)
-    packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
-    np.testing.assert_allclose(packed[0, 4:11], _torch_logits(theirs, [docs[1]])[0], atol=1e-5)
+    ours = _equals_hf(nnx.merge(restored.run.graphdef, restored.params), theirs, ids)
     for change in ({"sliding_window": 0, "sliding_window_pattern": 0, "rope_local_theta": 0.0}, *changes):
-        other = decoder.Decoder(dataclasses.replace(spec, **change), rngs=nnx.Rngs(params=0))
-        other = nnx.merge(nnx.split(other)[0], restored.params)
-        assert np.abs(np.asarray(other(ids, pos, seg)) - ours).max() > 1e-3, change
+        _exercised(spec, restored.params, ids, ours, **change)
     out = hf.export(restored.params, spec, tmp_path / "export")
     written = json.loads((out / "config.json").read_text())
     assert (written["model_type"], written["layer_types"]) == (theirs.config.model_type,
@@ -414,18 +419,9 @@ def test_phi3_reads_its_fused_tensors_and_exports_the_same_function(tmp_path):
     restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
     spec = restored.run.spec.model
     assert (spec.arch, spec.sliding_window, spec.num_kv_heads, spec.tie_embeddings) == ("llama", 4, 2, False)
-    model = nnx.merge(restored.run.graphdef, restored.params)
     ids = _ids(2, 12, seed=8)
-    pos, seg = jnp.broadcast_to(jnp.arange(12), (2, 12)), jnp.ones((2, 12), jnp.int32)
-    ours = np.asarray(model(ids, pos, seg))
-    np.testing.assert_allclose(ours, _torch_logits(theirs, ids), atol=1e-5)
-    docs = [list(np.asarray(ids[0, :4])), list(np.asarray(ids[1, :7]))]
-    rows = packing.pack(docs, seq_len=11)
-    packed = model(*(jnp.asarray(rows[k]) for k in ("input_ids", "positions", "segment_ids")))
-    np.testing.assert_allclose(packed[0, 4:11], _torch_logits(theirs, [docs[1]])[0], atol=1e-5)
-    wide = nnx.merge(nnx.split(decoder.Decoder(dataclasses.replace(spec, sliding_window=0),
-                                               rngs=nnx.Rngs(params=0)))[0], restored.params)
-    assert np.abs(np.asarray(wide(ids, pos, seg)) - ours).max() > 1e-3
+    ours = _equals_hf(nnx.merge(restored.run.graphdef, restored.params), theirs, ids)
+    _exercised(spec, restored.params, ids, ours, sliding_window=0)
     out = hf.export(restored.params, spec, tmp_path / "export")
     assert json.loads((out / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
