@@ -657,6 +657,11 @@ def hf_normalize_name(name: str) -> str:
 def hf_config(cfg, label_names=None) -> dict:
     if cfg.arch == "gpt2" and cfg.sliding_window:
         raise ConfigError("a gpt2-arch model with model.sliding_window has no Hugging Face class to export to")
+    gemma_only = [k for k in ("sliding_window_pattern", "rope_local_theta", "attention_softcap", "logit_softcap")
+                  if getattr(cfg, k)] + ["query_scale"] * (cfg.query_scale not in (0, head_dim(cfg)))
+    if cfg.arch != "gemma" and gemma_only:  # GPT-2's and LLaMA's classes would drop it: another function
+        raise ConfigError(f"no Hugging Face class holds this model: model.{gemma_only[0]} with arch={cfg.arch} "
+                          f"(Gemma's classes hold it: arch=gemma)")
     if cfg.arch == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
                 "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,

@@ -478,8 +478,13 @@ def test_export_carries_the_tokenizers_special_ids_so_hf_generate_stops(tmp_path
     assert transformers.LlamaForCausalLM.from_pretrained(out).generation_config.eos_token_id == 2
 
 
-def test_a_windowed_gpt2_has_no_hf_class_and_exports_nothing(tmp_path):
-    cfg, model = _model("gpt-tiny", "model.sliding_window=4")
+@pytest.mark.parametrize("preset, setting", [("gpt-tiny", "model.sliding_window=4"),
+                                             ("gpt-tiny", "model.attention_softcap=5"),
+                                             ("llama-tiny", "model.query_scale=7"),
+                                             ("llama-tiny", "model.sliding_window=4 model.sliding_window_pattern=2")])
+def test_a_model_no_hf_class_holds_exports_nothing(preset, setting, tmp_path):
+    """Exported as GPT-2 or LLaMA, the setting would be dropped: another function under the same weights."""
+    cfg, model = _model(preset, *setting.split())
     with pytest.raises(config.ConfigError, match="no Hugging Face class"):
         hf.export(nnx.state(model, nnx.Param), cfg, tmp_path / "out")
     assert not list(tmp_path.iterdir())
