@@ -16,12 +16,14 @@ from jaxbatch.data import packing
 from jaxbatch.errors import CheckpointError
 from jaxbatch.models import decoder
 
-ARCHS = ["gpt-tiny", "llama-tiny", "gemma3-tiny"]
+ARCHS = ["gpt-tiny", "llama-tiny", "gemma3-tiny:model.attention_softcap=2:model.logit_softcap=5"]  # the einsum path
 
 
 def _cfg(preset, *extra):
+    """A tiny decoder of `preset` (`preset:key=value:...` adds overrides)."""
+    preset, *settings = preset.split(":")
     return config.build([f"model.preset={preset}", "model.vocab_size=97", "model.task=lm", "model.hidden_size=32",
-                         "model.num_heads=4", "model.intermediate_size=64", "model.num_layers=2", *extra])
+                         "model.num_heads=4", "model.intermediate_size=64", "model.num_layers=2", *settings, *extra])
 
 
 def _model(preset, *extra):
