@@ -217,8 +217,9 @@ class RMSNorm(nnx.Module):
         self.scale = param(None, init, (features,), names, decay=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        zero = jnp.zeros((), jnp.float32)
-        return norm(x.astype(jnp.float32), self.scale[...] + self.offset, zero, self.eps, False).astype(self.dtype)
+        zero, scale = jnp.zeros((), jnp.float32), self.scale[...]
+        return norm(x.astype(jnp.float32), scale + self.offset if self.offset else scale, zero, self.eps,
+                    False).astype(self.dtype)
 
 
 ATTENTION = ("auto", "xla")  # model.attention_impl
