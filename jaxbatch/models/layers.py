@@ -72,26 +72,36 @@ def run_layers(layers, x: jax.Array, call, *, scan: bool, remat_policy=None, rng
     `lax.scan`: XLA compiles the layer once instead of `len(layers)` times (compile time stops growing
     with depth), at the cost of one stacked copy of the layer parameters (and of their gradient) per step.
     Parameters stay stored per layer, so checkpoints, Hugging Face maps and compression see one layout.
-    Dropout keys then come from one draw folded with the layer index. Layers whose structures differ (e.g.
-    compressed to different ranks) cannot be stacked and run as a loop."""
-    if scan and len(layers) > 1:
-        graphdefs, states = zip(*(nnx.split(layer) for layer in layers))
-        graphdef = graphdefs[0]
-        if all(g == graphdef for g in graphdefs[1:]):
-            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-            key = rngs.dropout() if rngs is not None else None
-
-            def body(h, xs):
-                i, state = xs
-                layer_rngs = nnx.Rngs(dropout=jax.random.fold_in(key, i)) if key is not None else None
-                return call(nnx.merge(graphdef, state), h, layer_rngs), None
-
-            if remat_policy is not None:
-                body = jax.checkpoint(body, policy=remat_policy)
-            return jax.lax.scan(body, x, (jnp.arange(len(layers)), stacked))[0]
+    Dropout keys then come from one draw folded with the layer index. Layers of repeating kinds (Gemma's
+    windowed and global ones) scan as a group: one compiled body runs a period of layers, and the layers past
+    the last whole period follow as a loop. Layers with no repeating structure (e.g. compressed to different
+    ranks) run as a loop."""
     step = call if remat_policy is None else nnx.remat(call, policy=remat_policy)
-    for layer in layers:
-        x = step(layer, x, rngs)
+    n = len(layers)
+    graphdefs, states = zip(*(nnx.split(layer) for layer in layers)) if scan and n > 1 else ((), ())
+    period = next((p for p in range(1, n // 2 + 1) if all(graphdefs[i] == graphdefs[i % p] for i in range(n))),
+                  None) if graphdefs else None
+    if period is None:
+        for layer in layers:
+            x = step(layer, x, rngs)
+        return x
+    groups, key = n // period, (rngs.dropout() if rngs is not None else None)
+
+    def layer_rngs(i):
+        return nnx.Rngs(dropout=jax.random.fold_in(key, i)) if key is not None else None
+
+    def body(h, xs):
+        g, group = xs
+        for j, state in enumerate(group):
+            h = call(nnx.merge(graphdefs[j], state), h, layer_rngs(g * period + j))
+        return h, None
+
+    if remat_policy is not None:
+        body = jax.checkpoint(body, policy=remat_policy)
+    stacked = [jax.tree.map(lambda *xs: jnp.stack(xs), *states[j: groups * period: period]) for j in range(period)]
+    x = jax.lax.scan(body, x, (jnp.arange(groups), stacked))[0]
+    for i in range(groups * period, n):
+        x = step(layers[i], x, layer_rngs(i))
     return x
 
 
