@@ -18,7 +18,7 @@ from typing import Any
 
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import models
-from jaxbatch import compress, rampup
+from jaxbatch import compress, losses, rampup
 from jaxbatch.compress import prune
 from jaxbatch.errors import ConfigError
 from jaxbatch.models.layers import ACTIVATIONS, ATTENTION, REMAT
@@ -434,13 +434,13 @@ def validate(cfg: Config, num_devices: int) -> None:
             f"axes mesh.data x mesh.fsdp = {data} x {fsdp} = {data * fsdp}")
     _validate_rampup(t, data * fsdp)
     kind = cfg.model.problem_type
-    if kind not in ("", "classification", "single_label_classification", "regression", "multi_label_classification"):
+    if kind not in ("", "classification", "single_label_classification", *losses.FLOAT_HEADS):
         raise ConfigError(f"model.problem_type must be classification (HF's single_label_classification), "
                           f"multi_label_classification or regression, got {kind!r}")
-    if kind in ("regression", "multi_label_classification") and cfg.model.task != "sequence":
+    if kind in losses.FLOAT_HEADS and cfg.model.task != "sequence":
         raise ConfigError(f"model.problem_type={kind} reads whole texts (a tsv, csv or jsonl dataset), not a "
                           f"{cfg.model.task} task")
-    if kind in ("regression", "multi_label_classification") and cfg.model.label_smoothing:
+    if kind in losses.FLOAT_HEADS and cfg.model.label_smoothing:
         raise ConfigError(f"model.label_smoothing mixes one class's target with the others'; a {kind} head has "
                           f"no such target")
     for key in ("hidden_dropout", "label_smoothing"):

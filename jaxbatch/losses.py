@@ -15,6 +15,7 @@ import optax
 
 IGNORE_INDEX = -100  # a class id marking "no label"; float targets (scores, multi-label indicators) mark it with NaN
 REGRESSION, MULTI_LABEL = "regression", "multi_label_classification"  # model.problem_type's heads with float targets
+FLOAT_HEADS = (REGRESSION, MULTI_LABEL)  # sequence heads whose targets are floats and that HF names by problem_type
 # sums a training objective adds to the cross-entropy in `loss_sum` (each also reported alone); evaluation
 # takes them out again, so its loss is the plain cross-entropy whatever the regularisers
 OBJECTIVE_TERMS = ("z_loss", "label_smoothing")
@@ -23,7 +24,7 @@ OBJECTIVE_TERMS = ("z_loss", "label_smoothing")
 def label_dtype(model_cfg) -> np.dtype:
     """Class ids are int32; a regression head's scores and a multi-label head's 0/1 indicators (one per class)
     are float32, as Hugging Face's MSELoss and BCEWithLogitsLoss take them."""
-    return np.dtype(np.float32 if model_cfg.problem_type in (REGRESSION, MULTI_LABEL) else np.int32)
+    return np.dtype(np.float32 if model_cfg.problem_type in FLOAT_HEADS else np.int32)
 
 
 def no_label(dtype) -> float | int:

@@ -213,11 +213,9 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
         record = {**_line(s), "text": s.text, **({"text_pair": s.pair.text} if pairs else {})}
         if spec.model.problem_type == losses.REGRESSION:
             record["score"] = round(float(out["preds"][i]), 6)
-        elif spec.model.problem_type == losses.MULTI_LABEL:  # every class whose probability is above 1/2
-            record.update(labels=[n for n, y in zip(names, out["preds"][i]) if y],
-                          probabilities={n: round(float(p), 6) for n, p in zip(names, out["probs"][i])})
-        else:
-            record.update(label=names[int(out["preds"][i])],
+        else:  # a multi-label head's labels: every class whose probability is above 1/2
+            record.update({"labels": [n for n, y in zip(names, out["preds"][i]) if y]}
+                          if spec.model.problem_type == losses.MULTI_LABEL else {"label": names[int(out["preds"][i])]},
                           probabilities={n: round(float(p), 6) for n, p in zip(names, out["probs"][i])})
         if pieces[i] > budget:
             record["truncated_pieces"] = int(pieces[i] - budget)

@@ -19,7 +19,7 @@ import numpy as np
 from jaxbatch import losses
 from jaxbatch.data import conll, packing, synthetic, text, tokenize, tsv
 from jaxbatch.errors import ConfigError, DataError
-from jaxbatch.losses import IGNORE_INDEX, MULTI_LABEL, REGRESSION
+from jaxbatch.losses import FLOAT_HEADS, IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def problem(data_cfg, problem_type: str, train: Raw) -> str:
     multi-label head, scores a regression (never with a class list: data.labels or the dataset's own)."""
     listed = next((n for n, y in enumerate(train.labels) if isinstance(y, list)), None)
     if problem_type:
-        head = problem_type if problem_type in (REGRESSION, MULTI_LABEL) else ""
+        head = problem_type if problem_type in FLOAT_HEADS else ""
         if listed is not None and head != MULTI_LABEL:
             raise DataError(f"{train.at(listed)}: label {train.labels[listed]} is a list of classes, which a "
                             f"multi-label head reads (model.problem_type={MULTI_LABEL}), not "

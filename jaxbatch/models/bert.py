@@ -340,7 +340,7 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
         "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "pad_token_id": 0,
         "position_embedding_type": "absolute", "num_labels": cfg.num_labels,
         "id2label": {str(i): n for i, n in enumerate(labels)}, "label2id": {n: i for i, n in enumerate(labels)},
-        **({"problem_type": cfg.problem_type} if cfg.problem_type in (losses.REGRESSION, losses.MULTI_LABEL) else {}),
+        **({"problem_type": cfg.problem_type} if cfg.problem_type in losses.FLOAT_HEADS else {}),
     }
 
 
