@@ -59,8 +59,8 @@ def run_torch(data, cfg: config.Config, seed: int = 0) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     model = transformers.BertForTokenClassification.from_pretrained(
-        str(hf.resolve(cfg.model.pretrained)), num_labels=len(data.label_names), attention_probs_dropout_prob=0.0,
-        hidden_dropout_prob=cfg.model.hidden_dropout)
+        str(hf.resolve(cfg.model.pretrained)), num_labels=len(data.label_names),
+        attention_probs_dropout_prob=cfg.model.attention_dropout, hidden_dropout_prob=cfg.model.hidden_dropout)
     model.train()
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]

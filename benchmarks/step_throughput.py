@@ -101,7 +101,7 @@ def torch_model(model_cfg):
             vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size, num_hidden_layers=model_cfg.num_layers,
             num_attention_heads=model_cfg.num_heads, intermediate_size=model_cfg.intermediate_size,
             max_position_embeddings=model_cfg.max_position_embeddings, num_labels=model_cfg.num_labels,
-            attention_probs_dropout_prob=0.0, hidden_dropout_prob=model_cfg.hidden_dropout)
+            attention_probs_dropout_prob=model_cfg.attention_dropout, hidden_dropout_prob=model_cfg.hidden_dropout)
         return transformers.BertForTokenClassification(hf_cfg)
     hf = models.family(model_cfg).hf.hf_config(model_cfg)
     cls = transformers.GPT2LMHeadModel if model_cfg.arch == "gpt2" else transformers.LlamaForCausalLM

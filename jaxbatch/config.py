@@ -55,6 +55,7 @@ class ModelConfig:
     embedding_size: int = 0  # encoders: width of the embeddings, projected to hidden_size (ELECTRA); 0 = hidden_size
     layer_norm_eps: float = 1e-12
     hidden_dropout: float = 0.1
+    attention_dropout: float = 0.0  # on attention probabilities, in training (HF's attention_probs_dropout_prob)
     # the MLP's nonlinearity by its Hugging Face name (gelu, gelu_new, quick_gelu, relu, silu, ...; see
     # models/layers.ACTIVATIONS); empty = the architecture's own: gelu (encoders), gelu_new (gpt2), silu (llama, gated)
     activation: str = ""
@@ -83,6 +84,7 @@ class ModelConfig:
     attention_softcap: float = 0.0  # scores become cap * tanh(scores / cap) before the mask (Gemma 2); 0 = none
     logit_softcap: float = 0.0  # the LM head's logits likewise (Gemma 2's final_logit_softcapping); 0 = none
     qk_norm: bool = False  # llama arch: RMSNorm over each head's queries and keys before the rotary embedding (Qwen3)
+    block_norms: str = ""  # decoders: pre (norms before attention and MLP) or sandwich (after too); '' = arch's own
     rope_theta: float = 10000.0
     # rotary scaling for long context, as HF's rope_parameters: default | linear (positions / factor) |
     # llama3 (low frequencies / factor, high ones kept, a smooth blend between) | yarn (a ramp over dimensions)
@@ -443,7 +445,7 @@ def validate(cfg: Config, num_devices: int) -> None:
     if kind in losses.FLOAT_HEADS and cfg.model.label_smoothing:
         raise ConfigError(f"model.label_smoothing mixes one class's target with the others'; a {kind} head has "
                           f"no such target")
-    for key in ("hidden_dropout", "label_smoothing"):
+    for key in ("hidden_dropout", "attention_dropout", "label_smoothing"):
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
     _validate_optim(cfg.optim)

@@ -103,14 +103,40 @@ def _torch_labels(labels: np.ndarray) -> np.ndarray:
     return labels if np.issubdtype(labels.dtype, np.floating) else labels.astype(np.int64)
 
 
-def assert_gradients_equal_torch(family, model_cfg, graphdef, params, batch: dict, torch_model, **torch_inputs):
-    """A training step's loss and every parameter's gradient (steps.make_grad_fn, dropout off) equal torch
-    autograd on the Hugging Face model's own loss for the same batch, mapped through the family's HF table."""
+def replay_dropout_masks(monkeypatch) -> tuple[list, list]:
+    """Hands torch's dropout the masks jaxbatch draws: each mask `layers.dropout` draws (run eagerly, under
+    `jax.disable_jit()`) is kept, in order, and each torch dropout call with p > 0 multiplies by the next one
+    (scaled as torch's), so a training-mode PyTorch model drops exactly what ours dropped. Returns (every
+    mask drawn, those torch has not used yet)."""
+    import torch
+
+    from jaxbatch.models import layers
+
+    drawn, pending, draw = [], [], layers.dropout
+
+    def recording(x, key, rate):
+        drawn.append(np.asarray(layers.dropout_keep(key, x.shape, rate)))
+        pending.append(torch.tensor(drawn[-1]))
+        return draw(x, key, rate)
+
+    def replay(x, p=0.5, training=True, inplace=False):
+        return x * pending.pop(0) / (1 - p) if training and p else x
+
+    monkeypatch.setattr(layers, "dropout", recording)
+    monkeypatch.setattr(torch.nn.functional, "dropout", replay)
+    return drawn, pending
+
+
+def assert_gradients_equal_torch(family, model_cfg, graphdef, params, batch: dict, torch_model, rng=None,
+                                 **torch_inputs):
+    """A training step's loss and every parameter's gradient (steps.make_grad_fn; dropout off, or with `rng`
+    and `replay_dropout_masks` on) equal torch autograd on the Hugging Face model's own loss for the same
+    batch, mapped through the family's HF table."""
     import torch
 
     from jaxbatch import hf, steps
 
-    sums, grads = jax.jit(steps.make_grad_fn(family, model_cfg, graphdef))(params, batch, None, 1.0)
+    sums, grads = jax.jit(steps.make_grad_fn(family, model_cfg, graphdef))(params, batch, rng, 1.0)
     loss = torch_model(**{k: torch.tensor(v) for k, v in torch_inputs.items()},
                        labels=torch.tensor(_torch_labels(batch["labels"]))).loss
     loss.backward()

@@ -72,6 +72,7 @@ def test_rules_override_from_command_line():
     (["mesh.data=-1", "mesh.fsdp=-1"], "at most one"),
     (["model.hidden_size=66"], "hidden_size=66 is not divisible by model.num_heads=4"),
     (["model.hidden_dropout=1.0"], r"model.hidden_dropout must be in \[0, 1\), got 1.0"),
+    (["model.attention_dropout=1.5"], r"model.attention_dropout must be in \[0, 1\), got 1.5"),
     (["model.label_smoothing=-0.1"], r"model.label_smoothing must be in \[0, 1\), got -0.1"),
     (["model.num_heads=0"], "model.num_heads must be > 0, got 0"),  # not a ZeroDivisionError
     (["model.hidden_size=-4"], "model.hidden_size must be > 0, got -4"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import assert_gradients_equal_torch, params_numpy
+from conftest import assert_gradients_equal_torch, params_numpy, replay_dropout_masks
 from jaxbatch import config, hf, run as run_lib, steps
 
 torch = pytest.importorskip("torch")
@@ -119,6 +119,36 @@ def test_training_gradients_equal_pytorch(task, random_hf_models):
     theirs = cls.from_pretrained(random_hf_models[task], attn_implementation="eager").eval()
     assert_gradients_equal_torch(bert.FAMILY, cfg.model, graphdef, state.params, batch, theirs, input_ids=ids,
                                  attention_mask=mask, token_type_ids=types)
+
+
+@pytest.mark.parametrize("task", ["token", "sequence"])
+def test_attention_dropout_equals_pytorch_given_the_same_masks(task, tmp_path, monkeypatch):
+    """model.attention_dropout drops attention probabilities where HF's eager attention does (after the
+    softmax, the kept ones over 1 - rate, per head): with torch's dropout handed the masks jaxbatch drew, a
+    training step's loss and every gradient equal transformers' in training mode; export writes the rate."""
+    from jaxbatch.models import bert
+
+    cls = transformers.BertForTokenClassification if task == "token" else transformers.BertForSequenceClassification
+    torch.manual_seed(3)
+    cls(transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.25)).save_pretrained(tmp_path / "in")
+    cfg = config.build([f"model.pretrained={tmp_path / 'in'}", f"model.task={task}", "model.num_labels=3",
+                        "model.hidden_dropout=0", "model.attention_dropout=0.25", "mesh.data=1"])
+    run = run_lib.setup(run_lib.resolve(cfg), devices=jax.devices()[:1])
+    ids, mask, types = padded_batch(99, 5)
+    labels = np.random.default_rng(5).integers(0, 3, ids.shape if task == "token" else ids.shape[:1])
+    labels = np.where(mask == 1, labels, -100) if task == "token" else labels
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels.astype(np.int32)}
+    drawn, pending = replay_dropout_masks(monkeypatch)
+    theirs = cls.from_pretrained(tmp_path / "in", attn_implementation="eager").train()
+    with jax.disable_jit():  # our masks are drawn eagerly, so they can be handed to torch
+        assert_gradients_equal_torch(bert.FAMILY, run.spec.model, run.graphdef, run.state.params, batch, theirs,
+                                     rng=jax.random.key(0), input_ids=ids, attention_mask=mask, token_type_ids=types)
+    assert [m.shape for m in drawn] == [(4, 4, 12, 12)] * 2 and pending == []  # one per layer, all used
+    assert 0.6 < np.mean(drawn) < 0.9  # a quarter dropped
+    out = hf.export(run.state.params, run.spec.model, tmp_path / "out", label_names=["a", "b", "c"])
+    assert cls.from_pretrained(out).config.attention_probs_dropout_prob == 0.25
 
 
 @pytest.mark.parametrize("task", ["token", "sequence"])

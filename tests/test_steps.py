@@ -47,6 +47,23 @@ def test_sharded_step_equals_single_device(name, reference):
         np.testing.assert_allclose(got_params[key], ref_params[key], atol=1e-5, rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("name", ["tp", "mixed"])
+def test_sharded_step_with_attention_dropout_equals_single_device(name):
+    """Attention-probability masks are drawn over the global (batch, heads, q, k) index, so a mesh that splits
+    batch and heads drops the same probabilities as one device."""
+    batches = lambda cfg: [random_batch(cfg, 0), random_batch(cfg, 1)]  # noqa: E731
+    one = tiny_config("mesh.data=1", "model.attention_dropout=0.3")
+    ref, ref_history, _ = run_steps(one, batches(one), jax.devices()[:1])
+    plain, _, _ = run_steps(tiny_config("mesh.data=1"), batches(one), jax.devices()[:1])
+    cfg = config.replace(_mesh_cfg(MESHES[name]), model__attention_dropout=0.3)
+    state, history, _ = run_steps(cfg, batches(cfg), jax.devices()[:int(np.prod(MESHES[name]))])
+    np.testing.assert_allclose([h["loss"] for h in history], [h["loss"] for h in ref_history], rtol=1e-5)
+    got, want, without = params_numpy(state), params_numpy(ref), params_numpy(plain)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, rtol=1e-5, err_msg=key)
+    assert max(abs(want[k] - without[k]).max() for k in want) > 1e-4  # the dropout changed the step
+
+
 def _shard_shapes(state):
     return {dotted(p): x.addressable_shards[0].data.shape for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
 

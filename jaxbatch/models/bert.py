@@ -43,7 +43,7 @@ class Variant:
 class BertLayer(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
         self.attention = SelfAttention(cfg.hidden_size, cfg.num_heads, rngs=rngs, dtype=dtype,
-                                       impl=cfg.attention_impl)
+                                       impl=cfg.attention_impl, dropout=cfg.attention_dropout)
         self.attention_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
         self.mlp = Mlp(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, dtype=dtype,
                        activation=cfg.activation or ACTIVATION)
@@ -52,7 +52,7 @@ class BertLayer(nnx.Module):
 
     def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)  # noqa: E731
-        x = self.attention_norm(x + drop(self.attention(x, mask)))
+        x = self.attention_norm(x + drop(self.attention(x, mask, deterministic=deterministic, rngs=rngs)))
         return self.output_norm(x + drop(self.mlp(x)))
 
 
@@ -337,7 +337,7 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
         "hidden_act": cfg.activation or ACTIVATION,
         **{key: getattr(cfg, field) for field, key in SHAPE_FIELDS.items()},
         "layer_norm_eps": cfg.layer_norm_eps, "hidden_dropout_prob": cfg.hidden_dropout,
-        "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "pad_token_id": 0,
+        "attention_probs_dropout_prob": cfg.attention_dropout, "initializer_range": 0.02, "pad_token_id": 0,
         "position_embedding_type": "absolute", "num_labels": cfg.num_labels,
         "id2label": {str(i): n for i, n in enumerate(labels)}, "label2id": {n: i for i, n in enumerate(labels)},
         **({"problem_type": cfg.problem_type} if cfg.problem_type in losses.FLOAT_HEADS else {}),

@@ -66,6 +66,12 @@ PRESETS = {  # vocab_size 0 = the tokenizer's size (char/byte-level corpora)
                         intermediate_size=256, max_position_embeddings=2048, sliding_window=32, query_scale=32.0,
                         sliding_window_pattern=3),
     "gemma3-270m": dict(_GEMMA3, hidden_size=640, num_layers=18, num_heads=4, intermediate_size=2048),
+    "gemma-2b": dict(_LLAMA, arch="gemma", block_norms="pre", tie_embeddings=True, vocab_size=256000, hidden_size=2048,
+                     num_layers=18, num_heads=8, num_kv_heads=1, intermediate_size=16384,  # heads 8 x 256
+                     max_position_embeddings=8192),
+    "gemma-7b": dict(_LLAMA, arch="gemma", block_norms="pre", tie_embeddings=True, vocab_size=256000, hidden_size=3072,
+                     num_layers=28, num_heads=16, num_kv_heads=16, head_dim=256, intermediate_size=24576,
+                     max_position_embeddings=8192),
     "gemma2-2b": dict(_LLAMA, arch="gemma", tie_embeddings=True, vocab_size=256000, hidden_size=2304, num_layers=26,
                       num_heads=8, num_kv_heads=4, head_dim=256, intermediate_size=9216, max_position_embeddings=8192,
                       sliding_window=4096, sliding_window_pattern=2, query_scale=256.0, attention_softcap=50.0,
@@ -160,14 +166,16 @@ class CausalAttention(nnx.Module):
         self.out = Dense((heads, d), (h,), ("heads", "kv"), ("embed",), init_std=0.02 / math.sqrt(2 * cfg.num_layers),
                          **dict(proj, use_bias=cfg.arch == "gpt2" or cfg.attention_bias == "all"))
         self.cfg, self.dtype, self.windowed = cfg, dtype, windowed_layer
+        self.dropout = Dropout(cfg.attention_dropout)
         self.rope_cfg = layer_rope(cfg, windowed_layer)
         if cfg.qk_norm:  # one scale per head dimension, shared by the heads (Qwen3, Gemma 3)
             self.query_norm = _norm(cfg, dtype, d, ("kv",))
             self.key_norm = _norm(cfg, dtype, d, ("kv",))
 
-    def __call__(self, x, positions, masks, cache=None, cache_index=None):
+    def __call__(self, x, positions, masks, cache=None, cache_index=None, *, deterministic=True, rngs=None):
         """`masks` (each (batch, 1, q, k)) say which keys each query sees: all earlier ones, or those in the
-        sliding window; the layer takes its own. With `cache` (k, v of shape (batch, max_len, kv_heads,
+        sliding window; the layer takes its own; in training (`deterministic` False) attention probabilities
+        are dropped out at model.attention_dropout. With `cache` (k, v of shape (batch, max_len, kv_heads,
         head_dim)) the new keys/values are written at `cache_index` and attention runs over the whole cache;
         returns (output, updated cache)."""
         q, k, v = (constrain(p(x), HEADS) for p in (self.query, self.key, self.value))
@@ -182,7 +190,7 @@ class CausalAttention(nnx.Module):
             cache = (k, v)
         y = attend(q, k, v, masks[self.windowed], self.dtype, impl=self.cfg.attention_impl,
                    scale=self.cfg.query_scale ** -0.5 if self.cfg.query_scale else None,
-                   softcap=self.cfg.attention_softcap)
+                   softcap=self.cfg.attention_softcap, drop=self.dropout.key(deterministic=deterministic, rngs=rngs))
         return constrain(self.out(constrain(y, HEADS)), ("batch", "length", "embed")), cache
 
 
@@ -219,21 +227,28 @@ def _norm(cfg, dtype, width: int | None = None, names=("embed",)):
                    offset=1.0 if cfg.arch == "gemma" else 0.0)
 
 
+def sandwich(cfg) -> bool:
+    """Whether a block normalises what attention and the MLP return too (model.block_norms; arch=gemma's own:
+    Gemma 2 and 3; Gemma 1's block is pre-norm only)."""
+    return (cfg.block_norms or ("sandwich" if cfg.arch == "gemma" else "pre")) == "sandwich"
+
+
 class Block(nnx.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); gemma normalises what attention
-    and the MLP return too (x + norm(attn(norm(x))))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); a sandwich block normalises what
+    attention and the MLP return too (x + norm(attn(norm(x))))."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype, layer: int = 0):
         self.attention_norm = _norm(cfg, dtype)
         self.attention = CausalAttention(cfg, rngs=rngs, dtype=dtype, windowed_layer=windowed(cfg, layer))
         self.mlp_norm, self.mlp = _norm(cfg, dtype), Mlp(cfg, rngs=rngs, dtype=dtype)
-        self.sandwich = cfg.arch == "gemma"
+        self.sandwich = sandwich(cfg)
         if self.sandwich:
             self.attention_post_norm, self.mlp_post_norm = _norm(cfg, dtype), _norm(cfg, dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
 
     def __call__(self, x, positions, masks, deterministic=True, rngs=None, cache=None, cache_index=None):
-        y, cache = self.attention(self.attention_norm(x), positions, masks, cache, cache_index)
+        y, cache = self.attention(self.attention_norm(x), positions, masks, cache, cache_index,
+                                  deterministic=deterministic, rngs=rngs)
         if self.sandwich:
             y = self.attention_post_norm(y)
         x = x + self.dropout(y, deterministic=deterministic, rngs=rngs)
@@ -349,6 +364,10 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
 def validate(cfg, seq_len: int, model_axis: int) -> None:
     if cfg.arch not in ("gpt2", "llama", "gemma"):
         raise ConfigError(f"model.arch must be gpt2, llama or gemma, got {cfg.arch!r}")
+    if cfg.block_norms not in ("", "pre", "sandwich"):
+        raise ConfigError(f"model.block_norms must be pre or sandwich (empty: the arch's own), got {cfg.block_norms!r}")
+    if sandwich(cfg) and cfg.arch != "gemma":
+        raise ConfigError("model.block_norms=sandwich is Gemma 2's and 3's block: use arch=gemma")
     if cfg.sliding_window_pattern and not cfg.sliding_window:
         raise ConfigError("model.sliding_window_pattern says which layers skip the sliding window: set "
                           "model.sliding_window")
@@ -406,6 +425,8 @@ def describe(cfg) -> str:
               f"soft caps {cfg.attention_softcap:g}/{cfg.logit_softcap:g}" * bool(cfg.attention_softcap
                                                                                   or cfg.logit_softcap),
               f"rope {cfg.rope_type} x{cfg.rope_factor:g}" * (cfg.rope_type != "default"),
+              "pre-norm blocks" * (cfg.arch == "gemma" and not sandwich(cfg)),
+              f"attention dropout {cfg.attention_dropout:g}" * bool(cfg.attention_dropout),
               "layers scanned" * cfg.scan_layers]
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
             f" vocab {cfg.vocab_size}, remat {cfg.remat}{''.join(', ' + e for e in extras if e)})")
@@ -439,7 +460,7 @@ def tokenizer(source):
 # ---- Hugging Face conversion tables ---------------------------------------------------------------------
 
 def hf_configure(cfg, hf: dict):
-    """The shape from a GPT-2, LLaMA-style (llama, mistral, qwen2, qwen3, phi3) or Gemma 2/3 text config.json.
+    """The shape from a GPT-2, LLaMA-style (llama, mistral, qwen2, qwen3, phi3) or Gemma 1/2/3 text config.json.
     Phi-3 is LLaMA's block with fused tensors (`hf_unfuse`), so it is exported as the LLaMA-style class
     holding the same function (MistralForCausalLM with its window)."""
     if hf.get("model_type") == "gpt2":
@@ -452,7 +473,7 @@ def hf_configure(cfg, hf: dict):
                      tie_embeddings=True)
         act = models.hf_activation(hf, "activation_function", _ACTIVATION["gpt2"])
     else:
-        gemma = hf["model_type"] in ("gemma2", "gemma3_text")
+        gemma = hf["model_type"] in GEMMA_TYPES
         rotated = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
         if rotated != 1.0:  # Phi-3's option (Phi-4-mini rotates 3/4 of each head)
             raise CheckpointError(f"config.json: partial_rotary_factor {rotated} is not supported (only 1.0: rotary "
@@ -474,8 +495,15 @@ def hf_configure(cfg, hf: dict):
                          tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
                          query_scale=float(hf.get("query_pre_attn_scalar") or 0), **_hf_layer_kinds(hf))
             act = models.hf_activation(hf, "hidden_activation", _ACTIVATION["gemma"])
+        if hf["model_type"] == "gemma":  # Gemma 1: pre-norm blocks; transformers reads its legacy "gelu" as tanh's
+            shape.update(block_norms="pre")
+            legacy = {"hidden_act": _ACTIVATION["gemma"]} if hf.get("hidden_act") == "gelu" else {}
+            act = models.hf_activation({**hf, **legacy}, "hidden_act", _ACTIVATION["gemma"])
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm", activation=act)
+
+
+GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")  # Gemma 1, 2 and 3's text decoders: config.json's model_type
 
 
 def _hf_window(hf: dict) -> int:
@@ -499,6 +527,8 @@ def _hf_layer_kinds(hf: dict) -> dict:
     without layer_types, every 2nd in Gemma 2, `sliding_window_pattern` or every 6th in Gemma 3); no window
     when every layer attends to all. Other layouts are refused."""
     n = hf["num_hidden_layers"]
+    if hf["model_type"] == "gemma":  # Gemma 1 attends to all tokens in every layer
+        return dict(sliding_window=0, sliding_window_pattern=0, rope_local_theta=0.0)
     every = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or (
         2 if hf["model_type"] == "gemma2" else 6)
     kinds = hf.get("layer_types") or ["full_attention" if (i + 1) % every == 0 else "sliding_attention"
@@ -522,7 +552,7 @@ def _hf_gemma(hf: dict) -> dict:
     caps = dict(attention_softcap=float(hf.get("attn_logit_softcapping") or 0),
                 logit_softcap=float(hf.get("final_logit_softcapping") or 0))
     params = hf.get("rope_parameters") or {}
-    if hf["model_type"] == "gemma2":
+    if hf["model_type"] in ("gemma", "gemma2"):
         return dict(_hf_rope(hf), **caps)
     if "full_attention" in params:
         local = params.get("sliding_attention") or {}
@@ -609,7 +639,7 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
             m[f"{ours}.attention.key_norm.scale"] = (f"{theirs}.self_attn.k_norm.weight", "copy")
         m[f"{ours}.attention.out.kernel"] = (f"{theirs}.self_attn.o_proj.weight", "out_kernel")
         m[f"{ours}.attention_norm.scale"] = (f"{theirs}.input_layernorm.weight", "copy")
-        if cfg.arch == "gemma":  # HF's post_attention_layernorm is Gemma's norm after attention, not before the MLP
+        if sandwich(cfg):  # HF's post_attention_layernorm is then the norm after attention, not before the MLP
             m[f"{ours}.attention_post_norm.scale"] = (f"{theirs}.post_attention_layernorm.weight", "copy")
             m[f"{ours}.mlp_norm.scale"] = (f"{theirs}.pre_feedforward_layernorm.weight", "copy")
             m[f"{ours}.mlp_post_norm.scale"] = (f"{theirs}.post_feedforward_layernorm.weight", "copy")
@@ -668,13 +698,13 @@ def hf_config(cfg, label_names=None) -> dict:
                 "n_inner": cfg.intermediate_size, "n_positions": cfg.max_position_embeddings,
                 "layer_norm_epsilon": cfg.layer_norm_eps, "activation_function": activation(cfg),
                 "tie_word_embeddings": True, "resid_pdrop": cfg.hidden_dropout, "embd_pdrop": cfg.hidden_dropout,
-                "attn_pdrop": 0.0, "bos_token_id": None, "eos_token_id": None}
+                "attn_pdrop": cfg.attention_dropout, "bos_token_id": None, "eos_token_id": None}
     common = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
               "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg), "head_dim": head_dim(cfg),
               "intermediate_size": cfg.intermediate_size, "max_position_embeddings": cfg.max_position_embeddings,
               "rms_norm_eps": cfg.layer_norm_eps, "rope_parameters": _rope_parameters(cfg), "hidden_act": activation(cfg),
               "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": None, "eos_token_id": None,
-              "pad_token_id": None}
+              "pad_token_id": None, "attention_dropout": cfg.attention_dropout}
     window = cfg.sliding_window or None
     if cfg.arch == "gemma":
         return _hf_gemma_config(cfg, common, window)
@@ -717,6 +747,16 @@ def _hf_gemma_config(cfg, common: dict, window: int | None) -> dict:
                            for i in range(cfg.num_layers)],
            "final_logit_softcapping": cfg.logit_softcap or None,
            "attn_logit_softcapping": cfg.attention_softcap or None}
+    if not sandwich(cfg):  # Gemma 1: every layer attends to all, no caps, scores over sqrt(head_dim)
+        if (cfg.qk_norm or window or cfg.logit_softcap or cfg.attention_softcap
+                or cfg.query_scale not in (0, head_dim(cfg))):
+            raise ConfigError("no Hugging Face class holds this model: model.block_norms=pre (Gemma 1) with "
+                              "query/key norms, a sliding window, soft caps or model.query_scale")
+        if activation(cfg) == "gelu":  # GemmaConfig reads a "gelu" as the tanh approximation
+            raise ConfigError("no Hugging Face class holds this model: a Gemma 1 block with exact (erf) GELU")
+        return {"architectures": ["GemmaForCausalLM"], "model_type": "gemma", **common,
+                "hidden_act": activation(cfg), "attention_bias": cfg.attention_bias == "all",
+                "rope_parameters": full}
     if cfg.qk_norm:
         return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **out,
                 "rope_parameters": {"full_attention": full, "sliding_attention": local}}
@@ -726,7 +766,7 @@ def _hf_gemma_config(cfg, common: dict, window: int | None) -> dict:
 FAMILY = models.register(models.Family(
     name="decoder", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"),
+    hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", *GEMMA_TYPES),
                         key_map=hf_key_map, configure=hf_configure,
                         hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name,
                         unfuse=hf_unfuse)))

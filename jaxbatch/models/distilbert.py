@@ -84,7 +84,8 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
         out.pop(key, None)
     return {**out, "architectures": [bert.hf_architecture("DistilBert", cfg)], "model_type": "distilbert",
             **{key: getattr(cfg, field) for field, key in SHAPE_FIELDS.items()},
-            "activation": cfg.activation or bert.ACTIVATION, "dropout": cfg.hidden_dropout, "attention_dropout": 0.0,
+            "activation": cfg.activation or bert.ACTIVATION, "dropout": cfg.hidden_dropout,
+            "attention_dropout": cfg.attention_dropout,
             "seq_classif_dropout": cfg.hidden_dropout, "sinusoidal_pos_embds": False}
 
 

@@ -137,9 +137,14 @@ def dropout_keep(key: jax.Array, shape: Sequence[int], rate: float) -> jax.Array
     return bits >= jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
 
 
+def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout: kept values scaled by 1 / (1 - rate), the mask from `dropout_keep`."""
+    keep = dropout_keep(key, x.shape, rate)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 class Dropout(nnx.Module):
-    """Inverted dropout (kept values scaled by 1 / (1 - rate)) with masks from `dropout_keep`; on when
-    `deterministic` is False, with one key drawn from `rngs.dropout` per call."""
+    """`dropout` when `deterministic` is False, with one key drawn from `rngs.dropout` per call."""
 
     def __init__(self, rate: float):
         self.rate = rate
@@ -147,8 +152,11 @@ class Dropout(nnx.Module):
     def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
-        keep = dropout_keep(rngs.dropout(), x.shape, self.rate)
-        return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
+        return dropout(x, rngs.dropout(), self.rate)
+
+    def key(self, *, deterministic: bool, rngs: nnx.Rngs | None) -> tuple[jax.Array, float] | None:
+        """(key, rate) for a dropout applied inside a function (`attend`'s probabilities), None when off."""
+        return None if deterministic or self.rate == 0.0 else (rngs.dropout(), self.rate)
 
 
 class Embed(nnx.Module):
@@ -258,21 +266,22 @@ def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, impl: str = "auto",
-           scale: float | None = None, softcap: float = 0.0):
+           scale: float | None = None, softcap: float = 0.0, drop: tuple[jax.Array, float] | None = None):
     """`jax.nn.dot_product_attention` in q's dtype (keys and values, e.g. from a KV cache, are cast to it),
     returned in `dtype`, on the kernel `fused_kernel` picks; scores are scaled by `scale` (None: one over the
     square root of the head width), and with `softcap` become softcap * tanh(scores / softcap) before the
-    mask (`softcapped`). fp16 runs in float32 on CPU (the traced program's
-    device: a TPU slice compiled on a CPU box keeps fp16): XLA:CPU has no fp16 x fp16 -> fp32 dot
-    (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
+    mask; `drop` = (key, rate) drops attention probabilities out (HF's attention_probs_dropout_prob). Neither
+    step is in `jax.nn.dot_product_attention`, so either takes the written-out path (`written_out`). fp16
+    runs in float32 on CPU (the traced program's device: a TPU slice compiled on a CPU box keeps fp16): XLA:CPU
+    has no fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
     additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k) is broadcast, and a
     query that sees no key (a packed row's padding) sees them all, as in XLA's kernel: cuDNN's gradient for a
     fully masked row is NaN, which would reach the projections' weight gradients."""
     if dtype == jnp.float16 and target_device().platform == "cpu":
         q = q.astype(jnp.float32)
     k, v = k.astype(q.dtype), v.astype(q.dtype)
-    if softcap:
-        return softcapped(q, k, v, mask, scale or q.shape[-1] ** -0.5, softcap).astype(dtype)
+    if softcap or drop:
+        return written_out(q, k, v, mask, scale or q.shape[-1] ** -0.5, softcap, drop).astype(dtype)
     kernel = fused_kernel(impl, q, k)
     if kernel and mask is not None:
         mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
@@ -280,28 +289,35 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dty
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=kernel).astype(dtype)
 
 
-def softcapped(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float, cap: float):
-    """Attention with tanh soft-capped scores (Gemma 2's attn_logit_softcapping), written out because
-    `jax.nn.dot_product_attention` has no such step: scores and softmax in float32, keys and values shared by
-    each group of query heads. `mask` broadcasts to (batch, 1, q, k)."""
+def written_out(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float, cap: float = 0.0,
+                drop: tuple[jax.Array, float] | None = None):
+    """Attention as einsums, for the steps `jax.nn.dot_product_attention` has not: tanh soft-capped scores
+    (`cap`: Gemma 2's attn_logit_softcapping) and dropout on the probabilities (`drop` = (key, rate), after
+    the softmax as in HF's eager attention). Scores and softmax in float32, keys and values shared by each
+    group of query heads. `mask` broadcasts to (batch, 1, q, k); a query that sees no key sees them all, as in
+    XLA's kernel."""
     b, t, heads, d = q.shape
     groups = k.shape[2]
     scores = jnp.einsum("btkgd,bskd->bkgts", q.reshape(b, t, groups, heads // groups, d), k,
                         preferred_element_type=jnp.float32) * scale
-    scores = cap * jnp.tanh(scores / cap)
+    if cap:
+        scores = cap * jnp.tanh(scores / cap)
     if mask is not None:
         scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if drop:  # the mask is drawn over (batch, heads, q, k) in head order, whatever the grouping
+        probs = dropout(probs.reshape(b, heads, t, -1), *drop).reshape(probs.shape)
+    probs = probs.astype(v.dtype)
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, d)
 
 
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention through `attend` (cuDNN's fused kernel on NVIDIA GPUs: `fused_kernel`).
-    Fused kernels take no attention-probability dropout, so there is none here; hidden dropout is applied by
-    the caller, as in MaxText."""
+    """Multi-head self-attention through `attend` (cuDNN's fused kernel on NVIDIA GPUs: `fused_kernel`), with
+    dropout on the attention probabilities at `dropout` (fused kernels have none, so training with it runs
+    the written-out attention); hidden dropout is applied by the caller."""
 
     def __init__(self, hidden: int, heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02,
-                 impl: str = "auto"):
+                 impl: str = "auto", dropout: float = 0.0):
         head_dim = hidden // heads
         self.dtype, self.impl = dtype, impl
         proj = dict(rngs=rngs, dtype=dtype, init_std=init_std)
@@ -309,10 +325,12 @@ class SelfAttention(nnx.Module):
         self.key = Dense((hidden,), (heads, head_dim), ("embed",), ("heads", "kv"), **proj)
         self.value = Dense((hidden,), (heads, head_dim), ("embed",), ("heads", "kv"), **proj)
         self.out = Dense((heads, head_dim), (hidden,), ("heads", "kv"), ("embed",), **proj)
+        self.dropout = Dropout(dropout)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
         q, k, v = (constrain(proj(x), HEADS) for proj in (self.query, self.key, self.value))
-        y = attend(q, k, v, mask, self.dtype, self.impl)
+        y = attend(q, k, v, mask, self.dtype, self.impl, drop=self.dropout.key(deterministic=deterministic, rngs=rngs))
         return constrain(self.out(constrain(y, HEADS)), ("batch", "length", "embed"))
 
 

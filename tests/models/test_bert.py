@@ -42,6 +42,18 @@ def test_dropout_uses_explicit_rng():
     assert not np.allclose(a, c)
 
 
+def test_attention_dropout_is_on_in_training_only():
+    cfg = config.build(["model.preset=tiny", "model.num_labels=5", "model.attention_dropout=0.3",
+                        "model.hidden_dropout=0"]).model
+    dropping = BertClassifier(cfg, rngs=nnx.Rngs(params=0))
+    _, plain = _model()
+    ids = jnp.asarray(np.random.default_rng(1).integers(5, 512, (2, 9)), jnp.int32)
+    np.testing.assert_array_equal(dropping(ids, jnp.ones_like(ids)), plain(ids, jnp.ones_like(ids)))
+    trained = [dropping(ids, jnp.ones_like(ids), deterministic=False, rngs=nnx.Rngs(dropout=s)) for s in (1, 1, 2)]
+    np.testing.assert_array_equal(trained[0], trained[1])
+    assert np.abs(trained[0] - plain(ids, jnp.ones_like(ids))).max() > 1e-3 and not np.allclose(*trained[1:])
+
+
 def test_tokenizer_from_folder_word_list_or_saved(tmp_path):
     import pytest
 

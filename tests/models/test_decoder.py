@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import dotted, params_numpy, run_steps
+from conftest import dotted, params_numpy, replay_dropout_masks, run_steps
 from jaxbatch import config, hf, run as run_lib, steps
 from jaxbatch.data import packing
-from jaxbatch.errors import CheckpointError
+from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.models import decoder
 
 ARCHS = ["gpt-tiny", "llama-tiny", "gemma3-tiny:model.attention_softcap=2:model.logit_softcap=5"]  # the einsum path
@@ -135,7 +135,7 @@ def _lm_batch(cfg, seed=0):
     return {k: v[: cfg.train.batch_size] for k, v in rows.items()}
 
 
-@pytest.mark.parametrize("preset", ARCHS)
+@pytest.mark.parametrize("preset", [*ARCHS, "llama-tiny:model.attention_dropout=0.2"])
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1), (1, 1, 4), (2, 2, 2)])
 def test_sharded_step_equals_single_device_with_dropout(preset, mesh):
     extra = ["model.hidden_dropout=0.1", "train.batch_size=8", "data.seq_len=16", "optim.warmup_steps=0",
@@ -162,6 +162,12 @@ def _hf_model(arch, tmp_path, rope=None, **extra):
         c = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
                                     bos_token_id=0, eos_token_id=0, **extra)
         model = transformers.GPT2LMHeadModel(c)
+    elif arch == "gemma":  # Gemma 1; transformers reads a released config.json's "gelu" as tanh's
+        c = transformers.GemmaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                                     bos_token_id=0, eos_token_id=0, pad_token_id=0, hidden_act="gelu",
+                                     rope_parameters={"rope_type": "default", "rope_theta": 500.0}, **extra)
+        model = transformers.GemmaForCausalLM(c)
     elif arch in ("gemma2", "gemma3"):  # a window of 4 on layers 1 and 3, all tokens on 2 and 4
         extra = {"num_hidden_layers": 4, "sliding_window": 4, "sliding_window_pattern": 2, "head_dim": 8,
                  "query_pre_attn_scalar": 6, **extra}
@@ -212,13 +218,14 @@ def _equals_hf(model, theirs, ids) -> np.ndarray:
     return ours
 
 
-def _exercised(spec, params, ids, ours, **change) -> None:
-    """The same weights under `change` give other logits: the setting changed is really exercised."""
+def _exercised(spec, params, ids, ours, by=1e-3, **change) -> None:
+    """The same weights under `change` give logits at least `by` away (10x or more the tolerance they are
+    compared to HF's with): the setting changed is really exercised."""
     b, t = ids.shape
     other = nnx.merge(nnx.split(decoder.Decoder(dataclasses.replace(spec, **change), rngs=nnx.Rngs(params=0)))[0],
                       params)
     got = np.asarray(other(ids, jnp.broadcast_to(jnp.arange(t), (b, t)), jnp.ones((b, t), jnp.int32)))
-    assert np.abs(got[:, 5:] - ours[:, 5:]).max() > 1e-3, change
+    assert np.abs(got[:, 5:] - ours[:, 5:]).max() > by, change
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -255,7 +262,7 @@ def test_hf_parity_and_round_trip(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch, extra", [("gpt2", {}), ("llama", {"head_dim": 16}), ("qwen3", {"attention_bias": True}),
-                                         ("phi3", {"sliding_window": 4, "pad_token_id": 0}), ("gemma2", {}),
+                                         ("phi3", {"sliding_window": 4, "pad_token_id": 0}), ("gemma", {}), ("gemma2", {}),
                                          ("gemma3", {})])
 def test_training_gradients_equal_pytorch(arch, extra, tmp_path):
     """What a training step computes, not only the forward pass: the loss and every parameter's gradient
@@ -289,6 +296,39 @@ def test_training_gradients_equal_pytorch(arch, extra, tmp_path):
                     *(() if part == "bias" else (spec.hidden_size,)), -1) for n in ("query", "key", "value")], -1)
                 hf_name = f"transformer.h.{i}.attn.c_attn.{'weight' if part == 'kernel' else 'bias'}"
                 np.testing.assert_allclose(fused, named[hf_name], rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.parametrize("arch, key", [("gpt2", "attn_pdrop"), ("llama", "attention_dropout"),
+                                       ("gemma2", "attention_dropout")])
+def test_attention_dropout_equals_pytorch_given_the_same_masks(arch, key, tmp_path, monkeypatch):
+    """model.attention_dropout drops each head's attention probabilities where HF's eager attention does,
+    with keys and values shared by a group of query heads (LLaMA, Gemma) or not (GPT-2): with torch's dropout
+    handed the masks jaxbatch drew, a training step's loss and every gradient equal transformers'."""
+    theirs, folder = _hf_model(arch, tmp_path, **{key: 0.3}, **({"resid_pdrop": 0.0, "embd_pdrop": 0.0}
+                                                                 if arch == "gpt2" else {}))
+    theirs = type(theirs).from_pretrained(folder, attn_implementation="eager").train()
+    run = run_lib.setup(run_lib.resolve(config.build([f"model.pretrained={folder}", "model.task=lm", "mesh.data=1",
+                                                      "data.seq_len=16", "model.hidden_dropout=0",
+                                                      "model.attention_dropout=0.3"])),
+                        devices=jax.devices()[:1])
+    spec = run.spec.model
+    ids = _ids(1, 14, seed=4)
+    batch = {k: jnp.asarray(v) for k, v in packing.pack([list(np.asarray(ids[0]))], seq_len=14).items()}
+    drawn, pending = replay_dropout_masks(monkeypatch)
+    grad_fn = steps.make_grad_fn(run.family, spec, run.graphdef)
+    with jax.disable_jit():  # our masks are drawn eagerly, so they can be handed to torch
+        sums, grads = grad_fn(run.state.params, batch, jax.random.key(1), 1.0)
+    theirs.zero_grad()
+    tokens = torch.tensor(np.asarray(ids), dtype=torch.long)
+    loss = theirs(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    assert [m.shape for m in drawn] == [(1, 4, 14, 14)] * spec.num_layers and pending == []
+    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(loss.item(), rel=1e-5)
+    named = decoder.hf_unfuse({n: p.grad.numpy() for n, p in theirs.named_parameters()}, spec)
+    for ours, (name, how) in decoder.hf_key_map(spec).items():
+        if not how.startswith("part:"):  # GPT-2's fused c_attn is compared in the test above
+            mine = hf.to_theirs(np.asarray(_flat(grads)[ours]) / float(sums["weight"]), how)  # of HF's mean
+            np.testing.assert_allclose(mine, named[name].reshape(mine.shape), rtol=1e-3, atol=2e-5, err_msg=ours)
 
 
 SCALED_ROPE = {  # head_dim 8, theta 500: wavelengths 6.3, 30, 140, 664 against 64/4 and 64/1 exercise all
@@ -403,6 +443,38 @@ def test_gemma_equals_hf_and_round_trips(arch, tmp_path):
                rope_local_base_freq=rope["sliding_attention"]["rope_theta"])
     (folder / "config.json").write_text(json.dumps(old))
     assert run_lib.restore(folder).run.spec.model == spec
+
+
+def test_gemma1_equals_hf_and_round_trips(tmp_path):
+    """Gemma 1's decoder: Gemma's scaled embeddings, 1 + weight RMSNorms and GELU-gated MLP in pre-norm blocks
+    (model.block_norms=pre: no norm after attention or the MLP), every layer attending to all tokens, scores over
+    sqrt(head_dim); the released config.json's hidden_act "gelu" is read as transformers reads it, the tanh
+    approximation. Logits equal HF's on plain and packed rows, and export writes GemmaForCausalLM back."""
+    theirs, folder = _hf_model("gemma", tmp_path)
+    with torch.no_grad():  # MLP pre-activations of order 1, where exact and tanh GELU part, and a larger MLP output
+        for name, p in theirs.named_parameters():
+            p.mul_(10.0 if "mlp" in name else 1.0)
+    theirs.save_pretrained(folder)
+    released = json.loads((folder / "config.json").read_text())  # transformers writes tanh's name back
+    (folder / "config.json").write_text(json.dumps({**released, "hidden_act": "gelu"}))
+    restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
+    spec = restored.run.spec.model
+    assert (spec.arch, spec.block_norms, spec.activation, spec.sliding_window, spec.query_scale,
+            decoder.head_dim(spec), spec.tie_embeddings) == ("gemma", "pre", "", 0, 0.0, 8, True)  # '': Gemma's own
+    assert not decoder.sandwich(spec) and "attention_post_norm" not in restored.params["layers"][0]
+    ids = _ids(2, 12, seed=8)
+    ours = _equals_hf(nnx.merge(restored.run.graphdef, restored.params), theirs, ids)
+    _exercised(spec, restored.params, ids, ours, by=1e-4, activation="gelu")  # the two GELUs differ by < 5e-4
+    out = hf.export(restored.params, spec, tmp_path / "export")
+    written = json.loads((out / "config.json").read_text())
+    assert (written["model_type"], written["hidden_act"]) == ("gemma", "gelu_pytorch_tanh")
+    np.testing.assert_allclose(_torch_logits(transformers.GemmaForCausalLM.from_pretrained(out).eval(), ids),
+                               _torch_logits(theirs, ids), atol=1e-6)
+    assert run_lib.restore(out).run.spec.model == dataclasses.replace(spec, pretrained=str(out))
+    with pytest.raises(ConfigError, match="a Gemma 1 block with exact .erf. GELU"):
+        hf.export(restored.params, dataclasses.replace(spec, activation="gelu"), tmp_path / "erf")
+    with pytest.raises(ConfigError, match="block_norms=sandwich is Gemma 2's and 3's block: use arch=gemma"):
+        config.validate(_cfg("llama-tiny", "model.block_norms=sandwich"), 1)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -598,6 +670,10 @@ HUB_CONFIGS = {  # the shape keys of the hub config.json files the presets are n
                   "num_key_value_heads": 32, "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
                   "rope_scaling": None, "rope_theta": 10000.0, "sliding_window": 2047, "tie_word_embeddings": False,
                   "vocab_size": 32064},  # Phi-3-mini-4k-instruct
+    "gemma-2b": {"model_type": "gemma", "attention_bias": False, "head_dim": 256, "hidden_act": "gelu",
+                 "hidden_size": 2048, "intermediate_size": 16384, "max_position_embeddings": 8192,
+                 "num_attention_heads": 8, "num_hidden_layers": 18, "num_key_value_heads": 1, "rms_norm_eps": 1e-06,
+                 "rope_scaling": None, "rope_theta": 10000.0, "vocab_size": 256000},  # google/gemma-2b
     "gemma2-2b": {"model_type": "gemma2", "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
                   "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
                   "intermediate_size": 9216, "max_position_embeddings": 8192, "num_attention_heads": 8,

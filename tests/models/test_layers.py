@@ -1,5 +1,6 @@
 """Shared building blocks: the hand-written normalisation backward pass equals autodiff's; dropout masks keep
-the asked fraction, independently per element and per key, and do not depend on how the array is sharded."""
+the asked fraction, independently per element and per key, and do not depend on how the array is sharded;
+attention with dropout on its probabilities equals a per-head reference."""
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,44 @@ def test_dropout_scales_kept_values_and_is_off_when_deterministic():
     np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
     again = drop(x, deterministic=False, rngs=nnx.Rngs(dropout=0))
     np.testing.assert_array_equal(y, again)
+
+
+def _numpy_attention(q, k, v, mask, keep=None, rate=0.0):
+    """Per-head float64 reference: softmax(q k / sqrt(d)) over the keys the mask shows, then, where `keep`
+    is given, the probabilities times keep / (1 - rate) (HF's eager attention), times v."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    b, t, heads, d = q.shape
+    group = heads // k.shape[2]
+    out = np.zeros_like(q)
+    for h in range(heads):
+        scores = np.einsum("btd,bsd->bts", q[:, :, h], k[:, :, h // group]) / np.sqrt(d)
+        seen = np.broadcast_to(np.asarray(mask)[:, 0], scores.shape)
+        blind = ~seen.any(-1, keepdims=True)  # a query that sees no key weighs them all alike, as XLA's kernel
+        scores = np.where(blind, 0.0, np.where(seen, scores, -np.inf))
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        if keep is not None:
+            probs = probs * np.asarray(keep)[:, h] / (1 - rate)
+        out[:, :, h] = np.einsum("bts,bsd->btd", probs, v[:, :, h // group])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["padding", "gqa"])
+def test_attention_dropout_drops_each_heads_probabilities_and_is_unbiased(kind):
+    q, k, v, mask, valid = (jnp.asarray(a, jnp.float32) if a.dtype == jnp.bfloat16 else a
+                            for a in _attention_inputs(kind, b=3, t=16, heads=4, d=8))
+    rate, key = 0.3, jax.random.key(5)
+    got = layers.attend(q, k, v, mask, jnp.float32, drop=(key, rate))
+    keep = layers.dropout_keep(key, (3, 4, 16, 16), rate)  # (batch, heads, q, k), in head order
+    np.testing.assert_allclose(got, _numpy_attention(q, k, v, mask, keep, rate), atol=2e-6)
+    plain = layers.attend(q, k, v, mask, jnp.float32)
+    np.testing.assert_allclose(plain, _numpy_attention(q, k, v, mask), atol=2e-6)
+    np.testing.assert_allclose(layers.written_out(q, k, v, mask, 8 ** -0.5), plain, atol=2e-6)
+    # over many keys the dropped-out attention averages to the plain one (inverted dropout is unbiased)
+    many = jax.vmap(lambda key: layers.attend(q, k, v, mask, jnp.float32, drop=(key, rate)))(
+        jax.random.split(jax.random.key(6), 2000))
+    spread = np.asarray(many).std(0) / np.sqrt(2000)
+    assert (np.abs(np.asarray(many).mean(0) - np.asarray(plain)) < 5 * spread + 1e-6).mean() > 0.999
 
 
 # The attention kernel (model.attention_impl). CI has no GPU: there, auto must be XLA's kernel exactly; the
