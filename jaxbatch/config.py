@@ -61,9 +61,9 @@ class ModelConfig:
     activation: str = ""
     task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides (set otherwise, must match)
     num_labels: int = 9
-    # sequence heads, HF's problem_type: regression (one score, mean squared error: GLUE STS-B) |
-    # multi_label_classification (any number of classes per text: a sigmoid and binary cross-entropy each) |
-    # classification (or HF's name for it, single_label_classification);
+    # sequence heads, HF's problem_type: regression (a score, or a list of them per text; mean squared error:
+    # GLUE STS-B) | multi_label_classification (any number of classes per text: a sigmoid and binary
+    # cross-entropy each) | classification (or HF's name for it, single_label_classification);
     # empty = the data decides (lists of classes make a multi-label head; labels all numbers, some with a
     # decimal point, are scores, as HF's run_glue reads a float column); a resolved spec holds regression,
     # multi_label_classification or empty

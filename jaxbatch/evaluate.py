@@ -118,8 +118,7 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
     objective = sum(totals.get(k, 0.0) for k in OBJECTIVE_TERMS)  # regularisers: not the model's loss
     result = {"loss": (totals["loss_sum"] - objective) / weight, "predictions": out.get("preds")}
     if run.spec.model.problem_type == losses.REGRESSION:
-        keep = losses.labelled(arrays["labels"])
-        return {**result, **metrics.correlations(out["preds"][keep], arrays["labels"][keep])}
+        return {**result, **metrics.regression_scores(out["preds"], arrays["labels"], label_names)}
     result["accuracy"] = totals.get("correct", 0.0) / weight
     if run.spec.model.problem_type == losses.MULTI_LABEL:
         keep = losses.labelled(arrays["labels"]).all(1)
@@ -145,8 +144,11 @@ def recorded(result: dict) -> dict:
 def report_lines(result: dict, task: str) -> str:
     """The printed report: a summary line, then seqeval's entity table and the token report (token tasks)."""
     if "accuracy" not in result:  # a regression head: its loss is the mean squared error
-        return f"loss (mean squared error) {result['loss']:.4f} " + " ".join(
+        line = f"loss (mean squared error) {result['loss']:.4f} " + " ".join(
             f"{k} {result[k]:.4f}" for k in metrics.CORRELATIONS)
+        for name, o in result.get("outputs", {}).items():  # several outputs: each one's own
+            line += f"\n  {name}: mse {o['mse']:.4f} " + " ".join(f"{k} {o[k]:.4f}" for k in metrics.CORRELATIONS)
+        return line
     line = f"loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
     if "perplexity" in result:
         line += f" perplexity {result['perplexity']:.2f}"

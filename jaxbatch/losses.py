@@ -27,6 +27,12 @@ def label_dtype(model_cfg) -> np.dtype:
     return np.dtype(np.float32 if model_cfg.problem_type in FLOAT_HEADS else np.int32)
 
 
+def per_output(model_cfg) -> bool:
+    """Whether a sequence head's targets are one per output (batch, num_labels): a multi-label head's
+    indicators, a regression's scores when it has several outputs; else one class id or score per example."""
+    return model_cfg.problem_type == MULTI_LABEL or (model_cfg.problem_type == REGRESSION and model_cfg.num_labels > 1)
+
+
 def no_label(dtype) -> float | int:
     """What marks an unlabelled position in labels of `dtype`: NaN for targets, IGNORE_INDEX for class ids."""
     return np.nan if np.issubdtype(dtype, np.floating) else IGNORE_INDEX
@@ -38,10 +44,12 @@ def labelled(labels):
 
 
 def regression_sums(logits: jax.Array, labels: jax.Array) -> tuple[dict, dict]:
-    """Summed squared error of a one-output head against float targets (NaN: unlabelled) and their count, so the
-    step's mean is HF's MSELoss; predictions are the scores."""
+    """Summed squared error against float targets (NaN: unlabelled) and their count, so the step's mean is
+    HF's MSELoss: of one output against (batch,) targets, or of every output against (batch, outputs) ones;
+    predictions are the scores."""
     weights = labelled(labels)
-    scores = logits.astype(jnp.float32)[..., 0]
+    scores = logits.astype(jnp.float32)
+    scores = scores[..., 0] if labels.ndim < scores.ndim else scores
     error = jnp.where(weights, scores - jnp.where(weights, labels, 0.0), 0.0)
     return dict(loss_sum=jnp.sum(jnp.square(error)), weight=jnp.sum(weights.astype(jnp.float32))), dict(preds=scores)
 

@@ -61,6 +61,22 @@ def correlations(predicted: np.ndarray, gold: np.ndarray) -> dict:
                 "spearmanr": float(stats.spearmanr(predicted, gold)[0])}
 
 
+def regression_scores(predicted: np.ndarray, gold: np.ndarray, output_names: list[str]) -> dict:
+    """`correlations` of a regression head over its labelled examples (gold NaN: unlabelled): of its one
+    score, or, with several outputs, their mean over the outputs, and under `outputs` each output's own
+    correlations and mean squared error."""
+    if gold.ndim == 1:
+        keep = gold == gold
+        return correlations(predicted[keep], gold[keep])
+    outputs = {}
+    for k, name in enumerate(output_names):
+        keep = gold[:, k] == gold[:, k]
+        outputs[name] = {**correlations(predicted[keep, k], gold[keep, k]),
+                         "mse": float(np.mean(np.square(predicted[keep, k] - gold[keep, k]))) if keep.any() else
+                         float("nan")}
+    return {**{c: float(np.mean([o[c] for o in outputs.values()])) for c in CORRELATIONS}, "outputs": outputs}
+
+
 MULTI_LABEL = ("micro_f1", "macro_f1", "exact_match")  # what multi-label heads are scored by (HF's examples)
 
 

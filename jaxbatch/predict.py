@@ -189,8 +189,8 @@ def _paired(s: Sentence) -> Sentence:
 
 def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
     """The label and every class probability (a multi-label head: its labels, those above probability 1/2;
-    a regression head: the score) of each text or text pair; a record says how many word pieces were cut to
-    fit data.seq_len."""
+    a regression head: the score, or each output's) of each text or text pair; a record says how many word
+    pieces were cut to fit data.seq_len."""
     spec, tokenizer = restored.run.spec, restored.tokenizer
     names = run_lib.label_names(spec)
     paired = [s.pair is not None for s in sentences]
@@ -211,7 +211,9 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
     records = []
     for i, s in enumerate(sentences):
         record = {**_line(s), "text": s.text, **({"text_pair": s.pair.text} if pairs else {})}
-        if spec.model.problem_type == losses.REGRESSION:
+        if spec.model.problem_type == losses.REGRESSION and spec.model.num_labels > 1:
+            record["scores"] = {n: round(float(p), 6) for n, p in zip(names, out["preds"][i])}
+        elif spec.model.problem_type == losses.REGRESSION:
             record["score"] = round(float(out["preds"][i]), 6)
         else:  # a multi-label head's labels: every class whose probability is above 1/2
             record.update({"labels": [n for n, y in zip(names, out["preds"][i]) if y]}

@@ -59,8 +59,8 @@ class Run:
 def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None,
             vocab_size: int | None = None, problem_type: str | None = None) -> config.Config:
     """The spec: `cfg` with the pretrained folder's shape and what the data says filled in: the task, the
-    label set, the sequence head's `problem_type` (regression: one score; multi_label_classification; empty:
-    one class per example), and the vocabulary size
+    label set (a regression's output names when it has several), the sequence head's `problem_type`
+    (regression; multi_label_classification; empty: one class per example), and the vocabulary size
     where the model leaves it to the tokenizer (vocab_size 0); train.loss_norm=auto made batch or dataset."""
     model = cfg.model
     default_task = config.ModelConfig.task  # the default defers to the data; an explicit other task must match it
@@ -88,7 +88,7 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
                               f"comma-separated); model.problem_type=multi_label_classification reads a label "
                               f"'a,b' as the classes a and b")
         single_logit = (model.num_labels == 1 and len(label_names) == 2  # binary head with one logit, asked for
-                        and model.problem_type != losses.MULTI_LABEL)
+                        and model.problem_type not in losses.FLOAT_HEADS)
         model = dataclasses.replace(model, num_labels=1 if single_logit else len(label_names))
         data = dataclasses.replace(data, labels=",".join(label_names))
     train = cfg.train
@@ -98,7 +98,7 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
 
 
 def label_names(spec: config.Config) -> list[str]:
-    if spec.model.problem_type == losses.REGRESSION:
+    if spec.model.problem_type == losses.REGRESSION and spec.model.num_labels == 1:
         return ["LABEL_0"]  # HF's name for a regression head's one output
     if spec.data.labels:
         return spec.data.labels.split(",")

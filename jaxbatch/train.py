@@ -181,9 +181,11 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     say(f"spec (resolved config):\n{config.describe(spec)}")
     say(f"mesh: {mesh_lib.describe(run.mesh)}")
     padding = pipeline.padding_stats(data.train, spec.data.buckets)
+    targets = (f"labels {data.label_names}" if data.problem_type != losses.REGRESSION else
+               f"scores (regression) of outputs {data.label_names}" if data.label_names else "scores (regression)")
     say(f"data: {data.name}{' (SYNTHETIC, generated)' if data.synthetic else ''}: "
         f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, "
-        f"{'scores (regression)' if data.problem_type == losses.REGRESSION else f'labels {data.label_names}'}"
+        f"{targets}"
         f"{' (several per example)' if data.problem_type == losses.MULTI_LABEL else ''}, "
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
     say("loss: each batch's sum divided by " + (f"rows x {per_row:.2f}, the train split's labelled positions per row"

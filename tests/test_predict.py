@@ -289,6 +289,52 @@ def test_a_regression_task_trains_reports_correlations_and_predicts_scores(tmp_p
     np.testing.assert_allclose([r["score"] for r in records], scores, atol=2e-6)
 
 
+def test_a_regression_of_several_outputs_trains_reports_each_and_predicts_scores(tmp_path, capsys):
+    """JSON lines whose label lists two scores per text: the run trains a two-output head on the mean squared
+    error over (text, output), reports each output's correlations and error (scipy's, on evaluate's own scores)
+    and their mean, keeps the best checkpoint by the mean Pearson, `predict` prints each output's score as
+    evaluate computes it, and `export` writes the head with its output names."""
+    from scipy import stats
+
+    d = tmp_path / "vad"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    words = ["happy", "sad", "calm", "angry"]
+    valence, arousal = {"happy": 4, "sad": 1, "calm": 3, "angry": 1}, {"happy": 3, "sad": 1, "calm": 0, "angry": 4}
+    texts = [" ".join(rng.choice(words, 3)) for _ in range(48)]
+    lines = [json.dumps({"text": t, "label": [round(np.mean([valence[w] for w in t.split()]) + rng.uniform(0, .3), 3),
+                                              round(np.mean([arousal[w] for w in t.split()]) + rng.uniform(0, .3), 3)]})
+             for t in texts]
+    (d / "train.jsonl").write_text("\n".join(lines[:32]) + "\n")
+    (d / "dev.jsonl").write_text("\n".join(lines[32:]) + "\n")
+    overrides = ["data.name=jsonl", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'c'}", *MINILM_TOKENIZER,
+                 "train.batch_size=8", "train.eval_every=3", f"train.run_dir={tmp_path / 'r'}",
+                 "data.labels=valence,arousal", "train.steps=6", "checkpoint.best_metric=pearson"]
+    result = train.train(tiny_config(*overrides))
+    assert (result.spec.model.problem_type, result.spec.model.num_labels) == ("regression", 2)
+    restored = run_lib.restore(tmp_path / "r")
+    best = max(result.summary["evals"], key=lambda e: e["pearson"])
+    assert restored.step == best["step"]
+    arrays = tasks.load_split(restored.run.spec.data, restored.tokenizer, "validation", "regression")
+    got = evaluate.evaluate(restored.run, restored.params, arrays, ["valence", "arousal"], "sequence")
+    scores, gold = got["predictions"], arrays["labels"]
+    assert scores.shape == gold.shape == (16, 2)
+    for k, name in enumerate(["valence", "arousal"]):
+        assert got["outputs"][name]["pearson"] == pytest.approx(stats.pearsonr(scores[:, k], gold[:, k])[0], rel=1e-6)
+        assert got["outputs"][name]["mse"] == pytest.approx(float(np.mean((scores[:, k] - gold[:, k]) ** 2)), rel=1e-5)
+    assert got["pearson"] == pytest.approx(np.mean([o["pearson"] for o in got["outputs"].values()]), rel=1e-9)
+    assert got["pearson"] == pytest.approx(best["pearson"], rel=1e-5)
+    assert got["loss"] == pytest.approx(float(np.mean((scores - gold) ** 2)), rel=1e-5)
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "r"), "--input", str(d / "dev.jsonl")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(set(r) == {"line", "text", "scores"} and list(r["scores"]) == ["valence", "arousal"] for r in records)
+    np.testing.assert_allclose([list(r["scores"].values()) for r in records], scores, atol=2e-6)
+    assert cli.main(["export", str(tmp_path / "r"), str(tmp_path / "hf")]) == 0
+    written = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (written["problem_type"], written["id2label"]) == ("regression", {"0": "valence", "1": "arousal"})
+
+
 def test_a_multi_label_task_trains_reports_f1_and_predicts_label_sets(tmp_path, capsys):
     """GoEmotions' layout (JSON lines, a list of classes per text, [] for none): the run trains a sigmoid per
     class on HF's binary cross-entropy, reports per-(text, class) accuracy, micro/macro F1 and exact match as

@@ -198,17 +198,19 @@ def _looks_like_scores(labels: list[str]) -> bool:
 def problem(data_cfg, problem_type: str, train: Raw) -> str:
     """A sequence task's head: model.problem_type when it is set, "" for classification; or else what the
     training labels are, as HF's run_classification reads them: lists of classes (JSON lines) make a
-    multi-label head, scores a regression (never with a class list: data.labels or the dataset's own)."""
+    multi-label head, lists of scores (numbers, some not whole-looking) a regression with that many outputs,
+    scores a regression (never with a class list: data.labels or the dataset's own)."""
     listed = next((n for n, y in enumerate(train.labels) if isinstance(y, list)), None)
     if problem_type:
         head = problem_type if problem_type in FLOAT_HEADS else ""
-        if listed is not None and head != MULTI_LABEL:
-            raise DataError(f"{train.at(listed)}: label {train.labels[listed]} is a list of classes, which a "
-                            f"multi-label head reads (model.problem_type={MULTI_LABEL}), not "
-                            f"model.problem_type={problem_type}")
+        if listed is not None and not head:
+            raise DataError(f"{train.at(listed)}: label {train.labels[listed]} is a list, which a multi-label head "
+                            f"(model.problem_type={MULTI_LABEL}) or a regression with several outputs "
+                            f"(model.problem_type={REGRESSION}) reads, not one that picks one class")
         return head
     if listed is not None:
-        return MULTI_LABEL
+        lists = [y for y in train.labels if isinstance(y, list)]
+        return REGRESSION if _looks_like_scores([v for y in lists for v in y]) else MULTI_LABEL
     if data_cfg.labels or _known(data_cfg).labels:
         return ""
     return REGRESSION if _looks_like_scores(train.labels) else ""
@@ -226,21 +228,41 @@ def _class_id(label: str, index: dict[str, int]) -> int | None:
     return int(label) if label.isdigit() and int(label) < len(index) else None
 
 
-def _scores(raw: Raw) -> np.ndarray:
-    """Regression targets as float32; "" (unlabelled) is NaN."""
-    out = np.full(len(raw.labels), np.nan, np.float32)
+def _outputs(data_cfg, ds: Dataset, train: Raw) -> list[str]:
+    """A regression head's output names: data.labels, or 0..K-1 when its training labels are lists of K > 1
+    scores; [] for one score (HF's LABEL_0). Every labelled example must give as many scores."""
+    width = len(_score_list(train.labels[next((n for n, y in enumerate(train.labels) if y != ""), 0)]))
+    names = _label_names(data_cfg, ds, train) if data_cfg.labels else []
+    if width > 1 or names:
+        _scores(train, len(names) or width)  # all the same width, or an error at the first that is not
+    return names or ([str(k) for k in range(width)] if width > 1 else [])
+
+
+def _score_list(label) -> list:
+    return label if isinstance(label, list) else [label]
+
+
+def _scores(raw: Raw, width: int = 1) -> np.ndarray:
+    """Regression targets as float32, (examples,) for one output and (examples, width) for several (a list
+    of scores each); "" (unlabelled) is NaN."""
+    out = np.full((len(raw.labels), width), np.nan, np.float32)
     for n, label in enumerate(raw.labels):
         if label == "":
             continue
-        try:
-            value = float(label)
-        except (TypeError, ValueError):  # a list of classes (TypeError) is no score either
-            value = np.nan
-        if not np.isfinite(value):
-            raise DataError(f"{raw.at(n)}: label {label!r} is not a finite number (a regression head reads scores; "
-                            f"model.problem_type=classification reads class names)")
-        out[n] = value
-    return out
+        scores = _score_list(label)
+        if len(scores) != width:
+            raise DataError(f"{raw.at(n)}: label {label!r} gives {len(scores)} score(s); the regression head has "
+                            f"{width} output(s), as the first labelled training example says (or data.labels)")
+        for k, score in enumerate(scores):
+            try:
+                value = float(score)
+            except ValueError:
+                value = np.nan
+            if not np.isfinite(value):
+                raise DataError(f"{raw.at(n)}: label {label!r} is not a finite number (a regression head reads "
+                                f"scores; model.problem_type=classification reads class names)")
+            out[n, k] = value
+    return out[:, 0] if width == 1 else out
 
 
 def _class_ids(raw: Raw, names: list[str]) -> list[int]:
@@ -288,7 +310,8 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
         tags = _tag_ids(split, raw, label_to_id, "error" if split == "train" else data_cfg.unknown_label)
         enc = tokenize.encode_tagged(tokenizer, raw.words, tags, data_cfg.seq_len, data_cfg.label_all_subtokens)
     else:
-        read = {REGRESSION: _scores, MULTI_LABEL: lambda raw: _indicators(raw, label_names)}.get(
+        read = {REGRESSION: lambda raw: _scores(raw, max(len(label_names), 1)),
+                MULTI_LABEL: lambda raw: _indicators(raw, label_names)}.get(
             problem_type, lambda raw: np.asarray(_class_ids(raw, label_names), np.int32))
         ids = read(raw)
         missing = np.flatnonzero(~losses.labelled(ids).reshape(len(ids), -1).all(1))
@@ -454,7 +477,8 @@ def load(data_cfg, tokenizer, problem_type: str = "") -> TaskData:
     if not splits["train"].words:
         raise DataError(f"the train split of {data_cfg.name} is empty")
     head = problem(data_cfg, problem_type, splits["train"]) if ds.task == "sequence" else ""
-    label_names = [] if head == REGRESSION else _label_names(data_cfg, ds, splits["train"], head)
+    label_names = _outputs(data_cfg, ds, splits["train"]) if head == REGRESSION else _label_names(
+        data_cfg, ds, splits["train"], head)
     encoded, truncated = {}, {}
     for split, examples in splits.items():
         enc = _encode(data_cfg, ds, tokenizer, split, examples, label_names, head)
@@ -489,7 +513,8 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "") -> dict[
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")
-    arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], data_cfg.labels.split(","), problem_type).arrays
+    names = data_cfg.labels.split(",") if data_cfg.labels else []
+    arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], names, problem_type).arrays
     if not _labelled(arrays):  # scored, it would read as loss 0 and accuracy 0
         raise DataError(f"{raw[split].place}: the {split} split has no labels, so there is nothing to score; "
                         f"`jaxbatch predict` labels it")

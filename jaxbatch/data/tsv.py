@@ -8,13 +8,15 @@ writes it, quoted fields included, `;`-separated too, or the keys of JSON lines)
 regression target in `label` or `score`, GLUE STS-B's; names in any case); other columns are ignored (GLUE's
 `index`), and a split without a label column is unlabelled. A multi-label example's classes are a JSON list
 (`"labels": ["sports", "politics"]`, `[]` for none, as GoEmotions is stored) or, in any file, written
-comma-separated. Labels are kept as written (a class name, an integer id, a score, or a list of classes)
-and turned into ids, indicators or scores by `data/tasks.py`.
+comma-separated; a JSON list of numbers may instead be the scores of a head with several outputs (a
+multi-output regression). Labels are kept as written (a class name, an integer id, a score, or a list of
+classes or scores) and turned into ids, indicators or scores by `data/tasks.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from jaxbatch.data.files import DataError, find_splits, json_lines, read_text_file
@@ -74,11 +76,12 @@ def _example(path: Path, number: int, row: dict, columns: tuple[str, str | None]
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}:{number}: {column!r} must be a non-empty string, got {text!r}")
     label = row.get(label_column) if label_column else ""
-    if isinstance(label, list):  # a multi-label example's classes
-        wrong = [y for y in label if isinstance(y, bool) or not isinstance(y, (str, int)) or not str(y).strip()]
+    if isinstance(label, list):  # a multi-label example's classes, or a multi-output regression's scores
+        wrong = [y for y in label if isinstance(y, bool) or not isinstance(y, (str, int, float)) or not str(y).strip()
+                 or (isinstance(y, float) and not math.isfinite(y))]
         if wrong:
-            raise DataError(f"{path}:{number}: the {label_column} list must hold class names or integer ids, got "
-                            f"{wrong[0]!r}")
+            raise DataError(f"{path}:{number}: the {label_column} list must hold class names, integer ids or "
+                            f"scores, got {wrong[0]!r}")
         label = tuple(str(y).strip() for y in label)
         return Example(texts[0].strip(), label, number, texts[1].strip() if len(texts) > 1 else "")
     bad = isinstance(label, bool) or not isinstance(label, (str, int, float)) or not str(label).strip()

@@ -139,7 +139,7 @@ def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "token_type_ids": (batch, seq_len),
             "labels": (batch, seq_len) if cfg.task == "token" else (
-                (batch, cfg.num_labels) if cfg.problem_type == losses.MULTI_LABEL else (batch,))}
+                (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,))}
 
 
 def train_flops_per_token(cfg, seq_len: int) -> float:
@@ -178,8 +178,8 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 
 def head(cfg) -> str:
     """The head, as a run's summary line names it."""
-    if cfg.problem_type == "regression":
-        return f"{cfg.task} regression, one score"
+    if cfg.problem_type == losses.REGRESSION:
+        return f"{cfg.task} regression, " + (f"{cfg.num_labels} scores" if cfg.num_labels > 1 else "one score")
     if cfg.problem_type == losses.MULTI_LABEL:
         return f"{cfg.task} multi-label classification, {cfg.num_labels} labels"
     return f"{cfg.task} classification, {cfg.num_labels} labels"
@@ -229,7 +229,7 @@ SHAPE_FIELDS = {  # ModelConfig field -> config.json key
 def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
     """The model shape from a BERT config.json; with a named preset, every shape field must agree. A
     fine-tuned head (an architecture named *ForTokenClassification or *ForSequenceClassification) sets the
-    task and label count, and a regression head (HF reads one output so) or a multi-label one (HF's problem_type)
+    task and label count, and a regression head (HF's problem_type, or one output) or a multi-label one
     model.problem_type unless it is set."""
     activation = models.hf_activation(hf, "hidden_act", ACTIVATION)
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
@@ -244,8 +244,7 @@ def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
     if task is not None:  # a fine-tuned head: its task and label count
         wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", cfg.num_labels))
         kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
-        one_score = (kind, wanted["num_labels"]) == (losses.REGRESSION, 1)
-        if task == "sequence" and (kind == losses.MULTI_LABEL or one_score):
+        if task == "sequence" and kind in losses.FLOAT_HEADS:
             wanted.update(problem_type=cfg.problem_type or kind)
         elif task == "sequence" and kind != "single_label_classification":
             raise CheckpointError(f"config.json: a {kind} head ({wanted['num_labels']} output(s)) is not supported; "
@@ -331,7 +330,8 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
     if cfg.num_labels == 1 and cfg.problem_type != losses.MULTI_LABEL and not regression:
         raise ConfigError("a one-logit binary head has no Hugging Face class that reads it so (HF takes one logit "
                           "for a regression); train it with model.num_labels=2 to export")
-    labels = ["LABEL_0"] if regression else label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
+    labels = ["LABEL_0"] if regression and cfg.num_labels == 1 else (
+        label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)])
     return {
         "architectures": [hf_architecture("Bert", cfg)], "model_type": "bert",
         "hidden_act": cfg.activation or ACTIVATION,

@@ -434,6 +434,46 @@ def test_scores_make_a_regression_task_as_run_glue_reads_a_float_column(tmp_path
         run_lib.resolve(cfg, task="sequence", label_names=["joy,anger", "fear"])
 
 
+def test_lists_of_scores_make_a_regression_of_several_outputs(tmp_path):
+    """JSON lines whose label is a list of numbers, some not whole-looking, make a regression with that many
+    outputs (HF's problem_type=regression with num_labels > 1): float32 (examples, outputs), NaN rows for an
+    unlabelled split; data.labels names the outputs (else 0..K-1). Lists of whole numbers stay class ids unless
+    model.problem_type=regression says so; an example with another number of scores is one line naming file and
+    line."""
+    d = tmp_path / "vad"
+    d.mkdir()
+    (d / "train.jsonl").write_text('{"text": "so happy", "label": [0.5, 1, 2]}\n'
+                                   '{"text": "grr", "label": [1.5, -1, 0.25]}\n')
+    (d / "dev.jsonl").write_text('{"text": "yay", "label": [1, 2, 3.5]}\n')
+    (d / "test.jsonl").write_text('{"text": "hmm"}\n')
+    cfg = _cfg(tmp_path, "data.name=jsonl", f"data.data_dir={d}")
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    assert (data.problem_type, data.label_names) == ("regression", ["0", "1", "2"])
+    assert data.train["labels"].dtype == np.float32
+    assert data.train["labels"].tolist() == [[0.5, 1, 2], [1.5, -1, 0.25]] and data.eval["labels"].tolist() == [[1, 2, 3.5]]
+    assert np.isnan(data.test["labels"]).all() and data.test["labels"].shape == (1, 3) and not data.test_labelled
+    spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, problem_type=data.problem_type)
+    assert (spec.model.problem_type, spec.model.num_labels, spec.data.labels) == ("regression", 3, "0,1,2")
+    config.validate(spec, 1)
+    got = tasks.load_split(spec.data, run_lib.tokenizer(cfg), "validation", spec.model.problem_type)
+    np.testing.assert_array_equal(got["labels"], data.eval["labels"])
+    named = _cfg(tmp_path, "data.name=jsonl", f"data.data_dir={d}", "data.labels=valence,arousal,dominance")
+    assert tasks.load(named.data, run_lib.tokenizer(cfg)).label_names == ["valence", "arousal", "dominance"]
+    two = _cfg(tmp_path, "data.name=jsonl", f"data.data_dir={d}", "data.labels=valence,arousal")
+    with pytest.raises(DataError, match=rf"^{d / 'train.jsonl'}:1: label .* gives 3 score\(s\); the regression head "
+                                        r"has 2 output\(s\)"):
+        tasks.load(two.data, run_lib.tokenizer(cfg))
+    (d / "dev.jsonl").write_text('{"text": "yay", "label": [1.5, 2]}\n')
+    with pytest.raises(DataError, match=rf"^{d / 'dev.jsonl'}:1: label .* gives 2 score\(s\); the regression head "
+                                        r"has 3 output\(s\)"):
+        tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    (d / "train.jsonl").write_text('{"text": "a", "label": [1, 2]}\n{"text": "b", "label": [0, 1]}\n')
+    (d / "dev.jsonl").write_text('{"text": "c", "label": [2, 1]}\n')
+    assert tasks.load(cfg.data, run_lib.tokenizer(cfg)).problem_type == "multi_label_classification"  # ids
+    data = tasks.load(cfg.data, run_lib.tokenizer(cfg), "regression")
+    assert (data.label_names, data.train["labels"].tolist()) == (["0", "1"], [[1, 2], [0, 1]])
+
+
 def test_lists_of_classes_make_a_multi_label_task(tmp_path):
     """GoEmotions' layout (JSON lines, `labels` a list of names or ids, [] for none) makes a multi-label head as
     HF's run_classification reads a list column: per example a 0/1 float32 per class of the training split's
@@ -463,8 +503,8 @@ def test_lists_of_classes_make_a_multi_label_task(tmp_path):
     with pytest.raises(DataError, match=rf"^{d / 'dev.jsonl'}:2: class 'love' is neither one of \['anger', 'fear', "
                                         r"'joy'\] nor an id below 3"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg))
-    with pytest.raises(DataError, match=rf"^{d / 'train.jsonl'}:1: label \['joy', 'fear'\] is a list of classes, "
-                                        r"which a multi-label head reads"):
+    with pytest.raises(DataError, match=rf"^{d / 'train.jsonl'}:1: label \['joy', 'fear'\] is a list, which a "
+                                        r"multi-label head .* or a regression with several outputs .* reads"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg), "classification")
     (d / "train.jsonl").write_text('{"text": "fine", "labels": []}\n')
     with pytest.raises(DataError, match="no training example names a class"):

@@ -84,8 +84,9 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
     ("x.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', r"x.jsonl:2: expected the keys of line 1"),
     ("x.jsonl", '{"text": "a", "label": null}\n', r"x.jsonl:1: the label must be .* got None"),
     ("x.jsonl", '{"text": "a", "label": {"a": 1}}\n', r"x.jsonl:1: the label must be .* got \{'a': 1\}"),
-    ("x.jsonl", '{"text": "a", "labels": ["joy", true]}\n', r"x.jsonl:1: the labels list must hold class names or "
-                                                           r"integer ids, got True"),
+    ("x.jsonl", '{"text": "a", "labels": ["joy", true]}\n', r"x.jsonl:1: the labels list must hold class names, "
+                                                           r"integer ids or scores, got True"),
+    ("x.jsonl", '{"text": "a", "label": [1.5, NaN]}\n', r"x.jsonl:1: the label list must .* got nan"),
     ("x.jsonl", '{"text": "a", "labels": [" "]}\n', r"x.jsonl:1: the labels list must .* got ' '"),
     ("x.jsonl", '{"text": 3, "label": 1}\n', r"x.jsonl:1: 'text' must be a non-empty string, got 3"),
 ])
