@@ -298,82 +298,53 @@ def test_a_regression_head_equals_pytorch_and_exports_back(family, tmp_path):
     np.testing.assert_array_equal(again.numpy(), expected)
 
 
-def test_a_regression_of_several_outputs_equals_pytorch_and_exports_back(tmp_path):
-    """HF's problem_type=regression with num_labels=3 (one score per output): the scores, the mean squared
-    error over every (example, output) and every gradient equal transformers' on a sharded mesh, an unlabelled
-    example (a NaN row) counts nowhere, and the export is the same head with its output names."""
+FLOAT_HEADS = {  # problem_type -> (class names, targets from an rng, the eval output HF's logits map to, torch loss)
+    "multi_label_classification": (["anger", "fear", "joy", "love"], lambda rng: (rng.random((8, 4)) < 0.4),
+                                   ("probs", lambda logits: 1 / (1 + np.exp(-logits))), "BCEWithLogitsLoss"),
+    "regression": (["valence", "arousal", "dominance"], lambda rng: rng.uniform(-2, 2, (8, 3)),
+                   ("preds", lambda logits: logits), "MSELoss"),
+}
+
+
+@pytest.mark.parametrize("family, problem", [("bert", "multi_label_classification"),
+                                             ("distilbert", "multi_label_classification"), ("bert", "regression")])
+def test_a_head_of_float_targets_equals_pytorch_and_exports_back(family, problem, tmp_path):
+    """HF's multi_label_classification head (a sigmoid per class, BCEWithLogitsLoss on float 0/1 targets) and
+    its regression of several outputs (num_labels=3, MSELoss over every (example, output)): the probabilities
+    or scores, the loss and every gradient equal transformers' on a sharded mesh, an unlabelled example (a
+    NaN row) counts nowhere, and the export is the same head again with its class or output names."""
     from jaxbatch import models
 
-    cls = transformers.BertForSequenceClassification
-    torch.manual_seed(4)
-    names = ["valence", "arousal", "dominance"]
-    cls(transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                intermediate_size=64, max_position_embeddings=20, num_labels=3, problem_type="regression",
-                                id2label=dict(enumerate(names)))).save_pretrained(tmp_path / "in")
-    run = run_lib.setup(run_lib.resolve(config.build([f"model.pretrained={tmp_path / 'in'}", "train.batch_size=8",
-                                                      "data.seq_len=16", "mesh.data=4", "mesh.model=2"])))
-    assert (run.spec.model.problem_type, run.spec.model.num_labels) == ("regression", 3)
-    rng, ids, mask, theirs, expected = _right_padded_logits(cls, tmp_path / "in", 0, 16, 5)
-    scores = rng.uniform(-2, 2, (8, 3)).astype(np.float32)
-    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids), "labels": scores}
-    family_ = models.family(run.spec.model)
-    eval_step = jax.jit(lambda p, b: steps.eval_step(p, b, family=family_, model_cfg=run.spec.model,
-                                                     graphdef=run.graphdef, mesh=run.mesh, rules=run.spec.mesh.rules))
-    _, out = eval_step(run.state.params, batch)
-    assert np.abs(np.asarray(out["preds"]) - expected).max() < 1e-5
-    unlabelled = dict(batch, labels=np.where(np.arange(8)[:, None] < 6, scores, np.nan).astype(np.float32))
-    sums6, _ = eval_step(run.state.params, unlabelled)
-    mse = torch.nn.MSELoss(reduction="sum")(torch.tensor(expected[:6]), torch.tensor(scores[:6])).item()
-    assert float(sums6["weight"]) == 6 * 3 and float(sums6["loss_sum"]) == pytest.approx(mse, rel=1e-5)
-    assert_gradients_equal_torch(family_, run.spec.model, run.graphdef, run.state.params, batch, theirs,
-                                 input_ids=ids, attention_mask=mask)
-    out_dir = hf.export(run.state.params, run.spec.model, tmp_path / "out", label_names=names)
-    written = json.loads((out_dir / "config.json").read_text())
-    assert (written["problem_type"], written["num_labels"], written["id2label"]) == (
-        "regression", 3, {str(i): n for i, n in enumerate(names)})
-    with torch.no_grad():
-        again = cls.from_pretrained(out_dir, attn_implementation="eager")(input_ids=torch.tensor(ids),
-                                                                         attention_mask=torch.tensor(mask)).logits
-    np.testing.assert_array_equal(again.numpy(), expected)
-
-
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
-def test_a_multi_label_head_equals_pytorch_and_exports_back(family, tmp_path):
-    """HF's multi_label_classification head (a sigmoid per class, BCEWithLogitsLoss on float 0/1 targets): its
-    logits, loss and every gradient equal transformers' on a sharded mesh, an unlabelled example (a NaN row)
-    counts nowhere, and the export is one again with its class names."""
-    from jaxbatch import models
-
+    names, make_targets, (output, from_logits), loss_name = FLOAT_HEADS[problem]
     config_cls, prefix = {"bert": ("BertConfig", "Bert"), "distilbert": ("DistilBertConfig", "DistilBert")}[family]
     cls = getattr(transformers, f"{prefix}ForSequenceClassification")
     torch.manual_seed(3)
     shape = (dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64) if family == "distilbert" else
              dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
-    names = ["anger", "fear", "joy", "love"]
-    cls(getattr(transformers, config_cls)(vocab_size=99, max_position_embeddings=20, num_labels=4,
-                                          problem_type="multi_label_classification",
+    k = len(names)
+    cls(getattr(transformers, config_cls)(vocab_size=99, max_position_embeddings=20, num_labels=k, problem_type=problem,
                                           id2label=dict(enumerate(names)), **shape)).save_pretrained(tmp_path / "in")
     run = run_lib.setup(run_lib.resolve(config.build([f"model.pretrained={tmp_path / 'in'}", "train.batch_size=8",
                                                       "data.seq_len=16", "mesh.data=4", "mesh.model=2"])))
-    assert (run.spec.model.problem_type, run.spec.model.num_labels) == ("multi_label_classification", 4)
+    assert (run.spec.model.problem_type, run.spec.model.num_labels) == (problem, k)
     rng, ids, mask, theirs, expected = _right_padded_logits(cls, tmp_path / "in", 0, 16, 4)
-    targets = (rng.random((8, 4)) < 0.4).astype(np.float32)
+    targets = make_targets(rng).astype(np.float32)
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids), "labels": targets}
     family_ = models.family(run.spec.model)
     eval_step = jax.jit(lambda p, b: steps.eval_step(p, b, family=family_, model_cfg=run.spec.model,
                                                      graphdef=run.graphdef, mesh=run.mesh, rules=run.spec.mesh.rules))
     _, out = eval_step(run.state.params, batch)
-    assert np.abs(np.asarray(out["probs"]) - 1 / (1 + np.exp(-expected))).max() < 1e-5
+    assert np.abs(np.asarray(out[output]) - from_logits(expected)).max() < 1e-5
     unlabelled = dict(batch, labels=np.where(np.arange(8)[:, None] < 6, targets, np.nan).astype(np.float32))
     sums6, _ = eval_step(run.state.params, unlabelled)
-    bce = torch.nn.BCEWithLogitsLoss(reduction="sum")(torch.tensor(expected[:6]), torch.tensor(targets[:6])).item()
-    assert float(sums6["weight"]) == 6 * 4 and float(sums6["loss_sum"]) == pytest.approx(bce, rel=1e-5)
+    loss = getattr(torch.nn, loss_name)(reduction="sum")(torch.tensor(expected[:6]), torch.tensor(targets[:6])).item()
+    assert float(sums6["weight"]) == 6 * k and float(sums6["loss_sum"]) == pytest.approx(loss, rel=1e-5)
     assert_gradients_equal_torch(family_, run.spec.model, run.graphdef, run.state.params, batch, theirs,
                                  input_ids=ids, attention_mask=mask)
     out_dir = hf.export(run.state.params, run.spec.model, tmp_path / "out", label_names=names)
     written = json.loads((out_dir / "config.json").read_text())
-    assert (written["problem_type"], written["id2label"]) == ("multi_label_classification",
-                                                              {str(i): n for i, n in enumerate(names)})
+    assert (written["problem_type"], written["num_labels"], written["id2label"]) == (
+        problem, k, {str(i): n for i, n in enumerate(names)})
     with torch.no_grad():
         again = cls.from_pretrained(out_dir, attn_implementation="eager")(input_ids=torch.tensor(ids),
                                                                          attention_mask=torch.tensor(mask)).logits

@@ -1,5 +1,7 @@
 """Datasets through tfds (array_record, no TensorFlow) into tokenized arrays; bad input is named."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,16 @@ def test_bad_input_through_the_task_loader(tmp_path):
         tasks.load(*_cfg2(tmp_path, tmp_path / "missing"))
     with pytest.raises(config.ConfigError, match="data.name='imagenet' is unknown"):
         tasks.load(*_cfg2(tmp_path, d, "data.name=imagenet"))
+
+
+def _jsonl_task(tmp_path, name: str, train: list[dict], dev: list[dict]):
+    """A JSON lines dataset folder (train, dev and an unlabelled test split), its config and what it loads as."""
+    d = tmp_path / name
+    d.mkdir()
+    for split, rows in (("train", train), ("dev", dev), ("test", [{"text": "hmm"}])):
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(tmp_path, "data.name=jsonl", f"data.data_dir={d}")
+    return d, cfg, tasks.load(cfg.data, run_lib.tokenizer(cfg))
 
 
 def _cfg2(tmp_path, d, *extra):
@@ -440,14 +452,9 @@ def test_lists_of_scores_make_a_regression_of_several_outputs(tmp_path):
     unlabelled split; data.labels names the outputs (else 0..K-1). Lists of whole numbers stay class ids unless
     model.problem_type=regression says so; an example with another number of scores is one line naming file and
     line."""
-    d = tmp_path / "vad"
-    d.mkdir()
-    (d / "train.jsonl").write_text('{"text": "so happy", "label": [0.5, 1, 2]}\n'
-                                   '{"text": "grr", "label": [1.5, -1, 0.25]}\n')
-    (d / "dev.jsonl").write_text('{"text": "yay", "label": [1, 2, 3.5]}\n')
-    (d / "test.jsonl").write_text('{"text": "hmm"}\n')
-    cfg = _cfg(tmp_path, "data.name=jsonl", f"data.data_dir={d}")
-    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    d, cfg, data = _jsonl_task(tmp_path, "vad", [{"text": "so happy", "label": [0.5, 1, 2]},
+                                                 {"text": "grr", "label": [1.5, -1, 0.25]}],
+                               [{"text": "yay", "label": [1, 2, 3.5]}])
     assert (data.problem_type, data.label_names) == ("regression", ["0", "1", "2"])
     assert data.train["labels"].dtype == np.float32
     assert data.train["labels"].tolist() == [[0.5, 1, 2], [1.5, -1, 0.25]] and data.eval["labels"].tolist() == [[1, 2, 3.5]]
@@ -479,14 +486,10 @@ def test_lists_of_classes_make_a_multi_label_task(tmp_path):
     HF's run_classification reads a list column: per example a 0/1 float32 per class of the training split's
     classes (sorted; ids in numeric order), NaN rows for an unlabelled test split. Comma-separated classes in a
     CSV read so when model.problem_type says; a class outside the set is one line naming file and line."""
-    d = tmp_path / "emotions"
-    d.mkdir()
-    (d / "train.jsonl").write_text('{"text": "so happy and scared", "labels": ["joy", "fear"]}\n'
-                                   '{"text": "fine", "labels": []}\n{"text": "grr", "labels": ["anger"]}\n')
-    (d / "dev.jsonl").write_text('{"text": "yay", "labels": ["joy"]}\n{"text": "eek", "labels": ["fear", "joy"]}\n')
-    (d / "test.jsonl").write_text('{"text": "hmm"}\n')
-    cfg = _cfg(tmp_path, "data.name=jsonl", f"data.data_dir={d}")
-    data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
+    train = [{"text": "so happy and scared", "labels": ["joy", "fear"]}, {"text": "fine", "labels": []},
+             {"text": "grr", "labels": ["anger"]}]
+    d, cfg, data = _jsonl_task(tmp_path, "emotions", train,
+                               [{"text": "yay", "labels": ["joy"]}, {"text": "eek", "labels": ["fear", "joy"]}])
     assert (data.problem_type, data.label_names) == ("multi_label_classification", ["anger", "fear", "joy"])
     assert data.train["labels"].dtype == np.float32
     assert data.train["labels"].tolist() == [[0, 1, 1], [0, 0, 0], [1, 0, 0]]
