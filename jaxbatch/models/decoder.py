@@ -8,10 +8,12 @@ untied head (HF `LlamaForCausalLM`); with `attention_bias` (qkv: Qwen2), a `slid
 the MLP, a GELU-gated MLP, embeddings times sqrt(hidden_size), a sliding window on all layers but every
 `sliding_window_pattern`th, and tanh soft-capped attention scores and logits (HF `Gemma2ForCausalLM`); with
 normalised queries and keys and the windowed layers rotating by their own base it is Gemma 3's text model
-(HF `Gemma3ForCausalLM`).
+(HF `Gemma3ForCausalLM`); with `block_norms=pre` (no norms after attention and the MLP, no window) Gemma 1's
+(HF `GemmaForCausalLM`).
 Attention goes through `layers.attend` (cuDNN's fused kernel on NVIDIA GPUs). Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
-(`decode_step`), equal token for token to recomputing the whole sequence.
+(`decode_step`; a windowed layer's is a ring of the window's slots), equal token for token to recomputing
+the whole sequence.
 """
 
 from __future__ import annotations
@@ -175,8 +177,10 @@ class CausalAttention(nnx.Module):
     def __call__(self, x, positions, masks, cache=None, cache_index=None, *, deterministic=True, rngs=None):
         """`masks` (each (batch, 1, q, k)) say which keys each query sees: all earlier ones, or those in the
         sliding window; the layer takes its own; in training (`deterministic` False) attention probabilities
-        are dropped out at model.attention_dropout. With `cache` (k, v of shape (batch, max_len, kv_heads,
+        are dropped out at model.attention_dropout. With `cache` (k, v of shape (batch, slots, kv_heads,
         head_dim)) the new keys/values are written at `cache_index` and attention runs over the whole cache;
+        a windowed layer's cache may instead be a ring of the latest `slots` positions (`Decoder.ring`: its
+        mask is then over the ring and the new keys, which it attends to before keeping the newest);
         returns (output, updated cache)."""
         q, k, v = (constrain(p(x), HEADS) for p in (self.query, self.key, self.value))
         if self.cfg.qk_norm:
@@ -184,10 +188,16 @@ class CausalAttention(nnx.Module):
         if rotary(self.cfg):
             inv_freq, scale = rope_frequencies(self.rope_cfg, q.shape[-1]), rope_attention_factor(self.rope_cfg)
             q, k = rope(q, positions, inv_freq, scale), rope(k, positions, inv_freq, scale)
-        if cache is not None:
+        if cache is not None and masks[self.windowed].shape[-1] == cache[0].shape[1]:  # a slot per position
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
             cache = (k, v)
+        elif cache is not None:  # a ring: position p lives in slot p % slots
+            slots, n = cache[0].shape[1], k.shape[1]
+            newest = jnp.arange(max(n - slots, 0), n)  # a prefill longer than the ring keeps its last `slots`
+            new = tuple(x.astype(c.dtype) for x, c in zip((k, v), cache))
+            k, v = (jnp.concatenate([c, x], 1) for c, x in zip(cache, new))
+            cache = tuple(c.at[:, (cache_index + newest) % slots].set(x[:, newest]) for c, x in zip(cache, new))
         y = attend(q, k, v, masks[self.windowed], self.dtype, impl=self.cfg.attention_impl,
                    scale=self.cfg.query_scale ** -0.5 if self.cfg.query_scale else None,
                    softcap=self.cfg.attention_softcap, drop=self.dropout.key(deterministic=deterministic, rngs=rngs))
@@ -310,16 +320,35 @@ class Decoder(nnx.Module):
                        scan=self.cfg.scan_layers, remat_policy=REMAT[self.cfg.remat], rngs=rngs)
         return self._logits(x)
 
+    def ring(self, max_len: int) -> int:
+        """Slots of a windowed layer's KV cache for sequences of `max_len` positions: the window when it is
+        shorter (HF's sliding-window cache; a token never sees further back), else 0 (a slot per position)."""
+        window = self.cfg.sliding_window
+        return window if window and window < max_len else 0
+
     def init_cache(self, batch: int, max_len: int):
-        shape = (batch, max_len, kv_heads(self.cfg), head_dim(self.cfg))
-        return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.layers]
+        def zeros(windowed):
+            shape = (batch, (windowed and self.ring(max_len)) or max_len, kv_heads(self.cfg), head_dim(self.cfg))
+            return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
+
+        return [zeros(layer.attention.windowed) for layer in self.layers]
 
     def decode_step(self, ids, positions, key_valid, cache, cache_index):
-        """Runs `ids` (batch, n) written at cache slots [cache_index, cache_index + n); a query at slot
-        cache_index + i sees valid cache slots up to its own. Returns (logits, cache)."""
-        slots, keys = cache_index + jnp.arange(ids.shape[1]), jnp.arange(cache[0][0].shape[1])
+        """Runs `ids` (batch, n) as positions [cache_index, cache_index + n) of the sequence `key_valid`
+        (batch, max_len) says which positions of are real (left padding is not); a query sees valid positions
+        up to its own (within the window on windowed layers, whose cache may be a ring). Returns (logits,
+        cache)."""
+        slots, keys = cache_index + jnp.arange(ids.shape[1]), jnp.arange(key_valid.shape[1])
         seen = (keys[None, :] <= slots[:, None])[None] & key_valid[:, None, :]
-        masks = tuple(m[:, None] for m in self._masks(seen, (slots[:, None] - keys[None, :])[None]))
+        masks = self._masks(seen, (slots[:, None] - keys[None, :])[None])
+        ring = self.ring(key_valid.shape[1])
+        if ring:  # the ring's slot j holds the latest position before cache_index that is j modulo the ring
+            held = cache_index - 1 - jnp.mod(cache_index - 1 - jnp.arange(ring), ring)
+            keys = jnp.concatenate([held, slots])  # then the new positions, as the layer lays its keys out
+            real = (keys >= 0)[None] & jnp.take(key_valid, jnp.clip(keys, 0), axis=1)
+            back = slots[:, None] - keys[None, :]
+            masks = (masks[0], real[:, None, :] & ((back >= 0) & (back < ring))[None])
+        masks = tuple(m[:, None] for m in masks)
         x = self._embed(ids, positions)
         new_cache = []
         for layer, c in zip(self.layers, cache):
