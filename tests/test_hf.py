@@ -187,15 +187,17 @@ ENCODERS = {  # family -> (transformers config class, its class prefix, config.j
     "distilbert": ("DistilBertConfig", "DistilBert", dict(max_position_embeddings=18, dim=32, n_layers=2, n_heads=4,
                                                           hidden_dim=64)),
     "electra": ("ElectraConfig", "Electra", dict(max_position_embeddings=18, embedding_size=16)),
+    "albert": ("AlbertConfig", "Albert", dict(max_position_embeddings=18, embedding_size=16)),  # one layer, used twice
 }
 
 
 @pytest.mark.parametrize("family", sorted(ENCODERS))
 @pytest.mark.parametrize("task", ["token", "sequence"])
 def test_other_encoder_families_equal_pytorch_and_export_back(family, task, tmp_path):
-    """RoBERTa, DistilBERT and ELECTRA checkpoints (random, small; ELECTRA's embeddings narrower than its
-    hidden size): logits on a right-padded batch and every training gradient equal transformers', and the
-    exported folder loads in transformers with identical logits."""
+    """RoBERTa, DistilBERT, ELECTRA and ALBERT checkpoints (random, small; ELECTRA's and ALBERT's embeddings
+    narrower than the hidden size, ALBERT's one layer shared by both): logits on a right-padded batch and every
+    training gradient equal transformers', and the exported folder loads in transformers with identical
+    logits."""
     from jaxbatch import models
 
     config_cls, prefix, shape = ENCODERS[family]

@@ -151,4 +151,4 @@ def apply_preset(model_cfg):
 
 
 # the built-in families register themselves on import
-from jaxbatch.models import bert, decoder, distilbert, electra, roberta  # noqa: E402,F401
+from jaxbatch.models import albert, bert, decoder, distilbert, electra, roberta  # noqa: E402,F401

@@ -38,10 +38,12 @@ class Variant:
     position_offset: int = 0  # learned positions start at this row of their table (RoBERTa: past its padding row)
     pooler_activation: str = "tanh"  # the sequence head's nonlinearity on [CLS]: tanh, or an ACTIVATIONS name
     dropout_before_pooler: bool = False  # RoBERTa's and ELECTRA's heads drop out [CLS] before their dense layer
+    shared_layers: bool = False  # one layer's parameters run num_layers times (ALBERT)
+    mlp_dropout: bool = True  # dropout on the MLP's output before its residual (ALBERT has none there)
 
 
 class BertLayer(nnx.Module):
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype, mlp_dropout: bool = True):
         self.attention = SelfAttention(cfg.hidden_size, cfg.num_heads, rngs=rngs, dtype=dtype,
                                        impl=cfg.attention_impl, dropout=cfg.attention_dropout)
         self.attention_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
@@ -49,21 +51,24 @@ class BertLayer(nnx.Module):
                        activation=cfg.activation or ACTIVATION)
         self.output_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
+        self.mlp_dropout = mlp_dropout
 
     def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)  # noqa: E731
         x = self.attention_norm(x + drop(self.attention(x, mask, deterministic=deterministic, rngs=rngs)))
-        return self.output_norm(x + drop(self.mlp(x)))
+        y = self.mlp(x)
+        return self.output_norm(x + (drop(y) if self.mlp_dropout else y))
 
 
 class BertEncoder(nnx.Module):
     """Embeddings + N post-LN Transformer layers; returns the last hidden state (batch, length, embed).
     Learned positions start at row `position_offset` of their table (RoBERTa's: past its padding row); with
-    `model.embedding_size` the embeddings are that wide and projected to hidden_size (ELECTRA)."""
+    `model.embedding_size` the embeddings are that wide and projected to hidden_size (ELECTRA, ALBERT); a
+    `Variant` with shared layers keeps one layer and runs it num_layers times (ALBERT)."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, position_offset: int = 0):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, variant: Variant = Variant()):
         h, e = cfg.hidden_size, cfg.embedding_size or cfg.hidden_size
-        self.position_offset = position_offset
+        self.position_offset, self.depth = variant.position_offset, cfg.num_layers
         self.word_embeddings = Embed(cfg.vocab_size, e, ("vocab", "embed"), rngs=rngs, dtype=dtype)
         self.position_embeddings = Embed(cfg.max_position_embeddings, e, (None, "embed"), rngs=rngs, dtype=dtype)
         self.token_type_embeddings = (Embed(cfg.type_vocab_size, e, (None, "embed"), rngs=rngs, dtype=dtype)
@@ -72,7 +77,8 @@ class BertEncoder(nnx.Module):
         self.embeddings_project = (Dense((e,), (h,), (None,), ("embed",), rngs=rngs, dtype=dtype)
                                    if e != h else None)
         self.dropout = Dropout(cfg.hidden_dropout)
-        self.layers = nnx.List([BertLayer(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([BertLayer(cfg, rngs=rngs, dtype=dtype, mlp_dropout=variant.mlp_dropout)
+                                for _ in range(1 if variant.shared_layers else cfg.num_layers)])
         self.scan_layers, self.remat = cfg.scan_layers, cfg.remat
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True,
@@ -86,7 +92,8 @@ class BertEncoder(nnx.Module):
             x = self.embeddings_project(x)
         x = constrain(x, ("batch", "length", "embed"))
         mask = attention_mask.astype(bool)[:, None, None, :]  # (batch, heads, q, k), broadcast
-        return run_layers(self.layers, x, lambda layer, h, r: layer(h, mask, deterministic=deterministic, rngs=r),
+        layers = list(self.layers) * (self.depth // len(self.layers))  # shared: the one layer, depth times
+        return run_layers(layers, x, lambda layer, h, r: layer(h, mask, deterministic=deterministic, rngs=r),
                           scan=self.scan_layers, remat_policy=REMAT[self.remat], rngs=rngs)
 
 
@@ -97,7 +104,7 @@ class BertClassifier(nnx.Module):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, variant: Variant = Variant()):
         self.task, self.dtype, self.variant = cfg.task, dtype, variant
-        self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype, position_offset=variant.position_offset)
+        self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype, variant=variant)
         if cfg.task == "sequence":
             self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ("embed",), (None,), rngs=rngs, dtype=dtype)
         self.dropout = Dropout(cfg.hidden_dropout)
