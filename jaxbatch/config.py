@@ -18,7 +18,7 @@ from typing import Any
 
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import models
-from jaxbatch import compress, losses, rampup
+from jaxbatch import compress, lora, losses, rampup
 from jaxbatch.compress import prune
 from jaxbatch.errors import ConfigError
 from jaxbatch.models.layers import ACTIVATIONS, ATTENTION, REMAT
@@ -110,6 +110,11 @@ class ModelConfig:
     quant_act: str = "none"  # int8 activations too: dynamic (per token) | static (calibrated per layer) | none
     quant_exclude: str = ""  # regex over module paths kept in float
     lowrank: str = ""  # module.path:rank,...: dense layers replaced by two rank-r factors
+    # LoRA fine-tuning (jaxbatch/lora.py): rank > 0 trains rank-r updates of these dense layers (and a
+    # classification head) and freezes the rest; scale lora_alpha / rank (0 = rank)
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: str = "query,value"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -468,6 +473,7 @@ def validate(cfg: Config, num_devices: int) -> None:
         raise ConfigError(f"train.accum_impl must be 'scan' or 'multisteps', got {t.accum_impl!r}")
     prune.validate(cfg.prune)
     compress.validate(cfg.model)
+    lora.validate(cfg.model, cfg.prune)
     if cfg.model.quant:
         raise ConfigError("model.quant: an int8 model is for inference; train the float model, then "
                           "`jaxbatch compress` it")

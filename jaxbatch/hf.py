@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxbatch import config, folders, models
+from jaxbatch import config, folders, lora, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.state import param_name
 
@@ -225,8 +225,12 @@ class LoadReport:
 
     def __str__(self) -> str:
         lines = [f"pretrained: {len(self.loaded)} tensors from {self.folder}"]
-        if self.new:
-            lines.append(f"  newly initialised (not in checkpoint): {', '.join(self.new)}")
+        factors = [n for n in self.new if n.endswith((".lora_a", ".lora_b"))]
+        if len(factors) < len(self.new):
+            fresh = ", ".join(n for n in self.new if n not in factors)
+            lines.append(f"  newly initialised (not in checkpoint): {fresh}")
+        if factors:
+            lines.append(f"  LoRA factors initialised: {len(factors)} (B at zero: the model starts as the checkpoint)")
         if self.unexpected:
             lines.append(f"  unused checkpoint tensors: {', '.join(self.unexpected)}")
         if self.expected_unused:
@@ -285,11 +289,13 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
             config_json[key] = getattr(tokenizer, key)
     mapping = table.key_map(model_cfg)
     tensors, fused = {}, {}
-    for path, x in jax.tree_util.tree_leaves_with_path(params):
-        hf_name, how = mapping[param_name(path)]
+    flat = lora.merged({param_name(p): jax.device_get(x) for p, x in jax.tree_util.tree_leaves_with_path(params)},
+                       model_cfg)
+    for name, x in flat.items():
+        hf_name, how = mapping[name]
         if table.expected_unused(hf_name, model_cfg):
             continue
-        value = to_theirs(np.asarray(jax.device_get(x)), how)
+        value = to_theirs(np.asarray(x), how)
         if how.startswith("part:"):
             axis, start, _, _ = _part(how)
             fused.setdefault(hf_name, {})[start] = (axis, value)

@@ -82,9 +82,12 @@ def _is_variable(x: Any) -> bool:
 def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for a pytree that holds nnx Variables (params, optimizer moments); other leaves
     (step counters, scalars) and factored moments whose rank no longer matches the names (Adafactor's
-    row/column statistics, which are small) are replicated."""
+    row/column statistics, which are small) are replicated; a masked-out optimizer slot (optax's MaskedNode:
+    no state for a frozen parameter) holds no array and stays as it is."""
 
     def one(x):
+        if _is_variable(x) and not jax.tree.leaves(x):
+            return x
         names = x.get_metadata().get("logical_axes") if _is_variable(x) else None
         if names is None or len(names) != len(x.shape):
             return NamedSharding(mesh, P())

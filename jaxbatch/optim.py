@@ -93,8 +93,10 @@ def decay_mask(params):
     return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer named by `optim.name`, with global-norm clipping in front when `clip_norm > 0`."""
+def make(cfg, hp: EffectiveHparams, total_steps: int, freeze: bool = False,
+         ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer named by `optim.name`, with global-norm clipping in front when `clip_norm > 0`; with
+    `freeze` (LoRA) it updates only what `lora.trainable` marks and keeps no state for the rest."""
     lr = schedule(cfg, hp, total_steps)
     wd = cfg.weight_decay
     factories = {
@@ -113,4 +115,8 @@ def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTra
     tx = factories[cfg.name]()
     if cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    if freeze:
+        from jaxbatch import lora
+
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, lora.labels)
     return tx, lr

@@ -157,7 +157,7 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
         return Run(spec, family, mesh, graphdef, abstract_params, params_sh, batch_sh, steps)
 
     hp = optim.scale_hparams(spec.optim, spec.train.batch_size, spec.train.steps)
-    tx, schedule = optim.make(spec.optim, hp, spec.train.steps)
+    tx, schedule = optim.make(spec.optim, hp, spec.train.steps, freeze=bool(spec.model.lora_rank))
     if spec.train.auto_micro_batch:
         from jaxbatch import memory
 

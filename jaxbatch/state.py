@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxbatch import mesh as mesh_lib
-from jaxbatch import compress, host, models, precision
+from jaxbatch import compress, host, lora, models, precision
 from jaxbatch.compress import prune
 
 
@@ -29,10 +29,10 @@ class TrainState:
 
 def build_model(model_cfg, policy: str, seed: int = 0) -> nnx.Module:
     """The family's module with parameters drawn from `seed`, computing in the policy's dtype, with the
-    compressed modules a compressed model's spec names."""
+    compressed modules a compressed model's spec names and the LoRA layers it trains."""
     model = models.family(model_cfg).build(model_cfg, rngs=nnx.Rngs(params=seed),
                                            dtype=precision.compute_dtype(policy))
-    return compress.restructure(model, model_cfg)
+    return lora.attach(compress.restructure(model, model_cfg), model_cfg, seed)
 
 
 def abstract_model(model_cfg, policy: str) -> tuple[nnx.GraphDef, nnx.State]:

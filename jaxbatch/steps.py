@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxbatch import accumulate, losses
+from jaxbatch import accumulate, lora, losses
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import precision, rampup
 from jaxbatch.compress import prune
@@ -38,7 +38,7 @@ def make_grad_fn(family: Family, model_cfg, graphdef: nnx.GraphDef):
             return sums["loss_sum"] * normalizer, sums
 
         grads, sums = jax.grad(objective, has_aux=True)(params)
-        return sums, grads
+        return sums, (lora.only_trainable(grads, params) if model_cfg.lora_rank else grads)
 
     return grad_fn
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from jax.experimental import multihost_utils
 
-from jaxbatch import checkpoint, config, evaluate, losses, metrics, noise_scale, optim, rampup, reporting
+from jaxbatch import checkpoint, config, evaluate, lora, losses, metrics, noise_scale, optim, rampup, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
@@ -207,6 +207,11 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     n_params = state_lib.num_params(run.state.params)
     say(f"model: {run.family.describe(spec.model)}, {n_params / 1e6:.2f}M parameters, precision "
         f"{spec.precision.policy}")
+    if spec.model.lora_rank:
+        trained = sum(x.size for x, t in zip(jax.tree.leaves(run.state.params),
+                                             jax.tree.leaves(lora.trainable(run.state.params))) if t)
+        say(f"LoRA: rank {spec.model.lora_rank} on {spec.model.lora_targets}, scale {lora.scale(spec.model):g}; "
+            f"{trained:,} parameters train ({100 * trained / n_params:.2f}%), the rest are frozen")
     say(f"MFU against {peak.flops / 1e12:.2f} TFLOP/s per device ({peak.source})")
     if jax.process_index() == 0:  # the run dir describes itself: its tokenizer travels with it
         with writing(run_dir / run_lib.TOKENIZER_DIR):

@@ -1,0 +1,123 @@
+"""LoRA fine-tuning (Hu et al. 2021, as Hugging Face PEFT does it): the dense layers named by
+`model.lora_targets` learn a low-rank update x . A . B * alpha / rank beside their frozen kernel, and only
+those factors and the task head train, so the optimizer keeps moments for a small fraction of the model.
+
+Family-agnostic like compression: it swaps `layers.Dense` modules for `LoraDense` by their name (the last
+part of the module path: query, key, value, out, wi, wo, gate), and reads which parameters train from
+metadata (`lora` on the factors; the `labels` logical axis marks a classification head, which PEFT's
+`modules_to_save` trains too). B starts at zero, so the model starts as the pretrained one; `merged` folds
+the update into the kernels for export (a plain model of the family's own shape).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxbatch.errors import ConfigError
+from jaxbatch.models.layers import Dense, param
+
+TARGETS = ("query", "key", "value", "out", "wi", "wo", "gate")  # the dense layers' names in every family
+
+
+class LoraDense(Dense):
+    """A `Dense` (its kernel and bias under the same names, so pretrained weights load as before) plus
+    factors A (inputs x rank; uniform in +-1/sqrt(fan_in), PEFT's kaiming init) and B (rank x outputs; zero)."""
+
+    def __init__(self, dense: Dense, rank: int, scale: float, rngs: nnx.Rngs):
+        self.n_in, self.dtype, self.kernel, self.bias = dense.n_in, dense.dtype, dense.kernel, dense.bias
+        meta = self.kernel.get_metadata()
+        names, shape = meta["logical_axes"], self.kernel[...].shape
+        fan_in = math.prod(shape[: self.n_in])
+        bound = 1.0 / math.sqrt(fan_in)
+        self.lora_a = param(rngs, lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound),
+                            (*shape[: self.n_in], rank), (*names[: self.n_in], None), contract=self.n_in, lora=True)
+        self.lora_b = param(rngs, jax.nn.initializers.zeros, (rank, *shape[self.n_in:]), (None, *names[self.n_in:]),
+                            contract=1, lora=True)
+        self.scale = scale
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = super().__call__(x)
+        a, b = (p[...].astype(self.dtype) for p in (self.lora_a, self.lora_b))
+        x = x.astype(self.dtype)
+        low = jax.lax.dot_general(x, a, ((tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in))), ((), ())))
+        return y + jnp.asarray(self.scale, self.dtype) * jnp.tensordot(low, b, axes=1)
+
+
+def targets(model_cfg) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in model_cfg.lora_targets.split(",") if n.strip())
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown or not names:
+        raise ConfigError(f"model.lora_targets names dense layers among {', '.join(TARGETS)}, got "
+                          f"{model_cfg.lora_targets!r}")
+    return names
+
+
+def validate(model_cfg, prune_cfg) -> None:
+    if model_cfg.lora_rank < 0:
+        raise ConfigError(f"model.lora_rank must be >= 0 (0 = no LoRA), got {model_cfg.lora_rank}")
+    if not model_cfg.lora_rank:
+        return
+    targets(model_cfg)
+    if model_cfg.quant or model_cfg.lowrank or prune_cfg.sparsity:
+        raise ConfigError("model.lora_rank trains low-rank updates of float dense layers; a quantized, factorised "
+                          "or pruned model is not one (export the LoRA run, then compress the folder)")
+
+
+def attach(model: nnx.Module, model_cfg, seed: int = 0) -> nnx.Module:
+    """The model with its targeted dense layers as `LoraDense` (none when model.lora_rank is 0)."""
+    if not model_cfg.lora_rank:
+        return model
+    from jaxbatch import compress
+
+    names, rngs = targets(model_cfg), nnx.Rngs(params=jax.random.fold_in(jax.random.key(seed), 0x10A))
+    found = [(path, m) for path, m in compress.modules(model, Dense) if path.rsplit(".", 1)[-1] in names]
+    if not found:
+        raise ConfigError(f"model.lora_targets={model_cfg.lora_targets!r} matches no dense layer of this model")
+    for path, m in found:
+        compress.replace(model, path, LoraDense(m, model_cfg.lora_rank, scale(model_cfg), rngs))
+    return model
+
+
+def scale(model_cfg) -> float:
+    """alpha / rank (model.lora_alpha; 0 = the rank, a scale of 1)."""
+    return (model_cfg.lora_alpha or model_cfg.lora_rank) / model_cfg.lora_rank
+
+
+def trainable(params):
+    """True where a parameter trains under LoRA: the factors and a classification head (`labels` axis)."""
+    def one(v):
+        meta = v.get_metadata() if isinstance(v, nnx.Variable) else {}
+        keep = bool(meta.get("lora")) or "labels" in (meta.get("logical_axes") or ())
+        return jax.tree.map(lambda _: keep, v) if isinstance(v, nnx.Variable) else keep
+
+    return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def labels(params):
+    """optax.multi_transform's labels: 'train' or 'frozen' per parameter."""
+    return jax.tree.map(lambda t: "train" if t else "frozen", trainable(params))
+
+
+def only_trainable(grads, params):
+    """The gradient with the frozen parameters' entries zero: XLA then drops their weight-gradient matmuls,
+    and the gradient norm, clipping and noise scale see only what trains."""
+    return jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable(params))
+
+
+def merged(params: dict, model_cfg) -> dict:
+    """Plain {path: array} parameters with each kernel + scale * A . B and no factors (what export writes)."""
+    if not model_cfg.lora_rank:
+        return params
+    out = {k: v for k, v in params.items() if not k.endswith((".lora_a", ".lora_b"))}
+    for name in params:
+        if name.endswith(".lora_a"):
+            stem = name[: -len(".lora_a")]
+            a, b = (np.asarray(params[f"{stem}.{f}"], np.float32) for f in ("lora_a", "lora_b"))
+            out[f"{stem}.kernel"] = np.asarray(params[f"{stem}.kernel"], np.float32) + scale(model_cfg) * np.tensordot(
+                a, b, axes=1)
+    return out
