@@ -4,8 +4,8 @@ those factors and the task head train, so the optimizer keeps moments for a smal
 
 Family-agnostic like compression: it swaps `layers.Dense` modules for `LoraDense` by their name (the last
 part of the module path: query, key, value, out, wi, wo, gate), and reads which parameters train from
-metadata (`lora` on the factors; the `labels` logical axis marks a classification head, which PEFT's
-`modules_to_save` trains too). B starts at zero, so the model starts as the pretrained one; `merged` folds
+metadata (`lora` on the factors; `head` on a task head's layers, which PEFT's `modules_to_save` trains
+too). B starts at zero, so the model starts as the pretrained one; `merged` folds
 the update into the kernels for export (a plain model of the family's own shape).
 """
 
@@ -89,10 +89,11 @@ def scale(model_cfg) -> float:
 
 
 def trainable(params):
-    """True where a parameter trains under LoRA: the factors and a classification head (`labels` axis)."""
+    """True where a parameter trains under LoRA: the factors and a task head's layers (`head` metadata: the
+    sequence head's dense layer and the classifier, which a fine-tune from a base checkpoint starts fresh)."""
     def one(v):
         meta = v.get_metadata() if isinstance(v, nnx.Variable) else {}
-        keep = bool(meta.get("lora")) or "labels" in (meta.get("logical_axes") or ())
+        keep = bool(meta.get("lora") or meta.get("head"))
         return jax.tree.map(lambda _: keep, v) if isinstance(v, nnx.Variable) else keep
 
     return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))

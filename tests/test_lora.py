@@ -50,6 +50,11 @@ def test_the_model_starts_as_the_base_and_only_the_factors_and_the_head_train():
     moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)  # AdamW's mu and nu, nothing else
     assert moments == 2 * sum(before[k].size for k in trains)
     assert history[0]["grad_norm"] == pytest.approx(norm, rel=1e-5)  # of what trains only
+    sequence = run_lib.setup(tiny_config(*LORA, "model.task=sequence", "mesh.data=1"), devices=jax.devices()[:1],
+                             abstract=True)
+    heads = [k for k, t in zip(_names(sequence.abstract_params), jax.tree.leaves(
+        lora.trainable(sequence.abstract_params))) if t and "lora" not in k]
+    assert heads == ["classifier.bias", "classifier.kernel", "pooler.bias", "pooler.kernel"]  # a sequence head's
 
 
 def test_a_sharded_lora_step_equals_one_device():

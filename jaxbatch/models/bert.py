@@ -106,10 +106,11 @@ class BertClassifier(nnx.Module):
         self.task, self.dtype, self.variant = cfg.task, dtype, variant
         self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype, variant=variant)
         if cfg.task == "sequence":
-            self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ("embed",), (None,), rngs=rngs, dtype=dtype)
+            self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ("embed",), (None,), rngs=rngs, dtype=dtype,
+                                head=True)
         self.dropout = Dropout(cfg.hidden_dropout)
         self.classifier = Dense((cfg.hidden_size,), (cfg.num_labels,), ("embed",), ("labels",), rngs=rngs,
-                                dtype=dtype)
+                                dtype=dtype, head=True)
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:

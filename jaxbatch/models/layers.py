@@ -42,14 +42,16 @@ class Dense(nnx.Module):
     """y = x . W + b contracting the trailing `len(in_shape)` dims of x into `out_shape` (a LinearGeneral
     whose kernel keeps its head structure, so tensor parallel can split heads by name). The kernel's
     `contract` metadata counts its contracted (input) dims: compression (N:M pruning, per-output-channel
-    quantization, low-rank) reads the matmul's layout from it, whatever the family."""
+    quantization, low-rank) reads the matmul's layout from it, whatever the family. `head=True` marks a
+    task head's layer (trained under LoRA, as PEFT's modules_to_save)."""
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_names: Names, out_names: Names, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02, use_bias: bool = True):
+                 rngs: nnx.Rngs, dtype=jnp.float32, init_std: float = 0.02, use_bias: bool = True, head: bool = False):
         self.n_in, self.dtype = len(in_shape), dtype
         self.kernel = param(rngs, normal(init_std), (*in_shape, *out_shape), (*in_names, *out_names),
-                            contract=len(in_shape))
-        self.bias = param(rngs, jax.nn.initializers.zeros, out_shape, out_names, decay=False) if use_bias else None
+                            contract=len(in_shape), head=head)
+        self.bias = (param(rngs, jax.nn.initializers.zeros, out_shape, out_names, decay=False, head=head)
+                     if use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel[...].astype(self.dtype)
