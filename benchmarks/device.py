@@ -123,7 +123,7 @@ def jax_row(shape: tuple, attention: str, precision: str, on_cpu: bool, peak: fl
             warmup: int) -> dict:
     family, preset, batch, seq = shape
     cfg = _config(family, preset, batch, seq, precision, tiny=on_cpu, attention=attention)
-    flops = models.family(cfg.model).train_flops_per_token(cfg.model, seq) * batch * seq
+    flops = models.train_flops_per_token(cfg.model, seq) * batch * seq
     t0 = time.perf_counter()
     try:
         t = st.bench_jax(cfg, st.bench_batch(cfg, family, batch, seq), steps, warmup)

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "shape": ins["shape"], "op": ins["op"].split("/", 1)[-1]})
     peak = metrics.measure_matmul_flops()
     tokens = args.batch * args.seq
-    flops = models.family(cfg.model).train_flops_per_token(cfg.model, args.seq) * tokens
+    flops = models.train_flops_per_token(cfg.model, args.seq) * tokens
     groups: dict[tuple[str, str], float] = collections.defaultdict(float)
     for r in rows:
         groups[r["phase"], r["kind"]] += r["ms"]

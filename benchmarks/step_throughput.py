@@ -169,7 +169,7 @@ def main() -> None:
     peak = metrics.measured_peak_per_device(metrics.measure_matmul_flops(
         (4096,) if devices[0].platform != "cpu" else (1024, 2048), dtype=peak_dtype))
     tokens = args.batch * args.seq
-    flops = models.family(cfg.model).train_flops_per_token(cfg.model, args.seq) * tokens
+    flops = models.train_flops_per_token(cfg.model, args.seq) * tokens
 
     steps = {"jaxbatch": jax_step(cfg, batch)}
     if args.vs_torch or args.torch_compile:

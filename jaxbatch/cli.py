@@ -204,7 +204,7 @@ def plan(args) -> int:
               f"the chip's peak take {chosen.flops / target.device_peak_flops * 1e3:.1f} ms (a floor)")
     if chosen.seconds and target:
         tokens = spec.train.batch_size * spec.data.seq_len
-        model_flops = models.family(spec.model).train_flops_per_token(spec.model, spec.data.seq_len) * tokens
+        model_flops = models.train_flops_per_token(spec.model, spec.data.seq_len) * tokens
         mfu = model_flops / (chosen.seconds * len(devices) * target.device_peak_flops)
         print(f"  estimated step time {chosen.seconds * 1e3:.1f} ms (XLA's TPU cost model): "
               f"{tokens / chosen.seconds:,.0f} tokens/s, MFU {mfu:.1%}")

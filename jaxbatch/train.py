@@ -14,7 +14,7 @@ import numpy as np
 
 from jax.experimental import multihost_utils
 
-from jaxbatch import checkpoint, config, evaluate, lora, losses, metrics, noise_scale, optim, rampup, reporting
+from jaxbatch import checkpoint, config, evaluate, lora, losses, metrics, models, noise_scale, optim, rampup, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
@@ -291,7 +291,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                     reporter.write(traced)
                 size, length = batch["input_ids"].shape
                 tokens = size * length
-                reporter.advance(tokens, run.family.train_flops_per_token(spec.model, length) * tokens)
+                reporter.advance(tokens, models.train_flops_per_token(spec.model, length) * tokens)
                 if noise is not None and "grad_sq_small" in step_metrics:  # every step (a one-micro-batch ramp
                     pending_noise.append((step_metrics["grad_sq_small"],  # step has none), fetched when logging
                                           step_metrics["grad_sq_big"], rampup.step_micro_batch(size, run.micro_batch),

@@ -134,6 +134,16 @@ def _names(params) -> list[str]:
     return [state_lib.param_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
+def test_mfu_counts_what_a_lora_step_computes():
+    """The frozen layers' weight-gradient matmuls are skipped: a LoRA step counts two thirds of the family's
+    training FLOPs (a lower bound), so MFU is not overstated nor the measured peak raised by it."""
+    from jaxbatch import models
+
+    plain, tuned = tiny_config().model, tiny_config(*LORA).model
+    assert models.train_flops_per_token(plain, 16) == models.family(plain).train_flops_per_token(plain, 16)
+    assert models.train_flops_per_token(tuned, 16) == pytest.approx(2 / 3 * models.train_flops_per_token(plain, 16))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["model.lora_targets=query,attn"], "model.lora_targets names dense layers among"),
     (["model.lora_rank=-1"], "model.lora_rank must be >= 0"),

@@ -107,6 +107,14 @@ def abstract_batch(model_cfg, batch: int, seq_len: int, shardings: Mapping | Non
             for k, s in shapes.items()}
 
 
+def train_flops_per_token(model_cfg, seq_len: int) -> float:
+    """The family's matmul FLOPs of a training step per token (what MFU counts); under LoRA (model.lora_rank)
+    two thirds of it, since the frozen layers' weight-gradient matmuls are not computed: a lower bound (the
+    attention core's and the head's gradients still are), so MFU is never overstated."""
+    flops = family(model_cfg).train_flops_per_token(model_cfg, seq_len)
+    return flops * 2 / 3 if model_cfg.lora_rank else flops
+
+
 def check_shape(model_cfg, shape: Mapping[str, Any]) -> None:
     """A named preset must agree with the shape a checkpoint's config.json gives; 'custom' takes it as is."""
     if model_cfg.preset == "custom":
