@@ -35,9 +35,9 @@ class LoraDense(Dense):
         fan_in = math.prod(shape[: self.n_in])
         bound = 1.0 / math.sqrt(fan_in)
         self.lora_a = param(rngs, lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound),
-                            (*shape[: self.n_in], rank), (*names[: self.n_in], None), contract=self.n_in, lora=True)
+                            (*shape[: self.n_in], rank), (*names[: self.n_in], None), lora=True)
         self.lora_b = param(rngs, jax.nn.initializers.zeros, (rank, *shape[self.n_in:]), (None, *names[self.n_in:]),
-                            contract=1, lora=True)
+                            lora=True)  # no `contract`: not a kernel compression would select
         self.scale = scale
 
     def __call__(self, x: jax.Array) -> jax.Array:
