@@ -518,21 +518,30 @@ def hf_configure(cfg, hf: dict):
                      attention_bias={"qwen2": "qkv"}.get(hf["model_type"], "all" if hf.get("attention_bias") else "none"),
                      qk_norm=hf["model_type"] == "qwen3",
                      mlp_bias=bool(hf.get("mlp_bias")), sliding_window=_hf_window(hf), **rope_shape)
-        act = models.hf_activation(hf, "hidden_act", _ACTIVATION["llama"])
+        act = _hf_activation(hf)
         if gemma:
             shape.update(arch="gemma", qk_norm=hf["model_type"] == "gemma3_text",
                          tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
                          query_scale=float(hf.get("query_pre_attn_scalar") or 0), **_hf_layer_kinds(hf))
-            act = models.hf_activation(hf, "hidden_activation", _ACTIVATION["gemma"])
-        if hf["model_type"] == "gemma":  # Gemma 1: pre-norm blocks; transformers reads its legacy "gelu" as tanh's
+        if hf["model_type"] == "gemma":  # Gemma 1: pre-norm blocks
             shape.update(block_norms="pre")
-            legacy = {"hidden_act": _ACTIVATION["gemma"]} if hf.get("hidden_act") == "gelu" else {}
-            act = models.hf_activation({**hf, **legacy}, "hidden_act", _ACTIVATION["gemma"])
     models.check_shape(cfg, shape)
     return dataclasses.replace(cfg, **shape, task="lm", activation=act)
 
 
 GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")  # Gemma 1, 2 and 3's text decoders: config.json's model_type
+
+
+def _hf_activation(hf: dict) -> str:
+    """model.activation from a LLaMA-style or Gemma config.json: Gemma 2 and 3 name it `hidden_activation`;
+    Gemma 1 reads `hidden_act` (a `hidden_activation` there, null in files transformers 4 wrote, is not read),
+    whose legacy "gelu" transformers reads as the tanh approximation."""
+    if hf["model_type"] == "gemma":
+        legacy = {"hidden_act": _ACTIVATION["gemma"]} if hf.get("hidden_act") == "gelu" else {}
+        return models.hf_activation({**hf, **legacy}, "hidden_act", _ACTIVATION["gemma"])
+    if hf["model_type"] in GEMMA_TYPES:
+        return models.hf_activation(hf, "hidden_activation", _ACTIVATION["gemma"])
+    return models.hf_activation(hf, "hidden_act", _ACTIVATION["llama"])
 
 
 def _hf_window(hf: dict) -> int:

@@ -456,7 +456,7 @@ def test_gemma1_equals_hf_and_round_trips(tmp_path):
             p.mul_(10.0 if "mlp" in name else 1.0)
     theirs.save_pretrained(folder)
     released = json.loads((folder / "config.json").read_text())  # transformers writes tanh's name back
-    (folder / "config.json").write_text(json.dumps({**released, "hidden_act": "gelu"}))
+    (folder / "config.json").write_text(json.dumps({**released, "hidden_act": "gelu", "hidden_activation": None}))
     restored = run_lib.restore(folder, ["mesh.data=4", "mesh.model=2"])
     spec = restored.run.spec.model
     assert (spec.arch, spec.block_norms, spec.activation, spec.sliding_window, spec.query_scale,
