@@ -41,11 +41,9 @@ class LoraDense(Dense):
         self.scale = scale
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = super().__call__(x)
-        a, b = (p[...].astype(self.dtype) for p in (self.lora_a, self.lora_b))
-        x = x.astype(self.dtype)
-        low = jax.lax.dot_general(x, a, ((tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in))), ((), ())))
-        return y + jnp.asarray(self.scale, self.dtype) * jnp.tensordot(low, b, axes=1)
+        low = self.contract(x, self.lora_a[...])
+        update = jnp.tensordot(low, self.lora_b[...].astype(self.dtype), axes=1)
+        return super().__call__(x) + jnp.asarray(self.scale, self.dtype) * update
 
 
 def targets(model_cfg) -> tuple[str, ...]:

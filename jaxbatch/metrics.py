@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbatch.losses import IGNORE_INDEX
+from jaxbatch.losses import IGNORE_INDEX, labelled
 
 
 def aligned_tags(preds: np.ndarray, labels: np.ndarray, label_names: list[str]) -> tuple[list, list]:
@@ -65,14 +65,14 @@ def regression_scores(predicted: np.ndarray, gold: np.ndarray, output_names: lis
     """`correlations` of a regression head over its labelled examples (gold NaN: unlabelled): of its one
     score, or, with several outputs, their mean over the outputs, and under `outputs` each output's own
     correlations and mean squared error."""
+    keep = labelled(gold)
     if gold.ndim == 1:
-        keep = gold == gold
         return correlations(predicted[keep], gold[keep])
     outputs = {}
     for k, name in enumerate(output_names):
-        keep = gold[:, k] == gold[:, k]
-        outputs[name] = {**correlations(predicted[keep, k], gold[keep, k]),
-                         "mse": float(np.mean(np.square(predicted[keep, k] - gold[keep, k]))) if keep.any() else
+        rows = keep[:, k]
+        outputs[name] = {**correlations(predicted[rows, k], gold[rows, k]),
+                         "mse": float(np.mean(np.square(predicted[rows, k] - gold[rows, k]))) if rows.any() else
                          float("nan")}
     return {**{c: float(np.mean([o[c] for o in outputs.values()])) for c in CORRELATIONS}, "outputs": outputs}
 

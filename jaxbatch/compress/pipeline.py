@@ -22,7 +22,6 @@ from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch.compress import lowrank, prune, quantize, storage
 from jaxbatch.errors import ConfigError
-from jaxbatch.state import param_name
 from jaxbatch.models.layers import Dense
 
 
@@ -142,11 +141,11 @@ def apply(restored: run_lib.Restored, opts: Options, log=print) -> tuple[config.
         raise ConfigError(f"{restored.source} is already compressed; compress the original run")
     model = nnx.merge(restored.run.graphdef, restored.params)
     if spec.model.lora_rank:  # the plain model with the LoRA updates folded into its kernels, then compressed
-        merged = lora.merged({param_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(restored.params)},
-                             spec.model)
+        name = state_lib.param_name
+        merged = lora.merged({name(p): x for p, x in jax.tree_util.tree_leaves_with_path(restored.params)}, spec.model)
         spec = config.replace(spec, model__lora_rank=0)
         model = state_lib.build_model(spec.model, spec.precision.policy)
-        nnx.update(model, jax.tree_util.tree_map_with_path(lambda p, x: np.asarray(merged[param_name(p)]),
+        nnx.update(model, jax.tree_util.tree_map_with_path(lambda p, x: np.asarray(merged[name(p)]),
                                                            nnx.state(model, nnx.Param)))
     before = _count(model)
     ranks = _factorize(model, opts, log) if (opts.rank or opts.rank_energy) else {}

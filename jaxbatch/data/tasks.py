@@ -229,12 +229,10 @@ def _class_id(label: str, index: dict[str, int]) -> int | None:
 
 
 def _outputs(data_cfg, ds: Dataset, train: Raw) -> list[str]:
-    """A regression head's output names: data.labels, or 0..K-1 when its training labels are lists of K > 1
-    scores; [] for one score (HF's LABEL_0). Every labelled example must give as many scores."""
+    """A regression head's output names: data.labels, or 0..K-1 when its first labelled training example
+    lists K > 1 scores; [] for one score (HF's LABEL_0). `_scores` holds every example to that width."""
     width = len(_score_list(train.labels[next((n for n, y in enumerate(train.labels) if y != ""), 0)]))
     names = _label_names(data_cfg, ds, train) if data_cfg.labels else []
-    if width > 1 or names:
-        _scores(train, len(names) or width)  # all the same width, or an error at the first that is not
     return names or ([str(k) for k in range(width)] if width > 1 else [])
 
 

@@ -53,10 +53,14 @@ class Dense(nnx.Module):
         self.bias = (param(rngs, jax.nn.initializers.zeros, out_shape, out_names, decay=False, head=head)
                      if use_bias else None)
 
+    def contract(self, x: jax.Array, w: jax.Array) -> jax.Array:
+        """x's trailing `n_in` dims against w's leading ones, in the compute dtype."""
+        x, w = x.astype(self.dtype), w.astype(self.dtype)
+        dims = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+        return jax.lax.dot_general(x, w, (dims, ((), ())))
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel[...].astype(self.dtype)
-        x = x.astype(self.dtype)
-        y = jax.lax.dot_general(x, k, ((tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in))), ((), ())))
+        y = self.contract(x, self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
