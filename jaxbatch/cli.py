@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     export_p.add_argument("run_dir")
     export_p.add_argument("out_dir", help="new folder (never overwritten)")
     export_p.add_argument("--step", type=int, help=STEP_HELP)
+    export_p.add_argument("--adapter", action="store_true",
+                          help="a LoRA run's factors and head as a PEFT adapter of its base folder (default: merged)")
     keys_p = sub.add_parser("keys", help="list every config key with its default")
     keys_p.add_argument("prefix", nargs="?", default="")
     args, extra = parser.parse_known_args(argv)
@@ -379,7 +381,8 @@ def compress(args) -> int:
 
 def export(args) -> int:
     """The run's best or newest checkpoint, or --step (params only, on this machine's devices) as config.json,
-    model.safetensors and tokenizer files, loadable by the family's transformers class."""
+    model.safetensors and tokenizer files, loadable by the family's transformers class; with --adapter, a LoRA
+    run as a PEFT adapter of the folder it started from."""
     from jaxbatch import hf
     from jaxbatch import run as run_lib
     from jaxbatch.errors import ConfigError
@@ -389,6 +392,14 @@ def export(args) -> int:
     if spec.model.quant or spec.model.lowrank:
         raise ConfigError(f"{args.run_dir} is a compressed model, which Hugging Face classes cannot load; "
                           f"export the run it was compressed from")
+    if args.adapter:
+        from jaxbatch import adapter
+
+        out = adapter.export(restored.params, restored.run.abstract_params, spec.model, args.out_dir,
+                             restored.tokenizer, run_lib.label_names(spec))
+        print(f"exported step {restored.step} of {args.run_dir} to {out} as a PEFT LoRA adapter of "
+              f"{spec.model.pretrained} (its README.md shows how to load it)")
+        return 0
     out = hf.export(restored.params, spec.model, args.out_dir, restored.tokenizer, run_lib.label_names(spec))
     print(f"exported step {restored.step} of {args.run_dir} to {out}")
     return 0

@@ -273,13 +273,19 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
     return params, report
 
 
+def save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """model.safetensors as transformers writes it. safetensors' numpy writer stores each array's buffer as it
+    lies in memory, so a transposed view would be written transposed: every array is made C-contiguous."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
 def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, label_names: list[str] | None = None,
            ) -> Path:
     """Writes config.json + model.safetensors (+ tokenizer files) loadable by the family's transformers
     model class (`from_pretrained`), into a new folder (folders.new_folder: an existing model is never
     overwritten)."""
-    from safetensors.numpy import save_file
-
     table = models.family(model_cfg).hf
     if table is None:
         raise CheckpointError(f"model family {model_cfg.family!r} has no Hugging Face conversion")
@@ -305,7 +311,7 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
         axis = next(iter(parts.values()))[0]
         tensors[table.tensor_name(hf_name, model_cfg)] = np.concatenate([parts[s][1] for s in sorted(parts)], axis)
     with folders.new_folder(folder) as partial:
-        save_file(tensors, str(partial / "model.safetensors"), metadata={"format": "pt"})
+        save_tensors(tensors, partial / "model.safetensors")
         (partial / "config.json").write_text(json.dumps(config_json, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))

@@ -1,0 +1,103 @@
+"""A LoRA run exported as a PEFT adapter: `PeftModel.from_pretrained` on the run's base folder gives the LoRA
+model's logits (factors in each family's key layout, GPT-2's fused c_attn as one factor pair of the summed
+rank, the trained head as modules_to_save), and an adapter that would load as another model is refused."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxbatch import adapter, config, lora
+from jaxbatch import run as run_lib
+from jaxbatch.errors import CheckpointError, ConfigError
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+SIZES = dict(vocab_size=97, num_hidden_layers=2, num_attention_heads=4)
+BASES = {  # name: (base class written as the pretrained folder, its config, class PEFT's base is loaded as, overrides)
+    "bert-sequence": ("BertModel", transformers.BertConfig(**SIZES, hidden_size=32, intermediate_size=64),
+                      "BertForSequenceClassification", ["model.task=sequence", "model.num_labels=3",
+                                                        "model.lora_targets=query,value,wi"]),
+    "bert-token": ("BertModel", transformers.BertConfig(**SIZES, hidden_size=32, intermediate_size=64),
+                   "BertForTokenClassification", ["model.task=token", "model.num_labels=5",
+                                                  "model.lora_targets=key,out,wo"]),
+    "gpt2": ("GPT2LMHeadModel", transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64),
+             "GPT2LMHeadModel", ["data.name=text", "model.lora_targets=query,value,out,wi"]),
+    "llama": ("LlamaForCausalLM", transformers.LlamaConfig(**SIZES, hidden_size=32, intermediate_size=64,
+                                                           num_key_value_heads=2, tie_word_embeddings=False),
+              "LlamaForCausalLM", ["data.name=text", "model.lora_targets=query,key,value,out,gate"]),
+}
+
+
+def _trained_run(tmp_path, name: str):
+    """A LoRA run on a random base folder, its trainable parameters moved as training would move them."""
+    cls, hf_cfg, _, overrides = BASES[name]
+    torch.manual_seed(0)
+    getattr(transformers, cls)(hf_cfg).save_pretrained(tmp_path / "base")
+    cfg = run_lib.resolve(config.build([f"model.pretrained={tmp_path / 'base'}", "train.batch_size=2",
+                                        "data.seq_len=12", "mesh.data=1", "model.lora_rank=4", "model.lora_alpha=12",
+                                        *overrides]))
+    run = run_lib.setup(cfg, devices=jax.devices()[:1])
+    keys = iter(jax.random.split(jax.random.key(1), 10_000))
+    moved = jax.tree.map(lambda x, t: x + 0.05 * jax.random.normal(next(keys), x.shape) if t else x,
+                         nnx.to_pure_dict(run.state.params), nnx.to_pure_dict(lora.trainable(run.state.params)))
+    params = run.state.params
+    nnx.replace_by_pure_dict(params, moved)
+    return run, params
+
+
+def _logits(run, params, ids):
+    model = nnx.merge(run.graphdef, params)
+    if run.spec.model.task == "lm":
+        positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+        return np.asarray(model(jnp.asarray(ids), positions, jnp.ones(ids.shape, jnp.int32)))
+    return np.asarray(model(jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32)))
+
+
+@pytest.mark.parametrize("name", list(BASES))
+def test_the_adapter_in_peft_gives_the_lora_models_logits(name, tmp_path):
+    run, params = _trained_run(tmp_path, name)
+    out = adapter.export(params, run.abstract_params, run.spec.model, tmp_path / "adapter", label_names=None)
+    written = json.loads((out / "adapter_config.json").read_text())
+    _, _, peft_cls, _ = BASES[name]
+    head = {} if run.spec.model.task == "lm" else {"num_labels": run.spec.model.num_labels}
+    base = getattr(transformers, peft_cls).from_pretrained(written["base_model_name_or_path"], **head)
+    model = peft.PeftModel.from_pretrained(base, out).eval()
+    ids = np.random.default_rng(0).integers(5, 97, (2, 12))
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor(ids)).logits.numpy()
+    ours = _logits(run, params, ids)
+    np.testing.assert_allclose(theirs, ours, atol=2e-5)
+    untrained = run_lib.setup(run.spec, devices=jax.devices()[:1]).state.params
+    assert np.abs(ours - _logits(run, untrained, ids)).max() > 1e-3  # the factors and the head change the model
+    if name == "gpt2":  # query and value share c_attn: one pair of rank 2 x 4, scaled by 12 / 4 all the same
+        assert written["rank_pattern"] == {f"transformer.h.{i}.attn.c_attn": 8 for i in range(2)}
+        assert written["alpha_pattern"] == {f"transformer.h.{i}.attn.c_attn": 24 for i in range(2)}
+        assert written["fan_in_fan_out"] is True
+    if name == "bert-sequence":  # the trained pooler is saved beside the classifier
+        assert written["modules_to_save"] == ["bert.pooler.dense", "classifier"]
+
+
+def test_an_adapter_that_would_load_as_another_model_is_refused(tmp_path):
+    run, params = _trained_run(tmp_path, "llama")
+    flat = nnx.to_pure_dict(params)
+    flat["layers"][0]["attention"]["key"]["kernel"] = flat["layers"][0]["attention"]["key"]["kernel"] + 1e-3
+    nnx.replace_by_pure_dict(params, flat)  # a frozen kernel no longer the base folder's
+    with pytest.raises(CheckpointError, match=r"model.layers.0.self_attn.k_proj.weight differs from the run's frozen"):
+        adapter.export(params, run.abstract_params, run.spec.model, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_runs_without_factors_or_base_take_the_merged_export():
+    from conftest import tiny_config
+
+    plain = tiny_config().model
+    with pytest.raises(ConfigError, match="model.lora_rank is 0"):
+        adapter.export({}, {}, plain, "unused")
+    with pytest.raises(ConfigError, match="randomly initialised"):
+        adapter.export({}, {}, tiny_config("model.lora_rank=4").model, "unused")
