@@ -1,5 +1,7 @@
-"""A LoRA run as a Hugging Face PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`), so
-`PeftModel.from_pretrained(base, folder)` on the run's pretrained base gives the LoRA model's function.
+"""Hugging Face PEFT LoRA adapter folders (`adapter_config.json` + `adapter_model.safetensors`), both ways: a
+LoRA run exported as one, so `PeftModel.from_pretrained(base, folder)` on the run's pretrained base gives the
+LoRA model's function, and one read back as `model.pretrained` (train on, predict, evaluate, generate): its
+base folder's weights, then its factors and saved head.
 
 PEFT's layout: each targeted module holds `lora_A.weight` (rank, in features) and `lora_B.weight` (out
 features, rank) beside its frozen weight, scaled by lora_alpha / r; `modules_to_save` are whole modules
@@ -12,7 +14,9 @@ model.
 
 An adapter is only the difference from its base, so the frozen parameters must still be the base folder's:
 export compares every one of them with the folder it names (`base_model_name_or_path`) and refuses to write an
-adapter that would load as another model.
+adapter that would load as another model. Reading one, each module's own scale (`alpha_pattern`,
+`rank_pattern`, rsLoRA's alpha / sqrt(r)) is folded into its B, and a lower rank is padded with zeros, so one
+rank and one scale hold them all with the same function.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.state import param_name
 
 TASK_TYPES = {"sequence": "SEQ_CLS", "token": "TOKEN_CLS", "lm": "CAUSAL_LM"}  # PEFT's TaskType by model.task
+CONFIG, WEIGHTS, PREFIX = "adapter_config.json", ("adapter_model.safetensors", "adapter_model.bin"), "base_model.model."
 PEFT_HEADS = ("classifier", "score")  # modules PEFT's SEQ_CLS / TOKEN_CLS models keep trainable by themselves
 CONV1D = ("copy", "heads_in", "heads_last")  # hf.to_theirs layouts of a kernel stored (in, out): transformers' Conv1D
 
@@ -63,7 +68,7 @@ def _factors(flat: dict, model_cfg, mapping: dict, tensor_name) -> tuple[dict, d
     """PEFT's factor tensors by module, and each module's rank where it differs from model.lora_rank (a fused
     HF tensor holding several targeted parts)."""
     rank = model_cfg.lora_rank
-    parts: dict[str, list] = {}  # HF module -> [(first out row, rows, A (r, in), B (rows, r), out rows in all)]
+    parts: dict[str, list] = {}  # HF module -> [(its first output row, A (r, in), B (rows, r), the module's rows)]
     for name in flat:
         if not name.endswith(".lora_a"):
             continue
@@ -73,8 +78,7 @@ def _factors(flat: dict, model_cfg, mapping: dict, tensor_name) -> tuple[dict, d
         a_t, b_t = a.reshape(-1, rank).T, b.reshape(rank, -1).T
         start, total = 0, b_t.shape[0]
         if how.startswith("part:"):  # a slice of a fused projection's output features
-            _, axis, start, stop, _ = how.split(":")
-            start = int(start)
+            start = int(how.split(":")[2])
             total = max(int(h.split(":")[3]) for n, (t, h) in mapping.items() if t == hf_name and n.endswith(".kernel"))
         parts.setdefault(_module(tensor_name(hf_name, model_cfg)), []).append((start, a_t, b_t, total))
     tensors, ranks = {}, {}
@@ -85,8 +89,7 @@ def _factors(flat: dict, model_cfg, mapping: dict, tensor_name) -> tuple[dict, d
         b = np.zeros((total, r), np.float32)
         for i, (start, _, b_t, _) in enumerate(found):
             b[start: start + b_t.shape[0], i * rank: (i + 1) * rank] = b_t
-        tensors[f"base_model.model.{module}.lora_A.weight"] = a
-        tensors[f"base_model.model.{module}.lora_B.weight"] = b
+        tensors[f"{PREFIX}{module}.lora_A.weight"], tensors[f"{PREFIX}{module}.lora_B.weight"] = a, b
         if r != rank:
             ranks[module] = r
     return tensors, ranks, parts
@@ -105,6 +108,7 @@ def export(params, abstract_params, model_cfg, folder: str | Path, tokenizer=Non
         raise ConfigError("--adapter needs the base model the run started from, and this one was randomly "
                           "initialised (no model.pretrained); export the merged model instead (without --adapter)")
     base = hf.resolve(model_cfg.pretrained)
+    base = base_folder(base) if is_adapter(base) else base  # a run that started from an adapter: its base
     table = models.family(model_cfg).hf
     mapping = table.key_map(model_cfg)
     flat = _flat_params(params)
@@ -117,7 +121,7 @@ def export(params, abstract_params, model_cfg, folder: str | Path, tokenizer=Non
     for name, t in trains.items():
         if t and not name.endswith((".lora_a", ".lora_b")):
             hf_name, how = mapping[name]
-            tensors[f"base_model.model.{table.tensor_name(hf_name, model_cfg)}"] = hf.to_theirs(flat[name], how)
+            tensors[f"{PREFIX}{table.tensor_name(hf_name, model_cfg)}"] = hf.to_theirs(flat[name], how)
     # PEFT wraps a task model's `classifier` whole; a head module under it is then saved through that wrapper
     saved = sorted({next((p for p in PEFT_HEADS if m == p or m.startswith(p + ".")), m) if task != "CAUSAL_LM" else m
                     for m in heads})
@@ -152,3 +156,172 @@ def _readme(model_cfg, task: str, base: Path, hf_json: dict) -> str:
             f"```python\nfrom peft import PeftModel\nfrom transformers import {auto}\n\n"
             f"base = {auto}.from_pretrained({str(base.resolve())!r}{head})\n"
             f"model = PeftModel.from_pretrained(base, 'THIS_FOLDER')\n```\n")
+
+
+def is_adapter(folder: Path) -> bool:
+    """A PEFT adapter folder (its weights are a base model's plus these)."""
+    return (folder / CONFIG).is_file() and not (folder / "config.json").is_file()
+
+
+def read_config(folder: Path) -> dict:
+    """adapter_config.json, checked to be a LoRA adapter jaxbatch runs exactly."""
+    path = folder / CONFIG
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    unsupported = {"peft_type": (cfg.get("peft_type"), "LORA"), "use_dora": (bool(cfg.get("use_dora")), False),
+                   "bias": (cfg.get("bias", "none"), "none")}
+    for key, (value, wanted) in unsupported.items():
+        if value != wanted:
+            raise CheckpointError(f"{path}: {key} {value!r} is not read (only LoRA adapters with {key} {wanted!r})")
+    for key in ("r", "lora_alpha"):
+        if not isinstance(cfg.get(key), (int, float)) or cfg[key] <= 0:
+            raise CheckpointError(f"{path}: {key} must be a positive number, got {cfg.get(key)!r}")
+    return cfg
+
+
+def base_folder(folder: Path) -> Path:
+    """The base model the adapter was trained on: `base_model_name_or_path`, a local folder (or known name)."""
+    from jaxbatch import hf
+
+    name = read_config(folder).get("base_model_name_or_path")
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{folder / CONFIG}: no base_model_name_or_path; write there the folder of the base "
+                              f"model the adapter was trained on")
+    try:
+        return hf.resolve(name, key=f"{folder / CONFIG}: base_model_name_or_path")
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; jaxbatch reads local folders: download the base model and write its folder "
+                              f"there") from e
+
+
+def read_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """The adapter's tensors by the base model's names (PEFT's `base_model.model.` prefix dropped)."""
+    from jaxbatch import hf
+
+    for name in WEIGHTS:
+        if (folder / name).is_file():
+            return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in hf.read_file(folder / name).items()}
+    raise CheckpointError(f"{folder}: neither {' nor '.join(WEIGHTS)}")
+
+
+def _pattern(patterns: dict, module: str, default):
+    """PEFT's rank_pattern / alpha_pattern lookup: a key matching the module path's end, as regex."""
+    import re
+
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _targets(model_cfg, tensor_name) -> dict[str, list]:
+    """HF module -> [(our dense layer's path, its key-map layout)] for every layer LoRA can target."""
+    out: dict[str, list] = {}
+    for name, (hf_name, how) in models.family(model_cfg).hf.key_map(model_cfg).items():
+        stem = name[: -len(".kernel")]
+        if name.endswith(".kernel") and stem.rsplit(".", 1)[-1] in lora.TARGETS:
+            out.setdefault(_module(tensor_name(hf_name, model_cfg)), []).append((stem, how))
+    return out
+
+
+def _factor_modules(folder: Path, tensors: dict, model_cfg) -> dict[str, tuple[np.ndarray, np.ndarray, list, float]]:
+    """HF module -> (A (r, in), B (out, r), our layers in it, the module's scale)."""
+    cfg = read_config(folder)
+    table = models.family(model_cfg).hf
+    targets = _targets(model_cfg, table.tensor_name)
+    found = {}
+    for key in tensors:
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")]
+        if module not in targets:
+            raise CheckpointError(f"{folder}: LoRA factors for {module}, which is not a dense layer jaxbatch trains "
+                                  f"LoRA on ({', '.join(lora.TARGETS)})")
+        a, b = tensors[key], tensors.get(f"{module}.lora_B.weight")
+        if b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise CheckpointError(f"{folder}: {module}'s lora_A {a.shape} and lora_B "
+                                  f"{None if b is None else b.shape} are not a factor pair")
+        r = a.shape[0]
+        alpha = _pattern(cfg.get("alpha_pattern"), module, cfg["lora_alpha"])
+        found[module] = (a, b, targets[module], alpha / (r ** 0.5 if cfg.get("use_rslora") else r))
+    if not found:
+        raise CheckpointError(f"{folder}: no LoRA factors (no *.lora_A.weight tensor)")
+    return found
+
+
+def configure(model_cfg, folder: Path):
+    """The base-shaped model config with the adapter's LoRA (rank: the largest module's; scale: the adapter's
+    own alpha / r), task (its task_type) and, for a head it saves, label count."""
+    import dataclasses
+
+    cfg, tensors = read_config(folder), read_tensors(folder)
+    task = {v: k for k, v in TASK_TYPES.items()}.get(cfg.get("task_type"), model_cfg.task)
+    model_cfg = dataclasses.replace(model_cfg, task=task)
+    found = _factor_modules(folder, tensors, model_cfg)
+    rank = max(a.shape[0] for a, _, _, _ in found.values())
+    if model_cfg.lora_rank not in (0, rank):
+        raise ConfigError(f"model.lora_rank={model_cfg.lora_rank}, but {folder} holds factors of rank {rank}")
+    scale = cfg["lora_alpha"] / (cfg["r"] ** 0.5 if cfg.get("use_rslora") else cfg["r"])
+    names = sorted({stem.rsplit(".", 1)[-1] for _, _, layers, _ in found.values() for stem, _ in layers})
+    model_cfg = dataclasses.replace(model_cfg, lora_rank=rank, lora_alpha=scale * rank, lora_targets=",".join(names))
+    return dataclasses.replace(model_cfg, num_labels=_num_labels(model_cfg, tensors))
+
+
+def _num_labels(model_cfg, tensors: dict) -> int:
+    """The label count of a saved head: the size of its `labels` axis (the model's own otherwise)."""
+    from jaxbatch import state as state_lib
+
+    if model_cfg.task == "lm":
+        return model_cfg.num_labels
+    table = models.family(model_cfg).hf
+    mapping = table.key_map(model_cfg)
+    _, abstract = state_lib.abstract_model(model_cfg, "fp32")
+    for path, v in jax.tree_util.tree_leaves_with_path(abstract, is_leaf=lambda x: hasattr(x, "get_metadata")):
+        axes = v.get_metadata().get("logical_axes") or ()
+        name = param_name(path)
+        tensor = tensors.get(table.tensor_name(mapping[name][0], model_cfg)) if name in mapping else None
+        if "labels" in axes and tensor is not None:
+            others = int(np.prod([n for n, a in zip(v.shape, axes) if a != "labels"]))
+            return tensor.size // others
+    return model_cfg.num_labels
+
+
+def values(folder: Path, model_cfg, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """Our parameters the adapter sets ({name: array of `shapes[name]`}): each targeted layer's factors (the
+    module's scale over ours folded into B, padded to model.lora_rank) and the head modules it saves."""
+    from jaxbatch import hf
+
+    tensors = read_tensors(folder)
+    rank, scale = model_cfg.lora_rank, lora.scale(model_cfg)
+    out = {}
+    for module, (a, b, layers, module_scale) in _factor_modules(folder, tensors, model_cfg).items():
+        r = a.shape[0]
+        for stem, how in layers:
+            rows = b
+            if how.startswith("part:"):  # this layer's slice of a fused projection's output features
+                _, _, start, stop, _ = how.split(":")
+                rows = b[int(start): int(stop)]
+            lora_a, lora_b = np.zeros((a.shape[1], rank), np.float32), np.zeros((rank, rows.shape[0]), np.float32)
+            lora_a[:, :r], lora_b[:r] = a.T, rows.T * (module_scale / scale)
+            for name, x in ((f"{stem}.lora_a", lora_a), (f"{stem}.lora_b", lora_b)):
+                if x.size != int(np.prod(shapes[name])):
+                    raise CheckpointError(f"{folder}: {module}'s factors do not fit {name} {shapes[name]}")
+                out[name] = x.reshape(shapes[name])
+    table = models.family(model_cfg).hf
+    by_tensor = {table.tensor_name(hf_name, model_cfg): (name, how)
+                 for name, (hf_name, how) in table.key_map(model_cfg).items()}
+    for key, x in tensors.items():
+        if ".lora_" in key:
+            continue
+        if key not in by_tensor:
+            raise CheckpointError(f"{folder}: saved tensor {key} is not a parameter of this model")
+        name, how = by_tensor[key]
+        try:
+            out[name] = hf.to_ours(x.astype(np.float32), how, shapes[name])
+        except ValueError as e:
+            raise CheckpointError(f"{folder}: tensor {key} of shape {x.shape} {e} for {name}") from e
+    return out

@@ -397,8 +397,8 @@ def export(args) -> int:
 
         out = adapter.export(restored.params, restored.run.abstract_params, spec.model, args.out_dir,
                              restored.tokenizer, run_lib.label_names(spec))
-        print(f"exported step {restored.step} of {args.run_dir} to {out} as a PEFT LoRA adapter of "
-              f"{spec.model.pretrained} (its README.md shows how to load it)")
+        print(f"exported step {restored.step} of {args.run_dir} to {out} as a PEFT LoRA adapter "
+              f"(its README.md names the base model and shows how to load it)")
         return 0
     out = hf.export(restored.params, spec.model, args.out_dir, restored.tokenizer, run_lib.label_names(spec))
     print(f"exported step {restored.step} of {args.run_dir} to {out}")

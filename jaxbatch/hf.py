@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxbatch import config, folders, lora, models
+from jaxbatch import adapter, config, folders, lora, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.state import param_name
 
@@ -55,7 +55,9 @@ def read_config(folder: Path) -> dict:
 
 
 def family_for(folder: Path) -> str:
-    """The registered family whose HF table reads this folder's `model_type`."""
+    """The registered family whose HF table reads this folder's `model_type` (a PEFT adapter's: its base's)."""
+    if adapter.is_adapter(folder):
+        return family_for(adapter.base_folder(folder))
     hf = read_config(folder)
     model_type = hf.get("model_type")
     for name in models.names():
@@ -67,7 +69,10 @@ def family_for(folder: Path) -> str:
 
 
 def configure(model_cfg, folder: Path):
-    """The model config with the shape of the folder's config.json (the family checks it)."""
+    """The model config with the shape of the folder's config.json (the family checks it); a PEFT adapter's is
+    its base folder's, with the adapter's LoRA, task and head."""
+    if adapter.is_adapter(folder):
+        return adapter.configure(configure(model_cfg, adapter.base_folder(folder)), folder)
     fam = models.family(model_cfg)
     hf = read_config(folder)
     if fam.hf is None or hf.get("model_type", fam.hf.model_types[0]) not in fam.hf.model_types:
@@ -113,7 +118,11 @@ class _ConfigJson(dict):
 
 
 def label_names(folder: Path, num_labels: int) -> list[str]:
-    """config.json's `id2label` in id order (HF's LABEL_i names when it has none)."""
+    """config.json's `id2label` in id order (HF's LABEL_i names when it has none, or for a PEFT adapter's head
+    when its base's are another count)."""
+    if adapter.is_adapter(folder):
+        names = label_names(adapter.base_folder(folder), num_labels)
+        return names if len(names) == max(num_labels, 2) else [f"LABEL_{i}" for i in range(max(num_labels, 2))]
     id2label = read_config(folder).get("id2label") or {}
     try:
         names = [id2label[str(i)] for i in range(len(id2label))]
@@ -136,6 +145,11 @@ def read_tensors(folder: Path) -> dict[str, np.ndarray]:
             return tensors
     raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin (nor a sharded "
                           f"*.index.json of either)")
+
+
+def read_file(path: Path) -> dict[str, np.ndarray]:
+    """One weights file's tensors: safetensors, or a PyTorch pickle (needs torch)."""
+    return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
 
 
 def _shards(index: Path) -> list[Path]:
@@ -240,7 +254,19 @@ class LoadReport:
 
 def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[nnx.State, LoadReport]:
     """Replaces every parameter the checkpoint has; keeps the others (reported as new). Each array is
-    built shard by shard on its devices from the host copy."""
+    built shard by shard on its devices from the host copy. A PEFT adapter: its base folder's, then the
+    adapter's factors and head."""
+    if adapter.is_adapter(folder):
+        params, report = load_params(adapter.base_folder(folder), model_cfg, params, shardings)
+        flat_sh = {param_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(shardings)}
+        values = adapter.values(folder, model_cfg, {param_name(p): tuple(x.shape) for p, x in
+                                                    jax.tree_util.tree_leaves_with_path(params)})
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, x: _placed(values[param_name(p)], flat_sh[param_name(p)]) if param_name(p) in values else x,
+            params)
+        return params, dataclasses.replace(report, folder=f"{folder} (PEFT adapter) on {report.folder}",
+                                           loaded=report.loaded + sorted(values),
+                                           new=[n for n in report.new if n not in values])
     table = models.family(model_cfg).hf
     try:
         tensors = table.unfuse({table.normalize_name(k): v for k, v in read_tensors(folder).items()}, model_cfg)
@@ -264,7 +290,7 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
                                   f"(config.json and the weights disagree?)") from e
         used.add(hf_name)
         loaded.append(name)
-        return jax.make_array_from_callback(value.shape, flat_sh[name], lambda idx: value[idx])
+        return _placed(value, flat_sh[name])
 
     params = jax.tree_util.tree_map_with_path(one, params)
     rest = sorted(set(tensors) - used)
@@ -279,6 +305,11 @@ def save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
     from safetensors.numpy import save_file
 
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def _placed(value: np.ndarray, sharding) -> jax.Array:
+    """A host array as a sharded one, each device given only its slice."""
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
 def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, label_names: list[str] | None = None,

@@ -115,7 +115,8 @@ def tokenizer(spec: config.Config, run_dir: str | Path | None = None):
         from jaxbatch import hf
 
         key = "data.tokenizer" if spec.data.tokenizer else "model.pretrained"
-        return family.tokenizer(hf.resolve(spec.data.tokenizer or spec.model.pretrained, key))
+        folder = hf.resolve(spec.data.tokenizer or spec.model.pretrained, key)
+        return _folder_tokenizer(family, folder) or family.tokenizer(folder)  # none: the folder's own error
     if spec.data.name.startswith("synthetic"):
         from jaxbatch.data import synthetic
 
@@ -229,7 +230,7 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
     the mesh (`mesh.model=2`), the eval batch (`train.batch_size`), `data.seq_len` and how an evaluated
     split's unknown tags are read (`data.unknown_label`); by default all devices split the batch. `step` picks
     one checkpoint of a run dir (default: its best by checkpoint.best_metric, else its newest)."""
-    from jaxbatch import checkpoint, hf
+    from jaxbatch import adapter, checkpoint, hf
     from jaxbatch.compress import storage
 
     source = Path(source)
@@ -248,12 +249,13 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
         run = setup(spec, devices=devices, training=False)
         params = storage.load(source, run.abstract_params, run.params_sh)
         return Restored(run, params, tokenizer(spec, source), str(source))
-    if (source / "config.json").is_file() and not (source / "checkpoints").is_dir():
+    if ((source / "config.json").is_file() or adapter.is_adapter(source)) and not (source / "checkpoints").is_dir():
         spec = config.build(inference_mesh + list(overrides), base=hf_spec(source))
         run = setup(spec, devices=devices, training=False)
         params, report = hf.load_params(source, spec.model, _zeros(run), run.params_sh)
-        if report.new:
-            raise CheckpointError(f"{source}: weights missing for {', '.join(report.new)}")
+        missing = [n for n in report.new if not n.endswith((".lora_a", ".lora_b"))]  # zero factors: no update
+        if missing:
+            raise CheckpointError(f"{source}: weights missing for {', '.join(missing)}")
         return Restored(run, params, _folder_tokenizer(run.family, source), str(source))
     ckpt = checkpoint.Checkpointer(source / "checkpoints", read_only=True)
     try:
@@ -300,11 +302,15 @@ def _finished(ckpt, spec: config.Config) -> bool:
 
 
 def _folder_tokenizer(family: models.Family, folder: Path):
-    """The folder's tokenizer, or None when it has no tokenizer files (weights only)."""
-    try:
-        return family.tokenizer(folder)
-    except CheckpointError:
-        return None
+    """The folder's tokenizer (a PEFT adapter's, else its base's), or None when it has no tokenizer files."""
+    from jaxbatch import adapter
+
+    for source in (folder, adapter.base_folder(folder)) if adapter.is_adapter(folder) else (folder,):
+        try:
+            return family.tokenizer(source)
+        except CheckpointError:
+            continue
+    return None
 
 
 def _zeros(run: Run) -> nnx.State:

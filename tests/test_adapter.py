@@ -101,3 +101,74 @@ def test_runs_without_factors_or_base_take_the_merged_export():
         adapter.export({}, {}, plain, "unused")
     with pytest.raises(ConfigError, match="randomly initialised"):
         adapter.export({}, {}, tiny_config("model.lora_rank=4").model, "unused")
+
+
+PEFT_MADE = {  # name: (base key in BASES, LoraConfig arguments); B and the head drawn at random after creation
+    "bert-sequence": ("bert-sequence", dict(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                            rank_pattern={"layer.1.attention.self.value": 2},
+                                            alpha_pattern={"layer.1.attention.self.value": 6}, use_rslora=True)),
+    "bert-token": ("bert-token", dict(r=2, lora_alpha=4, target_modules=["key", "output.dense"],
+                                      layers_to_transform=[1])),
+    "gpt2": ("gpt2", dict(r=4, lora_alpha=16, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True)),
+    "llama": ("llama", dict(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"])),
+}
+
+
+@pytest.mark.parametrize("name", list(PEFT_MADE))
+def test_a_peft_adapter_loads_as_the_lora_model(name, tmp_path):
+    """An adapter PEFT wrote (per-module ranks and alphas, rsLoRA, some layers only, GPT-2's fused c_attn with a
+    full B, the head as modules_to_save): predict's restore and a training run from it give PEFT's logits, and
+    the run trains the adapter's rank and targets."""
+    key, lora_args = PEFT_MADE[name]
+    cls, hf_cfg, peft_cls, overrides = BASES[key]
+    torch.manual_seed(0)
+    getattr(transformers, cls)(hf_cfg).save_pretrained(tmp_path / "base")
+    task = {"BertForSequenceClassification": "SEQ_CLS", "BertForTokenClassification": "TOKEN_CLS"}.get(peft_cls,
+                                                                                                       "CAUSAL_LM")
+    head = {} if task == "CAUSAL_LM" else {"num_labels": 3}
+    model = peft.get_peft_model(getattr(transformers, peft_cls).from_pretrained(tmp_path / "base", **head),
+                                peft.LoraConfig(task_type=task, **lora_args))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or "modules_to_save" in n:
+                p.normal_(0, 0.2)
+    model.save_pretrained(tmp_path / "adapter")
+    ids = np.random.default_rng(0).integers(5, 97, (2, 12))
+    with torch.no_grad():
+        theirs = model.eval()(input_ids=torch.tensor(ids)).logits.numpy()
+
+    restored = run_lib.restore(tmp_path / "adapter", ["data.seq_len=12"])
+    np.testing.assert_allclose(_logits(restored.run, restored.params, ids), theirs, atol=2e-5)
+    data = [o for o in overrides if o.startswith("data.")]
+    run = run_lib.setup(run_lib.resolve(config.build([f"model.pretrained={tmp_path / 'adapter'}", "mesh.data=1",
+                                                      "train.batch_size=2", "data.seq_len=12", *data])),
+                        devices=jax.devices()[:1])
+    np.testing.assert_allclose(_logits(run, run.state.params, ids), theirs, atol=2e-5)
+    spec = run.spec.model
+    assert spec.lora_rank == lora_args["r"] and spec.task == {"SEQ_CLS": "sequence", "TOKEN_CLS": "token"}.get(
+        task, "lm")
+    if name == "gpt2":  # c_attn's factors reach query, key and value
+        assert spec.lora_targets == "key,query,value,wo"
+
+
+def test_an_exported_adapter_reads_back_as_the_same_model(tmp_path):
+    run, params = _trained_run(tmp_path, "gpt2")
+    out = adapter.export(params, run.abstract_params, run.spec.model, tmp_path / "adapter")
+    restored = run_lib.restore(out, ["data.seq_len=12"])
+    ids = np.random.default_rng(1).integers(5, 97, (2, 12))
+    np.testing.assert_allclose(_logits(restored.run, restored.params, ids), _logits(run, params, ids), atol=1e-5)
+    assert restored.run.spec.model.lora_rank == 8  # query and value shared c_attn: rank 2 x 4, one scale
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(peft_type="IA3"), "peft_type 'IA3' is not read"),
+    (dict(use_dora=True), "use_dora True is not read"),
+    (dict(base_model_name_or_path="org/not-here"), "download the base model and write its folder there"),
+    (dict(r=0), "r must be a positive number")])
+def test_adapters_jaxbatch_cannot_run_exactly_are_one_line(change, message, tmp_path):
+    run, params = _trained_run(tmp_path, "llama")
+    out = adapter.export(params, run.abstract_params, run.spec.model, tmp_path / "adapter")
+    written = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**written, **change}))
+    with pytest.raises(CheckpointError, match=message):
+        run_lib.restore(out)
