@@ -235,6 +235,9 @@ def _factor_modules(folder: Path, tensors: dict, model_cfg) -> dict[str, tuple[n
     targets = _targets(model_cfg, table.tensor_name)
     found = {}
     for key in tensors:
+        if ".lora_" in key and not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise CheckpointError(f"{folder}: {key} is not read (LoRA factors of dense layers only, not of "
+                                  f"embeddings or convolutions)")
         if not key.endswith(".lora_A.weight"):
             continue
         module = key[: -len(".lora_A.weight")]

@@ -164,11 +164,20 @@ def test_an_exported_adapter_reads_back_as_the_same_model(tmp_path):
     (dict(peft_type="IA3"), "peft_type 'IA3' is not read"),
     (dict(use_dora=True), "use_dora True is not read"),
     (dict(base_model_name_or_path="org/not-here"), "download the base model and write its folder there"),
-    (dict(r=0), "r must be a positive number")])
+    (dict(r=0), "r must be a positive number"),
+    ("embedding", r"model.embed_tokens.lora_embedding_A is not read")])
 def test_adapters_jaxbatch_cannot_run_exactly_are_one_line(change, message, tmp_path):
+    """Including LoRA on the embeddings (PEFT's lora_embedding_A/B), which jaxbatch does not train."""
     run, params = _trained_run(tmp_path, "llama")
     out = adapter.export(params, run.abstract_params, run.spec.model, tmp_path / "adapter")
-    written = json.loads((out / "adapter_config.json").read_text())
-    (out / "adapter_config.json").write_text(json.dumps({**written, **change}))
+    if change == "embedding":
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(out / "adapter_model.safetensors")
+        tensors["base_model.model.model.embed_tokens.lora_embedding_A"] = np.zeros((4, 97), np.float32)
+        save_file(tensors, out / "adapter_model.safetensors")
+    else:
+        written = json.loads((out / "adapter_config.json").read_text())
+        (out / "adapter_config.json").write_text(json.dumps({**written, **change}))
     with pytest.raises(CheckpointError, match=message):
         run_lib.restore(out)
