@@ -132,8 +132,9 @@ def export(params, abstract_params, model_cfg, folder: str | Path, tokenizer=Non
         "peft_type": "LORA", "task_type": task, "base_model_name_or_path": str(base.resolve()),
         "r": model_cfg.lora_rank, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
         "target_modules": sorted(parts), "modules_to_save": saved or None,
-        "rank_pattern": ranks, "alpha_pattern": {m: alpha * r / model_cfg.lora_rank for m, r in ranks.items()},
-        "fan_in_fan_out": bool(layouts & set(CONV1D)), "use_rslora": False, "use_dora": False,
+        "rank_pattern": ranks, "alpha_pattern": {m: lora.scale(model_cfg) * _divisor(r, model_cfg.lora_rslora)
+                                                 for m, r in ranks.items()},
+        "fan_in_fan_out": bool(layouts & set(CONV1D)), "use_rslora": model_cfg.lora_rslora, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True,
     }
     with folders.new_folder(folder) as partial:
@@ -208,6 +209,11 @@ def read_tensors(folder: Path) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{folder}: neither {' nor '.join(WEIGHTS)}")
 
 
+def _divisor(rank: int, rslora: bool) -> float:
+    """What alpha is divided by for the scale: the rank, or its square root (rsLoRA)."""
+    return rank ** 0.5 if rslora else rank
+
+
 def _pattern(patterns: dict, module: str, default):
     """PEFT's rank_pattern / alpha_pattern lookup: a key matching the module path's end, as regex."""
     import re
@@ -250,7 +256,7 @@ def _factor_modules(folder: Path, tensors: dict, model_cfg) -> dict[str, tuple[n
                                   f"{None if b is None else b.shape} are not a factor pair")
         r = a.shape[0]
         alpha = _pattern(cfg.get("alpha_pattern"), module, cfg["lora_alpha"])
-        found[module] = (a, b, targets[module], alpha / (r ** 0.5 if cfg.get("use_rslora") else r))
+        found[module] = (a, b, targets[module], alpha / _divisor(r, bool(cfg.get("use_rslora"))))
     if not found:
         raise CheckpointError(f"{folder}: no LoRA factors (no *.lora_A.weight tensor)")
     return found
@@ -258,7 +264,7 @@ def _factor_modules(folder: Path, tensors: dict, model_cfg) -> dict[str, tuple[n
 
 def configure(model_cfg, folder: Path):
     """The base-shaped model config with the adapter's LoRA (rank: the largest module's; scale: the adapter's
-    own alpha / r), task (its task_type) and, for a head it saves, label count."""
+    own alpha / r, or / sqrt(r) under rsLoRA), task (its task_type) and, for a head it saves, label count."""
     import dataclasses
 
     cfg, tensors = read_config(folder), read_tensors(folder)
@@ -268,9 +274,11 @@ def configure(model_cfg, folder: Path):
     rank = max(a.shape[0] for a, _, _, _ in found.values())
     if model_cfg.lora_rank not in (0, rank):
         raise ConfigError(f"model.lora_rank={model_cfg.lora_rank}, but {folder} holds factors of rank {rank}")
-    scale = cfg["lora_alpha"] / (cfg["r"] ** 0.5 if cfg.get("use_rslora") else cfg["r"])
+    rslora = bool(cfg.get("use_rslora"))
+    alpha = cfg["lora_alpha"] * _divisor(rank, rslora) / _divisor(cfg["r"], rslora)  # the adapter's scale at `rank`
     names = sorted({stem.rsplit(".", 1)[-1] for _, _, layers, _ in found.values() for stem, _ in layers})
-    model_cfg = dataclasses.replace(model_cfg, lora_rank=rank, lora_alpha=scale * rank, lora_targets=",".join(names))
+    model_cfg = dataclasses.replace(model_cfg, lora_rank=rank, lora_alpha=alpha, lora_targets=",".join(names),
+                                    lora_rslora=rslora)
     return dataclasses.replace(model_cfg, num_labels=_num_labels(model_cfg, tensors))
 
 

@@ -111,10 +111,12 @@ class ModelConfig:
     quant_exclude: str = ""  # regex over module paths kept in float
     lowrank: str = ""  # module.path:rank,...: dense layers replaced by two rank-r factors
     # LoRA fine-tuning (jaxbatch/lora.py): rank > 0 trains rank-r updates of these dense layers (and a
-    # classification head) and freezes the rest; scale lora_alpha / rank (0 = rank)
+    # classification head) and freezes the rest; scale lora_alpha / rank (0 = rank), or lora_alpha / sqrt(rank)
+    # with lora_rslora (rank-stabilised LoRA, PEFT's use_rslora)
     lora_rank: int = 0
     lora_alpha: float = 0.0
     lora_targets: str = "query,value"
+    lora_rslora: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

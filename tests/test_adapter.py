@@ -34,14 +34,14 @@ BASES = {  # name: (base class written as the pretrained folder, its config, cla
 }
 
 
-def _trained_run(tmp_path, name: str):
+def _trained_run(tmp_path, name: str, *extra: str):
     """A LoRA run on a random base folder, its trainable parameters moved as training would move them."""
     cls, hf_cfg, _, overrides = BASES[name]
     torch.manual_seed(0)
     getattr(transformers, cls)(hf_cfg).save_pretrained(tmp_path / "base")
     cfg = run_lib.resolve(config.build([f"model.pretrained={tmp_path / 'base'}", "train.batch_size=2",
                                         "data.seq_len=12", "mesh.data=1", "model.lora_rank=4", "model.lora_alpha=12",
-                                        *overrides]))
+                                        *overrides, *extra]))
     run = run_lib.setup(cfg, devices=jax.devices()[:1])
     keys = iter(jax.random.split(jax.random.key(1), 10_000))
     moved = jax.tree.map(lambda x, t: x + 0.05 * jax.random.normal(next(keys), x.shape) if t else x,
@@ -59,9 +59,9 @@ def _logits(run, params, ids):
     return np.asarray(model(jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32)))
 
 
-@pytest.mark.parametrize("name", list(BASES))
-def test_the_adapter_in_peft_gives_the_lora_models_logits(name, tmp_path):
-    run, params = _trained_run(tmp_path, name)
+@pytest.mark.parametrize("name, extra", [*((n, ()) for n in BASES), ("gpt2", ("model.lora_rslora=true",))])
+def test_the_adapter_in_peft_gives_the_lora_models_logits(name, extra, tmp_path):
+    run, params = _trained_run(tmp_path, name, *extra)
     out = adapter.export(params, run.abstract_params, run.spec.model, tmp_path / "adapter", label_names=None)
     written = json.loads((out / "adapter_config.json").read_text())
     _, _, peft_cls, _ = BASES[name]
@@ -75,10 +75,12 @@ def test_the_adapter_in_peft_gives_the_lora_models_logits(name, tmp_path):
     np.testing.assert_allclose(theirs, ours, atol=2e-5)
     untrained = run_lib.setup(run.spec, devices=jax.devices()[:1]).state.params
     assert np.abs(ours - _logits(run, untrained, ids)).max() > 1e-3  # the factors and the head change the model
-    if name == "gpt2":  # query and value share c_attn: one pair of rank 2 x 4, scaled by 12 / 4 all the same
+    if name == "gpt2":  # query and value share c_attn: one pair of rank 2 x 4, scaled by 12 / 4 (or 12 / 2) still
+        rslora = bool(extra)
         assert written["rank_pattern"] == {f"transformer.h.{i}.attn.c_attn": 8 for i in range(2)}
-        assert written["alpha_pattern"] == {f"transformer.h.{i}.attn.c_attn": 24 for i in range(2)}
-        assert written["fan_in_fan_out"] is True
+        assert written["alpha_pattern"] == pytest.approx(
+            {f"transformer.h.{i}.attn.c_attn": 12 * 8 ** 0.5 / 2 if rslora else 24 for i in range(2)})
+        assert written["fan_in_fan_out"] is True and written["use_rslora"] is rslora
     if name == "bert-sequence":  # the trained pooler is saved beside the classifier
         assert written["modules_to_save"] == ["bert.pooler.dense", "classifier"]
 
@@ -147,6 +149,7 @@ def test_a_peft_adapter_loads_as_the_lora_model(name, tmp_path):
     spec = run.spec.model
     assert spec.lora_rank == lora_args["r"] and spec.task == {"SEQ_CLS": "sequence", "TOKEN_CLS": "token"}.get(
         task, "lm")
+    assert spec.lora_rslora == bool(lora_args.get("use_rslora"))
     if name == "gpt2":  # c_attn's factors reach query, key and value
         assert spec.lora_targets == "key,query,value,wo"
 
