@@ -93,10 +93,8 @@ def decay_mask(params):
     return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make(cfg, hp: EffectiveHparams, total_steps: int, freeze: bool = False,
-         ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer named by `optim.name`, with global-norm clipping in front when `clip_norm > 0`; with
-    `freeze` (LoRA) it updates only what `lora.trainable` marks and keeps no state for the rest."""
+def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer named by `optim.name`, with global-norm clipping in front when `clip_norm > 0`."""
     lr = schedule(cfg, hp, total_steps)
     wd = cfg.weight_decay
     factories = {
@@ -115,8 +113,12 @@ def make(cfg, hp: EffectiveHparams, total_steps: int, freeze: bool = False,
     tx = factories[cfg.name]()
     if cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
-    if freeze:
-        from jaxbatch import lora
-
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, lora.labels)
     return tx, lr
+
+
+def freeze(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` (with its accumulation: the outermost layer) on what `lora.trainable` marks, no update and no state
+    (no moments, no accumulated gradient) for the rest."""
+    from jaxbatch import lora
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, lora.labels)

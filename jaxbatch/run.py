@@ -158,7 +158,7 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
         return Run(spec, family, mesh, graphdef, abstract_params, params_sh, batch_sh, steps)
 
     hp = optim.scale_hparams(spec.optim, spec.train.batch_size, spec.train.steps)
-    tx, schedule = optim.make(spec.optim, hp, spec.train.steps, freeze=bool(spec.model.lora_rank))
+    tx, schedule = optim.make(spec.optim, hp, spec.train.steps)
     if spec.train.auto_micro_batch:
         from jaxbatch import memory
 
@@ -167,6 +167,7 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
         k = memory.plan_micro_batch(spec, budget, devices=devices, log=plan_log or print).accum_steps
         spec = config.replace(spec, train__accum_steps=k, train__auto_micro_batch=False)
     tx = accumulate.wrap(tx, spec.train)
+    tx = optim.freeze(tx) if spec.model.lora_rank else tx  # LoRA: MultiSteps accumulates only what trains
     abstract_state = state_lib.abstract_state(spec, tx)
     state_sh = state_lib.shardings(abstract_state, mesh, spec.mesh.rules)
     abstract_sharded = mesh_lib.abstract_with_shardings(abstract_state, state_sh)

@@ -57,6 +57,21 @@ def test_the_model_starts_as_the_base_and_only_the_factors_and_the_head_train():
     assert heads == ["classifier.bias", "classifier.kernel", "pooler.bias", "pooler.kernel"]  # a sequence head's
 
 
+def test_multisteps_accumulates_only_what_trains():
+    """optax.MultiSteps sits inside the trained/frozen split: its gradient buffer holds the trained parameters
+    only, and k micro-batches through it give the in-jit scan's step."""
+    args = ("mesh.data=1", *LORA, "train.accum_steps=2")
+    batches = [random_batch(tiny_config(*args), s) for s in (0, 1)]
+    scan, _, _ = run_steps(tiny_config(*args), batches, jax.devices()[:1])
+    multi, _, run = run_steps(tiny_config(*args, "train.accum_impl=multisteps"), batches, jax.devices()[:1])
+    trains = sum(x.size for x, t in zip(jax.tree.leaves(run.state.params),
+                                        jax.tree.leaves(lora.trainable(run.state.params))) if t)
+    assert sum(x.size for x in jax.tree.leaves(multi.opt_state) if x.ndim) == 3 * trains  # mu, nu, accumulated
+    a, b = params_numpy(scan), params_numpy(multi)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
 def test_a_sharded_lora_step_equals_one_device():
     one = tiny_config("mesh.data=1", *LORA)
     batches = [random_batch(one, 0), random_batch(one, 1)]
