@@ -166,13 +166,10 @@ def is_adapter(folder: Path) -> bool:
 
 def read_config(folder: Path) -> dict:
     """adapter_config.json, checked to be a LoRA adapter jaxbatch runs exactly."""
+    from jaxbatch import hf
+
     path = folder / CONFIG
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    cfg = hf.read_json_object(path)
     unsupported = {"peft_type": (cfg.get("peft_type"), "LORA"), "use_dora": (bool(cfg.get("use_dora")), False),
                    "bias": (cfg.get("bias", "none"), "none")}
     for key, (value, wanted) in unsupported.items():

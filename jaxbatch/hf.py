@@ -45,13 +45,18 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json")
+    return read_json_object(path)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object (config.json, adapter_config.json); anything else is one error naming it."""
     try:
-        hf = json.loads(path.read_text())
+        tree = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(hf).__name__}")
-    return hf
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(tree).__name__}")
+    return tree
 
 
 def family_for(folder: Path) -> str:
