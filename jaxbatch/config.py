@@ -115,7 +115,7 @@ class ModelConfig:
     # with lora_rslora (rank-stabilised LoRA, PEFT's use_rslora)
     lora_rank: int = 0
     lora_alpha: float = 0.0
-    lora_targets: str = "query,value"
+    lora_targets: str = "query,value"  # any of query,key,value,out,wi,wo,gate, or all-linear (every one)
     lora_rslora: bool = False
 
 

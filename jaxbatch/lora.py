@@ -47,6 +47,9 @@ class LoraDense(Dense):
 
 
 def targets(model_cfg) -> tuple[str, ...]:
+    """The dense layers model.lora_targets names; `all-linear` (PEFT's shortcut) is every one of them."""
+    if model_cfg.lora_targets.strip() == "all-linear":
+        return TARGETS
     names = tuple(n.strip() for n in model_cfg.lora_targets.split(",") if n.strip())
     unknown = [n for n in names if n not in TARGETS]
     if unknown or not names:

@@ -149,6 +149,13 @@ def _names(params) -> list[str]:
     return [state_lib.param_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
+def test_all_linear_targets_every_dense_layer_but_the_head():
+    run = run_lib.setup(tiny_config("model.lora_rank=2", "model.lora_targets=all-linear", "mesh.data=1"),
+                        devices=jax.devices()[:1], abstract=True)
+    factors = {k.rsplit(".", 2)[-2] for k in _names(run.abstract_params) if k.endswith(".lora_a")}
+    assert factors == {"query", "key", "value", "out", "wi", "wo"}  # the encoder's; not the classifier
+
+
 def test_mfu_counts_what_a_lora_step_computes():
     """The frozen layers' weight-gradient matmuls are skipped: a LoRA step counts two thirds of the family's
     training FLOPs (a lower bound), so MFU is not overstated nor the measured peak raised by it."""
