@@ -130,7 +130,7 @@ def export(params, abstract_params, model_cfg, folder: str | Path, tokenizer=Non
     alpha = int(alpha) if float(alpha).is_integer() else alpha
     config_json = {
         "peft_type": "LORA", "task_type": task, "base_model_name_or_path": str(base.resolve()),
-        "r": model_cfg.lora_rank, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
+        "r": model_cfg.lora_rank, "lora_alpha": alpha, "lora_dropout": model_cfg.lora_dropout, "bias": "none",
         "target_modules": sorted(parts), "modules_to_save": saved or None,
         "rank_pattern": ranks, "alpha_pattern": {m: lora.scale(model_cfg) * _divisor(r, model_cfg.lora_rslora)
                                                  for m, r in ranks.items()},
@@ -274,8 +274,11 @@ def configure(model_cfg, folder: Path):
     rslora = bool(cfg.get("use_rslora"))
     alpha = cfg["lora_alpha"] * _divisor(rank, rslora) / _divisor(cfg["r"], rslora)  # the adapter's scale at `rank`
     names = sorted({stem.rsplit(".", 1)[-1] for _, _, layers, _ in found.values() for stem, _ in layers})
+    dropout = cfg.get("lora_dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise CheckpointError(f"{folder / CONFIG}: lora_dropout must be in [0, 1), got {dropout!r}")
     model_cfg = dataclasses.replace(model_cfg, lora_rank=rank, lora_alpha=alpha, lora_targets=",".join(names),
-                                    lora_rslora=rslora)
+                                    lora_rslora=rslora, lora_dropout=float(dropout))
     return dataclasses.replace(model_cfg, num_labels=_num_labels(model_cfg, tensors))
 
 

@@ -117,6 +117,7 @@ class ModelConfig:
     lora_alpha: float = 0.0
     lora_targets: str = "query,value"  # any of query,key,value,out,wi,wo,gate, or all-linear (every one)
     lora_rslora: bool = False
+    lora_dropout: float = 0.0  # dropout on the LoRA factors' input in training (PEFT's lora_dropout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,7 +453,7 @@ def validate(cfg: Config, num_devices: int) -> None:
     if kind in losses.FLOAT_HEADS and cfg.model.label_smoothing:
         raise ConfigError(f"model.label_smoothing mixes one class's target with the others'; a {kind} head has "
                           f"no such target")
-    for key in ("hidden_dropout", "attention_dropout", "label_smoothing"):
+    for key in ("hidden_dropout", "attention_dropout", "lora_dropout", "label_smoothing"):
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
     _validate_optim(cfg.optim)

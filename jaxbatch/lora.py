@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxbatch.errors import ConfigError
+from jaxbatch.models import layers
 from jaxbatch.models.layers import Dense, param
 
 TARGETS = ("query", "key", "value", "out", "wi", "wo", "gate")  # the dense layers' names in every family
@@ -26,9 +27,11 @@ TARGETS = ("query", "key", "value", "out", "wi", "wo", "gate")  # the dense laye
 
 class LoraDense(Dense):
     """A `Dense` (its kernel and bias under the same names, so pretrained weights load as before) plus
-    factors A (inputs x rank; uniform in +-1/sqrt(fan_in), PEFT's kaiming init) and B (rank x outputs; zero)."""
+    factors A (inputs x rank; uniform in +-1/sqrt(fan_in), PEFT's kaiming init) and B (rank x outputs; zero);
+    in training the factors' input is dropped out at `drop_rate` (PEFT's lora_dropout; the kernel sees all of
+    x)."""
 
-    def __init__(self, dense: Dense, rank: int, scale: float, rngs: nnx.Rngs):
+    def __init__(self, dense: Dense, rank: int, scale: float, rngs: nnx.Rngs, drop_rate: float = 0.0):
         self.n_in, self.dtype, self.kernel, self.bias = dense.n_in, dense.dtype, dense.kernel, dense.bias
         meta = self.kernel.get_metadata()
         names, shape = meta["logical_axes"], self.kernel[...].shape
@@ -38,12 +41,15 @@ class LoraDense(Dense):
                             (*shape[: self.n_in], rank), (*names[: self.n_in], None), lora=True)
         self.lora_b = param(rngs, jax.nn.initializers.zeros, (rank, *shape[self.n_in:]), (None, *names[self.n_in:]),
                             lora=True)  # no `contract`: not a kernel compression would select
-        self.scale = scale
+        self.scale, self.drop_rate = scale, drop_rate
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        y = super().__call__(x)
+        if not deterministic and self.drop_rate:
+            x = layers.dropout(x, rngs.dropout(), self.drop_rate)
         low = self.contract(x, self.lora_a[...])
         update = jnp.tensordot(low, self.lora_b[...].astype(self.dtype), axes=1)
-        return super().__call__(x) + jnp.asarray(self.scale, self.dtype) * update
+        return y + jnp.asarray(self.scale, self.dtype) * update
 
 
 def targets(model_cfg) -> tuple[str, ...]:
@@ -80,7 +86,7 @@ def attach(model: nnx.Module, model_cfg, seed: int = 0) -> nnx.Module:
     if not found:
         raise ConfigError(f"model.lora_targets={model_cfg.lora_targets!r} matches no dense layer of this model")
     for path, m in found:
-        compress.replace(model, path, LoraDense(m, model_cfg.lora_rank, scale(model_cfg), rngs))
+        compress.replace(model, path, LoraDense(m, model_cfg.lora_rank, scale(model_cfg), rngs, model_cfg.lora_dropout))
     return model
 
 

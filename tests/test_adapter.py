@@ -13,6 +13,7 @@ from flax import nnx
 from jaxbatch import adapter, config, lora
 from jaxbatch import run as run_lib
 from jaxbatch.errors import CheckpointError, ConfigError
+from jaxbatch.state import param_name as state_name
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -191,3 +192,54 @@ def test_adapters_jaxbatch_cannot_run_exactly_are_one_line(change, message, tmp_
         (out / "adapter_config.json").write_text(json.dumps({**written, **change}))
     with pytest.raises(CheckpointError, match=message):
         run_lib.restore(out)
+
+
+def test_lora_dropout_trains_as_peft_does(monkeypatch, tmp_path):
+    """model.lora_dropout (read from the adapter's lora_dropout) drops out the factors' input only: a training
+    step's loss and the factors' and head's gradients equal PEFT's in training mode, given the same masks."""
+    from conftest import replay_dropout_masks
+
+    from jaxbatch import steps
+
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(**SIZES, hidden_size=32, intermediate_size=64, hidden_dropout_prob=0,
+                                                   attention_probs_dropout_prob=0)).save_pretrained(tmp_path / "base")
+    model = peft.get_peft_model(transformers.BertForTokenClassification.from_pretrained(tmp_path / "base", num_labels=3),
+                                peft.LoraConfig(task_type="TOKEN_CLS", r=4, lora_alpha=8, lora_dropout=0.25,
+                                                target_modules=["query", "value", "intermediate.dense"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    model.save_pretrained(tmp_path / "adapter")
+    run = run_lib.setup(run_lib.resolve(config.build([f"model.pretrained={tmp_path / 'adapter'}", "mesh.data=1",
+                                                      "model.hidden_dropout=0", "train.batch_size=2"])),
+                        devices=jax.devices()[:1])
+    assert run.spec.model.lora_dropout == 0.25
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 97, (2, 12)).astype(np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
+             "labels": rng.integers(0, 3, ids.shape).astype(np.int32)}
+    drawn, pending = replay_dropout_masks(monkeypatch)
+    with jax.disable_jit():  # our masks are drawn eagerly, so they can be handed to torch
+        sums, grads = steps.make_grad_fn(run.family, run.spec.model, run.graphdef)(
+            run.state.params, batch, jax.random.key(0), 1.0)
+    loss = model.train()(input_ids=torch.tensor(ids), labels=torch.tensor(batch["labels"].astype(np.int64))).loss
+    loss.backward()
+    assert len(drawn) == 2 * 3 and pending == [] and 0.65 < np.mean(drawn) < 0.85  # one per factor pair, all used
+    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(loss.item(), rel=1e-5)
+    theirs = {n.replace("base_model.model.", "").replace(".default", ""): p.grad.numpy()
+              for n, p in model.named_parameters() if p.grad is not None}
+    ours = {state_name(p): np.asarray(g) / float(sums["weight"]) for p, g in jax.tree_util.tree_leaves_with_path(grads)}
+    checked = 0
+    for i in range(2):
+        for stem, module in (("attention.query", "attention.self.query"), ("mlp.wi", "intermediate.dense")):
+            for f, t in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
+                mine = ours[f"encoder.layers.{i}.{stem}.{f}"]
+                mine = mine.reshape(mine.shape[0], -1).T if f == "lora_b" else mine.reshape(-1, mine.shape[-1]).T
+                np.testing.assert_allclose(mine, theirs[f"bert.encoder.layer.{i}.{module}.{t}.weight"], rtol=1e-3,
+                                           atol=1e-6)
+                checked += 1
+    np.testing.assert_allclose(ours["classifier.kernel"].T, theirs["classifier.modules_to_save.weight"], rtol=1e-3,
+                               atol=1e-6)
+    assert checked == 8

@@ -27,7 +27,7 @@ class LowRankDense(nnx.Module):
         self.b = Dense((rank,), kernel.shape[n_in:], (None,), names[n_in:], rngs=rngs, dtype=dense.dtype,
                        use_bias=dense.bias is not None)
 
-    def __call__(self, x):
+    def __call__(self, x, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):  # a Dense's signature
         return self.b(self.a(x))
 
 

@@ -54,7 +54,7 @@ class QuantDense(nnx.Module):
         scale = self.scale[...].reshape((1,) * self.n_in + self.scale.shape)
         return qwix.QArray(qvalue=self.kernel[...], scale=scale, qtype=jnp.int8)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         dn = ((_contraction(x, self.n_in), tuple(range(self.n_in))), ((), ()))
         if self.act == "none":
             y = qwix.dot_general(x.astype(jnp.float32), self.weight(), dn)
@@ -119,7 +119,7 @@ class Observe(nnx.Module):
         self.dense, self.percentile = dense, percentile
         self.absmax = nnx.Variable(jnp.zeros((), jnp.float32))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         a = jnp.abs(x.astype(jnp.float32))
         stat = jnp.max(a) if self.percentile is None else jnp.percentile(a, self.percentile)
         self.absmax.value = jnp.maximum(self.absmax[...], stat)

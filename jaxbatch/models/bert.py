@@ -56,7 +56,7 @@ class BertLayer(nnx.Module):
     def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)  # noqa: E731
         x = self.attention_norm(x + drop(self.attention(x, mask, deterministic=deterministic, rngs=rngs)))
-        y = self.mlp(x)
+        y = self.mlp(x, deterministic=deterministic, rngs=rngs)
         return self.output_norm(x + (drop(y) if self.mlp_dropout else y))
 
 

@@ -182,7 +182,8 @@ class CausalAttention(nnx.Module):
         a windowed layer's cache may instead be a ring of the latest `slots` positions (`Decoder.ring`: its
         mask is then over the ring and the new keys, which it attends to before keeping the newest);
         returns (output, updated cache)."""
-        q, k, v = (constrain(p(x), HEADS) for p in (self.query, self.key, self.value))
+        drop = dict(deterministic=deterministic, rngs=rngs)
+        q, k, v = (constrain(p(x, **drop), HEADS) for p in (self.query, self.key, self.value))
         if self.cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         if rotary(self.cfg):
@@ -200,8 +201,8 @@ class CausalAttention(nnx.Module):
             cache = tuple(c.at[:, (cache_index + newest) % slots].set(x[:, newest]) for c, x in zip(cache, new))
         y = attend(q, k, v, masks[self.windowed], self.dtype, impl=self.cfg.attention_impl,
                    scale=self.cfg.query_scale ** -0.5 if self.cfg.query_scale else None,
-                   softcap=self.cfg.attention_softcap, drop=self.dropout.key(deterministic=deterministic, rngs=rngs))
-        return constrain(self.out(constrain(y, HEADS)), ("batch", "length", "embed")), cache
+                   softcap=self.cfg.attention_softcap, drop=self.dropout.key(**drop))
+        return constrain(self.out(constrain(y, HEADS), **drop), ("batch", "length", "embed")), cache
 
 
 class Mlp(nnx.Module):
@@ -216,10 +217,10 @@ class Mlp(nnx.Module):
             self.gate = Dense((h,), (inter,), ("embed",), ("mlp",), **proj)
         self.wo = Dense((inter,), (h,), ("mlp",), ("embed",), init_std=0.02 / math.sqrt(2 * cfg.num_layers), **proj)
 
-    def __call__(self, x):
-        act = ACTIVATIONS[self.activation]
-        hidden = act(self.gate(x)) * self.wi(x) if self.gated else act(self.wi(x))
-        return constrain(self.wo(constrain(hidden, ("batch", "length", "mlp"))), ("batch", "length", "embed"))
+    def __call__(self, x, *, deterministic=True, rngs=None):
+        act, drop = ACTIVATIONS[self.activation], dict(deterministic=deterministic, rngs=rngs)
+        hidden = act(self.gate(x, **drop)) * self.wi(x, **drop) if self.gated else act(self.wi(x, **drop))
+        return constrain(self.wo(constrain(hidden, ("batch", "length", "mlp")), **drop), ("batch", "length", "embed"))
 
 
 _ACTIVATION = {"gpt2": "gelu_new", "llama": "silu", "gemma": "gelu_pytorch_tanh"}  # each architecture's own
@@ -262,7 +263,7 @@ class Block(nnx.Module):
         if self.sandwich:
             y = self.attention_post_norm(y)
         x = x + self.dropout(y, deterministic=deterministic, rngs=rngs)
-        y = self.mlp(self.mlp_norm(x))
+        y = self.mlp(self.mlp_norm(x), deterministic=deterministic, rngs=rngs)
         if self.sandwich:
             y = self.mlp_post_norm(y)
         return x + self.dropout(y, deterministic=deterministic, rngs=rngs), cache

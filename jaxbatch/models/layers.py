@@ -59,7 +59,9 @@ class Dense(nnx.Module):
         dims = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
         return jax.lax.dot_general(x, w, (dims, ((), ())))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """`deterministic` / `rngs`: the step's dropout, which every dense layer takes and only LoRA's uses (the
+        dropout on its factors' input); call sites pass them whatever module compression or LoRA put there."""
         y = self.contract(x, self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
@@ -335,9 +337,10 @@ class SelfAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array | None, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
-        q, k, v = (constrain(proj(x), HEADS) for proj in (self.query, self.key, self.value))
-        y = attend(q, k, v, mask, self.dtype, self.impl, drop=self.dropout.key(deterministic=deterministic, rngs=rngs))
-        return constrain(self.out(constrain(y, HEADS)), ("batch", "length", "embed"))
+        drop = dict(deterministic=deterministic, rngs=rngs)
+        q, k, v = (constrain(proj(x, **drop), HEADS) for proj in (self.query, self.key, self.value))
+        y = attend(q, k, v, mask, self.dtype, self.impl, drop=self.dropout.key(**drop))
+        return constrain(self.out(constrain(y, HEADS), **drop), ("batch", "length", "embed"))
 
 
 class Mlp(nnx.Module):
@@ -348,6 +351,7 @@ class Mlp(nnx.Module):
         self.wi = Dense((hidden,), (intermediate,), ("embed",), ("mlp",), **proj)
         self.wo = Dense((intermediate,), (hidden,), ("mlp",), ("embed",), **proj)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = constrain(ACTIVATIONS[self.activation](self.wi(x)), ("batch", "length", "mlp"))
-        return constrain(self.wo(h), ("batch", "length", "embed"))
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        drop = dict(deterministic=deterministic, rngs=rngs)
+        h = constrain(ACTIVATIONS[self.activation](self.wi(x, **drop)), ("batch", "length", "mlp"))
+        return constrain(self.wo(h, **drop), ("batch", "length", "embed"))
