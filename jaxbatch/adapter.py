@@ -115,13 +115,12 @@ def export(params, abstract_params, model_cfg, folder: str | Path, tokenizer=Non
     trains = dict(zip(flat, jax.tree.leaves(lora.trainable(abstract_params))))
     _check_frozen(flat, trains, model_cfg, mapping, base)
     tensors, ranks, parts = _factors(flat, model_cfg, mapping, table.tensor_name)
-    heads = sorted({_module(table.tensor_name(mapping[n][0], model_cfg)) for n, t in trains.items()
-                    if t and not n.endswith((".lora_a", ".lora_b"))})
+    head_params = [n for n, t in trains.items() if t and not n.endswith((".lora_a", ".lora_b"))]
+    heads = sorted({_module(table.tensor_name(mapping[n][0], model_cfg)) for n in head_params})
     task = TASK_TYPES[model_cfg.task]
-    for name, t in trains.items():
-        if t and not name.endswith((".lora_a", ".lora_b")):
-            hf_name, how = mapping[name]
-            tensors[f"{PREFIX}{table.tensor_name(hf_name, model_cfg)}"] = hf.to_theirs(flat[name], how)
+    for name in head_params:
+        hf_name, how = mapping[name]
+        tensors[f"{PREFIX}{table.tensor_name(hf_name, model_cfg)}"] = hf.to_theirs(flat[name], how)
     # PEFT wraps a task model's `classifier` whole; a head module under it is then saved through that wrapper
     saved = sorted({next((p for p in PEFT_HEADS if m == p or m.startswith(p + ".")), m) if task != "CAUSAL_LM" else m
                     for m in heads})
@@ -132,7 +131,7 @@ def export(params, abstract_params, model_cfg, folder: str | Path, tokenizer=Non
         "peft_type": "LORA", "task_type": task, "base_model_name_or_path": str(base.resolve()),
         "r": model_cfg.lora_rank, "lora_alpha": alpha, "lora_dropout": model_cfg.lora_dropout, "bias": "none",
         "target_modules": sorted(parts), "modules_to_save": saved or None,
-        "rank_pattern": ranks, "alpha_pattern": {m: lora.scale(model_cfg) * _divisor(r, model_cfg.lora_rslora)
+        "rank_pattern": ranks, "alpha_pattern": {m: lora.scale(model_cfg) * lora.divisor(r, model_cfg.lora_rslora)
                                                  for m, r in ranks.items()},
         "fan_in_fan_out": bool(layouts & set(CONV1D)), "use_rslora": model_cfg.lora_rslora, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True,
@@ -206,11 +205,6 @@ def read_tensors(folder: Path) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{folder}: neither {' nor '.join(WEIGHTS)}")
 
 
-def _divisor(rank: int, rslora: bool) -> float:
-    """What alpha is divided by for the scale: the rank, or its square root (rsLoRA)."""
-    return rank ** 0.5 if rslora else rank
-
-
 def _pattern(patterns: dict, module: str, default):
     """PEFT's rank_pattern / alpha_pattern lookup: a key matching the module path's end, as regex."""
     import re
@@ -253,7 +247,7 @@ def _factor_modules(folder: Path, tensors: dict, model_cfg) -> dict[str, tuple[n
                                   f"{None if b is None else b.shape} are not a factor pair")
         r = a.shape[0]
         alpha = _pattern(cfg.get("alpha_pattern"), module, cfg["lora_alpha"])
-        found[module] = (a, b, targets[module], alpha / _divisor(r, bool(cfg.get("use_rslora"))))
+        found[module] = (a, b, targets[module], alpha / lora.divisor(r, bool(cfg.get("use_rslora"))))
     if not found:
         raise CheckpointError(f"{folder}: no LoRA factors (no *.lora_A.weight tensor)")
     return found
@@ -272,7 +266,7 @@ def configure(model_cfg, folder: Path):
     if model_cfg.lora_rank not in (0, rank):
         raise ConfigError(f"model.lora_rank={model_cfg.lora_rank}, but {folder} holds factors of rank {rank}")
     rslora = bool(cfg.get("use_rslora"))
-    alpha = cfg["lora_alpha"] * _divisor(rank, rslora) / _divisor(cfg["r"], rslora)  # the adapter's scale at `rank`
+    alpha = cfg["lora_alpha"] * lora.divisor(rank, rslora) / lora.divisor(cfg["r"], rslora)  # its scale at `rank`
     names = sorted({stem.rsplit(".", 1)[-1] for _, _, layers, _ in found.values() for stem, _ in layers})
     dropout = cfg.get("lora_dropout", 0.0)
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:

@@ -93,8 +93,12 @@ def attach(model: nnx.Module, model_cfg, seed: int = 0) -> nnx.Module:
 def scale(model_cfg) -> float:
     """alpha / rank (model.lora_alpha; 0 = the rank, a scale of 1), or alpha / sqrt(rank) with model.lora_rslora
     (Kalajdzievski 2023: the update's size then stays put as the rank grows)."""
-    alpha = model_cfg.lora_alpha or model_cfg.lora_rank
-    return alpha / (math.sqrt(model_cfg.lora_rank) if model_cfg.lora_rslora else model_cfg.lora_rank)
+    return (model_cfg.lora_alpha or model_cfg.lora_rank) / divisor(model_cfg.lora_rank, model_cfg.lora_rslora)
+
+
+def divisor(rank: int, rslora: bool) -> float:
+    """What alpha is divided by for the scale: the rank, or its square root (rsLoRA)."""
+    return math.sqrt(rank) if rslora else rank
 
 
 def trainable(params):
