@@ -279,16 +279,18 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dty
     returned in `dtype`, on the kernel `fused_kernel` picks; scores are scaled by `scale` (None: one over the
     square root of the head width), and with `softcap` become softcap * tanh(scores / softcap) before the
     mask; `drop` = (key, rate) drops attention probabilities out (HF's attention_probs_dropout_prob). Neither
-    step is in `jax.nn.dot_product_attention`, so either takes the written-out path (`written_out`). fp16
-    runs in float32 on CPU (the traced program's device: a TPU slice compiled on a CPU box keeps fp16): XLA:CPU
-    has no fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
+    step is in `jax.nn.dot_product_attention`, so either takes the written-out path (`written_out`), as does
+    every program for a CPU (the traced program's device: a TPU slice compiled on a CPU box keeps the
+    library's kernel), where its layout makes training steps 2-10% faster. fp16 runs in float32 on CPU:
+    XLA:CPU has no fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
     additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k) is broadcast, and a
     query that sees no key (a packed row's padding) sees them all, as in XLA's kernel: cuDNN's gradient for a
     fully masked row is NaN, which would reach the projections' weight gradients."""
-    if dtype == jnp.float16 and target_device().platform == "cpu":
+    cpu = target_device().platform == "cpu"
+    if dtype == jnp.float16 and cpu:
         q = q.astype(jnp.float32)
     k, v = k.astype(q.dtype), v.astype(q.dtype)
-    if softcap or drop:
+    if softcap or drop or cpu:
         return written_out(q, k, v, mask, scale or q.shape[-1] ** -0.5, softcap, drop).astype(dtype)
     kernel = fused_kernel(impl, q, k)
     if kernel and mask is not None:
@@ -303,20 +305,25 @@ def written_out(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
     (`cap`: Gemma 2's attn_logit_softcapping) and dropout on the probabilities (`drop` = (key, rate), after
     the softmax as in HF's eager attention). Scores and softmax in float32, keys and values shared by each
     group of query heads. `mask` broadcasts to (batch, 1, q, k); a query that sees no key sees them all, as in
-    XLA's kernel."""
+    XLA's kernel. The dots are 4-D, heads before positions, with each key head's group of query heads stacked
+    along the queries: XLA:CPU runs them ~25% faster than in (batch, length, heads, dim) order or with a
+    separate group axis (benchmarks/README.md, session 27)."""
     b, t, heads, d = q.shape
-    groups = k.shape[2]
-    scores = jnp.einsum("btkgd,bskd->bkgts", q.reshape(b, t, groups, heads // groups, d), k,
-                        preferred_element_type=jnp.float32) * scale
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, group * t, d)
+    k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))  # (batch, key heads, length, dim)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * scale
     if cap:
         scores = cap * jnp.tanh(scores / cap)
-    if mask is not None:
-        scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    if mask is not None:  # the queries axis holds the group's heads one after another
+        scores = jnp.where(jnp.tile(mask, (1, 1, group, 1)) if mask.shape[2] > 1 else mask, scores,
+                           jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     if drop:  # the mask is drawn over (batch, heads, q, k) in head order, whatever the grouping
         probs = dropout(probs.reshape(b, heads, t, -1), *drop).reshape(probs.shape)
-    probs = probs.astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, d)
+    y = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), v)
+    return y.reshape(b, kv_heads, group, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, heads, d)
 
 
 class SelfAttention(nnx.Module):

@@ -110,7 +110,7 @@ def test_attention_dropout_drops_each_heads_probabilities_and_is_unbiased(kind):
     np.testing.assert_allclose(got, _numpy_attention(q, k, v, mask, keep, rate), atol=2e-6)
     plain = layers.attend(q, k, v, mask, jnp.float32)
     np.testing.assert_allclose(plain, _numpy_attention(q, k, v, mask), atol=2e-6)
-    np.testing.assert_allclose(layers.written_out(q, k, v, mask, 8 ** -0.5), plain, atol=2e-6)
+    np.testing.assert_allclose(jax.nn.dot_product_attention(q, k, v, mask=mask), plain, atol=2e-6)
     # over many keys the dropped-out attention averages to the plain one (inverted dropout is unbiased)
     many = jax.vmap(lambda key: layers.attend(q, k, v, mask, jnp.float32, drop=(key, rate)))(
         jax.random.split(jax.random.key(6), 2000))
@@ -159,6 +159,22 @@ def test_auto_attention_is_xlas_kernel_off_nvidia_gpus():
     auto, xla = (_attention_and_grads(impl, q, k, v, mask, valid) for impl in ("auto", "xla"))
     for a, b in zip(auto, xla):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["padding", "packed", "gqa"])
+def test_cpu_programs_take_the_written_out_attention_equal_to_xlas_kernel(kind, monkeypatch):
+    """A program for a CPU runs `written_out` (its layout is faster on XLA:CPU): outputs and gradients equal
+    `jax.nn.dot_product_attention`'s, rows that see no key included; one for another platform keeps it."""
+    q, k, v, mask, valid = (a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a
+                            for a in _attention_inputs(kind, t=32))
+    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform="cpu"))())
+    got = _attention_and_grads("auto", q, k, v, mask, valid)
+    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform="tpu"))())
+    monkeypatch.setattr(layers, "written_out", None)  # a TPU program must not reach it
+    library = _attention_and_grads("auto", q, k, v, mask, valid)
+    for a, b in zip(got, library):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+    assert np.abs(got[0]).max() > 0.1 and all(np.abs(g).max() > 0.01 for g in got[1:])
 
 
 def test_auto_asks_for_cudnn_only_where_its_kernel_runs(monkeypatch):
