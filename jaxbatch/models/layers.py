@@ -282,10 +282,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dty
     step is in `jax.nn.dot_product_attention`, so either takes the written-out path (`written_out`), as does
     every program for a CPU (the traced program's device: a TPU slice compiled on a CPU box keeps the
     library's kernel), where its layout makes training steps 2-10% faster. fp16 runs in float32 on CPU:
-    XLA:CPU has no fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses. cuDNN takes the mask as an
-    additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k) is broadcast, and a
-    query that sees no key (a packed row's padding) sees them all, as in XLA's kernel: cuDNN's gradient for a
-    fully masked row is NaN, which would reach the projections' weight gradients."""
+    XLA:CPU has no fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses. cuDNN
+    takes the mask as an additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k)
+    is broadcast, and a query that sees no key (a packed row's padding) sees them all, as in XLA's kernel:
+    cuDNN's gradient for a fully masked row is NaN, which would reach the projections' weight gradients."""
     cpu = target_device().platform == "cpu"
     if dtype == jnp.float16 and cpu:
         q = q.astype(jnp.float32)
