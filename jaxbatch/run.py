@@ -209,18 +209,18 @@ class Restored:
 
 
 def hf_spec(folder: Path) -> config.Config:
-    """The spec of a Hugging Face folder: its family and shape (and the task its architecture names) and
-    the label names of its config.json."""
+    """The spec of a Hugging Face folder: its family and shape (and the task its architecture names), the
+    label names of its config.json, and rows no longer than its position table holds."""
     from jaxbatch import hf
 
     base = config.Config()
     model = dataclasses.replace(base.model, family=hf.family_for(folder), preset="custom", pretrained=str(folder))
     model = hf.configure(model, folder)
+    data = dataclasses.replace(base.data, seq_len=min(base.data.seq_len, models.family(model).max_seq_len(model)))
     if model.task == "lm":
-        seq_len = min(base.data.seq_len, model.max_position_embeddings)
-        return dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, name="text", seq_len=seq_len))
+        return dataclasses.replace(base, model=model, data=dataclasses.replace(data, name="text"))
     names = hf.label_names(folder, model.num_labels)
-    return dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, labels=",".join(names)))
+    return dataclasses.replace(base, model=model, data=dataclasses.replace(data, labels=",".join(names)))
 
 
 def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None, step: int | None = None) -> Restored:

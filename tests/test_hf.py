@@ -403,6 +403,24 @@ def test_a_bad_config_json_value_is_one_error_naming_it(tmp_path, change, messag
         run_lib.hf_spec(tmp_path)
 
 
+@pytest.mark.parametrize("family, positions", [("Bert", 18), ("Roberta", 20)])
+def test_a_folder_with_a_short_position_table_is_read_at_the_length_it_holds(family, positions, tmp_path):
+    """Inference on a folder with fewer positions than data.seq_len's default caps its rows at what its table
+    holds (18 both: RoBERTa's positions start past its padding row), as transformers' tokenizers cap at
+    model_max_length; full-length rows' logits equal transformers'."""
+    torch.manual_seed(0)
+    shape = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=positions, num_labels=3, pad_token_id=1)
+    getattr(transformers, f"{family}ForSequenceClassification")(
+        getattr(transformers, f"{family}Config")(**shape)).save_pretrained(tmp_path)
+    restored = run_lib.restore(tmp_path)
+    assert restored.run.spec.data.seq_len == 18
+    _, ids, mask, _, expected = _right_padded_logits(
+        getattr(transformers, f"{family}ForSequenceClassification"), tmp_path, 1, 18, seed=0)
+    model = nnx.merge(restored.run.graphdef, restored.params)
+    np.testing.assert_allclose(model(ids, mask, np.zeros_like(ids)), expected, atol=1e-5)
+
+
 def test_pretrained_alone_takes_the_folders_shape_and_a_wrong_family_preset_says_so(tmp_path):
     spec = run_lib.resolve(config.build(["model.pretrained=minilm-l6"]))
     assert (spec.model.family, spec.model.hidden_size, spec.model.num_layers) == ("bert", 384, 6)

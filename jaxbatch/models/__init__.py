@@ -45,7 +45,8 @@ class Family:
     -> {key: shape} (int32 arrays but `labels`, see `abstract_batch`; IGNORE_INDEX or NaN where no loss);
     `train_flops_per_token(model_cfg, seq_len)`; `validate(model_cfg, seq_len, model_axis)` raises
     ConfigError; `describe(model_cfg)` is the one-line summary a run prints; `tokenizer(folder or
-    vocabulary list)` builds the tokenizer when no pretrained folder brings one."""
+    vocabulary list)` builds the tokenizer when no pretrained folder brings one; `max_seq_len(model_cfg)` is
+    the longest row its position table holds (what inference on a folder caps `data.seq_len` at)."""
 
     name: str
     presets: Mapping[str, Mapping[str, Any]]
@@ -58,6 +59,7 @@ class Family:
     describe: Callable
     tokenizer: Callable
     hf: HfMapping | None = None
+    max_seq_len: Callable = lambda model_cfg: model_cfg.max_position_embeddings
 
 
 _FAMILIES: dict[str, Family] = {}

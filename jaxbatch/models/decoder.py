@@ -500,7 +500,7 @@ def hf_configure(cfg, hf: dict):
         shape = dict(arch="gpt2", vocab_size=hf["vocab_size"], hidden_size=hf["n_embd"], num_layers=hf["n_layer"],
                      num_heads=hf["n_head"], num_kv_heads=0, intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
                      max_position_embeddings=hf["n_positions"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                     tie_embeddings=True)
+                     tie_embeddings=bool(hf.get("tie_word_embeddings", True)))  # GPT2Config ties by default
         act = models.hf_activation(hf, "activation_function", _ACTIVATION["gpt2"])
     else:
         gemma = hf["model_type"] in GEMMA_TYPES
@@ -661,10 +661,13 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
             for ours_mlp, hf_mlp in (("wi", "c_fc"), ("wo", "c_proj")):
                 m[f"{ours}.mlp.{ours_mlp}.kernel"] = (f"{theirs}.mlp.{hf_mlp}.weight", "copy")
                 m[f"{ours}.mlp.{ours_mlp}.bias"] = (f"{theirs}.mlp.{hf_mlp}.bias", "copy")
-        return m
-    m = {"token_embeddings.embedding": ("model.embed_tokens.weight", "copy"), "final_norm.scale": ("model.norm.weight", "copy")}
-    if not cfg.tie_embeddings:
+    else:
+        m = {"token_embeddings.embedding": ("model.embed_tokens.weight", "copy"),
+             "final_norm.scale": ("model.norm.weight", "copy")}
+    if not cfg.tie_embeddings:  # an untied output layer is lm_head, a torch Linear, in both classes
         m["lm_head.kernel"] = ("lm_head.weight", "t")
+    if cfg.arch == "gpt2":
+        return m
     for i in range(cfg.num_layers):
         ours, theirs = f"layers.{i}", f"model.layers.{i}"
         for name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
@@ -736,7 +739,8 @@ def hf_config(cfg, label_names=None) -> dict:
                 "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
                 "n_inner": cfg.intermediate_size, "n_positions": cfg.max_position_embeddings,
                 "layer_norm_epsilon": cfg.layer_norm_eps, "activation_function": activation(cfg),
-                "tie_word_embeddings": True, "resid_pdrop": cfg.hidden_dropout, "embd_pdrop": cfg.hidden_dropout,
+                "tie_word_embeddings": cfg.tie_embeddings, "resid_pdrop": cfg.hidden_dropout,
+                "embd_pdrop": cfg.hidden_dropout,
                 "attn_pdrop": cfg.attention_dropout, "bos_token_id": None, "eos_token_id": None}
     common = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
               "num_attention_heads": cfg.num_heads, "num_key_value_heads": kv_heads(cfg), "head_dim": head_dim(cfg),

@@ -103,7 +103,7 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
 
 FAMILY = models.register(dataclasses.replace(
     bert.FAMILY, name="roberta", presets=PRESETS, build=build, validate=validate, describe=describe,
-    tokenizer=tokenizer,
+    tokenizer=tokenizer, max_seq_len=lambda cfg: cfg.max_position_embeddings - POSITION_OFFSET,
     hf=models.HfMapping(model_types=("roberta", "xlm-roberta", "camembert"), key_map=hf_key_map,
                         configure=hf_configure, hf_config=hf_config, tensor_name=hf_tensor_name,
                         expected_unused=hf_expected_unused, normalize_name=hf_normalize_name)))

@@ -261,6 +261,19 @@ def test_hf_parity_and_round_trip(arch, tmp_path):
     np.testing.assert_allclose(_torch_logits(reloaded.eval(), ids), _torch_logits(theirs, ids), atol=1e-5)
 
 
+def test_an_untied_gpt2_head_equals_hf_and_round_trips(tmp_path):
+    """GPT2Config(tie_word_embeddings=False) keeps lm_head apart from wte: read, and written back, as such."""
+    theirs, folder = _hf_model("gpt2", tmp_path, tie_word_embeddings=False)
+    restored = run_lib.restore(folder)
+    assert not restored.run.spec.model.tie_embeddings
+    ids = _ids(3, 10, seed=3)
+    _equals_hf(nnx.merge(restored.run.graphdef, restored.params), theirs, ids)
+    out = hf.export(restored.params, restored.run.spec.model, tmp_path / "export")
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    assert not reloaded.config.tie_word_embeddings
+    np.testing.assert_allclose(_torch_logits(reloaded, ids), _torch_logits(theirs, ids), atol=1e-5)
+
+
 @pytest.mark.parametrize("arch, extra", [("gpt2", {}), ("llama", {"head_dim": 16}), ("qwen3", {"attention_bias": True}),
                                          ("phi3", {"sliding_window": 4, "pad_token_id": 0}), ("gemma", {}), ("gemma2", {}),
                                          ("gemma3", {})])
