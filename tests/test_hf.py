@@ -421,6 +421,24 @@ def test_a_folder_with_a_short_position_table_is_read_at_the_length_it_holds(fam
     np.testing.assert_allclose(model(ids, mask, np.zeros_like(ids)), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["Bert", "XLMRoberta"])
+@pytest.mark.parametrize("head", ["Sequence", "Token"])
+def test_a_head_of_transformers_default_two_labels_is_read_as_two(family, head, tmp_path):
+    """transformers leaves id2label and num_labels out of config.json at its default of two labels."""
+    torch.manual_seed(0)
+    cls = getattr(transformers, f"{family}For{head}Classification")
+    cls(getattr(transformers, f"{family}Config")(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=48,
+                                                 max_position_embeddings=40, pad_token_id=1)).save_pretrained(tmp_path)
+    assert not {"id2label", "num_labels"} & set(json.loads((tmp_path / "config.json").read_text()))
+    restored = run_lib.restore(tmp_path)
+    assert restored.run.spec.model.num_labels == 2 and run_lib.label_names(restored.run.spec) == ["LABEL_0", "LABEL_1"]
+    _, ids, mask, _, expected = _right_padded_logits(cls, tmp_path, 1, 16, seed=0)
+    got = np.asarray(nnx.merge(restored.run.graphdef, restored.params)(ids, mask, np.zeros_like(ids)))
+    real = mask.astype(bool) if head == "Token" else slice(None)  # a padding token's logits are anyone's
+    np.testing.assert_allclose(got[real], expected[real], atol=1e-5)
+
+
 def test_pretrained_alone_takes_the_folders_shape_and_a_wrong_family_preset_says_so(tmp_path):
     spec = run_lib.resolve(config.build(["model.pretrained=minilm-l6"]))
     assert (spec.model.family, spec.model.hidden_size, spec.model.num_layers) == ("bert", 384, 6)

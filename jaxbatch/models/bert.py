@@ -250,7 +250,8 @@ def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
     heads = {"ForTokenClassification": "token", "ForSequenceClassification": "sequence"}
     task = next((t for a in hf.get("architectures") or () for end, t in heads.items() if str(a).endswith(end)), None)
     if task is not None:  # a fine-tuned head: its task and label count
-        wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", cfg.num_labels))
+        # transformers writes neither id2label nor num_labels for its default of two labels
+        wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", 2))
         kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
         if task == "sequence" and kind in losses.FLOAT_HEADS:
             wanted.update(problem_type=cfg.problem_type or kind)
