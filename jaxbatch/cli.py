@@ -392,16 +392,17 @@ def export(args) -> int:
     if spec.model.quant or spec.model.lowrank:
         raise ConfigError(f"{args.run_dir} is a compressed model, which Hugging Face classes cannot load; "
                           f"export the run it was compressed from")
+    source = args.run_dir if restored.step is None else f"step {restored.step} of {args.run_dir}"  # a folder has none
     if args.adapter:
         from jaxbatch import adapter
 
         out = adapter.export(restored.params, restored.run.abstract_params, spec.model, args.out_dir,
                              restored.tokenizer, run_lib.label_names(spec))
-        print(f"exported step {restored.step} of {args.run_dir} to {out} as a PEFT LoRA adapter "
+        print(f"exported {source} to {out} as a PEFT LoRA adapter "
               f"(its README.md names the base model and shows how to load it)")
         return 0
     out = hf.export(restored.params, spec.model, args.out_dir, restored.tokenizer, run_lib.label_names(spec))
-    print(f"exported step {restored.step} of {args.run_dir} to {out}")
+    print(f"exported {source} to {out}")
     return 0
 
 

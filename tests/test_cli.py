@@ -46,7 +46,7 @@ def test_bad_input_files_are_reported_without_traceback(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
-def test_export_a_finished_run_loads_in_transformers(tmp_path):
+def test_export_a_finished_run_loads_in_transformers(tmp_path, capsys):
     import numpy as np
     import pytest
 
@@ -59,6 +59,9 @@ def test_export_a_finished_run_loads_in_transformers(tmp_path):
     trained = train.train(tiny_config("train.batch_size=16", "train.steps=3", "train.eval_every=0",
                                       f"train.run_dir={run}", "mesh.data=2", "mesh.model=4"))
     assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 0
+    assert f"exported step 3 of {run} to {tmp_path / 'hf'}" in capsys.readouterr().out
+    assert cli.main(["export", str(tmp_path / "hf"), str(tmp_path / "again")]) == 0  # a folder has no step
+    assert f"exported {tmp_path / 'hf'} to {tmp_path / 'again'}\n" in capsys.readouterr().out
     model = transformers.BertForTokenClassification.from_pretrained(tmp_path / "hf")
     assert model.config.id2label[1] == "B-PER" and model.config.num_hidden_layers == 2
     ours = params_numpy(trained.state)
