@@ -175,9 +175,10 @@ def main() -> None:
     if args.vs_torch or args.torch_compile:
         import torch
 
-        steps["eager"] = torch_step(cfg.model, batch, cfg.optim.learning_rate)
+        bf16 = args.precision == "bf16"  # both sides in the same precision: torch's bf16 autocast
+        steps["eager"] = torch_step(cfg.model, batch, cfg.optim.learning_rate, bf16=bf16)
         if args.torch_compile:
-            steps["compile"] = torch_step(cfg.model, batch, cfg.optim.learning_rate, compiled=True)
+            steps["compile"] = torch_step(cfg.model, batch, cfg.optim.learning_rate, bf16=bf16, compiled=True)
     for step in steps.values():
         time_steps(step, 0, args.warmup)
     rounds = {name: [] for name in steps}  # per round, each side's median step
@@ -204,7 +205,7 @@ def main() -> None:
         res.update({f"{key}_step_s": t_torch, f"{key}_step_s_rounds": rounds[mode],
                     f"{key}_tokens_per_s": tokens / t_torch, f"jax_over_{key}": ratio})
         print(f"pytorch  : median step {t_torch * 1e3:8.1f} ms  {tokens / t_torch:10.0f} tokens/s  "
-              f"(torch {torch.__version__}, {mode}, {torch.get_num_threads()} threads)")
+              f"(torch {torch.__version__}, {mode}, {'bf16 autocast, ' * bf16}{torch.get_num_threads()} threads)")
         print(f"ratio    : jaxbatch / pytorch {mode} tokens/s = {ratio:.2f}x (median of the rounds' ratios)")
     if args.json:
         with open(args.json, "w") as f:

@@ -105,9 +105,11 @@ def format_entity_report(report: dict) -> str:
 def measure_matmul_flops(sizes: tuple[int, ...] = (1024, 2048), dtype=jnp.float32, repeats: int = 5,
                          device=None) -> float:
     """FLOP/s of square matmuls on one device: the *largest* over sizes and repeats. A median or a single
-    run is pulled down by anything else running at that moment, and a low peak shows MFU above 100%."""
+    run is pulled down by anything else running at that moment, and a low peak shows MFU above 100%. bf16
+    on a CPU is summed in float32, as the models' dense layers do there (`layers.f32_accumulated`)."""
     device = device or jax.devices()[0]
-    f = jax.jit(lambda x: x @ x)
+    wide = jnp.float32 if jnp.dtype(dtype) == jnp.bfloat16 and device.platform == "cpu" else None
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=wide))
     best = 0.0
     for n in sizes:
         a = jax.device_put(jnp.ones((n, n), dtype), device)

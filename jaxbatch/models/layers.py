@@ -38,6 +38,33 @@ def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], names: Names, decay
     return nnx.Param(init(key, tuple(shape), jnp.float32), logical_axes=tuple(names), decay=decay, **metadata)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def f32_accumulated(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
+    """x's trailing `n_in` dims against w's leading ones, bf16 products summed in float32 and rounded once,
+    in all three dots of forward and backward (autodiff of a float32-output dot would give float32 x bf16
+    ones). XLA:CPU ran bf16 x bf16 -> float32 dots 4-5x faster than bf16 -> bf16 ones (which
+    take its float32 path) on an Intel CPU with AMX (benchmarks/README.md, session 27)."""
+    dims = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    return jax.lax.dot_general(x, w, (dims, ((), ())), preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _f32_accumulated_fwd(x, w, n_in):
+    return f32_accumulated(x, w, n_in), (x, w)
+
+
+def _f32_accumulated_bwd(n_in, saved, dy):
+    x, w = saved
+    batch = x.ndim - n_in
+    dx = jax.lax.dot_general(dy, w, ((tuple(range(batch, dy.ndim)), tuple(range(n_in, w.ndim))), ((), ())),
+                             preferred_element_type=jnp.float32)
+    dw = jax.lax.dot_general(x, dy, ((tuple(range(batch)), tuple(range(batch))), ((), ())),
+                             preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+f32_accumulated.defvjp(_f32_accumulated_fwd, _f32_accumulated_bwd)
+
+
 class Dense(nnx.Module):
     """y = x . W + b contracting the trailing `len(in_shape)` dims of x into `out_shape` (a LinearGeneral
     whose kernel keeps its head structure, so tensor parallel can split heads by name). The kernel's
@@ -54,8 +81,11 @@ class Dense(nnx.Module):
                      if use_bias else None)
 
     def contract(self, x: jax.Array, w: jax.Array) -> jax.Array:
-        """x's trailing `n_in` dims against w's leading ones, in the compute dtype."""
+        """x's trailing `n_in` dims against w's leading ones, in the compute dtype (bf16 on a CPU: summed in
+        float32, `f32_accumulated`)."""
         x, w = x.astype(self.dtype), w.astype(self.dtype)
+        if self.dtype == jnp.bfloat16 and target_device().platform == "cpu":
+            return f32_accumulated(x, w, self.n_in)
         dims = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
         return jax.lax.dot_general(x, w, (dims, ((), ())))
 

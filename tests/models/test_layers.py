@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxbatch.models import layers
 
@@ -257,3 +258,35 @@ def test_models_train_alike_with_either_kernel_on_a_gpu(preset):
         _, history, _ = run_steps(cfg, batches, jax.devices()[:1])
         losses[impl] = [float(h["loss"]) for h in history]
     np.testing.assert_allclose(losses["auto"], losses["xla"], rtol=2e-2)
+
+
+@pytest.mark.parametrize("n_in", [1, 2])
+def test_bf16_dense_on_a_cpu_sums_in_float32_in_all_three_dots(n_in, monkeypatch):
+    """A bf16 layer in a CPU program (XLA:CPU's fast bf16 dots are those with float32 sums): outputs and
+    both gradients are the float32 dots rounded once to bf16 (within one bf16 step), and a program for another
+    platform keeps the plain bf16 dot; the two agree to bf16 rounding."""
+    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform="cpu"))())
+    shape_in = (4, 6) if n_in == 2 else (24,)
+    dense = layers.Dense(shape_in, (8,), ("heads", "kv")[:n_in], ("embed",), rngs=nnx.Rngs(0), dtype=jnp.bfloat16,
+                         use_bias=False)
+    x = jax.random.normal(jax.random.key(1), (3, 5, *shape_in), jnp.float32).astype(jnp.bfloat16)
+    dy = jax.random.normal(jax.random.key(2), (3, 5, 8), jnp.float32).astype(jnp.bfloat16)
+    w = dense.kernel[...].astype(jnp.bfloat16)
+
+    def grads(contract):
+        y, vjp = jax.vjp(lambda x, w: contract(dense, x, w), x, w)
+        return (y, *vjp(dy))
+
+    got = jax.jit(lambda: grads(layers.Dense.contract))()
+    x32, w32, dy32 = (a.astype(jnp.float32) for a in (x, w, dy))
+    lead = tuple(range(2))
+    want = (jnp.tensordot(x32, w32, n_in), jnp.tensordot(dy32, w32, ((2,), (n_in,))),
+            jnp.tensordot(x32, dy32, (lead, lead)))
+    for a, b in zip(got, want):
+        assert a.dtype == jnp.bfloat16 and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=8e-3, atol=1e-6)
+    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform="tpu"))())
+    monkeypatch.setattr(layers, "f32_accumulated", None)  # a TPU program must not reach it
+    plain = jax.jit(lambda: grads(layers.Dense.contract))()
+    for a, b in zip(got, plain):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2)
