@@ -210,8 +210,12 @@ class Embed(nnx.Module):
         return constrain(jnp.take(table, ids, axis=0).astype(self.dtype), ("batch", "length", "embed"))
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """x . table^T: the table used as an output layer (tied LM heads)."""
-        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+        """x . table^T: the table used as an output layer (tied LM heads); bf16 on a CPU sums in float32, as
+        `Dense.contract` does."""
+        x, table = x.astype(self.dtype), self.embedding[...].astype(self.dtype)
+        if self.dtype == jnp.bfloat16 and target_device().platform == "cpu":
+            return f32_accumulated(x, table.T, 1)
+        return jnp.einsum("...d,vd->...v", x, table)
 
 
 def _normalize(x: jax.Array, eps: float, center: bool) -> tuple[jax.Array, jax.Array]:

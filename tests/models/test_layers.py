@@ -290,3 +290,29 @@ def test_bf16_dense_on_a_cpu_sums_in_float32_in_all_three_dots(n_in, monkeypatch
     plain = jax.jit(lambda: grads(layers.Dense.contract))()
     for a, b in zip(got, plain):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2)
+
+
+def test_a_bf16_tied_output_layer_on_a_cpu_sums_in_float32(monkeypatch):
+    """`Embed.attend` (tied LM heads) takes the same float32-summed bf16 dots on a CPU: logits and the table's
+    gradient within one bf16 step of float32's, and within bf16 rounding of the plain bf16 einsum."""
+    embed = layers.Embed(50, 16, ("vocab", "embed"), rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(1), (3, 5, 16), jnp.float32).astype(jnp.bfloat16)
+    dy = jax.random.normal(jax.random.key(2), (3, 5, 50), jnp.float32).astype(jnp.bfloat16)
+
+    def logits_and_grads(platform):
+        monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform=platform))())
+        y, vjp = jax.vjp(lambda x, table: layers.Embed.attend(
+            type("Table", (), dict(dtype=jnp.bfloat16, embedding=table))(), x), x, embed.embedding[...])
+        return [np.asarray(a, np.float32) for a in (y, *vjp(dy))]
+
+    calls = []
+    monkeypatch.setattr(layers, "f32_accumulated", lambda *a, f=layers.f32_accumulated: calls.append(1) or f(*a))
+    cpu = logits_and_grads("cpu")
+    assert calls
+    monkeypatch.setattr(layers, "f32_accumulated", None)  # a TPU program must not reach it
+    tpu = logits_and_grads("tpu")
+    x32, t32, dy32 = (np.asarray(a, np.float32) for a in (x, embed.embedding[...].astype(jnp.bfloat16), dy))
+    want = (x32 @ t32.T, dy32 @ t32, np.einsum("btv,btd->vd", dy32, x32))
+    for got, plain, ref in zip(cpu, tpu, want):
+        np.testing.assert_allclose(got, ref, rtol=8e-3, atol=1e-6)
+        np.testing.assert_allclose(got, plain, rtol=2e-2, atol=2e-2)
