@@ -640,34 +640,41 @@ def _rope_parameters(cfg) -> dict:
 
 
 def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
-    """jaxbatch parameter name -> (HF tensor name, layout). GPT-2's Conv1D weights are already (in, out);
-    its fused c_attn is split into thirds (`models.hf_part`)."""
-    if cfg.arch == "gpt2":
-        m = {"token_embeddings.embedding": ("transformer.wte.weight", "copy"),
-             "position_embeddings.embedding": ("transformer.wpe.weight", "copy"),
-             "final_norm.scale": ("transformer.ln_f.weight", "copy"), "final_norm.bias": ("transformer.ln_f.bias", "copy")}
-        for i in range(cfg.num_layers):
-            ours, theirs = f"layers.{i}", f"transformer.h.{i}"
-            h = cfg.hidden_size
-            for j, name in enumerate(("query", "key", "value")):
-                third = models.hf_part(-1, j * h, (j + 1) * h, "heads_last")
-                m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.attn.c_attn.weight", third)
-                m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.attn.c_attn.bias", third)
-            m[f"{ours}.attention.out.kernel"] = (f"{theirs}.attn.c_proj.weight", "heads_in")
-            m[f"{ours}.attention.out.bias"] = (f"{theirs}.attn.c_proj.bias", "copy")
-            for norm, hf_norm in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
-                m[f"{ours}.{norm}.scale"] = (f"{theirs}.{hf_norm}.weight", "copy")
-                m[f"{ours}.{norm}.bias"] = (f"{theirs}.{hf_norm}.bias", "copy")
-            for ours_mlp, hf_mlp in (("wi", "c_fc"), ("wo", "c_proj")):
-                m[f"{ours}.mlp.{ours_mlp}.kernel"] = (f"{theirs}.mlp.{hf_mlp}.weight", "copy")
-                m[f"{ours}.mlp.{ours_mlp}.bias"] = (f"{theirs}.mlp.{hf_mlp}.bias", "copy")
-    else:
-        m = {"token_embeddings.embedding": ("model.embed_tokens.weight", "copy"),
-             "final_norm.scale": ("model.norm.weight", "copy")}
-    if not cfg.tie_embeddings:  # an untied output layer is lm_head, a torch Linear, in both classes
+    """jaxbatch parameter name -> (HF tensor name, layout): the architecture's table, and an untied output
+    layer, which is `lm_head` (a torch Linear) in every class."""
+    m = _gpt2_key_map(cfg) if cfg.arch == "gpt2" else _llama_key_map(cfg)
+    if not cfg.tie_embeddings:
         m["lm_head.kernel"] = ("lm_head.weight", "t")
-    if cfg.arch == "gpt2":
-        return m
+    return m
+
+
+def _gpt2_key_map(cfg) -> dict[str, tuple[str, str]]:
+    """GPT-2's Conv1D weights are already (in, out); its fused c_attn is split into thirds (`models.hf_part`)."""
+    m = {"token_embeddings.embedding": ("transformer.wte.weight", "copy"),
+         "position_embeddings.embedding": ("transformer.wpe.weight", "copy"),
+         "final_norm.scale": ("transformer.ln_f.weight", "copy"), "final_norm.bias": ("transformer.ln_f.bias", "copy")}
+    for i in range(cfg.num_layers):
+        ours, theirs = f"layers.{i}", f"transformer.h.{i}"
+        h = cfg.hidden_size
+        for j, name in enumerate(("query", "key", "value")):
+            third = models.hf_part(-1, j * h, (j + 1) * h, "heads_last")
+            m[f"{ours}.attention.{name}.kernel"] = (f"{theirs}.attn.c_attn.weight", third)
+            m[f"{ours}.attention.{name}.bias"] = (f"{theirs}.attn.c_attn.bias", third)
+        m[f"{ours}.attention.out.kernel"] = (f"{theirs}.attn.c_proj.weight", "heads_in")
+        m[f"{ours}.attention.out.bias"] = (f"{theirs}.attn.c_proj.bias", "copy")
+        for norm, hf_norm in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            m[f"{ours}.{norm}.scale"] = (f"{theirs}.{hf_norm}.weight", "copy")
+            m[f"{ours}.{norm}.bias"] = (f"{theirs}.{hf_norm}.bias", "copy")
+        for ours_mlp, hf_mlp in (("wi", "c_fc"), ("wo", "c_proj")):
+            m[f"{ours}.mlp.{ours_mlp}.kernel"] = (f"{theirs}.mlp.{hf_mlp}.weight", "copy")
+            m[f"{ours}.mlp.{ours_mlp}.bias"] = (f"{theirs}.mlp.{hf_mlp}.bias", "copy")
+    return m
+
+
+def _llama_key_map(cfg) -> dict[str, tuple[str, str]]:
+    """LLaMA-style and Gemma classes: torch Linear weights, (out, in)."""
+    m = {"token_embeddings.embedding": ("model.embed_tokens.weight", "copy"),
+         "final_norm.scale": ("model.norm.weight", "copy")}
     for i in range(cfg.num_layers):
         ours, theirs = f"layers.{i}", f"model.layers.{i}"
         for name, hf_name in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):

@@ -38,14 +38,25 @@ def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], names: Names, decay
     return nnx.Param(init(key, tuple(shape), jnp.float32), logical_axes=tuple(names), decay=decay, **metadata)
 
 
+def trailing_dot(x: jax.Array, w: jax.Array, n_in: int, sums=None) -> jax.Array:
+    """x's trailing `n_in` dims against w's leading ones (`sums`: the dot's output dtype, None = the inputs')."""
+    dims = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    return jax.lax.dot_general(x, w, (dims, ((), ())), preferred_element_type=sums)
+
+
+def sums_in_float32(dtype) -> bool:
+    """Whether a dot in `dtype` takes `f32_accumulated`: bf16 in a program for a CPU (the traced program's
+    device; a TPU slice compiled on a CPU box keeps plain bf16 dots)."""
+    return dtype == jnp.bfloat16 and target_device().platform == "cpu"
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def f32_accumulated(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
-    """x's trailing `n_in` dims against w's leading ones, bf16 products summed in float32 and rounded once,
-    in all three dots of forward and backward (autodiff of a float32-output dot would give float32 x bf16
-    ones). XLA:CPU ran bf16 x bf16 -> float32 dots 4-5x faster than bf16 -> bf16 ones (which
-    take its float32 path) on an Intel CPU with AMX (benchmarks/README.md, session 27)."""
-    dims = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return jax.lax.dot_general(x, w, (dims, ((), ())), preferred_element_type=jnp.float32).astype(x.dtype)
+    """`trailing_dot` with bf16 products summed in float32 and rounded once, in all three dots of forward and
+    backward (autodiff of a float32-output dot would give float32 x bf16 ones). XLA:CPU ran bf16 x bf16 ->
+    float32 dots 4-5x faster than bf16 -> bf16 ones (which take its float32 path) on an Intel CPU with AMX
+    (benchmarks/README.md, session 27)."""
+    return trailing_dot(x, w, n_in, jnp.float32).astype(x.dtype)
 
 
 def _f32_accumulated_fwd(x, w, n_in):
@@ -84,10 +95,7 @@ class Dense(nnx.Module):
         """x's trailing `n_in` dims against w's leading ones, in the compute dtype (bf16 on a CPU: summed in
         float32, `f32_accumulated`)."""
         x, w = x.astype(self.dtype), w.astype(self.dtype)
-        if self.dtype == jnp.bfloat16 and target_device().platform == "cpu":
-            return f32_accumulated(x, w, self.n_in)
-        dims = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-        return jax.lax.dot_general(x, w, (dims, ((), ())))
+        return (f32_accumulated if sums_in_float32(self.dtype) else trailing_dot)(x, w, self.n_in)
 
     def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         """`deterministic` / `rngs`: the step's dropout, which every dense layer takes and only LoRA's uses (the
@@ -213,7 +221,7 @@ class Embed(nnx.Module):
         """x . table^T: the table used as an output layer (tied LM heads); bf16 on a CPU sums in float32, as
         `Dense.contract` does."""
         x, table = x.astype(self.dtype), self.embedding[...].astype(self.dtype)
-        if self.dtype == jnp.bfloat16 and target_device().platform == "cpu":
+        if sums_in_float32(self.dtype):
             return f32_accumulated(x, table.T, 1)
         return jnp.einsum("...d,vd->...v", x, table)
 

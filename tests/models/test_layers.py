@@ -141,6 +141,11 @@ def _attention_inputs(kind: str, b: int = 4, t: int = 64, heads: int = 4, d: int
     return q, k, v, mask[:, None], valid
 
 
+def _program_for(monkeypatch, platform: str) -> None:
+    """Trace as if for a device of `platform` (`layers.target_device`, which the layers' choices read)."""
+    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform=platform))())
+
+
 def _attention_and_grads(impl: str, q, k, v, mask, valid):
     g = jax.random.normal(jax.random.key(2), q.shape, jnp.float32) * valid[:, :, None, None]
 
@@ -168,9 +173,9 @@ def test_cpu_programs_take_the_written_out_attention_equal_to_xlas_kernel(kind, 
     `jax.nn.dot_product_attention`'s, rows that see no key included; one for another platform keeps it."""
     q, k, v, mask, valid = (a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a
                             for a in _attention_inputs(kind, t=32))
-    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform="cpu"))())
+    _program_for(monkeypatch, "cpu")
     got = _attention_and_grads("auto", q, k, v, mask, valid)
-    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform="tpu"))())
+    _program_for(monkeypatch, "tpu")
     monkeypatch.setattr(layers, "written_out", None)  # a TPU program must not reach it
     library = _attention_and_grads("auto", q, k, v, mask, valid)
     for a, b in zip(got, library):
@@ -212,7 +217,7 @@ def test_fp16_attention_runs_in_float32_only_when_the_program_is_for_a_cpu(monke
     q = jnp.ones((2, 8, 4, 16), jnp.float16)
 
     def dot_types(platform):
-        monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform=platform))())
+        _program_for(monkeypatch, platform)
         jaxpr = jax.make_jaxpr(lambda q: layers.attend(q, q, q, None, jnp.float16, impl="xla"))(q)
         return {str(e.invars[0].aval.dtype) for e in jaxpr.eqns if e.primitive.name == "dot_general"}
 
@@ -265,7 +270,7 @@ def test_bf16_dense_on_a_cpu_sums_in_float32_in_all_three_dots(n_in, monkeypatch
     """A bf16 layer in a CPU program (XLA:CPU's fast bf16 dots are those with float32 sums): outputs and
     both gradients are the float32 dots rounded once to bf16 (within one bf16 step), and a program for another
     platform keeps the plain bf16 dot; the two agree to bf16 rounding."""
-    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform="cpu"))())
+    _program_for(monkeypatch, "cpu")
     shape_in = (4, 6) if n_in == 2 else (24,)
     dense = layers.Dense(shape_in, (8,), ("heads", "kv")[:n_in], ("embed",), rngs=nnx.Rngs(0), dtype=jnp.bfloat16,
                          use_bias=False)
@@ -285,7 +290,7 @@ def test_bf16_dense_on_a_cpu_sums_in_float32_in_all_three_dots(n_in, monkeypatch
     for a, b in zip(got, want):
         assert a.dtype == jnp.bfloat16 and a.shape == b.shape
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=8e-3, atol=1e-6)
-    monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform="tpu"))())
+    _program_for(monkeypatch, "tpu")
     monkeypatch.setattr(layers, "f32_accumulated", None)  # a TPU program must not reach it
     plain = jax.jit(lambda: grads(layers.Dense.contract))()
     for a, b in zip(got, plain):
@@ -300,7 +305,7 @@ def test_a_bf16_tied_output_layer_on_a_cpu_sums_in_float32(monkeypatch):
     dy = jax.random.normal(jax.random.key(2), (3, 5, 50), jnp.float32).astype(jnp.bfloat16)
 
     def logits_and_grads(platform):
-        monkeypatch.setattr(layers, "target_device", lambda: type("Device", (), dict(platform=platform))())
+        _program_for(monkeypatch, platform)
         y, vjp = jax.vjp(lambda x, table: layers.Embed.attend(
             type("Table", (), dict(dtype=jnp.bfloat16, embedding=table))(), x), x, embed.embedding[...])
         return [np.asarray(a, np.float32) for a in (y, *vjp(dy))]
