@@ -50,29 +50,31 @@ def bypassed(devices):
         compilation_cache.reset_cache()
 
 
-def cached_peak(measure) -> tuple[float, bool]:
-    """(peak FLOP/s, whether it was measured now): measured once per machine, device kind, device count
-    and jax version, then read back (runs start faster and share one number; the measurement itself is
+def cached_peak(measure, dtype: str = "float32") -> tuple[float, bool]:
+    """(peak FLOP/s, whether it was measured now): measured once per machine, device kind, device count,
+    jax version and matmul dtype, then read back (runs start faster and share one number; the measurement itself is
     the largest of several, see metrics.measure_matmul_flops)."""
-    stored, key = _stored_peaks(), _peak_key()
+    stored, key = _stored_peaks(), _peak_key(dtype)
     if key in stored:
         return float(stored[key]), False
     value = measure()
-    _store_peak(stored, value)
+    _store_peak(stored, key, value)
     return value, True
 
 
-def raise_peak(value: float) -> None:
+def raise_peak(value: float, dtype: str = "float32") -> None:
     """Stores `value` as this machine's peak if it is higher than the one stored: a step that ran faster than
     the measured matmul shows the measurement was taken in a slow moment (a busy laptop), and a low peak would
     otherwise stay cached and show MFU above 100% in every later run."""
-    stored = _stored_peaks()
-    if value > float(stored.get(_peak_key(), 0.0)):
-        _store_peak(stored, value)
+    stored, key = _stored_peaks(), _peak_key(dtype)
+    if value > float(stored.get(key, 0.0)):
+        _store_peak(stored, key, value)
 
 
-def _peak_key() -> str:
-    return f"{platform.node()}|{os.cpu_count()}|{jax.devices()[0].device_kind}|{jax.device_count()}|jax-{jax.__version__}"
+def _peak_key(dtype: str) -> str:
+    """fp32 keys keep the form they had before peaks were kept per dtype, so caches written then stay valid."""
+    key = f"{platform.node()}|{os.cpu_count()}|{jax.devices()[0].device_kind}|{jax.device_count()}|jax-{jax.__version__}"
+    return key if dtype == "float32" else f"{key}|{dtype}"
 
 
 def _peak_path() -> Path | None:
@@ -90,14 +92,14 @@ def _stored_peaks() -> dict:
     return {}
 
 
-def _store_peak(stored: dict, value: float) -> None:
+def _store_peak(stored: dict, key: str, value: float) -> None:
     path = _peak_path()
     if path is None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({**stored, _peak_key(): value}))
+        tmp.write_text(json.dumps({**stored, key: value}))
         tmp.replace(path)
     except OSError:
         pass  # a read-only home: measure again next time

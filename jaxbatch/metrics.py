@@ -125,11 +125,13 @@ class Peak(NamedTuple):
     flops: float  # per device
     source: str  # where the number came from, for the log
     measured: bool  # a matmul timed on this machine (a lower bound: a faster step raises it)
+    dtype: str = "float32"  # the matmul's inputs: a bf16 run is measured against a bf16 peak, never fp32's
 
 
-def peak_flops_per_device(override_tflops: float = 0.0) -> Peak:
-    """The override, the spec sheet for known accelerators, else a measured fp32 matmul (CPU), cached per
-    machine (cache.py)."""
+def peak_flops_per_device(override_tflops: float = 0.0, dtype=jnp.float32) -> Peak:
+    """The override, the spec sheet for known accelerators, else a matmul in the run's compute `dtype` measured
+    on this machine (CPU) and cached per machine and dtype (cache.py): on a CPU bf16 dots run ~3x fp32's rate,
+    so one shared number would read a bf16 run's MFU against fp32's peak and raise fp32's from it."""
     if override_tflops:
         return Peak(override_tflops * 1e12, "config", False)
     from jaxbatch import cache, topology
@@ -138,20 +140,22 @@ def peak_flops_per_device(override_tflops: float = 0.0) -> Peak:
     chip = topology.chip_for_kind(kind)
     if chip is not None:
         return Peak(chip.peak_flops, f"spec sheet ({kind}, bf16)", False)
-    value, fresh = cache.cached_peak(measure_matmul_flops)
-    source = f"fp32 matmul ({kind}), {'measured now' if fresh else 'measured earlier on this machine'}"
+    name = jnp.dtype(dtype).name
+    value, fresh = cache.cached_peak(lambda: measure_matmul_flops(dtype=dtype), name)
+    source = f"{name} matmul ({kind}), {'measured now' if fresh else 'measured earlier on this machine'}"
     per_device = measured_peak_per_device(value)
     if per_device != value:
-        return Peak(per_device, f"{source}, the host's peak shared by {jax.local_device_count()} devices", True)
-    return Peak(value, source, True)
+        source = f"{source}, the host's peak shared by {jax.local_device_count()} devices"
+    return Peak(per_device, source, True, name)
 
 
-def raise_measured_peak(per_device: float) -> None:
-    """A step reached `per_device` FLOP/s on each device, above the measured peak: the measurement was low;
-    store the step's rate as this machine's peak instead (cache.raise_peak), in `measure_matmul_flops`' units."""
+def raise_measured_peak(peak: Peak, per_device: float) -> None:
+    """A step reached `per_device` FLOP/s on each device, above the measured `peak`: the measurement was low;
+    store the step's rate as this machine's peak for its dtype instead (cache.raise_peak), in
+    `measure_matmul_flops`' units."""
     from jaxbatch import cache
 
-    cache.raise_peak(per_device * _devices_sharing_a_measurement())
+    cache.raise_peak(per_device * _devices_sharing_a_measurement(), peak.dtype)
 
 
 def measured_peak_per_device(peak: float) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxbatch import metrics
 from jaxbatch.errors import WriteError, writing
 
 
@@ -80,11 +81,12 @@ class Reporter:
     """Writes one JSON object per logged step to `metrics.jsonl` and the same scalars to TensorBoard;
     keeps a tqdm bar with loss, tokens/s and MFU. Only process 0 writes."""
 
-    def __init__(self, run_dir: str | Path, total_steps: int, peak_flops: float, num_devices: int,
-                 progress: bool = True, initial_step: int = 0, peak_measured: bool = False):
+    def __init__(self, run_dir: str | Path, total_steps: int, peak: metrics.Peak, num_devices: int,
+                 progress: bool = True, initial_step: int = 0):
         self.run_dir = Path(run_dir)
         self.primary = jax.process_index() == 0
-        self.peak, self.num_devices, self.peak_measured = peak_flops * num_devices, num_devices, peak_measured
+        self.measured_peak = peak  # per device, as measured: a faster step raises it (`_raise_peak`)
+        self.peak, self.num_devices = peak.flops * num_devices, num_devices
         self.history: list[dict] = []
         self._last_time, self._last_step = None, initial_step
         self._tokens = self._flops = 0.0
@@ -117,7 +119,7 @@ class Reporter:
         if kind == "train" and self._last_time is not None and step > self._last_step:
             now = time.perf_counter()
             elapsed = now - self._last_time
-            if self.peak_measured and self._flops / elapsed > self.peak:  # MFU never reads above 100%:
+            if self.measured_peak.measured and self._flops / elapsed > self.peak:  # MFU never reads above 100%:
                 self._raise_peak(self._flops / elapsed)  # the measured peak was low
             record.update(step_time_s=elapsed / (step - self._last_step), tokens_per_s=self._tokens / elapsed,
                           mfu=self._flops / elapsed / self.peak)
@@ -147,9 +149,7 @@ class Reporter:
                    f"measured ({self.peak / self.num_devices / 1e12:.3f}): that is this machine's peak from now on")
         self.peak = achieved
         if self.primary:
-            from jaxbatch import metrics
-
-            metrics.raise_measured_peak(achieved / self.num_devices)
+            metrics.raise_measured_peak(self.measured_peak, achieved / self.num_devices)
 
     def advance(self, tokens: int, flops: float) -> None:
         """One step done: `tokens` (padded, as computed) and model `flops` it took."""

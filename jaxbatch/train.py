@@ -14,7 +14,8 @@ import numpy as np
 
 from jax.experimental import multihost_utils
 
-from jaxbatch import checkpoint, config, evaluate, lora, losses, metrics, models, noise_scale, optim, rampup, reporting
+from jaxbatch import checkpoint, config, evaluate, lora, losses, metrics, models, noise_scale, optim, precision, rampup
+from jaxbatch import reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
@@ -168,7 +169,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                  f"{spec.model.vocab_size}; raise model.vocab_size")
 
     # ---- The run: mesh, optimizer, sharded state, compiled steps ----------------------------------------------
-    peak = metrics.peak_flops_per_device(spec.train.peak_tflops)  # measured before any compile runs
+    # measured before any compile runs, in the dtype the matmuls take
+    peak = metrics.peak_flops_per_device(spec.train.peak_tflops, precision.compute_dtype(spec.precision.policy))
     shapes = pipeline.step_shapes(data.train, spec.train.batch_size, spec.train.steps, spec.train.seed,
                                   spec.data.buckets, rampup.batch_sizes(spec.train) if spec.train.rampup_samples else None)
     per_row = pipeline.labelled_per_row(data.train) if spec.train.loss_norm == "dataset" else 0.0
@@ -249,8 +251,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     if first_step < last_step:
         ckpt.check_space(state)  # before the first step, not at the first save
     ckpt.handle_signals()
-    reporter = reporting.Reporter(run_dir, t.steps, peak.flops, jax.device_count(), t.progress, first_step,
-                                  peak.measured)
+    reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress, first_step)
 
     # ---- Loop -------------------------------------------------------------------------------------------------
     noise = noise_scale.NoiseScale(run.micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None

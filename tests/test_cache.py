@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from jaxbatch import cache, metrics
@@ -68,3 +70,25 @@ def test_a_faster_rate_raises_the_stored_peak_and_a_slower_one_does_not(tmp_path
     assert cache.cached_peak(lambda: 0.0) == (1.0e11, False)
     cache.raise_peak(3.0e11)
     assert cache.cached_peak(lambda: 0.0) == (3.0e11, False)
+
+
+def test_peaks_are_kept_per_dtype(tmp_path, monkeypatch):
+    """A bf16 run's peak (measured with bf16 inputs) and fp32's are two numbers; fp32 keeps the key it had
+    before peaks were kept per dtype, so an existing cache stays valid."""
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
+    assert cache.cached_peak(lambda: 1.0e11) == (1.0e11, True)
+    assert cache.cached_peak(lambda: 3.0e11, "bfloat16") == (3.0e11, True)
+    cache.raise_peak(5.0e11, "bfloat16")
+    assert cache.cached_peak(lambda: 0.0, "float32") == (1.0e11, False)
+    assert cache.cached_peak(lambda: 0.0, "bfloat16") == (5.0e11, False)
+    keys = sorted(json.loads((tmp_path / "peak_flops.json").read_text()))
+    assert keys[0] + "|bfloat16" == keys[1]
+
+
+def test_the_training_peak_is_measured_in_the_compute_dtype(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
+    seen = []
+    monkeypatch.setattr(metrics, "measure_matmul_flops", lambda dtype: seen.append(dtype) or 4.0e11)
+    peak = metrics.peak_flops_per_device(0.0, jnp.bfloat16)
+    assert seen == [jnp.bfloat16] and peak.dtype == "bfloat16" and "bfloat16 matmul" in peak.source
+    assert peak.flops == pytest.approx(4.0e11 / jax.local_device_count())

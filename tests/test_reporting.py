@@ -9,13 +9,14 @@ import time
 import jax
 import pytest
 
-from jaxbatch import cache, reporting
+from jaxbatch import cache, metrics, reporting
 from jaxbatch.errors import WriteError
 
 
-def _mfu(tmp_path, peak_measured: bool) -> tuple[float, float]:
-    reporter = reporting.Reporter(tmp_path / str(peak_measured), 10, peak_flops=1e6, num_devices=jax.device_count(),
-                                  progress=False, peak_measured=peak_measured)
+def _mfu(tmp_path, peak_measured: bool, dtype: str = "float32") -> tuple[float, float]:
+    peak = metrics.Peak(1e6, "test", peak_measured, dtype)
+    reporter = reporting.Reporter(tmp_path / str(peak_measured), 10, peak, num_devices=jax.device_count(),
+                                  progress=False)
     reporter.start_clock(0)
     reporter.advance(tokens=100, flops=1e12)  # far above 1 MFLOP/s per device, whatever the step time
     record = reporter.log(1, {"loss": 1.0})
@@ -33,6 +34,17 @@ def test_a_step_faster_than_the_measured_peak_raises_it_for_this_run_and_the_nex
     assert cache.cached_peak(lambda: 0.0)[0] == pytest.approx(per_device * jax.local_device_count())
 
 
+def test_a_bf16_step_raises_the_bf16_peak_and_leaves_fp32_alone(tmp_path, monkeypatch):
+    """bf16 dots run ~3x fp32's rate on a CPU: a bf16 run measures against its own peak and never raises
+    the one fp32 runs read."""
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path / "cache"))
+    assert cache.cached_peak(lambda: 2e6, "float32") == (2e6, True)
+    _, peak = _mfu(tmp_path, peak_measured=True, dtype="bfloat16")
+    assert cache.cached_peak(lambda: 0.0, "float32") == (2e6, False)
+    assert cache.cached_peak(lambda: 0.0, "bfloat16")[0] == pytest.approx(
+        peak / jax.device_count() * jax.local_device_count())
+
+
 def test_a_peak_from_the_config_or_a_spec_sheet_is_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path / "cache"))
     mfu, peak = _mfu(tmp_path, peak_measured=False)
@@ -46,7 +58,8 @@ def test_a_resume_drops_rows_past_its_checkpoint_and_a_torn_last_line(tmp_path):
     rows = [{"step": s, "kind": "train", "loss": 1.0 / s, "learning_rate": 0.1} for s in (1, 2, 3, 4)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "ki')
     assert reporting.read_metrics(tmp_path) == rows
-    reporter = reporting.Reporter(tmp_path, 10, peak_flops=1e6, num_devices=1, progress=False, initial_step=2)
+    reporter = reporting.Reporter(tmp_path, 10, metrics.Peak(1e6, "test", False), num_devices=1, progress=False,
+                                  initial_step=2)
     reporter.close()
     assert reporting.read_metrics(tmp_path) == rows[:2]
     assert reporting.plot_curves(tmp_path).is_file()
@@ -86,7 +99,7 @@ def test_tensorboard_on_a_full_disk_stops_the_next_log_in_one_error(tmp_path, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(record_writer.RecordWriter, "write", write)
-    reporter = reporting.Reporter(tmp_path, 10, peak_flops=1e6, num_devices=1, progress=False)
+    reporter = reporting.Reporter(tmp_path, 10, metrics.Peak(1e6, "test", False), num_devices=1, progress=False)
     reporter.log(1, {"loss": 1.0, "learning_rate": 0.1})
     deadline = time.monotonic() + 60
     with pytest.raises(WriteError, match=r"tensorboard: cannot write \(No space left on device\)"):
