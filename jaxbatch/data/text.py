@@ -129,10 +129,20 @@ class CharTokenizer:
         return cls(json.loads((Path(folder) / cls.FILE).read_text()))
 
     def save_pretrained(self, folder) -> None:
+        """chars.json, and the same vocabulary as a `tokenizers` file (one word per character, joined back
+        without spaces), so `AutoTokenizer.from_pretrained` reads the folder and an exported model is usable
+        from transformers alone."""
         import json
+
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
 
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / self.FILE).write_text(json.dumps(self.chars, ensure_ascii=False))
+        hf = Tokenizer(models.WordLevel(dict(self.index), unk_token=None))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        hf.decoder = decoders.Fuse()
+        PreTrainedTokenizerFast(tokenizer_object=hf, clean_up_tokenization_spaces=False).save_pretrained(str(folder))
 
     def __len__(self) -> int:
         return len(self.chars)
