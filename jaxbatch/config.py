@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -283,12 +284,17 @@ def _coerce(text_or_value: Any, hint: Any, key: str) -> Any:
         if hint in (int, float, str):
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return hint(value)
+            typed = hint(value)
+            if hint is float and not math.isfinite(typed):  # nan passes every `> 0` check and trains on NaN
+                raise OverflowError(value)
+            return typed
         if origin is tuple:  # the rules table: JSON text or nested sequences
             if isinstance(value, str):
                 value = json.loads(value)
             return tuple((str(name), tuple(axes) if isinstance(axes, (list, tuple)) else
                           ((axes,) if axes else ())) for name, axes in value)
+    except OverflowError as e:
+        raise ConfigError(f"{key} must be a finite number, got {text_or_value!r}") from e
     except (ValueError, TypeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{key}: cannot read {text_or_value!r} as {getattr(hint, '__name__', hint)}") from e
     raise ConfigError(f"{key}: unsupported field type {hint}")

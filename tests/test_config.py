@@ -41,6 +41,16 @@ def test_bad_values_name_the_key():
         config.build(["model.preset=huge"])
 
 
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e400"])
+def test_a_number_must_be_finite(value, tmp_path):
+    """NaN passes every `> 0` check (a NaN learning rate trained until the divergence guard stopped it)."""
+    with pytest.raises(config.ConfigError, match=f"optim.learning_rate must be a finite number, got '{value}'"):
+        config.build([f"optim.learning_rate={value}"])
+    (tmp_path / "c.toml").write_text("[model]\nhidden_dropout = nan\n")
+    with pytest.raises(config.ConfigError, match="c.toml: model.hidden_dropout must be a finite number"):
+        config.build(config_file=str(tmp_path / "c.toml"))
+
+
 def test_file_then_overrides(tmp_path):
     f = tmp_path / "run.toml"
     f.write_text('[train]\nbatch_size = 128\nsteps = 7\n[mesh]\nfsdp = 2\n[mesh.rules]\nbatch = ["data", "fsdp"]\n'
