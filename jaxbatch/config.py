@@ -284,17 +284,12 @@ def _coerce(text_or_value: Any, hint: Any, key: str) -> Any:
         if hint in (int, float, str):
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            typed = hint(value)
-            if hint is float and not math.isfinite(typed):  # nan passes every `> 0` check and trains on NaN
-                raise OverflowError(value)
-            return typed
+            return hint(value)
         if origin is tuple:  # the rules table: JSON text or nested sequences
             if isinstance(value, str):
                 value = json.loads(value)
             return tuple((str(name), tuple(axes) if isinstance(axes, (list, tuple)) else
                           ((axes,) if axes else ())) for name, axes in value)
-    except OverflowError as e:
-        raise ConfigError(f"{key} must be a finite number, got {text_or_value!r}") from e
     except (ValueError, TypeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{key}: cannot read {text_or_value!r} as {getattr(hint, '__name__', hint)}") from e
     raise ConfigError(f"{key}: unsupported field type {hint}")
@@ -318,7 +313,10 @@ def _set(cfg: Config, key: str, value: Any) -> Config:
         hint = f"; did you mean {', '.join(near)}?" if near else ""
         raise ConfigError(f"unknown config key {key!r}{hint}")
     hints = typing.get_type_hints(type(node))
-    return replace(cfg, **{f"{parts[0]}__{parts[1]}": _coerce(value, hints[parts[1]], key)})
+    typed = _coerce(value, hints[parts[1]], key)
+    if isinstance(typed, float) and not math.isfinite(typed):  # nan passes every `> 0` check and trains on NaN
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return replace(cfg, **{f"{parts[0]}__{parts[1]}": typed})
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

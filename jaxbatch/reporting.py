@@ -85,7 +85,7 @@ class Reporter:
                  progress: bool = True, initial_step: int = 0):
         self.run_dir = Path(run_dir)
         self.primary = jax.process_index() == 0
-        self.measured_peak = peak  # per device, as measured: a faster step raises it (`_raise_peak`)
+        self.start_peak = peak  # per device, where it came from; a faster step raises `self.peak` if measured
         self.peak, self.num_devices = peak.flops * num_devices, num_devices
         self.history: list[dict] = []
         self._last_time, self._last_step = None, initial_step
@@ -119,7 +119,7 @@ class Reporter:
         if kind == "train" and self._last_time is not None and step > self._last_step:
             now = time.perf_counter()
             elapsed = now - self._last_time
-            if self.measured_peak.measured and self._flops / elapsed > self.peak:  # MFU never reads above 100%:
+            if self.start_peak.measured and self._flops / elapsed > self.peak:  # MFU never reads above 100%:
                 self._raise_peak(self._flops / elapsed)  # the measured peak was low
             record.update(step_time_s=elapsed / (step - self._last_step), tokens_per_s=self._tokens / elapsed,
                           mfu=self._flops / elapsed / self.peak)
@@ -149,7 +149,7 @@ class Reporter:
                    f"measured ({self.peak / self.num_devices / 1e12:.3f}): that is this machine's peak from now on")
         self.peak = achieved
         if self.primary:
-            metrics.raise_measured_peak(self.measured_peak, achieved / self.num_devices)
+            metrics.raise_measured_peak(self.start_peak, achieved / self.num_devices)
 
     def advance(self, tokens: int, flops: float) -> None:
         """One step done: `tokens` (padded, as computed) and model `flops` it took."""
