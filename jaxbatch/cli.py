@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 
+RESTORE_HELP = "key=value: mesh.*, train.batch_size, data.seq_len, data.unknown_label, precision.policy"
 STEP_HELP = "a run dir's checkpoint at this step (default: its best by checkpoint.best_metric, else its newest)"
 
 
@@ -33,17 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     predict_p = sub.add_parser("predict", help="label new text with a trained run dir or Hugging Face folder")
     predict_p.add_argument("model", help="run dir or Hugging Face folder")
     predict_p.add_argument("--step", type=int, help=STEP_HELP)
-    predict_p.add_argument("--input", help="text (one sentence per line), CoNLL or TSV file; default stdin")
+    predict_p.add_argument("--input", help="text (one sentence per line), CoNLL, or TSV / CSV / JSONL file; default stdin")
     predict_p.add_argument("--format", default="auto", help="input format: auto | text | conll | tsv")
     predict_p.add_argument("--output-format", default="json", help="json (lines) | conll (token tasks)")
-    predict_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
+    predict_p.add_argument("overrides", nargs="*", help=RESTORE_HELP)
     eval_p = sub.add_parser("evaluate", help="score a trained run dir on a dataset split")
     eval_p.add_argument("model", help="run dir or Hugging Face folder")
     eval_p.add_argument("--step", type=int, help=STEP_HELP)
     eval_p.add_argument("--data-dir", help="folder with the split's file (default: the run's data.data_dir)")
     eval_p.add_argument("--split", default="test", help="train | validation | test (default test)")
     eval_p.add_argument("--data-name", help="conll | tsv | ... (default: the run's data.name)")
-    eval_p.add_argument("overrides", nargs="*", help="mesh.*, train.batch_size, data.seq_len")
+    eval_p.add_argument("overrides", nargs="*", help=RESTORE_HELP)
     gen_p = sub.add_parser("generate", help="continue prompts with a trained decoder (run dir or HF folder)")
     gen_p.add_argument("model", help="run dir or Hugging Face folder")
     gen_p.add_argument("--step", type=int, help=STEP_HELP)
@@ -277,6 +278,7 @@ def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer:
 
 def predict(args) -> int:
     from jaxbatch import predict as predict_lib
+    from jaxbatch import run as run_lib
 
     if args.output_format not in ("json", "conll"):
         from jaxbatch.errors import ConfigError
@@ -286,6 +288,7 @@ def predict(args) -> int:
         from jaxbatch.errors import CheckpointError
 
         raise CheckpointError(f"{args.model}: no such run dir or Hugging Face folder")
+    run_lib.check_restore_overrides(args.overrides)
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step)

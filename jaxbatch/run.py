@@ -223,6 +223,19 @@ def hf_spec(folder: Path) -> config.Config:
     return dataclasses.replace(base, model=model, data=dataclasses.replace(data, labels=",".join(names)))
 
 
+def check_restore_overrides(overrides: list[str] | tuple) -> None:
+    """Refuses what `restore` may not change, before a command reads its input: a file named where an override
+    goes would otherwise be taken for one, and predict would wait on standard input."""
+    allowed = ("mesh.", "train.batch_size", "data.seq_len", "data.unknown_label", "precision.policy")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item!r} is not key=value: overrides come after the model; files and folders are "
+                              f"given with their option (--input, --data-dir, --prompts; see --help)")
+        if not item.startswith(allowed):
+            raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len, data.unknown_label and "
+                              f"precision.policy may be changed when restoring a trained model")
+
+
 def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None, step: int | None = None) -> Restored:
     """Rebuilds a trained model for inference from a run dir (its best usable checkpoint by
     checkpoint.best_metric, else its newest: spec + params, no optimizer state; a damaged one before it in
@@ -237,11 +250,7 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
     source = Path(source)
     if not source.is_dir():
         raise CheckpointError(f"{source}: no such run dir or Hugging Face folder")
-    allowed = ("mesh.", "train.batch_size", "data.seq_len", "data.unknown_label", "precision.policy")
-    for item in overrides:
-        if not item.startswith(allowed):
-            raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len, data.unknown_label and "
-                              f"precision.policy may be changed when restoring a trained model")
+    check_restore_overrides(overrides)
     inference_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.model=1", "train.accum_steps=1"]
     if step is not None and not (source / "checkpoints").is_dir():
         raise ConfigError(f"--step picks a checkpoint of a run dir; {source} holds one model")

@@ -121,6 +121,17 @@ def test_inference_settings_are_checked(ner_run, capsys, override, message):
     assert message in err and err.count("\n") == 1, err
 
 
+def test_a_file_where_an_override_goes_is_named_before_stdin_is_read(ner_run, capsys, monkeypatch):
+    """`jaxbatch predict RUN input.txt` (no --input) must not wait on the terminal for text."""
+    root, _, _ = ner_run
+    monkeypatch.setattr("sys.stdin", None)  # reading it would raise, not report
+    assert cli.main(["predict", str(root / "run"), str(root / "data" / "test.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "test.txt' is not key=value" in err and "--input" in err and err.count("\n") == 1, err
+    assert cli.main(["predict", str(root / "run"), "model.hidden_size=8"]) == 2
+    assert "'model.hidden_size=8': only mesh.*" in capsys.readouterr().err
+
+
 def test_opening_a_run_for_inference_warns_of_nothing(ner_run, caplog):
     with caplog.at_level(logging.WARNING):
         run_lib.restore(ner_run[0] / "run")
