@@ -59,7 +59,7 @@ def run(name: str, defaults: list[str], argv: list[str], description: str) -> di
                   f"{r['entities']['micro avg']['f1-score']:.4f}")
             print(metrics.format_entity_report(r["entities"]))
         else:  # a sequence head's line: loss, then accuracy, F1 or correlations as it reports
-            print(f"{split}: " + evaluate.report_lines(r, data.task))
+            print(f"{split}: " + evaluate.report_lines(r))
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     print(f"results in {run_dir}/results.json")
     return results

@@ -142,7 +142,7 @@ def keys(args) -> int:
 
 
 def train(args) -> int:
-    from jaxbatch import config, distributed, metrics
+    from jaxbatch import config, distributed, evaluate
     from jaxbatch import train as train_lib
 
     cfg = config.build(args.overrides, args.config)
@@ -153,10 +153,8 @@ def train(args) -> int:
         from jaxbatch.errors import EXIT_STOPPED
 
         return EXIT_STOPPED
-    final = result.summary["final_eval"]
-    scores = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "accuracy", *metrics.MULTI_LABEL, *metrics.CORRELATIONS)
-                       if k in final)
-    print(f"done: {result.summary['step']} steps in {result.summary['wall_time_s']:.1f}s; final eval {scores}; "
+    print(f"done: {result.summary['step']} steps in {result.summary['wall_time_s']:.1f}s; "
+          f"final eval {evaluate.summary_line(result.summary['final_eval'])}; "
           f"summary in {cfg.train.run_dir}/summary.json")
     return 0
 
@@ -325,7 +323,7 @@ def evaluate_split(args) -> int:
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte)
     print(f"{args.split} ({len(arrays['labels'])} examples, {tasks.source_of(data_cfg)}): "
-          + evaluate.report_lines(result, spec.model.task))
+          + evaluate.report_lines(result))
     return 0
 
 

@@ -141,14 +141,11 @@ def recorded(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "predictions" and not k.endswith("_text")}
 
 
-def report_lines(result: dict, task: str) -> str:
-    """The printed report: a summary line, then seqeval's entity table and the token report (token tasks)."""
+def summary_line(result: dict) -> str:
+    """One line of an evaluation's scalar scores, as training's eval lines and its final line print them."""
     if "accuracy" not in result:  # a regression head: its loss is the mean squared error
-        line = f"loss (mean squared error) {result['loss']:.4f} " + " ".join(
+        return f"loss (mean squared error) {result['loss']:.4f} " + " ".join(
             f"{k} {result[k]:.4f}" for k in metrics.CORRELATIONS)
-        for name, o in result.get("outputs", {}).items():  # several outputs: each one's own
-            line += f"\n  {name}: mse {o['mse']:.4f} " + " ".join(f"{k} {o[k]:.4f}" for k in metrics.CORRELATIONS)
-        return line
     line = f"loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}"
     if "perplexity" in result:
         line += f" perplexity {result['perplexity']:.2f}"
@@ -156,9 +153,20 @@ def report_lines(result: dict, task: str) -> str:
             line += f" bits/byte {result['bits_per_byte']:.4f}"
     if "micro_f1" in result:
         line += " " + " ".join(f"{k.replace('_', ' ')} {result[k]:.4f}" for k in metrics.MULTI_LABEL)
-        line += "\nper class:\n" + result["class_report_text"] if "class_report_text" in result else ""
     if "entity_f1" in result:
         line += f" entity F1 {result['entity_f1']:.4f}"
+    return line
+
+
+def report_lines(result: dict) -> str:
+    """The printed report: the summary line, then each output's scores (several regression outputs), the
+    per-class report (multi-label), or seqeval's entity table and the token report (token tasks)."""
+    line = summary_line(result)
+    for name, o in result.get("outputs", {}).items():
+        line += f"\n  {name}: mse {o['mse']:.4f} " + " ".join(f"{k} {o[k]:.4f}" for k in metrics.CORRELATIONS)
+    if "class_report_text" in result:
+        line += "\nper class:\n" + result["class_report_text"]
+    if "entity_f1" in result:
         line += "\nentity-level (seqeval):\n" + metrics.format_entity_report(result["entities"])
         line += "\ntoken-level:\n" + result["token_report_text"]
     return line

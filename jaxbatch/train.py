@@ -264,7 +264,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                    batch_size=t.eval_batch_size or None, bytes_per_token=data.bytes_per_token)
         evals.append({"step": done, **evaluate.recorded(result)})
         reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
-        reporter.write(f"eval @ {done}: " + evaluate.report_lines(result, data.task).split("\n")[0])
+        reporter.write(f"eval @ {done}: " + evaluate.summary_line(result))
         eval_s[0] += time.perf_counter() - began
         return result
 
@@ -368,7 +368,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     if noise is not None:
         say(noise_scale.advice(noise.b_simple, t.batch_size))
     if data.task == "token" and result is not None:
-        say(evaluate.report_lines(result, data.task).split("\n", 1)[1])
+        say(evaluate.report_lines(result).split("\n", 1)[1])
     return TrainResult(summary, run, state, data)
 
 

@@ -15,7 +15,8 @@ def test_train_with_accumulation_then_advise(tmp_path, capsys):
     assert sum(r["kind"] == "noise_scale" for r in estimates) >= 3
     summary = json.load(open(run / "summary.json"))
     assert summary["noise_scale"] is not None and summary["steps"] == 12
-    capsys.readouterr()
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done: ")]
+    assert len(done) == 1 and f"entity F1 {summary['final_eval']['entity_f1']:.4f};" in done[0], done  # the headline
     assert cli.main(["advise-batch", str(run)]) == 0
     assert "gradient noise scale" in capsys.readouterr().out
     assert cli.main(["advise-batch", str(tmp_path / "none")]) == 2
