@@ -1,5 +1,6 @@
 import jax
 import numpy as np
+import optax
 import pytest
 
 from conftest import dotted, params_numpy, random_batch, run_steps, tiny_config
@@ -109,3 +110,17 @@ def test_adafactor_decays_weights_like_every_other_optimizer_here():
     p1 = optax.apply_updates(params, plain[0])  # the second step's lr is 0.05: it takes 0.05 x 0.5 of p
     for k in params:
         np.testing.assert_allclose(decayed[1][k] - plain[1][k], -0.025 * p1[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clipping_equals_optax_to_the_last_bit_or_so(max_norm):
+    """Below the threshold the gradients pass unchanged; above it they are optax's within float32 rounding, and
+    the state is optax's (checkpoints written with either restore with the other)."""
+    grads = {"a": jax.random.normal(jax.random.key(0), (37, 5)), "b": (jax.random.normal(jax.random.key(1), (9,)),)}
+    ours, theirs = optim.clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+    assert jax.tree.structure(ours.init(grads)) == jax.tree.structure(theirs.init(grads))
+    got, want = ours.update(grads, ours.init(grads))[0], theirs.update(grads, theirs.init(grads))[0]
+    for g, w, x in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=0)
+        assert np.array_equal(g, x) == (max_norm == 100.0)
+    assert float(optax.global_norm(got)) == pytest.approx(min(max_norm, float(optax.global_norm(grads))), rel=1e-6)
