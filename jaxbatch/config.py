@@ -104,6 +104,9 @@ class ModelConfig:
     attention_impl: str = "auto"
     scan_layers: bool = False  # one compiled layer in lax.scan over stacked layer params (faster compiles of deep models)
     z_loss: float = 0.0  # PaLM's z-loss weight on log(sum(exp(logits)))^2
+    # an LM's head and loss in this many pieces of the sequence, each piece's logits recomputed in the backward
+    # pass: the (batch, length, vocab) logits never exist whole (MaxText's num_vocab_tiling); 1 = whole
+    vocab_tiling: int = 1
     label_smoothing: float = 0.0  # training targets mix in this much of the uniform distribution (HF's
     # label_smoothing_factor); evaluation reports the plain cross-entropy
     # compressed models (written by `jaxbatch compress`; see jaxbatch/compress/)
@@ -457,6 +460,11 @@ def validate(cfg: Config, num_devices: int) -> None:
     if kind in losses.FLOAT_HEADS and cfg.model.label_smoothing:
         raise ConfigError(f"model.label_smoothing mixes one class's target with the others'; a {kind} head has "
                           f"no such target")
+    if cfg.model.vocab_tiling < 1:
+        raise ConfigError(f"model.vocab_tiling must be >= 1 (1 = the whole sequence at once), got {cfg.model.vocab_tiling}")
+    if cfg.model.vocab_tiling > 1 and cfg.model.task != "lm":
+        raise ConfigError(f"model.vocab_tiling tiles a language model's vocabulary logits; a {cfg.model.task} head "
+                          f"has none (set 1)")
     for key in ("hidden_dropout", "attention_dropout", "lora_dropout", "label_smoothing"):
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")

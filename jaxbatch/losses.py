@@ -8,6 +8,8 @@ for float targets: scores and multi-label indicators) carry no loss, as in Huggi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +108,32 @@ def classification_sums(logits: jax.Array, labels: jax.Array, label_smoothing: f
         sums["label_smoothing"] = extra
         sums["loss_sum"] = sums["loss_sum"] + extra
     return sums, dict(preds=preds, probs=probs)
+
+
+def tiled_lm_sums(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], labels: jax.Array, tiles: int,
+                  z_loss: float = 0.0, label_smoothing: float = 0.0) -> dict:
+    """lm_sums(head(hidden), labels, ...) computed `tiles` pieces of the sequence at a time, in a scan whose body
+    is recomputed in the backward pass, so only one piece's (batch, length / tiles, vocab) logits and their
+    gradient exist at once (MaxText's vocabulary tiling). Pieces along the length keep the batch's sharding; a
+    length `tiles` does not divide is padded with unlabelled positions, which add nothing. Equal to the untiled
+    sums up to float32 summation order (tests/test_losses.py)."""
+    batch, length = labels.shape
+    size = -(-length // tiles)
+    pad = size * tiles - length
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    labels = jnp.pad(labels, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
+    pieces = (jnp.moveaxis(hidden.reshape(batch, tiles, size, -1), 1, 0),
+              jnp.moveaxis(labels.reshape(batch, tiles, size), 1, 0))
+
+    def piece(x):
+        return lm_sums(head(x[0]), x[1], z_loss, label_smoothing)
+
+    def add(total, x):
+        return jax.tree.map(jnp.add, total, piece(x)), None
+
+    first = jax.eval_shape(piece, jax.tree.map(lambda a: a[0], pieces))
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+    return jax.lax.scan(jax.checkpoint(add), zero, pieces)[0]
 
 
 def lm_sums(logits: jax.Array, labels: jax.Array, z_loss: float = 0.0, label_smoothing: float = 0.0) -> dict:

@@ -251,7 +251,8 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
     if not source.is_dir():
         raise CheckpointError(f"{source}: no such run dir or Hugging Face folder")
     check_restore_overrides(overrides)
-    inference_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.model=1", "train.accum_steps=1"]
+    # inference runs the whole model as it is written: a layer's calibration observes the head too
+    inference_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.model=1", "train.accum_steps=1", "model.vocab_tiling=1"]
     if step is not None and not (source / "checkpoints").is_dir():
         raise ConfigError(f"--step picks a checkpoint of a run dir; {source} holds one model")
     if storage.is_compressed(source):

@@ -1,6 +1,7 @@
 """Loss sums: label smoothing equals Hugging Face's LabelSmoother and optax's smoothed targets; evaluation
 takes the objective's extra terms out again."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -75,3 +76,27 @@ def test_multi_label_sums_are_pytorchs_bce_with_logits_over_labelled_examples():
     np.testing.assert_array_equal(out["preds"], logits > 0)
     np.testing.assert_allclose(out["probs"], 1 / (1 + np.exp(-logits)), rtol=1e-6)
     assert float(sums["correct"]) == ((logits[keep] > 0) == (labels[keep] > 0.5)).sum()
+
+
+@pytest.mark.parametrize("tiles", [1, 3, 7])
+def test_tiled_lm_sums_equal_the_whole_logits_and_their_gradients(tiles):
+    """7 positions in 1, 3 (padded to 9) or 7 pieces; some positions unlabelled, one row wholly; z-loss and label
+    smoothing on: every sum, and the gradients of the loss with respect to the hidden states and the head."""
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(3, 7, 5)), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 11, (3, 7)), jnp.int32).at[0, 2].set(-100).at[2].set(-100)
+    head = lambda w: lambda h: 3.0 * jnp.tanh(h @ w / 3.0)  # noqa: E731 (a softcapped head)
+
+    def sums(h, w, tiled):
+        if tiled:
+            return losses.tiled_lm_sums(h, head(w), labels, tiles, z_loss=1e-2, label_smoothing=0.1)
+        return losses.lm_sums(head(w)(h), labels, z_loss=1e-2, label_smoothing=0.1)
+
+    want, got = sums(hidden, weight, False), sums(hidden, weight, True)
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=key)
+    grad = lambda tiled: jax.grad(lambda h, w: sums(h, w, tiled)["loss_sum"], argnums=(0, 1))(hidden, weight)  # noqa: E731
+    for g, w in zip(grad(True), grad(False)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

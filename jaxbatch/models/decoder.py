@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -286,7 +288,10 @@ class Decoder(nnx.Module):
             self.lm_head = Dense((h,), (cfg.vocab_size,), ("embed",), ("vocab",), rngs=rngs, dtype=dtype, use_bias=False)
 
     def _logits(self, x):
-        x = self.final_norm(x)
+        return self.head(self.final_norm(x))
+
+    def head(self, x):
+        """Float32 logits of final-normalised hidden states (any leading shape)."""
         if self.cfg.tie_embeddings:
             logits = self.token_embeddings.attend(x)
         else:
@@ -310,6 +315,10 @@ class Decoder(nnx.Module):
 
     def __call__(self, ids, positions, segment_ids, *, deterministic=True, rngs=None):
         """Logits (batch, length, vocab) of a packed batch: a token sees earlier tokens of its own segment."""
+        return self.head(self.hidden_states(ids, positions, segment_ids, deterministic=deterministic, rngs=rngs))
+
+    def hidden_states(self, ids, positions, segment_ids, *, deterministic=True, rngs=None):
+        """The final-normalised hidden states (batch, length, embed) the head reads."""
         same = segment_ids[:, :, None] == segment_ids[:, None, :]
         causal = jnp.tril(jnp.ones((ids.shape[1], ids.shape[1]), bool))
         mask = same & causal[None] & (segment_ids > 0)[:, None, :]
@@ -319,7 +328,7 @@ class Decoder(nnx.Module):
         # remat keeps only what the policy saves and recomputes the rest in the backward pass
         x = run_layers(self.layers, x, lambda layer, h, r: layer(h, positions, masks, deterministic, r)[0],
                        scan=self.cfg.scan_layers, remat_policy=REMAT[self.cfg.remat], rngs=rngs)
-        return self._logits(x)
+        return self.final_norm(x)
 
     def ring(self, max_len: int) -> int:
         """Slots of a windowed layer's KV cache for sequences of `max_len` positions: the window when it is
@@ -364,12 +373,28 @@ def build(cfg, *, rngs: nnx.Rngs, dtype) -> Decoder:
     return Decoder(cfg, rngs=rngs, dtype=dtype)
 
 
-def forward(model: Decoder, batch: dict, *, deterministic: bool, rngs) -> jax.Array:
-    return model(batch["input_ids"], batch["positions"], batch["segment_ids"], deterministic=deterministic, rngs=rngs)
+class Tiled(NamedTuple):
+    """forward's outputs with model.vocab_tiling > 1: the hidden states and the head that turns a piece of them
+    into logits, for the loss to run piece by piece."""
+
+    hidden: jax.Array
+    head: Callable[[jax.Array], jax.Array]
 
 
-def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
-    return losses.lm_sums(logits, batch["labels"], cfg.z_loss, cfg.label_smoothing), {}
+def forward(model: Decoder, batch: dict, *, deterministic: bool, rngs) -> jax.Array | Tiled:
+    args = (batch["input_ids"], batch["positions"], batch["segment_ids"])
+    if model.cfg.vocab_tiling == 1:
+        return model(*args, deterministic=deterministic, rngs=rngs)
+    graphdef, state = nnx.split(model)  # the head as a pure function: it runs inside the loss's scan
+    return Tiled(model.hidden_states(*args, deterministic=deterministic, rngs=rngs),
+                 lambda x: nnx.merge(graphdef, state).head(x))
+
+
+def loss_sums(outputs: jax.Array | Tiled, batch: dict, cfg) -> tuple[dict, dict]:
+    if isinstance(outputs, Tiled):
+        return losses.tiled_lm_sums(outputs.hidden, outputs.head, batch["labels"], cfg.vocab_tiling, cfg.z_loss,
+                                    cfg.label_smoothing), {}
+    return losses.lm_sums(outputs, batch["labels"], cfg.z_loss, cfg.label_smoothing), {}
 
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:

@@ -152,6 +152,32 @@ def test_sharded_step_equals_single_device_with_dropout(preset, mesh):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("preset", ARCHS)
+def test_vocab_tiling_trains_like_the_whole_logits(preset):
+    """The loss in 3 pieces of a 16-token row (the last one padded), on a 2 x 2 x 2 mesh, with z-loss and label
+    smoothing in the objective: the untiled single-device step's losses, accuracy and parameters."""
+    extra = ["model.hidden_dropout=0.1", "train.batch_size=8", "data.seq_len=16", "optim.warmup_steps=0",
+             "optim.schedule=constant", "optim.learning_rate=1e-3", "data.name=text", "model.z_loss=1e-3",
+             "model.label_smoothing=0.1"]
+    one = _cfg(preset, *extra, "mesh.data=1")
+    batches = [_lm_batch(one, 0), _lm_batch(one, 1)]
+    ref, ref_hist, _ = run_steps(one, batches, jax.devices()[:1])
+    tiled = _cfg(preset, *extra, "model.vocab_tiling=3", "mesh.data=2", "mesh.fsdp=2", "mesh.model=2")
+    got, hist, _ = run_steps(tiled, batches, jax.devices()[:8])
+    for key in ("loss", "accuracy", "z_loss", "label_smoothing"):
+        np.testing.assert_allclose([h[key] for h in hist], [h[key] for h in ref_hist], rtol=1e-5, err_msg=key)
+    a, b = params_numpy(ref), params_numpy(got)
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_vocab_tiling_is_refused_where_there_are_no_vocabulary_logits():
+    with pytest.raises(ConfigError, match="model.vocab_tiling must be >= 1"):
+        config.validate(_cfg("gpt-tiny", "model.vocab_tiling=0"), 1)
+    with pytest.raises(ConfigError, match="a token head has none"):
+        config.validate(config.build(["model.preset=tiny", "model.vocab_tiling=4"]), 1)
+
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
