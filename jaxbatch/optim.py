@@ -97,7 +97,7 @@ def decay_mask(params):
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """optax.clip_by_global_norm, scaling by one factor (max_norm / norm) where optax divides each element by the
     norm. XLA counts a division expensive and does not repeat it inside both of Adam's moment updates, so optax's
-    clipped gradients were written out and read back: 3.6% of MiniLM's CPU step, 7% of GPT-2 124M's
+    clipped gradients were written out and read back: 4-7% of a CPU step for 22M-124M parameters
     (benchmarks/README.md). The same (empty) state, so checkpoints restore either way; a clipped step's values
     differ from optax's in the last bit."""
 
