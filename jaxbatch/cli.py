@@ -200,9 +200,15 @@ def plan(args) -> int:
           f"{gib(chosen.temp)}, total {gib(chosen.total)}{hbm}")
     if chosen.flops:
         print(f"  compute: {chosen.flops / 1e12:.3f} TFLOP per device per step (XLA cost analysis)")
-    if target and not chosen.seconds and chosen.flops:
-        print(f"  estimated step time: not given by the TPU cost model for this program; the compiled FLOPs at "
-              f"the chip's peak take {chosen.flops / target.device_peak_flops * 1e3:.1f} ms (a floor)")
+    else:  # XLA's count of a program with scanned loops inside is not the step's (memory.StepMemory.flops)
+        tokens = spec.train.batch_size * spec.data.seq_len
+        model_flops = models.train_flops_per_token(spec.model, spec.data.seq_len) * tokens / mesh.devices.size
+        print(f"  compute: {model_flops / 1e12:.3f} TFLOP per device per step (the model's matmul FLOPs; XLA's "
+              f"cost analysis counts a scanned loop's body once)")
+    if target and not chosen.seconds:
+        flops = chosen.flops or model_flops
+        print(f"  estimated step time: not given by the TPU cost model for this program; its FLOPs at the chip's "
+              f"peak take {flops / target.device_peak_flops * 1e3:.1f} ms (a floor)")
     if chosen.seconds and target:
         tokens = spec.train.batch_size * spec.data.seq_len
         model_flops = models.train_flops_per_token(spec.model, spec.data.seq_len) * tokens
