@@ -417,6 +417,9 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
 
 
 def validate(cfg, seq_len: int, model_axis: int) -> None:
+    if cfg.vocab_tiling > seq_len:
+        raise ConfigError(f"model.vocab_tiling={cfg.vocab_tiling} cuts the sequence into more pieces than its "
+                          f"data.seq_len={seq_len} positions")
     if cfg.arch not in ("gpt2", "llama", "gemma"):
         raise ConfigError(f"model.arch must be gpt2, llama or gemma, got {cfg.arch!r}")
     if cfg.block_norms not in ("", "pre", "sandwich"):

@@ -174,6 +174,9 @@ def test_vocab_tiling_trains_like_the_whole_logits(preset):
 def test_vocab_tiling_is_refused_where_there_are_no_vocabulary_logits():
     with pytest.raises(ConfigError, match="model.vocab_tiling must be >= 1"):
         config.validate(_cfg("gpt-tiny", "model.vocab_tiling=0"), 1)
+    with pytest.raises(ConfigError, match="model.vocab_tiling=32 cuts the sequence into more pieces than its "
+                                          "data.seq_len=16 positions"):
+        config.validate(_cfg("gpt-tiny", "model.vocab_tiling=32", "data.seq_len=16", "mesh.data=1"), 1)
     with pytest.raises(ConfigError, match="a token head has none"):
         config.validate(config.build(["model.preset=tiny", "model.vocab_tiling=4"]), 1)
 
