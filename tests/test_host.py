@@ -59,6 +59,31 @@ def test_large_blocks_come_from_the_kept_heap():
     assert host.keep_freed_memory()
 
 
+HEAP_AFTER_A_FREED_BLOCK = """
+import ctypes
+from jaxbatch import host
+assert host.keep_freed_memory()
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+block = libc.malloc(5 << 29)  # 2.5 GiB of untouched pages: address space, not memory
+assert block
+libc.free(ctypes.c_void_p(block))
+print(libc.mallinfo2().arena)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_block_above_2_gib_freed_at_the_heaps_top_stays():
+    """The trim threshold is "never", not the largest int: GPT-2 124M's step on two CPU devices frees ~2.5 GiB at
+    the heap's top, which was handed back and faulted in again each step (~637,000 page faults a step)."""
+    heap = int(subprocess.run([sys.executable, "-c", HEAP_AFTER_A_FREED_BLOCK], check=True, capture_output=True,
+                              text=True).stdout)
+    assert heap >= 5 << 29
+
+
 def test_run_once_options_give_the_same_initial_state():
     """The state's init compiled at -O0 (host.run_once_options on CPU) is the fully optimised compile's up to
     rounding (LLVM fuses multiply-adds at -O2: 2 ulp at most), and integer state is identical."""
