@@ -35,8 +35,8 @@ def _mallopt():
 def keep_freed_memory() -> bool:
     """No per-block mappings, no trimming: freed blocks stay in their arena's heap for reuse. Returns whether
     the allocator took it. Idempotent; `import jaxbatch` calls it. A trim threshold of -1 (glibc: "disables
-    trimming completely"), not the largest int: a step that frees more than 2 GiB at the heap's top (GPT-2 124M
-    on two CPU devices) had it handed back and faulted in again every step (benchmarks/README.md)."""
+    trimming completely"), not the largest int: a step that frees more than 2 GiB at the heap's top (a decoder of
+    124M parameters on two CPU devices) had it handed back and faulted in again every step (benchmarks/README.md)."""
     mallopt = _mallopt()
     return bool(mallopt and mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, -1))
 
