@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     predict_p = sub.add_parser("predict", help="label new text with a trained run dir or Hugging Face folder")
     predict_p.add_argument("model", help="run dir or Hugging Face folder")
     predict_p.add_argument("--step", type=int, help=STEP_HELP)
-    predict_p.add_argument("--input", help="text (one sentence per line), CoNLL, or TSV / CSV / JSONL file; default stdin")
+    predict_p.add_argument("--input",
+                           help="text (one sentence per line), CoNLL, or TSV / CSV / JSONL file; default stdin")
     predict_p.add_argument("--format", default="auto", help="input format: auto | text | conll | tsv")
     predict_p.add_argument("--output-format", default="json", help="json (lines) | conll (token tasks)")
     predict_p.add_argument("overrides", nargs="*", help=RESTORE_HELP)
@@ -198,21 +199,18 @@ def plan(args) -> int:
     hbm = f" of {gib(target.device_memory)} HBM" if target else ""
     print(f"  per device: params {gib(chosen.params)}, optimizer {gib(chosen.optimizer)}, activations+temp "
           f"{gib(chosen.temp)}, total {gib(chosen.total)}{hbm}")
+    tokens = spec.train.batch_size * spec.data.seq_len
+    model_flops = models.train_flops_per_token(spec.model, spec.data.seq_len) * tokens / mesh.devices.size
     if chosen.flops:
         print(f"  compute: {chosen.flops / 1e12:.3f} TFLOP per device per step (XLA cost analysis)")
-    else:  # XLA's count of a program with scanned loops inside is not the step's (memory.StepMemory.flops)
-        tokens = spec.train.batch_size * spec.data.seq_len
-        model_flops = models.train_flops_per_token(spec.model, spec.data.seq_len) * tokens / mesh.devices.size
+    else:  # none, or XLA's count of a program with scanned loops inside, is not the step's (memory.StepMemory)
         print(f"  compute: {model_flops / 1e12:.3f} TFLOP per device per step (the model's matmul FLOPs; XLA's "
-              f"cost analysis counts a scanned loop's body once)")
+              f"cost analysis gives none for this program or counts a scanned loop's body once)")
     if target and not chosen.seconds:
-        flops = chosen.flops or model_flops
         print(f"  estimated step time: not given by the TPU cost model for this program; its FLOPs at the chip's "
-              f"peak take {flops / target.device_peak_flops * 1e3:.1f} ms (a floor)")
+              f"peak take {(chosen.flops or model_flops) / target.device_peak_flops * 1e3:.1f} ms (a floor)")
     if chosen.seconds and target:
-        tokens = spec.train.batch_size * spec.data.seq_len
-        model_flops = models.train_flops_per_token(spec.model, spec.data.seq_len) * tokens
-        mfu = model_flops / (chosen.seconds * len(devices) * target.device_peak_flops)
+        mfu = model_flops / (chosen.seconds * target.device_peak_flops)
         print(f"  estimated step time {chosen.seconds * 1e3:.1f} ms (XLA's TPU cost model): "
               f"{tokens / chosen.seconds:,.0f} tokens/s, MFU {mfu:.1%}")
     return 0
