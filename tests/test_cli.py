@@ -42,7 +42,7 @@ def test_bad_input_files_are_reported_without_traceback(tmp_path, capsys):
     args = ["train", "model.preset=minilm-l6", "model.pretrained=minilm-l6", "data.name=conll2003",
             f"data.data_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "train.progress=false"]
     assert cli.main(args) == 2
-    assert "DataError" in (err := capsys.readouterr().err) and "train.txt:2: expected 4 columns" in err
+    assert "DataError" in (err := capsys.readouterr().err) and "train.txt:2: 3 columns, but the file started with 2" in err
     assert cli.main(["train", "model.preset=custom", f"model.pretrained={tmp_path / 'nothing'}"]) == 2
     assert "no such folder" in capsys.readouterr().err
 

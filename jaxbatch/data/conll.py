@@ -1,5 +1,7 @@
-"""CoNLL-2003 NER files: `word POS chunk NER` (4 columns) or `word NER` (2 columns), blank-line separated
-sentences, `-DOCSTART-` lines anywhere, with or without a final newline. Tags are returned in IOB2."""
+"""CoNLL-format tagging files: the word in the first column and its tag in the last, any number of columns
+between (CoNLL-2003's `word POS chunk NER`, CoNLL-2002 Dutch's `word POS NER`, CoNLL-2000's `word POS chunk`,
+plain `word NER`), blank-line separated sentences, `-DOCSTART-` lines anywhere, with or without a final
+newline. Tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities."""
 
 from __future__ import annotations
 
@@ -36,9 +38,16 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
     return out
 
 
-def _check_tag(tag: str, where: str) -> None:
-    if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
-        raise DataError(f"{where}: tag {tag!r} is not O, B-TYPE or I-TYPE")
+TO_IOB = {"B-": "B-", "I-": "I-", "S-": "B-", "U-": "B-", "E-": "I-", "L-": "I-"}  # IOBES / BILOU -> IOB
+
+
+def _iob_tag(tag: str, where: str) -> str:
+    """The tag in IOB (a single- or last-token prefix becomes B- or I-: the same entity spans)."""
+    if tag == "O":
+        return tag
+    if not (len(tag) > 2 and tag[:2] in TO_IOB):
+        raise DataError(f"{where}: tag {tag!r} is not O or PREFIX-TYPE with a prefix of {', '.join(TO_IOB)}")
+    return TO_IOB[tag[:2]] + tag[2:]
 
 
 def read(path: str | Path) -> list[Sentence]:
@@ -62,17 +71,15 @@ def read(path: str | Path) -> list[Sentence]:
             flush()
             continue
         where = f"{path}:{number}"
-        if len(parts) not in (2, 4):
-            raise DataError(f"{where}: expected 4 columns (word POS chunk NER) or 2 (word NER), got {len(parts)}: "
-                            f"{line!r}")
+        if len(parts) < 2:
+            raise DataError(f"{where}: expected the word, optional columns, then its tag; got one column: {line!r}")
         if columns is None:
             columns = len(parts)
         elif len(parts) != columns:
             raise DataError(f"{where}: {len(parts)} columns, but the file started with {columns}")
-        _check_tag(parts[-1], where)
         first = first if words else number
         words.append(parts[0])
-        tags.append(parts[-1])
+        tags.append(_iob_tag(parts[-1], where))
     flush()
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or blank lines)")

@@ -27,10 +27,31 @@ def test_read_handles_docstart_anywhere_two_columns_and_no_final_newline(tmp_pat
     assert [(s.words, s.tags) for s in conll.read(f)] == [(["EU"], ["B-ORG"])]
 
 
+def test_any_column_count_word_first_tag_last(tmp_path):
+    """CoNLL-2002 Dutch (word POS NER, tab-separated here) and CoNLL-2000 chunking (word POS chunk) read too."""
+    f = tmp_path / "x.txt"
+    f.write_text("De\tArt\tO\nEU\tN\tB-ORG\nKomt\tV\tO\n\nJan\tN\tB-PER\n")
+    assert [(s.words, s.tags, s.line) for s in conll.read(f)] == [
+        (["De", "EU", "Komt"], ["O", "B-ORG", "O"], 1), (["Jan"], ["B-PER"], 5)]
+    f.write_text("He PRP B-NP\nreckons VBZ B-VP\nthe DT B-NP\ncurrent JJ I-NP\n")
+    assert conll.read(f)[0].tags == ["B-NP", "B-VP", "B-NP", "I-NP"]
+
+
+@pytest.mark.parametrize("given,iob2", [
+    (["S-PER", "O", "B-LOC", "I-LOC", "E-LOC"], ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC"]),  # IOBES
+    (["S-PER", "S-PER", "B-ORG", "E-ORG", "S-ORG"], ["B-PER", "B-PER", "B-ORG", "I-ORG", "B-ORG"]),  # adjacent
+    (["U-PER", "B-LOC", "L-LOC", "B-LOC", "L-LOC"], ["B-PER", "B-LOC", "I-LOC", "B-LOC", "I-LOC"]),  # BILOU
+])
+def test_iobes_and_bilou_read_as_the_same_entities_in_iob2(tmp_path, given, iob2):
+    f = tmp_path / "x.txt"
+    f.write_text("".join(f"w{i} {t}\n" for i, t in enumerate(given)))
+    assert conll.read(f)[0].tags == iob2
+
+
 @pytest.mark.parametrize("content,message", [
-    ("EU NNP B-NP\n", r"x.txt:1: expected 4 columns .* got 3"),
+    ("EU\n", r"x.txt:1: expected the word, optional columns, then its tag; got one column: 'EU'"),
     ("EU NNP B-NP I-ORG\nrejects VBZ\n", r"x.txt:2: 2 columns, but the file started with 4"),
-    ("EU NNP B-NP ORG\n", r"x.txt:1: tag 'ORG' is not O, B-TYPE or I-TYPE"),
+    ("EU NNP B-NP ORG\n", r"x.txt:1: tag 'ORG' is not O or PREFIX-TYPE with a prefix of B-, I-, S-, U-, E-, L-"),
     ("", r"x.txt: file is empty"),
     ("-DOCSTART- -X- O O\n\n", r"x.txt: no sentences"),
 ])

@@ -55,7 +55,7 @@ def test_bad_input_through_the_task_loader(tmp_path):
     d.mkdir()
     (d / "train.txt").write_text("John B-PER\nlives O extra\n")
     (d / "valid.txt").write_text("x O\n")
-    with pytest.raises(DataError, match=r"train.txt:2: expected 4 columns"):
+    with pytest.raises(DataError, match=r"train.txt:2: 3 columns, but the file started with 2"):
         tasks.load(*_cfg2(tmp_path, d))
     with pytest.raises(DataError, match="does not exist"):
         tasks.load(*_cfg2(tmp_path, tmp_path / "missing"))
