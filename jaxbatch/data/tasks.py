@@ -1,8 +1,8 @@
 """From `DataConfig` to tokenized train/eval(/test) arrays and label names: the one place a run's dataset is
 chosen. Raw examples come from the generated corpus or from tfds (local files or the catalog).
 
-Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (B-/I- prefixes of any type,
-IOB1 or IOB2), `tsv` (or `csv`, `jsonl`: the same reader) any N-class text-classification file (TSV, CSV or
+Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (prefixes of any type: IOB1,
+IOB2, IOBES or BILOU), `tsv` (or `csv`, `jsonl`: the same reader) any N-class text-classification file (TSV, CSV or
 JSON lines; one class per text, several, or a score), `text` any plain-text corpus for language modelling
 (documents packed into rows; data/packing.py). `conll2003` and `sst2` are presets of them (with the TFDS
 catalog as a source when no `data.data_dir` is given, and SST-2's class names).
