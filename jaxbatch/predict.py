@@ -57,7 +57,9 @@ def input_format(path: Path | None, fmt: str) -> str:
         return fmt
     if path is None:
         return "text"
-    if path.suffix in (".tsv", ".csv", ".jsonl"):  # text-classification files (data/tsv.py)
+    if path.suffix in conll.JSON_SUFFIXES:  # sentences as word lists (data/conll.py), or texts (data/tsv.py)
+        return "conll" if _first_object_has(path, conll.WORD_KEYS) else "tsv"
+    if path.suffix in (".tsv", ".csv"):  # text-classification files (data/tsv.py)
         return "tsv"
     names = {n for names in conll.SPLIT_FILES.values() for n in names}
     if path.suffix in (".conll", ".iob", ".bio") or path.name in names:
@@ -65,11 +67,23 @@ def input_format(path: Path | None, fmt: str) -> str:
     return "text"
 
 
+def _first_object_has(path: Path, keys: tuple[str, ...]) -> bool:
+    """Whether the first line of a JSON lines file is an object with one of `keys` (a bad file: False, and
+    its reader says what is wrong)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = next((line for line in f if line.strip()), "")
+        row = json.loads(first)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(row, dict) and any(k.strip().lower() in keys for k in row)
+
+
 def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> list[Sentence]:
     """Sentences from a file (or stdin for text), in order; empty text lines are skipped."""
     fmt = input_format(path, fmt)
     if fmt == "conll":
-        return [from_words(s.words, s.line) for s in conll.read(path)]
+        return [from_words(s.words, s.line) for s in conll.read(path, tagged=False)]
     if fmt == "tsv":
         return [dataclasses.replace(split_words(e.text, e.line), pair=split_words(e.text_pair) if e.text_pair else None)
                 for e in tsv.read(path)]

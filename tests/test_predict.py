@@ -72,6 +72,27 @@ def test_predict_equals_evaluate_on_any_mesh_and_from_an_export(ner_run, tmp_pat
     assert f"entity F1 {result['entity_f1']:.4f}" in out and "micro avg" in out and "B-PER" in out
 
 
+def test_json_lines_sentences_predict_and_evaluate_as_column_files_do(ner_run, tmp_path, capsys):
+    """`datasets`-style JSON lines: `predict` reads word lists with or without tags, `evaluate` a tagged test
+    file (class ids named by data.labels, in its order), and both agree with the column file's results."""
+    root, _, sentences = ner_run
+    restored = run_lib.restore(root / "run")
+    eval_tags, result = _tags_from_evaluate(restored, root / "data")
+    names = restored.run.spec.data.labels.split(",")
+    d = tmp_path / "json"
+    d.mkdir()
+    (d / "test.json").write_text("".join(json.dumps({"tokens": w, "ner_tags": [names.index(t) for t in tags]}) + "\n"
+                                         for w, tags in sentences))
+    (d / "words.jsonl").write_text("".join(json.dumps({"words": w}) + "\n" for w, _ in sentences))
+    capsys.readouterr()
+    for name in ("test.json", "words.jsonl"):
+        assert cli.main(["predict", str(root / "run"), "--input", str(d / name), "--output-format", "conll"]) == 0
+        blocks = capsys.readouterr().out.strip().split("\n\n")
+        assert [[line.split()[1] for line in b.splitlines()] for b in blocks] == eval_tags, name
+    assert cli.main(["evaluate", str(root / "run"), "--data-dir", str(d), "--data-name", "conll"]) == 0
+    assert f"entity F1 {result['entity_f1']:.4f}" in capsys.readouterr().out
+
+
 def test_predict_text_lines_gives_spans_with_offsets(ner_run, capsys, monkeypatch):
     root, _, _ = ner_run
     import io

@@ -1,7 +1,9 @@
 """CoNLL-format tagging files: the word in the first column and its tag in the last, any number of columns
 between (CoNLL-2003's `word POS chunk NER`, CoNLL-2002 Dutch's `word POS NER`, CoNLL-2000's `word POS chunk`,
 plain `word NER`), blank-line separated sentences, `-DOCSTART-` lines anywhere, with or without a final
-newline. Tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities."""
+newline. Or JSON lines, one sentence per line, as `datasets` writes them (`{"tokens": [...], "ner_tags": [...]}`).
+Tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities. JSON tags
+may also be class ids (numbers), kept as written (`"3"`): their names come from the run's config (data/tasks.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,16 @@ import dataclasses
 from pathlib import Path
 
 from jaxbatch.errors import DataError
-from jaxbatch.data.files import find_splits, read_text_file
+from jaxbatch.data.files import find_splits, json_lines, read_text_file
 
+JSON_SUFFIXES = (".jsonl", ".json")  # `Dataset.to_json` writes JSON lines, under whichever name it is given
 SPLIT_FILES = {  # split -> candidate file names, first found wins
-    "train": ("eng.train", "train.txt"),
-    "validation": ("eng.testa", "valid.txt", "dev.txt"),
-    "test": ("eng.testb", "test.txt"),
-}
+    split: columns + tuple(f"{name}{suffix}" for name in names for suffix in JSON_SUFFIXES)
+    for split, columns, names in (("train", ("eng.train", "train.txt"), ("train",)),
+                                  ("validation", ("eng.testa", "valid.txt", "dev.txt"), ("validation", "valid", "dev")),
+                                  ("test", ("eng.testb", "test.txt"), ("test",)))}
+WORD_KEYS = ("tokens", "words")  # of a JSON sentence, the first one present
+TAG_KEYS = ("ner_tags", "tags", "labels", "ner")  # `datasets`' conll2003 and wnut_17 dumps say ner_tags
 
 
 @dataclasses.dataclass
@@ -39,9 +44,10 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
 
 
 TO_IOB = {"B-": "B-", "I-": "I-", "S-": "B-", "U-": "B-", "E-": "I-", "L-": "I-"}  # IOBES / BILOU -> IOB
+CONLL2003_IDS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")  # `datasets`', TFDS'
 
 
-def _iob_tag(tag: str, where: str) -> str:
+def iob_tag(tag: str, where: str) -> str:
     """The tag in IOB (a single- or last-token prefix becomes B- or I-: the same entity spans)."""
     if tag == "O":
         return tag
@@ -50,10 +56,23 @@ def _iob_tag(tag: str, where: str) -> str:
     return TO_IOB[tag[:2]] + tag[2:]
 
 
-def read(path: str | Path) -> list[Sentence]:
-    """Sentences of one file, IOB2. Errors name the file and line."""
+def to_iob2(tags: list[str], where: str) -> list[str]:
+    """A sentence's tags (IOB1, IOB2, IOBES or BILOU) in IOB2; `where` names the sentence in an error."""
+    return iob1_to_iob2([iob_tag(t, where) for t in tags])
+
+
+def is_ids(tags: list[str]) -> bool:
+    """Whether a sentence's tags, as read, are class ids (JSON numbers) rather than names."""
+    return bool(tags) and tags[0].isdigit()
+
+
+def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
+    """Sentences of one file, IOB2 (JSON class ids as written). Errors name the file and line. Not `tagged`
+    (words to predict tags for), the tags are not read, and may be absent: one column, no tag list."""
     path = Path(path)
     text = read_text_file(path)
+    if path.suffix in JSON_SUFFIXES:
+        return _read_json(path, text, tagged)
     sentences, words, tags, columns, first = [], [], [], None, 0
 
     def flush():
@@ -71,7 +90,7 @@ def read(path: str | Path) -> list[Sentence]:
             flush()
             continue
         where = f"{path}:{number}"
-        if len(parts) < 2:
+        if len(parts) < 2 and tagged:
             raise DataError(f"{where}: expected the word, optional columns, then its tag; got one column: {line!r}")
         if columns is None:
             columns = len(parts)
@@ -79,10 +98,51 @@ def read(path: str | Path) -> list[Sentence]:
             raise DataError(f"{where}: {len(parts)} columns, but the file started with {columns}")
         first = first if words else number
         words.append(parts[0])
-        tags.append(_iob_tag(parts[-1], where))
+        tags.extend([iob_tag(parts[-1], where)] if tagged else [])
     flush()
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or blank lines)")
+    return sentences
+
+
+def _tag_kind(tag) -> str | None:
+    if isinstance(tag, str):
+        return "name"
+    return "id" if isinstance(tag, int) and not isinstance(tag, bool) and tag >= 0 else None
+
+
+def _read_json(path: Path, text: str, tagged: bool) -> list[Sentence]:
+    """JSON lines: a word list and a tag list per line, tags all names or all class ids; a line holding only
+    -DOCSTART- (`datasets` keeps them as sentences) or no words is skipped, as a blank line of a column file."""
+    rows = json_lines(path, text)
+    sentences, file_kind = [], None
+    for number, row in rows:
+        where = f"{path}:{number}"
+        words_key = next((k for k in WORD_KEYS if k in row), None)
+        tags_key = next((k for k in TAG_KEYS if k in row), None)
+        if words_key is None or (tags_key is None and tagged):
+            raise DataError(f"{where}: expected a word list ({' or '.join(WORD_KEYS)}) and a tag list "
+                            f"({' or '.join(TAG_KEYS)}), got the keys {', '.join(row) or 'none'}")
+        words = row[words_key]
+        if not (isinstance(words, list) and all(isinstance(w, str) and w.strip() for w in words)):
+            raise DataError(f"{where}: {words_key!r} must be a list of non-empty strings")
+        if not words or words == ["-DOCSTART-"]:
+            continue
+        if not tagged:
+            sentences.append(Sentence(words, [], number))
+            continue
+        tags = row[tags_key]
+        if not (isinstance(tags, list) and len(tags) == len(words)):
+            raise DataError(f"{where}: {tags_key!r} must be a list with one tag per word ({len(words)})")
+        kinds = {_tag_kind(t) for t in tags}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        if kind is None or kind != (file_kind or kind):
+            raise DataError(f"{where}: {tags_key!r} must hold tag names (strings) or class ids (whole numbers "
+                            f"from 0), one kind in the whole file, got {tags}")
+        file_kind = kind
+        sentences.append(Sentence(words, [str(t) for t in tags] if kind == "id" else to_iob2(tags, where), number))
+    if not sentences:
+        raise DataError(f"{path}: no sentences (only -DOCSTART- or empty word lists)")
     return sentences
 
 

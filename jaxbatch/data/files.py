@@ -30,9 +30,12 @@ def read_text_file(path, empty_ok: bool = False) -> str:
 
 def json_lines(path, text: str) -> list[tuple[int, dict]]:
     """(line number, object with lower-cased keys) for each non-blank line of a JSON lines file's `text`;
-    anything but an object is a DataError naming the line."""
+    anything but an object is a DataError naming the line (a whole-file JSON array: the file)."""
     import json
 
+    if text.lstrip().startswith("["):
+        raise DataError(f"{path}: holds one JSON array; write one object per line (JSON lines, as `datasets`' "
+                        f"Dataset.to_json and pandas' to_json(lines=True) do)")
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

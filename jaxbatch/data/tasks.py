@@ -2,10 +2,11 @@
 chosen. Raw examples come from the generated corpus or from tfds (local files or the catalog).
 
 Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (prefixes of any type: IOB1,
-IOB2, IOBES or BILOU), `tsv` (or `csv`, `jsonl`: the same reader) any N-class text-classification file (TSV, CSV or
-JSON lines; one class per text, several, or a score), `text` any plain-text corpus for language modelling
-(documents packed into rows; data/packing.py). `conll2003` and `sst2` are presets of them (with the TFDS
-catalog as a source when no `data.data_dir` is given, and SST-2's class names).
+IOB2, IOBES or BILOU; columns, or JSON lines with tags as names or class ids), `tsv` (or `csv`, `jsonl`: the
+same reader) any N-class text-classification file (TSV, CSV or JSON lines; one class per text, several, or a
+score), `text` any plain-text corpus for language modelling (documents packed into rows; data/packing.py).
+`conll2003` and `sst2` are presets of them (with the TFDS catalog as a source when no `data.data_dir` is given,
+conll2003's tag id order and SST-2's class names).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ class Dataset:
     task: str  # token | sequence | lm
     labels: tuple[str, ...] = ()  # the label set when neither data.labels nor the files say otherwise
     catalog: str = ""  # TFDS catalog name, used when data.data_dir is empty
+    tag_ids: tuple[str, ...] = ()  # the names of class-id tags (JSON files), in id order, when data.labels is empty
 
 
 DATASETS = {
     "conll": Dataset("conll", "token"),
-    "conll2003": Dataset("conll", "token", catalog="conll2003"),
+    "conll2003": Dataset("conll", "token", catalog="conll2003", tag_ids=conll.CONLL2003_IDS),
     "tsv": Dataset("tsv", "sequence"),  # reads train.tsv, train.csv or train.jsonl (data/tsv.py)
     "csv": Dataset("tsv", "sequence"),
     "jsonl": Dataset("tsv", "sequence"),
@@ -97,13 +99,18 @@ class Raw:
     labels: list  # per example: its tags (token tasks) or its label as written ("" unlabelled; a list of classes)
     lines: list[int]  # 0: not from a file
     pairs: list[list[str]] = dataclasses.field(default_factory=list)  # a text pair's second words; [] = single
+    one_line: bool = False  # each example is one line (JSON lines), not a line per word (CoNLL columns)
 
     def at(self, n: int, offset: int = 0) -> str:
-        """Where example n (and its word `offset`, whose line follows its first) is, for a message."""
-        return f"{self.place}:{self.lines[n] + offset}" if self.lines[n] else f"{self.place}, example {n}"
+        """Where example n (and its word `offset`, on the line after the word before unless `one_line`) is,
+        for a message."""
+        if not self.lines[n]:
+            return f"{self.place}, example {n}"
+        return f"{self.place}:{self.lines[n]}" if self.one_line else f"{self.place}:{self.lines[n] + offset}"
 
     def head(self, n: int) -> "Raw":
-        return Raw(self.place, self.words[:n], self.labels[:n], self.lines[:n], self.pairs[:n])
+        return dataclasses.replace(self, words=self.words[:n], labels=self.labels[:n], lines=self.lines[:n],
+                                   pairs=self.pairs[:n])
 
 
 def _generated(split: str, rows) -> Raw:
@@ -130,12 +137,20 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
     else:
         sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None)
         places = {split: f"tfds {ds.catalog} {split} split" for split in sources}
+    missing = [split for split in required if split not in sources]
+    if missing:
+        raise DataError(f"tfds catalog dataset {ds.catalog!r} has no {missing[0]} split (it has {sorted(sources)})")
     splits = {}
     for split, source in sources.items():
         records = tfds_builders.read_all(source)
         lines = [int(r.get("line", 0)) for r in records]
-        if ds.source == "conll":
-            splits[split] = Raw(places[split], [r["tokens"] for r in records], [r["tags"] for r in records], lines)
+        if ds.source == "conll" and data_cfg.data_dir:
+            raw = Raw(places[split], [r["tokens"] for r in records], [r["tags"] for r in records], lines,
+                      one_line=paths[split].suffix in conll.JSON_SUFFIXES)
+            splits[split] = _named_tags(data_cfg, ds, raw)
+        elif ds.source == "conll":  # the catalog's conll2003 stores its NER tags as ids of a ClassLabel
+            splits[split] = Raw(places[split], [r["tokens"] for r in records],
+                                tfds_builders.class_names(source, records, "ner"), lines)
         else:  # the catalog's SST-2 stores int labels (-1 for its hidden test labels) and no pairs
             pairs = [r.get("sentence_pair", "").split() for r in records]
             labels = [list(r["labels"]) if r.get("listed") else "" if str(r["label"]) == "-1" else str(r["label"])
@@ -149,11 +164,39 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
     return splits
 
 
+def _listed_labels(data_cfg) -> list[str]:
+    """data.labels as a list ([] when empty)."""
+    if not data_cfg.labels:
+        return []
+    names = [x.strip() for x in data_cfg.labels.split(",")]
+    if len(set(names)) != len(names) or not all(names):
+        raise ConfigError(f"data.labels={data_cfg.labels!r} has empty or repeated names")
+    return names
+
+
+def _named_tags(data_cfg, ds: Dataset, raw: Raw) -> Raw:
+    """A split whose tags are class ids (a JSON file, as `datasets` writes conll2003) with the tags named by
+    data.labels, or by the dataset's own id order, then in IOB2 like tags read by name."""
+    if not (raw.labels and conll.is_ids(raw.labels[0])):  # a file holds names or ids, never both (conll.read)
+        return raw
+    names = _listed_labels(data_cfg) or list(ds.tag_ids)
+    if not names:
+        raise ConfigError(f"{raw.at(0)}: the tags are class ids; set data.labels to their names in id order (for "
+                          f"`datasets`' conll2003: data.labels={','.join(conll.CONLL2003_IDS)})")
+    tags = []
+    for n, ids in enumerate(raw.labels):
+        unnamed = next((i for i in ids if int(i) >= len(names)), None)
+        if unnamed is not None:
+            raise DataError(f"{raw.at(n)}: tag id {unnamed} has no name: data.labels names ids 0 to {len(names) - 1}")
+        tags.append(conll.to_iob2([names[int(i)] for i in ids], raw.at(n)))
+    return dataclasses.replace(raw, labels=tags)
+
+
 def _label_names(data_cfg, ds: Dataset, train: Raw, problem: str = "") -> list[str]:
-    if data_cfg.labels:
-        names = [x.strip() for x in data_cfg.labels.split(",")]
-        if len(set(names)) != len(names) or not all(names):
-            raise ConfigError(f"data.labels={data_cfg.labels!r} has empty or repeated names")
+    names = _listed_labels(data_cfg)
+    if names and ds.task == "token":  # tags are read in IOB2, so the label set is too (IOBES names: their IOB2)
+        return list(dict.fromkeys(conll.iob_tag(n, f"data.labels={data_cfg.labels!r}") for n in names))
+    if names:
         return names
     if ds.labels:
         return list(ds.labels)

@@ -146,14 +146,30 @@ def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None)
     return builder.as_data_source()
 
 
+CATALOG_SPLITS = {"dev": "validation"}  # a catalog split's name here (TFDS' conll2003 says dev)
+
+
 def from_catalog(name: str, data_dir: str | Path | None = None):
-    """TFDS' own builder (e.g. 'conll2003', 'glue/sst2'), downloaded when online."""
+    """TFDS' own builder (e.g. 'conll2003', 'glue/sst2'), downloaded when online: {split: data source}."""
+    import tensorflow_datasets.text  # noqa: F401  registers conll2003 and glue, which `import tfds` leaves lazy
+
     try:
-        return tfds.data_source(name, data_dir=str(data_dir or DEFAULT_DATA_DIR),
-                                download_and_prepare_kwargs={"file_format": "array_record"})
-    except Exception as e:  # network, missing dataset or a TF-only builder: one clear message
-        raise DataError(f"tfds catalog dataset {name!r} could not be prepared ({type(e).__name__}: {e}); "
-                        f"offline, pass the files' directory instead") from e
+        sources = tfds.data_source(name, data_dir=str(data_dir or DEFAULT_DATA_DIR),
+                                   download_and_prepare_kwargs={"file_format": "array_record"})
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DataError(f"tensorflow-datasets {tfds.__version__} has no catalog dataset {name!r}; set "
+                        f"data.data_dir to your files' folder") from e
+    except Exception as e:  # network or a TF-only builder: one line (TFDS' messages run to pages)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"tfds catalog dataset {name!r} could not be prepared ({type(e).__name__}: {first}); "
+                        f"offline, set data.data_dir to your files' folder instead") from e
+    return {CATALOG_SPLITS.get(split, split): source for split, source in sources.items()}
+
+
+def class_names(source, records: list[dict], feature: str) -> list[list[str]]:
+    """Each record's `feature`, a sequence of TFDS ClassLabel ids, by name."""
+    names = source.dataset_info.features[feature].feature.names
+    return [[names[i] for i in r[feature]] for r in records]
 
 
 def read_all(source, limit: int | None = None) -> list[dict]:

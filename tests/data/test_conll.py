@@ -81,3 +81,51 @@ def test_shared_conll_counts():
     assert (len(dev), sum(len(s.words) for s in dev)) == (3250, 51362)
     assert conll.label_names(train) == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     assert all(t[0] != "I" or i and s.tags[i - 1][2:] == t[2:] for s in train for i, t in enumerate(s.tags))
+
+
+def test_json_lines_as_datasets_writes_them(tmp_path):
+    """`datasets`' conll2003 dump: -DOCSTART- kept as a sentence (skipped here, as in column files), extra keys,
+    class ids kept as written (named by the run's config, data/tasks.py); names are read like column tags."""
+    import json
+
+    f = tmp_path / "train.json"
+    rows = [{"id": "0", "tokens": ["-DOCSTART-"], "pos_tags": [0], "ner_tags": [0]},
+            {"id": "1", "tokens": ["EU", "rejects", "German"], "pos_tags": [22, 42, 16], "ner_tags": [3, 0, 7]},
+            {"id": "2", "tokens": [], "ner_tags": []}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [(s.words, s.tags, s.line) for s in conll.read(f)] == [(["EU", "rejects", "German"], ["3", "0", "7"], 2)]
+    assert conll.is_ids(conll.read(f)[0].tags)
+    f = tmp_path / "dev.jsonl"
+    f.write_text('{"words": ["Jan", "Smit"], "tags": ["S-PER", "S-PER"]}\n\n{"words": ["Oslo"], "tags": ["I-LOC"]}\n')
+    assert [(s.tags, s.line) for s in conll.read(f)] == [(["B-PER", "B-PER"], 1), (["B-LOC"], 3)]
+    assert not conll.is_ids(conll.read(f)[0].tags)
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("train.jsonl", "validation.jsonl", "test.json"):
+        (d / name).write_text('{"tokens": ["a"], "ner_tags": ["O"]}\n')
+    assert {k: p.name for k, p in conll.split_paths(d).items()} == {
+        "train": "train.jsonl", "validation": "validation.jsonl", "test": "test.json"}
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"tokens": ["a"], "ner_tags": [0]}\n{"text": "a b"}\n',
+     r"x.jsonl:2: expected a word list \(tokens or words\) and a tag list \(ner_tags or tags or labels or ner\), "
+     r"got the keys text"),
+    ('{"tokens": ["a", "b"], "ner_tags": [0]}\n', r"x.jsonl:1: 'ner_tags' must be a list with one tag per word \(2\)"),
+    ('{"tokens": "a b", "ner_tags": [0, 0]}\n', r"x.jsonl:1: 'tokens' must be a list of non-empty strings"),
+    ('{"tokens": ["a", ""], "ner_tags": [0, 0]}\n', r"x.jsonl:1: 'tokens' must be a list of non-empty strings"),
+    ('{"tokens": ["a"], "ner_tags": [0]}\n{"tokens": ["b"], "ner_tags": ["O"]}\n',
+     r"x.jsonl:2: 'ner_tags' must hold tag names \(strings\) or class ids \(whole numbers from 0\), one kind"),
+    ('{"tokens": ["a", "b"], "ner_tags": [0, "O"]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
+    ('{"tokens": ["a"], "ner_tags": [-1]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
+    ('{"tokens": ["a"], "ner_tags": [true]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
+    ('{"tokens": ["a"], "ner_tags": ["PER"]}\n', r"x.jsonl:1: tag 'PER' is not O or PREFIX-TYPE"),
+    ('[{"tokens": ["a"], "ner_tags": ["O"]}]\n', r"x.jsonl: holds one JSON array; write one object per line"),
+    ('{"tokens": ["a"], "ner_tags": ["O"]\n', r"x.jsonl:1: not a JSON object"),
+    ('{"tokens": ["-DOCSTART-"], "ner_tags": ["O"]}\n', r"x.jsonl: no sentences"),
+])
+def test_bad_json_lines_name_file_and_line(tmp_path, content, message):
+    f = tmp_path / "x.jsonl"
+    f.write_text(content)
+    with pytest.raises(DataError, match=message):
+        conll.read(f)

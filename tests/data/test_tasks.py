@@ -521,3 +521,73 @@ def test_lists_of_classes_make_a_multi_label_task(tmp_path):
     data = tasks.load(csv_cfg.data, run_lib.tokenizer(cfg), "multi_label_classification")
     assert data.label_names == ["anger", "fear", "joy"] and data.train["labels"].tolist() == [[0, 1, 1], [1, 0, 0]]
     assert tasks.load(csv_cfg.data, run_lib.tokenizer(cfg)).label_names == ["anger", "joy, fear"]  # one class each
+
+
+def test_json_lines_ner_files_with_class_id_tags(tmp_path):
+    """`datasets`' conll2003 dump (JSON lines, tags as class ids) loads as the same arrays as the column files
+    holding the same sentences; the ids are named by data.labels or by the preset's own id order."""
+    d = _write_conll(tmp_path / "columns")
+    ids = {name: i for i, name in enumerate(("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC",
+                                             "I-MISC"))}
+    j = tmp_path / "json"
+    j.mkdir()
+    for split, sentences in (("train", [("John lives in Paris", "B-PER O O B-LOC"), ("Acme Corp", "B-ORG I-ORG")]),
+                             ("validation", [("Oslo is cold", "B-LOC O O")])):
+        rows = [{"id": "0", "tokens": ["-DOCSTART-"], "ner_tags": [0]}] + [
+            {"id": str(n + 1), "tokens": w.split(), "ner_tags": [ids[t] for t in tags.split()]}
+            for n, (w, tags) in enumerate(sentences)]
+        (j / f"{split}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    want = tasks.load(*_cfg2(tmp_path, d))
+    got = tasks.load(*_cfg2(tmp_path, j))  # data.name=conll2003 names ids in `datasets`' (and TFDS') order
+    assert got.label_names == want.label_names == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    for split in ("train", "eval"):
+        for k in want.train:
+            np.testing.assert_array_equal(getattr(got, split)[k], getattr(want, split)[k], err_msg=f"{split} {k}")
+    with pytest.raises(config.ConfigError, match=rf"^{j / 'train.json'}:2: the tags are class ids; set data.labels "
+                                                 r"to their names in id order \(for `datasets`' conll2003: "
+                                                 r"data.labels=O,B-PER,I-PER,"):
+        tasks.load(*_cfg2(tmp_path, j, "data.name=conll"))
+    named = tasks.load(*_cfg2(tmp_path, j, "data.name=conll", "data.labels=" + ",".join(ids)))
+    assert named.label_names == list(ids)  # the label set as listed, so ids and head rows agree
+    assert named.train["labels"][0][1] == ids["B-PER"]  # [CLS] John
+    with pytest.raises(DataError, match=rf"^{j / 'train.json'}:2: tag id 5 has no name: data.labels names ids 0 "
+                                        r"to 3"):
+        tasks.load(*_cfg2(tmp_path, j, "data.name=conll", "data.labels=O,B-PER,I-PER,B-ORG"))
+    # IOBES names: ids named in that order, the label set in IOB2; a dev tag outside it names its line only
+    iobes = ("O", "S-PER", "B-LOC", "E-LOC", "S-LOC", "I-LOC")
+    (j / "train.json").write_text(json.dumps({"tokens": ["Jo", "in", "New", "York"], "ner_tags": [1, 0, 2, 3]}) + "\n")
+    (j / "validation.json").write_text(json.dumps({"tokens": ["Oslo", "Bob"], "tags": ["S-LOC", "S-ORG"]}) + "\n")
+    with pytest.raises(DataError, match=rf"^{j / 'validation.json'}:1: tag 'B-ORG' is not in the label set"):
+        tasks.load(*_cfg2(tmp_path, j, "data.name=conll", "data.labels=" + ",".join(iobes)))
+    (j / "validation.json").write_text(json.dumps({"tokens": ["Oslo", "Bob"], "tags": ["S-LOC", "S-PER"]}) + "\n")
+    data = tasks.load(*_cfg2(tmp_path, j, "data.name=conll", "data.labels=" + ",".join(iobes)))
+    assert data.label_names == ["O", "B-PER", "B-LOC", "I-LOC"]
+    assert data.train["labels"][0][:5].tolist() == [-100, 1, 0, 2, 3]  # [CLS] Jo in New York (IOB2)
+
+
+def test_tfds_catalog_presets_conll2003_and_sst2(tmp_path):
+    """conll2003 and sst2 without data.data_dir read TFDS' catalog (mocked here: offline): conll2003's NER tags are
+    ClassLabel ids (named from its features) and its validation split is called dev; SST-2's labels are ids."""
+    import tensorflow_datasets as tfds
+
+    rows = {"conll2003": {s: [{"tokens": np.array([b"John", b"flew"]), "ner": np.array([1, 0]),
+                               "pos": np.array([0, 1])}] for s in ("train", "dev", "test")},
+            "glue": {s: [{"sentence": b"a fine film", "label": -1 if s == "test" else 1, "idx": 0}]
+                     for s in ("train", "validation", "test")}}
+
+    def source(builder, split=None, **kw):
+        made = {}
+        for s, r in rows[builder.name].items():
+            made[s] = _Records(r)
+            made[s].dataset_info = builder.info
+        return made[split] if split else made
+
+    with tfds.testing.mock_data(as_data_source_fn=source):
+        data = tasks.load(*_cfg2(tmp_path, "", "data.name=conll2003"))
+        assert data.label_names == ["O", "B-PER", "I-PER"]
+        assert data.eval["labels"][0][:3].tolist() == [-100, 1, 0] and data.test["labels"][0][1] == 1
+        data = tasks.load(*_cfg2(tmp_path, "", "data.name=sst2"))
+        assert data.label_names == ["negative", "positive"] and data.train["labels"].tolist() == [1]
+        assert data.test["labels"].tolist() == [-100]
+    with pytest.raises(DataError, match=r"tensorflow-datasets \S+ has no catalog dataset 'nosuch'; set data.data_dir"):
+        tfds_builders.from_catalog("nosuch", tmp_path)
