@@ -65,5 +65,6 @@ def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,
             found[split] = present[0]
     for split in required:
         if split not in found:
-            raise DataError(f"{directory}: no {split} file (looked for {', '.join(candidates[split])})")
+            present = f"; found {', '.join(found)}" if found else ""
+            raise DataError(f"{directory}: no {split} file (looked for {', '.join(candidates[split])}){present}")
     return found

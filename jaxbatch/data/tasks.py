@@ -31,7 +31,7 @@ class Dataset:
     task: str  # token | sequence | lm
     labels: tuple[str, ...] = ()  # the label set when neither data.labels nor the files say otherwise
     catalog: str = ""  # TFDS catalog name, used when data.data_dir is empty
-    tag_ids: tuple[str, ...] = ()  # the names of class-id tags (JSON files), in id order, when data.labels is empty
+    tag_ids: tuple[str, ...] = ()  # the names of its class-id tags (JSON files), in id order: fixed by the dataset
 
 
 DATASETS = {
@@ -175,11 +175,12 @@ def _listed_labels(data_cfg) -> list[str]:
 
 
 def _named_tags(data_cfg, ds: Dataset, raw: Raw) -> Raw:
-    """A split whose tags are class ids (a JSON file, as `datasets` writes conll2003) with the tags named by
-    data.labels, or by the dataset's own id order, then in IOB2 like tags read by name."""
+    """A split whose tags are class ids (a JSON file, as `datasets` writes conll2003) with the tags named by the
+    dataset's own id order, or else by data.labels (a run's label set keeps their ids: _label_names), then in
+    IOB2 like tags read by name."""
     if not (raw.labels and conll.is_ids(raw.labels[0])):  # a file holds names or ids, never both (conll.read)
         return raw
-    names = _listed_labels(data_cfg) or list(ds.tag_ids)
+    names = list(ds.tag_ids) or _listed_labels(data_cfg)
     if not names:
         raise ConfigError(f"{raw.at(0)}: the tags are class ids; set data.labels to their names in id order (for "
                           f"`datasets`' conll2003: data.labels={','.join(conll.CONLL2003_IDS)})")
@@ -194,8 +195,9 @@ def _named_tags(data_cfg, ds: Dataset, raw: Raw) -> Raw:
 
 def _label_names(data_cfg, ds: Dataset, train: Raw, problem: str = "") -> list[str]:
     names = _listed_labels(data_cfg)
-    if names and ds.task == "token":  # tags are read in IOB2, so the label set is too (IOBES names: their IOB2)
-        return list(dict.fromkeys(conll.iob_tag(n, f"data.labels={data_cfg.labels!r}") for n in names))
+    if names and ds.task == "token":  # tags are read in IOB2: IOBES names gain their IOB2 after them, so a name's
+        where = f"data.labels={data_cfg.labels!r}"  # position stays its id in a JSON file (_named_tags)
+        return list(dict.fromkeys(names + [conll.iob_tag(n, where) for n in names]))
     if names:
         return names
     if ds.labels:

@@ -71,6 +71,11 @@ def test_wrong_encoding_and_missing_paths(tmp_path):
         conll.split_paths(tmp_path / "nope")
     with pytest.raises(DataError, match="no train file"):
         conll.split_paths(tmp_path)
+    (tmp_path / "train.txt").write_text("EU B-ORG\n")
+    (tmp_path / "dev.txt").write_text("EU B-ORG\n")  # `evaluate` asks for the test split unless told otherwise
+    with pytest.raises(DataError, match=r"no test file \(looked for eng.testb, test.txt, test.jsonl, test.json\); "
+                                        r"found train, validation$"):
+        conll.split_paths(tmp_path, required=("test",))
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "conll2003").is_dir(), reason="shared CoNLL-2003 copy not present")

@@ -550,10 +550,14 @@ def test_json_lines_ner_files_with_class_id_tags(tmp_path):
     named = tasks.load(*_cfg2(tmp_path, j, "data.name=conll", "data.labels=" + ",".join(ids)))
     assert named.label_names == list(ids)  # the label set as listed, so ids and head rows agree
     assert named.train["labels"][0][1] == ids["B-PER"]  # [CLS] John
+    # conll2003's ids are its own, whatever a run's label set (evaluate passes the trained run's as data.labels)
+    again = tasks.load(*_cfg2(tmp_path, j, "data.labels=" + ",".join(want.label_names)))
+    np.testing.assert_array_equal(again.eval["labels"], want.eval["labels"])
     with pytest.raises(DataError, match=rf"^{j / 'train.json'}:2: tag id 5 has no name: data.labels names ids 0 "
                                         r"to 3"):
         tasks.load(*_cfg2(tmp_path, j, "data.name=conll", "data.labels=O,B-PER,I-PER,B-ORG"))
-    # IOBES names: ids named in that order, the label set in IOB2; a dev tag outside it names its line only
+    # IOBES names: ids named in that order, the label set gains their IOB2 after them (a name's position stays
+    # its id); a dev tag outside it names its line only
     iobes = ("O", "S-PER", "B-LOC", "E-LOC", "S-LOC", "I-LOC")
     (j / "train.json").write_text(json.dumps({"tokens": ["Jo", "in", "New", "York"], "ner_tags": [1, 0, 2, 3]}) + "\n")
     (j / "validation.json").write_text(json.dumps({"tokens": ["Oslo", "Bob"], "tags": ["S-LOC", "S-ORG"]}) + "\n")
@@ -561,8 +565,8 @@ def test_json_lines_ner_files_with_class_id_tags(tmp_path):
         tasks.load(*_cfg2(tmp_path, j, "data.name=conll", "data.labels=" + ",".join(iobes)))
     (j / "validation.json").write_text(json.dumps({"tokens": ["Oslo", "Bob"], "tags": ["S-LOC", "S-PER"]}) + "\n")
     data = tasks.load(*_cfg2(tmp_path, j, "data.name=conll", "data.labels=" + ",".join(iobes)))
-    assert data.label_names == ["O", "B-PER", "B-LOC", "I-LOC"]
-    assert data.train["labels"][0][:5].tolist() == [-100, 1, 0, 2, 3]  # [CLS] Jo in New York (IOB2)
+    assert data.label_names == [*iobes, "B-PER"]
+    assert data.train["labels"][0][:5].tolist() == [-100, 6, 0, 2, 5]  # [CLS] Jo in New York (IOB2)
 
 
 def test_tfds_catalog_presets_conll2003_and_sst2(tmp_path):
