@@ -13,7 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxbatch import metrics, mesh as mesh_lib
-from jaxbatch.data import pipeline
+from jaxbatch.data import conll, pipeline
 from jaxbatch import losses
 from jaxbatch.losses import IGNORE_INDEX, OBJECTIVE_TERMS
 
@@ -94,13 +94,15 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     return totals, {k: v[inverse] for k, v in outs.items()}
 
 
-def metric_names(task: str, problem_type: str | None = "") -> tuple[str, ...]:
+def metric_names(task: str, problem_type: str | None = "", entities: bool = True) -> tuple[str, ...]:
     """The scalar metrics a training run's evaluations report for a task (what checkpoint.best_metric may
     name); a language model's bits per byte come from the run's tokenizer. `problem_type` None: not known
-    yet (before the data has decided), so any sequence head's."""
+    yet (before the data has decided), so any sequence head's. A token task's entity F1 needs entity tags
+    (`entities`: plain tags such as part of speech have no entities)."""
     if problem_type == losses.REGRESSION:
         return ("loss",) + metrics.CORRELATIONS
-    names = ("loss", "accuracy") + {"lm": ("perplexity", "bits_per_byte"), "token": ("entity_f1",)}.get(task, ())
+    names = ("loss", "accuracy") + {"lm": ("perplexity", "bits_per_byte"),
+                                    "token": ("entity_f1",) if entities else ()}.get(task, ())
     if problem_type == losses.MULTI_LABEL:
         return names + metrics.MULTI_LABEL
     return names + (metrics.MULTI_LABEL + metrics.CORRELATIONS if task == "sequence" and problem_type is None else ())
@@ -108,7 +110,8 @@ def metric_names(task: str, problem_type: str | None = "") -> tuple[str, ...]:
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,
              bytes_per_token: np.ndarray | None = None) -> dict:
-    """Loss and accuracy over one split; token tasks add seqeval entity scores and the token report;
+    """Loss and accuracy over one split; token tasks add the token report, and seqeval entity scores when
+    their tags mark entities (conll.is_entity_scheme);
     language models report cross-entropy (z-loss excluded), perplexity and bits per byte; multi-label heads
     their binary cross-entropy and accuracy per (example, class) pair, F1 and exact match; regression heads
     their mean squared error and correlations, no accuracy. `predictions` holds every example's predicted
@@ -130,8 +133,9 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
             result["bits_per_byte"] = (result["loss"] * weight / np.log(2)) / max(int(bytes_per_token[labels].sum()), 1)
     if task == "token" and totals["weight"] > 0:
         gold, pred = metrics.aligned_tags(out["preds"], arrays["labels"], label_names)
-        result["entities"] = metrics.entity_report(gold, pred)
-        result["entity_f1"] = result["entities"]["micro avg"]["f1-score"]
+        if conll.is_entity_scheme(label_names):
+            result["entities"] = metrics.entity_report(gold, pred)
+            result["entity_f1"] = result["entities"]["micro avg"]["f1-score"]
         result["tokens"], result["token_report_text"] = metrics.token_report(gold, pred, label_names)
     return result
 
@@ -168,5 +172,6 @@ def report_lines(result: dict) -> str:
         line += "\nper class:\n" + result["class_report_text"]
     if "entity_f1" in result:
         line += "\nentity-level (seqeval):\n" + metrics.format_entity_report(result["entities"])
+    if "token_report_text" in result:
         line += "\ntoken-level:\n" + result["token_report_text"]
     return line

@@ -151,7 +151,8 @@ def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -
 
 def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
     """One record per sentence: `entities` (token tasks: text, label, start, end, score = the mean
-    probability of the predicted tag over the entity's words) and `tags`, one per word however long the
+    probability of the predicted tag over the entity's words; plain tags such as part of speech have no
+    entities but a `scores` list, each tag's probability) and `tags`, one per word however long the
     sentence (a sentence longer than data.seq_len is run as overlapping windows, each word labelled from the
     window where it has the most context); or `label` and `probabilities` (sequence tasks; `labels` for a
     multi-label head, `score` for a regression head: a text longer than data.seq_len is truncated, and the
@@ -184,6 +185,9 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
     for i, s in enumerate(sentences):
         chosen = [best[i].get(w, (0, names.index("O") if "O" in names else 0, 0.0)) for w in range(len(s.words))]
         tags = [names[c[1]] for c in chosen]  # a word with no pieces at all (a lone control character) is O
+        if not conll.is_entity_scheme(names):
+            records.append({**_line(s), "text": s.text, "tags": tags, "scores": [round(c[2], 6) for c in chosen]})
+            continue
         entities = []
         for label, start, end in get_entities(tags):
             a, b = s.offsets[start][0], s.offsets[end][1]

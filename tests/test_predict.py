@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxbatch import cli, evaluate, metrics, predict, run as run_lib, train
+from jaxbatch import cli, config, evaluate, metrics, predict, run as run_lib, train
 from jaxbatch.data import synthetic, tasks
 
 MINILM_TOKENIZER = ["data.tokenizer=minilm-l6", "model.vocab_size=30522"]
@@ -236,6 +236,42 @@ def test_custom_tags_and_three_classes_train_end_to_end(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "s"), "--split", "test"]) == 2  # not "loss 0, accuracy 0"
     err = capsys.readouterr().err
     assert f"{t / 'test.tsv'}: the test split has no labels, so there is nothing to score" in err, err
+
+
+def test_plain_tags_part_of_speech_train_evaluate_and_predict_without_entities(tmp_path, capsys):
+    """A tag set without entity prefixes (part of speech, as HF's run_ner --task_name pos) trains as tags per
+    word: token accuracy and the per-tag report, no entity F1 (so checkpoint.best_metric cannot name it), and
+    predict gives each word's tag and probability."""
+    d = tmp_path / "pos"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    lexicon = {"DT": ["the", "a"], "NN": ["dog", "cat", "film"], "VBZ": ["runs", "sleeps"], "JJ": ["big", "red"]}
+
+    def sentence():
+        tags = ["DT", "JJ", "NN", "VBZ"] if rng.random() < 0.5 else ["DT", "NN", "VBZ"]
+        return "".join(f"{rng.choice(lexicon[t])}\tX\t{t}\n" for t in tags)
+
+    for name, n in (("train.txt", 64), ("dev.txt", 16)):
+        (d / name).write_text("\n".join(sentence() for _ in range(n)))
+    overrides = ["data.name=conll", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'c'}", *MINILM_TOKENIZER,
+                 "train.steps=20", "train.eval_every=0", "train.batch_size=16", "optim.learning_rate=3e-3",
+                 "data.seq_len=16", f"train.run_dir={tmp_path / 'r'}"]
+    with pytest.raises(config.ConfigError, match="checkpoint.best_metric='entity_f1' is not reported"):
+        train.train(tiny_config(*overrides, "checkpoint.best_metric=entity_f1", f"train.run_dir={tmp_path / 'x'}"))
+    result = train.train(tiny_config(*overrides))
+    final = result.summary["final_eval"]
+    assert result.spec.data.labels == "DT,JJ,NN,VBZ" and "entity_f1" not in final
+    assert final["accuracy"] > 0.9 and final["tokens"]["NN"]["support"] == 16
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "r"), "--data-dir", str(d), "--split", "validation"]) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy {final['accuracy']:.4f}" in out and "token-level" in out and "entity" not in out
+    assert cli.main(["predict", str(tmp_path / "r"), "--input", str(d / "dev.txt")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    gold = [[line.split("\t")[2] for line in block.splitlines()] for block in (d / "dev.txt").read_text().split("\n\n")]
+    assert len(records) == 16 and all("entities" not in r and len(r["scores"]) == len(r["tags"]) for r in records)
+    assert np.mean([p == g for r, t in zip(records, gold) for p, g in zip(r["tags"], t)]) == pytest.approx(
+        final["accuracy"])
 
 
 def test_text_pairs_train_and_predict_as_evaluate_reads_them(tmp_path, capsys, monkeypatch):

@@ -2,8 +2,10 @@
 between (CoNLL-2003's `word POS chunk NER`, CoNLL-2002 Dutch's `word POS NER`, CoNLL-2000's `word POS chunk`,
 plain `word NER`), blank-line separated sentences, `-DOCSTART-` lines anywhere, with or without a final
 newline. Or JSON lines, one sentence per line, as `datasets` writes them (`{"tokens": [...], "ner_tags": [...]}`).
-Tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities. JSON tags
-may also be class ids (numbers), kept as written (`"3"`): their names come from the run's config (data/tasks.py)."""
+Entity tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities. A file
+whose tags have no such prefix holds plain tags (part of speech: `NN`, `VERB`), each standing for its word
+alone, kept as written. JSON tags may also be class ids (numbers), kept as written (`"3"`): their names come from
+the run's config (data/tasks.py)."""
 
 from __future__ import annotations
 
@@ -47,18 +49,30 @@ TO_IOB = {"B-": "B-", "I-": "I-", "S-": "B-", "U-": "B-", "E-": "I-", "L-": "I-"
 CONLL2003_IDS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")  # `datasets`', TFDS'
 
 
+def _prefixed(tag: str) -> bool:
+    return len(tag) > 2 and tag[:2] in TO_IOB
+
+
+def is_entity_scheme(tags) -> bool:
+    """Whether tags (a file's, or a label set) mark entities (some has a prefix of TO_IOB: entity F1, spans)
+    rather than plain tags (each for its word alone: token accuracy and a per-tag report)."""
+    return any(_prefixed(t) for t in tags)
+
+
 def iob_tag(tag: str, where: str) -> str:
-    """The tag in IOB (a single- or last-token prefix becomes B- or I-: the same entity spans)."""
+    """An entity tag in IOB (a single- or last-token prefix becomes B- or I-: the same entity spans)."""
     if tag == "O":
         return tag
-    if not (len(tag) > 2 and tag[:2] in TO_IOB):
-        raise DataError(f"{where}: tag {tag!r} is not O or PREFIX-TYPE with a prefix of {', '.join(TO_IOB)}")
+    if not _prefixed(tag):
+        raise DataError(f"{where}: tag {tag!r} is not O or PREFIX-TYPE with a prefix of {', '.join(TO_IOB)}, "
+                        f"as the tags beside it are")
     return TO_IOB[tag[:2]] + tag[2:]
 
 
-def to_iob2(tags: list[str], where: str) -> list[str]:
-    """A sentence's tags (IOB1, IOB2, IOBES or BILOU) in IOB2; `where` names the sentence in an error."""
-    return iob1_to_iob2([iob_tag(t, where) for t in tags])
+def in_scheme(tags: list[str], entities: bool, where) -> list[str]:
+    """A sentence's tags as read for training: entity tags (IOB1, IOB2, IOBES or BILOU) in IOB2, plain tags as
+    written; `where(k)` names tag k's place in an error."""
+    return iob1_to_iob2([iob_tag(t, where(k)) for k, t in enumerate(tags)]) if entities else list(tags)
 
 
 def is_ids(tags: list[str]) -> bool:
@@ -77,7 +91,7 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
 
     def flush():
         if words:
-            sentences.append(Sentence(list(words), iob1_to_iob2(list(tags)), first))
+            sentences.append(Sentence(list(words), list(tags), first))
             words.clear()
             tags.clear()
 
@@ -98,11 +112,19 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
             raise DataError(f"{where}: {len(parts)} columns, but the file started with {columns}")
         first = first if words else number
         words.append(parts[0])
-        tags.extend([iob_tag(parts[-1], where)] if tagged else [])
+        tags.extend([parts[-1]] if tagged else [])
     flush()
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or blank lines)")
-    return sentences
+    return _in_file_scheme(path, sentences, one_line=False)
+
+
+def _in_file_scheme(path: Path, sentences: list[Sentence], one_line: bool) -> list[Sentence]:
+    """The sentences with their tags `in_scheme`: entity tags when any tag of the file is prefixed (then all must
+    be), else plain. A word's line is its sentence's, plus its position in a column file."""
+    entities = is_entity_scheme(t for s in sentences for t in s.tags)
+    return [Sentence(s.words, in_scheme(s.tags, entities, lambda k, s=s: f"{path}:{s.line + (0 if one_line else k)}"),
+                     s.line) for s in sentences]
 
 
 def _tag_kind(tag) -> str | None:
@@ -140,10 +162,10 @@ def _read_json(path: Path, text: str, tagged: bool) -> list[Sentence]:
             raise DataError(f"{where}: {tags_key!r} must hold tag names (strings) or class ids (whole numbers "
                             f"from 0), one kind in the whole file, got {tags}")
         file_kind = kind
-        sentences.append(Sentence(words, [str(t) for t in tags] if kind == "id" else to_iob2(tags, where), number))
+        sentences.append(Sentence(words, [str(t) for t in tags], number))
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or empty word lists)")
-    return sentences
+    return sentences if file_kind != "name" else _in_file_scheme(path, sentences, one_line=True)
 
 
 def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Path]:
@@ -152,6 +174,10 @@ def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "va
 
 
 def label_names(sentences: list[Sentence]) -> list[str]:
-    """Label set from data: O first, then B-/I- pairs of each type, alphabetical."""
-    types = sorted({t[2:] for s in sentences for t in s.tags if t != "O"})
+    """Label set from data: O first, then B-/I- pairs of each type, alphabetical (entity tags), or the plain
+    tags sorted (O first when there is one)."""
+    tags = {t for s in sentences for t in s.tags}
+    if not is_entity_scheme(tags):
+        return sorted(tags, key=lambda t: (t != "O", t))
+    types = sorted({t[2:] for t in tags if t != "O"})
     return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]

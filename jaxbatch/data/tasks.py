@@ -176,28 +176,28 @@ def _listed_labels(data_cfg) -> list[str]:
 
 def _named_tags(data_cfg, ds: Dataset, raw: Raw) -> Raw:
     """A split whose tags are class ids (a JSON file, as `datasets` writes conll2003) with the tags named by the
-    dataset's own id order, or else by data.labels (a run's label set keeps their ids: _label_names), then in
-    IOB2 like tags read by name."""
+    dataset's own id order, or else by data.labels (a run's label set keeps their ids: _label_names), then as
+    tags read by name are (conll.in_scheme: entity tags in IOB2, plain tags as they are)."""
     if not (raw.labels and conll.is_ids(raw.labels[0])):  # a file holds names or ids, never both (conll.read)
         return raw
     names = list(ds.tag_ids) or _listed_labels(data_cfg)
     if not names:
         raise ConfigError(f"{raw.at(0)}: the tags are class ids; set data.labels to their names in id order (for "
                           f"`datasets`' conll2003: data.labels={','.join(conll.CONLL2003_IDS)})")
-    tags = []
+    tags, entities = [], conll.is_entity_scheme(names)
     for n, ids in enumerate(raw.labels):
         unnamed = next((i for i in ids if int(i) >= len(names)), None)
         if unnamed is not None:
             raise DataError(f"{raw.at(n)}: tag id {unnamed} has no name: data.labels names ids 0 to {len(names) - 1}")
-        tags.append(conll.to_iob2([names[int(i)] for i in ids], raw.at(n)))
+        tags.append(conll.in_scheme([names[int(i)] for i in ids], entities, lambda k, n=n: raw.at(n)))
     return dataclasses.replace(raw, labels=tags)
 
 
 def _label_names(data_cfg, ds: Dataset, train: Raw, problem: str = "") -> list[str]:
     names = _listed_labels(data_cfg)
-    if names and ds.task == "token":  # tags are read in IOB2: IOBES names gain their IOB2 after them, so a name's
-        where = f"data.labels={data_cfg.labels!r}"  # position stays its id in a JSON file (_named_tags)
-        return list(dict.fromkeys(names + [conll.iob_tag(n, where) for n in names]))
+    if names and ds.task == "token" and conll.is_entity_scheme(names):  # entity tags are read in IOB2: IOBES names
+        where = f"data.labels={data_cfg.labels!r}"  # gain their IOB2 after them, so a name's position stays its id
+        return list(dict.fromkeys(names + [conll.iob_tag(n, where) for n in names]))  # in a JSON file
     if names:
         return names
     if ds.labels:
@@ -219,8 +219,8 @@ def _tag_ids(split: str, raw: Raw, label_to_id: dict[str, int], unknown: str) ->
         for k, tag in enumerate(tags):
             if tag not in label_to_id:
                 if unknown != "O" or "O" not in label_to_id:
-                    raise DataError(f"{raw.at(n, k)}: tag {tag!r} is not in the label set {sorted(label_to_id)} "
-                                    f"(set data.unknown_label=O to map it to O)")
+                    hint = " (set data.unknown_label=O to map it to O)" if "O" in label_to_id else ""
+                    raise DataError(f"{raw.at(n, k)}: tag {tag!r} is not in the label set {sorted(label_to_id)}{hint}")
                 mapped += 1
                 tag = "O"
             row.append(label_to_id[tag])

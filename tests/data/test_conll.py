@@ -51,7 +51,8 @@ def test_iobes_and_bilou_read_as_the_same_entities_in_iob2(tmp_path, given, iob2
 @pytest.mark.parametrize("content,message", [
     ("EU\n", r"x.txt:1: expected the word, optional columns, then its tag; got one column: 'EU'"),
     ("EU NNP B-NP I-ORG\nrejects VBZ\n", r"x.txt:2: 2 columns, but the file started with 4"),
-    ("EU NNP B-NP ORG\n", r"x.txt:1: tag 'ORG' is not O or PREFIX-TYPE with a prefix of B-, I-, S-, U-, E-, L-"),
+    ("EU NNP B-NP B-ORG\nsays VBZ B-VP ORG\n",
+     r"x.txt:2: tag 'ORG' is not O or PREFIX-TYPE with a prefix of B-, I-, S-, U-, E-, L-, as the tags beside it are"),
     ("", r"x.txt: file is empty"),
     ("-DOCSTART- -X- O O\n\n", r"x.txt: no sentences"),
 ])
@@ -124,7 +125,8 @@ def test_json_lines_as_datasets_writes_them(tmp_path):
     ('{"tokens": ["a", "b"], "ner_tags": [0, "O"]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
     ('{"tokens": ["a"], "ner_tags": [-1]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
     ('{"tokens": ["a"], "ner_tags": [true]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
-    ('{"tokens": ["a"], "ner_tags": ["PER"]}\n', r"x.jsonl:1: tag 'PER' is not O or PREFIX-TYPE"),
+    ('{"tokens": ["a"], "ner_tags": ["B-PER"]}\n{"tokens": ["a", "b"], "ner_tags": ["O", "PER"]}\n',
+     r"x.jsonl:2: tag 'PER' is not O or PREFIX-TYPE"),
     ('[{"tokens": ["a"], "ner_tags": ["O"]}]\n', r"x.jsonl: holds one JSON array; write one object per line"),
     ('{"tokens": ["a"], "ner_tags": ["O"]\n', r"x.jsonl:1: not a JSON object"),
     ('{"tokens": ["-DOCSTART-"], "ner_tags": ["O"]}\n', r"x.jsonl: no sentences"),
@@ -134,3 +136,19 @@ def test_bad_json_lines_name_file_and_line(tmp_path, content, message):
     f.write_text(content)
     with pytest.raises(DataError, match=message):
         conll.read(f)
+
+
+def test_plain_tags_part_of_speech_are_kept_as_written(tmp_path):
+    """A file with no prefixed tag holds plain tags (each for its word alone: no IOB2 pass); its label set is
+    the tags sorted, O first."""
+    f = tmp_path / "x.txt"
+    f.write_text("The DT\nEU NNP\nsays VBZ\n-LRB- -LRB-\n\nI-95 NNP\nO O\n")
+    sents = conll.read(f)
+    assert [(s.words, s.tags) for s in sents] == [(["The", "EU", "says", "-LRB-"], ["DT", "NNP", "VBZ", "-LRB-"]),
+                                                  (["I-95", "O"], ["NNP", "O"])]
+    assert conll.label_names(sents) == ["O", "-LRB-", "DT", "NNP", "VBZ"]
+    assert not conll.is_entity_scheme(conll.label_names(sents))
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"tokens": ["Jan", "loopt"], "upos": [11, 16], "tags": ["PROPN", "VERB"]}\n')
+    assert conll.read(f)[0].tags == ["PROPN", "VERB"]
+    assert conll.is_entity_scheme(["O", "B-PER"]) and conll.is_entity_scheme(["U-PER"])
