@@ -62,7 +62,7 @@ def input_format(path: Path | None, fmt: str) -> str:
     if path.suffix in (".tsv", ".csv"):  # text-classification files (data/tsv.py)
         return "tsv"
     names = {n for names in conll.SPLIT_FILES.values() for n in names}
-    if path.suffix in (".conll", ".iob", ".bio") or path.name in names:
+    if path.suffix in (".conll", ".conllu", ".iob", ".bio") or path.name in names:
         return "conll"
     return "text"
 

@@ -150,3 +150,18 @@ def assert_gradients_equal_torch(family, model_cfg, graphdef, params, batch: dic
         mine = hf.to_theirs(flat[ours], how)
         expected = named[family.hf.tensor_name(name, model_cfg)].grad.numpy()
         np.testing.assert_allclose(mine, expected.reshape(mine.shape), rtol=1e-3, atol=1e-6, err_msg=ours)
+
+
+# A Universal Dependencies CoNLL-U sample: comments, a multi-word token range (1-2), an empty node (3.1)
+UD = """# sent_id = 1
+# text = Don't go.
+1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_
+1\tDo\tdo\tAUX\tVBP\t_\t3\taux\t_\t_
+2\tn't\tnot\tPART\tRB\t_\t3\tadvmod\t_\t_
+3\tgo\tgo\tVERB\tVB\t_\t0\troot\t_\tSpaceAfter=No
+3.1\tgone\tgo\tVERB\tVBN\t_\t_\t_\t3:conj\t_
+4\t.\t.\tPUNCT\t.\t_\t3\tpunct\t_\t_
+
+# sent_id = 2
+1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_
+"""

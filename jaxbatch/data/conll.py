@@ -5,7 +5,8 @@ newline. Or JSON lines, one sentence per line, as `datasets` writes them (`{"tok
 Entity tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities. A file
 whose tags have no such prefix holds plain tags (part of speech: `NN`, `VERB`), each standing for its word
 alone, kept as written. JSON tags may also be class ids (numbers), kept as written (`"3"`): their names come from
-the run's config (data/tasks.py)."""
+the run's config (data/tasks.py). Universal Dependencies' CoNLL-U (`.conllu`) reads each word's FORM and UPOS
+(its universal part of speech), skipping comments, multi-word token ranges and empty nodes."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import dataclasses
 from pathlib import Path
 
 from jaxbatch.errors import DataError
-from jaxbatch.data.files import find_splits, json_lines, read_text_file
+from jaxbatch.data.files import JSON_SUFFIXES, find_splits, json_lines, read_text_file
 
-JSON_SUFFIXES = (".jsonl", ".json")  # `Dataset.to_json` writes JSON lines, under whichever name it is given
-SPLIT_FILES = {  # split -> candidate file names, first found wins
-    split: columns + tuple(f"{name}{suffix}" for name in names for suffix in JSON_SUFFIXES)
+SPLIT_FILES = {  # split -> candidate file names (a pattern: find_splits), first found wins
+    split: (*columns, *(f"{name}{suffix}" for name in names for suffix in (*JSON_SUFFIXES, ".conllu")),
+            f"*-ud-{names[-1]}.conllu")  # Universal Dependencies' en_ewt-ud-train.conllu
     for split, columns, names in (("train", ("eng.train", "train.txt"), ("train",)),
                                   ("validation", ("eng.testa", "valid.txt", "dev.txt"), ("validation", "valid", "dev")),
                                   ("test", ("eng.testb", "test.txt"), ("test",)))}
@@ -29,7 +30,7 @@ TAG_KEYS = ("ner_tags", "tags", "labels", "ner")  # `datasets`' conll2003 and wn
 class Sentence:
     words: list[str]
     tags: list[str]
-    line: int = 0  # the file line of its first word (its k-th word is on line + k); 0 when not from a file
+    line: int = 0  # the file line of its first word (its k-th word is on line + k: lines_per_word); 0: not from a file
 
 
 def iob1_to_iob2(tags: list[str]) -> list[str]:
@@ -80,6 +81,11 @@ def is_ids(tags: list[str]) -> bool:
     return bool(tags) and tags[0].isdigit()
 
 
+def lines_per_word(path: Path) -> bool:
+    """Whether a file's sentence's k-th word is on its line + k (column files), for messages naming a word."""
+    return path.suffix not in (*JSON_SUFFIXES, ".conllu")
+
+
 def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
     """Sentences of one file, IOB2 (JSON class ids as written). Errors name the file and line. Not `tagged`
     (words to predict tags for), the tags are not read, and may be absent: one column, no tag list."""
@@ -87,6 +93,8 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
     text = read_text_file(path)
     if path.suffix in JSON_SUFFIXES:
         return _read_json(path, text, tagged)
+    if path.suffix == ".conllu":
+        return _read_conllu(path, text, tagged)
     sentences, words, tags, columns, first = [], [], [], None, 0
 
     def flush():
@@ -166,6 +174,39 @@ def _read_json(path: Path, text: str, tagged: bool) -> list[Sentence]:
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or empty word lists)")
     return sentences if file_kind != "name" else _in_file_scheme(path, sentences, one_line=True)
+
+
+def _read_conllu(path: Path, text: str, tagged: bool) -> list[Sentence]:
+    """CoNLL-U: ten tab-separated columns per word (ID FORM LEMMA UPOS ...), `#` comments, blank lines between
+    sentences; a range ID (`3-4`, a multi-word token) or decimal ID (an empty node) is not a word of the tree.
+    A sentence's line is its first word's; ranges between its words break the one-word-per-line count."""
+    sentences, words, tags, first = [], [], [], 0
+
+    def flush():
+        if words:
+            sentences.append(Sentence(list(words), list(tags), first))
+            words.clear(), tags.clear()
+
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            flush()
+            continue
+        if line.startswith("#"):
+            continue
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) != 10:
+            raise DataError(f"{path}:{number}: a CoNLL-U word line has 10 tab-separated columns, got {len(fields)}")
+        if not fields[0].isdigit():
+            continue
+        if tagged and fields[3] in ("", "_"):
+            raise DataError(f"{path}:{number}: the word {fields[1]!r} has no UPOS tag (column 4 is {fields[3]!r})")
+        first = first if words else number
+        words.append(fields[1])
+        tags.extend([fields[3]] if tagged else [])
+    flush()
+    if not sentences:
+        raise DataError(f"{path}: no sentences")
+    return sentences
 
 
 def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Path]:

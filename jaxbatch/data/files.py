@@ -3,6 +3,8 @@ directory."""
 
 from jaxbatch.errors import DataError
 
+JSON_SUFFIXES = (".jsonl", ".json")  # JSON lines: `Dataset.to_json` writes them under whichever name it is given
+
 
 def read_text_file(path, empty_ok: bool = False) -> str:
     """Reads UTF-8 text (without a leading byte-order mark); a missing file or another encoding becomes a
@@ -52,7 +54,9 @@ def json_lines(path, text: str) -> list[tuple[int, dict]]:
 
 def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,
                 required: tuple[str, ...] = ("train", "validation")) -> dict:
-    """{split: path} of the first candidate file name present for each split; `required` splits must exist."""
+    """{split: path} of the first candidate file name present for each split; `required` splits must exist.
+    A candidate with `*` is a pattern (Universal Dependencies' `en_ewt-ud-train.conllu`), which must match one
+    file only."""
     from pathlib import Path
 
     directory = Path(directory)
@@ -60,9 +64,15 @@ def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,
         raise DataError(f"{what} directory {directory} does not exist")
     found = {}
     for split, names in candidates.items():
-        present = [directory / n for n in names if (directory / n).is_file()]
-        if present:
-            found[split] = present[0]
+        for name in names:
+            present = sorted(p for p in directory.glob(name) if p.is_file()) if "*" in name else [
+                directory / name] if (directory / name).is_file() else []
+            if len(present) > 1:
+                raise DataError(f"{directory}: {len(present)} {split} files match {name} "
+                                f"({', '.join(p.name for p in present)}); keep one")
+            if present:
+                found[split] = present[0]
+                break
     for split in required:
         if split not in found:
             present = f"; found {', '.join(found)}" if found else ""

@@ -99,14 +99,14 @@ class Raw:
     labels: list  # per example: its tags (token tasks) or its label as written ("" unlabelled; a list of classes)
     lines: list[int]  # 0: not from a file
     pairs: list[list[str]] = dataclasses.field(default_factory=list)  # a text pair's second words; [] = single
-    one_line: bool = False  # each example is one line (JSON lines), not a line per word (CoNLL columns)
+    word_lines: bool = True  # an example's k-th word is on its line + k (CoNLL columns; not JSON lines, CoNLL-U)
 
     def at(self, n: int, offset: int = 0) -> str:
-        """Where example n (and its word `offset`, on the line after the word before unless `one_line`) is,
-        for a message."""
+        """Where example n (and its word `offset`, when `word_lines`; else the example's first line) is, for a
+        message."""
         if not self.lines[n]:
             return f"{self.place}, example {n}"
-        return f"{self.place}:{self.lines[n]}" if self.one_line else f"{self.place}:{self.lines[n] + offset}"
+        return f"{self.place}:{self.lines[n] + offset}" if self.word_lines else f"{self.place}:{self.lines[n]}"
 
     def head(self, n: int) -> "Raw":
         return dataclasses.replace(self, words=self.words[:n], labels=self.labels[:n], lines=self.lines[:n],
@@ -146,7 +146,7 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
         lines = [int(r.get("line", 0)) for r in records]
         if ds.source == "conll" and data_cfg.data_dir:
             raw = Raw(places[split], [r["tokens"] for r in records], [r["tags"] for r in records], lines,
-                      one_line=paths[split].suffix in conll.JSON_SUFFIXES)
+                      word_lines=conll.lines_per_word(paths[split]))
             splits[split] = _named_tags(data_cfg, ds, raw)
         elif ds.source == "conll":  # the catalog's conll2003 stores its NER tags as ids of a ClassLabel
             splits[split] = Raw(places[split], [r["tokens"] for r in records],

@@ -19,9 +19,9 @@ import dataclasses
 import math
 from pathlib import Path
 
-from jaxbatch.data.files import DataError, find_splits, json_lines, read_text_file
+from jaxbatch.data.files import JSON_SUFFIXES, DataError, find_splits, json_lines, read_text_file
 
-SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl") for name in names)
+SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl", "json") for name in names)
                for split, names in {"train": ("train",), "validation": ("dev", "valid", "validation"),
                                     "test": ("test",)}.items()}
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
@@ -43,7 +43,7 @@ def read(path: str | Path) -> list[Example]:
     path = Path(path)
     if path.suffix == ".csv":
         return _read_csv(path)
-    if path.suffix == ".jsonl":
+    if path.suffix in JSON_SUFFIXES:
         return _read_jsonl(path)
     text = read_text_file(path)
     lines = text.splitlines()

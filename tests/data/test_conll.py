@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, UD
 from jaxbatch.data import conll
 from jaxbatch.errors import DataError
 
@@ -74,8 +74,8 @@ def test_wrong_encoding_and_missing_paths(tmp_path):
         conll.split_paths(tmp_path)
     (tmp_path / "train.txt").write_text("EU B-ORG\n")
     (tmp_path / "dev.txt").write_text("EU B-ORG\n")  # `evaluate` asks for the test split unless told otherwise
-    with pytest.raises(DataError, match=r"no test file \(looked for eng.testb, test.txt, test.jsonl, test.json\); "
-                                        r"found train, validation$"):
+    with pytest.raises(DataError, match=r"no test file \(looked for eng.testb, test.txt, test.jsonl, test.json, "
+                                        r"test.conllu, \*-ud-test.conllu\); found train, validation$"):
         conll.split_paths(tmp_path, required=("test",))
 
 
@@ -152,3 +152,26 @@ def test_plain_tags_part_of_speech_are_kept_as_written(tmp_path):
     f.write_text('{"tokens": ["Jan", "loopt"], "upos": [11, 16], "tags": ["PROPN", "VERB"]}\n')
     assert conll.read(f)[0].tags == ["PROPN", "VERB"]
     assert conll.is_entity_scheme(["O", "B-PER"]) and conll.is_entity_scheme(["U-PER"])
+
+
+def test_conllu_reads_form_and_upos_of_the_tree_words(tmp_path):
+    """Universal Dependencies: comments, multi-word token ranges and empty nodes are not words of the tree."""
+    f = tmp_path / "en_ewt-ud-train.conllu"
+    f.write_text(UD)
+    assert [(s.words, s.tags, s.line) for s in conll.read(f)] == [
+        (["Do", "n't", "go", "."], ["AUX", "PART", "VERB", "PUNCT"], 4), (["Hi"], ["INTJ"], 11)]
+    assert not conll.lines_per_word(f) and conll.lines_per_word(tmp_path / "train.txt")
+    (tmp_path / "en_ewt-ud-dev.conllu").write_text(UD)
+    assert {k: p.name for k, p in conll.split_paths(tmp_path).items()} == {
+        "train": "en_ewt-ud-train.conllu", "validation": "en_ewt-ud-dev.conllu"}
+    (tmp_path / "fr_gsd-ud-dev.conllu").write_text(UD)
+    with pytest.raises(DataError, match=r"2 validation files match \*-ud-dev.conllu \(en_ewt-ud-dev.conllu, "
+                                        r"fr_gsd-ud-dev.conllu\); keep one"):
+        conll.split_paths(tmp_path)
+    f.write_text(UD.replace("\tPART\t", "\t_\t"))
+    with pytest.raises(DataError, match=r"en_ewt-ud-train.conllu:5: the word \"n't\" has no UPOS tag"):
+        conll.read(f)
+    assert conll.read(f, tagged=False)[0].words == ["Do", "n't", "go", "."]  # predict reads words alone
+    f.write_text(UD.replace("1\tHi\thi\tINTJ", "1 Hi hi INTJ"))
+    with pytest.raises(DataError, match=r"en_ewt-ud-train.conllu:11: a CoNLL-U word line has 10 tab-separated columns"):
+        conll.read(f)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, UD
 from jaxbatch import config, run as run_lib
 from jaxbatch.data import tasks, text, tfds_builders
 from jaxbatch.errors import DataError
@@ -595,3 +595,19 @@ def test_tfds_catalog_presets_conll2003_and_sst2(tmp_path):
         assert data.test["labels"].tolist() == [-100]
     with pytest.raises(DataError, match=r"tensorflow-datasets \S+ has no catalog dataset 'nosuch'; set data.data_dir"):
         tfds_builders.from_catalog("nosuch", tmp_path)
+
+
+def test_conllu_part_of_speech_loads_with_its_tag_set(tmp_path):
+    """UD's files by their names; plain UPOS tags sorted as the label set; a dev tag outside it names the
+    sentence's first line (ranges and comments make a word's own line unknowable from its position)."""
+    d = tmp_path / "ud"
+    d.mkdir()
+    (d / "en_ewt-ud-train.conllu").write_text(UD)
+    (d / "en_ewt-ud-dev.conllu").write_text(UD.replace("\tPUNCT\t", "\tSYM\t"))
+    with pytest.raises(DataError, match=rf"^{d / 'en_ewt-ud-dev.conllu'}:4: tag 'SYM' is not in the label set "
+                                        r"\['AUX', 'INTJ', 'PART', 'PUNCT', 'VERB'\]$"):
+        tasks.load(*_cfg2(tmp_path, d, "data.name=conll"))
+    (d / "en_ewt-ud-dev.conllu").write_text(UD)
+    data = tasks.load(*_cfg2(tmp_path, d, "data.name=conll"))
+    assert data.label_names == ["AUX", "INTJ", "PART", "PUNCT", "VERB"]
+    assert data.eval["labels"][0][:2].tolist() == [-100, 0]  # [CLS] Do

@@ -70,6 +70,11 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
     (tmp_path / "dev.csv").write_text("text,label\nok,pos\n")
     paths = tsv.split_paths(tmp_path, ("train", "validation", "test"))
     assert [paths[s].name for s in ("train", "validation", "test")] == ["train.tsv", "dev.csv", "test.jsonl"]
+    (tmp_path / "train.tsv").unlink()  # `datasets`' Dataset.to_json("train.json") writes JSON lines too
+    (tmp_path / "train.csv").unlink()
+    (tmp_path / "train.jsonl").rename(tmp_path / "train.json")
+    assert tsv.split_paths(tmp_path)["train"].name == "train.json"
+    assert [(e.text, e.label) for e in tsv.read(tmp_path / "train.json")] == expected
 
 
 @pytest.mark.parametrize("name,content,message", [
