@@ -24,6 +24,7 @@ import numpy as np
 from jaxbatch import evaluate, losses
 from jaxbatch import run as run_lib
 from jaxbatch.data import conll, pipeline, tokenize, tsv
+from jaxbatch.data.files import RECORD_SUFFIXES
 from jaxbatch.errors import DataError
 from jaxbatch.losses import IGNORE_INDEX
 
@@ -57,8 +58,8 @@ def input_format(path: Path | None, fmt: str) -> str:
         return fmt
     if path is None:
         return "text"
-    if path.suffix in conll.JSON_SUFFIXES:  # sentences as word lists (data/conll.py), or texts (data/tsv.py)
-        return "conll" if _first_object_has(path, conll.WORD_KEYS) else "tsv"
+    if path.suffix in RECORD_SUFFIXES:  # sentences as word lists (data/conll.py), or texts (data/tsv.py)
+        return "conll" if _holds_word_lists(path) else "tsv"
     if path.suffix in (".tsv", ".csv"):  # text-classification files (data/tsv.py)
         return "tsv"
     names = {n for names in conll.SPLIT_FILES.values() for n in names}
@@ -67,16 +68,22 @@ def input_format(path: Path | None, fmt: str) -> str:
     return "text"
 
 
-def _first_object_has(path: Path, keys: tuple[str, ...]) -> bool:
-    """Whether the first line of a JSON lines file is an object with one of `keys` (a bad file: False, and
-    its reader says what is wrong)."""
+def _holds_word_lists(path: Path) -> bool:
+    """Whether a JSON lines or Parquet file's records (its first line; its columns) have a word list
+    (conll.WORD_KEYS). A bad file: False, and the reader it goes to says what is wrong."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            first = next((line for line in f if line.strip()), "")
-        row = json.loads(first)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        if path.suffix == ".parquet":
+            keys = pq.read_schema(path).names
+        else:
+            with open(path, encoding="utf-8-sig") as f:
+                first = json.loads(next((line for line in f if line.strip()), ""))
+            keys = list(first) if isinstance(first, dict) else []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, pyarrow.ArrowException):
         return False
-    return isinstance(row, dict) and any(k.strip().lower() in keys for k in row)
+    return any(k.strip().lower() in conll.WORD_KEYS for k in keys)
 
 
 def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> list[Sentence]:

@@ -165,3 +165,19 @@ UD = """# sent_id = 1
 # sent_id = 2
 1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_
 """
+
+
+def hub_parquet(path, columns: dict, class_names: dict):
+    """A Parquet file as `datasets` writes it: its features (ClassLabel names) in the `huggingface` metadata."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = {c: ({"feature": {"names": class_names[c], "_type": "ClassLabel"}, "_type": "Sequence"}
+                    if c in class_names else {"feature": {"dtype": "string", "_type": "Value"}, "_type": "Sequence"})
+                for c in columns}
+    table = pa.table(columns).replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+

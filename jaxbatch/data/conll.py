@@ -14,11 +14,12 @@ import dataclasses
 from pathlib import Path
 
 from jaxbatch.errors import DataError
-from jaxbatch.data.files import JSON_SUFFIXES, find_splits, json_lines, read_text_file
+from jaxbatch.data.files import RECORD_SUFFIXES, find_splits, place, read_text_file, records
 
 SPLIT_FILES = {  # split -> candidate file names (a pattern: find_splits), first found wins
-    split: (*columns, *(f"{name}{suffix}" for name in names for suffix in (*JSON_SUFFIXES, ".conllu")),
-            f"*-ud-{names[-1]}.conllu")  # Universal Dependencies' en_ewt-ud-train.conllu
+    split: (*columns, *(f"{name}{suffix}" for name in names for suffix in (*RECORD_SUFFIXES, ".conllu")),
+            f"*-ud-{names[-1]}.conllu",  # Universal Dependencies' en_ewt-ud-train.conllu
+            *(f"{name}{shard}.parquet" for name in names for shard in ("-*", "/*")))  # the HF hub's one shard
     for split, columns, names in (("train", ("eng.train", "train.txt"), ("train",)),
                                   ("validation", ("eng.testa", "valid.txt", "dev.txt"), ("validation", "valid", "dev")),
                                   ("test", ("eng.testb", "test.txt"), ("test",)))}
@@ -83,16 +84,16 @@ def is_ids(tags: list[str]) -> bool:
 
 def lines_per_word(path: Path) -> bool:
     """Whether a file's sentence's k-th word is on its line + k (column files), for messages naming a word."""
-    return path.suffix not in (*JSON_SUFFIXES, ".conllu")
+    return path.suffix not in (*RECORD_SUFFIXES, ".conllu")
 
 
 def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
     """Sentences of one file, IOB2 (JSON class ids as written). Errors name the file and line. Not `tagged`
     (words to predict tags for), the tags are not read, and may be absent: one column, no tag list."""
     path = Path(path)
+    if path.suffix in RECORD_SUFFIXES:
+        return _read_records(path, tagged)
     text = read_text_file(path)
-    if path.suffix in JSON_SUFFIXES:
-        return _read_json(path, text, tagged)
     if path.suffix == ".conllu":
         return _read_conllu(path, text, tagged)
     sentences, words, tags, columns, first = [], [], [], None, 0
@@ -131,7 +132,7 @@ def _in_file_scheme(path: Path, sentences: list[Sentence], one_line: bool) -> li
     """The sentences with their tags `in_scheme`: entity tags when any tag of the file is prefixed (then all must
     be), else plain. A word's line is its sentence's, plus its position in a column file."""
     entities = is_entity_scheme(t for s in sentences for t in s.tags)
-    return [Sentence(s.words, in_scheme(s.tags, entities, lambda k, s=s: f"{path}:{s.line + (0 if one_line else k)}"),
+    return [Sentence(s.words, in_scheme(s.tags, entities, lambda k, s=s: place(path, s.line + (0 if one_line else k))),
                      s.line) for s in sentences]
 
 
@@ -141,13 +142,14 @@ def _tag_kind(tag) -> str | None:
     return "id" if isinstance(tag, int) and not isinstance(tag, bool) and tag >= 0 else None
 
 
-def _read_json(path: Path, text: str, tagged: bool) -> list[Sentence]:
-    """JSON lines: a word list and a tag list per line, tags all names or all class ids; a line holding only
+def _read_records(path: Path, tagged: bool) -> list[Sentence]:
+    """JSON lines or Parquet: a word list and a tag list per record, tags all names or all class ids (named at
+    once when the file names its ClassLabel's classes, as `datasets`' Parquet files do); a record holding only
     -DOCSTART- (`datasets` keeps them as sentences) or no words is skipped, as a blank line of a column file."""
-    rows = json_lines(path, text)
+    rows, class_names = records(path)
     sentences, file_kind = [], None
     for number, row in rows:
-        where = f"{path}:{number}"
+        where = place(path, number)
         words_key = next((k for k in WORD_KEYS if k in row), None)
         tags_key = next((k for k in TAG_KEYS if k in row), None)
         if words_key is None or (tags_key is None and tagged):
@@ -162,6 +164,11 @@ def _read_json(path: Path, text: str, tagged: bool) -> list[Sentence]:
             sentences.append(Sentence(words, [], number))
             continue
         tags = row[tags_key]
+        if tags_key in class_names and isinstance(tags, list) and all(_tag_kind(t) == "id" for t in tags):
+            names = class_names[tags_key]
+            if any(t >= len(names) for t in tags):
+                raise DataError(f"{where}: {tags_key!r} holds an id past its {len(names)} class names: {tags}")
+            tags = [names[t] for t in tags]
         if not (isinstance(tags, list) and len(tags) == len(words)):
             raise DataError(f"{where}: {tags_key!r} must be a list with one tag per word ({len(words)})")
         kinds = {_tag_kind(t) for t in tags}

@@ -1,9 +1,16 @@
-"""Reading dataset files: UTF-8 text whose errors name the file and line, and finding split files in a
-directory."""
+"""Reading dataset files: UTF-8 text whose errors name the file and line, JSON lines and Parquet records, and
+finding split files in a directory."""
 
 from jaxbatch.errors import DataError
 
 JSON_SUFFIXES = (".jsonl", ".json")  # JSON lines: `Dataset.to_json` writes them under whichever name it is given
+RECORD_SUFFIXES = (*JSON_SUFFIXES, ".parquet")  # files of records (objects with named fields), not of lines
+
+
+def place(path, number: int) -> str:
+    """Where record `number` of a file is, for a message: its line (`train.txt:12`), or a Parquet file's row
+    (`train.parquet, row 12`: a binary file has no lines)."""
+    return f"{path}, row {number}" if str(path).endswith(".parquet") else f"{path}:{number}"
 
 
 def read_text_file(path, empty_ok: bool = False) -> str:
@@ -50,6 +57,49 @@ def json_lines(path, text: str) -> list[tuple[int, dict]]:
             raise DataError(f"{path}:{number}: not a JSON object")
         rows.append((number, {k.strip().lower(): v for k, v in row.items()}))  # `Text` names the text too
     return rows
+
+
+def records(path) -> tuple[list[tuple[int, dict]], dict[str, list[str]]]:
+    """A JSON lines or Parquet file's records: (line or row number from 1, record with lower-cased keys), and
+    the class names of its ClassLabel columns, as `datasets` keeps them in a Parquet file's schema ({column:
+    names in id order}; none for JSON lines)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix != ".parquet":
+        return json_lines(path, read_text_file(path)), {}
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        table = pq.read_table(path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0] if str(e) else e!r})") from e
+    rows = [(n, {k.strip().lower(): v for k, v in row.items()}) for n, row in enumerate(table.to_pylist(), start=1)]
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows, _class_names(path, (table.schema.metadata or {}).get(b"huggingface"))
+
+
+def _class_names(path, metadata: bytes | None) -> dict[str, list[str]]:
+    """{column: names} of `datasets`' ClassLabel features (of a value, or of each item of a list) in its
+    schema metadata (`{"info": {"features": {...}}}`)."""
+    import json
+
+    if not metadata:
+        return {}
+    try:
+        features = json.loads(metadata).get("info", {}).get("features", {})
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise DataError(f"{path}: its `huggingface` schema metadata is not the JSON `datasets` writes") from e
+    names = {}
+    for column, feature in features.items():
+        inner = feature.get("feature", feature) if isinstance(feature, dict) else {}
+        if isinstance(inner, dict) and inner.get("_type") == "ClassLabel" and inner.get("names"):
+            names[column.strip().lower()] = [str(n) for n in inner["names"]]
+    return names
 
 
 def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxbatch import losses
 from jaxbatch.data import conll, packing, synthetic, text, tokenize, tsv
+from jaxbatch.data.files import place
 from jaxbatch.errors import ConfigError, DataError
 from jaxbatch.losses import FLOAT_HEADS, IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
@@ -106,7 +107,7 @@ class Raw:
         message."""
         if not self.lines[n]:
             return f"{self.place}, example {n}"
-        return f"{self.place}:{self.lines[n] + offset}" if self.word_lines else f"{self.place}:{self.lines[n]}"
+        return place(self.place, self.lines[n] + (offset if self.word_lines else 0))
 
     def head(self, n: int) -> "Raw":
         return dataclasses.replace(self, words=self.words[:n], labels=self.labels[:n], lines=self.lines[:n],

@@ -19,9 +19,10 @@ import dataclasses
 import math
 from pathlib import Path
 
-from jaxbatch.data.files import JSON_SUFFIXES, DataError, find_splits, json_lines, read_text_file
+from jaxbatch.data.files import RECORD_SUFFIXES, DataError, find_splits, place, read_text_file, records
 
-SPLIT_FILES = {split: tuple(f"{name}.{ext}" for ext in ("tsv", "csv", "jsonl", "json") for name in names)
+SPLIT_FILES = {split: tuple(f"{name}{ext}" for ext in (".tsv", ".csv", ".jsonl", ".json", ".parquet", "-*.parquet",
+                                                       "/*.parquet") for name in names)  # *: the HF hub's one shard
                for split, names in {"train": ("train",), "validation": ("dev", "valid", "validation"),
                                     "test": ("test",)}.items()}
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
@@ -43,8 +44,8 @@ def read(path: str | Path) -> list[Example]:
     path = Path(path)
     if path.suffix == ".csv":
         return _read_csv(path)
-    if path.suffix in JSON_SUFFIXES:
-        return _read_jsonl(path)
+    if path.suffix in RECORD_SUFFIXES:
+        return _read_records(path)
     text = read_text_file(path)
     lines = text.splitlines()
     first = [c.strip().lower() for c in lines[0].split("\t")]  # a `Text<TAB>Label` header is a header too
@@ -74,19 +75,19 @@ def _example(path: Path, number: int, row: dict, columns: tuple[str, str | None]
     texts = [row.get(c) for c in columns if c]
     for column, text in zip(columns, texts):
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{number}: {column!r} must be a non-empty string, got {text!r}")
+            raise DataError(f"{place(path, number)}: {column!r} must be a non-empty string, got {text!r}")
     label = row.get(label_column) if label_column else ""
     if isinstance(label, list):  # a multi-label example's classes, or a multi-output regression's scores
         wrong = [y for y in label if isinstance(y, bool) or not isinstance(y, (str, int, float)) or not str(y).strip()
                  or (isinstance(y, float) and not math.isfinite(y))]
         if wrong:
-            raise DataError(f"{path}:{number}: the {label_column} list must hold class names, integer ids or "
+            raise DataError(f"{place(path, number)}: the {label_column} list must hold class names, integer ids or "
                             f"scores, got {wrong[0]!r}")
         label = tuple(str(y).strip() for y in label)
         return Example(texts[0].strip(), label, number, texts[1].strip() if len(texts) > 1 else "")
     bad = isinstance(label, bool) or not isinstance(label, (str, int, float)) or not str(label).strip()
     if label_column and bad:
-        raise DataError(f"{path}:{number}: the {label_column} must be a class name, an integer id, a score or a "
+        raise DataError(f"{place(path, number)}: the {label_column} must be a class name, an integer id, a score or a "
                         f"list of classes, got {label!r}")
     return Example(texts[0].strip(), str(label).strip(), number,
                    texts[1].strip() if len(texts) > 1 else "")
@@ -141,14 +142,34 @@ def _read_named(path: Path, text: str, delimiter: str) -> list[Example]:
     return out
 
 
-def _read_jsonl(path: Path) -> list[Example]:
-    rows = json_lines(path, read_text_file(path))
+def _read_records(path: Path) -> list[Example]:
+    """JSON lines or Parquet; a label that is a ClassLabel id (or a list of them) of a `datasets` Parquet file
+    is read by its class name, and its -1 (a hidden label: GLUE's test splits) as no label."""
+    rows, class_names = records(path)
     columns, label_column = _columns(path, rows[0][1].keys())
+    names = class_names.get(label_column or "", [])
+    out = []
     for number, row in rows:
         if any(c and c not in row for c in columns) or label_column != _columns(path, row.keys())[1]:
             keys = " and ".join(repr(c) for c in (*columns, label_column) if c)
-            raise DataError(f"{path}:{number}: expected the keys of line {rows[0][0]} ({keys})")
-    return [_example(path, n, row, columns, label_column) for n, row in rows]
+            first = f"{'row' if path.suffix == '.parquet' else 'line'} {rows[0][0]}"
+            raise DataError(f"{place(path, number)}: expected the keys of {first} ({keys})")
+        hidden = bool(names) and row[label_column] == -1
+        if names and not hidden:
+            row[label_column] = _class_name(row[label_column], names, place(path, number))
+        out.append(_example(path, number, row, columns, None if hidden else label_column))
+    return out
+
+
+def _class_name(label, names: list[str], where: str):
+    """A ClassLabel id (or list of ids) by name."""
+    if isinstance(label, list):
+        return [_class_name(y, names, where) for y in label]
+    if not isinstance(label, int) or isinstance(label, bool):
+        return label
+    if not 0 <= label < len(names):
+        raise DataError(f"{where}: label id {label} is not one of its {len(names)} class names {names}")
+    return names[label]
 
 
 def split_paths(directory: str | Path, required: tuple[str, ...] = ("train", "validation")) -> dict[str, Path]:

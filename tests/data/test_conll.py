@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import SHARED_DATA, UD
+from conftest import SHARED_DATA, UD, hub_parquet
 from jaxbatch.data import conll
 from jaxbatch.errors import DataError
 
@@ -74,8 +74,8 @@ def test_wrong_encoding_and_missing_paths(tmp_path):
         conll.split_paths(tmp_path)
     (tmp_path / "train.txt").write_text("EU B-ORG\n")
     (tmp_path / "dev.txt").write_text("EU B-ORG\n")  # `evaluate` asks for the test split unless told otherwise
-    with pytest.raises(DataError, match=r"no test file \(looked for eng.testb, test.txt, test.jsonl, test.json, "
-                                        r"test.conllu, \*-ud-test.conllu\); found train, validation$"):
+    with pytest.raises(DataError, match=r"no test file \(looked for eng.testb, test.txt, test.jsonl, .*, "
+                                        r"\*-ud-test.conllu, .*\); found train, validation$"):
         conll.split_paths(tmp_path, required=("test",))
 
 
@@ -174,4 +174,29 @@ def test_conllu_reads_form_and_upos_of_the_tree_words(tmp_path):
     assert conll.read(f, tagged=False)[0].words == ["Do", "n't", "go", "."]  # predict reads words alone
     f.write_text(UD.replace("1\tHi\thi\tINTJ", "1 Hi hi INTJ"))
     with pytest.raises(DataError, match=r"en_ewt-ud-train.conllu:11: a CoNLL-U word line has 10 tab-separated columns"):
+        conll.read(f)
+
+
+def test_parquet_from_the_hub_names_its_class_ids(tmp_path):
+    """The hub's `train-00000-of-00001.parquet` (or `train/0000.parquet`): ids named by the file's own ClassLabel
+    names, errors name the row; without the metadata, ids stay ids for data.labels to name (data/tasks.py)."""
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    f = tmp_path / "hub" / "train-00000-of-00001.parquet"
+    hub_parquet(f, {"tokens": [["-DOCSTART-"], ["Jan", "Smit", "flew"], ["to", "Oslo"]],
+                     "ner_tags": [[0], [1, 2, 0], [0, 3]]}, {"ner_tags": names})
+    assert [(s.words, s.tags, s.line) for s in conll.read(f)] == [
+        (["Jan", "Smit", "flew"], ["B-PER", "I-PER", "O"], 2), (["to", "Oslo"], ["O", "B-LOC"], 3)]
+    hub_parquet(tmp_path / "hub" / "validation" / "0000.parquet", {"tokens": [["a"]], "ner_tags": [[0]]}, {})
+    assert {k: p.relative_to(tmp_path / "hub").as_posix() for k, p in conll.split_paths(tmp_path / "hub").items()} \
+        == {"train": "train-00000-of-00001.parquet", "validation": "validation/0000.parquet"}
+    assert conll.read(tmp_path / "hub" / "validation" / "0000.parquet")[0].tags == ["0"]  # no names: an id
+    hub_parquet(f, {"tokens": [["a"], ["b"]], "ner_tags": [[0], [7]]}, {"ner_tags": names})
+    with pytest.raises(DataError, match=r"train-00000-of-00001.parquet, row 2: 'ner_tags' holds an id past its 5 "
+                                        r"class names: \[7\]"):
+        conll.read(f)
+    hub_parquet(f, {"tokens": [["a"], ["b"]], "ner_tags": [[1], [2]]}, {"ner_tags": ["O", "B-PER", "PER"]})
+    with pytest.raises(DataError, match=r"train-00000-of-00001.parquet, row 2: tag 'PER' is not O or PREFIX-TYPE"):
+        conll.read(f)
+    f.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"train-00000-of-00001.parquet: not a readable Parquet file"):
         conll.read(f)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, UD
+from conftest import SHARED_DATA, UD, hub_parquet
 from jaxbatch import config, run as run_lib
 from jaxbatch.data import tasks, text, tfds_builders
 from jaxbatch.errors import DataError
@@ -611,3 +611,29 @@ def test_conllu_part_of_speech_loads_with_its_tag_set(tmp_path):
     data = tasks.load(*_cfg2(tmp_path, d, "data.name=conll"))
     assert data.label_names == ["AUX", "INTJ", "PART", "PUNCT", "VERB"]
     assert data.eval["labels"][0][:2].tolist() == [-100, 0]  # [CLS] Do
+
+
+def test_parquet_ner_from_the_hub_loads_and_names_rows(tmp_path):
+    """The hub's Parquet shards load as the same arrays as column files; a dev tag outside the label set names
+    the file's row; predict takes a Parquet file of word lists as sentences to tag."""
+    from jaxbatch import predict
+
+    names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+    d = _write_conll(tmp_path / "columns")
+    hub = tmp_path / "hub"
+    hub_parquet(hub / "train-00000-of-00001.parquet", {
+        "tokens": [["John", "lives", "in", "Paris"], ["Acme", "Corp"]], "ner_tags": [[1, 0, 0, 5], [3, 4]]},
+        {"ner_tags": names})
+    hub_parquet(hub / "validation-00000-of-00001.parquet", {"tokens": [["Oslo", "is", "cold"]], "ner_tags": [[5, 0, 0]]},
+                {"ner_tags": names})
+    want, got = tasks.load(*_cfg2(tmp_path, d, "data.name=conll")), tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))
+    assert got.label_names == want.label_names
+    for k in want.train:
+        np.testing.assert_array_equal(got.train[k], want.train[k], err_msg=k)
+        np.testing.assert_array_equal(got.eval[k], want.eval[k], err_msg=k)
+    hub_parquet(hub / "validation-00000-of-00001.parquet", {"tokens": [["Oslo"], ["Bob", "Jr"]],
+                                                           "ner_tags": [[5], [0, 7]]}, {"ner_tags": names + ["B-X"]})
+    with pytest.raises(DataError, match=r"validation-00000-of-00001.parquet, row 2: tag 'B-X' is not in the label set"):
+        tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))
+    assert [s.words for s in predict.read_sentences(hub / "validation-00000-of-00001.parquet", "auto")] == [
+        ["Oslo"], ["Bob", "Jr"]]

@@ -118,3 +118,30 @@ def test_text_pairs_are_read_by_their_column_names_from_tsv_csv_and_json_lines(t
     assert [(e.text, e.text_pair, e.label) for e in tsv.read(tmp_path / "test.tsv")] == [("a", "b", "")]
     (tmp_path / "one.tsv").write_text("sentence\tlabel\nfine\t1\n")
     assert [(e.text, e.text_pair) for e in tsv.read(tmp_path / "one.tsv")] == [("fine", "")]
+
+
+def test_parquet_from_the_hub_reads_class_names_and_hidden_labels(tmp_path):
+    """GLUE's SST-2 as the hub stores it: `label` a ClassLabel id (named by the file), -1 in the test split."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = {"info": {"features": {"sentence": {"dtype": "string", "_type": "Value"},
+                                  "label": {"names": ["negative", "positive"], "_type": "ClassLabel"},
+                                  "idx": {"dtype": "int32", "_type": "Value"}}}}
+    for split, labels in (("train", [1, 0]), ("test", [-1, -1])):
+        table = pa.table({"sentence": ["a fine film", "dull"], "label": labels, "idx": [0, 1]})
+        pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}),
+                       tmp_path / f"{split}-00000-of-00001.parquet")
+    assert [(e.text, e.label, e.line) for e in tsv.read(tmp_path / "train-00000-of-00001.parquet")] == [
+        ("a fine film", "positive", 1), ("dull", "negative", 2)]
+    assert [e.label for e in tsv.read(tmp_path / "test-00000-of-00001.parquet")] == ["", ""]
+    assert tsv.split_paths(tmp_path, ("train", "test"))["train"].name == "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"sentence": ["a", "b"], "label": [0, 2]}).replace_schema_metadata(
+        {"huggingface": json.dumps(meta)}), tmp_path / "x.parquet")
+    with pytest.raises(DataError, match=r"x.parquet, row 2: label id 2 is not one of its 2 class names"):
+        tsv.read(tmp_path / "x.parquet")
+    pq.write_table(pa.table({"text": ["a", None], "label": [0, 1]}), tmp_path / "x.parquet")  # plain pandas output
+    with pytest.raises(DataError, match=r"x.parquet, row 2: 'text' must be a non-empty string, got None"):
+        tsv.read(tmp_path / "x.parquet")
