@@ -624,8 +624,8 @@ def test_parquet_ner_from_the_hub_loads_and_names_rows(tmp_path):
     hub_parquet(hub / "train-00000-of-00001.parquet", {
         "tokens": [["John", "lives", "in", "Paris"], ["Acme", "Corp"]], "ner_tags": [[1, 0, 0, 5], [3, 4]]},
         {"ner_tags": names})
-    hub_parquet(hub / "validation-00000-of-00001.parquet", {"tokens": [["Oslo", "is", "cold"]], "ner_tags": [[5, 0, 0]]},
-                {"ner_tags": names})
+    hub_parquet(hub / "validation-00000-of-00001.parquet",
+                {"tokens": [["Oslo", "is", "cold"]], "ner_tags": [[5, 0, 0]]}, {"ner_tags": names})
     want, got = tasks.load(*_cfg2(tmp_path, d, "data.name=conll")), tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))
     assert got.label_names == want.label_names
     for k in want.train:
