@@ -59,15 +59,15 @@ def json_lines(path, text: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def records(path) -> tuple[list[tuple[int, dict]], dict[str, list[str]]]:
+def records(path, empty_ok: bool = False) -> tuple[list[tuple[int, dict]], dict[str, list[str]]]:
     """A JSON lines or Parquet file's records: (line or row number from 1, record with lower-cased keys), and
     the class names of its ClassLabel columns, as `datasets` keeps them in a Parquet file's schema ({column:
-    names in id order}; none for JSON lines)."""
+    names in id order}; none for JSON lines). No records is an error unless `empty_ok` (read_text_file)."""
     from pathlib import Path
 
     path = Path(path)
     if path.suffix != ".parquet":
-        return json_lines(path, read_text_file(path)), {}
+        return json_lines(path, read_text_file(path, empty_ok)), {}
     import pyarrow
     import pyarrow.parquet as pq
 
@@ -78,7 +78,7 @@ def records(path) -> tuple[list[tuple[int, dict]], dict[str, list[str]]]:
     except (pyarrow.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0] if str(e) else e!r})") from e
     rows = [(n, {k.strip().lower(): v for k, v in row.items()}) for n, row in enumerate(table.to_pylist(), start=1)]
-    if not rows:
+    if not rows and not empty_ok:
         raise DataError(f"{path}: no rows")
     return rows, _class_names(path, (table.schema.metadata or {}).get(b"huggingface"))
 

@@ -1,6 +1,7 @@
 """LM corpora: plain UTF-8 .txt (e.g. tiny shakespeare), whose documents are blank-line separated
-paragraphs, and JSON lines (.jsonl: one `{"text": ...}` document per line, as Hugging Face datasets and web
-crawls are dumped, or one example in TRL's formats for supervised fine-tuning: `{"prompt": ...,
+paragraphs, and JSON lines or Parquet (.jsonl, .parquet: one `{"text": ...}` document per record, as Hugging
+Face datasets and web crawls are dumped and the hub stores them, or one example in TRL's formats for
+supervised fine-tuning: `{"prompt": ...,
 "completion": ...}`, or `{"messages": [{"role": ..., "content": ...}, ...]}` ending with the assistant's
 turn). A document is a (prompt, text) pair: the model reads the prompt ('' for plain documents; for a chat,
 the conversation before the last turn, as a list of messages for the tokenizer's chat template to render)
@@ -12,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxbatch.errors import DataError
-from jaxbatch.data.files import json_lines, read_text_file
+from jaxbatch.data.files import place, read_text_file, records
+
+SUFFIXES = (".txt", ".jsonl", ".parquet")  # the files of a corpus folder
 
 Doc = tuple[str | list[dict], str]  # (prompt or chat history: read, bar its assistant turns; text: trained on)
 
@@ -22,22 +25,22 @@ def read(paths: list[Path]) -> list[Doc]:
     Hugging Face's text loader); a corpus with no text at all is an error naming it."""
     docs = []
     for path in paths:
+        if path.suffix in (".jsonl", ".parquet"):
+            docs += _records(path, records(path, empty_ok=len(paths) > 1)[0])
+            continue
         text = read_text_file(path, empty_ok=len(paths) > 1)
-        if path.suffix == ".jsonl":
-            docs += _json_lines(path, text)
-        else:
-            docs += [("", d.strip()) for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
+        docs += [("", d.strip()) for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
     if not docs:
         where = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
         raise DataError(f"{where}: no text")
     return docs
 
 
-def _json_lines(path: Path, text: str) -> list[Doc]:
-    """The `text` (any case) of each line's object, or its `prompt` and `completion` (kept as written: a
-    completion often starts with a space); an empty text or completion holds no document."""
+def _records(path: Path, rows: list[tuple[int, dict]]) -> list[Doc]:
+    """The `text` (any case) of each record, or its `prompt` and `completion` (kept as written: a completion
+    often starts with a space); an empty text or completion holds no document."""
     docs = []
-    for number, row in json_lines(path, text):
+    for number, row in rows:
         if isinstance(row.get("text"), str):
             if row["text"].strip():
                 docs.append(("", row["text"].strip()))
@@ -45,9 +48,9 @@ def _json_lines(path: Path, text: str) -> list[Doc]:
             if row["completion"].strip():
                 docs.append((row["prompt"], row["completion"]))
         elif "messages" in row:
-            docs.append(_chat(row["messages"], f"{path}:{number}"))
+            docs.append(_chat(row["messages"], place(path, number)))
         else:
-            raise DataError(f"{path}:{number}: expected an object with a 'text' string, 'prompt' and "
+            raise DataError(f"{place(path, number)}: expected an object with a 'text' string, 'prompt' and "
                             f"'completion' strings, or 'messages', got keys {sorted(row)}")
     return docs
 
@@ -102,9 +105,9 @@ def files(directory_or_file: str | Path) -> list[Path]:
         return [p]
     if not p.is_dir():
         raise DataError(f"text corpus {p} does not exist")
-    found = sorted([*p.glob("*.txt"), *p.glob("*.jsonl")])
+    found = sorted(f for suffix in SUFFIXES for f in p.glob(f"*{suffix}"))
     if not found:
-        raise DataError(f"{p}: no .txt or .jsonl files")
+        raise DataError(f"{p}: no {', '.join(SUFFIXES)} files")
     return found
 
 

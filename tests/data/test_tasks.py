@@ -134,6 +134,28 @@ def test_json_lines_corpus_holds_one_document_per_line(tmp_path):
             tfds_builders.prepare("text", d, tmp_path / "cache")
 
 
+def test_parquet_shards_of_a_hub_corpus_are_read_as_documents(tmp_path):
+    """The hub's corpora (TinyStories, wikitext) are Parquet shards of `{"text": ...}`: each row a document, beside
+    .txt and .jsonl files in name order; an empty shard in a folder holds none; a bad row is named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for shard in range(2):
+        pq.write_table(pa.table({"text": [f"story {shard}.{i}\n\nThe end." for i in range(5)]}),
+                       d / f"train-0000{shard}-of-00002.parquet")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), d / "validation-00000-of-00001.parquet")
+    sources = tfds_builders.prepare("text", d, tmp_path / "cache")
+    docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    assert docs == {"train": [f"story {s}.{i}\n\nThe end." for s in range(2) for i in range(5)][:9],
+                    "validation": ["story 1.4\n\nThe end."]}
+    pq.write_table(pa.table({"text": ["fine", None]}), d / "validation-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"validation-00000-of-00001.parquet, row 2: expected an object with a 'text' "
+                                        r"string"):
+        tfds_builders.prepare("text", d, tmp_path / "cache")
+
+
 def test_an_empty_file_in_a_corpus_folder_holds_no_documents(tmp_path):
     """A folder of .txt files may hold an empty one (as Hugging Face's text loader reads it); a corpus with no
     text at all, or a single empty file, is still an error naming it."""
