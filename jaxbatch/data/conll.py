@@ -1,11 +1,12 @@
 """CoNLL-format tagging files: the word in the first column and its tag in the last, any number of columns
 between (CoNLL-2003's `word POS chunk NER`, CoNLL-2002 Dutch's `word POS NER`, CoNLL-2000's `word POS chunk`,
 plain `word NER`), blank-line separated sentences, `-DOCSTART-` lines anywhere, with or without a final
-newline. Or JSON lines, one sentence per line, as `datasets` writes them (`{"tokens": [...], "ner_tags": [...]}`).
+newline. Or records, a sentence each: JSON lines as `datasets` writes them (`{"tokens": [...], "ner_tags":
+[...]}`), or the Parquet files the Hugging Face hub stores, whose class ids are named by the file's ClassLabel.
 Entity tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities. A file
 whose tags have no such prefix holds plain tags (part of speech: `NN`, `VERB`), each standing for its word
-alone, kept as written. JSON tags may also be class ids (numbers), kept as written (`"3"`): their names come from
-the run's config (data/tasks.py). Universal Dependencies' CoNLL-U (`.conllu`) reads each word's FORM and UPOS
+alone, kept as written. Tags may also be class ids (numbers) that the file does not name, kept as written (`"3"`):
+their names come from the run's config (data/tasks.py). Universal Dependencies' CoNLL-U (`.conllu`) reads each word's FORM and UPOS
 (its universal part of speech), skipping comments, multi-word token ranges and empty nodes."""
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def lines_per_word(path: Path) -> bool:
 
 
 def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
-    """Sentences of one file, IOB2 (JSON class ids as written). Errors name the file and line. Not `tagged`
-    (words to predict tags for), the tags are not read, and may be absent: one column, no tag list."""
+    """Sentences of one file: entity tags in IOB2, plain tags and unnamed class ids as written. Errors name the
+    file and line (or row). Not `tagged` (words to predict tags for), tags are not read, and may be absent."""
     path = Path(path)
     if path.suffix in RECORD_SUFFIXES:
         return _read_records(path, tagged)
@@ -125,15 +126,15 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
     flush()
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or blank lines)")
-    return _in_file_scheme(path, sentences, one_line=False)
+    return _in_file_scheme(path, sentences)
 
 
-def _in_file_scheme(path: Path, sentences: list[Sentence], one_line: bool) -> list[Sentence]:
+def _in_file_scheme(path: Path, sentences: list[Sentence]) -> list[Sentence]:
     """The sentences with their tags `in_scheme`: entity tags when any tag of the file is prefixed (then all must
-    be), else plain. A word's line is its sentence's, plus its position in a column file."""
-    entities = is_entity_scheme(t for s in sentences for t in s.tags)
-    return [Sentence(s.words, in_scheme(s.tags, entities, lambda k, s=s: place(path, s.line + (0 if one_line else k))),
-                     s.line) for s in sentences]
+    be), else plain. A word's line is its sentence's, plus its position where `lines_per_word`."""
+    entities, step = is_entity_scheme(t for s in sentences for t in s.tags), int(lines_per_word(path))
+    return [Sentence(s.words, in_scheme(s.tags, entities, lambda k, s=s: place(path, s.line + step * k)), s.line)
+            for s in sentences]
 
 
 def _tag_kind(tag) -> str | None:
@@ -180,7 +181,7 @@ def _read_records(path: Path, tagged: bool) -> list[Sentence]:
         sentences.append(Sentence(words, [str(t) for t in tags], number))
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or empty word lists)")
-    return sentences if file_kind != "name" else _in_file_scheme(path, sentences, one_line=True)
+    return sentences if file_kind != "name" else _in_file_scheme(path, sentences)
 
 
 def _read_conllu(path: Path, text: str, tagged: bool) -> list[Sentence]:
