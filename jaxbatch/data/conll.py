@@ -6,8 +6,8 @@ newline. Or records, a sentence each: JSON lines as `datasets` writes them (`{"t
 Entity tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities. A file
 whose tags have no such prefix holds plain tags (part of speech: `NN`, `VERB`), each standing for its word
 alone, kept as written. Tags may also be class ids (numbers) that the file does not name, kept as written (`"3"`):
-their names come from the run's config (data/tasks.py). Universal Dependencies' CoNLL-U (`.conllu`) reads each word's FORM and UPOS
-(its universal part of speech), skipping comments, multi-word token ranges and empty nodes."""
+their names come from the run's config (data/tasks.py). Universal Dependencies' CoNLL-U (`.conllu`) reads each
+word's FORM and UPOS (its universal part of speech), skipping comments, multi-word token ranges and empty nodes."""
 
 from __future__ import annotations
 

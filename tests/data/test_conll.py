@@ -48,16 +48,36 @@ def test_iobes_and_bilou_read_as_the_same_entities_in_iob2(tmp_path, given, iob2
     assert conll.read(f)[0].tags == iob2
 
 
-@pytest.mark.parametrize("content,message", [
-    ("EU\n", r"x.txt:1: expected the word, optional columns, then its tag; got one column: 'EU'"),
-    ("EU NNP B-NP I-ORG\nrejects VBZ\n", r"x.txt:2: 2 columns, but the file started with 4"),
-    ("EU NNP B-NP B-ORG\nsays VBZ B-VP ORG\n",
+@pytest.mark.parametrize("name,content,message", [
+    ("x.txt", "EU\n", r"x.txt:1: expected the word, optional columns, then its tag; got one column: 'EU'"),
+    ("x.txt", "EU NNP B-NP I-ORG\nrejects VBZ\n", r"x.txt:2: 2 columns, but the file started with 4"),
+    ("x.txt", "EU NNP B-NP B-ORG\nsays VBZ B-VP ORG\n",
      r"x.txt:2: tag 'ORG' is not O or PREFIX-TYPE with a prefix of B-, I-, S-, U-, E-, L-, as the tags beside it are"),
-    ("", r"x.txt: file is empty"),
-    ("-DOCSTART- -X- O O\n\n", r"x.txt: no sentences"),
+    ("x.txt", "", r"x.txt: file is empty"),
+    ("x.txt", "-DOCSTART- -X- O O\n\n", r"x.txt: no sentences"),
+    ("x.jsonl", '{"tokens": ["a"], "ner_tags": [0]}\n{"text": "a b"}\n',
+     r"x.jsonl:2: expected a word list \(tokens or words\) and a tag list \(ner_tags or tags or labels or ner\), "
+     r"got the keys text"),
+    ("x.jsonl", '{"tokens": ["a", "b"], "ner_tags": [0]}\n',
+     r"x.jsonl:1: 'ner_tags' must be a list with one tag per word \(2\)"),
+    ("x.jsonl", '{"tokens": "a b", "ner_tags": [0, 0]}\n',
+     r"x.jsonl:1: 'tokens' must be a list of non-empty strings"),
+    ("x.jsonl", '{"tokens": ["a", ""], "ner_tags": [0, 0]}\n',
+     r"x.jsonl:1: 'tokens' must be a list of non-empty strings"),
+    ("x.jsonl", '{"tokens": ["a"], "ner_tags": [0]}\n{"tokens": ["b"], "ner_tags": ["O"]}\n',
+     r"x.jsonl:2: 'ner_tags' must hold tag names \(strings\) or class ids \(whole numbers from 0\), one kind"),
+    ("x.jsonl", '{"tokens": ["a", "b"], "ner_tags": [0, "O"]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
+    ("x.jsonl", '{"tokens": ["a"], "ner_tags": [-1]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
+    ("x.jsonl", '{"tokens": ["a"], "ner_tags": [true]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
+    ("x.jsonl", '{"tokens": ["a"], "ner_tags": ["B-PER"]}\n{"tokens": ["a", "b"], "ner_tags": ["O", "PER"]}\n',
+     r"x.jsonl:2: tag 'PER' is not O or PREFIX-TYPE"),
+    ("x.jsonl", '[{"tokens": ["a"], "ner_tags": ["O"]}]\n',
+     r"x.jsonl: holds one JSON array; write one object per line"),
+    ("x.jsonl", '{"tokens": ["a"], "ner_tags": ["O"]\n', r"x.jsonl:1: not a JSON object"),
+    ("x.jsonl", '{"tokens": ["-DOCSTART-"], "ner_tags": ["O"]}\n', r"x.jsonl: no sentences"),
 ])
-def test_bad_files_name_file_and_line(tmp_path, content, message):
-    f = tmp_path / "x.txt"
+def test_bad_files_name_file_and_line(tmp_path, name, content, message):
+    f = tmp_path / name
     f.write_text(content)
     with pytest.raises(DataError, match=message):
         conll.read(f)
@@ -111,31 +131,6 @@ def test_json_lines_as_datasets_writes_them(tmp_path):
         (d / name).write_text('{"tokens": ["a"], "ner_tags": ["O"]}\n')
     assert {k: p.name for k, p in conll.split_paths(d).items()} == {
         "train": "train.jsonl", "validation": "validation.jsonl", "test": "test.json"}
-
-
-@pytest.mark.parametrize("content,message", [
-    ('{"tokens": ["a"], "ner_tags": [0]}\n{"text": "a b"}\n',
-     r"x.jsonl:2: expected a word list \(tokens or words\) and a tag list \(ner_tags or tags or labels or ner\), "
-     r"got the keys text"),
-    ('{"tokens": ["a", "b"], "ner_tags": [0]}\n', r"x.jsonl:1: 'ner_tags' must be a list with one tag per word \(2\)"),
-    ('{"tokens": "a b", "ner_tags": [0, 0]}\n', r"x.jsonl:1: 'tokens' must be a list of non-empty strings"),
-    ('{"tokens": ["a", ""], "ner_tags": [0, 0]}\n', r"x.jsonl:1: 'tokens' must be a list of non-empty strings"),
-    ('{"tokens": ["a"], "ner_tags": [0]}\n{"tokens": ["b"], "ner_tags": ["O"]}\n',
-     r"x.jsonl:2: 'ner_tags' must hold tag names \(strings\) or class ids \(whole numbers from 0\), one kind"),
-    ('{"tokens": ["a", "b"], "ner_tags": [0, "O"]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
-    ('{"tokens": ["a"], "ner_tags": [-1]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
-    ('{"tokens": ["a"], "ner_tags": [true]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
-    ('{"tokens": ["a"], "ner_tags": ["B-PER"]}\n{"tokens": ["a", "b"], "ner_tags": ["O", "PER"]}\n',
-     r"x.jsonl:2: tag 'PER' is not O or PREFIX-TYPE"),
-    ('[{"tokens": ["a"], "ner_tags": ["O"]}]\n', r"x.jsonl: holds one JSON array; write one object per line"),
-    ('{"tokens": ["a"], "ner_tags": ["O"]\n', r"x.jsonl:1: not a JSON object"),
-    ('{"tokens": ["-DOCSTART-"], "ner_tags": ["O"]}\n', r"x.jsonl: no sentences"),
-])
-def test_bad_json_lines_name_file_and_line(tmp_path, content, message):
-    f = tmp_path / "x.jsonl"
-    f.write_text(content)
-    with pytest.raises(DataError, match=message):
-        conll.read(f)
 
 
 def test_plain_tags_part_of_speech_are_kept_as_written(tmp_path):
