@@ -79,8 +79,8 @@ def in_scheme(tags: list[str], entities: bool, where) -> list[str]:
 
 
 def is_ids(tags: list[str]) -> bool:
-    """Whether a sentence's tags, as read, are class ids (JSON numbers) rather than names."""
-    return bool(tags) and tags[0].isdigit()
+    """Whether a sentence's tags, as read, are class ids (numbers a file did not name) rather than names."""
+    return all(t.isdigit() for t in tags)
 
 
 def lines_per_word(path: Path) -> bool:

@@ -179,7 +179,7 @@ def _named_tags(data_cfg, ds: Dataset, raw: Raw) -> Raw:
     """A split whose tags are class ids (a JSON file, as `datasets` writes conll2003) with the tags named by the
     dataset's own id order, or else by data.labels (a run's label set keeps their ids: _label_names), then as
     tags read by name are (conll.in_scheme: entity tags in IOB2, plain tags as they are)."""
-    if not (raw.labels and conll.is_ids(raw.labels[0])):  # a file holds names or ids, never both (conll.read)
+    if not (raw.labels and all(conll.is_ids(tags) for tags in raw.labels)):
         return raw
     names = list(ds.tag_ids) or _listed_labels(data_cfg)
     if not names:
