@@ -139,7 +139,7 @@ def _in_file_scheme(path: Path, sentences: list[Sentence]) -> list[Sentence]:
 
 def _tag_kind(tag) -> str | None:
     if isinstance(tag, str):
-        return "name"
+        return "name" if tag.strip() else None
     return "id" if isinstance(tag, int) and not isinstance(tag, bool) and tag >= 0 else None
 
 
@@ -175,10 +175,10 @@ def _read_records(path: Path, tagged: bool) -> list[Sentence]:
         kinds = {_tag_kind(t) for t in tags}
         kind = kinds.pop() if len(kinds) == 1 else None
         if kind is None or kind != (file_kind or kind):
-            raise DataError(f"{where}: {tags_key!r} must hold tag names (strings) or class ids (whole numbers "
-                            f"from 0), one kind in the whole file, got {tags}")
+            raise DataError(f"{where}: {tags_key!r} must hold tag names (non-empty strings) or class ids (whole "
+                            f"numbers from 0), one kind in the whole file, got {tags}")
         file_kind = kind
-        sentences.append(Sentence(words, [str(t) for t in tags], number))
+        sentences.append(Sentence(words, [str(t).strip() for t in tags], number))  # " B-PER" is B-PER, as in columns
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or empty word lists)")
     return sentences if file_kind != "name" else _in_file_scheme(path, sentences)

@@ -65,10 +65,12 @@ def test_iobes_and_bilou_read_as_the_same_entities_in_iob2(tmp_path, given, iob2
     ("x.jsonl", '{"tokens": ["a", ""], "ner_tags": [0, 0]}\n',
      r"x.jsonl:1: 'tokens' must be a list of non-empty strings"),
     ("x.jsonl", '{"tokens": ["a"], "ner_tags": [0]}\n{"tokens": ["b"], "ner_tags": ["O"]}\n',
-     r"x.jsonl:2: 'ner_tags' must hold tag names \(strings\) or class ids \(whole numbers from 0\), one kind"),
+     r"x.jsonl:2: 'ner_tags' must hold tag names \(non-empty strings\) or class ids \(whole numbers from 0\), "
+     r"one kind"),
     ("x.jsonl", '{"tokens": ["a", "b"], "ner_tags": [0, "O"]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
     ("x.jsonl", '{"tokens": ["a"], "ner_tags": [-1]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
     ("x.jsonl", '{"tokens": ["a"], "ner_tags": [true]}\n', r"x.jsonl:1: 'ner_tags' must hold tag names"),
+    ("x.jsonl", '{"tokens": ["a"], "tags": [" "]}\n', r"x.jsonl:1: 'tags' must hold tag names \(non-empty strings\)"),
     ("x.jsonl", '{"tokens": ["a"], "ner_tags": ["B-PER"]}\n{"tokens": ["a", "b"], "ner_tags": ["O", "PER"]}\n',
      r"x.jsonl:2: tag 'PER' is not O or PREFIX-TYPE"),
     ("x.jsonl", '[{"tokens": ["a"], "ner_tags": ["O"]}]\n',
