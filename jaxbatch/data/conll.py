@@ -25,7 +25,8 @@ SPLIT_FILES = {  # split -> candidate file names (a pattern: find_splits), first
                                   ("validation", ("eng.testa", "valid.txt", "dev.txt"), ("validation", "valid", "dev")),
                                   ("test", ("eng.testb", "test.txt"), ("test",)))}
 WORD_KEYS = ("tokens", "words")  # of a JSON sentence, the first one present
-TAG_KEYS = ("ner_tags", "tags", "labels", "ner")  # `datasets`' conll2003 and wnut_17 dumps say ner_tags
+# of a JSON sentence, the first one present: `datasets`' conll2003 and wnut_17 say ner_tags, its UD treebanks upos
+TAG_KEYS = ("ner_tags", "tags", "labels", "ner", "upos", "pos_tags")
 
 
 @dataclasses.dataclass

@@ -56,8 +56,8 @@ def test_iobes_and_bilou_read_as_the_same_entities_in_iob2(tmp_path, given, iob2
     ("x.txt", "", r"x.txt: file is empty"),
     ("x.txt", "-DOCSTART- -X- O O\n\n", r"x.txt: no sentences"),
     ("x.jsonl", '{"tokens": ["a"], "ner_tags": [0]}\n{"text": "a b"}\n',
-     r"x.jsonl:2: expected a word list \(tokens or words\) and a tag list \(ner_tags or tags or labels or ner\), "
-     r"got the keys text"),
+     r"x.jsonl:2: expected a word list \(tokens or words\) and a tag list \(ner_tags or tags or labels or ner or upos "
+     r"or pos_tags\), got the keys text"),
     ("x.jsonl", '{"tokens": ["a", "b"], "ner_tags": [0]}\n',
      r"x.jsonl:1: 'ner_tags' must be a list with one tag per word \(2\)"),
     ("x.jsonl", '{"tokens": "a b", "ner_tags": [0, 0]}\n',
@@ -148,6 +148,8 @@ def test_plain_tags_part_of_speech_are_kept_as_written(tmp_path):
     f = tmp_path / "x.jsonl"
     f.write_text('{"tokens": ["Jan", "loopt"], "upos": [11, 16], "tags": ["PROPN", "VERB"]}\n')
     assert conll.read(f)[0].tags == ["PROPN", "VERB"]
+    f.write_text('{"idx": "w-1", "tokens": ["Jan", "loopt"], "upos": [10, 16], "xpos": ["NNP", "VBZ"]}\n')  # UD
+    assert conll.read(f)[0].tags == ["10", "16"]  # ids, for data.labels to name
     assert conll.is_entity_scheme(["O", "B-PER"]) and conll.is_entity_scheme(["U-PER"])
 
 
