@@ -83,6 +83,24 @@ def records(path, empty_ok: bool = False) -> tuple[list[tuple[int, dict]], dict[
     return rows, _class_names(path, (table.schema.metadata or {}).get(b"huggingface"))
 
 
+def label_classes(path, label_columns: tuple[str, ...]) -> list[str]:
+    """The ClassLabel names, in id order, of the column a reader takes labels from (the first of `label_columns`
+    a Parquet file has); [] for other files or a column without them. Read from the schema alone."""
+    from pathlib import Path
+
+    if Path(path).suffix != ".parquet":
+        return []
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pyarrow.ArrowException, OSError):
+        return []  # the reader says what is wrong with the file
+    column = next((c for c in label_columns if c in [n.strip().lower() for n in schema.names]), None)
+    return _class_names(path, (schema.metadata or {}).get(b"huggingface")).get(column or "", [])
+
+
 def _class_names(path, metadata: bytes | None) -> dict[str, list[str]]:
     """{column: names} of `datasets`' ClassLabel features (of a value, or of each item of a list) in its
     schema metadata (`{"info": {"features": {...}}}`)."""

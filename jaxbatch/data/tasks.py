@@ -18,8 +18,7 @@ import logging
 import numpy as np
 
 from jaxbatch import losses
-from jaxbatch.data import conll, packing, synthetic, text, tokenize, tsv
-from jaxbatch.data.files import place
+from jaxbatch.data import conll, files, packing, synthetic, text, tokenize, tsv
 from jaxbatch.errors import ConfigError, DataError
 from jaxbatch.losses import FLOAT_HEADS, IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
@@ -101,13 +100,14 @@ class Raw:
     lines: list[int]  # 0: not from a file
     pairs: list[list[str]] = dataclasses.field(default_factory=list)  # a text pair's second words; [] = single
     word_lines: bool = True  # an example's k-th word is on its line + k (CoNLL columns; not JSON lines, CoNLL-U)
+    class_names: tuple[str, ...] = ()  # the file's own names of its label ids, in id order (a hub Parquet file's)
 
     def at(self, n: int, offset: int = 0) -> str:
         """Where example n (and its word `offset`, when `word_lines`; else the example's first line) is, for a
         message."""
         if not self.lines[n]:
             return f"{self.place}, example {n}"
-        return place(self.place, self.lines[n] + (offset if self.word_lines else 0))
+        return files.place(self.place, self.lines[n] + (offset if self.word_lines else 0))
 
     def head(self, n: int) -> "Raw":
         return dataclasses.replace(self, words=self.words[:n], labels=self.labels[:n], lines=self.lines[:n],
@@ -147,7 +147,8 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
         lines = [int(r.get("line", 0)) for r in records]
         if ds.source == "conll" and data_cfg.data_dir:
             raw = Raw(places[split], [r["tokens"] for r in records], [r["tags"] for r in records], lines,
-                      word_lines=conll.lines_per_word(paths[split]))
+                      word_lines=conll.lines_per_word(paths[split]),
+                      class_names=tuple(files.label_classes(paths[split], conll.TAG_KEYS)))
             splits[split] = _named_tags(data_cfg, ds, raw)
         elif ds.source == "conll":  # the catalog's conll2003 stores its NER tags as ids of a ClassLabel
             splits[split] = Raw(places[split], [r["tokens"] for r in records],
@@ -156,8 +157,9 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
             pairs = [r.get("sentence_pair", "").split() for r in records]
             labels = [list(r["labels"]) if r.get("listed") else "" if str(r["label"]) == "-1" else str(r["label"])
                       for r in records]
+            classes = files.label_classes(paths[split], tsv.LABEL_COLUMNS) if data_cfg.data_dir else []
             splits[split] = Raw(places[split], [r["sentence"].split() for r in records], labels, lines,
-                                pairs if any(pairs) else [])
+                                pairs if any(pairs) else [], class_names=tuple(classes))
     if len({bool(raw.pairs) for raw in splits.values()}) > 1:
         paired = sorted(split for split, raw in splits.items() if raw.pairs)
         raise DataError(f"{data_cfg.name}: the {', '.join(paired)} split(s) hold text pairs and the others single "
@@ -195,10 +197,13 @@ def _named_tags(data_cfg, ds: Dataset, raw: Raw) -> Raw:
 
 
 def _label_names(data_cfg, ds: Dataset, train: Raw, problem: str = "") -> list[str]:
-    names = _listed_labels(data_cfg)
+    """data.labels, or the training file's own class names (in id order, as `datasets` lists them), or the
+    preset's, or what the training labels name."""
+    names, where = _listed_labels(data_cfg), f"data.labels={data_cfg.labels!r}"
+    if not names and train.class_names:
+        names, where = list(train.class_names), f"{train.place}'s class names"
     if names and ds.task == "token" and conll.is_entity_scheme(names):  # entity tags are read in IOB2: IOBES names
-        where = f"data.labels={data_cfg.labels!r}"  # gain their IOB2 after them, so a name's position stays its id
-        return list(dict.fromkeys(names + [conll.iob_tag(n, where) for n in names]))  # in a JSON file
+        return list(dict.fromkeys(names + [conll.iob_tag(n, where) for n in names]))  # gain their IOB2 after them
     if names:
         return names
     if ds.labels:

@@ -649,13 +649,35 @@ def test_parquet_ner_from_the_hub_loads_and_names_rows(tmp_path):
     hub_parquet(hub / "validation-00000-of-00001.parquet",
                 {"tokens": [["Oslo", "is", "cold"]], "ner_tags": [[5, 0, 0]]}, {"ner_tags": names})
     want, got = tasks.load(*_cfg2(tmp_path, d, "data.name=conll")), tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))
-    assert got.label_names == want.label_names
-    for k in want.train:
-        np.testing.assert_array_equal(got.train[k], want.train[k], err_msg=k)
-        np.testing.assert_array_equal(got.eval[k], want.eval[k], err_msg=k)
+    assert got.label_names == names  # the file's own class order, as `datasets` has it (so an export's id2label)
+    to_want = np.array([want.label_names.index(n) for n in names])
+    for split in ("train", "eval"):
+        mine, theirs = getattr(got, split), getattr(want, split)
+        for k in theirs:
+            np.testing.assert_array_equal(mine[k] if k != "labels" else np.where(
+                mine[k] >= 0, to_want[np.maximum(mine[k], 0)], mine[k]), theirs[k], err_msg=k)
     hub_parquet(hub / "validation-00000-of-00001.parquet", {"tokens": [["Oslo"], ["Bob", "Jr"]],
                                                            "ner_tags": [[5], [0, 7]]}, {"ner_tags": names + ["B-X"]})
     with pytest.raises(DataError, match=r"validation-00000-of-00001.parquet, row 2: tag 'B-X' is not in the label set"):
         tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))
     assert [s.words for s in predict.read_sentences(hub / "validation-00000-of-00001.parquet", "auto")] == [
         ["Oslo"], ["Bob", "Jr"]]
+
+
+def test_parquet_text_pairs_keep_the_files_class_order(tmp_path):
+    """GLUE's MRPC as the hub stores it: pairs, ClassLabel ids named in the file's order (not sorted), so an
+    export's id2label is the dataset's; -1 in the test split is unlabelled."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = {"info": {"features": {"label": {"names": ["not_equivalent", "equivalent"], "_type": "ClassLabel"}}}}
+    d = tmp_path / "mrpc"
+    d.mkdir()
+    for split, labels in (("train", [1, 0, 1]), ("validation", [0]), ("test", [-1])):
+        table = pa.table({"sentence1": ["a b"] * len(labels), "sentence2": ["a c"] * len(labels), "label": labels})
+        pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}),
+                       d / f"{split}-00000-of-00001.parquet")
+    data = tasks.load(*_cfg2(tmp_path, d, "data.name=tsv"))
+    assert data.label_names == ["not_equivalent", "equivalent"]
+    assert data.train["labels"].tolist() == [1, 0, 1] and data.test["labels"].tolist() == [-100]
+    assert not data.test_labelled
