@@ -186,7 +186,7 @@ class DataConfig:
     num_train: int = 2048  # synthetic corpora: examples to generate
     num_eval: int = 256
     max_train: int = 0  # real datasets: use only the first N training examples (0 = all)
-    labels: str = ""  # comma-separated label set (tags, or class names in id order); empty = from the training split
+    labels: str = ""  # label set in id order, comma-separated; empty = a Parquet file's names, the preset's, the data's
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first
     buckets: int = 1  # length buckets for training batches (seq_len/4, seq_len/2, seq_len for 3); 1 = no bucketing
