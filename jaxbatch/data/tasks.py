@@ -2,11 +2,12 @@
 chosen. Raw examples come from the generated corpus or from tfds (local files or the catalog).
 
 Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (prefixes of any type: IOB1,
-IOB2, IOBES or BILOU; columns, or JSON lines with tags as names or class ids), `tsv` (or `csv`, `jsonl`: the
-same reader) any N-class text-classification file (TSV, CSV or JSON lines; one class per text, several, or a
-score), `text` any plain-text corpus for language modelling (documents packed into rows; data/packing.py).
-`conll2003` and `sst2` are presets of them (with the TFDS catalog as a source when no `data.data_dir` is given,
-conll2003's tag id order and SST-2's class names).
+IOB2, IOBES or BILOU, or plain tags such as part of speech; CoNLL columns, CoNLL-U, or JSON lines and Parquet
+with tags as names or class ids), `tsv` (or `csv`, `jsonl`: the same reader) any N-class text-classification
+file (TSV, CSV, JSON lines or Parquet; one class per text, several, or a score), `text` any plain-text corpus
+for language modelling (documents packed into rows; data/packing.py). `conll2003` and `sst2` are presets of
+them (with the TFDS catalog as a source when no `data.data_dir` is given, conll2003's tag id order and SST-2's
+class names).
 """
 
 from __future__ import annotations
