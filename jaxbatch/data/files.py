@@ -68,6 +68,15 @@ def records(path, empty_ok: bool = False) -> tuple[list[tuple[int, dict]], dict[
     path = Path(path)
     if path.suffix != ".parquet":
         return json_lines(path, read_text_file(path, empty_ok)), {}
+    if "*" in path.name:  # a split's shards (find_splits): rows numbered across them, in name order
+        rows, names = [], {}
+        for shard in shards(path):
+            part, shard_names = records(shard, empty_ok=True)
+            rows += [(len(rows) + n, row) for n, row in part]
+            names = names or shard_names
+        if not rows and not empty_ok:
+            raise DataError(f"{path}: no rows")
+        return rows, names
     import pyarrow
     import pyarrow.parquet as pq
 
@@ -94,8 +103,8 @@ def label_classes(path, label_columns: tuple[str, ...]) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
-    except (pyarrow.ArrowException, OSError):
+        schema = pq.read_schema(shards(path)[0])
+    except (pyarrow.ArrowException, OSError, IndexError):
         return []  # the reader says what is wrong with the file
     column = next((c for c in label_columns if c in [n.strip().lower() for n in schema.names]), None)
     return _class_names(path, (schema.metadata or {}).get(b"huggingface")).get(column or "", [])
@@ -120,11 +129,31 @@ def _class_names(path, metadata: bytes | None) -> dict[str, list[str]]:
     return names
 
 
+def shards(path) -> list:
+    """The files a split's path stands for: the file, or each of the shards a pattern names (find_splits)."""
+    from pathlib import Path
+
+    path = Path(path)
+    return sorted(p for p in path.parent.glob(path.name) if p.is_file()) if "*" in path.name else [path]
+
+
+def _one_split(pattern: str, paths: list) -> bool:
+    """Whether files a pattern matched are the shards of one split as the Hugging Face hub writes them: all of
+    `train-00000-of-00003.parquet` to `-00002-of-00003`, or the Parquet files of a split's own folder."""
+    import re
+
+    if pattern.endswith("/*.parquet"):
+        return True
+    parts = [re.fullmatch(r"(.*)-(\d+)-of-(\d+)\.parquet", p.name) for p in paths]
+    return all(parts) and len({(m[1], m[3]) for m in parts}) == 1 and sorted(int(m[2]) for m in parts) == list(
+        range(int(parts[0][3])))
+
+
 def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,
                 required: tuple[str, ...] = ("train", "validation")) -> dict:
     """{split: path} of the first candidate file name present for each split; `required` splits must exist.
     A candidate with `*` is a pattern (Universal Dependencies' `en_ewt-ud-train.conllu`), which must match one
-    file only."""
+    file, or the hub's Parquet shards of one split (the path is then the pattern: `shards`, `records`)."""
     from pathlib import Path
 
     directory = Path(directory)
@@ -135,11 +164,12 @@ def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,
         for name in names:
             present = sorted(p for p in directory.glob(name) if p.is_file()) if "*" in name else [
                 directory / name] if (directory / name).is_file() else []
-            if len(present) > 1:
+            if len(present) > 1 and not _one_split(name, present):
+                sharded = " file, or one whole set of shards NAME-00000-of-0000N.parquet" if ".parquet" in name else ""
                 raise DataError(f"{directory}: {len(present)} {split} files match {name} "
-                                f"({', '.join(p.name for p in present)}); keep one")
+                                f"({', '.join(p.name for p in present)}); keep one{sharded}")
             if present:
-                found[split] = present[0]
+                found[split] = present[0] if len(present) == 1 else directory / name
                 break
     for split in required:
         if split not in found:

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbatch.data import conll, text, tsv
+from jaxbatch.data.files import shards
 from jaxbatch.errors import DataError
 
 DEFAULT_DATA_DIR = Path(os.environ.get("JAXBATCH_DATA_DIR", Path.home() / ".cache" / "jaxbatch" / "tfds"))
@@ -27,7 +28,7 @@ def _digest(paths: dict[str, Path]) -> str:
     h = hashlib.sha1()
     for split, path in sorted(paths.items()):
         h.update(split.encode())
-        h.update(path.suffix.encode() + path.read_bytes())  # a .jsonl reads differently from a .txt
+        h.update(path.suffix.encode() + b"".join(p.read_bytes() for p in shards(path)))  # .jsonl reads unlike .txt
     return h.hexdigest()[:12]
 
 

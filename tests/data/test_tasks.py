@@ -681,3 +681,30 @@ def test_parquet_text_pairs_keep_the_files_class_order(tmp_path):
     assert data.label_names == ["not_equivalent", "equivalent"]
     assert data.train["labels"].tolist() == [1, 0, 1] and data.test["labels"].tolist() == [-100]
     assert not data.test_labelled
+
+
+def test_a_split_in_several_hub_shards_reads_as_one_file(tmp_path):
+    """`train-00000-of-00002.parquet` and `-00001-of-00002` are one split: rows in shard order, numbered across
+    shards in messages; an incomplete set of shards is refused."""
+    names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+    d = _write_conll(tmp_path / "columns")
+    hub = tmp_path / "hub"
+    hub_parquet(hub / "train-00000-of-00002.parquet", {"tokens": [["John", "lives", "in", "Paris"]],
+                                                       "ner_tags": [[1, 0, 0, 5]]}, {"ner_tags": names})
+    hub_parquet(hub / "train-00001-of-00002.parquet", {"tokens": [["Acme", "Corp"]], "ner_tags": [[3, 4]]},
+                {"ner_tags": names})
+    hub_parquet(hub / "validation" / "0000.parquet", {"tokens": [["Oslo", "is"]], "ner_tags": [[5, 0]]},
+                {"ner_tags": names})
+    hub_parquet(hub / "validation" / "0001.parquet", {"tokens": [["cold"]], "ner_tags": [[0]]}, {"ner_tags": names})
+    got = tasks.load(*_cfg2(tmp_path, hub, "data.name=conll", "data.labels=" + ",".join(names)))
+    want = tasks.load(*_cfg2(tmp_path, d, "data.name=conll", "data.labels=" + ",".join(names)))
+    np.testing.assert_array_equal(got.train["labels"], want.train["labels"])
+    assert got.eval["input_ids"].shape[0] == 2  # validation's two shards: two sentences
+    hub_parquet(hub / "train-00001-of-00002.parquet", {"tokens": [["Acme", "Corp"]], "ner_tags": [[3, 9]]},
+                {"ner_tags": names})
+    with pytest.raises(DataError, match=r"train-\*.parquet, row 2: 'ner_tags' holds an id past its 7 class names"):
+        tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))
+    (hub / "train-00001-of-00002.parquet").rename(hub / "train-00001-of-00003.parquet")
+    with pytest.raises(DataError, match=r"2 train files match train-\*.parquet \(train-00000-of-00002.parquet, "
+                                        r"train-00001-of-00003.parquet\); keep one file, or one whole set of shards"):
+        tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))

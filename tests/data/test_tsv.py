@@ -138,6 +138,14 @@ def test_parquet_from_the_hub_reads_class_names_and_hidden_labels(tmp_path):
         ("a fine film", "positive", 1), ("dull", "negative", 2)]
     assert [e.label for e in tsv.read(tmp_path / "test-00000-of-00001.parquet")] == ["", ""]
     assert tsv.split_paths(tmp_path, ("train", "test"))["train"].name == "train-00000-of-00001.parquet"
+    (tmp_path / "train-00000-of-00001.parquet").rename(tmp_path / "train-00000-of-00002.parquet")
+    table = pa.table({"sentence": ["so good"], "label": [1], "idx": [2]})
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}),
+                   tmp_path / "train-00001-of-00002.parquet")
+    train = tsv.split_paths(tmp_path, ("train",))["train"]  # the hub's two shards of one split: one path
+    assert train.name == "train-*.parquet"
+    assert [(e.text, e.label, e.line) for e in tsv.read(train)] == [
+        ("a fine film", "positive", 1), ("dull", "negative", 2), ("so good", "positive", 3)]
     pq.write_table(pa.table({"sentence": ["a", "b"], "label": [0, 2]}).replace_schema_metadata(
         {"huggingface": json.dumps(meta)}), tmp_path / "x.parquet")
     with pytest.raises(DataError, match=r"x.parquet, row 2: label id 2 is not one of its 2 class names"):
