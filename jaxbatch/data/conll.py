@@ -20,7 +20,7 @@ from jaxbatch.data.files import RECORD_SUFFIXES, find_splits, place, read_text_f
 SPLIT_FILES = {  # split -> candidate file names (a pattern: find_splits), first found wins
     split: (*columns, *(f"{name}{suffix}" for name in names for suffix in (*RECORD_SUFFIXES, ".conllu")),
             f"*-ud-{names[-1]}.conllu",  # Universal Dependencies' en_ewt-ud-train.conllu
-            *(f"{name}{shard}.parquet" for name in names for shard in ("-*", "/*")))  # the HF hub's one shard
+            *(f"{name}{shard}.parquet" for name in names for shard in ("-*", "/*")))  # the HF hub's shards
     for split, columns, names in (("train", ("eng.train", "train.txt"), ("train",)),
                                   ("validation", ("eng.testa", "valid.txt", "dev.txt"), ("validation", "valid", "dev")),
                                   ("test", ("eng.testb", "test.txt"), ("test",)))}

@@ -106,7 +106,8 @@ def label_classes(path, label_columns: tuple[str, ...]) -> list[str]:
         schema = pq.read_schema(shards(path)[0])
     except (pyarrow.ArrowException, OSError, IndexError):
         return []  # the reader says what is wrong with the file
-    column = next((c for c in label_columns if c in [n.strip().lower() for n in schema.names]), None)
+    columns = {n.strip().lower() for n in schema.names}
+    column = next((c for c in label_columns if c in columns), None)
     return _class_names(path, (schema.metadata or {}).get(b"huggingface")).get(column or "", [])
 
 

@@ -137,11 +137,8 @@ def _raw_splits(data_cfg, ds: Dataset, required: tuple[str, ...] = ("train", "va
         places = {split: str(path) for split, path in paths.items()}
         sources = tfds_builders.build(ds.source, paths, data_cfg.cache_dir or None)
     else:
-        sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None)
+        sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None, required)
         places = {split: f"tfds {ds.catalog} {split} split" for split in sources}
-    missing = [split for split in required if split not in sources]
-    if missing:
-        raise DataError(f"tfds catalog dataset {ds.catalog!r} has no {missing[0]} split (it has {sorted(sources)})")
     splits = {}
     for split, source in sources.items():
         records = tfds_builders.read_all(source)
@@ -386,12 +383,7 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
         sources = tfds_builders.prepare("text", data_cfg.data_dir, data_cfg.cache_dir or None, required)
     else:
         ds = _known(data_cfg)
-        sources = dict(tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None))
-        if "validation" not in sources and "test" in sources:
-            sources["validation"] = sources.pop("test")
-        missing = [s for s in required if s not in sources]
-        if missing:
-            raise DataError(f"tfds catalog dataset {ds.catalog!r} has no {missing[0]} split (it has {sorted(sources)})")
+        sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None, required)
         sources = {s: sources[s] for s in required}
         limit = {"train": data_cfg.max_train or None}  # lm1b's 30M sentences: read only what is used
     docs = {}

@@ -150,8 +150,10 @@ def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None)
 CATALOG_SPLITS = {"dev": "validation"}  # a catalog split's name here (TFDS' conll2003 says dev)
 
 
-def from_catalog(name: str, data_dir: str | Path | None = None):
-    """TFDS' own builder (e.g. 'conll2003', 'glue/sst2'), downloaded when online: {split: data source}."""
+def from_catalog(name: str, data_dir: str | Path | None = None, required: tuple[str, ...] = ()):
+    """TFDS' own builder (e.g. 'conll2003', 'glue/sst2'), downloaded when online: {split: data source}, the
+    splits named as ours, the test split standing in for a missing validation split (lm1b has none); the
+    `required` splits must be there."""
     import tensorflow_datasets.text  # noqa: F401  registers conll2003 and glue, which `import tfds` leaves lazy
 
     try:
@@ -164,7 +166,13 @@ def from_catalog(name: str, data_dir: str | Path | None = None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(f"tfds catalog dataset {name!r} could not be prepared ({type(e).__name__}: {first}); "
                         f"offline, set data.data_dir to your files' folder instead") from e
-    return {CATALOG_SPLITS.get(split, split): source for split, source in sources.items()}
+    sources = {CATALOG_SPLITS.get(split, split): source for split, source in sources.items()}
+    if "validation" not in sources and "test" in sources:
+        sources["validation"] = sources.pop("test")
+    missing = [split for split in required if split not in sources]
+    if missing:
+        raise DataError(f"tfds catalog dataset {name!r} has no {missing[0]} split (it has {sorted(sources)})")
+    return sources
 
 
 def class_names(source, records: list[dict], feature: str) -> list[list[str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from jaxbatch.data.files import RECORD_SUFFIXES, DataError, find_splits, place, read_text_file, records
 
 SPLIT_FILES = {split: tuple(f"{name}{ext}" for ext in (".tsv", ".csv", ".jsonl", ".json", ".parquet", "-*.parquet",
-                                                       "/*.parquet") for name in names)  # *: the HF hub's one shard
+                                                       "/*.parquet") for name in names)  # *: the HF hub's shards
                for split, names in {"train": ("train",), "validation": ("dev", "valid", "validation"),
                                     "test": ("test",)}.items()}
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
