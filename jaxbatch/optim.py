@@ -94,20 +94,21 @@ def decay_mask(params):
     return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
     """optax.clip_by_global_norm, scaling by one factor (max_norm / norm) where optax divides each element by the
     norm. XLA counts a division expensive and does not repeat it inside both of Adam's moment updates, so optax's
     clipped gradients were written out and read back: 4-7% of a CPU step for 22M-124M parameters
     (benchmarks/README.md). The same (empty) state, so checkpoints restore either way; a clipped step's values
-    differ from optax's in the last bit."""
+    differ from optax's in the last bit. `grad_norm`, when the caller has it (the train step computes it for its
+    finiteness check and metrics), is the updates' global norm, so the gradients are not read a second time."""
 
-    def update(updates, state, params=None):
-        del params
-        norm = optax.global_norm(updates)
+    def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+        del params, extra_args
+        norm = optax.global_norm(updates) if grad_norm is None else grad_norm
         factor = max_norm / norm
         return jax.tree.map(lambda t: jnp.where(norm < max_norm, t, t * factor.astype(t.dtype)), updates), state
 
-    return optax.GradientTransformation(optax.init_empty_state, update)
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 
 def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

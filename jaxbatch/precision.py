@@ -13,7 +13,6 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
 
@@ -51,12 +50,4 @@ class LossScale:
                           jnp.maximum(self.scale / 2, 1.0))
         good = jnp.where(grads_finite & ~grow, self.good_steps + 1, 0)
         return self.replace(scale=scale, good_steps=good)
-
-
-def all_finite(tree) -> jax.Array:
-    """Whether every element of `tree` is finite, read off its global norm: a NaN or inf anywhere makes the norm
-    NaN or inf. The step computes that norm anyway (its metrics, clipping), so the gradients are read once for
-    both, where a separate isfinite pass over them cost a memory-bound CPU step ~2% (benchmarks/README.md). A
-    norm that overflows float32 (above 1.8e19) counts as not finite too: no update would survive it."""
-    return jnp.isfinite(optax.global_norm(tree))
 

@@ -14,9 +14,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxbatch import accumulate, lora, losses
+from jaxbatch import accumulate, lora, losses, rampup
 from jaxbatch import mesh as mesh_lib
-from jaxbatch import precision, rampup
 from jaxbatch.compress import prune
 from jaxbatch.models import Family
 from jaxbatch.state import TrainState
@@ -44,16 +43,25 @@ def make_grad_fn(family: Family, model_cfg, graphdef: nnx.GraphDef):
 
 
 def _apply_gradients(state: TrainState, grads, loss_sum, tx: optax.GradientTransformation, prune_cfg,
-                     step_done: Any = True):
+                     step_done: Any = True, whole: bool = True):
     """Unscales and updates; when the loss or any gradient is not finite the update is skipped (params and
     optimizer state kept) and counted in `bad_steps`. fp16 keeps its own rule: such a step halves the loss
     scale and counts only once the scale has fallen to 1. Pruning masks are recomputed on their schedule
-    and applied after every update, so pruned weights stay exactly zero."""
+    and applied after every update, so pruned weights stay exactly zero. Returns (state, the gradients' global
+    norm, finite).
+
+    The gradients' global norm is read once, for three uses: a NaN or inf anywhere makes it non-finite (where
+    a separate isfinite pass cost a memory-bound CPU step ~2%; a norm past float32's range, 1.8e19, counts as
+    not finite too: no update would survive it), the metrics report it, and clipping scales by it. `whole`:
+    these gradients are what `tx` steps with (not one micro-batch's share, as under optax.MultiSteps), so its
+    clipping may take the norm instead of reading the gradients again inside the update."""
     grads = state.loss_scale.unscale(grads)
-    finite = precision.all_finite(grads) & jnp.isfinite(loss_sum)
+    norm = optax.global_norm(grads)
+    finite = jnp.isfinite(norm) & jnp.isfinite(loss_sum)
+    extra = {"grad_norm": norm} if whole else {}
 
     def update(params, opt_state):
-        updates, opt_state = tx.update(grads, opt_state, params)
+        updates, opt_state = tx.update(grads, opt_state, params, **extra)
         return optax.apply_updates(params, updates), opt_state
 
     # A branch, not a select of new vs old: XLA updates the donated buffers in place either way, where a
@@ -65,7 +73,7 @@ def _apply_gradients(state: TrainState, grads, loss_sum, tx: optax.GradientTrans
     new = state.replace(step=step, params=prune.apply(params, masks), opt_state=opt_state, masks=masks,
                         loss_scale=state.loss_scale.adjust(finite),
                         bad_steps=jnp.where(finite, 0, state.bad_steps + counted.astype(jnp.int32)))
-    return new, grads, finite
+    return new, norm, finite
 
 
 def loss_denominator(labels: jax.Array, labelled_per_row: float) -> jax.Array:
@@ -80,13 +88,12 @@ def loss_denominator(labels: jax.Array, labelled_per_row: float) -> jax.Array:
     return jnp.maximum(jnp.sum(losses.labelled(labels)).astype(jnp.float32), 1.0)
 
 
-def _metrics(sums: dict, grads, finite, state: TrainState, schedule: optax.Schedule,
+def _metrics(sums: dict, grad_norm, finite, state: TrainState, schedule: optax.Schedule,
              denominator: jax.Array | None = None) -> dict:
     """Means of the family's metric sums (`correct` -> accuracy, any other sum -> its mean per weight).
     `denominator`: what the step divided the loss sum by (loss_denominator), for the noise-scale estimate,
     which needs the norm of the batch's own mean gradient."""
     weight = jnp.maximum(sums["weight"], 1.0)
-    grad_norm = optax.global_norm(grads)
     out = {("accuracy" if k == "correct" else k): v / weight for k, v in sums.items()
            if k not in ("loss_sum", "weight", "micro_grad_sq")}
     out.update(loss=sums["loss_sum"] / weight, weight=sums["weight"], grad_norm=grad_norm,
@@ -106,8 +113,8 @@ def train_step(state: TrainState, batch: dict, *, grad_fn, tx, schedule, micro_b
         k = rampup.accum_for(batch["labels"].shape[0], micro_batch)
         sums, grads = accumulate.scan_gradients(grad_fn, state.params, batch, k, rng,
                                                 state.loss_scale.scale / denominator)
-        new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg)
-        return new_state, _metrics(sums, grads, finite, state, schedule, denominator)
+        new_state, grad_norm, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg)
+        return new_state, _metrics(sums, grad_norm, finite, state, schedule, denominator)
 
 
 def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, grad_fn, tx, schedule,
@@ -121,9 +128,9 @@ def multisteps_micro_step(state: TrainState, batch: dict, index: jax.Array, *, g
         micro = jax.tree.map(lambda x: x[index], accumulate.split_micro_batches(batch, accum_steps))
         normalizer = state.loss_scale.scale * accum_steps / loss_denominator(batch["labels"], labelled_per_row)
         sums, grads = grad_fn(state.params, micro, rng, normalizer)
-        new_state, grads, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg,
-                                                    step_done=index == accum_steps - 1)
-        return new_state, _metrics(sums, grads, finite, state, schedule)
+        new_state, grad_norm, finite = _apply_gradients(state, grads, sums["loss_sum"], tx, prune_cfg,
+                                                        step_done=index == accum_steps - 1, whole=False)
+        return new_state, _metrics(sums, grad_norm, finite, state, schedule)
 
 
 def eval_step(params: nnx.State, batch: dict, *, family: Family, model_cfg, graphdef, mesh: Mesh,

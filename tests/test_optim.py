@@ -124,3 +124,20 @@ def test_clipping_equals_optax_to_the_last_bit_or_so(max_norm):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=0)
         assert np.array_equal(g, x) == (max_norm == 100.0)
     assert float(optax.global_norm(got)) == pytest.approx(min(max_norm, float(optax.global_norm(grads))), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw-flat", "lamb", "lars", "sgd", "adafactor"])
+def test_every_optimizer_clips_by_the_norm_it_is_given_exactly(name):
+    """The train step passes the gradients' global norm (read once for its finiteness check and metrics) to
+    clipping; every optimizer's update with it is the update without it, bit for bit."""
+    opt = ["optim.name=adamw", "optim.flatten=true"] if name == "adamw-flat" else [f"optim.name={name}"]
+    cfg = config.build(opt + ["optim.clip_norm=0.1"]).optim
+    tx, _ = optim.make(cfg, optim.scale_hparams(cfg, 32, 100), total_steps=100)
+    params = {"kernel": jax.random.normal(jax.random.key(0), (8, 4)), "bias": jax.random.normal(jax.random.key(1), (4,))}
+    grads = jax.tree.map(lambda x: 3 * x + 1, params)
+    state = tx.init(params)
+    for _ in range(3):
+        plain, _ = tx.update(grads, state, params)
+        given, state = tx.update(grads, state, params, grad_norm=optax.global_norm(grads))
+        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(given)):
+            np.testing.assert_array_equal(a, b)

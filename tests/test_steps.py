@@ -227,3 +227,31 @@ def test_noise_scale_sees_the_batch_mean_gradient_under_either_loss_norm():
     for key in ("grad_sq_big", "grad_sq_small", "loss"):
         np.testing.assert_allclose(by_dataset[key], by_batch[key], rtol=1e-4, err_msg=key)
     assert by_dataset["grad_norm"] != pytest.approx(by_batch["grad_norm"], rel=1e-2)  # the steps did differ
+
+
+def test_one_non_finite_gradient_anywhere_skips_the_update():
+    """The step reads finiteness off the gradients' global norm: one NaN or inf in any element of any array
+    skips the update (params and moments kept) and counts a bad step; a huge but finite gradient does not."""
+    from jaxbatch import steps as steps_lib
+
+    cfg = tiny_config("mesh.data=1")
+    run = run_lib.setup(cfg, devices=jax.devices()[:1])
+    ones = jax.tree.map(jnp.ones_like, run.state.params)
+    name = "encoder.layers.1.mlp.wo.kernel"
+    before = params_numpy(run.state)
+    assert name in before
+
+    def step_with(value):
+        grads = jax.tree_util.tree_map_with_path(
+            lambda p, g: g.at[(1,) * g.ndim].set(value) if dotted(p) == name else g, ones)
+        state, norm, finite = steps_lib._apply_gradients(run.state, grads, jnp.float32(1.0), run.tx, cfg.prune)
+        return params_numpy(state), state, float(norm), bool(finite)
+
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        after, state, norm, finite = step_with(bad)
+        assert not finite and not np.isfinite(norm) and int(state.bad_steps) == 1, bad
+        for k in before:
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    after, state, norm, finite = step_with(1e18)
+    assert finite and norm == pytest.approx(1e18, rel=1e-6) and int(state.bad_steps) == 0
+    assert not np.array_equal(after[name], before[name])
