@@ -150,6 +150,23 @@ def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None)
 CATALOG_SPLITS = {"dev": "validation"}  # a catalog split's name here (TFDS' conll2003 says dev)
 
 
+DOWNLOAD_TRIES = 3
+
+
+@contextlib.contextmanager
+def _download_tries(n: int):
+    """TFDS retries each download 10 times with doubling waits (its downloader's MAX_RETRIES, read at each
+    download, no setting), ~3.4 min before an offline machine hears that it is offline; 3 tries still ride out
+    a server's passing 5xx errors."""
+    from tensorflow_datasets.core.download import downloader
+
+    saved, downloader.MAX_RETRIES = downloader.MAX_RETRIES, n
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = saved
+
+
 def from_catalog(name: str, data_dir: str | Path | None = None, required: tuple[str, ...] = ()):
     """TFDS' own builder (e.g. 'conll2003', 'glue/sst2'), downloaded when online: {split: data source}, the
     splits named as ours, the test split standing in for a missing validation split (lm1b has none); the
@@ -157,8 +174,9 @@ def from_catalog(name: str, data_dir: str | Path | None = None, required: tuple[
     import tensorflow_datasets.text  # noqa: F401  registers conll2003 and glue, which `import tfds` leaves lazy
 
     try:
-        sources = tfds.data_source(name, data_dir=str(data_dir or DEFAULT_DATA_DIR),
-                                   download_and_prepare_kwargs={"file_format": "array_record"})
+        with _download_tries(DOWNLOAD_TRIES):
+            sources = tfds.data_source(name, data_dir=str(data_dir or DEFAULT_DATA_DIR),
+                                       download_and_prepare_kwargs={"file_format": "array_record"})
     except tfds.core.registered.DatasetNotFoundError as e:
         raise DataError(f"tensorflow-datasets {tfds.__version__} has no catalog dataset {name!r}; set "
                         f"data.data_dir to your files' folder") from e
