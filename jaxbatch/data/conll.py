@@ -1,7 +1,7 @@
 """CoNLL-format tagging files: the word in the first column and its tag in the last, any number of columns
 between (CoNLL-2003's `word POS chunk NER`, CoNLL-2002 Dutch's `word POS NER`, CoNLL-2000's `word POS chunk`,
-plain `word NER`), blank-line separated sentences, `-DOCSTART-` lines anywhere, with or without a final
-newline. Or records, a sentence each: JSON lines as `datasets` writes them (`{"tokens": [...], "ner_tags":
+plain `word NER`), blank-line separated sentences, `-DOCSTART-` lines anywhere, comment lines (`# ...`) before
+a sentence, with or without a final newline. Or records, a sentence each: JSON lines as `datasets` writes them (`{"tokens": [...], "ner_tags":
 [...]}`), or the Parquet files the Hugging Face hub stores, whose class ids are named by the file's ClassLabel.
 Entity tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities. A file
 whose tags have no such prefix holds plain tags (part of speech: `NN`, `VERB`), each standing for its word
@@ -18,7 +18,8 @@ from jaxbatch.errors import DataError
 from jaxbatch.data.files import RECORD_SUFFIXES, find_splits, place, read_text_file, records
 
 SPLIT_FILES = {  # split -> candidate file names (a pattern: find_splits), first found wins
-    split: (*columns, *(f"{name}{suffix}" for name in names for suffix in (*RECORD_SUFFIXES, ".conllu")),
+    split: (*columns, *(f"{name}{suffix}" for name in names for suffix in (*RECORD_SUFFIXES, ".conllu", ".conll")),
+            *(f"*_{name}.conll" for name in names),  # MultiCoNER's en_train.conll
             f"*-ud-{names[-1]}.conllu",  # Universal Dependencies' en_ewt-ud-train.conllu
             *(f"{name}{shard}.parquet" for name in names for shard in ("-*", "/*")))  # the HF hub's shards
     for split, columns, names in (("train", ("eng.train", "train.txt"), ("train",)),
@@ -98,6 +99,8 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
     text = read_text_file(path)
     if path.suffix == ".conllu":
         return _read_conllu(path, text, tagged)
+    lines = text.splitlines()
+    comments = _comment_lines(lines)
     sentences, words, tags, columns, first = [], [], [], None, 0
 
     def flush():
@@ -106,13 +109,12 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
             words.clear()
             tags.clear()
 
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         parts = line.split()
-        if not parts:
+        if not parts or parts[0] == "-DOCSTART-":
             flush()
             continue
-        if parts[0] == "-DOCSTART-":
-            flush()
+        if number in comments:
             continue
         where = f"{path}:{number}"
         if len(parts) < 2 and tagged:
@@ -128,6 +130,29 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
     if not sentences:
         raise DataError(f"{path}: no sentences (only -DOCSTART- or blank lines)")
     return _in_file_scheme(path, sentences)
+
+
+def _comment_lines(lines: list[str]) -> set[int]:
+    """The numbers of a column file's comment lines: lines that start with `#` before a sentence's first word
+    (MultiCoNER's `# id <uuid> domain=en`) and cannot be a word's line: their column count is not the file's, or,
+    in a file of entity tags, their last column is no entity tag. A tweet's `#` tagged O, or a POS file's `# SYM`,
+    stays a word; a `#` line after a sentence's first word is read as a word (and refused if it is no word)."""
+    rows = [line.split() for line in lines]
+    word_lines = [parts for parts in rows if parts and parts[0] != "-DOCSTART-" and not parts[0].startswith("#")]
+    if not word_lines:
+        return set()
+    columns = len(word_lines[0])
+    entities = columns > 1 and is_entity_scheme(parts[-1] for parts in word_lines)
+    comments, starting = set(), True
+    for n, parts in enumerate(rows, start=1):
+        if not parts or parts[0] == "-DOCSTART-":
+            starting = True
+        elif starting and parts[0].startswith("#") and (
+                len(parts) != columns or (entities and parts[-1] != "O" and not _prefixed(parts[-1]))):
+            comments.add(n)
+        else:
+            starting = False
+    return comments
 
 
 def _in_file_scheme(path: Path, sentences: list[Sentence]) -> list[Sentence]:

@@ -37,6 +37,35 @@ def test_any_column_count_word_first_tag_last(tmp_path):
     assert conll.read(f)[0].tags == ["B-NP", "B-VP", "B-NP", "I-NP"]
 
 
+def test_comment_lines_before_a_sentence_are_skipped_words_named_hash_are_kept(tmp_path):
+    """MultiCoNER's `# id <uuid>\tdomain=en` before each sentence (as many columns as its `word _ _ TAG` lines), and
+    a longer comment, are skipped; a `#` word tagged O keeps its place, at a sentence's start or inside it; a `#`
+    line inside a sentence that is no word is refused at its line; a POS file's `# SYM` and a word list's `#` stay
+    words; words keep their lines."""
+    f = tmp_path / "en_train.conll"
+    f.write_text("# id 1b2c\tdomain=en\nJohn _ _ B-PER\nflew _ _ O\n\n# id 3d4e\tdomain=en\n# a longer comment x\n"
+                 "Paris _ _ B-LOC\n# _ _ O\n\n#\t_ _ O\nhi _ _ O\n")
+    want = [(["John", "flew"], ["B-PER", "O"], 2), (["Paris", "#"], ["B-LOC", "O"], 7), (["#", "hi"], ["O", "O"], 10)]
+    assert [(s.words, s.tags, s.line) for s in conll.read(f)] == want
+    assert [(s.words, s.line) for s in conll.read(f, tagged=False)] == [(w, n) for w, _, n in want]
+    with pytest.raises(DataError, match=r"en_train.conll:2: tag 'domain=en' is not O or PREFIX-TYPE"):
+        f.write_text("John _ _ B-PER\n# id 1b2c\tdomain=en\n")
+        conll.read(f)
+    f.write_text("# SYM\nhi UH\n\n# a comment\nyes UH\n")
+    assert [(s.words, s.tags, s.line) for s in conll.read(f)] == [(["#", "hi"], ["SYM", "UH"], 1), (["yes"], ["UH"], 5)]
+    f.write_text("# a comment\nJohn\n\n#\nhi\n")
+    assert [(s.words, s.line) for s in conll.read(f, tagged=False)] == [(["John"], 2), (["#", "hi"], 4)]
+
+
+def test_multiconer_file_names_are_found(tmp_path):
+    for name in ("en_train.conll", "en_dev.conll"):
+        (tmp_path / name).write_text("# id 1\tdomain=en\nhi _ _ O\n")
+    assert conll.split_paths(tmp_path) == {"train": tmp_path / "en_train.conll", "validation": tmp_path / "en_dev.conll"}
+    (tmp_path / "de_train.conll").write_text("# id 1\tdomain=de\nhallo _ _ O\n")
+    with pytest.raises(DataError, match=r"2 train files match \*_train.conll \(de_train.conll, en_train.conll\); keep one"):
+        conll.split_paths(tmp_path)
+
+
 @pytest.mark.parametrize("given,iob2", [
     (["S-PER", "O", "B-LOC", "I-LOC", "E-LOC"], ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC"]),  # IOBES
     (["S-PER", "S-PER", "B-ORG", "E-ORG", "S-ORG"], ["B-PER", "B-PER", "B-ORG", "I-ORG", "B-ORG"]),  # adjacent
