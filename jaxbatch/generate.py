@@ -18,26 +18,41 @@ from flax import nnx
 from jaxbatch.errors import CheckpointError, ConfigError
 
 
+NUCLEUS_CANDIDATES = 256  # top-p ranks this many most likely tokens first, the whole vocabulary if they fall short
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p"))
 def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
     """Next token ids from (batch, vocab) logits: argmax at temperature 0, else a draw from the
-    temperature-scaled distribution restricted to the top_k tokens and the top_p probability mass."""
+    temperature-scaled distribution restricted to the top_k tokens and then to the top_p probability mass of
+    what is left (HF's order). The filters work on candidates ranked by `lax.top_k`: sorting a whole
+    vocabulary took XLA:CPU ~40 ms for 4 x 50257 logits, near a 124M-parameter decoder's ~50 ms token step.
+    Top-p alone ranks NUCLEUS_CANDIDATES tokens, and all of them only when some row's candidates hold less than
+    top_p."""
     if temperature <= 0:
         return jnp.argmax(logits, -1).astype(jnp.int32)
     logits = logits / temperature
+    if top_k <= 0 and top_p >= 1.0:
+        return jax.random.categorical(key, logits).astype(jnp.int32)
+
+    def draw(values, ids, total):  # values: the candidates' logits, most likely first; total: logsumexp of the pool
+        if top_p < 1.0:
+            probs = jnp.exp(values - total)
+            values = jnp.where(jnp.cumsum(probs, -1) - probs < top_p, values, -jnp.inf)  # keeps the most likely
+        choice = jax.random.categorical(key, values)
+        return jnp.take_along_axis(ids, choice[:, None], -1)[:, 0].astype(jnp.int32)
+
+    vocab = logits.shape[-1]
     if top_k > 0:
-        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p < 1.0:
-        order = jnp.argsort(-logits, -1)
-        sorted_logits = jnp.take_along_axis(logits, order, -1)
-        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, -1), -1)
-        keep_sorted = cum - jax.nn.softmax(sorted_logits, -1) < top_p  # always keeps the most likely token
-        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-        logits = jnp.where(keep, logits, -jnp.inf)
-    return jax.random.categorical(key, logits).astype(jnp.int32)
+        values, ids = jax.lax.top_k(logits, min(top_k, vocab))
+        return draw(values, ids, jax.nn.logsumexp(values, -1, keepdims=True))
+    total = jax.nn.logsumexp(logits, -1, keepdims=True)
+    values, ids = jax.lax.top_k(logits, min(NUCLEUS_CANDIDATES, vocab))
+    enough = jnp.all(jnp.sum(jnp.exp(values - total), -1) >= top_p)
+    return jax.lax.cond(enough, lambda: draw(values, ids, total), lambda: draw(*jax.lax.top_k(logits, vocab), total))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))  # the cache updated in place
 def _step(graphdef, params, ids, positions, key_valid, cache, index):
     model = nnx.merge(graphdef, params)
     logits, cache = model.decode_step(ids, positions, key_valid, cache, index)
@@ -68,8 +83,8 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
         ids[i, pad[i]:] = p
     key_valid = np.arange(total)[None, :] >= pad[:, None]  # left padding is never attended to
     positions = np.maximum(np.arange(longest)[None, :] - pad[:, None], 0).astype(np.int32)
-    cache = model.init_cache(batch, total)
-    logits, cache = _step(graphdef, params, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(key_valid), cache,
+    cache, key_valid = model.init_cache(batch, total), jnp.asarray(key_valid)
+    logits, cache = _step(graphdef, params, jnp.asarray(ids), jnp.asarray(positions), key_valid, cache,
                           jnp.asarray(0, jnp.int32))
     key = jax.random.key(seed)
     out, next_pos, ended = [], jnp.asarray(positions[:, -1] + 1), np.zeros(batch, bool)
@@ -80,7 +95,7 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
             ended |= np.isin(np.asarray(token), stop_tokens)
         if i == max_new_tokens - 1 or ended.all():
             break
-        logits, cache = _step(graphdef, params, token[:, None], next_pos[:, None], jnp.asarray(key_valid), cache,
+        logits, cache = _step(graphdef, params, token[:, None], next_pos[:, None], key_valid, cache,
                               jnp.asarray(longest + i, jnp.int32))
         next_pos = next_pos + 1
     rows = np.asarray(jnp.stack(out, 1)).tolist()

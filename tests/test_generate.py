@@ -96,6 +96,36 @@ def test_sampling_filters():
     assert 0.4 < np.mean(np.asarray(draws) == 0) < 0.6
 
 
+def _nucleus(logits: np.ndarray, top_k: int, top_p: float) -> dict[int, float]:
+    """HF's order, by a full sort: the top_k tokens, then the smallest most-likely set of them holding top_p of
+    their renormalised mass; {token: its probability within the set}."""
+    order = np.argsort(-logits, kind="stable")[: top_k or None]
+    probs = np.exp(logits[order] - logits[order].max())
+    probs /= probs.sum()
+    keep = np.cumsum(probs) - probs < top_p
+    return dict(zip(order[keep].tolist(), (probs[keep] / probs[keep].sum()).tolist()))
+
+
+@pytest.mark.parametrize("spread,top_k,top_p", [
+    (8.0, 0, 0.9),   # peaked: the nucleus is among the NUCLEUS_CANDIDATES ranked first
+    (0.1, 0, 0.9),   # nearly flat: those candidates hold ~a quarter of the mass, so the whole vocabulary is ranked
+    (0.1, 300, 0.5),  # top-k first (more than the candidates), then top-p of what it left
+    (8.0, 40, 1.0),
+])
+def test_sampling_draws_from_exactly_the_filtered_distribution(spread, top_k, top_p):
+    vocab, draws = 1000, 4000
+    logits = np.asarray(jax.random.normal(jax.random.key(7), (vocab,))) * spread
+    want = _nucleus(logits, top_k, top_p)
+    rows = jnp.tile(jnp.asarray(logits), (draws, 1))  # one independent draw per row
+    tokens = np.asarray(generate.sample(rows, jax.random.key(3), 1.0, top_k, top_p))
+    assert set(tokens.tolist()) <= set(want)  # nothing outside the filtered set, ever
+    if len(want) < 50:  # frequencies of a set this small are measurable: within 5 standard errors
+        for token, prob in want.items():
+            assert abs(np.mean(tokens == token) - prob) < 5 * np.sqrt(prob * (1 - prob) / draws) + 1e-3, token
+    else:
+        assert len(set(tokens.tolist())) > 0.5 * min(len(want), draws)  # and the draws spread over it
+
+
 def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
