@@ -38,17 +38,22 @@ def _recompute_greedy(graphdef, params, prompts, n, width=16):
                                     "llama-tiny:model.sliding_window=8",
                                     "gemma3-tiny:model.sliding_window=3:model.sliding_window_pattern=2",
                                     "gemma3-tiny:model.qk_norm=false:model.attention_softcap=1:model.logit_softcap=2"])
-def test_kv_cache_greedy_equals_full_recompute_for_a_ragged_batch(preset):
+@pytest.mark.parametrize("heads_first", [True, False])
+def test_kv_cache_greedy_equals_full_recompute_for_a_ragged_batch(preset, heads_first, monkeypatch):
     """The window: a left-padded prompt's positions count back too, and a windowed layer keeps a ring of the
     window's slots when the sequence (6 prompt + 7 new tokens) is longer, whether the prompt is longer than
     the window (3) or not (8); gemma: one layer slides, one does not; soft-capped scores and logits (Gemma 2's)
-    over the cache too."""
+    over the cache too. In both cache layouts: CPU programs' (batch, key heads, slots, dim) and the one other
+    backends keep, (batch, slots, key heads, dim)."""
+    monkeypatch.setattr(decoder, "cache_heads_first", lambda: heads_first)
+    jax.clear_caches()  # generate's compiled step is keyed by shapes, and the layouts may share them
     graphdef, params = _model(*preset.split(":"))
     prompts = [[3, 14, 15, 9, 2, 6], [5, 3], [8]]
     assert generate.generate(graphdef, params, prompts, 7) == _recompute_greedy(graphdef, params, prompts, 7)
     model = nnx.merge(graphdef, params)  # generate's cache for these 3 rows of 6 + 7 positions
     window = model.cfg.sliding_window
-    assert [k.shape[1] for k, _ in model.init_cache(3, 13)] == [
+    slots = 2 if heads_first else 1  # the cache's axis of slots
+    assert [k.shape[slots] for k, _ in model.init_cache(3, 13)] == [
         window if window and window < 13 and layer.attention.windowed else 13 for layer in model.layers]
 
 

@@ -32,7 +32,7 @@ from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
 from jaxbatch.models.layers import (ACTIVATIONS, HEADS, REMAT, Dense, Dropout, Embed, LayerNorm, RMSNorm, attend,
-                                    run_layers)
+                                    cache_heads_first, run_layers)
 
 _GPT2 = dict(arch="gpt2", layer_norm_eps=1e-5, tie_embeddings=True, num_kv_heads=0, hidden_dropout=0.0)
 _LLAMA = dict(arch="llama", layer_norm_eps=1e-6, tie_embeddings=False, hidden_dropout=0.0, rope_theta=10000.0)
@@ -180,7 +180,8 @@ class CausalAttention(nnx.Module):
         """`masks` (each (batch, 1, q, k)) say which keys each query sees: all earlier ones, or those in the
         sliding window; the layer takes its own; in training (`deterministic` False) attention probabilities
         are dropped out at model.attention_dropout. With `cache` (k, v of shape (batch, slots, kv_heads,
-        head_dim)) the new keys/values are written at `cache_index` and attention runs over the whole cache;
+        head_dim), or (batch, kv_heads, slots, head_dim) where `cache_heads_first`) the new keys/values are
+        written at `cache_index` and attention runs over the whole cache;
         a windowed layer's cache may instead be a ring of the latest `slots` positions (`Decoder.ring`: its
         mask is then over the ring and the new keys, which it attends to before keeping the newest);
         returns (output, updated cache)."""
@@ -191,19 +192,24 @@ class CausalAttention(nnx.Module):
         if rotary(self.cfg):
             inv_freq, scale = rope_frequencies(self.rope_cfg, q.shape[-1]), rope_attention_factor(self.rope_cfg)
             q, k = rope(q, positions, inv_freq, scale), rope(k, positions, inv_freq, scale)
-        if cache is not None and masks[self.windowed].shape[-1] == cache[0].shape[1]:  # a slot per position
-            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
+        heads_first = cache is not None and cache_heads_first()
+        if heads_first:  # the new positions only; the cache stays as it is
+            k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))
+        axis = 2 if heads_first else 1  # the cache's slots
+        if cache is not None and masks[self.windowed].shape[-1] == cache[0].shape[axis]:  # a slot per position
+            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=axis)
+            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=axis)
             cache = (k, v)
         elif cache is not None:  # a ring: position p lives in slot p % slots
-            slots, n = cache[0].shape[1], k.shape[1]
+            slots, n = cache[0].shape[axis], k.shape[axis]
             newest = jnp.arange(max(n - slots, 0), n)  # a prefill longer than the ring keeps its last `slots`
             new = tuple(x.astype(c.dtype) for x, c in zip((k, v), cache))
-            k, v = (jnp.concatenate([c, x], 1) for c, x in zip(cache, new))
-            cache = tuple(c.at[:, (cache_index + newest) % slots].set(x[:, newest]) for c, x in zip(cache, new))
+            k, v = (jnp.concatenate([c, x], axis) for c, x in zip(cache, new))
+            at = (slice(None),) * axis + ((cache_index + newest) % slots,)
+            cache = tuple(c.at[at].set(jnp.take(x, newest, axis)) for c, x in zip(cache, new))
         y = attend(q, k, v, masks[self.windowed], self.dtype, impl=self.cfg.attention_impl,
                    scale=self.cfg.query_scale ** -0.5 if self.cfg.query_scale else None,
-                   softcap=self.cfg.attention_softcap, drop=self.dropout.key(**drop))
+                   softcap=self.cfg.attention_softcap, drop=self.dropout.key(**drop), kv_heads_first=heads_first)
         return constrain(self.out(constrain(y, HEADS), **drop), ("batch", "length", "embed")), cache
 
 
@@ -337,8 +343,10 @@ class Decoder(nnx.Module):
         return window if window and window < max_len else 0
 
     def init_cache(self, batch: int, max_len: int):
+        """Each layer's (keys, values), in `cache_heads_first` layout or (batch, slots, key heads, head dim)."""
         def zeros(windowed):
-            shape = (batch, (windowed and self.ring(max_len)) or max_len, kv_heads(self.cfg), head_dim(self.cfg))
+            slots, heads = (windowed and self.ring(max_len)) or max_len, kv_heads(self.cfg)
+            shape = (batch, *((heads, slots) if cache_heads_first() else (slots, heads)), head_dim(self.cfg))
             return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
 
         return [zeros(layer.attention.windowed) for layer in self.layers]

@@ -315,8 +315,17 @@ def fused_kernel(impl: str, q: jax.Array, k: jax.Array) -> str | None:
     return "cudnn" if fits and shardable else None
 
 
+def cache_heads_first() -> bool:
+    """Whether a KV cache is laid out (batch, key heads, slots, head dim), as `written_out` reads keys and values:
+    in programs for a CPU, where that path runs and a (batch, slots, ...) cache was transposed whole at every
+    token step (~20% of a 124M-parameter decoder's step at 208 positions, growing with the context). Elsewhere
+    (batch, slots, key heads, head dim), as `jax.nn.dot_product_attention` reads them."""
+    return target_device().platform == "cpu"
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dtype, impl: str = "auto",
-           scale: float | None = None, softcap: float = 0.0, drop: tuple[jax.Array, float] | None = None):
+           scale: float | None = None, softcap: float = 0.0, drop: tuple[jax.Array, float] | None = None,
+           kv_heads_first: bool = False):
     """`jax.nn.dot_product_attention` in q's dtype (keys and values, e.g. from a KV cache, are cast to it),
     returned in `dtype`, on the kernel `fused_kernel` picks; scores are scaled by `scale` (None: one over the
     square root of the head width), and with `softcap` become softcap * tanh(scores / softcap) before the
@@ -327,13 +336,18 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dty
     XLA:CPU has no fp16 x fp16 -> fp32 dot (F16_F16_F32), which the attention backward pass uses. cuDNN
     takes the mask as an additive bias of the full (batch, 1, q, k) shape, so a padding mask (batch, 1, 1, k)
     is broadcast, and a query that sees no key (a packed row's padding) sees them all, as in XLA's kernel:
-    cuDNN's gradient for a fully masked row is NaN, which would reach the projections' weight gradients."""
+    cuDNN's gradient for a fully masked row is NaN, which would reach the projections' weight gradients.
+    `kv_heads_first`: k and v are (batch, key heads, length, head dim), as a KV cache in `cache_heads_first`
+    layout, rather than (batch, length, key heads, head dim)."""
     cpu = target_device().platform == "cpu"
     if dtype == jnp.float16 and cpu:
         q = q.astype(jnp.float32)
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     if softcap or drop or cpu:
-        return written_out(q, k, v, mask, scale or q.shape[-1] ** -0.5, softcap, drop).astype(dtype)
+        return written_out(q, k, v, mask, scale or q.shape[-1] ** -0.5, softcap, drop,
+                           kv_heads_first=kv_heads_first).astype(dtype)
+    if kv_heads_first:
+        k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))
     kernel = fused_kernel(impl, q, k)
     if kernel and mask is not None:
         mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
@@ -342,19 +356,21 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dty
 
 
 def written_out(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float, cap: float = 0.0,
-                drop: tuple[jax.Array, float] | None = None):
+                drop: tuple[jax.Array, float] | None = None, kv_heads_first: bool = False):
     """Attention as einsums, for the steps `jax.nn.dot_product_attention` has not: tanh soft-capped scores
     (`cap`: Gemma 2's attn_logit_softcapping) and dropout on the probabilities (`drop` = (key, rate), after
     the softmax as in HF's eager attention). Scores and softmax in float32, keys and values shared by each
     group of query heads. `mask` broadcasts to (batch, 1, q, k); a query that sees no key sees them all, as in
     XLA's kernel. The dots are 4-D, heads before positions, with each key head's group of query heads stacked
     along the queries: XLA:CPU runs them ~25% faster than in (batch, length, heads, dim) order or with a
-    separate group axis (benchmarks/README.md, session 27)."""
+    separate group axis (benchmarks/README.md, session 27). `kv_heads_first`: k and v come in that order already
+    (a KV cache: `cache_heads_first`)."""
     b, t, heads, d = q.shape
-    kv_heads = k.shape[2]
+    if not kv_heads_first:
+        k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))  # (batch, key heads, length, dim)
+    kv_heads = k.shape[1]
     group = heads // kv_heads
     q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, group * t, d)
-    k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))  # (batch, key heads, length, dim)
     scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * scale
     if cap:
         scores = cap * jnp.tanh(scores / cap)

@@ -14,7 +14,7 @@ from conftest import dotted, params_numpy, replay_dropout_masks, run_steps
 from jaxbatch import config, hf, run as run_lib, steps
 from jaxbatch.data import packing
 from jaxbatch.errors import CheckpointError, ConfigError
-from jaxbatch.models import decoder
+from jaxbatch.models import decoder, layers
 
 ARCHS = ["gpt-tiny", "llama-tiny", "gemma3-tiny:model.attention_softcap=2:model.logit_softcap=5"]  # the einsum path
 
@@ -620,7 +620,7 @@ def test_heads_wider_than_hidden_over_heads_equal_hf(tmp_path):
     ids = _ids(2, 10, seed=4)
     pos, seg = jnp.broadcast_to(jnp.arange(10), (2, 10)), jnp.ones((2, 10), jnp.int32)
     np.testing.assert_allclose(model(ids, pos, seg), _torch_logits(theirs, ids), atol=1e-5)
-    assert model.init_cache(1, 5)[0][0].shape == (1, 5, 2, 16)
+    assert model.init_cache(1, 5)[0][0].shape == ((1, 2, 5, 16) if layers.cache_heads_first() else (1, 5, 2, 16))
     h, inter, kv, q = 32, 64, 2 * 16, 4 * 16
     assert decoder.train_flops_per_token(spec, 10) == 3 * (2 * (4 * h * q + 4 * h * kv + 6 * h * inter + 2 * 10 * q)
                                                            + 2 * h * 97)
