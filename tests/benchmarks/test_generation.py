@@ -1,0 +1,24 @@
+"""benchmarks/generation.py decodes the same prompts with jaxbatch and with HF's `generate`: greedy tokens agree."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_greedy_generation_equals_hf_and_the_summary_is_the_rounds(tmp_path):
+    out = tmp_path / "gen.json"
+    done = subprocess.run([sys.executable, str(BENCH / "generation.py"), "--layers", "2", "--hidden", "64", "--heads",
+                           "4", "--vocab", "97", "--batch", "3", "--prompt-len", "5", "--new", "24", "--rounds", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["greedy_tokens_equal"] is True
+    assert len(res["jaxbatch_s"]) == len(res["hf_s"]) == 2
+    ratios = sorted(o / h for o, h in zip(res["jaxbatch_s"], res["hf_s"]))
+    assert res["ratio_median"] == pytest.approx((ratios[0] + ratios[1]) / 2)
+    assert f"{res['ratio_median']:.2f}x" in done.stdout
