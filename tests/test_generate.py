@@ -46,7 +46,7 @@ def test_kv_cache_greedy_equals_full_recompute_for_a_ragged_batch(preset, heads_
     over the cache too. In both cache layouts: CPU programs' (batch, key heads, slots, dim) and the one other
     backends keep, (batch, slots, key heads, dim)."""
     monkeypatch.setattr(decoder, "cache_heads_first", lambda: heads_first)
-    jax.clear_caches()  # generate's compiled step is keyed by shapes, and the layouts may share them
+    generate._step.clear_cache()  # its programs are keyed by shapes, which the two layouts may share
     graphdef, params = _model(*preset.split(":"))
     prompts = [[3, 14, 15, 9, 2, 6], [5, 3], [8]]
     assert generate.generate(graphdef, params, prompts, 7) == _recompute_greedy(graphdef, params, prompts, 7)

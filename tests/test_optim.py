@@ -133,7 +133,8 @@ def test_every_optimizer_clips_by_the_norm_it_is_given_exactly(name):
     opt = ["optim.name=adamw", "optim.flatten=true"] if name == "adamw-flat" else [f"optim.name={name}"]
     cfg = config.build(opt + ["optim.clip_norm=0.1"]).optim
     tx, _ = optim.make(cfg, optim.scale_hparams(cfg, 32, 100), total_steps=100)
-    params = {"kernel": jax.random.normal(jax.random.key(0), (8, 4)), "bias": jax.random.normal(jax.random.key(1), (4,))}
+    params = {"kernel": jax.random.normal(jax.random.key(0), (8, 4)),
+              "bias": jax.random.normal(jax.random.key(1), (4,))}
     grads = jax.tree.map(lambda x: 3 * x + 1, params)
     state = tx.init(params)
     for _ in range(3):

@@ -1,8 +1,9 @@
 """CoNLL-format tagging files: the word in the first column and its tag in the last, any number of columns
 between (CoNLL-2003's `word POS chunk NER`, CoNLL-2002 Dutch's `word POS NER`, CoNLL-2000's `word POS chunk`,
 plain `word NER`), blank-line separated sentences, `-DOCSTART-` lines anywhere, comment lines (`# ...`) before
-a sentence, with or without a final newline. Or records, a sentence each: JSON lines as `datasets` writes them (`{"tokens": [...], "ner_tags":
-[...]}`), or the Parquet files the Hugging Face hub stores, whose class ids are named by the file's ClassLabel.
+a sentence, with or without a final newline. Or records, a sentence each: JSON lines as `datasets` writes them
+(`{"tokens": [...], "ner_tags": [...]}`), or the Parquet files the Hugging Face hub stores, whose class ids are
+named by the file's ClassLabel.
 Entity tags may be IOB1, IOB2, IOBES or BILOU; they are returned in IOB2, which spans the same entities. A file
 whose tags have no such prefix holds plain tags (part of speech: `NN`, `VERB`), each standing for its word
 alone, kept as written. Tags may also be class ids (numbers) that the file does not name, kept as written (`"3"`):

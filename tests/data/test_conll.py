@@ -60,9 +60,11 @@ def test_comment_lines_before_a_sentence_are_skipped_words_named_hash_are_kept(t
 def test_multiconer_file_names_are_found(tmp_path):
     for name in ("en_train.conll", "en_dev.conll"):
         (tmp_path / name).write_text("# id 1\tdomain=en\nhi _ _ O\n")
-    assert conll.split_paths(tmp_path) == {"train": tmp_path / "en_train.conll", "validation": tmp_path / "en_dev.conll"}
+    assert conll.split_paths(tmp_path) == {"train": tmp_path / "en_train.conll",
+                                           "validation": tmp_path / "en_dev.conll"}
     (tmp_path / "de_train.conll").write_text("# id 1\tdomain=de\nhallo _ _ O\n")
-    with pytest.raises(DataError, match=r"2 train files match \*_train.conll \(de_train.conll, en_train.conll\); keep one"):
+    with pytest.raises(DataError, match=r"2 train files match \*_train.conll \(de_train.conll, en_train.conll\); "
+                                        r"keep one"):
         conll.split_paths(tmp_path)
 
 
