@@ -7,10 +7,37 @@ JSON_SUFFIXES = (".jsonl", ".json")  # JSON lines: `Dataset.to_json` writes them
 RECORD_SUFFIXES = (*JSON_SUFFIXES, ".parquet")  # files of records (objects with named fields), not of lines
 
 
+# a split's shards (`train-*.parquet`) -> [(shard, its rows)], as `records` last read them: `place` is called for
+# every row as it is read, and reading each shard's footer there would cost more than the read
+_SHARD_ROWS: dict[str, list[tuple[object, int]]] = {}
+
+
 def place(path, number: int) -> str:
     """Where record `number` of a file is, for a message: its line (`train.txt:12`), or a Parquet file's row
-    (`train.parquet, row 12`: a binary file has no lines)."""
-    return f"{path}, row {number}" if str(path).endswith(".parquet") else f"{path}:{number}"
+    (`train.parquet, row 12`: a binary file has no lines); of a split's shards, numbered across them, the
+    shard and its own row (`train-00001-of-00002.parquet, row 3`)."""
+    if not str(path).endswith(".parquet"):
+        return f"{path}:{number}"
+    if "*" in str(path):
+        for shard, rows in _shard_rows(path):
+            if number <= rows:
+                return f"{shard}, row {number}"
+            number -= rows
+    return f"{path}, row {number}"
+
+
+def _shard_rows(path) -> list[tuple[object, int]]:
+    """[(shard, its rows)] of a split's shards: as `records` read them, else (a split prepared by an earlier
+    run, named in a later message) from each shard's footer."""
+    if str(path) in _SHARD_ROWS:
+        return _SHARD_ROWS[str(path)]
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return [(shard, pq.ParquetFile(shard).metadata.num_rows) for shard in shards(path)]
+    except (pyarrow.ArrowException, OSError):  # changed since: the row counted across shards
+        return []
 
 
 def read_text_file(path, empty_ok: bool = False) -> str:
@@ -69,11 +96,13 @@ def records(path, empty_ok: bool = False) -> tuple[list[tuple[int, dict]], dict[
     if path.suffix != ".parquet":
         return json_lines(path, read_text_file(path, empty_ok)), {}
     if "*" in path.name:  # a split's shards (find_splits): rows numbered across them, in name order
-        rows, names = [], {}
+        rows, names, counts = [], {}, []
         for shard in shards(path):
             part, shard_names = records(shard, empty_ok=True)
             rows += [(len(rows) + n, row) for n, row in part]
             names = names or shard_names
+            counts.append((shard, len(part)))
+        _SHARD_ROWS[str(path)] = counts
         if not rows and not empty_ok:
             raise DataError(f"{path}: no rows")
         return rows, names

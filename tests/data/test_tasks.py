@@ -7,7 +7,7 @@ import pytest
 
 from conftest import SHARED_DATA, UD, hub_parquet
 from jaxbatch import config, run as run_lib
-from jaxbatch.data import tasks, text, tfds_builders
+from jaxbatch.data import files, tasks, text, tfds_builders
 from jaxbatch.errors import DataError
 
 
@@ -707,8 +707,8 @@ def test_parquet_text_pairs_keep_the_files_class_order(tmp_path):
 
 
 def test_a_split_in_several_hub_shards_reads_as_one_file(tmp_path):
-    """`train-00000-of-00002.parquet` and `-00001-of-00002` are one split: rows in shard order, numbered across
-    shards in messages; an incomplete set of shards is refused."""
+    """`train-00000-of-00002.parquet` and `-00001-of-00002` are one split: rows in shard order; messages name the
+    shard and its own row; an incomplete set of shards is refused."""
     names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
     d = _write_conll(tmp_path / "columns")
     hub = tmp_path / "hub"
@@ -725,8 +725,12 @@ def test_a_split_in_several_hub_shards_reads_as_one_file(tmp_path):
     assert got.eval["input_ids"].shape[0] == 2  # validation's two shards: two sentences
     hub_parquet(hub / "train-00001-of-00002.parquet", {"tokens": [["Acme", "Corp"]], "ner_tags": [[3, 9]]},
                 {"ner_tags": names})
-    with pytest.raises(DataError, match=r"train-\*.parquet, row 2: 'ner_tags' holds an id past its 7 class names"):
+    with pytest.raises(DataError, match=r"train-00001-of-00002.parquet, row 1: 'ner_tags' holds an id past its 7 "
+                                        r"class names"):
         tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))
+    files._SHARD_ROWS.clear()  # a split read by an earlier run: the shards' footers say where its rows are
+    assert files.place(hub / "train-*.parquet", 2) == f"{hub / 'train-00001-of-00002.parquet'}, row 1"
+    assert files.place(hub / "train-*.parquet", 1) == f"{hub / 'train-00000-of-00002.parquet'}, row 1"
     (hub / "train-00001-of-00002.parquet").rename(hub / "train-00001-of-00003.parquet")
     with pytest.raises(DataError, match=r"2 train files match train-\*.parquet \(train-00000-of-00002.parquet, "
                                         r"train-00001-of-00003.parquet\); keep one file, or one whole set of shards"):
