@@ -131,6 +131,22 @@ def test_sampling_draws_from_exactly_the_filtered_distribution(spread, top_k, to
         assert len(set(tokens.tolist())) > 0.5 * min(len(want), draws)  # and the draws spread over it
 
 
+def test_nucleus_keeps_what_a_stable_sort_keeps_ties_included():
+    """`nucleus` finds top-p's set without sorting; against a stable descending sort's `cumsum - p < top_p`, on
+    rows whose probabilities are multiples of 1/256 (exact in float32, so sums never round, and no top_p below is
+    one; many ties, some at the boundary, where the earlier tokens in index order are the ones kept)."""
+    assert np.asarray(generate.nucleus(jnp.asarray([[0.2, 0.3, 0.2, 0.2, 0.1]]), 0.6)).tolist() == [
+        [True, True, True, False, False]]  # 0.3, then the first two of the three 0.2s
+    rng = np.random.default_rng(0)
+    probs = np.stack([rng.multinomial(256, rng.dirichlet(np.full(97, 0.5))) for _ in range(40)]) / 256
+    for top_p in (0.05, 0.3, 0.55, 0.9, 0.999):
+        order = np.argsort(-probs, axis=1, kind="stable")
+        ranked = np.take_along_axis(probs, order, 1)
+        want = np.zeros_like(probs, bool)
+        np.put_along_axis(want, order, np.cumsum(ranked, 1) - ranked < top_p, 1)
+        np.testing.assert_array_equal(np.asarray(generate.nucleus(jnp.asarray(probs, jnp.float32), top_p)), want)
+
+
 def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
