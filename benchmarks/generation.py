@@ -1,11 +1,13 @@
 """KV-cache generation against Hugging Face's `generate`, in one process, alternating rounds: a randomly
-initialised transformers `GPT2LMHeadModel` is saved to a temporary folder, jaxbatch restores it as `jaxbatch
-generate` does (`run.restore`), and both continue the same prompts for the same number of new tokens. Greedy
-by default, where the two must give the same tokens (printed); `--top-k`/`--top-p` time sampling instead.
+initialised transformers `GPT2LMHeadModel` (or `LlamaForCausalLM`) is saved to a temporary folder, jaxbatch
+restores it as `jaxbatch generate` does (`run.restore`), and both continue the same prompts for the same number
+of new tokens. Greedy by default, where the two must give the same tokens (printed); `--top-k`/`--top-p` time
+sampling instead.
 
     python benchmarks/generation.py                                  # GPT-2 124M, 4 prompts x 200 new tokens
     python benchmarks/generation.py --new 600 --rounds 2
     python benchmarks/generation.py --top-k 50 --top-p 0.9
+    python benchmarks/generation.py --arch llama --kv-heads 4 --vocab 32000   # grouped-query attention, RoPE
     python benchmarks/generation.py --layers 2 --hidden 64 --heads 4 --vocab 128 --new 16 --rounds 1   # seconds
 """
 
@@ -24,22 +26,31 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def hf_model(folder: Path, layers: int, hidden: int, heads: int, vocab: int, positions: int):
+def hf_model(folder: Path, args, positions: int):
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=hidden, n_layer=layers,
-                                       n_head=heads, bos_token_id=vocab - 1, eos_token_id=vocab - 1)).eval()
-    model.save_pretrained(folder)
+    ends = dict(bos_token_id=args.vocab - 1, eos_token_id=args.vocab - 1)
+    if args.arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
+            num_hidden_layers=args.layers, num_attention_heads=args.heads,
+            num_key_value_heads=args.kv_heads or args.heads, max_position_embeddings=positions, **ends))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=args.vocab, n_positions=positions, n_embd=args.hidden,
+                                           n_layer=args.layers, n_head=args.heads, **ends))
+    model.eval().save_pretrained(folder)
     return model
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=0, help="llama: key/value heads (0: as many as --heads)")
     p.add_argument("--vocab", type=int, default=50257)
     p.add_argument("--batch", type=int, default=4, help="prompts continued at once")
     p.add_argument("--prompt-len", type=int, default=8)
@@ -58,7 +69,7 @@ def main() -> None:
     temperature = 1.0 if sampling else 0.0
     prompts = np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.prompt_len)).tolist()
     with tempfile.TemporaryDirectory() as folder:
-        theirs = hf_model(Path(folder), args.layers, args.hidden, args.heads, args.vocab, args.prompt_len + args.new)
+        theirs = hf_model(Path(folder), args, args.prompt_len + args.new)
         restored = run_lib.restore(folder, [])
 
     def ours():
@@ -81,7 +92,8 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - start)
     ratios = [o / h for o, h in zip(times["jaxbatch"], times["hf"])]
-    result = {"shape": f"{args.layers} x {args.hidden}, {args.heads} heads, vocab {args.vocab}",
+    result = {"shape": f"{args.arch} {args.layers} x {args.hidden}, {args.heads} heads"
+                       f"{f' ({args.kv_heads} key/value)' if args.kv_heads else ''}, vocab {args.vocab}",
               "prompts": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new,
               "top_k": args.top_k, "top_p": args.top_p, "torch_threads": torch.get_num_threads(),
               "jaxbatch_s": times["jaxbatch"], "hf_s": times["hf"], "ratio_median": statistics.median(ratios)}

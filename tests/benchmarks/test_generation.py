@@ -1,4 +1,5 @@
-"""benchmarks/generation.py decodes the same prompts with jaxbatch and with HF's `generate`: greedy tokens agree."""
+"""benchmarks/generation.py decodes the same prompts with jaxbatch and with HF's `generate` (GPT-2, and LLaMA with
+grouped-query attention): greedy tokens agree."""
 
 import json
 import subprocess
@@ -10,11 +11,12 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def test_greedy_generation_equals_hf_and_the_summary_is_the_rounds(tmp_path):
+@pytest.mark.parametrize("arch", [["--arch", "gpt2"], ["--arch", "llama", "--kv-heads", "2"]])
+def test_greedy_generation_equals_hf_and_the_summary_is_the_rounds(tmp_path, arch):
     out = tmp_path / "gen.json"
-    done = subprocess.run([sys.executable, str(BENCH / "generation.py"), "--layers", "2", "--hidden", "64", "--heads",
-                           "4", "--vocab", "97", "--batch", "3", "--prompt-len", "5", "--new", "24", "--rounds", "2",
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(BENCH / "generation.py"), *arch, "--layers", "2", "--hidden", "64",
+                           "--heads", "4", "--vocab", "97", "--batch", "3", "--prompt-len", "5", "--new", "24",
+                           "--rounds", "2", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["greedy_tokens_equal"] is True
