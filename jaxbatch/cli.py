@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--prompts", help="a UTF-8 file of prompts, one per line (blank lines skipped), after any --prompt")
     gen_p.add_argument("--batch-size", type=int, default=32, help="prompts continued at once")
     gen_p.add_argument("--max-new-tokens", type=int, default=200)
-    gen_p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    gen_p.add_argument("--top-k", type=int, default=0)
-    gen_p.add_argument("--top-p", type=float, default=1.0)
+    sampled = " (default: the model's generation_config.json as HF reads it, else %s)"
+    gen_p.add_argument("--temperature", type=float, help="0 = greedy" + sampled % "0.8")
+    gen_p.add_argument("--top-k", type=int, help="0 = every token" + sampled % "0")
+    gen_p.add_argument("--top-p", type=float, help=sampled.strip() % "1")
     gen_p.add_argument("--seed", type=int, default=0)
     gen_p.add_argument("--chat", action="store_true",
                         help="each prompt is a user's message, rendered by the tokenizer's chat template")
@@ -349,14 +350,21 @@ def generate(args) -> int:
     prompts = generate_lib.encode_prompts(tok, texts, chat=args.chat)
     if not all(prompts):
         raise ConfigError("every prompt must have at least one token")
-    stops = generate_lib.stop_tokens(tok, [f for f in (args.model, restored.run.spec.model.pretrained) if f])
+    folders = [f for f in (args.model, restored.run.spec.model.pretrained) if f]
+    stops = generate_lib.stop_tokens(tok, folders)
+    try:
+        chosen, source = generate_lib.sampling(folders, temperature=args.temperature, top_k=args.top_k,
+                                               top_p=args.top_p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    print(f"sampling: {'greedy' if chosen['temperature'] <= 0 else ', '.join(f'{k} {v}' for k, v in chosen.items())}"
+          f" ({source})", file=sys.stderr)
     from jaxbatch.errors import writing
 
     for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done
         try:
             new = generate_lib.generate(restored.run.graphdef, restored.params, prompts[start:start + args.batch_size],
-                                        args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                        top_p=args.top_p, seed=args.seed + start, stop_tokens=stops)
+                                        args.max_new_tokens, **chosen, seed=args.seed + start, stop_tokens=stops)
         except ValueError as e:
             raise ConfigError(str(e)) from e
         with writing("standard output"):

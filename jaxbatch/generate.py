@@ -98,12 +98,7 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     loop ends once every prompt has ended."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    if not temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"--top-k must be >= 0 (0 = every token), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p)
     model = nnx.merge(graphdef, params)
     batch, longest = len(prompts), max(len(p) for p in prompts)
     total = longest + max_new_tokens
@@ -135,6 +130,15 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     return [row[: end + 1] for row, end in zip(rows, ends)]
 
 
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0 = every token), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+
+
 def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False) -> list[list[int]]:
     """Token ids of each prompt; with `chat`, each is a user's message rendered by the tokenizer's chat
     template up to the assistant's turn (as the model was fine-tuned on chats), special tokens included."""
@@ -147,17 +151,62 @@ def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False) -> list[
             for t in texts]
 
 
-def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:
-    """The ids that end a continuation: the tokenizer's end of sequence, and the `eos_token_id` (one id or a
-    list) of a generation_config.json in `folders` (a Hugging Face folder, or the one a run was trained from),
-    as HF's generate reads it: chat checkpoints end a turn with a token of their own."""
-    ids = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
+def generation_configs(folders: Sequence[str | Path]) -> list[tuple[Path, dict]]:
+    """(path, object) of each generation_config.json in `folders` (a Hugging Face folder, or the one a run was
+    trained from), in their order."""
+    found = []
     for folder in folders:
         path = Path(folder) / "generation_config.json"
         if path.is_file():
             try:
-                eos = json.loads(path.read_text()).get("eos_token_id")
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                config = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise CheckpointError(f"{path}: not a JSON object ({e})") from e
-            ids += [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{path}: not a JSON object (a {type(config).__name__})")
+            found.append((path, config))
+    return found
+
+
+def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:
+    """The ids that end a continuation: the tokenizer's end of sequence, and the `eos_token_id` (one id or a
+    list) of a generation_config.json in `folders`, as HF's generate reads it: chat checkpoints end a turn with a
+    token of their own."""
+    ids = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
+    for _, config in generation_configs(folders):
+        eos = config.get("eos_token_id")
+        ids += [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
     return sorted(set(ids))
+
+
+OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0}  # without a generation_config.json (nanoGPT's)
+HF_SAMPLING = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # transformers' GenerationConfig defaults
+GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+
+
+def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
+    """({temperature, top_k, top_p}, where those that matter came from: all of them, or the temperature alone
+    when it is 0, greedy): each one `given` (not None) as it is; the rest from the first generation_config.json
+    in `folders`, as HF's generate reads it (greedy unless `do_sample`; when sampling, GenerationConfig's
+    defaults for what the file leaves out: temperature 1, top-k 50, top-p 1; a null top_k is none), else
+    jaxbatch's own (temperature 0.8, every token). A given value out of range is a ValueError."""
+    configs = generation_configs(folders)
+    base, source = dict(OWN_SAMPLING), "jaxbatch's defaults"
+    if configs:
+        path, config = configs[0]
+        base, source = dict(HF_SAMPLING if config.get("do_sample") else GREEDY), str(path)
+        for key in base if config.get("do_sample") else ():
+            value = config.get(key, base[key])
+            if key == "top_k" and value is None:
+                value = 0
+            valid = {"temperature": lambda v: v >= 0, "top_k": lambda v: v >= 0 and v == int(v),
+                     "top_p": lambda v: 0 < v <= 1}[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+                raise CheckpointError(f"{path}: {key} {value!r} is not a valid {key} (temperature >= 0, top_k a whole "
+                                      f"number >= 0 or null, 0 < top_p <= 1)")
+            base[key] = type(base[key])(value)
+    chosen = {k: given[k] if given.get(k) is not None else v for k, v in base.items()}
+    check_sampling(**chosen)  # the file's values are valid: what is not came from the command line
+    matters = ["temperature"] if chosen["temperature"] <= 0 else list(chosen)
+    unset = [k for k in matters if given.get(k) is None]
+    return chosen, f"{', '.join(unset)} from {source}" if unset else "the command line"

@@ -131,6 +131,35 @@ def test_sampling_draws_from_exactly_the_filtered_distribution(spread, top_k, to
         assert len(set(tokens.tolist())) > 0.5 * min(len(want), draws)  # and the draws spread over it
 
 
+def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_hf_reads_it(tmp_path):
+    """Without a generation_config.json: jaxbatch's own (temperature 0.8). With one: greedy unless do_sample;
+    sampling fills what it leaves out with transformers' GenerationConfig defaults (top-k 50); a value given on
+    the command line wins; a bad value names the file."""
+    missing = tmp_path / "missing"
+    assert generate.sampling([missing]) == ({"temperature": 0.8, "top_k": 0, "top_p": 1.0},
+                                            "temperature, top_k, top_p from jaxbatch's defaults")
+    path = tmp_path / "generation_config.json"
+    path.write_text('{"do_sample": true, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [1, 2]}')
+    assert generate.sampling([missing, tmp_path]) == ({"temperature": 0.6, "top_k": 50, "top_p": 0.9},
+                                                      f"temperature, top_k, top_p from {path}")
+    assert generate.sampling([tmp_path], top_k=40) == ({"temperature": 0.6, "top_k": 40, "top_p": 0.9},
+                                                       f"temperature, top_p from {path}")
+    assert generate.sampling([tmp_path], temperature=0.0, top_k=None) == (
+        {"temperature": 0.0, "top_k": 50, "top_p": 0.9}, "the command line")  # greedy: nothing else matters
+    assert generate.sampling([tmp_path], temperature=1.0, top_k=0, top_p=1.0) == (
+        {"temperature": 1.0, "top_k": 0, "top_p": 1.0}, "the command line")
+    path.write_text('{"temperature": 0.6, "top_k": 20}')  # no do_sample: HF decodes greedily
+    assert generate.sampling([tmp_path]) == ({"temperature": 0.0, "top_k": 0, "top_p": 1.0}, f"temperature from {path}")
+    with pytest.raises(ValueError, match=r"--top-p must be in \(0, 1\], got 1.5"):
+        generate.sampling([tmp_path], top_p=1.5)
+    path.write_text('{"do_sample": true, "top_k": null}')
+    assert generate.sampling([tmp_path])[0] == {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    for bad in ('"top_p": 0', '"top_k": 2.5', '"temperature": "hot"', '"temperature": true'):
+        path.write_text(f'{{"do_sample": true, {bad}}}')
+        with pytest.raises(generate.CheckpointError, match=r"generation_config.json: \w+ .* is not a valid"):
+            generate.sampling([tmp_path])
+
+
 def test_nucleus_keeps_what_a_stable_sort_keeps_ties_included():
     """`nucleus` finds top-p's set without sorting; against a stable descending sort's `cumsum - p < top_p`, on
     rows whose probabilities are multiples of 1/256 (exact in float32, so sums never round, and no top_p below is
@@ -175,7 +204,9 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
         with open("/dev/full", "w", buffering=1) as full, mock.patch("sys.stdout", full):
             assert cli.main(["generate", str(run), "--prompt", "the", "--max-new-tokens", "2"]) == 2
         err = capsys.readouterr().err
-        assert err == "jaxbatch: WriteError: standard output: cannot write (No space left on device)\n", err
+        assert err == ("sampling: temperature 0.8, top_k 0, top_p 1.0 (temperature, top_k, top_p from jaxbatch's "
+                       "defaults)\njaxbatch: WriteError: standard output: cannot write (No space left on device)\n"
+                       ), err
     (tmp_path / "prompts.txt").write_text("the\n\nthe dog\nthe cat\n")  # a file of prompts, in batches of 2
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--prompts", str(tmp_path / "prompts.txt"),
                      "--max-new-tokens", "12", "--temperature", "0", "--batch-size", "2"]) == 0
