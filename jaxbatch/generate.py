@@ -179,7 +179,7 @@ def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:
     return sorted(set(ids))
 
 
-OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0}  # without a generation_config.json (nanoGPT's)
+OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0}  # without a generation_config.json
 HF_SAMPLING = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # transformers' GenerationConfig defaults
 GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
 
