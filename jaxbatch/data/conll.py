@@ -101,7 +101,8 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
     if path.suffix == ".conllu":
         return _read_conllu(path, text, tagged)
     lines = text.splitlines()
-    comments = _comment_lines(lines)
+    rows = [line.split() for line in lines]
+    comments = _comment_lines(rows)
     sentences, words, tags, columns, first = [], [], [], None, 0
 
     def flush():
@@ -110,8 +111,7 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
             words.clear()
             tags.clear()
 
-    for number, line in enumerate(lines, start=1):
-        parts = line.split()
+    for number, (line, parts) in enumerate(zip(lines, rows), start=1):
         if not parts or parts[0] == "-DOCSTART-":
             flush()
             continue
@@ -133,12 +133,12 @@ def read(path: str | Path, tagged: bool = True) -> list[Sentence]:
     return _in_file_scheme(path, sentences)
 
 
-def _comment_lines(lines: list[str]) -> set[int]:
-    """The numbers of a column file's comment lines: lines that start with `#` before a sentence's first word
-    (MultiCoNER's `# id <uuid> domain=en`) and cannot be a word's line: their column count is not the file's, or,
-    in a file of entity tags, their last column is no entity tag. A tweet's `#` tagged O, or a POS file's `# SYM`,
-    stays a word; a `#` line after a sentence's first word is read as a word (and refused if it is no word)."""
-    rows = [line.split() for line in lines]
+def _comment_lines(rows: list[list[str]]) -> set[int]:
+    """The numbers of a column file's comment lines (`rows`: its lines, split into columns): lines that start
+    with `#` before a sentence's first word (MultiCoNER's `# id <uuid> domain=en`) and cannot be a word's line:
+    their column count is not the file's, or, in a file of entity tags, their last column is no entity tag. A
+    tweet's `#` tagged O, or a POS file's `# SYM`, stays a word; a `#` line after a sentence's first word is read
+    as a word (and refused if it is no word)."""
     word_lines = [parts for parts in rows if parts and parts[0] != "-DOCSTART-" and not parts[0].startswith("#")]
     if not word_lines:
         return set()
