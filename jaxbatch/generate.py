@@ -130,13 +130,18 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     return [row[: end + 1] for row, end in zip(rows, ends)]
 
 
+SAMPLING_RANGES = {  # setting -> (whether a value is in its range, the range in words)
+    "temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    "top_k": (lambda v: v >= 0 and v == int(v), ">= 0 (0 = every token)"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+
+
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    if not temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"--top-k must be >= 0 (0 = every token), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    for key, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
+        in_range, words = SAMPLING_RANGES[key]
+        if not in_range(value):
+            raise ValueError(f"--{key.replace('_', '-')} must be {words}, got {value}")
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False) -> list[list[int]]:
@@ -199,11 +204,11 @@ def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
             value = config.get(key, base[key])
             if key == "top_k" and value is None:
                 value = 0
-            valid = {"temperature": lambda v: v >= 0, "top_k": lambda v: v >= 0 and v == int(v),
-                     "top_p": lambda v: 0 < v <= 1}[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
-                raise CheckpointError(f"{path}: {key} {value!r} is not a valid {key} (temperature >= 0, top_k a whole "
-                                      f"number >= 0 or null, 0 < top_p <= 1)")
+            in_range, words = SAMPLING_RANGES[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not in_range(value):
+                whole = ("whole ", ", or null") if key == "top_k" else ("", "")
+                raise CheckpointError(f"{path}: {key} {value!r} is not a valid {key}: a {whole[0]}number {words}"
+                                      f"{whole[1]}")
             base[key] = type(base[key])(value)
     chosen = {k: given[k] if given.get(k) is not None else v for k, v in base.items()}
     check_sampling(**chosen)  # the file's values are valid: what is not came from the command line
