@@ -6,7 +6,7 @@
 Prints train/val loss, tokens/s and MFU while training, the validation loss, perplexity and bits per byte
 at the end, and samples text from the trained model. Presets:
   nanogpt-cpu  nanoGPT's README CPU recipe (4 layers x 128, 4 heads, block 64, batch 12, 2000 steps,
-               lr 1e-3 cosine, no dropout): the yardstick against nanoGPT's own wall time and val loss
+               lr 1e-3 cosine to 1e-4, no dropout): the yardstick against nanoGPT's own wall time and val loss
   cpu          the same model trained longer with larger batches: the best val loss in ~20 min on 2 cores
   gpu          nanoGPT's shakespeare-char GPU shape (6 layers x 384, 6 heads, block 256, batch 64, dropout 0.2)
 The CPU presets run one XLA:CPU device per core, data parallel (`distributed.cpu_devices`, as many as divide
@@ -27,14 +27,14 @@ COMMON = ["data.name=text", "optim.name=adamw", "optim.b2=0.99", "optim.eps=1e-8
           "optim.flatten=true"]  # a small model on a data-parallel mesh: adamw's moments as 2 arrays, not 136
 PRESETS = {
     "nanogpt-cpu": ["model.preset=gpt-tiny", "data.seq_len=64", "train.batch_size=12", "train.steps=2000",
-                    "optim.learning_rate=1e-3", "optim.warmup_steps=100", "model.hidden_dropout=0.0",
-                    "train.eval_every=2000", "train.run_dir=runs/lm_nanogpt_cpu"],
+                    "optim.learning_rate=1e-3", "optim.min_lr_ratio=0.1", "optim.warmup_steps=100",
+                    "model.hidden_dropout=0.0", "train.eval_every=2000", "train.run_dir=runs/lm_nanogpt_cpu"],
     "cpu": ["model.preset=gpt-tiny", "data.seq_len=128", "train.batch_size=32", "train.steps=3500",
             "optim.learning_rate=2e-3", "optim.warmup_steps=200", "model.hidden_dropout=0.0",
             "train.eval_every=700", "train.run_dir=runs/lm_cpu"],
     "gpu": ["model.preset=gpt-tiny", "model.num_layers=6", "model.hidden_size=384", "model.num_heads=6",
             "model.intermediate_size=1536", "data.seq_len=256", "train.batch_size=64", "train.steps=5000",
-            "optim.learning_rate=1e-3", "optim.warmup_steps=100", "model.hidden_dropout=0.2",
+            "optim.learning_rate=1e-3", "optim.min_lr_ratio=0.1", "optim.warmup_steps=100", "model.hidden_dropout=0.2",
             "train.eval_every=500", "precision.policy=bf16", "train.run_dir=runs/lm_gpu"],
 }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import models
-from jaxbatch import compress, lora, losses, rampup
+from jaxbatch import compress, lora, losses, optim, rampup
 from jaxbatch.compress import prune
 from jaxbatch.errors import ConfigError
 from jaxbatch.models.layers import ACTIVATIONS, ATTENTION, REMAT
@@ -157,7 +157,12 @@ class OptimConfig:
     # > 0: warm up over this fraction of train.steps instead (HF's warmup_ratio, MaxText's warmup_steps_fraction);
     # a fraction of this run's own steps, so LR scaling rules leave it as it is
     warmup_fraction: float = 0.0
-    schedule: str = "linear"  # linear | cosine | polynomial | constant
+    schedule: str = "linear"  # linear | cosine | polynomial | constant | wsd | rsqrt (optim.schedule's docstring)
+    # the decay ends at this fraction of the peak (nanoGPT's min_lr / learning_rate, MaxText's
+    # learning_rate_final_fraction, HF's min_lr_rate); rsqrt: its floor
+    min_lr_ratio: float = 0.0
+    decay_fraction: float = 0.1  # wsd: its final decay's share of train.steps (MaxText's wsd_decay_steps_fraction)
+    decay_shape: str = "linear"  # wsd: its final decay, linear | cosine | 1-sqrt (HF's decay_type)
     weight_decay: float = 0.01
     b1: float = 0.9
     b2: float = 0.999
@@ -469,6 +474,7 @@ def validate(cfg: Config, num_devices: int) -> None:
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
     _validate_optim(cfg.optim)
+    optim.schedule(cfg.optim, optim.scale_hparams(cfg.optim, t.batch_size, t.steps), t.steps)  # its own errors
     if cfg.checkpoint.best_mode not in ("auto", "max", "min"):
         raise ConfigError(f"checkpoint.best_mode must be auto, max or min, got {cfg.checkpoint.best_mode!r}")
     if t.patience and not cfg.checkpoint.best_metric:
@@ -503,9 +509,20 @@ def validate(cfg: Config, num_devices: int) -> None:
 
 
 def _validate_optim(o) -> None:
-    for key in ("b1", "b2", "momentum", "warmup_fraction"):
+    for key in ("b1", "b2", "momentum", "warmup_fraction", "min_lr_ratio"):
         if not 0.0 <= getattr(o, key) < 1.0:
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
+    if not 0.0 < o.decay_fraction <= 1.0:
+        raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {o.decay_fraction}")
+    if o.decay_shape not in optim.DECAY_SHAPES:
+        raise ConfigError(f"optim.decay_shape must be one of {', '.join(optim.DECAY_SHAPES)}, got {o.decay_shape!r}")
+    default = OptimConfig()
+    for key in ("decay_fraction", "decay_shape"):  # set for another schedule, they would be ignored
+        if getattr(o, key) != getattr(default, key) and o.schedule != "wsd":
+            raise ConfigError(f"optim.{key} shapes the decay of optim.schedule=wsd, and this run's schedule "
+                              f"is {o.schedule}")
+    if o.min_lr_ratio and o.schedule == "constant":
+        raise ConfigError("optim.min_lr_ratio is where a decay ends; optim.schedule=constant does not decay")
     if not o.eps > 0:  # 0 divides a parameter's zero gradient by a zero second moment: NaN
         raise ConfigError(f"optim.eps must be > 0, got {o.eps}")
     for key in ("weight_decay", "clip_norm", "warmup_steps", "reference_batch"):

@@ -45,21 +45,82 @@ def scale_hparams(cfg, global_batch: int, total_steps: int) -> EffectiveHparams:
     return EffectiveHparams(cfg.learning_rate * factor, warmup, cfg.scale_rule, ref, global_batch)
 
 
+SCHEDULES = ("linear", "cosine", "polynomial", "constant", "wsd", "rsqrt")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
+
+
+def _decay(shape: str, peak: float, floor: float, steps: int) -> optax.Schedule:
+    """From `peak` to `floor` over `steps` steps, then `floor`: the decays of HF's get_wsd_schedule (its
+    `decay_type`), which MaxText's `wsd_decay_style` shares in part (linear, cosine)."""
+    if shape == "linear":
+        return optax.linear_schedule(peak, floor, steps)
+    if shape == "cosine":
+        return optax.cosine_decay_schedule(peak, steps, alpha=floor / peak if peak else 0.0)
+
+    def one_minus_sqrt(count):  # Hägele et al. 2024's cooldown: 1 - sqrt(t)
+        t = jnp.clip(count / steps, 0.0, 1.0)
+        return floor + (peak - floor) * (1.0 - jnp.sqrt(t))
+
+    return one_minus_sqrt
+
+
+def wsd_decay_steps(cfg, total_steps: int) -> int:
+    """WSD's final decay: `decay_fraction` of the run's steps (MaxText's wsd_decay_steps_fraction), at least one."""
+    return max(1, round(cfg.decay_fraction * total_steps))
+
+
 def schedule(cfg, hp: EffectiveHparams, total_steps: int) -> optax.Schedule:
-    """Linear warmup to the peak, then linear / cosine / polynomial(power 2) decay to 0, or constant."""
-    decay_steps = max(1, total_steps - hp.warmup_steps)
-    decay = {
-        "linear": lambda: optax.linear_schedule(hp.learning_rate, 0.0, decay_steps),
-        "cosine": lambda: optax.cosine_decay_schedule(hp.learning_rate, decay_steps),
-        "polynomial": lambda: optax.polynomial_schedule(hp.learning_rate, 0.0, 2.0, decay_steps),
-        "constant": lambda: optax.constant_schedule(hp.learning_rate),
-    }.get(cfg.schedule)
-    if decay is None:
-        raise ConfigError(f"optim.schedule must be linear, cosine, polynomial or constant, got {cfg.schedule!r}")
-    if hp.warmup_steps == 0:
-        return decay()
-    warmup = optax.linear_schedule(0.0, hp.learning_rate, hp.warmup_steps)
-    return optax.join_schedules([warmup, decay()], [hp.warmup_steps])
+    """Linear warmup from 0 to the peak, then one of:
+    linear / cosine / polynomial (power 2): decay to `min_lr_ratio` x peak at the run's last step (HF's
+    linear and cosine-with-min-lr schedules, nanoGPT's cosine to min_lr);
+    constant: the peak;
+    wsd: warmup-stable-decay (MaxText's and Levanter's; HF's get_wsd_schedule from its warmup's end): the peak
+    until the last `decay_fraction` of the run, then `decay_shape` down to `min_lr_ratio` x peak, so a run can be
+    lengthened (train.steps is changeable on resume) while it is still in the stable phase;
+    rsqrt: peak x sqrt(warmup / step), never below `min_lr_ratio` x peak (T5's and big_vision's, HF's
+    inverse_sqrt): no end, for runs whose length is not known."""
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    peak, warmup = hp.learning_rate, hp.warmup_steps
+    floor = peak * cfg.min_lr_ratio
+    decay_steps = max(1, total_steps - warmup)
+    if cfg.schedule == "wsd":
+        cool = wsd_decay_steps(cfg, total_steps)
+        if warmup + cool > total_steps:
+            raise ConfigError(f"optim.schedule=wsd: the warmup ({warmup} steps) and the decay ({cool} steps, "
+                              f"optim.decay_fraction={cfg.decay_fraction} of train.steps) do not fit in "
+                              f"train.steps={total_steps}")
+        stable = total_steps - warmup - cool
+        decay = optax.join_schedules([optax.constant_schedule(peak), _decay(cfg.decay_shape, peak, floor, cool)],
+                                     [stable])
+    elif cfg.schedule == "rsqrt":
+        if not warmup:
+            raise ConfigError("optim.schedule=rsqrt needs a warmup (its decay is peak x sqrt(warmup / step)): "
+                              "set optim.warmup_steps or optim.warmup_fraction")
+
+        def decay(count):  # count is the step less the warmup
+            return jnp.maximum(floor, peak * jax.lax.rsqrt((count + warmup) / warmup))
+    elif cfg.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    elif cfg.schedule == "polynomial":
+        decay = optax.polynomial_schedule(peak, floor, 2.0, decay_steps)
+    else:
+        decay = _decay(cfg.schedule, peak, floor, decay_steps)
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def describe_schedule(cfg, hp: EffectiveHparams, total_steps: int) -> str:
+    """The decay in words, as a run's start prints it."""
+    floor = f" to {cfg.min_lr_ratio:g} x peak" if cfg.min_lr_ratio else ""
+    if cfg.schedule == "wsd":
+        cool = wsd_decay_steps(cfg, total_steps)
+        return (f"wsd: stable to step {total_steps - cool}, then {cfg.decay_shape} decay{floor or ' to 0'} "
+                f"over {cool} steps")
+    if cfg.schedule == "rsqrt":
+        return f"rsqrt decay (peak x sqrt({hp.warmup_steps} / step)){floor and ', never below' + floor[3:]}"
+    return f"{cfg.schedule} decay{floor}"
 
 
 def flat_adamw(cfg, lr: optax.Schedule) -> optax.GradientTransformation:

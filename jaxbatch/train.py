@@ -194,7 +194,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     say("loss: each batch's sum divided by " + (f"rows x {per_row:.2f}, the train split's labelled positions per row"
                                                  if per_row else "its labelled positions") + f" (train.loss_norm={t.loss_norm})")
     say(f"optimizer: {spec.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "
-        f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, {spec.optim.schedule} decay")
+        f"{hp.reference_batch} to {hp.batch}), warmup {hp.warmup_steps} steps, "
+        f"{optim.describe_schedule(spec.optim, hp, t.steps)}")
     if hp.warmup_steps >= t.steps:  # allowed (a later segment may raise train.steps), never hidden
         top = float(optim.schedule(spec.optim, hp, t.steps)(t.steps - 1))
         say(f"note: the warmup ({hp.warmup_steps} steps) is not shorter than the run ({t.steps} steps): the learning "

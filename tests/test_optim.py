@@ -30,6 +30,61 @@ def test_schedule_warmup_then_decay(kind):
         assert float(lr(60)) == pytest.approx(0.5)
 
 
+HF_SCHEDULES = [  # (our settings, transformers.optimization's multiplier for the same schedule)
+    (dict(schedule="linear"), "_get_linear_schedule_with_warmup_lr_lambda", {}),
+    (dict(schedule="cosine"), "_get_cosine_schedule_with_warmup_lr_lambda", dict(num_cycles=0.5)),
+    (dict(schedule="cosine", min_lr_ratio=0.1), "_get_cosine_schedule_with_warmup_lr_lambda",
+     dict(num_cycles=0.5, min_lr_rate=0.1)),
+    (dict(schedule="polynomial", min_lr_ratio=0.05), "_get_polynomial_decay_schedule_with_warmup_lr_lambda",
+     dict(power=2.0, lr_end=0.05, lr_init=1.0)),
+    (dict(schedule="rsqrt"), "_get_inverse_sqrt_schedule_lr_lambda", dict(timescale=12)),
+] + [(dict(schedule="wsd", decay_shape=shape, decay_fraction=0.25, min_lr_ratio=r), "_get_wsd_scheduler_lambda",
+      dict(num_stable_steps=200 - 12 - 50, num_decay_steps=50, warmup_type="linear", decay_type=shape,
+           min_lr_ratio=r, num_cycles=0.5))
+     for shape in ("linear", "cosine", "1-sqrt") for r in (0.0, 0.1)]
+
+
+@pytest.mark.parametrize("ours,name,kwargs", HF_SCHEDULES,
+                         ids=["-".join(map(str, ours.values())) for ours, _, _ in HF_SCHEDULES])
+def test_every_schedule_equals_transformers_step_by_step(ours, name, kwargs):
+    """The learning rate of each of a 200-step run's optimizer steps (12 of warmup) is HF's for the same schedule.
+    HF's WSD warmup starts at min_lr_ratio x peak, ours (as every warmup here, MaxText's and HF's other
+    schedules) at 0, so with a floor WSD is compared from the warmup's end."""
+    opt = pytest.importorskip("transformers.optimization")
+    cfg = config.OptimConfig(learning_rate=3e-4, warmup_steps=12, **ours)
+    lr = optim.schedule(cfg, optim.scale_hparams(cfg, 32, 200), total_steps=200)
+    extra = {} if name.startswith("_get_wsd") or "inverse" in name else dict(num_training_steps=200)
+    multiplier = getattr(opt, name)
+    start = 12 if ours.get("min_lr_ratio") and ours["schedule"] == "wsd" else 0
+    steps = np.arange(start, 201)
+    want = [3e-4 * multiplier(int(t), num_warmup_steps=12, **extra, **kwargs) for t in steps]
+    np.testing.assert_allclose(np.asarray(jax.vmap(lr)(steps)), want, rtol=2e-6, atol=3e-4 * 3e-7)  # float32
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(schedule="wsd", decay_fraction=0.95), "do not fit in train.steps=200"),
+    (dict(schedule="rsqrt", warmup_steps=0), "needs a warmup"),
+    (dict(schedule="inverse_sqrt"), "optim.schedule must be one of linear, cosine, polynomial, constant, wsd, rsqrt"),
+])
+def test_a_schedule_that_cannot_be_built_is_one_config_error(bad, message):
+    cfg = config.OptimConfig(**{"warmup_steps": 12, **bad})
+    with pytest.raises(config.ConfigError, match=message):
+        optim.schedule(cfg, optim.scale_hparams(cfg, 32, 200), total_steps=200)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optim.decay_shape=1-sqrt"], "optim.schedule=wsd, and this run's schedule is linear"),
+    (["optim.decay_fraction=0.2", "optim.schedule=cosine"], "optim.schedule=wsd, and this run's schedule is cosine"),
+    (["optim.schedule=wsd", "optim.decay_shape=exp"], "decay_shape must be one of linear, cosine, 1-sqrt"),
+    (["optim.schedule=wsd", "optim.decay_fraction=0"], "decay_fraction must be in"),
+    (["optim.min_lr_ratio=1.0"], "min_lr_ratio must be in"),
+    (["optim.schedule=constant", "optim.min_lr_ratio=0.1"], "constant does not decay"),
+])
+def test_schedule_settings_that_would_be_ignored_or_are_out_of_range_are_refused(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.validate(config.build(["model.preset=tiny"] + overrides), 1)
+
+
 def test_weight_decay_mask_excludes_bias_and_layernorm():
     model_cfg = config.build(["model.preset=tiny"]).model
     _, params = state_lib.abstract_model(model_cfg, "fp32")
