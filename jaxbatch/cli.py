@@ -189,17 +189,16 @@ def plan(args) -> int:
     config.validate(spec, mesh.devices.size)
     budget = _budget(spec, target)
     print(f"mesh {mesh_lib.describe(mesh)}; global batch {spec.train.batch_size} x seq {spec.data.seq_len}; "
-          f"budget {budget / 2**30:.2f} GiB per device")
+          f"budget {memory.size(budget)} per device")
     try:
         chosen = memory.plan_micro_batch(spec, budget, devices=devices)
     except memory.DoesNotFit as e:
         print(f"does not fit: {e}")
         return 1
-    gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
     print(f"plan: train.accum_steps={chosen.accum_steps} (micro-batch {chosen.micro_batch})")
-    hbm = f" of {gib(target.device_memory)} HBM" if target else ""
-    print(f"  per device: params {gib(chosen.params)}, optimizer {gib(chosen.optimizer)}, activations+temp "
-          f"{gib(chosen.temp)}, total {gib(chosen.total)}{hbm}")
+    hbm = f" of {memory.size(target.device_memory)} HBM" if target else ""
+    print(f"  per device: params {memory.size(chosen.params)}, optimizer {memory.size(chosen.optimizer)}, "
+          f"activations+temp {memory.size(chosen.temp)}, total {memory.size(chosen.total)}{hbm}")
     tokens = spec.train.batch_size * spec.data.seq_len
     model_flops = models.train_flops_per_token(spec.model, spec.data.seq_len) * tokens / mesh.devices.size
     if chosen.flops:

@@ -34,10 +34,14 @@ class StepMemory:
     seconds: float | None = None  # XLA's estimated step time (TPU compiler), the same way
 
     def describe(self) -> str:
-        mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
-        return (f"micro-batch {self.micro_batch} x {self.accum_steps} accumulation steps: params {mib(self.params)}, "
-                f"optimizer {mib(self.optimizer)}, activations+temp {mib(self.temp)}, total {mib(self.total)} "
+        return (f"micro-batch {self.micro_batch} x {self.accum_steps} accumulation steps: params {size(self.params)}, "
+                f"optimizer {size(self.optimizer)}, activations+temp {size(self.temp)}, total {size(self.total)} "
                 f"per device")
+
+
+def size(n: float) -> str:
+    """Bytes in GiB from 1 GiB up, else in MiB: a small model's sizes and budgets do not all read 0.00 GiB."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 class DoesNotFit(ConfigError):
@@ -150,9 +154,9 @@ def plan_micro_batch(spec, budget_bytes: int, devices=None, log=print) -> StepMe
     ks = [k for k in range(1, batch + 1) if batch % k == 0 and (batch // k) % shards == 0]
     fixed = state_bytes(spec, devices)
     if fixed.total > budget_bytes:
-        raise DoesNotFit(f"parameters and optimizer state alone take {fixed.total / 2**30:.2f} GiB per device "
-                         f"(params {fixed.params / 2**30:.2f}, optimizer {fixed.optimizer / 2**30:.2f}) of a "
-                         f"{budget_bytes / 2**30:.2f} GiB budget; shard them (mesh.fsdp, mesh.model)", fixed)
+        raise DoesNotFit(f"parameters and optimizer state alone take {size(fixed.total)} per device "
+                         f"(params {size(fixed.params)}, optimizer {size(fixed.optimizer)}) of a "
+                         f"{size(budget_bytes)} budget; shard them (mesh.fsdp, mesh.model)", fixed)
     measured: dict[int, StepMemory] = {}
 
     def fits(k: int) -> bool:
@@ -164,9 +168,9 @@ def plan_micro_batch(spec, budget_bytes: int, devices=None, log=print) -> StepMe
     if fits(ks[0]):
         return measured[ks[0]]
     if not fits(ks[-1]):
-        raise DoesNotFit(f"no micro-batch of global batch {batch} fits {budget_bytes / 2**30:.3f} GiB per device "
+        raise DoesNotFit(f"no micro-batch of global batch {batch} fits {size(budget_bytes)} per device "
                          f"(the smallest, {ks[-1]} accumulation steps of {batch // ks[-1]}, needs "
-                         f"{measured[ks[-1]].total / 2**30:.3f} GiB); {_remedies(spec)}", measured[ks[-1]])
+                         f"{size(measured[ks[-1]].total)}); {_remedies(spec)}", measured[ks[-1]])
     lo, hi = 1, len(ks) - 1  # ks[0] does not fit, ks[hi] does; find the first that does
     while lo < hi:
         mid = (lo + hi) // 2
