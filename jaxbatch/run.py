@@ -163,7 +163,7 @@ def setup(spec: config.Config, *, devices=None, training: bool = True, abstract:
         from jaxbatch import memory
 
         budget = memory.device_budget(spec.train.memory_budget_gb)
-        (plan_log or print)(f"planning the micro-batch for {budget / 2**30:.2f} GiB per device:")
+        (plan_log or print)(f"planning the micro-batch for {memory.size(budget)} per device:")
         k = memory.plan_micro_batch(spec, budget, devices=devices, log=plan_log or print).accum_steps
         spec = config.replace(spec, train__accum_steps=k, train__auto_micro_batch=False)
     tx = accumulate.wrap(tx, spec.train)
