@@ -151,7 +151,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adamw"  # adamw | lamb | lars | sgd | adafactor
+    name: str = "adamw"  # adamw | lamb | lars | sgd | adafactor | muon
     learning_rate: float = 5e-4
     warmup_steps: int = 10
     # > 0: warm up over this fraction of train.steps instead (HF's warmup_ratio, MaxText's warmup_steps_fraction);
@@ -167,7 +167,8 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-6
-    momentum: float = 0.9
+    momentum: float = 0.9  # lars, sgd
+    muon_momentum: float = 0.95  # muon's Nesterov momentum (torch.optim.Muon's, optax's and MaxText's default)
     clip_norm: float = 1.0  # 0 disables global-norm clipping
     scale_rule: str = "none"  # linear | sqrt | none
     reference_batch: int = 0  # batch the learning_rate/warmup were tuned for (0 = this run's batch)
@@ -509,7 +510,7 @@ def validate(cfg: Config, num_devices: int) -> None:
 
 
 def _validate_optim(o) -> None:
-    for key in ("b1", "b2", "momentum", "warmup_fraction", "min_lr_ratio"):
+    for key in ("b1", "b2", "momentum", "muon_momentum", "warmup_fraction", "min_lr_ratio"):
         if not 0.0 <= getattr(o, key) < 1.0:
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
     if not 0.0 < o.decay_fraction <= 1.0:
@@ -521,6 +522,9 @@ def _validate_optim(o) -> None:
         if getattr(o, key) != getattr(default, key) and o.schedule != "wsd":
             raise ConfigError(f"optim.{key} shapes the decay of optim.schedule=wsd, and this run's schedule "
                               f"is {o.schedule}")
+    if o.muon_momentum != default.muon_momentum and o.name != "muon":
+        raise ConfigError(f"optim.muon_momentum is optim.name=muon's, and this run's optimizer is {o.name} "
+                          f"(optim.momentum is lars' and sgd's)")
     if o.min_lr_ratio and o.schedule == "constant":
         raise ConfigError("optim.min_lr_ratio is where a decay ends; optim.schedule=constant does not decay")
     if not o.eps > 0:  # 0 divides a parameter's zero gradient by a zero second moment: NaN

@@ -1,4 +1,4 @@
-"""Optimizers (optax), learning-rate schedules, LR scaling rules and the weight-decay mask."""
+"""Optimizers (optax), learning-rate schedules, LR scaling rules, the weight-decay mask and Muon's matrices."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from optax import contrib
+from optax.transforms import MaskedNode
 
 from jaxbatch.errors import ConfigError
 
@@ -143,6 +145,66 @@ def adafactor(lr, weight_decay: float) -> optax.GradientTransformation:
                        optax.add_decayed_weights(weight_decay, decay_mask), optax.scale_by_learning_rate(lr))
 
 
+MUON_RMS = 0.2  # Moonlight's (Liu et al. 2025): Muon's update RMS made AdamW's, so AdamW's lr and decay carry over
+
+
+def muon_dims(v) -> contrib.MuonDimensionNumbers | None:
+    """How Muon reads a parameter as a matrix, from its metadata, so no family is named: a dense layer's kernel is
+    its `contract` input dims against the rest, one matrix with the heads in it (as torch.optim.Muon reads a
+    Linear's weight). A task head, a kernel with a vocabulary axis (an untied LM head), embeddings, norms and
+    biases are None: AdamW's, as in Keller Jordan's and Moonlight's recipes."""
+    meta = v.get_metadata() if isinstance(v, nnx.Variable) else {}
+    n_in = meta.get("contract")
+    if n_in is None or meta.get("head") or "vocab" in meta.get("logical_axes", ()):
+        return None
+    return contrib.MuonDimensionNumbers(tuple(range(n_in)), tuple(range(n_in, len(v.shape))))
+
+
+def _per_parameter(fn, tree):
+    """`fn(variable)` in place of each parameter's value; optax's masked-out parameters stay masked."""
+
+    def one(v):
+        if isinstance(v, MaskedNode):
+            return v
+        return jax.tree.map(lambda _: fn(v), v) if isinstance(v, nnx.Variable) else fn(v)
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, (nnx.Variable, MaskedNode)))
+
+
+def scale_by_matrix_shape(rms: float = MUON_RMS) -> optax.GradientTransformation:
+    """An orthogonalized update times rms x sqrt(max(fan_in, fan_out)) (torch.optim.Muon's
+    adjust_lr_fn="match_rms_adamw"): the RMS of AdamW's updates whatever the matrix's shape."""
+
+    def update(updates, state, params=None):
+        del params
+
+        def one(v):
+            if not jax.tree.leaves(v):  # masked: AdamW's (optax.partition leaves the wrapper around a MaskedNode)
+                return v
+            dims = muon_dims(v)
+            n_in = len(dims.reduction_axis)
+            fan_in, fan_out = math.prod(v.shape[:n_in]), math.prod(v.shape[n_in:])
+            return jax.tree.map(lambda u: u * (rms * math.sqrt(max(fan_in, fan_out))), v)
+
+        return jax.tree.map(one, updates, is_leaf=lambda x: isinstance(x, (nnx.Variable, MaskedNode))), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def muon(cfg, lr: optax.Schedule) -> optax.GradientTransformation:
+    """Muon (optax.contrib.scale_by_muon: Nesterov momentum `muon_momentum`, orthogonalized by 5 Newton-Schulz
+    steps) on the matrices `muon_dims` picks, scaled to AdamW's update RMS, with decoupled weight decay; AdamW
+    (b1, b2, eps, the decay mask) on the rest. One learning rate and one weight decay for both, as Moonlight's
+    recipe: optax.contrib.muon would also put Nesterov momentum into the AdamW half."""
+    matrices = optax.chain(
+        contrib.scale_by_muon(beta=cfg.muon_momentum, nesterov=True,
+                              weight_dimension_numbers=lambda p: _per_parameter(muon_dims, p)),
+        scale_by_matrix_shape(), optax.add_decayed_weights(cfg.weight_decay), optax.scale_by_learning_rate(lr))
+    rest = optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
+    return optax.partition({"muon": matrices, "adamw": rest},
+                           lambda p: _per_parameter(lambda v: "muon" if muon_dims(v) else "adamw", p))
+
+
 def decay_mask(params):
     """True where weight decay applies, read from each parameter's `decay` metadata (models/layers.py
     sets it False on biases and normalisation scales), so no family's naming can slip through."""
@@ -184,6 +246,7 @@ def make(cfg, hp: EffectiveHparams, total_steps: int) -> tuple[optax.GradientTra
                                    momentum=cfg.momentum),
         "sgd": lambda: optax.chain(optax.add_decayed_weights(wd, decay_mask), optax.sgd(lr, cfg.momentum)),
         "adafactor": lambda: adafactor(lr, wd),
+        "muon": lambda: muon(cfg, lr),
     }
     if cfg.flatten and cfg.name != "adamw":
         raise ConfigError(f"optim.flatten applies to adamw (its moments are elementwise), not {cfg.name!r}")

@@ -1,7 +1,9 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from conftest import dotted, params_numpy, random_batch, run_steps, tiny_config
 from jaxbatch import config, optim, run as run_lib, state as state_lib
@@ -79,10 +81,81 @@ def test_a_schedule_that_cannot_be_built_is_one_config_error(bad, message):
     (["optim.schedule=wsd", "optim.decay_fraction=0"], "decay_fraction must be in"),
     (["optim.min_lr_ratio=1.0"], "min_lr_ratio must be in"),
     (["optim.schedule=constant", "optim.min_lr_ratio=0.1"], "constant does not decay"),
+    (["optim.muon_momentum=0.9"], "optim.muon_momentum is optim.name=muon's, and this run's optimizer is adamw"),
 ])
-def test_schedule_settings_that_would_be_ignored_or_are_out_of_range_are_refused(overrides, message):
+def test_optimizer_settings_that_would_be_ignored_or_are_out_of_range_are_refused(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
         config.validate(config.build(["model.preset=tiny"] + overrides), 1)
+
+
+def _muon_case(torch, steps, weight_decay):
+    """Our muon and torch.optim.Muon (adjust_lr_fn="match_rms_adamw", Moonlight's scale) + AdamW on the same
+    random gradients: a (48 in, 96 out) kernel, an (embed 64, heads 6, kv 8) one (one 64 x 48 matrix, as a
+    Linear's weight), a bias. Returns each parameter's last change, ours and torch's, as (in, out) arrays."""
+    from flax import nnx
+
+    cfg = config.build(["optim.name=muon", f"optim.weight_decay={weight_decay}", "optim.clip_norm=0",
+                        "optim.schedule=constant", "optim.warmup_steps=0", "optim.learning_rate=0.02"]).optim
+    tx, _ = optim.make(cfg, optim.scale_hparams(cfg, 32, steps), steps)
+    rng = np.random.default_rng(0)
+    meta = {"k": dict(contract=1, logical_axes=("embed", "mlp")),
+            "q": dict(contract=1, logical_axes=("embed", "heads", "kv")), "b": dict(decay=False, logical_axes=("mlp",))}
+    init = {"k": rng.normal(size=(48, 96)), "q": rng.normal(size=(64, 6, 8)), "b": rng.normal(size=(96,))}
+
+    def wrap(arrays):
+        return {n: nnx.Param(jnp.asarray(a, jnp.float32), **meta[n]) for n, a in arrays.items()}
+
+    def as_torch(a):  # a Linear's (out, in) weight
+        return torch.tensor(a.reshape(a.shape[0], -1).T.copy() if a.ndim > 1 else a, dtype=torch.float32)
+
+    params = wrap(init)
+    state = tx.init(params)
+    theirs = {n: torch.nn.Parameter(as_torch(a)) for n, a in init.items()}
+    muon = torch.optim.Muon([theirs["k"], theirs["q"]], lr=0.02, weight_decay=weight_decay, momentum=0.95,
+                            adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW([theirs["b"]], lr=0.02, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.0)
+    for _ in range(steps):
+        grads = {n: rng.normal(size=a.shape) for n, a in init.items()}
+        updates, state = tx.update(wrap(grads), state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+        before = {n: t.detach().clone() for n, t in theirs.items()}
+        for n, t in theirs.items():
+            t.grad = as_torch(grads[n])
+        muon.step()
+        adamw.step()
+    ours = {n: np.asarray(u[...]).reshape(init[n].shape[0], -1) if init[n].ndim > 1 else np.asarray(u[...])
+            for n, u in updates.items()}
+    torch_delta = {n: (t.detach() - before[n]).numpy() for n, t in theirs.items()}
+    return ours, {n: d.T if d.ndim > 1 else d for n, d in torch_delta.items()}
+
+
+@pytest.mark.parametrize("steps,rtol", [(1, 5e-5), (80, 2e-3)])
+def test_muon_is_torch_muon_with_moonlights_scale_on_matrices_and_adamw_on_the_rest(monkeypatch, steps, rtol):
+    """torch.optim.Muon runs Newton-Schulz in bfloat16; here in float32, as ours, so they can agree closely. Its
+    first update is ours to float32 rounding (scale, decay, which axes form the matrix). optax's momentum
+    (MaxText's Muon) bias-corrects its Nesterov average, which torch's does not: the weights of the new gradient
+    and of the average differ by a factor (1 - 0.95^t) / (1 - 0.95^(t+1)), 0.08% by step 80."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self: self.float())
+    ours, theirs = _muon_case(torch, steps, weight_decay=0.1 if steps == 1 else 0.0)
+    for name in ("k", "q"):
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=rtol, atol=rtol * np.abs(theirs[name]).max(),
+                                   err_msg=name)
+    np.testing.assert_allclose(ours["b"], theirs["b"], rtol=1e-4, atol=1e-7)
+
+
+def test_muon_takes_the_matrices_and_leaves_embeddings_heads_norms_and_biases_to_adamw():
+    model_cfg = config.build(["model.preset=tiny"]).model
+    _, params = state_lib.abstract_model(model_cfg, "fp32")
+    leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    dims = {dotted(p): optim.muon_dims(v) for p, v in leaves}
+    muon = {k for k, d in dims.items() if d is not None}
+    # 2 layers x (query, key, value, attention out, MLP in, MLP out) kernels; not the classifier (a task head)
+    assert muon == {f"encoder.layers.{i}.{m}.kernel" for i in range(2)
+                    for m in ("attention.query", "attention.key", "attention.value", "attention.out", "mlp.wi",
+                              "mlp.wo")}, sorted(muon)
+    assert dims["encoder.layers.0.attention.query.kernel"] == optax.contrib.MuonDimensionNumbers((0,), (1, 2))
+    assert dims["encoder.layers.0.attention.out.kernel"] == optax.contrib.MuonDimensionNumbers((0, 1), (2,))
 
 
 def test_weight_decay_mask_excludes_bias_and_layernorm():
@@ -96,9 +169,10 @@ def test_weight_decay_mask_excludes_bias_and_layernorm():
     assert sum(mask.values()) == 3 + 2 * 6 + 1 and len(mask) == 39
 
 
-@pytest.mark.parametrize("name", ["lamb", "lars", "adafactor", "sgd"])
+@pytest.mark.parametrize("name", ["lamb", "lars", "adafactor", "sgd", "muon"])
 def test_trust_ratio_optimizers_sharded_equal_unsharded(name):
-    """LAMB/LARS need whole-tensor norms; under jit with FSDP+TP shards they must still be global."""
+    """LAMB/LARS need whole-tensor norms, Muon whole matrices; under jit with FSDP+TP shards they must still be
+    global."""
     cfg1 = tiny_config(f"optim.name={name}", "mesh.data=1")
     batches = [random_batch(cfg1, 0), random_batch(cfg1, 1)]
     ref, ref_hist, _ = run_steps(cfg1, batches, jax.devices()[:1])
@@ -181,7 +255,7 @@ def test_clipping_equals_optax_to_the_last_bit_or_so(max_norm):
     assert float(optax.global_norm(got)) == pytest.approx(min(max_norm, float(optax.global_norm(grads))), rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["adamw", "adamw-flat", "lamb", "lars", "sgd", "adafactor"])
+@pytest.mark.parametrize("name", ["adamw", "adamw-flat", "lamb", "lars", "sgd", "adafactor", "muon"])
 def test_every_optimizer_clips_by_the_norm_it_is_given_exactly(name):
     """The train step passes the gradients' global norm (read once for its finiteness check and metrics) to
     clipping; every optimizer's update with it is the update without it, bit for bit."""
