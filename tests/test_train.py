@@ -188,3 +188,37 @@ def test_best_metric_must_be_one_the_task_reports(tmp_path, capsys):
                      "train.progress=false", f"train.run_dir={tmp_path}"]) == 2
     assert "checkpoint.best_metric='perplexity' is not reported for this token task; choose one of loss, " \
            "accuracy, entity_f1" in capsys.readouterr().err
+
+
+def test_a_run_dir_is_a_pretrained_folder_whose_task_head_is_replaced_for_other_labels(tmp_path, monkeypatch):
+    """model.pretrained=RUN_DIR (pretrain, then fine-tune from it): the run's checkpoint, exported once under
+    $JAXBATCH_CACHE, loads as any folder: every backbone tensor is the run's, bit for bit; its 2-class sequence
+    head does not fit a 9-tag token task, so the head is initialised anew and the load report says so (as
+    transformers' ignore_mismatched_sizes, never silently)."""
+    from jaxbatch import config, run as run_lib, state as state_lib
+
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path / "cache"))
+    run_lib.exported.cache_clear()
+    source = tmp_path / "sst"
+    train.train(tiny_config("data.name=synthetic_sst", "train.steps=2", "train.eval_every=0", "data.num_train=64",
+                            f"train.run_dir={source}"))
+    before = run_lib.restore(source)
+    cfg = config.build([f"model.pretrained={source}", "data.name=synthetic_ner", "train.progress=false"])
+    spec = run_lib.resolve(cfg, task="token", label_names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG",
+                                                             "B-MISC", "I-MISC"])
+    run = run_lib.setup(spec)
+    report = run.load_report
+    assert [r.split(" ")[0] for r in report.resized] == ["classifier.bias", "classifier.kernel"], str(report)
+    assert not report.new and not report.unexpected and "another shape" in str(report)
+    ours = {state_lib.param_name(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(run.state.params)}
+    theirs = {state_lib.param_name(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(before.params)}
+    backbone = [n for n in ours if not n.startswith("classifier.")]  # the source's pooler: a sequence head's
+    assert len(backbone) == len(ours) - 2 > 30 and set(backbone) < set(theirs)
+    for name in backbone:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    assert ours["classifier.kernel"].shape == (spec.model.hidden_size, 9)
+    folder = run_lib.exported(source)
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    run_lib.exported.cache_clear()  # another process: the folder is found, not written again
+    assert run_lib.exported(source) == folder and (folder / "model.safetensors").stat().st_mtime_ns == written
+    assert folder.parent == tmp_path / "cache" / "pretrained"
