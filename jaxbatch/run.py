@@ -316,13 +316,14 @@ def exported(run_dir: Path) -> Path:
     loads as any folder does (the same load report, a new task head, the run's tokenizer)."""
     from jaxbatch import hf
 
-    restored = restore(run_dir)
+    restored = restore(run_dir, devices=jax.local_devices())  # each host writes its own copy, from its devices
     spec = restored.run.spec
     if spec.model.quant or spec.model.lowrank:
         raise ConfigError(f"{run_dir} is a compressed model; start from the run it was compressed from")
     key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
     base = cache.root() or Path(tempfile.gettempdir()) / "jaxbatch"
-    folder = base / "pretrained" / f"{key}-step{restored.step}"
+    host = f"-process{jax.process_index()}" if jax.process_count() > 1 else ""  # a cache on a shared disk
+    folder = base / "pretrained" / f"{key}-step{restored.step}{host}"
     if not (folder / "config.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
