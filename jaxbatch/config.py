@@ -158,7 +158,7 @@ class OptimConfig:
     # a fraction of this run's own steps, so LR scaling rules leave it as it is
     warmup_fraction: float = 0.0
     schedule: str = "linear"  # linear | cosine | polynomial | constant | wsd | rsqrt (optim.schedule's docstring)
-    # the decay ends at this fraction of the peak (nanoGPT's min_lr / learning_rate, MaxText's
+    # the decay ends at this fraction of the peak (min_lr / learning_rate in Karpathy's recipes, MaxText's
     # learning_rate_final_fraction, HF's min_lr_rate); rsqrt: its floor
     min_lr_ratio: float = 0.0
     decay_fraction: float = 0.1  # wsd: its final decay's share of train.steps (MaxText's wsd_decay_steps_fraction)
@@ -205,6 +205,9 @@ class TrainConfig:
     accum_steps: int = 1  # micro-batches per step (global batch = accum_steps x micro-batch)
     accum_impl: str = "scan"  # scan | multisteps
     steps: int = 100
+    # > 0: train.steps is set once the data is read, to the steps whose batches hold epochs x the training examples
+    # (packed rows for text; HF's num_train_epochs, fractions too); the later of train.steps and train.epochs wins
+    epochs: float = 0.0
     eval_every: int = 50
     eval_batch_size: int = 0  # sequences per evaluation batch (0: the micro-batch); forward only, so larger fits
     log_every: int = 10
@@ -379,6 +382,8 @@ def build(overrides: list[str] | None = None, config_file: str | None = None, ba
     for key, value, where in pairs:
         try:
             cfg = _set(cfg, key, value)
+            if key == "train.steps":  # the later of train.steps and train.epochs wins (e.g. over a recipe's)
+                cfg = _set(cfg, "train.epochs", 0.0)
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from e
     return cfg
@@ -475,7 +480,10 @@ def validate(cfg: Config, num_devices: int) -> None:
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
     _validate_optim(cfg.optim)
-    optim.schedule(cfg.optim, optim.scale_hparams(cfg.optim, t.batch_size, t.steps), t.steps)  # its own errors
+    if t.epochs < 0:
+        raise ConfigError(f"train.epochs must be >= 0 (0 = train.steps says how long), got {t.epochs}")
+    if not t.epochs:  # with train.epochs, run.setup builds the schedule once the data has set train.steps
+        optim.schedule(cfg.optim, optim.scale_hparams(cfg.optim, t.batch_size, t.steps), t.steps)  # its own errors
     if cfg.checkpoint.best_mode not in ("auto", "max", "min"):
         raise ConfigError(f"checkpoint.best_mode must be auto, max or min, got {cfg.checkpoint.best_mode!r}")
     if t.patience and not cfg.checkpoint.best_metric:
@@ -559,7 +567,7 @@ def _validate_rampup(t, batch_shards: int) -> None:
 # the attention kernel (the same function, rounded differently).
 # Everything else (model shape, optimizer, data, seed, batch and accumulation, precision) is the run's
 # identity: changing it in a used run dir is refused (see `drift`).
-CHANGEABLE = ("train.steps", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
+CHANGEABLE = ("train.steps", "train.epochs", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
               "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
               "train.memory_budget_gb", "train.patience", "train.profile", "model.attention_impl", "data.data_dir",
               "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.", "distributed.")

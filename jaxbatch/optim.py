@@ -74,7 +74,7 @@ def wsd_decay_steps(cfg, total_steps: int) -> int:
 def schedule(cfg, hp: EffectiveHparams, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to the peak, then one of:
     linear / cosine / polynomial (power 2): decay to `min_lr_ratio` x peak at the run's last step (HF's
-    linear and cosine-with-min-lr schedules, nanoGPT's cosine to min_lr);
+    linear and cosine-with-min-lr schedules, MaxText's learning_rate_final_fraction);
     constant: the peak;
     wsd: warmup-stable-decay (MaxText's and Levanter's; HF's get_wsd_schedule from its warmup's end): the peak
     until the last `decay_fraction` of the run, then `decay_shape` down to `min_lr_ratio` x peak, so a run can be

@@ -11,6 +11,7 @@ compiles the step once (like a length bucket); keep the number of increments sma
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 
@@ -30,6 +31,21 @@ def batch_sizes(train_cfg) -> list[int]:
         sizes.append(b)
         seen += b
     return sizes
+
+
+def steps_for(train_cfg, examples: float) -> int:
+    """The fewest steps (at least one) whose batches hold `examples` examples: train.epochs as train.steps."""
+    t = train_cfg
+    if not t.rampup_samples:
+        return max(1, math.ceil(examples / t.batch_size))
+    ramp = [b for b in batch_sizes(dataclasses.replace(t, steps=t.rampup_samples // t.rampup_start + 1))
+            if b < t.batch_size]  # the ramp's steps: at most rampup_samples / rampup_start
+    seen = 0
+    for i, b in enumerate(ramp):
+        if seen >= examples:
+            return max(1, i)
+        seen += b
+    return len(ramp) + max(0, math.ceil((examples - seen) / t.batch_size)) or 1
 
 
 def distinct(train_cfg) -> list[int]:

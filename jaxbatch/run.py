@@ -60,11 +60,13 @@ class Run:
 
 
 def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[str] | None = None,
-            vocab_size: int | None = None, problem_type: str | None = None) -> config.Config:
+            vocab_size: int | None = None, problem_type: str | None = None,
+            train_examples: int | None = None) -> config.Config:
     """The spec: `cfg` with the pretrained folder's shape and what the data says filled in: the task, the
     label set (a regression's output names when it has several), the sequence head's `problem_type`
-    (regression; multi_label_classification; empty: one class per example), and the vocabulary size
-    where the model leaves it to the tokenizer (vocab_size 0); train.loss_norm=auto made batch or dataset."""
+    (regression; multi_label_classification; empty: one class per example), the vocabulary size
+    where the model leaves it to the tokenizer (vocab_size 0), and train.steps from train.epochs and the
+    number of `train_examples`; train.loss_norm=auto made batch or dataset."""
     model = cfg.model
     default_task = config.ModelConfig.task  # the default defers to the data; an explicit other task must match it
     if task is not None and model.task not in (default_task, task):
@@ -97,6 +99,8 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
     train = cfg.train
     if train.loss_norm == "auto":
         train = dataclasses.replace(train, loss_norm="dataset" if data.buckets > 1 else "batch")
+    if train.epochs and train_examples is not None:
+        train = dataclasses.replace(train, steps=rampup.steps_for(train, train.epochs * train_examples))
     return dataclasses.replace(cfg, model=model, data=data, train=train)
 
 

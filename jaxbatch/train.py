@@ -163,7 +163,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),
-                           problem_type=data.problem_type)
+                           problem_type=data.problem_type, train_examples=len(data.train["labels"]))
     _check_best_metric(spec, spec.model.problem_type, data.task != "token" or conll.is_entity_scheme(data.label_names))
     if len(tokenizer) > spec.model.vocab_size:
         raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
@@ -191,6 +191,9 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
         f"{targets}"
         f"{' (several per example)' if data.problem_type == losses.MULTI_LABEL else ''}, "
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
+    if t.epochs:
+        say(f"train.steps={t.steps}: train.epochs={t.epochs:g} x {len(data.train['labels'])} training "
+            f"{'rows' if data.task == 'lm' else 'examples'} in batches of {t.batch_size}")
     say("loss: each batch's sum divided by " + (f"rows x {per_row:.2f}, the train split's labelled positions per row"
                                                  if per_row else "its labelled positions") + f" (train.loss_norm={t.loss_norm})")
     say(f"optimizer: {spec.optim.name}, peak lr {hp.learning_rate:.3g} ({hp.rule} scaling from batch "

@@ -33,6 +33,16 @@ def test_schedule_grows_by_increments_of_samples_seen():
     assert rampup.batch_sizes(dataclasses.replace(t, rampup_samples=0)) == [32] * 10
 
 
+def test_epochs_become_the_fewest_steps_whose_batches_hold_that_many_examples():
+    t = tiny_config(*RAMP, "train.accum_steps=4").train
+    sizes = rampup.batch_sizes(dataclasses.replace(t, steps=40))  # 8 8 8 8 16 16 24 24 32 32 ...
+    for examples in (1, 8, 9, 20, 24, 112, 113, 160, 176, 177, 500):
+        steps = rampup.steps_for(t, examples)
+        assert sum(sizes[:steps]) >= examples > sum(sizes[:steps - 1]), examples
+    flat = dataclasses.replace(t, rampup_samples=0)
+    assert [rampup.steps_for(flat, n) for n in (1, 32, 33, 96, 1.5 * 64)] == [1, 1, 2, 3, 3]
+
+
 def test_pipeline_serves_each_step_its_batch_without_repeats():
     rng = np.random.default_rng(0)
     lengths = rng.integers(2, 17, size=160)

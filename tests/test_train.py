@@ -222,3 +222,20 @@ def test_a_run_dir_is_a_pretrained_folder_whose_task_head_is_replaced_for_other_
     run_lib.exported.cache_clear()  # another process: the folder is found, not written again
     assert run_lib.exported(source) == folder and (folder / "model.safetensors").stat().st_mtime_ns == written
     assert folder.parent == tmp_path / "cache" / "pretrained"
+
+
+def test_epochs_set_the_steps_once_the_data_is_read_and_the_later_of_steps_and_epochs_wins(tmp_path):
+    """train.epochs=1.5 over 64 synthetic examples in batches of 16: 6 steps (HF's num_train_epochs)."""
+    from jaxbatch import config
+
+    run_dir = tmp_path / "run"
+    train.train(tiny_config("data.name=synthetic_sst", "data.num_train=64", "train.eval_every=0", "train.epochs=1.5",
+                            f"train.run_dir={run_dir}"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["train"]["steps"] == 6 and summary["config"]["train"]["epochs"] == 1.5
+    steps = [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert max(steps) == 6
+    assert config.build(["train.epochs=2", "train.steps=7"]).train.epochs == 0  # a recipe's epochs, then steps
+    assert config.build(["train.steps=7", "train.epochs=2"]).train.epochs == 2
+    with pytest.raises(config.ConfigError, match="train.epochs must be >= 0"):
+        config.validate(config.build(["train.epochs=-1"]), 1)
