@@ -94,18 +94,23 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     return totals, {k: v[inverse] for k, v in outs.items()}
 
 
-def metric_names(task: str, problem_type: str | None = "", entities: bool = True) -> tuple[str, ...]:
+def metric_names(task: str, problem_type: str | None = "", entities: bool = True,
+                 classes: int | None = None) -> tuple[str, ...]:
     """The scalar metrics a training run's evaluations report for a task (what checkpoint.best_metric may
     name); a language model's bits per byte come from the run's tokenizer. `problem_type` None: not known
     yet (before the data has decided), so any sequence head's. A token task's entity F1 needs entity tags
-    (`entities`: plain tags such as part of speech have no entities)."""
+    (`entities`: plain tags such as part of speech have no entities); a single-label head's F1 of its positive
+    class needs two `classes` (None: not known yet)."""
     if problem_type == losses.REGRESSION:
         return ("loss",) + metrics.CORRELATIONS
     names = ("loss", "accuracy") + {"lm": ("perplexity", "bits_per_byte"),
                                     "token": ("entity_f1",) if entities else ()}.get(task, ())
     if problem_type == losses.MULTI_LABEL:
         return names + metrics.MULTI_LABEL
-    return names + (metrics.MULTI_LABEL + metrics.CORRELATIONS if task == "sequence" and problem_type is None else ())
+    if task != "sequence":
+        return names
+    single = metrics.CLASSES + (metrics.BINARY if classes is None or classes <= 2 else ())
+    return names + single + (metrics.CORRELATIONS + ("micro_f1", "exact_match") if problem_type is None else ())
 
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,
@@ -126,6 +131,8 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
     if run.spec.model.problem_type == losses.MULTI_LABEL:
         keep = losses.labelled(arrays["labels"]).all(1)
         result.update(metrics.multi_label_scores(out["preds"][keep], arrays["labels"][keep] > 0.5, label_names))
+    elif task == "sequence":
+        result.update(metrics.class_scores(out["preds"], arrays["labels"], label_names))
     if task == "lm":
         result["perplexity"] = float(np.exp(min(result["loss"], 700.0)))
         if bytes_per_token is not None:
@@ -157,6 +164,9 @@ def summary_line(result: dict) -> str:
             line += f" bits/byte {result['bits_per_byte']:.4f}"
     if "micro_f1" in result:
         line += " " + " ".join(f"{k.replace('_', ' ')} {result[k]:.4f}" for k in metrics.MULTI_LABEL)
+    if "matthews_correlation" in result:
+        line += "".join(f" {name} {result[k]:.4f}" for k, name in (("f1", "F1"), ("macro_f1", "macro F1"),
+                                                                   ("matthews_correlation", "MCC")) if k in result)
     if "entity_f1" in result:
         line += f" entity F1 {result['entity_f1']:.4f}"
     return line

@@ -77,6 +77,31 @@ def regression_scores(predicted: np.ndarray, gold: np.ndarray, output_names: lis
     return {**{c: float(np.mean([o[c] for o in outputs.values()])) for c in CORRELATIONS}, "outputs": outputs}
 
 
+CLASSES = ("macro_f1", "matthews_correlation")  # single-label heads beside accuracy: uneven classes, GLUE's CoLA
+BINARY = ("f1",)  # two classes: the second class's F1, GLUE's MRPC and QQP metric
+
+
+def class_scores(pred: np.ndarray, gold: np.ndarray, label_names: list[str]) -> dict:
+    """A single-label head's F1 averaged over classes and Matthews' correlation (scikit-learn's, over the classes
+    that occur, as HF's `evaluate` metrics), with two classes the second (positive) class's F1, and the per-class
+    report (dict and text), from class ids (gold < 0: unlabelled)."""
+    from sklearn.metrics import classification_report, f1_score, matthews_corrcoef
+
+    keep = gold >= 0
+    g, p = gold[keep].astype(np.int64), pred[keep].astype(np.int64)
+    binary = BINARY if len(label_names) == 2 else ()
+    if not len(g):
+        return {k: float("nan") for k in CLASSES + binary}
+    scores = {"macro_f1": float(f1_score(g, p, average="macro", zero_division=0)),
+              "matthews_correlation": float(matthews_corrcoef(g, p))}
+    if binary:
+        scores["f1"] = float(f1_score(g, p, pos_label=1, average="binary", zero_division=0))
+    present = sorted(set(g.tolist()) | set(p.tolist()))
+    names = dict(labels=present, target_names=[label_names[i] for i in present], zero_division=0)
+    return {**scores, "classes": classification_report(g, p, output_dict=True, **names),
+            "class_report_text": classification_report(g, p, digits=4, **names)}
+
+
 MULTI_LABEL = ("micro_f1", "macro_f1", "exact_match")  # what multi-label heads are scored by (HF's examples)
 
 

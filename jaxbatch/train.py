@@ -112,10 +112,11 @@ def train(cfg: config.Config) -> TrainResult:
             return _train(cfg, shaped, ckpt_dir)
 
 
-def _check_best_metric(spec: config.Config, problem_type: str | None, entities: bool = True) -> None:
+def _check_best_metric(spec: config.Config, problem_type: str | None, entities: bool = True,
+                       classes: int | None = None) -> None:
     """checkpoint.best_metric must be one the evaluations report (`problem_type` None: the data decides it;
-    `entities`: whether a token task's tags mark entities)."""
-    named = evaluate.metric_names(spec.model.task, problem_type, entities)
+    `entities`: whether a token task's tags mark entities; `classes`: the label set's size, once known)."""
+    named = evaluate.metric_names(spec.model.task, problem_type, entities, classes)
     if spec.checkpoint.best_metric and spec.checkpoint.best_metric not in named:
         head = {losses.REGRESSION: "regression", losses.MULTI_LABEL: "multi-label"}.get(problem_type, spec.model.task)
         raise config.ConfigError(f"checkpoint.best_metric={spec.checkpoint.best_metric!r} is not reported for this "
@@ -164,7 +165,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),
                            problem_type=data.problem_type, train_examples=len(data.train["labels"]))
-    _check_best_metric(spec, spec.model.problem_type, data.task != "token" or conll.is_entity_scheme(data.label_names))
+    _check_best_metric(spec, spec.model.problem_type, data.task != "token" or conll.is_entity_scheme(data.label_names),
+                       len(data.label_names))
     if len(tokenizer) > spec.model.vocab_size:
         raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
                                  f"{spec.model.vocab_size}; raise model.vocab_size")

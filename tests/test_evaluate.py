@@ -66,3 +66,20 @@ def test_eval_compiled_ahead_for_every_batch_shape(task):
     expected = {str(sorted((k, v.shape, v.dtype) for k, v in b.items())) for b in shapes}
     assert {str(b) for b in seen} == expected
     assert len(expected) == (1 if task == "lm" else 2)
+
+
+def test_single_label_heads_report_f1_and_matthews_correlation_as_glue_does():
+    """Worked by hand. Three classes, gold 0 0 1 1 1 2 against predicted 0 1 1 1 0 2: F1 1/2, 2/3 and 1, so macro
+    F1 13/18; Matthews' correlation (c s - sum p_k t_k) / sqrt((s^2 - sum p_k^2)(s^2 - sum t_k^2)) with c = 4
+    right of s = 6 and 2, 3, 1 of each class both ways: 10/22. An unlabelled example (-100) counts nowhere."""
+    from jaxbatch import metrics
+
+    gold, pred = np.array([0, 0, 1, 1, 1, 2, -100]), np.array([0, 1, 1, 1, 0, 2, 2])
+    got = metrics.class_scores(pred, gold, ["a", "b", "c"])
+    assert got["macro_f1"] == pytest.approx(13 / 18) and got["matthews_correlation"] == pytest.approx(10 / 22)
+    assert "f1" not in got and got["classes"]["c"]["support"] == 1 and "     c " in got["class_report_text"]
+    # two classes: F1 of the second (positive) one, as GLUE scores MRPC and QQP; 2 right of 3 predicted, of 3
+    binary = metrics.class_scores(np.array([1, 0, 0, 1, 1]), np.array([1, 1, 0, 0, 1]), ["no", "yes"])
+    assert binary["f1"] == pytest.approx(2 / 3)
+    assert binary["matthews_correlation"] == pytest.approx((3 * 5 - (2 * 2 + 3 * 3)) / (25 - 13))
+    assert evaluate.metric_names("sequence", "", classes=3) == ("loss", "accuracy", "macro_f1", "matthews_correlation")
