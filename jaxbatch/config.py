@@ -479,7 +479,7 @@ def validate(cfg: Config, num_devices: int) -> None:
     for key in ("hidden_dropout", "attention_dropout", "lora_dropout", "label_smoothing"):
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
-    _validate_optim(cfg.optim)
+    _validate_optim(cfg.optim, cfg.model)
     if t.epochs < 0:
         raise ConfigError(f"train.epochs must be >= 0 (0 = train.steps says how long), got {t.epochs}")
     if not t.epochs:  # with train.epochs, run.setup builds the schedule once the data has set train.steps
@@ -517,7 +517,7 @@ def validate(cfg: Config, num_devices: int) -> None:
                 raise ConfigError(f"mesh.rules[{name!r}] names mesh axis {axis!r}; mesh axes are {mesh_lib.AXES}")
 
 
-def _validate_optim(o) -> None:
+def _validate_optim(o, model) -> None:
     for key in ("b1", "b2", "momentum", "muon_momentum", "warmup_fraction", "min_lr_ratio"):
         if not 0.0 <= getattr(o, key) < 1.0:
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
@@ -530,6 +530,9 @@ def _validate_optim(o) -> None:
         if getattr(o, key) != getattr(default, key) and o.schedule != "wsd":
             raise ConfigError(f"optim.{key} shapes the decay of optim.schedule=wsd, and this run's schedule "
                               f"is {o.schedule}")
+    if o.name == "muon" and model.lora_rank:
+        raise ConfigError("optim.name=muon orthogonalizes dense kernels, which LoRA freezes; its factors and heads "
+                          "would all take AdamW: use optim.name=adamw")
     if o.muon_momentum != default.muon_momentum and o.name != "muon":
         raise ConfigError(f"optim.muon_momentum is optim.name=muon's, and this run's optimizer is {o.name} "
                           f"(optim.momentum is lars' and sgd's)")

@@ -195,7 +195,9 @@ def muon(cfg, lr: optax.Schedule) -> optax.GradientTransformation:
     """Muon (optax.contrib.scale_by_muon: Nesterov momentum `muon_momentum`, orthogonalized by 5 Newton-Schulz
     steps) on the matrices `muon_dims` picks, scaled to AdamW's update RMS, with decoupled weight decay; AdamW
     (b1, b2, eps, the decay mask) on the rest. One learning rate and one weight decay for both, as Moonlight's
-    recipe: optax.contrib.muon would also put Nesterov momentum into the AdamW half."""
+    recipe: optax.contrib.muon would also put Nesterov momentum into the AdamW half. optax bias-corrects the
+    Nesterov average (MaxText's Muon) where torch.optim.Muon does not: the two differ in the first tens of
+    steps only (tests/test_optim.py)."""
     matrices = optax.chain(
         contrib.scale_by_muon(beta=cfg.muon_momentum, nesterov=True,
                               weight_dimension_numbers=lambda p: _per_parameter(muon_dims, p)),

@@ -82,6 +82,7 @@ def test_a_schedule_that_cannot_be_built_is_one_config_error(bad, message):
     (["optim.min_lr_ratio=1.0"], "min_lr_ratio must be in"),
     (["optim.schedule=constant", "optim.min_lr_ratio=0.1"], "constant does not decay"),
     (["optim.muon_momentum=0.9"], "optim.muon_momentum is optim.name=muon's, and this run's optimizer is adamw"),
+    (["optim.name=muon", "model.lora_rank=4"], "LoRA freezes; its factors and heads would all take AdamW"),
 ])
 def test_optimizer_settings_that_would_be_ignored_or_are_out_of_range_are_refused(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
