@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -330,11 +332,16 @@ def exported(run_dir: Path) -> Path:
     folder = base / "pretrained" / f"{key}-step{restored.step}{host}"
     if not (folder / "config.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))  # this process's own
         try:
-            hf.export(restored.params, spec.model, folder, restored.tokenizer, label_names(spec))
-        except ConfigError:  # another process wrote it first (folders.new_folder refuses a non-empty folder)
-            if not (folder / "config.json").is_file():
-                raise
+            hf.export(restored.params, spec.model, scratch / "model", restored.tokenizer, label_names(spec))
+            try:
+                os.replace(scratch / "model", folder)  # whole, at once
+            except OSError:  # another process put its copy there first
+                if not (folder / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     state = "" if restored.finished else f" of {spec.train.steps} (unfinished)"
     print(f"{run_dir}: its checkpoint at step {restored.step}{state}, as the folder {folder}", file=sys.stderr)
     return folder
