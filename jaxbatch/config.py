@@ -389,6 +389,9 @@ def build(overrides: list[str] | None = None, config_file: str | None = None, ba
     return cfg
 
 
+MAX_STEPS = 2**31 - 1  # the train state's step counter and optax's are int32
+
+
 def _positive(key: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{key} must be > 0, got {value}")
@@ -482,6 +485,8 @@ def validate(cfg: Config, num_devices: int) -> None:
     _validate_optim(cfg.optim, cfg.model)
     if t.epochs < 0:
         raise ConfigError(f"train.epochs must be >= 0 (0 = train.steps says how long), got {t.epochs}")
+    if t.steps > MAX_STEPS:
+        raise ConfigError(f"train.steps={t.steps} is past the {MAX_STEPS} steps a run can count (int32)")
     if not t.epochs:  # with train.epochs, run.setup builds the schedule once the data has set train.steps
         optim.schedule(cfg.optim, optim.scale_hparams(cfg.optim, t.batch_size, t.steps), t.steps)  # its own errors
     if cfg.checkpoint.best_mode not in ("auto", "max", "min"):

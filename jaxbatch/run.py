@@ -102,7 +102,11 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
     if train.loss_norm == "auto":
         train = dataclasses.replace(train, loss_norm="dataset" if data.buckets > 1 else "batch")
     if train.epochs and train_examples is not None:
-        train = dataclasses.replace(train, steps=rampup.steps_for(train, train.epochs * train_examples))
+        steps = rampup.steps_for(train, train.epochs * train_examples)
+        if steps > config.MAX_STEPS:
+            raise ConfigError(f"train.epochs={train.epochs:g} of {train_examples} examples is {steps} steps, past the "
+                              f"{config.MAX_STEPS} a run can count")
+        train = dataclasses.replace(train, steps=steps)
     return dataclasses.replace(cfg, model=model, data=data, train=train)
 
 

@@ -243,3 +243,7 @@ def test_epochs_set_the_steps_once_the_data_is_read_and_the_later_of_steps_and_e
     assert config.build(["train.steps=7", "train.epochs=2"]).train.epochs == 2
     with pytest.raises(config.ConfigError, match="train.epochs must be >= 0"):
         config.validate(config.build(["train.epochs=-1"]), 1)
+    from jaxbatch import run as run_lib
+
+    with pytest.raises(config.ConfigError, match="train.epochs=1e\\+09 of 2048 examples is 64000000000 steps"):
+        run_lib.resolve(config.build(["train.epochs=1e9"]), train_examples=2048)
