@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--temperature", type=float, help="0 = greedy" + sampled % "0.8")
     gen_p.add_argument("--top-k", type=int, help="0 = every token" + sampled % "0")
     gen_p.add_argument("--top-p", type=float, help=sampled.strip() % "1")
+    gen_p.add_argument("--repetition-penalty", type=float, help="1 = none; HF's, greedy too" + sampled % "1")
     gen_p.add_argument("--seed", type=int, default=0)
     gen_p.add_argument("--chat", action="store_true",
                         help="each prompt is a user's message, rendered by the tokenizer's chat template")
@@ -353,11 +354,12 @@ def generate(args) -> int:
     stops = generate_lib.stop_tokens(tok, folders)
     try:
         chosen, source = generate_lib.sampling(folders, temperature=args.temperature, top_k=args.top_k,
-                                               top_p=args.top_p)
+                                               top_p=args.top_p, repetition_penalty=args.repetition_penalty)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    print(f"sampling: {'greedy' if chosen['temperature'] <= 0 else ', '.join(f'{k} {v}' for k, v in chosen.items())}"
-          f" ({source})", file=sys.stderr)
+    shown = ["greedy"] if chosen["temperature"] <= 0 else [f"{k} {chosen[k]}" for k in generate_lib.SAMPLERS]
+    shown += [f"repetition_penalty {chosen['repetition_penalty']}"] if chosen["repetition_penalty"] != 1.0 else []
+    print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
     from jaxbatch.errors import writing
 
     for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done

@@ -1,4 +1,5 @@
-"""Text generation from a trained decoder with a KV cache: greedy, temperature, top-k and top-p sampling,
+"""Text generation from a trained decoder with a KV cache: greedy, temperature, top-k and top-p sampling, a
+repetition penalty,
 batched prompts of different lengths (left-padded; padding keys are masked), on whatever mesh the params
 live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
 token; equal token for token to recomputing the whole sequence each step (tests/test_generate.py)."""
@@ -84,6 +85,13 @@ def nucleus(probs: jax.Array, top_p: float) -> jax.Array:
     return (bits > kept[:, None]) | (tied & fits)
 
 
+@jax.jit
+def penalize(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+    """HF's repetition penalty (Keskar et al. 2019): the logit of every token already in the row (prompt or
+    continuation) divided by `penalty` where positive, multiplied where negative."""
+    return jnp.where(seen, jnp.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))  # the cache updated in place
 def _step(graphdef, params, ids, positions, key_valid, cache, index):
     model = nnx.merge(graphdef, params)
@@ -92,13 +100,15 @@ def _step(graphdef, params, ids, positions, key_valid, cache, index):
 
 
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_tokens: Sequence[int] = ()) -> list[list[int]]:
+             top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0,
+             stop_tokens: Sequence[int] = ()) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
     the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does), and the
-    loop ends once every prompt has ended."""
+    loop ends once every prompt has ended. `repetition_penalty` (`penalize`) comes before the sampling filters,
+    as HF's logits processors come before its warpers; a prompt's left padding is not among its tokens."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    check_sampling(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p, repetition_penalty)
     model = nnx.merge(graphdef, params)
     batch, longest = len(prompts), max(len(p) for p in prompts)
     total = longest + max_new_tokens
@@ -115,8 +125,18 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
                           jnp.asarray(0, jnp.int32))
     key = jax.random.key(seed)
     out, next_pos, ended = [], jnp.asarray(positions[:, -1] + 1), np.zeros(batch, bool)
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = np.zeros(logits.shape, bool)
+        for row, p in enumerate(prompts):
+            seen[row, p] = True
+        seen = jnp.asarray(seen)
     for i in range(max_new_tokens):
+        if seen is not None:
+            logits = penalize(logits, seen, repetition_penalty)
         token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
+        if seen is not None:
+            seen = seen.at[jnp.arange(batch), token].set(True)
         out.append(token)
         if stop_tokens:
             ended |= np.isin(np.asarray(token), stop_tokens)
@@ -134,11 +154,13 @@ SAMPLING_RANGES = {  # setting -> (whether a value is in its range, the range in
     "temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)"),
     "top_k": (lambda v: v >= 0 and v == int(v), ">= 0 (0 = every token)"),
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "repetition_penalty": (lambda v: v > 0, "> 0 (1 = none)"),
 }
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    for key, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
+def check_sampling(temperature: float, top_k: int, top_p: float, repetition_penalty: float = 1.0) -> None:
+    for key, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+                       ("repetition_penalty", repetition_penalty)):
         in_range, words = SAMPLING_RANGES[key]
         if not in_range(value):
             raise ValueError(f"--{key.replace('_', '-')} must be {words}, got {value}")
@@ -184,23 +206,25 @@ def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:
     return sorted(set(ids))
 
 
-OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0}  # without a generation_config.json
-HF_SAMPLING = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # transformers' GenerationConfig defaults
-GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}  # no generation_config
+HF_SAMPLING = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}  # GenerationConfig's
+GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+SAMPLERS = ("temperature", "top_k", "top_p")  # what greedy decoding ignores (a repetition penalty still applies)
 
 
 def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
-    """({temperature, top_k, top_p}, where those that matter came from: all of them, or the temperature alone
-    when it is 0, greedy): each one `given` (not None) as it is; the rest from the first generation_config.json
-    in `folders`, as HF's generate reads it (greedy unless `do_sample`; when sampling, GenerationConfig's
-    defaults for what the file leaves out: temperature 1, top-k 50, top-p 1; a null top_k is none), else
-    jaxbatch's own (temperature 0.8, every token). A given value out of range is a ValueError."""
+    """({temperature, top_k, top_p, repetition_penalty}, where those that matter came from: the temperature
+    alone when it is 0, greedy, else all three samplers; the repetition penalty when it is not 1): each one `given`
+    (not None) as it is; the rest from the first generation_config.json in `folders`, as HF's generate reads it
+    (greedy unless `do_sample`; when sampling, GenerationConfig's defaults for what the file leaves out:
+    temperature 1, top-k 50, top-p 1; a null top_k is none; its repetition_penalty either way), else jaxbatch's
+    own (temperature 0.8, every token, no penalty). A given value out of range is a ValueError."""
     configs = generation_configs(folders)
     base, source = dict(OWN_SAMPLING), "jaxbatch's defaults"
     if configs:
         path, config = configs[0]
         base, source = dict(HF_SAMPLING if config.get("do_sample") else GREEDY), str(path)
-        for key in base if config.get("do_sample") else ():
+        for key in (SAMPLERS if config.get("do_sample") else ()) + ("repetition_penalty",):
             value = config.get(key, base[key])
             if key == "top_k" and value is None:
                 value = 0
@@ -212,6 +236,7 @@ def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
             base[key] = type(base[key])(value)
     chosen = {k: given[k] if given.get(k) is not None else v for k, v in base.items()}
     check_sampling(**chosen)  # the file's values are valid: what is not came from the command line
-    matters = ["temperature"] if chosen["temperature"] <= 0 else list(chosen)
+    matters = ["temperature"] if chosen["temperature"] <= 0 else list(SAMPLERS)
+    matters += ["repetition_penalty"] if chosen["repetition_penalty"] != 1.0 else []
     unset = [k for k in matters if given.get(k) is None]
     return chosen, f"{', '.join(unset)} from {source}" if unset else "the command line"

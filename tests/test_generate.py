@@ -133,31 +133,61 @@ def test_sampling_draws_from_exactly_the_filtered_distribution(spread, top_k, to
 
 def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_hf_reads_it(tmp_path):
     """Without a generation_config.json: jaxbatch's own (temperature 0.8). With one: greedy unless do_sample;
-    sampling fills what it leaves out with transformers' GenerationConfig defaults (top-k 50); a value given on
-    the command line wins; a bad value names the file."""
+    sampling fills what it leaves out with transformers' GenerationConfig defaults (top-k 50); its repetition
+    penalty applies either way; a value given on the command line wins; a bad value names the file."""
+    def settings(temperature, top_k, top_p, repetition_penalty=1.0):
+        return dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+
     missing = tmp_path / "missing"
-    assert generate.sampling([missing]) == ({"temperature": 0.8, "top_k": 0, "top_p": 1.0},
-                                            "temperature, top_k, top_p from jaxbatch's defaults")
+    assert generate.sampling([missing]) == (settings(0.8, 0, 1.0), "temperature, top_k, top_p from jaxbatch's defaults")
     path = tmp_path / "generation_config.json"
     path.write_text('{"do_sample": true, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [1, 2]}')
-    assert generate.sampling([missing, tmp_path]) == ({"temperature": 0.6, "top_k": 50, "top_p": 0.9},
-                                                      f"temperature, top_k, top_p from {path}")
-    assert generate.sampling([tmp_path], top_k=40) == ({"temperature": 0.6, "top_k": 40, "top_p": 0.9},
-                                                       f"temperature, top_p from {path}")
+    assert generate.sampling([missing, tmp_path]) == (settings(0.6, 50, 0.9), f"temperature, top_k, top_p from {path}")
+    assert generate.sampling([tmp_path], top_k=40) == (settings(0.6, 40, 0.9), f"temperature, top_p from {path}")
     assert generate.sampling([tmp_path], temperature=0.0, top_k=None) == (
-        {"temperature": 0.0, "top_k": 50, "top_p": 0.9}, "the command line")  # greedy: nothing else matters
-    assert generate.sampling([tmp_path], temperature=1.0, top_k=0, top_p=1.0) == (
-        {"temperature": 1.0, "top_k": 0, "top_p": 1.0}, "the command line")
+        settings(0.0, 50, 0.9), "the command line")  # greedy: nothing else matters
+    assert generate.sampling([tmp_path], temperature=1.0, top_k=0, top_p=1.0) == (settings(1.0, 0, 1.0),
+                                                                                 "the command line")
     path.write_text('{"temperature": 0.6, "top_k": 20}')  # no do_sample: HF decodes greedily
-    assert generate.sampling([tmp_path]) == ({"temperature": 0.0, "top_k": 0, "top_p": 1.0}, f"temperature from {path}")
+    assert generate.sampling([tmp_path]) == (settings(0.0, 0, 1.0), f"temperature from {path}")
+    path.write_text('{"temperature": 0.6, "repetition_penalty": 1.05}')  # a logits processor: greedy too
+    assert generate.sampling([tmp_path]) == (settings(0.0, 0, 1.0, 1.05),
+                                             f"temperature, repetition_penalty from {path}")
+    assert generate.sampling([tmp_path], repetition_penalty=1.0) == (settings(0.0, 0, 1.0), f"temperature from {path}")
     with pytest.raises(ValueError, match=r"--top-p must be in \(0, 1\], got 1.5"):
         generate.sampling([tmp_path], top_p=1.5)
+    with pytest.raises(ValueError, match=r"--repetition-penalty must be > 0 \(1 = none\), got 0"):
+        generate.sampling([tmp_path], repetition_penalty=0)
     path.write_text('{"do_sample": true, "top_k": null}')
-    assert generate.sampling([tmp_path])[0] == {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
-    for bad in ('"top_p": 0', '"top_k": 2.5', '"temperature": "hot"', '"temperature": true'):
+    assert generate.sampling([tmp_path])[0] == settings(1.0, 0, 1.0)
+    for bad in ('"top_p": 0', '"top_k": 2.5', '"temperature": "hot"', '"temperature": true',
+                '"repetition_penalty": -1'):
         path.write_text(f'{{"do_sample": true, {bad}}}')
         with pytest.raises(generate.CheckpointError, match=r"generation_config.json: \w+ .* is not a valid"):
             generate.sampling([tmp_path])
+
+
+def test_repetition_penalty_gives_hfs_greedy_tokens(tmp_path):
+    """A random GPT-2 repeats itself, so the penalty changes its greedy continuation; ours equals transformers'
+    generate(repetition_penalty=1.5) token for token (prompts of one length: HF counts a left pad among a row's
+    tokens, which ours does not)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jaxbatch import run as run_lib
+
+    torch.manual_seed(0)
+    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=None, eos_token_id=None)).eval()
+    theirs.save_pretrained(tmp_path)
+    restored = run_lib.restore(tmp_path)
+    prompts = np.random.default_rng(0).integers(0, 50, size=(3, 5))
+    with torch.no_grad():
+        want = theirs.generate(torch.tensor(prompts), attention_mask=torch.ones(3, 5, dtype=torch.long),
+                               max_new_tokens=20, do_sample=False, repetition_penalty=1.5, pad_token_id=0)
+    ours = generate.generate(restored.run.graphdef, restored.params, prompts.tolist(), 20, repetition_penalty=1.5)
+    assert ours == want[:, 5:].tolist()
+    plain = generate.generate(restored.run.graphdef, restored.params, prompts.tolist(), 20)
+    assert plain != ours and max(map(len, map(set, plain))) < 20  # the plain continuations repeat tokens
 
 
 def test_nucleus_keeps_what_a_stable_sort_keeps_ties_included():
