@@ -192,6 +192,7 @@ class DataConfig:
     num_train: int = 2048  # synthetic corpora: examples to generate
     num_eval: int = 256
     max_train: int = 0  # real datasets: use only the first N training examples (0 = all)
+    max_eval: int = 0  # real datasets: evaluate on the first N validation examples (0 = all; HF's max_eval_samples)
     labels: str = ""  # label set in id order, comma-separated; empty = a Parquet file's names, the preset's, the data's
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first
@@ -449,6 +450,7 @@ def validate(cfg: Config, num_devices: int) -> None:
         _positive(key, getattr(getattr(cfg, section), field))
     validate_model_shape(cfg.model)
     for key in ("train.eval_every", "train.eval_batch_size", "train.stop_after", "checkpoint.every", "data.max_train",
+                "data.max_eval",
                 "train.patience", "train.profile"):
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) < 0:
@@ -578,7 +580,7 @@ def _validate_rampup(t, batch_shards: int) -> None:
 CHANGEABLE = ("train.steps", "train.epochs", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
               "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
               "train.memory_budget_gb", "train.patience", "train.profile", "model.attention_impl", "data.data_dir",
-              "data.cache_dir", "data.num_eval", "checkpoint.", "mesh.", "distributed.")
+              "data.cache_dir", "data.num_eval", "data.max_eval", "checkpoint.", "mesh.", "distributed.")
 
 
 def drift(saved: Config, new: Config) -> tuple[list[str], list[str]]:

@@ -375,7 +375,7 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
 def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list[text.Doc]]:
     """{split: (prompt, text) documents}: local text files (split by data/text.py), or a TFDS catalog corpus
     (one record per document; its test split stands in for a missing validation split, as for lm1b). Only the
-    first data.max_train training documents are read."""
+    first data.max_train training documents and data.max_eval validation documents are read."""
     from jaxbatch.data import tfds_builders
 
     limit = {}
@@ -385,7 +385,8 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
         ds = _known(data_cfg)
         sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None, required)
         sources = {s: sources[s] for s in required}
-        limit = {"train": data_cfg.max_train or None}  # lm1b's 30M sentences: read only what is used
+        limit = {"train": data_cfg.max_train or None,  # lm1b's 30M sentences: read only what is used
+                 "validation": data_cfg.max_eval or None}
     docs = {}
     for split, src in sources.items():
         records = tfds_builders.read_all(src, limit.get(split))
@@ -393,8 +394,9 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
             raise DataError(f"data.name={data_cfg.name}: records have no 'text' feature (they have {sorted(records[0])})")
         docs[split] = [(json.loads(r["prompt"]) if r.get("chat") else r.get("prompt", ""), r["text"])
                        for r in records]  # catalog corpora have no prompts
-    if data_cfg.max_train and "train" in docs:
-        docs["train"] = docs["train"][: data_cfg.max_train]
+    for split, most in (("train", data_cfg.max_train), ("validation", data_cfg.max_eval)):
+        if most and split in docs:
+            docs[split] = docs[split][:most]
     return docs
 
 
@@ -514,8 +516,9 @@ def load(data_cfg, tokenizer, problem_type: str = "") -> TaskData:
     if ds.task == "lm":
         return _load_lm(data_cfg, tokenizer)
     splits = _raw_splits(data_cfg, ds)
-    if data_cfg.max_train:
-        splits["train"] = splits["train"].head(data_cfg.max_train)
+    for split, most in (("train", data_cfg.max_train), ("validation", data_cfg.max_eval)):
+        if most and split in splits:
+            splits[split] = splits[split].head(most)
     if not splits["train"].words:
         raise DataError(f"the train split of {data_cfg.name} is empty")
     head = problem(data_cfg, problem_type, splits["train"]) if ds.task == "sequence" else ""

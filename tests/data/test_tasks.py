@@ -234,6 +234,12 @@ def test_tfds_catalog_text_corpora_pack_their_documents():
             assert set(got) == set(want)
             for k in want:
                 np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        capped = tasks.load(config.build(["model.preset=gpt-tiny", "data.name=tfds:lm1b", "data.seq_len=16",
+                                          "data.max_train=5", "data.max_eval=7"]).data, None)
+        want = packing.pack([capped.tokenizer.encode(f"test document {i}: to be or not to be\n\n") for i in range(7)],
+                            16)  # only the first 7 validation documents (HF's max_eval_samples)
+        for k in want:
+            np.testing.assert_array_equal(capped.eval[k], want[k], err_msg=k)
         assert tasks.dataset(config.build(["data.name=lm1b"]).data).catalog == "lm1b"
         with pytest.raises(config.ConfigError, match="tfds:NAME"):
             tasks.dataset(config.build(["data.name=nope"]).data)
@@ -255,6 +261,8 @@ def test_custom_tag_set_and_n_class_tsv(tmp_path):
     data = tasks.load(cfg.data, run_lib.tokenizer(cfg))
     assert data.task == "sequence" and data.label_names == ["negative", "neutral", "positive"]
     assert data.train["labels"].tolist() == [2, 1, 0] and data.eval["labels"].tolist() == [1, 0]
+    cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.max_eval=1")
+    assert tasks.load(cfg.data, run_lib.tokenizer(cfg)).eval["labels"].tolist() == [1]
     cfg = _cfg(tmp_path, "data.name=tsv", f"data.data_dir={t}", "data.labels=positive,neutral,negative")
     assert tasks.load(cfg.data, run_lib.tokenizer(cfg)).train["labels"].tolist() == [0, 1, 2]
     (t / "train.tsv").unlink()  # the same examples as CSV and JSON lines, with ids as labels in JSON
