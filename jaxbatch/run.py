@@ -322,15 +322,17 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
 def exported(run_dir: Path) -> Path:
     """A run dir named where a Hugging Face folder goes (model.pretrained, data.tokenizer: pretraining, then
     fine-tuning from the run, as `from_pretrained` reads a Trainer's output dir): the checkpoint `restore` picks,
-    written once by `hf.export` under $JAXBATCH_CACHE/pretrained, keyed by the run dir and that checkpoint, so it
-    loads as any folder does (the same load report, a new task head, the run's tokenizer)."""
+    written once by `hf.export` under $JAXBATCH_CACHE/pretrained, keyed by the run dir and that checkpoint (its
+    step and when it was written), so it loads as any folder does (the same load report, a new task head, the
+    run's tokenizer)."""
     from jaxbatch import hf
 
     restored = restore(run_dir, devices=jax.local_devices())  # each host writes its own copy, from its devices
     spec = restored.run.spec
     if spec.model.quant or spec.model.lowrank:
         raise ConfigError(f"{run_dir} is a compressed model; start from the run it was compressed from")
-    key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    written = (run_dir / "checkpoints" / str(restored.step)).stat().st_mtime_ns  # a new run at the same path: anew
+    key = hashlib.sha256(f"{run_dir.resolve()}:{written}".encode()).hexdigest()[:16]
     base = cache.root() or Path(tempfile.gettempdir()) / "jaxbatch"
     host = f"-process{jax.process_index()}" if jax.process_count() > 1 else ""  # a cache on a shared disk
     folder = base / "pretrained" / f"{key}-step{restored.step}{host}"

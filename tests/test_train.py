@@ -1,6 +1,7 @@
 """The whole loop on the generated corpus: it learns, and it leaves metrics behind."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -226,6 +227,10 @@ def test_a_run_dir_is_a_pretrained_folder_whose_task_head_is_replaced_for_other_
     run_lib.exported.cache_clear()  # another process: the folder is found, not written again
     assert run_lib.exported(source) == folder and (folder / "model.safetensors").stat().st_mtime_ns == written
     assert folder.parent == tmp_path / "cache" / "pretrained"
+    step_dir = source / "checkpoints" / "2"  # another run written to the same path and step: exported anew
+    os.utime(step_dir, ns=(step_dir.stat().st_atime_ns, step_dir.stat().st_mtime_ns + 1))
+    run_lib.exported.cache_clear()
+    assert run_lib.exported(source) != folder
 
 
 def test_epochs_set_the_steps_once_the_data_is_read_and_the_later_of_steps_and_epochs_wins(tmp_path):
