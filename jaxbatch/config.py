@@ -450,8 +450,7 @@ def validate(cfg: Config, num_devices: int) -> None:
         _positive(key, getattr(getattr(cfg, section), field))
     validate_model_shape(cfg.model)
     for key in ("train.eval_every", "train.eval_batch_size", "train.stop_after", "checkpoint.every", "data.max_train",
-                "data.max_eval",
-                "train.patience", "train.profile"):
+                "data.max_eval", "train.patience", "train.profile"):
         section, field = key.split(".")
         if getattr(getattr(cfg, section), field) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), field)}")
@@ -577,10 +576,11 @@ def _validate_rampup(t, batch_shards: int) -> None:
 # the attention kernel (the same function, rounded differently).
 # Everything else (model shape, optimizer, data, seed, batch and accumulation, precision) is the run's
 # identity: changing it in a used run dir is refused (see `drift`).
-CHANGEABLE = ("train.steps", "train.epochs", "train.eval_every", "train.eval_batch_size", "train.log_every", "train.progress",
-              "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps", "train.auto_micro_batch",
-              "train.memory_budget_gb", "train.patience", "train.profile", "model.attention_impl", "data.data_dir",
-              "data.cache_dir", "data.num_eval", "data.max_eval", "checkpoint.", "mesh.", "distributed.")
+CHANGEABLE = ("train.steps", "train.epochs", "train.eval_every", "train.eval_batch_size", "train.log_every",
+              "train.progress", "train.run_dir", "train.peak_tflops", "train.stop_after", "train.max_bad_steps",
+              "train.auto_micro_batch", "train.memory_budget_gb", "train.patience", "train.profile",
+              "model.attention_impl", "data.data_dir", "data.cache_dir", "data.num_eval", "data.max_eval",
+              "checkpoint.", "mesh.", "distributed.")
 
 
 def drift(saved: Config, new: Config) -> tuple[list[str], list[str]]:
