@@ -360,6 +360,10 @@ def generate(args) -> int:
     shown = ["greedy"] if chosen["temperature"] <= 0 else [f"{k} {chosen[k]}" for k in generate_lib.SAMPLERS]
     shown += [f"repetition_penalty {chosen['repetition_penalty']}"] if chosen["repetition_penalty"] != 1.0 else []
     print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
+    path, ignored = generate_lib.unapplied(folders)
+    if ignored:
+        print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
+              file=sys.stderr)
     from jaxbatch.errors import writing
 
     for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done

@@ -212,6 +212,28 @@ GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.
 SAMPLERS = ("temperature", "top_k", "top_p")  # what greedy decoding ignores (a repetition penalty still applies)
 
 
+UNAPPLIED = {  # generation_config.json settings HF's generate applies and this one does not, with their no-op values
+    "num_beams": (None, 1), "num_beam_groups": (None, 1), "diversity_penalty": (None, 0), "penalty_alpha": (None, 0),
+    "min_p": (None, 0), "typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0),
+    "top_h": (None, 0), "no_repeat_ngram_size": (None, 0), "encoder_repetition_penalty": (None, 1),
+    "min_length": (None, 0), "min_new_tokens": (None, 0), "exponential_decay_length_penalty": (None,),
+    "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
+    "sequence_bias": (None, {}, []), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+    "guidance_scale": (None, 1), "stop_strings": (None, [], ""), "dola_layers": (None,),
+    "watermarking_config": (None,),
+}
+
+
+def unapplied(folders: Sequence[str | Path]) -> tuple[Path | None, list[str]]:
+    """The first generation_config.json in `folders` and the settings in it that HF's generate would apply and
+    this one does not (beam search, min_p, n-gram blocking, forced or suppressed tokens, ...), as 'key value'."""
+    configs = generation_configs(folders)
+    if not configs:
+        return None, []
+    path, config = configs[0]
+    return path, [f"{k} {config[k]!r}" for k, neutral in UNAPPLIED.items() if k in config and config[k] not in neutral]
+
+
 def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
     """({temperature, top_k, top_p, repetition_penalty}, where those that matter came from: the temperature
     alone when it is 0, greedy, else all three samplers; the repetition penalty when it is not 1): each one `given`

@@ -167,6 +167,19 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
             generate.sampling([tmp_path])
 
 
+def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
+    """Beam search, min_p, n-gram blocking and the like change HF's output; a file that sets them is named with
+    them (the CLI prints one note line), where their no-op values and what it applies pass silently."""
+    assert generate.unapplied([tmp_path]) == (None, [])
+    path = tmp_path / "generation_config.json"
+    path.write_text('{"do_sample": true, "top_k": 20, "repetition_penalty": 1.1, "num_beams": 1, "min_p": 0.0, '
+                    '"suppress_tokens": [], "bos_token_id": 1, "max_length": 4096}')
+    assert generate.unapplied([tmp_path]) == (path, [])
+    path.write_text('{"num_beams": 4, "no_repeat_ngram_size": 3, "min_p": 0.05, "bad_words_ids": [[7]]}')
+    assert generate.unapplied([tmp_path])[1] == ["num_beams 4", "min_p 0.05", "no_repeat_ngram_size 3",
+                                                 "bad_words_ids [[7]]"]
+
+
 def test_repetition_penalty_gives_hfs_greedy_tokens(tmp_path):
     """A random GPT-2 repeats itself, so the penalty changes its greedy continuation; ours equals transformers'
     generate(repetition_penalty=1.5) token for token (prompts of one length: HF counts a left pad among a row's
