@@ -248,8 +248,8 @@ def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
         base, source = dict(HF_SAMPLING if config.get("do_sample") else GREEDY), str(path)
         for key in (SAMPLERS if config.get("do_sample") else ()) + ("repetition_penalty",):
             value = config.get(key, base[key])
-            if key == "top_k" and value is None:
-                value = 0
+            if value is None:  # transformers 5 writes unset settings as null: a null top_k is none, the rest default
+                value = 0 if key == "top_k" else base[key]
             in_range, words = SAMPLING_RANGES[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not in_range(value):
                 whole = ("whole ", ", or null") if key == "top_k" else ("", "")

@@ -158,7 +158,7 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
         generate.sampling([tmp_path], top_p=1.5)
     with pytest.raises(ValueError, match=r"--repetition-penalty must be > 0 \(1 = none\), got 0"):
         generate.sampling([tmp_path], repetition_penalty=0)
-    path.write_text('{"do_sample": true, "top_k": null}')
+    path.write_text('{"do_sample": true, "top_k": null, "temperature": null, "repetition_penalty": null}')
     assert generate.sampling([tmp_path])[0] == settings(1.0, 0, 1.0)
     for bad in ('"top_p": 0', '"top_k": 2.5', '"temperature": "hot"', '"temperature": true',
                 '"repetition_penalty": -1'):
