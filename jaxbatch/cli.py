@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--top-k", type=int, help="0 = every token" + sampled % "0")
     gen_p.add_argument("--top-p", type=float, help=sampled.strip() % "1")
     gen_p.add_argument("--repetition-penalty", type=float, help="1 = none; HF's, greedy too" + sampled % "1")
+    gen_p.add_argument("--num-return-sequences", type=int, default=1,
+                       help="continuations of each prompt (sampling; HF's num_return_sequences)")
     gen_p.add_argument("--seed", type=int, default=0)
     gen_p.add_argument("--chat", action="store_true",
                         help="each prompt is a user's message, rendered by the tokenizer's chat template")
@@ -344,8 +346,9 @@ def generate(args) -> int:
         from jaxbatch.data.files import read_text_file
 
         texts += [line for line in read_text_file(args.prompts).splitlines() if line.strip()]
-    if not texts or args.max_new_tokens < 1 or args.batch_size < 1:
-        raise ConfigError("give a --prompt or a --prompts file; --max-new-tokens and --batch-size must be >= 1")
+    if not texts or args.max_new_tokens < 1 or args.batch_size < 1 or args.num_return_sequences < 1:
+        raise ConfigError("give a --prompt or a --prompts file; --max-new-tokens, --batch-size and "
+                          "--num-return-sequences must be >= 1")
     tok = restored.tokenizer
     prompts = generate_lib.encode_prompts(tok, texts, chat=args.chat)
     if not all(prompts):
@@ -357,6 +360,11 @@ def generate(args) -> int:
                                                top_p=args.top_p, repetition_penalty=args.repetition_penalty)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if args.num_return_sequences > 1 and chosen["temperature"] <= 0:
+        raise ConfigError("greedy decoding continues a prompt one way; --num-return-sequences needs sampling "
+                          "(--temperature > 0)")
+    texts = [t for t in texts for _ in range(args.num_return_sequences)]  # each prompt's continuations together
+    prompts = [p for p in prompts for _ in range(args.num_return_sequences)]
     shown = ["greedy"] if chosen["temperature"] <= 0 else [f"{k} {chosen[k]}" for k in generate_lib.SAMPLERS]
     shown += [f"repetition_penalty {chosen['repetition_penalty']}"] if chosen["repetition_penalty"] != 1.0 else []
     print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)

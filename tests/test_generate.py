@@ -256,6 +256,13 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     outs = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("---")]
     assert len(outs) == 4 and outs[1].startswith("the") and outs[2].startswith("the dog")
     assert outs[0] == outs[3] == lines[0]  # greedy: the same continuation whatever the batch and its padding
+    assert cli.main(["generate", str(run), "--prompt", "the", "--prompt", "a", "--num-return-sequences", "3",
+                     "--max-new-tokens", "12", "--temperature", "1.0"]) == 0  # HF's num_return_sequences
+    outs = capsys.readouterr().out.split("-" * 40 + "\n")[:-1]  # a sampled continuation may hold new lines
+    assert len(outs) == 6 and all(o.startswith("the") for o in outs[:3]) and all(o.startswith("a") for o in outs[3:])
+    assert len(set(outs[:3])) > 1  # three draws, not one
+    assert cli.main(["generate", str(run), "--prompt", "the", "--num-return-sequences", "2", "--temperature", "0"]) == 2
+    assert "--num-return-sequences needs sampling" in capsys.readouterr().err
     assert cli.main(["generate", str(run), "--max-new-tokens", "3"]) == 2
     assert "give a --prompt or a --prompts file" in capsys.readouterr().err
     assert cli.main(["generate", str(run), "--prompt", "€", "--max-new-tokens", "3"]) == 2
