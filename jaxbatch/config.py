@@ -192,7 +192,7 @@ class DataConfig:
     num_train: int = 2048  # synthetic corpora: examples to generate
     num_eval: int = 256
     max_train: int = 0  # real datasets: use only the first N training examples (0 = all)
-    max_eval: int = 0  # real datasets: evaluate on the first N validation examples (0 = all; HF's max_eval_samples)
+    max_eval: int = 0  # training evaluates the first N validation examples (0 = all; HF's max_eval_samples)
     labels: str = ""  # label set in id order, comma-separated; empty = a Parquet file's names, the preset's, the data's
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first

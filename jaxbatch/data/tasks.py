@@ -372,10 +372,11 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
     return enc
 
 
-def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> dict[str, list[text.Doc]]:
+def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation"),
+             max_eval: int = 0) -> dict[str, list[text.Doc]]:
     """{split: (prompt, text) documents}: local text files (split by data/text.py), or a TFDS catalog corpus
     (one record per document; its test split stands in for a missing validation split, as for lm1b). Only the
-    first data.max_train training documents and data.max_eval validation documents are read."""
+    first data.max_train training documents and `max_eval` validation documents (0: all) are read."""
     from jaxbatch.data import tfds_builders
 
     limit = {}
@@ -386,7 +387,7 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
         sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None, required)
         sources = {s: sources[s] for s in required}
         limit = {"train": data_cfg.max_train or None,  # lm1b's 30M sentences: read only what is used
-                 "validation": data_cfg.max_eval or None}
+                 "validation": max_eval or None}
     docs = {}
     for split, src in sources.items():
         records = tfds_builders.read_all(src, limit.get(split))
@@ -394,7 +395,7 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation")) -> d
             raise DataError(f"data.name={data_cfg.name}: records have no 'text' feature (they have {sorted(records[0])})")
         docs[split] = [(json.loads(r["prompt"]) if r.get("chat") else r.get("prompt", ""), r["text"])
                        for r in records]  # catalog corpora have no prompts
-    for split, most in (("train", data_cfg.max_train), ("validation", data_cfg.max_eval)):
+    for split, most in (("train", data_cfg.max_train), ("validation", max_eval)):
         if most and split in docs:
             docs[split] = docs[split][:most]
     return docs
@@ -493,7 +494,7 @@ def bytes_per_token(tokenizer) -> np.ndarray:
 def _load_lm(data_cfg, tokenizer) -> TaskData:
     """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
     given) and packed into rows of data.seq_len."""
-    docs = _lm_docs(data_cfg)
+    docs = _lm_docs(data_cfg, max_eval=data_cfg.max_eval)  # training's evaluations; `evaluate` reads all
     if tokenizer is None:
         if any(isinstance(p, list) for split in docs.values() for p, _ in split):
             raise DataError(CHAT_NEEDS)
