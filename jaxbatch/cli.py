@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--temperature", type=float, help="0 = greedy" + sampled % "0.8")
     gen_p.add_argument("--top-k", type=int, help="0 = every token" + sampled % "0")
     gen_p.add_argument("--top-p", type=float, help=sampled.strip() % "1")
+    gen_p.add_argument("--min-p", type=float, help="0 = none; tokens at least this times as likely as the likeliest"
+                       + sampled % "0")
     gen_p.add_argument("--repetition-penalty", type=float, help="1 = none; HF's, greedy too" + sampled % "1")
     gen_p.add_argument("--num-return-sequences", type=int, default=1,
                        help="continuations of each prompt (sampling; HF's num_return_sequences)")
@@ -357,7 +359,8 @@ def generate(args) -> int:
     stops = generate_lib.stop_tokens(tok, folders)
     try:
         chosen, source = generate_lib.sampling(folders, temperature=args.temperature, top_k=args.top_k,
-                                               top_p=args.top_p, repetition_penalty=args.repetition_penalty)
+                                               top_p=args.top_p, min_p=args.min_p,
+                                               repetition_penalty=args.repetition_penalty)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if args.num_return_sequences > 1 and chosen["temperature"] <= 0:
@@ -365,7 +368,8 @@ def generate(args) -> int:
                           "(--temperature > 0)")
     texts = [t for t in texts for _ in range(args.num_return_sequences)]  # each prompt's continuations together
     prompts = [p for p in prompts for _ in range(args.num_return_sequences)]
-    shown = ["greedy"] if chosen["temperature"] <= 0 else [f"{k} {chosen[k]}" for k in generate_lib.SAMPLERS]
+    shown = ["greedy"] if chosen["temperature"] <= 0 else [f"{k} {chosen[k]}" for k in generate_lib.SAMPLERS
+                                                           if k != "min_p" or chosen[k] > 0]
     shown += [f"repetition_penalty {chosen['repetition_penalty']}"] if chosen["repetition_penalty"] != 1.0 else []
     print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
     path, ignored = generate_lib.unapplied(folders)

@@ -1,5 +1,5 @@
-"""Text generation from a trained decoder with a KV cache: greedy, temperature, top-k and top-p sampling, a
-repetition penalty,
+"""Text generation from a trained decoder with a KV cache: greedy, temperature, top-k, top-p and min-p sampling,
+a repetition penalty,
 batched prompts of different lengths (left-padded; padding keys are masked), on whatever mesh the params
 live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
 token; equal token for token to recomputing the whole sequence each step (tests/test_generate.py)."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,25 +23,33 @@ from jaxbatch.errors import CheckpointError, ConfigError
 NUCLEUS_CANDIDATES = 256  # top-p alone looks among this many most likely tokens first (`sample`)
 
 
-@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p"))
-def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p", "min_p"))
+def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float,
+           min_p: float = 0.0) -> jax.Array:
     """Next token ids from (batch, vocab) logits: argmax at temperature 0, else a draw from the
-    temperature-scaled distribution restricted to the top_k tokens and then to the top_p probability mass of
-    what is left (HF's order). Nothing sorts the vocabulary, which took XLA:CPU ~40 ms for 4 x 50257 logits, near
-    a 124M-parameter decoder's ~50 ms token step: top-k ranks its k with `lax.top_k` (0.5 ms); top-p alone
-    ranks NUCLEUS_CANDIDATES tokens (1 ms), and where some row's hold less than top_p (a flat distribution) it
-    finds the threshold over the whole vocabulary instead (`nucleus`, 8 ms)."""
+    temperature-scaled distribution restricted to the top_k tokens, then to the top_p probability mass of
+    what is left, then to the tokens at least min_p times as likely as the most likely one (HF's order). Nothing
+    sorts the vocabulary, which took XLA:CPU ~40 ms for 4 x 50257 logits, near a 124M-parameter decoder's ~50 ms
+    token step: top-k ranks its k with `lax.top_k` (0.5 ms); top-p alone ranks NUCLEUS_CANDIDATES tokens (1 ms),
+    and where some row's hold less than top_p (a flat distribution) it finds the threshold over the whole
+    vocabulary instead (`nucleus`, 8 ms)."""
     if temperature <= 0:
         return jnp.argmax(logits, -1).astype(jnp.int32)
     logits = logits / temperature
+
+    def likely(values):  # min_p: a ratio of probabilities is a difference of logits, whatever the normalisation
+        if min_p <= 0:
+            return values
+        return jnp.where(values >= jnp.max(values, -1, keepdims=True) + math.log(min_p), values, -jnp.inf)
+
     if top_k <= 0 and top_p >= 1.0:
-        return jax.random.categorical(key, logits).astype(jnp.int32)
+        return jax.random.categorical(key, likely(logits)).astype(jnp.int32)
 
     def draw(values, ids, total):  # values: candidates' logits, most likely first; total: logsumexp of the pool
         if top_p < 1.0:
             probs = jnp.exp(values - total)
             values = jnp.where(jnp.cumsum(probs, -1) - probs < top_p, values, -jnp.inf)  # keeps the most likely
-        choice = jax.random.categorical(key, values)
+        choice = jax.random.categorical(key, likely(values))
         return jnp.take_along_axis(ids, choice[:, None], -1)[:, 0].astype(jnp.int32)
 
     vocab = logits.shape[-1]
@@ -52,7 +61,7 @@ def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, to
 
     def whole_vocabulary():
         kept = jnp.where(nucleus(jnp.exp(logits - total), top_p), logits, -jnp.inf)
-        return jax.random.categorical(key, kept).astype(jnp.int32)
+        return jax.random.categorical(key, likely(kept)).astype(jnp.int32)
 
     enough = jnp.all(jnp.sum(jnp.exp(values - total), -1) >= top_p)
     return jax.lax.cond(enough, lambda: draw(values, ids, total), whole_vocabulary)
@@ -100,15 +109,15 @@ def _step(graphdef, params, ids, positions, key_valid, cache, index):
 
 
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0,
-             stop_tokens: Sequence[int] = ()) -> list[list[int]]:
+             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+             seed: int = 0, stop_tokens: Sequence[int] = ()) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
     the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does), and the
     loop ends once every prompt has ended. `repetition_penalty` (`penalize`) comes before the sampling filters,
     as HF's logits processors come before its warpers; a prompt's left padding is not among its tokens."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    check_sampling(temperature, top_k, top_p, repetition_penalty)
+    check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
     model = nnx.merge(graphdef, params)
     batch, longest = len(prompts), max(len(p) for p in prompts)
     total = longest + max_new_tokens
@@ -134,7 +143,7 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     for i in range(max_new_tokens):
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
-        token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
+        token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, min_p)
         if seen is not None:
             seen = seen.at[jnp.arange(batch), token].set(True)
         out.append(token)
@@ -154,12 +163,14 @@ SAMPLING_RANGES = {  # setting -> (whether a value is in its range, the range in
     "temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)"),
     "top_k": (lambda v: v >= 0 and v == int(v), ">= 0 (0 = every token)"),
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "min_p": (lambda v: 0 <= v <= 1, "in [0, 1] (0 = none)"),
     "repetition_penalty": (lambda v: v > 0, "> 0 (1 = none)"),
 }
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float, repetition_penalty: float = 1.0) -> None:
-    for key, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+def check_sampling(temperature: float, top_k: int, top_p: float, min_p: float = 0.0,
+                   repetition_penalty: float = 1.0) -> None:
+    for key, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
                        ("repetition_penalty", repetition_penalty)):
         in_range, words = SAMPLING_RANGES[key]
         if not in_range(value):
@@ -206,15 +217,17 @@ def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:
     return sorted(set(ids))
 
 
-OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}  # no generation_config
-HF_SAMPLING = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}  # GenerationConfig's
-GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
-SAMPLERS = ("temperature", "top_k", "top_p")  # what greedy decoding ignores (a repetition penalty still applies)
+OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "min_p": 0.0,  # without a generation_config.json
+                "repetition_penalty": 1.0}
+HF_SAMPLING = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": 0.0,  # GenerationConfig's defaults
+               "repetition_penalty": 1.0}
+GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+SAMPLERS = ("temperature", "top_k", "top_p", "min_p")  # what greedy decoding ignores (a repetition penalty does not)
 
 
 UNAPPLIED = {  # generation_config.json settings HF's generate applies and this one does not, with their no-op values
     "num_beams": (None, 1), "num_beam_groups": (None, 1), "diversity_penalty": (None, 0), "penalty_alpha": (None, 0),
-    "min_p": (None, 0), "typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0),
+    "typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0),
     "top_h": (None, 0), "no_repeat_ngram_size": (None, 0), "encoder_repetition_penalty": (None, 1),
     "min_length": (None, 0), "min_new_tokens": (None, 0), "exponential_decay_length_penalty": (None,),
     "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
@@ -258,7 +271,8 @@ def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
             base[key] = type(base[key])(value)
     chosen = {k: given[k] if given.get(k) is not None else v for k, v in base.items()}
     check_sampling(**chosen)  # the file's values are valid: what is not came from the command line
-    matters = ["temperature"] if chosen["temperature"] <= 0 else list(SAMPLERS)
+    matters = ["temperature"] if chosen["temperature"] <= 0 else [k for k in SAMPLERS if k != "min_p"]
+    matters += ["min_p"] if chosen["temperature"] > 0 and chosen["min_p"] > 0 else []
     matters += ["repetition_penalty"] if chosen["repetition_penalty"] != 1.0 else []
     unset = [k for k in matters if given.get(k) is None]
     return chosen, f"{', '.join(unset)} from {source}" if unset else "the command line"

@@ -101,28 +101,32 @@ def test_sampling_filters():
     assert 0.4 < np.mean(np.asarray(draws) == 0) < 0.6
 
 
-def _nucleus(logits: np.ndarray, top_k: int, top_p: float) -> dict[int, float]:
+def _nucleus(logits: np.ndarray, top_k: int, top_p: float, min_p: float = 0.0) -> dict[int, float]:
     """HF's order, by a full sort: the top_k tokens, then the smallest most-likely set of them holding top_p of
-    their renormalised mass; {token: its probability within the set}."""
+    their renormalised mass, then those at least min_p times as likely as the first; {token: its probability
+    within the set}."""
     order = np.argsort(-logits, kind="stable")[: top_k or None]
     probs = np.exp(logits[order] - logits[order].max())
     probs /= probs.sum()
-    keep = np.cumsum(probs) - probs < top_p
+    keep = (np.cumsum(probs) - probs < top_p) & (probs >= min_p * probs[0])
     return dict(zip(order[keep].tolist(), (probs[keep] / probs[keep].sum()).tolist()))
 
 
-@pytest.mark.parametrize("spread,top_k,top_p", [
-    (8.0, 0, 0.9),   # peaked: the nucleus is among the NUCLEUS_CANDIDATES ranked first
-    (0.1, 0, 0.9),   # nearly flat: those candidates hold ~a quarter of the mass, so the whole vocabulary is ranked
-    (0.1, 300, 0.5),  # top-k first (more than the candidates), then top-p of what it left
-    (8.0, 40, 1.0),
+@pytest.mark.parametrize("spread,top_k,top_p,min_p", [
+    (8.0, 0, 0.9, 0.0),   # peaked: the nucleus is among the NUCLEUS_CANDIDATES ranked first
+    (0.1, 0, 0.9, 0.0),   # nearly flat: those candidates hold ~a quarter of the mass, so the whole vocabulary is ranked
+    (0.1, 300, 0.5, 0.0),  # top-k first (more than the candidates), then top-p of what it left
+    (8.0, 40, 1.0, 0.0),
+    (2.0, 0, 1.0, 0.1),   # min_p alone, over the whole vocabulary
+    (2.0, 0, 0.95, 0.05),  # top-p, then min_p
+    (0.1, 0, 0.9, 0.99),  # the whole-vocabulary nucleus, then min_p
 ])
-def test_sampling_draws_from_exactly_the_filtered_distribution(spread, top_k, top_p):
+def test_sampling_draws_from_exactly_the_filtered_distribution(spread, top_k, top_p, min_p):
     vocab, draws = 1000, 4000
     logits = np.asarray(jax.random.normal(jax.random.key(7), (vocab,))) * spread
-    want = _nucleus(logits, top_k, top_p)
+    want = _nucleus(logits, top_k, top_p, min_p)
     rows = jnp.tile(jnp.asarray(logits), (draws, 1))  # one independent draw per row
-    tokens = np.asarray(generate.sample(rows, jax.random.key(3), 1.0, top_k, top_p))
+    tokens = np.asarray(generate.sample(rows, jax.random.key(3), 1.0, top_k, top_p, min_p))
     assert set(tokens.tolist()) <= set(want)  # nothing outside the filtered set, ever
     if len(want) < 50:  # frequencies of a set this small are measurable: within 5 standard errors
         for token, prob in want.items():
@@ -131,12 +135,27 @@ def test_sampling_draws_from_exactly_the_filtered_distribution(spread, top_k, to
         assert len(set(tokens.tolist())) > 0.5 * min(len(want), draws)  # and the draws spread over it
 
 
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 1.0, 0.1), (0, 0.95, 0.05), (40, 0.9, 0.2)])
+def test_the_reference_filter_is_hfs_warpers(top_k, top_p, min_p):
+    """`_nucleus`, which the draws above are held to, keeps what transformers' TopK, TopP and MinP warpers keep."""
+    torch = pytest.importorskip("torch")
+    from transformers.generation import logits_process as lp
+
+    logits = np.asarray(jax.random.normal(jax.random.key(7), (1000,))) * 2.0
+    scores = torch.tensor(logits[None], dtype=torch.float32)
+    warpers = [lp.TopKLogitsWarper(top_k)] if top_k else []
+    for warper in warpers + [lp.TopPLogitsWarper(top_p), lp.MinPLogitsWarper(min_p)]:
+        scores = warper(None, scores)
+    assert set(np.flatnonzero(np.isfinite(scores.numpy()[0])).tolist()) == set(_nucleus(logits, top_k, top_p, min_p))
+
+
 def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_hf_reads_it(tmp_path):
     """Without a generation_config.json: jaxbatch's own (temperature 0.8). With one: greedy unless do_sample;
     sampling fills what it leaves out with transformers' GenerationConfig defaults (top-k 50); its repetition
     penalty applies either way; a value given on the command line wins; a bad value names the file."""
-    def settings(temperature, top_k, top_p, repetition_penalty=1.0):
-        return dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    def settings(temperature, top_k, top_p, repetition_penalty=1.0, min_p=0.0):
+        return dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                    repetition_penalty=repetition_penalty)
 
     missing = tmp_path / "missing"
     assert generate.sampling([missing]) == (settings(0.8, 0, 1.0), "temperature, top_k, top_p from jaxbatch's defaults")
@@ -160,15 +179,18 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
         generate.sampling([tmp_path], repetition_penalty=0)
     path.write_text('{"do_sample": true, "top_k": null, "temperature": null, "repetition_penalty": null}')
     assert generate.sampling([tmp_path])[0] == settings(1.0, 0, 1.0)
+    path.write_text('{"do_sample": true, "min_p": 0.05}')
+    assert generate.sampling([tmp_path]) == (settings(1.0, 50, 1.0, min_p=0.05),
+                                             f"temperature, top_k, top_p, min_p from {path}")
     for bad in ('"top_p": 0', '"top_k": 2.5', '"temperature": "hot"', '"temperature": true',
-                '"repetition_penalty": -1'):
+                '"repetition_penalty": -1', '"min_p": 1.5'):
         path.write_text(f'{{"do_sample": true, {bad}}}')
         with pytest.raises(generate.CheckpointError, match=r"generation_config.json: \w+ .* is not a valid"):
             generate.sampling([tmp_path])
 
 
 def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
-    """Beam search, min_p, n-gram blocking and the like change HF's output; a file that sets them is named with
+    """Beam search, n-gram blocking and the like change HF's output; a file that sets them is named with
     them (the CLI prints one note line), where their no-op values and what it applies pass silently."""
     assert generate.unapplied([tmp_path]) == (None, [])
     path = tmp_path / "generation_config.json"
@@ -176,8 +198,7 @@ def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
                     '"suppress_tokens": [], "bos_token_id": 1, "max_length": 4096}')
     assert generate.unapplied([tmp_path]) == (path, [])
     path.write_text('{"num_beams": 4, "no_repeat_ngram_size": 3, "min_p": 0.05, "bad_words_ids": [[7]]}')
-    assert generate.unapplied([tmp_path])[1] == ["num_beams 4", "min_p 0.05", "no_repeat_ngram_size 3",
-                                                 "bad_words_ids [[7]]"]
+    assert generate.unapplied([tmp_path])[1] == ["num_beams 4", "no_repeat_ngram_size 3", "bad_words_ids [[7]]"]
 
 
 def test_repetition_penalty_gives_hfs_greedy_tokens(tmp_path):
