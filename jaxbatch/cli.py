@@ -368,9 +368,8 @@ def generate(args) -> int:
                           "(--temperature > 0)")
     texts = [t for t in texts for _ in range(args.num_return_sequences)]  # each prompt's continuations together
     prompts = [p for p in prompts for _ in range(args.num_return_sequences)]
-    shown = ["greedy"] if chosen["temperature"] <= 0 else [f"{k} {chosen[k]}" for k in generate_lib.SAMPLERS
-                                                           if k != "min_p" or chosen[k] > 0]
-    shown += [f"repetition_penalty {chosen['repetition_penalty']}"] if chosen["repetition_penalty"] != 1.0 else []
+    shown = ["greedy" if k == "temperature" and chosen[k] <= 0 else f"{k} {chosen[k]}"
+             for k in generate_lib.applied(chosen)]
     print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
     path, ignored = generate_lib.unapplied(folders)
     if ignored:

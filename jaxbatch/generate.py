@@ -217,12 +217,18 @@ def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:
     return sorted(set(ids))
 
 
-OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "min_p": 0.0,  # without a generation_config.json
-                "repetition_penalty": 1.0}
-HF_SAMPLING = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": 0.0,  # GenerationConfig's defaults
-               "repetition_penalty": 1.0}
-GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+OFF = {"top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}  # the settings' values that change nothing
+OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, **OFF}  # without a generation_config.json
+HF_SAMPLING = {"temperature": 1.0, "top_k": 50, **OFF}  # transformers' GenerationConfig defaults
+GREEDY = {"temperature": 0.0, "top_k": 0, **OFF}
 SAMPLERS = ("temperature", "top_k", "top_p", "min_p")  # what greedy decoding ignores (a repetition penalty does not)
+
+
+def applied(chosen: dict) -> list[str]:
+    """The settings of `chosen` that shape the output: the temperature alone when it is 0 (greedy), else top_k
+    and top_p too, and min_p when it filters; the repetition penalty when it is not 1."""
+    keys = ["temperature"] if chosen["temperature"] <= 0 else [k for k in SAMPLERS if k != "min_p" or chosen[k] > 0]
+    return keys + (["repetition_penalty"] if chosen["repetition_penalty"] != OFF["repetition_penalty"] else [])
 
 
 UNAPPLIED = {  # generation_config.json settings HF's generate applies and this one does not, with their no-op values
@@ -271,8 +277,5 @@ def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
             base[key] = type(base[key])(value)
     chosen = {k: given[k] if given.get(k) is not None else v for k, v in base.items()}
     check_sampling(**chosen)  # the file's values are valid: what is not came from the command line
-    matters = ["temperature"] if chosen["temperature"] <= 0 else [k for k in SAMPLERS if k != "min_p"]
-    matters += ["min_p"] if chosen["temperature"] > 0 and chosen["min_p"] > 0 else []
-    matters += ["repetition_penalty"] if chosen["repetition_penalty"] != 1.0 else []
-    unset = [k for k in matters if given.get(k) is None]
+    unset = [k for k in applied(chosen) if given.get(k) is None]
     return chosen, f"{', '.join(unset)} from {source}" if unset else "the command line"
