@@ -110,7 +110,8 @@ def metric_names(task: str, problem_type: str | None = "", entities: bool = True
     if task != "sequence":
         return names
     single = metrics.CLASSES + (metrics.BINARY if classes is None or classes <= 2 else ())
-    return names + single + (metrics.CORRELATIONS + ("micro_f1", "exact_match") if problem_type is None else ())
+    others = metrics.MULTI_LABEL + metrics.CORRELATIONS if problem_type is None else ()  # any sequence head's
+    return names + tuple(dict.fromkeys(single + others))  # macro_f1 is a single-label and a multi-label head's
 
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,
