@@ -153,11 +153,15 @@ def muon_dims(v) -> contrib.MuonDimensionNumbers | None:
     its `contract` input dims against the rest, one matrix with the heads in it (as torch.optim.Muon reads a
     Linear's weight). A task head, a kernel with a vocabulary axis (an untied LM head), embeddings, norms and
     biases are None: AdamW's, as in Keller Jordan's and Moonlight's recipes."""
-    meta = v.get_metadata() if isinstance(v, nnx.Variable) else {}
+    meta = _metadata(v)
     n_in = meta.get("contract")
     if n_in is None or meta.get("head") or "vocab" in meta.get("logical_axes", ()):
         return None
     return contrib.MuonDimensionNumbers(tuple(range(n_in)), tuple(range(n_in, len(v.shape))))
+
+
+def _metadata(v) -> dict:
+    return v.get_metadata() if isinstance(v, nnx.Variable) else {}
 
 
 def _per_parameter(fn, tree):
@@ -211,12 +215,7 @@ def decay_mask(params):
     """True where weight decay applies, read from each parameter's `decay` metadata (models/layers.py
     sets it False on biases and normalisation scales), so no family's naming can slip through."""
 
-    def one(v):
-        if not isinstance(v, nnx.Variable):
-            return True
-        return jax.tree.map(lambda _: bool(v.get_metadata().get("decay", True)), v)
-
-    return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return _per_parameter(lambda v: bool(_metadata(v).get("decay", True)), params)
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
