@@ -302,8 +302,10 @@ def predict(args) -> int:
     if restored.run.spec.model.task == "lm":
         from jaxbatch.errors import ConfigError
 
+        use = ("`jaxbatch export` it for transformers' fill-mask pipeline" if restored.run.family.masked
+               else "continue text with `jaxbatch generate`")
         raise ConfigError(f"{args.model} is a language model, and predict labels text with a classifier; "
-                          f"continue text with `jaxbatch generate` or score it with `jaxbatch evaluate`")
+                          f"score text with `jaxbatch evaluate`, or {use}")
     records = predict_lib.predict(restored, sentences)
     from jaxbatch.errors import writing
 
@@ -327,8 +329,9 @@ def evaluate_split(args) -> int:
     if data_task != spec.model.task:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
                           f"{data_task} dataset: name the split's kind with --data-name")
-    arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type)
-    per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" else None
+    masked = spec.model.task == "lm" and restored.run.family.masked
+    arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type, masked)
+    per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte)
     print(f"{args.split} ({len(arrays['labels'])} examples, {tasks.source_of(data_cfg)}): "
@@ -343,6 +346,9 @@ def generate(args) -> int:
     restored = _restore(args.model, args.overrides, args.step)
     if restored.run.spec.model.task != "lm":
         raise ConfigError(f"{args.model} is a {restored.run.spec.model.task} classifier, not a language model")
+    if restored.run.family.masked:
+        raise ConfigError(f"{args.model} is a masked language model (an encoder): it fills in masked tokens, and "
+                          f"generate continues text with a causal one (a decoder)")
     texts = list(args.prompt)
     if args.prompts:
         from jaxbatch.data.files import read_text_file

@@ -60,7 +60,7 @@ class ModelConfig:
     # the MLP's nonlinearity by its Hugging Face name (gelu, gelu_new, quick_gelu, relu, silu, ...; see
     # models/layers.ACTIVATIONS); empty = the architecture's own: gelu (encoders), gelu_new (gpt2), silu (llama, gated)
     activation: str = ""
-    task: str = "token"  # token | sequence (encoders) | lm (decoders); the dataset decides (set otherwise, must match)
+    task: str = "token"  # token | sequence (encoders) | lm (decoders: next token; encoders: masked); the data decides
     num_labels: int = 9
     # sequence heads, HF's problem_type: regression (a score, or a list of them per text; mean squared error:
     # GLUE STS-B) | multi_label_classification (any number of classes per text: a sigmoid and binary
@@ -196,6 +196,9 @@ class DataConfig:
     labels: str = ""  # label set in id order, comma-separated; empty = a Parquet file's names, the preset's, the data's
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first
+    # masked language modelling (an encoder on a text corpus): the share of tokens chosen to predict, of which 80%
+    # become the mask token, 10% a random one (HF's mlm_probability; data/masking.py)
+    mlm_probability: float = 0.15
     buckets: int = 1  # length buckets for training batches (seq_len/4, seq_len/2, seq_len for 3); 1 = no bucketing
     shuffle_seed: int = 0
 
@@ -484,6 +487,15 @@ def validate(cfg: Config, num_devices: int) -> None:
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
     _validate_optim(cfg.optim, cfg.model)
+    if not 0.0 < cfg.data.mlm_probability < 1.0:
+        raise ConfigError(f"data.mlm_probability must be in (0, 1), got {cfg.data.mlm_probability}")
+    masked_lm = cfg.model.task == "lm" and models.family(cfg.model).masked
+    if cfg.data.mlm_probability != DataConfig.mlm_probability and not masked_lm:
+        raise ConfigError("data.mlm_probability masks an encoder's text corpus (masked language modelling), and this "
+                          "run trains no masked LM")
+    if masked_lm and cfg.model.lora_rank:
+        raise ConfigError("model.lora_rank with a masked LM: PEFT has no task type to save such an adapter as; "
+                          "fine-tune the whole model")
     if t.epochs < 0:
         raise ConfigError(f"train.epochs must be >= 0 (0 = train.steps says how long), got {t.epochs}")
     if t.steps > MAX_STEPS:

@@ -116,7 +116,7 @@ def _check_best_metric(spec: config.Config, problem_type: str | None, entities: 
                        classes: int | None = None) -> None:
     """checkpoint.best_metric must be one the evaluations report (`problem_type` None: the data decides it;
     `entities`: whether a token task's tags mark entities; `classes`: the label set's size, once known)."""
-    named = evaluate.metric_names(spec.model.task, problem_type, entities, classes)
+    named = evaluate.metric_names(spec.model.task, problem_type, entities, classes, models.family(spec.model).masked)
     if spec.checkpoint.best_metric and spec.checkpoint.best_metric not in named:
         head = {losses.REGRESSION: "regression", losses.MULTI_LABEL: "multi-label"}.get(problem_type, spec.model.task)
         raise config.ConfigError(f"checkpoint.best_metric={spec.checkpoint.best_metric!r} is not reported for this "
@@ -160,7 +160,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
     began = time.perf_counter()
     with tfds_builders.progress_bars(cfg.train.progress):
-        data = tasks.load(cfg.data, run_lib.tokenizer(shaped), shaped.model.problem_type)
+        masked = shaped.model.task == "lm" and models.family(shaped.model).masked  # an encoder's LM task
+        data = tasks.load(cfg.data, run_lib.tokenizer(shaped), shaped.model.problem_type, masked)
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),
@@ -177,6 +178,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     shapes = pipeline.step_shapes(data.train, spec.train.batch_size, spec.train.steps, spec.train.seed,
                                   spec.data.buckets, rampup.batch_sizes(spec.train) if spec.train.rampup_samples else None)
     per_row = pipeline.labelled_per_row(data.train) if spec.train.loss_norm == "dataset" else 0.0
+    per_row *= data.masking.probability if data.masking else 1.0  # the train split's labels are the candidates
     run = run_lib.setup(spec, plan_log=say, compile_ahead=shapes, labelled_per_row=per_row)
     spec, t = run.spec, run.spec.train  # the planner may have chosen train.accum_steps
     # while the train step still compiles on its thread: the programs evaluation and checkpoints run
@@ -193,6 +195,9 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
         f"{targets}"
         f"{' (several per example)' if data.problem_type == losses.MULTI_LABEL else ''}, "
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
+    if data.masking:
+        say(f"masked LM: {100 * data.masking.probability:g}% of the tokens chosen anew in each batch (80% to "
+            f"{tokenizer.mask_token}, 10% random, 10% kept); validation masked once (data.shuffle_seed)")
     if t.epochs:
         say(f"train.steps={t.steps}: train.epochs={t.epochs:g} x {len(data.train['labels'])} training "
             f"{'rows' if data.task == 'lm' else 'examples'} in batches of {t.batch_size}")
@@ -229,7 +234,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     # ---- Data iterator and resume (a run dir holds one run; damaged checkpoints are skipped, never lost) -----
     batches = iter(pipeline.train_dataset(data.train, t.batch_size, t.steps, t.seed, jax.process_index(),
                                           jax.process_count(), spec.data.buckets,
-                                          batch_sizes=sizes if t.rampup_samples else None))
+                                          batch_sizes=sizes if t.rampup_samples else None,
+                                          mask=data.masking.train_batch(t.seed) if data.masking else None))
     identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
     best = checkpoint.Best.of(spec.checkpoint)  # the metric ranking checkpoints, and early stopping's count
     ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep, best=best)

@@ -231,6 +231,70 @@ def test_other_encoder_families_equal_pytorch_and_export_back(family, task, tmp_
     np.testing.assert_array_equal(again.numpy(), expected)
 
 
+MASKED_LM = {"bert": ("BertConfig", "Bert", dict(max_position_embeddings=18)), **ENCODERS}
+
+
+@pytest.mark.parametrize("family", sorted(MASKED_LM))
+def test_masked_lm_heads_equal_pytorch_and_export_back(family, tmp_path):
+    """Each encoder family's *ForMaskedLM (random, small, a ReLU MLP where the family reads one, the vocabulary
+    bias random): the folder is read as the lm task, its logits on a right-padded batch and every training
+    gradient of the loss on masked positions equal transformers', and the export loads back as that class with
+    identical logits. The head's activation is the family's (RoBERTa's and ELECTRA's are GELU whatever the MLP's)."""
+    from jaxbatch import models
+
+    config_cls, prefix, shape = MASKED_LM[family]
+    cls = getattr(transformers, f"{prefix}ForMaskedLM")
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    act = {"activation": "relu"} if family == "distilbert" else {"hidden_act": "relu"}
+    theirs = cls(getattr(transformers, config_cls)(**sizes, **shape, **act))
+    with torch.no_grad():
+        next(p for n, p in theirs.named_parameters() if n.endswith(("predictions.bias", "lm_head.bias",
+                                                                     "vocab_projector.bias"))).normal_()
+    theirs.save_pretrained(tmp_path / "in")
+    run = run_lib.setup(run_lib.resolve(config.build([
+        f"model.pretrained={tmp_path / 'in'}", "train.batch_size=8", "data.seq_len=18", "mesh.data=2", "mesh.model=2",
+        "mesh.fsdp=2"])))
+    assert (run.spec.model.family, run.spec.model.task) == (family, "lm")
+    assert run.load_report.new == [] and run.load_report.unexpected == []
+    rng, ids, mask, theirs, expected = _right_padded_logits(cls, tmp_path / "in", shape.get("pad_token_id", 0), 18, 1)
+    model = nnx.merge(run.graphdef, run.state.params)
+    ours = np.asarray(jax.jit(lambda i, m: model(i, m))(ids, mask))
+    real = mask == 1  # RoBERTa gives padding the padding row's position
+    assert np.abs(ours[real] - expected[real]).max() < 1e-5
+
+    labels = np.where((mask == 1) & (rng.random(ids.shape) < 0.3), ids, -100).astype(np.int32)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids), "labels": labels}
+    assert_gradients_equal_torch(models.family(run.spec.model), run.spec.model, run.graphdef, run.state.params,
+                                 batch, theirs, input_ids=ids, attention_mask=mask)
+
+    out = hf.export(run.state.params, run.spec.model, tmp_path / "out")
+    assert json.loads((out / "config.json").read_text())["architectures"] == [cls.__name__]
+    exported, info = cls.from_pretrained(out, attn_implementation="eager", output_loading_info=True)
+    assert not any(info.values())
+    with torch.no_grad():
+        again = exported(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_array_equal(again.numpy(), expected)
+
+
+def test_a_pretraining_checkpoint_trains_its_masked_lm_head(tmp_path):
+    """A BertForPreTraining folder (bert-base-uncased's kind) under the lm task: its masked-LM head is loaded
+    (logits equal its prediction_logits) and its next-sentence head is ignored as expected."""
+    torch.manual_seed(2)
+    hf_cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)
+    theirs = transformers.BertForPreTraining(hf_cfg)
+    with torch.no_grad():
+        theirs.cls.predictions.bias.normal_()
+    theirs.save_pretrained(tmp_path / "in")
+    cfg, graphdef, state, report = load_ours(tmp_path / "in", task="lm", mesh_overrides=())
+    assert report.new == [] and report.unexpected == []
+    assert any(n.startswith("cls.seq_relationship") for n in report.expected_unused)
+    ids, mask, types = padded_batch(99, 4)
+    expected = torch_run(theirs, ids, mask, types, "prediction_logits")
+    assert np.abs(ours_logits(graphdef, state, ids, mask, types) - expected)[mask == 1].max() < 1e-5
+
+
 @pytest.mark.parametrize("activation", ["gelu_new", "relu"])
 def test_an_encoder_with_another_activation_equals_pytorch_and_exports_it(activation, tmp_path):
     """hidden_act is read, run and written back (not only exact gelu); the same weights under gelu differ."""

@@ -252,3 +252,38 @@ def test_epochs_set_the_steps_once_the_data_is_read_and_the_later_of_steps_and_e
 
     with pytest.raises(config.ConfigError, match="train.epochs=1e\\+09 of 2048 examples is 64000000000 steps"):
         run_lib.resolve(config.build(["train.epochs=1e9"]), train_examples=2048)
+
+
+def test_an_encoder_pretrains_as_a_masked_lm_resumes_bitwise_and_is_evaluated_as_it_trained(tmp_path, capsys):
+    """An encoder on a text corpus trains its masked-LM head (HF's run_mlm.py): it learns the corpus (each word
+    follows from its neighbours), a run cut in two (train.stop_after) ends bit-identical to one that was not
+    (the masks of each batch are drawn again exactly), `jaxbatch evaluate` scores the validation split to the
+    last digit of training's final evaluation, and generate refuses it."""
+    from jaxbatch.models import bert
+
+    words = [f"w{i}" for i in range(100)]
+    bert.tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]).save_pretrained(tmp_path / "tok")
+    rng = np.random.default_rng(0)
+    docs = [" ".join(words[(s + k) % 100] for k in range(rng.integers(5, 30))) for s in rng.integers(0, 100, 400)]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(docs))
+    common = ("model.preset=tiny", "data.name=text", f"data.data_dir={tmp_path / 'corpus.txt'}", "data.seq_len=32",
+              f"data.tokenizer={tmp_path / 'tok'}", "model.hidden_dropout=0", "optim.learning_rate=3e-3",
+              "train.batch_size=16", "mesh.data=2", "mesh.fsdp=4")
+    learnt = train.train(tiny_config(*common, "train.steps=400", "train.eval_every=0",
+                                     f"train.run_dir={tmp_path / 'a'}"))
+    assert learnt.spec.model.task == "lm" and learnt.data.masking is not None
+    final = learnt.summary["final_eval"]
+    assert final["loss"] < 0.6 * np.log(105) and final["accuracy"] > 0.15 and "bits_per_byte" not in final
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "a"), "--split", "validation"]) == 0
+    assert f"loss {final['loss']:.4f} accuracy {final['accuracy']:.4f}" in capsys.readouterr().out
+    assert cli.main(["generate", str(tmp_path / "a"), "--prompt", "w1"]) == 2
+    assert "masked language model" in capsys.readouterr().err
+
+    short = (*common, "train.steps=6", "train.eval_every=3", "checkpoint.every=3")
+    whole = train.train(tiny_config(*short, f"train.run_dir={tmp_path / 'whole'}"))
+    train.train(tiny_config(*short, "train.stop_after=2", f"train.run_dir={tmp_path / 'cut'}"))
+    resumed = train.train(tiny_config(*short, f"train.run_dir={tmp_path / 'cut'}"))
+    assert resumed.summary["evals"] == whole.summary["evals"]  # steps 3 and 6
+    for a, b in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(resumed.state.params)):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))

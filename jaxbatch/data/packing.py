@@ -50,3 +50,17 @@ def pack(documents: list[list[int]], seq_len: int, pad_id: int = 0,
     same = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] > 0) & target
     return {"input_ids": t[:, :-1], "labels": np.where(same, t[:, 1:], IGNORE_INDEX).astype(np.int32),
             "segment_ids": s[:, :-1], "positions": positions[:, :-1]}
+
+
+def concatenated(documents: list[list[int]], seq_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """{input_ids, attention_mask, token_type_ids}, each (rows, seq_len) int32: the documents (each with its own
+    special tokens, e.g. [CLS] ... [SEP]) end to end, cut every seq_len tokens, as Hugging Face's run_mlm.py
+    groups texts for masked language modelling. The last row is padded (run_mlm drops it: no text is lost here).
+    An encoder attends across the documents of a row, as there."""
+    flat = np.fromiter((t for doc in documents for t in doc), np.int32)
+    rows = -(-len(flat) // seq_len)
+    ids = np.full(rows * seq_len, pad_id, np.int32)
+    ids[: len(flat)] = flat
+    real = (np.arange(rows * seq_len) < len(flat)).astype(np.int32)
+    return {"input_ids": ids.reshape(rows, seq_len), "attention_mask": real.reshape(rows, seq_len),
+            "token_type_ids": np.zeros((rows, seq_len), np.int32)}

@@ -80,12 +80,15 @@ _IN_MEMORY = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_buckets: int = 1,
-                  batch_sizes: list[int] | None = None) -> grain.IterDataset:
+                  batch_sizes: list[int] | None = None, mask=None) -> grain.IterDataset:
     """Local batches (global_batch / process_count examples) for `num_steps` steps, reshuffled every epoch.
 
     With `num_buckets > 1` each batch holds examples of similar length, cut to its bucket's length (a few
     compiled shapes instead of padding everything to seq_len). `batch_sizes` (one global batch per step,
-    from rampup.py) replaces the fixed `global_batch` while the batch ramps up."""
+    from rampup.py) replaces the fixed `global_batch` while the batch ramps up. `mask(batch, step, rows)`
+    (masked language modelling: masking.py) transforms each local batch, told its rows' places in the global
+    batch, so the result does not depend on the number of hosts."""
+    mask = mask or (lambda batch, step, rows: batch)
     sizes = batch_sizes or [global_batch] * num_steps
     for b in set(sizes):
         if b % process_count:
@@ -98,17 +101,21 @@ def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: i
                         f"(train.batch_size)")
     plan = _plan(arrays, sizes, seed, num_buckets, batch_sizes is not None)
     if plan is not None:
-        def gather(entry):
+        def gather(step, entry):
             length, idx = entry
             local = len(idx) // process_count
-            return take(arrays, np.sort(idx[process_index * local: (process_index + 1) * local]), length)
+            mine = idx[process_index * local: (process_index + 1) * local]
+            order = np.argsort(mine)  # each host's rows in index order (one gather), keeping their global places
+            return mask(take(arrays, mine[order], length), step, process_index * local + order)
 
-        return grain.MapDataset.source(plan).map(gather).to_iter_dataset(_IN_MEMORY)
+        return grain.MapDataset.source(plan).map_with_index(gather).to_iter_dataset(_IN_MEMORY)
     epochs = math.ceil(num_steps * global_batch / n)
     order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(epochs)  # the same order as shuffling the examples
     order = order[: num_steps * global_batch][process_index::process_count]
+    rows = np.arange(global_batch // process_count) * process_count + process_index  # local rows' global places
     return (order.batch(global_batch // process_count, drop_remainder=True)
-            .map(lambda idx: {k: v[idx] for k, v in arrays.items()}).to_iter_dataset(_IN_MEMORY))
+            .map_with_index(lambda step, idx: mask({k: v[idx] for k, v in arrays.items()}, step, rows))
+            .to_iter_dataset(_IN_MEMORY))
 
 
 def _plan(arrays: dict[str, np.ndarray], sizes: list[int], seed: int, num_buckets: int, ramp: bool):

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 
 from jaxbatch import losses
-from jaxbatch.data import conll, files, packing, synthetic, text, tokenize, tsv
+from jaxbatch.data import conll, files, masking, packing, synthetic, text, tokenize, tsv
 from jaxbatch.errors import ConfigError, DataError
 from jaxbatch.losses import FLOAT_HEADS, IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
@@ -64,6 +64,7 @@ class TaskData:
     test_labelled: bool = True
     bytes_per_token: np.ndarray | None = None  # language modelling: UTF-8 bytes of each token id (bits per byte)
     problem_type: str = ""  # a sequence head's: "" (one class), regression or multi_label_classification
+    masking: masking.Masking | None = None  # masked language modelling: how each training batch is masked
 
 
 def _known(data_cfg) -> Dataset:
@@ -491,10 +492,32 @@ def bytes_per_token(tokenizer) -> np.ndarray:
     return np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
 
 
-def _load_lm(data_cfg, tokenizer) -> TaskData:
+def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+    """A masked LM's rows: each document with the tokenizer's special tokens, end to end (packing.concatenated)."""
+    if any(prompt for prompt, _ in docs):
+        raise DataError("masked language modelling reads plain text documents; prompt/completion and chat "
+                        "examples train a causal language model (a decoder)")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return packing.concatenated([list(tokenizer.encode(d)) for _, d in docs], seq_len, pad)
+
+
+def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]]) -> tuple[dict, masking.Masking]:
+    """{split: rows}: the train split's labels every maskable token (masked anew each batch), the others masked
+    once (masking.py)."""
+    how = masking.Masking.of(tokenizer, data_cfg.mlm_probability)
+    rows = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len) for split, split_docs in docs.items()}
+    return {split: how.candidates(r) if split == "train" else how.eval_split(r, data_cfg.shuffle_seed)
+            for split, r in rows.items()}, how
+
+
+def _load_lm(data_cfg, tokenizer, masked: bool = False) -> TaskData:
     """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
-    given) and packed into rows of data.seq_len."""
+    given) and packed into rows of data.seq_len; for an encoder (`masked`), concatenated and masked."""
     docs = _lm_docs(data_cfg, max_eval=data_cfg.max_eval)  # training's evaluations; `evaluate` reads all
+    if masked:
+        arrays, how = _masked_splits(data_cfg, tokenizer, docs)
+        return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
+                        False, tokenizer, masking=how)
     if tokenizer is None:
         if any(isinstance(p, list) for split in docs.values() for p, _ in split):
             raise DataError(CHAT_NEEDS)
@@ -509,13 +532,14 @@ def _labelled(arrays: dict[str, np.ndarray]) -> bool:
     return bool(losses.labelled(arrays["labels"]).any())
 
 
-def load(data_cfg, tokenizer, problem_type: str = "") -> TaskData:
+def load(data_cfg, tokenizer, problem_type: str = "", masked: bool = False) -> TaskData:
     """Train and validation (and test, when present) splits, tokenized; the label set from `data.labels`,
     the dataset's preset, or the training split; a sequence task's labels are read as `problem` decides
-    (model.problem_type, or the labels). `tokenizer` may be None for a text corpus (characters)."""
+    (model.problem_type, or the labels). `tokenizer` may be None for a text corpus (characters) read by a
+    causal LM; `masked`: the corpus trains a masked LM (an encoder family's lm task)."""
     ds = dataset(data_cfg)
     if ds.task == "lm":
-        return _load_lm(data_cfg, tokenizer)
+        return _load_lm(data_cfg, tokenizer, masked)
     splits = _raw_splits(data_cfg, ds)
     for split, most in (("train", data_cfg.max_train), ("validation", data_cfg.max_eval)):
         if most and split in splits:
@@ -541,9 +565,10 @@ def source_of(data_cfg) -> str:
     return data_cfg.data_dir or (f"TFDS catalog {ds.catalog}" if ds.catalog else "generated")
 
 
-def load_split(data_cfg, tokenizer, split: str, problem_type: str = "") -> dict[str, np.ndarray]:
+def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked: bool = False) -> dict[str, np.ndarray]:
     """One split of a dataset folder (only its file is needed), with a trained run's label set
-    (`data.labels`, set in every resolved spec), read as the resolved model.problem_type says."""
+    (`data.labels`, set in every resolved spec), read as the resolved model.problem_type says; a text corpus
+    masked as training's evaluations mask it (`masked`)."""
     ds = dataset(data_cfg)
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"--split must be train, validation or test, got {split!r}")
@@ -555,6 +580,8 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "") -> dict[
         if not docs.get(split):
             raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir} (a text corpus "
                             f"is split into train and validation: --split validation)")
+        if masked:
+            return _masked_splits(data_cfg, tokenizer, {"validation": docs[split]})[0]["validation"]
         return _pack(docs[split], tokenizer, data_cfg.seq_len)
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:

@@ -46,7 +46,8 @@ class Family:
     `train_flops_per_token(model_cfg, seq_len)`; `validate(model_cfg, seq_len, model_axis)` raises
     ConfigError; `describe(model_cfg)` is the one-line summary a run prints; `tokenizer(folder or
     vocabulary list)` builds the tokenizer when no pretrained folder brings one; `max_seq_len(model_cfg)` is
-    the longest row its position table holds (what inference on a folder caps `data.seq_len` at)."""
+    the longest row its position table holds (what inference on a folder caps `data.seq_len` at); `masked`:
+    its `lm` task is masked language modelling (an encoder: data/masking.py), not next-token prediction."""
 
     name: str
     presets: Mapping[str, Mapping[str, Any]]
@@ -60,6 +61,7 @@ class Family:
     tokenizer: Callable
     hf: HfMapping | None = None
     max_seq_len: Callable = lambda model_cfg: model_cfg.max_position_embeddings
+    masked: bool = False
 
 
 _FAMILIES: dict[str, Family] = {}

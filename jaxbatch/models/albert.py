@@ -85,17 +85,20 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
             m[ours] = (f"{layer}.{names[module]}.{'weight' if part in ('kernel', 'scale') else 'bias'}", how)
     if cfg.task == "sequence":
         m.update({"pooler.kernel": ("pooler.weight", "t"), "pooler.bias": ("pooler.bias", "copy")})
-    return m
+    return {**m, **bert.lm_head_map(cfg, "predictions.", "dense", "LayerNorm", "bias")}
 
 
 hf_normalize_name, hf_tensor_name = bert.hf_prefixed("albert")
 
 
 def hf_expected_unused(name: str, cfg) -> bool:
-    """Buffers, the pretraining heads of a base checkpoint, and its pooler under a token task."""
+    """Buffers, the pretraining heads of a base checkpoint (its masked-LM head under another task; that head's
+    decoder, the word embeddings and `predictions.bias`, under any), and its pooler under a token or masked-LM
+    task."""
     return (name in ("embeddings.position_ids", "embeddings.token_type_ids")
-            or name.startswith(("predictions.", "sop_classifier."))
-            or (cfg.task == "token" and name.startswith("pooler.")))
+            or name.startswith(("predictions.decoder.", "sop_classifier."))
+            or (cfg.task != "lm" and name.startswith("predictions."))
+            or (cfg.task in ("token", "lm") and name.startswith("pooler.")))
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:

@@ -1,6 +1,7 @@
-"""The BERT family: an encoder with sequence- and token-classification heads, numerically matching Hugging
-Face's `BertFor{Token,Sequence}Classification` (post-LayerNorm blocks, erf GELU, `layer_norm_eps` from
-config, padding mask), with its presets, FLOP count, config checks, tokenizer and HF conversion table."""
+"""The BERT family: an encoder with sequence- and token-classification heads and a masked-LM head, numerically
+matching Hugging Face's `BertFor{Token,Sequence}Classification` and `BertForMaskedLM` (post-LayerNorm blocks,
+erf GELU, `layer_norm_eps` from config, padding mask), with its presets, FLOP count, config checks, tokenizer
+and HF conversion table."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from flax import nnx
 from jaxbatch import losses, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.mesh import constrain
-from jaxbatch.models.layers import ACTIVATIONS, REMAT, Dense, Dropout, Embed, LayerNorm, Mlp, SelfAttention, run_layers
+from jaxbatch.models.layers import (ACTIVATIONS, REMAT, Dense, Dropout, Embed, LayerNorm, Mlp, SelfAttention, param,
+                                    run_layers)
 
 # Named shapes: `tiny` is for tests; the others match the published checkpoints.
 PRESETS = {
@@ -26,7 +28,7 @@ PRESETS = {
     "bert-large": dict(vocab_size=30522, hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096,
                        max_position_embeddings=512),
 }
-TASKS = ("token", "sequence")
+TASKS = ("token", "sequence", "lm")  # lm: masked language modelling (data/masking.py)
 ACTIVATION = "gelu"  # BERT's own (exact, erf) GELU, used where model.activation is empty
 
 
@@ -40,6 +42,7 @@ class Variant:
     dropout_before_pooler: bool = False  # RoBERTa's and ELECTRA's heads drop out [CLS] before their dense layer
     shared_layers: bool = False  # one layer's parameters run num_layers times (ALBERT)
     mlp_dropout: bool = True  # dropout on the MLP's output before its residual (ALBERT has none there)
+    lm_activation: str = ""  # the masked-LM head's nonlinearity ('' = model.activation's; RoBERTa, ELECTRA: gelu)
 
 
 class BertLayer(nnx.Module):
@@ -98,13 +101,22 @@ class BertEncoder(nnx.Module):
 
 
 class BertClassifier(nnx.Module):
-    """BERT with a token-classification head (`task='token'`: logits per token) or a sequence head
-    (`task='sequence'`: tanh pooler on [CLS] + dense, logits per example), as HF's
-    BertFor{Token,Sequence}Classification; a `Variant` makes it a RoBERTa, DistilBERT or ELECTRA."""
+    """BERT with a token-classification head (`task='token'`: logits per token), a sequence head
+    (`task='sequence'`: tanh pooler on [CLS] + dense, logits per example), or a masked-LM head (`task='lm'`:
+    dense + activation + LayerNorm to the embedding width, then the word embeddings transposed plus a bias:
+    logits over the vocabulary per token), as HF's BertFor{Token,Sequence}Classification and BertForMaskedLM;
+    a `Variant` makes it a RoBERTa, DistilBERT, ALBERT or ELECTRA."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, variant: Variant = Variant()):
         self.task, self.dtype, self.variant = cfg.task, dtype, variant
         self.encoder = BertEncoder(cfg, rngs=rngs, dtype=dtype, variant=variant)
+        if cfg.task == "lm":  # the output layer is the word embeddings, tied as in every published checkpoint
+            e = cfg.embedding_size or cfg.hidden_size
+            self.lm_transform = Dense((cfg.hidden_size,), (e,), ("embed",), (None,), rngs=rngs, dtype=dtype, head=True)
+            self.lm_activation = ACTIVATIONS[variant.lm_activation or cfg.activation or ACTIVATION]
+            self.lm_norm = LayerNorm(e, cfg.layer_norm_eps, dtype=dtype)
+            self.lm_bias = param(rngs, jax.nn.initializers.zeros, (cfg.vocab_size,), ("vocab",), decay=False, head=True)
+            return
         if cfg.task == "sequence":
             self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ("embed",), (None,), rngs=rngs, dtype=dtype,
                                 head=True)
@@ -116,6 +128,10 @@ class BertClassifier(nnx.Module):
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)  # noqa: E731
         x = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
+        if self.task == "lm":
+            x = self.lm_norm(self.lm_activation(self.lm_transform(x)))
+            logits = self.encoder.word_embeddings.attend(x) + self.lm_bias[...].astype(self.dtype)
+            return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if self.task == "sequence":
             x = drop(x[:, 0]) if self.variant.dropout_before_pooler else x[:, 0]
             x = POOLER_ACTIVATIONS[self.variant.pooler_activation](self.pooler(x))
@@ -137,6 +153,8 @@ def forward(model: BertClassifier, batch: dict, *, deterministic: bool, rngs: nn
 
 
 def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
+    if cfg.task == "lm":  # the masked positions' cross-entropy (labels are IGNORE_INDEX elsewhere)
+        return losses.lm_sums(logits, batch["labels"], cfg.z_loss, cfg.label_smoothing), {}
     if cfg.problem_type == losses.REGRESSION:
         return losses.regression_sums(logits, batch["labels"])
     if cfg.problem_type == losses.MULTI_LABEL:
@@ -146,7 +164,7 @@ def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "token_type_ids": (batch, seq_len),
-            "labels": (batch, seq_len) if cfg.task == "token" else (
+            "labels": (batch, seq_len) if cfg.task in ("token", "lm") else (
                 (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,))}
 
 
@@ -154,10 +172,13 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
     """Matmul FLOPs of one training step per token: 3 x forward (backward = 2 x forward).
 
     Forward per layer and token: QKV + output projections 8h^2, MLP 4hI, attention scores and values 4Th
-    (non-causal: every query sees all T keys); the classifier head 2hL (the pooler 2h^2 once per sequence).
-    Embedding gathers are not matmuls and are not counted. This is the PaLM-style count MaxText uses for MFU."""
+    (non-causal: every query sees all T keys); the classifier head 2hL (the pooler 2h^2 once per sequence), or
+    the masked-LM head 2he + 2eV over every position (e: the embedding width). Embedding gathers are not
+    matmuls and are not counted. This is the PaLM-style count MaxText uses for MFU."""
     h, inter, t = cfg.hidden_size, cfg.intermediate_size, seq_len
-    per_token = cfg.num_layers * (8 * h * h + 4 * h * inter + 4 * t * h) + 2 * h * cfg.num_labels
+    e = cfg.embedding_size or h
+    per_token = cfg.num_layers * (8 * h * h + 4 * h * inter + 4 * t * h) + (
+        2 * h * e + 2 * e * cfg.vocab_size if cfg.task == "lm" else 2 * h * cfg.num_labels)
     if cfg.task == "sequence":
         per_token += 2 * h * h / t
     return 3.0 * per_token
@@ -175,7 +196,9 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
         raise ConfigError(f"model.embedding_size={cfg.embedding_size}: this family's embeddings are hidden_size wide "
                           f"(set 0; ELECTRA's presets project narrower ones)")
     if cfg.task not in TASKS:
-        raise ConfigError(f"model.task must be 'token' or 'sequence', got {cfg.task!r}")
+        raise ConfigError(f"model.task must be token, sequence or lm (masked language modelling), got {cfg.task!r}")
+    if cfg.task == "lm" and cfg.vocab_tiling > 1:
+        raise ConfigError("model.vocab_tiling: an encoder's masked-LM head is computed whole (set 1)")
     if cfg.num_labels < 1:
         raise ConfigError(f"model.num_labels must be >= 1, got {cfg.num_labels}")
     if seq_len < 3:
@@ -186,6 +209,8 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
 
 def head(cfg) -> str:
     """The head, as a run's summary line names it."""
+    if cfg.task == "lm":
+        return f"masked language modelling, {cfg.vocab_size} tokens"
     if cfg.problem_type == losses.REGRESSION:
         return f"{cfg.task} regression, " + (f"{cfg.num_labels} scores" if cfg.num_labels > 1 else "one score")
     if cfg.problem_type == losses.MULTI_LABEL:
@@ -247,9 +272,11 @@ def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
         raise CheckpointError(f"config.json: position_embedding_type {hf['position_embedding_type']!r} is not supported")
     wanted = {field: hf[key] for field, key in SHAPE_FIELDS.items()}  # a missing key is an error, never a default
     models.check_shape(cfg, wanted)
-    heads = {"ForTokenClassification": "token", "ForSequenceClassification": "sequence"}
+    heads = {"ForTokenClassification": "token", "ForSequenceClassification": "sequence", "ForMaskedLM": "lm"}
     task = next((t for a in hf.get("architectures") or () for end, t in heads.items() if str(a).endswith(end)), None)
-    if task is not None:  # a fine-tuned head: its task and label count
+    if task == "lm":  # a masked-LM checkpoint (a *ForPreTraining one holds that head too, and sets no task)
+        wanted.update(task=task)
+    elif task is not None:  # a fine-tuned head: its task and label count
         # transformers writes neither id2label nor num_labels for its default of two labels
         wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", 2))
         kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
@@ -277,6 +304,9 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
     if cfg.task == "sequence":
         m["pooler.kernel"] = ("pooler.dense.weight", "t")
         m["pooler.bias"] = ("pooler.dense.bias", "copy")
+    if cfg.task == "lm":  # the masked-LM head is each family's own (lm_head_map)
+        for name in ("classifier.kernel", "classifier.bias"):
+            del m[name]
     for i in range(cfg.num_layers):
         ours, theirs = f"encoder.layers.{i}", f"encoder.layer.{i}"
         for name in ("query", "key", "value"):
@@ -295,6 +325,17 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
     return m
 
 
+def lm_head_map(cfg, prefix: str, dense: str, norm: str, bias: str) -> dict[str, tuple[str, str]]:
+    """The masked-LM head under a family's names, under the lm task (its decoder weight is the word embeddings,
+    not stored apart)."""
+    if cfg.task != "lm":
+        return {}
+    return {"lm_transform.kernel": (f"{prefix}{dense}.weight", "t"),
+            "lm_transform.bias": (f"{prefix}{dense}.bias", "copy"),
+            "lm_norm.scale": (f"{prefix}{norm}.weight", "copy"), "lm_norm.bias": (f"{prefix}{norm}.bias", "copy"),
+            "lm_bias": (f"{prefix}{bias}", "copy")}
+
+
 def hf_head_map(cfg) -> dict[str, tuple[str, str]]:
     """The sequence head where RoBERTa and ELECTRA store it (classifier.dense, classifier.out_proj)."""
     if cfg.task != "sequence":
@@ -310,7 +351,7 @@ def hf_prefixed(prefix: str):
         return name[len(prefix) + 1:] if name.startswith(prefix + ".") else name
 
     def tensor_name(name: str, cfg) -> str:
-        return name if name.startswith(("classifier", "pre_classifier")) else f"{prefix}.{name}"
+        return name if name.startswith(("classifier", "pre_classifier", *LM_HEADS)) else f"{prefix}.{name}"
 
     return normalize_name, tensor_name
 
@@ -321,20 +362,37 @@ def hf_normalize_name(name: str) -> str:
     return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
+def hf_bert_key_map(cfg) -> dict[str, tuple[str, str]]:
+    return {**hf_key_map(cfg), **lm_head_map(cfg, "cls.predictions.", "transform.dense", "transform.LayerNorm", "bias")}
+
+
+# where each family's transformers class keeps its masked-LM head: outside the encoder's prefix
+LM_HEADS = ("cls.", "lm_head.", "vocab_", "predictions.", "generator_")
+
+
 def hf_tensor_name(name: str, cfg) -> str:
-    return name if name.startswith("classifier") else "bert." + name
+    return name if name.startswith(("classifier", *LM_HEADS)) else "bert." + name
 
 
 def hf_expected_unused(name: str, cfg) -> bool:
-    return name == "embeddings.position_ids" or (cfg.task == "token" and name.startswith("pooler."))
+    """Buffers; a base checkpoint's pooler under a token or masked-LM task; the masked-LM decoder's weight and
+    bias, which are the word embeddings and `cls.predictions.bias`; a pretraining checkpoint's next-sentence
+    head."""
+    return (name == "embeddings.position_ids" or (cfg.task in ("token", "lm") and name.startswith("pooler."))
+            or name.startswith(("cls.predictions.decoder.", "cls.seq_relationship.")))
 
 
 def hf_architecture(prefix: str, cfg) -> str:
-    """The transformers class a family's head is saved as: {prefix}For{Token,Sequence}Classification."""
+    """The transformers class a family's head is saved as: {prefix}For{Token,Sequence}Classification or
+    {prefix}ForMaskedLM."""
+    if cfg.task == "lm":
+        return f"{prefix}ForMaskedLM"
     return f"{prefix}For{'Token' if cfg.task == 'token' else 'Sequence'}Classification"
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
+    if cfg.task == "lm":  # no labels: a masked LM's outputs are the vocabulary
+        cfg, label_names = dataclasses.replace(cfg, num_labels=2, problem_type=""), None
     regression = cfg.problem_type == losses.REGRESSION
     if cfg.num_labels == 1 and cfg.problem_type != losses.MULTI_LABEL and not regression:
         raise ConfigError("a one-logit binary head has no Hugging Face class that reads it so (HF takes one logit "
@@ -356,6 +414,7 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
 FAMILY = models.register(models.Family(
     name="bert", presets=PRESETS, build=build, forward=forward, loss_sums=loss_sums, batch_shapes=batch_shapes,
     train_flops_per_token=train_flops_per_token, validate=validate, describe=describe, tokenizer=tokenizer,
-    hf=models.HfMapping(model_types=("bert",), key_map=hf_key_map, configure=hf_configure, hf_config=hf_config,
+    masked=True,
+    hf=models.HfMapping(model_types=("bert",), key_map=hf_bert_key_map, configure=hf_configure, hf_config=hf_config,
                         tensor_name=hf_tensor_name, expected_unused=hf_expected_unused,
                         normalize_name=hf_normalize_name)))

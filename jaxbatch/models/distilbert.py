@@ -64,16 +64,19 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
             name = re.sub(pattern, replacement, name)
         return name
 
-    return {ours: (rename(theirs), how) for ours, (theirs, how) in bert.hf_key_map(cfg).items()
-            if "token_type" not in ours}
+    return {**{ours: (rename(theirs), how) for ours, (theirs, how) in bert.hf_key_map(cfg).items()
+               if "token_type" not in ours},
+            **bert.lm_head_map(cfg, "vocab_", "transform", "layer_norm", "projector.bias")}
 
 
 hf_normalize_name, hf_tensor_name = bert.hf_prefixed("distilbert")
 
 
 def hf_expected_unused(name: str, cfg) -> bool:
-    """Buffers, the masked-LM head of a base checkpoint, and the sequence head's dense layer under a token task."""
-    return (name == "embeddings.position_ids" or name.startswith("vocab_")
+    """Buffers, the masked-LM head of a base checkpoint under another task (its projector's weight, the word
+    embeddings, under any), and the sequence head's dense layer under a token task."""
+    return (name in ("embeddings.position_ids", "vocab_projector.weight")
+            or (cfg.task != "lm" and name.startswith("vocab_"))
             or (cfg.task == "token" and name.startswith("pre_classifier.")))
 
 

@@ -21,7 +21,7 @@ PRESETS = {
     "electra-base": dict(vocab_size=30522, embedding_size=768, hidden_size=768, num_layers=12, num_heads=12,
                          intermediate_size=3072, max_position_embeddings=512),
 }
-VARIANT = bert.Variant(pooler_activation="gelu", dropout_before_pooler=True)
+VARIANT = bert.Variant(pooler_activation="gelu", dropout_before_pooler=True, lm_activation="gelu")
 
 
 def build(cfg, *, rngs: nnx.Rngs, dtype) -> bert.BertClassifier:
@@ -56,16 +56,19 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
     if (cfg.embedding_size or cfg.hidden_size) != cfg.hidden_size:
         m.update({"encoder.embeddings_project.kernel": ("embeddings_project.weight", "t"),
                   "encoder.embeddings_project.bias": ("embeddings_project.bias", "copy")})
-    return {**m, **bert.hf_head_map(cfg)}
+    return {**m, **bert.hf_head_map(cfg),
+            **bert.lm_head_map(cfg, "generator_", "predictions.dense", "predictions.LayerNorm", "lm_head.bias")}
 
 
 hf_normalize_name, hf_tensor_name = bert.hf_prefixed("electra")
 
 
 def hf_expected_unused(name: str, cfg) -> bool:
-    """Buffers, and the pretraining heads of a base checkpoint (the discriminator's or a generator's)."""
-    return (name in ("embeddings.position_ids", "embeddings.token_type_ids")
-            or name.startswith(("discriminator_predictions.", "generator_")))
+    """Buffers, the pretraining heads of a base checkpoint (the discriminator's; a generator's masked-LM head
+    under another task), and that head's decoder weight (the word embeddings)."""
+    return (name in ("embeddings.position_ids", "embeddings.token_type_ids", "generator_lm_head.weight")
+            or name.startswith("discriminator_predictions.")
+            or (cfg.task != "lm" and name.startswith("generator_")))
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:

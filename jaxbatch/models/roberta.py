@@ -30,7 +30,7 @@ PRESETS = {
     "xlm-roberta-base": dict(vocab_size=250002, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                              max_position_embeddings=514, **_SHAPE),
 }
-VARIANT = bert.Variant(position_offset=POSITION_OFFSET, dropout_before_pooler=True)
+VARIANT = bert.Variant(position_offset=POSITION_OFFSET, dropout_before_pooler=True, lm_activation="gelu")
 
 
 def build(cfg, *, rngs: nnx.Rngs, dtype) -> bert.BertClassifier:
@@ -84,15 +84,18 @@ def hf_configure(cfg, hf: dict):
 
 
 def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
-    return {**bert.hf_key_map(cfg), **bert.hf_head_map(cfg)}
+    return {**bert.hf_key_map(cfg), **bert.hf_head_map(cfg),
+            **bert.lm_head_map(cfg, "lm_head.", "dense", "layer_norm", "bias")}
 
 
 hf_normalize_name, hf_tensor_name = bert.hf_prefixed("roberta")
 
 
 def hf_expected_unused(name: str, cfg) -> bool:
-    """Buffers, a base model's pooler (RoBERTa's heads do not use it) and a masked-LM head."""
-    return name.startswith(("pooler.", "lm_head.")) or name in ("embeddings.position_ids", "embeddings.token_type_ids")
+    """Buffers, a base model's pooler (RoBERTa's heads do not use it), a masked-LM head under another task, and
+    that head's decoder (the word embeddings and `lm_head.bias`)."""
+    return (name.startswith(("pooler.", "lm_head.decoder.")) or (cfg.task != "lm" and name.startswith("lm_head."))
+            or name in ("embeddings.position_ids", "embeddings.token_type_ids"))
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:

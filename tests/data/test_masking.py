@@ -1,0 +1,108 @@
+"""Masked language modelling's inputs: HF's 15% / 80-10-10 masking, never of special tokens, drawn per
+(step, global row) so resumes and host counts mask alike, and a validation split masked once."""
+
+import numpy as np
+import pytest
+
+from jaxbatch import config
+from jaxbatch.data import masking, packing, pipeline, tasks
+from jaxbatch.errors import DataError
+from jaxbatch.losses import IGNORE_INDEX
+from jaxbatch.models import bert
+
+WORDS = [f"w{i}" for i in range(50)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return bert.tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])
+
+
+def rows(n: int, seq_len: int, seed: int = 0) -> dict:
+    """n rows of [CLS] words [SEP] then padding, of random lengths."""
+    rng = np.random.default_rng(seed)
+    docs = [[2, *rng.integers(5, 55, rng.integers(1, seq_len - 1)), 3] for _ in range(n)]
+    ids = np.zeros((n, seq_len), np.int32)
+    for i, d in enumerate(docs):
+        ids[i, : len(d)] = d
+    return {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int32), "token_type_ids": np.zeros_like(ids)}
+
+
+def test_the_collators_proportions_never_on_special_tokens_and_labels_the_chosen(tokenizer):
+    how = masking.Masking.of(tokenizer, 0.15)
+    assert (how.mask_id, how.vocab_size, how.special) == (4, 55, (0, 1, 2, 3, 4))
+    plain = rows(3000, 48)
+    cands = how.candidates(plain)
+    maskable = (plain["attention_mask"] == 1) & (plain["input_ids"] > 4)
+    np.testing.assert_array_equal(cands["labels"], np.where(maskable, plain["input_ids"], IGNORE_INDEX))
+    out = how.apply(cands, [(7, 0, 0, r) for r in range(3000)])
+    chosen = out["labels"] != IGNORE_INDEX
+    assert not (chosen & ~maskable).any()
+    np.testing.assert_array_equal(out["labels"][chosen], plain["input_ids"][chosen])  # the original ids
+    np.testing.assert_array_equal(out["input_ids"][~chosen], plain["input_ids"][~chosen])  # the rest untouched
+    n = maskable.sum()
+    assert abs(chosen.sum() / n - 0.15) < 4 * np.sqrt(0.15 * 0.85 / n)
+    picked = out["input_ids"][chosen]
+    kept = picked == plain["input_ids"][chosen]
+    to_mask = picked == 4
+    # of the chosen: 80% [MASK], 10% random (which may draw the token itself or [MASK]: 1 in 55 each), 10% kept
+    k = chosen.sum()
+    shares = ((to_mask.mean(), 0.8 + 0.1 / 55), (kept.mean(), 0.1 + 0.1 / 55), ((~kept & ~to_mask).mean(), 0.1 * 53 / 55))
+    for share, expected in shares:
+        assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / k)
+    again = how.apply(cands, [(7, 0, 0, r) for r in range(3000)])
+    np.testing.assert_array_equal(again["input_ids"], out["input_ids"])
+    other = how.apply(cands, [(7, 0, 1, r) for r in range(3000)])  # the next step draws anew
+    assert (other["labels"] != out["labels"]).any()
+
+
+def test_a_tokenizer_without_a_mask_token_is_one_line():
+    with pytest.raises(DataError, match="mask token"):
+        masking.Masking.of(None, 0.15)
+
+
+@pytest.mark.parametrize("ramp", [False, True])
+def test_any_number_of_hosts_masks_a_global_batch_as_one_does(tokenizer, ramp):
+    """Two processes' local batches, put back in their global places, equal one process's batch: the same
+    examples and the same masks, on the plain path and on the planned one (batch ramp-up)."""
+    how = masking.Masking.of(tokenizer, 0.3)
+    data = how.candidates(rows(40, 16))
+    sizes = [8, 16, 16] if ramp else None
+    one = list(pipeline.train_dataset(data, 16, 3, seed=1, batch_sizes=sizes, mask=how.train_batch(5)))
+    two = [list(pipeline.train_dataset(data, 16, 3, seed=1, process_index=p, process_count=2, batch_sizes=sizes,
+                                       mask=how.train_batch(5))) for p in range(2)]
+    def masked_rows(batch):  # each row's masked ids and labels together (hosts order their rows by index)
+        return sorted(map(tuple, np.concatenate([batch["input_ids"], batch["labels"]], 1)))
+
+    for step, whole in enumerate(one):
+        assert (whole["labels"] != IGNORE_INDEX).any()
+        halves = {k: np.concatenate([two[0][step][k], two[1][step][k]]) for k in ("input_ids", "labels")}
+        assert masked_rows(halves) == masked_rows(whole), step
+
+
+def test_documents_are_concatenated_and_cut_into_rows_with_nothing_dropped():
+    out = packing.concatenated([[2, 10, 11, 3], [2, 12, 3], [2, 13, 14, 15, 3]], 5, pad_id=0)
+    np.testing.assert_array_equal(out["input_ids"], [[2, 10, 11, 3, 2], [12, 3, 2, 13, 14], [15, 3, 0, 0, 0]])
+    np.testing.assert_array_equal(out["attention_mask"], [[1] * 5, [1] * 5, [1, 1, 0, 0, 0]])
+    assert not out["token_type_ids"].any()
+
+
+def test_a_corpus_trains_a_masked_lm_and_evaluate_sees_the_validation_masks_training_saw(tokenizer, tmp_path):
+    text = "\n\n".join(" ".join(WORDS[(7 * d + k) % 50] for k in range(3 + d % 11)) for d in range(60))
+    (tmp_path / "corpus.txt").write_text(text)
+    cfg = config.build(["data.name=text", f"data.data_dir={tmp_path / 'corpus.txt'}", "data.seq_len=16",
+                        "data.mlm_probability=0.25"]).data
+    data = tasks.load(cfg, tokenizer, masked=True)
+    assert data.task == "lm" and data.masking.probability == 0.25 and data.bytes_per_token is None
+    ids = data.train["input_ids"]
+    assert ids[0, 0] == tokenizer.cls_token_id and (ids == tokenizer.sep_token_id).sum() == (ids == 2).sum()
+    assert not (data.train["labels"][data.train["attention_mask"] == 1] == IGNORE_INDEX).all()
+    chosen = data.eval["labels"] != IGNORE_INDEX
+    assert chosen.any() and (data.eval["input_ids"][chosen] == tokenizer.mask_token_id).any()
+    split = tasks.load_split(cfg, tokenizer, "validation", masked=True)
+    for key in data.eval:
+        np.testing.assert_array_equal(split[key], data.eval[key], err_msg=key)
+    (tmp_path / "sft.jsonl").write_text('{"prompt": "w1", "completion": "w2"}\n' * 20)
+    sft = config.replace(config.build(["data.name=text"]), data__data_dir=str(tmp_path / "sft.jsonl")).data
+    with pytest.raises(DataError, match="plain text"):
+        tasks.load(sft, tokenizer, masked=True)
