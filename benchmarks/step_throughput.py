@@ -9,6 +9,7 @@ in alternating rounds in one process (the box's speed drifts; each round times b
     python benchmarks/step_throughput.py --vs-torch distributed.cpu_devices=-1 distributed.cpu_one_arena=true  # + one malloc arena
     python benchmarks/step_throughput.py --preset bert-base --batch 64 --precision bf16   # a GPU shape
     python benchmarks/step_throughput.py --family gpt2 --vs-torch   # GPT-2 124M vs HF GPT2LMHeadModel
+    python benchmarks/step_throughput.py --mlm --vs-torch           # MiniLM-L6 masked LM vs HF BertForMaskedLM
     python benchmarks/step_throughput.py --family llama --preset llama-tiny model.vocab_size=32000 --vs-torch
 """
 
@@ -33,6 +34,18 @@ def make_lm_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
                 positions=np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy())
 
 
+def make_mlm_batch(vocab: int, batch: int, seq: int, probability: float, seed: int = 0) -> dict:
+    """Rows of [CLS] words [SEP], masked as training masks them (data/masking.py; [MASK] is id 103, as in BERT's
+    vocabulary)."""
+    from jaxbatch.data import masking
+
+    ids = np.random.default_rng(seed).integers(min(1000, vocab // 2), vocab, (batch, seq)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    rows = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    how = masking.Masking(probability, 103, vocab, (0, 100, 101, 102, 103))
+    return how.apply(how.candidates(rows), [(seed, 0, 0, r) for r in range(batch)])
+
+
 def make_batch(vocab: int, batch: int, seq: int, num_labels: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     ids = rng.integers(min(1000, vocab // 2), vocab, (batch, seq)).astype(np.int32)  # skip special tokens
@@ -44,17 +57,19 @@ DEFAULT_PRESET = {"bert": "minilm-l6", "gpt2": "gpt2-124m", "llama": "llama-tiny
 
 
 def bench_config(family: str, preset: str, batch: int, seq: int, precision: str = "fp32",
-                 overrides=()) -> config.Config:
-    """The benchmarked shape: token classification (9 tags) for BERT, a dropout-free LM for decoders;
-    a tokenizer-sized vocabulary (0) becomes 256."""
-    task = ["model.task=token", "model.num_labels=9"] if family == "bert" else [
-        "model.task=lm", "data.name=text", "model.hidden_dropout=0.0"]
+                 overrides=(), mlm: bool = False) -> config.Config:
+    """The benchmarked shape: token classification (9 tags) or a masked LM (`mlm`) for BERT, a dropout-free LM
+    for decoders; a tokenizer-sized vocabulary (0) becomes 256."""
+    task = ["model.task=lm", "data.name=text"] if mlm else ["model.task=token", "model.num_labels=9"] if (
+        family == "bert") else ["model.task=lm", "data.name=text", "model.hidden_dropout=0.0"]
     cfg = config.build([f"model.preset={preset}", *task, f"train.batch_size={batch}", f"data.seq_len={seq}",
                         f"precision.policy={precision}", "optim.name=adamw", "train.steps=1000", *overrides])
     return config.replace(cfg, model__vocab_size=256) if cfg.model.vocab_size == 0 else cfg
 
 
 def bench_batch(cfg: config.Config, family: str, batch: int, seq: int) -> dict:
+    if family == "bert" and cfg.model.task == "lm":
+        return make_mlm_batch(cfg.model.vocab_size, batch, seq, cfg.model.mlm_probability)
     if family == "bert":
         return make_batch(cfg.model.vocab_size, batch, seq, cfg.model.num_labels)
     return make_lm_batch(cfg.model.vocab_size, batch, seq)
@@ -102,7 +117,8 @@ def torch_model(model_cfg):
             num_attention_heads=model_cfg.num_heads, intermediate_size=model_cfg.intermediate_size,
             max_position_embeddings=model_cfg.max_position_embeddings, num_labels=model_cfg.num_labels,
             attention_probs_dropout_prob=model_cfg.attention_dropout, hidden_dropout_prob=model_cfg.hidden_dropout)
-        return transformers.BertForTokenClassification(hf_cfg)
+        cls = transformers.BertForMaskedLM if model_cfg.task == "lm" else transformers.BertForTokenClassification
+        return cls(hf_cfg)
     hf = models.family(model_cfg).hf.hf_config(model_cfg)
     cls = transformers.GPT2LMHeadModel if model_cfg.arch == "gpt2" else transformers.LlamaForCausalLM
     config_cls = transformers.GPT2Config if model_cfg.arch == "gpt2" else transformers.LlamaConfig
@@ -150,6 +166,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--mlm", action="store_true", help="bert: a masked LM (15%% predicted) instead of token tags")
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="rounds, alternating jaxbatch and PyTorch in this process")
     p.add_argument("--warmup", type=int, default=2)
@@ -160,7 +177,7 @@ def main() -> None:
     args = p.parse_args()
 
     preset = args.preset or DEFAULT_PRESET[args.family]
-    cfg = bench_config(args.family, preset, args.batch, args.seq, args.precision, args.overrides)
+    cfg = bench_config(args.family, preset, args.batch, args.seq, args.precision, args.overrides, args.mlm)
     distributed.initialize(cfg.distributed)  # distributed.cpu_devices=-1: one XLA:CPU device per core
     batch = bench_batch(cfg, args.family, args.batch, args.seq)
     devices = jax.devices()

@@ -299,13 +299,12 @@ def predict(args) -> int:
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step)
-    if restored.run.spec.model.task == "lm":
+    if restored.run.spec.model.task == "lm" and not restored.run.family.masked:
         from jaxbatch.errors import ConfigError
 
-        use = ("`jaxbatch export` it for transformers' fill-mask pipeline" if restored.run.family.masked
-               else "continue text with `jaxbatch generate`")
-        raise ConfigError(f"{args.model} is a language model, and predict labels text with a classifier; "
-                          f"score text with `jaxbatch evaluate`, or {use}")
+        raise ConfigError(f"{args.model} is a causal language model, and predict labels text with a classifier or "
+                          f"fills in a masked LM's masks; continue text with `jaxbatch generate` or score it with "
+                          f"`jaxbatch evaluate`")
     records = predict_lib.predict(restored, sentences)
     from jaxbatch.errors import writing
 
@@ -330,7 +329,8 @@ def evaluate_split(args) -> int:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
                           f"{data_task} dataset: name the split's kind with --data-name")
     masked = spec.model.task == "lm" and restored.run.family.masked
-    arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type, masked)
+    arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
+                              spec.model.mlm_probability if masked else 0.0)
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte)

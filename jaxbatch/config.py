@@ -109,6 +109,9 @@ class ModelConfig:
     vocab_tiling: int = 1
     label_smoothing: float = 0.0  # training targets mix in this much of the uniform distribution (HF's
     # label_smoothing_factor); evaluation reports the plain cross-entropy
+    # masked language modelling (an encoder's lm task): the share of tokens predicted, of which 80% are shown as
+    # the mask token and 10% as a random one (HF's mlm_probability; data/masking.py)
+    mlm_probability: float = 0.15
     # compressed models (written by `jaxbatch compress`; see jaxbatch/compress/)
     quant: str = ""  # int8: dense kernels and embedding tables stored and run as int8 | '' = float
     quant_act: str = "none"  # int8 activations too: dynamic (per token) | static (calibrated per layer) | none
@@ -196,9 +199,6 @@ class DataConfig:
     labels: str = ""  # label set in id order, comma-separated; empty = a Parquet file's names, the preset's, the data's
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first
-    # masked language modelling (an encoder on a text corpus): the share of tokens chosen to predict, of which 80%
-    # become the mask token, 10% a random one (HF's mlm_probability; data/masking.py)
-    mlm_probability: float = 0.15
     buckets: int = 1  # length buckets for training batches (seq_len/4, seq_len/2, seq_len for 3); 1 = no bucketing
     shuffle_seed: int = 0
 
@@ -487,12 +487,12 @@ def validate(cfg: Config, num_devices: int) -> None:
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
     _validate_optim(cfg.optim, cfg.model)
-    if not 0.0 < cfg.data.mlm_probability < 1.0:
-        raise ConfigError(f"data.mlm_probability must be in (0, 1), got {cfg.data.mlm_probability}")
+    if not 0.0 < cfg.model.mlm_probability < 1.0:
+        raise ConfigError(f"model.mlm_probability must be in (0, 1), got {cfg.model.mlm_probability}")
     masked_lm = cfg.model.task == "lm" and models.family(cfg.model).masked
-    if cfg.data.mlm_probability != DataConfig.mlm_probability and not masked_lm:
-        raise ConfigError("data.mlm_probability masks an encoder's text corpus (masked language modelling), and this "
-                          "run trains no masked LM")
+    if cfg.model.mlm_probability != ModelConfig.mlm_probability and not masked_lm:
+        raise ConfigError("model.mlm_probability masks an encoder's text corpus (masked language modelling), and "
+                          "this run trains no masked LM")
     if masked_lm and cfg.model.lora_rank:
         raise ConfigError("model.lora_rank with a masked LM: PEFT has no task type to save such an adapter as; "
                           "fine-tune the whole model")

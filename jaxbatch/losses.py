@@ -8,6 +8,7 @@ for float targets: scores and multi-label indicators) carry no loss, as in Huggi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -108,6 +109,22 @@ def classification_sums(logits: jax.Array, labels: jax.Array, label_smoothing: f
         sums["label_smoothing"] = extra
         sums["loss_sum"] = sums["loss_sum"] + extra
     return sums, dict(preds=preds, probs=probs)
+
+
+def mlm_predictions(length: int, probability: float) -> int:
+    """The most positions of a row of `length` a masked LM predicts: the binomial mean plus 8 standard deviations
+    (52 of 128 at 15%), which a row's draw passes with probability < 1e-15. data/masking.py caps each row there,
+    and the head computes logits at only that many positions (the original masked-LM pretraining code's
+    max_predictions_per_seq, 20 of 128, which its data capped at)."""
+    mean = probability * length
+    return min(length, math.ceil(mean + 8 * math.sqrt(mean * (1 - probability))))
+
+
+def predicted_positions(labels: jax.Array, most: int) -> jax.Array:
+    """(batch, most) indices of each row's labelled positions, in order, then unlabelled ones (whose labels are
+    IGNORE_INDEX: they add nothing); a row must have at most `most` labels (mlm_predictions)."""
+    length = labels.shape[1]
+    return jax.lax.top_k(jnp.where(labels != IGNORE_INDEX, length - jnp.arange(length), 0), most)[1]
 
 
 def tiled_lm_sums(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], labels: jax.Array, tiles: int,

@@ -7,7 +7,8 @@ them, data/tsv.py; labels are ignored).
 Sentences are length-bucketed into batches, run through the same compiled eval step as `evaluate`, and
 written in input order, each JSON record with its input `line` (blank lines are skipped): entity spans with
 labels and scores and one tag per word (token tasks; JSON lines or CoNLL columns; sentences longer than
-data.seq_len in overlapping windows), or the label and every class probability (sequence tasks).
+data.seq_len in overlapping windows), the label and every class probability (sequence tasks), or a masked
+LM's likeliest tokens for each mask token in the line (as transformers' fill-mask pipeline).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
     from seqeval.metrics.sequence_labeling import get_entities
 
     spec = restored.run.spec
+    if spec.model.task == "lm":
+        return _fill_masks(restored, sentences)
     if spec.model.task != "token":
         return _classify(restored, [_paired(s) for s in sentences])
     names = run_lib.label_names(spec)
@@ -247,6 +250,46 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
         if pieces[i] > budget:
             record["truncated_pieces"] = int(pieces[i] - budget)
         records.append(record)
+    return records
+
+
+def _fill_masks(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
+    """A masked LM's `predictions` for each line: per mask token, in order, its likeliest tokens (`token`,
+    `token_str`, `score`: the probability, `sequence`: the line with that mask filled in), as transformers'
+    fill-mask pipeline writes them. A line without a mask token, or with one past data.seq_len tokens, is one
+    error naming it."""
+    from jaxbatch.losses import mlm_predictions
+
+    spec, tok = restored.run.spec, restored.tokenizer
+    texts = [s.text for s in sentences]
+    enc = tok(texts, padding="max_length", truncation=True, max_length=spec.data.seq_len, return_tensors="np")
+    ids = enc["input_ids"].astype(np.int32)
+    masks = ids == tok.mask_token_id
+    whole = [sum(i == tok.mask_token_id for i in row) for row in tok(texts)["input_ids"]]
+    most = mlm_predictions(spec.data.seq_len, spec.model.mlm_probability)
+    for s, found, n in zip(sentences, masks.sum(1), whole):
+        if not n or found < n or n > most:
+            why = (f"has no {tok.mask_token} to fill" if not n else f"has more than {most} {tok.mask_token} tokens"
+                   if n > most else f"has a {tok.mask_token} past data.seq_len={spec.data.seq_len} tokens")
+            raise DataError(f"line {s.line}: {why}")
+    arrays = {"input_ids": ids, "attention_mask": enc["attention_mask"].astype(np.int32),
+              "token_type_ids": enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int32),
+              "labels": np.where(masks, ids, IGNORE_INDEX).astype(np.int32)}
+    out = predict_arrays(restored, arrays)
+    records = []
+    for r, s in enumerate(sentences):
+        row, at = ids[r][arrays["attention_mask"][r] == 1], np.flatnonzero(masks[r])
+        filled = []
+        for k, position in enumerate(at):  # the head's positions are each row's masks, in order
+            choices = []
+            for token, p in zip(out["top_ids"][r][k], out["top_probs"][r][k]):
+                sequence = row.copy()
+                sequence[position] = token
+                choices.append({"score": round(float(p), 6), "token": int(token),
+                                "token_str": tok.decode([int(token)]),
+                                "sequence": tok.decode(sequence, skip_special_tokens=len(at) == 1)})
+            filled.append(choices)
+        records.append({**_line(s), "text": s.text, "predictions": filled})
     return records
 
 

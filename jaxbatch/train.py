@@ -161,7 +161,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     began = time.perf_counter()
     with tfds_builders.progress_bars(cfg.train.progress):
         masked = shaped.model.task == "lm" and models.family(shaped.model).masked  # an encoder's LM task
-        data = tasks.load(cfg.data, run_lib.tokenizer(shaped), shaped.model.problem_type, masked)
+        data = tasks.load(cfg.data, run_lib.tokenizer(shaped), shaped.model.problem_type,
+                          shaped.model.mlm_probability if masked else 0.0)
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),

@@ -118,13 +118,14 @@ def test_validation(overrides, message):
 
 def test_mlm_probability_is_a_share_and_only_a_masked_lm_takes_it():
     masked = ["model.task=lm", "data.name=text", "data.data_dir=x"]
-    config.validate(config.build([*masked, "data.mlm_probability=0.3"]), 1)
+    config.validate(config.build([*masked, "model.mlm_probability=0.3"]), 1)
     for bad in ("0", "1", "-0.1"):
-        with pytest.raises(config.ConfigError, match=r"data.mlm_probability must be in \(0, 1\)"):
-            config.validate(config.build([*masked, f"data.mlm_probability={bad}"]), 1)
+        with pytest.raises(config.ConfigError, match=r"model.mlm_probability must be in \(0, 1\)"):
+            config.validate(config.build([*masked, f"model.mlm_probability={bad}"]), 1)
     with pytest.raises(config.ConfigError, match="trains no masked LM"):  # a token classifier; a decoder's LM is causal
-        config.validate(config.build(["data.mlm_probability=0.3"]), 1)
+        config.validate(config.build(["model.mlm_probability=0.3"]), 1)
     with pytest.raises(config.ConfigError, match="trains no masked LM"):
-        config.validate(config.build(["model.preset=gpt-tiny", "model.vocab_size=64", "data.mlm_probability=0.3"]), 1)
+        config.validate(config.build(["model.preset=gpt-tiny", "model.vocab_size=64", "model.mlm_probability=0.3"]),
+                        1)
     with pytest.raises(config.ConfigError, match="PEFT has no task type"):
         config.validate(config.build([*masked, "model.lora_rank=4"]), 1)

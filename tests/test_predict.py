@@ -448,3 +448,42 @@ def test_a_multi_label_task_trains_reports_f1_and_predicts_label_sets(tmp_path, 
     p = np.array([[r["probabilities"][t] for t in topics] for r in records])
     bce = -np.mean(gold * np.log(p) + (1 - gold) * np.log(1 - p))
     assert got["loss"] == pytest.approx(bce, rel=1e-4)
+
+
+def test_a_masked_lm_fills_masks_as_transformers_fill_mask_pipeline_does(tmp_path, capsys):
+    """A BertForMaskedLM folder (random, its word-level tokenizer beside it): `jaxbatch predict` gives each
+    mask's five likeliest tokens, their probabilities and filled-in sequences as transformers' fill-mask
+    pipeline does, on one mesh and another; a line without a mask token is one error naming it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jaxbatch.models import bert
+
+    words = [f"w{i}" for i in range(40)]
+    tokenizer = bert.tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])
+    torch.manual_seed(3)
+    model = transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64))
+    with torch.no_grad():
+        model.cls.predictions.bias.normal_()
+    model.save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    lines = ["w1 w2 [MASK] w4", "w7 [MASK] w9 w10 [MASK] w12 w13", "[MASK]"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    fill = transformers.pipeline("fill-mask", model=str(tmp_path / "mlm"), top_k=5)
+    for mesh in ([], ["mesh.data=4", "mesh.model=2"]):
+        assert cli.main(["predict", str(tmp_path / "mlm"), "--input", str(tmp_path / "in.txt"), *mesh]) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["line"] for r in records] == [1, 2, 3]
+        for line, record in zip(lines, records):
+            theirs = fill(line)
+            theirs = [theirs] if isinstance(theirs[0], dict) else theirs  # one list per mask
+            assert len(record["predictions"]) == len(theirs) == line.count("[MASK]")
+            for ours, expected in zip(record["predictions"], theirs):
+                assert [c["token"] for c in ours] == [c["token"] for c in expected]
+                assert [c["token_str"] for c in ours] == [c["token_str"] for c in expected]
+                assert [c["sequence"] for c in ours] == [c["sequence"] for c in expected]
+                np.testing.assert_allclose([c["score"] for c in ours], [c["score"] for c in expected], atol=2e-6)
+    (tmp_path / "none.txt").write_text("w1 w2\n\nw3 [MASK]\nw4\n")
+    assert cli.main(["predict", str(tmp_path / "mlm"), "--input", str(tmp_path / "none.txt")]) == 2
+    assert "line 1: has no [MASK] to fill" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """Masked language modelling's inputs, as Hugging Face's DataCollatorForLanguageModeling makes them: each
-token but the special ones ([CLS], [SEP], padding, ...) is chosen with probability `data.mlm_probability`;
+token but the special ones ([CLS], [SEP], padding, ...) is chosen with probability `model.mlm_probability`;
 a chosen token becomes the mask token 80% of the time, a random token 10%, and stays itself 10%; the
-labels are the chosen tokens' ids (IGNORE_INDEX elsewhere).
+labels are the chosen tokens' ids (IGNORE_INDEX elsewhere). A row chooses at most losses.mlm_predictions
+tokens (the head computes logits at that many positions; a draw passes it with probability < 1e-15, and then
+its last choices are dropped, as the original pretraining code caps rows at max_predictions_per_seq).
 
 Training draws new choices for every batch, as the collator does, but from a generator seeded by (train.seed,
 step, global row), so a resumed run and any number of hosts mask exactly as one uninterrupted process does.
@@ -15,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from jaxbatch.errors import DataError
-from jaxbatch.losses import IGNORE_INDEX
+from jaxbatch.losses import IGNORE_INDEX, mlm_predictions
 
 MASK, RANDOM = 0.8, 0.1  # of the chosen tokens: replaced by the mask token, by a random one (the rest are kept)
 
@@ -48,6 +50,7 @@ class Masking:
         u = np.stack([g.random(length) for g in gens]) / self.probability  # < 1: chosen; then which replacement
         random_ids = np.stack([g.integers(0, self.vocab_size, length) for g in gens])
         chosen = (batch["labels"] != IGNORE_INDEX) & (u < 1)
+        chosen &= np.cumsum(chosen, 1) <= mlm_predictions(length, self.probability)
         inputs = np.where(chosen & (u < MASK), self.mask_id,
                           np.where(chosen & (u >= MASK) & (u < MASK + RANDOM), random_ids, ids))
         return {**batch, "input_ids": inputs.astype(ids.dtype),

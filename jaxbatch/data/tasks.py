@@ -501,21 +501,23 @@ def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np
     return packing.concatenated([list(tokenizer.encode(d)) for _, d in docs], seq_len, pad)
 
 
-def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]]) -> tuple[dict, masking.Masking]:
+def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]],
+                   mlm_probability: float) -> tuple[dict, masking.Masking]:
     """{split: rows}: the train split's labels every maskable token (masked anew each batch), the others masked
     once (masking.py)."""
-    how = masking.Masking.of(tokenizer, data_cfg.mlm_probability)
+    how = masking.Masking.of(tokenizer, mlm_probability)
     rows = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len) for split, split_docs in docs.items()}
     return {split: how.candidates(r) if split == "train" else how.eval_split(r, data_cfg.shuffle_seed)
             for split, r in rows.items()}, how
 
 
-def _load_lm(data_cfg, tokenizer, masked: bool = False) -> TaskData:
+def _load_lm(data_cfg, tokenizer, mlm_probability: float = 0.0) -> TaskData:
     """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
-    given) and packed into rows of data.seq_len; for an encoder (`masked`), concatenated and masked."""
+    given) and packed into rows of data.seq_len; for a masked LM (`mlm_probability` > 0), concatenated and
+    masked."""
     docs = _lm_docs(data_cfg, max_eval=data_cfg.max_eval)  # training's evaluations; `evaluate` reads all
-    if masked:
-        arrays, how = _masked_splits(data_cfg, tokenizer, docs)
+    if mlm_probability:
+        arrays, how = _masked_splits(data_cfg, tokenizer, docs, mlm_probability)
         return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
                         False, tokenizer, masking=how)
     if tokenizer is None:
@@ -532,14 +534,15 @@ def _labelled(arrays: dict[str, np.ndarray]) -> bool:
     return bool(losses.labelled(arrays["labels"]).any())
 
 
-def load(data_cfg, tokenizer, problem_type: str = "", masked: bool = False) -> TaskData:
+def load(data_cfg, tokenizer, problem_type: str = "", mlm_probability: float = 0.0) -> TaskData:
     """Train and validation (and test, when present) splits, tokenized; the label set from `data.labels`,
     the dataset's preset, or the training split; a sequence task's labels are read as `problem` decides
     (model.problem_type, or the labels). `tokenizer` may be None for a text corpus (characters) read by a
-    causal LM; `masked`: the corpus trains a masked LM (an encoder family's lm task)."""
+    causal LM; `mlm_probability` > 0: the corpus trains a masked LM (an encoder family's lm task), masking that
+    share of its tokens."""
     ds = dataset(data_cfg)
     if ds.task == "lm":
-        return _load_lm(data_cfg, tokenizer, masked)
+        return _load_lm(data_cfg, tokenizer, mlm_probability)
     splits = _raw_splits(data_cfg, ds)
     for split, most in (("train", data_cfg.max_train), ("validation", data_cfg.max_eval)):
         if most and split in splits:
@@ -565,10 +568,11 @@ def source_of(data_cfg) -> str:
     return data_cfg.data_dir or (f"TFDS catalog {ds.catalog}" if ds.catalog else "generated")
 
 
-def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked: bool = False) -> dict[str, np.ndarray]:
+def load_split(data_cfg, tokenizer, split: str, problem_type: str = "",
+               mlm_probability: float = 0.0) -> dict[str, np.ndarray]:
     """One split of a dataset folder (only its file is needed), with a trained run's label set
     (`data.labels`, set in every resolved spec), read as the resolved model.problem_type says; a text corpus
-    masked as training's evaluations mask it (`masked`)."""
+    masked as a masked LM's training evaluations mask it (`mlm_probability` > 0)."""
     ds = dataset(data_cfg)
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"--split must be train, validation or test, got {split!r}")
@@ -580,8 +584,8 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked: 
         if not docs.get(split):
             raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir} (a text corpus "
                             f"is split into train and validation: --split validation)")
-        if masked:
-            return _masked_splits(data_cfg, tokenizer, {"validation": docs[split]})[0]["validation"]
+        if mlm_probability:
+            return _masked_splits(data_cfg, tokenizer, {"validation": docs[split]}, mlm_probability)[0]["validation"]
         return _pack(docs[split], tokenizer, data_cfg.seq_len)
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:

@@ -116,6 +116,7 @@ class BertClassifier(nnx.Module):
             self.lm_activation = ACTIVATIONS[variant.lm_activation or cfg.activation or ACTIVATION]
             self.lm_norm = LayerNorm(e, cfg.layer_norm_eps, dtype=dtype)
             self.lm_bias = param(rngs, jax.nn.initializers.zeros, (cfg.vocab_size,), ("vocab",), decay=False, head=True)
+            self.mlm_probability = cfg.mlm_probability
             return
         if cfg.task == "sequence":
             self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ("embed",), (None,), rngs=rngs, dtype=dtype,
@@ -125,10 +126,13 @@ class BertClassifier(nnx.Module):
                                 dtype=dtype, head=True)
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
+                 rngs: nnx.Rngs | None = None, positions: jax.Array | None = None) -> jax.Array:
+        """Logits; a masked LM's at every position, or at (batch, k) `positions` only (the predicted ones)."""
         drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)  # noqa: E731
         x = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
         if self.task == "lm":
+            if positions is not None:
+                x = jnp.take_along_axis(x, positions[..., None], axis=1)
             x = self.lm_norm(self.lm_activation(self.lm_transform(x)))
             logits = self.encoder.word_embeddings.attend(x) + self.lm_bias[...].astype(self.dtype)
             return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
@@ -147,14 +151,27 @@ def build(cfg, *, rngs: nnx.Rngs, dtype) -> BertClassifier:
     return BertClassifier(cfg, rngs=rngs, dtype=dtype)
 
 
-def forward(model: BertClassifier, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
-    return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                 deterministic=deterministic, rngs=rngs)
+def forward(model: BertClassifier, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None):
+    """The logits; a masked LM's (logits, labels) at only the positions it may predict, losses.mlm_predictions
+    per row (52 of 128 tokens at 15%: the other 59% of the head's vocabulary logits are not computed)."""
+    inputs = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    if model.task != "lm":
+        return model(*inputs, deterministic=deterministic, rngs=rngs)
+    labels = batch["labels"]
+    positions = losses.predicted_positions(labels, losses.mlm_predictions(labels.shape[1], model.mlm_probability))
+    return (model(*inputs, deterministic=deterministic, rngs=rngs, positions=positions),
+            jnp.take_along_axis(labels, positions, axis=1))
 
 
-def loss_sums(logits: jax.Array, batch: dict, cfg) -> tuple[dict, dict]:
-    if cfg.task == "lm":  # the masked positions' cross-entropy (labels are IGNORE_INDEX elsewhere)
-        return losses.lm_sums(logits, batch["labels"], cfg.z_loss, cfg.label_smoothing), {}
+FILL_MASK_TOP = 5  # a masked LM's predictions at each predicted position: the likeliest tokens (HF's fill-mask top_k)
+
+
+def loss_sums(logits, batch: dict, cfg) -> tuple[dict, dict]:
+    """The head's sums and predictions; a masked LM's (forward's (logits, labels)): the predicted positions'
+    cross-entropy, and at each of them the FILL_MASK_TOP likeliest tokens and their probabilities."""
+    if cfg.task == "lm":
+        probs, ids = jax.lax.top_k(jax.nn.softmax(logits[0]), FILL_MASK_TOP)
+        return losses.lm_sums(*logits, cfg.z_loss, cfg.label_smoothing), dict(top_ids=ids, top_probs=probs)
     if cfg.problem_type == losses.REGRESSION:
         return losses.regression_sums(logits, batch["labels"])
     if cfg.problem_type == losses.MULTI_LABEL:
@@ -173,12 +190,13 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
 
     Forward per layer and token: QKV + output projections 8h^2, MLP 4hI, attention scores and values 4Th
     (non-causal: every query sees all T keys); the classifier head 2hL (the pooler 2h^2 once per sequence), or
-    the masked-LM head 2he + 2eV over every position (e: the embedding width). Embedding gathers are not
-    matmuls and are not counted. This is the PaLM-style count MaxText uses for MFU."""
+    the masked-LM head 2he + 2eV at the predicted share of positions, model.mlm_probability (e: the embedding
+    width; the head runs at a few more, losses.mlm_predictions, which are not counted). Embedding gathers are
+    not matmuls and are not counted. This is the PaLM-style count MaxText uses for MFU."""
     h, inter, t = cfg.hidden_size, cfg.intermediate_size, seq_len
     e = cfg.embedding_size or h
     per_token = cfg.num_layers * (8 * h * h + 4 * h * inter + 4 * t * h) + (
-        2 * h * e + 2 * e * cfg.vocab_size if cfg.task == "lm" else 2 * h * cfg.num_labels)
+        (2 * h * e + 2 * e * cfg.vocab_size) * cfg.mlm_probability if cfg.task == "lm" else 2 * h * cfg.num_labels)
     if cfg.task == "sequence":
         per_token += 2 * h * h / t
     return 3.0 * per_token

@@ -90,19 +90,38 @@ def test_documents_are_concatenated_and_cut_into_rows_with_nothing_dropped():
 def test_a_corpus_trains_a_masked_lm_and_evaluate_sees_the_validation_masks_training_saw(tokenizer, tmp_path):
     text = "\n\n".join(" ".join(WORDS[(7 * d + k) % 50] for k in range(3 + d % 11)) for d in range(60))
     (tmp_path / "corpus.txt").write_text(text)
-    cfg = config.build(["data.name=text", f"data.data_dir={tmp_path / 'corpus.txt'}", "data.seq_len=16",
-                        "data.mlm_probability=0.25"]).data
-    data = tasks.load(cfg, tokenizer, masked=True)
+    cfg = config.build(["data.name=text", f"data.data_dir={tmp_path / 'corpus.txt'}", "data.seq_len=16"]).data
+    data = tasks.load(cfg, tokenizer, mlm_probability=0.25)
     assert data.task == "lm" and data.masking.probability == 0.25 and data.bytes_per_token is None
     ids = data.train["input_ids"]
     assert ids[0, 0] == tokenizer.cls_token_id and (ids == tokenizer.sep_token_id).sum() == (ids == 2).sum()
     assert not (data.train["labels"][data.train["attention_mask"] == 1] == IGNORE_INDEX).all()
     chosen = data.eval["labels"] != IGNORE_INDEX
     assert chosen.any() and (data.eval["input_ids"][chosen] == tokenizer.mask_token_id).any()
-    split = tasks.load_split(cfg, tokenizer, "validation", masked=True)
+    split = tasks.load_split(cfg, tokenizer, "validation", mlm_probability=0.25)
     for key in data.eval:
         np.testing.assert_array_equal(split[key], data.eval[key], err_msg=key)
     (tmp_path / "sft.jsonl").write_text('{"prompt": "w1", "completion": "w2"}\n' * 20)
     sft = config.replace(config.build(["data.name=text"]), data__data_dir=str(tmp_path / "sft.jsonl")).data
     with pytest.raises(DataError, match="plain text"):
-        tasks.load(sft, tokenizer, masked=True)
+        tasks.load(sft, tokenizer, mlm_probability=0.15)
+
+
+def test_a_row_chooses_at_most_what_the_head_predicts(tokenizer, monkeypatch):
+    """Past losses.mlm_predictions a row's later choices are dropped (inputs kept, no label): the head computes
+    logits at that many positions only. At 15% of 128 that bound is 52, 8 standard deviations out."""
+    from jaxbatch import losses
+
+    assert losses.mlm_predictions(128, 0.15) == 52 and losses.mlm_predictions(16, 0.9) == 16
+    how = masking.Masking.of(tokenizer, 0.5)
+    cands = how.candidates(rows(200, 32))
+    keys = [(3, 0, 0, r) for r in range(200)]
+    free = how.apply(cands, keys)
+    monkeypatch.setattr(masking, "mlm_predictions", lambda length, p: 2)
+    capped = how.apply(cands, keys)
+    for a, b, plain in zip(free["labels"], capped["labels"], cands["input_ids"]):
+        first = np.flatnonzero(a != IGNORE_INDEX)[:2]
+        np.testing.assert_array_equal(np.flatnonzero(b != IGNORE_INDEX), first)
+    dropped = (free["labels"] != IGNORE_INDEX) & (capped["labels"] == IGNORE_INDEX)
+    assert dropped.any()
+    np.testing.assert_array_equal(capped["input_ids"][dropped], cands["input_ids"][dropped])
