@@ -330,7 +330,7 @@ def evaluate_split(args) -> int:
                           f"{data_task} dataset: name the split's kind with --data-name")
     masked = spec.model.task == "lm" and restored.run.family.masked
     arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
-                              spec.model.mlm_probability if masked else 0.0)
+                              spec.model if masked else None)
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte)

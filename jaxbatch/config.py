@@ -112,6 +112,9 @@ class ModelConfig:
     # masked language modelling (an encoder's lm task): the share of tokens predicted, of which 80% are shown as
     # the mask token and 10% as a random one (HF's mlm_probability; data/masking.py)
     mlm_probability: float = 0.15
+    mlm_mask_replace_prob: float = 0.8  # of the predicted tokens, the share shown as the mask token (HF's name)
+    mlm_random_replace_prob: float = 0.1  # ... shown as a random token; the rest are shown as themselves
+    mlm_whole_word_mask: bool = False  # choose whole words (their first token drawn), as HF's whole_word_mask
     # compressed models (written by `jaxbatch compress`; see jaxbatch/compress/)
     quant: str = ""  # int8: dense kernels and embedding tables stored and run as int8 | '' = float
     quant_act: str = "none"  # int8 activations too: dynamic (per token) | static (calibrated per layer) | none
@@ -487,12 +490,18 @@ def validate(cfg: Config, num_devices: int) -> None:
         if not 0.0 <= getattr(cfg.model, key) < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(cfg.model, key)}")
     _validate_optim(cfg.optim, cfg.model)
-    if not 0.0 < cfg.model.mlm_probability < 1.0:
-        raise ConfigError(f"model.mlm_probability must be in (0, 1), got {cfg.model.mlm_probability}")
-    masked_lm = cfg.model.task == "lm" and models.family(cfg.model).masked
-    if cfg.model.mlm_probability != ModelConfig.mlm_probability and not masked_lm:
-        raise ConfigError("model.mlm_probability masks an encoder's text corpus (masked language modelling), and "
-                          "this run trains no masked LM")
+    m = cfg.model
+    if not 0.0 < m.mlm_probability < 1.0:
+        raise ConfigError(f"model.mlm_probability must be in (0, 1), got {m.mlm_probability}")
+    if not (0.0 <= m.mlm_mask_replace_prob <= 1.0 and 0.0 <= m.mlm_random_replace_prob <= 1.0
+            and m.mlm_mask_replace_prob + m.mlm_random_replace_prob <= 1.0):
+        raise ConfigError(f"model.mlm_mask_replace_prob={m.mlm_mask_replace_prob} and model.mlm_random_replace_prob="
+                          f"{m.mlm_random_replace_prob} must be shares in [0, 1] adding up to at most 1")
+    masked_lm = m.task == "lm" and models.family(m).masked
+    for key in ("mlm_probability", "mlm_mask_replace_prob", "mlm_random_replace_prob", "mlm_whole_word_mask"):
+        if getattr(m, key) != getattr(ModelConfig, key) and not masked_lm:
+            raise ConfigError(f"model.{key} masks an encoder's text corpus (masked language modelling), and this "
+                              f"run trains no masked LM")
     if masked_lm and cfg.model.lora_rank:
         raise ConfigError("model.lora_rank with a masked LM: PEFT has no task type to save such an adapter as; "
                           "fine-tune the whole model")

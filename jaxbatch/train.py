@@ -162,7 +162,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     with tfds_builders.progress_bars(cfg.train.progress):
         masked = shaped.model.task == "lm" and models.family(shaped.model).masked  # an encoder's LM task
         data = tasks.load(cfg.data, run_lib.tokenizer(shaped), shaped.model.problem_type,
-                          shaped.model.mlm_probability if masked else 0.0)
+                          shaped.model if masked else None)
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),
@@ -197,8 +197,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
         f"{' (several per example)' if data.problem_type == losses.MULTI_LABEL else ''}, "
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
     if data.masking:
-        say(f"masked LM: {100 * data.masking.probability:g}% of the tokens chosen anew in each batch (80% to "
-            f"{tokenizer.mask_token}, 10% random, 10% kept); validation masked once (data.shuffle_seed)")
+        say(f"masked LM: {data.masking.describe(tokenizer.mask_token)}")
     if t.epochs:
         say(f"train.steps={t.steps}: train.epochs={t.epochs:g} x {len(data.train['labels'])} training "
             f"{'rows' if data.task == 'lm' else 'examples'} in batches of {t.batch_size}")

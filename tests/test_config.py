@@ -129,3 +129,10 @@ def test_mlm_probability_is_a_share_and_only_a_masked_lm_takes_it():
                         1)
     with pytest.raises(config.ConfigError, match="PEFT has no task type"):
         config.validate(config.build([*masked, "model.lora_rank=4"]), 1)
+    config.validate(config.build([*masked, "model.mlm_mask_replace_prob=1", "model.mlm_random_replace_prob=0"]), 1)
+    for shares in (("0.9", "0.2"), ("-0.1", "0.1"), ("0.5", "1.5")):
+        with pytest.raises(config.ConfigError, match="adding up to at most 1"):
+            config.validate(config.build([*masked, f"model.mlm_mask_replace_prob={shares[0]}",
+                                          f"model.mlm_random_replace_prob={shares[1]}"]), 1)
+    with pytest.raises(config.ConfigError, match="model.mlm_whole_word_mask masks"):
+        config.validate(config.build(["model.mlm_whole_word_mask=true"]), 1)

@@ -52,15 +52,20 @@ def pack(documents: list[list[int]], seq_len: int, pad_id: int = 0,
             "segment_ids": s[:, :-1], "positions": positions[:, :-1]}
 
 
-def concatenated(documents: list[list[int]], seq_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+def concatenated(documents: list[list[int]], seq_len: int, pad_id: int = 0,
+                 per_token: dict[str, list[list[int]]] | None = None) -> dict[str, np.ndarray]:
     """{input_ids, attention_mask, token_type_ids}, each (rows, seq_len) int32: the documents (each with its own
     special tokens, e.g. [CLS] ... [SEP]) end to end, cut every seq_len tokens, as Hugging Face's run_mlm.py
     groups texts for masked language modelling. The last row is padded (run_mlm drops it: no text is lost here).
-    An encoder attends across the documents of a row, as there."""
-    flat = np.fromiter((t for doc in documents for t in doc), np.int32)
-    rows = -(-len(flat) // seq_len)
-    ids = np.full(rows * seq_len, pad_id, np.int32)
-    ids[: len(flat)] = flat
-    real = (np.arange(rows * seq_len) < len(flat)).astype(np.int32)
-    return {"input_ids": ids.reshape(rows, seq_len), "attention_mask": real.reshape(rows, seq_len),
-            "token_type_ids": np.zeros((rows, seq_len), np.int32)}
+    An encoder attends across the documents of a row, as there. `per_token`: more values per document token
+    (e.g. where words start), laid out as the tokens are (0 in padding)."""
+    def rows_of(docs: list[list[int]], fill: int) -> np.ndarray:
+        flat = np.fromiter((t for doc in docs for t in doc), np.int32)
+        out = np.full(-(-len(flat) // seq_len) * seq_len, fill, np.int32)
+        out[: len(flat)] = flat
+        return out.reshape(-1, seq_len)
+
+    ids = rows_of(documents, pad_id)
+    real = rows_of([[1] * len(doc) for doc in documents], 0)
+    return {"input_ids": ids, "attention_mask": real, "token_type_ids": np.zeros_like(ids),
+            **{k: rows_of(v, 0) for k, v in (per_token or {}).items()}}

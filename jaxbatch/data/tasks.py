@@ -492,32 +492,34 @@ def bytes_per_token(tokenizer) -> np.ndarray:
     return np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
 
 
-def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
-    """A masked LM's rows: each document with the tokenizer's special tokens, end to end (packing.concatenated)."""
+def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int, how: masking.Masking) -> dict[str, np.ndarray]:
+    """A masked LM's rows: each document with the tokenizer's special tokens, end to end (packing.concatenated),
+    with where its words start for whole-word masking."""
     if any(prompt for prompt, _ in docs):
         raise DataError("masked language modelling reads plain text documents; prompt/completion and chat "
                         "examples train a causal language model (a decoder)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return packing.concatenated([list(tokenizer.encode(d)) for _, d in docs], seq_len, pad)
+    encoded = [how.encode(tokenizer, d) for _, d in docs]
+    starts = {masking.WORD_STARTS: [s for _, s in encoded]} if how.whole_words else None
+    return packing.concatenated([ids for ids, _ in encoded], seq_len, pad, starts)
 
 
-def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]],
-                   mlm_probability: float) -> tuple[dict, masking.Masking]:
+def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]], model_cfg) -> tuple[dict, masking.Masking]:
     """{split: rows}: the train split's labels every maskable token (masked anew each batch), the others masked
     once (masking.py)."""
-    how = masking.Masking.of(tokenizer, mlm_probability)
-    rows = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len) for split, split_docs in docs.items()}
+    how = masking.Masking.of(tokenizer, model_cfg)
+    rows = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len, how) for split, split_docs in docs.items()}
     return {split: how.candidates(r) if split == "train" else how.eval_split(r, data_cfg.shuffle_seed)
             for split, r in rows.items()}, how
 
 
-def _load_lm(data_cfg, tokenizer, mlm_probability: float = 0.0) -> TaskData:
+def _load_lm(data_cfg, tokenizer, masked_lm=None) -> TaskData:
     """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
-    given) and packed into rows of data.seq_len; for a masked LM (`mlm_probability` > 0), concatenated and
-    masked."""
+    given) and packed into rows of data.seq_len; for a masked LM (`masked_lm`: its ModelConfig), concatenated
+    and masked."""
     docs = _lm_docs(data_cfg, max_eval=data_cfg.max_eval)  # training's evaluations; `evaluate` reads all
-    if mlm_probability:
-        arrays, how = _masked_splits(data_cfg, tokenizer, docs, mlm_probability)
+    if masked_lm is not None:
+        arrays, how = _masked_splits(data_cfg, tokenizer, docs, masked_lm)
         return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
                         False, tokenizer, masking=how)
     if tokenizer is None:
@@ -534,15 +536,15 @@ def _labelled(arrays: dict[str, np.ndarray]) -> bool:
     return bool(losses.labelled(arrays["labels"]).any())
 
 
-def load(data_cfg, tokenizer, problem_type: str = "", mlm_probability: float = 0.0) -> TaskData:
+def load(data_cfg, tokenizer, problem_type: str = "", masked_lm=None) -> TaskData:
     """Train and validation (and test, when present) splits, tokenized; the label set from `data.labels`,
     the dataset's preset, or the training split; a sequence task's labels are read as `problem` decides
     (model.problem_type, or the labels). `tokenizer` may be None for a text corpus (characters) read by a
-    causal LM; `mlm_probability` > 0: the corpus trains a masked LM (an encoder family's lm task), masking that
-    share of its tokens."""
+    causal LM; `masked_lm` (a ModelConfig): the corpus trains that masked LM (an encoder family's lm task),
+    masked as its mlm_* keys say."""
     ds = dataset(data_cfg)
     if ds.task == "lm":
-        return _load_lm(data_cfg, tokenizer, mlm_probability)
+        return _load_lm(data_cfg, tokenizer, masked_lm)
     splits = _raw_splits(data_cfg, ds)
     for split, most in (("train", data_cfg.max_train), ("validation", data_cfg.max_eval)):
         if most and split in splits:
@@ -568,11 +570,10 @@ def source_of(data_cfg) -> str:
     return data_cfg.data_dir or (f"TFDS catalog {ds.catalog}" if ds.catalog else "generated")
 
 
-def load_split(data_cfg, tokenizer, split: str, problem_type: str = "",
-               mlm_probability: float = 0.0) -> dict[str, np.ndarray]:
+def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_lm=None) -> dict[str, np.ndarray]:
     """One split of a dataset folder (only its file is needed), with a trained run's label set
     (`data.labels`, set in every resolved spec), read as the resolved model.problem_type says; a text corpus
-    masked as a masked LM's training evaluations mask it (`mlm_probability` > 0)."""
+    masked as a masked LM's training evaluations mask it (`masked_lm`: its ModelConfig)."""
     ds = dataset(data_cfg)
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"--split must be train, validation or test, got {split!r}")
@@ -584,8 +585,8 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "",
         if not docs.get(split):
             raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir} (a text corpus "
                             f"is split into train and validation: --split validation)")
-        if mlm_probability:
-            return _masked_splits(data_cfg, tokenizer, {"validation": docs[split]}, mlm_probability)[0]["validation"]
+        if masked_lm is not None:
+            return _masked_splits(data_cfg, tokenizer, {"validation": docs[split]}, masked_lm)[0]["validation"]
         return _pack(docs[split], tokenizer, data_cfg.seq_len)
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:

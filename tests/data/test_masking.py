@@ -1,6 +1,8 @@
 """Masked language modelling's inputs: HF's 15% / 80-10-10 masking, never of special tokens, drawn per
 (step, global row) so resumes and host counts mask alike, and a validation split masked once."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,11 @@ from jaxbatch.losses import IGNORE_INDEX
 from jaxbatch.models import bert
 
 WORDS = [f"w{i}" for i in range(50)]
+
+
+def masked_lm(**keys):
+    """A ModelConfig with these mlm_* keys (what masking reads)."""
+    return dataclasses.replace(config.ModelConfig(), **keys)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +36,7 @@ def rows(n: int, seq_len: int, seed: int = 0) -> dict:
 
 
 def test_the_collators_proportions_never_on_special_tokens_and_labels_the_chosen(tokenizer):
-    how = masking.Masking.of(tokenizer, 0.15)
+    how = masking.Masking.of(tokenizer, masked_lm(mlm_probability=0.15))
     assert (how.mask_id, how.vocab_size, how.special) == (4, 55, (0, 1, 2, 3, 4))
     plain = rows(3000, 48)
     cands = how.candidates(plain)
@@ -47,7 +54,8 @@ def test_the_collators_proportions_never_on_special_tokens_and_labels_the_chosen
     to_mask = picked == 4
     # of the chosen: 80% [MASK], 10% random (which may draw the token itself or [MASK]: 1 in 55 each), 10% kept
     k = chosen.sum()
-    shares = ((to_mask.mean(), 0.8 + 0.1 / 55), (kept.mean(), 0.1 + 0.1 / 55), ((~kept & ~to_mask).mean(), 0.1 * 53 / 55))
+    shares = ((to_mask.mean(), 0.8 + 0.1 / 55), (kept.mean(), 0.1 + 0.1 / 55),
+              ((~kept & ~to_mask).mean(), 0.1 * 53 / 55))
     for share, expected in shares:
         assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / k)
     again = how.apply(cands, [(7, 0, 0, r) for r in range(3000)])
@@ -58,14 +66,14 @@ def test_the_collators_proportions_never_on_special_tokens_and_labels_the_chosen
 
 def test_a_tokenizer_without_a_mask_token_is_one_line():
     with pytest.raises(DataError, match="mask token"):
-        masking.Masking.of(None, 0.15)
+        masking.Masking.of(None, masked_lm(mlm_probability=0.15))
 
 
 @pytest.mark.parametrize("ramp", [False, True])
 def test_any_number_of_hosts_masks_a_global_batch_as_one_does(tokenizer, ramp):
     """Two processes' local batches, put back in their global places, equal one process's batch: the same
     examples and the same masks, on the plain path and on the planned one (batch ramp-up)."""
-    how = masking.Masking.of(tokenizer, 0.3)
+    how = masking.Masking.of(tokenizer, masked_lm(mlm_probability=0.3))
     data = how.candidates(rows(40, 16))
     sizes = [8, 16, 16] if ramp else None
     one = list(pipeline.train_dataset(data, 16, 3, seed=1, batch_sizes=sizes, mask=how.train_batch(5)))
@@ -91,20 +99,20 @@ def test_a_corpus_trains_a_masked_lm_and_evaluate_sees_the_validation_masks_trai
     text = "\n\n".join(" ".join(WORDS[(7 * d + k) % 50] for k in range(3 + d % 11)) for d in range(60))
     (tmp_path / "corpus.txt").write_text(text)
     cfg = config.build(["data.name=text", f"data.data_dir={tmp_path / 'corpus.txt'}", "data.seq_len=16"]).data
-    data = tasks.load(cfg, tokenizer, mlm_probability=0.25)
+    data = tasks.load(cfg, tokenizer, masked_lm=masked_lm(mlm_probability=0.25))
     assert data.task == "lm" and data.masking.probability == 0.25 and data.bytes_per_token is None
     ids = data.train["input_ids"]
     assert ids[0, 0] == tokenizer.cls_token_id and (ids == tokenizer.sep_token_id).sum() == (ids == 2).sum()
     assert not (data.train["labels"][data.train["attention_mask"] == 1] == IGNORE_INDEX).all()
     chosen = data.eval["labels"] != IGNORE_INDEX
     assert chosen.any() and (data.eval["input_ids"][chosen] == tokenizer.mask_token_id).any()
-    split = tasks.load_split(cfg, tokenizer, "validation", mlm_probability=0.25)
+    split = tasks.load_split(cfg, tokenizer, "validation", masked_lm=masked_lm(mlm_probability=0.25))
     for key in data.eval:
         np.testing.assert_array_equal(split[key], data.eval[key], err_msg=key)
     (tmp_path / "sft.jsonl").write_text('{"prompt": "w1", "completion": "w2"}\n' * 20)
     sft = config.replace(config.build(["data.name=text"]), data__data_dir=str(tmp_path / "sft.jsonl")).data
     with pytest.raises(DataError, match="plain text"):
-        tasks.load(sft, tokenizer, mlm_probability=0.15)
+        tasks.load(sft, tokenizer, masked_lm=masked_lm())
 
 
 def test_a_row_chooses_at_most_what_the_head_predicts(tokenizer, monkeypatch):
@@ -113,7 +121,7 @@ def test_a_row_chooses_at_most_what_the_head_predicts(tokenizer, monkeypatch):
     from jaxbatch import losses
 
     assert losses.mlm_predictions(128, 0.15) == 52 and losses.mlm_predictions(16, 0.9) == 16
-    how = masking.Masking.of(tokenizer, 0.5)
+    how = masking.Masking.of(tokenizer, masked_lm(mlm_probability=0.5))
     cands = how.candidates(rows(200, 32))
     keys = [(3, 0, 0, r) for r in range(200)]
     free = how.apply(cands, keys)
@@ -125,3 +133,33 @@ def test_a_row_chooses_at_most_what_the_head_predicts(tokenizer, monkeypatch):
     dropped = (free["labels"] != IGNORE_INDEX) & (capped["labels"] == IGNORE_INDEX)
     assert dropped.any()
     np.testing.assert_array_equal(capped["input_ids"][dropped], cands["input_ids"][dropped])
+
+
+def test_whole_words_are_chosen_together_and_the_replacement_shares_are_the_configured_ones(tmp_path):
+    """model.mlm_whole_word_mask: words as the collator finds them in the tokenizer's offsets (a token after a
+    gap or a special token starts one: "don't" is one word), chosen by their first token's draw, at the same
+    rate as single tokens would be; model.mlm_mask_replace_prob=1 shows every chosen token as the mask."""
+    from jaxbatch.models import bert
+
+    tokenizer = bert.tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "don", "'", "t", "go", "##ne", "a"])
+    how = masking.Masking.of(tokenizer, masked_lm(mlm_probability=0.2, mlm_whole_word_mask=True,
+                                                  mlm_mask_replace_prob=1.0, mlm_random_replace_prob=0.0))
+    ids, starts = how.encode(tokenizer, "don't gone a")
+    assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "don", "'", "t", "go", "##ne", "a", "[SEP]"]
+    assert starts == [0, 1, 0, 0, 1, 0, 1, 0]
+    (tmp_path / "c.txt").write_text("\n\n".join(["don't gone a a gone don't gone"] * 400))
+    data_cfg = config.build(["data.name=text", f"data.data_dir={tmp_path / 'c.txt'}", "data.seq_len=24"]).data
+    data = tasks.load(data_cfg, tokenizer, masked_lm=dataclasses.replace(
+        masked_lm(), mlm_probability=0.2, mlm_whole_word_mask=True, mlm_mask_replace_prob=1.0,
+        mlm_random_replace_prob=0.0))
+    batch = data.masking.apply(data.train, [(0, 0, 0, r) for r in range(len(data.train["input_ids"]))])
+    chosen = batch["labels"] != IGNORE_INDEX
+    word = np.cumsum(data.train[masking.WORD_STARTS], 1)  # each token's word in its row (a row may begin mid-word)
+    for r in range(len(chosen)):
+        for w in np.unique(word[r][chosen[r]]):
+            members = (word[r] == w) & (data.train["labels"][r] != IGNORE_INDEX)
+            assert chosen[r][members].all(), (r, w)  # chosen whole
+    np.testing.assert_array_equal(batch["input_ids"][chosen], tokenizer.mask_token_id)  # all shown as [MASK]
+    starts = data.train[masking.WORD_STARTS].astype(bool)
+    assert abs(chosen[starts].mean() - 0.2) < 0.03  # the words' rate
+    assert chosen.sum() > 1.2 * chosen[starts].sum()  # and their other pieces with them
