@@ -279,6 +279,11 @@ def test_an_encoder_pretrains_as_a_masked_lm_resumes_bitwise_and_is_evaluated_as
     assert f"loss {final['loss']:.4f} accuracy {final['accuracy']:.4f}" in capsys.readouterr().out
     assert cli.main(["generate", str(tmp_path / "a"), "--prompt", "w1"]) == 2
     assert "masked language model" in capsys.readouterr().err
+    tuned = train.train(tiny_config("data.name=synthetic_sst", f"model.pretrained={tmp_path / 'a'}", "train.steps=1",
+                                    "train.eval_every=0", f"train.run_dir={tmp_path / 'tuned'}"))  # then fine-tuned
+    report = tuned.run.load_report
+    assert sorted(report.new) == ["classifier.bias", "classifier.kernel", "pooler.bias", "pooler.kernel"]
+    assert report.unexpected == [] and "cls.predictions.bias" in report.expected_unused
 
     short = (*common, "train.steps=6", "train.eval_every=3", "checkpoint.every=3")
     whole = train.train(tiny_config(*short, f"train.run_dir={tmp_path / 'whole'}"))

@@ -393,11 +393,12 @@ def hf_tensor_name(name: str, cfg) -> str:
 
 
 def hf_expected_unused(name: str, cfg) -> bool:
-    """Buffers; a base checkpoint's pooler under a token or masked-LM task; the masked-LM decoder's weight and
-    bias, which are the word embeddings and `cls.predictions.bias`; a pretraining checkpoint's next-sentence
-    head."""
+    """Buffers; a base checkpoint's pooler under a token or masked-LM task; a masked-LM head under another task
+    (a pretrained model fine-tuned), and its decoder's weight and bias under any (the word embeddings and
+    `cls.predictions.bias`); a pretraining checkpoint's next-sentence head."""
     return (name == "embeddings.position_ids" or (cfg.task in ("token", "lm") and name.startswith("pooler."))
-            or name.startswith(("cls.predictions.decoder.", "cls.seq_relationship.")))
+            or name.startswith(("cls.predictions.decoder.", "cls.seq_relationship."))
+            or (cfg.task != "lm" and name.startswith("cls.predictions.")))
 
 
 def hf_architecture(prefix: str, cfg) -> str:
