@@ -509,8 +509,14 @@ def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]], model_c
     once (masking.py)."""
     how = masking.Masking.of(tokenizer, model_cfg)
     rows = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len, how) for split, split_docs in docs.items()}
-    return {split: how.candidates(r) if split == "train" else how.eval_split(r, data_cfg.shuffle_seed)
-            for split, r in rows.items()}, how
+    out = {split: how.candidates(r) if split == "train" else how.eval_split(r, data_cfg.shuffle_seed)
+           for split, r in rows.items()}
+    for split, arrays in out.items():  # scored, no label would read as loss 0 and perplexity 1
+        if not _labelled(arrays):
+            what = "no token the masks may choose (all special or unknown to the tokenizer)" if split == "train" else (
+                "no masked token to score (too little text, or all of it special or unknown to the tokenizer)")
+            raise DataError(f"data.name={data_cfg.name}: the {split} split has {what}")
+    return out, how
 
 
 def _load_lm(data_cfg, tokenizer, masked_lm=None) -> TaskData:

@@ -163,3 +163,10 @@ def test_whole_words_are_chosen_together_and_the_replacement_shares_are_the_conf
     starts = data.train[masking.WORD_STARTS].astype(bool)
     assert abs(chosen[starts].mean() - 0.2) < 0.03  # the words' rate
     assert chosen.sum() > 1.2 * chosen[starts].sum()  # and their other pieces with them
+
+
+def test_a_split_with_nothing_to_mask_is_one_error_not_a_perplexity_of_one(tokenizer, tmp_path):
+    (tmp_path / "c.txt").write_text("\n\n".join(["foo bar baz"] * 20))  # every word unknown: [UNK] is special
+    cfg = config.build(["data.name=text", f"data.data_dir={tmp_path / 'c.txt'}", "data.seq_len=16"]).data
+    with pytest.raises(DataError, match="the train split has no token the masks may choose"):
+        tasks.load(cfg, tokenizer, masked_lm=masked_lm())
