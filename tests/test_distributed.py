@@ -25,15 +25,15 @@ def _losses(run_dir) -> list[float]:
     return [r["loss"] for r in map(json.loads, open(run_dir / "metrics.jsonl")) if r["kind"] == "train"]
 
 
-def test_two_processes_match_one(tmp_path):
+def _one_and_two(tmp_path, args) -> tuple[dict, dict]:
+    """Trains `args` in one process of 8 devices and in two of 4; asserts the same training losses and returns
+    both final evaluations."""
     one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "jaxbatch", "train", *ARGS, f"train.run_dir={one}"], env=_env(8),
+    subprocess.run([sys.executable, "-m", "jaxbatch", "train", *args, f"train.run_dir={one}"], env=_env(8),
                    check=True, capture_output=True, timeout=600)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     two = tmp_path / "two"
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *ARGS, f"train.run_dir={two}",
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *args, f"train.run_dir={two}",
                                f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
                                f"distributed.process_id={i}", "distributed.cpu_devices=4"],
                               env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -45,7 +45,28 @@ def test_two_processes_match_one(tmp_path):
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
     final = [json.load(open(d / "summary.json"))["final_eval"] for d in (one, two)]
     assert final[1]["loss"] == pytest.approx(final[0]["loss"], rel=1e-5)
-    assert final[1]["entities"]["micro avg"]["support"] == final[0]["entities"]["micro avg"]["support"]
+    return final[0], final[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    one, two = _one_and_two(tmp_path, ARGS)
+    assert two["entities"]["micro avg"]["support"] == one["entities"]["micro avg"]["support"]
+
+
+def test_two_processes_mask_a_masked_lm_as_one_does(tmp_path):
+    """Each host masks its own rows of every batch (data/masking.py), by their places in the global batch: two
+    processes train a masked LM exactly as one does."""
+    from jaxbatch.models import bert
+
+    words = [f"w{i}" for i in range(60)]
+    bert.tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]).save_pretrained(tmp_path / "tok")
+    (tmp_path / "corpus.txt").write_text("\n\n".join(" ".join(words[(d + k) % 60] for k in range(4 + d % 9))
+                                                     for d in range(300)))
+    args = [a for a in ARGS if not a.startswith(("data.num_", "train.eval_every"))] + [
+        "data.name=text", f"data.data_dir={tmp_path / 'corpus.txt'}", f"data.tokenizer={tmp_path / 'tok'}",
+        "train.eval_every=3"]
+    one, two = _one_and_two(tmp_path, args)
+    assert "perplexity" in one
 
 
 def _launch_two(run_dir, port, *extra):
