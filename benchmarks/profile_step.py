@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset", default=None)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--mlm", action="store_true", help="bert: a masked LM instead of token tags")
     p.add_argument("--steps", type=int, default=3, help="traced steps (after 2 untraced)")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--hlo", help="write the compiled HLO text here")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     preset = args.preset or DEFAULT_PRESET[args.family]
     cfg = bench_config(args.family, preset, args.batch, args.seq,
-                       overrides=["mesh.data=1", "train.progress=false", *args.overrides])
+                       overrides=["mesh.data=1", "train.progress=false", *args.overrides], mlm=args.mlm)
     run = run_lib.setup(cfg, devices=jax.devices()[:1])
     raw = bench_batch(cfg, args.family, args.batch, args.seq)
     batch = {k: jax.device_put(v, run.batch_sh[k]) for k, v in raw.items()}
