@@ -296,7 +296,7 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     (tmp_path / "lines.txt").write_text("the cat\n")
     assert cli.main(["predict", str(run), "--input", str(tmp_path / "lines.txt")]) == 2
     err = capsys.readouterr().err
-    assert "is a language model" in err and err.count("\n") == 1, err
+    assert "is a causal language model" in err and err.count("\n") == 1, err
     # the same run scored again from the CLI (the text corpus goes through the LM path, with bits per byte)
     assert cli.main(["evaluate", str(run), "--data-dir", str(corpus), "--split", "validation"]) == 0
     assert f"loss {final['loss']:.4f}" in capsys.readouterr().out
