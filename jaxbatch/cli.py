@@ -284,6 +284,7 @@ def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer:
 
 
 def predict(args) -> int:
+    from jaxbatch import models
     from jaxbatch import predict as predict_lib
     from jaxbatch import run as run_lib
 
@@ -299,7 +300,7 @@ def predict(args) -> int:
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step)
-    if restored.run.spec.model.task == "lm" and not restored.run.family.masked:
+    if restored.run.spec.model.task == "lm" and not models.masked_lm(restored.run.spec.model):
         from jaxbatch.errors import ConfigError
 
         raise ConfigError(f"{args.model} is a causal language model, and predict labels text with a classifier or "
@@ -316,7 +317,7 @@ def predict(args) -> int:
 def evaluate_split(args) -> int:
     import dataclasses
 
-    from jaxbatch import evaluate
+    from jaxbatch import evaluate, models
     from jaxbatch.data import tasks
     from jaxbatch.errors import ConfigError
 
@@ -328,7 +329,7 @@ def evaluate_split(args) -> int:
     if data_task != spec.model.task:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
                           f"{data_task} dataset: name the split's kind with --data-name")
-    masked = spec.model.task == "lm" and restored.run.family.masked
+    masked = models.masked_lm(spec.model)
     arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
                               spec.model if masked else None)
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
@@ -341,12 +342,13 @@ def evaluate_split(args) -> int:
 
 def generate(args) -> int:
     from jaxbatch import generate as generate_lib
+    from jaxbatch import models
     from jaxbatch.errors import ConfigError
 
     restored = _restore(args.model, args.overrides, args.step)
     if restored.run.spec.model.task != "lm":
         raise ConfigError(f"{args.model} is a {restored.run.spec.model.task} classifier, not a language model")
-    if restored.run.family.masked:
+    if models.masked_lm(restored.run.spec.model):
         raise ConfigError(f"{args.model} is a masked language model (an encoder): it fills in masked tokens, and "
                           f"generate continues text with a causal one (a decoder)")
     texts = list(args.prompt)

@@ -497,7 +497,7 @@ def validate(cfg: Config, num_devices: int) -> None:
             and m.mlm_mask_replace_prob + m.mlm_random_replace_prob <= 1.0):
         raise ConfigError(f"model.mlm_mask_replace_prob={m.mlm_mask_replace_prob} and model.mlm_random_replace_prob="
                           f"{m.mlm_random_replace_prob} must be shares in [0, 1] adding up to at most 1")
-    masked_lm = m.task == "lm" and models.family(m).masked
+    masked_lm = models.masked_lm(m)
     for key in ("mlm_probability", "mlm_mask_replace_prob", "mlm_random_replace_prob", "mlm_whole_word_mask"):
         if getattr(m, key) != getattr(ModelConfig, key) and not masked_lm:
             raise ConfigError(f"model.{key} masks an encoder's text corpus (masked language modelling), and this "

@@ -138,7 +138,7 @@ def _remedies(spec) -> str:
         ways.append("recompute activations (model.remat=full)")
     if spec.precision.policy == "fp32":
         ways.append("use precision.policy=bf16")
-    if spec.model.task == "lm" and spec.model.vocab_tiling == 1 and not models.family(spec.model).masked:
+    if spec.model.task == "lm" and spec.model.vocab_tiling == 1 and not models.masked_lm(spec.model):
         ways.append("compute the LM's logits in pieces (model.vocab_tiling=8)")
     return ", ".join(ways) + " or shorten data.seq_len"
 

@@ -116,7 +116,7 @@ def _check_best_metric(spec: config.Config, problem_type: str | None, entities: 
                        classes: int | None = None) -> None:
     """checkpoint.best_metric must be one the evaluations report (`problem_type` None: the data decides it;
     `entities`: whether a token task's tags mark entities; `classes`: the label set's size, once known)."""
-    named = evaluate.metric_names(spec.model.task, problem_type, entities, classes, models.family(spec.model).masked)
+    named = evaluate.metric_names(spec.model.task, problem_type, entities, classes, models.masked_lm(spec.model))
     if spec.checkpoint.best_metric and spec.checkpoint.best_metric not in named:
         head = {losses.REGRESSION: "regression", losses.MULTI_LABEL: "multi-label"}.get(problem_type, spec.model.task)
         raise config.ConfigError(f"checkpoint.best_metric={spec.checkpoint.best_metric!r} is not reported for this "
@@ -160,9 +160,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     # ---- Data, then the resolved spec (the data fixes the head: task and label set) -------------------------
     began = time.perf_counter()
     with tfds_builders.progress_bars(cfg.train.progress):
-        masked = shaped.model.task == "lm" and models.family(shaped.model).masked  # an encoder's LM task
         data = tasks.load(cfg.data, run_lib.tokenizer(shaped), shaped.model.problem_type,
-                          shaped.model if masked else None)
+                          shaped.model if models.masked_lm(shaped.model) else None)
     data_s = time.perf_counter() - began
     tokenizer = data.tokenizer
     spec = run_lib.resolve(cfg, task=data.task, label_names=data.label_names, vocab_size=len(tokenizer),

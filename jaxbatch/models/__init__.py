@@ -98,6 +98,12 @@ def family(model_cfg) -> Family:
     return _FAMILIES[name]
 
 
+def masked_lm(model_cfg) -> bool:
+    """Whether the model trains a masked language model: the lm task of a family whose lm task is masked (an
+    encoder), not next-token prediction."""
+    return model_cfg.task == "lm" and family(model_cfg).masked
+
+
 def abstract_batch(model_cfg, batch: int, seq_len: int, shardings: Mapping | None = None) -> dict:
     """The family's batch as ShapeDtypeStructs (with `shardings`, when given): int32, but float32 `labels`
     for regression targets (losses.label_dtype). What the steps compile for and the planner measures."""
