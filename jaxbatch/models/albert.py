@@ -96,8 +96,8 @@ def hf_expected_unused(name: str, cfg) -> bool:
     decoder, the word embeddings and `predictions.bias`, under any), and its pooler under a token or masked-LM
     task."""
     return (name in ("embeddings.position_ids", "embeddings.token_type_ids")
-            or name.startswith(("predictions.decoder.", "sop_classifier."))
-            or (cfg.task != "lm" and name.startswith("predictions."))
+            or name.startswith("sop_classifier.")
+            or bert.lm_head_unused(name, cfg, "predictions.", "predictions.decoder.")
             or (cfg.task in ("token", "lm") and name.startswith("pooler.")))
 
 

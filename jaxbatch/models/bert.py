@@ -380,6 +380,13 @@ def hf_normalize_name(name: str) -> str:
     return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
+def lm_head_unused(name: str, cfg, head: str, tied: str) -> bool:
+    """Whether a stored tensor of a family's masked-LM head (names starting with `head`) is left unread: its
+    tied decoder (`tied`: the word embeddings, or a copy of the head's bias) always, the rest under another task
+    (a pretrained model fine-tuned)."""
+    return name.startswith(tied) or (cfg.task != "lm" and name.startswith(head))
+
+
 def hf_bert_key_map(cfg) -> dict[str, tuple[str, str]]:
     return {**hf_key_map(cfg), **lm_head_map(cfg, "cls.predictions.", "transform.dense", "transform.LayerNorm", "bias")}
 
@@ -397,8 +404,8 @@ def hf_expected_unused(name: str, cfg) -> bool:
     (a pretrained model fine-tuned), and its decoder's weight and bias under any (the word embeddings and
     `cls.predictions.bias`); a pretraining checkpoint's next-sentence head."""
     return (name == "embeddings.position_ids" or (cfg.task in ("token", "lm") and name.startswith("pooler."))
-            or name.startswith(("cls.predictions.decoder.", "cls.seq_relationship."))
-            or (cfg.task != "lm" and name.startswith("cls.predictions.")))
+            or name.startswith("cls.seq_relationship.")
+            or lm_head_unused(name, cfg, "cls.predictions.", "cls.predictions.decoder."))
 
 
 def hf_architecture(prefix: str, cfg) -> str:

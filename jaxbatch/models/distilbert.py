@@ -75,8 +75,7 @@ hf_normalize_name, hf_tensor_name = bert.hf_prefixed("distilbert")
 def hf_expected_unused(name: str, cfg) -> bool:
     """Buffers, the masked-LM head of a base checkpoint under another task (its projector's weight, the word
     embeddings, under any), and the sequence head's dense layer under a token task."""
-    return (name in ("embeddings.position_ids", "vocab_projector.weight")
-            or (cfg.task != "lm" and name.startswith("vocab_"))
+    return (name == "embeddings.position_ids" or bert.lm_head_unused(name, cfg, "vocab_", "vocab_projector.weight")
             or (cfg.task == "token" and name.startswith("pre_classifier.")))
 
 

@@ -66,9 +66,9 @@ hf_normalize_name, hf_tensor_name = bert.hf_prefixed("electra")
 def hf_expected_unused(name: str, cfg) -> bool:
     """Buffers, the pretraining heads of a base checkpoint (the discriminator's; a generator's masked-LM head
     under another task), and that head's decoder weight (the word embeddings)."""
-    return (name in ("embeddings.position_ids", "embeddings.token_type_ids", "generator_lm_head.weight")
+    return (name in ("embeddings.position_ids", "embeddings.token_type_ids")
             or name.startswith("discriminator_predictions.")
-            or (cfg.task != "lm" and name.startswith("generator_")))
+            or bert.lm_head_unused(name, cfg, "generator_", "generator_lm_head.weight"))
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:

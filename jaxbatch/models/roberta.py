@@ -94,7 +94,7 @@ hf_normalize_name, hf_tensor_name = bert.hf_prefixed("roberta")
 def hf_expected_unused(name: str, cfg) -> bool:
     """Buffers, a base model's pooler (RoBERTa's heads do not use it), a masked-LM head under another task, and
     that head's decoder (the word embeddings and `lm_head.bias`)."""
-    return (name.startswith(("pooler.", "lm_head.decoder.")) or (cfg.task != "lm" and name.startswith("lm_head."))
+    return (name.startswith("pooler.") or bert.lm_head_unused(name, cfg, "lm_head.", "lm_head.decoder.")
             or name in ("embeddings.position_ids", "embeddings.token_type_ids"))
 
 
