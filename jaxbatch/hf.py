@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jaxbatch import adapter, config, folders, lora, models
+from jaxbatch.data import tokenize
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.state import param_name
 
@@ -342,6 +343,11 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # HF's generate stops at the tokenizer's EOS
         if config_json.get(key, 0) is None and getattr(tokenizer, key, None) is not None:
             config_json[key] = getattr(tokenizer, key)
+    if "id2label" in config_json and config_json.get("pad_token_id", 0) is None and tokenizer is not None:
+        # a causal classifier reads the last token that is not padding: what the texts were padded with
+        config_json["pad_token_id"] = tokenize.pad_id(tokenizer)
+        if tokenizer.pad_token is None:  # so transformers pads a batch as training did (HF recipes set EOS)
+            tokenizer.pad_token = tokenizer.eos_token
     mapping = table.key_map(model_cfg)
     tensors, fused = {}, {}
     flat = lora.merged({param_name(p): jax.device_get(x) for p, x in jax.tree_util.tree_leaves_with_path(params)},

@@ -111,6 +111,16 @@ def classification_sums(logits: jax.Array, labels: jax.Array, label_smoothing: f
     return sums, dict(preds=preds, probs=probs)
 
 
+def head_sums(logits: jax.Array, labels: jax.Array, model_cfg) -> tuple[dict, dict]:
+    """A classification head's sums and predictions, as its model.problem_type says: regression scores, a
+    multi-label head's classes, or else one class per position (token) or example (sequence)."""
+    if model_cfg.problem_type == REGRESSION:
+        return regression_sums(logits, labels)
+    if model_cfg.problem_type == MULTI_LABEL:
+        return multi_label_sums(logits, labels)
+    return classification_sums(logits, labels, model_cfg.label_smoothing)
+
+
 def mlm_predictions(length: int, probability: float) -> int:
     """The most positions of a row of `length` a masked LM predicts: the binomial mean plus 8 standard deviations
     (52 of 128 at 15%), which a row's draw passes with probability < 1e-15. data/masking.py caps each row there,

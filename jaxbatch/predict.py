@@ -228,10 +228,6 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
                         f"a model reads one or the other")
     words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
     pairs = [s.pair.words or ["."] for s in sentences] if any(paired) else None
-    pieces = [p.sum() for p in _pieces(restored, words)]
-    if pairs:
-        pieces = [a + b.sum() for a, b in zip(pieces, _pieces(restored, pairs))]
-    budget = spec.data.seq_len - tokenizer.num_special_tokens_to_add(pair=bool(pairs))
     shape = restored.run.family.batch_shapes(spec.model, len(words), spec.data.seq_len)["labels"]
     dummy = np.zeros(shape, losses.label_dtype(spec.model))  # labels only say the batch's shape here
     enc = tokenize.encode_labelled(tokenizer, words, dummy, spec.data.seq_len, pairs)
@@ -247,8 +243,8 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
             record.update({"labels": [n for n, y in zip(names, out["preds"][i]) if y]}
                           if spec.model.problem_type == losses.MULTI_LABEL else {"label": names[int(out["preds"][i])]},
                           probabilities={n: round(float(p), 6) for n, p in zip(names, out["probs"][i])})
-        if pieces[i] > budget:
-            record["truncated_pieces"] = int(pieces[i] - budget)
+        if enc.cut[i]:
+            record["truncated_pieces"] = int(enc.cut[i])
         records.append(record)
     return records
 

@@ -181,3 +181,24 @@ def hub_parquet(path, columns: dict, class_names: dict):
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
 
+
+
+def bpe_tokenizer(texts, bos: bool = False):
+    """A byte-level BPE tokenizer trained on `texts`, shaped like a causal model's: no [CLS] and no pad token,
+    `<|endoftext|>` its EOS (GPT-2's); with `bos`, a template that starts each text with `<s>` (LLaMA's)."""
+    import tokenizers
+    import transformers
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    core = tokenizers.Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>"] + ["<s>"] * bos
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:
+        s = core.token_to_id("<s>")
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                            special_tokens=[("<s>", s)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>",
+                                                **({"bos_token": "<s>"} if bos else {}))

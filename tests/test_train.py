@@ -292,3 +292,44 @@ def test_an_encoder_pretrains_as_a_masked_lm_resumes_bitwise_and_is_evaluated_as
     assert resumed.summary["evals"] == whole.summary["evals"]  # steps 3 and 6
     for a, b in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(resumed.state.params)):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
+def test_a_decoder_trains_as_a_text_classifier_and_exports_to_transformers_as_predict_reads_it(tmp_path, capsys):
+    """A LLaMA-style decoder (random init, a BPE tokenizer that starts texts with BOS and has no pad token) on a
+    TSV of sentiment trains a `score` head read at each text's last token: it learns, `jaxbatch evaluate`
+    prints training's final evaluation, and the exported LlamaForSequenceClassification gives in transformers
+    (padding a batch as training did) the probabilities `jaxbatch predict` gives."""
+    import torch
+    import transformers
+
+    from conftest import bpe_tokenizer
+    from jaxbatch.data import synthetic
+
+    splits = {"train": synthetic.sentiment_corpus(384, 0), "dev": synthetic.sentiment_corpus(96, 1)}
+    bpe_tokenizer([" ".join(w) for w, _ in splits["train"]], bos=True).save_pretrained(tmp_path / "tok")
+    for name, rows in splits.items():
+        (tmp_path / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{' '.join(w)}\t{y}\n" for w, y in rows))
+    result = train.train(tiny_config(
+        "model.preset=llama-tiny", "data.name=tsv", f"data.data_dir={tmp_path}", f"data.tokenizer={tmp_path / 'tok'}",
+        "data.seq_len=32", "train.steps=60", "train.eval_every=0", "train.batch_size=32", "optim.learning_rate=3e-3",
+        "mesh.data=2", "mesh.fsdp=2", "mesh.model=2", f"train.run_dir={tmp_path / 'run'}"))
+    spec = result.spec.model
+    assert (spec.family, spec.task, spec.num_labels) == ("decoder", "sequence", 2)
+    final = result.summary["final_eval"]
+    assert final["accuracy"] > 0.95
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--split", "validation"]) == 0
+    assert f"loss {final['loss']:.4f} accuracy {final['accuracy']:.4f}" in capsys.readouterr().out
+    lines = [" ".join(w) for w, _ in splits["dev"][:6]]
+    (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n")
+    assert cli.main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "lines.txt")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["label"] for r in records] == [str(y) for _, y in splits["dev"][:6]]
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert type(model).__name__ == "LlamaForSequenceClassification" and tok.pad_token_id == tok.eos_token_id
+    with torch.no_grad():
+        probs = torch.softmax(model(**tok(lines, padding=True, return_tensors="pt")).logits, -1).numpy()
+    ours = [[r["probabilities"][n] for n in ("0", "1")] for r in records]
+    np.testing.assert_allclose(probs, ours, atol=1e-5)

@@ -353,6 +353,10 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
     or per-class indicators); an empty split is an error, truncation is reported."""
     if not raw.words:
         raise DataError(f"the {split} split of {data_cfg.name} is empty")
+    if isinstance(tokenizer, text.CharTokenizer):
+        raise ConfigError(f"data.name={data_cfg.name} is a {ds.task} task, which reads words through a Hugging Face "
+                          f"tokenizer; a character vocabulary reads text corpora only: set data.tokenizer (or "
+                          f"model.pretrained) to a folder or name whose tokenizer to use")
     if ds.task == "token":
         label_to_id = {n: i for i, n in enumerate(label_names)}
         tags = _tag_ids(split, raw, label_to_id, "error" if split == "train" else data_cfg.unknown_label)

@@ -1,8 +1,10 @@
 """Sub-word tokenization of pre-split words with label alignment, through any transformers tokenizer
 (the model family's, or a pretrained folder's).
 
-Fixed-length arrays come out: [CLS] tokens [SEP] [PAD]... Truncation never happens silently: the number
-of truncated examples is returned, and the pipeline reports it."""
+Fixed-length arrays come out: [CLS] tokens [SEP] [PAD]..., or for a tokenizer without [CLS] (a causal
+model's) each text as written with the tokenizer's own special tokens (BOS), as Hugging Face's
+run_glue gives it. Truncation never happens silently: the number of truncated examples is returned, and the
+pipeline reports it."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxbatch.errors import DataError
 from jaxbatch.losses import IGNORE_INDEX
 
 
@@ -18,6 +21,7 @@ from jaxbatch.losses import IGNORE_INDEX
 class Encoded:
     arrays: dict[str, np.ndarray]  # input_ids, attention_mask, token_type_ids, labels
     truncated: int  # examples that did not fit seq_len
+    cut: np.ndarray | None = None  # text classification: the tokens cut from each example (0: it fits)
 
 
 def _pack(ids_lists, seq_len: int, cls_id: int, sep_id: int, pad_id: int):
@@ -64,34 +68,50 @@ def encode_labelled(tokenizer, sentences: Sequence[Sequence[str]], labels: Seque
                     pairs: Sequence[Sequence[str]] | None = None) -> Encoded:
     """Sequence classification or regression: one label (class id or score) per example, of a text or of a
     pair of texts (`pairs`: each example's second text)."""
-    if pairs:
-        return _encode_pairs(tokenizer, sentences, pairs, labels, seq_len)
+    written = tokenizer.cls_token_id is None
+    if pairs or written:
+        return _encode_template(tokenizer, sentences, pairs or None, labels, seq_len, written)
     enc = tokenizer(list(map(list, sentences)), is_split_into_words=True, add_special_tokens=False)
     input_ids, mask, truncated = _pack(enc["input_ids"], seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
                                        tokenizer.pad_token_id)
+    cut = np.maximum(np.asarray([len(ids) for ids in enc["input_ids"]], int) - (seq_len - 2), 0)
     return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=np.zeros_like(input_ids),
-                        labels=_label_array(labels)), truncated)
+                        labels=_label_array(labels)), truncated, cut)
 
 
-def _encode_pairs(tokenizer, firsts, seconds, labels, seq_len: int) -> Encoded:
-    """Text pairs laid out by the tokenizer's own template (`[CLS] a [SEP] b [SEP]` with token types 0 then 1,
-    or `<s> a </s></s> b </s>`), cut longest first to seq_len as Hugging Face's GLUE script does, then padded
-    on the right. Token types only where the tokenizer's models take them (`model_input_names`). Each pair
-    is encoded whole once; only the ones too long are encoded again, cut."""
-    firsts, seconds = list(map(list, firsts)), list(map(list, seconds))
+def pad_id(tokenizer) -> int:
+    """The id padding is written with: the tokenizer's pad token, else its EOS (a causal model's tokenizer
+    often has no pad token; Hugging Face's recipes pad with EOS, and a classifier reads the last other one)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DataError("the tokenizer has neither a pad nor an EOS token to pad texts with; give it a pad token")
+    return pad
+
+
+def _encode_template(tokenizer, firsts, seconds, labels, seq_len: int, written: bool) -> Encoded:
+    """Texts or text pairs laid out by the tokenizer's own template (`[CLS] a [SEP] b [SEP]` with token types 0
+    then 1, `<s> a </s></s> b </s>`, or a causal model's `<bos> a`), cut longest first to seq_len as Hugging
+    Face's GLUE script does, then padded on the right. `written`: each text is given as a string (its words
+    joined by spaces, as run_glue reads a file) rather than as words, which a BPE tokenizer would encode
+    each with a leading space. Token types only where the tokenizer's models take them
+    (`model_input_names`). Each example is encoded whole once; only the ones too long are encoded again, cut."""
+    as_given = (lambda ws: " ".join(ws)) if written else list
+    firsts = [as_given(ws) for ws in firsts]
+    seconds = [as_given(ws) for ws in seconds] if seconds else None
 
     def encode(rows: list[int], **cut) -> tuple[list, list]:
-        enc = tokenizer([firsts[i] for i in rows], [seconds[i] for i in rows], is_split_into_words=True,
-                        return_token_type_ids=True, **cut)
+        enc = tokenizer([firsts[i] for i in rows], [seconds[i] for i in rows] if seconds else None,
+                        is_split_into_words=not written, return_token_type_ids=True, **cut)
         return enc["input_ids"], enc["token_type_ids"]
 
     ids, type_ids = encode(list(range(len(firsts))))
+    cut = np.maximum(np.asarray([len(row) for row in ids], int) - seq_len, 0)
     long = [i for i, row in enumerate(ids) if len(row) > seq_len]
     if long:
         for i, row, row_types in zip(long, *encode(long, truncation="longest_first", max_length=seq_len)):
             ids[i], type_ids[i] = row, row_types
     n = len(firsts)
-    input_ids = np.full((n, seq_len), tokenizer.pad_token_id, np.int32)
+    input_ids = np.full((n, seq_len), pad_id(tokenizer), np.int32)
     mask, types = np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.int32)
     typed = "token_type_ids" in tokenizer.model_input_names
     for i, row in enumerate(ids):
@@ -99,4 +119,4 @@ def _encode_pairs(tokenizer, firsts, seconds, labels, seq_len: int) -> Encoded:
         if typed:
             types[i, : len(row)] = type_ids[i]
     return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=types,
-                        labels=_label_array(labels)), len(long))
+                        labels=_label_array(labels)), len(long), cut)

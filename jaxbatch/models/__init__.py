@@ -151,6 +151,55 @@ def hf_activation(hf: Mapping[str, Any], key: str, default: str) -> str:
     return "" if name == default else name
 
 
+def head_summary(model_cfg) -> str:
+    """A classifier head as a run's summary line names it: its task, kind and outputs."""
+    from jaxbatch import losses
+
+    task, n = model_cfg.task, model_cfg.num_labels
+    if model_cfg.problem_type == losses.REGRESSION:
+        return f"{task} regression, " + (f"{n} scores" if n > 1 else "one score")
+    if model_cfg.problem_type == losses.MULTI_LABEL:
+        return f"{task} multi-label classification, {n} labels"
+    return f"{task} classification, {n} labels"
+
+
+def hf_head(model_cfg, hf: Mapping[str, Any], heads: Mapping[str, str]) -> dict:
+    """The task a config.json's architecture names by its suffix (`heads`: suffix -> task), and a classifier's
+    label count and problem_type (regression, one output, or multi-label: model.problem_type unless it is
+    set); {} for a checkpoint without such a head."""
+    from jaxbatch import losses
+
+    task = next((t for a in hf.get("architectures") or () for end, t in heads.items() if str(a).endswith(end)), None)
+    if task in (None, "lm"):
+        return {"task": task} if task else {}
+    # transformers writes neither id2label nor num_labels for its default of two labels
+    wanted = dict(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", 2))
+    kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
+    if task == "sequence" and kind in losses.FLOAT_HEADS:
+        wanted.update(problem_type=model_cfg.problem_type or kind)
+    elif task == "sequence" and kind != "single_label_classification":
+        raise CheckpointError(f"config.json: a {kind} head ({wanted['num_labels']} output(s)) is not supported; "
+                              f"jaxbatch classifies each text into one of its labels or into several "
+                              f"(multi_label_classification), or scores it (regression)")
+    return wanted
+
+
+def hf_labels(model_cfg, label_names: list[str] | None = None) -> dict:
+    """A classifier's config.json keys: num_labels, id2label and label2id (HF's LABEL_i without names), and a
+    float head's problem_type. A one-logit binary head has no transformers class: refused."""
+    from jaxbatch import losses
+
+    regression = model_cfg.problem_type == losses.REGRESSION
+    if model_cfg.num_labels == 1 and model_cfg.problem_type != losses.MULTI_LABEL and not regression:
+        raise ConfigError("a one-logit binary head has no Hugging Face class that reads it so (HF takes one logit "
+                          "for a regression); train it with model.num_labels=2 to export")
+    labels = ["LABEL_0"] if regression and model_cfg.num_labels == 1 else (
+        label_names or [f"LABEL_{i}" for i in range(model_cfg.num_labels)])
+    return {"num_labels": model_cfg.num_labels, "id2label": {str(i): n for i, n in enumerate(labels)},
+            "label2id": {n: i for i, n in enumerate(labels)},
+            **({"problem_type": model_cfg.problem_type} if model_cfg.problem_type in losses.FLOAT_HEADS else {})}
+
+
 def apply_preset(model_cfg):
     """A ModelConfig with its preset's family and shape filled in ('custom' keeps the fields, and needs
     `model.family`)."""

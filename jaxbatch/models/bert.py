@@ -172,11 +172,7 @@ def loss_sums(logits, batch: dict, cfg) -> tuple[dict, dict]:
     if cfg.task == "lm":
         probs, ids = jax.lax.top_k(jax.nn.softmax(logits[0]), FILL_MASK_TOP)
         return losses.lm_sums(*logits, cfg.z_loss, cfg.label_smoothing), dict(top_ids=ids, top_probs=probs)
-    if cfg.problem_type == losses.REGRESSION:
-        return losses.regression_sums(logits, batch["labels"])
-    if cfg.problem_type == losses.MULTI_LABEL:
-        return losses.multi_label_sums(logits, batch["labels"])
-    return losses.classification_sums(logits, batch["labels"], cfg.label_smoothing)
+    return losses.head_sums(logits, batch["labels"], cfg)
 
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
@@ -229,11 +225,7 @@ def head(cfg) -> str:
     """The head, as a run's summary line names it."""
     if cfg.task == "lm":
         return f"masked language modelling, {cfg.vocab_size} tokens"
-    if cfg.problem_type == losses.REGRESSION:
-        return f"{cfg.task} regression, " + (f"{cfg.num_labels} scores" if cfg.num_labels > 1 else "one score")
-    if cfg.problem_type == losses.MULTI_LABEL:
-        return f"{cfg.task} multi-label classification, {cfg.num_labels} labels"
-    return f"{cfg.task} classification, {cfg.num_labels} labels"
+    return models.head_summary(cfg)
 
 
 def describe(cfg) -> str:
@@ -290,20 +282,9 @@ def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
         raise CheckpointError(f"config.json: position_embedding_type {hf['position_embedding_type']!r} is not supported")
     wanted = {field: hf[key] for field, key in SHAPE_FIELDS.items()}  # a missing key is an error, never a default
     models.check_shape(cfg, wanted)
-    heads = {"ForTokenClassification": "token", "ForSequenceClassification": "sequence", "ForMaskedLM": "lm"}
-    task = next((t for a in hf.get("architectures") or () for end, t in heads.items() if str(a).endswith(end)), None)
-    if task == "lm":  # a masked-LM checkpoint (a *ForPreTraining one holds that head too, and sets no task)
-        wanted.update(task=task)
-    elif task is not None:  # a fine-tuned head: its task and label count
-        # transformers writes neither id2label nor num_labels for its default of two labels
-        wanted.update(task=task, num_labels=len(hf.get("id2label") or {}) or hf.get("num_labels", 2))
-        kind = hf.get("problem_type") or ("regression" if wanted["num_labels"] == 1 else "single_label_classification")
-        if task == "sequence" and kind in losses.FLOAT_HEADS:
-            wanted.update(problem_type=cfg.problem_type or kind)
-        elif task == "sequence" and kind != "single_label_classification":
-            raise CheckpointError(f"config.json: a {kind} head ({wanted['num_labels']} output(s)) is not supported; "
-                                  f"jaxbatch classifies each text into one of its labels or into several "
-                                  f"(multi_label_classification), or scores it (regression)")
+    # a masked-LM checkpoint (a *ForPreTraining one holds that head too, and sets no task)
+    wanted.update(models.hf_head(cfg, hf, {"ForTokenClassification": "token", "ForSequenceClassification": "sequence",
+                                           "ForMaskedLM": "lm"}))
     return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)),
                                activation=activation)
 
@@ -419,21 +400,13 @@ def hf_architecture(prefix: str, cfg) -> str:
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
     if cfg.task == "lm":  # no labels: a masked LM's outputs are the vocabulary
         cfg, label_names = dataclasses.replace(cfg, num_labels=2, problem_type=""), None
-    regression = cfg.problem_type == losses.REGRESSION
-    if cfg.num_labels == 1 and cfg.problem_type != losses.MULTI_LABEL and not regression:
-        raise ConfigError("a one-logit binary head has no Hugging Face class that reads it so (HF takes one logit "
-                          "for a regression); train it with model.num_labels=2 to export")
-    labels = ["LABEL_0"] if regression and cfg.num_labels == 1 else (
-        label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)])
     return {
         "architectures": [hf_architecture("Bert", cfg)], "model_type": "bert",
         "hidden_act": cfg.activation or ACTIVATION,
         **{key: getattr(cfg, field) for field, key in SHAPE_FIELDS.items()},
         "layer_norm_eps": cfg.layer_norm_eps, "hidden_dropout_prob": cfg.hidden_dropout,
         "attention_probs_dropout_prob": cfg.attention_dropout, "initializer_range": 0.02, "pad_token_id": 0,
-        "position_embedding_type": "absolute", "num_labels": cfg.num_labels,
-        "id2label": {str(i): n for i, n in enumerate(labels)}, "label2id": {n: i for i, n in enumerate(labels)},
-        **({"problem_type": cfg.problem_type} if cfg.problem_type in losses.FLOAT_HEADS else {}),
+        "position_embedding_type": "absolute", **models.hf_labels(cfg, label_names),
     }
 
 

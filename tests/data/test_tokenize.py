@@ -51,3 +51,32 @@ def test_text_pairs_follow_the_tokenizers_template_and_are_cut_longest_first():
     assert rob.convert_ids_to_tokens(enc.arrays["input_ids"][0].tolist()) == [
         "<s>", "hi", "</s>", "</s>", "there", "</s>", "<pad>", "<pad>"]
     assert not enc.arrays["token_type_ids"].any() and enc.truncated == 0
+
+
+def test_a_causal_models_tokenizer_reads_each_text_as_written_padded_with_eos():
+    """A tokenizer without [CLS] (GPT-2's, LLaMA's) is given each text as one string with its own template (a BOS
+    where it adds one), as run_glue encodes it: not word by word, which a BPE tokenizer would read each with a
+    leading space. Without a pad token, rows are padded with EOS; what is cut from each text is counted."""
+    import pytest
+
+    from conftest import bpe_tokenizer
+    from jaxbatch.errors import DataError
+
+    texts = ["a good film", "a bad film", "the plot is thin and the film is long"] * 20
+    for bos in (False, True):
+        tok = bpe_tokenizer(texts, bos=bos)
+        words, long = ["a", "good", "film"], ["the", "plot", "is", "thin"] * 5
+        enc = tokenize.encode_labelled(tok, [words, long], [1, 0], seq_len=8)
+        want = tok("a good film")["input_ids"]
+        assert want[0] == (tok.bos_token_id if bos else tok.encode("a")[0]) and len(want) < 8
+        np.testing.assert_array_equal(enc.arrays["input_ids"][0], want + [tok.eos_token_id] * (8 - len(want)))
+        np.testing.assert_array_equal(enc.arrays["attention_mask"][0], [1] * len(want) + [0] * (8 - len(want)))
+        whole = tok(" ".join(long))["input_ids"]
+        np.testing.assert_array_equal(enc.arrays["input_ids"][1], whole[:8])
+        assert enc.truncated == 1 and list(enc.cut) == [0, len(whole) - 8]
+        pair = tokenize.encode_labelled(tok, [words], [1], seq_len=12, pairs=[["bad", "film"]])
+        got = tok("a good film", "bad film")["input_ids"]
+        np.testing.assert_array_equal(pair.arrays["input_ids"][0][:len(got)], got)
+    tok.eos_token = None
+    with pytest.raises(DataError, match="neither a pad nor an EOS token"):
+        tokenize.encode_labelled(tok, [words], [1], seq_len=8)

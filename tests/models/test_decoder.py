@@ -597,6 +597,119 @@ def test_export_carries_the_tokenizers_special_ids_so_hf_generate_stops(tmp_path
     assert transformers.LlamaForCausalLM.from_pretrained(out).generation_config.eos_token_id == 2
 
 
+CLASSIFIERS = {"gpt2": "GPT2", "llama": "Llama", "qwen3": "Qwen3", "phi3": "Phi3", "gemma2": "Gemma2",
+               "gemma3": "Gemma3Text"}
+
+
+def _hf_classifier(arch, tmp_path, num_labels=3, pad=96, **extra):
+    """A random `*ForSequenceClassification` of `arch` (biases and norms made non-trivial) saved to a folder, and
+    a word-level tokenizer of its 97 ids whose pad token is `pad`."""
+    import tokenizers
+
+    causal, _ = _hf_model(arch, tmp_path, **({"pad_token_id": pad} if arch == "phi3" else {}))  # its default: 32000
+    c = causal.config
+    c.num_labels, c.pad_token_id, c.id2label = num_labels, pad, {i: f"class{i}" for i in range(num_labels)}
+    c.label2id = {v: k for k, v in c.id2label.items()}
+    for key, value in extra.items():
+        setattr(c, key, value)
+    torch.manual_seed(1)
+    theirs = getattr(transformers, f"{CLASSIFIERS[arch]}ForSequenceClassification")(c)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    theirs.eval().save_pretrained(tmp_path / "classifier")
+    vocab = {**{f"w{i}": i for i in range(97) if i != pad}, "<pad>": pad}
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w1")),
+        pad_token="<pad>", unk_token="w1")
+    return theirs, tmp_path / "classifier", tok
+
+
+def _right_padded(lengths=(10, 6, 3), pad=96, seed=5):
+    ids = np.asarray(np.random.default_rng(seed).integers(1, 96, (len(lengths), max(lengths))), np.int32)
+    mask = (np.arange(ids.shape[1])[None] < np.asarray(lengths)[:, None]).astype(np.int32)
+    return np.where(mask > 0, ids, pad), mask
+
+
+@pytest.mark.parametrize("arch", sorted(CLASSIFIERS))
+def test_a_sequence_classifier_equals_hf_trains_like_it_and_round_trips(arch, tmp_path):
+    """HF's *ForSequenceClassification (a `score` layer read at each row's last real token): read with its task
+    and labels, its logits on right-padded rows and every training gradient equal transformers', and it
+    exports back to the same class, bit-identically."""
+    theirs, folder, tok = _hf_classifier(arch, tmp_path)
+    restored = run_lib.restore(folder, ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"])
+    spec = restored.run.spec.model
+    assert (spec.task, spec.num_labels, run_lib.label_names(restored.run.spec)) == (
+        "sequence", 3, ["class0", "class1", "class2"])
+    ids, mask = _right_padded()
+    labels = np.asarray([2, 0, 1], np.int32)
+    batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), labels=jnp.asarray(labels))
+    grad_fn = steps.make_grad_fn(restored.run.family, spec, restored.run.graphdef)
+    sums, grads = jax.jit(grad_fn)(restored.params, batch, None, 1.0)
+    theirs.zero_grad()
+    out = theirs(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                 labels=torch.tensor(labels, dtype=torch.long))
+    (out.loss * 3).backward()
+    ours = nnx.merge(restored.run.graphdef, restored.params).classify(jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(ours), out.logits.detach().numpy(), atol=1e-5)
+    assert float(sums["weight"]) == 3 and float(sums["loss_sum"]) == pytest.approx(out.loss.item() * 3, rel=1e-5)
+    flat = _flat(grads)
+    named = decoder.hf_unfuse({n: p.grad.numpy() for n, p in theirs.named_parameters()}, spec)  # Phi-3's fused
+    key_map = decoder.hf_key_map(spec)
+    assert len(key_map) == len(flat) and key_map["score.kernel"] == ("score.weight", "t")
+    for mine, (name, how) in key_map.items():
+        if how.startswith("part:"):  # GPT-2's fused c_attn: compared through the logits and the other tensors
+            continue
+        got = hf.to_theirs(np.asarray(flat[mine]), how)
+        np.testing.assert_allclose(got, named[name].reshape(got.shape), rtol=1e-3, atol=2e-5, err_msg=mine)
+    exported = hf.export(restored.params, spec, tmp_path / "export", tok, run_lib.label_names(restored.run.spec))
+    written = json.loads((exported / "config.json").read_text())
+    cls = f"{CLASSIFIERS['llama' if arch == 'phi3' else arch]}ForSequenceClassification"  # Phi-3's function: LLaMA's
+    assert written["architectures"] == [cls]
+    assert (written["pad_token_id"], written["id2label"]["2"]) == (96, "class2")
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    assert type(reloaded).__name__ == cls
+    with torch.no_grad():
+        again = reloaded(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_allclose(again.numpy(), out.logits.detach().numpy(), atol=1e-6)
+    back = _flat(run_lib.restore(exported).params)
+    for key, value in _flat(restored.params).items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("problem, labels", [("regression", [[0.5], [-1.0], [2.0]]),
+                                             ("multi_label_classification", [[1, 0, 1], [0, 0, 0], [0, 1, 1]])])
+def test_a_decoder_head_of_float_targets_equals_hf(problem, labels, tmp_path):
+    """A regression (one score) and a multi-label head read from config.json's problem_type, with HF's losses."""
+    n = len(labels[0])
+    theirs, folder, _ = _hf_classifier("llama", tmp_path, num_labels=n, problem_type=problem)
+    restored = run_lib.restore(folder)
+    spec = restored.run.spec.model
+    assert (spec.task, spec.problem_type, spec.num_labels) == ("sequence", problem, n)
+    ids, mask = _right_padded()
+    target = np.asarray(labels, np.float32)[:, 0] if n == 1 else np.asarray(labels, np.float32)
+    batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), labels=jnp.asarray(target))
+    sums, _ = jax.jit(steps.make_grad_fn(restored.run.family, spec, restored.run.graphdef))(
+        restored.params, batch, None, 1.0)
+    with torch.no_grad():
+        out = theirs(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                     labels=torch.tensor(target))
+    assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+def test_a_causal_lm_folder_fine_tunes_as_a_classifier_with_a_new_score(tmp_path):
+    """A *ForCausalLM base under a sequence task: the trunk loads, `score` is new, and the LM head is the
+    expected leftover (HF's 'newly initialized: score.weight')."""
+    _, folder = _hf_model("llama", tmp_path)
+    cfg = config.build([f"model.pretrained={folder}", "model.task=sequence", "model.num_labels=2"])
+    spec = run_lib.resolve(cfg, task="sequence", label_names=["a", "b"])
+    assert spec.model.task == "sequence" and spec.model.num_labels == 2
+    run = run_lib.setup(spec, devices=jax.devices()[:1], training=False)
+    _, report = hf.load_params(folder, spec.model, run.abstract_params, run.params_sh)
+    assert report.new == ["score.kernel"] and report.expected_unused == ["lm_head.weight"] and not report.unexpected
+
+
 @pytest.mark.parametrize("preset, setting", [("gpt-tiny", "model.sliding_window=4"),
                                              ("gpt-tiny", "model.attention_softcap=5"),
                                              ("llama-tiny", "model.query_scale=7"),
