@@ -597,8 +597,8 @@ def test_export_carries_the_tokenizers_special_ids_so_hf_generate_stops(tmp_path
     assert transformers.LlamaForCausalLM.from_pretrained(out).generation_config.eos_token_id == 2
 
 
-CLASSIFIERS = {"gpt2": "GPT2", "llama": "Llama", "qwen3": "Qwen3", "phi3": "Phi3", "gemma2": "Gemma2",
-               "gemma3": "Gemma3Text"}
+# the classifier's paths: GPT-2's Conv1D trunk, LLaMA's, Phi-3's fused one (exported as LLaMA's), Gemma 3's class name
+CLASSIFIERS = {"gpt2": "GPT2", "llama": "Llama", "phi3": "Phi3", "gemma3": "Gemma3Text"}
 
 
 def _hf_classifier(arch, tmp_path, num_labels=3, pad=96, **extra):
@@ -696,6 +696,12 @@ def test_a_decoder_head_of_float_targets_equals_hf(problem, labels, tmp_path):
         out = theirs(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                      labels=torch.tensor(target))
     assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+def test_a_decoder_refuses_token_classification_in_one_line():
+    """A causal model would tag each word without seeing what follows it: not offered."""
+    with pytest.raises(ConfigError, match="not a token task"):
+        config.validate(_cfg("llama-tiny", "model.task=token"), 8)
 
 
 @pytest.mark.parametrize("preset, setting", [("gpt-tiny", "model.sliding_window=4"),
