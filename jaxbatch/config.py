@@ -404,7 +404,7 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be > 0, got {value}")
 
 
-MODEL_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings")
+MODEL_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings", "num_labels")
 _TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 _ZERO_MEANS = {"vocab_size": "the tokenizer's size", "sliding_window": "no window",  # model sizes where 0 is a default
                "sliding_window_pattern": "every layer alike", "rope_local_theta": "the other layers' rotary base",

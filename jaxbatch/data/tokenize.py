@@ -106,7 +106,7 @@ def _encode_template(tokenizer, firsts, seconds, labels, seq_len: int, written: 
 
     ids, type_ids = encode(list(range(len(firsts))))
     cut = np.maximum(np.asarray([len(row) for row in ids], int) - seq_len, 0)
-    long = [i for i, row in enumerate(ids) if len(row) > seq_len]
+    long = [int(i) for i in np.flatnonzero(cut)]
     if long:
         for i, row, row_types in zip(long, *encode(long, truncation="longest_first", max_length=seq_len)):
             ids[i], type_ids[i] = row, row_types

@@ -213,8 +213,6 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
         raise ConfigError(f"model.task must be token, sequence or lm (masked language modelling), got {cfg.task!r}")
     if cfg.task == "lm" and cfg.vocab_tiling > 1:
         raise ConfigError("model.vocab_tiling: an encoder's masked-LM head is computed whole (set 1)")
-    if cfg.num_labels < 1:
-        raise ConfigError(f"model.num_labels must be >= 1, got {cfg.num_labels}")
     if seq_len < 3:
         raise ConfigError(f"data.seq_len={seq_len} leaves no room for a word between [CLS] and [SEP] (>= 3)")
     if seq_len > cfg.max_position_embeddings:

@@ -466,8 +466,6 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
     if cfg.task not in ("lm", "sequence"):
         raise ConfigError(f"the decoder family trains language models (a text dataset: data.name=text) and text "
                           f"classifiers (data.name=tsv, csv, jsonl), not a {cfg.task} task")
-    if cfg.num_labels < 1:
-        raise ConfigError(f"model.num_labels must be >= 1, got {cfg.num_labels}")
     if cfg.hidden_size % cfg.num_heads and not cfg.head_dim:
         raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads} "
                           f"(or set model.head_dim)")
