@@ -206,6 +206,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--models", help="comma-separated presets to run, e.g. bert-base (default: this platform's all)")
     p.add_argument("--part-timeout", type=int, default=240, help="seconds one measurement's process may take")
     p.add_argument("--part", help=argparse.SUPPRESS)  # a child process's one measurement
     p.add_argument("--peak", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -216,6 +217,10 @@ def main(argv=None) -> list[dict]:
     device = jax.devices()[0]
     on_cpu, on_gpu = device.platform == "cpu", device.platform == "gpu"
     shapes, precision = _shapes(device.platform)
+    presets = [s[1] for s in shapes]
+    wanted = args.models.split(",") if args.models else presets
+    if set(wanted) - set(presets):
+        p.error(f"--models: {', '.join(sorted(set(wanted) - set(presets)))} not among {', '.join(presets)} here")
     attentions = ["xla", "auto"] if on_gpu else ["auto"]  # auto is XLA's kernel on CPUs and TPUs
     chip = topology.chip_for_kind(device.device_kind)
     args.peak = metrics.measure_matmul_flops() if on_cpu or chip is None else chip.peak_flops
@@ -231,6 +236,8 @@ def main(argv=None) -> list[dict]:
         result.update(in_a_process("attention", args))
         save()
     for i, (family, preset, batch, seq) in enumerate(shapes):
+        if preset not in wanted:
+            continue
         torch = in_a_process(f"torch:{i}", args) if torch_device else {}
         for attention in attentions:
             row = {"model": preset, "shape": f"{batch} x {seq}", "precision": precision, "attention": attention,
