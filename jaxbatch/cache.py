@@ -29,7 +29,8 @@ def enable_compilation_cache() -> None:
     if base is None or jax.config.jax_compilation_cache_dir:
         return
     jax.config.update("jax_compilation_cache_dir", str(base / "xla" / f"jax-{jax.__version__}"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # steps, not tiny helper kernels
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting wins when given
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # steps, not tiny helper kernels
 
 
 @contextlib.contextmanager

@@ -8,6 +8,9 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Optimisation level 0 cuts XLA:CPU compile time by about a third; tests compare numbers, not speed.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+# Every program into the persistent cache, not only those over jaxbatch's 0.5 s: the suite's tiny steps compile
+# faster than that and recur across tests and their subprocesses (a cold CI cache fills as the suite runs).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import contextlib  # noqa: E402
 from pathlib import Path  # noqa: E402
