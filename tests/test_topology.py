@@ -57,10 +57,10 @@ def test_a_model_too_big_for_the_slice_is_reported_with_numbers(capsys):
 
 
 def test_smaller_hbm_means_a_smaller_micro_batch():
-    # 16 heads x 8192^2 attention scores: ~8 GiB of activations per example; micro-batches of 2 or 1 per chip
-    spec = tiny_config("model.preset=gpt-tiny", "model.hidden_size=128", "model.num_heads=16", "model.num_layers=1",
-                       "model.intermediate_size=512", "model.vocab_size=256", "model.max_position_embeddings=8192",
-                       "data.name=text", "model.task=lm", "train.batch_size=8", "data.seq_len=8192",
+    # 64 heads x 4096^2 attention scores: ~8 GiB of activations per example; micro-batches of 2 or 1 per chip
+    spec = tiny_config("model.preset=gpt-tiny", "model.hidden_size=128", "model.num_heads=64", "model.num_layers=1",
+                       "model.intermediate_size=512", "model.vocab_size=256", "model.max_position_embeddings=4096",
+                       "data.name=text", "model.task=lm", "train.batch_size=8", "data.seq_len=4096",
                        "mesh.data=1", "mesh.fsdp=4")
     plans = {}
     for name in ("v5e:2x2", "v5p:2x2x1"):  # 16 GiB vs 95 GiB per chip
