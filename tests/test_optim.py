@@ -111,13 +111,14 @@ def _muon_case(torch, steps, weight_decay):
 
     params = wrap(init)
     state = tx.init(params)
+    update = jax.jit(tx.update)  # one compile, not op by op for each of up to 80 steps
     theirs = {n: torch.nn.Parameter(as_torch(a)) for n, a in init.items()}
     muon = torch.optim.Muon([theirs["k"], theirs["q"]], lr=0.02, weight_decay=weight_decay, momentum=0.95,
                             adjust_lr_fn="match_rms_adamw")
     adamw = torch.optim.AdamW([theirs["b"]], lr=0.02, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.0)
     for _ in range(steps):
         grads = {n: rng.normal(size=a.shape) for n, a in init.items()}
-        updates, state = tx.update(wrap(grads), state, params)
+        updates, state = update(wrap(grads), state, params)
         params = jax.tree.map(lambda p, u: p + u, params, updates)
         before = {n: t.detach().clone() for n, t in theirs.items()}
         for n, t in theirs.items():
