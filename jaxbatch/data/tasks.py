@@ -508,16 +508,17 @@ def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int, how: masking.Ma
     return packing.concatenated([ids for ids, _ in encoded], seq_len, pad, starts)
 
 
-def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]], model_cfg) -> tuple[dict, masking.Masking]:
-    """{split: rows}: the train split's labels every maskable token (masked anew each batch), the others masked
-    once (masking.py)."""
+def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]], model_cfg,
+                   fresh: tuple[str, ...] = ("train",)) -> tuple[dict, masking.Masking]:
+    """{split: rows}: the `fresh` splits (training's) label every maskable token (masked anew each batch), the
+    others are masked once (masking.py)."""
     how = masking.Masking.of(tokenizer, model_cfg)
     rows = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len, how) for split, split_docs in docs.items()}
-    out = {split: how.candidates(r) if split == "train" else how.eval_split(r, data_cfg.shuffle_seed)
+    out = {split: how.candidates(r) if split in fresh else how.eval_split(r, data_cfg.shuffle_seed)
            for split, r in rows.items()}
     for split, arrays in out.items():  # scored, no label would read as loss 0 and perplexity 1
         if not _labelled(arrays):
-            what = "no token the masks may choose (all special or unknown to the tokenizer)" if split == "train" else (
+            what = "no token the masks may choose (all special or unknown to the tokenizer)" if split in fresh else (
                 "no masked token to score (too little text, or all of it special or unknown to the tokenizer)")
             raise DataError(f"data.name={data_cfg.name}: the {split} split has {what}")
     return out, how
@@ -596,7 +597,7 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_l
             raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir} (a text corpus "
                             f"is split into train and validation: --split validation)")
         if masked_lm is not None:
-            return _masked_splits(data_cfg, tokenizer, {"validation": docs[split]}, masked_lm)[0]["validation"]
+            return _masked_splits(data_cfg, tokenizer, {split: docs[split]}, masked_lm, fresh=())[0][split]
         return _pack(docs[split], tokenizer, data_cfg.seq_len)
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:

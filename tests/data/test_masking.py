@@ -170,3 +170,5 @@ def test_a_split_with_nothing_to_mask_is_one_error_not_a_perplexity_of_one(token
     cfg = config.build(["data.name=text", f"data.data_dir={tmp_path / 'c.txt'}", "data.seq_len=16"]).data
     with pytest.raises(DataError, match="the train split has no token the masks may choose"):
         tasks.load(cfg, tokenizer, masked_lm=masked_lm())
+    with pytest.raises(DataError, match="the train split has no masked token to score"):  # evaluate --split train
+        tasks.load_split(cfg, tokenizer, "train", masked_lm=masked_lm())
