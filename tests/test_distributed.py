@@ -89,7 +89,7 @@ def _free_port() -> int:
 def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
     """Preemption reaches one host: both agree to stop, save the same step collectively, exit 75, and resume."""
     run = tmp_path / "two"
-    procs = _launch_two(run, _free_port(), "train.steps=40", "train.log_every=1", "train.eval_every=0")
+    procs = _launch_two(run, _free_port(), "train.steps=20", "train.log_every=1", "train.eval_every=0")
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (len(metrics.read_text().splitlines()) if metrics.is_file() else 0) < 3:
@@ -100,14 +100,14 @@ def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
     from jaxbatch.checkpoint import Checkpointer
 
     step = Checkpointer(run / "checkpoints", read_only=True).latest_step()
-    assert 3 <= step < 40 and f"stopped at step {step} of 40" in outputs[0]
+    assert 3 <= step < 20 and f"stopped at step {step} of 20" in outputs[0]
     assert "(another process was asked to stop; checkpoint saved)" in outputs[0]
-    procs = _launch_two(run, _free_port(), "train.steps=40", "train.log_every=1", "train.eval_every=0")
+    procs = _launch_two(run, _free_port(), "train.steps=20", "train.log_every=1", "train.eval_every=0")
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:]
     assert f"resumed from {run / 'checkpoints'} at step {step}" in outputs[0]
     rows = [r["step"] for r in map(json.loads, open(metrics)) if r["kind"] == "train"]
-    assert rows == list(range(1, 41))
+    assert rows == list(range(1, 21))
 
 
 def test_cpu_devices_one_per_core_and_refused_once_jax_has_started(monkeypatch):
