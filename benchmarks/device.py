@@ -219,8 +219,9 @@ def main(argv=None) -> list[dict]:
     shapes, precision = _shapes(device.platform)
     presets = [s[1] for s in shapes]
     wanted = args.models.split(",") if args.models else presets
-    if set(wanted) - set(presets):
-        p.error(f"--models: {', '.join(sorted(set(wanted) - set(presets)))} not among {', '.join(presets)} here")
+    unknown = sorted(set(wanted) - set(presets))
+    if unknown:
+        p.error(f"--models: {', '.join(unknown)} not among {', '.join(presets)} here")
     attentions = ["xla", "auto"] if on_gpu else ["auto"]  # auto is XLA's kernel on CPUs and TPUs
     chip = topology.chip_for_kind(device.device_kind)
     args.peak = metrics.measure_matmul_flops() if on_cpu or chip is None else chip.peak_flops

@@ -35,12 +35,7 @@ def _one_and_two(tmp_path, args) -> tuple[dict, dict]:
     one = tmp_path / "one"
     assert cli.main(["train", *args, f"train.run_dir={one}"]) == 0
     two = tmp_path / "two"
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *args, f"train.run_dir={two}",
-                               f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
-                               f"distributed.process_id={i}", "distributed.cpu_devices=4"],
-                              env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = _launch_two(two, args)
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
@@ -72,10 +67,12 @@ def test_two_processes_mask_a_masked_lm_as_one_does(tmp_path):
     assert "perplexity" in one
 
 
-def _launch_two(run_dir, port, *extra):
-    return [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *ARGS, f"train.run_dir={run_dir}",
+def _launch_two(run_dir, args):
+    """Two processes of 4 CPU devices each training `args` into run_dir, coordinated over a free local port."""
+    port = _free_port()
+    return [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *args, f"train.run_dir={run_dir}",
                               f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
-                              f"distributed.process_id={i}", "distributed.cpu_devices=4", *extra],
+                              f"distributed.process_id={i}", "distributed.cpu_devices=4"],
                              env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for i in range(2)]
 
@@ -89,7 +86,8 @@ def _free_port() -> int:
 def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
     """Preemption reaches one host: both agree to stop, save the same step collectively, exit 75, and resume."""
     run = tmp_path / "two"
-    procs = _launch_two(run, _free_port(), "train.steps=20", "train.log_every=1", "train.eval_every=0")
+    args = [*ARGS, "train.steps=20", "train.log_every=1", "train.eval_every=0"]
+    procs = _launch_two(run, args)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (len(metrics.read_text().splitlines()) if metrics.is_file() else 0) < 3:
@@ -102,7 +100,7 @@ def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
     step = Checkpointer(run / "checkpoints", read_only=True).latest_step()
     assert 3 <= step < 20 and f"stopped at step {step} of 20" in outputs[0]
     assert "(another process was asked to stop; checkpoint saved)" in outputs[0]
-    procs = _launch_two(run, _free_port(), "train.steps=20", "train.log_every=1", "train.eval_every=0")
+    procs = _launch_two(run, args)
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:]
     assert f"resumed from {run / 'checkpoints'} at step {step}" in outputs[0]

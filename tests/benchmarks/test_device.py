@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_device_benchmark_prints_its_table(tmp_path):
     out = tmp_path / "rows.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device.py"), "--steps", "2", "--warmup", "1",
-                             "--models", "llama-tiny,tiny", "--json", str(out)], capture_output=True, text=True, timeout=600)
+                             "--models", "llama-tiny,tiny", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(table) == 3 and table[0].startswith("| model |")
