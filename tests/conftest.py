@@ -6,8 +6,11 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 # CPU only, even with libtpu installed (the tpu extra): topologies for `plan --target` still work, and JAX
 # does not probe for TPU hardware (and print libtpu's warnings) in every test process.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Optimisation level 0 cuts XLA:CPU compile time by about a third; tests compare numbers, not speed.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+# Tests compare numbers, not speed, and most of the suite's time is XLA:CPU compiling small programs:
+# optimisation level 0 cuts compile time by about a third, and XLA's older elemental emitters for fusions
+# (instead of its MLIR fusion emitters) by about 40% more (benchmarks/README.md, "The suite's time").
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+                                   "--xla_cpu_use_fusion_emitters=false")
 # Every program into the persistent cache, not only those over jaxbatch's 0.5 s: the suite's tiny steps compile
 # faster than that and recur across tests and their subprocesses (a cold CI cache fills as the suite runs).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -24,6 +27,16 @@ from jaxbatch import run as run_lib  # noqa: E402
 from jaxbatch import state as state_lib  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def subprocess_env(cpu_devices: int | None = None) -> dict:
+    """This environment for a child process that sets its own device count (None: as users' runs do, the
+    program's default): the suite's compile-time flags kept, its 8 devices dropped."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    if cpu_devices is not None:
+        env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
+    return env
 
 
 def tiny_config(*overrides: str) -> config_lib.Config:
