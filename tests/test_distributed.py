@@ -10,19 +10,12 @@ import time
 
 import pytest
 
+from conftest import subprocess_env
 from jaxbatch import cli
 
 ARGS = ["model.preset=tiny", "model.hidden_dropout=0", "data.seq_len=16", "data.num_train=256", "data.num_eval=64",
         "train.batch_size=32", "train.steps=6", "train.log_every=2", "train.eval_every=6", "train.progress=false",
         "mesh.data=4", "mesh.fsdp=2"]
-
-
-def _env(devices: int) -> dict:
-    """This environment with `devices` CPU devices: conftest's XLA flags less their device count."""
-    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-    env["JAX_NUM_CPU_DEVICES"] = str(devices)
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    return env
 
 
 def _losses(run_dir) -> list[float]:
@@ -73,7 +66,7 @@ def _launch_two(run_dir, args):
     return [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *args, f"train.run_dir={run_dir}",
                               f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
                               f"distributed.process_id={i}", "distributed.cpu_devices=4"],
-                             env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for i in range(2)]
 
 

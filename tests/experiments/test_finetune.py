@@ -1,10 +1,11 @@
 """The fine-tuning recipes' set-up: JAX started with their CPU defaults (the command line winning), and a
 user's error as one line and exit code 2, not a traceback."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = """
@@ -17,7 +18,7 @@ print(jax.device_count(), cfg.distributed.cpu_one_arena, host.one_arena.cache_in
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+    env = subprocess_env()
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
