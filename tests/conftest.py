@@ -8,7 +8,7 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compare numbers, not speed, and most of the suite's time is XLA:CPU compiling small programs:
 # optimisation level 0 cuts compile time by about a third, and XLA's older elemental emitters for fusions
-# (instead of its MLIR fusion emitters) by about 40% more (benchmarks/README.md, "The suite's time").
+# (instead of its MLIR fusion emitters) by about 40% more (benchmarks/README.md, "The test suite's time").
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
                                    "--xla_cpu_use_fusion_emitters=false")
 # Every program into the persistent cache, not only those over jaxbatch's 0.5 s: the suite's tiny steps compile
