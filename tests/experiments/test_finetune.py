@@ -18,8 +18,8 @@ print(jax.device_count(), cfg.distributed.cpu_one_arena, host.one_arena.cache_in
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
-    env = subprocess_env()
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_recipes_start_jax_on_one_cpu_device_with_one_arena_and_overrides_win():
