@@ -71,21 +71,29 @@ def link_checkpoints(run_dir: Path, ckpt_dir: Path) -> None:
         link.symlink_to(ckpt_dir.resolve(), target_is_directory=True)
 
 
-def check_identity(ckpt: checkpoint.Checkpointer, spec: config.Config, identity: dict, say) -> None:
+def check_identity(ckpt_dir: Path, spec: config.Config, identity: dict) -> list[str]:
     """A run dir holds one run: resuming with another model, optimizer, data, seed, batch, accumulation or
-    precision is refused; cadence, stopping and mesh may change (printed)."""
-    saved_step = ckpt.latest_step()
-    if saved_step > spec.train.steps:
+    precision is refused, before anything compiles. Returns the settings that may change and did (cadence,
+    stopping, mesh). With train.auto_micro_batch the planner has not chosen train.accum_steps yet: call again
+    with the planned spec."""
+    ckpt, saved = checkpoint.Checkpointer(ckpt_dir, read_only=True), None
+    try:
+        saved_step = ckpt.latest_step()
+        for step in sorted(ckpt.manager.all_steps(), reverse=True):  # the newest spec that can be read
+            try:
+                saved, saved_identity = ckpt.read_spec(step), ckpt.read_identity(step)
+                break
+            except Exception:  # noqa: BLE001  a damaged checkpoint: restore_latest reports and moves it
+                continue
+    finally:
+        ckpt.close()
+    if saved_step is not None and saved_step > spec.train.steps:
         raise config.ConfigError(f"train.steps={spec.train.steps} is below the step of the newest checkpoint "
                                  f"({saved_step}) in {ckpt.directory}")
-    for step in sorted(ckpt.manager.all_steps(), reverse=True):  # the newest spec that can be read
-        try:
-            saved, saved_identity = ckpt.read_spec(step), ckpt.read_identity(step)
-            break
-        except Exception:  # noqa: BLE001  a damaged checkpoint: restore_latest reports and moves it
-            continue
-    else:
-        return
+    if saved is None:
+        return []
+    if spec.train.auto_micro_batch:
+        spec = config.replace(spec, train__accum_steps=saved.train.accum_steps, train__auto_micro_batch=False)
     fixed, changed = config.drift(saved, spec)
     fixed += [f"data ({k}): {saved_identity.get(k)!r} -> {v!r}" for k, v in identity.items()
               if saved_identity.get(k) != v]
@@ -93,8 +101,7 @@ def check_identity(ckpt: checkpoint.Checkpointer, spec: config.Config, identity:
         raise config.ConfigError(
             f"{ckpt.directory} holds a run with a different identity:\n  " + "\n  ".join(fixed)
             + "\nuse a new train.run_dir, or checkpoint.resume=false to move the old run aside and start anew")
-    if changed:
-        say("resuming with changed settings: " + "; ".join(changed))
+    return changed
 
 
 def train(cfg: config.Config) -> TrainResult:
@@ -172,6 +179,9 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
         raise config.ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size="
                                  f"{spec.model.vocab_size}; raise model.vocab_size")
 
+    identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
+    changed = check_identity(ckpt_dir, spec, identity) if spec.checkpoint.resume else []
+
     # ---- The run: mesh, optimizer, sharded state, compiled steps ----------------------------------------------
     # measured before any compile runs, in the dtype the matmuls take
     peak = metrics.peak_flops_per_device(spec.train.peak_tflops, precision.compute_dtype(spec.precision.policy))
@@ -180,6 +190,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     per_row = pipeline.labelled_per_row(data.train) if spec.train.loss_norm == "dataset" else 0.0
     per_row *= data.masking.probability if data.masking else 1.0  # the train split's labels are the candidates
     run = run_lib.setup(spec, plan_log=say, compile_ahead=shapes, labelled_per_row=per_row)
+    if spec.train.auto_micro_batch and spec.checkpoint.resume:
+        check_identity(ckpt_dir, run.spec, identity)  # the planner's train.accum_steps
     spec, t = run.spec, run.spec.train  # the planner may have chosen train.accum_steps
     # while the train step still compiles on its thread: the programs evaluation and checkpoints run
     run.steps.compile_eval(run.state.params, evaluate.batch_shapes(run, data.eval, t.eval_batch_size or None))
@@ -235,7 +247,6 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                           jax.process_count(), spec.data.buckets,
                                           batch_sizes=sizes if t.rampup_samples else None,
                                           mask=data.masking.train_batch(t.seed) if data.masking else None))
-    identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
     best = checkpoint.Best.of(spec.checkpoint)  # the metric ranking checkpoints, and early stopping's count
     ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep, best=best)
     state = run.state
@@ -245,7 +256,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
         say(f"checkpoint.resume=false: the previous run in {run_dir} was moved to {aside}; starting a new run")
         ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep, best=best)
     elif ckpt.latest_step() is not None:
-        check_identity(ckpt, spec, identity, say)
+        if changed:
+            say("resuming with changed settings: " + "; ".join(changed))
         restored = ckpt.restore_latest(state, run.state_sh, batches, warn=say)
         if restored is not None:
             state = restored

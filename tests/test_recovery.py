@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import dotted, tiny_config
+from conftest import compiles, dotted, tiny_config
 from jaxbatch import checkpoint, cli, reporting, run as run_lib
 from jaxbatch import train as train_lib
 from jaxbatch.errors import EXIT_DIVERGED, EXIT_STOPPED, CheckpointError, WriteError
@@ -99,11 +99,15 @@ def test_config_drift_is_refused_or_printed(tmp_path, capsys):
                         ("precision.policy=bf16", "precision.policy"), ("model.num_layers=3", "model.num_layers"),
                         ("data.num_train=128", "train_digest")):
         capsys.readouterr()
-        assert _train(run, "train.steps=4", change) == 2, change
+        with compiles() as compiled:  # refused before anything compiles (a big model's start-up takes minutes)
+            assert _train(run, "train.steps=4", change) == 2, change
+        assert compiled == [], change
         err = capsys.readouterr().err
         assert key in err and "use a new train.run_dir, or checkpoint.resume=false" in err and "Traceback" not in err
     assert json.loads((run / "summary.json").read_text()) == summary  # still describes its checkpoint
-    assert _train(run, "train.steps=3") == 2
+    with compiles() as compiled:
+        assert _train(run, "train.steps=3") == 2
+    assert compiled == []
     assert "train.steps=3 is below the step of the newest checkpoint (4)" in capsys.readouterr().err
     assert _train(run, "train.steps=6", "train.log_every=2", "mesh.data=8", "mesh.fsdp=1", "mesh.model=1") == 0
     out = capsys.readouterr().out
