@@ -57,8 +57,8 @@ def test_export_a_finished_run_loads_in_transformers(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("torch")
     run = tmp_path / "run"
-    trained = train.train(tiny_config("train.batch_size=16", "train.steps=3", "train.eval_every=0",
-                                      f"train.run_dir={run}", "mesh.data=2", "mesh.model=4"))
+    trained = train.train(tiny_config("model.num_layers=2", "train.batch_size=16", "train.steps=3",
+                                      "train.eval_every=0", f"train.run_dir={run}", "mesh.data=2", "mesh.model=4"))
     assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 0
     assert f"exported step 3 of {run} to {tmp_path / 'hf'}" in capsys.readouterr().out
     assert cli.main(["export", str(tmp_path / "hf"), str(tmp_path / "again")]) == 0  # a folder has no step

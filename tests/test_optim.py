@@ -183,7 +183,7 @@ def test_trust_ratio_optimizers_sharded_equal_unsharded(name):
     ref_p, got_p = params_numpy(ref), params_numpy(got)
     init = params_numpy(run_lib.setup(cfg1, devices=jax.devices()[:1]).state)
     moved = sum(np.abs(ref_p[k] - init[k]).max() > 0 for k in ref_p)
-    assert moved > 30  # the optimizer really updated nearly every tensor
+    assert moved > 0.75 * len(ref_p)  # the optimizer really updated nearly every tensor
     for k in ref_p:
         np.testing.assert_allclose(got_p[k], ref_p[k], atol=1e-5, rtol=1e-5, err_msg=k)
     np.testing.assert_allclose(hist[1]["loss"], ref_hist[1]["loss"], rtol=1e-5)

@@ -19,9 +19,9 @@ from jaxbatch import checkpoint, cli, reporting, run as run_lib
 from jaxbatch import train as train_lib
 from jaxbatch.errors import EXIT_DIVERGED, EXIT_STOPPED, CheckpointError, WriteError
 
-TINY = ["model.preset=tiny", "data.seq_len=16", "train.batch_size=16", "data.num_train=96", "train.log_every=1",
-        "train.eval_every=0", "checkpoint.every=2", "train.progress=false", "mesh.data=2", "mesh.fsdp=2",
-        "mesh.model=2", "optim.warmup_steps=0", "optim.schedule=constant"]
+TINY = ["model.preset=tiny", "model.num_layers=1", "data.seq_len=16", "train.batch_size=16", "data.num_train=96",
+        "train.log_every=1", "train.eval_every=0", "checkpoint.every=2", "train.progress=false", "mesh.data=2",
+        "mesh.fsdp=2", "mesh.model=2", "optim.warmup_steps=0", "optim.schedule=constant"]
 
 
 def _train(run_dir, *extra) -> int:

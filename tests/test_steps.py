@@ -237,7 +237,7 @@ def test_one_non_finite_gradient_anywhere_skips_the_update():
     cfg = tiny_config("mesh.data=1")
     run = run_lib.setup(cfg, devices=jax.devices()[:1])
     ones = jax.tree.map(jnp.ones_like, run.state.params)
-    name = "encoder.layers.1.mlp.wo.kernel"
+    name = "encoder.layers.0.mlp.wo.kernel"
     before = params_numpy(run.state)
     assert name in before
 

@@ -218,7 +218,7 @@ def test_a_run_dir_is_a_pretrained_folder_whose_task_head_is_replaced_for_other_
     ours = {state_lib.param_name(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(run.state.params)}
     theirs = {state_lib.param_name(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(before.params)}
     backbone = [n for n in ours if not n.startswith("classifier.")]  # the source's pooler: a sequence head's
-    assert len(backbone) == len(ours) - 2 > 30 and set(backbone) < set(theirs)
+    assert len(backbone) == len(ours) - 2 > 20 and set(backbone) < set(theirs)
     for name in backbone:
         np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
     assert ours["classifier.kernel"].shape == (spec.model.hidden_size, 9)

@@ -113,4 +113,4 @@ def test_int8_params_shard_like_the_float_ones():
         assert dtypes[name] == (jnp.int8 if name.endswith(("kernel", "embedding")) else jnp.float32), name
     assert int_specs["encoder.layers.0.mlp.wi.scale"] == float_specs["encoder.layers.0.mlp.wi.bias"]
     assert len(compress.modules(nnx.eval_shape(lambda: state_lib.build_model(int8_model, "fp32")),
-                                quantize.QuantDense)) == 13
+                                quantize.QuantDense)) == 6 * int8_model.num_layers + 1  # the layers' and the head's

@@ -115,7 +115,8 @@ def test_scanned_layers_give_identical_logits_and_gradients(preset, remat, layer
 def test_scanned_bert_layers_train_like_the_loop():
     from conftest import random_batch, tiny_config
 
-    cfg = tiny_config("model.hidden_dropout=0", "train.batch_size=8", "mesh.data=2", "mesh.model=2")
+    cfg = tiny_config("model.num_layers=2", "model.hidden_dropout=0", "train.batch_size=8", "mesh.data=2",
+                      "mesh.model=2")
     batch = random_batch(cfg, 0)
     a, _, _ = run_steps(cfg, [batch], jax.devices()[:4])
     b, _, _ = run_steps(config.replace(cfg, model__scan_layers=True), [batch], jax.devices()[:4])
