@@ -14,9 +14,8 @@ from conftest import subprocess_env
 from jaxbatch import cli
 
 ARGS = ["model.preset=tiny", "model.num_layers=1", "model.hidden_dropout=0", "data.seq_len=16", "data.num_train=256",
-        "data.num_eval=64",
-        "train.batch_size=32", "train.steps=6", "train.log_every=2", "train.eval_every=6", "train.progress=false",
-        "mesh.data=4", "mesh.fsdp=2"]
+        "data.num_eval=64", "train.batch_size=32", "train.steps=6", "train.log_every=2", "train.eval_every=6",
+        "train.progress=false", "mesh.data=4", "mesh.fsdp=2"]
 
 
 def _losses(run_dir) -> list[float]:
