@@ -346,3 +346,27 @@ def test_a_causal_lm_fine_tunes_as_a_text_classifier_with_lora_and_exports_what_
         with torch.no_grad():
             logits = model.eval()(**exported(lines, padding=True, return_tensors="pt")).logits
         np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), ours, atol=1e-5, err_msg=folder)
+
+
+def test_the_planned_micro_batch_trains_as_if_set_by_hand_and_a_resume_keeps_it(tmp_path):
+    """train.auto_micro_batch with a budget between the compiled steps' needs at k=1 and k=2 trains with k=2,
+    bit for bit as train.accum_steps=2 does, across a cut; a resume whose budget would plan another k is
+    refused, since the updates would no longer be the same."""
+    from jaxbatch import config, memory
+
+    common = ["data.name=synthetic_sst", "data.num_train=64", "train.batch_size=32", "data.seq_len=64", "train.steps=4",
+              "train.eval_every=0"]
+    by_hand = train.train(tiny_config(*common, "train.accum_steps=2", f"train.run_dir={tmp_path / 'hand'}"))
+    one, two = (memory.step_memory(config.replace(by_hand.spec, train__accum_steps=1), k) for k in (1, 2))
+    assert two.total < one.total
+    budget = f"train.memory_budget_gb={(one.total + two.total) / 2 / 2**30}"
+    planned = [*common, "train.auto_micro_batch=true", budget, f"train.run_dir={tmp_path / 'planned'}"]
+    assert not train.train(tiny_config(*planned, "train.stop_after=2")).finished
+    resumed = train.train(tiny_config(*planned))
+    assert resumed.summary["step"] == 4 and resumed.spec.train.accum_steps == 2
+    assert not resumed.spec.train.auto_micro_batch
+    for ours, theirs in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(by_hand.state.params)):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    with pytest.raises(config.ConfigError, match=r"train.accum_steps: 2 -> 1"):  # a budget where k=1 fits
+        train.train(tiny_config(*planned[:-2], "train.steps=6", "train.memory_budget_gb=64",
+                                f"train.run_dir={tmp_path / 'planned'}"))
