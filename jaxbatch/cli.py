@@ -60,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--min-p", type=float, help="0 = none; tokens at least this times as likely as the likeliest"
                        + sampled % "0")
     gen_p.add_argument("--repetition-penalty", type=float, help="1 = none; HF's, greedy too" + sampled % "1")
+    gen_p.add_argument("--num-beams", type=int, help="> 1: beam search, as HF's generate(num_beams=...)"
+                       + sampled % "1")
+    gen_p.add_argument("--length-penalty", type=float, help="beam search: finished scores / length ** this"
+                       + sampled % "1")
+    gen_p.add_argument("--early-stopping", choices=["true", "false", "never"],
+                       help="beam search: HF's early_stopping" + sampled % "false")
     gen_p.add_argument("--num-return-sequences", type=int, default=1,
-                       help="continuations of each prompt (sampling; HF's num_return_sequences)")
+                       help="continuations of each prompt (draws when sampling, the best beams in beam search)")
     gen_p.add_argument("--seed", type=int, default=0)
     gen_p.add_argument("--chat", action="store_true",
                         help="each prompt is a user's message, rendered by the tokenizer's chat template")
@@ -365,20 +371,39 @@ def generate(args) -> int:
         raise ConfigError("every prompt must have at least one token")
     folders = [f for f in (args.model, restored.run.spec.model.pretrained) if f]
     stops = generate_lib.stop_tokens(tok, folders)
+    early = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
     try:
         chosen, source = generate_lib.sampling(folders, temperature=args.temperature, top_k=args.top_k,
                                                top_p=args.top_p, min_p=args.min_p,
                                                repetition_penalty=args.repetition_penalty)
+        beams = generate_lib.beam_settings(folders, num_beams=args.num_beams, length_penalty=args.length_penalty,
+                                           early_stopping=early)
+        if beams["num_beams"] > 1:
+            generate_lib.check_beams(beams["num_beams"], beams["early_stopping"], args.num_return_sequences)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if args.num_return_sequences > 1 and chosen["temperature"] <= 0:
+    n, searched = args.num_return_sequences, beams["num_beams"] > 1
+    if args.temperature is not None:  # what asks for sampling: the command line, else the file's do_sample
+        sampler = "--temperature" if args.temperature > 0 else None
+    else:
+        sampler = next((f"{path}'s do_sample" for path, c in generate_lib.generation_configs(folders)[:1]
+                        if c.get("do_sample")), None)
+    if searched and sampler:  # jaxbatch's own sampling default gives way to a beam search asked for
+        raise ConfigError(f"beam sampling (num_beams {beams['num_beams']} with {sampler}) is not built: "
+                          f"--temperature 0 for beam search, or --num-beams 1 to sample")
+    if not searched and n > 1 and chosen["temperature"] <= 0:
         raise ConfigError("greedy decoding continues a prompt one way; --num-return-sequences needs sampling "
-                          "(--temperature > 0)")
-    texts = [t for t in texts for _ in range(args.num_return_sequences)]  # each prompt's continuations together
-    prompts = [p for p in prompts for _ in range(args.num_return_sequences)]
-    shown = ["greedy" if k == "temperature" and chosen[k] <= 0 else f"{k} {chosen[k]}"
-             for k in generate_lib.applied(chosen)]
-    print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
+                          "(--temperature > 0) or beam search (--num-beams)")
+    texts = [t for t in texts for _ in range(n)]  # each prompt's continuations together
+    if searched:  # beam search returns a prompt's n best beams together
+        penalty = chosen["repetition_penalty"]
+        print(f"beam search: {', '.join(f'{k} {v}' for k, v in beams.items())}"
+              + (f", repetition_penalty {penalty}" if penalty != 1 else ""), file=sys.stderr)
+    else:  # each draw is a row of its own
+        prompts = [p for p in prompts for _ in range(n)]
+        shown = ["greedy" if k == "temperature" and chosen[k] <= 0 else f"{k} {chosen[k]}"
+                 for k in generate_lib.applied(chosen)]
+        print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
     path, ignored = generate_lib.unapplied(folders)
     if ignored:
         print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
@@ -386,13 +411,19 @@ def generate(args) -> int:
     from jaxbatch.errors import writing
 
     for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done
+        batch = prompts[start:start + args.batch_size]
         try:
-            new = generate_lib.generate(restored.run.graphdef, restored.params, prompts[start:start + args.batch_size],
-                                        args.max_new_tokens, **chosen, seed=args.seed + start, stop_tokens=stops)
+            if searched:
+                new = generate_lib.beam_search(restored.run.graphdef, restored.params, batch, args.max_new_tokens,
+                                               **beams, repetition_penalty=chosen["repetition_penalty"],
+                                               stop_tokens=stops, num_return_sequences=n)
+            else:
+                new = generate_lib.generate(restored.run.graphdef, restored.params, batch, args.max_new_tokens,
+                                            **chosen, seed=args.seed + start, stop_tokens=stops)
         except ValueError as e:
             raise ConfigError(str(e)) from e
         with writing("standard output"):
-            for prompt, tokens in zip(texts[start:], new):
+            for prompt, tokens in zip(texts[start * (n if searched else 1):], new):
                 answer = tok.decode(tokens[:-1] if tokens and tokens[-1] in stops else tokens)
                 print(prompt + ("\n" if args.chat else "") + answer)  # a chat's answer is a turn of its own
                 print("-" * 40, flush=True)

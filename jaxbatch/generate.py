@@ -1,5 +1,5 @@
 """Text generation from a trained decoder with a KV cache: greedy, temperature, top-k, top-p and min-p sampling,
-a repetition penalty,
+a repetition penalty, beam search as transformers' generate(num_beams=...) runs it (its beams, token for token),
 batched prompts of different lengths (left-padded; padding keys are masked), on whatever mesh the params
 live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
 token; equal token for token to recomputing the whole sequence each step (tests/test_generate.py)."""
@@ -108,16 +108,11 @@ def _step(graphdef, params, ids, positions, key_valid, cache, index):
     return logits[:, -1], cache
 
 
-def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
-             seed: int = 0, stop_tokens: Sequence[int] = ()) -> list[list[int]]:
-    """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
-    the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does), and the
-    loop ends once every prompt has ended. `repetition_penalty` (`penalize`) comes before the sampling filters,
-    as HF's logits processors come before its warpers; a prompt's left padding is not among its tokens."""
+def _prefill(graphdef, params, prompts: list[list[int]], max_new_tokens: int):
+    """The cache after the prompts (left-padded to the longest, padding never attended to): (last logits,
+    cache, which key slots are real, each row's next position, the padded prompt length)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
     model = nnx.merge(graphdef, params)
     batch, longest = len(prompts), max(len(p) for p in prompts)
     total = longest + max_new_tokens
@@ -127,19 +122,34 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     ids = np.zeros((batch, longest), np.int32)
     for i, p in enumerate(prompts):
         ids[i, pad[i]:] = p
-    key_valid = np.arange(total)[None, :] >= pad[:, None]  # left padding is never attended to
+    key_valid = jnp.asarray(np.arange(total)[None, :] >= pad[:, None])
     positions = np.maximum(np.arange(longest)[None, :] - pad[:, None], 0).astype(np.int32)
-    cache, key_valid = model.init_cache(batch, total), jnp.asarray(key_valid)
-    logits, cache = _step(graphdef, params, jnp.asarray(ids), jnp.asarray(positions), key_valid, cache,
-                          jnp.asarray(0, jnp.int32))
+    logits, cache = _step(graphdef, params, jnp.asarray(ids), jnp.asarray(positions), key_valid,
+                          model.init_cache(batch, total), jnp.asarray(0, jnp.int32))
+    return logits, cache, key_valid, jnp.asarray(positions[:, -1] + 1), longest
+
+
+def _seen(prompts: list[list[int]], vocab: int) -> jax.Array:
+    """(rows, vocab): which tokens each prompt holds, for the repetition penalty."""
+    seen = np.zeros((len(prompts), vocab), bool)
+    for row, p in enumerate(prompts):
+        seen[row, p] = True
+    return jnp.asarray(seen)
+
+
+def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+             seed: int = 0, stop_tokens: Sequence[int] = ()) -> list[list[int]]:
+    """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
+    the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does), and the
+    loop ends once every prompt has ended. `repetition_penalty` (`penalize`) comes before the sampling filters,
+    as HF's logits processors come before its warpers; a prompt's left padding is not among its tokens."""
+    check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+    logits, cache, key_valid, next_pos, longest = _prefill(graphdef, params, prompts, max_new_tokens)
+    batch = len(prompts)
     key = jax.random.key(seed)
-    out, next_pos, ended = [], jnp.asarray(positions[:, -1] + 1), np.zeros(batch, bool)
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = np.zeros(logits.shape, bool)
-        for row, p in enumerate(prompts):
-            seen[row, p] = True
-        seen = jnp.asarray(seen)
+    out, ended = [], np.zeros(batch, bool)
+    seen = _seen(prompts, logits.shape[-1]) if repetition_penalty != 1.0 else None
     for i in range(max_new_tokens):
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
@@ -157,6 +167,100 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     rows = np.asarray(jnp.stack(out, 1)).tolist()
     ends = [next((i for i, t in enumerate(row) if t in stop_tokens), len(row) - 1) for row in rows]
     return [row[: end + 1] for row, end in zip(rows, ends)]
+
+
+@functools.partial(jax.jit, static_argnames=("beams", "keep"))
+def _candidates(logits, scores, seen, penalty, beams: int, keep: int):
+    """Each prompt's `keep` best continuations over all its beams: (scores, beam * vocab + token), best first. A
+    beam's score is the sum of its tokens' log-probabilities, the penalty applied to them (HF's order)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    if seen is not None:
+        logp = penalize(logp, seen, penalty)
+    vocab = logp.shape[-1]
+    total = logp.reshape(-1, beams, vocab) + scores[:, :, None]
+    return jax.lax.top_k(total.reshape(-1, beams * vocab), keep)
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def _reorder(cache, rows):
+    """The cache's rows (every array is batch-first) taken in the order of the beams that go on."""
+    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), cache)
+
+
+NEVER = -1.0e9  # HF's score for what may not be chosen
+
+
+def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, num_beams: int,
+                length_penalty: float = 1.0, early_stopping: bool | str = False, repetition_penalty: float = 1.0,
+                stop_tokens: Sequence[int] = (), num_return_sequences: int = 1) -> list[list[int]]:
+    """The best of `num_beams` beams for each prompt, as transformers' generate(num_beams=...) chooses it: each
+    step keeps the prompt's best max(2, 1 + len(stop_tokens)) x num_beams continuations; those among the first
+    num_beams that end (a stop token, or max_new_tokens) join the finished hypotheses, scored sum of
+    log-probabilities / generated length ** length_penalty, the num_beams best kept; the best of the rest go on.
+    A prompt stops taking hypotheses once none of its running beams could beat its worst finished one
+    (`early_stopping`: False, HF's heuristic at the current length; "never": at the longest length when
+    length_penalty > 0; True: as soon as num_beams have finished), and the loop ends when no prompt takes any.
+    Returns each prompt's `num_return_sequences` best finished hypotheses, prompt by prompt (HF's order)."""
+    check_beams(num_beams, early_stopping, num_return_sequences)
+    check_sampling(0.0, 0, 1.0, 0.0, repetition_penalty)
+    batch, beams = len(prompts), num_beams
+    each_beam = [p for p in prompts for _ in range(beams)]  # row b * beams + k: prompt b's beam k
+    logits, cache, key_valid, next_pos, longest = _prefill(graphdef, params, each_beam, max_new_tokens)
+    seen = _seen(each_beam, logits.shape[-1]) if repetition_penalty != 1.0 else None
+    keep = max(2, 1 + len(stop_tokens)) * beams
+    first = np.arange(keep) < beams  # only these may finish: the rest are spares to go on with
+    rows, never = np.arange(batch)[:, None], np.float32(NEVER)
+    running = np.zeros((batch, beams, max_new_tokens), np.int64)
+    scores = np.where(np.arange(beams) == 0, 0, never).astype(np.float32)[None].repeat(batch, 0)
+    finished = np.zeros((batch, beams, max_new_tokens), np.int64)
+    lengths = np.zeros((batch, beams), np.int64)
+    final = np.full((batch, beams), never, np.float32)
+    done = np.zeros((batch, beams), bool)
+    open_ = np.ones(batch, bool)  # HF's is_early_stop_heuristic_unsatisfied
+    for i in range(max_new_tokens):
+        top, index = (np.asarray(x) for x in _candidates(logits, jnp.asarray(scores), seen, repetition_penalty,
+                                                           beams, keep))
+        parent, token = index // logits.shape[-1], index % logits.shape[-1]
+        candidates = running[rows, parent]
+        candidates[:, :, i] = token
+        ends = np.isin(token, stop_tokens) | (i == max_new_tokens - 1)
+        going = top + ends.astype(np.float32) * never
+        order = np.argsort(-going, axis=1, kind="stable")[:, :beams]
+        running, scores, parent = candidates[rows, order], going[rows, order], parent[rows, order]
+        new = top / np.float32((i + 1) ** length_penalty)
+        new += ((done.all(1, keepdims=True) & (early_stopping is True)) | ~open_[:, None]).astype(np.float32) * never
+        new += (~(ends & first)).astype(np.float32) * never
+        pool = np.concatenate([final, new], 1)
+        best = np.argsort(-pool, axis=1, kind="stable")[:, :beams]
+        finished = np.concatenate([finished, candidates], 1)[rows, best]
+        lengths = np.concatenate([lengths, np.full(token.shape, i + 1)], 1)[rows, best]
+        done = np.concatenate([done, ends & first], 1)[rows, best]
+        final = pool[rows, best]
+        reach = max_new_tokens if early_stopping == "never" and length_penalty > 0 else i + 1
+        worst = np.where(done, final.min(1, keepdims=True), never)
+        open_ &= (scores[:, :1] / np.float32(reach ** length_penalty) > worst).any(1)
+        if not open_.any() or (done.all() and early_stopping is True) or ends.all():
+            break
+        flat = (rows * beams + parent).reshape(-1)
+        cache = _reorder(cache, jnp.asarray(flat, jnp.int32))
+        tokens = jnp.asarray(running[:, :, i].reshape(-1), jnp.int32)
+        if seen is not None:
+            seen = seen[flat].at[jnp.arange(batch * beams), tokens].set(True)
+        logits, cache = _step(graphdef, params, tokens[:, None], next_pos[:, None], key_valid, cache,
+                              jnp.asarray(longest + i, jnp.int32))
+        next_pos = next_pos + 1
+    return [finished[b, k, :lengths[b, k]].tolist() for b in range(batch) for k in range(num_return_sequences)]
+
+
+def check_beams(num_beams: int, early_stopping, num_return_sequences: int = 1) -> None:
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams (--num-beams) must be a whole number >= 1, got {num_beams!r}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping (--early-stopping) must be true, false or \"never\" (HF's), "
+                         f"got {early_stopping!r}")
+    if not 1 <= num_return_sequences <= num_beams:
+        raise ValueError(f"beam search returns at most --num-beams ({num_beams}) continuations of a prompt, "
+                         f"not {num_return_sequences}")
 
 
 SAMPLING_RANGES = {  # setting -> (whether a value is in its range, the range in words)
@@ -232,7 +336,7 @@ def applied(chosen: dict) -> list[str]:
 
 
 UNAPPLIED = {  # generation_config.json settings HF's generate applies and this one does not, with their no-op values
-    "num_beams": (None, 1), "num_beam_groups": (None, 1), "diversity_penalty": (None, 0), "penalty_alpha": (None, 0),
+    "num_beam_groups": (None, 1), "diversity_penalty": (None, 0), "penalty_alpha": (None, 0),
     "typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0),
     "top_h": (None, 0), "no_repeat_ngram_size": (None, 0), "encoder_repetition_penalty": (None, 1),
     "min_length": (None, 0), "min_new_tokens": (None, 0), "exponential_decay_length_penalty": (None,),
@@ -279,3 +383,30 @@ def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
     check_sampling(**chosen)  # the file's values are valid: what is not came from the command line
     unset = [k for k in applied(chosen) if given.get(k) is None]
     return chosen, f"{', '.join(unset)} from {source}" if unset else "the command line"
+
+
+BEAMS = {"num_beams": 1, "length_penalty": 1.0, "early_stopping": False}  # transformers' GenerationConfig defaults
+
+
+def beam_settings(folders: Sequence[str | Path], **given) -> dict:
+    """{num_beams, length_penalty, early_stopping}: each one `given` (not None) as it is, else the first
+    generation_config.json's in `folders` (null is the default, as transformers 5 writes unset settings), else
+    transformers' defaults (1 beam: no beam search). A value out of range is a ValueError (given) or a
+    CheckpointError naming the file."""
+    configs = generation_configs(folders)
+    chosen = dict(BEAMS)
+    if configs:
+        path, config = configs[0]
+        for key, default in BEAMS.items():
+            value = config.get(key)
+            chosen[key] = default if value is None else value
+        try:
+            check_beams(chosen["num_beams"], chosen["early_stopping"])
+            penalty = chosen["length_penalty"]
+            if isinstance(penalty, bool) or not isinstance(penalty, (int, float)):
+                raise ValueError(f"length_penalty (--length-penalty) must be a number, got {penalty!r}")
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+    chosen.update({k: v for k, v in given.items() if v is not None})
+    check_beams(chosen["num_beams"], chosen["early_stopping"])
+    return chosen

@@ -198,13 +198,12 @@ def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
                     '"suppress_tokens": [], "bos_token_id": 1, "max_length": 4096}')
     assert generate.unapplied([tmp_path]) == (path, [])
     path.write_text('{"num_beams": 4, "no_repeat_ngram_size": 3, "min_p": 0.05, "bad_words_ids": [[7]]}')
-    assert generate.unapplied([tmp_path])[1] == ["num_beams 4", "no_repeat_ngram_size 3", "bad_words_ids [[7]]"]
+    assert generate.unapplied([tmp_path])[1] == ["no_repeat_ngram_size 3", "bad_words_ids [[7]]"]  # beams apply
 
 
-def test_repetition_penalty_gives_hfs_greedy_tokens(tmp_path):
-    """A random GPT-2 repeats itself, so the penalty changes its greedy continuation; ours equals transformers'
-    generate(repetition_penalty=1.5) token for token (prompts of one length: HF counts a left pad among a row's
-    tokens, which ours does not)."""
+@pytest.fixture(scope="module")
+def random_gpt2(tmp_path_factory):
+    """A random-init transformers GPT-2 with a 50-token vocabulary, and the same model read by jaxbatch."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from jaxbatch import run as run_lib
@@ -212,8 +211,18 @@ def test_repetition_penalty_gives_hfs_greedy_tokens(tmp_path):
     torch.manual_seed(0)
     theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=None, eos_token_id=None)).eval()
-    theirs.save_pretrained(tmp_path)
-    restored = run_lib.restore(tmp_path)
+    folder = tmp_path_factory.mktemp("gpt2")
+    theirs.save_pretrained(folder)
+    return theirs, run_lib.restore(folder)
+
+
+def test_repetition_penalty_gives_hfs_greedy_tokens(random_gpt2):
+    """A random GPT-2 repeats itself, so the penalty changes its greedy continuation; ours equals transformers'
+    generate(repetition_penalty=1.5) token for token (prompts of one length: HF counts a left pad among a row's
+    tokens, which ours does not)."""
+    import torch
+
+    theirs, restored = random_gpt2
     prompts = np.random.default_rng(0).integers(0, 50, size=(3, 5))
     with torch.no_grad():
         want = theirs.generate(torch.tensor(prompts), attention_mask=torch.ones(3, 5, dtype=torch.long),
@@ -222,6 +231,70 @@ def test_repetition_penalty_gives_hfs_greedy_tokens(tmp_path):
     assert ours == want[:, 5:].tolist()
     plain = generate.generate(restored.run.graphdef, restored.params, prompts.tolist(), 20)
     assert plain != ours and max(map(len, map(set, plain))) < 20  # the plain continuations repeat tokens
+
+
+@pytest.mark.parametrize("eos, length_penalty, early_stopping, beams, penalty, n", [
+    (None, 1.0, False, 4, 1.0, 1), (7, 1.0, False, 4, 1.3, 2), (7, 0.0, "never", 4, 1.0, 1),
+    (21, 0.0, "never", 2, 1.3, 1), (21, 2.0, "never", 4, 1.0, 1), (21, -1.0, True, 4, 1.3, 3),
+    (21, 1.0, True, 2, 1.3, 2), (33, 0.0, "never", 4, 1.3, 1)])
+def test_beam_search_gives_hfs_beams(random_gpt2, eos, length_penalty, early_stopping, beams, penalty, n):
+    """generate(num_beams=...) of transformers, token for token and in its order of the returned beams, with
+    beams that end at an EOS (7, 21 and 33 end some of this model's beams early) or run to max_new_tokens, every
+    early_stopping mode, length penalties that favour short, long or neither, and the repetition penalty."""
+    import torch
+
+    theirs, restored = random_gpt2
+    prompts = np.random.default_rng(0).integers(0, 50, size=(3, 5))
+    with torch.no_grad():
+        want = theirs.generate(torch.tensor(prompts), attention_mask=torch.ones(3, 5, dtype=torch.long),
+                               max_new_tokens=12, num_beams=beams, num_return_sequences=n, do_sample=False,
+                               eos_token_id=eos, pad_token_id=1, length_penalty=length_penalty,
+                               early_stopping=early_stopping, repetition_penalty=penalty)[:, 5:].tolist()
+    ours = generate.beam_search(restored.run.graphdef, restored.params, prompts.tolist(), 12, num_beams=beams,
+                                length_penalty=length_penalty, early_stopping=early_stopping,
+                                repetition_penalty=penalty, stop_tokens=[] if eos is None else [eos],
+                                num_return_sequences=n)
+    assert len(ours) == 3 * n
+    width = max(map(len, ours))  # HF pads the shorter ones with pad_token_id
+    assert [row + [1] * (width - len(row)) for row in ours] == want
+    assert all(row[-1] == eos for row in ours if len(row) < 12)
+    if eos in (7, 21) and length_penalty < 2:
+        assert any(len(row) < 12 for row in ours)  # the EOS path is taken (a penalty of 2 favours the long)
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gemma3-tiny:model.sliding_window=3:model.sliding_window_pattern=2"])
+def test_beam_search_of_a_ragged_batch_is_each_prompts_own(preset):
+    """Left padding and the cache's reordering between beams (grouped key heads, a windowed layer's ring): a
+    prompt's beams are the same searched alone or beside longer and shorter prompts."""
+    graphdef, params = _model(*preset.split(":"))
+    prompts = [[3, 14, 15, 9, 2, 6], [5, 3], [8]]
+    together = generate.beam_search(graphdef, params, prompts, 9, num_beams=3, num_return_sequences=2,
+                                    stop_tokens=[4])
+    alone = [row for p in prompts for row in generate.beam_search(graphdef, params, [p], 9, num_beams=3,
+                                                                  num_return_sequences=2, stop_tokens=[4])]
+    assert together == alone and len(set(map(tuple, together))) == 6
+    with pytest.raises(ValueError, match=r"at most --num-beams \(3\) continuations of a prompt, not 4"):
+        generate.beam_search(graphdef, params, prompts, 9, num_beams=3, num_return_sequences=4)
+
+
+def test_beam_settings_are_the_command_lines_then_the_generation_configs(tmp_path):
+    path = tmp_path / "generation_config.json"
+    assert generate.beam_settings([tmp_path]) == {"num_beams": 1, "length_penalty": 1.0, "early_stopping": False}
+    path.write_text('{"num_beams": 4, "length_penalty": 0.6, "early_stopping": "never", "do_sample": false}')
+    assert generate.beam_settings([tmp_path]) == {"num_beams": 4, "length_penalty": 0.6, "early_stopping": "never"}
+    assert generate.beam_settings([tmp_path], num_beams=2, early_stopping=True) == {
+        "num_beams": 2, "length_penalty": 0.6, "early_stopping": True}
+    path.write_text('{"num_beams": null, "length_penalty": null, "early_stopping": null}')  # transformers 5's unset
+    assert generate.beam_settings([tmp_path]) == generate.BEAMS
+    for bad, message in (('"num_beams": 0', "num_beams .--num-beams. must be a whole number >= 1, got 0"),
+                         ('"num_beams": 2.5', ".*got 2.5"),
+                         ('"early_stopping": "soon"', "early_stopping .* got 'soon'"),
+                         ('"length_penalty": "long"', "length_penalty .* must be a number")):
+        path.write_text(f"{{{bad}}}")
+        with pytest.raises(generate.CheckpointError, match=f"generation_config.json: {message}"):
+            generate.beam_settings([tmp_path])
+    with pytest.raises(ValueError, match="got -1"):
+        generate.beam_settings([tmp_path / "missing"], num_beams=-1)
 
 
 def test_nucleus_keeps_what_a_stable_sort_keeps_ties_included():
@@ -284,6 +357,21 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert len(set(outs[:3])) > 1  # three draws, not one
     assert cli.main(["generate", str(run), "--prompt", "the", "--num-return-sequences", "2", "--temperature", "0"]) == 2
     assert "--num-return-sequences needs sampling" in capsys.readouterr().err
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--prompt", "the", "--num-beams", "3",
+                     "--num-return-sequences", "2", "--max-new-tokens", "12", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    outs = [line for line in captured.out.splitlines() if not line.startswith("---")]
+    assert captured.err.startswith("beam search: num_beams 3, length_penalty 1.0, early_stopping False\n")
+    assert len(outs) == 4 and outs[0] != outs[1] and all(o.startswith("the cat") for o in outs[:2])
+    assert " sat on" in outs[0] and outs[2].startswith("the") and outs[2] != outs[3]
+    assert cli.main(["generate", str(run), "--prompt", "the", "--num-beams", "2", "--temperature", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "beam sampling (num_beams 2 with --temperature) is not built: --temperature 0 for beam" in err, err
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--num-beams", "3", "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == outs[0]  # jaxbatch's own sampling default gives way
+    assert cli.main(["generate", str(run), "--prompt", "the", "--num-beams", "2", "--num-return-sequences", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "at most --num-beams (2) continuations of a prompt, not 3" in err and err.count("\n") == 1, err
     assert cli.main(["generate", str(run), "--max-new-tokens", "3"]) == 2
     assert "give a --prompt or a --prompts file" in capsys.readouterr().err
     assert cli.main(["generate", str(run), "--prompt", "€", "--max-new-tokens", "3"]) == 2
