@@ -110,9 +110,9 @@ def _read_lines(path: Path) -> list[str]:
     return read_text_file(path).splitlines()
 
 
-def _pieces(restored: run_lib.Restored, words: list[list[str]]) -> list[np.ndarray]:
+def _pieces(tokenizer, words: list[list[str]]) -> list[np.ndarray]:
     """Word pieces of each word of each sentence (special tokens aside)."""
-    enc = restored.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+    enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
     return [np.bincount([w for w in enc.word_ids(i) if w is not None], minlength=len(ws)).astype(int)
             for i, ws in enumerate(words)]
 
@@ -174,14 +174,15 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
         return _classify(restored, [_paired(s) for s in sentences])
     names = run_lib.label_names(spec)
     words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
-    pieces = _pieces(restored, words)
-    budget = spec.data.seq_len - 2  # [CLS] ... [SEP]
+    tokenizer = tokenize.for_words(restored.tokenizer)
+    pieces = _pieces(tokenizer, words)
+    budget = spec.data.seq_len - tokenize.tagged_specials(tokenizer)  # [CLS] ... [SEP], or a BOS
     rows, owners = [], []  # one row per window; the labels carry each word's index, so pieces map back to words
     for i, ws in enumerate(words):
         for a, b in windows(pieces[i], budget):
             rows.append((ws[a:b], list(range(a, b))))
             owners.append((i, a, b))
-    enc = tokenize.encode_tagged(restored.tokenizer, [r[0] for r in rows], [r[1] for r in rows], spec.data.seq_len)
+    enc = tokenize.encode_tagged(tokenizer, [r[0] for r in rows], [r[1] for r in rows], spec.data.seq_len)
     word_of = enc.arrays["labels"]
     out = predict_arrays(restored, {**enc.arrays, "labels": np.where(word_of != IGNORE_INDEX, 0, IGNORE_INDEX)})
     best: list[dict[int, tuple]] = [{} for _ in sentences]  # word -> (context, tag id, probability)

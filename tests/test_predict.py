@@ -165,7 +165,7 @@ def test_a_sentence_longer_than_seq_len_is_labelled_word_by_word_from_windows(ne
     root, _, sentences = ner_run
     restored = run_lib.restore(root / "run")
     words = [w for ws, _ in sentences[:12] for w in ws]
-    pieces = predict._pieces(restored, [words])[0]
+    pieces = predict._pieces(restored.tokenizer, [words])[0]
     spans = predict.windows(pieces, restored.run.spec.data.seq_len - 2)
     assert len(spans) > 3 and pieces.sum() > 2 * restored.run.spec.data.seq_len
     (record,) = predict.predict(restored, [predict.from_words(words)])

@@ -370,3 +370,45 @@ def test_the_planned_micro_batch_trains_as_if_set_by_hand_and_a_resume_keeps_it(
     with pytest.raises(config.ConfigError, match=r"train.accum_steps: 2 -> 1"):  # a budget where k=1 fits
         train.train(tiny_config(*planned[:-2], "train.steps=6", "train.memory_budget_gb=64",
                                 f"train.run_dir={tmp_path / 'planned'}"))
+
+
+def test_a_decoder_learns_to_tag_words_and_exports_a_token_classifier_hf_reads_alike(tmp_path, capsys):
+    """A GPT-2-shaped decoder (task=token: HF's *ForTokenClassification) on the generated NER data, with a GPT-2
+    tokenizer: the words are read as inside a text (HF's run_ner loads GPT-2's tokenizer with add_prefix_space),
+    and kept so in the run dir; a tagger that sees only the words before each one learns the names it trained
+    on; the exported GPT2ForTokenClassification, with its tokenizer, tags as `jaxbatch predict` does."""
+    import torch
+    import transformers
+
+    from conftest import bpe_tokenizer
+    from jaxbatch.data import synthetic
+
+    core = bpe_tokenizer([" ".join(w) for w, _ in synthetic.ner_corpus(200, 0)]).backend_tokenizer
+    transformers.GPT2TokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>").save_pretrained(tmp_path / "tok")
+    run = tmp_path / "run"
+    assert cli.main(["train", "model.preset=gpt-tiny", "data.name=synthetic_ner", f"data.tokenizer={tmp_path / 'tok'}",
+                     "train.steps=60", "train.eval_every=0", "train.batch_size=32", "data.seq_len=32",
+                     "optim.learning_rate=5e-3", "train.progress=false", f"train.run_dir={run}"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["model"]["task"] == "token"  # dev names are unseen, and no word sees those after it
+    saved = transformers.AutoTokenizer.from_pretrained(run / "tokenizer")
+    enc = saved(["John", "flew"], is_split_into_words=True)
+    pieces = saved.convert_ids_to_tokens(enc["input_ids"])
+    assert [pieces[enc.word_ids().index(w)][0] for w in (0, 1)] == ["Ġ", "Ġ"]  # each word after a space
+    lines = ["John Smith flew to Paris on Monday .", "Reuters said Anna Berg will visit Tokyo ."]
+    (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), "--input", str(tmp_path / "lines.txt")]) == 0
+    tags = [r["tags"] for r in map(json.loads, capsys.readouterr().out.splitlines())]
+    assert tags == [["B-PER", "I-PER", "O", "O", "B-LOC", "O", "O", "O"],
+                    ["B-ORG", "O", "B-PER", "I-PER", "O", "O", "B-LOC", "O"]]
+    assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 0
+    theirs = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert type(theirs).__name__ == "GPT2ForTokenClassification"
+    for line, want in zip(lines, tags):
+        enc = tok(line.split(), is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            best = theirs(**enc).logits[0].argmax(-1).tolist()
+        firsts = [enc.word_ids().index(w) for w in range(len(want))]
+        assert [theirs.config.id2label[best[j]] for j in firsts] == want

@@ -557,6 +557,7 @@ def load(data_cfg, tokenizer, problem_type: str = "", masked_lm=None) -> TaskDat
     if ds.task == "lm":
         return _load_lm(data_cfg, tokenizer, masked_lm)
     splits = _raw_splits(data_cfg, ds)
+    tokenizer = tokenize.for_words(tokenizer) if ds.task == "token" else tokenizer
     for split, most in (("train", data_cfg.max_train), ("validation", data_cfg.max_eval)):
         if most and split in splits:
             splits[split] = splits[split].head(most)
@@ -603,6 +604,7 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_l
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")
     names = data_cfg.labels.split(",") if data_cfg.labels else []
+    tokenizer = tokenize.for_words(tokenizer) if ds.task == "token" else tokenizer
     arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], names, problem_type).arrays
     if not _labelled(arrays):  # scored, it would read as loss 0 and accuracy 0
         raise DataError(f"{raw[split].place}: the {split} split has no labels, so there is nothing to score; "

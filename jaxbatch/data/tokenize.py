@@ -39,20 +39,50 @@ def _pack(ids_lists, seq_len: int, cls_id: int, sep_id: int, pad_id: int):
     return input_ids, mask, truncated
 
 
+def for_words(tokenizer):
+    """The tokenizer that reads words given one by one (a token task's) as they read inside a text, each after a
+    space: a byte-level BPE tokenizer class that adds no prefix space by default loaded again with
+    add_prefix_space=True, as HF's run_ner loads those (without it each word would be read as if it began the
+    text); any other as it is."""
+    if getattr(tokenizer, "add_prefix_space", None) is not False or not getattr(tokenizer, "name_or_path", ""):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer.name_or_path, add_prefix_space=True)
+
+
+def tagged_specials(tokenizer) -> int:
+    """Special tokens around a tagged sentence: [CLS] and [SEP], or a causal model's own (its BOS, or none)."""
+    return 2 if tokenizer.cls_token_id is not None else tokenizer.num_special_tokens_to_add(pair=False)
+
+
 def encode_tagged(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]], seq_len: int,
                   label_all_subtokens: bool = False) -> Encoded:
     """Token classification: the word's label on its first word piece; later pieces get IGNORE_INDEX
-    (or the same label with `label_all_subtokens`)."""
-    enc = tokenizer(list(map(list, sentences)), is_split_into_words=True, add_special_tokens=False)
+    (or the same label with `label_all_subtokens`). [CLS] pieces [SEP], or for a tokenizer without [CLS] (a
+    causal model's) the pieces with its own special tokens (a BOS), as HF's run_ner gives them, padded on the
+    right with `pad_id`."""
+    own = tokenizer.cls_token_id is None
+    enc = tokenizer(list(map(list, sentences)), is_split_into_words=True, add_special_tokens=own)
     ids_lists = enc["input_ids"]
-    input_ids, mask, truncated = _pack(ids_lists, seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
-                                       tokenizer.pad_token_id)
+    if own:
+        input_ids = np.full((len(ids_lists), seq_len), pad_id(tokenizer), np.int32)
+        mask = np.zeros_like(input_ids)
+        for i, ids in enumerate(ids_lists):
+            input_ids[i, : min(len(ids), seq_len)] = ids[:seq_len]
+            mask[i, : len(ids)] = 1
+        truncated = sum(len(ids) > seq_len for ids in ids_lists)
+        first, room = 0, seq_len  # word_ids count the special tokens too (None there)
+    else:
+        input_ids, mask, truncated = _pack(ids_lists, seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                                           tokenizer.pad_token_id)
+        first, room = 1, seq_len - 2  # the pieces lie between [CLS] and [SEP]
     labels = np.full(input_ids.shape, IGNORE_INDEX, np.int32)
     for i in range(len(ids_lists)):
         previous = None
-        for j, word in enumerate(enc.word_ids(i)[: seq_len - 2]):
+        for j, word in enumerate(enc.word_ids(i)[:room]):
             if word is not None and (word != previous or label_all_subtokens):
-                labels[i, j + 1] = tags[i][word]
+                labels[i, j + first] = tags[i][word]
             previous = word
     return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=np.zeros_like(input_ids),
                         labels=labels), truncated)

@@ -11,7 +11,9 @@ normalised queries and keys and the windowed layers rotating by their own base i
 (HF `Gemma3ForCausalLM`); with `block_norms=pre` (no norms after attention and the MLP, no window) Gemma 1's
 (HF `GemmaForCausalLM`).
 With `task=sequence` the LM head gives way to a `score` layer over the last real token of each row (HF's
-`*ForSequenceClassification`: a text classifier or regressor).
+`*ForSequenceClassification`: a text classifier or regressor); with `task=token`, to dropout and a `score`
+layer with a bias at every position (HF's `*ForTokenClassification`: a tagger, each token seeing only those
+before it).
 Attention goes through `layers.attend` (cuDNN's fused kernel on NVIDIA GPUs). Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`; a windowed layer's is a ring of the window's slots), equal token for token to recomputing
@@ -295,6 +297,8 @@ class Decoder(nnx.Module):
         if cfg.task == "sequence":  # HF's `score`: a linear layer without bias, read at the last real token
             self.score = Dense((h,), (cfg.num_labels,), ("embed",), ("labels",), rngs=rngs, dtype=dtype,
                                use_bias=False, head=True)
+        elif cfg.task == "token":  # HF's *ForTokenClassification: dropout, then a linear layer with a bias
+            self.score = Dense((h,), (cfg.num_labels,), ("embed",), ("labels",), rngs=rngs, dtype=dtype, head=True)
         elif not cfg.tie_embeddings:
             self.lm_head = Dense((h,), (cfg.vocab_size,), ("embed",), ("vocab",), rngs=rngs, dtype=dtype, use_bias=False)
 
@@ -348,6 +352,13 @@ class Decoder(nnx.Module):
         x = self.hidden_states(ids, positions, attention_mask, deterministic=deterministic, rngs=rngs)
         last = jnp.argmax(positions * (attention_mask > 0), axis=1)
         return self.score(jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]).astype(jnp.float32)
+
+    def tag(self, ids, attention_mask, *, deterministic=True, rngs=None):
+        """Float32 scores (batch, length, labels) of right-padded rows at every position."""
+        positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+        x = self.hidden_states(ids, positions, attention_mask, deterministic=deterministic, rngs=rngs)
+        x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        return constrain(self.score(x), ("batch", "length", "labels")).astype(jnp.float32)
 
     def ring(self, max_len: int) -> int:
         """Slots of a windowed layer's KV cache for sequences of `max_len` positions: the window when it is
@@ -403,8 +414,9 @@ class Tiled(NamedTuple):
 
 
 def forward(model: Decoder, batch: dict, *, deterministic: bool, rngs) -> jax.Array | Tiled:
-    if model.cfg.task == "sequence":
-        return model.classify(batch["input_ids"], batch["attention_mask"], deterministic=deterministic, rngs=rngs)
+    if model.cfg.task in ("sequence", "token"):
+        head = model.classify if model.cfg.task == "sequence" else model.tag
+        return head(batch["input_ids"], batch["attention_mask"], deterministic=deterministic, rngs=rngs)
     args = (batch["input_ids"], batch["positions"], batch["segment_ids"])
     if model.cfg.vocab_tiling == 1:
         return model(*args, deterministic=deterministic, rngs=rngs)
@@ -414,7 +426,7 @@ def forward(model: Decoder, batch: dict, *, deterministic: bool, rngs) -> jax.Ar
 
 
 def loss_sums(outputs: jax.Array | Tiled, batch: dict, cfg) -> tuple[dict, dict]:
-    if cfg.task == "sequence":
+    if cfg.task in ("sequence", "token"):
         return losses.head_sums(outputs, batch["labels"], cfg)
     if isinstance(outputs, Tiled):
         return losses.tiled_lm_sums(outputs.hidden, outputs.head, batch["labels"], cfg.vocab_tiling, cfg.z_loss,
@@ -424,10 +436,11 @@ def loss_sums(outputs: jax.Array | Tiled, batch: dict, cfg) -> tuple[dict, dict]
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     """Packed rows for a language model; a classifier's right-padded texts and one label (or one per output)
-    each."""
-    if cfg.task == "sequence":
-        return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len),
-                "labels": (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,)}
+    each, a tagger's one label per token."""
+    if cfg.task in ("sequence", "token"):
+        labels = (batch, seq_len) if cfg.task == "token" else (
+            (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,))
+        return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "labels": labels}
     return {k: (batch, seq_len) for k in ("input_ids", "labels", "segment_ids", "positions")}
 
 
@@ -436,14 +449,14 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
     q_dim = heads x head_dim = h), k/v 4h*kv_dim, MLP 4hI (6hI for SwiGLU), attention scores + values
     4A*q_dim over the A keys a query sees on average: T/2, the causal half, as MaxText and PaLM count, or
     W - W^2/2T in a layer with a sliding window W < T (model FLOPs: the masked-out scores XLA still computes
-    are not counted); plus the LM head 2hV, or a classifier's 2hL once per sequence."""
+    are not counted); plus the LM head 2hV, or a classifier's 2hL once per sequence, or a tagger's per token."""
     h, inter, window = cfg.hidden_size, cfg.intermediate_size, cfg.sliding_window
     q_dim, kv_dim = cfg.num_heads * head_dim(cfg), kv_heads(cfg) * head_dim(cfg)
     mlp = (6 if rotary(cfg) else 4) * h * inter
     slid = window * (1 - window / (2 * seq_len)) if 0 < window < seq_len else seq_len / 2
     attended = sum(slid if windowed(cfg, i) else seq_len / 2 for i in range(cfg.num_layers))
     per_layer = 4 * h * q_dim + 4 * h * kv_dim + mlp
-    head = 2 * h * cfg.num_labels / seq_len if cfg.task == "sequence" else 2 * h * cfg.vocab_size
+    head = 2 * h * {"sequence": cfg.num_labels / seq_len, "token": cfg.num_labels}.get(cfg.task, cfg.vocab_size)
     return 3.0 * (cfg.num_layers * per_layer + 4 * attended * q_dim + head)
 
 
@@ -463,9 +476,9 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
     if cfg.rope_local_theta and not (rotary(cfg) and cfg.sliding_window):
         raise ConfigError("model.rope_local_theta is the rotary base of windowed layers (arch=llama or gemma with "
                           "model.sliding_window)")
-    if cfg.task not in ("lm", "sequence"):
-        raise ConfigError(f"the decoder family trains language models (a text dataset: data.name=text) and text "
-                          f"classifiers (data.name=tsv, csv, jsonl), not a {cfg.task} task")
+    if cfg.task not in ("lm", "sequence", "token"):
+        raise ConfigError(f"the decoder family trains language models (a text dataset: data.name=text), text "
+                          f"classifiers (data.name=tsv, csv, jsonl) and taggers (conll), not a {cfg.task} task")
     if cfg.hidden_size % cfg.num_heads and not cfg.head_dim:
         raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads} "
                           f"(or set model.head_dim)")
@@ -517,7 +530,7 @@ def describe(cfg) -> str:
               "pre-norm blocks" * (cfg.arch == "gemma" and not sandwich(cfg)),
               f"attention dropout {cfg.attention_dropout:g}" * bool(cfg.attention_dropout),
               "layers scanned" * cfg.scan_layers]
-    head = f"; {models.head_summary(cfg)}" if cfg.task == "sequence" else ""
+    head = f"; {models.head_summary(cfg)}" if cfg.task in ("sequence", "token") else ""
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
             f" vocab {cfg.vocab_size}, remat {cfg.remat}{''.join(', ' + e for e in extras if e)}{head})")
 
@@ -587,7 +600,8 @@ def hf_configure(cfg, hf: dict):
         if hf["model_type"] == "gemma":  # Gemma 1: pre-norm blocks
             shape.update(block_norms="pre")
     models.check_shape(cfg, shape)
-    head = models.hf_head(cfg, hf, {"ForSequenceClassification": "sequence"}) or {"task": "lm"}
+    head = models.hf_head(cfg, hf, {"ForSequenceClassification": "sequence", "ForTokenClassification": "token"}) or {
+        "task": "lm"}
     return dataclasses.replace(cfg, **shape, **head, activation=act)
 
 
@@ -702,10 +716,14 @@ def _rope_parameters(cfg) -> dict:
 
 def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
     """jaxbatch parameter name -> (HF tensor name, layout): the architecture's table, and an untied output
-    layer, which is `lm_head` (a torch Linear) in every class, or a classifier's `score`."""
+    layer, which is `lm_head` (a torch Linear) in every class, or a classifier's `score` (a tagger's with a bias;
+    GPT-2's tagger names it `classifier`)."""
     m = _gpt2_key_map(cfg) if cfg.arch == "gpt2" else _llama_key_map(cfg)
     if cfg.task == "sequence":
         m["score.kernel"] = ("score.weight", "t")
+    elif cfg.task == "token":
+        name = "classifier" if cfg.arch == "gpt2" else "score"
+        m["score.kernel"], m["score.bias"] = (f"{name}.weight", "t"), (f"{name}.bias", "copy")
     elif not cfg.tie_embeddings:
         m["lm_head.kernel"] = ("lm_head.weight", "t")
     return m
@@ -768,7 +786,7 @@ def hf_expected_unused(name: str, cfg) -> bool:
     """Buffers some checkpoints carry (GPT-2's causal-mask `attn.bias`, rotary `inv_freq`), the tied head, and a
     language model's head under a classifier (which reads `score` instead)."""
     return name.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")) or (
-        (cfg.tie_embeddings or cfg.task == "sequence") and name == "lm_head.weight")
+        (cfg.tie_embeddings or cfg.task != "lm") and name == "lm_head.weight")
 
 
 def hf_unfuse(tensors: dict, cfg) -> dict:
@@ -800,11 +818,17 @@ def hf_normalize_name(name: str) -> str:
 def hf_config(cfg, label_names=None) -> dict:
     """config.json of the transformers class that holds the model: its *ForCausalLM (GPT2LMHeadModel), or under
     task=sequence the architecture's *ForSequenceClassification with the label set and `pad_token_id` (left
-    None for export to fill in from the tokenizer: the classifier reads the last token that is not it)."""
+    None for export to fill in from the tokenizer: the classifier reads the last token that is not it), under
+    task=token its *ForTokenClassification with the label set and the head's dropout."""
     out = _lm_config(cfg)
-    if cfg.task != "sequence":
+    if cfg.task == "lm":
         return out
     stem = out["architectures"][0].removesuffix("ForCausalLM").removesuffix("LMHeadModel")
+    if cfg.task == "token":
+        if stem == "Gemma3":
+            raise ConfigError("transformers has no token classifier of Gemma 3's text model to export to")
+        return {**out, "architectures": [f"{stem}ForTokenClassification"], "classifier_dropout": cfg.hidden_dropout,
+                **models.hf_labels(cfg, label_names)}
     stem = {"Gemma3": "Gemma3Text"}.get(stem, stem)  # Gemma3ForSequenceClassification is the multimodal one
     return {**out, "architectures": [f"{stem}ForSequenceClassification"], "pad_token_id": None,
             **models.hf_labels(cfg, label_names)}

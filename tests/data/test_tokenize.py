@@ -80,3 +80,35 @@ def test_a_causal_models_tokenizer_reads_each_text_as_written_padded_with_eos():
     tok.eos_token = None
     with pytest.raises(DataError, match="neither a pad nor an EOS token"):
         tokenize.encode_labelled(tok, [words], [1], seq_len=8)
+
+
+def test_a_causal_models_tokenizer_tags_words_after_a_space_with_its_own_special_tokens(tmp_path):
+    """Token classification with a tokenizer without [CLS]: its own template (a BOS where it adds one), the label
+    on each word's first piece, EOS padding, a cut counted; a GPT-2 tokenizer class (no prefix space by default)
+    is loaded again to read every word after a space, as HF's run_ner loads it."""
+    import transformers
+
+    from conftest import bpe_tokenizer
+
+    texts = ["the cat sat on the mat", "a dog ran far"] * 20
+    for bos in (False, True):
+        tok = bpe_tokenizer(texts, bos=bos)
+        assert tokenize.tagged_specials(tok) == int(bos) and tokenize.for_words(tok) is tok  # built, not loaded
+        enc = tokenize.encode_tagged(tok, [["the", "cat", "sat"], ["a", "dog", "ran", "far"] * 3],
+                                     [[1, 2, 3], [4] * 12], seq_len=10)
+        pieces = tok([["the", "cat", "sat"]], is_split_into_words=True)
+        first = [pieces.word_ids(0).index(w) for w in range(3)]
+        row = pieces["input_ids"][0]
+        np.testing.assert_array_equal(enc.arrays["input_ids"][0], row + [tok.eos_token_id] * (10 - len(row)))
+        assert [int(enc.arrays["labels"][0, j]) for j in first] == [1, 2, 3]
+        assert (enc.arrays["labels"][0] >= 0).sum() == 3 and enc.truncated == 1
+        assert enc.arrays["input_ids"][0, 0] == (tok.bos_token_id if bos else row[0])
+    core = bpe_tokenizer(texts).backend_tokenizer
+    transformers.GPT2TokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>").save_pretrained(tmp_path)
+    plain = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    words = tokenize.for_words(plain)
+    assert plain.add_prefix_space is False and words.add_prefix_space is True
+    def first_piece(t):
+        return t.convert_ids_to_tokens(t(["cat", "sat"], is_split_into_words=True)["input_ids"])[0]
+
+    assert first_piece(words).startswith("Ġ") and not first_piece(plain).startswith("Ġ")

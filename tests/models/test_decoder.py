@@ -602,8 +602,8 @@ def test_export_carries_the_tokenizers_special_ids_so_hf_generate_stops(tmp_path
 CLASSIFIERS = {"gpt2": "GPT2", "llama": "Llama", "phi3": "Phi3", "gemma3": "Gemma3Text"}
 
 
-def _hf_classifier(arch, tmp_path, num_labels=3, pad=96, **extra):
-    """A random `*ForSequenceClassification` of `arch` (biases and norms made non-trivial) saved to a folder, and
+def _hf_classifier(arch, tmp_path, num_labels=3, pad=96, head="Sequence", **extra):
+    """A random `*For{head}Classification` of `arch` (biases and norms made non-trivial) saved to a folder, and
     a word-level tokenizer of its 97 ids whose pad token is `pad`."""
     import tokenizers
 
@@ -614,7 +614,7 @@ def _hf_classifier(arch, tmp_path, num_labels=3, pad=96, **extra):
     for key, value in extra.items():
         setattr(c, key, value)
     torch.manual_seed(1)
-    theirs = getattr(transformers, f"{CLASSIFIERS[arch]}ForSequenceClassification")(c)
+    theirs = getattr(transformers, f"{CLASSIFIERS[arch]}For{head}Classification")(c)
     with torch.no_grad():
         for name, p in theirs.named_parameters():
             if p.ndim == 1:
@@ -679,6 +679,53 @@ def test_a_sequence_classifier_equals_hf_trains_like_it_and_round_trips(arch, tm
         np.testing.assert_array_equal(back[key], value, err_msg=key)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "phi3"])
+def test_a_token_classifier_equals_hf_trains_like_it_and_round_trips(arch, tmp_path):
+    """HF's *ForTokenClassification (dropout, then a linear layer with a bias at every position; GPT-2 names it
+    `classifier`): read with its task and labels, its logits at every real token of right-padded rows and every
+    training gradient equal transformers', and it exports back to the same class, bit-identically."""
+    theirs, folder, tok = _hf_classifier(arch, tmp_path, num_labels=5, head="Token")
+    restored = run_lib.restore(folder, ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"])
+    spec = restored.run.spec.model
+    assert (spec.task, spec.num_labels, run_lib.label_names(restored.run.spec)[4]) == ("token", 5, "class4")
+    ids, mask = _right_padded()
+    labels = np.random.default_rng(0).integers(0, 5, ids.shape)
+    labels = np.where((mask > 0) & (np.random.default_rng(1).random(ids.shape) < 0.8), labels, -100).astype(np.int32)
+    batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), labels=jnp.asarray(labels))
+    sums, grads = jax.jit(steps.make_grad_fn(restored.run.family, spec, restored.run.graphdef))(
+        restored.params, batch, None, 1.0)
+    theirs.zero_grad()
+    out = theirs(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                 labels=torch.tensor(labels, dtype=torch.long))
+    count = int((labels >= 0).sum())
+    (out.loss * count).backward()
+    ours = nnx.merge(restored.run.graphdef, restored.params).tag(jnp.asarray(ids), jnp.asarray(mask))
+    real = mask > 0
+    np.testing.assert_allclose(np.asarray(ours)[real], out.logits.detach().numpy()[real], atol=1e-5)
+    assert float(sums["weight"]) == count
+    assert float(sums["loss_sum"]) == pytest.approx(out.loss.item() * count, rel=1e-5)
+    flat = _flat(grads)
+    named = decoder.hf_unfuse({n: p.grad.numpy() for n, p in theirs.named_parameters()}, spec)
+    key_map = decoder.hf_key_map(spec)
+    assert len(key_map) == len(flat)
+    for mine, (name, how) in key_map.items():
+        if how.startswith("part:"):
+            continue
+        got = hf.to_theirs(np.asarray(flat[mine]), how)
+        np.testing.assert_allclose(got, named[name].reshape(got.shape), rtol=1e-3, atol=2e-5, err_msg=mine)
+    exported = hf.export(restored.params, spec, tmp_path / "export", tok, run_lib.label_names(restored.run.spec))
+    cls = f"{CLASSIFIERS['llama' if arch == 'phi3' else arch]}ForTokenClassification"
+    assert json.loads((exported / "config.json").read_text())["architectures"] == [cls]
+    reloaded = transformers.AutoModelForTokenClassification.from_pretrained(exported).eval()
+    assert type(reloaded).__name__ == cls and reloaded.config.id2label[4] == "class4"
+    with torch.no_grad():
+        again = reloaded(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits
+    np.testing.assert_allclose(again.numpy()[real], out.logits.detach().numpy()[real], atol=1e-6)
+    back = _flat(run_lib.restore(exported).params)
+    for key, value in _flat(restored.params).items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
 @pytest.mark.parametrize("problem, labels", [("regression", [[0.5], [-1.0], [2.0]]),
                                              ("multi_label_classification", [[1, 0, 1], [0, 0, 0], [0, 1, 1]])])
 def test_a_decoder_head_of_float_targets_equals_hf(problem, labels, tmp_path):
@@ -699,10 +746,12 @@ def test_a_decoder_head_of_float_targets_equals_hf(problem, labels, tmp_path):
     assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(out.loss.item(), rel=1e-5)
 
 
-def test_a_decoder_refuses_token_classification_in_one_line():
-    """A causal model would tag each word without seeing what follows it: not offered."""
-    with pytest.raises(ConfigError, match="not a token task"):
-        config.validate(_cfg("llama-tiny", "model.task=token"), 8)
+def test_a_gemma3_tagger_has_no_hf_class_and_exports_nothing(tmp_path):
+    """transformers has Gemma 1's and 2's *ForTokenClassification but not Gemma 3's text model's."""
+    cfg, model = _model("gemma3-tiny", "model.task=token", "model.num_labels=3")
+    with pytest.raises(ConfigError, match="no token classifier of Gemma 3's text model"):
+        hf.export(nnx.state(model, nnx.Param), cfg, tmp_path / "out")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("preset, setting", [("gpt-tiny", "model.sliding_window=4"),
