@@ -331,7 +331,10 @@ def test_a_causal_lm_fine_tunes_as_a_text_classifier_with_lora_and_exports_what_
     lines = [" ".join(w) for w, _ in splits["dev"][:6]]
     (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n")
     assert cli.main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "lines.txt")]) == 0
-    ours = [[r["probabilities"][n] for n in ("0", "1")] for r in map(json.loads, capsys.readouterr().out.splitlines())]
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    ours = [[r["probabilities"][n] for n in ("0", "1")] for r in records]
+    right = [r["label"] == str(y) for r, (_, y) in zip(records, splits["dev"][:6])]
+    assert sum(right) >= 5, right  # 6 of 6 here; one spared for another CPU's rounding of a close call
     assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
     assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "adapter"), "--adapter"]) == 0
     merged = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
