@@ -2,11 +2,13 @@
 initialised transformers `GPT2LMHeadModel` (or `LlamaForCausalLM`) is saved to a temporary folder, jaxbatch
 restores it as `jaxbatch generate` does (`run.restore`), and both continue the same prompts for the same number
 of new tokens. Greedy by default, where the two must give the same tokens (printed); `--top-k`/`--top-p` time
-sampling instead.
+sampling instead, and `--num-beams` beam search (the model then has no EOS, so every beam runs to the end; the two
+must give the same best beams).
 
     python benchmarks/generation.py                                  # GPT-2 124M, 4 prompts x 200 new tokens
     python benchmarks/generation.py --new 600 --rounds 2
     python benchmarks/generation.py --top-k 50 --top-p 0.9
+    python benchmarks/generation.py --num-beams 4 --new 50
     python benchmarks/generation.py --arch llama --kv-heads 4 --vocab 32000   # grouped-query attention, RoPE
     python benchmarks/generation.py --layers 2 --hidden 64 --heads 4 --vocab 128 --new 16 --rounds 1   # seconds
 """
@@ -31,7 +33,8 @@ def hf_model(folder: Path, args, positions: int):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    ends = dict(bos_token_id=args.vocab - 1, eos_token_id=args.vocab - 1)
+    end = None if args.num_beams > 1 else args.vocab - 1  # no EOS in beam search: HF's and ours keep 2 x beams
+    ends = dict(bos_token_id=end, eos_token_id=end)
     if args.arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
@@ -57,6 +60,7 @@ def main() -> None:
     p.add_argument("--new", type=int, default=200, help="new tokens per prompt")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--num-beams", type=int, default=1, help="> 1: beam search (greedy scoring, no sampling)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
@@ -66,6 +70,8 @@ def main() -> None:
     from jaxbatch import generate, run as run_lib
 
     sampling = args.top_k > 0 or args.top_p < 1
+    if sampling and args.num_beams > 1:
+        p.error("--num-beams is beam search, not beam sampling: leave --top-k and --top-p out")
     temperature = 1.0 if sampling else 0.0
     prompts = np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.prompt_len)).tolist()
     with tempfile.TemporaryDirectory() as folder:
@@ -73,6 +79,9 @@ def main() -> None:
         restored = run_lib.restore(folder, [])
 
     def ours():
+        if args.num_beams > 1:
+            return generate.beam_search(restored.run.graphdef, restored.params, prompts, args.new,
+                                        num_beams=args.num_beams)
         return generate.generate(restored.run.graphdef, restored.params, prompts, args.new, temperature=temperature,
                                  top_k=args.top_k, top_p=args.top_p)
 
@@ -81,6 +90,7 @@ def main() -> None:
         with torch.no_grad():
             out = theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new,
                                   min_new_tokens=args.new, do_sample=sampling, top_k=args.top_k or None,
+                                  num_beams=args.num_beams,
                                   top_p=args.top_p, temperature=temperature or None, pad_token_id=0)
         return out[:, args.prompt_len:].tolist()
 
@@ -95,15 +105,16 @@ def main() -> None:
     result = {"shape": f"{args.arch} {args.layers} x {args.hidden}, {args.heads} heads"
                        f"{f' ({args.kv_heads} key/value)' if args.kv_heads else ''}, vocab {args.vocab}",
               "prompts": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new,
-              "top_k": args.top_k, "top_p": args.top_p, "torch_threads": torch.get_num_threads(),
+              "top_k": args.top_k, "top_p": args.top_p, "num_beams": args.num_beams, "torch_threads": torch.get_num_threads(),
               "jaxbatch_s": times["jaxbatch"], "hf_s": times["hf"], "ratio_median": statistics.median(ratios)}
+    same = "best_beams_equal" if args.num_beams > 1 else "greedy_tokens_equal"
     if not sampling:
-        result["greedy_tokens_equal"] = ours_tokens == hf_tokens
+        result[same] = ours_tokens == hf_tokens
     for name in times:
         print(f"{name}: {statistics.median(times[name]):.2f} s (rounds {' / '.join(f'{t:.2f}' for t in times[name])})"
               f", {args.batch * args.new / statistics.median(times[name]):.1f} tokens/s")
     print(f"jaxbatch / HF time: {result['ratio_median']:.2f}x (median of the rounds' ratios)"
-          + ("" if sampling else f"; greedy tokens equal: {result['greedy_tokens_equal']}"))
+          + ("" if sampling else f"; {same.replace('_', ' ')}: {result[same]}"))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
