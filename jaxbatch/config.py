@@ -202,6 +202,7 @@ class DataConfig:
     labels: str = ""  # label set in id order, comma-separated; empty = a Parquet file's names, the preset's, the data's
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first
+    line_by_line: bool = False  # a masked LM: each non-empty line its own example, cut and padded (run_mlm's)
     buckets: int = 1  # length buckets for training batches (seq_len/4, seq_len/2, seq_len for 3); 1 = no bucketing
     shuffle_seed: int = 0
 

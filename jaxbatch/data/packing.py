@@ -52,6 +52,21 @@ def pack(documents: list[list[int]], seq_len: int, pad_id: int = 0,
             "segment_ids": s[:, :-1], "positions": positions[:, :-1]}
 
 
+def padded(documents: list[list[int]], seq_len: int, pad_id: int = 0,
+           per_token: dict[str, list[list[int]]] | None = None) -> dict[str, np.ndarray]:
+    """concatenated's arrays with each document (at most seq_len tokens) in a row of its own, padded on the right,
+    as run_mlm.py's --line_by_line gives each line."""
+    def rows_of(docs: list[list[int]], fill: int) -> np.ndarray:
+        out = np.full((len(docs), seq_len), fill, np.int32)
+        for i, doc in enumerate(docs):
+            out[i, : len(doc)] = doc
+        return out
+
+    ids = rows_of(documents, pad_id)
+    return {"input_ids": ids, "attention_mask": rows_of([[1] * len(doc) for doc in documents], 0),
+            "token_type_ids": np.zeros_like(ids), **{k: rows_of(v, 0) for k, v in (per_token or {}).items()}}
+
+
 def concatenated(documents: list[list[int]], seq_len: int, pad_id: int = 0,
                  per_token: dict[str, list[list[int]]] | None = None) -> dict[str, np.ndarray]:
     """{input_ids, attention_mask, token_type_ids}, each (rows, seq_len) int32: the documents (each with its own

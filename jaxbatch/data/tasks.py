@@ -496,24 +496,37 @@ def bytes_per_token(tokenizer) -> np.ndarray:
     return np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
 
 
-def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int, how: masking.Masking) -> dict[str, np.ndarray]:
+def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int, how: masking.Masking,
+                  line_by_line: bool = False) -> tuple[dict[str, np.ndarray], int]:
     """A masked LM's rows: each document with the tokenizer's special tokens, end to end (packing.concatenated),
-    with where its words start for whole-word masking."""
+    with where its words start for whole-word masking; and how many examples were cut. `line_by_line`: each
+    non-empty line of the documents is an example of its own, cut to seq_len (its last special token kept, as
+    the tokenizer's truncation keeps it) and padded (run_mlm's --line_by_line)."""
     if any(prompt for prompt, _ in docs):
         raise DataError("masked language modelling reads plain text documents; prompt/completion and chat "
                         "examples train a causal language model (a decoder)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = [how.encode(tokenizer, d) for _, d in docs]
+    texts = [line for _, d in docs for line in d.splitlines() if line.strip()] if line_by_line else [d for _, d in docs]
+    encoded = [how.encode(tokenizer, d) for d in texts]
+    cut = 0
+    if line_by_line:
+        cut = sum(len(ids) > seq_len for ids, _ in encoded)
+        keep = [ids[-1] in how.special for ids, _ in encoded]
+        encoded = [(ids[: seq_len - k] + ids[len(ids) - k:], starts[: seq_len - k] + starts[len(starts) - k:])
+                   if len(ids) > seq_len else (ids, starts) for (ids, starts), k in zip(encoded, keep)]
     starts = {masking.WORD_STARTS: [s for _, s in encoded]} if how.whole_words else None
-    return packing.concatenated([ids for ids, _ in encoded], seq_len, pad, starts)
+    lay = packing.padded if line_by_line else packing.concatenated
+    return lay([ids for ids, _ in encoded], seq_len, pad, starts), cut
 
 
 def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]], model_cfg,
-                   fresh: tuple[str, ...] = ("train",)) -> tuple[dict, masking.Masking]:
+                   fresh: tuple[str, ...] = ("train",)) -> tuple[dict, masking.Masking, dict]:
     """{split: rows}: the `fresh` splits (training's) label every maskable token (masked anew each batch), the
-    others are masked once (masking.py)."""
+    others are masked once (masking.py); the masking; {split: examples cut} (data.line_by_line's lines)."""
     how = masking.Masking.of(tokenizer, model_cfg)
-    rows = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len, how) for split, split_docs in docs.items()}
+    laid = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line)
+            for split, split_docs in docs.items()}
+    rows = {split: r for split, (r, _) in laid.items()}
     out = {split: how.candidates(r) if split in fresh else how.eval_split(r, data_cfg.shuffle_seed)
            for split, r in rows.items()}
     for split, arrays in out.items():  # scored, no label would read as loss 0 and perplexity 1
@@ -521,18 +534,21 @@ def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]], model_c
             what = "no token the masks may choose (all special or unknown to the tokenizer)" if split in fresh else (
                 "no masked token to score (too little text, or all of it special or unknown to the tokenizer)")
             raise DataError(f"data.name={data_cfg.name}: the {split} split has {what}")
-    return out, how
+    return out, how, {split: n for split, (_, n) in laid.items()}
 
 
 def _load_lm(data_cfg, tokenizer, masked_lm=None) -> TaskData:
     """A text corpus: documents tokenized (a character vocabulary from the corpus when no tokenizer is
     given) and packed into rows of data.seq_len; for a masked LM (`masked_lm`: its ModelConfig), concatenated
     and masked."""
+    if data_cfg.line_by_line and masked_lm is None:
+        raise ConfigError("data.line_by_line reads each line as an example for a masked LM (an encoder, as run_mlm "
+                          "does); a causal LM packs its documents end to end")
     docs = _lm_docs(data_cfg, max_eval=data_cfg.max_eval)  # training's evaluations; `evaluate` reads all
     if masked_lm is not None:
-        arrays, how = _masked_splits(data_cfg, tokenizer, docs, masked_lm)
-        return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
-                        False, tokenizer, masking=how)
+        arrays, how, cut = _masked_splits(data_cfg, tokenizer, docs, masked_lm)
+        return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], cut, False, tokenizer,
+                        masking=how)
     if tokenizer is None:
         if any(isinstance(p, list) for split in docs.values() for p, _ in split):
             raise DataError(CHAT_NEEDS)
@@ -556,6 +572,9 @@ def load(data_cfg, tokenizer, problem_type: str = "", masked_lm=None) -> TaskDat
     ds = dataset(data_cfg)
     if ds.task == "lm":
         return _load_lm(data_cfg, tokenizer, masked_lm)
+    if data_cfg.line_by_line:
+        raise ConfigError(f"data.line_by_line reads a text corpus line by line for a masked LM; data.name="
+                          f"{data_cfg.name} is a {ds.task} task")
     splits = _raw_splits(data_cfg, ds)
     tokenizer = tokenize.for_words(tokenizer) if ds.task == "token" else tokenizer
     for split, most in (("train", data_cfg.max_train), ("validation", data_cfg.max_eval)):

@@ -172,3 +172,32 @@ def test_a_split_with_nothing_to_mask_is_one_error_not_a_perplexity_of_one(token
         tasks.load(cfg, tokenizer, masked_lm=masked_lm())
     with pytest.raises(DataError, match="the train split has no masked token to score"):  # evaluate --split train
         tasks.load_split(cfg, tokenizer, "train", masked_lm=masked_lm())
+
+
+def test_line_by_line_gives_each_line_a_row_as_run_mlm_encodes_it(tokenizer, tmp_path):
+    """data.line_by_line: every non-empty line of the corpus (blank lines between documents or not) is one row,
+    encoded as HF's run_mlm --line_by_line does (`tokenizer(line, truncation=True, max_length=seq_len)`, padded):
+    a long line is cut with its [SEP] kept, and the cut lines are counted. A causal LM or a labelled dataset is
+    refused: it has no such mode."""
+    lines = [" ".join(WORDS[(3 * i + k) % 50] for k in range(1 + (5 * i) % 17)) for i in range(90)]
+    text = "\n".join(lines[:30]) + "\n\n  \n" + "\n".join(lines[30:60]) + "\n\n" + "\n\n".join(lines[60:])
+    (tmp_path / "corpus.txt").write_text(text)
+    cfg = config.build(["data.name=text", f"data.data_dir={tmp_path / 'corpus.txt'}", "data.seq_len=12",
+                        "data.line_by_line=true"]).data
+    data = tasks.load(cfg, tokenizer, masked_lm=masked_lm(mlm_whole_word_mask=True))
+    shown = np.where(data.eval["labels"] != IGNORE_INDEX, data.eval["labels"], data.eval["input_ids"])  # unmasked
+    got = np.concatenate([data.train["input_ids"], shown])
+    want = tokenizer(lines, truncation=True, max_length=12, padding="max_length")
+    assert len(got) == len(lines)  # every line is kept, in some split
+    rows = {tuple(r) for r in got}
+    assert rows == {tuple(r) for r in want["input_ids"]}
+    mask = np.concatenate([data.train["attention_mask"], data.eval["attention_mask"]])
+    assert mask.sum() == np.sum(want["attention_mask"])
+    long = sum(len(tokenizer(line)["input_ids"]) > 12 for line in lines)
+    assert long > 10 and sum(data.truncated.values()) == long
+    assert (data.train[masking.WORD_STARTS].sum(1) == (data.train["attention_mask"].sum(1) - 2)).all()  # w-i words
+    with pytest.raises(config.ConfigError, match="a causal LM packs its documents"):
+        tasks.load(cfg, tokenizer)
+    ner = config.build(["data.name=synthetic_ner", "data.line_by_line=true"]).data
+    with pytest.raises(config.ConfigError, match="synthetic_ner is a token task"):
+        tasks.load(ner, tokenizer)
