@@ -255,7 +255,7 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
 def check_beams(num_beams: int, early_stopping, num_return_sequences: int = 1) -> None:
     if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams (--num-beams) must be a whole number >= 1, got {num_beams!r}")
-    if early_stopping not in (True, False, "never"):
+    if not isinstance(early_stopping, (bool, str)) or early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping (--early-stopping) must be true, false or \"never\" (HF's), "
                          f"got {early_stopping!r}")
     if not 1 <= num_return_sequences <= num_beams:

@@ -69,17 +69,20 @@ _measured: dict = {}
 
 def step_memory(spec, accum_steps: int, devices=None) -> StepMemory:
     """Compiles the train step of `spec` with `train.accum_steps = accum_steps` on abstract inputs (once per
-    spec, k and device set in a process: `plan --compare-meshes` and the planner ask for the same step)."""
-    key = (spec, accum_steps, None if devices is None else tuple(devices))
+    step and device set in a process: `plan --compare-meshes`, the planner and a resumed run's planner ask for the
+    same step; the planner's own settings do not change it)."""
+    step = config.replace(spec, train__accum_steps=accum_steps, train__auto_micro_batch=False,
+                          train__memory_budget_gb=0.0)
+    key = (step, None if devices is None else tuple(devices))
     if key not in _measured:
-        _measured[key] = _compile_step(spec, accum_steps, devices)
+        _measured[key] = _compile_step(step, devices)
     return _measured[key]
 
 
-def _compile_step(spec, accum_steps: int, devices=None) -> StepMemory:
+def _compile_step(spec, devices=None) -> StepMemory:
     from jaxbatch import run as run_lib
 
-    spec = config.replace(spec, train__accum_steps=accum_steps, train__auto_micro_batch=False)
+    accum_steps = spec.train.accum_steps
     run = run_lib.setup(spec, devices=devices, abstract=True)
     params = _bytes_per_device(run.state.params, run.state_sh.params)
     optimizer = _bytes_per_device(run.state.opt_state, run.state_sh.opt_state)

@@ -289,6 +289,7 @@ def test_beam_settings_are_the_command_lines_then_the_generation_configs(tmp_pat
     for bad, message in (('"num_beams": 0', "num_beams .--num-beams. must be a whole number >= 1, got 0"),
                          ('"num_beams": 2.5', ".*got 2.5"),
                          ('"early_stopping": "soon"', "early_stopping .* got 'soon'"),
+                         ('"early_stopping": 1', "early_stopping .* got 1"),
                          ('"length_penalty": "long"', "length_penalty .* must be a number")):
         path.write_text(f"{{{bad}}}")
         with pytest.raises(generate.CheckpointError, match=f"generation_config.json: {message}"):
@@ -358,7 +359,7 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert cli.main(["generate", str(run), "--prompt", "the", "--num-return-sequences", "2", "--temperature", "0"]) == 2
     assert "--num-return-sequences needs sampling" in capsys.readouterr().err
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--prompt", "the", "--num-beams", "3",
-                     "--num-return-sequences", "2", "--max-new-tokens", "12", "--temperature", "0"]) == 0
+                     "--num-return-sequences", "2", "--max-new-tokens", "12"]) == 0  # jaxbatch's sampling gives way
     captured = capsys.readouterr()
     outs = [line for line in captured.out.splitlines() if not line.startswith("---")]
     assert captured.err.startswith("beam search: num_beams 3, length_penalty 1.0, early_stopping False\n")
@@ -367,8 +368,6 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert cli.main(["generate", str(run), "--prompt", "the", "--num-beams", "2", "--temperature", "1"]) == 2
     err = capsys.readouterr().err
     assert "beam sampling (num_beams 2 with --temperature) is not built: --temperature 0 for beam" in err, err
-    assert cli.main(["generate", str(run), "--prompt", "the cat", "--num-beams", "3", "--max-new-tokens", "12"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == outs[0]  # jaxbatch's own sampling default gives way
     assert cli.main(["generate", str(run), "--prompt", "the", "--num-beams", "2", "--num-return-sequences", "3"]) == 2
     err = capsys.readouterr().err
     assert "at most --num-beams (2) continuations of a prompt, not 3" in err and err.count("\n") == 1, err
