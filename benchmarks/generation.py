@@ -105,7 +105,8 @@ def main() -> None:
     result = {"shape": f"{args.arch} {args.layers} x {args.hidden}, {args.heads} heads"
                        f"{f' ({args.kv_heads} key/value)' if args.kv_heads else ''}, vocab {args.vocab}",
               "prompts": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new,
-              "top_k": args.top_k, "top_p": args.top_p, "num_beams": args.num_beams, "torch_threads": torch.get_num_threads(),
+              "top_k": args.top_k, "top_p": args.top_p, "num_beams": args.num_beams,
+              "torch_threads": torch.get_num_threads(),
               "jaxbatch_s": times["jaxbatch"], "hf_s": times["hf"], "ratio_median": statistics.median(ratios)}
     same = "best_beams_equal" if args.num_beams > 1 else "greedy_tokens_equal"
     if not sampling:
