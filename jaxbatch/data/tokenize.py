@@ -41,10 +41,12 @@ def _pack(ids_lists, seq_len: int, cls_id: int, sep_id: int, pad_id: int):
 
 def for_words(tokenizer):
     """The tokenizer that reads words given one by one (a token task's) as they read inside a text, each after a
-    space: a byte-level BPE tokenizer class that adds no prefix space by default loaded again with
-    add_prefix_space=True, as HF's run_ner loads those (without it each word would be read as if it began the
-    text); any other as it is."""
-    if getattr(tokenizer, "add_prefix_space", None) is not False or not getattr(tokenizer, "name_or_path", ""):
+    space: a byte-level BPE tokenizer that adds no prefix space loaded again with add_prefix_space=True, as HF's
+    run_ner loads those (without it each word would be read as if it began the text); any other (WordPiece,
+    SentencePiece, one that adds the space already) as it is."""
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    byte_level = pre is not None and b'"type":"ByteLevel","add_prefix_space":false' in pre.__getstate__()
+    if not byte_level or getattr(tokenizer, "add_prefix_space", None) is not False or not tokenizer.name_or_path:
         return tokenizer
     from transformers import AutoTokenizer
 

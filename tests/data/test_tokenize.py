@@ -112,3 +112,6 @@ def test_a_causal_models_tokenizer_tags_words_after_a_space_with_its_own_special
         return t.convert_ids_to_tokens(t(["cat", "sat"], is_split_into_words=True)["input_ids"])[0]
 
     assert first_piece(words).startswith("Ġ") and not first_piece(plain).startswith("Ġ")
+    assert tokenize.for_words(words) is words  # it adds the space already
+    wordpiece = transformers.AutoTokenizer.from_pretrained(hf.resolve("minilm-l6"))
+    assert tokenize.for_words(wordpiece) is wordpiece  # WordPiece splits words itself: not loaded again
