@@ -55,7 +55,8 @@ def pack(documents: list[list[int]], seq_len: int, pad_id: int = 0,
 def padded(documents: list[list[int]], seq_len: int, pad_id: int = 0,
            per_token: dict[str, list[list[int]]] | None = None) -> dict[str, np.ndarray]:
     """concatenated's arrays with each document (at most seq_len tokens) in a row of its own, padded on the right,
-    as run_mlm.py's --line_by_line gives each line."""
+    as run_mlm.py's --line_by_line gives each line and a tokenizer pads texts (`per_token`, e.g. token types,
+    replaces the zero token types)."""
     def rows_of(docs: list[list[int]], fill: int) -> np.ndarray:
         out = np.full((len(docs), seq_len), fill, np.int32)
         for i, doc in enumerate(docs):

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxbatch.data import packing
 from jaxbatch.errors import DataError
 from jaxbatch.losses import IGNORE_INDEX
 
@@ -68,11 +69,8 @@ def encode_tagged(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[
     enc = tokenizer(list(map(list, sentences)), is_split_into_words=True, add_special_tokens=own)
     ids_lists = enc["input_ids"]
     if own:
-        input_ids = np.full((len(ids_lists), seq_len), pad_id(tokenizer), np.int32)
-        mask = np.zeros_like(input_ids)
-        for i, ids in enumerate(ids_lists):
-            input_ids[i, : min(len(ids), seq_len)] = ids[:seq_len]
-            mask[i, : len(ids)] = 1
+        rows = packing.padded([ids[:seq_len] for ids in ids_lists], seq_len, pad_id(tokenizer))
+        input_ids, mask = rows["input_ids"], rows["attention_mask"]
         truncated = sum(len(ids) > seq_len for ids in ids_lists)
         first, room = 0, seq_len  # word_ids count the special tokens too (None there)
     else:
@@ -142,13 +140,6 @@ def _encode_template(tokenizer, firsts, seconds, labels, seq_len: int, written: 
     if long:
         for i, row, row_types in zip(long, *encode(long, truncation="longest_first", max_length=seq_len)):
             ids[i], type_ids[i] = row, row_types
-    n = len(firsts)
-    input_ids = np.full((n, seq_len), pad_id(tokenizer), np.int32)
-    mask, types = np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.int32)
     typed = "token_type_ids" in tokenizer.model_input_names
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)], mask[i, : len(row)] = row, 1
-        if typed:
-            types[i, : len(row)] = type_ids[i]
-    return Encoded(dict(input_ids=input_ids, attention_mask=mask, token_type_ids=types,
-                        labels=_label_array(labels)), len(long), cut)
+    rows = packing.padded(ids, seq_len, pad_id(tokenizer), {"token_type_ids": type_ids} if typed else None)
+    return Encoded({**rows, "labels": _label_array(labels)}, len(long), cut)
