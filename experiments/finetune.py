@@ -42,9 +42,14 @@ def run(name: str, defaults: list[str], argv: list[str], description: str) -> di
         if data.test is None:
             print(f"--test-split: {args.data_dir} has no test split; skipped")
         else:
-            test = evaluate.evaluate(result.run, result.state.params, data.test, data.label_names, data.task)
+            test = evaluate.evaluate(result.run, result.state.params, data.test, data.label_names, data.task,
+                                     windows=data.windows.get("test"))
             if data.test_labelled:
                 results["test"] = evaluate.recorded(test)
+            elif data.task == "qa":  # SQuAD's predictions file: {question id: answer}, what its script scores
+                path = run_dir / "test_predictions.json"
+                path.write_text(json.dumps({a["id"]: a["answer"] for a in test["predictions"]}, indent=1))
+                print(f"test split has no answers; predictions written to {path}")
             else:  # e.g. GLUE: test labels are hidden, so write predictions in the GLUE submission layout
                 path = run_dir / "test_predictions.tsv"
                 as_text = {losses.REGRESSION: lambda p: f"{float(p):.3f}",  # multi-label: the classes, comma-separated

@@ -31,9 +31,10 @@ from jaxbatch import folders, lora, models
 from jaxbatch.errors import CheckpointError, ConfigError
 from jaxbatch.state import param_name
 
-TASK_TYPES = {"sequence": "SEQ_CLS", "token": "TOKEN_CLS", "lm": "CAUSAL_LM"}  # PEFT's TaskType by model.task
+TASK_TYPES = {"sequence": "SEQ_CLS", "token": "TOKEN_CLS", "lm": "CAUSAL_LM",  # PEFT's TaskType by model.task
+              "qa": "QUESTION_ANS"}
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", ("adapter_model.safetensors", "adapter_model.bin"), "base_model.model."
-PEFT_HEADS = ("classifier", "score")  # modules PEFT's SEQ_CLS / TOKEN_CLS models keep trainable by themselves
+PEFT_HEADS = ("classifier", "score", "qa_outputs")  # modules PEFT's task models keep trainable by themselves
 CONV1D = ("copy", "heads_in", "heads_last")  # hf.to_theirs layouts of a kernel stored (in, out): transformers' Conv1D
 
 
@@ -151,14 +152,17 @@ def _readme(model_cfg, task: str, base: Path, hf_json: dict) -> str:
     """How to load the adapter: the base class with the head's shape and labels as `export` writes them (and a
     causal classifier's pad id, which its base's config.json lacks)."""
     auto = {"SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification",
-            "CAUSAL_LM": "AutoModelForCausalLM"}[task]
+            "CAUSAL_LM": "AutoModelForCausalLM", "QUESTION_ANS": "AutoModelForQuestionAnswering"}[task]
     head = "".join(f", {k}={hf_json[k]!r}" for k in ("num_labels", "id2label", "problem_type", "pad_token_id")
                    if task != "CAUSAL_LM" and hf_json.get(k) is not None)
     return (f"# LoRA adapter (written by jaxbatch)\n\nRank {model_cfg.lora_rank} on {model_cfg.lora_targets}, "
             f"alpha {model_cfg.lora_alpha or model_cfg.lora_rank}, on the base model in `{base.resolve()}`.\n\n"
             f"```python\nfrom peft import PeftModel\nfrom transformers import {auto}\n\n"
             f"base = {auto}.from_pretrained({str(base.resolve())!r}{head})\n"
-            f"model = PeftModel.from_pretrained(base, 'THIS_FOLDER')\n```\n")
+            f"model = PeftModel.from_pretrained(base, 'THIS_FOLDER')\n```\n" + (
+                "\nPEFT's question-answering wrapper does not pass `token_type_ids` on to the model (PEFT 0.21): call "
+                "`model.base_model.model(...)`, or `model.merge_and_unload()`, where the question and context need "
+                "them.\n" if task == "QUESTION_ANS" else ""))
 
 
 def is_adapter(folder: Path) -> bool:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     predict_p.add_argument("--step", type=int, help=STEP_HELP)
     predict_p.add_argument("--input",
                            help="text (one sentence per line), CoNLL, or TSV / CSV / JSONL file; default stdin")
-    predict_p.add_argument("--format", default="auto", help="input format: auto | text | conll | tsv")
+    predict_p.add_argument("--format", default="auto", help="input format: auto | text | conll | tsv | squad")
     predict_p.add_argument("--output-format", default="json", help="json (lines) | conll (token tasks)")
     predict_p.add_argument("overrides", nargs="*", help=RESTORE_HELP)
     eval_p = sub.add_parser("evaluate", help="score a trained run dir on a dataset split")
@@ -336,12 +336,14 @@ def evaluate_split(args) -> int:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
                           f"{data_task} dataset: name the split's kind with --data-name")
     masked = models.masked_lm(spec.model)
-    arrays = tasks.load_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
-                              spec.model if masked else None)
+    windows = tasks.qa_split(data_cfg, restored.tokenizer, args.split) if data_task == "qa" else None
+    arrays = windows.arrays if windows else tasks.load_split(data_cfg, restored.tokenizer, args.split,
+                                                             spec.model.problem_type, spec.model if masked else None)
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
-                               bytes_per_token=per_byte)
-    print(f"{args.split} ({len(arrays['labels'])} examples, {tasks.source_of(data_cfg)}): "
+                               bytes_per_token=per_byte, windows=windows)
+    what = f"windows of {len(windows.questions)} questions" if windows else "examples"
+    print(f"{args.split} ({len(arrays['labels'])} {what}, {tasks.source_of(data_cfg)}): "
           + evaluate.report_lines(result))
     return 0
 

@@ -205,6 +205,12 @@ class DataConfig:
     line_by_line: bool = False  # a masked LM: each non-empty line its own example, cut and padded (run_mlm's)
     buckets: int = 1  # length buckets for training batches (seq_len/4, seq_len/2, seq_len for 3); 1 = no bucketing
     shuffle_seed: int = 0
+    # question answering (data.name=squad): context tokens a long context's neighbouring windows share (0: seq_len
+    # // 3, HF's 128 of 384), the longest answer predicted in tokens, and whether a question may have no answer
+    # (SQuAD 2.0: HF's --version_2_with_negative; "" is then predicted where [CLS] scores above every span)
+    doc_stride: int = 0
+    max_answer_length: int = 30
+    unanswerable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Evaluation of a model on a whole split: loss, accuracy and, for token tasks, seqeval entity scores and
 the token report (multi-label heads: micro/macro F1, exact match and the per-class report; regression heads:
-Pearson and Spearman correlations instead of accuracy); also the per-example predictions and probabilities
-that `predict` prints.
+Pearson and Spearman correlations instead of accuracy; question answering: SQuAD's exact match and F1 of the
+answers); also the per-example predictions and probabilities that `predict` prints.
 
 Used by the train loop, `jaxbatch evaluate` and `jaxbatch predict`, so the three can never disagree.
 """
@@ -13,7 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxbatch import metrics, mesh as mesh_lib
-from jaxbatch.data import conll, pipeline
+from jaxbatch.data import conll, pipeline, squad
 from jaxbatch import losses
 from jaxbatch.losses import IGNORE_INDEX, OBJECTIVE_TERMS
 
@@ -69,7 +69,8 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     order, cuts, seq_len = _plan(arrays, batch_size, buckets)
     if order is not None:
         arrays = {k: v[order] for k, v in arrays.items()}
-    token_outputs = seq_len is not None and pipeline.per_token("labels", arrays["labels"], seq_len)
+    token_outputs = seq_len is not None and (pipeline.per_token("labels", arrays["labels"], seq_len)
+                                             or run.spec.model.task == "qa")  # its logits are per token
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}
     batch_sums = []  # fetched once at the end (batches queue up; several CPU devices: Steps._launch)
@@ -104,6 +105,8 @@ def metric_names(task: str, problem_type: str | None = "", entities: bool = True
     class needs two `classes` (None: not known yet)."""
     if problem_type == losses.REGRESSION:
         return ("loss",) + metrics.CORRELATIONS
+    if task == "qa":
+        return ("loss", "accuracy") + metrics.SQUAD
     names = ("loss", "accuracy") + {"lm": ("perplexity",) if masked else ("perplexity", "bits_per_byte"),
                                     "token": ("entity_f1",) if entities else ()}.get(task, ())
     if problem_type == losses.MULTI_LABEL:
@@ -116,13 +119,15 @@ def metric_names(task: str, problem_type: str | None = "", entities: bool = True
 
 
 def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch_size: int | None = None,
-             bytes_per_token: np.ndarray | None = None) -> dict:
+             bytes_per_token: np.ndarray | None = None, windows: squad.Windows | None = None) -> dict:
     """Loss and accuracy over one split; token tasks add the token report, and seqeval entity scores when
     their tags mark entities (conll.is_entity_scheme);
     language models report cross-entropy (z-loss excluded), perplexity and bits per byte; multi-label heads
     their binary cross-entropy and accuracy per (example, class) pair, F1 and exact match; regression heads
-    their mean squared error and correlations, no accuracy. `predictions` holds every example's predicted
-    label ids (classifiers), 0/1 per class (multi-label) or scores (regression)."""
+    their mean squared error and correlations, no accuracy; question answering (`windows`: the split's way back
+    to its questions) its windows' accuracy (start and end both right) and the answers' exact match and F1.
+    `predictions` holds every example's predicted label ids (classifiers), 0/1 per class (multi-label), scores
+    (regression) or each question's answer (squad.answers)."""
     totals, out = outputs(run, params, arrays, batch_size)
     weight = max(totals.get("weight", 0.0), 1.0)
     objective = sum(totals.get(k, 0.0) for k in OBJECTIVE_TERMS)  # regularisers: not the model's loss
@@ -130,6 +135,13 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
     if run.spec.model.problem_type == losses.REGRESSION:
         return {**result, **metrics.regression_scores(out["preds"], arrays["labels"], label_names)}
     result["accuracy"] = totals.get("correct", 0.0) / weight
+    if task == "qa":
+        spec = run.spec.data
+        answers = squad.answers(windows, out["start_logits"], out["end_logits"], spec.max_answer_length,
+                                spec.unanswerable)
+        scored = [(a["answer"], q.answers) for a, q in zip(answers, windows.questions)
+                  if q.answers or spec.unanswerable]
+        result.update(metrics.squad_scores([a for a, _ in scored], [g for _, g in scored]), predictions=answers)
     if run.spec.model.problem_type == losses.MULTI_LABEL:
         keep = losses.labelled(arrays["labels"]).all(1)
         result.update(metrics.multi_label_scores(out["preds"][keep], arrays["labels"][keep] > 0.5, label_names))
@@ -171,6 +183,8 @@ def summary_line(result: dict) -> str:
                                                                    ("matthews_correlation", "MCC")) if k in result)
     if "entity_f1" in result:
         line += f" entity F1 {result['entity_f1']:.4f}"
+    if "exact_match" in result and "micro_f1" not in result:  # question answering's
+        line += f" exact match {result['exact_match']:.4f} F1 {result['f1']:.4f}"
     return line
 
 

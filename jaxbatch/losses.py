@@ -1,5 +1,5 @@
 """Loss and metric *sums* of the heads model families use (token and sequence classification, multi-label
-classification, regression, next-token language modelling).
+classification, regression, next-token language modelling, answer spans).
 
 Sums, not means: micro-batches, shards, hosts and eval batches then combine exactly, and the step
 divides by the global batch's count once (see accumulate.py). Positions whose label is IGNORE_INDEX (NaN
@@ -119,6 +119,23 @@ def head_sums(logits: jax.Array, labels: jax.Array, model_cfg) -> tuple[dict, di
     if model_cfg.problem_type == MULTI_LABEL:
         return multi_label_sums(logits, labels)
     return classification_sums(logits, labels, model_cfg.label_smoothing)
+
+
+def span_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> tuple[dict, dict]:
+    """Extractive question answering: (batch, length, 2) start and end logits against (batch, 2) start and end
+    tokens; the loss sum is each labelled window's (start + end cross-entropy) / 2, so the step's mean is HF's
+    *ForQuestionAnswering loss. The softmax runs over the real tokens (`mask`): HF's runs over the padding too,
+    which makes its loss depend on how far a batch was padded; equal to it where nothing is padded.
+    `correct` counts windows whose start and end are both the argmax. Predictions: each position's logits."""
+    weights = labels[:, 0] != IGNORE_INDEX
+    logits = jnp.where(mask[..., None] > 0, logits.astype(jnp.float32), -1e30)
+    lse = jax.nn.logsumexp(logits, 1)  # (batch, 2)
+    safe = jnp.where(weights[:, None], labels, 0)
+    target = jnp.take_along_axis(logits, safe[:, None, :], 1)[:, 0]
+    w = weights.astype(jnp.float32)
+    hit = jnp.all(jnp.argmax(logits, 1) == labels, -1)
+    return (dict(loss_sum=jnp.sum(w * jnp.sum(lse - target, -1)) / 2, weight=jnp.sum(w), correct=jnp.sum(hit * w)),
+            dict(start_logits=logits[..., 0], end_logits=logits[..., 1]))
 
 
 def mlm_predictions(length: int, probability: float) -> int:

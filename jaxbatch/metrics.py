@@ -1,5 +1,5 @@
-"""Evaluation metrics (seqeval entity F1, token-level report, multi-label F1, correlations of scores) and the
-peak FLOP/s behind MFU."""
+"""Evaluation metrics (seqeval entity F1, token-level report, multi-label F1, correlations of scores, SQuAD's
+exact match and F1) and the peak FLOP/s behind MFU."""
 
 from __future__ import annotations
 
@@ -117,6 +117,46 @@ def multi_label_scores(pred: np.ndarray, gold: np.ndarray, label_names: list[str
             "exact_match": float(accuracy_score(kw["y_true"], kw["y_pred"])),
             "classes": classification_report(output_dict=True, **names, **kw),
             "class_report_text": classification_report(digits=4, **names, **kw)}
+
+
+SQUAD = ("exact_match", "f1")  # what extractive question answering is scored by (SQuAD's script), as fractions
+
+
+def _normalized(text: str) -> list[str]:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles (a, an, the), words."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return re.sub(r"\b(a|an|the)\b", " ", text, flags=re.UNICODE).split()
+
+
+def _answer_f1(predicted: list[str], gold: list[str]) -> float:
+    """Word-overlap F1 of normalised answers; an empty answer scores 1 against an empty one, else 0 (2.0's)."""
+    from collections import Counter
+
+    if not predicted or not gold:
+        return float(predicted == gold)
+    same = sum((Counter(predicted) & Counter(gold)).values())
+    if not same:
+        return 0.0
+    precision, recall = same / len(predicted), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predicted: list[str], gold: list[tuple[str, ...]]) -> dict:
+    """Exact match and F1 of each predicted answer against the best of its gold answers, averaged over the
+    questions, as SQuAD's evaluation script (v2.0's, which is v1.1's where every question has an answer; an
+    unanswerable question's gold is the empty answer). Hand-written: the `evaluate` library fetches this script
+    from the hub at run time; fractions, where the script prints percent."""
+    if not gold:
+        return {k: float("nan") for k in SQUAD}
+    exact, f1 = [], []
+    for answer, answers in zip(predicted, gold):
+        mine, theirs = _normalized(answer), [_normalized(a) for a in answers or ("",)]
+        exact.append(max(float(mine == t) for t in theirs))
+        f1.append(max(_answer_f1(mine, t) for t in theirs))
+    return {"exact_match": float(np.mean(exact)), "f1": float(np.mean(f1))}
 
 
 def format_entity_report(report: dict) -> str:

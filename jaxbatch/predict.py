@@ -3,12 +3,14 @@
 Input is one sentence per line (split into words and punctuation, with character offsets; for a text
 classifier `first<TAB>second` is a text pair), a CoNLL file (first column; tags, if any, are ignored) or a
 text-classification file (TSV `text<TAB>label`, or TSV, CSV or JSON lines naming a text column or a pair of
-them, data/tsv.py; labels are ignored).
+them, data/tsv.py; labels are ignored); for question answering, `question<TAB>context` lines or a SQuAD-style
+file (data/squad.py; answers are ignored).
 Sentences are length-bucketed into batches, run through the same compiled eval step as `evaluate`, and
 written in input order, each JSON record with its input `line` (blank lines are skipped): entity spans with
 labels and scores and one tag per word (token tasks; JSON lines or CoNLL columns; sentences longer than
-data.seq_len in overlapping windows), the label and every class probability (sequence tasks), or a masked
-LM's likeliest tokens for each mask token in the line (as transformers' fill-mask pipeline).
+data.seq_len in overlapping windows), the label and every class probability (sequence tasks), a masked
+LM's likeliest tokens for each mask token in the line (as transformers' fill-mask pipeline), or the answer to
+each question, a span of its context (qa; a long context in overlapping windows).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from jaxbatch import evaluate, losses
 from jaxbatch import run as run_lib
-from jaxbatch.data import conll, pipeline, tokenize, tsv
+from jaxbatch.data import conll, pipeline, squad, tokenize, tsv
 from jaxbatch.data.files import RECORD_SUFFIXES
 from jaxbatch.errors import DataError
 from jaxbatch.losses import IGNORE_INDEX
@@ -38,7 +40,8 @@ class Sentence:
     words: list[str]
     offsets: list[tuple[int, int]]  # character span of each word in `text`
     line: int = 0  # where it starts in the input (1-based), so records line up with a file that skips blanks
-    pair: "Sentence | None" = None  # a text pair's second text (sequence tasks)
+    pair: "Sentence | None" = None  # a text pair's second text (sequence tasks; a question's context)
+    id: str = ""  # a question's id in a SQuAD-style file
 
 
 def split_words(line: str, number: int = 0) -> Sentence:
@@ -59,8 +62,10 @@ def input_format(path: Path | None, fmt: str) -> str:
         return fmt
     if path is None:
         return "text"
-    if path.suffix in RECORD_SUFFIXES:  # sentences as word lists (data/conll.py), or texts (data/tsv.py)
-        return "conll" if _holds_word_lists(path) else "tsv"
+    if path.suffix in RECORD_SUFFIXES:  # word lists (data/conll.py), questions (data/squad.py) or texts (data/tsv.py)
+        keys = _first_keys(path)
+        return "conll" if keys & set(conll.WORD_KEYS) else "squad" if {"question", "context"} <= keys or (
+            "data" in keys) else "tsv"
     if path.suffix in (".tsv", ".csv"):  # text-classification files (data/tsv.py)
         return "tsv"
     names = {n for names in conll.SPLIT_FILES.values() for n in names}
@@ -69,9 +74,9 @@ def input_format(path: Path | None, fmt: str) -> str:
     return "text"
 
 
-def _holds_word_lists(path: Path) -> bool:
-    """Whether a JSON lines or Parquet file's records (its first line; its columns) have a word list
-    (conll.WORD_KEYS). A bad file: False, and the reader it goes to says what is wrong."""
+def _first_keys(path: Path) -> set[str]:
+    """The lower-cased keys of a JSON lines or Parquet file's records (its first line; its columns), or of a
+    whole-file JSON object (SQuAD's: `data`). A bad file: none, and the reader it goes to says what is wrong."""
     import pyarrow
     import pyarrow.parquet as pq
 
@@ -80,11 +85,15 @@ def _holds_word_lists(path: Path) -> bool:
             keys = pq.read_schema(path).names
         else:
             with open(path, encoding="utf-8-sig") as f:
-                first = json.loads(next((line for line in f if line.strip()), ""))
+                text = f.read()
+            try:
+                first = json.loads(text)
+            except json.JSONDecodeError:  # JSON lines
+                first = json.loads(next((line for line in text.splitlines() if line.strip()), ""))
             keys = list(first) if isinstance(first, dict) else []
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, pyarrow.ArrowException):
-        return False
-    return any(k.strip().lower() in conll.WORD_KEYS for k in keys)
+        return set()
+    return {k.strip().lower() for k in keys}
 
 
 def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> list[Sentence]:
@@ -95,8 +104,11 @@ def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> 
     if fmt == "tsv":
         return [dataclasses.replace(split_words(e.text, e.line), pair=split_words(e.text_pair) if e.text_pair else None)
                 for e in tsv.read(path)]
+    if fmt == "squad":
+        return [Sentence(q.question, [], [], n, Sentence(q.context, [], []), q.id)
+                for n, q in enumerate(squad.read(path), start=1)]
     if fmt != "text":
-        raise DataError(f"--format must be auto, text, conll or tsv, got {fmt!r}")
+        raise DataError(f"--format must be auto, text, conll, tsv or squad, got {fmt!r}")
     lines = (stdin or sys.stdin).read().splitlines() if path is None else _read_lines(path)
     sentences = [split_words(line.strip(), n) for n, line in enumerate(lines, start=1) if line.strip()]
     if not sentences:
@@ -170,6 +182,8 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
     spec = restored.run.spec
     if spec.model.task == "lm":
         return _fill_masks(restored, sentences)
+    if spec.model.task == "qa":
+        return _answer(restored, [_paired(s) for s in sentences])
     if spec.model.task != "token":
         return _classify(restored, [_paired(s) for s in sentences])
     names = run_lib.label_names(spec)
@@ -248,6 +262,26 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
             record["truncated_pieces"] = int(enc.cut[i])
         records.append(record)
     return records
+
+
+def _answer(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
+    """Each question's answer in its context (`question<TAB>context`, or a SQuAD-style file's): `answer`, its
+    `start` and `end` characters in the context, and `score` (squad.answers); "" where a model trained with
+    data.unanswerable finds none."""
+    spec = restored.run.spec
+    lone = next((s for s in sentences if s.pair is None), None)
+    if lone is not None:
+        raise DataError(f"line {lone.line}: a question answering model reads 'question<TAB>context' lines (or a "
+                        f"SQuAD-style file); this line has no context")
+    questions = [squad.Question(s.id or str(s.line), s.text, s.pair.text, (), (), f"line {s.line}") for s in sentences]
+    w = squad.windows(restored.tokenizer, questions, spec.data.seq_len, spec.data.doc_stride or spec.data.seq_len // 3)
+    out = predict_arrays(restored, w.arrays)
+    logits = {k: np.stack([np.pad(v, (0, spec.data.seq_len - len(v))) for v in out[k]])
+              for k in ("start_logits", "end_logits")}
+    found = squad.answers(w, logits["start_logits"], logits["end_logits"], spec.data.max_answer_length,
+                          spec.data.unanswerable)
+    return [{**_line(s), **({"id": s.id} if s.id else {}), "question": s.text, **{k: a[k] for k in (
+        "answer", "score", "start", "end")}} for s, a in zip(sentences, found)]
 
 
 def _fill_masks(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:

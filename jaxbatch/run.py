@@ -81,8 +81,8 @@ def resolve(cfg: config.Config, *, task: str | None = None, label_names: list[st
         if not model.family:
             model = dataclasses.replace(model, family=hf.family_for(folder))
         model = hf.configure(model, folder)
-    if task is not None:
-        model = dataclasses.replace(model, task=task)
+    if task is not None:  # an answer-span head has its two outputs whatever model.num_labels says
+        model = dataclasses.replace(model, task=task, **({"num_labels": 2} if task == "qa" else {}))
     if vocab_size is not None and model.vocab_size == 0:
         model = dataclasses.replace(model, vocab_size=vocab_size)
     if problem_type is not None:

@@ -203,7 +203,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     targets = (f"labels {data.label_names}" if data.problem_type != losses.REGRESSION else
                f"scores (regression) of outputs {data.label_names}" if data.label_names else "scores (regression)")
     say(f"data: {data.name}{' (SYNTHETIC, generated)' if data.synthetic else ''}: "
-        f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval examples, "
+        f"{len(data.train['labels'])} train / {len(data.eval['labels'])} eval "
+        f"{'windows (question + part of its context)' if data.task == 'qa' else 'examples'}, "
         f"{targets}"
         f"{' (several per example)' if data.problem_type == losses.MULTI_LABEL else ''}, "
         f"padding {100 * padding.padding_fraction:.1f}% ({spec.data.buckets} length bucket(s)), truncated {data.truncated}")
@@ -285,7 +286,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     def run_eval(done: int) -> dict:
         began = time.perf_counter()
         result = evaluate.evaluate(run, state.params, data.eval, data.label_names, data.task,
-                                   batch_size=t.eval_batch_size or None, bytes_per_token=data.bytes_per_token)
+                                   batch_size=t.eval_batch_size or None, bytes_per_token=data.bytes_per_token,
+                                   windows=data.windows.get("validation"))
         evals.append({"step": done, **evaluate.recorded(result)})
         reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
         reporter.write(f"eval @ {done}: " + evaluate.summary_line(result))

@@ -50,7 +50,8 @@ def tiny_config(*overrides: str) -> config_lib.Config:
 
 
 def random_batch(cfg: config_lib.Config, seed: int = 0, batch_size: int | None = None) -> dict:
-    """A token-classification batch whose examples have different numbers of real tokens."""
+    """A token-classification batch whose examples have different numbers of real tokens (a sequence head's
+    labels per example, an answer-span head's start and end among each example's real tokens)."""
     rng = np.random.default_rng(seed)
     b, t = batch_size or cfg.train.batch_size, cfg.data.seq_len
     lengths = rng.integers(3, t + 1, size=b)
@@ -59,6 +60,8 @@ def random_batch(cfg: config_lib.Config, seed: int = 0, batch_size: int | None =
     if cfg.model.task == "token":
         labels = rng.integers(0, cfg.model.num_labels, size=(b, t)).astype(np.int32)
         labels = np.where(mask.astype(bool) & (rng.random((b, t)) < 0.8), labels, -100).astype(np.int32)
+    elif cfg.model.task == "qa":
+        labels = np.sort(rng.integers(0, lengths[:, None], size=(b, 2)), 1).astype(np.int32)
     else:
         labels = rng.integers(0, max(cfg.model.num_labels, 2), size=(b,)).astype(np.int32)
     return dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids), labels=labels)
@@ -150,14 +153,17 @@ def assert_gradients_equal_torch(family, model_cfg, graphdef, params, batch: dic
                                  **torch_inputs):
     """A training step's loss and every parameter's gradient (steps.make_grad_fn; dropout off, or with `rng`
     and `replay_dropout_masks` on) equal torch autograd on the Hugging Face model's own loss for the same
-    batch, mapped through the family's HF table."""
+    batch, mapped through the family's HF table. The labels go to torch as `labels`, or (an answer-span head's
+    (batch, 2)) as start_positions and end_positions."""
     import torch
 
     from jaxbatch import hf, steps
 
     sums, grads = jax.jit(steps.make_grad_fn(family, model_cfg, graphdef))(params, batch, rng, 1.0)
-    loss = torch_model(**{k: torch.tensor(v) for k, v in torch_inputs.items()},
-                       labels=torch.tensor(_torch_labels(batch["labels"]))).loss
+    labels = _torch_labels(batch["labels"])
+    given = ({"start_positions": torch.tensor(labels[:, 0]), "end_positions": torch.tensor(labels[:, 1])}
+             if model_cfg.task == "qa" else {"labels": torch.tensor(labels)})
+    loss = torch_model(**{k: torch.tensor(v) for k, v in torch_inputs.items()}, **given).loss
     loss.backward()
     assert float(sums["loss_sum"] / sums["weight"]) == pytest.approx(loss.item(), rel=1e-5)
     named = dict(torch_model.named_parameters())

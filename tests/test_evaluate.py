@@ -9,9 +9,10 @@ from conftest import compiles, random_batch, run_steps, tiny_config
 from jaxbatch import evaluate
 
 
-@pytest.mark.parametrize("task", ["token", "sequence"])
+@pytest.mark.parametrize("task", ["token", "sequence", "qa"])
 def test_bucketed_eval_equals_full_length_eval(task):
-    cfg = tiny_config(f"model.task={task}", "data.seq_len=32", "train.batch_size=8", "mesh.data=2", "mesh.model=2")
+    cfg = tiny_config(f"model.task={task}", "data.seq_len=32", "train.batch_size=8", "mesh.data=2", "mesh.model=2",
+                      *(["model.num_labels=2"] if task == "qa" else []))
     rng = np.random.default_rng(0)
     arrays = random_batch(cfg, 1, batch_size=45)  # not a multiple of the eval batch: a padded last batch
     short = rng.random(45) < 0.6  # most examples short, in no particular order
@@ -19,6 +20,8 @@ def test_bucketed_eval_equals_full_length_eval(task):
         arrays[k][short, 8:] = 0
     if task == "token":
         arrays["labels"][short, 8:] = -100
+    if task == "qa":  # the answer among the real tokens
+        arrays["labels"][short] = np.minimum(arrays["labels"][short], 7)
     _, _, run = run_steps(cfg, [], jax.devices()[:4])
     full_sums, full = evaluate.outputs(run, run.state.params, arrays, buckets=1)
     sums, out = evaluate.outputs(run, run.state.params, arrays, buckets=3)
@@ -28,7 +31,7 @@ def test_bucketed_eval_equals_full_length_eval(task):
     real = arrays["attention_mask"].astype(bool)
     for k in full:  # per-token outputs are compared where there are tokens (padding positions are not computed)
         assert out[k].shape == full[k].shape
-        a, b = (x[real] if task == "token" and x.ndim >= 2 else x for x in (out[k], full[k]))
+        a, b = (x[real] if task != "sequence" and x.ndim >= 2 else x for x in (out[k], full[k]))
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
@@ -83,3 +86,15 @@ def test_single_label_heads_report_f1_and_matthews_correlation_as_glue_does():
     assert binary["f1"] == pytest.approx(2 / 3)
     assert binary["matthews_correlation"] == pytest.approx((3 * 5 - (2 * 2 + 3 * 3)) / (25 - 13))
     assert evaluate.metric_names("sequence", "", classes=3) == ("loss", "accuracy", "macro_f1", "matthews_correlation")
+
+
+def test_answers_are_scored_as_squads_evaluation_script_scores_them():
+    """Normalised exact match and word-overlap F1 against the best gold answer (case, punctuation and articles
+    do not count), and v2.0's empty answer: right only where the question has none."""
+    from jaxbatch import metrics
+
+    predicted = ["The Eiffel tower!", "in Paris", "", "", "Corin"]
+    gold = [("Eiffel Tower",), ("Paris, France", "the city of Paris"), (), ("Ister",), ("corin", "Corin's bank")]
+    scores = metrics.squad_scores(predicted, gold)
+    assert scores["exact_match"] == pytest.approx(3 / 5)
+    assert scores["f1"] == pytest.approx((1 + 0.5 + 1 + 0 + 1) / 5)

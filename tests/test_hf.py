@@ -171,15 +171,16 @@ def test_export_loads_in_pytorch_and_round_trips_bit_identically(task, tmp_path)
 
 def _right_padded_logits(cls, folder, pad_id: int, seq_len: int, seed: int):
     """(the rng, then) a right-padded batch of 8 rows of 1 to seq_len tokens, the transformers model of `folder`
-    and its logits for them."""
+    and its logits for them (an answer-span head's start and end logits stacked last, as ours)."""
     rng = np.random.default_rng(seed)
     ids, mask = rng.integers(5, 99, (8, seq_len)), np.ones((8, seq_len), np.int64)
     for row, length in enumerate([seq_len, 7, 3, 12, 1, seq_len, 9, 2]):
         ids[row, length:], mask[row, length:] = pad_id, 0
     theirs = cls.from_pretrained(folder, attn_implementation="eager").eval()
     with torch.no_grad():
-        expected = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
-    return rng, ids, mask, theirs, expected
+        out = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    expected = out.logits if hasattr(out, "logits") else torch.stack([out.start_logits, out.end_logits], -1)
+    return rng, ids, mask, theirs, expected.numpy()
 
 
 ENCODERS = {  # family -> (transformers config class, its class prefix, config.json overrides)
@@ -232,6 +233,43 @@ def test_other_encoder_families_equal_pytorch_and_export_back(family, task, tmp_
 
 
 MASKED_LM = {"bert": ("BertConfig", "Bert", dict(max_position_embeddings=18)), **ENCODERS}
+
+
+@pytest.mark.parametrize("family", sorted(MASKED_LM))
+def test_answer_span_heads_equal_pytorch_and_export_back(family, tmp_path):
+    """Each encoder family's *ForQuestionAnswering (random, small) is read as the qa task: start and end logits
+    at the real tokens of a right-padded batch equal transformers', and the loss and every gradient on windows
+    without padding (where HF's softmax, which also spans padding, is ours); the export reloads bit-identically."""
+    from jaxbatch import models
+
+    config_cls, prefix, shape = MASKED_LM[family]
+    cls = getattr(transformers, f"{prefix}ForQuestionAnswering")
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    cls(getattr(transformers, config_cls)(**sizes, **shape)).save_pretrained(tmp_path / "in")
+    run = run_lib.setup(run_lib.resolve(config.build([
+        f"model.pretrained={tmp_path / 'in'}", "train.batch_size=8", "data.seq_len=18", "mesh.data=2", "mesh.model=2",
+        "mesh.fsdp=2"])))
+    assert (run.spec.model.family, run.spec.model.task, run.spec.model.num_labels) == (family, "qa", 2)
+    assert run.load_report.new == [] and run.load_report.unexpected == []
+    rng, ids, mask, theirs, expected = _right_padded_logits(cls, tmp_path / "in", shape.get("pad_token_id", 0), 18, 1)
+    model = nnx.merge(run.graphdef, run.state.params)
+    ours = np.asarray(jax.jit(lambda i, m: model(i, m))(ids, mask))
+    assert ours.shape == expected.shape and np.abs(ours[mask == 1] - expected[mask == 1]).max() < 1e-5
+
+    full = rng.integers(5, 99, (8, 18))
+    labels = rng.integers(0, 18, (8, 2)).astype(np.int32)
+    batch = {"input_ids": full, "attention_mask": np.ones_like(full), "token_type_ids": np.zeros_like(full),
+             "labels": labels}
+    assert_gradients_equal_torch(models.family(run.spec.model), run.spec.model, run.graphdef, run.state.params,
+                                 batch, theirs, input_ids=full, attention_mask=np.ones_like(full))
+
+    out_dir = hf.export(run.state.params, run.spec.model, tmp_path / "out")
+    assert json.loads((out_dir / "config.json").read_text())["architectures"] == [cls.__name__]
+    with torch.no_grad():
+        again = cls.from_pretrained(out_dir, attn_implementation="eager").eval()(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    np.testing.assert_array_equal(torch.stack([again.start_logits, again.end_logits], -1).numpy(), expected)
 
 
 @pytest.mark.parametrize("family", sorted(MASKED_LM))

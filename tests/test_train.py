@@ -2,12 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import event_records, tiny_config
+from conftest import event_records, subprocess_env, tiny_config
 from jaxbatch import cli, train
 from jaxbatch.data import pipeline
 
@@ -415,3 +417,42 @@ def test_a_decoder_learns_to_tag_words_and_exports_a_token_classifier_hf_reads_a
             best = theirs(**enc).logits[0].argmax(-1).tolist()
         firsts = [enc.word_ids().index(w) for w in range(len(want))]
         assert [theirs.config.id2label[best[j]] for j in firsts] == want
+
+
+def test_an_encoder_learns_to_answer_questions_and_exports_a_question_answering_model(tmp_path, capsys):
+    """MiniLM fine-tuned on generated SQuAD-style questions whose contexts take several windows of 48 tokens:
+    from answering few questions right to all of them; `evaluate` scores the run alike, `predict` answers a
+    question<TAB>context line, and the exported BertForQuestionAnswering's best span is the same answer."""
+    import torch
+    import transformers
+
+    from data.test_squad import generated, write_split
+
+    write_split(tmp_path / "data", "train", generated(300, 0))
+    write_split(tmp_path / "data", "validation", generated(40, 1), nested=True)
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "jaxbatch", "train", "data.name=squad", f"data.data_dir={tmp_path / 'data'}",
+                    "model.pretrained=minilm-l6", "data.seq_len=48", "data.doc_stride=16", "train.steps=40",
+                    "train.eval_every=10", "train.batch_size=16", "optim.learning_rate=3e-4", "train.progress=false",
+                    f"train.run_dir={run}"], env=subprocess_env(1), check=True, timeout=600)  # one device: 5x faster
+    summary = json.loads((run / "summary.json").read_text())
+    first, last = summary["evals"][0], summary["final_eval"]
+    assert summary["config"]["model"]["task"] == "qa" and first["exact_match"] < 0.2 and last["exact_match"] >= 0.95
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--split", "validation"]) == 0
+    assert f"exact match {last['exact_match']:.4f} F1 {last['f1']:.4f}" in capsys.readouterr().out
+    context = "The bridge is Mira Pell. The lake is Nim Lark. The tower is Vesta Rowan."
+    (tmp_path / "ask.txt").write_text(f"Who is the lake?\t{context}\n")
+    assert cli.main(["predict", str(run), "--input", str(tmp_path / "ask.txt")]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["answer"], context[record["start"]: record["end"]]) == ("Nim Lark", "Nim Lark")
+    assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 0
+    theirs = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert type(theirs).__name__ == "BertForQuestionAnswering"
+    enc = tok("Who is the lake?", context, return_offsets_mapping=True, return_tensors="pt")
+    offsets = enc.pop("offset_mapping")[0]
+    with torch.no_grad():
+        out = theirs(**enc)
+    start, end = int(out.start_logits.argmax()), int(out.end_logits.argmax())
+    assert context[offsets[start][0]: offsets[end][1]] == "Nim Lark"

@@ -5,7 +5,8 @@ Datasets are kinds of files, not names: `conll` reads any CoNLL-format tag set (
 IOB2, IOBES or BILOU, or plain tags such as part of speech; CoNLL columns, CoNLL-U, or JSON lines and Parquet
 with tags as names or class ids), `tsv` (or `csv`, `jsonl`: the same reader) any N-class text-classification
 file (TSV, CSV, JSON lines or Parquet; one class per text, several, or a score), `text` any plain-text corpus
-for language modelling (documents packed into rows; data/packing.py). `conll2003` and `sst2` are presets of
+for language modelling (documents packed into rows; data/packing.py), `squad` any SQuAD-style question answering
+file (1.1 or 2.0; data/squad.py). `conll2003` and `sst2` are presets of
 them (with the TFDS catalog as a source when no `data.data_dir` is given, conll2003's tag id order and SST-2's
 class names).
 """
@@ -19,7 +20,7 @@ import logging
 import numpy as np
 
 from jaxbatch import losses
-from jaxbatch.data import conll, files, masking, packing, synthetic, text, tokenize, tsv
+from jaxbatch.data import conll, files, masking, packing, squad, synthetic, text, tokenize, tsv
 from jaxbatch.errors import ConfigError, DataError
 from jaxbatch.losses import FLOAT_HEADS, IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    source: str  # conll | tsv | text | synthetic_ner | synthetic_sst
-    task: str  # token | sequence | lm
+    source: str  # conll | tsv | text | squad | synthetic_ner | synthetic_sst
+    task: str  # token | sequence | lm | qa
     labels: tuple[str, ...] = ()  # the label set when neither data.labels nor the files say otherwise
     catalog: str = ""  # TFDS catalog name, used when data.data_dir is empty
     tag_ids: tuple[str, ...] = ()  # the names of its class-id tags (JSON files), in id order: fixed by the dataset
@@ -45,6 +46,7 @@ DATASETS = {
     "text": Dataset("text", "lm"),
     "tiny_shakespeare": Dataset("text", "lm", catalog="tiny_shakespeare"),
     "lm1b": Dataset("text", "lm", catalog="lm1b"),
+    "squad": Dataset("squad", "qa"),
     "synthetic_ner": Dataset("synthetic_ner", "token", labels=synthetic.NER_LABELS),
     "synthetic_sst": Dataset("synthetic_sst", "sequence", labels=("negative", "positive")),
 }
@@ -53,8 +55,8 @@ DATASETS = {
 @dataclasses.dataclass
 class TaskData:
     name: str
-    task: str  # token | sequence | lm
-    label_names: list[str]  # empty for language modelling
+    task: str  # token | sequence | lm | qa
+    label_names: list[str]  # empty for language modelling; start, end for question answering
     train: dict[str, np.ndarray]
     eval: dict[str, np.ndarray]
     truncated: dict[str, int]
@@ -65,6 +67,7 @@ class TaskData:
     bytes_per_token: np.ndarray | None = None  # language modelling: UTF-8 bytes of each token id (bits per byte)
     problem_type: str = ""  # a sequence head's: "" (one class), regression or multi_label_classification
     masking: masking.Masking | None = None  # masked language modelling: how each training batch is masked
+    windows: dict = dataclasses.field(default_factory=dict)  # question answering: {split: squad.Windows}
 
 
 def _known(data_cfg) -> Dataset:
@@ -82,13 +85,13 @@ def dataset(data_cfg) -> Dataset:
     ds = _known(data_cfg)
     if data_cfg.unknown_label not in ("error", "O"):
         raise ConfigError(f"data.unknown_label must be 'error' or 'O', got {data_cfg.unknown_label!r}")
-    if ds.source in ("conll", "tsv", "text") and not data_cfg.data_dir and not ds.catalog:
+    if ds.source in ("conll", "tsv", "text", "squad") and not data_cfg.data_dir and not ds.catalog:
         raise ConfigError(f"data.name={data_cfg.name} reads your files: set data.data_dir to their folder")
     return ds
 
 
 def dataset_task(data_cfg) -> str:
-    """The task a dataset trains (token | sequence | lm), known without reading it."""
+    """The task a dataset trains (token | sequence | lm | qa), known without reading it."""
     return _known(data_cfg).task
 
 
@@ -572,6 +575,8 @@ def load(data_cfg, tokenizer, problem_type: str = "", masked_lm=None) -> TaskDat
     ds = dataset(data_cfg)
     if ds.task == "lm":
         return _load_lm(data_cfg, tokenizer, masked_lm)
+    if ds.task == "qa":
+        return _load_qa(data_cfg, tokenizer)
     if data_cfg.line_by_line:
         raise ConfigError(f"data.line_by_line reads a text corpus line by line for a masked LM; data.name="
                           f"{data_cfg.name} is a {ds.task} task")
@@ -595,10 +600,59 @@ def load(data_cfg, tokenizer, problem_type: str = "", masked_lm=None) -> TaskDat
                     problem_type=head)
 
 
+SPAN_LABELS = ["start", "end"]  # an answer-span head's two outputs
+
+
+def _qa_questions(data_cfg, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, list]:
+    """The `required` (and present `optional`) splits' questions (the first data.max_train / data.max_eval of
+    train and validation); unanswerable ones need data.unanswerable (SQuAD 2.0), so a 2.0 file is never trained
+    as 1.1 by mistake."""
+    paths = files.find_splits(data_cfg.data_dir, squad.SPLIT_FILES, "question answering", required)
+    out = {}
+    for split, path in paths.items():
+        if split not in required + optional:
+            continue
+        most = {"train": data_cfg.max_train, "validation": data_cfg.max_eval}.get(split, 0)
+        questions = squad.read(path)[: most or None]
+        if not questions:
+            raise DataError(f"{path}: no questions")
+        bare = [q for q in questions if not q.answers]
+        if bare and split != "test" and not data_cfg.unanswerable:
+            raise DataError(f"{bare[0].place}: no answer ({len(bare)} of the {split} split's {len(questions)} "
+                            f"questions have none); for SQuAD 2.0-style data set data.unanswerable=true")
+        out[split] = questions
+    return out
+
+
+def _windows(data_cfg, tokenizer, questions: list[squad.Question]) -> squad.Windows:
+    if isinstance(tokenizer, text.CharTokenizer) or tokenizer is None:
+        raise ConfigError("question answering reads texts through a Hugging Face tokenizer: set data.tokenizer (or "
+                          "model.pretrained) to a folder or name whose tokenizer to use")
+    return squad.windows(tokenizer, questions, data_cfg.seq_len, data_cfg.doc_stride or data_cfg.seq_len // 3)
+
+
+def _load_qa(data_cfg, tokenizer) -> TaskData:
+    """Question answering: each split's questions cut into windows (data/squad.py); the eval and test splits keep
+    their windows' way back to the questions, for the answers and their scores."""
+    windows = {split: _windows(data_cfg, tokenizer, questions)
+               for split, questions in _qa_questions(data_cfg, ("train", "validation"), ("test",)).items()}
+    arrays = {split: w.arrays for split, w in windows.items()}
+    test = windows.get("test")
+    return TaskData(data_cfg.name, "qa", list(SPAN_LABELS), arrays["train"], arrays["validation"],
+                    {split: 0 for split in arrays}, False, tokenizer, arrays.get("test"),
+                    test is None or any(q.answers for q in test.questions),
+                    windows={k: v for k, v in windows.items() if k != "train"})
+
+
 def source_of(data_cfg) -> str:
     """Where a dataset's examples come from, as a report names it: its folder, its catalog or 'generated'."""
     ds = dataset(data_cfg)
     return data_cfg.data_dir or (f"TFDS catalog {ds.catalog}" if ds.catalog else "generated")
+
+
+def qa_split(data_cfg, tokenizer, split: str) -> squad.Windows:
+    """One question-answering split's windows (what `evaluate` scores answers by)."""
+    return _windows(data_cfg, tokenizer, _qa_questions(data_cfg, (split,))[split])
 
 
 def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_lm=None) -> dict[str, np.ndarray]:
@@ -619,6 +673,8 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_l
         if masked_lm is not None:
             return _masked_splits(data_cfg, tokenizer, {split: docs[split]}, masked_lm, fresh=())[0][split]
         return _pack(docs[split], tokenizer, data_cfg.seq_len)
+    if ds.task == "qa":
+        return qa_split(data_cfg, tokenizer, split).arrays
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
         raise DataError(f"data.name={data_cfg.name} has no {split} split")

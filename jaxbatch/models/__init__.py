@@ -156,6 +156,8 @@ def head_summary(model_cfg) -> str:
     from jaxbatch import losses
 
     task, n = model_cfg.task, model_cfg.num_labels
+    if task == "qa":
+        return "qa: answer spans (a start and an end logit per token)"
     if model_cfg.problem_type == losses.REGRESSION:
         return f"{task} regression, " + (f"{n} scores" if n > 1 else "one score")
     if model_cfg.problem_type == losses.MULTI_LABEL:

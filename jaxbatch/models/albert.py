@@ -93,12 +93,12 @@ hf_normalize_name, hf_tensor_name = bert.hf_prefixed("albert")
 
 def hf_expected_unused(name: str, cfg) -> bool:
     """Buffers, the pretraining heads of a base checkpoint (its masked-LM head under another task; that head's
-    decoder, the word embeddings and `predictions.bias`, under any), and its pooler under a token or masked-LM
-    task."""
+    decoder, the word embeddings and `predictions.bias`, under any), and its pooler under any task but sequence
+    classification."""
     return (name in ("embeddings.position_ids", "embeddings.token_type_ids")
             or name.startswith("sop_classifier.")
             or bert.lm_head_unused(name, cfg, "predictions.", "predictions.decoder.")
-            or (cfg.task in ("token", "lm") and name.startswith("pooler.")))
+            or (cfg.task != "sequence" and name.startswith("pooler.")))
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:

@@ -28,7 +28,7 @@ PRESETS = {
     "bert-large": dict(vocab_size=30522, hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096,
                        max_position_embeddings=512),
 }
-TASKS = ("token", "sequence", "lm")  # lm: masked language modelling (data/masking.py)
+TASKS = ("token", "sequence", "lm", "qa")  # lm: masked language modelling (data/masking.py); qa: answer spans
 ACTIVATION = "gelu"  # BERT's own (exact, erf) GELU, used where model.activation is empty
 
 
@@ -43,6 +43,7 @@ class Variant:
     shared_layers: bool = False  # one layer's parameters run num_layers times (ALBERT)
     mlp_dropout: bool = True  # dropout on the MLP's output before its residual (ALBERT has none there)
     lm_activation: str = ""  # the masked-LM head's nonlinearity ('' = model.activation's; RoBERTa, ELECTRA: gelu)
+    qa_dropout: bool = False  # dropout before the answer-span head (DistilBERT's; BERT's has none)
 
 
 class BertLayer(nnx.Module):
@@ -102,10 +103,11 @@ class BertEncoder(nnx.Module):
 
 class BertClassifier(nnx.Module):
     """BERT with a token-classification head (`task='token'`: logits per token), a sequence head
-    (`task='sequence'`: tanh pooler on [CLS] + dense, logits per example), or a masked-LM head (`task='lm'`:
+    (`task='sequence'`: tanh pooler on [CLS] + dense, logits per example), a masked-LM head (`task='lm'`:
     dense + activation + LayerNorm to the embedding width, then the word embeddings transposed plus a bias:
-    logits over the vocabulary per token), as HF's BertFor{Token,Sequence}Classification and BertForMaskedLM;
-    a `Variant` makes it a RoBERTa, DistilBERT, ALBERT or ELECTRA."""
+    logits over the vocabulary per token), or an answer-span head (`task='qa'`: a dense layer to a start and an
+    end logit per token, without dropout), as HF's BertFor{Token,Sequence}Classification, BertForMaskedLM and
+    BertForQuestionAnswering; a `Variant` makes it a RoBERTa, DistilBERT, ALBERT or ELECTRA."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, variant: Variant = Variant()):
         self.task, self.dtype, self.variant = cfg.task, dtype, variant
@@ -139,6 +141,8 @@ class BertClassifier(nnx.Module):
         if self.task == "sequence":
             x = drop(x[:, 0]) if self.variant.dropout_before_pooler else x[:, 0]
             x = POOLER_ACTIVATIONS[self.variant.pooler_activation](self.pooler(x))
+        if self.task == "qa" and not self.variant.qa_dropout:
+            return self.classifier(x).astype(jnp.float32)
         return self.classifier(drop(x)).astype(jnp.float32)
 
 
@@ -172,13 +176,22 @@ def loss_sums(logits, batch: dict, cfg) -> tuple[dict, dict]:
     if cfg.task == "lm":
         probs, ids = jax.lax.top_k(jax.nn.softmax(logits[0]), FILL_MASK_TOP)
         return losses.lm_sums(*logits, cfg.z_loss, cfg.label_smoothing), dict(top_ids=ids, top_probs=probs)
+    if cfg.task == "qa":
+        return losses.span_sums(logits, batch["labels"], batch["attention_mask"])
     return losses.head_sums(logits, batch["labels"], cfg)
 
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "token_type_ids": (batch, seq_len),
-            "labels": (batch, seq_len) if cfg.task in ("token", "lm") else (
-                (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,))}
+            "labels": label_shape(cfg, batch, seq_len)}
+
+
+def label_shape(cfg, batch: int, seq_len: int) -> tuple[int, ...]:
+    """The labels' shape: a tag or masked token per position, a start and an end token per window (qa), outputs
+    per example (multi-label, several scores) or one label per example."""
+    if cfg.task in ("token", "lm"):
+        return batch, seq_len
+    return (batch, 2) if cfg.task == "qa" else (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,)
 
 
 def train_flops_per_token(cfg, seq_len: int) -> float:
@@ -210,7 +223,10 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
         raise ConfigError(f"model.embedding_size={cfg.embedding_size}: this family's embeddings are hidden_size wide "
                           f"(set 0; ELECTRA's presets project narrower ones)")
     if cfg.task not in TASKS:
-        raise ConfigError(f"model.task must be token, sequence or lm (masked language modelling), got {cfg.task!r}")
+        raise ConfigError(f"model.task must be token, sequence, lm (masked language modelling) or qa (extractive "
+                          f"question answering), got {cfg.task!r}")
+    if cfg.task == "qa" and cfg.num_labels != 2:
+        raise ConfigError(f"model.num_labels={cfg.num_labels}: an answer-span head has two outputs (start, end)")
     if cfg.task == "lm" and cfg.vocab_tiling > 1:
         raise ConfigError("model.vocab_tiling: an encoder's masked-LM head is computed whole (set 1)")
     if seq_len < 3:
@@ -282,7 +298,7 @@ def hf_configure(cfg, hf: dict, default_eps: float = 1e-12):
     models.check_shape(cfg, wanted)
     # a masked-LM checkpoint (a *ForPreTraining one holds that head too, and sets no task)
     wanted.update(models.hf_head(cfg, hf, {"ForTokenClassification": "token", "ForSequenceClassification": "sequence",
-                                           "ForMaskedLM": "lm"}))
+                                           "ForMaskedLM": "lm", "ForQuestionAnswering": "qa"}))
     return dataclasses.replace(cfg, **wanted, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)),
                                activation=activation)
 
@@ -304,6 +320,8 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
     if cfg.task == "lm":  # the masked-LM head is each family's own (lm_head_map)
         for name in ("classifier.kernel", "classifier.bias"):
             del m[name]
+    if cfg.task == "qa":  # every family's *ForQuestionAnswering names its span head so
+        m["classifier.kernel"], m["classifier.bias"] = ("qa_outputs.weight", "t"), ("qa_outputs.bias", "copy")
     for i in range(cfg.num_layers):
         ours, theirs = f"encoder.layers.{i}", f"encoder.layer.{i}"
         for name in ("query", "key", "value"):
@@ -348,7 +366,7 @@ def hf_prefixed(prefix: str):
         return name[len(prefix) + 1:] if name.startswith(prefix + ".") else name
 
     def tensor_name(name: str, cfg) -> str:
-        return name if name.startswith(("classifier", "pre_classifier", *LM_HEADS)) else f"{prefix}.{name}"
+        return name if name.startswith(("classifier", "pre_classifier", "qa_outputs", *LM_HEADS)) else f"{prefix}.{name}"
 
     return normalize_name, tensor_name
 
@@ -375,23 +393,23 @@ LM_HEADS = ("cls.", "lm_head.", "vocab_", "predictions.", "generator_")
 
 
 def hf_tensor_name(name: str, cfg) -> str:
-    return name if name.startswith(("classifier", *LM_HEADS)) else "bert." + name
+    return name if name.startswith(("classifier", "qa_outputs", *LM_HEADS)) else "bert." + name
 
 
 def hf_expected_unused(name: str, cfg) -> bool:
-    """Buffers; a base checkpoint's pooler under a token or masked-LM task; a masked-LM head under another task
+    """Buffers; a base checkpoint's pooler under a token, masked-LM or qa task; a masked-LM head under another task
     (a pretrained model fine-tuned), and its decoder's weight and bias under any (the word embeddings and
     `cls.predictions.bias`); a pretraining checkpoint's next-sentence head."""
-    return (name == "embeddings.position_ids" or (cfg.task in ("token", "lm") and name.startswith("pooler."))
+    return (name == "embeddings.position_ids" or (cfg.task != "sequence" and name.startswith("pooler."))
             or name.startswith("cls.seq_relationship.")
             or lm_head_unused(name, cfg, "cls.predictions.", "cls.predictions.decoder."))
 
 
 def hf_architecture(prefix: str, cfg) -> str:
-    """The transformers class a family's head is saved as: {prefix}For{Token,Sequence}Classification or
-    {prefix}ForMaskedLM."""
-    if cfg.task == "lm":
-        return f"{prefix}ForMaskedLM"
+    """The transformers class a family's head is saved as: {prefix}For{Token,Sequence}Classification,
+    {prefix}ForMaskedLM or {prefix}ForQuestionAnswering."""
+    if cfg.task in ("lm", "qa"):
+        return f"{prefix}For{'MaskedLM' if cfg.task == 'lm' else 'QuestionAnswering'}"
     return f"{prefix}For{'Token' if cfg.task == 'token' else 'Sequence'}Classification"
 
 

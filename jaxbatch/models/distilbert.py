@@ -24,7 +24,8 @@ PRESETS = {
 
 def build(cfg, *, rngs: nnx.Rngs, dtype) -> bert.BertClassifier:
     """BERT's classifier whose sequence head is ReLU(pre_classifier([CLS])), dropout, classifier."""
-    return bert.BertClassifier(cfg, rngs=rngs, dtype=dtype, variant=bert.Variant(pooler_activation="relu"))
+    return bert.BertClassifier(cfg, rngs=rngs, dtype=dtype, variant=bert.Variant(pooler_activation="relu",
+                                                                                   qa_dropout=True))
 
 
 def describe(cfg) -> str:
@@ -74,9 +75,9 @@ hf_normalize_name, hf_tensor_name = bert.hf_prefixed("distilbert")
 
 def hf_expected_unused(name: str, cfg) -> bool:
     """Buffers, the masked-LM head of a base checkpoint under another task (its projector's weight, the word
-    embeddings, under any), and the sequence head's dense layer under a token task."""
+    embeddings, under any), and the sequence head's dense layer under a token or qa task."""
     return (name == "embeddings.position_ids" or bert.lm_head_unused(name, cfg, "vocab_", "vocab_projector.weight")
-            or (cfg.task == "token" and name.startswith("pre_classifier.")))
+            or (cfg.task in ("token", "qa") and name.startswith("pre_classifier.")))
 
 
 def hf_config(cfg, label_names: list[str] | None = None) -> dict:
@@ -88,7 +89,7 @@ def hf_config(cfg, label_names: list[str] | None = None) -> dict:
             **{key: getattr(cfg, field) for field, key in SHAPE_FIELDS.items()},
             "activation": cfg.activation or bert.ACTIVATION, "dropout": cfg.hidden_dropout,
             "attention_dropout": cfg.attention_dropout,
-            "seq_classif_dropout": cfg.hidden_dropout, "sinusoidal_pos_embds": False}
+            "seq_classif_dropout": cfg.hidden_dropout, "qa_dropout": cfg.hidden_dropout, "sinusoidal_pos_embds": False}
 
 
 FAMILY = models.register(dataclasses.replace(
