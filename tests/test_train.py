@@ -446,6 +446,10 @@ def test_an_encoder_learns_to_answer_questions_and_exports_a_question_answering_
     assert cli.main(["predict", str(run), "--input", str(tmp_path / "ask.txt")]) == 0
     record = json.loads(capsys.readouterr().out)
     assert (record["answer"], context[record["start"]: record["end"]]) == ("Nim Lark", "Nim Lark")
+    assert cli.main(["predict", str(run), "--input", str(tmp_path / "data" / "validation.json")]) == 0  # SQuAD's JSON
+    answered = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    gold = {r["id"]: r["answers"]["text"][0] for r in generated(40, 1)}
+    assert len(answered) == 40 and sum(a["answer"] == gold[a["id"]] for a in answered) >= 38
     assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 0
     theirs = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hf").eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")

@@ -167,6 +167,15 @@ def _log_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return x - top - np.log(np.sum(np.exp(x - top)))
 
 
+def _trimmed(context: str, a: int, b: int) -> tuple[int, int]:
+    """A span without the spaces at its ends (a byte-level BPE token's characters include the space before it)."""
+    while a < b and context[a].isspace():
+        a += 1
+    while b > a and context[b - 1].isspace():
+        b -= 1
+    return a, b
+
+
 def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_answer_length: int = 30,
             unanswerable: bool = False, null_threshold: float = 0.0) -> list[dict]:
     """Each question's best answer over its windows, as HF's postprocess_qa_predictions: of each window's N_BEST
@@ -174,7 +183,8 @@ def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_an
     start + end logit; with `unanswerable` (SQuAD 2.0) the answer is "" when the least [CLS] score of its windows
     beats the best span by more than `null_threshold`. Returns [{id, answer, score, start, end}]: `score` the
     span's probability within its window (start x end probability over its context and [CLS], as transformers'
-    QA pipeline reports it), `start`/`end` its characters in the context (-1 for "")."""
+    QA pipeline reports it), `start`/`end` its characters in the context, without spaces at its ends (-1 for
+    "")."""
     by_question: list[list[int]] = [[] for _ in w.questions]
     for window, q in enumerate(w.question):
         by_question[q].append(window)
@@ -200,7 +210,8 @@ def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_an
         allowed = w.offsets[window, :, 0] != NOT_CONTEXT
         allowed[0] = True
         log_p = (_log_softmax(start_logits[window], allowed)[s] + _log_softmax(end_logits[window], allowed)[e])
-        a, b = (-1, -1) if empty else (int(w.offsets[window, s, 0]), int(w.offsets[window, e, 1]))
+        a, b = (-1, -1) if empty else _trimmed(question.context, int(w.offsets[window, s, 0]),
+                                                int(w.offsets[window, e, 1]))
         out.append({"id": question.id, "answer": "" if empty else question.context[a:b],
                     "score": round(float(np.exp(log_p)), 6), "start": a, "end": b})
     return out

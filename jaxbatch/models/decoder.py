@@ -13,7 +13,8 @@ normalised queries and keys and the windowed layers rotating by their own base i
 With `task=sequence` the LM head gives way to a `score` layer over the last real token of each row (HF's
 `*ForSequenceClassification`: a text classifier or regressor); with `task=token`, to dropout and a `score`
 layer with a bias at every position (HF's `*ForTokenClassification`: a tagger, each token seeing only those
-before it).
+before it); with `task=qa`, to a `score` layer of a start and an end logit per position without dropout (HF's
+`*ForQuestionAnswering`, `qa_outputs`).
 Attention goes through `layers.attend` (cuDNN's fused kernel on NVIDIA GPUs). Batches are *packed*: several documents per row, `segment_ids` (0 = padding) keep them from
 attending to each other and `positions` restart at each document. Generation uses a KV cache
 (`decode_step`; a windowed layer's is a ring of the window's slots), equal token for token to recomputing
@@ -297,7 +298,7 @@ class Decoder(nnx.Module):
         if cfg.task == "sequence":  # HF's `score`: a linear layer without bias, read at the last real token
             self.score = Dense((h,), (cfg.num_labels,), ("embed",), ("labels",), rngs=rngs, dtype=dtype,
                                use_bias=False, head=True)
-        elif cfg.task == "token":  # HF's *ForTokenClassification: dropout, then a linear layer with a bias
+        elif cfg.task in ("token", "qa"):  # HF's *ForTokenClassification (after dropout), *ForQuestionAnswering
             self.score = Dense((h,), (cfg.num_labels,), ("embed",), ("labels",), rngs=rngs, dtype=dtype, head=True)
         elif not cfg.tie_embeddings:
             self.lm_head = Dense((h,), (cfg.vocab_size,), ("embed",), ("vocab",), rngs=rngs, dtype=dtype, use_bias=False)
@@ -354,10 +355,12 @@ class Decoder(nnx.Module):
         return self.score(jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]).astype(jnp.float32)
 
     def tag(self, ids, attention_mask, *, deterministic=True, rngs=None):
-        """Float32 scores (batch, length, labels) of right-padded rows at every position."""
+        """Float32 scores (batch, length, labels) of right-padded rows at every position (a tagger's after dropout;
+        an answer-span head's start and end logits without)."""
         positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
         x = self.hidden_states(ids, positions, attention_mask, deterministic=deterministic, rngs=rngs)
-        x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        if self.cfg.task == "token":
+            x = self.dropout(x, deterministic=deterministic, rngs=rngs)
         return constrain(self.score(x), ("batch", "length", "labels")).astype(jnp.float32)
 
     def ring(self, max_len: int) -> int:
@@ -413,8 +416,11 @@ class Tiled(NamedTuple):
     head: Callable[[jax.Array], jax.Array]
 
 
+HEADS = ("sequence", "token", "qa")  # tasks whose head replaces the language model's
+
+
 def forward(model: Decoder, batch: dict, *, deterministic: bool, rngs) -> jax.Array | Tiled:
-    if model.cfg.task in ("sequence", "token"):
+    if model.cfg.task in HEADS:
         head = model.classify if model.cfg.task == "sequence" else model.tag
         return head(batch["input_ids"], batch["attention_mask"], deterministic=deterministic, rngs=rngs)
     args = (batch["input_ids"], batch["positions"], batch["segment_ids"])
@@ -426,7 +432,9 @@ def forward(model: Decoder, batch: dict, *, deterministic: bool, rngs) -> jax.Ar
 
 
 def loss_sums(outputs: jax.Array | Tiled, batch: dict, cfg) -> tuple[dict, dict]:
-    if cfg.task in ("sequence", "token"):
+    if cfg.task == "qa":
+        return losses.span_sums(outputs, batch["labels"], batch["attention_mask"])
+    if cfg.task in HEADS:
         return losses.head_sums(outputs, batch["labels"], cfg)
     if isinstance(outputs, Tiled):
         return losses.tiled_lm_sums(outputs.hidden, outputs.head, batch["labels"], cfg.vocab_tiling, cfg.z_loss,
@@ -436,9 +444,9 @@ def loss_sums(outputs: jax.Array | Tiled, batch: dict, cfg) -> tuple[dict, dict]
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     """Packed rows for a language model; a classifier's right-padded texts and one label (or one per output)
-    each, a tagger's one label per token."""
-    if cfg.task in ("sequence", "token"):
-        labels = (batch, seq_len) if cfg.task == "token" else (
+    each, a tagger's one label per token, an answer-span head's start and end token."""
+    if cfg.task in HEADS:
+        labels = (batch, seq_len) if cfg.task == "token" else (batch, 2) if cfg.task == "qa" else (
             (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,))
         return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "labels": labels}
     return {k: (batch, seq_len) for k in ("input_ids", "labels", "segment_ids", "positions")}
@@ -456,7 +464,7 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
     slid = window * (1 - window / (2 * seq_len)) if 0 < window < seq_len else seq_len / 2
     attended = sum(slid if windowed(cfg, i) else seq_len / 2 for i in range(cfg.num_layers))
     per_layer = 4 * h * q_dim + 4 * h * kv_dim + mlp
-    head = 2 * h * {"sequence": cfg.num_labels / seq_len, "token": cfg.num_labels}.get(cfg.task, cfg.vocab_size)
+    head = 2 * h * {"sequence": cfg.num_labels / seq_len, "token": cfg.num_labels, "qa": 2}.get(cfg.task, cfg.vocab_size)
     return 3.0 * (cfg.num_layers * per_layer + 4 * attended * q_dim + head)
 
 
@@ -476,9 +484,12 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
     if cfg.rope_local_theta and not (rotary(cfg) and cfg.sliding_window):
         raise ConfigError("model.rope_local_theta is the rotary base of windowed layers (arch=llama or gemma with "
                           "model.sliding_window)")
-    if cfg.task not in ("lm", "sequence", "token"):
+    if cfg.task not in ("lm", *HEADS):
         raise ConfigError(f"the decoder family trains language models (a text dataset: data.name=text), text "
-                          f"classifiers (data.name=tsv, csv, jsonl) and taggers (conll), not a {cfg.task} task")
+                          f"classifiers (data.name=tsv, csv, jsonl), taggers (conll) and question answering (squad), "
+                          f"not a {cfg.task} task")
+    if cfg.task == "qa" and cfg.num_labels != 2:
+        raise ConfigError(f"model.num_labels={cfg.num_labels}: an answer-span head has two outputs (start, end)")
     if cfg.hidden_size % cfg.num_heads and not cfg.head_dim:
         raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads} "
                           f"(or set model.head_dim)")
@@ -530,7 +541,7 @@ def describe(cfg) -> str:
               "pre-norm blocks" * (cfg.arch == "gemma" and not sandwich(cfg)),
               f"attention dropout {cfg.attention_dropout:g}" * bool(cfg.attention_dropout),
               "layers scanned" * cfg.scan_layers]
-    head = f"; {models.head_summary(cfg)}" if cfg.task in ("sequence", "token") else ""
+    head = f"; {models.head_summary(cfg)}" if cfg.task in HEADS else ""
     return (f"decoder {cfg.preset} ({cfg.arch}: {cfg.num_layers} layers x {cfg.hidden_size}, {cfg.num_heads} heads{kv},"
             f" vocab {cfg.vocab_size}, remat {cfg.remat}{''.join(', ' + e for e in extras if e)}{head})")
 
@@ -600,8 +611,8 @@ def hf_configure(cfg, hf: dict):
         if hf["model_type"] == "gemma":  # Gemma 1: pre-norm blocks
             shape.update(block_norms="pre")
     models.check_shape(cfg, shape)
-    head = models.hf_head(cfg, hf, {"ForSequenceClassification": "sequence", "ForTokenClassification": "token"}) or {
-        "task": "lm"}
+    head = models.hf_head(cfg, hf, {"ForSequenceClassification": "sequence", "ForTokenClassification": "token",
+                                    "ForQuestionAnswering": "qa"}) or {"task": "lm"}
     return dataclasses.replace(cfg, **shape, **head, activation=act)
 
 
@@ -721,8 +732,8 @@ def hf_key_map(cfg) -> dict[str, tuple[str, str]]:
     m = _gpt2_key_map(cfg) if cfg.arch == "gpt2" else _llama_key_map(cfg)
     if cfg.task == "sequence":
         m["score.kernel"] = ("score.weight", "t")
-    elif cfg.task == "token":
-        name = "classifier" if cfg.arch == "gpt2" else "score"
+    elif cfg.task in ("token", "qa"):
+        name = "qa_outputs" if cfg.task == "qa" else "classifier" if cfg.arch == "gpt2" else "score"
         m["score.kernel"], m["score.bias"] = (f"{name}.weight", "t"), (f"{name}.bias", "copy")
     elif not cfg.tie_embeddings:
         m["lm_head.kernel"] = ("lm_head.weight", "t")
@@ -811,8 +822,22 @@ def hf_unfuse(tensors: dict, cfg) -> dict:
 
 
 def hf_normalize_name(name: str) -> str:
-    """The original GPT-2 checkpoints name the trunk without its `transformer.` prefix."""
+    """The original GPT-2 checkpoints name the trunk without its `transformer.` prefix; LLaMA's, Qwen2's and
+    Qwen3's *ForQuestionAnswering keep theirs under `transformer.`, not `model.`."""
+    if name.startswith(("transformer.embed_tokens.", "transformer.layers.", "transformer.norm.")):
+        return "model." + name[len("transformer."):]
     return "transformer." + name if name.startswith(("h.", "wte.", "wpe.", "ln_f.")) else name
+
+
+QA_TRUNK = ("llama", "qwen2", "qwen3")  # model_types whose *ForQuestionAnswering names its trunk `transformer`
+
+
+def hf_tensor_name(name: str, cfg) -> str:
+    """A stored name: the table's, but the trunk of a LLaMA, Qwen2 or Qwen3 *ForQuestionAnswering under
+    `transformer.`."""
+    if cfg.task == "qa" and name.startswith("model.") and _lm_config(cfg)["model_type"] in QA_TRUNK:
+        return "transformer." + name[len("model."):]
+    return name
 
 
 def hf_config(cfg, label_names=None) -> dict:
@@ -824,6 +849,11 @@ def hf_config(cfg, label_names=None) -> dict:
     if cfg.task == "lm":
         return out
     stem = out["architectures"][0].removesuffix("ForCausalLM").removesuffix("LMHeadModel")
+    if cfg.task == "qa":
+        if stem not in ("GPT2", "Llama", "Mistral", "Qwen2", "Qwen3"):
+            raise ConfigError(f"transformers has no question-answering class of {stem} to export to (GPT-2, LLaMA, "
+                              f"Mistral, Qwen2 and Qwen3 have one)")
+        return {**out, "architectures": [f"{stem}ForQuestionAnswering"], **models.hf_labels(cfg, label_names)}
     if cfg.task == "token":
         if stem == "Gemma3":
             raise ConfigError("transformers has no token classifier of Gemma 3's text model to export to")
@@ -920,4 +950,5 @@ FAMILY = models.register(models.Family(
     hf=models.HfMapping(model_types=("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", *GEMMA_TYPES),
                         key_map=hf_key_map, configure=hf_configure,
                         hf_config=hf_config, expected_unused=hf_expected_unused, normalize_name=hf_normalize_name,
+                        tensor_name=hf_tensor_name,
                         unfuse=hf_unfuse)))

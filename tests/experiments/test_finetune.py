@@ -29,7 +29,7 @@ def test_recipes_start_jax_on_one_cpu_device_with_one_arena_and_overrides_win():
 
 
 def test_a_bad_data_dir_is_one_line_and_exit_code_2(tmp_path):
-    for module in ("experiments.conll2003_ner", "experiments.sst2"):
+    for module in ("experiments.conll2003_ner", "experiments.sst2", "experiments.squad"):
         done = _python("-m", module, "--data-dir", str(tmp_path / "missing"), f"train.run_dir={tmp_path / 'run'}")
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr

@@ -603,8 +603,9 @@ CLASSIFIERS = {"gpt2": "GPT2", "llama": "Llama", "phi3": "Phi3", "gemma3": "Gemm
 
 
 def _hf_classifier(arch, tmp_path, num_labels=3, pad=96, head="Sequence", **extra):
-    """A random `*For{head}Classification` of `arch` (biases and norms made non-trivial) saved to a folder, and
-    a word-level tokenizer of its 97 ids whose pad token is `pad`."""
+    """A random `*For{head}Classification` (head="QuestionAnswering": `*ForQuestionAnswering`) of `arch` (biases
+    and norms made non-trivial) saved to a folder, and a word-level tokenizer of its 97 ids whose pad token is
+    `pad`."""
     import tokenizers
 
     causal, _ = _hf_model(arch, tmp_path, **({"pad_token_id": pad} if arch == "phi3" else {}))  # its default: 32000
@@ -614,7 +615,8 @@ def _hf_classifier(arch, tmp_path, num_labels=3, pad=96, head="Sequence", **extr
     for key, value in extra.items():
         setattr(c, key, value)
     torch.manual_seed(1)
-    theirs = getattr(transformers, f"{CLASSIFIERS[arch]}For{head}Classification")(c)
+    stem = CLASSIFIERS.get(arch) or {"mistral": "Mistral", "qwen3": "Qwen3"}[arch]
+    theirs = getattr(transformers, f"{stem}For{head}" + ("" if head == "QuestionAnswering" else "Classification"))(c)
     with torch.no_grad():
         for name, p in theirs.named_parameters():
             if p.ndim == 1:
@@ -724,6 +726,52 @@ def test_a_token_classifier_equals_hf_trains_like_it_and_round_trips(arch, tmp_p
     back = _flat(run_lib.restore(exported).params)
     for key, value in _flat(restored.params).items():
         np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "qwen3"])
+def test_an_answer_span_head_equals_hf_trains_like_it_and_round_trips(arch, tmp_path):
+    """HF's *ForQuestionAnswering (`qa_outputs` at every position, no dropout; the trunk under `transformer.` for
+    GPT-2, LLaMA and Qwen3, `model.` for Mistral): read as the qa task, its start and end logits at every real
+    token equal transformers', and on rows without padding (HF's softmax also spans padding) the loss and every
+    gradient; it exports back to the same class, bit-identically."""
+    theirs, folder, tok = _hf_classifier(arch, tmp_path, num_labels=2, head="QuestionAnswering")
+    restored = run_lib.restore(folder, ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"])
+    spec = restored.run.spec.model
+    assert (spec.task, spec.num_labels) == ("qa", 2)
+    ids, mask = _right_padded()
+    ours = np.asarray(nnx.merge(restored.run.graphdef, restored.params).tag(jnp.asarray(ids), jnp.asarray(mask)))
+    with torch.no_grad():
+        out = theirs(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
+    expected = torch.stack([out.start_logits, out.end_logits], -1).numpy()
+    real = mask > 0
+    np.testing.assert_allclose(ours[real], expected[real], atol=1e-5)
+    full = np.asarray(np.random.default_rng(2).integers(1, 96, (4, 8)), np.int32)
+    labels = np.sort(np.random.default_rng(3).integers(0, 8, (4, 2)), 1).astype(np.int32)
+    batch = dict(input_ids=jnp.asarray(full), attention_mask=jnp.ones_like(full), labels=jnp.asarray(labels))
+    sums, grads = jax.jit(steps.make_grad_fn(restored.run.family, spec, restored.run.graphdef))(
+        restored.params, batch, None, 1.0)
+    theirs.zero_grad()
+    loss = theirs(input_ids=torch.tensor(full, dtype=torch.long), attention_mask=torch.ones(4, 8, dtype=torch.long),
+                  start_positions=torch.tensor(labels[:, 0], dtype=torch.long),
+                  end_positions=torch.tensor(labels[:, 1], dtype=torch.long)).loss
+    (loss * 4).backward()
+    assert float(sums["weight"]) == 4 and float(sums["loss_sum"]) == pytest.approx(loss.item() * 4, rel=1e-5)
+    flat = _flat(grads)
+    named = {decoder.hf_normalize_name(n): p.grad.numpy() for n, p in theirs.named_parameters()}
+    key_map = decoder.hf_key_map(spec)
+    assert len(key_map) == len(flat)
+    for mine, (name, how) in key_map.items():
+        if how.startswith("part:"):
+            continue
+        got = hf.to_theirs(np.asarray(flat[mine]), how)
+        np.testing.assert_allclose(got, named[name].reshape(got.shape), rtol=1e-3, atol=2e-5, err_msg=mine)
+    exported = hf.export(restored.params, spec, tmp_path / "export", tok)
+    reloaded = transformers.AutoModelForQuestionAnswering.from_pretrained(exported).eval()
+    assert type(reloaded).__name__ == type(theirs).__name__
+    with torch.no_grad():
+        again = reloaded(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
+    np.testing.assert_array_equal(again.start_logits.numpy(), out.start_logits.numpy())
+    np.testing.assert_array_equal(again.end_logits.numpy(), out.end_logits.numpy())
 
 
 @pytest.mark.parametrize("problem, labels", [("regression", [[0.5], [-1.0], [2.0]]),
