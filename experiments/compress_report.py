@@ -47,6 +47,8 @@ def metric(result: dict, task: str) -> tuple[str, float]:
         return "entity F1", result["entity_f1"]
     if "pearson" in result:  # a regression head
         return "Pearson r", result["pearson"]
+    if task == "qa":
+        return "F1 (SQuAD)", result["f1"]
     if task == "sequence":
         return "accuracy", result["accuracy"]
     return "loss", result["loss"]
@@ -96,10 +98,10 @@ def main(argv=None) -> dict:
         restored[name] = r = run_lib.restore(folder, [f"train.batch_size={args.batch}"])
         spec = r.run.spec
         data_cfg = dataclasses.replace(spec.data, data_dir=args.data_dir or spec.data.data_dir, max_train=0)
-        arrays = tasks.load_split(data_cfg, r.tokenizer, "validation", spec.model.problem_type)
+        arrays, windows = tasks.scored_split(data_cfg, r.tokenizer, "validation", spec.model.problem_type)
         per_byte = tasks.bytes_per_token(r.tokenizer) if spec.model.task == "lm" else None
         result = evaluate.evaluate(r.run, r.params, arrays, run_lib.label_names(spec), spec.model.task,
-                                   batch_size=args.batch, bytes_per_token=per_byte)
+                                   batch_size=args.batch, bytes_per_token=per_byte, windows=windows)
         metric_name, value = metric(result, spec.model.task)
         report = storage.read_report(folder)
         rows.append({"variant": name, "source": run_dir, "params": report["params_after"],

@@ -336,9 +336,8 @@ def evaluate_split(args) -> int:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
                           f"{data_task} dataset: name the split's kind with --data-name")
     masked = models.masked_lm(spec.model)
-    windows = tasks.qa_split(data_cfg, restored.tokenizer, args.split) if data_task == "qa" else None
-    arrays = windows.arrays if windows else tasks.load_split(data_cfg, restored.tokenizer, args.split,
-                                                             spec.model.problem_type, spec.model if masked else None)
+    arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
+                                         spec.model if masked else None)
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte, windows=windows)

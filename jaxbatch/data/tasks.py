@@ -655,6 +655,15 @@ def qa_split(data_cfg, tokenizer, split: str) -> squad.Windows:
     return _windows(data_cfg, tokenizer, _qa_questions(data_cfg, (split,))[split])
 
 
+def scored_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_lm=None):
+    """(arrays, windows) of a split to evaluate: load_split's arrays, and a question-answering split's windows
+    (None for other tasks), which `evaluate` turns logits back into answers with."""
+    if dataset(data_cfg).task == "qa":
+        windows = qa_split(data_cfg, tokenizer, split)
+        return windows.arrays, windows
+    return load_split(data_cfg, tokenizer, split, problem_type, masked_lm), None
+
+
 def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_lm=None) -> dict[str, np.ndarray]:
     """One split of a dataset folder (only its file is needed), with a trained run's label set
     (`data.labels`, set in every resolved spec), read as the resolved model.problem_type says; a text corpus
