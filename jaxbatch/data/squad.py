@@ -179,8 +179,8 @@ def _trimmed(context: str, a: int, b: int) -> tuple[int, int]:
 def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_answer_length: int = 30,
             unanswerable: bool = False, null_threshold: float = 0.0) -> list[dict]:
     """Each question's best answer over its windows, as HF's postprocess_qa_predictions: of each window's N_BEST
-    start and end tokens in its context (HF's picks them among all tokens, then drops those outside), the spans (end not before start, at most `max_answer_length` tokens) ranked by
-    start + end logit; with `unanswerable` (SQuAD 2.0) the answer is "" when the least [CLS] score of its windows
+    start and end tokens in its context (HF's picks them among all tokens, then drops those outside), the spans
+    (end not before start, at most `max_answer_length` tokens) ranked by start + end logit; with `unanswerable` (SQuAD 2.0) the answer is "" when the least [CLS] score of its windows
     beats the best span by more than `null_threshold`. Returns [{id, answer, score, start, end}]: `score` the
     span's probability within its window (start x end probability over its context and [CLS], as transformers'
     QA pipeline reports it), `start`/`end` its characters in the context, without spaces at its ends (-1 for

@@ -366,7 +366,7 @@ def hf_prefixed(prefix: str):
         return name[len(prefix) + 1:] if name.startswith(prefix + ".") else name
 
     def tensor_name(name: str, cfg) -> str:
-        return name if name.startswith(("classifier", "pre_classifier", "qa_outputs", *LM_HEADS)) else f"{prefix}.{name}"
+        return name if name.startswith(HEADS_AT_TOP) else f"{prefix}.{name}"
 
     return normalize_name, tensor_name
 
@@ -390,10 +390,11 @@ def hf_bert_key_map(cfg) -> dict[str, tuple[str, str]]:
 
 # where each family's transformers class keeps its masked-LM head: outside the encoder's prefix
 LM_HEADS = ("cls.", "lm_head.", "vocab_", "predictions.", "generator_")
+HEADS_AT_TOP = ("classifier", "pre_classifier", "qa_outputs", *LM_HEADS)  # stored outside the encoder's prefix
 
 
 def hf_tensor_name(name: str, cfg) -> str:
-    return name if name.startswith(("classifier", "qa_outputs", *LM_HEADS)) else "bert." + name
+    return name if name.startswith(HEADS_AT_TOP) else "bert." + name
 
 
 def hf_expected_unused(name: str, cfg) -> bool:

@@ -464,7 +464,8 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
     slid = window * (1 - window / (2 * seq_len)) if 0 < window < seq_len else seq_len / 2
     attended = sum(slid if windowed(cfg, i) else seq_len / 2 for i in range(cfg.num_layers))
     per_layer = 4 * h * q_dim + 4 * h * kv_dim + mlp
-    head = 2 * h * {"sequence": cfg.num_labels / seq_len, "token": cfg.num_labels, "qa": 2}.get(cfg.task, cfg.vocab_size)
+    head = 2 * h * {"sequence": cfg.num_labels / seq_len, "token": cfg.num_labels, "qa": 2}.get(cfg.task,
+                                                                                                 cfg.vocab_size)
     return 3.0 * (cfg.num_layers * per_layer + 4 * attended * q_dim + head)
 
 
