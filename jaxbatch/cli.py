@@ -370,14 +370,14 @@ def generate(args) -> int:
     prompts = generate_lib.encode_prompts(tok, texts, chat=args.chat)
     if not all(prompts):
         raise ConfigError("every prompt must have at least one token")
-    folders = [f for f in (args.model, restored.run.spec.model.pretrained) if f]
-    stops = generate_lib.stop_tokens(tok, folders)
+    configs = generate_lib.generation_configs([f for f in (args.model, restored.run.spec.model.pretrained) if f])
+    stops = generate_lib.stop_tokens(tok, configs)
     early = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
     try:
-        chosen, source = generate_lib.sampling(folders, temperature=args.temperature, top_k=args.top_k,
+        chosen, source = generate_lib.sampling(configs, temperature=args.temperature, top_k=args.top_k,
                                                top_p=args.top_p, min_p=args.min_p,
                                                repetition_penalty=args.repetition_penalty)
-        beams = generate_lib.beam_settings(folders, num_beams=args.num_beams, length_penalty=args.length_penalty,
+        beams = generate_lib.beam_settings(configs, num_beams=args.num_beams, length_penalty=args.length_penalty,
                                            early_stopping=early)
         if beams["num_beams"] > 1:
             generate_lib.check_beams(beams["num_beams"], beams["early_stopping"], args.num_return_sequences)
@@ -387,7 +387,7 @@ def generate(args) -> int:
     if args.temperature is not None:  # what asks for sampling: the command line, else the file's do_sample
         sampler = "--temperature" if args.temperature > 0 else None
     else:
-        sampler = next((f"{path}'s do_sample" for path, c in generate_lib.generation_configs(folders)[:1]
+        sampler = next((f"{path}'s do_sample" for path, c in configs[:1]
                         if c.get("do_sample")), None)
     if searched and sampler:  # jaxbatch's own sampling default gives way to a beam search asked for
         raise ConfigError(f"beam sampling (num_beams {beams['num_beams']} with {sampler}) is not built: "
@@ -405,7 +405,7 @@ def generate(args) -> int:
         shown = ["greedy" if k == "temperature" and chosen[k] <= 0 else f"{k} {chosen[k]}"
                  for k in generate_lib.applied(chosen)]
         print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
-    path, ignored = generate_lib.unapplied(folders)
+    path, ignored = generate_lib.unapplied(configs)
     if ignored:
         print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
               file=sys.stderr)

@@ -190,7 +190,8 @@ class PrecisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    name: str = "synthetic_ner"  # conll | tsv (your files) | conll2003 | sst2 (their presets) | synthetic_ner | synthetic_sst
+    # conll | tsv | squad | text (your files) | conll2003 | sst2 (their presets) | synthetic_ner | synthetic_sst | synthetic_qa
+    name: str = "synthetic_ner"
     data_dir: str = ""  # the dataset's files (CoNLL train/dev/test, TSV train/dev/test); empty = TFDS catalog (online)
     cache_dir: str = ""  # where tfds keeps prepared array_record files; empty = ~/.cache/jaxbatch/tfds
     tokenizer: str = ""  # tokenizer folder or known name for a randomly initialised model; empty = model.pretrained's

@@ -293,9 +293,12 @@ def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False) -> list[
             for t in texts]
 
 
-def generation_configs(folders: Sequence[str | Path]) -> list[tuple[Path, dict]]:
+Configs = list[tuple[Path, dict]]  # (path, object) of generation_config.json files, first found first
+
+
+def generation_configs(folders: Sequence[str | Path]) -> Configs:
     """(path, object) of each generation_config.json in `folders` (a Hugging Face folder, or the one a run was
-    trained from), in their order."""
+    trained from), in their order: read once, then passed to what reads settings from them."""
     found = []
     for folder in folders:
         path = Path(folder) / "generation_config.json"
@@ -310,12 +313,12 @@ def generation_configs(folders: Sequence[str | Path]) -> list[tuple[Path, dict]]
     return found
 
 
-def stop_tokens(tokenizer, folders: Sequence[str | Path]) -> list[int]:
+def stop_tokens(tokenizer, configs: Configs) -> list[int]:
     """The ids that end a continuation: the tokenizer's end of sequence, and the `eos_token_id` (one id or a
-    list) of a generation_config.json in `folders`, as HF's generate reads it: chat checkpoints end a turn with a
-    token of their own."""
+    list) of each generation config, as HF's generate reads it: chat checkpoints end a turn with a token of
+    their own."""
     ids = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
-    for _, config in generation_configs(folders):
+    for _, config in configs:
         eos = config.get("eos_token_id")
         ids += [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
     return sorted(set(ids))
@@ -347,24 +350,22 @@ UNAPPLIED = {  # generation_config.json settings HF's generate applies and this 
 }
 
 
-def unapplied(folders: Sequence[str | Path]) -> tuple[Path | None, list[str]]:
-    """The first generation_config.json in `folders` and the settings in it that HF's generate would apply and
-    this one does not (beam search, min_p, n-gram blocking, forced or suppressed tokens, ...), as 'key value'."""
-    configs = generation_configs(folders)
+def unapplied(configs: Configs) -> tuple[Path | None, list[str]]:
+    """The first generation config's path and the settings in it that HF's generate would apply and this one
+    does not (group beams, n-gram blocking, forced or suppressed tokens, ...), as 'key value'."""
     if not configs:
         return None, []
     path, config = configs[0]
     return path, [f"{k} {config[k]!r}" for k, neutral in UNAPPLIED.items() if k in config and config[k] not in neutral]
 
 
-def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
+def sampling(configs: Configs, **given) -> tuple[dict, str]:
     """({temperature, top_k, top_p, repetition_penalty}, where those that matter came from: the temperature
     alone when it is 0, greedy, else all three samplers; the repetition penalty when it is not 1): each one `given`
-    (not None) as it is; the rest from the first generation_config.json in `folders`, as HF's generate reads it
+    (not None) as it is; the rest from the first generation config (`configs`), as HF's generate reads it
     (greedy unless `do_sample`; when sampling, GenerationConfig's defaults for what the file leaves out:
     temperature 1, top-k 50, top-p 1; a null top_k is none; its repetition_penalty either way), else jaxbatch's
     own (temperature 0.8, every token, no penalty). A given value out of range is a ValueError."""
-    configs = generation_configs(folders)
     base, source = dict(OWN_SAMPLING), "jaxbatch's defaults"
     if configs:
         path, config = configs[0]
@@ -388,12 +389,11 @@ def sampling(folders: Sequence[str | Path], **given) -> tuple[dict, str]:
 BEAMS = {"num_beams": 1, "length_penalty": 1.0, "early_stopping": False}  # transformers' GenerationConfig defaults
 
 
-def beam_settings(folders: Sequence[str | Path], **given) -> dict:
+def beam_settings(configs: Configs, **given) -> dict:
     """{num_beams, length_penalty, early_stopping}: each one `given` (not None) as it is, else the first
-    generation_config.json's in `folders` (null is the default, as transformers 5 writes unset settings), else
-    transformers' defaults (1 beam: no beam search). A value out of range is a ValueError (given) or a
-    CheckpointError naming the file."""
-    configs = generation_configs(folders)
+    generation config's (null is the default, as transformers 5 writes unset settings), else transformers'
+    defaults (1 beam: no beam search). A value out of range is a ValueError (given) or a CheckpointError naming
+    the file."""
     chosen = dict(BEAMS)
     if configs:
         path, config = configs[0]

@@ -12,6 +12,8 @@ from flax import nnx
 from jaxbatch import cli, config, generate
 from jaxbatch.models import decoder
 
+read = generate.generation_configs  # the generation_config.json files of folders, read once
+
 
 def _model(preset, *extra):
     cfg = config.build([f"model.preset={preset}", "model.vocab_size=50", "model.task=lm", "model.hidden_size=32",
@@ -80,14 +82,14 @@ def test_stop_tokens_are_the_tokenizers_eos_and_the_generation_configs(tmp_path)
     """HF's generate ends at generation_config.json's eos_token_id too: an id, or a list (chat checkpoints
     end a turn with a token of their own)."""
     tok = mock.Mock(eos_token_id=2)
-    assert generate.stop_tokens(tok, [tmp_path]) == [2]
+    assert generate.stop_tokens(tok, read([tmp_path])) == [2]
     (tmp_path / "generation_config.json").write_text('{"eos_token_id": [7, 2, 9], "bos_token_id": 1}')
-    assert generate.stop_tokens(tok, [tmp_path, tmp_path / "missing"]) == [2, 7, 9]
+    assert generate.stop_tokens(tok, read([tmp_path, tmp_path / "missing"])) == [2, 7, 9]
     (tmp_path / "generation_config.json").write_text('{"eos_token_id": 5}')
-    assert generate.stop_tokens(mock.Mock(spec=[]), [tmp_path]) == [5]  # a character tokenizer has no EOS
+    assert generate.stop_tokens(mock.Mock(spec=[]), read([tmp_path])) == [5]  # a character tokenizer has no EOS
     (tmp_path / "generation_config.json").write_text('[1]')
     with pytest.raises(generate.CheckpointError, match="generation_config.json: not a JSON object"):
-        generate.stop_tokens(tok, [tmp_path])
+        generate.stop_tokens(tok, read([tmp_path]))
 
 
 def test_sampling_filters():
@@ -158,47 +160,50 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
                     repetition_penalty=repetition_penalty)
 
     missing = tmp_path / "missing"
-    assert generate.sampling([missing]) == (settings(0.8, 0, 1.0), "temperature, top_k, top_p from jaxbatch's defaults")
+    assert generate.sampling(read([missing])) == (settings(0.8, 0, 1.0),
+                                                  "temperature, top_k, top_p from jaxbatch's defaults")
     path = tmp_path / "generation_config.json"
     path.write_text('{"do_sample": true, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [1, 2]}')
-    assert generate.sampling([missing, tmp_path]) == (settings(0.6, 50, 0.9), f"temperature, top_k, top_p from {path}")
-    assert generate.sampling([tmp_path], top_k=40) == (settings(0.6, 40, 0.9), f"temperature, top_p from {path}")
-    assert generate.sampling([tmp_path], temperature=0.0, top_k=None) == (
+    assert generate.sampling(read([missing, tmp_path])) == (settings(0.6, 50, 0.9),
+                                                            f"temperature, top_k, top_p from {path}")
+    assert generate.sampling(read([tmp_path]), top_k=40) == (settings(0.6, 40, 0.9), f"temperature, top_p from {path}")
+    assert generate.sampling(read([tmp_path]), temperature=0.0, top_k=None) == (
         settings(0.0, 50, 0.9), "the command line")  # greedy: nothing else matters
-    assert generate.sampling([tmp_path], temperature=1.0, top_k=0, top_p=1.0) == (settings(1.0, 0, 1.0),
+    assert generate.sampling(read([tmp_path]), temperature=1.0, top_k=0, top_p=1.0) == (settings(1.0, 0, 1.0),
                                                                                  "the command line")
     path.write_text('{"temperature": 0.6, "top_k": 20}')  # no do_sample: HF decodes greedily
-    assert generate.sampling([tmp_path]) == (settings(0.0, 0, 1.0), f"temperature from {path}")
+    assert generate.sampling(read([tmp_path])) == (settings(0.0, 0, 1.0), f"temperature from {path}")
     path.write_text('{"temperature": 0.6, "repetition_penalty": 1.05}')  # a logits processor: greedy too
-    assert generate.sampling([tmp_path]) == (settings(0.0, 0, 1.0, 1.05),
+    assert generate.sampling(read([tmp_path])) == (settings(0.0, 0, 1.0, 1.05),
                                              f"temperature, repetition_penalty from {path}")
-    assert generate.sampling([tmp_path], repetition_penalty=1.0) == (settings(0.0, 0, 1.0), f"temperature from {path}")
+    assert generate.sampling(read([tmp_path]), repetition_penalty=1.0) == (settings(0.0, 0, 1.0),
+                                                                           f"temperature from {path}")
     with pytest.raises(ValueError, match=r"--top-p must be in \(0, 1\], got 1.5"):
-        generate.sampling([tmp_path], top_p=1.5)
+        generate.sampling(read([tmp_path]), top_p=1.5)
     with pytest.raises(ValueError, match=r"--repetition-penalty must be > 0 \(1 = none\), got 0"):
-        generate.sampling([tmp_path], repetition_penalty=0)
+        generate.sampling(read([tmp_path]), repetition_penalty=0)
     path.write_text('{"do_sample": true, "top_k": null, "temperature": null, "repetition_penalty": null}')
-    assert generate.sampling([tmp_path])[0] == settings(1.0, 0, 1.0)
+    assert generate.sampling(read([tmp_path]))[0] == settings(1.0, 0, 1.0)
     path.write_text('{"do_sample": true, "min_p": 0.05}')
-    assert generate.sampling([tmp_path]) == (settings(1.0, 50, 1.0, min_p=0.05),
+    assert generate.sampling(read([tmp_path])) == (settings(1.0, 50, 1.0, min_p=0.05),
                                              f"temperature, top_k, top_p, min_p from {path}")
     for bad in ('"top_p": 0', '"top_k": 2.5', '"temperature": "hot"', '"temperature": true',
                 '"repetition_penalty": -1', '"min_p": 1.5'):
         path.write_text(f'{{"do_sample": true, {bad}}}')
         with pytest.raises(generate.CheckpointError, match=r"generation_config.json: \w+ .* is not a valid"):
-            generate.sampling([tmp_path])
+            generate.sampling(read([tmp_path]))
 
 
 def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
     """Beam search, n-gram blocking and the like change HF's output; a file that sets them is named with
     them (the CLI prints one note line), where their no-op values and what it applies pass silently."""
-    assert generate.unapplied([tmp_path]) == (None, [])
+    assert generate.unapplied(read([tmp_path])) == (None, [])
     path = tmp_path / "generation_config.json"
     path.write_text('{"do_sample": true, "top_k": 20, "repetition_penalty": 1.1, "num_beams": 1, "min_p": 0.0, '
                     '"suppress_tokens": [], "bos_token_id": 1, "max_length": 4096}')
-    assert generate.unapplied([tmp_path]) == (path, [])
+    assert generate.unapplied(read([tmp_path])) == (path, [])
     path.write_text('{"num_beams": 4, "no_repeat_ngram_size": 3, "min_p": 0.05, "bad_words_ids": [[7]]}')
-    assert generate.unapplied([tmp_path])[1] == ["no_repeat_ngram_size 3", "bad_words_ids [[7]]"]  # beams apply
+    assert generate.unapplied(read([tmp_path]))[1] == ["no_repeat_ngram_size 3", "bad_words_ids [[7]]"]  # beams apply
 
 
 @pytest.fixture(scope="module")
@@ -279,13 +284,14 @@ def test_beam_search_of_a_ragged_batch_is_each_prompts_own(preset):
 
 def test_beam_settings_are_the_command_lines_then_the_generation_configs(tmp_path):
     path = tmp_path / "generation_config.json"
-    assert generate.beam_settings([tmp_path]) == {"num_beams": 1, "length_penalty": 1.0, "early_stopping": False}
+    assert generate.beam_settings(read([tmp_path])) == {"num_beams": 1, "length_penalty": 1.0, "early_stopping": False}
     path.write_text('{"num_beams": 4, "length_penalty": 0.6, "early_stopping": "never", "do_sample": false}')
-    assert generate.beam_settings([tmp_path]) == {"num_beams": 4, "length_penalty": 0.6, "early_stopping": "never"}
-    assert generate.beam_settings([tmp_path], num_beams=2, early_stopping=True) == {
+    assert generate.beam_settings(read([tmp_path])) == {"num_beams": 4, "length_penalty": 0.6,
+                                                        "early_stopping": "never"}
+    assert generate.beam_settings(read([tmp_path]), num_beams=2, early_stopping=True) == {
         "num_beams": 2, "length_penalty": 0.6, "early_stopping": True}
     path.write_text('{"num_beams": null, "length_penalty": null, "early_stopping": null}')  # transformers 5's unset
-    assert generate.beam_settings([tmp_path]) == generate.BEAMS
+    assert generate.beam_settings(read([tmp_path])) == generate.BEAMS
     for bad, message in (('"num_beams": 0', "num_beams .--num-beams. must be a whole number >= 1, got 0"),
                          ('"num_beams": 2.5', ".*got 2.5"),
                          ('"early_stopping": "soon"', "early_stopping .* got 'soon'"),
@@ -293,9 +299,9 @@ def test_beam_settings_are_the_command_lines_then_the_generation_configs(tmp_pat
                          ('"length_penalty": "long"', "length_penalty .* must be a number")):
         path.write_text(f"{{{bad}}}")
         with pytest.raises(generate.CheckpointError, match=f"generation_config.json: {message}"):
-            generate.beam_settings([tmp_path])
+            generate.beam_settings(read([tmp_path]))
     with pytest.raises(ValueError, match="got -1"):
-        generate.beam_settings([tmp_path / "missing"], num_beams=-1)
+        generate.beam_settings(read([tmp_path / "missing"]), num_beams=-1)
 
 
 def test_nucleus_keeps_what_a_stable_sort_keeps_ties_included():

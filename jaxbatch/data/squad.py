@@ -50,8 +50,13 @@ def read(path) -> list[Question]:
         if isinstance(whole, dict) and "data" in whole:
             return _nested(path, whole["data"])
     rows, _ = files.records(path)
-    return [_question(files.place(path, n), row.get("id", str(n)), row.get("question"), row.get("context"),
-                      row.get("answers")) for n, row in rows]
+    return from_records([(files.place(path, n), {"id": str(n), **row}) for n, row in rows])
+
+
+def from_records(rows: list[tuple[str, dict]]) -> list[Question]:
+    """Questions of (place, record) pairs whose records are the hub's (`id`, `question`, `context`, `answers`)."""
+    return [_question(where, row.get("id"), row.get("question"), row.get("context"), row.get("answers"))
+            for where, row in rows]
 
 
 def _nested(path: Path, articles) -> list[Question]:

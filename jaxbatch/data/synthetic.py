@@ -1,5 +1,5 @@
 """A small generated corpus for offline runs and tests: NER sentences with PER/LOC/ORG/MISC entities
-(IOB2 tags) and sentiment sentences with a binary label. Generated deterministically from a seed, and
+(IOB2 tags), sentiment sentences with a binary label, and questions whose answers are those entities. Generated deterministically from a seed, and
 clearly synthetic: its scores say that the pipeline learns, not how good a model is on real text."""
 
 from __future__ import annotations
@@ -71,6 +71,31 @@ def sentiment_corpus(n: int, seed: int) -> list[tuple[list[str], int]]:
             text = text.replace("{A}", pool[rng.integers(len(pool))], 1)
         out.append((text.split(), label))
     return out
+
+
+def qa_corpus(n: int, seed: int, held_out: bool = False) -> list[dict]:
+    """n SQuAD-style questions (id, question, context, answers): a context of 2 to 8 generated NER sentences, the
+    question one of them without one of its entities (`flew to Paris on Monday .`), the answer that entity (`Anna
+    Berg`, where it stands in the context). Words of the NER corpus only, so the same vocabulary reads it."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    while len(rows) < n:
+        sentences = ner_corpus(int(rng.integers(2, 9)), int(rng.integers(2**31)), held_out)
+        k = int(rng.integers(len(sentences)))
+        words, tags = sentences[k]
+        starts = [i for i, t in enumerate(tags) if t.startswith("B-")]
+        if not starts:
+            continue
+        first = starts[int(rng.integers(len(starts)))]
+        last = first + 1
+        while last < len(tags) and tags[last].startswith("I-"):
+            last += 1
+        before = sum(len(" ".join(w)) + 1 for w, _ in sentences[:k])
+        start = before + len(" ".join(words[:first])) + (first > 0)
+        context = " ".join(" ".join(w) for w, _ in sentences)
+        rows.append({"id": f"{seed}-{len(rows)}", "question": " ".join(words[:first] + words[last:]),
+                     "context": context, "answers": {"text": [" ".join(words[first:last])], "answer_start": [start]}})
+    return rows
 
 
 def vocabulary() -> list[str]:

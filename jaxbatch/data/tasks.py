@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    source: str  # conll | tsv | text | squad | synthetic_ner | synthetic_sst
+    source: str  # conll | tsv | text | squad | synthetic_ner | synthetic_sst | synthetic_qa
     task: str  # token | sequence | lm | qa
     labels: tuple[str, ...] = ()  # the label set when neither data.labels nor the files say otherwise
     catalog: str = ""  # TFDS catalog name, used when data.data_dir is empty
@@ -49,6 +49,7 @@ DATASETS = {
     "squad": Dataset("squad", "qa"),
     "synthetic_ner": Dataset("synthetic_ner", "token", labels=synthetic.NER_LABELS),
     "synthetic_sst": Dataset("synthetic_sst", "sequence", labels=("negative", "positive")),
+    "synthetic_qa": Dataset("synthetic_qa", "qa"),
 }
 
 
@@ -607,6 +608,12 @@ def _qa_questions(data_cfg, required: tuple[str, ...], optional: tuple[str, ...]
     """The `required` (and present `optional`) splits' questions (the first data.max_train / data.max_eval of
     train and validation); unanswerable ones need data.unanswerable (SQuAD 2.0), so a 2.0 file is never trained
     as 1.1 by mistake."""
+    if dataset(data_cfg).source == "synthetic_qa":  # validation's answers are names training never saw
+        made = {"train": lambda: synthetic.qa_corpus(data_cfg.num_train, data_cfg.shuffle_seed),
+                "validation": lambda: synthetic.qa_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1, True)}
+        return {split: squad.from_records([(f"the generated {split} split, question {n}", row)
+                                           for n, row in enumerate(made[split](), start=1)])
+                for split in required if split in made}
     paths = files.find_splits(data_cfg.data_dir, squad.SPLIT_FILES, "question answering", required)
     out = {}
     for split, path in paths.items():

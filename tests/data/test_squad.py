@@ -193,3 +193,18 @@ def test_unanswerable_questions_need_squad_2s_setting(tmp_path, tokenizer):
     assert data.task == "qa" and data.label_names == ["start", "end"]
     assert data.train["labels"][1].tolist() == [0, 0] and data.train["labels"][0, 0] > 0  # [CLS]; the span
     assert [q.id for q in data.windows["validation"].questions] == ["a", "b"] and "train" not in data.windows
+
+
+def test_generated_questions_are_answered_by_names_training_never_saw(tokenizer):
+    """data.name=synthetic_qa: every answer is its context's text at its start (read as any file is), and the
+    validation split's answers are the held-out names."""
+    from jaxbatch.data import synthetic
+
+    data_cfg = config.build(["data.name=synthetic_qa", "data.num_train=200", "data.num_eval=50",
+                             "data.seq_len=64"]).data
+    data = tasks.load(data_cfg, tokenizer)
+    questions = {split: [q for q in w.questions] for split, w in data.windows.items()}
+    assert len(questions["validation"]) == 50 and len(data.train["labels"]) >= 200
+    train = {a for row in synthetic.qa_corpus(200, 0) for a in row["answers"]["text"]}
+    assert not train & {a for q in questions["validation"] for a in q.answers}
+    assert all(q.context[q.starts[0]:].startswith(q.answers[0]) for q in questions["validation"])
