@@ -629,6 +629,23 @@ def _hf_classifier(arch, tmp_path, num_labels=3, pad=96, head="Sequence", **extr
     return theirs, tmp_path / "classifier", tok
 
 
+def _assert_head_gradients_equal_hf(grads, theirs, spec) -> dict:
+    """Every gradient of a classifier (jaxbatch's, through the HF table) equals the transformers model's after
+    its backward pass (Phi-3's fused tensors split, a question-answering trunk's names read as the table's); GPT-2's
+    fused c_attn is compared through the logits and the other tensors. Returns the table."""
+    flat = _flat(grads)
+    named = decoder.hf_unfuse({decoder.hf_normalize_name(n): p.grad.numpy() for n, p in theirs.named_parameters()},
+                              spec)
+    key_map = decoder.hf_key_map(spec)
+    assert len(key_map) == len(flat)
+    for mine, (name, how) in key_map.items():
+        if how.startswith("part:"):
+            continue
+        got = hf.to_theirs(np.asarray(flat[mine]), how)
+        np.testing.assert_allclose(got, named[name].reshape(got.shape), rtol=1e-3, atol=2e-5, err_msg=mine)
+    return key_map
+
+
 def _right_padded(lengths=(10, 6, 3), pad=96, seed=5):
     ids = np.asarray(np.random.default_rng(seed).integers(1, 96, (len(lengths), max(lengths))), np.int32)
     mask = (np.arange(ids.shape[1])[None] < np.asarray(lengths)[:, None]).astype(np.int32)
@@ -657,15 +674,7 @@ def test_a_sequence_classifier_equals_hf_trains_like_it_and_round_trips(arch, tm
     ours = nnx.merge(restored.run.graphdef, restored.params).classify(jnp.asarray(ids), jnp.asarray(mask))
     np.testing.assert_allclose(np.asarray(ours), out.logits.detach().numpy(), atol=1e-5)
     assert float(sums["weight"]) == 3 and float(sums["loss_sum"]) == pytest.approx(out.loss.item() * 3, rel=1e-5)
-    flat = _flat(grads)
-    named = decoder.hf_unfuse({n: p.grad.numpy() for n, p in theirs.named_parameters()}, spec)  # Phi-3's fused
-    key_map = decoder.hf_key_map(spec)
-    assert len(key_map) == len(flat) and key_map["score.kernel"] == ("score.weight", "t")
-    for mine, (name, how) in key_map.items():
-        if how.startswith("part:"):  # GPT-2's fused c_attn: compared through the logits and the other tensors
-            continue
-        got = hf.to_theirs(np.asarray(flat[mine]), how)
-        np.testing.assert_allclose(got, named[name].reshape(got.shape), rtol=1e-3, atol=2e-5, err_msg=mine)
+    assert _assert_head_gradients_equal_hf(grads, theirs, spec)["score.kernel"] == ("score.weight", "t")
     exported = hf.export(restored.params, spec, tmp_path / "export", tok, run_lib.label_names(restored.run.spec))
     written = json.loads((exported / "config.json").read_text())
     cls = f"{CLASSIFIERS['llama' if arch == 'phi3' else arch]}ForSequenceClassification"  # Phi-3's function: LLaMA's
@@ -706,15 +715,7 @@ def test_a_token_classifier_equals_hf_trains_like_it_and_round_trips(arch, tmp_p
     np.testing.assert_allclose(np.asarray(ours)[real], out.logits.detach().numpy()[real], atol=1e-5)
     assert float(sums["weight"]) == count
     assert float(sums["loss_sum"]) == pytest.approx(out.loss.item() * count, rel=1e-5)
-    flat = _flat(grads)
-    named = decoder.hf_unfuse({n: p.grad.numpy() for n, p in theirs.named_parameters()}, spec)
-    key_map = decoder.hf_key_map(spec)
-    assert len(key_map) == len(flat)
-    for mine, (name, how) in key_map.items():
-        if how.startswith("part:"):
-            continue
-        got = hf.to_theirs(np.asarray(flat[mine]), how)
-        np.testing.assert_allclose(got, named[name].reshape(got.shape), rtol=1e-3, atol=2e-5, err_msg=mine)
+    _assert_head_gradients_equal_hf(grads, theirs, spec)
     exported = hf.export(restored.params, spec, tmp_path / "export", tok, run_lib.label_names(restored.run.spec))
     cls = f"{CLASSIFIERS['llama' if arch == 'phi3' else arch]}ForTokenClassification"
     assert json.loads((exported / "config.json").read_text())["architectures"] == [cls]
@@ -756,15 +757,7 @@ def test_an_answer_span_head_equals_hf_trains_like_it_and_round_trips(arch, tmp_
                   end_positions=torch.tensor(labels[:, 1], dtype=torch.long)).loss
     (loss * 4).backward()
     assert float(sums["weight"]) == 4 and float(sums["loss_sum"]) == pytest.approx(loss.item() * 4, rel=1e-5)
-    flat = _flat(grads)
-    named = {decoder.hf_normalize_name(n): p.grad.numpy() for n, p in theirs.named_parameters()}
-    key_map = decoder.hf_key_map(spec)
-    assert len(key_map) == len(flat)
-    for mine, (name, how) in key_map.items():
-        if how.startswith("part:"):
-            continue
-        got = hf.to_theirs(np.asarray(flat[mine]), how)
-        np.testing.assert_allclose(got, named[name].reshape(got.shape), rtol=1e-3, atol=2e-5, err_msg=mine)
+    _assert_head_gradients_equal_hf(grads, theirs, spec)
     exported = hf.export(restored.params, spec, tmp_path / "export", tok)
     reloaded = transformers.AutoModelForQuestionAnswering.from_pretrained(exported).eval()
     assert type(reloaded).__name__ == type(theirs).__name__
