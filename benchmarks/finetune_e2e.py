@@ -114,7 +114,8 @@ def run_torch(data, cfg: config.Config, seed: int = 0) -> dict:
                          out.logits.argmax(-1).numpy())
     if qa:
         w, (start, end) = data.windows["validation"], np.concatenate(preds, 1)
-        found = squad.answers(w, start, end, cfg.data.max_answer_length, cfg.data.unanswerable)
+        found = squad.answers(w, start, end, cfg.data.max_answer_length, cfg.data.unanswerable,
+                              cfg.data.null_threshold)
         f1 = metrics.squad_scores([a["answer"] for a in found], [q.answers for q in w.questions])["f1"]
     else:
         gold, pred = metrics.aligned_tags(np.concatenate(preds), data.eval["labels"], data.label_names)

@@ -208,10 +208,12 @@ class DataConfig:
     shuffle_seed: int = 0
     # question answering (data.name=squad): context tokens a long context's neighbouring windows share (0: seq_len
     # // 3, HF's 128 of 384), the longest answer predicted in tokens, and whether a question may have no answer
-    # (SQuAD 2.0: HF's --version_2_with_negative; "" is then predicted where [CLS] scores above every span)
+    # (SQuAD 2.0: HF's --version_2_with_negative; "" is then predicted where the [CLS] score beats every span's by
+    # more than null_threshold, HF's --null_score_diff_threshold)
     doc_stride: int = 0
     max_answer_length: int = 30
     unanswerable: bool = False
+    null_threshold: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,7 +138,7 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
     if task == "qa":
         spec = run.spec.data
         answers = squad.answers(windows, out["start_logits"], out["end_logits"], spec.max_answer_length,
-                                spec.unanswerable)
+                                spec.unanswerable, spec.null_threshold)
         scored = [(a["answer"], q.answers) for a, q in zip(answers, windows.questions)
                   if q.answers or spec.unanswerable]
         result.update(metrics.squad_scores([a for a, _ in scored], [g for _, g in scored]), predictions=answers)

@@ -279,7 +279,7 @@ def _answer(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
     logits = {k: np.stack([np.pad(v, (0, spec.data.seq_len - len(v))) for v in out[k]])
               for k in ("start_logits", "end_logits")}
     found = squad.answers(w, logits["start_logits"], logits["end_logits"], spec.data.max_answer_length,
-                          spec.data.unanswerable)
+                          spec.data.unanswerable, spec.data.null_threshold)
     return [{**_line(s), **({"id": s.id} if s.id else {}), "question": s.text, **{k: a[k] for k in (
         "answer", "score", "start", "end")}} for s, a in zip(sentences, found)]
 

@@ -239,14 +239,16 @@ def hf_spec(folder: Path) -> config.Config:
 def check_restore_overrides(overrides: list[str] | tuple) -> None:
     """Refuses what `restore` may not change, before a command reads its input: a file named where an override
     goes would otherwise be taken for one, and predict would wait on standard input."""
-    allowed = ("mesh.", "train.batch_size", "data.seq_len", "data.unknown_label", "precision.policy")
+    allowed = ("mesh.", "train.batch_size", "data.seq_len", "data.unknown_label", "precision.policy",
+               *(f"data.{k}=" for k in ("doc_stride", "max_answer_length", "null_threshold")))  # how answers are read
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{item!r} is not key=value: overrides come after the model; files and folders are "
                               f"given with their option (--input, --data-dir, --prompts; see --help)")
         if not item.startswith(allowed):
-            raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len, data.unknown_label and "
-                              f"precision.policy may be changed when restoring a trained model")
+            raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len, data.unknown_label, "
+                              f"precision.policy and question answering's data.doc_stride, data.max_answer_length "
+                              f"and data.null_threshold may be changed when restoring a trained model")
 
 
 def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None, step: int | None = None) -> Restored:
