@@ -491,6 +491,9 @@ def validate(cfg: Config, num_devices: int) -> None:
     if kind in losses.FLOAT_HEADS and cfg.model.label_smoothing:
         raise ConfigError(f"model.label_smoothing mixes one class's target with the others'; a {kind} head has "
                           f"no such target")
+    if cfg.model.task == "qa" and (cfg.model.label_smoothing or cfg.model.z_loss):
+        raise ConfigError("model.label_smoothing and model.z_loss are not applied to an answer-span head's start "
+                          "and end (set 0)")
     if cfg.model.vocab_tiling < 1:
         raise ConfigError(f"model.vocab_tiling must be >= 1 (1 = the whole sequence at once), got {cfg.model.vocab_tiling}")
     if cfg.model.vocab_tiling > 1 and cfg.model.task != "lm":

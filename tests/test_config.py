@@ -84,6 +84,8 @@ def test_rules_override_from_command_line():
     (["model.hidden_dropout=1.0"], r"model.hidden_dropout must be in \[0, 1\), got 1.0"),
     (["model.attention_dropout=1.5"], r"model.attention_dropout must be in \[0, 1\), got 1.5"),
     (["model.label_smoothing=-0.1"], r"model.label_smoothing must be in \[0, 1\), got -0.1"),
+    (["model.task=qa", "model.num_labels=2", "model.z_loss=1e-4"], "not applied to an answer-span head"),
+    (["model.task=qa", "model.num_labels=5"], "model.num_labels=5: an answer-span head has two outputs"),
     (["model.num_heads=0"], "model.num_heads must be > 0, got 0"),  # not a ZeroDivisionError
     (["model.hidden_size=-4"], "model.hidden_size must be > 0, got -4"),
     (["model.num_layers=0"], "model.num_layers must be > 0, got 0"),
