@@ -646,7 +646,8 @@ def _load_qa(data_cfg, tokenizer) -> TaskData:
     arrays = {split: w.arrays for split, w in windows.items()}
     test = windows.get("test")
     return TaskData(data_cfg.name, "qa", list(SPAN_LABELS), arrays["train"], arrays["validation"],
-                    {split: 0 for split in arrays}, False, tokenizer, arrays.get("test"),
+                    {split: 0 for split in arrays}, dataset(data_cfg).source.startswith("synthetic"), tokenizer,
+                    arrays.get("test"),
                     test is None or any(q.answers for q in test.questions),
                     windows={k: v for k, v in windows.items() if k != "train"})
 
@@ -657,6 +658,17 @@ def source_of(data_cfg) -> str:
     return data_cfg.data_dir or (f"TFDS catalog {ds.catalog}" if ds.catalog else "generated")
 
 
+def _split_source(data_cfg, split: str) -> Dataset:
+    """The dataset one split is read from, checked: a split name, and no folder for a generated corpus."""
+    ds = dataset(data_cfg)
+    if split not in ("train", "validation", "test"):
+        raise ConfigError(f"--split must be train, validation or test, got {split!r}")
+    if ds.source.startswith("synthetic") and data_cfg.data_dir:
+        raise ConfigError(f"data.name={data_cfg.name} is generated, not read from {data_cfg.data_dir} (evaluate "
+                          f"names the files' kind with --data-name conll, tsv, csv, jsonl, text or squad)")
+    return ds
+
+
 def qa_split(data_cfg, tokenizer, split: str) -> squad.Windows:
     """One question-answering split's windows (what `evaluate` scores answers by)."""
     return _windows(data_cfg, tokenizer, _qa_questions(data_cfg, (split,))[split])
@@ -665,7 +677,7 @@ def qa_split(data_cfg, tokenizer, split: str) -> squad.Windows:
 def scored_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_lm=None):
     """(arrays, windows) of a split to evaluate: load_split's arrays, and a question-answering split's windows
     (None for other tasks), which `evaluate` turns logits back into answers with."""
-    if dataset(data_cfg).task == "qa":
+    if _split_source(data_cfg, split).task == "qa":
         windows = qa_split(data_cfg, tokenizer, split)
         return windows.arrays, windows
     return load_split(data_cfg, tokenizer, split, problem_type, masked_lm), None
@@ -675,12 +687,7 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_l
     """One split of a dataset folder (only its file is needed), with a trained run's label set
     (`data.labels`, set in every resolved spec), read as the resolved model.problem_type says; a text corpus
     masked as a masked LM's training evaluations mask it (`masked_lm`: its ModelConfig)."""
-    ds = dataset(data_cfg)
-    if split not in ("train", "validation", "test"):
-        raise ConfigError(f"--split must be train, validation or test, got {split!r}")
-    if ds.source.startswith("synthetic") and data_cfg.data_dir:
-        raise ConfigError(f"data.name={data_cfg.name} is generated, not read from {data_cfg.data_dir} (evaluate "
-                          f"names the files' kind with --data-name conll, tsv, csv, jsonl or text)")
+    ds = _split_source(data_cfg, split)
     if ds.task == "lm":
         docs = _lm_docs(data_cfg, required=(split,))
         if not docs.get(split):
