@@ -85,11 +85,11 @@ def _first_keys(path: Path) -> set[str]:
             keys = pq.read_schema(path).names
         else:
             with open(path, encoding="utf-8-sig") as f:
-                text = f.read()
-            try:
-                first = json.loads(text)
-            except json.JSONDecodeError:  # JSON lines
-                first = json.loads(next((line for line in text.splitlines() if line.strip()), ""))
+                line = next((line for line in f if line.strip()), "")
+                try:
+                    first = json.loads(line)  # a record of JSON lines, or a whole object on one line (SQuAD's)
+                except json.JSONDecodeError:  # an object written over several lines: the whole file
+                    first = json.loads(line + f.read())
             keys = list(first) if isinstance(first, dict) else []
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, pyarrow.ArrowException):
         return set()
@@ -274,11 +274,9 @@ def _answer(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
         raise DataError(f"line {lone.line}: a question answering model reads 'question<TAB>context' lines (or a "
                         f"SQuAD-style file); this line has no context")
     questions = [squad.Question(s.id or str(s.line), s.text, s.pair.text, (), (), f"line {s.line}") for s in sentences]
-    w = squad.windows(restored.tokenizer, questions, spec.data.seq_len, spec.data.doc_stride or spec.data.seq_len // 3)
-    out = predict_arrays(restored, w.arrays)
-    logits = {k: np.stack([np.pad(v, (0, spec.data.seq_len - len(v))) for v in out[k]])
-              for k in ("start_logits", "end_logits")}
-    found = squad.answers(w, logits["start_logits"], logits["end_logits"], spec.data.max_answer_length,
+    w = squad.windows(restored.tokenizer, questions, spec.data.seq_len, spec.data.doc_stride)
+    _, out = evaluate.outputs(restored.run, restored.params, w.arrays)  # in length buckets, back at seq_len
+    found = squad.answers(w, out["start_logits"], out["end_logits"], spec.data.max_answer_length,
                           spec.data.unanswerable, spec.data.null_threshold)
     return [{**_line(s), **({"id": s.id} if s.id else {}), "question": s.text, **{k: a[k] for k in (
         "answer", "score", "start", "end")}} for s, a in zip(sentences, found)]

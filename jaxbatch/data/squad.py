@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxbatch.data import files, packing
+from jaxbatch.data import files, packing, tokenize
 from jaxbatch.errors import ConfigError, DataError
 
 SPLIT_FILES = {split: tuple(f"{name}{ext}" for name in names for ext in (
@@ -49,7 +49,9 @@ def read(path) -> list[Question]:
             whole = None  # JSON lines under a .json name, as `datasets` writes them
         if isinstance(whole, dict) and "data" in whole:
             return _nested(path, whole["data"])
-    rows, _ = files.records(path)
+        rows = files.json_lines(path, text)  # the text already read
+    else:
+        rows, _ = files.records(path)
     return from_records([(files.place(path, n), {"id": str(n), **row}) for n, row in rows])
 
 
@@ -107,22 +109,25 @@ class Windows:
     questions: list[Question]
 
 
-def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int) -> Windows:
+def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int = 0) -> Windows:
     """Every question's windows, as run_qa's prepare_train_features / prepare_validation_features (the question
-    first, the context cut to fit with `doc_stride` tokens shared by neighbouring windows), right-padded."""
+    first, the context cut to fit with `doc_stride` tokens shared by neighbouring windows; 0: seq_len // 3,
+    run_qa's 128 of 384), right-padded."""
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("question answering maps answers to tokens through a fast tokenizer's offsets; this "
                           "tokenizer has none (use a folder with a tokenizer.json)")
+    doc_stride = doc_stride or seq_len // 3
     if not 0 < doc_stride < seq_len:
         raise ConfigError(f"data.doc_stride={doc_stride} must be positive and below data.seq_len={seq_len}")
-    asked = tokenizer([q.question.lstrip() for q in questions], add_special_tokens=False)["input_ids"]
+    texts = [q.question.lstrip() for q in questions]  # run_qa strips a question's leading spaces
+    asked = tokenizer(texts, add_special_tokens=False)["input_ids"]
     longest = max(range(len(questions)), key=lambda i: len(asked[i]))
     room = seq_len - len(asked[longest]) - tokenizer.num_special_tokens_to_add(pair=True)  # the context's
     if room <= doc_stride:
         raise DataError(f"{questions[longest].place}: the question takes {seq_len - room} of data.seq_len={seq_len} "
                         f"tokens, leaving {room} for the context, not more than data.doc_stride={doc_stride}; "
                         f"raise data.seq_len or lower data.doc_stride")
-    enc = tokenizer([q.question.lstrip() for q in questions], [q.context for q in questions], truncation="only_second",
+    enc = tokenizer(texts, [q.context for q in questions], truncation="only_second",
                     max_length=seq_len, stride=doc_stride, return_overflowing_tokens=True,
                     return_offsets_mapping=True, return_token_type_ids=True)
     owner = np.asarray(enc["overflow_to_sample_mapping"], np.int32)
@@ -134,15 +139,9 @@ def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int)
         offsets[w, context] = np.asarray(enc["offset_mapping"][w], np.int32)[context]
         labels[w] = _span(questions[owner[w]], offsets[w], context, _cls(tokenizer, enc["input_ids"][w]))
     typed = "token_type_ids" in tokenizer.model_input_names
-    rows = packing.padded(enc["input_ids"], seq_len, _pad(tokenizer), {"token_type_ids": enc["token_type_ids"]}
-                          if typed else None)
+    rows = packing.padded(enc["input_ids"], seq_len, tokenize.pad_id(tokenizer),
+                          {"token_type_ids": enc["token_type_ids"]} if typed else None)
     return Windows({**rows, "labels": labels}, owner, offsets, questions)
-
-
-def _pad(tokenizer) -> int:
-    from jaxbatch.data import tokenize
-
-    return tokenize.pad_id(tokenizer)
 
 
 def _cls(tokenizer, ids: list[int]) -> int:
@@ -185,11 +184,11 @@ def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_an
             unanswerable: bool = False, null_threshold: float = 0.0) -> list[dict]:
     """Each question's best answer over its windows, as HF's postprocess_qa_predictions: of each window's N_BEST
     start and end tokens in its context (HF's picks them among all tokens, then drops those outside), the spans
-    (end not before start, at most `max_answer_length` tokens) ranked by start + end logit; with `unanswerable` (SQuAD 2.0) the answer is "" when the least [CLS] score of its windows
-    beats the best span by more than `null_threshold`. Returns [{id, answer, score, start, end}]: `score` the
-    span's probability within its window (start x end probability over its context and [CLS], as transformers'
-    QA pipeline reports it), `start`/`end` its characters in the context, without spaces at its ends (-1 for
-    "")."""
+    (end not before start, at most `max_answer_length` tokens) ranked by start + end logit; with `unanswerable`
+    (SQuAD 2.0) the answer is "" when the least [CLS] score of its windows beats the best span by more than
+    `null_threshold`. Returns [{id, answer, score, start, end}]: `score` the span's probability within its window
+    (start x end probability over its context and [CLS], as transformers' QA pipeline reports it), `start`/`end`
+    its characters in the context, without spaces at its ends (-1 for "")."""
     by_question: list[list[int]] = [[] for _ in w.questions]
     for window, q in enumerate(w.question):
         by_question[q].append(window)
@@ -201,8 +200,10 @@ def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_an
             score = float(s_logits[0] + e_logits[0])
             null = (score, window) if null is None or score < null[0] else null
             context = offsets[:, 0] != NOT_CONTEXT  # candidates among the context's tokens only
-            for s in np.argsort(np.where(context, s_logits, -np.inf), kind="stable")[-1: -N_BEST - 1: -1]:
-                for e in np.argsort(np.where(context, e_logits, -np.inf), kind="stable")[-1: -N_BEST - 1: -1]:
+            starts, ends = (np.argsort(np.where(context, x, -np.inf), kind="stable")[-1: -N_BEST - 1: -1]
+                            for x in (s_logits, e_logits))
+            for s in starts:
+                for e in ends:
                     if not (context[s] and context[e]):
                         continue
                     if e < s or e - s + 1 > max_answer_length:
@@ -210,7 +211,7 @@ def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_an
                     score = float(s_logits[s] + e_logits[e])
                     if best is None or score > best[0]:
                         best = (score, window, int(s), int(e))
-        empty = best is None or (unanswerable and null is not None and null[0] - best[0] > null_threshold)
+        empty = best is None or (unanswerable and null[0] - best[0] > null_threshold)  # every question has a window
         window, s, e = (null[1], 0, 0) if empty else best[1:]
         allowed = w.offsets[window, :, 0] != NOT_CONTEXT
         allowed[0] = True

@@ -635,7 +635,7 @@ def _windows(data_cfg, tokenizer, questions: list[squad.Question]) -> squad.Wind
     if isinstance(tokenizer, text.CharTokenizer) or tokenizer is None:
         raise ConfigError("question answering reads texts through a Hugging Face tokenizer: set data.tokenizer (or "
                           "model.pretrained) to a folder or name whose tokenizer to use")
-    return squad.windows(tokenizer, questions, data_cfg.seq_len, data_cfg.doc_stride or data_cfg.seq_len // 3)
+    return squad.windows(tokenizer, questions, data_cfg.seq_len, data_cfg.doc_stride)
 
 
 def _load_qa(data_cfg, tokenizer) -> TaskData:

@@ -117,6 +117,18 @@ def abstract_batch(model_cfg, batch: int, seq_len: int, shardings: Mapping | Non
             for k, s in shapes.items()}
 
 
+def label_shape(model_cfg, batch: int, seq_len: int) -> tuple[int, ...]:
+    """A head's labels' shape: a tag or masked token per position, a start and an end token per window (qa),
+    outputs per example (multi-label, several scores) or one label per example (a family's `batch_shapes`)."""
+    from jaxbatch import losses
+
+    if model_cfg.task in ("token", "lm"):
+        return batch, seq_len
+    if model_cfg.task == "qa":
+        return batch, 2
+    return (batch, model_cfg.num_labels) if losses.per_output(model_cfg) else (batch,)
+
+
 def train_flops_per_token(model_cfg, seq_len: int) -> float:
     """The family's matmul FLOPs of a training step per token (what MFU counts); under LoRA (model.lora_rank)
     two thirds of it, since the frozen layers' weight-gradient matmuls are not computed: a lower bound (the

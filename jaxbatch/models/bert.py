@@ -183,15 +183,7 @@ def loss_sums(logits, batch: dict, cfg) -> tuple[dict, dict]:
 
 def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "token_type_ids": (batch, seq_len),
-            "labels": label_shape(cfg, batch, seq_len)}
-
-
-def label_shape(cfg, batch: int, seq_len: int) -> tuple[int, ...]:
-    """The labels' shape: a tag or masked token per position, a start and an end token per window (qa), outputs
-    per example (multi-label, several scores) or one label per example."""
-    if cfg.task in ("token", "lm"):
-        return batch, seq_len
-    return (batch, 2) if cfg.task == "qa" else (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,)
+            "labels": models.label_shape(cfg, batch, seq_len)}
 
 
 def train_flops_per_token(cfg, seq_len: int) -> float:

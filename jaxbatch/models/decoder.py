@@ -446,9 +446,8 @@ def batch_shapes(cfg, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     """Packed rows for a language model; a classifier's right-padded texts and one label (or one per output)
     each, a tagger's one label per token, an answer-span head's start and end token."""
     if cfg.task in HEADS:
-        labels = (batch, seq_len) if cfg.task == "token" else (batch, 2) if cfg.task == "qa" else (
-            (batch, cfg.num_labels) if losses.per_output(cfg) else (batch,))
-        return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len), "labels": labels}
+        return {"input_ids": (batch, seq_len), "attention_mask": (batch, seq_len),
+                "labels": models.label_shape(cfg, batch, seq_len)}
     return {k: (batch, seq_len) for k in ("input_ids", "labels", "segment_ids", "positions")}
 
 
