@@ -11,7 +11,7 @@ from jaxbatch.errors import ConfigError
 
 pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is not installed")
 
-DECODER = ["model.preset=gpt-tiny", "model.vocab_size=256", "data.name=text", "data.seq_len=64"]
+DECODER = ["model.preset=gpt-tiny", "model.num_layers=1", "model.vocab_size=256", "data.name=text", "data.seq_len=64"]
 
 
 def test_chips_and_targets(monkeypatch):
@@ -32,7 +32,8 @@ def test_chips_and_targets(monkeypatch):
 
 
 @pytest.mark.parametrize("target, overrides", [
-    ("v5e:4x4", ["model.preset=tiny", "train.batch_size=16", "mesh.data=-1"]),  # tiny BERT, DP over 16 chips
+    # tiny BERT, DP over 16 chips
+    ("v5e:4x4", ["model.preset=tiny", "model.num_layers=1", "train.batch_size=16", "mesh.data=-1"]),
     ("v4:2x2x2", [*DECODER, "train.batch_size=16", "mesh.fsdp=4", "mesh.data=2"]),  # a decoder, FSDP x DP
 ])
 def test_plan_compiles_for_a_slice_on_this_cpu(capsys, target, overrides):
@@ -72,7 +73,7 @@ def test_smaller_hbm_means_a_smaller_micro_batch():
 
 def test_compare_meshes_recommends_a_fitting_mesh(capsys):
     assert cli.main(["plan", "--target", "v5e:2x2", "--compare-meshes", "model.preset=tiny",
-                     "train.batch_size=16"]) == 0
+                     "model.num_layers=1", "train.batch_size=16"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if "GiB/device" in line]
     assert {r.split()[0] for r in rows} == {"FSDP", "DP", "FSDP", "DP"} | {r.split()[0] for r in rows}
@@ -97,7 +98,7 @@ def test_slice_compiles_stay_out_of_the_persistent_cache(tmp_path):
     code = ("import jax, sys; from jaxbatch import cache, cli; cache.enable_compilation_cache(); "
             "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); jax.jit(lambda x: x + 1)(1.0); "
             "sys.exit(cli.main(sys.argv[1:]))")
-    plan = ["plan", "model.preset=tiny", "train.batch_size=16", "train.memory_budget_gb=1"]
+    plan = ["plan", "model.preset=tiny", "model.num_layers=1", "train.batch_size=16", "train.memory_budget_gb=1"]
 
     def run(*args):
         env = {**os.environ, "JAXBATCH_CACHE": str(tmp_path)}

@@ -5,7 +5,8 @@ import pytest
 from experiments import large_batch_sweep as sweep
 from jaxbatch import train
 
-ARGS = ["--batches", "16,64", "--epochs", "0.5", "--micro-batch", "32", "--evals", "4", "data.num_train=512", "data.num_eval=64", "data.seq_len=16", "mesh.data=8"]
+ARGS = ["--batches", "16,64", "--epochs", "0.5", "--micro-batch", "32", "--evals", "4", "model.num_layers=1",
+        "data.num_train=512", "data.num_eval=64", "data.seq_len=16", "mesh.data=8"]
 
 
 def test_steps_to_target_is_the_first_evaluation_at_or_above_it():
