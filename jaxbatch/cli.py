@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 
-RESTORE_HELP = "key=value: mesh.*, train.batch_size, data.seq_len, data.unknown_label, precision.policy"
+RESTORE_HELP = ("key=value: mesh.*, train.batch_size, data.seq_len, data.unknown_label, precision.policy; question "
+                "answering's data.doc_stride, data.max_answer_length, data.null_threshold")
 STEP_HELP = "a run dir's checkpoint at this step (default: its best by checkpoint.best_metric, else its newest)"
 
 

@@ -142,6 +142,10 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
         scored = [(a["answer"], q.answers) for a, q in zip(answers, windows.questions)
                   if q.answers or spec.unanswerable]
         result.update(metrics.squad_scores([a for a, _ in scored], [g for _, g in scored]), predictions=answers)
+        if spec.unanswerable:  # SQuAD 2.0: the null-score threshold this split would have been best with
+            result.update(metrics.squad_best_thresholds([a["best_span"] for a in answers],
+                                                        [a["null_score_diff"] for a in answers],
+                                                        [q.answers for q in windows.questions]))
     if run.spec.model.problem_type == losses.MULTI_LABEL:
         keep = losses.labelled(arrays["labels"]).all(1)
         result.update(metrics.multi_label_scores(out["preds"][keep], arrays["labels"][keep] > 0.5, label_names))
@@ -196,6 +200,13 @@ def report_lines(result: dict) -> str:
         line += f"\n  {name}: mse {o['mse']:.4f} " + " ".join(f"{k} {o[k]:.4f}" for k in metrics.CORRELATIONS)
     if "class_report_text" in result:
         line += "\nper class:\n" + result["class_report_text"]
+    for group, name in (("has_answer", "answerable"), ("no_answer", "unanswerable")):  # SQuAD 2.0's breakdown
+        if f"{group}_f1" in result:
+            line += (f"\n  {name} questions: exact match {result[group + '_exact_match']:.4f} "
+                     f"F1 {result[group + '_f1']:.4f}")
+    if "best_f1" in result:
+        line += (f"\n  best F1 {result['best_f1']:.4f} at data.null_threshold={result['best_f1_threshold']:.4g}, "
+                 f"best exact match {result['best_exact_match']:.4f} at {result['best_exact_match_threshold']:.4g}")
     if "entity_f1" in result:
         line += "\nentity-level (seqeval):\n" + metrics.format_entity_report(result["entities"])
     if "token_report_text" in result:

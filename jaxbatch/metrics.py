@@ -144,19 +144,57 @@ def _answer_f1(predicted: list[str], gold: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predicted: list[str], gold: list[tuple[str, ...]]) -> dict:
-    """Exact match and F1 of each predicted answer against the best of its gold answers, averaged over the
-    questions, as SQuAD's evaluation script (v2.0's, which is v1.1's where every question has an answer; an
-    unanswerable question's gold is the empty answer). Hand-written: the `evaluate` library fetches this script
-    from the hub at run time; fractions, where the script prints percent."""
-    if not gold:
-        return {k: float("nan") for k in SQUAD}
+def _squad_per_question(predicted: list[str], gold: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each answer's exact match and F1 against the best of its gold answers (none: the empty answer)."""
     exact, f1 = [], []
     for answer, answers in zip(predicted, gold):
         mine, theirs = _normalized(answer), [_normalized(a) for a in answers or ("",)]
         exact.append(max(float(mine == t) for t in theirs))
         f1.append(max(_answer_f1(mine, t) for t in theirs))
-    return {"exact_match": float(np.mean(exact)), "f1": float(np.mean(f1))}
+    return np.asarray(exact), np.asarray(f1)
+
+
+def squad_scores(predicted: list[str], gold: list[tuple[str, ...]]) -> dict:
+    """Exact match and F1 of each predicted answer against the best of its gold answers, averaged over the
+    questions, as SQuAD's evaluation script (v2.0's, which is v1.1's where every question has an answer; an
+    unanswerable question's gold is the empty answer). Where some questions have no answer, v2.0's breakdown
+    too: `has_answer_*` over the answerable ones, `no_answer_*` over the others (its HasAns_ and NoAns_).
+    Hand-written: the `evaluate` library fetches this script from the hub at run time; fractions, where the
+    script prints percent."""
+    if not gold:
+        return {k: float("nan") for k in SQUAD}
+    exact, f1 = _squad_per_question(predicted, gold)
+    out = {"exact_match": float(exact.mean()), "f1": float(f1.mean())}
+    answerable = np.asarray([bool(g) for g in gold])
+    if not answerable.all():
+        for group, rows in (("has_answer", answerable), ("no_answer", ~answerable)):
+            if rows.any():
+                out.update({f"{group}_exact_match": float(exact[rows].mean()), f"{group}_f1": float(f1[rows].mean())})
+    return out
+
+
+def squad_best_thresholds(spans: list[str], null_diffs: list[float], gold: list[tuple[str, ...]]) -> dict:
+    """SQuAD 2.0's best exact match and F1 over the null-score threshold, and the threshold that gives each (the
+    script's best_exact/best_f1 with its --na-prob-file): a question is answered "" where its null score beats
+    its best span (`spans`, its text) by more than the threshold (`null_diffs`: null minus span score, as
+    squad.answers and HF's null_odds.json give them; None where no span qualifies), so the threshold is
+    data.null_threshold's best value on this split. run_qa passes a no-answer probability of 0 to the script,
+    so reports no such threshold. The smallest threshold of equal scores wins, as in the script."""
+    diffs = np.asarray([np.inf if d is None else d for d in null_diffs], dtype=np.float64)
+    finite = np.isfinite(diffs)
+    empty = _squad_per_question([""] * len(gold), gold)
+    if not finite.any():
+        return {f"best_{k}": float(e.mean()) for k, e in zip(SQUAD, empty)} | {
+            f"best_{k}_threshold": 0.0 for k in SQUAD}
+    order = np.argsort(np.where(finite, diffs, np.inf), kind="stable")[: int(finite.sum())]
+    last_of_ties = np.append(diffs[order][1:] != diffs[order][:-1], True)  # a threshold answers all its ties
+    thresholds = np.concatenate([[np.nextafter(diffs[order][0], -np.inf)], diffs[order][last_of_ties]])
+    out = {}
+    for name, answered, unanswered in zip(SQUAD, _squad_per_question(spans, gold), empty):
+        totals = unanswered.sum() + np.concatenate([[0.0], np.cumsum((answered - unanswered)[order])[last_of_ties]])
+        best = int(np.argmax(totals))
+        out[f"best_{name}"], out[f"best_{name}_threshold"] = float(totals[best] / len(gold)), float(thresholds[best])
+    return out
 
 
 def format_entity_report(report: dict) -> str:

@@ -267,7 +267,7 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
 def _answer(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
     """Each question's answer in its context (`question<TAB>context`, or a SQuAD-style file's): `answer`, its
     `start` and `end` characters in the context, and `score` (squad.answers); "" where a model trained with
-    data.unanswerable finds none."""
+    data.unanswerable finds none, which also gives each question's `null_score_diff` and `best_span`."""
     spec = restored.run.spec
     lone = next((s for s in sentences if s.pair is None), None)
     if lone is not None:
@@ -278,8 +278,9 @@ def _answer(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
     _, out = evaluate.outputs(restored.run, restored.params, w.arrays)  # in length buckets, back at seq_len
     found = squad.answers(w, out["start_logits"], out["end_logits"], spec.data.max_answer_length,
                           spec.data.unanswerable, spec.data.null_threshold)
-    return [{**_line(s), **({"id": s.id} if s.id else {}), "question": s.text, **{k: a[k] for k in (
-        "answer", "score", "start", "end")}} for s, a in zip(sentences, found)]
+    kept = ("answer", "score", "start", "end", "null_score_diff", "best_span")
+    return [{**_line(s), **({"id": s.id} if s.id else {}), "question": s.text, **{k: a[k] for k in kept if k in a}}
+            for s, a in zip(sentences, found)]
 
 
 def _fill_masks(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:

@@ -393,8 +393,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                       else "its checkpoint was set aside as unusable; they read the best one left"))
     if noise is not None:
         say(noise_scale.advice(noise.b_simple, t.batch_size))
-    if data.task == "token" and result is not None:
-        say(evaluate.report_lines(result).split("\n", 1)[1])
+    if data.task in ("token", "qa") and result is not None and "\n" in (report := evaluate.report_lines(result)):
+        say(report.split("\n", 1)[1])  # entity and token reports; SQuAD 2.0's breakdown and best threshold
     return TrainResult(summary, run, state, data)
 
 

@@ -98,3 +98,25 @@ def test_answers_are_scored_as_squads_evaluation_script_scores_them():
     scores = metrics.squad_scores(predicted, gold)
     assert scores["exact_match"] == pytest.approx(3 / 5)
     assert scores["f1"] == pytest.approx((1 + 0.5 + 1 + 0 + 1) / 5)
+    assert scores["no_answer_exact_match"] == scores["no_answer_f1"] == 1.0  # v2.0's HasAns_ and NoAns_ breakdown
+    assert (scores["has_answer_exact_match"], scores["has_answer_f1"]) == (pytest.approx(2 / 4), pytest.approx(2.5 / 4))
+    assert set(metrics.squad_scores(predicted[:2], gold[:2])) == {"exact_match", "f1"}  # every question answerable
+
+
+def test_squad_2s_best_threshold_answers_a_tie_of_null_scores_together():
+    """The null-score threshold of the best exact match and F1 over a split (SQuAD 2.0's script with its
+    no-answer file): questions answered "" unless their null score exceeds their best span's by no more than it.
+    Answering questions 3 and 5 (tied at 0.5) gains F1 2/3 and loses 1, so the best F1 is at -2, where the
+    script's question-by-question walk would stop at 0.5 halfway through the tie (F1 4.67 / 5)."""
+    from jaxbatch import metrics
+
+    gold = [("Paris",), (), ("Nim Lark",), (), ()]
+    spans, diffs = ["Paris", "Rome", "Lark", "", "Ys"], [-2.0, 1.0, 0.5, None, 0.5]  # question 4: no span at all
+    best = metrics.squad_best_thresholds(spans, diffs, gold)
+    assert best == {"best_exact_match": 4 / 5, "best_exact_match_threshold": -2.0, "best_f1": 4 / 5,
+                    "best_f1_threshold": -2.0}
+    best = metrics.squad_best_thresholds(spans[:4], diffs[:4], gold[:4])  # no tie: F1's best answers question 3
+    assert (best["best_exact_match"], best["best_exact_match_threshold"]) == (3 / 4, -2.0)
+    assert (best["best_f1"], best["best_f1_threshold"]) == (pytest.approx((3 + 2 / 3) / 4), 0.5)
+    none = metrics.squad_best_thresholds(["a", "b"], [1.0, 2.0], [(), ()])  # every question best left unanswered
+    assert none["best_f1"] == 1.0 and np.nextafter(1.0, -np.inf) == none["best_f1_threshold"] < 1.0

@@ -188,7 +188,9 @@ def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_an
     (SQuAD 2.0) the answer is "" when the least [CLS] score of its windows beats the best span by more than
     `null_threshold`. Returns [{id, answer, score, start, end}]: `score` the span's probability within its window
     (start x end probability over its context and [CLS], as transformers' QA pipeline reports it), `start`/`end`
-    its characters in the context, without spaces at its ends (-1 for "")."""
+    its characters in the context, without spaces at its ends (-1 for ""). With `unanswerable` also
+    `null_score_diff` (the least [CLS] score minus the best span's: HF's null_odds.json; None without a span) and
+    `best_span` (that span's text, "" without one), which metrics.squad_best_thresholds tunes the threshold by."""
     by_question: list[list[int]] = [[] for _ in w.questions]
     for window, q in enumerate(w.question):
         by_question[q].append(window)
@@ -216,8 +218,12 @@ def answers(w: Windows, start_logits: np.ndarray, end_logits: np.ndarray, max_an
         allowed = w.offsets[window, :, 0] != NOT_CONTEXT
         allowed[0] = True
         log_p = (_log_softmax(start_logits[window], allowed)[s] + _log_softmax(end_logits[window], allowed)[e])
-        a, b = (-1, -1) if empty else _trimmed(question.context, int(w.offsets[window, s, 0]),
-                                                int(w.offsets[window, e, 1]))
+        span = None if best is None else _trimmed(question.context, int(w.offsets[best[1], best[2], 0]),
+                                                  int(w.offsets[best[1], best[3], 1]))
+        a, b = (-1, -1) if empty else span
         out.append({"id": question.id, "answer": "" if empty else question.context[a:b],
                     "score": round(float(np.exp(log_p)), 6), "start": a, "end": b})
+        if unanswerable:
+            out[-1].update(null_score_diff=None if best is None else null[0] - best[0],
+                           best_span="" if best is None else question.context[slice(*span)])
     return out

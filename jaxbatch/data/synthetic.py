@@ -73,29 +73,46 @@ def sentiment_corpus(n: int, seed: int) -> list[tuple[list[str], int]]:
     return out
 
 
-def qa_corpus(n: int, seed: int, held_out: bool = False) -> list[dict]:
+def qa_corpus(n: int, seed: int, held_out: bool = False, unanswerable: bool = False) -> list[dict]:
     """n SQuAD-style questions (id, question, context, answers): a context of 2 to 8 generated NER sentences, the
     question one of them without one of its entities (`flew to Paris on Monday .`), the answer that entity (`Anna
-    Berg`, where it stands in the context). Words of the NER corpus only, so the same vocabulary reads it."""
+    Berg`, where it stands in the context). With `unanswerable` (SQuAD 2.0) about a third ask about a sentence
+    the context does not hold, and have no answer. Words of the NER corpus only, so the same vocabulary reads it."""
     rng = np.random.default_rng(seed)
     rows = []
     while len(rows) < n:
         sentences = ner_corpus(int(rng.integers(2, 9)), int(rng.integers(2**31)), held_out)
+        context = " ".join(" ".join(w) for w, _ in sentences)
+        if unanswerable and rng.random() < 1 / 3:
+            words, tags = ner_corpus(1, int(rng.integers(2**31)), held_out)[0]  # a sentence from elsewhere
+            blank = _blank_entity(words, tags, rng)
+            if blank is not None and " ".join(words) not in context:
+                rows.append({"id": f"{seed}-{len(rows)}", "question": " ".join(words[:blank[0]] + words[blank[1]:]),
+                             "context": context, "answers": {"text": [], "answer_start": []}})
+            continue
         k = int(rng.integers(len(sentences)))
         words, tags = sentences[k]
-        starts = [i for i, t in enumerate(tags) if t.startswith("B-")]
-        if not starts:
+        blank = _blank_entity(words, tags, rng)
+        if blank is None:
             continue
-        first = starts[int(rng.integers(len(starts)))]
-        last = first + 1
-        while last < len(tags) and tags[last].startswith("I-"):
-            last += 1
+        first, last = blank
         before = sum(len(" ".join(w)) + 1 for w, _ in sentences[:k])
         start = before + len(" ".join(words[:first])) + (first > 0)
-        context = " ".join(" ".join(w) for w, _ in sentences)
         rows.append({"id": f"{seed}-{len(rows)}", "question": " ".join(words[:first] + words[last:]),
                      "context": context, "answers": {"text": [" ".join(words[first:last])], "answer_start": [start]}})
     return rows
+
+
+def _blank_entity(words: list[str], tags: list[str], rng) -> tuple[int, int] | None:
+    """One of a sentence's entities, drawn: its first word and the word after it (None: the sentence has none)."""
+    starts = [i for i, t in enumerate(tags) if t.startswith("B-")]
+    if not starts:
+        return None
+    first = starts[int(rng.integers(len(starts)))]
+    last = first + 1
+    while last < len(tags) and tags[last].startswith("I-"):
+        last += 1
+    return first, last
 
 
 def vocabulary() -> list[str]:

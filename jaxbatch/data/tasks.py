@@ -609,8 +609,9 @@ def _qa_questions(data_cfg, required: tuple[str, ...], optional: tuple[str, ...]
     train and validation); unanswerable ones need data.unanswerable (SQuAD 2.0), so a 2.0 file is never trained
     as 1.1 by mistake."""
     if dataset(data_cfg).source == "synthetic_qa":  # validation's answers are names training never saw
-        made = {"train": lambda: synthetic.qa_corpus(data_cfg.num_train, data_cfg.shuffle_seed),
-                "validation": lambda: synthetic.qa_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1, True)}
+        bare = data_cfg.unanswerable  # SQuAD 2.0-style: some questions without an answer
+        made = {"train": lambda: synthetic.qa_corpus(data_cfg.num_train, data_cfg.shuffle_seed, unanswerable=bare),
+                "validation": lambda: synthetic.qa_corpus(data_cfg.num_eval, data_cfg.shuffle_seed + 1, True, bare)}
         return {split: squad.from_records([(f"the generated {split} split, question {n}", row)
                                            for n, row in enumerate(made[split](), start=1)])
                 for split in required if split in made}

@@ -162,7 +162,11 @@ def test_the_best_span_over_a_questions_windows_is_its_answer(tokenizer):
     assert [a["answer"] for a in found] == [r["answers"]["text"][0] for r in rows]
     assert all(r["context"][a["start"]: a["end"]] == a["answer"] and 0.5 < a["score"] <= 1 for a, r in zip(found, rows))
     start[:, 0], end[:, 0] = 100, 100  # [CLS] beats every span
-    assert {a["answer"] for a in squad.answers(w, start, end, unanswerable=True)} == {""}
+    bare = squad.answers(w, start, end, unanswerable=True)
+    assert {a["answer"] for a in bare} == {""} and all(a["null_score_diff"] > 100 for a in bare)
+    assert [a["best_span"] for a in bare] == [r["answers"]["text"][0] for r in rows]  # what a threshold would answer
+    tolerant = squad.answers(w, start, end, unanswerable=True, null_threshold=max(a["null_score_diff"] for a in bare))
+    assert [a["answer"] for a in tolerant] == [r["answers"]["text"][0] for r in rows]
     assert [a["answer"] for a in squad.answers(w, start, end)] == [r["answers"]["text"][0] for r in rows]
     assert all(len(a["answer"].split()) <= 1 for a in squad.answers(w, start, end, max_answer_length=1))
     reversed_ = squad.answers(w, end * 0, start * 0 - np.arange(40))  # ends only score before starts
@@ -208,3 +212,7 @@ def test_generated_questions_are_answered_by_names_training_never_saw(tokenizer)
     train = {a for row in synthetic.qa_corpus(200, 0) for a in row["answers"]["text"]}
     assert not train & {a for q in questions["validation"] for a in q.answers}
     assert all(q.context[q.starts[0]:].startswith(q.answers[0]) for q in questions["validation"])
+    import dataclasses
+
+    bare = tasks.load(dataclasses.replace(data_cfg, unanswerable=True), tokenizer).windows["validation"].questions
+    assert 8 <= sum(not q.answers for q in bare) <= 25  # SQuAD 2.0-style: about a third without an answer
