@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 RESTORE_HELP = ("key=value: mesh.*, train.batch_size, data.seq_len, data.unknown_label, precision.policy; question "
-                "answering's data.doc_stride, data.max_answer_length, data.null_threshold")
+                "answering's data.doc_stride, data.max_answer_length, data.null_threshold, data.unanswerable")
 STEP_HELP = "a run dir's checkpoint at this step (default: its best by checkpoint.best_metric, else its newest)"
 
 

@@ -239,16 +239,18 @@ def hf_spec(folder: Path) -> config.Config:
 def check_restore_overrides(overrides: list[str] | tuple) -> None:
     """Refuses what `restore` may not change, before a command reads its input: a file named where an override
     goes would otherwise be taken for one, and predict would wait on standard input."""
+    # the data.* of question answering are how answers are read (a Hugging Face folder does not say SQuAD 2.0)
     allowed = ("mesh.", "train.batch_size", "data.seq_len", "data.unknown_label", "precision.policy",
-               *(f"data.{k}=" for k in ("doc_stride", "max_answer_length", "null_threshold")))  # how answers are read
+               *(f"data.{k}=" for k in ("doc_stride", "max_answer_length", "null_threshold", "unanswerable")))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{item!r} is not key=value: overrides come after the model; files and folders are "
                               f"given with their option (--input, --data-dir, --prompts; see --help)")
         if not item.startswith(allowed):
             raise ConfigError(f"{item!r}: only mesh.*, train.batch_size, data.seq_len, data.unknown_label, "
-                              f"precision.policy and question answering's data.doc_stride, data.max_answer_length "
-                              f"and data.null_threshold may be changed when restoring a trained model")
+                              f"precision.policy and question answering's data.doc_stride, data.max_answer_length, "
+                              f"data.null_threshold and data.unanswerable may be changed when restoring a trained "
+                              f"model")
 
 
 def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None, step: int | None = None) -> Restored:
@@ -257,7 +259,8 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
     line is named in a warning), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
     machine's devices. `overrides` (key=value) may set
     the mesh (`mesh.model=2`), the eval batch (`train.batch_size`), `data.seq_len` and how an evaluated
-    split's unknown tags are read (`data.unknown_label`); by default all devices split the batch. `step` picks
+    split's unknown tags are read (`data.unknown_label`), and how answers are read (data.doc_stride,
+    data.max_answer_length, data.null_threshold, data.unanswerable); by default all devices split the batch. `step` picks
     one checkpoint of a run dir (default: its best by checkpoint.best_metric, else its newest)."""
     from jaxbatch import adapter, checkpoint, hf
     from jaxbatch.compress import storage

@@ -423,7 +423,7 @@ def test_an_encoder_learns_to_answer_questions_and_exports_a_question_answering_
     """MiniLM fine-tuned on generated SQuAD-style questions whose contexts take several windows of 48 tokens:
     from answering few questions right to all of them; `evaluate` scores the run alike, `predict` answers a
     question<TAB>context line (one piece long when data.max_answer_length=1 says so) and SQuAD's JSON, and the
-    exported BertForQuestionAnswering's best span is the same answer."""
+    exported BertForQuestionAnswering's best span is the same answer (and "" read as a SQuAD 2.0 model)."""
     import torch
     import transformers
 
@@ -464,3 +464,8 @@ def test_an_encoder_learns_to_answer_questions_and_exports_a_question_answering_
         out = theirs(**enc)
     start, end = int(out.start_logits.argmax()), int(out.end_logits.argmax())
     assert context[offsets[start][0]: offsets[end][1]] == "Nim Lark"
+    capsys.readouterr()  # read as SQuAD 2.0's (which an HF folder cannot say): "" at any null score, the span kept
+    assert cli.main(["predict", str(tmp_path / "hf"), "--input", str(tmp_path / "ask.txt"), "data.unanswerable=true",
+                     "data.null_threshold=-1e9"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["answer"], record["best_span"], record["start"]) == ("", "Nim Lark", -1)
