@@ -257,11 +257,11 @@ def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None,
     """Rebuilds a trained model for inference from a run dir (its best usable checkpoint by
     checkpoint.best_metric, else its newest: spec + params, no optimizer state; a damaged one before it in
     line is named in a warning), a compressed model folder (compress/storage.py) or a Hugging Face folder, on this
-    machine's devices. `overrides` (key=value) may set
-    the mesh (`mesh.model=2`), the eval batch (`train.batch_size`), `data.seq_len` and how an evaluated
-    split's unknown tags are read (`data.unknown_label`), and how answers are read (data.doc_stride,
-    data.max_answer_length, data.null_threshold, data.unanswerable); by default all devices split the batch. `step` picks
-    one checkpoint of a run dir (default: its best by checkpoint.best_metric, else its newest)."""
+    machine's devices. `overrides` (key=value) may set the mesh (`mesh.model=2`), the eval batch
+    (`train.batch_size`), `data.seq_len`, how an evaluated split's unknown tags are read (`data.unknown_label`)
+    and how answers are read (data.doc_stride, data.max_answer_length, data.null_threshold, data.unanswerable);
+    by default all devices split the batch. `step` picks one checkpoint of a run dir (default: its best by
+    checkpoint.best_metric, else its newest)."""
     from jaxbatch import adapter, checkpoint, hf
     from jaxbatch.compress import storage
 
