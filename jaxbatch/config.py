@@ -204,7 +204,7 @@ class DataConfig:
     unknown_label: str = "error"  # a dev/test tag not in the label set: error | O (mapped, with a warning)
     label_all_subtokens: bool = False  # NER: label every word piece, not only the first
     line_by_line: bool = False  # a masked LM: each non-empty line its own example, cut and padded (run_mlm's)
-    buckets: int = 1  # length buckets for training batches (seq_len/4, seq_len/2, seq_len for 3); 1 = no bucketing
+    buckets: int = 1  # length buckets for training batches (the lengths that pad the split least); 1 = no bucketing
     shuffle_seed: int = 0
     # question answering (data.name=squad): context tokens a long context's neighbouring windows share (0: seq_len
     # // 3, HF's 128 of 384), the longest answer predicted in tokens, and whether a question may have no answer

@@ -29,8 +29,9 @@ def eval_batch_size(run, wanted: int | None = None) -> int:
 
 def _plan(arrays: dict, batch_size: int, buckets: int) -> tuple[np.ndarray | None, list, int | None]:
     """(the order to evaluate the split in, each batch's length, the padded length): padded examples (those
-    with an attention mask) shortest first, each batch cut to the smallest of `buckets` lengths (seq_len/4,
-    /2, /1) that holds it; without a mask, the split's order and length (None, [None, ...], None)."""
+    with an attention mask) shortest first, each batch cut to the smallest of `buckets` lengths (those that pad
+    the split least, pipeline.bucket_lengths) that holds it; without a mask, the split's order and length
+    (None, [None, ...], None)."""
     starts = range(0, len(arrays["labels"]), batch_size)
     if "attention_mask" not in arrays:
         return None, [None for _ in starts], None
@@ -38,7 +39,7 @@ def _plan(arrays: dict, batch_size: int, buckets: int) -> tuple[np.ndarray | Non
     order = np.argsort(lengths, kind="stable")
     lengths = lengths[order]
     seq_len = arrays["attention_mask"].shape[1]
-    cuts = np.asarray(pipeline.bucket_lengths(seq_len, buckets))
+    cuts = np.asarray(pipeline.bucket_lengths(seq_len, buckets, lengths))
     return order, [int(cuts[np.searchsorted(cuts, lengths[start: start + batch_size].max())])
                    for start in starts], seq_len
 

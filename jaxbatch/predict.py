@@ -154,7 +154,7 @@ def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -
     length bucket so short sentences are not padded to seq_len (one compiled shape per bucket)."""
     seq_len = arrays["input_ids"].shape[1]
     lengths = arrays["attention_mask"].sum(1)
-    bounds = pipeline.bucket_lengths(seq_len, buckets)
+    bounds = pipeline.bucket_lengths(seq_len, buckets, lengths)
     member = np.searchsorted(bounds, lengths)
     out: dict[str, list] = {}
     for b, length in enumerate(bounds):

@@ -34,10 +34,36 @@ def take(arrays: dict[str, np.ndarray], rows, length: int | None = None) -> dict
     return {k: v[rows, :length] if per_token(k, v, seq_len) else v[rows] for k, v in arrays.items()}
 
 
-def bucket_lengths(seq_len: int, num_buckets: int) -> list[int]:
-    """Bucket boundaries seq_len / 2^k (multiples of 8), longest last: [32, 64, 128] for (128, 3)."""
-    lengths = sorted({max(8, (seq_len >> k) // 8 * 8) for k in range(num_buckets)} | {seq_len})
-    return lengths[-num_buckets:]
+def bucket_lengths(seq_len: int, num_buckets: int, lengths: np.ndarray | None = None) -> list[int]:
+    """Bucket boundaries, longest last. Without the examples' `lengths` (real tokens), or with one bucket:
+    seq_len / 2^k (multiples of 8), [32, 64, 128] for (128, 3). With them: the at most `num_buckets` multiples of
+    8 (or seq_len) that pad those examples least in total, the longest holding the longest example (a split of
+    22- to 99-token windows at seq_len 128: [48, 72, 104] instead of [32, 64, 128], 20% padding instead of
+    33%). Chosen exactly by dynamic programming over the multiples of 8, in well under a millisecond."""
+    if lengths is None or num_buckets <= 1 or not len(lengths):
+        fixed = sorted({max(8, (seq_len >> k) // 8 * 8) for k in range(num_buckets)} | {seq_len})
+        return fixed[-num_buckets:]
+    candidates = np.asarray(sorted({min(c, seq_len) for c in range(8, seq_len + 8, 8)}))
+    top = int(np.searchsorted(candidates, np.max(lengths)))  # the candidate that holds the longest example
+    held = np.concatenate([[0], np.cumsum(np.bincount(np.searchsorted(candidates, lengths), minlength=top + 1))])
+    cost = candidates[: top + 1] * held[1:]  # least padded total of the examples up to each candidate, one bucket
+    choices = []
+    for _ in range(num_buckets - 1):  # one more bucket (its last boundary j, the one before it i < j), or none
+        arg = np.full(top + 1, -1)
+        more = cost.copy()
+        for j in range(1, top + 1):
+            split = cost[:j] + candidates[j] * (held[j + 1] - held[1: j + 1])
+            i = int(np.argmin(split))
+            if split[i] < more[j]:
+                more[j], arg[j] = split[i], i
+        choices.append(arg)
+        cost = more
+    bounds, j = [int(candidates[top])], top
+    for arg in reversed(choices):
+        if arg[j] >= 0:
+            j = int(arg[j])
+            bounds.append(int(candidates[j]))
+    return sorted(bounds)
 
 
 def plan_buckets(lengths: np.ndarray, buckets: list[int], batch_sizes: list[int], seed: int):
@@ -122,8 +148,8 @@ def _plan(arrays: dict[str, np.ndarray], sizes: list[int], seed: int, num_bucket
     """The bucketed (or ramped) plan of (length, example indices) per step; None for plain fixed batches."""
     if num_buckets <= 1 and not ramp:
         return None
-    seq_len = arrays["input_ids"].shape[1]
-    return plan_buckets(real_tokens(arrays).sum(1), bucket_lengths(seq_len, num_buckets), sizes, seed)
+    lengths = real_tokens(arrays).sum(1)
+    return plan_buckets(lengths, bucket_lengths(arrays["input_ids"].shape[1], num_buckets, lengths), sizes, seed)
 
 
 def step_shapes(arrays: dict[str, np.ndarray], global_batch: int, num_steps: int, seed: int, num_buckets: int = 1,
@@ -197,5 +223,5 @@ def padding_stats(arrays: dict[str, np.ndarray], num_buckets: int = 1) -> Paddin
     lengths = mask.sum(1)
     if num_buckets <= 1:
         return PaddingStats(int(lengths.sum()), int(mask.size))
-    buckets = np.asarray(bucket_lengths(mask.shape[1], num_buckets))
+    buckets = np.asarray(bucket_lengths(mask.shape[1], num_buckets, lengths))
     return PaddingStats(int(lengths.sum()), int(buckets[np.searchsorted(buckets, lengths)].sum()))

@@ -71,11 +71,29 @@ def _varied(n=400, seq=64, seed=0):
     return {"input_ids": mask * 7, "attention_mask": mask, "labels": np.arange(n, dtype=np.int32)}, lengths
 
 
+def test_bucket_lengths_pad_the_examples_least():
+    """The boundaries from the examples' lengths are the best of every choice of at most k multiples of 8 (by
+    brute force), the longest holding the longest example; without lengths, seq_len / 2^k."""
+    import itertools
+
+    assert pipeline.bucket_lengths(64, 3) == [16, 32, 64]
+    rng = np.random.default_rng(0)
+    for seq_len, k, lengths in [(64, 3, rng.integers(3, 65, 400)), (100, 2, rng.integers(1, 60, 50)),
+                                (128, 4, np.concatenate([rng.integers(20, 30, 90), rng.integers(90, 100, 10)])),
+                                (64, 3, np.full(7, 12))]:
+        bounds = pipeline.bucket_lengths(seq_len, k, lengths)
+        padded = lambda b: int(np.asarray(b)[np.searchsorted(b, lengths)].sum())  # noqa: E731
+        candidates = sorted({min(c, seq_len) for c in range(8, seq_len + 8, 8)})
+        best = min(padded(list(c)) for m in range(1, k + 1) for c in itertools.combinations(candidates, m)
+                   if c[-1] >= lengths.max())
+        assert len(bounds) <= k and bounds[-1] >= lengths.max() > bounds[-1] - 8 and padded(bounds) == best
+    assert pipeline.bucket_lengths(64, 3, np.full(7, 12)) == [16]
+
+
 def test_length_buckets_cut_padding_and_keep_every_example_fitting():
     arrays, lengths = _varied()
-    assert pipeline.bucket_lengths(64, 3) == [16, 32, 64]
     batches = list(pipeline.train_dataset(arrays, 16, num_steps=25, seed=0, num_buckets=3))
-    assert {b["input_ids"].shape[1] for b in batches} == {16, 32, 64}
+    assert {b["input_ids"].shape[1] for b in batches} == set(pipeline.bucket_lengths(64, 3, lengths))
     for b in batches:  # no example is cut: each batch's length holds all its examples' tokens
         assert (lengths[b["labels"]] <= b["input_ids"].shape[1]).all()
         assert (b["attention_mask"].sum(1) == lengths[b["labels"]]).all()
