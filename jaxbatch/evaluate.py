@@ -97,17 +97,18 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
 
 
 def metric_names(task: str, problem_type: str | None = "", entities: bool = True,
-                 classes: int | None = None, masked: bool = False) -> tuple[str, ...]:
+                 classes: int | None = None, masked: bool = False, unanswerable: bool = False) -> tuple[str, ...]:
     """The scalar metrics a training run's evaluations report for a task (what checkpoint.best_metric may
     name); a causal language model's bits per byte come from the run's tokenizer (a `masked` one's predicted
     tokens are not a text, so it has none). `problem_type` None: not known
     yet (before the data has decided), so any sequence head's. A token task's entity F1 needs entity tags
     (`entities`: plain tags such as part of speech have no entities); a single-label head's F1 of its positive
-    class needs two `classes` (None: not known yet)."""
+    class needs two `classes` (None: not known yet); SQuAD 2.0 (`unanswerable`) adds the scores at the split's best
+    null-score threshold."""
     if problem_type == losses.REGRESSION:
         return ("loss",) + metrics.CORRELATIONS
     if task == "qa":
-        return ("loss", "accuracy") + metrics.SQUAD
+        return ("loss", "accuracy") + metrics.SQUAD + (metrics.SQUAD_BEST if unanswerable else ())
     names = ("loss", "accuracy") + {"lm": ("perplexity",) if masked else ("perplexity", "bits_per_byte"),
                                     "token": ("entity_f1",) if entities else ()}.get(task, ())
     if problem_type == losses.MULTI_LABEL:

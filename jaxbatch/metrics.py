@@ -120,6 +120,7 @@ def multi_label_scores(pred: np.ndarray, gold: np.ndarray, label_names: list[str
 
 
 SQUAD = ("exact_match", "f1")  # what extractive question answering is scored by (SQuAD's script), as fractions
+SQUAD_BEST = tuple(f"best_{k}" for k in SQUAD)  # SQuAD 2.0's, at the split's best null-score threshold
 
 
 def _normalized(text: str) -> list[str]:
@@ -184,16 +185,15 @@ def squad_best_thresholds(spans: list[str], null_diffs: list[float], gold: list[
     finite = np.isfinite(diffs)
     empty = _squad_per_question([""] * len(gold), gold)
     if not finite.any():
-        return {f"best_{k}": float(e.mean()) for k, e in zip(SQUAD, empty)} | {
-            f"best_{k}_threshold": 0.0 for k in SQUAD}
+        return {k: float(e.mean()) for k, e in zip(SQUAD_BEST, empty)} | {f"{k}_threshold": 0.0 for k in SQUAD_BEST}
     order = np.argsort(np.where(finite, diffs, np.inf), kind="stable")[: int(finite.sum())]
     last_of_ties = np.append(diffs[order][1:] != diffs[order][:-1], True)  # a threshold answers all its ties
     thresholds = np.concatenate([[np.nextafter(diffs[order][0], -np.inf)], diffs[order][last_of_ties]])
     out = {}
-    for name, answered, unanswered in zip(SQUAD, _squad_per_question(spans, gold), empty):
+    for name, answered, unanswered in zip(SQUAD_BEST, _squad_per_question(spans, gold), empty):
         totals = unanswered.sum() + np.concatenate([[0.0], np.cumsum((answered - unanswered)[order])[last_of_ties]])
         best = int(np.argmax(totals))
-        out[f"best_{name}"], out[f"best_{name}_threshold"] = float(totals[best] / len(gold)), float(thresholds[best])
+        out[name], out[f"{name}_threshold"] = float(totals[best] / len(gold)), float(thresholds[best])
     return out
 
 

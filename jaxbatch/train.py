@@ -123,7 +123,8 @@ def _check_best_metric(spec: config.Config, problem_type: str | None, entities: 
                        classes: int | None = None) -> None:
     """checkpoint.best_metric must be one the evaluations report (`problem_type` None: the data decides it;
     `entities`: whether a token task's tags mark entities; `classes`: the label set's size, once known)."""
-    named = evaluate.metric_names(spec.model.task, problem_type, entities, classes, models.masked_lm(spec.model))
+    named = evaluate.metric_names(spec.model.task, problem_type, entities, classes, models.masked_lm(spec.model),
+                                  spec.data.unanswerable)
     if spec.checkpoint.best_metric and spec.checkpoint.best_metric not in named:
         head = {losses.REGRESSION: "regression", losses.MULTI_LABEL: "multi-label"}.get(problem_type, spec.model.task)
         raise config.ConfigError(f"checkpoint.best_metric={spec.checkpoint.best_metric!r} is not reported for this "

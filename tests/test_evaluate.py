@@ -86,6 +86,8 @@ def test_single_label_heads_report_f1_and_matthews_correlation_as_glue_does():
     assert binary["f1"] == pytest.approx(2 / 3)
     assert binary["matthews_correlation"] == pytest.approx((3 * 5 - (2 * 2 + 3 * 3)) / (25 - 13))
     assert evaluate.metric_names("sequence", "", classes=3) == ("loss", "accuracy", "macro_f1", "matthews_correlation")
+    assert evaluate.metric_names("qa") == ("loss", "accuracy", "exact_match", "f1")  # SQuAD 2.0: at its best threshold
+    assert evaluate.metric_names("qa", unanswerable=True)[4:] == ("best_exact_match", "best_f1")
 
 
 def test_answers_are_scored_as_squads_evaluation_script_scores_them():
