@@ -178,7 +178,7 @@ def main() -> None:
 
     preset = args.preset or DEFAULT_PRESET[args.family]
     cfg = bench_config(args.family, preset, args.batch, args.seq, args.precision, args.overrides, args.mlm)
-    distributed.initialize(cfg.distributed)  # distributed.cpu_devices=-1: one XLA:CPU device per core
+    distributed.initialize(cfg)  # distributed.cpu_devices=-1: one XLA:CPU device per core
     batch = bench_batch(cfg, args.family, args.batch, args.seq)
     devices = jax.devices()
     kind = devices[0].device_kind

@@ -22,7 +22,7 @@ def configure(defaults: list[str], overrides: list[str], config_file: str | None
     """The recipe's config, then JAX started with it (`distributed.initialize`, before anything touches a
     device)."""
     cfg = config.build(defaults + overrides, config_file)
-    if distributed.initialize(cfg.distributed):
+    if distributed.initialize(cfg):
         print(distributed.describe())
     return cfg
 

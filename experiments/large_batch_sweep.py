@@ -138,7 +138,7 @@ def run(argv: list[str]) -> dict:
         base = ["model.preset=tiny", f"data.name={name}", "data.seq_len=32", "data.num_train=16384"]
     metric = "entity_f1" if args.task == "conll" else "accuracy"
     sweep_cfg = config.build(base + args.overrides)
-    distributed.initialize(sweep_cfg.distributed)  # the overrides' distributed.* hold for every point
+    distributed.initialize(sweep_cfg)  # the overrides' distributed.* hold for every point
     n_train = _train_examples(sweep_cfg)
     points = []
     for variant in variants:

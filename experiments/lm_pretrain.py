@@ -56,7 +56,7 @@ def main(argv: list[str]) -> dict:
     cfg = config.build(base + args.overrides)
     if args.preset in CPU_PRESETS:  # the command line's overrides still win
         cfg = config.build(base + [f"distributed.cpu_devices={distributed.cpu_devices_dividing(cfg.train.batch_size)}"] + args.overrides)
-    distributed.initialize(cfg.distributed)
+    distributed.initialize(cfg)
     result = train.train(cfg)
     final = result.summary["final_eval"]
     print(f"\nval loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}, bits/byte "

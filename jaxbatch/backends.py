@@ -21,7 +21,7 @@ def cpu_only_without_tpu_chips() -> bool:
     jaxbatch` calls it."""
     if jax.config.jax_platforms or importlib.util.find_spec("libtpu") is None:
         return False
-    if importlib.metadata.entry_points(group="jax_plugins") or importlib.util.find_spec("jax_plugins"):
+    if _plugin():
         return False  # a GPU (or other) PJRT plugin: JAX picks among them
     try:
         from jax._src import hardware_utils  # how JAX itself counts the chips on the PCI bus
@@ -32,3 +32,16 @@ def cpu_only_without_tpu_chips() -> bool:
         return False
     jax.config.update("jax_platforms", "cpu")
     return True
+
+
+def _plugin() -> bool:
+    return bool(importlib.metadata.entry_points(group="jax_plugins") or importlib.util.find_spec("jax_plugins"))
+
+
+def runs_on_cpu(platforms: str | None) -> bool:
+    """Whether JAX will run on the CPU alone, known before it starts: the chosen `jax_platforms` (which
+    `cpu_only_without_tpu_chips` sets where libtpu finds no chips) name only cpu, or, none chosen, nothing
+    that gives JAX another backend is installed (libtpu, a PJRT plugin such as CUDA's)."""
+    if platforms:
+        return {p.strip() for p in platforms.split(",")} == {"cpu"}
+    return importlib.util.find_spec("libtpu") is None and not _plugin()

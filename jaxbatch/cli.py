@@ -160,7 +160,7 @@ def train(args) -> int:
     from jaxbatch import train as train_lib
 
     cfg = config.build(args.overrides, args.config)
-    if distributed.initialize(cfg.distributed):
+    if distributed.initialize(cfg):
         print(distributed.describe())
     result = train_lib.train(cfg)
     if not result.finished:

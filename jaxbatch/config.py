@@ -268,7 +268,9 @@ class DistributedConfig:
     num_processes: int = 1
     process_id: int = 0
     cpu_devices: int = 0  # CPU only: XLA devices per process (gloo between processes); 0 = JAX's default, -1 = one per core
-    cpu_one_arena: bool = False  # one malloc arena for all threads: for CPU steps whose buffers pass 64 MiB (host.py)
+    # CPU: one malloc arena for all threads (host.py): true | false | auto = when the train step's temporaries per
+    # device pass the 64 MiB a thread's own arena can hold (estimated from the model's shape; run.setup)
+    cpu_one_arena: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +312,8 @@ def _coerce(text_or_value: Any, hint: Any, key: str) -> Any:
                     raise ValueError(value)
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
+        if hint is str and isinstance(value, bool):  # a switch that became a word (distributed.cpu_one_arena)
+            return str(value).lower()
         if hint in (int, float, str):
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from jaxbatch import host
+from jaxbatch import backends, host
 from jaxbatch.errors import ConfigError
 
 
@@ -31,21 +31,42 @@ def _check(d) -> None:
     if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
         raise ConfigError(f"distributed.process_id={d.process_id} must be in [0, distributed.num_processes="
                           f"{d.num_processes})")
+    if d.cpu_one_arena not in ("auto", "true", "false"):
+        raise ConfigError(f"distributed.cpu_one_arena={d.cpu_one_arena!r}: use auto, true or false")
     host, _, port = d.coordinator.rpartition(":")
     if d.coordinator and not (host and port.isdigit() and 0 < int(port) < 65536):
         raise ConfigError(f"distributed.coordinator={d.coordinator!r}: use HOST:PORT, e.g. 10.0.0.2:1234")
 
 
-def initialize(dist_cfg) -> bool:
-    """Sets the CPU device count (and, with `cpu_one_arena`, one malloc arena: host.one_arena) and starts
-    jax.distributed when configured; returns whether it started jax.distributed. Must run before any device
-    use.
+def one_arena(cfg) -> bool:
+    """`distributed.cpu_one_arena`: auto takes one malloc arena (host.py) when JAX will run on the CPU and a
+    device's train step needs more temporaries than a thread's own heap holds, as estimated from the model's
+    shape (a pretrained folder's, read here) and its share of the batch (models.train_temp_floats)."""
+    setting = cfg.distributed.cpu_one_arena
+    if setting != "auto":
+        return setting == "true"
+    if not backends.runs_on_cpu(jax.config.jax_platforms):
+        return False
+    from jaxbatch import models
+    from jaxbatch import run as run_lib
+
+    model = run_lib.resolve(cfg).model  # the pretrained folder's shape
+    devices = cpu_device_count(cfg.distributed.cpu_devices) or max(jax.config.jax_num_cpu_devices, 1)
+    rows = -(-cfg.train.batch_size // (devices * max(cfg.train.accum_steps, 1)))
+    seq_len = cfg.data.seq_len
+    return 4 * models.train_temp_floats(model, rows * seq_len, seq_len) > host.THREAD_HEAP
+
+
+def initialize(cfg) -> bool:
+    """Sets the CPU device count (and one malloc arena where `one_arena` says) and starts jax.distributed
+    when configured; returns whether it started jax.distributed. Must run before any device use.
 
     Several CPU devices in one process are how XLA:CPU uses several cores on a small model: it runs each
     device's program on a core of its own, while one device runs the small matmuls and fusions of a ~1M-
     parameter model on about one core (benchmarks/README.md, "Decoder step on CPU")."""
+    dist_cfg = cfg.distributed
     _check(dist_cfg)
-    if dist_cfg.cpu_one_arena:
+    if one_arena(cfg):
         host.one_arena()
     if dist_cfg.cpu_devices:
         if dist_cfg.cpu_devices < -1:

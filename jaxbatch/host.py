@@ -9,8 +9,9 @@ same pages in again. Two cases (benchmarks/README.md, step_throughput.py, sessio
 - a thread's own arena (XLA's workers each get one) holds at most 64 MiB per heap, so a larger block there
   is mapped afresh whatever the settings: MiniLM's 32 x 128 step on 2 CPU devices made ~395,000 page faults
   (1.2-1.6 s of kernel time in a 2.2 s step) for its 213+ MiB blocks. One arena for every thread (the main
-  heap, grown with brk without that limit) keeps those too, but its lock costs a small model's loop ~25%,
-  so it is a setting (`distributed.cpu_one_arena`), applied before XLA's threads first allocate.
+  heap, grown with brk without that limit) keeps those too, but its lock costs a small model's loop 10-25%,
+  so `distributed.cpu_one_arena=auto` takes it only for CPU steps whose temporaries pass a thread's heap
+  (`THREAD_HEAP`, estimated from the model's shape), before JAX starts (`distributed.initialize`).
 Linux/glibc only; elsewhere nothing changes."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import functools
 import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
+THREAD_HEAP = 64 * 2**20  # the most a heap of a thread's own arena holds (glibc's HEAP_MAX_SIZE, 64-bit)
 
 
 @functools.cache
@@ -44,7 +46,8 @@ def keep_freed_memory() -> bool:
 @functools.cache
 def one_arena() -> bool:
     """Every thread allocates from the main heap, so blocks above 64 MiB are kept too. A thread keeps the
-    arena it first allocated from: this must run before the first JAX operation (`distributed.initialize`)."""
+    arena it first allocated from: this must run before JAX starts its backends (some of XLA:CPU's threads
+    allocate as they start)."""
     mallopt = _mallopt()
     return bool(keep_freed_memory() and mallopt(_M_ARENA_MAX, 1))
 

@@ -52,6 +52,20 @@ def test_the_users_platforms_and_gpu_plugins_are_left_alone(monkeypatch):
     assert backends.cpu_only_without_tpu_chips() is True and calls == [("jax_platforms", "cpu")]
 
 
+def test_jax_runs_on_the_cpu_alone_where_told_to_or_nothing_else_is_installed(monkeypatch):
+    """What distributed.cpu_one_arena=auto asks before JAX starts (asking JAX would start it)."""
+    assert backends.runs_on_cpu("cpu") and backends.runs_on_cpu(" cpu ")
+    assert not backends.runs_on_cpu("cuda,cpu") and not backends.runs_on_cpu("tpu")
+    installed = {"libtpu"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in installed else None)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+    assert not backends.runs_on_cpu(None)  # libtpu on a TPU VM (without chips, import jaxbatch chose "cpu")
+    installed = set()
+    assert backends.runs_on_cpu(None)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: ["xla_cuda12"])
+    assert not backends.runs_on_cpu(None)
+
+
 def test_tpu_slices_are_still_there_to_compile_for():  # test_topology.py compiles for them in-process
     probe = ("import jaxbatch, jax; from jaxbatch import topology; t = topology.target('v5e:2x2'); "
              "print(jax.config.jax_platforms, len(t.devices), t.devices[0].platform)")

@@ -7,6 +7,9 @@ def test_overrides_are_typed():
     cfg = config.build(["mesh.model=2", "train.batch_size=64", "optim.learning_rate=3e-4", "train.progress=false"])
     assert cfg.mesh.model == 2 and cfg.train.batch_size == 64
     assert cfg.optim.learning_rate == pytest.approx(3e-4) and cfg.train.progress is False
+    saved = config.to_dict(cfg)  # a run saved when distributed.cpu_one_arena was a switch reads as its word
+    saved["distributed"]["cpu_one_arena"] = True
+    assert config.from_dict(saved).distributed.cpu_one_arena == "true"
 
 
 def test_preset_fills_shape_and_explicit_keys_win():

@@ -112,9 +112,49 @@ def test_cpu_devices_one_per_core_and_refused_once_jax_has_started(monkeypatch):
     jax.devices()  # this process's JAX has started: the count can no longer change, and says so
     for bad, message in ((-1, "JAX had started already"), (-2, "use a count")):
         with pytest.raises(config.ConfigError, match=message):
-            distributed.initialize(config.build([f"distributed.cpu_devices={bad}"]).distributed)
+            distributed.initialize(config.build([f"distributed.cpu_devices={bad}"]))
     for overrides, message in ((["distributed.num_processes=2", "distributed.coordinator=host"], "use HOST:PORT"),
                                (["distributed.num_processes=2", "distributed.coordinator=h:0"], "use HOST:PORT"),
-                               (["distributed.process_id=2", "distributed.num_processes=2"], r"process_id=2 must be")):
+                               (["distributed.process_id=2", "distributed.num_processes=2"], r"process_id=2 must be"),
+                               (["distributed.cpu_one_arena=sometimes"], "use auto, true or false")):
         with pytest.raises(config.ConfigError, match=message):  # before jax.distributed is touched
-            distributed.initialize(config.build(overrides).distributed)
+            distributed.initialize(config.build(overrides))
+
+
+FAULTS_OF_A_STEP = """
+import resource, sys
+sys.path.insert(0, "tests")
+from conftest import random_batch, tiny_config
+import jax
+from jaxbatch import distributed, host
+from jaxbatch import run as run_lib
+cfg = tiny_config("data.seq_len=128", *sys.argv[1:])
+distributed.initialize(cfg)
+run = run_lib.setup(cfg)
+batch = {k: jax.device_put(v, run.batch_sh[k]) for k, v in random_batch(cfg).items()}
+state, faults = run.state, []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    state, metrics = run.steps.train(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(host.one_arena.cache_info().currsize, min(faults[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_one_arena_is_taken_when_the_steps_temporaries_pass_a_threads_heap():
+    """distributed.cpu_one_arena=auto: a step whose temporaries pass 64 MiB on its device (the tiny model at 64 x
+    128, ~120 MiB) gets one arena, so its block stays mapped from step to step (~30,000 page faults a step without
+    it); a step of 8 x 128 (~15 MiB, which a thread's heap keeps) does not pay for the arena's lock."""
+    def run(*overrides):
+        done = subprocess.run([sys.executable, "-c", FAULTS_OF_A_STEP, *overrides], env=subprocess_env(1),
+                              capture_output=True, text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+        assert done.returncode == 0, done.stderr[-2000:]
+        return tuple(map(int, done.stdout.split()))
+
+    arena, faults = run("train.batch_size=64")
+    assert arena == 1 and faults < 2000
+    arena, faults = run("train.batch_size=64", "distributed.cpu_one_arena=false")
+    assert arena == 0 and faults > 20000
+    assert run("train.batch_size=8")[0] == 0

@@ -137,6 +137,20 @@ def train_flops_per_token(model_cfg, seq_len: int) -> float:
     return flops * 2 / 3 if model_cfg.lora_rank else flops
 
 
+def train_temp_floats(model_cfg, tokens: int, seq_len: int) -> float:
+    """Roughly how many floats a training step's temporaries hold on a device computing `tokens` tokens of
+    `seq_len`-long rows: the parameters' gradients (a dense Transformer's parameters, counted from its shape) and
+    the activations kept per token (each layer's, its attention probabilities, the output's logits). Within
+    0.8-1.4x of XLA:CPU's buffer assignment for MiniLM, bert-base, GPT-2 124M and the tiny models (benchmarks/
+    README.md, "One malloc arena when the step needs it"); for host settings before JAX starts, never for
+    planning memory (memory.py compiles the step for that)."""
+    m = model_cfg
+    h, i, layers = m.hidden_size, m.intermediate_size, m.num_layers
+    params = m.vocab_size * h + layers * (4 * h * h + 3 * h * i)
+    outputs = m.vocab_size if m.task == "lm" else m.num_labels
+    return params + tokens * (layers * (4 * h + 2 * i + 6 * m.num_heads * seq_len) + 2 * outputs)
+
+
 def check_shape(model_cfg, shape: Mapping[str, Any]) -> None:
     """A named preset must agree with the shape a checkpoint's config.json gives; 'custom' takes it as is."""
     if model_cfg.preset == "custom":

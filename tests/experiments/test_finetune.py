@@ -23,9 +23,9 @@ def _python(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_recipes_start_jax_on_one_cpu_device_with_one_arena_and_overrides_win():
-    assert _python("-c", SETUP).stdout.split() == ["1", "True", "1"]
+    assert _python("-c", SETUP).stdout.split() == ["1", "true", "1"]
     devices, one_arena, _ = _python("-c", SETUP, "distributed.cpu_devices=3", "distributed.cpu_one_arena=false").stdout.split()
-    assert (devices, one_arena) == ("3", "False")
+    assert (devices, one_arena) == ("3", "false")
 
 
 def test_a_bad_data_dir_is_one_line_and_exit_code_2(tmp_path):

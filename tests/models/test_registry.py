@@ -112,3 +112,19 @@ def test_the_core_never_names_a_model():
     hits = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py") if p.parent.name != "models"
             for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"Bert|BERT|GPT|Llama|LLaMA", line)]
     assert hits == []
+
+
+@pytest.mark.parametrize("overrides", [
+    ("model.preset=tiny", "model.num_layers=1", "train.batch_size=16", "data.seq_len=128"),
+    ("model.preset=tiny", "model.task=sequence", "model.num_labels=2", "train.batch_size=32", "data.seq_len=32"),
+    ("model.preset=gpt-tiny", "model.task=lm", "data.name=text", "model.vocab_size=65", "train.batch_size=8",
+     "data.seq_len=64")])
+def test_the_per_token_estimate_follows_xlas_temporaries(overrides):
+    """distributed.one_arena's estimate of a step's temporaries, before JAX starts, against XLA's buffer
+    assignment of the compiled step (fp32: 4 bytes a float)."""
+    from jaxbatch import memory
+
+    cfg = config.build(["optim.name=adamw", *overrides])
+    measured = memory.step_memory(cfg, 1, devices=jax.devices()[:1]).temp
+    estimate = 4 * models.train_temp_floats(cfg.model, cfg.train.batch_size * cfg.data.seq_len, cfg.data.seq_len)
+    assert 0.6 < estimate / measured < 1.6, (estimate, measured)
