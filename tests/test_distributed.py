@@ -13,6 +13,7 @@ import pytest
 from conftest import subprocess_env
 from jaxbatch import cli
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["model.preset=tiny", "model.num_layers=1", "model.hidden_dropout=0", "data.seq_len=16", "data.num_train=256",
         "data.num_eval=64", "train.batch_size=32", "train.steps=6", "train.log_every=2", "train.eval_every=6",
         "train.progress=false", "mesh.data=4", "mesh.fsdp=2"]
@@ -149,7 +150,7 @@ def test_one_arena_is_taken_when_the_steps_temporaries_pass_a_threads_heap():
     it); a step of 8 x 128 (~15 MiB, which a thread's heap keeps) does not pay for the arena's lock."""
     def run(*overrides):
         done = subprocess.run([sys.executable, "-c", FAULTS_OF_A_STEP, *overrides], env=subprocess_env(1),
-                              capture_output=True, text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert done.returncode == 0, done.stderr[-2000:]
         return tuple(map(int, done.stdout.split()))
 
