@@ -38,7 +38,7 @@ def _check(d) -> None:
         raise ConfigError(f"distributed.coordinator={d.coordinator!r}: use HOST:PORT, e.g. 10.0.0.2:1234")
 
 
-def one_arena(cfg) -> bool:
+def wants_one_arena(cfg) -> bool:
     """`distributed.cpu_one_arena`: auto takes one malloc arena (host.py) when JAX will run on the CPU and a
     device's train step needs more temporaries than a thread's own heap holds, as estimated from the model's
     shape (a pretrained folder's, read here) and its share of the batch (models.train_temp_floats)."""
@@ -58,7 +58,7 @@ def one_arena(cfg) -> bool:
 
 
 def initialize(cfg) -> bool:
-    """Sets the CPU device count (and one malloc arena where `one_arena` says) and starts jax.distributed
+    """Sets the CPU device count (and one malloc arena where `wants_one_arena` says) and starts jax.distributed
     when configured; returns whether it started jax.distributed. Must run before any device use.
 
     Several CPU devices in one process are how XLA:CPU uses several cores on a small model: it runs each
@@ -66,7 +66,7 @@ def initialize(cfg) -> bool:
     parameter model on about one core (benchmarks/README.md, "Decoder step on CPU")."""
     dist_cfg = cfg.distributed
     _check(dist_cfg)
-    if one_arena(cfg):
+    if wants_one_arena(cfg):
         host.one_arena()
     if dist_cfg.cpu_devices:
         if dist_cfg.cpu_devices < -1:

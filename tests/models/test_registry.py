@@ -120,7 +120,7 @@ def test_the_core_never_names_a_model():
     ("model.preset=gpt-tiny", "model.task=lm", "data.name=text", "model.vocab_size=65", "train.batch_size=8",
      "data.seq_len=64")])
 def test_the_per_token_estimate_follows_xlas_temporaries(overrides):
-    """distributed.one_arena's estimate of a step's temporaries, before JAX starts, against XLA's buffer
+    """distributed.wants_one_arena's estimate of a step's temporaries, before JAX starts, against XLA's buffer
     assignment of the compiled step (fp32: 4 bytes a float)."""
     from jaxbatch import memory
 
