@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from step_throughput import DEFAULT_PRESET, bench_batch, bench_config  # noqa: E402
 
-from jaxbatch import metrics, models  # noqa: E402
+from jaxbatch import distributed, metrics, models  # noqa: E402
 from jaxbatch import run as run_lib  # noqa: E402
 
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)(?:\{[^}]*\})? ([\w\-]+)\((.*)$")
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     preset = args.preset or DEFAULT_PRESET[args.family]
     cfg = bench_config(args.family, preset, args.batch, args.seq,
                        overrides=["mesh.data=1", "train.progress=false", *args.overrides], mlm=args.mlm)
+    distributed.initialize(cfg)  # one malloc arena where the step needs it, as `jaxbatch train` takes it
     run = run_lib.setup(cfg, devices=jax.devices()[:1])
     raw = bench_batch(cfg, args.family, args.batch, args.seq)
     batch = {k: jax.device_put(v, run.batch_sh[k]) for k, v in raw.items()}
