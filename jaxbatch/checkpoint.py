@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -45,7 +46,7 @@ import orbax.checkpoint as ocp
 
 from jaxbatch import config, host
 from jaxbatch import mesh as mesh_lib
-from jaxbatch.errors import CheckpointError, TrainingDiverged
+from jaxbatch.errors import CheckpointError, ConfigError, TrainingDiverged
 
 
 def _words(x: jax.Array) -> jax.Array:
@@ -166,6 +167,21 @@ def set_a_best(metrics) -> bool:
     """Whether the ranking saved with a checkpoint says its evaluation set a new best (a number)."""
     return (isinstance(metrics, dict) and metrics.get("since_best") == 0
             and isinstance(metrics.get("value"), (int, float)) and not isinstance(metrics["value"], bool))
+
+
+def newest_saved_spec(directory: Path) -> config.Config | None:
+    """The spec saved with the newest finished checkpoint under `directory`, read as the JSON file Orbax wrote
+    (`<step>/spec/metadata`) rather than through its manager, which starts JAX's backends: for choices made
+    before they start (distributed.wants_one_arena). None where no checkpoint's spec reads."""
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+    for step in steps:
+        folder = directory / str(step)
+        try:
+            if (folder / "commit_success.txt").is_file():
+                return config.from_dict(json.loads((folder / "spec" / "metadata").read_text()))
+        except (OSError, ValueError, TypeError, ConfigError):
+            continue
+    return None
 
 
 class _Manager(ocp.CheckpointManager):

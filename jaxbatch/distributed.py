@@ -7,7 +7,9 @@ CPU processes (tests, development) talk through gloo collectives.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 
 import jax
 
@@ -48,13 +50,42 @@ def wants_one_arena(cfg) -> bool:
     if not backends.runs_on_cpu(jax.config.jax_platforms):
         return False
     from jaxbatch import models
-    from jaxbatch import run as run_lib
 
-    model = run_lib.resolve(cfg).model  # the pretrained folder's shape
+    model = _shape(cfg)
     devices = cpu_device_count(cfg.distributed.cpu_devices) or max(jax.config.jax_num_cpu_devices, 1)
     rows = -(-cfg.train.batch_size // (devices * max(cfg.train.accum_steps, 1)))
     seq_len = cfg.data.seq_len
     return 4 * models.train_temp_floats(model, rows * seq_len, seq_len) > host.THREAD_HEAP
+
+
+def _shape(cfg):
+    """The model's shape, read without starting JAX: `run.resolve`'s (a pretrained folder's config.json), except
+    that a run dir named as model.pretrained gives its newest checkpoint's saved spec (resolving it exports the
+    run, which starts JAX), and a vocabulary left to the tokenizer (0) takes the named tokenizer's size (a
+    corpus' characters, read with the data, stay 0: a few hundred at most)."""
+    from jaxbatch import checkpoint, hf
+    from jaxbatch import run as run_lib
+
+    def run_dir(name: str) -> Path | None:
+        return Path(name) if name and name not in hf.KNOWN and hf.is_run_dir(Path(name)) else None
+
+    pretrained = run_dir(cfg.model.pretrained)
+    if pretrained is None:
+        model = run_lib.resolve(cfg).model
+    else:
+        saved = checkpoint.newest_saved_spec(pretrained / "checkpoints")  # fine-tuning keeps the backbone's shape
+        model = cfg.model if saved is None else dataclasses.replace(
+            saved.model, task=cfg.model.task, num_labels=cfg.model.num_labels)
+    names = cfg.data.tokenizer or cfg.model.pretrained
+    if model.vocab_size < 1 and (names or cfg.data.name.startswith("synthetic")):
+        spec = dataclasses.replace(cfg, model=model)
+        tokenizer_run = run_dir(names)  # its tokenizer folder, or the folder it would be exported to
+        tokenizer = (run_lib.tokenizer(spec) if tokenizer_run is None
+                     else run_lib.tokenizer(spec, tokenizer_run) if (tokenizer_run / run_lib.TOKENIZER_DIR).is_dir()
+                     else None)
+        if tokenizer is not None:
+            model = dataclasses.replace(model, vocab_size=len(tokenizer))
+    return model
 
 
 def initialize(cfg) -> bool:

@@ -39,11 +39,16 @@ def resolve(name_or_path: str, key: str = "model.pretrained") -> Path:
     path = Path(name_or_path)
     if not path.is_dir():
         raise CheckpointError(f"{key}={name_or_path!r}: no such folder (known names: {', '.join(KNOWN)})")
-    if (path / "checkpoints").is_dir() and not (path / "config.json").is_file():  # a jaxbatch run dir
+    if is_run_dir(path):
         from jaxbatch import run as run_lib
 
         return run_lib.exported(path)
     return path
+
+
+def is_run_dir(path: Path) -> bool:
+    """A jaxbatch run dir (checkpoints, no config.json) where a Hugging Face folder goes."""
+    return (path / "checkpoints").is_dir() and not (path / "config.json").is_file()
 
 
 def read_config(folder: Path) -> dict:

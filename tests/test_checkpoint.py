@@ -48,6 +48,16 @@ def test_same_mesh_resume_is_bit_identical(tmp_path):
     a, b = params_numpy(whole.state), params_numpy(rest.state)
     for key in a:
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    # the spec read as JSON, before JAX starts (distributed.wants_one_arena), is Orbax's; a damaged newest one is
+    # passed over for the one before it
+    ckpts = part / "checkpoints"
+    newest = checkpoint.Checkpointer(ckpts, read_only=True).latest_step()
+    assert checkpoint.newest_saved_spec(ckpts) == checkpoint.Checkpointer(ckpts, read_only=True).read_spec(newest)
+    saved = ckpts / str(newest) / "spec" / "metadata"
+    text = saved.read_text()
+    saved.write_text("{not json")
+    assert checkpoint.newest_saved_spec(ckpts).model == whole.spec.model
+    saved.write_text(text)
     # running a finished run again restores it and only evaluates
     again = train.train(tiny_config(*ARGS, "mesh.data=2", "mesh.fsdp=4", f"train.run_dir={part}"))
     assert again.summary["final_eval"]["loss"] == rest.summary["final_eval"]["loss"]

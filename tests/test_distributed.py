@@ -159,3 +159,36 @@ def test_one_arena_is_taken_when_the_steps_temporaries_pass_a_threads_heap():
     arena, faults = run("train.batch_size=64", "distributed.cpu_one_arena=false")
     assert arena == 0 and faults > 20000
     assert run("train.batch_size=8")[0] == 0
+
+
+SIZE_AND_START = """
+import sys
+import jax
+from jaxbatch import config, distributed
+distributed.initialize(config.build(sys.argv[1:]))
+print(jax.device_count())
+"""
+
+
+def test_a_run_dir_as_the_pretrained_model_is_sized_without_starting_jax(tmp_path, monkeypatch):
+    """model.pretrained=RUN_DIR: the arena's estimate reads the run's saved shape, not its export, which starts
+    JAX (distributed.cpu_devices could then not be set, nor jax.distributed started: `jaxbatch train` failed);
+    a vocabulary left to the tokenizer (0) takes the named tokenizer's size, here the run's own."""
+    from conftest import tiny_config
+    from jaxbatch import config, distributed, train
+    from jaxbatch import run as run_lib
+
+    source = tmp_path / "sst"
+    trained = train.train(tiny_config("data.name=synthetic_sst", "train.steps=1", "train.eval_every=0",
+                                      "data.num_train=16", "model.intermediate_size=96", f"train.run_dir={source}"))
+    monkeypatch.setattr(run_lib, "exported", lambda run_dir: pytest.fail("exported: JAX would start"))
+    model = distributed._shape(config.build([f"model.pretrained={source}", "data.name=synthetic_ner"]))
+    shape = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+    assert [getattr(model, f) for f in shape] == [getattr(trained.spec.model, f) for f in shape]
+    assert model.intermediate_size == 96
+    unsized = config.build(["model.preset=tiny", "model.vocab_size=0", f"data.tokenizer={source}", "data.name=text"])
+    assert distributed._shape(unsized).vocab_size == len(trained.data.tokenizer) > 100
+    done = subprocess.run([sys.executable, "-c", SIZE_AND_START, f"model.pretrained={source}",
+                           "data.name=synthetic_ner", "distributed.cpu_devices=2"], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "2", done.stderr[-2000:]
