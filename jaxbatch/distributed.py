@@ -59,23 +59,26 @@ def wants_one_arena(cfg) -> bool:
 
 
 def _shape(cfg):
-    """The model's shape, read without starting JAX: `run.resolve`'s (a pretrained folder's config.json), except
-    that a run dir named as model.pretrained gives its newest checkpoint's saved spec (resolving it exports the
-    run, which starts JAX), and a vocabulary left to the tokenizer (0) takes the named tokenizer's size (a
-    corpus' characters, read with the data, stay 0: a few hundred at most)."""
+    """The model's shape and task, read without starting JAX: `run.resolve`'s (a pretrained folder's config.json,
+    the task the data names: a language model's logits are a vocabulary wide), except that a run dir named as
+    model.pretrained gives its newest checkpoint's saved spec (resolving it exports the run, which starts JAX),
+    and a vocabulary left to the tokenizer (0) takes the named tokenizer's size (a corpus' characters, read with
+    the data, stay 0: a few hundred at most)."""
     from jaxbatch import checkpoint, hf
     from jaxbatch import run as run_lib
+    from jaxbatch.data import tasks
 
     def run_dir(name: str) -> Path | None:
         return Path(name) if name and name not in hf.KNOWN and hf.is_run_dir(Path(name)) else None
 
+    task = tasks.dataset_task(cfg.data)
     pretrained = run_dir(cfg.model.pretrained)
     if pretrained is None:
-        model = run_lib.resolve(cfg).model
+        model = run_lib.resolve(cfg, task=task).model
     else:
         saved = checkpoint.newest_saved_spec(pretrained / "checkpoints")  # fine-tuning keeps the backbone's shape
-        model = cfg.model if saved is None else dataclasses.replace(
-            saved.model, task=cfg.model.task, num_labels=cfg.model.num_labels)
+        model = cfg.model if saved is None else dataclasses.replace(saved.model, num_labels=cfg.model.num_labels)
+        model = dataclasses.replace(model, task=task)
     names = cfg.data.tokenizer or cfg.model.pretrained
     if model.vocab_size < 1 and (names or cfg.data.name.startswith("synthetic")):
         spec = dataclasses.replace(cfg, model=model)

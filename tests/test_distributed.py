@@ -188,6 +188,14 @@ def test_a_run_dir_as_the_pretrained_model_is_sized_without_starting_jax(tmp_pat
     assert model.intermediate_size == 96
     unsized = config.build(["model.preset=tiny", "model.vocab_size=0", f"data.tokenizer={source}", "data.name=text"])
     assert distributed._shape(unsized).vocab_size == len(trained.data.tokenizer) > 100
+    # a decoder on text with a word-piece vocabulary (30,522): its logits take it over a thread's heap where the
+    # same decoder without them (the data's task unread, or no vocabulary) stays under
+    decoder = ["model.family=decoder", "model.preset=gpt-tiny", "model.vocab_size=0", "data.name=text",
+               "train.batch_size=4", "data.seq_len=128", "distributed.cpu_devices=1"]
+    wordpiece = distributed._shape(config.build([*decoder, "data.tokenizer=minilm-l6"]))
+    assert (wordpiece.task, wordpiece.vocab_size) == ("lm", 30522)
+    assert distributed.wants_one_arena(config.build([*decoder, "data.tokenizer=minilm-l6"]))
+    assert not distributed.wants_one_arena(config.build([*decoder, f"data.tokenizer={source}"]))
     done = subprocess.run([sys.executable, "-c", SIZE_AND_START, f"model.pretrained={source}",
                            "data.name=synthetic_ner", "distributed.cpu_devices=2"], env=subprocess_env(),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
