@@ -7,6 +7,8 @@ keep nothing. The XLA cache is keyed by the jax version (a folder each) and, ins
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -73,9 +75,35 @@ def raise_peak(value: float, dtype: str = "float32") -> None:
 
 
 def _peak_key(dtype: str) -> str:
-    """fp32 keys keep the form they had before peaks were kept per dtype, so caches written then stay valid."""
-    key = f"{platform.node()}|{os.cpu_count()}|{jax.devices()[0].device_kind}|{jax.device_count()}|jax-{jax.__version__}"
+    """The machine is its host name and its processor: a VM image keeps its name on other hardware (this project's
+    dev boxes are all 'vm', AMD Zen 3 and Zen 5 alike, whose fp32 peaks differ ~2x), and a stale peak would show
+    a false MFU. fp32 keys carry no dtype (the form they had before peaks were kept per dtype)."""
+    key = (f"{platform.node()}|{processor()}|{os.cpu_count()}|{jax.devices()[0].device_kind}|{jax.device_count()}|"
+           f"jax-{jax.__version__}")
     return key if dtype == "float32" else f"{key}|{dtype}"
+
+
+@functools.cache
+def processor() -> str:
+    """The first CPU's identity in /proc/cpuinfo (x86: vendor, family, model, name; Arm: implementer, part) and a
+    digest of its feature flags (a VM's model name may be generic, "AMD EPYC", across generations), else what
+    `platform` says (macOS, Windows)."""
+    ids = ("vendor_id", "cpu family", "model", "model name", "CPU implementer", "CPU part")
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip() and fields:
+                    break  # the first processor's block
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    named = [fields[k] for k in ids if k in fields]
+    if not named:
+        return platform.processor() or platform.machine()
+    flags = fields.get("flags", fields.get("Features", ""))
+    return "/".join([*named, hashlib.sha256(flags.encode()).hexdigest()[:8]])
 
 
 def _peak_path() -> Path | None:

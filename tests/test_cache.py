@@ -56,6 +56,23 @@ def test_peak_is_measured_once_per_machine_and_read_back(tmp_path, monkeypatch):
     assert list(stored.values()) == [1.5e11]
 
 
+def test_the_peak_is_kept_per_processor(tmp_path, monkeypatch):
+    """A machine of the same host name with another CPU (a VM image on other hardware: this project's boxes are
+    all 'vm') measures its own peak; the one stored for the first would show a false MFU."""
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
+    zen3, zen5 = "AuthenticAMD/25/1/AMD EPYC/0a1b2c3d", "AuthenticAMD/26/2/AMD EPYC/4e5f6a7b"
+    monkeypatch.setattr(cache, "processor", lambda: zen3)
+    assert cache.cached_peak(lambda: 1.4e11) == (1.4e11, True)
+    monkeypatch.setattr(cache, "processor", lambda: zen5)
+    assert cache.cached_peak(lambda: 3.7e11) == (3.7e11, True)
+    monkeypatch.setattr(cache, "processor", lambda: zen3)
+    assert cache.cached_peak(lambda: 0.0) == (1.4e11, False)
+    monkeypatch.undo()
+    if os.path.isfile("/proc/cpuinfo"):  # x86: vendor, family, model, name; Arm: implementer, part; the flags' digest
+        *ids, flags = cache.processor().split("/")
+        assert len(ids) >= 2 and all(ids) and len(flags) == 8
+
+
 def test_matmul_peak_is_the_fastest_run(monkeypatch):
     """One slow (contended) timing must not lower the peak: the result is 2 n^3 / the shortest time."""
     ticks = iter([0.0, 1.0, 10.0, 10.5, 20.0, 22.0])  # three runs of n=64: 1.0 s, 0.5 s, 2.0 s
