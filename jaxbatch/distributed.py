@@ -82,7 +82,7 @@ def _shape(cfg):
     names = cfg.data.tokenizer or cfg.model.pretrained
     if model.vocab_size < 1 and (names or cfg.data.name.startswith("synthetic")):
         spec = dataclasses.replace(cfg, model=model)
-        tokenizer_run = run_dir(names)  # its tokenizer folder, or the folder it would be exported to
+        tokenizer_run = run_dir(names)  # a run dir: its own tokenizer folder (exporting it would start JAX)
         tokenizer = (run_lib.tokenizer(spec) if tokenizer_run is None
                      else run_lib.tokenizer(spec, tokenizer_run) if (tokenizer_run / run_lib.TOKENIZER_DIR).is_dir()
                      else None)
