@@ -193,7 +193,7 @@ class DataConfig:
     # conll | tsv | squad | text (your files) | conll2003 | sst2 (their presets) | synthetic_ner | synthetic_sst | synthetic_qa
     name: str = "synthetic_ner"
     data_dir: str = ""  # the dataset's files (CoNLL train/dev/test, TSV train/dev/test); empty = TFDS catalog (online)
-    cache_dir: str = ""  # where tfds keeps prepared array_record files; empty = ~/.cache/jaxbatch/tfds
+    cache_dir: str = ""  # where tfds keeps prepared array_record files; empty = $JAXBATCH_CACHE/tfds
     tokenizer: str = ""  # tokenizer folder or known name for a randomly initialised model; empty = model.pretrained's
     seq_len: int = 64
     num_train: int = 2048  # synthetic corpora: examples to generate

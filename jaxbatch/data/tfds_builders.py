@@ -21,7 +21,15 @@ from jaxbatch.data import conll, text, tsv
 from jaxbatch.data.files import shards
 from jaxbatch.errors import DataError
 
-DEFAULT_DATA_DIR = Path(os.environ.get("JAXBATCH_DATA_DIR", Path.home() / ".cache" / "jaxbatch" / "tfds"))
+def default_data_dir() -> Path:
+    """`data.cache_dir`'s default: $JAXBATCH_DATA_DIR, else tfds/ beside the other caches under $JAXBATCH_CACHE
+    (~/.cache/jaxbatch), so moving the cache off a small home folder moves prepared data too. JAXBATCH_CACHE=off
+    keeps no compiled programs, but prepared data needs a place: ~/.cache/jaxbatch/tfds."""
+    if os.environ.get("JAXBATCH_DATA_DIR"):
+        return Path(os.environ["JAXBATCH_DATA_DIR"]).expanduser()
+    from jaxbatch import cache
+
+    return (cache.root() or Path.home() / ".cache" / "jaxbatch") / "tfds"
 
 
 def _digest(paths: dict[str, Path]) -> str:
@@ -142,7 +150,7 @@ def prepare(kind: str, source: str | Path, data_dir: str | Path | None = None,
 def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None):
     """`prepare` for files already found (`files`), for a caller that also names them in its messages."""
     logging.getLogger("absl").addFilter(_is_not_custom_config_notice)  # once: a filter is added once
-    builder = BUILDERS[kind][0](paths, data_dir=str(data_dir or DEFAULT_DATA_DIR), file_format="array_record")
+    builder = BUILDERS[kind][0](paths, data_dir=str(data_dir or default_data_dir()), file_format="array_record")
     builder.download_and_prepare()
     return builder.as_data_source()
 
@@ -175,7 +183,7 @@ def from_catalog(name: str, data_dir: str | Path | None = None, required: tuple[
 
     try:
         with _download_tries(DOWNLOAD_TRIES):
-            sources = tfds.data_source(name, data_dir=str(data_dir or DEFAULT_DATA_DIR),
+            sources = tfds.data_source(name, data_dir=str(data_dir or default_data_dir()),
                                        download_and_prepare_kwargs={"file_format": "array_record"})
     except tfds.core.registered.DatasetNotFoundError as e:
         raise DataError(f"tensorflow-datasets {tfds.__version__} has no catalog dataset {name!r}; set "

@@ -1,6 +1,7 @@
 """Datasets through tfds (array_record, no TensorFlow) into tokenized arrays; bad input is named."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -743,3 +744,20 @@ def test_a_split_in_several_hub_shards_reads_as_one_file(tmp_path):
     with pytest.raises(DataError, match=r"2 train files match train-\*.parquet \(train-00000-of-00002.parquet, "
                                         r"train-00001-of-00003.parquet\); keep one file, or one whole set of shards"):
         tasks.load(*_cfg2(tmp_path, hub, "data.name=conll"))
+
+
+def test_prepared_data_goes_where_the_cache_goes(tmp_path, monkeypatch):
+    """Without data.cache_dir, files are prepared under $JAXBATCH_CACHE/tfds (moving the cache off a small home
+    folder moves them too); $JAXBATCH_DATA_DIR wins; JAXBATCH_CACHE=off still needs a place for them."""
+    monkeypatch.delenv("JAXBATCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path / "cache"))
+    d = _write_conll(tmp_path / "conll")
+    cfg = config.build(["model.preset=minilm-l6", "model.pretrained=minilm-l6", "data.seq_len=32",
+                        "data.name=conll2003", f"data.data_dir={d}"])
+    assert tasks.load(cfg.data, run_lib.tokenizer(cfg)).train["input_ids"].shape == (2, 32)
+    assert len(list((tmp_path / "cache" / "tfds" / "jaxbatch_conll").iterdir())) == 1
+    monkeypatch.setenv("JAXBATCH_DATA_DIR", str(tmp_path / "data"))
+    assert tfds_builders.default_data_dir() == tmp_path / "data"
+    monkeypatch.delenv("JAXBATCH_DATA_DIR")
+    monkeypatch.setenv("JAXBATCH_CACHE", "off")
+    assert tfds_builders.default_data_dir() == Path.home() / ".cache" / "jaxbatch" / "tfds"
