@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxbatch import cache
 from jaxbatch.data import conll, text, tsv
 from jaxbatch.data.files import shards
 from jaxbatch.errors import DataError
+
 
 def default_data_dir() -> Path:
     """`data.cache_dir`'s default: $JAXBATCH_DATA_DIR, else tfds/ beside the other caches under $JAXBATCH_CACHE
@@ -27,8 +29,6 @@ def default_data_dir() -> Path:
     keeps no compiled programs, but prepared data needs a place: ~/.cache/jaxbatch/tfds."""
     if os.environ.get("JAXBATCH_DATA_DIR"):
         return Path(os.environ["JAXBATCH_DATA_DIR"]).expanduser()
-    from jaxbatch import cache
-
     return (cache.root() or Path.home() / ".cache" / "jaxbatch") / "tfds"
 
 
