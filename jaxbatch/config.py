@@ -269,8 +269,8 @@ class DistributedConfig:
     process_id: int = 0
     cpu_devices: int = 0  # CPU only: XLA devices per process (gloo between processes); 0 = JAX's default, -1 = one per core
     # CPU: one malloc arena for all threads (host.py): true | false | auto = when the train step's temporaries per
-    # device pass the 64 MiB a thread's own arena can hold (estimated from the model's shape before JAX starts,
-    # distributed.wants_one_arena; a tokenizer-sized vocabulary, model.vocab_size=0, counts as none)
+    # device pass the 64 MiB a thread's own arena can hold (estimated from the model's shape, the data's task and
+    # the tokenizer's vocabulary before JAX starts: distributed.wants_one_arena)
     cpu_one_arena: str = "auto"
 
 
