@@ -17,12 +17,14 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+DEFAULT_ROOT = Path.home() / ".cache" / "jaxbatch"
+
 
 def root() -> Path | None:
     value = os.environ.get("JAXBATCH_CACHE", "")
     if value.lower() == "off":
         return None
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "jaxbatch"
+    return Path(value).expanduser() if value else DEFAULT_ROOT
 
 
 def enable_compilation_cache() -> None:

@@ -29,7 +29,7 @@ def default_data_dir() -> Path:
     keeps no compiled programs, but prepared data needs a place: ~/.cache/jaxbatch/tfds."""
     if os.environ.get("JAXBATCH_DATA_DIR"):
         return Path(os.environ["JAXBATCH_DATA_DIR"]).expanduser()
-    return (cache.root() or Path.home() / ".cache" / "jaxbatch") / "tfds"
+    return (cache.root() or cache.DEFAULT_ROOT) / "tfds"
 
 
 def _digest(paths: dict[str, Path]) -> str:
