@@ -61,15 +61,20 @@ def wants_one_arena(cfg) -> bool:
 def _shape(cfg):
     """The model's shape and task, read without starting JAX: `run.resolve`'s (a pretrained folder's config.json,
     the task the data names: a language model's logits are a vocabulary wide), except that a run dir named as
-    model.pretrained gives its newest checkpoint's saved spec (resolving it exports the run, which starts JAX),
-    and a vocabulary left to the tokenizer (0) takes the named tokenizer's size (a corpus' characters, read with
-    the data, stay 0: a few hundred at most)."""
-    from jaxbatch import checkpoint, hf
+    model.pretrained (or as a PEFT adapter's base) gives its newest checkpoint's saved spec (resolving it exports
+    the run, which starts JAX), and a vocabulary left to the tokenizer (0) takes the named tokenizer's size (a
+    corpus' characters, read with the data, stay 0: a few hundred at most)."""
+    from jaxbatch import adapter, checkpoint, hf
     from jaxbatch import run as run_lib
     from jaxbatch.data import tasks
 
     def run_dir(name: str) -> Path | None:
-        return Path(name) if name and name not in hf.KNOWN and hf.is_run_dir(Path(name)) else None
+        """The run dir `name` names, directly or as the base of a PEFT adapter (its LoRA factors add little)."""
+        if not isinstance(name, str) or not name or name in hf.KNOWN:
+            return None
+        if adapter.is_adapter(Path(name)):
+            return run_dir(adapter.read_config(Path(name)).get("base_model_name_or_path"))
+        return Path(name) if hf.is_run_dir(Path(name)) else None
 
     task = tasks.dataset_task(cfg.data)
     pretrained = run_dir(cfg.model.pretrained)

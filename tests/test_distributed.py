@@ -186,6 +186,13 @@ def test_a_run_dir_as_the_pretrained_model_is_sized_without_starting_jax(tmp_pat
     shape = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
     assert [getattr(model, f) for f in shape] == [getattr(trained.spec.model, f) for f in shape]
     assert model.intermediate_size == 96
+    peft = tmp_path / "adapter"  # a PEFT adapter trained on the run: the run's shape too
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                                                          "task_type": "TOKEN_CLS",
+                                                          "base_model_name_or_path": str(source)}))
+    on_run = distributed._shape(config.build([f"model.pretrained={peft}", "data.name=synthetic_ner"]))
+    assert [getattr(on_run, f) for f in shape] == [getattr(trained.spec.model, f) for f in shape]
     unsized = config.build(["model.preset=tiny", "model.vocab_size=0", f"data.tokenizer={source}", "data.name=text"])
     assert distributed._shape(unsized).vocab_size == len(trained.data.tokenizer) > 100
     # a decoder on text with a word-piece vocabulary (30,522): its logits take it over a thread's heap where the
@@ -196,7 +203,8 @@ def test_a_run_dir_as_the_pretrained_model_is_sized_without_starting_jax(tmp_pat
     assert (wordpiece.task, wordpiece.vocab_size) == ("lm", 30522)
     assert distributed.wants_one_arena(config.build([*decoder, "data.tokenizer=minilm-l6"]))
     assert not distributed.wants_one_arena(config.build([*decoder, f"data.tokenizer={source}"]))
-    done = subprocess.run([sys.executable, "-c", SIZE_AND_START, f"model.pretrained={source}",
-                           "data.name=synthetic_ner", "distributed.cpu_devices=2"], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0 and done.stdout.split()[-1] == "2", done.stderr[-2000:]
+    for pretrained in (source, peft):
+        done = subprocess.run([sys.executable, "-c", SIZE_AND_START, f"model.pretrained={pretrained}",
+                               "data.name=synthetic_ner", "distributed.cpu_devices=2"], env=subprocess_env(),
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode == 0 and done.stdout.split()[-1] == "2", done.stderr[-2000:]
