@@ -391,12 +391,17 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation"),
     limit = {}
     if data_cfg.data_dir:
         sources = tfds_builders.prepare("text", data_cfg.data_dir, data_cfg.cache_dir or None, required)
+        missing = [split for split in required if split not in sources]
+        if missing:
+            raise DataError(f"data.name={data_cfg.name} has no {missing[0]} split in {data_cfg.data_dir}: a corpus "
+                            f"is split into train and validation, or by its files' names (train, validation or valid "
+                            f"or dev, test or eval)")
     else:
         ds = _known(data_cfg)
         sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None, required)
-        sources = {s: sources[s] for s in required}
         limit = {"train": data_cfg.max_train or None,  # lm1b's 30M sentences: read only what is used
                  "validation": max_eval or None}
+    sources = {s: sources[s] for s in required}  # a test file's characters are no part of a character vocabulary
     docs = {}
     for split, src in sources.items():
         records = tfds_builders.read_all(src, limit.get(split))
@@ -691,9 +696,6 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_l
     ds = _split_source(data_cfg, split)
     if ds.task == "lm":
         docs = _lm_docs(data_cfg, required=(split,))
-        if not docs.get(split):
-            raise DataError(f"data.name={data_cfg.name} has no {split} split in {data_cfg.data_dir} (a text corpus "
-                            f"is split into train and validation: --split validation)")
         if masked_lm is not None:
             return _masked_splits(data_cfg, tokenizer, {split: docs[split]}, masked_lm, fresh=())[0][split]
         return _pack(docs[split], tokenizer, data_cfg.seq_len)

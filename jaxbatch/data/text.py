@@ -10,6 +10,7 @@ kept whole so a later packer can cut them into fixed-length windows."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from jaxbatch.errors import DataError
@@ -97,6 +98,39 @@ def _split_text(docs: list[str], validation_fraction: float) -> dict[str, list[s
         raise DataError(f"a text corpus of {len(docs)} document(s) and {sum(len(d) for d in docs)} characters "
                         f"is too small to split into training and validation text")
     return {"train": docs[:i] + [head], "validation": [tail] + docs[i + 1:]}
+
+
+# Hugging Face datasets' split keywords: a corpus file whose name holds one as a word (train.txt, wiki.valid.txt,
+# validation-00000-of-00001.parquet) holds that split's documents
+SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
+               "test": ("test", "testing", "eval", "evaluation")}
+
+
+def split_files(directory_or_file: str | Path) -> dict[str, list[Path]]:
+    """A corpus' files by split. A folder whose files' names give splits (SPLIT_WORDS, as `load_dataset` reads a
+    folder: a hub dump's or wikitext's train/validation/test files) has those splits, so a validation or test
+    file is never trained on; otherwise, and for one file named directly, {"": files}: one corpus, which
+    `split` divides."""
+    paths = files(directory_or_file)
+    named = {p: next((s for s, words in SPLIT_WORDS.items() if set(words) & set(re.split(r"[^a-z]+", p.name.lower()))),
+                     None) for p in paths}
+    if Path(directory_or_file).is_file() or not any(named.values()):
+        return {"": paths}
+    unnamed = [p.name for p, split in named.items() if split is None]
+    if unnamed:
+        raise DataError(f"{directory_or_file}: {', '.join(unnamed)} name no split while "
+                        f"{', '.join(p.name for p, split in named.items() if split)} do; name every file for its "
+                        f"split (train, validation, test) or none (one corpus, its last tenth held out)")
+    return {split: [p for p in paths if named[p] == split] for split in SPLIT_WORDS if split in named.values()}
+
+
+def splits(grouped: dict[str, list[Path]]) -> dict[str, list[Doc]]:
+    """The documents of `split_files`' splits: one corpus divided by `split`, or the named splits, the training
+    files divided where no file holds validation documents (as run_clm holds out a share of its train file)."""
+    if "" in grouped:
+        return split(read(grouped[""]))
+    docs = {name: read(paths) for name, paths in grouped.items()}
+    return {**docs, **split(docs["train"])} if "train" in docs and "validation" not in docs else docs
 
 
 def files(directory_or_file: str | Path) -> list[Path]:

@@ -103,8 +103,10 @@ class TextLocal(_LocalBuilder):
     FEATURES = {"text": tfds.features.Text(), "prompt": tfds.features.Text(), "chat": np.bool_}
 
     def _split_generators(self, dl_manager):
-        docs = text.read(list(self.paths.values()))
-        return {split: self._generate_examples(d) for split, d in text.split(docs).items()}
+        grouped = {}
+        for key, path in self.paths.items():  # `split/i` (a corpus of unnamed files: `file{i}`)
+            grouped.setdefault(key.split("/")[0] if "/" in key else "", []).append(path)
+        return {split: self._generate_examples(d) for split, d in text.splits(grouped).items()}
 
     def _generate_examples(self, docs):
         for i, (prompt, doc) in enumerate(docs):
@@ -113,7 +115,9 @@ class TextLocal(_LocalBuilder):
 
 
 BUILDERS = {"conll": (ConllLocal, conll.split_paths), "tsv": (TsvLocal, tsv.split_paths),
-            "text": (TextLocal, lambda s, required=(): {f"file{i}": p for i, p in enumerate(text.files(s))})}
+            "text": (TextLocal, lambda s, required=(): {f"{split}/{i}" if split else f"file{i}": p
+                                                         for split, paths in text.split_files(s).items()
+                                                         for i, p in enumerate(paths)})}
 
 
 def _is_not_custom_config_notice(record: logging.LogRecord) -> bool:

@@ -136,8 +136,8 @@ def test_json_lines_corpus_holds_one_document_per_line(tmp_path):
 
 
 def test_parquet_shards_of_a_hub_corpus_are_read_as_documents(tmp_path):
-    """The hub's corpora (TinyStories, wikitext) are Parquet shards of `{"text": ...}`: each row a document, beside
-    .txt and .jsonl files in name order; an empty shard in a folder holds none; a bad row is named."""
+    """The hub's corpora (TinyStories, wikitext) are Parquet shards of `{"text": ...}` per split: each row a
+    document, the shards of a split in name order; an empty shard among several holds none; a bad row is named."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -145,16 +145,54 @@ def test_parquet_shards_of_a_hub_corpus_are_read_as_documents(tmp_path):
     d.mkdir()
     for shard in range(2):
         pq.write_table(pa.table({"text": [f"story {shard}.{i}\n\nThe end." for i in range(5)]}),
-                       d / f"train-0000{shard}-of-00002.parquet")
-    pq.write_table(pa.table({"text": pa.array([], pa.string())}), d / "validation-00000-of-00001.parquet")
+                       d / f"train-0000{shard}-of-00003.parquet")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), d / "train-00002-of-00003.parquet")
+    pq.write_table(pa.table({"text": ["held out"]}), d / "validation-00000-of-00001.parquet")
     sources = tfds_builders.prepare("text", d, tmp_path / "cache")
     docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
-    assert docs == {"train": [f"story {s}.{i}\n\nThe end." for s in range(2) for i in range(5)][:9],
-                    "validation": ["story 1.4\n\nThe end."]}
+    assert docs == {"train": [f"story {s}.{i}\n\nThe end." for s in range(2) for i in range(5)],
+                    "validation": ["held out"]}
     pq.write_table(pa.table({"text": ["fine", None]}), d / "validation-00000-of-00001.parquet")
     with pytest.raises(DataError, match=r"validation-00000-of-00001.parquet, row 2: expected an object with a 'text' "
                                         r"string"):
         tfds_builders.prepare("text", d, tmp_path / "cache")
+
+
+def test_a_corpus_folders_files_named_for_splits_are_those_splits(tmp_path):
+    """train/valid/test files (wikitext, a hub dump, run_clm's train and validation files) keep their splits, as
+    `load_dataset` reads a folder: a validation or test document is never trained on. Without a validation file
+    the training files' last tenth is held out; a file naming no split beside named ones is refused."""
+    from jaxbatch import config
+
+    d = tmp_path / "wiki"
+    d.mkdir()
+    for name, n in (("wiki.train.txt", 20), ("wiki.valid.txt", 3), ("wiki.test.txt", 4)):
+        (d / name).write_text("\n\n".join(f"{name} paragraph {i}" for i in range(n)))
+    sources = tfds_builders.prepare("text", d, tmp_path / "cache")
+    docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    assert {split: len(texts) for split, texts in docs.items()} == {"train": 20, "validation": 3, "test": 4}
+    assert all(t.startswith(f"wiki.{name}.txt") for split, name in (("train", "train"), ("validation", "valid"),
+                                                                    ("test", "test")) for t in docs[split])
+    data_cfg = config.build(["data.name=text", f"data.data_dir={d}", f"data.cache_dir={tmp_path / 'cache'}",
+                             "data.seq_len=8"]).data
+    tokenizer = text.CharTokenizer.from_texts(docs["train"] + docs["test"] + ["\n"])
+    rows = tasks.load_split(data_cfg, tokenizer, "test")
+    read = "".join(tokenizer.chars[i] for i in np.where(rows["segment_ids"] > 0, rows["input_ids"], 0).ravel())
+    assert read.count("wiki.tes") == 4 and "train" not in read and "valid" not in read
+    (d / "wiki.valid.txt").unlink()
+    (d / "wiki.test.txt").rename(d / "eval.txt")
+    sources = tfds_builders.prepare("text", d, tmp_path / "cache")
+    docs = {split: [r["text"] for r in tfds_builders.read_all(src)] for split, src in sources.items()}
+    assert (len(docs["train"]), len(docs["validation"]), len(docs["test"])) == (18, 2, 4)
+    (d / "notes.txt").write_text("a stray file")
+    with pytest.raises(DataError, match=r"notes.txt name no split while eval.txt, wiki.train.txt do"):
+        tfds_builders.prepare("text", d, tmp_path / "cache")
+    (d / "notes.txt").unlink()
+    (d / "wiki.train.txt").unlink()
+    with pytest.raises(DataError, match=r"has no train split in .*wiki: a corpus is split into train and validation, "
+                                        r"or by its files' names"):
+        tasks.load_split(data_cfg, tokenizer, "train")
+    assert text.split_files(d / "eval.txt") == {"": [d / "eval.txt"]}  # a file named directly is one corpus
 
 
 def test_an_empty_file_in_a_corpus_folder_holds_no_documents(tmp_path):
