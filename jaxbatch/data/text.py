@@ -187,7 +187,8 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         missing = sorted(set(text) - set(self.index))
         if missing:
-            raise DataError(f"characters {missing[:10]} are not in the tokenizer's vocabulary of {len(self)}")
+            raise DataError(f"characters {missing[:10]} are not in the character vocabulary of {len(self)} (the "
+                            f"training corpus' characters): a character-level model reads no others")
         return [self.index[c] for c in text]
 
     def decode(self, ids) -> str:

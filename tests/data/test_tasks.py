@@ -179,6 +179,8 @@ def test_a_corpus_folders_files_named_for_splits_are_those_splits(tmp_path):
     rows = tasks.load_split(data_cfg, tokenizer, "test")
     read = "".join(tokenizer.chars[i] for i in np.where(rows["segment_ids"] > 0, rows["input_ids"], 0).ravel())
     assert read.count("wiki.tes") == 4 and "train" not in read and "valid" not in read
+    with pytest.raises(DataError, match=r"characters \['e', 's'\] are not in the character vocabulary of 24"):
+        tasks.load_split(data_cfg, text.CharTokenizer.from_texts(docs["train"] + ["\n"]), "test")
     (d / "wiki.valid.txt").unlink()
     (d / "wiki.test.txt").rename(d / "eval.txt")
     sources = tfds_builders.prepare("text", d, tmp_path / "cache")
