@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 
-RESTORE_HELP = ("key=value: mesh.*, train.batch_size, data.seq_len, data.unknown_label, precision.policy; question "
-                "answering's data.doc_stride, data.max_answer_length, data.null_threshold, data.unanswerable")
+RESTORE_HELP = ("key=value: mesh.*, distributed.* (evaluate: across hosts too), train.batch_size, data.seq_len, "
+                "data.unknown_label, precision.policy; question answering's data.doc_stride, data.max_answer_length, "
+                "data.null_threshold, data.unanswerable")
 STEP_HELP = "a run dir's checkpoint at this step (default: its best by checkpoint.best_metric, else its newest)"
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--seed", type=int, default=0)
     gen_p.add_argument("--chat", action="store_true",
                         help="each prompt is a user's message, rendered by the tokenizer's chat template")
-    gen_p.add_argument("overrides", nargs="*", help="mesh.*, precision.policy")
+    gen_p.add_argument("overrides", nargs="*", help="mesh.*, distributed.cpu_devices, precision.policy")
     comp_p = sub.add_parser("compress", help="prune / quantize / factorise a trained model into a new folder")
     comp_p.add_argument("model", help="run dir or Hugging Face folder")
     comp_p.add_argument("--step", type=int, help=STEP_HELP)
@@ -277,10 +278,21 @@ def _best_mesh(spec, devices, target):
     return best[4]
 
 
-def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer: bool = True):
+def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer: bool = True, hosts: bool = False):
+    """The trained model, after the one start-up path (`distributed.initialize`, before JAX starts): the
+    distributed.* overrides give a CPU several devices and, where the command scores across `hosts`, start
+    jax.distributed; one malloc arena only when asked for (auto's estimate is a training step's)."""
+    from jaxbatch import config, distributed
     from jaxbatch import run as run_lib
-    from jaxbatch.errors import CheckpointError
+    from jaxbatch.errors import CheckpointError, ConfigError
 
+    run_lib.check_restore_overrides(overrides)
+    start = config.build(["distributed.cpu_one_arena=false", *(o for o in overrides if o.startswith("distributed."))])
+    if not hosts and (start.distributed.num_processes > 1 or start.distributed.auto):
+        raise ConfigError("this command runs in one process (each would write the whole output); `jaxbatch "
+                          "evaluate` scores a split across hosts")
+    if distributed.initialize(start):
+        print(distributed.describe(), file=sys.stderr)
     restored = run_lib.restore(model, overrides, step=step)
     if need_tokenizer and restored.tokenizer is None:
         raise CheckpointError(f"{model} has no tokenizer files (save one with the weights)")
@@ -328,7 +340,7 @@ def evaluate_split(args) -> int:
     from jaxbatch.data import tasks
     from jaxbatch.errors import ConfigError
 
-    restored = _restore(args.model, args.overrides, args.step)
+    restored = _restore(args.model, args.overrides, args.step, hosts=True)
     spec = restored.run.spec
     data_cfg = dataclasses.replace(spec.data, data_dir=spec.data.data_dir if args.data_dir is None else args.data_dir,
                                    name=args.data_name or spec.data.name, max_train=0)
@@ -343,8 +355,11 @@ def evaluate_split(args) -> int:
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte, windows=windows)
     what = f"windows of {len(windows.questions)} questions" if windows else "examples"
-    print(f"{args.split} ({len(arrays['labels'])} {what}, {tasks.source_of(data_cfg)}): "
-          + evaluate.report_lines(result))
+    import jax
+
+    if jax.process_index() == 0:  # every host scored its share; one prints
+        print(f"{args.split} ({len(arrays['labels'])} {what}, {tasks.source_of(data_cfg)}): "
+              + evaluate.report_lines(result))
     return 0
 
 

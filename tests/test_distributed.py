@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import signal
 import subprocess
@@ -40,9 +41,37 @@ def _one_and_two(tmp_path, args) -> tuple[dict, dict]:
     return final[0], final[1]
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, capsys):
+    """Two hosts train as one; `jaxbatch evaluate` across them (each scoring its share of the split, one
+    printing) reports what one process of 8 devices does."""
     one, two = _one_and_two(tmp_path, ARGS)
     assert two["entities"]["micro avg"]["support"] == one["entities"]["micro avg"]["support"]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "one"), "--split", "validation"]) == 0
+    alone = capsys.readouterr().out.splitlines()[0]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "evaluate", str(tmp_path / "one"), "--split",
+                               "validation", f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
+                               f"distributed.process_id={i}", "distributed.cpu_devices=4"], env=subprocess_env(4),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "process 1 of 2: 4 local / 8 global devices" in outputs[1][1] and "validation (" not in outputs[1][0]
+    printed = next(line for line in outputs[0][0].splitlines() if line.startswith("validation ("))  # gloo's lines too
+    numbers = [[float(x) for x in re.findall(r"\d+\.\d+", line)] for line in (alone, printed)]
+    assert alone.startswith("validation (64 examples") and numbers[1] == pytest.approx(numbers[0], abs=2e-4)
+    (tmp_path / "in.txt").write_text("w1 w2 w3 w4 w5\nw6 w7\n")  # predict on 2 CPU devices (TP) labels as 8 do
+    assert cli.main(["predict", str(tmp_path / "one"), "--input", str(tmp_path / "in.txt")]) == 0
+    done = subprocess.run([sys.executable, "-m", "jaxbatch", "predict", str(tmp_path / "one"), "--input",
+                           str(tmp_path / "in.txt"), "distributed.cpu_devices=2", "mesh.model=2"],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for out in (capsys.readouterr().out, done.stdout) for line in out.splitlines()]
+    assert [len(r["tags"]) for r in records] == [5, 2, 5, 2] and [r["tags"] for r in records[:2]] == [
+        r["tags"] for r in records[2:]]
+    scores = [e.pop("score") for r in records for e in r["entities"]]  # the rest exactly, scores to rounding
+    assert records[:2] == records[2:] and scores[:len(scores) // 2] == pytest.approx(scores[len(scores) // 2:],
+                                                                                   abs=1e-5)
 
 
 def test_two_processes_mask_a_masked_lm_as_one_does(tmp_path):

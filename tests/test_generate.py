@@ -380,7 +380,7 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert cli.main(["generate", str(run), "--max-new-tokens", "3"]) == 2
     assert "give a --prompt or a --prompts file" in capsys.readouterr().err
     assert cli.main(["generate", str(run), "--prompt", "€", "--max-new-tokens", "3"]) == 2
-    assert "not in the tokenizer's vocabulary" in capsys.readouterr().err
+    assert "not in the character vocabulary" in capsys.readouterr().err
     for flag, value, message in (("--temperature", "-1", "--temperature must be >= 0"),
                                  ("--top-k", "-3", "--top-k must be >= 0"), ("--top-p", "2", "--top-p must be in")):
         assert cli.main(["generate", str(run), "--prompt", "the", flag, value]) == 2
