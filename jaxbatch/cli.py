@@ -286,14 +286,15 @@ def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer:
     from jaxbatch import run as run_lib
     from jaxbatch.errors import CheckpointError, ConfigError
 
-    run_lib.check_restore_overrides(overrides)
-    start = config.build(["distributed.cpu_one_arena=false", *(o for o in overrides if o.startswith("distributed."))])
+    run_lib.check_restore_overrides(overrides, start_up=True)
+    start_up = [o for o in overrides if o.startswith("distributed.")]
+    start = config.build(["distributed.cpu_one_arena=false", *start_up])
     if not hosts and (start.distributed.num_processes > 1 or start.distributed.auto):
         raise ConfigError("this command runs in one process (each would write the whole output); `jaxbatch "
                           "evaluate` scores a split across hosts")
     if distributed.initialize(start):
         print(distributed.describe(), file=sys.stderr)
-    restored = run_lib.restore(model, overrides, step=step)
+    restored = run_lib.restore(model, [o for o in overrides if o not in start_up], step=step)
     if need_tokenizer and restored.tokenizer is None:
         raise CheckpointError(f"{model} has no tokenizer files (save one with the weights)")
     if not restored.finished:
@@ -315,7 +316,7 @@ def predict(args) -> int:
         from jaxbatch.errors import CheckpointError
 
         raise CheckpointError(f"{args.model}: no such run dir or Hugging Face folder")
-    run_lib.check_restore_overrides(args.overrides)
+    run_lib.check_restore_overrides(args.overrides, start_up=True)
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step)

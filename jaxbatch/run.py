@@ -236,21 +236,23 @@ def hf_spec(folder: Path) -> config.Config:
     return dataclasses.replace(base, model=model, data=dataclasses.replace(data, labels=",".join(names)))
 
 
-def check_restore_overrides(overrides: list[str] | tuple) -> None:
+def check_restore_overrides(overrides: list[str] | tuple, start_up: bool = False) -> None:
     """Refuses what `restore` may not change, before a command reads its input: a file named where an override
-    goes would otherwise be taken for one, and predict would wait on standard input."""
+    goes would otherwise be taken for one, and predict would wait on standard input. distributed.* only where
+    the caller applies them (`start_up`: `distributed.initialize`, before JAX starts)."""
     # the data.* of question answering are how answers are read (a Hugging Face folder does not say SQuAD 2.0)
-    allowed = ("mesh.", "distributed.", "train.batch_size", "data.seq_len", "data.unknown_label", "precision.policy",
+    allowed = ("mesh.", *(("distributed.",) if start_up else ()), "train.batch_size", "data.seq_len",
+               "data.unknown_label", "precision.policy",
                *(f"data.{k}=" for k in ("doc_stride", "max_answer_length", "null_threshold", "unanswerable")))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{item!r} is not key=value: overrides come after the model; files and folders are "
                               f"given with their option (--input, --data-dir, --prompts; see --help)")
         if not item.startswith(allowed):
-            raise ConfigError(f"{item!r}: only mesh.*, distributed.*, train.batch_size, data.seq_len, "
-                              f"data.unknown_label, precision.policy and question answering's data.doc_stride, "
-                              f"data.max_answer_length, data.null_threshold and data.unanswerable may be changed when "
-                              f"restoring a trained model")
+            raise ConfigError(f"{item!r}: only mesh.*, {'distributed.*, ' * start_up}train.batch_size, "
+                              f"data.seq_len, data.unknown_label, precision.policy and question answering's "
+                              f"data.doc_stride, data.max_answer_length, data.null_threshold and data.unanswerable "
+                              f"may be changed when restoring a trained model")
 
 
 def restore(source: str | Path, overrides: list[str] | tuple = (), devices=None, step: int | None = None) -> Restored:

@@ -112,8 +112,7 @@ def split_files(directory_or_file: str | Path) -> dict[str, list[Path]]:
     file is never trained on; otherwise, and for one file named directly, {"": files}: one corpus, which
     `split` divides."""
     paths = files(directory_or_file)
-    named = {p: next((s for s, words in SPLIT_WORDS.items() if set(words) & set(re.split(r"[^a-z]+", p.name.lower()))),
-                     None) for p in paths}
+    named = {p: _split_named(p) for p in paths}
     if Path(directory_or_file).is_file() or not any(named.values()):
         return {"": paths}
     unnamed = [p.name for p, split in named.items() if split is None]
@@ -122,6 +121,11 @@ def split_files(directory_or_file: str | Path) -> dict[str, list[Path]]:
                         f"{', '.join(p.name for p, split in named.items() if split)} do; name every file for its "
                         f"split (train, validation, test) or none (one corpus, its last tenth held out)")
     return {split: [p for p in paths if named[p] == split] for split in SPLIT_WORDS if split in named.values()}
+
+
+def _split_named(path: Path) -> str | None:
+    words = set(re.split(r"[^a-z]+", path.name.lower()))
+    return next((split for split, keys in SPLIT_WORDS.items() if words & set(keys)), None)
 
 
 def splits(grouped: dict[str, list[Path]]) -> dict[str, list[Doc]]:
