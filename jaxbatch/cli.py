@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 
-RESTORE_HELP = ("key=value: mesh.*, distributed.* (evaluate: across hosts too), train.batch_size, data.seq_len, "
+RESTORE_HELP = ("key=value: mesh.*, distributed.* (several CPU devices, or hosts), train.batch_size, data.seq_len, "
                 "data.unknown_label, precision.policy; question answering's data.doc_stride, data.max_answer_length, "
                 "data.null_threshold, data.unanswerable")
 STEP_HELP = "a run dir's checkpoint at this step (default: its best by checkpoint.best_metric, else its newest)"
@@ -280,7 +280,7 @@ def _best_mesh(spec, devices, target):
 
 def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer: bool = True, hosts: bool = False):
     """The trained model, after the one start-up path (`distributed.initialize`, before JAX starts): the
-    distributed.* overrides give a CPU several devices and, where the command scores across `hosts`, start
+    distributed.* overrides give a CPU several devices and, where the command runs across `hosts`, start
     jax.distributed; one malloc arena only when asked for (auto's estimate is a training step's)."""
     from jaxbatch import config, distributed
     from jaxbatch import run as run_lib
@@ -290,8 +290,7 @@ def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer:
     start_up = [o for o in overrides if o.startswith("distributed.")]
     start = config.build(["distributed.cpu_one_arena=false", *start_up])
     if not hosts and (start.distributed.num_processes > 1 or start.distributed.auto):
-        raise ConfigError("this command runs in one process (each would write the whole output); `jaxbatch "
-                          "evaluate` scores a split across hosts")
+        raise ConfigError("generate runs in one process; `jaxbatch evaluate` and `predict` run across hosts")
     if distributed.initialize(start):
         print(distributed.describe(), file=sys.stderr)
     restored = run_lib.restore(model, [o for o in overrides if o not in start_up], step=step)
@@ -319,7 +318,7 @@ def predict(args) -> int:
     run_lib.check_restore_overrides(args.overrides, start_up=True)
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
-    restored = _restore(args.model, args.overrides, args.step)
+    restored = _restore(args.model, args.overrides, args.step, hosts=True)
     if restored.run.spec.model.task == "lm" and not models.masked_lm(restored.run.spec.model):
         from jaxbatch.errors import ConfigError
 
@@ -327,10 +326,13 @@ def predict(args) -> int:
                           f"fills in a masked LM's masks; continue text with `jaxbatch generate` or score it with "
                           f"`jaxbatch evaluate`")
     records = predict_lib.predict(restored, sentences)
+    import jax
+
     from jaxbatch.errors import writing
 
-    with writing("standard output"):
-        predict_lib.write(records, sentences, args.output_format)
+    if jax.process_index() == 0:  # every host labelled its share of each batch and gathered all of them
+        with writing("standard output"):
+            predict_lib.write(records, sentences, args.output_format)
     return 0
 
 

@@ -42,8 +42,8 @@ def _one_and_two(tmp_path, args) -> tuple[dict, dict]:
 
 
 def test_two_processes_match_one(tmp_path, capsys):
-    """Two hosts train as one; `jaxbatch evaluate` across them (each scoring its share of the split, one
-    printing) reports what one process of 8 devices does."""
+    """Two hosts train as one; `jaxbatch evaluate` and `predict` across them (each host computing its share of
+    every batch, process 0 printing) report and label as one process of 8 devices does."""
     one, two = _one_and_two(tmp_path, ARGS)
     assert two["entities"]["micro avg"]["support"] == one["entities"]["micro avg"]["support"]
     capsys.readouterr()
@@ -60,18 +60,29 @@ def test_two_processes_match_one(tmp_path, capsys):
     printed = next(line for line in outputs[0][0].splitlines() if line.startswith("validation ("))  # gloo's lines too
     numbers = [[float(x) for x in re.findall(r"\d+\.\d+", line)] for line in (alone, printed)]
     assert alone.startswith("validation (64 examples") and numbers[1] == pytest.approx(numbers[0], abs=2e-4)
-    (tmp_path / "in.txt").write_text("w1 w2 w3 w4 w5\nw6 w7\n")  # predict on 2 CPU devices (TP) labels as 8 do
+    # predict labels as one process of 8 devices does: across both hosts (process 0 writing), and on 2 CPU devices
+    (tmp_path / "in.txt").write_text("".join(f"w{i} w{i + 1} w{i + 2}\n" for i in range(40)) + "w1 w2 w3 w4 w5\n")
     assert cli.main(["predict", str(tmp_path / "one"), "--input", str(tmp_path / "in.txt")]) == 0
+    alone = capsys.readouterr().out
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "predict", str(tmp_path / "one"), "--input",
+                               str(tmp_path / "in.txt"), f"distributed.coordinator=127.0.0.1:{port}",
+                               "distributed.num_processes=2", f"distributed.process_id={i}",
+                               "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     done = subprocess.run([sys.executable, "-m", "jaxbatch", "predict", str(tmp_path / "one"), "--input",
                            str(tmp_path / "in.txt"), "distributed.cpu_devices=2", "mesh.model=2"],
                           env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
-    records = [json.loads(line) for out in (capsys.readouterr().out, done.stdout) for line in out.splitlines()]
-    assert [len(r["tags"]) for r in records] == [5, 2, 5, 2] and [r["tags"] for r in records[:2]] == [
-        r["tags"] for r in records[2:]]
-    scores = [e.pop("score") for r in records for e in r["entities"]]  # the rest exactly, scores to rounding
-    assert records[:2] == records[2:] and scores[:len(scores) // 2] == pytest.approx(scores[len(scores) // 2:],
-                                                                                   abs=1e-5)
+    runs = [[json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            for out in (alone, outputs[0][0], done.stdout)]
+    assert not any(line.startswith("{") for line in outputs[1][0].splitlines())
+    assert [len(r["tags"]) for r in runs[0]] == [3] * 40 + [5]
+    scores = [[e.pop("score") for r in records for e in r["entities"]] for records in runs]  # to rounding
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+    assert scores[1] == pytest.approx(scores[0], abs=1e-5) and scores[2] == pytest.approx(scores[0], abs=1e-5)
 
 
 def test_two_processes_mask_a_masked_lm_as_one_does(tmp_path):

@@ -135,7 +135,7 @@ def test_evaluate_reads_what_it_says_it_reads(ner_run, tmp_path, capsys):
 @pytest.mark.parametrize("override, message", [("train.batch_size=0", "train.batch_size must be > 0, got 0"),
                                                ("data.seq_len=-2", "data.seq_len must be > 0, got -2"),
                                                ("--step=999", "no checkpoint at step 999 (it has "),
-                                               ("distributed.num_processes=2", "this command runs in one process")])
+                                               ("distributed.num_processes=2", "needs distributed.coordinator")])
 def test_inference_settings_are_checked(ner_run, capsys, override, message):
     root, _, _ = ner_run
     assert cli.main(["predict", str(root / "run"), "--input", str(root / "data" / "test.txt"), override]) == 2
