@@ -278,22 +278,29 @@ def _best_mesh(spec, devices, target):
     return best[4]
 
 
+def _start_up(overrides: list[str]):
+    """The config `distributed.initialize` reads for an inference command: its distributed.* overrides, one
+    malloc arena only when asked for (auto's estimate is a training step's)."""
+    from jaxbatch import config
+
+    return config.build(["distributed.cpu_one_arena=false", *(o for o in overrides if o.startswith("distributed."))])
+
+
 def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer: bool = True, hosts: bool = False):
     """The trained model, after the one start-up path (`distributed.initialize`, before JAX starts): the
     distributed.* overrides give a CPU several devices and, where the command runs across `hosts`, start
-    jax.distributed; one malloc arena only when asked for (auto's estimate is a training step's)."""
-    from jaxbatch import config, distributed
+    jax.distributed."""
+    from jaxbatch import distributed
     from jaxbatch import run as run_lib
     from jaxbatch.errors import CheckpointError, ConfigError
 
     run_lib.check_restore_overrides(overrides, start_up=True)
-    start_up = [o for o in overrides if o.startswith("distributed.")]
-    start = config.build(["distributed.cpu_one_arena=false", *start_up])
+    start = _start_up(overrides)
     if not hosts and (start.distributed.num_processes > 1 or start.distributed.auto):
         raise ConfigError("generate runs in one process; `jaxbatch evaluate` and `predict` run across hosts")
     if distributed.initialize(start):
         print(distributed.describe(), file=sys.stderr)
-    restored = run_lib.restore(model, [o for o in overrides if o not in start_up], step=step)
+    restored = run_lib.restore(model, [o for o in overrides if not o.startswith("distributed.")], step=step)
     if need_tokenizer and restored.tokenizer is None:
         raise CheckpointError(f"{model} has no tokenizer files (save one with the weights)")
     if not restored.finished:
@@ -316,9 +323,15 @@ def predict(args) -> int:
 
         raise CheckpointError(f"{args.model}: no such run dir or Hugging Face folder")
     run_lib.check_restore_overrides(args.overrides, start_up=True)
+    hosts = _start_up(args.overrides).distributed
+    if (hosts.num_processes > 1 or hosts.auto) and not args.input:  # a launcher gives one host the terminal
+        from jaxbatch.errors import ConfigError
+
+        raise ConfigError("predict across hosts reads --input FILE on every host, not standard input")
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step, hosts=True)
+    _same_on_every_host(sentences, args.input)
     if restored.run.spec.model.task == "lm" and not models.masked_lm(restored.run.spec.model):
         from jaxbatch.errors import ConfigError
 
@@ -334,6 +347,25 @@ def predict(args) -> int:
         with writing("standard output"):
             predict_lib.write(records, sentences, args.output_format)
     return 0
+
+
+def _same_on_every_host(sentences, where: str) -> None:
+    """Hosts label their shares of each batch of one input: a host that read other text would mislabel it."""
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    import hashlib
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    try:
+        multihost_utils.assert_equal(np.frombuffer(hashlib.sha256(repr(sentences).encode()).digest(), np.uint8))
+    except AssertionError:
+        from jaxbatch.errors import DataError
+
+        raise DataError(f"{where}: the hosts read different text (give each the same file)") from None
 
 
 def evaluate_split(args) -> int:

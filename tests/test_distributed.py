@@ -72,6 +72,18 @@ def test_two_processes_match_one(tmp_path, capsys):
                               stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    (tmp_path / "other.txt").write_text("w1 w2\n")  # a host given another file is named, not mislabelled
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "predict", str(tmp_path / "one"), "--input",
+                               str(tmp_path / f), f"distributed.coordinator=127.0.0.1:{port}",
+                               "distributed.num_processes=2", f"distributed.process_id={i}",
+                               "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for i, f in enumerate(("in.txt", "other.txt"))]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2] and "the hosts read different text" in errors[0], errors[0][-2000:]
+    assert cli.main(["predict", str(tmp_path / "one"), "distributed.num_processes=2"]) == 2  # not stdin
+    assert "reads --input FILE on every host" in capsys.readouterr().err
     done = subprocess.run([sys.executable, "-m", "jaxbatch", "predict", str(tmp_path / "one"), "--input",
                            str(tmp_path / "in.txt"), "distributed.cpu_devices=2", "mesh.model=2"],
                           env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
