@@ -331,7 +331,7 @@ def predict(args) -> int:
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step, hosts=True)
-    _same_on_every_host(sentences, args.input)
+    _same_on_every_host([repr(sentences)], args.input)
     if restored.run.spec.model.task == "lm" and not models.masked_lm(restored.run.spec.model):
         from jaxbatch.errors import ConfigError
 
@@ -349,8 +349,9 @@ def predict(args) -> int:
     return 0
 
 
-def _same_on_every_host(sentences, where: str) -> None:
-    """Hosts label their shares of each batch of one input: a host that read other text would mislabel it."""
+def _same_on_every_host(pieces, where: str) -> None:
+    """Hosts compute their shares of each batch of one input: a host that read other data (`pieces`: strings
+    or arrays) would score or label the wrong rows, or wait on the others forever."""
     import jax
 
     if jax.process_count() == 1:
@@ -360,12 +361,15 @@ def _same_on_every_host(sentences, where: str) -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece.encode() if isinstance(piece, str) else np.ascontiguousarray(piece).tobytes())
     try:
-        multihost_utils.assert_equal(np.frombuffer(hashlib.sha256(repr(sentences).encode()).digest(), np.uint8))
+        multihost_utils.assert_equal(np.frombuffer(digest.digest(), np.uint8))
     except AssertionError:
         from jaxbatch.errors import DataError
 
-        raise DataError(f"{where}: the hosts read different text (give each the same file)") from None
+        raise DataError(f"{where}: the hosts read different data (give each the same files)") from None
 
 
 def evaluate_split(args) -> int:
@@ -386,6 +390,7 @@ def evaluate_split(args) -> int:
     masked = models.masked_lm(spec.model)
     arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
                                          spec.model if masked else None)
+    _same_on_every_host([arrays[k] for k in sorted(arrays)], tasks.source_of(data_cfg))
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte, windows=windows)

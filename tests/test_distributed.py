@@ -81,7 +81,7 @@ def test_two_processes_match_one(tmp_path, capsys):
                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
              for i, f in enumerate(("in.txt", "other.txt"))]
     errors = [p.communicate(timeout=600)[1] for p in procs]
-    assert [p.returncode for p in procs] == [2, 2] and "the hosts read different text" in errors[0], errors[0][-2000:]
+    assert [p.returncode for p in procs] == [2, 2] and "the hosts read different data" in errors[0], errors[0][-2000:]
     assert cli.main(["predict", str(tmp_path / "one"), "distributed.num_processes=2"]) == 2  # not stdin
     assert "reads --input FILE on every host" in capsys.readouterr().err
     done = subprocess.run([sys.executable, "-m", "jaxbatch", "predict", str(tmp_path / "one"), "--input",
