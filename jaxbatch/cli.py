@@ -310,7 +310,7 @@ def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer:
 
 
 def predict(args) -> int:
-    from jaxbatch import models
+    from jaxbatch import distributed, models
     from jaxbatch import predict as predict_lib
     from jaxbatch import run as run_lib
 
@@ -331,7 +331,7 @@ def predict(args) -> int:
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step, hosts=True)
-    _same_on_every_host([repr(sentences)], args.input)
+    distributed.same_on_every_host(repr(sentences), args.input)
     if restored.run.spec.model.task == "lm" and not models.masked_lm(restored.run.spec.model):
         from jaxbatch.errors import ConfigError
 
@@ -349,34 +349,11 @@ def predict(args) -> int:
     return 0
 
 
-def _same_on_every_host(pieces, where: str) -> None:
-    """Hosts compute their shares of each batch of one input: a host that read other data (`pieces`: strings
-    or arrays) would score or label the wrong rows, or wait on the others forever."""
-    import jax
-
-    if jax.process_count() == 1:
-        return
-    import hashlib
-
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    digest = hashlib.sha256()
-    for piece in pieces:
-        digest.update(piece.encode() if isinstance(piece, str) else np.ascontiguousarray(piece).tobytes())
-    try:
-        multihost_utils.assert_equal(np.frombuffer(digest.digest(), np.uint8))
-    except AssertionError:
-        from jaxbatch.errors import DataError
-
-        raise DataError(f"{where}: the hosts read different data (give each the same files)") from None
-
-
 def evaluate_split(args) -> int:
     import dataclasses
 
-    from jaxbatch import evaluate, models
-    from jaxbatch.data import tasks
+    from jaxbatch import distributed, evaluate, models
+    from jaxbatch.data import pipeline, tasks
     from jaxbatch.errors import ConfigError
 
     restored = _restore(args.model, args.overrides, args.step, hosts=True)
@@ -390,7 +367,7 @@ def evaluate_split(args) -> int:
     masked = models.masked_lm(spec.model)
     arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
                                          spec.model if masked else None)
-    _same_on_every_host([arrays[k] for k in sorted(arrays)], tasks.source_of(data_cfg))
+    distributed.same_on_every_host(pipeline.digest(arrays), tasks.source_of(data_cfg))
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte, windows=windows)

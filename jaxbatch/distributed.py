@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 
 from jaxbatch import backends, host
-from jaxbatch.errors import ConfigError
+from jaxbatch.errors import ConfigError, DataError
 
 
 def cpu_device_count(setting: int) -> int:
@@ -128,6 +128,23 @@ def initialize(cfg) -> bool:
         jax.distributed.initialize(dist_cfg.coordinator, num_processes=dist_cfg.num_processes,
                                    process_id=dist_cfg.process_id)
     return True
+
+
+def same_on_every_host(content: str, where: str) -> None:
+    """Every host reads the whole dataset (or input) and computes its share of each batch: a host that read
+    other data (a stale copy on one worker's disk) would train, score or label the wrong rows, or wait on the
+    others forever. `content`: what this host read, or its digest."""
+    if jax.process_count() == 1:
+        return
+    import hashlib
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    try:
+        multihost_utils.assert_equal(np.frombuffer(hashlib.sha256(content.encode()).digest(), np.uint8))
+    except AssertionError:
+        raise DataError(f"{where}: the hosts read different data (give each the same files)") from None
 
 
 def describe() -> str:

@@ -14,8 +14,8 @@ import numpy as np
 
 from jax.experimental import multihost_utils
 
-from jaxbatch import checkpoint, config, evaluate, lora, losses, metrics, models, noise_scale, optim, precision, rampup
-from jaxbatch import reporting
+from jaxbatch import checkpoint, config, distributed, evaluate, lora, losses, metrics, models, noise_scale, optim
+from jaxbatch import precision, rampup, reporting
 from jaxbatch import mesh as mesh_lib
 from jaxbatch import run as run_lib
 from jaxbatch import state as state_lib
@@ -181,6 +181,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                  f"{spec.model.vocab_size}; raise model.vocab_size")
 
     identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
+    distributed.same_on_every_host(identity["train_digest"] + pipeline.digest(data.eval),
+                                   spec.data.data_dir or spec.data.name)
     changed = check_identity(ckpt_dir, spec, identity) if spec.checkpoint.resume else []
 
     # ---- The run: mesh, optimizer, sharded state, compiled steps ----------------------------------------------

@@ -129,6 +129,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_hosts_that_read_different_data_stop_in_one_line(tmp_path):
+    """A stale copy of the data on one worker: each host would train on its share of different rows (or wait
+    on the others at a step the other never takes); both stop before compiling, naming the data."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *ARGS, f"data.num_train={n}",
+                               f"train.run_dir={tmp_path / 'run'}", f"distributed.coordinator=127.0.0.1:{port}",
+                               "distributed.num_processes=2", f"distributed.process_id={i}",
+                               "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i, n in enumerate((256, 192))]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], errors[0][-2000:] + errors[1][-2000:]
+    assert errors[0].strip().splitlines()[-1] == ("jaxbatch: DataError: synthetic_ner: the hosts read different data "
+                                                  "(give each the same files)")
+
+
 def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
     """Preemption reaches one host: both agree to stop, save the same step collectively, exit 75, and resume."""
     run = tmp_path / "two"
