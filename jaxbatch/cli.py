@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--seed", type=int, default=0)
     gen_p.add_argument("--chat", action="store_true",
                         help="each prompt is a user's message, rendered by the tokenizer's chat template")
-    gen_p.add_argument("overrides", nargs="*", help="mesh.*, distributed.cpu_devices, precision.policy")
+    gen_p.add_argument("overrides", nargs="*", help="mesh.*, distributed.*, precision.policy")
     comp_p = sub.add_parser("compress", help="prune / quantize / factorise a trained model into a new folder")
     comp_p.add_argument("model", help="run dir or Hugging Face folder")
     comp_p.add_argument("--step", type=int, help=STEP_HELP)
@@ -286,19 +286,16 @@ def _start_up(overrides: list[str]):
     return config.build(["distributed.cpu_one_arena=false", *(o for o in overrides if o.startswith("distributed."))])
 
 
-def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer: bool = True, hosts: bool = False):
+def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer: bool = True):
     """The trained model, after the one start-up path (`distributed.initialize`, before JAX starts): the
-    distributed.* overrides give a CPU several devices and, where the command runs across `hosts`, start
-    jax.distributed."""
+    distributed.* overrides give a CPU several devices, or start jax.distributed across hosts (each computes
+    its share of every batch; process 0 prints)."""
     from jaxbatch import distributed
     from jaxbatch import run as run_lib
-    from jaxbatch.errors import CheckpointError, ConfigError
+    from jaxbatch.errors import CheckpointError
 
     run_lib.check_restore_overrides(overrides, start_up=True)
-    start = _start_up(overrides)
-    if not hosts and (start.distributed.num_processes > 1 or start.distributed.auto):
-        raise ConfigError("generate runs in one process; `jaxbatch evaluate` and `predict` run across hosts")
-    if distributed.initialize(start):
+    if distributed.initialize(_start_up(overrides)):
         print(distributed.describe(), file=sys.stderr)
     restored = run_lib.restore(model, [o for o in overrides if not o.startswith("distributed.")], step=step)
     if need_tokenizer and restored.tokenizer is None:
@@ -330,7 +327,7 @@ def predict(args) -> int:
         raise ConfigError("predict across hosts reads --input FILE on every host, not standard input")
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
-    restored = _restore(args.model, args.overrides, args.step, hosts=True)
+    restored = _restore(args.model, args.overrides, args.step)
     distributed.same_on_every_host(repr(sentences), args.input)
     if restored.run.spec.model.task == "lm" and not models.masked_lm(restored.run.spec.model):
         from jaxbatch.errors import ConfigError
@@ -356,7 +353,7 @@ def evaluate_split(args) -> int:
     from jaxbatch.data import pipeline, tasks
     from jaxbatch.errors import ConfigError
 
-    restored = _restore(args.model, args.overrides, args.step, hosts=True)
+    restored = _restore(args.model, args.overrides, args.step)
     spec = restored.run.spec
     data_cfg = dataclasses.replace(spec.data, data_dir=spec.data.data_dir if args.data_dir is None else args.data_dir,
                                    name=args.data_name or spec.data.name, max_train=0)
@@ -381,8 +378,8 @@ def evaluate_split(args) -> int:
 
 
 def generate(args) -> int:
+    from jaxbatch import distributed, models
     from jaxbatch import generate as generate_lib
-    from jaxbatch import models
     from jaxbatch.errors import ConfigError
 
     restored = _restore(args.model, args.overrides, args.step)
@@ -442,6 +439,11 @@ def generate(args) -> int:
     if ignored:
         print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
               file=sys.stderr)
+    # every host runs each step on its share of the devices: the same programs, from the same prompts
+    distributed.same_on_every_host(repr((prompts, chosen, beams, n, args.max_new_tokens, args.seed, args.batch_size,
+                                         stops)), "generate's prompts and settings")
+    import jax
+
     from jaxbatch.errors import writing
 
     for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done
@@ -456,6 +458,8 @@ def generate(args) -> int:
                                             **chosen, seed=args.seed + start, stop_tokens=stops)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+        if jax.process_index():
+            continue
         with writing("standard output"):
             for prompt, tokens in zip(texts[start * (n if searched else 1):], new):
                 answer = tok.decode(tokens[:-1] if tokens and tokens[-1] in stops else tokens)

@@ -129,6 +129,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_generate_across_hosts_continues_as_one_process(tmp_path, capsys):
+    """A decoder sharded over both hosts' devices (FSDP) generates the tokens one process does, greedy, sampled
+    and by beam search; process 0 prints; hosts given other prompts stop in one line."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join("the cat sat on the mat. the dog sat on the log." for _ in range(40)))
+    run = tmp_path / "lm"
+    assert cli.main(["train", "model.family=decoder", "model.preset=gpt-tiny", "model.num_layers=1", "data.name=text",
+                     f"data.data_dir={corpus}", "data.seq_len=32", "train.batch_size=8", "train.steps=30",
+                     "train.eval_every=0", "train.progress=false", f"train.run_dir={run}"]) == 0
+    asks = (["--prompt", "the cat", "--prompt", "a", "--max-new-tokens", "12", "--temperature", "0"],
+            ["--prompt", "the", "--max-new-tokens", "12", "--temperature", "1", "--seed", "5"],
+            ["--prompt", "the dog", "--max-new-tokens", "8", "--temperature", "0", "--num-beams", "3",
+             "--num-return-sequences", "2"])
+    capsys.readouterr()
+    for ask in asks:
+        assert cli.main(["generate", str(run), *ask]) == 0
+        alone = capsys.readouterr().out
+        port = _free_port()
+        procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "generate", str(run), *ask, "mesh.fsdp=-1",
+                                   "mesh.data=1", f"distributed.coordinator=127.0.0.1:{port}",
+                                   "distributed.num_processes=2", f"distributed.process_id={i}",
+                                   "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
+        outputs = [p.communicate(timeout=600) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+        lines = lambda out: [x for x in out.splitlines() if x and "peer ranks" not in x]  # noqa: E731  gloo's too
+        assert lines(outputs[0][0]) == lines(alone) and lines(outputs[1][0]) == [] and "-" * 40 in alone
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "generate", str(run), "--prompt", prompt,
+                               f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
+                               f"distributed.process_id={i}", "distributed.cpu_devices=4"], env=subprocess_env(4),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for i, prompt in enumerate(("the", "a"))]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2] and "generate's prompts and settings: the hosts read different" in (
+        errors[0]), errors[0][-2000:]
+
+
 def test_hosts_that_read_different_data_stop_in_one_line(tmp_path):
     """A stale copy of the data on one worker: each host would train on its share of different rows (or wait
     on the others at a step the other never takes); both stop before compiling, naming the data."""
