@@ -307,6 +307,8 @@ def _restore(model: str, overrides: list[str], step: int | None, need_tokenizer:
 
 
 def predict(args) -> int:
+    import jax
+
     from jaxbatch import distributed, models
     from jaxbatch import predict as predict_lib
     from jaxbatch import run as run_lib
@@ -336,8 +338,6 @@ def predict(args) -> int:
                           f"fills in a masked LM's masks; continue text with `jaxbatch generate` or score it with "
                           f"`jaxbatch evaluate`")
     records = predict_lib.predict(restored, sentences)
-    import jax
-
     from jaxbatch.errors import writing
 
     if jax.process_index() == 0:  # every host labelled its share of each batch and gathered all of them
@@ -348,6 +348,8 @@ def predict(args) -> int:
 
 def evaluate_split(args) -> int:
     import dataclasses
+
+    import jax
 
     from jaxbatch import distributed, evaluate, models
     from jaxbatch.data import pipeline, tasks
@@ -369,8 +371,6 @@ def evaluate_split(args) -> int:
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte, windows=windows)
     what = f"windows of {len(windows.questions)} questions" if windows else "examples"
-    import jax
-
     if jax.process_index() == 0:  # every host scored its share; one prints
         print(f"{args.split} ({len(arrays['labels'])} {what}, {tasks.source_of(data_cfg)}): "
               + evaluate.report_lines(result))
@@ -378,6 +378,8 @@ def evaluate_split(args) -> int:
 
 
 def generate(args) -> int:
+    import jax
+
     from jaxbatch import distributed, models
     from jaxbatch import generate as generate_lib
     from jaxbatch.errors import ConfigError
@@ -441,9 +443,7 @@ def generate(args) -> int:
               file=sys.stderr)
     # every host runs each step on its share of the devices: the same programs, from the same prompts
     distributed.same_on_every_host(repr((prompts, chosen, beams, n, args.max_new_tokens, args.seed, args.batch_size,
-                                         stops)), "generate's prompts and settings")
-    import jax
-
+                                         stops)), "generate's prompts and settings", "give each the same ones")
     from jaxbatch.errors import writing
 
     for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done

@@ -130,7 +130,7 @@ def initialize(cfg) -> bool:
     return True
 
 
-def same_on_every_host(content: str, where: str) -> None:
+def same_on_every_host(content: str, where: str, fix: str = "give each the same files") -> None:
     """Every host reads the whole dataset (or input) and computes its share of each batch: a host that read
     other data (a stale copy on one worker's disk) would train, score or label the wrong rows, or wait on the
     others forever. `content`: what this host read, or its digest."""
@@ -144,7 +144,7 @@ def same_on_every_host(content: str, where: str) -> None:
     try:
         multihost_utils.assert_equal(np.frombuffer(hashlib.sha256(content.encode()).digest(), np.uint8))
     except AssertionError:
-        raise DataError(f"{where}: the hosts read different data (give each the same files)") from None
+        raise DataError(f"{where}: the hosts read different data ({fix})") from None
 
 
 def describe() -> str:
