@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from pathlib import Path
 
 import jax
@@ -328,7 +330,13 @@ def save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
     lies in memory, so a transposed view would be written transposed: every array is made C-contiguous."""
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    except Exception as e:  # safetensors reports a failed write (a full disk) as its own error, "... (os error 28)"
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e  # errors.writing names it
 
 
 def _placed(value: np.ndarray, sharding) -> jax.Array:

@@ -46,3 +46,23 @@ def test_a_full_disk_is_one_error_naming_the_output_and_leaves_nothing(tmp_path)
             (partial / "weights").symlink_to("/dev/full")  # its writes fail with ENOSPC, as a full disk's do
             (partial / "weights").write_bytes(b"w" * 4096)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_that_meet_a_full_disk_are_one_error_and_leave_nothing(tmp_path, monkeypatch):
+    """safetensors reports a failed write as its own error ("... (os error 28)"): `export` names the file in one
+    line, as for any other write, instead of a traceback."""
+    import numpy as np
+    import safetensors.numpy
+    from safetensors import SafetensorError
+
+    from jaxbatch import hf
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    out = tmp_path / "out"
+    with pytest.raises(WriteError, match=r"out.partial/model.safetensors: cannot write \(No space left on device\)$"):
+        with folders.new_folder(out) as partial:
+            hf.save_tensors({"w": np.ones(3, np.float32)}, partial / "model.safetensors")
+    assert list(tmp_path.iterdir()) == []

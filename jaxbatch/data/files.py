@@ -51,7 +51,10 @@ def read_text_file(path, empty_ok: bool = False) -> str:
         raise DataError(f"{path}: is a folder, not a file")
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    raw = path.read_bytes()  # read once: a pipe (`--input <(zcat x.gz)`) can be read only once
+    try:
+        raw = path.read_bytes()  # read once: a pipe (`--input <(zcat x.gz)`) can be read only once
+    except OSError as e:  # no permission, an I/O error
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

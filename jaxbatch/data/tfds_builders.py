@@ -8,6 +8,7 @@ are not rebuilt, changed files get a new build next to the old one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import tensorflow_datasets as tfds
 from jaxbatch import cache
 from jaxbatch.data import conll, text, tsv
 from jaxbatch.data.files import shards
-from jaxbatch.errors import DataError
+from jaxbatch.errors import DataError, WriteError
 
 
 def default_data_dir() -> Path:
@@ -154,9 +155,26 @@ def prepare(kind: str, source: str | Path, data_dir: str | Path | None = None,
 def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None):
     """`prepare` for files already found (`files`), for a caller that also names them in its messages."""
     logging.getLogger("absl").addFilter(_is_not_custom_config_notice)  # once: a filter is added once
-    builder = BUILDERS[kind][0](paths, data_dir=str(data_dir or default_data_dir()), file_format="array_record")
-    builder.download_and_prepare()
+    data_dir = str(data_dir or default_data_dir())
+    builder = BUILDERS[kind][0](paths, data_dir=data_dir, file_format="array_record")
+    try:
+        builder.download_and_prepare()
+    except (OSError, RuntimeError) as e:
+        if not _cannot_write(e, data_dir):
+            raise
+        cause = (e.strerror if isinstance(e, OSError) and e.strerror else
+                 "No space left on device" if "No space left" in str(e) else str(e).splitlines()[0][:200])
+        raise WriteError(f"{data_dir}: cannot write the prepared data ({cause}); free space there or set "
+                         f"data.cache_dir (or JAXBATCH_DATA_DIR) to another folder") from e
     return builder.as_data_source()
+
+
+def _cannot_write(e: Exception, data_dir: str) -> bool:
+    """A full disk, a quota or a read-only folder under `data_dir` (array_record's writer reports a failed write
+    as a RuntimeError), not a source file that cannot be read."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or str(e.filename or "").startswith(data_dir)
+    return "write() failed" in str(e) or "No space left" in str(e)
 
 
 CATALOG_SPLITS = {"dev": "validation"}  # a catalog split's name here (TFDS' conll2003 says dev)

@@ -25,3 +25,16 @@ def test_a_pipe_is_read_like_a_file(tmp_path):
 def test_what_is_not_a_file_is_named(tmp_path, name, message):
     with pytest.raises(DataError, match=message):
         files.read_text_file(tmp_path / name)
+
+
+def test_a_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    """No permission (which root, running these tests, always has) or an I/O error: one line naming the file."""
+    from pathlib import Path
+
+    def locked(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    (tmp_path / "locked.txt").write_text("x")
+    monkeypatch.setattr(Path, "read_bytes", locked)
+    with pytest.raises(DataError, match=r"locked.txt: cannot read \(Permission denied\)$"):
+        files.read_text_file(tmp_path / "locked.txt")

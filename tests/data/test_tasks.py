@@ -9,7 +9,7 @@ import pytest
 from conftest import SHARED_DATA, UD, hub_parquet
 from jaxbatch import config, run as run_lib
 from jaxbatch.data import files, tasks, text, tfds_builders
-from jaxbatch.errors import DataError
+from jaxbatch.errors import DataError, WriteError
 
 
 def _cfg(tmp_path, *overrides):
@@ -212,6 +212,28 @@ def test_an_empty_file_in_a_corpus_folder_holds_no_documents(tmp_path):
         tfds_builders.prepare("text", d, tmp_path / "cache")
     with pytest.raises(DataError, match=r"b.txt: file is empty"):
         tfds_builders.prepare("text", d / "b.txt", tmp_path / "cache")
+
+
+def test_prepared_data_that_meets_a_full_disk_is_one_error_naming_the_folder(tmp_path, monkeypatch):
+    """array_record's writer reports a full disk as a RuntimeError: one line naming data.cache_dir's folder and
+    what to do; a source file that cannot be read is not reported as a write."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_text("\n\n".join(f"paragraph {i}" for i in range(10)))
+
+    def fail(error):
+        def prepare(self, *args, **kwargs):
+            raise error
+        monkeypatch.setattr(tfds_builders.TextLocal, "download_and_prepare", prepare)
+
+    fail(RuntimeError('Failed to finalize writing of split "train": write() failed: No space left on device; '
+                      'writing x/jaxbatch_text-train.array_record-00000-of-00001; at byte 2097152'))
+    with pytest.raises(WriteError, match=r"cache: cannot write the prepared data \(No space left on device\); free "
+                                         r"space there or set data.cache_dir"):
+        tfds_builders.prepare("text", d, tmp_path / "cache")
+    fail(PermissionError(13, "Permission denied", str(d / "a.txt")))
+    with pytest.raises(PermissionError):
+        tfds_builders.prepare("text", d, tmp_path / "cache")
 
 
 def test_text_corpus_of_one_document_splits_its_characters(tmp_path):
