@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import re
 from pathlib import Path
 
 import jax
@@ -328,15 +326,7 @@ def load_params(folder: Path, model_cfg, params: nnx.State, shardings) -> tuple[
 def save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
     """model.safetensors as transformers writes it. safetensors' numpy writer stores each array's buffer as it
     lies in memory, so a transposed view would be written transposed: every array is made C-contiguous."""
-    from safetensors.numpy import save_file
-
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
-    except Exception as e:  # safetensors reports a failed write (a full disk) as its own error, "... (os error 28)"
-        code = re.search(r"os error (\d+)", str(e))
-        if code is None:
-            raise
-        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e  # errors.writing names it
+    folders.save_safetensors({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
 
 
 def _placed(value: np.ndarray, sharding) -> jax.Array:

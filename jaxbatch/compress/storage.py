@@ -24,7 +24,6 @@ import jax
 import numpy as np
 from flax import nnx
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
 from jaxbatch import config, folders
 from jaxbatch.errors import CheckpointError
@@ -74,7 +73,7 @@ def save(out: str | Path, spec: config.Config, params: nnx.State, tokenizer, rep
                 tensors[f"{name}:values"], tensors[f"{name}:bits"] = packed["values"], packed["bits"]
                 entry["packed"] = True
             entries[name] = entry
-        save_file(tensors, str(partial / WEIGHTS))
+        folders.save_safetensors(tensors, partial / WEIGHTS)
         manifest = {"spec": config.to_dict(spec), "params": entries, "report": report}
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if tokenizer is not None:
