@@ -408,7 +408,14 @@ def build(overrides: list[str] | None = None, config_file: str | None = None, ba
                 cfg = _set(cfg, "train.epochs", 0.0)
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from e
+    for key in SEEDS:  # before the data reads its own: numpy takes seeds in [0, 2**32)
+        section, field = key.split(".")
+        if not 0 <= getattr(getattr(cfg, section), field) < 2**32:
+            raise ConfigError(f"{key} must be in [0, 2**32), got {getattr(getattr(cfg, section), field)}")
     return cfg
+
+
+SEEDS = ("train.seed", "data.shuffle_seed")
 
 
 MAX_STEPS = 2**31 - 1  # the train state's step counter and optax's are int32
