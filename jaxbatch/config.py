@@ -473,7 +473,7 @@ def validate(cfg: Config, num_devices: int) -> None:
     t = cfg.train
     validate_inference(cfg)
     for key in ("train.steps", "train.accum_steps", "train.log_every", "train.max_bad_steps",
-                "checkpoint.max_to_keep", "optim.learning_rate"):
+                "checkpoint.max_to_keep", "optim.learning_rate", "data.buckets"):
         section, field = key.split(".")
         _positive(key, getattr(getattr(cfg, section), field))
     validate_model_shape(cfg.model)

@@ -186,6 +186,7 @@ BAD = [
     (["data.num_train=8"], "fewer than one global batch of 16"),
     (["train.run_dir=/proc/jaxbatch-run"], "train.run_dir='/proc/jaxbatch-run' is not a writable folder"),
     (["train.steps=ten"], "train.steps: cannot read 'ten' as int"),
+    (["data.buckets=0"], "data.buckets must be > 0, got 0"),  # 1 = no bucketing
     (["train.seed=-5"], "train.seed must be in [0, 2**32), got -5"),  # numpy's range, checked before the data's
     (["data.shuffle_seed=4294967296"], "data.shuffle_seed must be in [0, 2**32), got 4294967296"),
 ]
