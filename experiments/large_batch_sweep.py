@@ -124,8 +124,22 @@ def run(argv: list[str]) -> dict:
     p.add_argument("--run-dir", default="runs/large_batch_sweep")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    batches = sorted(int(b) for b in args.batches.split(","))
-    seeds = [int(s) for s in args.seeds.split(",")]
+
+    def whole_numbers(flag: str, text: str, least: int) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) < least:
+            p.error(f"{flag} {text!r}: give comma-separated whole numbers >= {least}")
+        return values
+
+    batches = sorted(whole_numbers("--batches", args.batches, 1))
+    seeds = whole_numbers("--seeds", args.seeds, 0)
+    for flag, value in (("--epochs", args.epochs), ("--micro-batch", args.micro_batch), ("--evals", args.evals),
+                        ("--reference-batch", args.reference_batch)):
+        if not value > 0:
+            p.error(f"{flag} must be > 0, got {value}")
     model = "pretrained" if args.data_dir else "tiny"
     variants = [parse_variant(v, model) for v in args.variants.split(",")]
     if args.data_dir:

@@ -84,3 +84,14 @@ def test_sweep_writes_its_views_skips_finished_points_and_extends(tmp_path, monk
 
 
 _real_train = train.train
+
+
+@pytest.mark.parametrize("flags, message", [(["--batches", "0"], "--batches '0': give comma-separated whole numbers"),
+                                            (["--batches", "32,x"], "--batches '32,x': give comma-separated"),
+                                            (["--seeds", "-1"], "--seeds '-1': give comma-separated whole numbers >= 0"),
+                                            (["--epochs", "0"], "--epochs must be > 0, got 0.0")])
+def test_bad_flags_are_one_line_and_exit_2(flags, message, capsys):
+    """A zero batch was a ZeroDivisionError's traceback; every flag is read before anything trains."""
+    with pytest.raises(SystemExit) as stopped:
+        sweep.run(flags)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
