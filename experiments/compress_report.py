@@ -80,14 +80,20 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--only", default="", help="comma-separated built-in variants to run (default all; float32 always)")
     args = p.parse_args(argv)
-    out = Path(args.out or Path(args.run) / "compress_report")
-    (out / "models").mkdir(parents=True, exist_ok=True)
-
+    if args.rounds < 1 or args.batch < 1:
+        p.error(f"--rounds and --batch must be >= 1, got {args.rounds} and {args.batch}")
     keep = set(args.only.split(",")) | {"float32"} if args.only else set(VARIANTS)
+    if keep - set(VARIANTS):
+        p.error(f"--only {args.only!r}: {', '.join(sorted(keep - set(VARIANTS)))} is no built-in variant (they are: "
+                f"{', '.join(VARIANTS)})")
     jobs = [(name, args.run, opts) for name, opts in VARIANTS.items() if name in keep]
     for item in args.pruned:
         name, _, run_dir = item.partition("=")
+        if not (name and run_dir):
+            p.error(f"--pruned {item!r}: use NAME=RUN_DIR")
         jobs += [(name, run_dir, O()), (f"{name} + int8 dynamic", run_dir, O(quant="int8", act="dynamic"))]
+    out = Path(args.out or Path(args.run) / "compress_report")
+    (out / "models").mkdir(parents=True, exist_ok=True)
 
     rows, restored = [], {}
     for name, run_dir, opts in jobs:

@@ -51,6 +51,8 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--samples", type=int, default=2, help="texts to sample at the end")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args(argv)
+    if args.samples < 0:
+        p.error(f"--samples must be >= 0 (0: none), got {args.samples}")
     arch = ["model.preset=llama-tiny"] if args.arch == "llama" else []
     base = COMMON + PRESETS[args.preset] + arch + [f"data.data_dir={args.data_dir}"]
     cfg = config.build(base + args.overrides)

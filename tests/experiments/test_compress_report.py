@@ -3,6 +3,8 @@ sizes and counts are the variants' real ones."""
 
 import json
 
+import pytest
+
 from conftest import tiny_config
 from experiments import compress_report
 from jaxbatch import train
@@ -28,3 +30,14 @@ def test_report_table(tmp_path):
     out = run_dir / "compress_report"
     assert json.loads((out / "report.json").read_text())["rows"] == summary["rows"]
     assert (out / "report.md").read_text().count("\n") == 2 + len(rows) and (out / "report.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("flags, message", [(["--rounds", "0"], "--rounds and --batch must be >= 1, got 0 and 32"),
+                                            (["--only", "int8"], "--only 'int8': int8 is no built-in variant"),
+                                            (["--pruned", "runs/x"], "--pruned 'runs/x': use NAME=RUN_DIR")])
+def test_bad_flags_are_one_line_and_exit_2(flags, message, tmp_path, capsys):
+    """An unknown --only name was passed over (a report without the variant asked for), --rounds 0 timed nothing."""
+    with pytest.raises(SystemExit) as stopped:
+        compress_report.main(["--run", str(tmp_path), "--out", str(tmp_path / "out"), *flags])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
