@@ -402,11 +402,16 @@ def beam_settings(configs: Configs, **given) -> dict:
             chosen[key] = default if value is None else value
         try:
             check_beams(chosen["num_beams"], chosen["early_stopping"])
-            penalty = chosen["length_penalty"]
-            if isinstance(penalty, bool) or not isinstance(penalty, (int, float)):
-                raise ValueError(f"length_penalty (--length-penalty) must be a number, got {penalty!r}")
+            _check_length_penalty(chosen["length_penalty"])
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from e
     chosen.update({k: v for k, v in given.items() if v is not None})
     check_beams(chosen["num_beams"], chosen["early_stopping"])
+    _check_length_penalty(chosen["length_penalty"])
     return chosen
+
+
+def _check_length_penalty(penalty) -> None:
+    """A finite number: the finished beams are ranked by score / length ** length_penalty."""
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):
+        raise ValueError(f"length_penalty (--length-penalty) must be a finite number, got {penalty!r}")

@@ -93,6 +93,9 @@ def test_a_command_that_would_do_nothing_says_so(tmp_path, capsys):
     assert cli.main(["keys", "trian"]) == 2 and "no config key starts with 'trian'" in capsys.readouterr().err
     assert cli.main(["compress", str(tmp_path), str(tmp_path / "out")]) == 2  # no --prune/--quant/--rank
     assert "compress: nothing asked" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert cli.main(["compress", str(tmp_path), str(tmp_path / "out"), "--quant", "int8", "--act", "static",
+                     "--calib-batches", "0"]) == 2  # static scales calibrated on nothing
+    assert "--calib-batches must be >= 1 for --act static" in capsys.readouterr().err
 
 
 def test_a_full_or_closed_stdout_is_one_line_or_quiet(tmp_path):

@@ -296,7 +296,7 @@ def test_beam_settings_are_the_command_lines_then_the_generation_configs(tmp_pat
                          ('"num_beams": 2.5', ".*got 2.5"),
                          ('"early_stopping": "soon"', "early_stopping .* got 'soon'"),
                          ('"early_stopping": 1', "early_stopping .* got 1"),
-                         ('"length_penalty": "long"', "length_penalty .* must be a number")):
+                         ('"length_penalty": "long"', "length_penalty .* must be a finite number")):
         path.write_text(f"{{{bad}}}")
         with pytest.raises(generate.CheckpointError, match=f"generation_config.json: {message}"):
             generate.beam_settings(read([tmp_path]))
@@ -382,7 +382,8 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert cli.main(["generate", str(run), "--prompt", "€", "--max-new-tokens", "3"]) == 2
     assert "not in the character vocabulary" in capsys.readouterr().err
     for flag, value, message in (("--temperature", "-1", "--temperature must be >= 0"),
-                                 ("--top-k", "-3", "--top-k must be >= 0"), ("--top-p", "2", "--top-p must be in")):
+                                 ("--top-k", "-3", "--top-k must be >= 0"), ("--top-p", "2", "--top-p must be in"),
+                                 ("--length-penalty", "nan", "--length-penalty) must be a finite number")):
         assert cli.main(["generate", str(run), "--prompt", "the", flag, value]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err

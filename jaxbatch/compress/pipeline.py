@@ -126,6 +126,9 @@ def check(opts: Options) -> None:
         raise ConfigError("--act needs --quant int8")
     if opts.rank < 0 or not 0.0 <= opts.rank_energy <= 1.0:
         raise ConfigError("--rank must be >= 1 and --rank-energy in (0, 1]")
+    if opts.act == "static" and opts.calib_batches < 1:
+        raise ConfigError(f"--calib-batches must be >= 1 for --act static (its scales are calibrated on them), "
+                          f"got {opts.calib_batches}")
     if opts.act == "static":
         try:
             quantize.parse_calibration(opts.calibration)
