@@ -211,10 +211,15 @@ def _label_names(data_cfg, ds: Dataset, train: Raw, problem: str = "") -> list[s
         return names
     if ds.labels:
         return list(ds.labels)
-    if ds.task == "token":
-        return conll.label_names([conll.Sentence(w, t) for w, t in zip(train.words, train.labels)])
-    if problem != MULTI_LABEL:
-        return tsv.label_names(train.labels)
+    if ds.task == "token" or problem != MULTI_LABEL:
+        names = (conll.label_names([conll.Sentence(w, t) for w, t in zip(train.words, train.labels)])
+                 if ds.task == "token" else tsv.label_names(train.labels))
+        if len(names) < 2:  # one class: nothing to tell apart, and a one-logit head is a yes/no question
+            what = "tag" if ds.task == "token" else "label"
+            raise DataError(f"{train.place}: every training example has the one {what} {names[0]!r}; a classifier "
+                            f"needs two or more (set data.labels to the full class list if the others are only "
+                            f"absent here)")
+        return names
     names = tsv.label_names([c for y in train.labels for c in _classes(y)])
     if not names:
         raise DataError(f"{train.place}: no training example names a class (every label list is empty)")

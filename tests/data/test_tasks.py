@@ -64,6 +64,21 @@ def test_bad_input_through_the_task_loader(tmp_path):
         tasks.load(*_cfg2(tmp_path, d, "data.name=imagenet"))
 
 
+def test_one_class_is_refused_unless_data_labels_lists_more(tmp_path):
+    """A tag set of 'O' alone made a one-logit head whose predictions named no tag (an IndexError in evaluation);
+    a classifier needs two classes, unless data.labels says the others are only absent from these files."""
+    d = tmp_path / "plain"
+    d.mkdir()
+    (d / "train.txt").write_text("John O\nlives O\n\nAcme O\n")
+    (d / "valid.txt").write_text("Oslo O\n")
+    with pytest.raises(DataError, match=r"train.txt: every training example has the one tag 'O'; a classifier needs "
+                                        r"two or more \(set data.labels"):
+        tasks.load(*_cfg2(tmp_path, d))
+    assert tasks.load(*_cfg2(tmp_path, d, "data.labels=O,B-PER,I-PER")).label_names == ["O", "B-PER", "I-PER"]
+    with pytest.raises(DataError, match=r"train.jsonl: every training example has the one label 'pos'"):
+        _jsonl_task(tmp_path, "reviews", [{"text": "good", "label": "pos"}] * 4, [{"text": "fine", "label": "pos"}])
+
+
 def _jsonl_task(tmp_path, name: str, train: list[dict], dev: list[dict]):
     """A JSON lines dataset folder (train, dev and an unlabelled test split), its config and what it loads as."""
     d = tmp_path / name
