@@ -143,6 +143,16 @@ def test_inference_settings_are_checked(ner_run, capsys, override, message):
     assert message in err and err.count("\n") == 1, err
 
 
+def test_pairs_of_texts_are_refused_by_a_token_classifier(ner_run, capsys, tmp_path):
+    """A question file (or sentence pairs) given to a tagger labelled nothing: SQuAD records carry no words of
+    their own, so each record came back with `tags: []`."""
+    root, _, _ = ner_run
+    (tmp_path / "q.jsonl").write_text('{"question": "Who lives in Paris?", "context": "John lives in Paris."}\n')
+    assert cli.main(["predict", str(root / "run"), "--input", str(tmp_path / "q.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "q.jsonl:1: a pair of texts (question and context, or two sentences)" in err and err.count("\n") == 1
+
+
 def test_a_file_where_an_override_goes_is_named_before_stdin_is_read(ner_run, capsys, monkeypatch):
     """`jaxbatch predict RUN input.txt` (no --input) must not wait on the terminal for text."""
     root, _, _ = ner_run
