@@ -337,13 +337,7 @@ def predict(args) -> int:
         raise ConfigError(f"{args.model} is a causal language model, and predict labels text with a classifier or "
                           f"fills in a masked LM's masks; continue text with `jaxbatch generate` or score it with "
                           f"`jaxbatch evaluate`")
-    paired = next((s for s in sentences if s.pair is not None), None)
-    if restored.run.spec.model.task == "token" and paired is not None:  # its words would be the first text's alone
-        from jaxbatch.errors import DataError
-
-        raise DataError(f"{args.input or 'standard input'}:{paired.line}: a pair of texts (question and context, or "
-                        f"two sentences), and {args.model} is a token classifier: it labels the words of one text")
-    records = predict_lib.predict(restored, sentences)
+    records = predict_lib.predict(restored, sentences, args.input or "standard input")
     from jaxbatch.errors import writing
 
     if jax.process_index() == 0:  # every host labelled its share of each batch and gathered all of them

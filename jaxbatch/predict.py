@@ -169,23 +169,24 @@ def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -
     return out
 
 
-def predict(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
+def predict(restored: run_lib.Restored, sentences: list[Sentence], where: str = "input") -> list[dict]:
     """One record per sentence: `entities` (token tasks: text, label, start, end, score = the mean
     probability of the predicted tag over the entity's words; plain tags such as part of speech have no
     entities but a `scores` list, each tag's probability) and `tags`, one per word however long the
     sentence (a sentence longer than data.seq_len is run as overlapping windows, each word labelled from the
     window where it has the most context); or `label` and `probabilities` (sequence tasks; `labels` for a
     multi-label head, `score` for a regression head: a text longer than data.seq_len is truncated, and the
-    record says by how many pieces)."""
+    record says by how many pieces). `where` names the input in errors."""
     from seqeval.metrics.sequence_labeling import get_entities
 
     spec = restored.run.spec
     if spec.model.task == "lm":
         return _fill_masks(restored, sentences)
     if spec.model.task == "qa":
-        return _answer(restored, [_paired(s) for s in sentences])
+        return _answer(restored, _check_pairs("qa", [_paired(s) for s in sentences], where))
     if spec.model.task != "token":
         return _classify(restored, [_paired(s) for s in sentences])
+    _check_pairs("token", sentences, where)
     names = run_lib.label_names(spec)
     words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
     tokenizer = tokenize.for_words(restored.tokenizer)
@@ -264,15 +265,27 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
     return records
 
 
+def _check_pairs(task: str, sentences: list[Sentence], where: str) -> list[Sentence]:
+    """`sentences`, checked: a question answering model reads pairs (question, context), a token classifier the
+    words of one text; the other kind is named in one line (a tagger given a SQuAD file labelled no words)."""
+    if task == "qa":
+        lone = next((s for s in sentences if s.pair is None), None)
+        if lone is not None:
+            raise DataError(f"{where}:{lone.line}: a question answering model reads 'question<TAB>context' lines (or "
+                            f"a SQuAD-style file); this line has no context")
+    if task == "token":
+        paired = next((s for s in sentences if s.pair is not None), None)
+        if paired is not None:
+            raise DataError(f"{where}:{paired.line}: a pair of texts (question and context, or two sentences), and a "
+                            f"token classifier labels the words of one text")
+    return sentences
+
+
 def _answer(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
     """Each question's answer in its context (`question<TAB>context`, or a SQuAD-style file's): `answer`, its
     `start` and `end` characters in the context, and `score` (squad.answers); "" where a model trained with
     data.unanswerable finds none, which also gives each question's `null_score_diff` and `best_span`."""
     spec = restored.run.spec
-    lone = next((s for s in sentences if s.pair is None), None)
-    if lone is not None:
-        raise DataError(f"line {lone.line}: a question answering model reads 'question<TAB>context' lines (or a "
-                        f"SQuAD-style file); this line has no context")
     questions = [squad.Question(s.id or str(s.line), s.text, s.pair.text, (), (), f"line {s.line}") for s in sentences]
     w = squad.windows(restored.tokenizer, questions, spec.data.seq_len, spec.data.doc_stride)
     _, out = evaluate.outputs(restored.run, restored.params, w.arrays)  # in length buckets, back at seq_len

@@ -151,6 +151,10 @@ def test_pairs_of_texts_are_refused_by_a_token_classifier(ner_run, capsys, tmp_p
     assert cli.main(["predict", str(root / "run"), "--input", str(tmp_path / "q.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "q.jsonl:1: a pair of texts (question and context, or two sentences)" in err and err.count("\n") == 1
+    (tmp_path / "plain.txt").write_text("Who lives in Paris?\n")  # and a question answering model wants pairs
+    with pytest.raises(tasks.DataError, match=r"plain.txt:1: a question answering model reads 'question<TAB>context'"):
+        predict._check_pairs("qa", [predict._paired(s) for s in predict.read_sentences(tmp_path / "plain.txt", "auto")],
+                             "plain.txt")
 
 
 def test_a_file_where_an_override_goes_is_named_before_stdin_is_read(ner_run, capsys, monkeypatch):
