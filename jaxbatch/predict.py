@@ -109,11 +109,21 @@ def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> 
                 for n, q in enumerate(squad.read(path), start=1)]
     if fmt != "text":
         raise DataError(f"--format must be auto, text, conll, tsv or squad, got {fmt!r}")
-    lines = (stdin or sys.stdin).read().splitlines() if path is None else _read_lines(path)
+    lines = _stdin_text(stdin).splitlines() if path is None else _read_lines(path)
     sentences = [split_words(line.strip(), n) for n, line in enumerate(lines, start=1) if line.strip()]
     if not sentences:
         raise DataError(f"{path or 'stdin'}: no text to predict")
     return sentences
+
+
+def _stdin_text(stdin: TextIO | None) -> str:
+    """Standard input's text, read as bytes and decoded as files are (Python's own reading turns bytes that are
+    not UTF-8 into surrogates, which the tokenizer then fails on in a traceback)."""
+    from jaxbatch.data.files import decode
+
+    stream = stdin or sys.stdin
+    raw = getattr(stream, "buffer", None)  # none: a text stream already (a caller's StringIO)
+    return stream.read() if raw is None else decode(raw.read(), "stdin")
 
 
 def _read_lines(path: Path) -> list[str]:

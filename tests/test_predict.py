@@ -157,6 +157,21 @@ def test_pairs_of_texts_are_refused_by_a_token_classifier(ner_run, capsys, tmp_p
                              "plain.txt")
 
 
+def test_standard_input_is_read_as_files_are(ner_run, capsys, monkeypatch):
+    """Bytes that are not UTF-8 on a pipe were decoded by Python into surrogates, which the tokenizer refused in
+    a traceback; a byte-order mark is not text."""
+    import io
+
+    root, _, _ = ner_run
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"John lives\n\xff\n")))
+    assert cli.main(["predict", str(root / "run")]) == 2
+    assert capsys.readouterr().err.strip() == ("jaxbatch: DataError: stdin:2: not UTF-8 (byte 0xff at offset 11); "
+                                               "re-encode the text as UTF-8")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\ufeffJohn lives\n".encode())))
+    assert cli.main(["predict", str(root / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "John lives"
+
+
 def test_a_file_where_an_override_goes_is_named_before_stdin_is_read(ner_run, capsys, monkeypatch):
     """`jaxbatch predict RUN input.txt` (no --input) must not wait on the terminal for text."""
     root, _, _ = ner_run

@@ -55,16 +55,22 @@ def read_text_file(path, empty_ok: bool = False) -> str:
         raw = path.read_bytes()  # read once: a pipe (`--input <(zcat x.gz)`) can be read only once
     except OSError as e:  # no permission, an I/O error
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    text = decode(raw, path)
+    if not text.strip() and not empty_ok:
+        raise DataError(f"{path}: file is empty")
+    return text
+
+
+def decode(raw: bytes, where) -> str:
+    """UTF-8 text without a leading byte-order mark (Windows editors, spreadsheet exports); another encoding is a
+    DataError naming `where` (a file, standard input), the line and the byte."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#x} at offset {e.start}); "
-                        f"re-encode the file as UTF-8") from e
-    text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors, spreadsheet exports) is not content
-    if not text.strip() and not empty_ok:
-        raise DataError(f"{path}: file is empty")
-    return text
+        raise DataError(f"{where}:{line}: not UTF-8 (byte {raw[e.start]:#x} at offset {e.start}); "
+                        f"re-encode the text as UTF-8") from e
+    return text.removeprefix("\ufeff")
 
 
 def json_lines(path, text: str) -> list[tuple[int, dict]]:
