@@ -337,7 +337,7 @@ def predict(args) -> int:
         raise ConfigError(f"{args.model} is a causal language model, and predict labels text with a classifier or "
                           f"fills in a masked LM's masks; continue text with `jaxbatch generate` or score it with "
                           f"`jaxbatch evaluate`")
-    records = predict_lib.predict(restored, sentences, args.input or "standard input")
+    records = predict_lib.predict(restored, sentences, args.input or "stdin")
     from jaxbatch.errors import writing
 
     if jax.process_index() == 0:  # every host labelled its share of each batch and gathered all of them

@@ -49,11 +49,7 @@ def test_two_processes_match_one(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["evaluate", str(tmp_path / "one"), "--split", "validation"]) == 0
     alone = capsys.readouterr().out.splitlines()[0]
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "evaluate", str(tmp_path / "one"), "--split",
-                               "validation", f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
-                               f"distributed.process_id={i}", "distributed.cpu_devices=4"], env=subprocess_env(4),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = _hosts(lambda i: ["evaluate", str(tmp_path / "one"), "--split", "validation"])
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert "process 1 of 2: 4 local / 8 global devices" in outputs[1][1] and "validation (" not in outputs[1][0]
@@ -64,22 +60,11 @@ def test_two_processes_match_one(tmp_path, capsys):
     (tmp_path / "in.txt").write_text("".join(f"w{i} w{i + 1} w{i + 2}\n" for i in range(40)) + "w1 w2 w3 w4 w5\n")
     assert cli.main(["predict", str(tmp_path / "one"), "--input", str(tmp_path / "in.txt")]) == 0
     alone = capsys.readouterr().out
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "predict", str(tmp_path / "one"), "--input",
-                               str(tmp_path / "in.txt"), f"distributed.coordinator=127.0.0.1:{port}",
-                               "distributed.num_processes=2", f"distributed.process_id={i}",
-                               "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
+    procs = _hosts(lambda i: ["predict", str(tmp_path / "one"), "--input", str(tmp_path / "in.txt")])
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     (tmp_path / "other.txt").write_text("w1 w2\n")  # a host given another file is named, not mislabelled
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "predict", str(tmp_path / "one"), "--input",
-                               str(tmp_path / f), f"distributed.coordinator=127.0.0.1:{port}",
-                               "distributed.num_processes=2", f"distributed.process_id={i}",
-                               "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
-             for i, f in enumerate(("in.txt", "other.txt"))]
+    procs = _hosts(lambda i: ["predict", str(tmp_path / "one"), "--input", str(tmp_path / ("in.txt", "other.txt")[i])])
     errors = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [2, 2] and "the hosts read different data" in errors[0], errors[0][-2000:]
     assert cli.main(["predict", str(tmp_path / "one"), "distributed.num_processes=2"]) == 2  # not stdin
@@ -114,12 +99,18 @@ def test_two_processes_mask_a_masked_lm_as_one_does(tmp_path):
 
 
 def _launch_two(run_dir, args):
-    """Two processes of 4 CPU devices each training `args` into run_dir, coordinated over a free local port."""
+    """Two processes of 4 CPU devices each training `args` into run_dir (standard error in standard output)."""
+    return _hosts(lambda i: ["train", *args, f"train.run_dir={run_dir}"], stderr=subprocess.STDOUT)
+
+
+def _hosts(argv, stderr=subprocess.PIPE) -> list[subprocess.Popen]:
+    """Two processes of 4 CPU devices each running `jaxbatch *argv(process_id)`, coordinated over a free local
+    port."""
     port = _free_port()
-    return [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *args, f"train.run_dir={run_dir}",
-                              f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
-                              f"distributed.process_id={i}", "distributed.cpu_devices=4"],
-                             env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return [subprocess.Popen([sys.executable, "-m", "jaxbatch", *argv(i), f"distributed.coordinator=127.0.0.1:{port}",
+                              "distributed.num_processes=2", f"distributed.process_id={i}",
+                              "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
+                             stderr=stderr, text=True, cwd=ROOT)
             for i in range(2)]
 
 
@@ -146,22 +137,12 @@ def test_generate_across_hosts_continues_as_one_process(tmp_path, capsys):
     for ask in asks:
         assert cli.main(["generate", str(run), *ask]) == 0
         alone = capsys.readouterr().out
-        port = _free_port()
-        procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "generate", str(run), *ask, "mesh.fsdp=-1",
-                                   "mesh.data=1", f"distributed.coordinator=127.0.0.1:{port}",
-                                   "distributed.num_processes=2", f"distributed.process_id={i}",
-                                   "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
+        procs = _hosts(lambda i: ["generate", str(run), *ask, "mesh.fsdp=-1", "mesh.data=1"])
         outputs = [p.communicate(timeout=600) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
         lines = lambda out: [x for x in out.splitlines() if x and "peer ranks" not in x]  # noqa: E731  gloo's too
         assert lines(outputs[0][0]) == lines(alone) and lines(outputs[1][0]) == [] and "-" * 40 in alone
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "generate", str(run), "--prompt", prompt,
-                               f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
-                               f"distributed.process_id={i}", "distributed.cpu_devices=4"], env=subprocess_env(4),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-             for i, prompt in enumerate(("the", "a"))]
+    procs = _hosts(lambda i: ["generate", str(run), "--prompt", ("the", "a")[i]])
     errors = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [2, 2] and "generate's prompts and settings: the hosts read different" in (
         errors[0]), errors[0][-2000:]
@@ -170,12 +151,7 @@ def test_generate_across_hosts_continues_as_one_process(tmp_path, capsys):
 def test_hosts_that_read_different_data_stop_in_one_line(tmp_path):
     """A stale copy of the data on one worker: each host would train on its share of different rows (or wait
     on the others at a step the other never takes); both stop before compiling, naming the data."""
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxbatch", "train", *ARGS, f"data.num_train={n}",
-                               f"train.run_dir={tmp_path / 'run'}", f"distributed.coordinator=127.0.0.1:{port}",
-                               "distributed.num_processes=2", f"distributed.process_id={i}",
-                               "distributed.cpu_devices=4"], env=subprocess_env(4), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i, n in enumerate((256, 192))]
+    procs = _hosts(lambda i: ["train", *ARGS, f"data.num_train={(256, 192)[i]}", f"train.run_dir={tmp_path / 'run'}"])
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [2, 2], errors[0][-2000:] + errors[1][-2000:]
     assert errors[0].strip().splitlines()[-1] == ("jaxbatch: DataError: synthetic_ner: the hosts read different data "
