@@ -322,15 +322,14 @@ def predict(args) -> int:
 
         raise CheckpointError(f"{args.model}: no such run dir or Hugging Face folder")
     run_lib.check_restore_overrides(args.overrides, start_up=True)
-    hosts = _start_up(args.overrides).distributed
-    if (hosts.num_processes > 1 or hosts.auto) and not args.input:  # a launcher gives one host the terminal
+    if distributed.across_hosts(_start_up(args.overrides).distributed) and not args.input:  # one host has the tty
         from jaxbatch.errors import ConfigError
 
         raise ConfigError("predict across hosts reads --input FILE on every host, not standard input")
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step)
-    distributed.same_on_every_host(repr(sentences), args.input)
+    distributed.same_on_every_host(lambda: repr(sentences), args.input)
     if restored.run.spec.model.task == "lm" and not models.masked_lm(restored.run.spec.model):
         from jaxbatch.errors import ConfigError
 
@@ -366,7 +365,7 @@ def evaluate_split(args) -> int:
     masked = models.masked_lm(spec.model)
     arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
                                          spec.model if masked else None)
-    distributed.same_on_every_host(pipeline.digest(arrays), tasks.source_of(data_cfg))
+    distributed.same_on_every_host(lambda: pipeline.digest(arrays), tasks.source_of(data_cfg))
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte, windows=windows)
@@ -442,8 +441,9 @@ def generate(args) -> int:
         print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
               file=sys.stderr)
     # every host runs each step on its share of the devices: the same programs, from the same prompts
-    distributed.same_on_every_host(repr((prompts, chosen, beams, n, args.max_new_tokens, args.seed, args.batch_size,
-                                         stops)), "generate's prompts and settings", "give each the same ones")
+    distributed.same_on_every_host(lambda: repr((prompts, chosen, beams, n, args.max_new_tokens, args.seed,
+                                                 args.batch_size, stops)),
+                                   "generate's prompts and settings", "give each the same ones")
     from jaxbatch.errors import writing
 
     for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done

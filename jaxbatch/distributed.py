@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -116,7 +117,7 @@ def initialize(cfg) -> bool:
         except RuntimeError:
             raise ConfigError(f"distributed.cpu_devices={dist_cfg.cpu_devices}: JAX had started already; it "
                               f"must be set before the first JAX operation") from None
-    if dist_cfg.num_processes <= 1 and not dist_cfg.auto:
+    if not across_hosts(dist_cfg):
         return False
     if dist_cfg.cpu_devices:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -130,10 +131,16 @@ def initialize(cfg) -> bool:
     return True
 
 
-def same_on_every_host(content: str, where: str, fix: str = "give each the same files") -> None:
+def across_hosts(dist_cfg) -> bool:
+    """Whether `initialize` starts jax.distributed: several processes, or the cluster's own (auto)."""
+    return dist_cfg.num_processes > 1 or dist_cfg.auto
+
+
+def same_on_every_host(content: Callable[[], str], where: str, fix: str = "give each the same files") -> None:
     """Every host reads the whole dataset (or input) and computes its share of each batch: a host that read
     other data (a stale copy on one worker's disk) would train, score or label the wrong rows, or wait on the
-    others forever. `content`: what this host read, or its digest."""
+    others forever. `content()`: what this host read, or its digest (called only across hosts: one process
+    spends nothing on it)."""
     if jax.process_count() == 1:
         return
     import hashlib
@@ -142,7 +149,7 @@ def same_on_every_host(content: str, where: str, fix: str = "give each the same 
     from jax.experimental import multihost_utils
 
     try:
-        multihost_utils.assert_equal(np.frombuffer(hashlib.sha256(content.encode()).digest(), np.uint8))
+        multihost_utils.assert_equal(np.frombuffer(hashlib.sha256(content().encode()).digest(), np.uint8))
     except AssertionError:
         raise DataError(f"{where}: the hosts read different data ({fix})") from None
 

@@ -181,7 +181,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                  f"{spec.model.vocab_size}; raise model.vocab_size")
 
     identity = {"train_examples": len(data.train["labels"]), "train_digest": pipeline.digest(data.train)}
-    distributed.same_on_every_host(identity["train_digest"] + pipeline.digest(data.eval),
+    distributed.same_on_every_host(lambda: identity["train_digest"] + pipeline.digest(data.eval),
                                    spec.data.data_dir or spec.data.name)
     changed = check_identity(ckpt_dir, spec, identity) if spec.checkpoint.resume else []
 
