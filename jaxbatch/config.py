@@ -409,13 +409,18 @@ def build(overrides: list[str] | None = None, config_file: str | None = None, ba
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from e
     for key in SEEDS:  # before the data reads its own: numpy takes seeds in [0, 2**32)
-        section, field = key.split(".")
-        if not 0 <= getattr(getattr(cfg, section), field) < 2**32:
-            raise ConfigError(f"{key} must be in [0, 2**32), got {getattr(getattr(cfg, section), field)}")
+        if not 0 <= _value(cfg, key) < 2**32:
+            raise ConfigError(f"{key} must be in [0, 2**32), got {_value(cfg, key)}")
     return cfg
 
 
 SEEDS = ("train.seed", "data.shuffle_seed")
+
+
+def _value(cfg: Config, key: str) -> Any:
+    """`cfg`'s value at `section.field`."""
+    section, field = key.split(".")
+    return getattr(getattr(cfg, section), field)
 
 
 MAX_STEPS = 2**31 - 1  # the train state's step counter and optax's are int32
@@ -463,8 +468,7 @@ def validate_model_shape(m: ModelConfig) -> None:
 def validate_inference(cfg: Config) -> None:
     """What inference (predict, evaluate, generate) reads of the train and data sections, checked."""
     for key in ("train.batch_size", "data.seq_len"):
-        section, field = key.split(".")
-        _positive(key, getattr(getattr(cfg, section), field))
+        _positive(key, _value(cfg, key))
 
 
 def validate(cfg: Config, num_devices: int) -> None:
@@ -474,14 +478,12 @@ def validate(cfg: Config, num_devices: int) -> None:
     validate_inference(cfg)
     for key in ("train.steps", "train.accum_steps", "train.log_every", "train.max_bad_steps",
                 "checkpoint.max_to_keep", "optim.learning_rate", "data.buckets"):
-        section, field = key.split(".")
-        _positive(key, getattr(getattr(cfg, section), field))
+        _positive(key, _value(cfg, key))
     validate_model_shape(cfg.model)
     for key in ("train.eval_every", "train.eval_batch_size", "train.stop_after", "checkpoint.every", "data.max_train",
                 "data.max_eval", "train.patience", "train.profile"):
-        section, field = key.split(".")
-        if getattr(getattr(cfg, section), field) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {getattr(getattr(cfg, section), field)}")
+        if _value(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_value(cfg, key)}")
     if cfg.optim.flatten and fsdp * model > 1:
         raise ConfigError(f"optim.flatten keeps adamw's moments as replicated vectors: use it on a data-parallel mesh, "
                           f"not mesh.fsdp={fsdp} x mesh.model={model}")
