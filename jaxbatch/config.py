@@ -460,6 +460,10 @@ def validate_model_shape(m: ModelConfig) -> None:
     for field, zero in _ZERO_MEANS.items():
         if getattr(m, field) < 0:
             raise ConfigError(f"model.{field} must be >= 0 (0 = {zero}), got {getattr(m, field)}")
+    if m.hidden_size % m.num_heads and not m.head_dim:  # every family splits its width into heads
+        raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    if m.num_kv_heads and m.num_heads % m.num_kv_heads:
+        raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}")
     if m.activation and m.activation not in ACTIVATIONS:
         raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)} (or empty: the "
                           f"architecture's own), got {m.activation!r}")

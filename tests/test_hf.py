@@ -493,6 +493,7 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
     ({"num_hidden_layers": 6.5}, "model.num_layers must be an integer, got 6.5"),
     ({"layer_norm_eps": None}, "cannot read the model's shape from layer_norm_eps=None"),
     ({"is_decoder": True}, "is_decoder / add_cross_attention .* is not supported"),  # causal: other logits
+    ({"num_attention_heads": 5}, "model.hidden_size=384 is not divisible by model.num_heads=5"),  # the file's
 ])
 def test_a_bad_config_json_value_is_one_error_naming_it(tmp_path, change, message):
     """A hand-edited or truncated config.json: a missing shape key used to take our default (a model with

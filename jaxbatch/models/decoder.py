@@ -490,9 +490,6 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
                           f"not a {cfg.task} task")
     if cfg.task == "qa" and cfg.num_labels != 2:
         raise ConfigError(f"model.num_labels={cfg.num_labels}: an answer-span head has two outputs (start, end)")
-    if cfg.hidden_size % cfg.num_heads and not cfg.head_dim:
-        raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads} "
-                          f"(or set model.head_dim)")
     if cfg.attention_bias not in ("none", "qkv", "all"):
         raise ConfigError(f"model.attention_bias must be none, qkv or all, got {cfg.attention_bias!r}")
     if cfg.arch == "gpt2" and cfg.qk_norm:
@@ -502,8 +499,6 @@ def validate(cfg, seq_len: int, model_axis: int) -> None:
                           "projection already)")
     if cfg.arch == "gpt2" and cfg.head_dim and cfg.head_dim * cfg.num_heads != cfg.hidden_size:
         raise ConfigError(f"model.head_dim={cfg.head_dim}: GPT-2's heads are hidden_size / num_heads wide (set 0)")
-    if cfg.num_heads % kv_heads(cfg):
-        raise ConfigError(f"model.num_heads={cfg.num_heads} is not divisible by model.num_kv_heads={cfg.num_kv_heads}")
     if rotary(cfg) and head_dim(cfg) % 2:
         raise ConfigError(f"rotary embeddings need an even head dimension, got {head_dim(cfg)}")
     if cfg.arch == "gpt2" and cfg.rope_type != "default":

@@ -838,6 +838,16 @@ def test_gpt2_attention_scalings_it_lacks_are_refused(key, value, tmp_path):
         run_lib.restore(folder)
 
 
+def test_a_config_json_whose_heads_do_not_divide_names_the_file(tmp_path):
+    """The head counts are the file's, so its path leads the message (it named model.* keys alone)."""
+    _, folder = _hf_model("llama", tmp_path)
+    c = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(c, num_key_value_heads=3)))
+    with pytest.raises(CheckpointError, match=f"^{folder}/config.json: model.num_heads=4 is not divisible by "
+                                              f"model.num_kv_heads=3"):
+        run_lib.restore(folder)
+
+
 @pytest.mark.parametrize("rope, message", [
     ({"rope_type": "dynamic", "factor": 4.0}, "rope_type 'dynamic' is not supported"),
     ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 0.7},
