@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--min-p", type=float, help="0 = none; tokens at least this times as likely as the likeliest"
                        + sampled % "0")
     gen_p.add_argument("--repetition-penalty", type=float, help="1 = none; HF's, greedy too" + sampled % "1")
-    gen_p.add_argument("--num-beams", type=int, help="> 1: beam search, as HF's generate(num_beams=...)"
+    gen_p.add_argument("--num-beams", type=int, help="> 1: beam search, as HF's generate(num_beams=...); "
+                       "with --temperature > 0, its beam sampling"
                        + sampled % "1")
     gen_p.add_argument("--length-penalty", type=float, help="beam search: finished scores / length ** this"
                        + sampled % "1")
@@ -415,22 +416,16 @@ def generate(args) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     n, searched = args.num_return_sequences, beams["num_beams"] > 1
-    if args.temperature is not None:  # what asks for sampling: the command line, else the file's do_sample
-        sampler = "--temperature" if args.temperature > 0 else None
-    else:
-        sampler = next((f"{path}'s do_sample" for path, c in configs[:1]
-                        if c.get("do_sample")), None)
-    if searched and sampler:  # jaxbatch's own sampling default gives way to a beam search asked for
-        raise ConfigError(f"beam sampling (num_beams {beams['num_beams']} with {sampler}) is not built: "
-                          f"--temperature 0 for beam search, or --num-beams 1 to sample")
+    # what asks for sampling: the command line, else the file's do_sample (jaxbatch's own default is for one beam)
+    sampler = args.temperature > 0 if args.temperature is not None else any(c.get("do_sample") for _, c in configs[:1])
     if not searched and n > 1 and chosen["temperature"] <= 0:
         raise ConfigError("greedy decoding continues a prompt one way; --num-return-sequences needs sampling "
                           "(--temperature > 0) or beam search (--num-beams)")
     texts = [t for t in texts for _ in range(n)]  # each prompt's continuations together
-    if searched:  # beam search returns a prompt's n best beams together
-        penalty = chosen["repetition_penalty"]
-        print(f"beam search: {', '.join(f'{k} {v}' for k, v in beams.items())}"
-              + (f", repetition_penalty {penalty}" if penalty != 1 else ""), file=sys.stderr)
+    if searched:  # beam search returns a prompt's n best beams together; sampled beams are HF's beam sampling
+        sampled = {k: chosen[k] for k in generate_lib.applied(chosen) if sampler or k == "repetition_penalty"}
+        print(f"beam {'sampling' if sampler else 'search'}: {', '.join(f'{k} {v}' for k, v in beams.items())}"
+              + "".join(f", {k} {v}" for k, v in sampled.items()) + f" ({source})" * bool(sampler), file=sys.stderr)
     else:  # each draw is a row of its own
         prompts = [p for p in prompts for _ in range(n)]
         shown = ["greedy" if k == "temperature" and chosen[k] <= 0 else f"{k} {chosen[k]}"
@@ -451,8 +446,8 @@ def generate(args) -> int:
         try:
             if searched:
                 new = generate_lib.beam_search(restored.run.graphdef, restored.params, batch, args.max_new_tokens,
-                                               **beams, repetition_penalty=chosen["repetition_penalty"],
-                                               stop_tokens=stops, num_return_sequences=n)
+                                               **beams, **sampled, stop_tokens=stops, num_return_sequences=n,
+                                               seed=args.seed + start)
             else:
                 new = generate_lib.generate(restored.run.graphdef, restored.params, batch, args.max_new_tokens,
                                             **chosen, seed=args.seed + start, stop_tokens=stops)

@@ -1,5 +1,6 @@
 """Text generation from a trained decoder with a KV cache: greedy, temperature, top-k, top-p and min-p sampling,
-a repetition penalty, beam search as transformers' generate(num_beams=...) runs it (its beams, token for token),
+a repetition penalty, beam search as transformers' generate(num_beams=...) runs it (its beams, token for token;
+beam sampling too),
 batched prompts of different lengths (left-padded; padding keys are masked), on whatever mesh the params
 live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
 token; equal token for token to recomputing the whole sequence each step (tests/test_generate.py)."""
@@ -169,16 +170,44 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     return [row[: end + 1] for row, end in zip(rows, ends)]
 
 
-@functools.partial(jax.jit, static_argnames=("beams", "keep"))
-def _candidates(logits, scores, seen, penalty, beams: int, keep: int):
-    """Each prompt's `keep` best continuations over all its beams: (scores, beam * vocab + token), best first. A
-    beam's score is the sum of its tokens' log-probabilities, the penalty applied to them (HF's order)."""
+def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: float, min_keep: int) -> jax.Array:
+    """(rows, vocab) log-probabilities as HF's sampling warpers leave them for beam sampling: divided by the
+    temperature, then -inf outside the top_k, the top_p mass and min_p of the likeliest, each filter keeping at
+    least `min_keep` tokens (HF's min_tokens_to_keep in beam methods: one more than the stop tokens)."""
+    x = logp / temperature
+
+    def at_least(keep):  # a filter's kept tokens, and always the `min_keep` likeliest
+        return jnp.where(keep | (x >= jax.lax.top_k(x, min_keep)[0][:, -1:]), x, -jnp.inf)
+
+    if top_k > 0:
+        x = at_least(x >= jax.lax.top_k(x, min(max(top_k, min_keep), x.shape[-1]))[0][:, -1:])
+    if top_p < 1.0:
+        x = at_least(nucleus(jax.nn.softmax(x, -1), top_p))
+    if min_p > 0:
+        x = at_least(x >= jnp.max(x, -1, keepdims=True) + math.log(min_p))
+    return x
+
+
+@functools.partial(jax.jit, static_argnames=("beams", "keep", "temperature", "top_k", "top_p", "min_p"))
+def _candidates(logits, scores, seen, penalty, key, beams: int, keep: int, temperature: float = 0.0, top_k: int = 0,
+                top_p: float = 1.0, min_p: float = 0.0):
+    """Each prompt's `keep` continuations over all its beams: (scores, beam * vocab + token), best first. A
+    beam's score is the sum of its tokens' log-probabilities, the penalty applied to them (HF's order). The best
+    `keep` at temperature 0; else, as HF's beam sampling, the log-probabilities warped (`warp`) and `keep` drawn
+    without replacement in proportion to exp(score) (the Gumbel top-k trick: torch.multinomial's distribution)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     if seen is not None:
         logp = penalize(logp, seen, penalty)
+    if temperature > 0:
+        logp = warp(logp, temperature, top_k, top_p, min_p, keep // beams)
     vocab = logp.shape[-1]
-    total = logp.reshape(-1, beams, vocab) + scores[:, :, None]
-    return jax.lax.top_k(total.reshape(-1, beams * vocab), keep)
+    total = (logp.reshape(-1, beams, vocab) + scores[:, :, None]).reshape(-1, beams * vocab)
+    if temperature <= 0:
+        return jax.lax.top_k(total, keep)
+    _, index = jax.lax.top_k(total + jax.random.gumbel(key, total.shape), keep)
+    drawn = jnp.take_along_axis(total, index, -1)
+    order = jnp.argsort(-drawn, -1, stable=True)
+    return jnp.take_along_axis(drawn, order, -1), jnp.take_along_axis(index, order, -1)
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",))
@@ -192,7 +221,8 @@ NEVER = -1.0e9  # HF's score for what may not be chosen
 
 def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, num_beams: int,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, repetition_penalty: float = 1.0,
-                stop_tokens: Sequence[int] = (), num_return_sequences: int = 1) -> list[list[int]]:
+                stop_tokens: Sequence[int] = (), num_return_sequences: int = 1, temperature: float = 0.0,
+                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0) -> list[list[int]]:
     """The best of `num_beams` beams for each prompt, as transformers' generate(num_beams=...) chooses it: each
     step keeps the prompt's best max(2, 1 + len(stop_tokens)) x num_beams continuations; those among the first
     num_beams that end (a stop token, or max_new_tokens) join the finished hypotheses, scored sum of
@@ -200,9 +230,13 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     A prompt stops taking hypotheses once none of its running beams could beat its worst finished one
     (`early_stopping`: False, HF's heuristic at the current length; "never": at the longest length when
     length_penalty > 0; True: as soon as num_beams have finished), and the loop ends when no prompt takes any.
-    Returns each prompt's `num_return_sequences` best finished hypotheses, prompt by prompt (HF's order)."""
+    Returns each prompt's `num_return_sequences` best finished hypotheses, prompt by prompt (HF's order).
+    `temperature` > 0 is HF's beam sampling (do_sample with num_beams): the continuations are drawn (`_candidates`)
+    from the warped log-probabilities, which are then the beams' scores."""
     check_beams(num_beams, early_stopping, num_return_sequences)
-    check_sampling(0.0, 0, 1.0, 0.0, repetition_penalty)
+    check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+    sampler = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p) if temperature > 0 else {}
+    key = jax.random.key(seed)
     batch, beams = len(prompts), num_beams
     each_beam = [p for p in prompts for _ in range(beams)]  # row b * beams + k: prompt b's beam k
     logits, cache, key_valid, next_pos, longest = _prefill(graphdef, params, each_beam, max_new_tokens)
@@ -219,7 +253,7 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     open_ = np.ones(batch, bool)  # HF's is_early_stop_heuristic_unsatisfied
     for i in range(max_new_tokens):
         top, index = (np.asarray(x) for x in _candidates(logits, jnp.asarray(scores), seen, repetition_penalty,
-                                                           beams, keep))
+                                                           jax.random.fold_in(key, i), beams, keep, **sampler))
         parent, token = index // logits.shape[-1], index % logits.shape[-1]
         candidates = running[rows, parent]
         candidates[:, :, i] = token

@@ -1,5 +1,6 @@
 """KV-cache generation equals recomputing the whole sequence; sampling filters; the CLI end to end."""
 
+from collections import Counter
 from pathlib import Path
 from unittest import mock
 
@@ -267,6 +268,59 @@ def test_beam_search_gives_hfs_beams(random_gpt2, eos, length_penalty, early_sto
         assert any(len(row) < 12 for row in ours)  # the EOS path is taken (a penalty of 2 favours the long)
 
 
+@pytest.mark.parametrize("temperature, top_k, top_p, min_p, keep", [
+    (0.7, 0, 1.0, 0.0, 2), (1.0, 1, 1.0, 0.0, 2), (0.5, 0, 0.05, 0.0, 3), (1.0, 40, 0.9, 0.2, 2),
+    (2.0, 0, 1.0, 0.99, 3), (1.0, 5, 0.3, 0.1, 4)])
+def test_beam_sampling_warps_log_probabilities_as_hfs_warpers(temperature, top_k, top_p, min_p, keep):
+    """HF's beam sampling warps log-probabilities, not logits (the temperature divides them unnormalised), and
+    each warper keeps at least one more token than there are stop tokens (`keep`)."""
+    torch = pytest.importorskip("torch")
+    from transformers.generation import logits_process as lp
+
+    logp = jax.nn.log_softmax(jax.random.normal(jax.random.key(7), (3, 1000)) * 2.0)
+    scores = torch.tensor(np.asarray(logp))
+    for warper, used in ((lambda: lp.TemperatureLogitsWarper(temperature), True),  # HF's order
+                         (lambda: lp.TopKLogitsWarper(top_k, min_tokens_to_keep=keep), top_k > 0),
+                         (lambda: lp.TopPLogitsWarper(top_p, min_tokens_to_keep=keep), top_p < 1),
+                         (lambda: lp.MinPLogitsWarper(min_p, min_tokens_to_keep=keep), min_p > 0)):
+        scores = warper()(None, scores) if used else scores
+    ours = np.asarray(generate.warp(logp, temperature, top_k, top_p, min_p, keep))
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(scores.numpy()))
+    np.testing.assert_allclose(ours[np.isfinite(ours)], scores.numpy()[np.isfinite(ours)], rtol=1e-6)
+    assert (np.isfinite(ours).sum(1) >= keep).all()
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, min_p, beams, penalty", [
+    (1.0, 5, 1.0, 0.0, 2, 1.0), (0.7, 0, 0.8, 0.05, 3, 1.3)])
+def test_beam_sampling_draws_hfs_beams(random_gpt2, temperature, top_k, top_p, min_p, beams, penalty):
+    """generate(do_sample=True, num_beams=...) of transformers, as a distribution: 4000 draws of the best beam of
+    one prompt from each side; the counts of each continuation (3 tokens, those HF or we drew >= 10 times, the
+    rest pooled) agree by a two-sample chi-square test within 5 standard deviations of its degrees of freedom."""
+    import torch
+
+    theirs, restored = random_gpt2
+    draws, prompt = 4000, [3, 14, 15, 9, 2]
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=penalty)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        want = theirs.generate(torch.tensor([prompt] * draws), attention_mask=torch.ones(draws, 5, dtype=torch.long),
+                               max_new_tokens=3, num_beams=beams, do_sample=True, eos_token_id=7, pad_token_id=1,
+                               **settings)[:, 5:].tolist()
+    ours = generate.beam_search(restored.run.graphdef, restored.params, [prompt] * draws, 3, num_beams=beams,
+                                stop_tokens=[7], seed=0, **settings)
+    theirs_n = Counter(tuple(row[:row.index(7) + 1] if 7 in row else row) for row in want)
+    ours_n = Counter(map(tuple, ours))
+    common = [k for k in theirs_n.keys() | ours_n.keys() if theirs_n[k] + ours_n[k] >= 10]
+    pairs = [(theirs_n[k], ours_n[k]) for k in common]
+    pairs.append((draws - sum(a for a, _ in pairs), draws - sum(b for _, b in pairs)))
+    pairs = [(a, b) for a, b in pairs if a + b]
+    statistic, df = sum((a - b) ** 2 / (a + b) for a, b in pairs), len(pairs) - 1
+    assert df >= 5 and statistic < df + 5 * np.sqrt(2 * df), (statistic, df)  # a spread of continuations, alike
+    greedy = generate.beam_search(restored.run.graphdef, restored.params, [prompt], 3, num_beams=beams,
+                                  stop_tokens=[7], repetition_penalty=penalty)
+    assert ours_n[tuple(greedy[0])] < 0.5 * draws  # drawn, not searched
+
+
 @pytest.mark.parametrize("preset", ["llama-tiny", "gemma3-tiny:model.sliding_window=3:model.sliding_window_pattern=2"])
 def test_beam_search_of_a_ragged_batch_is_each_prompts_own(preset):
     """Left padding and the cache's reordering between beams (grouped key heads, a windowed layer's ring): a
@@ -371,9 +425,13 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert captured.err.startswith("beam search: num_beams 3, length_penalty 1.0, early_stopping False\n")
     assert len(outs) == 4 and outs[0] != outs[1] and all(o.startswith("the cat") for o in outs[:2])
     assert " sat on" in outs[0] and outs[2].startswith("the") and outs[2] != outs[3]
-    assert cli.main(["generate", str(run), "--prompt", "the", "--num-beams", "2", "--temperature", "1"]) == 2
-    err = capsys.readouterr().err
-    assert "beam sampling (num_beams 2 with --temperature) is not built: --temperature 0 for beam" in err, err
+    assert cli.main(["generate", str(run), "--prompt", "the", "--num-beams", "3", "--temperature", "1",
+                     "--num-return-sequences", "2", "--max-new-tokens", "12"]) == 0  # HF's beam sampling
+    captured = capsys.readouterr()
+    assert captured.err.startswith("beam sampling: num_beams 3, length_penalty 1.0, early_stopping False, temperature "
+                                   "1.0, top_k 0, top_p 1.0 (top_k, top_p from jaxbatch's defaults)\n"), captured.err
+    outs = [line for line in captured.out.split("-" * 40 + "\n")[:-1]]
+    assert len(outs) == 2 and outs[0] != outs[1] and all(o.startswith("the") for o in outs)
     assert cli.main(["generate", str(run), "--prompt", "the", "--num-beams", "2", "--num-return-sequences", "3"]) == 2
     err = capsys.readouterr().err
     assert "at most --num-beams (2) continuations of a prompt, not 3" in err and err.count("\n") == 1, err
