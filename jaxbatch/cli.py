@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--min-p", type=float, help="0 = none; tokens at least this times as likely as the likeliest"
                        + sampled % "0")
     gen_p.add_argument("--repetition-penalty", type=float, help="1 = none; HF's, greedy too" + sampled % "1")
+    gen_p.add_argument("--no-repeat-ngram-size", type=int, help="0 = none; no n-gram of this size twice in a row's "
+                       "tokens (HF's), greedy too" + sampled % "0")
+    gen_p.add_argument("--min-new-tokens", type=int, help="no end-of-sequence token before this many new tokens "
+                       "(HF's)" + sampled % "0")
     gen_p.add_argument("--num-beams", type=int, help="> 1: beam search, as HF's generate(num_beams=...); "
                        "with --temperature > 0, its beam sampling"
                        + sampled % "1")
@@ -408,7 +412,9 @@ def generate(args) -> int:
     try:
         chosen, source = generate_lib.sampling(configs, temperature=args.temperature, top_k=args.top_k,
                                                top_p=args.top_p, min_p=args.min_p,
-                                               repetition_penalty=args.repetition_penalty)
+                                               repetition_penalty=args.repetition_penalty,
+                                               no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                               min_new_tokens=args.min_new_tokens)
         beams = generate_lib.beam_settings(configs, num_beams=args.num_beams, length_penalty=args.length_penalty,
                                            early_stopping=early)
         if beams["num_beams"] > 1:
@@ -423,7 +429,7 @@ def generate(args) -> int:
                           "(--temperature > 0) or beam search (--num-beams)")
     texts = [t for t in texts for _ in range(n)]  # each prompt's continuations together
     if searched:  # beam search returns a prompt's n best beams together; sampled beams are HF's beam sampling
-        sampled = {k: chosen[k] for k in generate_lib.applied(chosen) if sampler or k == "repetition_penalty"}
+        sampled = {k: chosen[k] for k in generate_lib.applied(chosen) if sampler or k in generate_lib.PROCESSORS}
         print(f"beam {'sampling' if sampler else 'search'}: {', '.join(f'{k} {v}' for k, v in beams.items())}"
               + "".join(f", {k} {v}" for k, v in sampled.items()) + f" ({source})" * bool(sampler), file=sys.stderr)
     else:  # each draw is a row of its own

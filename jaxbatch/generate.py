@@ -1,5 +1,5 @@
 """Text generation from a trained decoder with a KV cache: greedy, temperature, top-k, top-p and min-p sampling,
-a repetition penalty, beam search as transformers' generate(num_beams=...) runs it (its beams, token for token;
+a repetition penalty, n-gram blocking and a minimum of new tokens, beam search as transformers' generate(num_beams=...) runs it (its beams, token for token;
 beam sampling too),
 batched prompts of different lengths (left-padded; padding keys are masked), on whatever mesh the params
 live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
@@ -138,22 +138,62 @@ def _seen(prompts: list[list[int]], vocab: int) -> jax.Array:
     return jnp.asarray(seen)
 
 
+def repeats(tokens: np.ndarray, n: int) -> np.ndarray:
+    """The tokens that would complete an n-gram `tokens` holds already (HF's no_repeat_ngram_size): those after
+    each earlier occurrence of its last n - 1 tokens."""
+    if len(tokens) < n:
+        return tokens[:0]
+    grams = np.lib.stride_tricks.sliding_window_view(tokens, n)
+    return grams[(grams[:, :-1] == tokens[len(tokens) - n + 1:]).all(1), -1]
+
+
+def _bans(histories, vocab: int, new: int, no_repeat_ngram_size: int, min_new_tokens: int,
+          stop_tokens: Sequence[int]) -> jax.Array | None:
+    """(rows, vocab): what each row may not take next, or None where nothing is banned: the tokens that would
+    repeat an n-gram of the row (prompt and continuation, `histories()`), and the stop tokens while fewer than
+    `min_new_tokens` are `new` (HF's NoRepeatNGram and MinNewTokensLength processors)."""
+    early = new < min_new_tokens and len(stop_tokens) > 0
+    if not (no_repeat_ngram_size or early):
+        return None
+    rows = histories()
+    ban = np.zeros((len(rows), vocab), bool)
+    ban[:, list(stop_tokens) if early else []] = True
+    for row, tokens in enumerate(rows if no_repeat_ngram_size else ()):
+        ban[row, repeats(np.asarray(tokens), no_repeat_ngram_size)] = True
+    return jnp.asarray(ban)
+
+
+def _banned(logits, ban):
+    return logits if ban is None else jnp.where(ban, -jnp.inf, logits)
+
+
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
-             seed: int = 0, stop_tokens: Sequence[int] = ()) -> list[list[int]]:
+             no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, seed: int = 0,
+             stop_tokens: Sequence[int] = ()) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
     the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does), and the
-    loop ends once every prompt has ended. `repetition_penalty` (`penalize`) comes before the sampling filters,
-    as HF's logits processors come before its warpers; a prompt's left padding is not among its tokens."""
-    check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+    loop ends once every prompt has ended. `repetition_penalty` (`penalize`) and the bans (`_bans`) come
+    before the sampling filters, as HF's logits processors come before its warpers; a prompt's left padding is
+    not among its tokens."""
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                   repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                   min_new_tokens=min_new_tokens)
     logits, cache, key_valid, next_pos, longest = _prefill(graphdef, params, prompts, max_new_tokens)
     batch = len(prompts)
     key = jax.random.key(seed)
     out, ended = [], np.zeros(batch, bool)
     seen = _seen(prompts, logits.shape[-1]) if repetition_penalty != 1.0 else None
+
+    def so_far():  # each row's tokens: its prompt, then what it took
+        taken = np.asarray(jnp.stack(out, 1)).tolist() if out else [[] for _ in prompts]
+        return [p + t for p, t in zip(prompts, taken)]
+
     for i in range(max_new_tokens):
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
+        logits = _banned(logits, _bans(so_far, logits.shape[-1], i, no_repeat_ngram_size, min_new_tokens,
+                                       stop_tokens))
         token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, min_p)
         if seen is not None:
             seen = seen.at[jnp.arange(batch), token].set(True)
@@ -189,15 +229,16 @@ def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: f
 
 
 @functools.partial(jax.jit, static_argnames=("beams", "keep", "temperature", "top_k", "top_p", "min_p"))
-def _candidates(logits, scores, seen, penalty, key, beams: int, keep: int, temperature: float = 0.0, top_k: int = 0,
-                top_p: float = 1.0, min_p: float = 0.0):
+def _candidates(logits, scores, seen, penalty, ban, key, beams: int, keep: int, temperature: float = 0.0,
+                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0):
     """Each prompt's `keep` continuations over all its beams: (scores, beam * vocab + token), best first. A
-    beam's score is the sum of its tokens' log-probabilities, the penalty applied to them (HF's order). The best
+    beam's score is the sum of its tokens' log-probabilities, the penalty and bans applied to them (HF's order). The best
     `keep` at temperature 0; else, as HF's beam sampling, the log-probabilities warped (`warp`) and `keep` drawn
     without replacement in proportion to exp(score) (the Gumbel top-k trick: torch.multinomial's distribution)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     if seen is not None:
         logp = penalize(logp, seen, penalty)
+    logp = _banned(logp, ban)
     if temperature > 0:
         logp = warp(logp, temperature, top_k, top_p, min_p, keep // beams)
     vocab = logp.shape[-1]
@@ -221,8 +262,9 @@ NEVER = -1.0e9  # HF's score for what may not be chosen
 
 def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, num_beams: int,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, repetition_penalty: float = 1.0,
-                stop_tokens: Sequence[int] = (), num_return_sequences: int = 1, temperature: float = 0.0,
-                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0) -> list[list[int]]:
+                no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, stop_tokens: Sequence[int] = (),
+                num_return_sequences: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                min_p: float = 0.0, seed: int = 0) -> list[list[int]]:
     """The best of `num_beams` beams for each prompt, as transformers' generate(num_beams=...) chooses it: each
     step keeps the prompt's best max(2, 1 + len(stop_tokens)) x num_beams continuations; those among the first
     num_beams that end (a stop token, or max_new_tokens) join the finished hypotheses, scored sum of
@@ -234,7 +276,9 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     `temperature` > 0 is HF's beam sampling (do_sample with num_beams): the continuations are drawn (`_candidates`)
     from the warped log-probabilities, which are then the beams' scores."""
     check_beams(num_beams, early_stopping, num_return_sequences)
-    check_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                   repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                   min_new_tokens=min_new_tokens)
     sampler = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p) if temperature > 0 else {}
     key = jax.random.key(seed)
     batch, beams = len(prompts), num_beams
@@ -252,7 +296,9 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     done = np.zeros((batch, beams), bool)
     open_ = np.ones(batch, bool)  # HF's is_early_stop_heuristic_unsatisfied
     for i in range(max_new_tokens):
-        top, index = (np.asarray(x) for x in _candidates(logits, jnp.asarray(scores), seen, repetition_penalty,
+        ban = _bans(lambda: [p + running[r // beams, r % beams, :i].tolist() for r, p in enumerate(each_beam)],
+                    logits.shape[-1], i, no_repeat_ngram_size, min_new_tokens, stop_tokens)
+        top, index = (np.asarray(x) for x in _candidates(logits, jnp.asarray(scores), seen, repetition_penalty, ban,
                                                            jax.random.fold_in(key, i), beams, keep, **sampler))
         parent, token = index // logits.shape[-1], index % logits.shape[-1]
         candidates = running[rows, parent]
@@ -303,13 +349,14 @@ SAMPLING_RANGES = {  # setting -> (whether a value is in its range, the range in
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "min_p": (lambda v: 0 <= v <= 1, "in [0, 1] (0 = none)"),
     "repetition_penalty": (lambda v: v > 0, "> 0 (1 = none)"),
+    "no_repeat_ngram_size": (lambda v: v >= 0 and v == int(v), ">= 0 (0 = none)"),
+    "min_new_tokens": (lambda v: v >= 0 and v == int(v), ">= 0"),
 }
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float, min_p: float = 0.0,
-                   repetition_penalty: float = 1.0) -> None:
-    for key, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
-                       ("repetition_penalty", repetition_penalty)):
+def check_sampling(**settings) -> None:
+    """Each of `settings` (SAMPLING_RANGES' keys) in its range, else a ValueError naming its flag."""
+    for key, value in settings.items():
         in_range, words = SAMPLING_RANGES[key]
         if not in_range(value):
             raise ValueError(f"--{key.replace('_', '-')} must be {words}, got {value}")
@@ -358,25 +405,26 @@ def stop_tokens(tokenizer, configs: Configs) -> list[int]:
     return sorted(set(ids))
 
 
-OFF = {"top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}  # the settings' values that change nothing
+PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}  # greedy too; each off
+OFF = {"top_p": 1.0, "min_p": 0.0, **PROCESSORS}  # the settings' values that change nothing
 OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, **OFF}  # without a generation_config.json
 HF_SAMPLING = {"temperature": 1.0, "top_k": 50, **OFF}  # transformers' GenerationConfig defaults
 GREEDY = {"temperature": 0.0, "top_k": 0, **OFF}
-SAMPLERS = ("temperature", "top_k", "top_p", "min_p")  # what greedy decoding ignores (a repetition penalty does not)
+SAMPLERS = ("temperature", "top_k", "top_p", "min_p")  # what greedy decoding ignores (PROCESSORS it does not)
 
 
 def applied(chosen: dict) -> list[str]:
     """The settings of `chosen` that shape the output: the temperature alone when it is 0 (greedy), else top_k
-    and top_p too, and min_p when it filters; the repetition penalty when it is not 1."""
+    and top_p too, and min_p when it filters; each of PROCESSORS that is on."""
     keys = ["temperature"] if chosen["temperature"] <= 0 else [k for k in SAMPLERS if k != "min_p" or chosen[k] > 0]
-    return keys + (["repetition_penalty"] if chosen["repetition_penalty"] != OFF["repetition_penalty"] else [])
+    return keys + [k for k in PROCESSORS if chosen[k] != OFF[k]]
 
 
 UNAPPLIED = {  # generation_config.json settings HF's generate applies and this one does not, with their no-op values
     "num_beam_groups": (None, 1), "diversity_penalty": (None, 0), "penalty_alpha": (None, 0),
     "typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0),
-    "top_h": (None, 0), "no_repeat_ngram_size": (None, 0), "encoder_repetition_penalty": (None, 1),
-    "min_length": (None, 0), "min_new_tokens": (None, 0), "exponential_decay_length_penalty": (None,),
+    "top_h": (None, 0), "encoder_repetition_penalty": (None, 1),
+    "min_length": (None, 0), "exponential_decay_length_penalty": (None,),
     "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
     "sequence_bias": (None, {}, []), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
     "guidance_scale": (None, 1), "stop_strings": (None, [], ""), "dola_layers": (None,),
@@ -394,23 +442,22 @@ def unapplied(configs: Configs) -> tuple[Path | None, list[str]]:
 
 
 def sampling(configs: Configs, **given) -> tuple[dict, str]:
-    """({temperature, top_k, top_p, repetition_penalty}, where those that matter came from: the temperature
-    alone when it is 0, greedy, else all three samplers; the repetition penalty when it is not 1): each one `given`
-    (not None) as it is; the rest from the first generation config (`configs`), as HF's generate reads it
+    """({temperature, top_k, top_p, min_p, *PROCESSORS}, where those that matter came from (`applied`): each one
+    `given` (not None) as it is; the rest from the first generation config (`configs`), as HF's generate reads it
     (greedy unless `do_sample`; when sampling, GenerationConfig's defaults for what the file leaves out:
-    temperature 1, top-k 50, top-p 1; a null top_k is none; its repetition_penalty either way), else jaxbatch's
-    own (temperature 0.8, every token, no penalty). A given value out of range is a ValueError."""
+    temperature 1, top-k 50, top-p 1; a null top_k is none; its PROCESSORS either way), else jaxbatch's
+    own (temperature 0.8, every token, no processor). A given value out of range is a ValueError."""
     base, source = dict(OWN_SAMPLING), "jaxbatch's defaults"
     if configs:
         path, config = configs[0]
         base, source = dict(HF_SAMPLING if config.get("do_sample") else GREEDY), str(path)
-        for key in (SAMPLERS if config.get("do_sample") else ()) + ("repetition_penalty",):
+        for key in (SAMPLERS if config.get("do_sample") else ()) + tuple(PROCESSORS):
             value = config.get(key, base[key])
             if value is None:  # transformers 5 writes unset settings as null: a null top_k is none, the rest default
                 value = 0 if key == "top_k" else base[key]
             in_range, words = SAMPLING_RANGES[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not in_range(value):
-                whole = ("whole ", ", or null") if key == "top_k" else ("", "")
+                whole = ("whole ", ", or null") if isinstance(base[key], int) else ("", "")
                 raise CheckpointError(f"{path}: {key} {value!r} is not a valid {key}: a {whole[0]}number {words}"
                                       f"{whole[1]}")
             base[key] = type(base[key])(value)

@@ -156,9 +156,11 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
     """Without a generation_config.json: jaxbatch's own (temperature 0.8). With one: greedy unless do_sample;
     sampling fills what it leaves out with transformers' GenerationConfig defaults (top-k 50); its repetition
     penalty applies either way; a value given on the command line wins; a bad value names the file."""
-    def settings(temperature, top_k, top_p, repetition_penalty=1.0, min_p=0.0):
+    def settings(temperature, top_k, top_p, repetition_penalty=1.0, min_p=0.0, no_repeat_ngram_size=0,
+                 min_new_tokens=0):
         return dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                    repetition_penalty=repetition_penalty)
+                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                    min_new_tokens=min_new_tokens)
 
     missing = tmp_path / "missing"
     assert generate.sampling(read([missing])) == (settings(0.8, 0, 1.0),
@@ -185,11 +187,17 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
         generate.sampling(read([tmp_path]), repetition_penalty=0)
     path.write_text('{"do_sample": true, "top_k": null, "temperature": null, "repetition_penalty": null}')
     assert generate.sampling(read([tmp_path]))[0] == settings(1.0, 0, 1.0)
+    path.write_text('{"no_repeat_ngram_size": 3, "min_new_tokens": 4.0, "min_length": null}')  # greedy too, as HF's
+    assert generate.sampling(read([tmp_path])) == (settings(0.0, 0, 1.0, no_repeat_ngram_size=3, min_new_tokens=4),
+                                                   f"temperature, no_repeat_ngram_size, min_new_tokens from {path}")
+    assert generate.sampling(read([tmp_path]), no_repeat_ngram_size=0)[0]["no_repeat_ngram_size"] == 0
+    with pytest.raises(ValueError, match=r"--no-repeat-ngram-size must be >= 0 \(0 = none\), got -1"):
+        generate.sampling(read([tmp_path]), no_repeat_ngram_size=-1)
     path.write_text('{"do_sample": true, "min_p": 0.05}')
     assert generate.sampling(read([tmp_path])) == (settings(1.0, 50, 1.0, min_p=0.05),
                                              f"temperature, top_k, top_p, min_p from {path}")
     for bad in ('"top_p": 0', '"top_k": 2.5', '"temperature": "hot"', '"temperature": true',
-                '"repetition_penalty": -1', '"min_p": 1.5'):
+                '"repetition_penalty": -1', '"min_p": 1.5', '"no_repeat_ngram_size": 2.5', '"min_new_tokens": -2'):
         path.write_text(f'{{"do_sample": true, {bad}}}')
         with pytest.raises(generate.CheckpointError, match=r"generation_config.json: \w+ .* is not a valid"):
             generate.sampling(read([tmp_path]))
@@ -203,8 +211,8 @@ def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
     path.write_text('{"do_sample": true, "top_k": 20, "repetition_penalty": 1.1, "num_beams": 1, "min_p": 0.0, '
                     '"suppress_tokens": [], "bos_token_id": 1, "max_length": 4096}')
     assert generate.unapplied(read([tmp_path])) == (path, [])
-    path.write_text('{"num_beams": 4, "no_repeat_ngram_size": 3, "min_p": 0.05, "bad_words_ids": [[7]]}')
-    assert generate.unapplied(read([tmp_path]))[1] == ["no_repeat_ngram_size 3", "bad_words_ids [[7]]"]  # beams apply
+    path.write_text('{"num_beams": 4, "min_length": 30, "min_p": 0.05, "bad_words_ids": [[7]]}')
+    assert generate.unapplied(read([tmp_path]))[1] == ["min_length 30", "bad_words_ids [[7]]"]  # beams apply
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +245,51 @@ def test_repetition_penalty_gives_hfs_greedy_tokens(random_gpt2):
     assert ours == want[:, 5:].tolist()
     plain = generate.generate(restored.run.graphdef, restored.params, prompts.tolist(), 20)
     assert plain != ours and max(map(len, map(set, plain))) < 20  # the plain continuations repeat tokens
+
+
+def test_repeats_are_the_tokens_that_would_complete_an_ngram_held_already():
+    tokens = np.asarray([5, 6, 7, 5, 6, 9, 5, 6])
+    assert sorted(generate.repeats(tokens, 3).tolist()) == [7, 9]  # (5, 6) came before 7 and 9
+    other = np.asarray([5, 6, 7, 5, 6, 9, 4, 6])
+    assert generate.repeats(other, 3).tolist() == [] and generate.repeats(other, 2).tolist() == [7, 9]
+    assert sorted(set(generate.repeats(tokens, 1).tolist())) == [5, 6, 7, 9]  # size 1: every token held
+    assert generate.repeats(tokens, 9).tolist() == [] and generate.repeats(tokens[:2], 3).tolist() == []
+
+
+@pytest.mark.parametrize("settings, eos", [
+    (dict(no_repeat_ngram_size=2), 21), (dict(no_repeat_ngram_size=3, repetition_penalty=1.3), 21),
+    (dict(no_repeat_ngram_size=1), 21), (dict(min_new_tokens=6, no_repeat_ngram_size=1), 21),
+    (dict(no_repeat_ngram_size=1), 30), (dict(min_new_tokens=4, no_repeat_ngram_size=1), 30)])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_ngram_blocking_and_min_new_tokens_give_hfs_tokens(random_gpt2, settings, eos, beams):
+    """no_repeat_ngram_size and min_new_tokens as transformers' generate applies them, greedy and in beam search,
+    token for token: a random GPT-2 repeats n-grams, and with no token repeated (size 1) it reaches EOS 21 in
+    a few tokens (EOS 30 at once, greedy), which min_new_tokens puts off."""
+    import torch
+
+    theirs, restored = random_gpt2
+    prompts = np.random.default_rng(0).integers(0, 50, size=(3, 5))
+    with torch.no_grad():
+        want = theirs.generate(torch.tensor(prompts), attention_mask=torch.ones(3, 5, dtype=torch.long),
+                               max_new_tokens=20, do_sample=False, num_beams=beams, eos_token_id=eos, pad_token_id=1,
+                               **settings)[:, 5:].tolist()
+    if beams == 1:
+        ours = generate.generate(restored.run.graphdef, restored.params, prompts.tolist(), 20, stop_tokens=[eos],
+                                 **settings)
+    else:
+        ours = generate.beam_search(restored.run.graphdef, restored.params, prompts.tolist(), 20, num_beams=beams,
+                                    stop_tokens=[eos], **settings)
+    assert [row + [1] * (len(want[0]) - len(row)) for row in ours] == want
+    lengths = [len(row) for row in ours]
+    if settings == dict(no_repeat_ngram_size=1):
+        assert min(lengths) < 6  # EOS early (min_new_tokens is the same with a bigger number)
+    if "min_new_tokens" in settings:
+        assert min(lengths) > settings["min_new_tokens"]
+    if "no_repeat_ngram_size" in settings:
+        size = settings["no_repeat_ngram_size"]
+        for prompt, row in zip(prompts.tolist(), ours):
+            grams = [tuple((prompt + row)[i:i + size]) for i in range(len(prompt + row) - size + 1)]
+            assert len(grams) == len(set(grams))
 
 
 @pytest.mark.parametrize("eos, length_penalty, early_stopping, beams, penalty, n", [
@@ -398,6 +451,12 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
                      "--temperature", "0", "mesh.model=2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("the cat") and len(lines[0]) == len("the cat") + 12 and " sat on" in lines[0]
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0",
+                     "--no-repeat-ngram-size", "2"]) == 0  # HF's n-gram blocking: no character pair twice
+    captured = capsys.readouterr()
+    assert captured.err == "sampling: greedy, no_repeat_ngram_size 2 (the command line)\n", captured.err
+    text = captured.out.splitlines()[0]
+    assert len(text) == len("the cat") + 12 and len({text[i:i + 2] for i in range(len(text) - 1)}) == len(text) - 1
     if Path("/dev/full").exists():  # a full disk under `> file` mid-output: one line naming standard output
         with open("/dev/full", "w", buffering=1) as full, mock.patch("sys.stdout", full):
             assert cli.main(["generate", str(run), "--prompt", "the", "--max-new-tokens", "2"]) == 2
