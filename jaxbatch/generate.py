@@ -1,8 +1,7 @@
 """Text generation from a trained decoder with a KV cache: greedy, temperature, top-k, top-p and min-p sampling,
-a repetition penalty, n-gram blocking and a minimum of new tokens, beam search as transformers' generate(num_beams=...) runs it (its beams, token for token;
-beam sampling too),
-batched prompts of different lengths (left-padded; padding keys are masked), on whatever mesh the params
-live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
+a repetition penalty, n-gram blocking and a minimum length, beam search as transformers' generate(num_beams=...)
+runs it (its beams, token for token; beam sampling too), batched prompts of different lengths (left-padded;
+padding keys are masked), on whatever mesh the params live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
 token; equal token for token to recomputing the whole sequence each step (tests/test_generate.py)."""
 
 from __future__ import annotations
@@ -151,7 +150,8 @@ def _bans(histories, vocab: int, new: int, no_repeat_ngram_size: int, min_new_to
           stop_tokens: Sequence[int]) -> jax.Array | None:
     """(rows, vocab): what each row may not take next, or None where nothing is banned: the tokens that would
     repeat an n-gram of the row (prompt and continuation, `histories()`), and the stop tokens while fewer than
-    `min_new_tokens` are `new` (HF's NoRepeatNGram and MinNewTokensLength processors)."""
+    `min_new_tokens` are `new` (HF's NoRepeatNGram and MinNewTokensLength processors; its MinLength one is
+    min_new_tokens of its length less the padded prompt's)."""
     early = new < min_new_tokens and len(stop_tokens) > 0
     if not (no_repeat_ngram_size or early):
         return None
@@ -169,7 +169,7 @@ def _banned(logits, ban):
 
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
-             no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, seed: int = 0,
+             no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0, seed: int = 0,
              stop_tokens: Sequence[int] = ()) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
     the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does), and the
@@ -178,7 +178,7 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     not among its tokens."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                   min_new_tokens=min_new_tokens)
+                   min_new_tokens=min_new_tokens, min_length=min_length)
     logits, cache, key_valid, next_pos, longest = _prefill(graphdef, params, prompts, max_new_tokens)
     batch = len(prompts)
     key = jax.random.key(seed)
@@ -192,8 +192,8 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     for i in range(max_new_tokens):
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
-        logits = _banned(logits, _bans(so_far, logits.shape[-1], i, no_repeat_ngram_size, min_new_tokens,
-                                       stop_tokens))
+        logits = _banned(logits, _bans(so_far, logits.shape[-1], i, no_repeat_ngram_size,
+                                       max(min_new_tokens, min_length - longest), stop_tokens))
         token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, min_p)
         if seen is not None:
             seen = seen.at[jnp.arange(batch), token].set(True)
@@ -232,9 +232,10 @@ def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: f
 def _candidates(logits, scores, seen, penalty, ban, key, beams: int, keep: int, temperature: float = 0.0,
                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0):
     """Each prompt's `keep` continuations over all its beams: (scores, beam * vocab + token), best first. A
-    beam's score is the sum of its tokens' log-probabilities, the penalty and bans applied to them (HF's order). The best
-    `keep` at temperature 0; else, as HF's beam sampling, the log-probabilities warped (`warp`) and `keep` drawn
-    without replacement in proportion to exp(score) (the Gumbel top-k trick: torch.multinomial's distribution)."""
+    beam's score is the sum of its tokens' log-probabilities, the penalty and bans applied to them (HF's order).
+    The best `keep` at temperature 0; else, as HF's beam sampling, the log-probabilities warped (`warp`) and `keep`
+    drawn without replacement in proportion to exp(score) (the Gumbel top-k trick: torch.multinomial's
+    distribution)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     if seen is not None:
         logp = penalize(logp, seen, penalty)
@@ -262,7 +263,8 @@ NEVER = -1.0e9  # HF's score for what may not be chosen
 
 def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, num_beams: int,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, repetition_penalty: float = 1.0,
-                no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, stop_tokens: Sequence[int] = (),
+                no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0,
+                stop_tokens: Sequence[int] = (),
                 num_return_sequences: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                 min_p: float = 0.0, seed: int = 0) -> list[list[int]]:
     """The best of `num_beams` beams for each prompt, as transformers' generate(num_beams=...) chooses it: each
@@ -278,7 +280,7 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     check_beams(num_beams, early_stopping, num_return_sequences)
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                   min_new_tokens=min_new_tokens)
+                   min_new_tokens=min_new_tokens, min_length=min_length)
     sampler = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p) if temperature > 0 else {}
     key = jax.random.key(seed)
     batch, beams = len(prompts), num_beams
@@ -297,7 +299,7 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     open_ = np.ones(batch, bool)  # HF's is_early_stop_heuristic_unsatisfied
     for i in range(max_new_tokens):
         ban = _bans(lambda: [p + running[r // beams, r % beams, :i].tolist() for r, p in enumerate(each_beam)],
-                    logits.shape[-1], i, no_repeat_ngram_size, min_new_tokens, stop_tokens)
+                    logits.shape[-1], i, no_repeat_ngram_size, max(min_new_tokens, min_length - longest), stop_tokens)
         top, index = (np.asarray(x) for x in _candidates(logits, jnp.asarray(scores), seen, repetition_penalty, ban,
                                                            jax.random.fold_in(key, i), beams, keep, **sampler))
         parent, token = index // logits.shape[-1], index % logits.shape[-1]
@@ -351,6 +353,7 @@ SAMPLING_RANGES = {  # setting -> (whether a value is in its range, the range in
     "repetition_penalty": (lambda v: v > 0, "> 0 (1 = none)"),
     "no_repeat_ngram_size": (lambda v: v >= 0 and v == int(v), ">= 0 (0 = none)"),
     "min_new_tokens": (lambda v: v >= 0 and v == int(v), ">= 0"),
+    "min_length": (lambda v: v >= 0 and v == int(v), ">= 0 (prompt and new tokens)"),
 }
 
 
@@ -405,7 +408,7 @@ def stop_tokens(tokenizer, configs: Configs) -> list[int]:
     return sorted(set(ids))
 
 
-PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}  # greedy too; each off
+PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "min_length": 0}  # all modes
 OFF = {"top_p": 1.0, "min_p": 0.0, **PROCESSORS}  # the settings' values that change nothing
 OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, **OFF}  # without a generation_config.json
 HF_SAMPLING = {"temperature": 1.0, "top_k": 50, **OFF}  # transformers' GenerationConfig defaults
@@ -424,7 +427,7 @@ UNAPPLIED = {  # generation_config.json settings HF's generate applies and this 
     "num_beam_groups": (None, 1), "diversity_penalty": (None, 0), "penalty_alpha": (None, 0),
     "typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0),
     "top_h": (None, 0), "encoder_repetition_penalty": (None, 1),
-    "min_length": (None, 0), "exponential_decay_length_penalty": (None,),
+    "exponential_decay_length_penalty": (None,),
     "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
     "sequence_bias": (None, {}, []), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
     "guidance_scale": (None, 1), "stop_strings": (None, [], ""), "dola_layers": (None,),

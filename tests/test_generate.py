@@ -157,10 +157,10 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
     sampling fills what it leaves out with transformers' GenerationConfig defaults (top-k 50); its repetition
     penalty applies either way; a value given on the command line wins; a bad value names the file."""
     def settings(temperature, top_k, top_p, repetition_penalty=1.0, min_p=0.0, no_repeat_ngram_size=0,
-                 min_new_tokens=0):
+                 min_new_tokens=0, min_length=0):
         return dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                    min_new_tokens=min_new_tokens)
+                    min_new_tokens=min_new_tokens, min_length=min_length)
 
     missing = tmp_path / "missing"
     assert generate.sampling(read([missing])) == (settings(0.8, 0, 1.0),
@@ -190,6 +190,9 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
     path.write_text('{"no_repeat_ngram_size": 3, "min_new_tokens": 4.0, "min_length": null}')  # greedy too, as HF's
     assert generate.sampling(read([tmp_path])) == (settings(0.0, 0, 1.0, no_repeat_ngram_size=3, min_new_tokens=4),
                                                    f"temperature, no_repeat_ngram_size, min_new_tokens from {path}")
+    path.write_text('{"min_length": 20}')
+    assert generate.sampling(read([tmp_path])) == (settings(0.0, 0, 1.0, min_length=20),
+                                                   f"temperature, min_length from {path}")
     assert generate.sampling(read([tmp_path]), no_repeat_ngram_size=0)[0]["no_repeat_ngram_size"] == 0
     with pytest.raises(ValueError, match=r"--no-repeat-ngram-size must be >= 0 \(0 = none\), got -1"):
         generate.sampling(read([tmp_path]), no_repeat_ngram_size=-1)
@@ -211,8 +214,8 @@ def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
     path.write_text('{"do_sample": true, "top_k": 20, "repetition_penalty": 1.1, "num_beams": 1, "min_p": 0.0, '
                     '"suppress_tokens": [], "bos_token_id": 1, "max_length": 4096}')
     assert generate.unapplied(read([tmp_path])) == (path, [])
-    path.write_text('{"num_beams": 4, "min_length": 30, "min_p": 0.05, "bad_words_ids": [[7]]}')
-    assert generate.unapplied(read([tmp_path]))[1] == ["min_length 30", "bad_words_ids [[7]]"]  # beams apply
+    path.write_text('{"num_beams": 4, "suppress_tokens": [3], "min_p": 0.05, "bad_words_ids": [[7]]}')
+    assert generate.unapplied(read([tmp_path]))[1] == ["bad_words_ids [[7]]", "suppress_tokens [3]"]  # beams apply
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +262,8 @@ def test_repeats_are_the_tokens_that_would_complete_an_ngram_held_already():
 @pytest.mark.parametrize("settings, eos", [
     (dict(no_repeat_ngram_size=2), 21), (dict(no_repeat_ngram_size=3, repetition_penalty=1.3), 21),
     (dict(no_repeat_ngram_size=1), 21), (dict(min_new_tokens=6, no_repeat_ngram_size=1), 21),
-    (dict(no_repeat_ngram_size=1), 30), (dict(min_new_tokens=4, no_repeat_ngram_size=1), 30)])
+    (dict(no_repeat_ngram_size=1), 30), (dict(min_new_tokens=4, no_repeat_ngram_size=1), 30),
+    (dict(min_length=9, no_repeat_ngram_size=1), 30)])  # prompt and new tokens: 4 new
 @pytest.mark.parametrize("beams", [1, 3])
 def test_ngram_blocking_and_min_new_tokens_give_hfs_tokens(random_gpt2, settings, eos, beams):
     """no_repeat_ngram_size and min_new_tokens as transformers' generate applies them, greedy and in beam search,
@@ -283,8 +287,8 @@ def test_ngram_blocking_and_min_new_tokens_give_hfs_tokens(random_gpt2, settings
     lengths = [len(row) for row in ours]
     if settings == dict(no_repeat_ngram_size=1):
         assert min(lengths) < 6  # EOS early (min_new_tokens is the same with a bigger number)
-    if "min_new_tokens" in settings:
-        assert min(lengths) > settings["min_new_tokens"]
+    if "min_new_tokens" in settings or "min_length" in settings:
+        assert min(lengths) > settings.get("min_new_tokens", settings.get("min_length", 0) - 5)
     if "no_repeat_ngram_size" in settings:
         size = settings["no_repeat_ngram_size"]
         for prompt, row in zip(prompts.tolist(), ours):
