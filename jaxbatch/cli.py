@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_p.add_argument("model", help="run dir or Hugging Face folder")
     eval_p.add_argument("--step", type=int, help=STEP_HELP)
     eval_p.add_argument("--data-dir", help="folder with the split's file (default: the run's data.data_dir)")
-    eval_p.add_argument("--split", default="test", help="train | validation | test (default test)")
+    eval_p.add_argument("--split", help="train | validation | test (default: test, else validation where the data "
+                        "has no test split)")
     eval_p.add_argument("--data-name", help="conll | tsv | ... (default: the run's data.name)")
     eval_p.add_argument("overrides", nargs="*", help=RESTORE_HELP)
     gen_p = sub.add_parser("generate", help="continue prompts with a trained decoder (run dir or HF folder)")
@@ -133,7 +134,8 @@ def reported(command, *args) -> int:
     except ConfigError as e:
         print(f"jaxbatch: config error: {e}", file=sys.stderr)
     except (DataError, CheckpointError, WriteError) as e:  # files it cannot use or write: the message names them
-        print(f"jaxbatch: {type(e).__name__}: {e}", file=sys.stderr)
+        kind = next(k for k in (DataError, CheckpointError, WriteError) if isinstance(e, k))  # MissingSplit: data
+        print(f"jaxbatch: {kind.__name__}: {e}", file=sys.stderr)
     except TrainingDiverged as e:
         print(f"jaxbatch: diverged: {e}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -357,7 +359,7 @@ def evaluate_split(args) -> int:
 
     from jaxbatch import distributed, evaluate, models
     from jaxbatch.data import pipeline, tasks
-    from jaxbatch.errors import ConfigError
+    from jaxbatch.errors import ConfigError, MissingSplit
 
     restored = _restore(args.model, args.overrides, args.step)
     spec = restored.run.spec
@@ -368,15 +370,23 @@ def evaluate_split(args) -> int:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
                           f"{data_task} dataset: name the split's kind with --data-name")
     masked = models.masked_lm(spec.model)
-    arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, args.split, spec.model.problem_type,
-                                         spec.model if masked else None)
+    split = args.split or "test"
+    try:
+        arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, split, spec.model.problem_type,
+                                             spec.model if masked else None)
+    except MissingSplit as e:  # HF's evaluate scores the validation split: where there is no test split, so do we
+        if args.split or e.split != "test":
+            raise
+        split = "validation"
+        arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, split, spec.model.problem_type,
+                                             spec.model if masked else None)
     distributed.same_on_every_host(lambda: pipeline.digest(arrays), tasks.source_of(data_cfg))
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,
                                bytes_per_token=per_byte, windows=windows)
     what = f"windows of {len(windows.questions)} questions" if windows else "examples"
     if jax.process_index() == 0:  # every host scored its share; one prints
-        print(f"{args.split} ({len(arrays['labels'])} {what}, {tasks.source_of(data_cfg)}): "
+        print(f"{split} ({len(arrays['labels'])} {what}, {tasks.source_of(data_cfg)}): "
               + evaluate.report_lines(result))
     return 0
 

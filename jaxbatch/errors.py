@@ -12,6 +12,15 @@ class DataError(ValueError):
     """A data file the run cannot use; the message names the file, line and key."""
 
 
+class MissingSplit(DataError):
+    """A dataset without the split asked for (`split`): `jaxbatch evaluate` scores validation when no split was
+    named and there is no test split."""
+
+    def __init__(self, message: str, split: str):
+        super().__init__(message)
+        self.split = split
+
+
 class CheckpointError(ValueError):
     """A model or checkpoint folder the run cannot use; the message names the file and key."""
 

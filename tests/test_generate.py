@@ -513,8 +513,12 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a causal language model" in err and err.count("\n") == 1, err
     # the same run scored again from the CLI (the text corpus goes through the LM path, with bits per byte)
-    assert cli.main(["evaluate", str(run), "--data-dir", str(corpus), "--split", "validation"]) == 0
-    assert f"loss {final['loss']:.4f}" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(run), "--data-dir", str(corpus)]) == 0  # no test file: validation, named
+    out = capsys.readouterr().out
+    assert out.startswith(f"validation (") and f"loss {final['loss']:.4f}" in out, out
+    assert cli.main(["evaluate", str(run), "--data-dir", str(corpus), "--split", "test"]) == 2  # asked for: refused
+    err = capsys.readouterr().err
+    assert err.startswith("jaxbatch: DataError: data.name=text has no test split in") and err.count("\n") == 1, err
     # compressed to int8 (tables and kernels, dynamic activations): generate and evaluate take the folder as is
     assert cli.main(["compress", str(run), str(tmp_path / "int8"), "--quant", "int8", "--act", "dynamic"]) == 0
     assert cli.main(["generate", str(tmp_path / "int8"), "--prompt", "the cat", "--max-new-tokens", "12",

@@ -1,7 +1,7 @@
 """Reading dataset files: UTF-8 text whose errors name the file and line, JSON lines and Parquet records, and
 finding split files in a directory."""
 
-from jaxbatch.errors import DataError
+from jaxbatch.errors import DataError, MissingSplit
 
 JSON_SUFFIXES = (".jsonl", ".json")  # JSON lines: `Dataset.to_json` writes them under whichever name it is given
 RECORD_SUFFIXES = (*JSON_SUFFIXES, ".parquet")  # files of records (objects with named fields), not of lines
@@ -213,5 +213,6 @@ def find_splits(directory, candidates: dict[str, tuple[str, ...]], what: str,
     for split in required:
         if split not in found:
             present = f"; found {', '.join(found)}" if found else ""
-            raise DataError(f"{directory}: no {split} file (looked for {', '.join(candidates[split])}){present}")
+            raise MissingSplit(f"{directory}: no {split} file (looked for {', '.join(candidates[split])}){present}",
+                               split)
     return found

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxbatch import losses
 from jaxbatch.data import conll, files, masking, packing, squad, synthetic, text, tokenize, tsv
-from jaxbatch.errors import ConfigError, DataError
+from jaxbatch.errors import ConfigError, DataError, MissingSplit
 from jaxbatch.losses import FLOAT_HEADS, IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
 log = logging.getLogger(__name__)
@@ -398,9 +398,9 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation"),
         sources = tfds_builders.prepare("text", data_cfg.data_dir, data_cfg.cache_dir or None, required)
         missing = [split for split in required if split not in sources]
         if missing:
-            raise DataError(f"data.name={data_cfg.name} has no {missing[0]} split in {data_cfg.data_dir}: a corpus "
-                            f"is split into train and validation, or by its files' names (train, validation or valid "
-                            f"or dev, test or eval)")
+            raise MissingSplit(f"data.name={data_cfg.name} has no {missing[0]} split in {data_cfg.data_dir}: a "
+                               f"corpus is split into train and validation, or by its files' names (train, validation "
+                               f"or valid or dev, test or eval)", missing[0])
     else:
         ds = _known(data_cfg)
         sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None, required)
@@ -708,7 +708,7 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_l
         return qa_split(data_cfg, tokenizer, split).arrays
     raw = _raw_splits(data_cfg, ds, required=(split,))
     if split not in raw:
-        raise DataError(f"data.name={data_cfg.name} has no {split} split")
+        raise MissingSplit(f"data.name={data_cfg.name} has no {split} split", split)
     names = data_cfg.labels.split(",") if data_cfg.labels else []
     tokenizer = tokenize.for_words(tokenizer) if ds.task == "token" else tokenizer
     arrays = _encode(data_cfg, ds, tokenizer, split, raw[split], names, problem_type).arrays

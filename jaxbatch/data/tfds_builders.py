@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from jaxbatch import cache
 from jaxbatch.data import conll, text, tsv
 from jaxbatch.data.files import shards
-from jaxbatch.errors import DataError, WriteError
+from jaxbatch.errors import DataError, MissingSplit, WriteError
 
 
 def default_data_dir() -> Path:
@@ -219,7 +219,8 @@ def from_catalog(name: str, data_dir: str | Path | None = None, required: tuple[
         sources["validation"] = sources.pop("test")
     missing = [split for split in required if split not in sources]
     if missing:
-        raise DataError(f"tfds catalog dataset {name!r} has no {missing[0]} split (it has {sorted(sources)})")
+        raise MissingSplit(f"tfds catalog dataset {name!r} has no {missing[0]} split (it has {sorted(sources)})",
+                           missing[0])
     return sources
 
 
