@@ -472,8 +472,9 @@ def generate(args) -> int:
         if jax.process_index():
             continue
         with writing("standard output"):
-            for prompt, tokens in zip(texts[start * (n if searched else 1):], new):
-                answer = tok.decode(tokens[:-1] if tokens and tokens[-1] in stops else tokens)
+            heads = [p for p in batch for _ in range(n if searched else 1)]  # each output's prompt ids
+            for prompt, head, tokens in zip(texts[start * (n if searched else 1):], heads, new):
+                answer = generate_lib.continuation(tok, head, tokens[:-1] if tokens and tokens[-1] in stops else tokens)
                 print(prompt + ("\n" if args.chat else "") + answer)  # a chat's answer is a turn of its own
                 print("-" * 40, flush=True)
     return 0

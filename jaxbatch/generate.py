@@ -365,6 +365,14 @@ def check_sampling(**settings) -> None:
             raise ValueError(f"--{key.replace('_', '-')} must be {words}, got {value}")
 
 
+def continuation(tokenizer, prompt: list[int], new: list[int]) -> str:
+    """The text `new` tokens add to `prompt`: the whole decoded less the prompt decoded. Decoded alone, a
+    continuation can lose the space before its first word (sentencepiece's Metaspace decoder strips it at the
+    start of a text: Llama 2, Mistral; WordPiece starts a text without one), gluing it to the prompt's last word."""
+    whole, head = tokenizer.decode(list(prompt) + list(new)), tokenizer.decode(list(prompt))
+    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(list(new))
+
+
 def encode_prompts(tokenizer, texts: Sequence[str], chat: bool = False) -> list[list[int]]:
     """Token ids of each prompt; with `chat`, each is a user's message rendered by the tokenizer's chat
     template up to the assistant's turn (as the model was fine-tuned on chats), special tokens included."""

@@ -529,6 +529,27 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert loss != final["loss"] and abs(loss - final["loss"]) < 0.05
 
 
+def test_a_continuation_is_decoded_in_the_context_of_its_prompt():
+    """Decoded alone, a continuation loses the space before its first word in a sentencepiece (Metaspace)
+    tokenizer, as Llama 2's and Mistral's, and in WordPiece; decoded after its prompt it keeps it, and a
+    WordPiece '##' piece still joins the prompt's last word."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+
+    words = ["<unk>", "\u2581The", "\u2581capital", "\u2581is", "\u2581Paris"]
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer, core.decoder = tokenizers.pre_tokenizers.Metaspace(), tokenizers.decoders.Metaspace()
+    spm = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+    assert spm.encode("The capital is") == [1, 2, 3] and spm.decode([4]) == "Paris"  # alone: glued to "is"
+    assert generate.continuation(spm, [1, 2, 3], [4]) == " Paris"
+    vocab = ["[UNK]", "hello", "world", "light", "##s"]
+    core = tokenizers.Tokenizer(tokenizers.models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    core.pre_tokenizer, core.decoder = tokenizers.pre_tokenizers.Whitespace(), tokenizers.decoders.WordPiece()
+    wordpiece = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+    assert generate.continuation(wordpiece, [1, 2], [3, 4]) == " lights"
+    assert generate.continuation(wordpiece, [1, 2], [4, 3]) == "s light"
+
+
 def test_chat_prompts_are_rendered_by_the_tokenizers_template(tmp_path):
     """generate --chat: each prompt is a user's message, rendered up to the assistant's turn by the chat
     template the model was fine-tuned with; a tokenizer without one is refused in one line."""
