@@ -445,7 +445,7 @@ UNAPPLIED = {  # generation_config.json settings HF's generate applies and this 
 
 def unapplied(configs: Configs) -> tuple[Path | None, list[str]]:
     """The first generation config's path and the settings in it that HF's generate would apply and this one
-    does not (group beams, n-gram blocking, forced or suppressed tokens, ...), as 'key value'."""
+    does not (group beams, banned words, forced or suppressed tokens, ...), as 'key value'."""
     if not configs:
         return None, []
     path, config = configs[0]
