@@ -19,6 +19,7 @@ RESTORE_HELP = ("key=value: mesh.*, distributed.* (several CPU devices, or hosts
                 "data.unknown_label, precision.policy; question answering's data.doc_stride, data.max_answer_length, "
                 "data.null_threshold, data.unanswerable")
 STEP_HELP = "a run dir's checkpoint at this step (default: its best by checkpoint.best_metric, else its newest)"
+MAX_NEW_TOKENS = 200  # generate's, where neither --max-new-tokens nor a generation_config.json says
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     gen_p.add_argument("--prompts", help="a UTF-8 file of prompts, one per line (blank lines skipped), after any --prompt")
     gen_p.add_argument("--batch-size", type=int, default=32, help="prompts continued at once")
-    gen_p.add_argument("--max-new-tokens", type=int, default=200)
     sampled = " (default: the model's generation_config.json as HF reads it, else %s)"
+    gen_p.add_argument("--max-new-tokens", type=int, help=sampled.strip() % MAX_NEW_TOKENS)
     gen_p.add_argument("--temperature", type=float, help="0 = greedy" + sampled % "0.8")
     gen_p.add_argument("--top-k", type=int, help="0 = every token" + sampled % "0")
     gen_p.add_argument("--top-p", type=float, help=sampled.strip() % "1")
@@ -409,7 +410,7 @@ def generate(args) -> int:
         from jaxbatch.data.files import read_text_file
 
         texts += [line for line in read_text_file(args.prompts).splitlines() if line.strip()]
-    if not texts or args.max_new_tokens < 1 or args.batch_size < 1 or args.num_return_sequences < 1:
+    if not texts or (args.max_new_tokens or 1) < 1 or args.batch_size < 1 or args.num_return_sequences < 1:
         raise ConfigError("give a --prompt or a --prompts file; --max-new-tokens, --batch-size and "
                           "--num-return-sequences must be >= 1")
     tok = restored.tokenizer
@@ -418,6 +419,7 @@ def generate(args) -> int:
         raise ConfigError("every prompt must have at least one token")
     configs = generate_lib.generation_configs([f for f in (args.model, restored.run.spec.model.pretrained) if f])
     stops = generate_lib.stop_tokens(tok, configs)
+    max_new = generate_lib.max_new_tokens(configs, args.max_new_tokens, MAX_NEW_TOKENS)
     early = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
     try:
         chosen, source = generate_lib.sampling(configs, temperature=args.temperature, top_k=args.top_k,
@@ -452,7 +454,7 @@ def generate(args) -> int:
         print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
               file=sys.stderr)
     # every host runs each step on its share of the devices: the same programs, from the same prompts
-    distributed.same_on_every_host(lambda: repr((prompts, chosen, beams, n, args.max_new_tokens, args.seed,
+    distributed.same_on_every_host(lambda: repr((prompts, chosen, beams, n, max_new, args.seed,
                                                  args.batch_size, stops)),
                                    "generate's prompts and settings", "give each the same ones")
     from jaxbatch.errors import writing
@@ -461,11 +463,11 @@ def generate(args) -> int:
         batch = prompts[start:start + args.batch_size]
         try:
             if searched:
-                new = generate_lib.beam_search(restored.run.graphdef, restored.params, batch, args.max_new_tokens,
+                new = generate_lib.beam_search(restored.run.graphdef, restored.params, batch, max_new,
                                                **beams, **sampled, stop_tokens=stops, num_return_sequences=n,
                                                seed=args.seed + start)
             else:
-                new = generate_lib.generate(restored.run.graphdef, restored.params, batch, args.max_new_tokens,
+                new = generate_lib.generate(restored.run.graphdef, restored.params, batch, max_new,
                                             **chosen, seed=args.seed + start, stop_tokens=stops)
         except ValueError as e:
             raise ConfigError(str(e)) from e

@@ -443,6 +443,17 @@ UNAPPLIED = {  # generation_config.json settings HF's generate applies and this 
 }
 
 
+def max_new_tokens(configs: Configs, given: int | None, default: int) -> int:
+    """How many tokens to add at most: `given`, else the first generation config's max_new_tokens (HF's
+    generate reads it; a bad value is an error naming the file), else `default`."""
+    if given is not None or not configs or configs[0][1].get("max_new_tokens") is None:
+        return default if given is None else given
+    path, value = configs[0][0], configs[0][1]["max_new_tokens"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{path}: max_new_tokens {value!r} is not a valid max_new_tokens: a whole number >= 1")
+    return value
+
+
 def unapplied(configs: Configs) -> tuple[Path | None, list[str]]:
     """The first generation config's path and the settings in it that HF's generate would apply and this one
     does not (group beams, banned words, forced or suppressed tokens, ...), as 'key value'."""

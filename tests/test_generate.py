@@ -206,6 +206,21 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
             generate.sampling(read([tmp_path]))
 
 
+def test_max_new_tokens_is_the_command_lines_then_the_generation_configs(tmp_path):
+    """HF's generate adds a generation_config.json's max_new_tokens when it is not given; else jaxbatch's own."""
+    assert generate.max_new_tokens(read([tmp_path]), None, 200) == 200
+    path = tmp_path / "generation_config.json"
+    path.write_text('{"max_new_tokens": 7, "max_length": 4096}')
+    assert generate.max_new_tokens(read([tmp_path]), None, 200) == 7
+    assert generate.max_new_tokens(read([tmp_path]), 3, 200) == 3
+    path.write_text('{"max_new_tokens": null}')
+    assert generate.max_new_tokens(read([tmp_path]), None, 200) == 200
+    for bad, shown in (("0", "0"), ("2.5", "2.5"), ("true", "True"), ('"10"', "'10'")):
+        path.write_text(f'{{"max_new_tokens": {bad}}}')
+        with pytest.raises(generate.CheckpointError, match=f"generation_config.json: max_new_tokens {shown} is not"):
+            generate.max_new_tokens(read([tmp_path]), None, 200)
+
+
 def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
     """Beam search, n-gram blocking and the like change HF's output; a file that sets them is named with
     them (the CLI prints one note line), where their no-op values and what it applies pass silently."""
