@@ -272,6 +272,10 @@ class DistributedConfig:
     # device pass the 64 MiB a thread's own arena can hold (estimated from the model's shape, the data's task and
     # the tokenizer's vocabulary before JAX starts: distributed.wants_one_arena)
     cpu_one_arena: str = "auto"
+    # seconds: how long a process waits for every other one to join (then all abort, exit 134: JAX's coordination
+    # service), and how long a process may go silent before the others abort (a host that died mid-run)
+    init_timeout: int = 300
+    heartbeat_timeout: int = 100
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def _check(d) -> None:
     if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
         raise ConfigError(f"distributed.process_id={d.process_id} must be in [0, distributed.num_processes="
                           f"{d.num_processes})")
+    for key in ("init_timeout", "heartbeat_timeout"):
+        if isinstance(getattr(d, key), bool) or not isinstance(getattr(d, key), int) or getattr(d, key) < 1:
+            raise ConfigError(f"distributed.{key}={getattr(d, key)!r}: use a whole number of seconds >= 1")
     if d.cpu_one_arena not in ("auto", "true", "false"):
         raise ConfigError(f"distributed.cpu_one_arena={d.cpu_one_arena!r}: use auto, true or false")
     host, _, port = d.coordinator.rpartition(":")
@@ -121,13 +125,17 @@ def initialize(cfg) -> bool:
         return False
     if dist_cfg.cpu_devices:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeouts = dict(initialization_timeout=dist_cfg.init_timeout, heartbeat_timeout_seconds=dist_cfg.heartbeat_timeout)
     if dist_cfg.auto:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
     else:
         if not dist_cfg.coordinator:
             raise ConfigError("distributed.num_processes > 1 needs distributed.coordinator=HOST:PORT")
+        # a process that never joins (a wrong address or count) leaves the others waiting: say for what and how long
+        print(f"process {dist_cfg.process_id} of {dist_cfg.num_processes}: joining {dist_cfg.coordinator} (waits "
+              f"{dist_cfg.init_timeout} s for every process: distributed.init_timeout)", file=sys.stderr, flush=True)
         jax.distributed.initialize(dist_cfg.coordinator, num_processes=dist_cfg.num_processes,
-                                   process_id=dist_cfg.process_id)
+                                   process_id=dist_cfg.process_id, **timeouts)
     return True
 
 

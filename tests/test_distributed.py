@@ -114,6 +114,40 @@ def _hosts(argv, stderr=subprocess.PIPE) -> list[subprocess.Popen]:
             for i in range(2)]
 
 
+def test_a_process_that_never_joins_ends_the_others_after_the_init_timeout(tmp_path):
+    """One of two processes started (a wrong count or address): the other says whom it waits for and how long,
+    then JAX's coordination service aborts it (SIGABRT) after distributed.init_timeout, not JAX's 300 s."""
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "jaxbatch", "train", *ARGS, f"train.run_dir={tmp_path / 'r'}",
+                           f"distributed.coordinator=127.0.0.1:{_free_port()}", "distributed.num_processes=2",
+                           "distributed.init_timeout=2", "distributed.cpu_devices=4"], env=subprocess_env(4),
+                          capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert proc.returncode == -signal.SIGABRT and time.monotonic() - start < 120, proc.stderr[-2000:]  # 134 in a shell
+    assert "process 0 of 2: joining 127.0.0.1:" in proc.stderr and "(waits 2 s for every process" in proc.stderr
+    assert "DEADLINE_EXCEEDED" in proc.stderr and not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_host_that_dies_mid_run_ends_the_others_after_the_heartbeat_timeout(tmp_path):
+    """kill -9 of one host while both train: the survivor, blocked in a collective, is aborted by JAX's
+    coordination service after distributed.heartbeat_timeout (5 s here; JAX's default is 100 s)."""
+    run = tmp_path / "r"
+    procs = _hosts(lambda i: ["train", *ARGS, "train.steps=100000", "train.eval_every=0", "train.log_every=50",
+                              f"train.run_dir={run}", "distributed.heartbeat_timeout=5"], stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.5)
+        procs[1].kill()
+        killed = time.monotonic()
+        procs[0].wait(timeout=120)
+        assert procs[0].returncode == -signal.SIGABRT and time.monotonic() - killed < 60, procs[0].returncode
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
