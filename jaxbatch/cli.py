@@ -185,13 +185,19 @@ def train(args) -> int:
 def plan(args) -> int:
     """Per-device memory of the compiled train step, the micro-batch plan and (for a TPU target) XLA's
     estimated step time, tokens/s and MFU. Exit 1 when nothing fits."""
-    from jaxbatch import config, memory, models, topology
+    from jaxbatch import config, distributed, memory, models, topology
     from jaxbatch import mesh as mesh_lib
     from jaxbatch import run as run_lib
 
     from jaxbatch.data import tasks
+    from jaxbatch.errors import ConfigError
 
     cfg = config.build(args.overrides, args.config)
+    if args.target and cfg.distributed != config.DistributedConfig():
+        raise ConfigError(f"--target plans on {args.target}'s devices; distributed.* sets up this machine's (leave "
+                          f"it out, or plan for this machine without --target)")
+    if not args.target and distributed.initialize(cfg):  # this machine's devices, as training would start them
+        print(distributed.describe())
     spec = run_lib.resolve(cfg, task=tasks.dataset_task(cfg.data))
     target = topology.target(args.target) if args.target else None
     devices = target.devices if target else None

@@ -36,6 +36,23 @@ def test_plan_prints_the_chosen_accumulation(capsys):
     assert "does not fit: parameters and optimizer state alone" in capsys.readouterr().out
 
 
+def test_plan_starts_this_machines_devices_as_training_does(capsys):
+    """plan goes through the start-up path: distributed.cpu_devices gives its CPU the devices training would
+    have (it was ignored: the plan saw JAX's one device); with --target it is refused, not ignored."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    done = subprocess.run([sys.executable, "-m", "jaxbatch", "plan", *TINY, "distributed.cpu_devices=4", "mesh.data=4",
+                           "train.batch_size=64"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("mesh data=4 x fsdp=1 x model=1 (4 cpu devices)"), (
+        done.stdout + done.stderr)[-2000:]
+    assert cli.main(["plan", "--target", "v5e:2x2", *TINY, "distributed.cpu_devices=4"]) == 2
+    err = capsys.readouterr().err
+    assert "--target plans on v5e:2x2's devices; distributed.* sets up this machine's" in err and err.count("\n") == 1
+
+
 def test_bad_input_files_are_reported_without_traceback(tmp_path, capsys):
     (tmp_path / "train.txt").write_text("John B-PER\nlives O extra\n")
     (tmp_path / "valid.txt").write_text("x O\n")
