@@ -127,6 +127,18 @@ def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int 
         raise DataError(f"{questions[longest].place}: the question takes {seq_len - room} of data.seq_len={seq_len} "
                         f"tokens, leaving {room} for the context, not more than data.doc_stride={doc_stride}; "
                         f"raise data.seq_len or lower data.doc_stride")
+    parts = [_chunk(tokenizer, texts[lo:lo + CHUNK], questions[lo:lo + CHUNK], seq_len, doc_stride)
+             for lo in range(0, len(questions), CHUNK)]
+    owner = np.concatenate([part.question + lo for lo, part in zip(range(0, len(questions), CHUNK), parts)])
+    return Windows({k: np.concatenate([part.arrays[k] for part in parts]) for k in parts[0].arrays}, owner,
+                   np.concatenate([part.offsets for part in parts]), questions)
+
+
+CHUNK = 1000  # questions encoded at once: the tokenizer's Python lists of offsets take ~120 kB a question
+
+
+def _chunk(tokenizer, texts: list[str], questions: list[Question], seq_len: int, doc_stride: int) -> Windows:
+    """`windows` of a few questions (their own indices in `question`)."""
     enc = tokenizer(texts, [q.context for q in questions], truncation="only_second",
                     max_length=seq_len, stride=doc_stride, return_overflowing_tokens=True,
                     return_offsets_mapping=True, return_token_type_ids=True)

@@ -121,11 +121,14 @@ def generated(n: int, seed: int):
     return rows
 
 
-def test_windows_are_run_qas_features(tmp_path, tokenizer):
+@pytest.mark.parametrize("chunk", [squad.CHUNK, 7])
+def test_windows_are_run_qas_features(tmp_path, tokenizer, chunk, monkeypatch):
     """Inputs, token types, padding and each window's start and end token equal run_qa's for 200 questions
     whose contexts take one to six windows, but where run_qa's start search runs past the window's last context
     token (an answer starting there): its loop reads [SEP] and padding, whose offsets are (0, 0), as still before
-    the answer and labels the last of them; ours labels the context token."""
+    the answer and labels the last of them; ours labels the context token. Encoded 7 questions at a time, the
+    windows are the same (the tokenizer's offsets of a whole SQuAD at once took ~120 kB a question)."""
+    monkeypatch.setattr(squad, "CHUNK", chunk)
     rows = generated(200, 0)
     questions = squad.read(write_split(tmp_path, "train", rows))
     w = squad.windows(tokenizer, questions, 40, 12)
