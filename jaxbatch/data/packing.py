@@ -16,34 +16,27 @@ import numpy as np
 from jaxbatch.losses import IGNORE_INDEX
 
 
-def pack(documents: list[list[int]], seq_len: int, pad_id: int = 0,
-         trained: list[list[bool]] | None = None) -> dict[str, np.ndarray]:
-    """{input_ids, labels, segment_ids, positions}, each (rows, seq_len) int32. `trained[i][j]`: whether
-    document i's token j is a target (all of them when not given)."""
+def pack(documents, seq_len: int, pad_id: int = 0, trained=None) -> dict[str, np.ndarray]:
+    """{input_ids, labels, segment_ids, positions}, each (rows, seq_len) int32. `documents`: token id lists or
+    arrays; `trained[i][j]`: whether document i's token j is a target (all of them when not given). Computed on
+    one flat array of the documents (~25 bytes a token in all; Python lists of them took ~120)."""
     width = seq_len + 1
-    tokens, segments, targets = [], [], []
-    row_t, row_s, row_l, seg = [], [], [], 0
-    for i, doc in enumerate(documents):
-        seg += 1
-        start = 0
-        while start < len(doc):
-            take = doc[start: start + width - len(row_t)]
-            row_t += take
-            row_s += [seg] * len(take)
-            row_l += trained[i][start: start + len(take)] if trained else [True] * len(take)
-            start += len(take)
-            if len(row_t) == width:
-                tokens.append(row_t)
-                segments.append(row_s)
-                targets.append(row_l)
-                row_t, row_s, row_l, seg = [], [], [], 1  # the rest of this document starts the next row
-    if row_t:
-        tokens.append(row_t + [pad_id] * (width - len(row_t)))
-        segments.append(row_s + [0] * (width - len(row_s)))
-        targets.append(row_l + [False] * (width - len(row_l)))
-    t = np.asarray(tokens, np.int32).reshape(-1, width)
-    s = np.asarray(segments, np.int32).reshape(-1, width)
-    target = np.asarray(targets, bool).reshape(-1, width)[:, 1:]
+    lengths = np.asarray([len(doc) for doc in documents], np.int64)
+    n = int(lengths.sum())
+    rows = -(-n // width)
+    tokens = np.full(rows * width, pad_id, np.int32)
+    targets = np.zeros(rows * width, bool)
+    if n:
+        tokens[:n] = np.concatenate([np.asarray(doc, np.int32) for doc in documents if len(doc)])
+        targets[:n] = np.concatenate([np.asarray(t, bool) for t in trained if len(t)]) if trained else True
+    # segments: a row numbers its documents from 1 (2 when a document starts the row: the one before it closed
+    # the previous row), each document start (an empty document's too) one more
+    starts = np.zeros(rows * width + 1, np.int32)
+    np.add.at(starts, np.cumsum(lengths) - lengths, 1)
+    starts = starts[:-1].reshape(rows, width)
+    segments = (np.cumsum(starts, 1) + (np.arange(rows) > 0)[:, None]).astype(np.int32).reshape(-1)
+    segments[n:] = 0
+    t, s, target = tokens.reshape(rows, width), segments.reshape(rows, width), targets.reshape(rows, width)[:, 1:]
     positions = np.zeros_like(s)
     for j in range(1, width):  # position within its segment
         positions[:, j] = np.where(s[:, j] == s[:, j - 1], positions[:, j - 1] + 1, 0)

@@ -494,7 +494,8 @@ def _chat_pieces(tokenizer, history: list[dict], answer: str) -> tuple[list[tupl
 
 def _pack(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
     encode = _lm_encode(tokenizer)
-    encoded = [encode(p, d) for p, d in docs]
+    encoded = [(np.asarray(ids, np.int32), np.asarray(trained, bool), n)  # ~5 bytes a token, not Python lists' ~45
+               for ids, trained, n in (encode(p, d) for p, d in docs)]
     context_turns = sum(n for _, _, n in encoded)
     if context_turns:
         log.warning("%d earlier assistant turn(s) are not trained, only read: the chat template renders them "

@@ -23,3 +23,15 @@ def test_tokens_only_read_are_not_trained_on_even_across_rows():
     assert turns["labels"].tolist() == [[2, 3, -100, -100, 6, 7]]
     plain = packing.pack([[1, 2, 3, 4, 5, 6, 7], [20, 21, 22]], seq_len=4)
     assert plain["labels"].tolist() == [[2, 3, 4, 5], [7, -100, 21, 22]]
+
+
+def test_a_document_starting_a_row_and_an_empty_one_are_numbered_as_before():
+    """The flat-array packing numbers segments as the row-by-row loop did: a document that starts a row after
+    the previous row closed on a document's end is segment 2, and an empty document takes a number too."""
+    rows = packing.pack([[1, 2, 3, 4, 5], [], [7, 8]], seq_len=4)
+    assert rows["input_ids"].tolist() == [[1, 2, 3, 4], [7, 8, 0, 0]]
+    assert rows["segment_ids"].tolist() == [[1, 1, 1, 1], [3, 3, 0, 0]]
+    assert rows["labels"].tolist() == [[2, 3, 4, 5], [8, -100, -100, -100]]
+    assert rows["positions"].tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]  # padding counts on, never attended
+    empty = packing.pack([], seq_len=4)
+    assert all(v.shape == (0, 4) for v in empty.values())
