@@ -61,20 +61,19 @@ def padded(documents: list[list[int]], seq_len: int, pad_id: int = 0,
             "token_type_ids": np.zeros_like(ids), **{k: rows_of(v, 0) for k, v in (per_token or {}).items()}}
 
 
-def concatenated(documents: list[list[int]], seq_len: int, pad_id: int = 0,
-                 per_token: dict[str, list[list[int]]] | None = None) -> dict[str, np.ndarray]:
+def concatenated(documents, seq_len: int, pad_id: int = 0, per_token: dict | None = None) -> dict[str, np.ndarray]:
     """{input_ids, attention_mask, token_type_ids}, each (rows, seq_len) int32: the documents (each with its own
     special tokens, e.g. [CLS] ... [SEP]) end to end, cut every seq_len tokens, as Hugging Face's run_mlm.py
     groups texts for masked language modelling. The last row is padded (run_mlm drops it: no text is lost here).
     An encoder attends across the documents of a row, as there. `per_token`: more values per document token
-    (e.g. where words start), laid out as the tokens are (0 in padding)."""
-    def rows_of(docs: list[list[int]], fill: int) -> np.ndarray:
-        flat = np.fromiter((t for doc in docs for t in doc), np.int32)
+    (e.g. where words start), laid out as the tokens are (0 in padding). Documents: token id lists or arrays."""
+    def rows_of(docs, fill: int) -> np.ndarray:
+        flat = np.concatenate([np.asarray(doc, np.int32).reshape(-1) for doc in docs] or [np.zeros(0, np.int32)])
         out = np.full(-(-len(flat) // seq_len) * seq_len, fill, np.int32)
         out[: len(flat)] = flat
         return out.reshape(-1, seq_len)
 
     ids = rows_of(documents, pad_id)
-    real = rows_of([[1] * len(doc) for doc in documents], 0)
+    real = rows_of([np.ones(len(doc), np.int32) for doc in documents], 0)
     return {"input_ids": ids, "attention_mask": real, "token_type_ids": np.zeros_like(ids),
             **{k: rows_of(v, 0) for k, v in (per_token or {}).items()}}

@@ -522,9 +522,12 @@ def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int, how: masking.Ma
                         "examples train a causal language model (a decoder)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     texts = [line for _, d in docs for line in d.splitlines() if line.strip()] if line_by_line else [d for _, d in docs]
-    encoded = [how.encode(tokenizer, d) for d in texts]
+    encoded = (how.encode(tokenizer, d) for d in texts)
     cut = 0
-    if line_by_line:
+    if not line_by_line:  # int32 arrays, one document at a time (Python lists of ints take ~45 bytes a token)
+        encoded = [(np.asarray(ids, np.int32), np.asarray(starts, np.int32)) for ids, starts in encoded]
+    else:
+        encoded = list(encoded)
         cut = sum(len(ids) > seq_len for ids, _ in encoded)
         keep = [ids[-1] in how.special for ids, _ in encoded]
         encoded = [(ids[: seq_len - k] + ids[len(ids) - k:], starts[: seq_len - k] + starts[len(starts) - k:])
