@@ -2,7 +2,7 @@
 does not recompile; compiling MiniLM's train step takes ~10-40 s on a laptop CPU) and the measured CPU
 matmul peak behind MFU. Both live under $JAXBATCH_CACHE (default ~/.cache/jaxbatch); set it to `off` to
 keep nothing. The XLA cache is keyed by the jax version (a folder each) and, inside, by JAX's own key
-(program, compile options, XLA flags, devices), so a stale entry is never used."""
+(program, compile options, XLA flags, devices), so a stale entry is never used; it holds XLA_CACHE_BYTES at most."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 
 DEFAULT_ROOT = Path.home() / ".cache" / "jaxbatch"
+XLA_CACHE_BYTES = 4 << 30  # past this, JAX deletes the least recently used programs (it keeps every one by default)
 
 
 def root() -> Path | None:
@@ -35,6 +36,8 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", str(base / "xla" / f"jax-{jax.__version__}"))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting wins when given
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # steps, not tiny helper kernels
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+        jax.config.update("jax_compilation_cache_max_size", XLA_CACHE_BYTES)
 
 
 @contextlib.contextmanager

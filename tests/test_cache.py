@@ -38,6 +38,25 @@ def test_second_process_reads_the_train_step_from_the_cache(tmp_path):
     assert runs[0]["loss"] == runs[1]["loss"]  # the cached program computes the same step
 
 
+def test_the_cache_is_bounded(tmp_path):
+    """JAX's compilation cache keeps every program forever unless given a size: cache.XLA_CACHE_BYTES bounds it
+    (JAX drops the least recently used); with a bound smaller than the step's program nothing is kept, so the
+    second process compiles again."""
+    env = {**os.environ, "JAXBATCH_CACHE": str(tmp_path / "c")}
+    script = ("import json, sys\nfrom jaxbatch import cache\ncache.XLA_CACHE_BYTES = 1000\n" + COMPILE_TWICE
+              + "print(json.dumps({'max': jax.config.jax_compilation_cache_max_size}))\n")
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).parents[1]).stdout.strip().splitlines()[-2:] for _ in range(2)]
+    assert [json.loads(r[1])["max"] for r in runs] == [1000, 1000]
+    assert [json.loads(r[0])["hits"] for r in runs] == [0, 0]
+    folder = tmp_path / "c" / "xla" / f"jax-{jax.__version__}"
+    assert not any(p.name.startswith("jit_train_step") for p in folder.iterdir())
+    default = subprocess.run([sys.executable, "-c", "import jax\nfrom jaxbatch import cache\ncache.enable_compilation"
+                              "_cache()\nprint(jax.config.jax_compilation_cache_max_size)"], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert int(default) == cache.XLA_CACHE_BYTES == 4 << 30
+
+
 def test_cache_off_or_user_dir_is_respected(monkeypatch):
     monkeypatch.setenv("JAXBATCH_CACHE", "off")
     assert cache.root() is None
