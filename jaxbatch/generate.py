@@ -1,8 +1,9 @@
 """Text generation from a trained decoder with a KV cache: greedy, temperature, top-k, top-p and min-p sampling,
 a repetition penalty, n-gram blocking and a minimum length, beam search as transformers' generate(num_beams=...)
 runs it (its beams, token for token; beam sampling too), batched prompts of different lengths (left-padded;
-padding keys are masked), on whatever mesh the params live on. One compiled prefill over the prompts, then one compiled single-token step reused for every new
-token; equal token for token to recomputing the whole sequence each step (tests/test_generate.py)."""
+padding keys are masked), on whatever mesh the params live on. One compiled prefill over the prompts, then one
+compiled single-token step reused for every new token; equal token for token to recomputing the whole sequence
+each step (tests/test_generate.py)."""
 
 from __future__ import annotations
 
@@ -264,9 +265,8 @@ NEVER = -1.0e9  # HF's score for what may not be chosen
 def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, num_beams: int,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, repetition_penalty: float = 1.0,
                 no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0,
-                stop_tokens: Sequence[int] = (),
-                num_return_sequences: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                min_p: float = 0.0, seed: int = 0) -> list[list[int]]:
+                stop_tokens: Sequence[int] = (), num_return_sequences: int = 1, temperature: float = 0.0,
+                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0) -> list[list[int]]:
     """The best of `num_beams` beams for each prompt, as transformers' generate(num_beams=...) chooses it: each
     step keeps the prompt's best max(2, 1 + len(stop_tokens)) x num_beams continuations; those among the first
     num_beams that end (a stop token, or max_new_tokens) join the finished hypotheses, scored sum of
