@@ -377,16 +377,14 @@ def evaluate_split(args) -> int:
         raise ConfigError(f"{args.model} is a {spec.model.task} model but data.name={data_cfg.name} is a "
                           f"{data_task} dataset: name the split's kind with --data-name")
     masked = models.masked_lm(spec.model)
-    split = args.split or "test"
-    try:
-        arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, split, spec.model.problem_type,
-                                             spec.model if masked else None)
-    except MissingSplit as e:  # HF's evaluate scores the validation split: where there is no test split, so do we
-        if args.split or e.split != "test":
-            raise
-        split = "validation"
-        arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, split, spec.model.problem_type,
-                                             spec.model if masked else None)
+    for split in [args.split] if args.split else ["test", "validation"]:  # HF's evaluate scores validation
+        try:
+            arrays, windows = tasks.scored_split(data_cfg, restored.tokenizer, split, spec.model.problem_type,
+                                                 spec.model if masked else None)
+            break
+        except MissingSplit as e:  # no test split: the validation split, named in the printed line
+            if args.split or e.split != "test":
+                raise
     distributed.same_on_every_host(lambda: pipeline.digest(arrays), tasks.source_of(data_cfg))
     per_byte = tasks.bytes_per_token(restored.tokenizer) if spec.model.task == "lm" and not masked else None
     result = evaluate.evaluate(restored.run, restored.params, arrays, data_cfg.labels.split(","), spec.model.task,

@@ -35,9 +35,9 @@ def _check(d) -> None:
     if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
         raise ConfigError(f"distributed.process_id={d.process_id} must be in [0, distributed.num_processes="
                           f"{d.num_processes})")
-    for key in ("init_timeout", "heartbeat_timeout"):
-        if isinstance(getattr(d, key), bool) or not isinstance(getattr(d, key), int) or getattr(d, key) < 1:
-            raise ConfigError(f"distributed.{key}={getattr(d, key)!r}: use a whole number of seconds >= 1")
+    for key, seconds in (("init_timeout", d.init_timeout), ("heartbeat_timeout", d.heartbeat_timeout)):
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+            raise ConfigError(f"distributed.{key}={seconds!r}: use a whole number of seconds >= 1")
     if d.cpu_one_arena not in ("auto", "true", "false"):
         raise ConfigError(f"distributed.cpu_one_arena={d.cpu_one_arena!r}: use auto, true or false")
     host, _, port = d.coordinator.rpartition(":")
