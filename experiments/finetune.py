@@ -68,3 +68,8 @@ def run(name: str, defaults: list[str], argv: list[str], description: str) -> di
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     print(f"results in {run_dir}/results.json")
     return results
+
+
+if __name__ == "__main__":  # the recipes' driver, not a recipe: it did nothing and exited 0
+    raise SystemExit("experiments.finetune is the driver the fine-tuning recipes share; run one of them: python -m "
+                     "experiments.conll2003_ner, experiments.sst2 or experiments.squad (--help for each)")

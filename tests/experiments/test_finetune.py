@@ -35,3 +35,9 @@ def test_a_bad_data_dir_is_one_line_and_exit_code_2(tmp_path):
         assert "Traceback" not in done.stderr
         last = done.stderr.splitlines()[-1]
         assert last.startswith("jaxbatch: DataError: ") and f"{tmp_path / 'missing'} does not exist" in last, last
+
+
+def test_the_shared_driver_run_as_a_recipe_names_the_recipes():
+    done = _python("-m", "experiments.finetune")
+    assert done.returncode == 1 and "run one of them: python -m experiments.conll2003_ner" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
