@@ -368,7 +368,7 @@ def check_sampling(**settings) -> None:
 def continuation(tokenizer, prompt: list[int], new: list[int]) -> str:
     """The text `new` tokens add to `prompt`: the whole decoded less the prompt decoded. Decoded alone, a
     continuation can lose the space before its first word (sentencepiece's Metaspace decoder strips it at the
-    start of a text: Llama 2, Mistral; WordPiece starts a text without one), gluing it to the prompt's last word."""
+    start of a text; WordPiece starts a text without one), gluing it to the prompt's last word."""
     whole, head = tokenizer.decode(list(prompt) + list(new)), tokenizer.decode(list(prompt))
     return whole[len(head):] if whole.startswith(head) else tokenizer.decode(list(new))
 

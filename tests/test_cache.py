@@ -38,23 +38,25 @@ def test_second_process_reads_the_train_step_from_the_cache(tmp_path):
     assert runs[0]["loss"] == runs[1]["loss"]  # the cached program computes the same step
 
 
-def test_the_cache_is_bounded(tmp_path):
-    """JAX's compilation cache keeps every program forever unless given a size: cache.XLA_CACHE_BYTES bounds it
-    (JAX drops the least recently used); with a bound smaller than the step's program nothing is kept, so the
-    second process compiles again."""
-    env = {**os.environ, "JAXBATCH_CACHE": str(tmp_path / "c")}
-    script = ("import json, sys\nfrom jaxbatch import cache\ncache.XLA_CACHE_BYTES = 1000\n" + COMPILE_TWICE
-              + "print(json.dumps({'max': jax.config.jax_compilation_cache_max_size}))\n")
-    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
-                           cwd=Path(__file__).parents[1]).stdout.strip().splitlines()[-2:] for _ in range(2)]
-    assert [json.loads(r[1])["max"] for r in runs] == [1000, 1000]
-    assert [json.loads(r[0])["hits"] for r in runs] == [0, 0]
-    folder = tmp_path / "c" / "xla" / f"jax-{jax.__version__}"
-    assert not any(p.name.startswith("jit_train_step") for p in folder.iterdir())
-    default = subprocess.run([sys.executable, "-c", "import jax\nfrom jaxbatch import cache\ncache.enable_compilation"
-                              "_cache()\nprint(jax.config.jax_compilation_cache_max_size)"], env=env,
-                             capture_output=True, text=True, check=True).stdout.split()[-1]
-    assert int(default) == cache.XLA_CACHE_BYTES == 4 << 30
+def test_the_cache_is_cut_back_to_its_bound_oldest_first(tmp_path):
+    """JAX's compilation cache keeps every program forever: at start-up the oldest-written files (an old jax
+    version's first) go until XLA_CACHE_BYTES is left."""
+    xla = tmp_path / "xla"
+    for i, (version, size) in enumerate([("jax-0.9", 400), ("jax-0.10.2", 300), ("jax-0.10.2", 200),
+                                         ("jax-0.10.2", 100)]):
+        path = xla / version / f"prog{i}-cache"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+        os.utime(path, (1000 + i, 1000 + i))
+    cache.prune(xla, 550)  # 1000 bytes: the old version's 400 go, then the oldest 300 of this one
+    assert sorted(p.name for p in xla.rglob("*-cache")) == ["prog2-cache", "prog3-cache"]
+    cache.prune(xla, 10_000)  # under the bound: nothing goes
+    assert len(list(xla.rglob("*-cache"))) == 2
+    subprocess.run([sys.executable, "-c", "from jaxbatch import cache\ncache.XLA_CACHE_BYTES = 150\n"
+                    "cache.enable_compilation_cache()"], env={**os.environ, "JAXBATCH_CACHE": str(tmp_path)},
+                   check=True, cwd=Path(__file__).parents[1])  # a run's start-up prunes
+    assert [p.name for p in xla.rglob("*-cache")] == ["prog3-cache"]
+    cache.prune(tmp_path / "missing", 0)  # no folder yet: nothing to do
 
 
 def test_cache_off_or_user_dir_is_respected(monkeypatch):
