@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 from pathlib import Path
 
 import jax
@@ -47,7 +48,7 @@ def prune(folder: Path, limit: int) -> None:
     An old jax version's programs, never read again, go first; a program another process is reading is
     compiled again."""
     try:
-        files = [(f.stat().st_mtime, f.stat().st_size, f) for f in folder.rglob("*") if f.is_file()]
+        files = [(st.st_mtime, st.st_size, f) for f in folder.rglob("*") if stat.S_ISREG((st := f.stat()).st_mode)]
     except OSError:  # a file deleted meanwhile by another process's pruning, an unreadable folder: next time
         return
     total = sum(size for _, size, _ in files)
