@@ -9,6 +9,7 @@ stopped it (never retried)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--num-return-sequences", type=int, default=1,
                        help="continuations of each prompt (draws when sampling, the best beams in beam search)")
     gen_p.add_argument("--seed", type=int, default=0)
+    gen_p.add_argument("--output-format", choices=["text", "json"], default="text",
+                       help="text: each prompt and its continuation, then a rule; json: one JSON line each (prompt, "
+                       "completion, new_tokens, finish_reason: stop or length)")
     gen_p.add_argument("--chat", action="store_true",
                         help="each prompt is a user's message, rendered by the tokenizer's chat template")
     gen_p.add_argument("overrides", nargs="*", help="mesh.*, distributed.*, precision.policy")
@@ -480,7 +484,13 @@ def generate(args) -> int:
         with writing("standard output"):
             heads = [p for p in batch for _ in range(n if searched else 1)]  # each output's prompt ids
             for prompt, head, tokens in zip(texts[start * (n if searched else 1):], heads, new):
-                answer = generate_lib.continuation(tok, head, tokens[:-1] if tokens and tokens[-1] in stops else tokens)
+                stopped = bool(tokens) and tokens[-1] in stops
+                answer = generate_lib.continuation(tok, head, tokens[:-1] if stopped else tokens)
+                if args.output_format == "json":  # a continuation may hold new lines: one record a line
+                    print(json.dumps({"prompt": prompt, "completion": answer, "new_tokens": len(tokens),
+                                      "finish_reason": "stop" if stopped else "length"}, ensure_ascii=False),
+                          flush=True)
+                    continue
                 print(prompt + ("\n" if args.chat else "") + answer)  # a chat's answer is a turn of its own
                 print("-" * 40, flush=True)
     return 0
@@ -531,8 +541,6 @@ def export(args) -> int:
 
 
 def advise_batch(args) -> int:
-    import json
-
     from jaxbatch import noise_scale, reporting
     from jaxbatch.errors import CheckpointError
 

@@ -1,5 +1,6 @@
 """KV-cache generation equals recomputing the whole sequence; sampling filters; the CLI end to end."""
 
+import json
 from collections import Counter
 from pathlib import Path
 from unittest import mock
@@ -458,8 +459,6 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "perplexity" in out and "bits/byte" in out
-    import json
-
     final = json.loads((run / "summary.json").read_text())["final_eval"]
     assert final["loss"] < 1.0 and final["perplexity"] == pytest.approx(np.exp(final["loss"]), rel=1e-6)
     assert final["bits_per_byte"] == pytest.approx(final["loss"] / np.log(2), rel=1e-6)  # one byte per char
@@ -470,6 +469,11 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
                      "--temperature", "0", "mesh.model=2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("the cat") and len(lines[0]) == len("the cat") + 12 and " sat on" in lines[0]
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--prompt", "the", "--max-new-tokens", "12",
+                     "--temperature", "0", "--output-format", "json"]) == 0  # one record a line
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0] == {"prompt": "the cat", "completion": lines[0][len("the cat"):], "new_tokens": 12,
+                          "finish_reason": "length"} and records[1]["prompt"] == "the" and len(records) == 2
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0",
                      "--no-repeat-ngram-size", "2"]) == 0  # HF's n-gram blocking: no character pair twice
     captured = capsys.readouterr()
