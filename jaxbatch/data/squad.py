@@ -102,14 +102,15 @@ def _question(where: str, qid, question, context, answers) -> Question:
 class Windows:
     """A split's tokenized windows and how they map back: `arrays` (input_ids, attention_mask, token_type_ids,
     labels: (windows, 2) start and end token), `question` (windows,) the question each window reads, `offsets`
-    (windows, seq_len, 2) each context token's characters (NOT_CONTEXT elsewhere)."""
+    (windows, seq_len, 2) each context token's characters (NOT_CONTEXT elsewhere; None where not kept: a training
+    split needs only its labels, and SQuAD's offsets take ~270 MB)."""
     arrays: dict[str, np.ndarray]
     question: np.ndarray
-    offsets: np.ndarray
+    offsets: np.ndarray | None
     questions: list[Question]
 
 
-def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int = 0) -> Windows:
+def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int = 0, offsets: bool = True) -> Windows:
     """Every question's windows, as run_qa's prepare_train_features / prepare_validation_features (the question
     first, the context cut to fit with `doc_stride` tokens shared by neighbouring windows; 0: seq_len // 3,
     run_qa's 128 of 384), right-padded."""
@@ -127,17 +128,18 @@ def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int 
         raise DataError(f"{questions[longest].place}: the question takes {seq_len - room} of data.seq_len={seq_len} "
                         f"tokens, leaving {room} for the context, not more than data.doc_stride={doc_stride}; "
                         f"raise data.seq_len or lower data.doc_stride")
-    parts = [_chunk(tokenizer, texts[lo:lo + CHUNK], questions[lo:lo + CHUNK], seq_len, doc_stride)
+    parts = [_chunk(tokenizer, texts[lo:lo + CHUNK], questions[lo:lo + CHUNK], seq_len, doc_stride, offsets)
              for lo in range(0, len(questions), CHUNK)]
     owner = np.concatenate([part.question + lo for lo, part in zip(range(0, len(questions), CHUNK), parts)])
     return Windows({k: np.concatenate([part.arrays[k] for part in parts]) for k in parts[0].arrays}, owner,
-                   np.concatenate([part.offsets for part in parts]), questions)
+                   np.concatenate([part.offsets for part in parts]) if offsets else None, questions)
 
 
 CHUNK = 1000  # questions encoded at once: the tokenizer's Python lists of offsets take ~120 kB a question
 
 
-def _chunk(tokenizer, texts: list[str], questions: list[Question], seq_len: int, doc_stride: int) -> Windows:
+def _chunk(tokenizer, texts: list[str], questions: list[Question], seq_len: int, doc_stride: int,
+           keep_offsets: bool) -> Windows:
     """`windows` of a few questions (their own indices in `question`)."""
     enc = tokenizer(texts, [q.context for q in questions], truncation="only_second",
                     max_length=seq_len, stride=doc_stride, return_overflowing_tokens=True,
@@ -153,7 +155,7 @@ def _chunk(tokenizer, texts: list[str], questions: list[Question], seq_len: int,
     typed = "token_type_ids" in tokenizer.model_input_names
     rows = packing.padded(enc["input_ids"], seq_len, tokenize.pad_id(tokenizer),
                           {"token_type_ids": enc["token_type_ids"]} if typed else None)
-    return Windows({**rows, "labels": labels}, owner, offsets, questions)
+    return Windows({**rows, "labels": labels}, owner, offsets if keep_offsets else None, questions)
 
 
 def _cls(tokenizer, ids: list[int]) -> int:

@@ -646,17 +646,17 @@ def _qa_questions(data_cfg, required: tuple[str, ...], optional: tuple[str, ...]
     return out
 
 
-def _windows(data_cfg, tokenizer, questions: list[squad.Question]) -> squad.Windows:
+def _windows(data_cfg, tokenizer, questions: list[squad.Question], offsets: bool = True) -> squad.Windows:
     if isinstance(tokenizer, text.CharTokenizer) or tokenizer is None:
         raise ConfigError("question answering reads texts through a Hugging Face tokenizer: set data.tokenizer (or "
                           "model.pretrained) to a folder or name whose tokenizer to use")
-    return squad.windows(tokenizer, questions, data_cfg.seq_len, data_cfg.doc_stride)
+    return squad.windows(tokenizer, questions, data_cfg.seq_len, data_cfg.doc_stride, offsets)
 
 
 def _load_qa(data_cfg, tokenizer) -> TaskData:
     """Question answering: each split's questions cut into windows (data/squad.py); the eval and test splits keep
     their windows' way back to the questions, for the answers and their scores."""
-    windows = {split: _windows(data_cfg, tokenizer, questions)
+    windows = {split: _windows(data_cfg, tokenizer, questions, offsets=split != "train")  # train: labels only
                for split, questions in _qa_questions(data_cfg, ("train", "validation"), ("test",)).items()}
     arrays = {split: w.arrays for split, w in windows.items()}
     test = windows.get("test")
