@@ -156,18 +156,22 @@ def _free_port() -> int:
 
 
 def test_generate_across_hosts_continues_as_one_process(tmp_path, capsys):
-    """A decoder sharded over both hosts' devices (FSDP) generates the tokens one process does, greedy, sampled
-    and by beam search; process 0 prints; hosts given other prompts stop in one line."""
+    """A decoder sharded over both hosts' devices (FSDP) generates the tokens one process does, greedy (with
+    n-gram blocking), sampled, by beam search and by beam sampling; process 0 prints; hosts given other prompts
+    stop in one line."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join("the cat sat on the mat. the dog sat on the log." for _ in range(40)))
     run = tmp_path / "lm"
     assert cli.main(["train", "model.family=decoder", "model.preset=gpt-tiny", "model.num_layers=1", "data.name=text",
                      f"data.data_dir={corpus}", "data.seq_len=32", "train.batch_size=8", "train.steps=30",
                      "train.eval_every=0", "train.progress=false", f"train.run_dir={run}"]) == 0
-    asks = (["--prompt", "the cat", "--prompt", "a", "--max-new-tokens", "12", "--temperature", "0"],
+    asks = (["--prompt", "the cat", "--prompt", "a", "--max-new-tokens", "12", "--temperature", "0",
+             "--no-repeat-ngram-size", "3"],
             ["--prompt", "the", "--max-new-tokens", "12", "--temperature", "1", "--seed", "5"],
             ["--prompt", "the dog", "--max-new-tokens", "8", "--temperature", "0", "--num-beams", "3",
-             "--num-return-sequences", "2"])
+             "--num-return-sequences", "2"],
+            ["--prompt", "the dog", "--max-new-tokens", "8", "--temperature", "0.8", "--num-beams", "3",
+             "--min-new-tokens", "4"])  # beam sampling
     capsys.readouterr()
     for ask in asks:
         assert cli.main(["generate", str(run), *ask]) == 0
