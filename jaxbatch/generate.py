@@ -147,19 +147,19 @@ def repeats(tokens: np.ndarray, n: int) -> np.ndarray:
     return grams[(grams[:, :-1] == tokens[len(tokens) - n + 1:]).all(1), -1]
 
 
-def _bans(histories, vocab: int, new: int, no_repeat_ngram_size: int, min_new_tokens: int,
+def _bans(histories, rows: int, vocab: int, new: int, no_repeat_ngram_size: int, min_new_tokens: int,
           stop_tokens: Sequence[int]) -> jax.Array | None:
     """(rows, vocab): what each row may not take next, or None where nothing is banned: the tokens that would
-    repeat an n-gram of the row (prompt and continuation, `histories()`), and the stop tokens while fewer than
-    `min_new_tokens` are `new` (HF's NoRepeatNGram and MinNewTokensLength processors; its MinLength one is
-    min_new_tokens of its length less the padded prompt's)."""
+    repeat an n-gram of the row (prompt and continuation, `histories()`, read only for n-gram blocking: it brings
+    every token taken so far to the host), and the stop tokens while fewer than `min_new_tokens` are `new` (HF's
+    NoRepeatNGram and MinNewTokensLength processors; its MinLength one is min_new_tokens of its length less the
+    padded prompt's)."""
     early = new < min_new_tokens and len(stop_tokens) > 0
     if not (no_repeat_ngram_size or early):
         return None
-    rows = histories()
-    ban = np.zeros((len(rows), vocab), bool)
+    ban = np.zeros((rows, vocab), bool)
     ban[:, list(stop_tokens) if early else []] = True
-    for row, tokens in enumerate(rows if no_repeat_ngram_size else ()):
+    for row, tokens in enumerate(histories() if no_repeat_ngram_size else ()):
         ban[row, repeats(np.asarray(tokens), no_repeat_ngram_size)] = True
     return jnp.asarray(ban)
 
@@ -193,7 +193,7 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     for i in range(max_new_tokens):
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
-        logits = _banned(logits, _bans(so_far, logits.shape[-1], i, no_repeat_ngram_size,
+        logits = _banned(logits, _bans(so_far, batch, logits.shape[-1], i, no_repeat_ngram_size,
                                        max(min_new_tokens, min_length - longest), stop_tokens))
         token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, min_p)
         if seen is not None:
@@ -299,7 +299,8 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     open_ = np.ones(batch, bool)  # HF's is_early_stop_heuristic_unsatisfied
     for i in range(max_new_tokens):
         ban = _bans(lambda: [p + running[r // beams, r % beams, :i].tolist() for r, p in enumerate(each_beam)],
-                    logits.shape[-1], i, no_repeat_ngram_size, max(min_new_tokens, min_length - longest), stop_tokens)
+                    len(each_beam), logits.shape[-1], i, no_repeat_ngram_size,
+                    max(min_new_tokens, min_length - longest), stop_tokens)
         top, index = (np.asarray(x) for x in _candidates(logits, jnp.asarray(scores), seen, repetition_penalty, ban,
                                                            jax.random.fold_in(key, i), beams, keep, **sampler))
         parent, token = index // logits.shape[-1], index % logits.shape[-1]
