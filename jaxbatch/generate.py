@@ -216,9 +216,10 @@ def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: f
     temperature, then -inf outside the top_k, the top_p mass and min_p of the likeliest, each filter keeping at
     least `min_keep` tokens (HF's min_tokens_to_keep in beam methods: one more than the stop tokens)."""
     x = logp / temperature
+    floor = jax.lax.top_k(x, min_keep)[0][:, -1:]  # the `min_keep` likeliest, which no filter removes
 
     def at_least(keep):  # a filter's kept tokens, and always the `min_keep` likeliest
-        return jnp.where(keep | (x >= jax.lax.top_k(x, min_keep)[0][:, -1:]), x, -jnp.inf)
+        return jnp.where(keep | (x >= floor), x, -jnp.inf)
 
     if top_k > 0:
         x = at_least(x >= jax.lax.top_k(x, min(max(top_k, min_keep), x.shape[-1]))[0][:, -1:])
