@@ -442,8 +442,8 @@ def generate(args) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     n, searched = args.num_return_sequences, beams["num_beams"] > 1
-    # what asks for sampling: the command line, else the file's do_sample (jaxbatch's own default is for one beam)
-    sampler = args.temperature > 0 if args.temperature is not None else any(c.get("do_sample") for _, c in configs[:1])
+    # sampling asked for by the command line or the file (its do_sample); jaxbatch's own default is for one beam
+    sampler = chosen["temperature"] > 0 and (args.temperature is not None or bool(configs))
     if not searched and n > 1 and chosen["temperature"] <= 0:
         raise ConfigError("greedy decoding continues a prompt one way; --num-return-sequences needs sampling "
                           "(--temperature > 0) or beam search (--num-beams)")
