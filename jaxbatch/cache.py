@@ -1,7 +1,7 @@
 """What survives the process on this machine: XLA's persistent compilation cache (the second run of anything
 does not recompile; compiling MiniLM's train step takes ~10-40 s on a laptop CPU) and the measured CPU
 matmul peak behind MFU. Both live under $JAXBATCH_CACHE (default ~/.cache/jaxbatch); set it to `off` to
-keep nothing. The XLA cache is keyed by the jax version (a folder each) and, inside, by JAX's own key
+keep nothing (tokenized corpora, tokens/, are data/token_cache.py's). The XLA cache is keyed by the jax version (a folder each) and, inside, by JAX's own key
 (program, compile options, XLA flags, devices), so a stale entry is never used; its oldest programs are deleted
 at start-up past XLA_CACHE_BYTES."""
 
@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import stat
 from pathlib import Path
 
@@ -41,22 +42,27 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # steps, not tiny helper kernels
 
 
-def prune(folder: Path, limit: int) -> None:
+def prune(folder: Path, limit: int, entries: bool = False) -> None:
     """Deletes the oldest-written files under `folder` until it holds at most `limit` bytes: JAX's cache keeps
     every program forever (its own bound, jax_compilation_cache_max_size, locks the folder on every read and
     scans every entry on every write: 6000 programs written took 536 s of it here, the suite 22 min not 13).
     An old jax version's programs, never read again, go first; a program another process is reading is
-    compiled again."""
+    compiled again. `entries`: the folder's subfolders go whole, by their newest file (a tokenized split is
+    of no use in part)."""
+    units: dict[Path, list[float]] = {}
     try:
-        files = [(st.st_mtime, st.st_size, f) for f in folder.rglob("*") if stat.S_ISREG((st := f.stat()).st_mode)]
+        for f in folder.rglob("*"):
+            if stat.S_ISREG((st := f.stat()).st_mode):
+                unit = units.setdefault(folder / f.relative_to(folder).parts[0] if entries else f, [0.0, 0])
+                unit[0], unit[1] = max(unit[0], st.st_mtime), unit[1] + st.st_size
     except OSError:  # a file deleted meanwhile by another process's pruning, an unreadable folder: next time
         return
-    total = sum(size for _, size, _ in files)
-    for _, size, path in sorted(files, key=lambda f: f[0]):
+    total = sum(size for _, size in units.values())
+    for path, (_, size) in sorted(units.items(), key=lambda u: u[1][0]):
         if total <= limit:
             break
         with contextlib.suppress(OSError):
-            path.unlink()
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
         total -= size
 
 

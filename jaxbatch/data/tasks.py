@@ -14,13 +14,14 @@ class names).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 
 import numpy as np
 
 from jaxbatch import losses
-from jaxbatch.data import conll, files, masking, packing, squad, synthetic, text, tokenize, tsv
+from jaxbatch.data import conll, files, masking, packing, squad, synthetic, text, token_cache, tokenize, tsv
 from jaxbatch.errors import ConfigError, DataError, MissingSplit
 from jaxbatch.losses import FLOAT_HEADS, IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
@@ -386,11 +387,35 @@ def _encode(data_cfg, ds: Dataset, tokenizer, split: str, raw: Raw, label_names:
     return enc
 
 
-def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation"),
-             max_eval: int = 0) -> dict[str, list[text.Doc]]:
-    """{split: (prompt, text) documents}: local text files (split by data/text.py), or a TFDS catalog corpus
-    (one record per document; its test split stands in for a missing validation split, as for lm1b). Only the
-    first data.max_train training documents and `max_eval` validation documents (0: all) are read."""
+class _Corpus:
+    """One split of a text corpus: its data source and limits, which name its tokenized rows in the token cache,
+    and its (prompt, text) documents, read on first use only (a cached split is never read)."""
+
+    def __init__(self, name: str, source, read: int | None, keep: int):
+        self.name, self.source, self.read, self.keep = name, source, read, keep
+
+    def key(self) -> list | None:
+        """The prepared data's name (a local build's holds its files' content hash), split and limits; None for a
+        source that names no prepared data (its rows are not cached)."""
+        info = getattr(self.source, "dataset_info", None)
+        return [info.full_name, self.source.split, self.read, self.keep] if info is not None else None
+
+    @functools.cached_property
+    def docs(self) -> list[text.Doc]:
+        from jaxbatch.data import tfds_builders
+
+        records = tfds_builders.read_all(self.source, self.read)
+        if records and "text" not in records[0]:
+            raise DataError(f"data.name={self.name}: records have no 'text' feature (they have {sorted(records[0])})")
+        docs = [(json.loads(r["prompt"]) if r.get("chat") else r.get("prompt", ""), r["text"])
+                for r in records]  # catalog corpora have no prompts
+        return docs[:self.keep] if self.keep else docs
+
+
+def _lm_corpora(data_cfg, required: tuple[str, ...] = ("train", "validation"), max_eval: int = 0) -> dict[str, _Corpus]:
+    """{split: corpus}: local text files (split by data/text.py), or a TFDS catalog corpus (one record per
+    document; its test split stands in for a missing validation split, as for lm1b). Only the first
+    data.max_train training documents and `max_eval` validation documents (0: all) are used."""
     from jaxbatch.data import tfds_builders
 
     limit = {}
@@ -406,18 +431,9 @@ def _lm_docs(data_cfg, required: tuple[str, ...] = ("train", "validation"),
         sources = tfds_builders.from_catalog(ds.catalog, data_cfg.cache_dir or None, required)
         limit = {"train": data_cfg.max_train or None,  # lm1b's 30M sentences: read only what is used
                  "validation": max_eval or None}
-    sources = {s: sources[s] for s in required}  # a test file's characters are no part of a character vocabulary
-    docs = {}
-    for split, src in sources.items():
-        records = tfds_builders.read_all(src, limit.get(split))
-        if records and "text" not in records[0]:
-            raise DataError(f"data.name={data_cfg.name}: records have no 'text' feature (they have {sorted(records[0])})")
-        docs[split] = [(json.loads(r["prompt"]) if r.get("chat") else r.get("prompt", ""), r["text"])
-                       for r in records]  # catalog corpora have no prompts
-    for split, most in (("train", data_cfg.max_train), ("validation", max_eval)):
-        if most and split in docs:
-            docs[split] = docs[split][:most]
-    return docs
+    keep = {"train": data_cfg.max_train, "validation": max_eval}
+    # a test file's characters are no part of a character vocabulary
+    return {split: _Corpus(data_cfg.name, sources[split], limit.get(split), keep.get(split, 0)) for split in required}
 
 
 def _lm_encode(tokenizer):
@@ -493,14 +509,45 @@ def _chat_pieces(tokenizer, history: list[dict], answer: str) -> tuple[list[tupl
 
 
 def _pack(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+    """Packed rows of the documents, and `context_turns`: how many of their chats' assistant turns are only read."""
     encode = _lm_encode(tokenizer)
     encoded = [(np.asarray(ids, np.int32), np.asarray(trained, bool), n)  # ~5 bytes a token, not Python lists' ~45
                for ids, trained, n in (encode(p, d) for p, d in docs)]
-    context_turns = sum(n for _, _, n in encoded)
+    return {**packing.pack([ids for ids, _, _ in encoded], seq_len, trained=[t for _, t, _ in encoded]),
+            "context_turns": np.asarray(sum(n for _, _, n in encoded))}
+
+
+def _cached(corpus: _Corpus, tokenizer, layout: dict, build, count: str) -> tuple[dict[str, np.ndarray], int]:
+    """`build()`'s rows of a corpus split and the number it holds under `count`, from the token cache when it has
+    them (keyed by the split, the tokenizer and `layout`: whatever else the rows depend on)."""
+    fingerprint = token_cache.fingerprint(tokenizer)
+    key = {"data": corpus.key(), "tokenizer": fingerprint, **layout} if fingerprint and corpus.key() else None
+    rows = dict(token_cache.arrays(key, build))
+    return rows, int(rows.pop(count))
+
+
+def _packed(corpus: _Corpus, tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+    """A causal LM's rows of one split."""
+    rows, context_turns = _cached(corpus, tokenizer, {"rows": "causal", "seq_len": seq_len},
+                                  lambda: _pack(corpus.docs, tokenizer, seq_len), "context_turns")
     if context_turns:
         log.warning("%d earlier assistant turn(s) are not trained, only read: the chat template renders them "
                     "differently once the conversation goes on (e.g. without their reasoning)", context_turns)
-    return packing.pack([ids for ids, _, _ in encoded], seq_len, trained=[t for _, t, _ in encoded])
+    return rows
+
+
+def _characters(corpora: dict[str, _Corpus]) -> text.CharTokenizer:
+    """The character vocabulary of the corpora's documents (the token cache keeps it with their rows)."""
+    def build():
+        docs = [doc for corpus in corpora.values() for doc in corpus.docs]
+        if any(isinstance(p, list) for p, _ in docs):
+            raise DataError(CHAT_NEEDS)
+        chars = text.CharTokenizer.from_texts([p + d + "\n\n" for p, d in docs]).chars
+        return {"chars": np.asarray([ord(c) for c in chars], np.int32)}
+
+    keys = [corpus.key() for corpus in corpora.values()]
+    key = {"rows": "characters", "data": keys} if all(keys) else None
+    return text.CharTokenizer(chr(c) for c in token_cache.arrays(key, build)["chars"])
 
 
 def bytes_per_token(tokenizer) -> np.ndarray:
@@ -537,13 +584,23 @@ def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int, how: masking.Ma
     return lay([ids for ids, _ in encoded], seq_len, pad, starts), cut
 
 
-def _masked_splits(data_cfg, tokenizer, docs: dict[str, list[text.Doc]], model_cfg,
+def _laid(data_cfg, corpus: _Corpus, tokenizer, how: masking.Masking) -> tuple[dict[str, np.ndarray], int]:
+    """A masked LM's rows of one split (before masking) and how many examples were cut."""
+    def build():
+        rows, cut = _concatenated(corpus.docs, tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line)
+        return {**rows, "cut": np.asarray(cut)}
+
+    layout = {"rows": "masked", "seq_len": data_cfg.seq_len, "line_by_line": data_cfg.line_by_line,
+              "whole_words": how.whole_words}
+    return _cached(corpus, tokenizer, layout, build, "cut")
+
+
+def _masked_splits(data_cfg, tokenizer, corpora: dict[str, _Corpus], model_cfg,
                    fresh: tuple[str, ...] = ("train",)) -> tuple[dict, masking.Masking, dict]:
     """{split: rows}: the `fresh` splits (training's) label every maskable token (masked anew each batch), the
     others are masked once (masking.py); the masking; {split: examples cut} (data.line_by_line's lines)."""
     how = masking.Masking.of(tokenizer, model_cfg)
-    laid = {split: _concatenated(split_docs, tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line)
-            for split, split_docs in docs.items()}
+    laid = {split: _laid(data_cfg, corpus, tokenizer, how) for split, corpus in corpora.items()}
     rows = {split: r for split, (r, _) in laid.items()}
     out = {split: how.candidates(r) if split in fresh else how.eval_split(r, data_cfg.shuffle_seed)
            for split, r in rows.items()}
@@ -562,16 +619,13 @@ def _load_lm(data_cfg, tokenizer, masked_lm=None) -> TaskData:
     if data_cfg.line_by_line and masked_lm is None:
         raise ConfigError("data.line_by_line reads each line as an example for a masked LM (an encoder, as run_mlm "
                           "does); a causal LM packs its documents end to end")
-    docs = _lm_docs(data_cfg, max_eval=data_cfg.max_eval)  # training's evaluations; `evaluate` reads all
+    corpora = _lm_corpora(data_cfg, max_eval=data_cfg.max_eval)  # training's evaluations; `evaluate` reads all
     if masked_lm is not None:
-        arrays, how, cut = _masked_splits(data_cfg, tokenizer, docs, masked_lm)
+        arrays, how, cut = _masked_splits(data_cfg, tokenizer, corpora, masked_lm)
         return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], cut, False, tokenizer,
                         masking=how)
-    if tokenizer is None:
-        if any(isinstance(p, list) for split in docs.values() for p, _ in split):
-            raise DataError(CHAT_NEEDS)
-        tokenizer = text.CharTokenizer.from_texts([p + d + "\n\n" for split in docs.values() for p, d in split])
-    arrays = {split: _pack(split_docs, tokenizer, data_cfg.seq_len) for split, split_docs in docs.items()}
+    tokenizer = _characters(corpora) if tokenizer is None else tokenizer
+    arrays = {split: _packed(corpus, tokenizer, data_cfg.seq_len) for split, corpus in corpora.items()}
     return TaskData(data_cfg.name, "lm", [], arrays["train"], arrays["validation"], {"train": 0, "validation": 0},
                     False, tokenizer, bytes_per_token=bytes_per_token(tokenizer))
 
@@ -704,10 +758,10 @@ def load_split(data_cfg, tokenizer, split: str, problem_type: str = "", masked_l
     masked as a masked LM's training evaluations mask it (`masked_lm`: its ModelConfig)."""
     ds = _split_source(data_cfg, split)
     if ds.task == "lm":
-        docs = _lm_docs(data_cfg, required=(split,))
+        corpus = _lm_corpora(data_cfg, required=(split,))[split]
         if masked_lm is not None:
-            return _masked_splits(data_cfg, tokenizer, {split: docs[split]}, masked_lm, fresh=())[0][split]
-        return _pack(docs[split], tokenizer, data_cfg.seq_len)
+            return _masked_splits(data_cfg, tokenizer, {split: corpus}, masked_lm, fresh=())[0][split]
+        return _packed(corpus, tokenizer, data_cfg.seq_len)
     if ds.task == "qa":
         return qa_split(data_cfg, tokenizer, split).arrays
     raw = _raw_splits(data_cfg, ds, required=(split,))

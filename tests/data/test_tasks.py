@@ -465,6 +465,16 @@ def test_chat_messages_train_on_the_answer_as_the_chat_template_renders_it(tmp_p
         tfds_builders.prepare("text", d, tmp_path / "cache")
 
 
+class _Written:
+    """A corpus split given as its documents (what tasks._Corpus reads from a prepared data source)."""
+
+    def __init__(self, docs):
+        self.docs = docs
+
+    def key(self):
+        return ["written", repr(self.docs)]
+
+
 def _chat_tokenizer(words: list[str], template: str):
     tokenizers = pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
@@ -497,9 +507,11 @@ def test_every_assistant_turn_of_a_chat_is_trained_and_a_rewritten_one_only_read
     ids, trained, context_turns = tasks._lm_encode(tok)(chat, "later")
     assert [t for t, keep in zip(tok.convert_ids_to_tokens(ids), trained) if keep] == [
         "think", "later", "<|end|>"] and context_turns == 2
-    with caplog.at_level("WARNING", logger="jaxbatch.data.tasks"):
-        rows = tasks._pack([(chat, "later")] * 3, tok, seq_len=64)
-    assert "6 earlier assistant turn(s) are not trained, only read" in caplog.text
+    for _ in range(2):  # tokenized, then read back from the token cache: told each time
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="jaxbatch.data.tasks"):
+            rows = tasks._packed(_Written([(chat, "later")] * 3), tok, seq_len=64)
+        assert "6 earlier assistant turn(s) are not trained, only read" in caplog.text
     targets = [t for t in rows["labels"].ravel() if t != -100]
     assert tok.convert_ids_to_tokens(targets) == ["think", "later", "<|end|>"] * 3
 

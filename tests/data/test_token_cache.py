@@ -1,0 +1,183 @@
+"""A text corpus is tokenized once: later loads memory-map the same rows; anything the rows depend on makes a new
+entry; a broken entry is built again; an unwritable cache costs only the time."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import bpe_tokenizer, subprocess_env
+from jaxbatch import config
+from jaxbatch.data import pipeline, tasks, tfds_builders, token_cache
+
+TEXT = "\n\n".join(f"document {i}: {'to be or not to be, that is the question ' * (i % 7 + 1)}" for i in range(60))
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.txt").write_text(TEXT)
+    (tmp_path / "corpus" / "valid.txt").write_text(TEXT[:400])
+    return tmp_path
+
+
+def _load(tmp_path, tokenizer=None, *overrides):
+    cfg = config.build(["model.preset=gpt-tiny", "data.name=text", f"data.data_dir={tmp_path / 'corpus'}",
+                        f"data.cache_dir={tmp_path / 'tfds'}", "data.seq_len=32", *overrides])
+    return tasks.load(cfg.data, tokenizer)
+
+
+def _entries(tmp_path) -> list[Path]:
+    tokens = tmp_path / "cache" / "tokens" if (tmp_path / "cache").is_dir() else tmp_path / "tokens"
+    return sorted(tokens.iterdir())
+
+
+def _read_fails(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("documents read again")
+
+    monkeypatch.setattr(tfds_builders, "read_all", fail)
+
+
+def _equal(a: dict, b: dict):
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_corpus_is_tokenized_once_and_memory_mapped_after(corpus, monkeypatch):
+    tok = bpe_tokenizer([TEXT])
+    first = _load(corpus, tok)
+    assert len(_entries(corpus)) == 2  # train and validation
+    monkeypatch.setenv("JAXBATCH_CACHE", "off")
+    fresh = _load(corpus, tok)  # no cache: tokenized here, the rows a cached load gives
+    _equal(first.train, fresh.train)
+    assert not isinstance(fresh.train["input_ids"], np.memmap)
+    monkeypatch.setenv("JAXBATCH_CACHE", str(corpus / "cache"))
+    with monkeypatch.context() as m:
+        _read_fails(m)
+        again = _load(corpus, tok)
+    assert isinstance(again.train["input_ids"], np.memmap)
+    _equal(again.train, fresh.train)
+    _equal(again.eval, fresh.eval)
+    assert pipeline.digest(again.train) == pipeline.digest(fresh.train)  # a resumed run sees the same data
+
+
+def test_a_character_vocabulary_is_kept_with_its_rows(corpus, monkeypatch):
+    first = _load(corpus)
+    _read_fails(monkeypatch)
+    again = _load(corpus)
+    assert again.tokenizer.chars == first.tokenizer.chars
+    _equal(again.train, first.train)
+
+
+def test_whatever_the_rows_depend_on_makes_a_new_entry(corpus, monkeypatch):
+    tok = bpe_tokenizer([TEXT])
+    _load(corpus, tok)
+    made = 2
+    for changed in [lambda: _load(corpus, tok, "data.seq_len=48"),
+                    lambda: _load(corpus, tok, "data.max_train=10"),
+                    lambda: _load(corpus, bpe_tokenizer([TEXT], bos=True)),  # another post-processor
+                    lambda: (corpus / "corpus" / "valid.txt").write_text(TEXT[:300]) and _load(corpus, tok)]:
+        before = set(_entries(corpus))
+        changed()
+        made += len(set(_entries(corpus)) - before)
+    # both splits for a row length, a tokenizer, a changed file (the prepared data's hash); max_train: one
+    assert made == 2 + 2 + 1 + 2 + 2
+    chat = bpe_tokenizer([TEXT])
+    chat.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert token_cache.fingerprint(chat) != token_cache.fingerprint(tok)
+    assert token_cache.fingerprint(bpe_tokenizer([TEXT])) == token_cache.fingerprint(tok)
+
+
+def test_a_masked_lms_rows_are_cached_with_their_count_of_cut_lines(corpus, monkeypatch):
+    from jaxbatch import run as run_lib
+
+    cfg = config.build(["model.preset=minilm-l6", "model.pretrained=minilm-l6", "model.task=lm", "data.name=text",
+                        f"data.data_dir={corpus / 'corpus'}", f"data.cache_dir={corpus / 'tfds'}", "data.seq_len=8",
+                        "data.line_by_line=true", "model.mlm_whole_word_mask=true"])
+    tok = run_lib.tokenizer(cfg)
+    first = tasks.load(cfg.data, tok, masked_lm=cfg.model)
+    assert first.truncated["train"] == 60
+    _read_fails(monkeypatch)
+    again = tasks.load(cfg.data, tok, masked_lm=cfg.model)
+    assert again.truncated == first.truncated
+    _equal(again.train, first.train)
+    _equal(again.eval, first.eval)  # masked once, by data.shuffle_seed, the same
+
+
+def test_a_broken_entry_is_built_again(corpus, caplog):
+    tok = bpe_tokenizer([TEXT])
+    first = {k: np.array(v) for k, v in _load(corpus, tok).train.items()}  # copied: its files are cut below
+    for entry in _entries(corpus):
+        ids = entry / "input_ids.npy"
+        ids.write_bytes(ids.read_bytes()[:-100])  # a disk that lost the end of a file
+    with caplog.at_level(logging.WARNING, logger="jaxbatch.data.token_cache"):
+        again = _load(corpus, tok)
+    assert caplog.text.count("cannot be read") == 2
+    _equal(again.train, first)
+    assert len(_entries(corpus)) == 2
+
+
+def test_a_cache_that_cannot_be_written_costs_only_time(corpus, monkeypatch, caplog):
+    blocked = corpus / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("JAXBATCH_CACHE", str(blocked))
+    tok = bpe_tokenizer([TEXT])
+    with caplog.at_level(logging.WARNING, logger="jaxbatch.data.token_cache"):
+        data = _load(corpus, tok)
+    assert "cannot keep the tokenized split" in caplog.text
+    monkeypatch.setenv("JAXBATCH_CACHE", "off")
+    _equal(data.train, _load(corpus, tok).train)
+
+
+def test_processes_writing_one_entry_keep_one(tmp_path, monkeypatch):
+    """Two hosts of one machine tokenizing at once: the second to finish keeps the first's entry."""
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
+    built = {"input_ids": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    one = token_cache.arrays({"k": 1}, lambda: built)
+    entry = next((tmp_path / "tokens").iterdir())
+    two = token_cache._write(entry, {"k": 1}, {"input_ids": built["input_ids"] + 1})  # rename meets the entry
+    _equal(one, two)
+    assert [p.name for p in (tmp_path / "tokens").iterdir()] == [entry.name]  # no temporary folder left
+
+
+def test_the_least_recently_used_entries_go_past_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(token_cache, "TOKEN_CACHE_BYTES", 2500)  # two entries of ~1 kB
+
+    def use(k):
+        token_cache.arrays({"k": k}, lambda: {"input_ids": np.full(200, k, np.int32)})
+
+    for k in range(2):
+        use(k)
+        for f in next(e for e in _keys(tmp_path) if _keys(tmp_path)[e] == k).iterdir():
+            os.utime(f, (1000 + k, 1000 + k))
+    use(0)  # read back: used now
+    use(2)  # written: entry 1, the least recently used, goes to make room
+    assert sorted(_keys(tmp_path).values()) == [0, 2]
+
+
+def _keys(tmp_path) -> dict[Path, int]:
+    return {e: json.loads((e / "arrays.json").read_text())["key"]["k"] for e in _entries(tmp_path)}
+
+
+def test_a_run_trains_on_a_cached_corpus_as_on_a_fresh_one(corpus):
+    """End to end, two processes: the second run's rows come from the token cache; its losses are the first's."""
+    args = ["-m", "jaxbatch", "train", "model.preset=gpt-tiny", "data.name=text", f"data.data_dir={corpus / 'corpus'}",
+            f"data.cache_dir={corpus / 'tfds'}", "data.seq_len=32", "train.batch_size=4", "train.steps=3",
+            "train.eval_every=3", "train.log_every=1", "train.progress=false"]
+    env = {**subprocess_env(), "JAXBATCH_CACHE": str(corpus / "cache")}
+    logs = [subprocess.run([sys.executable, *args, f"train.run_dir={corpus / f'run{i}'}"], env=env,
+                           capture_output=True, text=True, cwd=Path(__file__).parents[2]) for i in range(2)]
+    assert [r.returncode for r in logs] == [0, 0], logs[-1].stderr[-2000:]
+    assert len(_entries(corpus)) == 3  # characters, train, validation: the second run wrote none
+    losses = [[(m["step"], m["kind"], m["loss"]) for m in map(json.loads, (corpus / f"run{i}" / "metrics.jsonl").open())]
+              for i in range(2)]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]  # 3 steps and an evaluation, bit for bit
