@@ -850,3 +850,19 @@ def test_prepared_data_goes_where_the_cache_goes(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXBATCH_DATA_DIR")
     monkeypatch.setenv("JAXBATCH_CACHE", "off")
     assert tfds_builders.default_data_dir() == Path.home() / ".cache" / "jaxbatch" / "tfds"
+
+
+def test_documents_encoded_a_chunk_at_a_time_are_encoded_as_one_at_a_time():
+    """The tokenizer's batch encoding of plain texts and of texts after a prompt (without the special tokens) gives
+    the ids and targets of encoding each document alone, chats among them, whatever the chunk."""
+    from conftest import bpe_tokenizer
+
+    tok = bpe_tokenizer(["hello there world, how are you", "fine thanks"], bos=True)
+    tok.chat_template = ("{% for m in messages %}<{{ m.role }}> {{ m.content }} {% endfor %}"
+                         "{% if add_generation_prompt %}<assistant> {% endif %}")
+    docs = [("", "hello there"), ("how are", " you"), ([{"role": "user", "content": "hi"}], "fine"), ("", "x"),
+            ("", "world")] * 3
+    alone = [tasks._lm_encode(tok)(p, d) for p, d in docs]
+    assert alone[0][0][0] == tok.bos_token_id and alone[1][0].count(tok.bos_token_id) == 1  # only the prompt's
+    for chunk in (1, 2, 4, 1000):
+        assert list(tasks._encoded(docs, tok, chunk=chunk)) == alone, chunk
