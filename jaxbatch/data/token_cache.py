@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -69,6 +70,25 @@ def arrays(key: dict | None, build: Callable[[], dict[str, np.ndarray]]) -> dict
     return _write(entry, key, built) or built
 
 
+def _clear_abandoned(base: Path) -> None:
+    """Removes the temporary folders of this host's writers that are gone (killed mid-write)."""
+    host = socket.gethostname()
+    for tmp in base.glob(".*+*"):
+        parts = tmp.name[1:].split("+")  # entry, host (dots and all), pid, random
+        if len(parts) == 4 and parts[1] == host and parts[2].isdigit() and not _alive(int(parts[2])):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _read(entry: Path) -> dict[str, np.ndarray] | None:
     """The entry's arrays, each checked against the manifest written after them; None (and the entry removed)
     when one is missing or unreadable."""
@@ -90,8 +110,10 @@ def _read(entry: Path) -> dict[str, np.ndarray] | None:
 def _write(entry: Path, key: dict, built: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     """Writes `built` as `entry` (a temporary folder renamed into place) and reads it back; None when the cache
     cannot be written."""
-    cache.prune(entry.parent, TOKEN_CACHE_BYTES - sum(np.asarray(v).nbytes for v in built.values()), entries=True)
-    tmp = entry.parent / f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    size = sum(np.asarray(v).nbytes for v in built.values())
+    _clear_abandoned(entry.parent)
+    cache.prune(entry.parent, TOKEN_CACHE_BYTES - size, entries=True)
+    tmp = entry.parent / f".{entry.name}+{socket.gethostname()}+{os.getpid()}+{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True)
         for name, value in built.items():
@@ -104,8 +126,9 @@ def _write(entry: Path, key: dict, built: dict[str, np.ndarray]) -> dict[str, np
             if not (entry / _MANIFEST).is_file():
                 raise
     except OSError as e:
-        log.warning("cannot keep the tokenized split in %s (%s): it is tokenized again next run", entry.parent,
-                    e.strerror or e)
+        free = shutil.disk_usage(entry.parent).free if entry.parent.is_dir() else 0
+        log.warning("cannot keep the tokenized split in %s (%s; %d MB needed, %d MB free): it is tokenized again "
+                    "next run", entry.parent, e.strerror or e, size >> 20, free >> 20)
         return None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -181,3 +181,20 @@ def test_a_run_trains_on_a_cached_corpus_as_on_a_fresh_one(corpus):
     losses = [[(m["step"], m["kind"], m["loss"]) for m in map(json.loads, (corpus / f"run{i}" / "metrics.jsonl").open())]
               for i in range(2)]
     assert len(losses[0]) == 4 and losses[0] == losses[1]  # 3 steps and an evaluation, bit for bit
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A run killed while it writes an entry leaves a temporary folder; the next write on this host removes it
+    (a live writer's, and another host's, are left alone)."""
+    import socket
+
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    tokens = tmp_path / "tokens"
+    names = [f".abc+{socket.gethostname()}+{int(dead.stdout)}+0000", f".abc+{socket.gethostname()}+{os.getpid()}+0001",
+             f".abc+elsewhere+{int(dead.stdout)}+0002"]
+    for name in names:
+        (tokens / name).mkdir(parents=True)
+        (tokens / name / "input_ids.npy").write_bytes(b"half")
+    token_cache.arrays({"k": 1}, lambda: {"input_ids": np.zeros(3, np.int32)})
+    assert sorted(p.name for p in tokens.glob(".*")) == sorted(names[1:])
