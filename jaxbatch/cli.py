@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                        "tokens (HF's), greedy too" + sampled % "0")
     gen_p.add_argument("--min-new-tokens", type=int, help="no end-of-sequence token before this many new tokens "
                        "(HF's)" + sampled % "0")
+    gen_p.add_argument("--stop", action="append", default=[], help="a string that ends a continuation, left out of "
+                       "the printed text (HF's stop_strings); repeat for several" + sampled % "none")
     gen_p.add_argument("--num-beams", type=int, help="> 1: beam search, as HF's generate(num_beams=...); "
                        "with --temperature > 0, its beam sampling"
                        + sampled % "1")
@@ -439,6 +441,7 @@ def generate(args) -> int:
                                            early_stopping=early)
         if beams["num_beams"] > 1:
             generate_lib.check_beams(beams["num_beams"], beams["early_stopping"], args.num_return_sequences)
+        strings = generate_lib.stop_strings(configs, args.stop)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     n, searched = args.num_return_sequences, beams["num_beams"] > 1
@@ -457,26 +460,30 @@ def generate(args) -> int:
         shown = ["greedy" if k == "temperature" and chosen[k] <= 0 else f"{k} {chosen[k]}"
                  for k in generate_lib.applied(chosen)]
         print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
+    if strings:
+        print(f"stop strings: {', '.join(map(repr, strings))}", file=sys.stderr)
     path, ignored = generate_lib.unapplied(configs)
     if ignored:
         print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
               file=sys.stderr)
     # every host runs each step on its share of the devices: the same programs, from the same prompts
     distributed.same_on_every_host(lambda: repr((prompts, chosen, beams, n, max_new, args.seed,
-                                                 args.batch_size, stops)),
+                                                 args.batch_size, stops, strings)),
                                    "generate's prompts and settings", "give each the same ones")
     from jaxbatch.errors import writing
 
+    ends_text = generate_lib.text_stops(tok, strings)
     for start in range(0, len(prompts), args.batch_size):  # each batch printed as soon as it is done
         batch = prompts[start:start + args.batch_size]
         try:
             if searched:
                 new = generate_lib.beam_search(restored.run.graphdef, restored.params, batch, max_new,
                                                **beams, **sampled, stop_tokens=stops, num_return_sequences=n,
-                                               seed=args.seed + start)
+                                               seed=args.seed + start, stop_text=ends_text)
             else:
                 new = generate_lib.generate(restored.run.graphdef, restored.params, batch, max_new,
-                                            **chosen, seed=args.seed + start, stop_tokens=stops)
+                                            **chosen, seed=args.seed + start, stop_tokens=stops,
+                                            stop_text=ends_text)
         except ValueError as e:
             raise ConfigError(str(e)) from e
         if jax.process_index():
@@ -486,6 +493,8 @@ def generate(args) -> int:
             for prompt, head, tokens in zip(texts[start * (n if searched else 1):], heads, new):
                 stopped = bool(tokens) and tokens[-1] in stops
                 answer = generate_lib.continuation(tok, head, tokens[:-1] if stopped else tokens)
+                if ends_text is not None and not stopped and ends_text(head + tokens):
+                    stopped, answer = True, generate_lib.before_stop(answer, strings)
                 if args.output_format == "json":  # a continuation may hold new lines: one record a line
                     print(json.dumps({"prompt": prompt, "completion": answer, "new_tokens": len(tokens),
                                       "finish_reason": "stop" if stopped else "length"}, ensure_ascii=False),

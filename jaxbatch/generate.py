@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -164,6 +165,34 @@ def _bans(histories, rows: int, vocab: int, new: int, no_repeat_ngram_size: int,
     return jnp.asarray(ban)
 
 
+StopText = Callable[[list[int]], bool]  # whether a row's tokens (prompt, then new ones) end at a stop string
+
+
+def text_stops(tokenizer, strings: Sequence[str]) -> StopText | None:
+    """HF's StopStringCriteria: a row stops at the token that completes one of `strings` in its text (its prompt's
+    too), holds one, or runs past its end (["st", "opera"] stops at "stop"); a string the last token does not reach
+    ended nothing now. Each check decodes the row's last tokens (the longest string's length many times over), not
+    the whole row."""
+    if not strings:
+        return None
+    window = 4 * max(map(len, strings)) + 8
+
+    def ends(tokens: list[int]) -> bool:
+        tail = list(tokens[-window:])
+        now, before = tokenizer.decode(tail), tokenizer.decode(tail[:-1])
+        kept = len(os.path.commonprefix([now, before]))  # what the last token left as it was
+        return any(now.find(s, max(0, kept - len(s) + 1)) >= 0 for s in strings)
+
+    return ends
+
+
+def before_stop(text: str, strings: Sequence[str]) -> str:
+    """A continuation's text up to its first stop string, which is left out (as OpenAI's API and
+    lm-evaluation-harness's `until` cut it; the tokens are HF's, which keep it)."""
+    cuts = [at for at in (text.find(s) for s in strings) if at >= 0]
+    return text[:min(cuts)] if cuts else text
+
+
 def _banned(logits, ban):
     return logits if ban is None else jnp.where(ban, -jnp.inf, logits)
 
@@ -171,10 +200,10 @@ def _banned(logits, ban):
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
              no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0, seed: int = 0,
-             stop_tokens: Sequence[int] = ()) -> list[list[int]]:
+             stop_tokens: Sequence[int] = (), stop_text: StopText | None = None) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
-    the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does), and the
-    loop ends once every prompt has ended. `repetition_penalty` (`penalize`) and the bans (`_bans`) come
+    the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does) or at the
+    token that ends a stop string (`stop_text`, from `text_stops`), and the loop ends once every prompt has ended. `repetition_penalty` (`penalize`) and the bans (`_bans`) come
     before the sampling filters, as HF's logits processors come before its warpers; a prompt's left padding is
     not among its tokens."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -183,7 +212,7 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     logits, cache, key_valid, next_pos, longest = _prefill(graphdef, params, prompts, max_new_tokens)
     batch = len(prompts)
     key = jax.random.key(seed)
-    out, ended = [], np.zeros(batch, bool)
+    out, ended, end = [], np.zeros(batch, bool), np.full(batch, max_new_tokens - 1)
     seen = _seen(prompts, logits.shape[-1]) if repetition_penalty != 1.0 else None
 
     def so_far():  # each row's tokens: its prompt, then what it took
@@ -199,16 +228,17 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
         if seen is not None:
             seen = seen.at[jnp.arange(batch), token].set(True)
         out.append(token)
-        if stop_tokens:
-            ended |= np.isin(np.asarray(token), stop_tokens)
+        stops = np.isin(np.asarray(token), stop_tokens) if stop_tokens else np.zeros(batch, bool)
+        if stop_text is not None:
+            stops |= [not done and stop_text(row) for done, row in zip(ended, so_far())]
+        end[stops & ~ended] = i
+        ended |= stops
         if i == max_new_tokens - 1 or ended.all():
             break
         logits, cache = _step(graphdef, params, token[:, None], next_pos[:, None], key_valid, cache,
                               jnp.asarray(longest + i, jnp.int32))
         next_pos = next_pos + 1
-    rows = np.asarray(jnp.stack(out, 1)).tolist()
-    ends = [next((i for i, t in enumerate(row) if t in stop_tokens), len(row) - 1) for row in rows]
-    return [row[: end + 1] for row, end in zip(rows, ends)]
+    return [row[: stop + 1] for row, stop in zip(np.asarray(jnp.stack(out, 1)).tolist(), end)]
 
 
 def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: float, min_keep: int) -> jax.Array:
@@ -267,7 +297,8 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, repetition_penalty: float = 1.0,
                 no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0,
                 stop_tokens: Sequence[int] = (), num_return_sequences: int = 1, temperature: float = 0.0,
-                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0) -> list[list[int]]:
+                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0,
+                stop_text: StopText | None = None) -> list[list[int]]:
     """The best of `num_beams` beams for each prompt, as transformers' generate(num_beams=...) chooses it: each
     step keeps the prompt's best max(2, 1 + len(stop_tokens)) x num_beams continuations; those among the first
     num_beams that end (a stop token, or max_new_tokens) join the finished hypotheses, scored sum of
@@ -277,7 +308,8 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     length_penalty > 0; True: as soon as num_beams have finished), and the loop ends when no prompt takes any.
     Returns each prompt's `num_return_sequences` best finished hypotheses, prompt by prompt (HF's order).
     `temperature` > 0 is HF's beam sampling (do_sample with num_beams): the continuations are drawn (`_candidates`)
-    from the warped log-probabilities, which are then the beams' scores."""
+    from the warped log-probabilities, which are then the beams' scores. A stop string (`stop_text`) ends a
+    hypothesis as a stop token does (HF's stopping criteria, applied to every continuation kept)."""
     check_beams(num_beams, early_stopping, num_return_sequences)
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -308,6 +340,9 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
         candidates = running[rows, parent]
         candidates[:, :, i] = token
         ends = np.isin(token, stop_tokens) | (i == max_new_tokens - 1)
+        if stop_text is not None:
+            ends |= np.asarray([[stop_text(prompts[b] + candidates[b, j, :i + 1].tolist()) for j in range(keep)]
+                                for b in range(batch)], bool)
         going = top + ends.astype(np.float32) * never
         order = np.argsort(-going, axis=1, kind="stable")[:, :beams]
         running, scores, parent = candidates[rows, order], going[rows, order], parent[rows, order]
@@ -440,7 +475,7 @@ UNAPPLIED = {  # generation_config.json settings HF's generate applies and this 
     "exponential_decay_length_penalty": (None,),
     "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
     "sequence_bias": (None, {}, []), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
-    "guidance_scale": (None, 1), "stop_strings": (None, [], ""), "dola_layers": (None,),
+    "guidance_scale": (None, 1), "dola_layers": (None,),
     "watermarking_config": (None,),
 }
 
@@ -453,6 +488,23 @@ def max_new_tokens(configs: Configs, given: int | None, default: int) -> int:
     path, value = configs[0][0], configs[0][1]["max_new_tokens"]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CheckpointError(f"{path}: max_new_tokens {value!r} is not a valid max_new_tokens: a whole number >= 1")
+    return value
+
+
+def stop_strings(configs: Configs, given: Sequence[str]) -> list[str]:
+    """The strings that end a continuation: `given` (the command line's --stop), else the first generation
+    config's `stop_strings` (one string or a list, as HF's GenerationConfig takes them)."""
+    if given:
+        if not all(given):
+            raise ValueError("--stop must not be empty")
+        return list(given)
+    if not configs or configs[0][1].get("stop_strings") is None:
+        return []
+    path, value = configs[0][0], configs[0][1]["stop_strings"]
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise CheckpointError(f"{path}: stop_strings {configs[0][1]['stop_strings']!r} is not a string or a list of "
+                              f"non-empty strings")
     return value
 
 

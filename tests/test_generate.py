@@ -312,6 +312,83 @@ def test_ngram_blocking_and_min_new_tokens_give_hfs_tokens(random_gpt2, settings
             assert len(grams) == len(set(grams))
 
 
+def _pieces_tokenizer():
+    """A tokenizer of the random GPT-2's 50 ids: characters and pieces of words, decoded by joining them."""
+    import tokenizers
+    import transformers
+
+    pieces = list("abcdefghijklmnopqrstuvwxyz .,\n") + [
+        "th", "he", "the", " the", "in", "er", "an", "st", "op", "sto", "pper", "las", "topper", "on", "at", "en", "nd",
+        "ti", "es", "or"]
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel({p: i for i, p in enumerate(pieces)}, unk_token=None))
+    core.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = tokenizers.decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, clean_up_tokenization_spaces=False)
+
+
+def test_a_stop_string_ends_a_row_where_hfs_stop_string_criteria_ends_it():
+    """After every token of 400 random rows (prompts among them), whether a stop string has just been completed or
+    run past, as transformers' StopStringCriteria says: across tokens, inside one, overhanging either end, and not
+    for one that ended before the last token."""
+    import torch
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    tok = _pieces_tokenizer()
+    rng = np.random.default_rng(0)
+    for strings in (["e"], ["stop"], ["th", "o"], [" the", "pp"], ["st\nn", "ti"], ["topper"]):
+        theirs, ours = StopStringCriteria(tok, strings), generate.text_stops(tok, strings)
+        checked = hits = 0
+        for _ in range(400 // 6):
+            row = rng.integers(0, 50, size=12).tolist()
+            for n in range(3, 13):
+                hit = bool(theirs(torch.tensor([row[:n]]), None)[0])
+                assert ours(row[:n]) == hit, (strings, tok.convert_ids_to_tokens(row[:n]))
+                checked, hits = checked + 1, hits + hit
+        assert checked == 660 and 0 < hits < checked, (strings, hits)
+
+
+@pytest.mark.parametrize("strings", [["e"], ["th", "o"], ["n"], ["pp"], ["zz"]])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_stop_strings_end_continuations_as_hfs(random_gpt2, strings, beams):
+    """HF's stop_strings, greedy and in beam search, token for token against transformers' generate(stop_strings=...,
+    tokenizer=...) (with an EOS that never comes: without one HF keeps a stopped row going while others run)."""
+    import torch
+
+    theirs, restored = random_gpt2
+    tok = _pieces_tokenizer()
+    prompts = np.random.default_rng(1).integers(0, 50, size=(4, 5))
+    with torch.no_grad():
+        want = theirs.generate(torch.tensor(prompts), attention_mask=torch.ones(4, 5, dtype=torch.long),
+                               max_new_tokens=20, do_sample=False, num_beams=beams, pad_token_id=1, eos_token_id=49,
+                               stop_strings=strings, tokenizer=tok)[:, 5:].tolist()
+    ends = generate.text_stops(tok, strings)
+    if beams == 1:
+        ours = generate.generate(restored.run.graphdef, restored.params, prompts.tolist(), 20, stop_text=ends,
+                                 stop_tokens=[49])
+    else:
+        ours = generate.beam_search(restored.run.graphdef, restored.params, prompts.tolist(), 20, num_beams=beams,
+                                    stop_text=ends, stop_tokens=[49])
+    assert [row + [1] * (len(want[0]) - len(row)) for row in ours] == want
+    assert all(49 not in row for row in ours)
+    stopped = {("e", 3): 2, ("th", 3): 2, ("n", 1): 1, ("pp", 1): 1}.get((strings[0], beams), 0)
+    assert sum(len(row) < 20 for row in ours) == stopped  # ("pp", 1): a "p" after the prompt's last "p"
+
+
+def test_stop_strings_are_the_command_lines_then_the_generation_configs(tmp_path):
+    config = tmp_path / "generation_config.json"
+    config.write_text(json.dumps({"stop_strings": "\n\n"}))
+    configs = generate.generation_configs([tmp_path])
+    assert generate.stop_strings(configs, []) == ["\n\n"] and generate.stop_strings(configs, ["Q:"]) == ["Q:"]
+    assert generate.stop_strings([], []) == []
+    for bad in ([""], [3], {"a": 1}):
+        config.write_text(json.dumps({"stop_strings": bad}))
+        with pytest.raises(generate.CheckpointError, match="generation_config.json: stop_strings .* is not a string"):
+            generate.stop_strings(generate.generation_configs([tmp_path]), [])
+    with pytest.raises(ValueError, match="--stop must not be empty"):
+        generate.stop_strings([], [""])
+    assert generate.before_stop("a cat. Q: next", ["Q:", "."]) == "a cat" and generate.before_stop("ab", ["x"]) == "ab"
+
+
 @pytest.mark.parametrize("eos, length_penalty, early_stopping, beams, penalty, n", [
     (None, 1.0, False, 4, 1.0, 1), (7, 1.0, False, 4, 1.3, 2), (7, 0.0, "never", 4, 1.0, 1),
     (21, 0.0, "never", 2, 1.3, 1), (21, 2.0, "never", 4, 1.0, 1), (21, -1.0, True, 4, 1.3, 3),
@@ -480,6 +557,20 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert captured.err == "sampling: greedy, no_repeat_ngram_size 2 (the command line)\n", captured.err
     text = captured.out.splitlines()[0]
     assert len(text) == len("the cat") + 12 and len({text[i:i + 2] for i in range(len(text) - 1)}) == len(text) - 1
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0",
+                     "--stop", " on", "--stop", "zz", "--output-format", "json"]) == 0  # HF's stop_strings
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"prompt": "the cat", "completion": " sat", "new_tokens": 7,
+                                        "finish_reason": "stop"}  # its tokens HF's: the stop string's kept
+    assert "stop strings: ' on', 'zz'\n" in captured.err
+    (run / "generation_config.json").write_text('{"stop_strings": "the"}')  # the prompt's "the" ends nothing
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "the cat sat on "
+    (run / "generation_config.json").write_text('{"stop_strings": [""]}')
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12"]) == 2
+    err = capsys.readouterr().err
+    assert "generation_config.json: stop_strings [''] is not a string or a list" in err and err.count("\n") == 1
+    (run / "generation_config.json").unlink()
     if Path("/dev/full").exists():  # a full disk under `> file` mid-output: one line naming standard output
         with open("/dev/full", "w", buffering=1) as full, mock.patch("sys.stdout", full):
             assert cli.main(["generate", str(run), "--prompt", "the", "--max-new-tokens", "2"]) == 2
