@@ -462,13 +462,16 @@ def generate(args) -> int:
         print(f"sampling: {', '.join(shown)} ({source})", file=sys.stderr)
     if strings:
         print(f"stop strings: {', '.join(map(repr, strings))}", file=sys.stderr)
+    banned = generate_lib.token_bans(configs, restored.run.spec.model.vocab_size, stops)
+    if banned:
+        print(f"banned: {', '.join(f'{k} {v}' for k, v in banned.items())} ({configs[0][0]})", file=sys.stderr)
     path, ignored = generate_lib.unapplied(configs)
     if ignored:
         print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
               file=sys.stderr)
     # every host runs each step on its share of the devices: the same programs, from the same prompts
     distributed.same_on_every_host(lambda: repr((prompts, chosen, beams, n, max_new, args.seed,
-                                                 args.batch_size, stops, strings)),
+                                                 args.batch_size, stops, strings, banned)),
                                    "generate's prompts and settings", "give each the same ones")
     from jaxbatch.errors import writing
 
@@ -479,11 +482,11 @@ def generate(args) -> int:
             if searched:
                 new = generate_lib.beam_search(restored.run.graphdef, restored.params, batch, max_new,
                                                **beams, **sampled, stop_tokens=stops, num_return_sequences=n,
-                                               seed=args.seed + start, stop_text=ends_text)
+                                               seed=args.seed + start, stop_text=ends_text, **banned)
             else:
                 new = generate_lib.generate(restored.run.graphdef, restored.params, batch, max_new,
                                             **chosen, seed=args.seed + start, stop_tokens=stops,
-                                            stop_text=ends_text)
+                                            stop_text=ends_text, **banned)
         except ValueError as e:
             raise ConfigError(str(e)) from e
         if jax.process_index():

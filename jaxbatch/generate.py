@@ -149,19 +149,28 @@ def repeats(tokens: np.ndarray, n: int) -> np.ndarray:
 
 
 def _bans(histories, rows: int, vocab: int, new: int, no_repeat_ngram_size: int, min_new_tokens: int,
-          stop_tokens: Sequence[int]) -> jax.Array | None:
+          stop_tokens: Sequence[int], suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = (),
+          bad_words_ids: Sequence[Sequence[int]] = ()) -> jax.Array | None:
     """(rows, vocab): what each row may not take next, or None where nothing is banned: the tokens that would
-    repeat an n-gram of the row (prompt and continuation, `histories()`, read only for n-gram blocking: it brings
-    every token taken so far to the host), and the stop tokens while fewer than `min_new_tokens` are `new` (HF's
-    NoRepeatNGram and MinNewTokensLength processors; its MinLength one is min_new_tokens of its length less the
-    padded prompt's)."""
+    repeat an n-gram of the row (prompt and continuation, `histories()`, read only when a ban depends on them: it
+    brings every token taken so far to the host), the stop tokens while fewer than `min_new_tokens` are `new`,
+    `suppress_tokens` always and `begin_suppress_tokens` first, and the last token of each of `bad_words_ids` that
+    the row's tokens would complete (HF's NoRepeatNGram, MinNewTokensLength, SuppressTokens, SuppressTokensAtBegin
+    and NoBadWords processors; its MinLength one is min_new_tokens of its length less the padded prompt's)."""
     early = new < min_new_tokens and len(stop_tokens) > 0
-    if not (no_repeat_ngram_size or early):
+    always = [*suppress_tokens, *(begin_suppress_tokens if new == 0 else ()), *(stop_tokens if early else ()),
+              *(w[0] for w in bad_words_ids if len(w) == 1)]
+    longer = [list(w) for w in bad_words_ids if len(w) > 1]
+    if not (no_repeat_ngram_size or always or longer):
         return None
     ban = np.zeros((rows, vocab), bool)
-    ban[:, list(stop_tokens) if early else []] = True
-    for row, tokens in enumerate(histories() if no_repeat_ngram_size else ()):
-        ban[row, repeats(np.asarray(tokens), no_repeat_ngram_size)] = True
+    ban[:, always] = True
+    for row, tokens in enumerate(histories() if no_repeat_ngram_size or longer else ()):
+        tokens = np.asarray(tokens)
+        if no_repeat_ngram_size:
+            ban[row, repeats(tokens, no_repeat_ngram_size)] = True
+        ban[row, [w[-1] for w in longer if len(w) - 1 <= len(tokens) and tokens[len(tokens) + 1 - len(w):].tolist()
+                  == w[:-1]]] = True
     return jnp.asarray(ban)
 
 
@@ -200,12 +209,13 @@ def _banned(logits, ban):
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
              no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0, seed: int = 0,
-             stop_tokens: Sequence[int] = (), stop_text: StopText | None = None) -> list[list[int]]:
+             stop_tokens: Sequence[int] = (), stop_text: StopText | None = None,
+             **banned: Sequence) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
     the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does) or at the
     token that ends a stop string (`stop_text`, from `text_stops`), and the loop ends once every prompt has ended. `repetition_penalty` (`penalize`) and the bans (`_bans`) come
     before the sampling filters, as HF's logits processors come before its warpers; a prompt's left padding is
-    not among its tokens."""
+    not among its tokens. `banned`: `_bans`' suppress_tokens, begin_suppress_tokens, bad_words_ids."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                    min_new_tokens=min_new_tokens, min_length=min_length)
@@ -223,7 +233,7 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
         logits = _banned(logits, _bans(so_far, batch, logits.shape[-1], i, no_repeat_ngram_size,
-                                       max(min_new_tokens, min_length - longest), stop_tokens))
+                                       max(min_new_tokens, min_length - longest), stop_tokens, **banned))
         token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, min_p)
         if seen is not None:
             seen = seen.at[jnp.arange(batch), token].set(True)
@@ -298,7 +308,7 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
                 no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0,
                 stop_tokens: Sequence[int] = (), num_return_sequences: int = 1, temperature: float = 0.0,
                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0,
-                stop_text: StopText | None = None) -> list[list[int]]:
+                stop_text: StopText | None = None, **banned: Sequence) -> list[list[int]]:
     """The best of `num_beams` beams for each prompt, as transformers' generate(num_beams=...) chooses it: each
     step keeps the prompt's best max(2, 1 + len(stop_tokens)) x num_beams continuations; those among the first
     num_beams that end (a stop token, or max_new_tokens) join the finished hypotheses, scored sum of
@@ -333,7 +343,7 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     for i in range(max_new_tokens):
         ban = _bans(lambda: [p + running[r // beams, r % beams, :i].tolist() for r, p in enumerate(each_beam)],
                     len(each_beam), logits.shape[-1], i, no_repeat_ngram_size,
-                    max(min_new_tokens, min_length - longest), stop_tokens)
+                    max(min_new_tokens, min_length - longest), stop_tokens, **banned)
         top, index = (np.asarray(x) for x in _candidates(logits, jnp.asarray(scores), seen, repetition_penalty, ban,
                                                            jax.random.fold_in(key, i), beams, keep, **sampler))
         parent, token = index // logits.shape[-1], index % logits.shape[-1]
@@ -473,7 +483,6 @@ UNAPPLIED = {  # generation_config.json settings HF's generate applies and this 
     "typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0),
     "top_h": (None, 0), "encoder_repetition_penalty": (None, 1),
     "exponential_decay_length_penalty": (None,),
-    "bad_words_ids": (None, []), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
     "sequence_bias": (None, {}, []), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
     "guidance_scale": (None, 1), "dola_layers": (None,),
     "watermarking_config": (None,),
@@ -506,6 +515,33 @@ def stop_strings(configs: Configs, given: Sequence[str]) -> list[str]:
         raise CheckpointError(f"{path}: stop_strings {configs[0][1]['stop_strings']!r} is not a string or a list of "
                               f"non-empty strings")
     return value
+
+
+BANS = ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids")  # token lists a generation config may set
+
+
+def token_bans(configs: Configs, vocab: int, stop_tokens: Sequence[int]) -> dict[str, list]:
+    """The first generation config's BANS that ban something, each checked (ids of this vocabulary): what `_bans`
+    takes. A one-token bad word that is a stop token bans nothing (HF's NoBadWords drops it)."""
+    if not configs:
+        return {}
+    path, config = configs[0]
+    out = {}
+    for key in BANS:
+        value = config.get(key)
+        nested = key == "bad_words_ids"
+        lists = value if nested else [value]
+        ok = isinstance(value, list) and all(
+            isinstance(ids, list) and (ids or not nested) and all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids) for ids in lists)
+        if value is not None and not ok:
+            what = "a list of lists of token ids" if nested else "a list of token ids"
+            raise CheckpointError(f"{path}: {key} {value!r} is not {what} below the vocabulary size {vocab}")
+        if nested and value:
+            value = [ids for ids in value if not (len(ids) == 1 and ids[0] in stop_tokens)]
+        if value:
+            out[key] = value
+    return out
 
 
 def unapplied(configs: Configs) -> tuple[Path | None, list[str]]:

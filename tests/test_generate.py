@@ -1,5 +1,6 @@
 """KV-cache generation equals recomputing the whole sequence; sampling filters; the CLI end to end."""
 
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -230,8 +231,9 @@ def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
     path.write_text('{"do_sample": true, "top_k": 20, "repetition_penalty": 1.1, "num_beams": 1, "min_p": 0.0, '
                     '"suppress_tokens": [], "bos_token_id": 1, "max_length": 4096}')
     assert generate.unapplied(read([tmp_path])) == (path, [])
-    path.write_text('{"num_beams": 4, "suppress_tokens": [3], "min_p": 0.05, "bad_words_ids": [[7]]}')
-    assert generate.unapplied(read([tmp_path]))[1] == ["bad_words_ids [[7]]", "suppress_tokens [3]"]  # beams apply
+    path.write_text('{"num_beams": 4, "typical_p": 0.9, "min_p": 0.05, "sequence_bias": [[[7], 2.0]], '
+                    '"suppress_tokens": [3]}')
+    assert generate.unapplied(read([tmp_path]))[1] == ["typical_p 0.9", "sequence_bias [[[7], 2.0]]"]  # beams apply
 
 
 @pytest.fixture(scope="module")
@@ -387,6 +389,49 @@ def test_stop_strings_are_the_command_lines_then_the_generation_configs(tmp_path
     with pytest.raises(ValueError, match="--stop must not be empty"):
         generate.stop_strings([], [""])
     assert generate.before_stop("a cat. Q: next", ["Q:", "."]) == "a cat" and generate.before_stop("ab", ["x"]) == "ab"
+
+
+@pytest.mark.parametrize("settings", [
+    dict(suppress_tokens=[15, 40]), dict(begin_suppress_tokens=[15, 40, 48]),
+    dict(bad_words_ids=[[48], [15, 15], [27, 27, 27]]), dict(bad_words_ids=[[27, 27]], suppress_tokens=[8])])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_suppressed_tokens_and_bad_words_give_hfs_tokens(random_gpt2, settings, beams):
+    """A generation config's suppress_tokens (never), begin_suppress_tokens (not first) and bad_words_ids (not the
+    token that would complete one, the prompt's tokens counted), greedy and in beam search, token for token as
+    transformers' generate applies them; this model's plain continuations take those tokens."""
+    import torch
+
+    theirs, restored = random_gpt2
+    prompts = np.random.default_rng(0).integers(0, 50, size=(3, 5))
+    with torch.no_grad():
+        want = theirs.generate(torch.tensor(prompts), attention_mask=torch.ones(3, 5, dtype=torch.long),
+                               max_new_tokens=12, do_sample=False, num_beams=beams, eos_token_id=21, pad_token_id=1,
+                               **settings)[:, 5:].tolist()
+    run = generate.generate if beams == 1 else functools.partial(generate.beam_search, num_beams=beams)
+    ours = run(restored.run.graphdef, restored.params, prompts.tolist(), 12, stop_tokens=[21], **settings)
+    assert [row + [1] * (len(want[0]) - len(row)) for row in ours] == want
+    assert ours != run(restored.run.graphdef, restored.params, prompts.tolist(), 12, stop_tokens=[21])
+    for row, prompt in zip(ours, prompts.tolist()):
+        assert not set(row) & set(settings.get("suppress_tokens", [])) | set(row[:1]) & set(
+            settings.get("begin_suppress_tokens", []))
+        whole = prompt + row
+        for word in settings.get("bad_words_ids", []):
+            assert not any(whole[i:i + len(word)] == word
+                           for i in range(len(prompt) - len(word) + 1, len(whole) - len(word) + 1))
+
+
+def test_token_bans_are_read_from_the_generation_config_and_checked(tmp_path):
+    path = tmp_path / "generation_config.json"
+    assert generate.token_bans([], 50, [0]) == {}
+    path.write_text('{"suppress_tokens": [3, 4], "begin_suppress_tokens": null, "bad_words_ids": [[0], [5, 6]]}')
+    assert generate.token_bans(read([tmp_path]), 50, [0]) == {"suppress_tokens": [3, 4],
+                                                              "bad_words_ids": [[5, 6]]}  # a stop token: HF drops it
+    for bad in ('{"suppress_tokens": [50]}', '{"bad_words_ids": [5]}', '{"bad_words_ids": [[]]}',
+                '{"begin_suppress_tokens": "3"}', '{"suppress_tokens": [true]}'):
+        path.write_text(bad)
+        with pytest.raises(generate.CheckpointError, match="generation_config.json: .* is not a list of .*token ids "
+                                                           "below the vocabulary size 50"):
+            generate.token_bans(read([tmp_path]), 50, [0])
 
 
 @pytest.mark.parametrize("eos, length_penalty, early_stopping, beams, penalty, n", [
@@ -566,6 +611,10 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     (run / "generation_config.json").write_text('{"stop_strings": "the"}')  # the prompt's "the" ends nothing
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "the cat sat on "
+    (run / "generation_config.json").write_text('{"suppress_tokens": [1]}')  # the characters' " " (sorted)
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12"]) == 0
+    captured = capsys.readouterr()
+    assert " " not in captured.out.splitlines()[0][len("the cat"):] and "banned: suppress_tokens [1] (" in captured.err
     (run / "generation_config.json").write_text('{"stop_strings": [""]}')
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12"]) == 2
     err = capsys.readouterr().err
