@@ -15,6 +15,8 @@ import os
 import platform
 import shutil
 import stat
+import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -36,8 +38,16 @@ def enable_compilation_cache() -> None:
     base = root()
     if base is None or jax.config.jax_compilation_cache_dir:
         return
+    folder = base / "xla" / f"jax-{jax.__version__}"
+    try:  # a read-only or full cache folder: compile each time, told once (JAX would warn at every read)
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        print(f"warning: compiled programs are not kept: {folder} cannot be written ({e.strerror or e}); set "
+              f"JAXBATCH_CACHE to a writable folder, or off", file=sys.stderr)
+        return
     prune(base / "xla", XLA_CACHE_BYTES)
-    jax.config.update("jax_compilation_cache_dir", str(base / "xla" / f"jax-{jax.__version__}"))
+    jax.config.update("jax_compilation_cache_dir", str(folder))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting wins when given
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # steps, not tiny helper kernels
 

@@ -130,3 +130,15 @@ def test_the_training_peak_is_measured_in_the_compute_dtype(tmp_path, monkeypatc
     peak = metrics.peak_flops_per_device(0.0, jnp.bfloat16)
     assert seen == [jnp.bfloat16] and peak.dtype == "bfloat16" and "bfloat16 matmul" in peak.source
     assert peak.flops == pytest.approx(4.0e11 / jax.local_device_count())
+
+
+def test_a_cache_folder_that_cannot_be_written_is_named_once_and_nothing_is_kept(tmp_path):
+    """JAXBATCH_CACHE on a read-only or full disk (here: under a file): one warning line at start-up, programs
+    compiled each time, not a JAX warning at every cache read."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    done = subprocess.run([sys.executable, "-c", "import jax\nfrom jaxbatch import cache\ncache.enable_compilation_cache()\n"
+                           "print(jax.config.jax_compilation_cache_dir)"], env={**os.environ, "JAXBATCH_CACHE":
+                          str(blocked / "cache")}, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "None", done
+    assert done.stderr.count("warning: compiled programs are not kept:") == 1 and "cannot be written" in done.stderr

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # bump when tokenizing or packing changes the rows they produce: older entries are then never read
 TOKEN_CACHE_BYTES = 32 << 30
 _MANIFEST = "arrays.json"
+_TOLD: set[Path] = set()  # cache folders this process warned it cannot write
 
 
 def folder() -> Path | None:
@@ -126,9 +127,12 @@ def _write(entry: Path, key: dict, built: dict[str, np.ndarray]) -> dict[str, np
             if not (entry / _MANIFEST).is_file():
                 raise
     except OSError as e:
-        free = shutil.disk_usage(entry.parent).free if entry.parent.is_dir() else 0
-        log.warning("cannot keep the tokenized split in %s (%s; %d MB needed, %d MB free): it is tokenized again "
-                    "next run", entry.parent, e.strerror or e, size >> 20, free >> 20)
+        if entry.parent not in _TOLD:  # once: a corpus has a few splits
+            _TOLD.add(entry.parent)
+            free = shutil.disk_usage(next(p for p in entry.parents if p.exists())).free
+            space = f"; {size >> 20} MB needed, {free >> 20} MB free" if free < size else ""
+            log.warning("cannot keep tokenized text in %s (%s%s): it is tokenized again next run", entry.parent,
+                        e.strerror or e, space)
         return None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
