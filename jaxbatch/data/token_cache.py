@@ -67,6 +67,8 @@ def arrays(key: dict | None, build: Callable[[], dict[str, np.ndarray]]) -> dict
         found = _read(entry)
         if found is not None:
             return found
+    elif entry.exists():  # written whole by rename, so a folder without its manifest lost it since
+        shutil.rmtree(entry, ignore_errors=True)
     built = build()
     return _write(entry, key, built) or built
 

@@ -112,7 +112,7 @@ def test_a_masked_lms_rows_are_cached_with_their_count_of_cut_lines(corpus, monk
     _equal(again.eval, first.eval)  # masked once, by data.shuffle_seed, the same
 
 
-def test_a_broken_entry_is_built_again(corpus, caplog):
+def test_a_broken_entry_is_built_again(corpus, caplog, monkeypatch):
     tok = bpe_tokenizer([TEXT])
     first = {k: np.array(v) for k, v in _load(corpus, tok).train.items()}  # copied: its files are cut below
     for entry in _entries(corpus):
@@ -123,6 +123,12 @@ def test_a_broken_entry_is_built_again(corpus, caplog):
     assert caplog.text.count("cannot be read") == 2
     _equal(again.train, first)
     assert len(_entries(corpus)) == 2
+    for entry in _entries(corpus):
+        (entry / "arrays.json").unlink()  # an entry that lost its manifest is built again, and kept
+    _equal(_load(corpus, tok).train, first)
+    with monkeypatch.context() as m:
+        _read_fails(m)
+        _equal(_load(corpus, tok).train, first)
 
 
 def test_a_cache_that_cannot_be_written_costs_only_time(corpus, monkeypatch, caplog):
