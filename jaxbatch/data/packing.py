@@ -16,10 +16,13 @@ import numpy as np
 from jaxbatch.losses import IGNORE_INDEX
 
 
-def pack(documents, seq_len: int, pad_id: int = 0, trained=None) -> dict[str, np.ndarray]:
+def pack(documents, seq_len: int, pad_id: int = 0, trained=None, alloc=None,
+         chunk_rows: int = 4096) -> dict[str, np.ndarray]:
     """{input_ids, labels, segment_ids, positions}, each (rows, seq_len) int32. `documents`: token id lists or
-    arrays; `trained[i][j]`: whether document i's token j is a target (all of them when not given). Computed on
-    one flat array of the documents (~30 bytes a token with its inputs; Python lists of them took ~100)."""
+    arrays; `trained[i][j]`: whether document i's token j is a target (all of them when not given). The documents
+    are one flat array (~5 bytes a token; Python lists of them took ~100); the rows are laid `chunk_rows` at a
+    time into arrays from `alloc(name, shape, dtype)` (default: in memory; the token cache's are files on disk,
+    so a corpus' rows never need to fit in memory at once)."""
     width = seq_len + 1
     lengths = np.asarray([len(doc) for doc in documents], np.int64)
     n = int(lengths.sum())
@@ -29,20 +32,28 @@ def pack(documents, seq_len: int, pad_id: int = 0, trained=None) -> dict[str, np
     if n:
         tokens[:n] = np.concatenate([np.asarray(doc, np.int32) for doc in documents if len(doc)])
         targets[:n] = np.concatenate([np.asarray(t, bool) for t in trained if len(t)]) if trained else True
-    # segments: a row numbers its documents from 1 (2 when a document starts the row: the one before it closed
-    # the previous row), each document start (an empty document's too) one more
-    starts = np.zeros(rows * width + 1, np.int32)
-    np.add.at(starts, np.cumsum(lengths) - lengths, 1)
-    starts = starts[:-1].reshape(rows, width)
-    segments = (np.cumsum(starts, 1) + (np.arange(rows) > 0)[:, None]).astype(np.int32).reshape(-1)
-    segments[n:] = 0
-    t, s, target = tokens.reshape(rows, width), segments.reshape(rows, width), targets.reshape(rows, width)[:, 1:]
-    positions = np.zeros_like(s)
-    for j in range(1, width):  # position within its segment
-        positions[:, j] = np.where(s[:, j] == s[:, j - 1], positions[:, j - 1] + 1, 0)
-    same = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] > 0) & target
-    return {"input_ids": t[:, :-1], "labels": np.where(same, t[:, 1:], IGNORE_INDEX).astype(np.int32),
-            "segment_ids": s[:, :-1], "positions": positions[:, :-1]}
+    begins = np.cumsum(lengths) - lengths  # where each document starts in the flat array (in order)
+    alloc = alloc or (lambda name, shape, dtype: np.empty(shape, dtype))
+    out = {k: alloc(k, (rows, seq_len), np.int32) for k in ("input_ids", "labels", "segment_ids", "positions")}
+    for first in range(0, rows, chunk_rows):
+        last = min(rows, first + chunk_rows)
+        span = slice(first * width, last * width)
+        # segments: a row numbers its documents from 1 (2 when a document starts the row: the one before it closed
+        # the previous row), each document start (an empty document's too) one more
+        starts = np.zeros((last - first) * width, np.int32)
+        np.add.at(starts, begins[np.searchsorted(begins, span.start):np.searchsorted(begins, span.stop)] - span.start, 1)
+        s = np.cumsum(starts.reshape(-1, width), 1, dtype=np.int32) + (np.arange(first, last) > 0)[:, None]
+        s.reshape(-1)[max(0, n - span.start):] = 0
+        t, target = tokens[span].reshape(-1, width), targets[span].reshape(-1, width)[:, 1:]
+        positions = np.zeros_like(s)
+        for j in range(1, width):  # position within its segment
+            positions[:, j] = np.where(s[:, j] == s[:, j - 1], positions[:, j - 1] + 1, 0)
+        same = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] > 0) & target
+        out["input_ids"][first:last] = t[:, :-1]
+        out["labels"][first:last] = np.where(same, t[:, 1:], IGNORE_INDEX)
+        out["segment_ids"][first:last] = s[:, :-1]
+        out["positions"][first:last] = positions[:, :-1]
+    return out
 
 
 def padded(documents: list[list[int]], seq_len: int, pad_id: int = 0,

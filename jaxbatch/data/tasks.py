@@ -529,16 +529,17 @@ def _encoded(docs: list[text.Doc], tokenizer, chunk: int = 1000):
         yield from (encode(p, d, texts.get(i)) for i, (p, d) in enumerate(part))
 
 
-def _pack(docs: list[text.Doc], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
-    """Packed rows of the documents, and `context_turns`: how many of their chats' assistant turns are only read."""
+def _pack(docs: list[text.Doc], tokenizer, seq_len: int, alloc=None) -> dict[str, np.ndarray]:
+    """Packed rows of the documents (into arrays from `alloc`: packing.pack), and `context_turns`: how many of their
+    chats' assistant turns are only read."""
     encoded = [(np.asarray(ids, np.int32), np.asarray(trained, bool), n)  # ~5 bytes a token, not Python lists' ~45
                for ids, trained, n in _encoded(docs, tokenizer)]
-    return {**packing.pack([ids for ids, _, _ in encoded], seq_len, trained=[t for _, t, _ in encoded]),
+    return {**packing.pack([ids for ids, _, _ in encoded], seq_len, trained=[t for _, t, _ in encoded], alloc=alloc),
             "context_turns": np.asarray(sum(n for _, _, n in encoded))}
 
 
 def _cached(corpus: _Corpus, tokenizer, layout: dict, build, count: str) -> tuple[dict[str, np.ndarray], int]:
-    """`build()`'s rows of a corpus split and the number it holds under `count`, from the token cache when it has
+    """`build(alloc)`'s rows of a corpus split and the number it holds under `count`, from the token cache when it has
     them (keyed by the split, the tokenizer and `layout`: whatever else the rows depend on)."""
     fingerprint = token_cache.fingerprint(tokenizer)
     key = {"data": corpus.key(), "tokenizer": fingerprint, **layout} if fingerprint and corpus.key() else None
@@ -549,7 +550,7 @@ def _cached(corpus: _Corpus, tokenizer, layout: dict, build, count: str) -> tupl
 def _packed(corpus: _Corpus, tokenizer, seq_len: int) -> dict[str, np.ndarray]:
     """A causal LM's rows of one split."""
     rows, context_turns = _cached(corpus, tokenizer, {"rows": "causal", "seq_len": seq_len},
-                                  lambda: _pack(corpus.docs, tokenizer, seq_len), "context_turns")
+                                  lambda alloc: _pack(corpus.docs, tokenizer, seq_len, alloc), "context_turns")
     if context_turns:
         log.warning("%d earlier assistant turn(s) are not trained, only read: the chat template renders them "
                     "differently once the conversation goes on (e.g. without their reasoning)", context_turns)
@@ -558,7 +559,7 @@ def _packed(corpus: _Corpus, tokenizer, seq_len: int) -> dict[str, np.ndarray]:
 
 def _characters(corpora: dict[str, _Corpus]) -> text.CharTokenizer:
     """The character vocabulary of the corpora's documents (the token cache keeps it with their rows)."""
-    def build():
+    def build(alloc):
         docs = [doc for corpus in corpora.values() for doc in corpus.docs]
         if any(isinstance(p, list) for p, _ in docs):
             raise DataError(CHAT_NEEDS)
@@ -606,7 +607,7 @@ def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int, how: masking.Ma
 
 def _laid(data_cfg, corpus: _Corpus, tokenizer, how: masking.Masking) -> tuple[dict[str, np.ndarray], int]:
     """A masked LM's rows of one split (before masking) and how many examples were cut."""
-    def build():
+    def build(alloc):  # laid in memory: a masked LM's corpus is a fraction of a causal one's
         rows, cut = _concatenated(corpus.docs, tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line)
         return {**rows, "cut": np.asarray(cut)}
 

@@ -13,6 +13,8 @@ TOKEN_CACHE_BYTES go, least recently used first, when a new one is written."""
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import logging
@@ -56,12 +58,16 @@ def fingerprint(tokenizer) -> str | None:
     return hashlib.sha1(json.dumps(described, default=str).encode()).hexdigest()
 
 
-def arrays(key: dict | None, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """`build()`'s arrays, memory-mapped from the entry for `key` (built and written first when there is none);
-    `build()`'s own arrays where nothing is cached (`key` None, JAXBATCH_CACHE=off, an unwritable cache)."""
+Alloc = Callable[[str, tuple, type], np.ndarray]  # (name, shape, dtype) -> an array to fill
+
+
+def arrays(key: dict | None, build: Callable[[Alloc | None], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`build(alloc)`'s arrays, memory-mapped from the entry for `key` (built and written first when there is
+    none; `alloc` gives arrays that are already the entry's files, for a builder whose output is large), or
+    `build(None)`'s own arrays where nothing is cached (`key` None, JAXBATCH_CACHE=off, an unwritable cache)."""
     base = folder()
     if key is None or base is None:
-        return build()
+        return build(None)
     entry = base / hashlib.sha1(json.dumps({**key, "format": FORMAT}, sort_keys=True).encode()).hexdigest()[:20]
     if (entry / _MANIFEST).is_file():
         found = _read(entry)
@@ -69,8 +75,7 @@ def arrays(key: dict | None, build: Callable[[], dict[str, np.ndarray]]) -> dict
             return found
     elif entry.exists():  # written whole by rename, so a folder without its manifest lost it since
         shutil.rmtree(entry, ignore_errors=True)
-    built = build()
-    return _write(entry, key, built) or built
+    return _write(entry, key, build)
 
 
 def _clear_abandoned(base: Path) -> None:
@@ -110,19 +115,23 @@ def _read(entry: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _write(entry: Path, key: dict, built: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """Writes `built` as `entry` (a temporary folder renamed into place) and reads it back; None when the cache
-    cannot be written."""
-    size = sum(np.asarray(v).nbytes for v in built.values())
+def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
+    """Builds into a temporary folder renamed into place as `entry`, and reads it back; where the cache cannot be
+    written (a full disk, a read-only folder), builds in memory instead."""
     _clear_abandoned(entry.parent)
-    cache.prune(entry.parent, TOKEN_CACHE_BYTES - size, entries=True)
     tmp = entry.parent / f".{entry.name}+{socket.gethostname()}+{os.getpid()}+{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True)
+        built = build(functools.partial(_on_disk, tmp))
         for name, value in built.items():
-            np.save(tmp / f"{name}.npy", np.asarray(value), allow_pickle=False)
+            if isinstance(value, np.memmap) and Path(value.filename).parent == tmp:
+                value.flush()
+            else:
+                np.save(tmp / f"{name}.npy", np.asarray(value), allow_pickle=False)
         manifest = {"key": key, "arrays": {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in built.items()}}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, default=str))
+        del built
+        cache.prune(entry.parent, TOKEN_CACHE_BYTES, entries=True)  # the new entry (newest) among them
         try:
             tmp.rename(entry)
         except OSError:  # another process wrote it first: theirs is the same
@@ -131,11 +140,26 @@ def _write(entry: Path, key: dict, built: dict[str, np.ndarray]) -> dict[str, np
     except OSError as e:
         if entry.parent not in _TOLD:  # once: a corpus has a few splits
             _TOLD.add(entry.parent)
-            free = shutil.disk_usage(next(p for p in entry.parents if p.exists())).free
-            space = f"; {size >> 20} MB needed, {free >> 20} MB free" if free < size else ""
-            log.warning("cannot keep tokenized text in %s (%s%s): it is tokenized again next run", entry.parent,
-                        e.strerror or e, space)
-        return None
+            log.warning("cannot keep tokenized text in %s (%s): it is tokenized again next run", entry.parent,
+                        e.strerror or e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return build(None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _read(entry)
+    return _read(entry) or build(None)
+
+
+def _on_disk(tmp: Path, name: str, shape: tuple, dtype) -> np.ndarray:
+    """A .npy file of `shape` in `tmp`, mapped for writing, its space taken now: a full disk is an OSError here,
+    not a crash (SIGBUS) when a page of the mapping is first written."""
+    if not int(np.prod(shape)):
+        return np.empty(shape, dtype)  # an empty file cannot be mapped; saved as it is
+    path = tmp / f"{name}.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = path.stat().st_size
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+    elif shutil.disk_usage(tmp).free < size:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return out

@@ -143,13 +143,36 @@ def test_a_cache_that_cannot_be_written_costs_only_time(corpus, monkeypatch, cap
     _equal(data.train, _load(corpus, tok).train)
 
 
+def test_rows_are_laid_into_the_entrys_files_and_a_full_disk_there_lays_them_in_memory(corpus, monkeypatch, caplog):
+    """A causal corpus' rows are written straight into the entry's files (never all in memory at once); where the
+    disk cannot hold them (space taken up front: no crash when a page is first written) they are laid in memory."""
+    import errno
+
+    tok = bpe_tokenizer([TEXT])
+    laid = []
+    monkeypatch.setattr(token_cache, "_on_disk", lambda *a, real=token_cache._on_disk: laid.append(a[1]) or real(*a))
+    first = _load(corpus, tok).train
+    assert sorted(set(laid)) == ["input_ids", "labels", "positions", "segment_ids"]
+    monkeypatch.setenv("JAXBATCH_CACHE", str(corpus / "full"))
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with caplog.at_level(logging.WARNING, logger="jaxbatch.data.token_cache"):
+        data = _load(corpus, tok)
+    assert "(No space left on device): it is tokenized again next run" in caplog.text
+    assert not isinstance(data.train["input_ids"], np.memmap) and not list((corpus / "full" / "tokens").iterdir())
+    _equal(data.train, first)
+
+
 def test_processes_writing_one_entry_keep_one(tmp_path, monkeypatch):
     """Two hosts of one machine tokenizing at once: the second to finish keeps the first's entry."""
     monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path))
     built = {"input_ids": np.arange(6, dtype=np.int32).reshape(2, 3)}
-    one = token_cache.arrays({"k": 1}, lambda: built)
+    one = token_cache.arrays({"k": 1}, lambda alloc: built)
     entry = next((tmp_path / "tokens").iterdir())
-    two = token_cache._write(entry, {"k": 1}, {"input_ids": built["input_ids"] + 1})  # rename meets the entry
+    two = token_cache._write(entry, {"k": 1}, lambda alloc: {"input_ids": built["input_ids"] + 1})  # meets it
     _equal(one, two)
     assert [p.name for p in (tmp_path / "tokens").iterdir()] == [entry.name]  # no temporary folder left
 
@@ -159,7 +182,7 @@ def test_the_least_recently_used_entries_go_past_the_bound(tmp_path, monkeypatch
     monkeypatch.setattr(token_cache, "TOKEN_CACHE_BYTES", 2500)  # two entries of ~1 kB
 
     def use(k):
-        token_cache.arrays({"k": k}, lambda: {"input_ids": np.full(200, k, np.int32)})
+        token_cache.arrays({"k": k}, lambda alloc: {"input_ids": np.full(200, k, np.int32)})
 
     for k in range(2):
         use(k)
@@ -202,5 +225,5 @@ def test_a_writer_killed_mid_write_leaves_nothing_behind(tmp_path, monkeypatch):
     for name in names:
         (tokens / name).mkdir(parents=True)
         (tokens / name / "input_ids.npy").write_bytes(b"half")
-    token_cache.arrays({"k": 1}, lambda: {"input_ids": np.zeros(3, np.int32)})
+    token_cache.arrays({"k": 1}, lambda alloc: {"input_ids": np.zeros(3, np.int32)})
     assert sorted(p.name for p in tokens.glob(".*")) == sorted(names[1:])
