@@ -17,7 +17,7 @@ from jaxbatch.losses import IGNORE_INDEX
 
 
 def pack(documents, seq_len: int, pad_id: int = 0, trained=None, alloc=None,
-         chunk_rows: int = 4096) -> dict[str, np.ndarray]:
+         chunk_rows: int = 1024) -> dict[str, np.ndarray]:
     """{input_ids, labels, segment_ids, positions}, each (rows, seq_len) int32. `documents`: token id lists or
     arrays; `trained[i][j]`: whether document i's token j is a target (all of them when not given). The documents
     are one flat array (~5 bytes a token; Python lists of them took ~100); the rows are laid `chunk_rows` at a
@@ -30,8 +30,11 @@ def pack(documents, seq_len: int, pad_id: int = 0, trained=None, alloc=None,
     tokens = np.full(rows * width, pad_id, np.int32)
     targets = np.zeros(rows * width, bool)
     if n:
-        tokens[:n] = np.concatenate([np.asarray(doc, np.int32) for doc in documents if len(doc)])
-        targets[:n] = np.concatenate([np.asarray(t, bool) for t in trained if len(t)]) if trained else True
+        np.concatenate([np.asarray(doc, np.int32) for doc in documents if len(doc)], out=tokens[:n])
+        if trained:
+            np.concatenate([np.asarray(t, bool) for t in trained if len(t)], out=targets[:n])
+        else:
+            targets[:n] = True
     begins = np.cumsum(lengths) - lengths  # where each document starts in the flat array (in order)
     alloc = alloc or (lambda name, shape, dtype: np.empty(shape, dtype))
     out = {k: alloc(k, (rows, seq_len), np.int32) for k in ("input_ids", "labels", "segment_ids", "positions")}

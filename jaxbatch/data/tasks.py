@@ -402,14 +402,29 @@ class _Corpus:
 
     @functools.cached_property
     def docs(self) -> list[text.Doc]:
+        return [doc for _, doc in sorted((pair for chunk in self.chunks() for pair in chunk), key=lambda p: p[0])]
+
+    def chunks(self):
+        """(place in the file, document) pairs, a chunk of records at a time as they are stored (a local build's
+        are shuffled), so rows can be built without every document's text in memory at once (its Python objects
+        took ~13 bytes a token); the documents already read, when they were."""
         from jaxbatch.data import tfds_builders
 
-        records = tfds_builders.read_all(self.source, self.read)
-        if records and "text" not in records[0]:
-            raise DataError(f"data.name={self.name}: records have no 'text' feature (they have {sorted(records[0])})")
-        docs = [(json.loads(r["prompt"]) if r.get("chat") else r.get("prompt", ""), r["text"])
-                for r in records]  # catalog corpora have no prompts
-        return docs[:self.keep] if self.keep else docs
+        if "docs" in self.__dict__:
+            yield list(enumerate(self.docs))
+            return
+        place = 0
+        for records in tfds_builders.read_chunks(self.source, self.read):
+            if records and "text" not in records[0]:
+                raise DataError(f"data.name={self.name}: records have no 'text' feature (they have "
+                                f"{sorted(records[0])})")
+            chunk = []
+            for r in records:  # catalog corpora have no prompts and no index: their order is the file's
+                order, place = r.get("index", place), place + 1
+                if not self.keep or order < self.keep:
+                    chunk.append((order, (json.loads(r["prompt"]) if r.get("chat") else r.get("prompt", ""),
+                                          r["text"])))
+            yield chunk
 
 
 def _lm_corpora(data_cfg, required: tuple[str, ...] = ("train", "validation"), max_eval: int = 0) -> dict[str, _Corpus]:
@@ -529,13 +544,17 @@ def _encoded(docs: list[text.Doc], tokenizer, chunk: int = 1000):
         yield from (encode(p, d, texts.get(i)) for i, (p, d) in enumerate(part))
 
 
-def _pack(docs: list[text.Doc], tokenizer, seq_len: int, alloc=None) -> dict[str, np.ndarray]:
-    """Packed rows of the documents (into arrays from `alloc`: packing.pack), and `context_turns`: how many of their
-    chats' assistant turns are only read."""
-    encoded = [(np.asarray(ids, np.int32), np.asarray(trained, bool), n)  # ~5 bytes a token, not Python lists' ~45
-               for ids, trained, n in _encoded(docs, tokenizer)]
-    return {**packing.pack([ids for ids, _, _ in encoded], seq_len, trained=[t for _, t, _ in encoded], alloc=alloc),
-            "context_turns": np.asarray(sum(n for _, _, n in encoded))}
+def _pack(chunks, tokenizer, seq_len: int, alloc=None) -> dict[str, np.ndarray]:
+    """Packed rows of the documents (`chunks` of (place, document) pairs: _Corpus.chunks) in their places' order
+    (into arrays from `alloc`: packing.pack), and `context_turns`: how many of their chats' assistant turns are
+    only read. Each chunk's text is dropped once encoded."""
+    encoded = []
+    for chunk in chunks:  # ~5 bytes a token as arrays, not Python lists' ~45
+        encoded += [(place, np.asarray(ids, np.int32), np.asarray(trained, bool), n) for place, (ids, trained, n)
+                    in zip([place for place, _ in chunk], _encoded([doc for _, doc in chunk], tokenizer))]
+    encoded.sort(key=lambda e: e[0])
+    return {**packing.pack([e[1] for e in encoded], seq_len, trained=[e[2] for e in encoded], alloc=alloc),
+            "context_turns": np.asarray(sum(e[3] for e in encoded))}
 
 
 def _cached(corpus: _Corpus, tokenizer, layout: dict, build, count: str) -> tuple[dict[str, np.ndarray], int]:
@@ -550,7 +569,7 @@ def _cached(corpus: _Corpus, tokenizer, layout: dict, build, count: str) -> tupl
 def _packed(corpus: _Corpus, tokenizer, seq_len: int) -> dict[str, np.ndarray]:
     """A causal LM's rows of one split."""
     rows, context_turns = _cached(corpus, tokenizer, {"rows": "causal", "seq_len": seq_len},
-                                  lambda alloc: _pack(corpus.docs, tokenizer, seq_len, alloc), "context_turns")
+                                  lambda alloc: _pack(corpus.chunks(), tokenizer, seq_len, alloc), "context_turns")
     if context_turns:
         log.warning("%d earlier assistant turn(s) are not trained, only read: the chat template renders them "
                     "differently once the conversation goes on (e.g. without their reasoning)", context_turns)

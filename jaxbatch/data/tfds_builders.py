@@ -233,6 +233,13 @@ def class_names(source, records: list[dict], feature: str) -> list[list[str]]:
 def read_all(source, limit: int | None = None) -> list[dict]:
     """Every record of a data source (or its first `limit`), bytes decoded to str, in file order where
     records carry `index`."""
+    records = [r for chunk in read_chunks(source, limit) for r in chunk]
+    return sorted(records, key=lambda r: r["index"]) if records and "index" in records[0] else records
+
+
+def read_chunks(source, limit: int | None = None, size: int = 10_000):
+    """The records of a data source (or its first `limit`) as stored (a local build's shuffled: each carries its
+    `index` in the file), `size` at a time, bytes decoded to str: for a reader that need not hold them all."""
     def decode(v):
         if isinstance(v, bytes):
             return v.decode("utf-8")
@@ -241,6 +248,5 @@ def read_all(source, limit: int | None = None) -> list[dict]:
         return v
 
     n = min(len(source), limit or len(source))
-    records = source.__getitems__(range(n)) if n else []
-    records = [{k: decode(v) for k, v in r.items()} for r in records]
-    return sorted(records, key=lambda r: r["index"]) if records and "index" in records[0] else records
+    for start in range(0, n, size):
+        yield [{k: decode(v) for k, v in r.items()} for r in source.__getitems__(range(start, min(n, start + size)))]

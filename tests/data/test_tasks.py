@@ -474,6 +474,9 @@ class _Written:
     def key(self):
         return ["written", repr(self.docs)]
 
+    def chunks(self):
+        yield list(enumerate(self.docs))
+
 
 def _chat_tokenizer(words: list[str], template: str):
     tokenizers = pytest.importorskip("tokenizers")
