@@ -1,7 +1,7 @@
 """Tokenized text corpora kept on disk, as Hugging Face datasets keeps a `map`'s output and Levanter its token
 cache: a corpus is tokenized and packed once, and every later run on the same data and tokenizer (a resumed run,
 `evaluate`, the next experiment) memory-maps the rows instead of reading and tokenizing again (33 MB of text:
-19.5 s each start, then ~0.1 s). Memory-mapped rows are read as batches ask for them, so a split far larger than
+15.4 s each start, then 0.33 s: benchmarks/token_cache.py). Memory-mapped rows are read as batches ask for them, so a split far larger than
 the first run's working set costs its pages only.
 
 An entry is a folder of .npy files under $JAXBATCH_CACHE/tokens, named by a hash of everything the rows depend
