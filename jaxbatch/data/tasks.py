@@ -598,36 +598,39 @@ def bytes_per_token(tokenizer) -> np.ndarray:
     return np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
 
 
-def _concatenated(docs: list[text.Doc], tokenizer, seq_len: int, how: masking.Masking,
+def _concatenated(chunks, tokenizer, seq_len: int, how: masking.Masking,
                   line_by_line: bool = False) -> tuple[dict[str, np.ndarray], int]:
-    """A masked LM's rows: each document with the tokenizer's special tokens, end to end (packing.concatenated),
-    with where its words start for whole-word masking; and how many examples were cut. `line_by_line`: each
-    non-empty line of the documents is an example of its own, cut to seq_len (its last special token kept, as
-    the tokenizer's truncation keeps it) and padded (run_mlm's --line_by_line)."""
-    if any(prompt for prompt, _ in docs):
-        raise DataError("masked language modelling reads plain text documents; prompt/completion and chat "
-                        "examples train a causal language model (a decoder)")
+    """A masked LM's rows: each document (`chunks` of (place, document) pairs: _Corpus.chunks) with the tokenizer's
+    special tokens, end to end in their places' order (packing.concatenated), with where its words start for
+    whole-word masking; and how many examples were cut. `line_by_line`: each non-empty line of the documents is
+    an example of its own, cut to seq_len (its last special token kept, as the tokenizer's truncation keeps it) and
+    padded (run_mlm's --line_by_line). Each chunk's text is dropped once encoded."""
+    encoded, cut = [], 0
+    for chunk in chunks:
+        if any(prompt for _, (prompt, _) in chunk):
+            raise DataError("masked language modelling reads plain text documents; prompt/completion and chat "
+                            "examples train a causal language model (a decoder)")
+        texts = [((place, j), line) for place, (_, d) in chunk
+                 for j, line in enumerate(line for line in d.splitlines() if line.strip())] if line_by_line else [
+            (place, d) for place, (_, d) in chunk]
+        for place, text_ in texts:
+            ids, starts = how.encode(tokenizer, text_)
+            if line_by_line and len(ids) > seq_len:
+                cut, k = cut + 1, int(ids[-1] in how.special)
+                ids, starts = ids[: seq_len - k] + ids[len(ids) - k:], starts[: seq_len - k] + starts[len(starts) - k:]
+            # int32 arrays, one document at a time (Python lists of ints take ~45 bytes a token)
+            encoded.append((place, np.asarray(ids, np.int32), np.asarray(starts, np.int32)))
+    encoded.sort(key=lambda e: e[0])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    texts = [line for _, d in docs for line in d.splitlines() if line.strip()] if line_by_line else [d for _, d in docs]
-    encoded = (how.encode(tokenizer, d) for d in texts)
-    cut = 0
-    if not line_by_line:  # int32 arrays, one document at a time (Python lists of ints take ~45 bytes a token)
-        encoded = [(np.asarray(ids, np.int32), np.asarray(starts, np.int32)) for ids, starts in encoded]
-    else:
-        encoded = list(encoded)
-        cut = sum(len(ids) > seq_len for ids, _ in encoded)
-        keep = [ids[-1] in how.special for ids, _ in encoded]
-        encoded = [(ids[: seq_len - k] + ids[len(ids) - k:], starts[: seq_len - k] + starts[len(starts) - k:])
-                   if len(ids) > seq_len else (ids, starts) for (ids, starts), k in zip(encoded, keep)]
-    starts = {masking.WORD_STARTS: [s for _, s in encoded]} if how.whole_words else None
+    starts = {masking.WORD_STARTS: [s for _, _, s in encoded]} if how.whole_words else None
     lay = packing.padded if line_by_line else packing.concatenated
-    return lay([ids for ids, _ in encoded], seq_len, pad, starts), cut
+    return lay([ids for _, ids, _ in encoded], seq_len, pad, starts), cut
 
 
 def _laid(data_cfg, corpus: _Corpus, tokenizer, how: masking.Masking) -> tuple[dict[str, np.ndarray], int]:
     """A masked LM's rows of one split (before masking) and how many examples were cut."""
-    def build(alloc):  # laid in memory: a masked LM's corpus is a fraction of a causal one's
-        rows, cut = _concatenated(corpus.docs, tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line)
+    def build(alloc):  # laid in memory (packing.concatenated): the token cache keeps them
+        rows, cut = _concatenated(corpus.chunks(), tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line)
         return {**rows, "cut": np.asarray(cut)}
 
     layout = {"rows": "masked", "seq_len": data_cfg.seq_len, "line_by_line": data_cfg.line_by_line,
