@@ -869,3 +869,28 @@ def test_documents_encoded_a_chunk_at_a_time_are_encoded_as_one_at_a_time():
     assert alone[0][0][0] == tok.bos_token_id and alone[1][0].count(tok.bos_token_id) == 1  # only the prompt's
     for chunk in (1, 2, 4, 1000):
         assert list(tasks._encoded(docs, tok, chunk=chunk)) == alone, chunk
+
+
+def test_documents_read_in_shuffled_chunks_are_laid_in_file_order():
+    """A local build stores its records shuffled; rows built a chunk of them at a time follow the documents' places
+    in the file, for a causal and a masked LM alike (with the masked LM's cut lines counted once)."""
+    from conftest import bpe_tokenizer
+
+    from jaxbatch.data import masking
+
+    docs = [("", f"document {i}: " + "to be or not to be " * (i % 5 + 1)) for i in range(50)]
+    tok = bpe_tokenizer([d for _, d in docs])
+    order = np.random.default_rng(0).permutation(50)
+    shuffled = [[(int(i), docs[i]) for i in order[a:a + 7]] for a in range(0, 50, 7)]
+    in_order = [list(enumerate(docs))]
+    got, want = tasks._pack(shuffled, tok, 16), tasks._pack(in_order, tok, 16)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    tok.mask_token = "<|endoftext|>"  # any id serves as the mask here
+    how = masking.Masking(0.15, tok.mask_token_id, len(tok), (tok.eos_token_id,))
+    for line_by_line in (False, True):
+        got, cut = tasks._concatenated(shuffled, tok, 8, how, line_by_line)
+        want, cut_in_order = tasks._concatenated(in_order, tok, 8, how, line_by_line)
+        assert cut == cut_in_order and cut == 50 * line_by_line
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
