@@ -1,8 +1,8 @@
 """Tokenized text corpora kept on disk, as Hugging Face datasets keeps a `map`'s output and Levanter its token
 cache: a corpus is tokenized and packed once, and every later run on the same data and tokenizer (a resumed run,
 `evaluate`, the next experiment) memory-maps the rows instead of reading and tokenizing again (33 MB of text:
-15.4 s each start, then 0.33 s: benchmarks/token_cache.py). Memory-mapped rows are read as batches ask for them, so a split far larger than
-the first run's working set costs its pages only.
+15.4 s each start, then 0.33 s: benchmarks/token_cache.py). Memory-mapped rows are read as batches ask for them, so
+a split far larger than the first run's working set costs its pages only.
 
 An entry is a folder of .npy files under $JAXBATCH_CACHE/tokens, named by a hash of everything the rows depend
 on (the prepared data's content hash, the split and its limits, the tokenizer's full definition, the layout and
@@ -117,12 +117,16 @@ def _read(entry: Path) -> dict[str, np.ndarray] | None:
 
 def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
     """Builds into a temporary folder renamed into place as `entry`, and reads it back; where the cache cannot be
-    written (a full disk, a read-only folder), builds in memory instead."""
+    written (a full disk, a read-only folder), builds in memory instead. An error of the build's own (its data's)
+    is left to go on."""
     _clear_abandoned(entry.parent)
     tmp = entry.parent / f".{entry.name}+{socket.gethostname()}+{os.getpid()}+{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir(parents=True)
-        built = build(functools.partial(_on_disk, tmp))
+        try:
+            tmp.mkdir(parents=True)
+            built = build(functools.partial(_on_disk, tmp))
+        except _NoRoom as e:
+            raise e.__cause__ from None
         for name, value in built.items():
             if isinstance(value, np.memmap) and Path(value.filename).parent == tmp:
                 value.flush()
@@ -138,6 +142,8 @@ def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
             if not (entry / _MANIFEST).is_file():
                 raise
     except OSError as e:
+        if not _cache_error(e, tmp):
+            raise
         if entry.parent not in _TOLD:  # once: a corpus has a few splits
             _TOLD.add(entry.parent)
             log.warning("cannot keep tokenized text in %s (%s): it is tokenized again next run", entry.parent,
@@ -149,17 +155,30 @@ def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
     return _read(entry) or build(None)
 
 
+class _NoRoom(Exception):
+    """The cache's own file could not be made (its OSError the cause), as against an error of the data's."""
+
+
+def _cache_error(e: OSError, tmp: Path) -> bool:
+    """Whether an OSError is the cache's: raised making its folder or files (np.save names no file), not the
+    build's reading its data."""
+    return not e.filename or str(e.filename).startswith(str(tmp.parent))
+
+
 def _on_disk(tmp: Path, name: str, shape: tuple, dtype) -> np.ndarray:
     """A .npy file of `shape` in `tmp`, mapped for writing, its space taken now: a full disk is an OSError here,
     not a crash (SIGBUS) when a page of the mapping is first written."""
     if not int(np.prod(shape)):
         return np.empty(shape, dtype)  # an empty file cannot be mapped; saved as it is
     path = tmp / f"{name}.npy"
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    size = path.stat().st_size
-    if hasattr(os, "posix_fallocate"):
-        with open(path, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, size)
-    elif shutil.disk_usage(tmp).free < size:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    try:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        size = path.stat().st_size
+        if hasattr(os, "posix_fallocate"):
+            with open(path, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, size)
+        elif shutil.disk_usage(tmp).free < size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    except OSError as e:
+        raise _NoRoom() from e
     return out

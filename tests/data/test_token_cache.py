@@ -227,3 +227,14 @@ def test_a_writer_killed_mid_write_leaves_nothing_behind(tmp_path, monkeypatch):
         (tokens / name / "input_ids.npy").write_bytes(b"half")
     token_cache.arrays({"k": 1}, lambda alloc: {"input_ids": np.zeros(3, np.int32)})
     assert sorted(p.name for p in tokens.glob(".*")) == sorted(names[1:])
+
+
+def test_an_error_reading_the_data_is_the_datas_not_the_caches(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("JAXBATCH_CACHE", str(tmp_path / "cache"))
+
+    def build(alloc):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "corpus" / "gone.txt"))
+
+    with caplog.at_level(logging.WARNING, logger="jaxbatch.data.token_cache"), pytest.raises(FileNotFoundError):
+        token_cache.arrays({"k": 1}, build)
+    assert "cannot keep" not in caplog.text and not list((tmp_path / "cache" / "tokens").iterdir())
