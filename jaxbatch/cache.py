@@ -1,9 +1,9 @@
 """What survives the process on this machine: XLA's persistent compilation cache (the second run of anything
 does not recompile; compiling MiniLM's train step takes ~10-40 s on a laptop CPU) and the measured CPU
 matmul peak behind MFU. Both live under $JAXBATCH_CACHE (default ~/.cache/jaxbatch); set it to `off` to
-keep nothing (tokenized corpora, tokens/, are data/token_cache.py's). The XLA cache is keyed by the jax version (a folder each) and, inside, by JAX's own key
-(program, compile options, XLA flags, devices), so a stale entry is never used; its oldest programs are deleted
-at start-up past XLA_CACHE_BYTES."""
+keep nothing (tokenized corpora, tokens/, are data/token_cache.py's). The XLA cache is keyed by the jax
+version (a folder each) and, inside, by JAX's own key (program, compile options, XLA flags, devices), so a stale
+entry is never used; its oldest programs are deleted at start-up past XLA_CACHE_BYTES."""
 
 from __future__ import annotations
 

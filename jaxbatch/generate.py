@@ -213,9 +213,10 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
              **banned: Sequence) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
     the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does) or at the
-    token that ends a stop string (`stop_text`, from `text_stops`), and the loop ends once every prompt has ended. `repetition_penalty` (`penalize`) and the bans (`_bans`) come
-    before the sampling filters, as HF's logits processors come before its warpers; a prompt's left padding is
-    not among its tokens. `banned`: `_bans`' suppress_tokens, begin_suppress_tokens, bad_words_ids."""
+    token that ends a stop string (`stop_text`, from `text_stops`), and the loop ends once every prompt has ended.
+    `repetition_penalty` (`penalize`) and the bans (`_bans`) come before the sampling filters, as HF's logits
+    processors come before its warpers; a prompt's left padding is not among its tokens. `banned`: `_bans`'
+    suppress_tokens, begin_suppress_tokens, bad_words_ids."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                    min_new_tokens=min_new_tokens, min_length=min_length)

@@ -137,8 +137,9 @@ def test_a_cache_folder_that_cannot_be_written_is_named_once_and_nothing_is_kept
     compiled each time, not a JAX warning at every cache read."""
     blocked = tmp_path / "file"
     blocked.write_text("")
-    done = subprocess.run([sys.executable, "-c", "import jax\nfrom jaxbatch import cache\ncache.enable_compilation_cache()\n"
-                           "print(jax.config.jax_compilation_cache_dir)"], env={**os.environ, "JAXBATCH_CACHE":
-                          str(blocked / "cache")}, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    script = ("import jax\nfrom jaxbatch import cache\ncache.enable_compilation_cache()\n"
+              "print(jax.config.jax_compilation_cache_dir)")
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "JAXBATCH_CACHE": str(blocked / "cache")},
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0 and done.stdout.strip() == "None", done
     assert done.stderr.count("warning: compiled programs are not kept:") == 1 and "cannot be written" in done.stderr

@@ -44,7 +44,8 @@ def pack(documents, seq_len: int, pad_id: int = 0, trained=None, alloc=None,
         # segments: a row numbers its documents from 1 (2 when a document starts the row: the one before it closed
         # the previous row), each document start (an empty document's too) one more
         starts = np.zeros((last - first) * width, np.int32)
-        np.add.at(starts, begins[np.searchsorted(begins, span.start):np.searchsorted(begins, span.stop)] - span.start, 1)
+        inside = begins[np.searchsorted(begins, span.start):np.searchsorted(begins, span.stop)]
+        np.add.at(starts, inside - span.start, 1)
         s = np.cumsum(starts.reshape(-1, width), 1, dtype=np.int32) + (np.arange(first, last) > 0)[:, None]
         s.reshape(-1)[max(0, n - span.start):] = 0
         t, target = tokens[span].reshape(-1, width), targets[span].reshape(-1, width)[:, 1:]

@@ -207,7 +207,7 @@ def test_a_run_trains_on_a_cached_corpus_as_on_a_fresh_one(corpus):
                            capture_output=True, text=True, cwd=Path(__file__).parents[2]) for i in range(2)]
     assert [r.returncode for r in logs] == [0, 0], logs[-1].stderr[-2000:]
     assert len(_entries(corpus)) == 3  # characters, train, validation: the second run wrote none
-    losses = [[(m["step"], m["kind"], m["loss"]) for m in map(json.loads, (corpus / f"run{i}" / "metrics.jsonl").open())]
+    losses = [[(m["step"], m["kind"], m["loss"]) for m in map(json.loads, open(corpus / f"run{i}" / "metrics.jsonl"))]
               for i in range(2)]
     assert len(losses[0]) == 4 and losses[0] == losses[1]  # 3 steps and an evaluation, bit for bit
 
