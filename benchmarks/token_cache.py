@@ -40,10 +40,10 @@ def corpus(folder: Path, data_root: Path | None, copies: int) -> str:
     files = sorted(source.glob("*.txt")) if source and source.is_dir() else []
     if files:
         text = files[0].read_text()
-    else:
+    else:  # 20,000 words a copy
         import numpy as np
 
-        words = np.random.default_rng(0).choice(["the", "king", "of", "a", "night", "speak", "my", "lord"], 200_000)
+        words = np.random.default_rng(0).choice(["the", "king", "of", "a", "night", "speak", "my", "lord"], 20_000)
         text = "\n\n".join(" ".join(words[i:i + 40]) for i in range(0, len(words), 40))
     (folder / "corpus").mkdir(parents=True)
     (folder / "corpus" / "corpus.txt").write_text(text * copies)
