@@ -26,15 +26,9 @@ def pack(documents, seq_len: int, pad_id: int = 0, trained=None, alloc=None,
     width = seq_len + 1
     lengths = np.asarray([len(doc) for doc in documents], np.int64)
     n = int(lengths.sum())
-    rows = -(-n // width)
-    tokens = np.full(rows * width, pad_id, np.int32)
-    targets = np.zeros(rows * width, bool)
-    if n:
-        np.concatenate([np.asarray(doc, np.int32) for doc in documents if len(doc)], out=tokens[:n])
-        if trained:
-            np.concatenate([np.asarray(t, bool) for t in trained if len(t)], out=targets[:n])
-        else:
-            targets[:n] = True
+    tokens = _end_to_end(documents, width, pad_id, np.int32)
+    targets = _end_to_end(trained, width, False, bool) if trained else np.arange(tokens.size) < n
+    rows = tokens.size // width
     begins = np.cumsum(lengths) - lengths  # where each document starts in the flat array (in order)
     alloc = alloc or (lambda name, shape, dtype: np.empty(shape, dtype))
     out = {k: alloc(k, (rows, seq_len), np.int32) for k in ("input_ids", "labels", "segment_ids", "positions")}
@@ -57,6 +51,16 @@ def pack(documents, seq_len: int, pad_id: int = 0, trained=None, alloc=None,
         out["labels"][first:last] = np.where(same, t[:, 1:], IGNORE_INDEX)
         out["segment_ids"][first:last] = s[:, :-1]
         out["positions"][first:last] = positions[:, :-1]
+    return out
+
+
+def _end_to_end(documents, width: int, fill, dtype) -> np.ndarray:
+    """The documents (lists or arrays) end to end in one flat array, written in place, padded with `fill` to a
+    whole number of `width`s."""
+    n = sum(len(doc) for doc in documents)
+    out = np.full(-(-n // width) * width, fill, dtype)
+    if n:
+        np.concatenate([np.asarray(doc, dtype).reshape(-1) for doc in documents if len(doc)], out=out[:n])
     return out
 
 
@@ -83,10 +87,7 @@ def concatenated(documents, seq_len: int, pad_id: int = 0, per_token: dict | Non
     An encoder attends across the documents of a row, as there. `per_token`: more values per document token
     (e.g. where words start), laid out as the tokens are (0 in padding). Documents: token id lists or arrays."""
     def rows_of(docs, fill: int) -> np.ndarray:
-        flat = np.concatenate([np.asarray(doc, np.int32).reshape(-1) for doc in docs] or [np.zeros(0, np.int32)])
-        out = np.full(-(-len(flat) // seq_len) * seq_len, fill, np.int32)
-        out[: len(flat)] = flat
-        return out.reshape(-1, seq_len)
+        return _end_to_end(docs, seq_len, fill, np.int32).reshape(-1, seq_len)
 
     ids = rows_of(documents, pad_id)
     real = rows_of([np.ones(len(doc), np.int32) for doc in documents], 0)
