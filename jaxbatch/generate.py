@@ -547,7 +547,7 @@ def token_bans(configs: Configs, vocab: int, stop_tokens: Sequence[int]) -> dict
 
 def unapplied(configs: Configs) -> tuple[Path | None, list[str]]:
     """The first generation config's path and the settings in it that HF's generate would apply and this one
-    does not (group beams, banned words, forced or suppressed tokens, ...), as 'key value'."""
+    does not (group beams, sequence biases, forced tokens, ...), as 'key value'."""
     if not configs:
         return None, []
     path, config = configs[0]
