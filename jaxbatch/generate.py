@@ -223,11 +223,10 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     logits, cache, key_valid, next_pos, longest = _prefill(graphdef, params, prompts, max_new_tokens)
     batch = len(prompts)
     key = jax.random.key(seed)
-    out, ended, end = [], np.zeros(batch, bool), np.full(batch, max_new_tokens - 1)
+    taken, ended, end = [[] for _ in prompts], np.zeros(batch, bool), np.full(batch, max_new_tokens - 1)
     seen = _seen(prompts, logits.shape[-1]) if repetition_penalty != 1.0 else None
 
-    def so_far():  # each row's tokens: its prompt, then what it took
-        taken = np.asarray(jnp.stack(out, 1)).tolist() if out else [[] for _ in prompts]
+    def so_far():  # each row's tokens: its prompt, then what it took (kept on the host, a step's tokens at a time)
         return [p + t for p, t in zip(prompts, taken)]
 
     for i in range(max_new_tokens):
@@ -238,8 +237,10 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
         token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, min_p)
         if seen is not None:
             seen = seen.at[jnp.arange(batch), token].set(True)
-        out.append(token)
-        stops = np.isin(np.asarray(token), stop_tokens) if stop_tokens else np.zeros(batch, bool)
+        now = np.asarray(token)
+        for row, t in zip(taken, now.tolist()):
+            row.append(t)
+        stops = np.isin(now, stop_tokens) if stop_tokens else np.zeros(batch, bool)
         if stop_text is not None:
             stops |= [not done and stop_text(row) for done, row in zip(ended, so_far())]
         end[stops & ~ended] = i
@@ -249,7 +250,7 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
         logits, cache = _step(graphdef, params, token[:, None], next_pos[:, None], key_valid, cache,
                               jnp.asarray(longest + i, jnp.int32))
         next_pos = next_pos + 1
-    return [row[: stop + 1] for row, stop in zip(np.asarray(jnp.stack(out, 1)).tolist(), end)]
+    return [row[: stop + 1] for row, stop in zip(taken, end)]
 
 
 def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: float, min_keep: int) -> jax.Array:
