@@ -1,6 +1,6 @@
 """A text corpus' start-up cost with and without the token cache (data/token_cache.py): the time `tasks.load` takes
 and the memory it leaves, each load in a fresh process, uncached (JAXBATCH_CACHE=off: read, tokenize and pack) and
-cached (memory-mapped rows) in alternating rounds; medians.
+cached (memory-mapped tokens, rows computed as read) in alternating rounds; medians; and the cache's bytes on disk.
 
     python benchmarks/token_cache.py --data-root ../shared/data --copies 30
 
@@ -83,14 +83,17 @@ def main() -> None:
         tokenizer(folder, corpus(folder, args.data_root, args.copies))
         cache = str(folder / "cache")
         first = load(folder, cache)  # prepares the array_record copy and writes the token cache
+        disk = sum(f.stat().st_size for f in (folder / "cache" / "tokens").rglob("*") if f.is_file())
         runs = {"uncached": [], "cached": []}
         for _ in range(args.rounds):
             runs["uncached"].append(load(folder, "off"))
             runs["cached"].append(load(folder, cache))
     same = len({r["digest"] for rows in runs.values() for r in rows} | {first["digest"]}) == 1
     print(f"corpus: {first['tokens'] / 1e6:.1f}M training tokens in rows of 512; first load (preparing and writing "
-          f"the cache) {first['seconds']:.1f} s; the same rows every load: {same}")
-    result = {"first_s": first["seconds"], "rows_equal": same, "tokens": first["tokens"]}
+          f"the cache) {first['seconds']:.1f} s; the same rows every load: {same}; the cache holds "
+          f"{disk / first['tokens']:.2f} bytes a training token (both splits)")
+    result = {"first_s": first["seconds"], "rows_equal": same, "tokens": first["tokens"],
+              "disk_bytes_per_token": disk / first["tokens"]}
     for name, rows in runs.items():
         result[f"{name}_s"], result[f"{name}_rss_mb"] = [r["seconds"] for r in rows], [r["rss_mb"] for r in rows]
         print(f"{name:9s} load {statistics.median(result[f'{name}_s']):6.2f} s   peak RSS growth "

@@ -156,8 +156,9 @@ def evaluate(run, params, arrays: dict, label_names: list[str], task: str, batch
     if task == "lm":
         result["perplexity"] = float(np.exp(min(result["loss"], 700.0)))
         if bytes_per_token is not None:
-            labels = arrays["labels"][arrays["labels"] != IGNORE_INDEX]
-            result["bits_per_byte"] = (result["loss"] * weight / np.log(2)) / max(int(bytes_per_token[labels].sum()), 1)
+            predicted = sum(int(bytes_per_token[block[block != IGNORE_INDEX]].sum())
+                            for block in pipeline.blocks(arrays["labels"]))
+            result["bits_per_byte"] = (result["loss"] * weight / np.log(2)) / max(predicted, 1)
     if task == "token" and totals["weight"] > 0:
         gold, pred = metrics.aligned_tags(out["preds"], arrays["labels"], label_names)
         if conll.is_entity_scheme(label_names):

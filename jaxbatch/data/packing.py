@@ -11,56 +11,140 @@ not on prompts).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from jaxbatch.losses import IGNORE_INDEX
 
 
-def pack(documents, seq_len: int, pad_id: int = 0, trained=None, alloc=None,
-         chunk_rows: int = 1024) -> dict[str, np.ndarray]:
-    """{input_ids, labels, segment_ids, positions}, each (rows, seq_len) int32. `documents`: token id lists or
-    arrays; `trained[i][j]`: whether document i's token j is a target (all of them when not given). The documents
-    are one flat array (~5 bytes a token; Python lists of them took ~100); the rows are laid `chunk_rows` at a
-    time into arrays from `alloc(name, shape, dtype)` (default: in memory; the token cache's are files on disk,
-    so a corpus' rows never need to fit in memory at once)."""
-    width = seq_len + 1
+def stream(documents, trained=None, alloc=None) -> dict[str, np.ndarray]:
+    """What packed rows are computed from (`Packed`): the documents' `tokens` end to end (uint16 while the ids fit,
+    2 bytes a token, else int32), where each document `begins` in them, and, when some token is only read,
+    whether each is a target (`targets`, a bit a token; `trained[i][j]` for document i's token j, `trained[i]` None
+    when all of them are). 16 bytes a token as rows; 2-3 this way. `alloc(name, shape, dtype)` gives the arrays to
+    fill (default: in memory; the token cache's are files on disk)."""
+    alloc = alloc or (lambda name, shape, dtype: np.empty(shape, dtype))
     lengths = np.asarray([len(doc) for doc in documents], np.int64)
     n = int(lengths.sum())
-    tokens = _end_to_end(documents, width, pad_id, np.int32)
-    targets = _end_to_end(trained, width, False, bool) if trained else np.arange(tokens.size) < n
-    rows = tokens.size // width
-    begins = np.cumsum(lengths) - lengths  # where each document starts in the flat array (in order)
-    alloc = alloc or (lambda name, shape, dtype: np.empty(shape, dtype))
-    out = {k: alloc(k, (rows, seq_len), np.int32) for k in ("input_ids", "labels", "segment_ids", "positions")}
-    for first in range(0, rows, chunk_rows):
-        last = min(rows, first + chunk_rows)
-        span = slice(first * width, last * width)
-        # segments: a row numbers its documents from 1 (2 when a document starts the row: the one before it closed
-        # the previous row), each document start (an empty document's too) one more
-        starts = np.zeros((last - first) * width, np.int32)
-        inside = begins[np.searchsorted(begins, span.start):np.searchsorted(begins, span.stop)]
-        np.add.at(starts, inside - span.start, 1)
-        s = np.cumsum(starts.reshape(-1, width), 1, dtype=np.int32) + (np.arange(first, last) > 0)[:, None]
-        s.reshape(-1)[max(0, n - span.start):] = 0
-        t, target = tokens[span].reshape(-1, width), targets[span].reshape(-1, width)[:, 1:]
-        positions = np.zeros_like(s)
-        for j in range(1, width):  # position within its segment
-            positions[:, j] = np.where(s[:, j] == s[:, j - 1], positions[:, j - 1] + 1, 0)
-        same = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] > 0) & target
-        out["input_ids"][first:last] = t[:, :-1]
-        out["labels"][first:last] = np.where(same, t[:, 1:], IGNORE_INDEX)
-        out["segment_ids"][first:last] = s[:, :-1]
-        out["positions"][first:last] = positions[:, :-1]
+    top = max((int(np.max(doc)) for doc in documents if len(doc)), default=0)
+    out = {"tokens": _end_to_end(documents, alloc("tokens", (n,), np.uint16 if top < 1 << 16 else np.int32)),
+           "begins": np.cumsum(lengths) - lengths}
+    if trained is not None and not all(t is None or np.all(t) for t in trained):
+        bits = np.packbits(_end_to_end([np.ones(len(doc), bool) if t is None else t for doc, t in
+                                        zip(documents, trained)], np.empty(n, bool)))
+        out["targets"] = alloc("targets", bits.shape, np.uint8)
+        out["targets"][:] = bits
     return out
 
 
-def _end_to_end(documents, width: int, fill, dtype) -> np.ndarray:
-    """The documents (lists or arrays) end to end in one flat array, written in place, padded with `fill` to a
-    whole number of `width`s."""
-    n = sum(len(doc) for doc in documents)
-    out = np.full(-(-n // width) * width, fill, dtype)
-    if n:
-        np.concatenate([np.asarray(doc, dtype).reshape(-1) for doc in documents if len(doc)], out=out[:n])
+class Packed(Mapping):
+    """Rows of `seq_len + 1` tokens of the documents end to end (`stream`'s arrays) as {input_ids, labels,
+    segment_ids, positions}, each (rows, seq_len) int32 and read like an array, each row computed when it is read:
+    a corpus' rows never need to be in memory (or on disk) at once."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], seq_len: int, pad_id: int = 0):
+        self.tokens, self.begins, self.bits = arrays["tokens"], np.asarray(arrays["begins"]), arrays.get("targets")
+        self.seq_len, self.pad_id = seq_len, pad_id
+        self.num_rows = -(-len(self.tokens) // (seq_len + 1))
+        self._last = None  # the rows read last: a batch reads its rows once per array
+
+    def __getitem__(self, key: str) -> "_Column":
+        if key not in KEYS:
+            raise KeyError(key)
+        return _Column(self, key)
+
+    def __iter__(self):
+        return iter(KEYS)
+
+    def __len__(self) -> int:
+        return len(KEYS)
+
+    def rows(self, which: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `which` (row numbers) of each array."""
+        token = which.tobytes()
+        if self._last is not None and self._last[0] == token:
+            return self._last[1]
+        width, n, begins = self.seq_len + 1, len(self.tokens), self.begins
+        first = which.astype(np.int64)[:, None] * width
+        place = first + np.arange(width)  # each row's tokens' places in the stream
+        real = place < n
+        tokens = np.where(real, np.asarray(self.tokens[np.minimum(place, max(n - 1, 0))]) if n else 0,
+                          self.pad_id).astype(np.int32)
+        # segments: a row numbers its documents from 1 (2 when a document starts the row: the one before it closed
+        # the previous row), each document start (an empty document's too) one more; padding is 0
+        segments = (np.searchsorted(begins, place, "right") - np.searchsorted(begins, first, "left")
+                    + (first > 0)).astype(np.int32)
+        segments[~real] = 0
+        # positions count from the latest change of segment in the row: a document's start, the padding's start
+        changes = np.append(begins, n)
+        latest = changes[np.maximum(np.searchsorted(changes, place, "right") - 1, 0)]
+        positions = (place - np.maximum(latest, first)).astype(np.int32)
+        target = real[:, 1:]
+        if self.bits is not None:
+            at = np.minimum(place[:, 1:], max(n - 1, 0))
+            target &= (np.asarray(self.bits[at >> 3]) >> (7 - (at & 7)) & 1).astype(bool)
+        same = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0) & target
+        out = {"input_ids": tokens[:, :-1], "labels": np.where(same, tokens[:, 1:], IGNORE_INDEX).astype(np.int32),
+               "segment_ids": segments[:, :-1], "positions": positions[:, :-1]}
+        self._last = (token, out)
+        return out
+
+
+KEYS = ("input_ids", "labels", "segment_ids", "positions")
+
+
+class _Column(np.lib.mixins.NDArrayOperatorsMixin):
+    """One of a `Packed`'s arrays: indexed by rows (and columns) as a numpy array is, its rows computed then."""
+
+    dtype, ndim = np.dtype(np.int32), 2
+
+    def __init__(self, packed: Packed, key: str):
+        self.packed, self.key = packed, key
+        self.shape = (packed.num_rows, packed.seq_len)
+        self.size = self.shape[0] * self.shape[1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        rows, cols = index if isinstance(index, tuple) else (index, slice(None))
+        n = self.shape[0]
+        which = np.arange(*rows.indices(n)) if isinstance(rows, slice) else np.asarray(rows)
+        if which.dtype == bool:
+            which = np.arange(n)[which]  # numpy checks the mask's length
+        elif which.size and (which.min() < -n or which.max() >= n):
+            raise IndexError(f"row index out of bounds for {n} rows")
+        which = np.where(which < 0, which + n, which)  # from the end
+        out = self.packed.rows(np.atleast_1d(which).astype(np.int64))[self.key]
+        return out[:, cols] if np.ndim(which) else out[0, cols]
+
+    def __array__(self, dtype=None, copy=None):
+        blocks = [self[start: start + 4096] for start in range(0, self.shape[0], 4096)]
+        out = np.concatenate(blocks) if blocks else np.empty(self.shape, np.int32)
+        return out if dtype is None else out.astype(dtype)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = [np.asarray(x) if isinstance(x, _Column) else x for x in inputs]
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __getattr__(self, name: str):
+        """Whatever else an array has (tolist, ravel, sum, ...), of the whole array (not numpy's own protocols:
+        __array_interface__ and the like are looked up here before __array__)."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
+
+
+def pack(documents, seq_len: int, pad_id: int = 0, trained=None) -> dict[str, np.ndarray]:
+    """`Packed`'s arrays of the documents (token id lists or arrays), in memory."""
+    return {k: np.asarray(v) for k, v in Packed(stream(documents, trained), seq_len, pad_id).items()}
+
+
+def _end_to_end(documents, out: np.ndarray) -> np.ndarray:
+    """The documents (lists or arrays) end to end, written into `out` (their length in all)."""
+    if len(out):
+        np.concatenate([np.asarray(doc, out.dtype).reshape(-1) for doc in documents if len(doc)], out=out)
     return out
 
 
@@ -87,7 +171,10 @@ def concatenated(documents, seq_len: int, pad_id: int = 0, per_token: dict | Non
     An encoder attends across the documents of a row, as there. `per_token`: more values per document token
     (e.g. where words start), laid out as the tokens are (0 in padding). Documents: token id lists or arrays."""
     def rows_of(docs, fill: int) -> np.ndarray:
-        return _end_to_end(docs, seq_len, fill, np.int32).reshape(-1, seq_len)
+        n = sum(len(doc) for doc in docs)
+        out = np.full(-(-n // seq_len) * seq_len, fill, np.int32)
+        _end_to_end(docs, out[:n])
+        return out.reshape(-1, seq_len)
 
     ids = rows_of(documents, pad_id)
     real = rows_of([np.ones(len(doc), np.int32) for doc in documents], 0)

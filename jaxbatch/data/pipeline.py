@@ -16,9 +16,17 @@ from jaxbatch import losses
 from jaxbatch.errors import DataError
 
 
-def real_tokens(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Which positions hold real tokens: the attention mask, or the non-padding segments of packed LM rows."""
-    return arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"] > 0
+def blocks(v, rows: int = 4096):
+    """An array's rows `rows` at a time, as numpy arrays: how a whole split is read (packed LM rows are computed
+    as they are read: packing.Packed)."""
+    for start in range(0, len(v), rows):
+        yield np.asarray(v[start: start + rows])
+
+
+def real_lengths(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Each example's real tokens: its attention mask's, or its packed LM row's non-padding segments'."""
+    mask = arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"]
+    return np.concatenate([(block > 0).sum(1) for block in blocks(mask)] or [np.zeros(0, np.int64)])
 
 
 def per_token(key: str, v: np.ndarray, seq_len: int) -> bool:
@@ -148,7 +156,7 @@ def _plan(arrays: dict[str, np.ndarray], sizes: list[int], seed: int, num_bucket
     """The bucketed (or ramped) plan of (length, example indices) per step; None for plain fixed batches."""
     if num_buckets <= 1 and not ramp:
         return None
-    lengths = real_tokens(arrays).sum(1)
+    lengths = real_lengths(arrays)
     return plan_buckets(lengths, bucket_lengths(arrays["input_ids"].shape[1], num_buckets, lengths), sizes, seed)
 
 
@@ -188,7 +196,8 @@ def digest(arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha1()
     for k in sorted(arrays):
         h.update(k.encode())
-        h.update(np.ascontiguousarray(arrays[k]))  # a memory-mapped split read through, not copied
+        for block in blocks(arrays[k]):  # the same hash as of the whole array, which is never in memory at once
+            h.update(np.ascontiguousarray(block))
     return h.hexdigest()[:16]
 
 
@@ -214,14 +223,14 @@ class PaddingStats:
 def labelled_per_row(arrays: dict[str, np.ndarray]) -> float:
     """Mean labelled positions (losses.labelled) per example: train.loss_norm=dataset's unit."""
     labels = arrays["labels"]
-    return float(losses.labelled(labels).sum() / max(len(labels), 1))
+    return float(sum(losses.labelled(block).sum() for block in blocks(labels)) / max(len(labels), 1))
 
 
 def padding_stats(arrays: dict[str, np.ndarray], num_buckets: int = 1) -> PaddingStats:
     """Real vs computed tokens when every example is padded to seq_len, or to its length bucket."""
-    mask = real_tokens(arrays)
-    lengths = mask.sum(1)
+    lengths = real_lengths(arrays)
+    seq_len = (arrays["attention_mask"] if "attention_mask" in arrays else arrays["segment_ids"]).shape[1]
     if num_buckets <= 1:
-        return PaddingStats(int(lengths.sum()), int(mask.size))
-    buckets = np.asarray(bucket_lengths(mask.shape[1], num_buckets, lengths))
+        return PaddingStats(int(lengths.sum()), len(lengths) * seq_len)
+    buckets = np.asarray(bucket_lengths(seq_len, num_buckets, lengths))
     return PaddingStats(int(lengths.sum()), int(buckets[np.searchsorted(buckets, lengths)].sum()))

@@ -544,16 +544,17 @@ def _encoded(docs: list[text.Doc], tokenizer, chunk: int = 1000):
         yield from (encode(p, d, texts.get(i)) for i, (p, d) in enumerate(part))
 
 
-def _pack(chunks, tokenizer, seq_len: int, alloc=None) -> dict[str, np.ndarray]:
-    """Packed rows of the documents (`chunks` of (place, document) pairs: _Corpus.chunks) in their places' order
-    (into arrays from `alloc`: packing.pack), and `context_turns`: how many of their chats' assistant turns are
-    only read. Each chunk's text is dropped once encoded."""
-    encoded = []
-    for chunk in chunks:  # ~5 bytes a token as arrays, not Python lists' ~45
-        encoded += [(place, np.asarray(ids, np.int32), np.asarray(trained, bool), n) for place, (ids, trained, n)
-                    in zip([place for place, _ in chunk], _encoded([doc for _, doc in chunk], tokenizer))]
+def _pack(chunks, tokenizer, alloc=None) -> dict[str, np.ndarray]:
+    """The documents (`chunks` of (place, document) pairs: _Corpus.chunks) end to end in their places' order, as
+    packed rows are read from them (into arrays from `alloc`: packing.stream), and `context_turns`: how many of
+    their chats' assistant turns are only read. Each chunk's text is dropped once encoded."""
+    encoded, dtype = [], np.uint16 if len(tokenizer) <= 1 << 16 else np.int32
+    for chunk in chunks:  # 2 bytes a token as arrays (3 with a prompt), not Python lists' ~45
+        encoded += [(place, np.asarray(ids, dtype), None if all(trained) else np.asarray(trained, bool), n)
+                    for place, (ids, trained, n) in zip([place for place, _ in chunk],
+                                                        _encoded([doc for _, doc in chunk], tokenizer))]
     encoded.sort(key=lambda e: e[0])
-    return {**packing.pack([e[1] for e in encoded], seq_len, trained=[e[2] for e in encoded], alloc=alloc),
+    return {**packing.stream([e[1] for e in encoded], [e[2] for e in encoded], alloc=alloc),
             "context_turns": np.asarray(sum(e[3] for e in encoded))}
 
 
@@ -566,14 +567,14 @@ def _cached(corpus: _Corpus, tokenizer, layout: dict, build, count: str) -> tupl
     return rows, int(rows.pop(count))
 
 
-def _packed(corpus: _Corpus, tokenizer, seq_len: int) -> dict[str, np.ndarray]:
-    """A causal LM's rows of one split."""
-    rows, context_turns = _cached(corpus, tokenizer, {"rows": "causal", "seq_len": seq_len},
-                                  lambda alloc: _pack(corpus.chunks(), tokenizer, seq_len, alloc), "context_turns")
+def _packed(corpus: _Corpus, tokenizer, seq_len: int) -> packing.Packed:
+    """A causal LM's rows of one split (the documents end to end are cached, whatever the rows' length)."""
+    tokens, context_turns = _cached(corpus, tokenizer, {"rows": "causal"},
+                                    lambda alloc: _pack(corpus.chunks(), tokenizer, alloc), "context_turns")
     if context_turns:
         log.warning("%d earlier assistant turn(s) are not trained, only read: the chat template renders them "
                     "differently once the conversation goes on (e.g. without their reasoning)", context_turns)
-    return rows
+    return packing.Packed(tokens, seq_len)
 
 
 def _characters(corpora: dict[str, _Corpus]) -> text.CharTokenizer:

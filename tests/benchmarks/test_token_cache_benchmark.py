@@ -18,6 +18,7 @@ def test_cached_and_uncached_loads_give_the_same_rows(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["rows_equal"] is True and res["tokens"] > 0
+    assert 2 <= res["disk_bytes_per_token"] < 3  # uint16 ids (and where documents begin), not the rows' 16
     assert len(res["cached_s"]) == len(res["uncached_s"]) == 1  # a round each (a load is a fresh process, ~5 s)
     assert res["speedup_median"] == pytest.approx(res["uncached_s"][0] / res["cached_s"][0])
     assert f"{res['speedup_median']:.1f}x faster" in done.stdout

@@ -39,19 +39,51 @@ def test_a_document_starting_a_row_and_an_empty_one_are_numbered_as_before():
     assert all(v.shape == (0, 4) for v in empty.values())
 
 
-def test_rows_laid_a_chunk_at_a_time_are_the_rows_laid_at_once():
-    """600 random corpora (empty documents, documents that fill a row exactly, targets or none): rows laid 1, 2 or 3
-    at a time (as into the token cache's files) equal those laid at once, into arrays from `alloc`."""
+def _reference(docs, seq_len, trained=None):
+    """Packing written plainly, a row and a position at a time (as the row-by-row loop these arrays replaced did):
+    segments count the documents begun in the row (+1 past the first row), positions restart at each change."""
+    width, begins, stream, flags = seq_len + 1, [], [], []
+    for d, doc in enumerate(docs):
+        begins.append(len(stream))
+        stream += list(doc)
+        flags += [True] * len(doc) if trained is None or trained[d] is None else list(trained[d])
+    rows = {k: [] for k in ("input_ids", "labels", "segment_ids", "positions")}
+    for first in range(0, len(stream), width):
+        tok, seg, pos, lab = [], [], [], []
+        for p in range(first, first + width):
+            real = p < len(stream)
+            tok.append(stream[p] if real else 0)
+            seg.append((sum(first <= b <= p for b in begins) + (first > 0)) if real else 0)
+            pos.append(pos[-1] + 1 if pos and seg[-1] == seg[-2] else 0)
+            if len(seg) > 1:
+                lab.append(tok[-1] if real and seg[-1] == seg[-2] and flags[p] else -100)
+        for k, v in zip(rows, (tok[:-1], lab, seg[:-1], pos[:-1])):
+            rows[k].append(v)
+    return {k: np.asarray(v, np.int32).reshape(-1, seq_len) for k, v in rows.items()}
+
+
+def test_rows_computed_as_they_are_read_are_the_rows_packed_plainly():
+    """600 random corpora (empty documents, documents that fill a row exactly, targets (None: all) or none, ids past
+    uint16): rows read whole, one at a time, by index arrays, slices and cut to fewer tokens equal the plain
+    packing's; the stream keeps 2 bytes a token while ids fit (4 past them), and a bit a token only when some token
+    is only read."""
     rng = np.random.default_rng(0)
     for case in range(600):
-        docs = [rng.integers(1, 100, size=int(rng.integers(0, 14))).tolist() for _ in range(int(rng.integers(0, 8)))]
-        trained = [rng.random(len(d)) < 0.7 for d in docs] if case % 2 else None
+        high = 70_000 if case % 3 == 0 else 100
+        docs = [rng.integers(1, high, size=int(rng.integers(0, 14))).tolist() for _ in range(int(rng.integers(0, 8)))]
+        trained = [None if rng.random() < 0.3 else rng.random(len(d)) < 0.7 for d in docs] if case % 2 else None
         seq = int(rng.integers(1, 9))
-        whole = packing.pack(docs, seq, trained=trained)
-        for chunk in (1, 2, 3):
-            laid = {}
-            got = packing.pack(docs, seq, trained=trained, chunk_rows=chunk,
-                               alloc=lambda name, shape, dtype: laid.setdefault(name, np.full(shape, -7, dtype)))
-            assert set(got) == set(whole) and all(got[k] is laid[k] for k in got)
-            for k in whole:
-                np.testing.assert_array_equal(got[k], whole[k], err_msg=f"{k} {case} {chunk}")
+        want = _reference(docs, seq, trained)
+        arrays = packing.stream(docs, trained)
+        assert arrays["tokens"].dtype == (np.int32 if max(sum(docs, [0])) >= 1 << 16 else np.uint16)
+        assert ("targets" in arrays) == (trained is not None and not all(t is None or t.all() for t in trained))
+        rows = packing.Packed(arrays, seq)
+        assert list(rows) == list(want) and all(rows[k].shape == want[k].shape for k in want)
+        some = rng.integers(0, max(len(want["labels"]), 1), size=3) if len(want["labels"]) else np.zeros(0, int)
+        for k in want:
+            np.testing.assert_array_equal(np.asarray(rows[k]), want[k], err_msg=f"{k} {case}")
+            np.testing.assert_array_equal(rows[k][some], want[k][some], err_msg=f"{k} {case}")
+            np.testing.assert_array_equal(rows[k][some, :2], want[k][some, :2], err_msg=f"{k} {case}")
+            np.testing.assert_array_equal(rows[k][1:], want[k][1:], err_msg=f"{k} {case}")
+            for r in range(len(want[k])):
+                np.testing.assert_array_equal(rows[k][r], want[k][r], err_msg=f"{k} {case}")

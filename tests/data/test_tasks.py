@@ -883,7 +883,7 @@ def test_documents_read_in_shuffled_chunks_are_laid_in_file_order():
     order = np.random.default_rng(0).permutation(50)
     shuffled = [[(int(i), docs[i]) for i in order[a:a + 7]] for a in range(0, 50, 7)]
     in_order = [list(enumerate(docs))]
-    got, want = tasks._pack(shuffled, tok, 16), tasks._pack(in_order, tok, 16)
+    got, want = tasks._pack(shuffled, tok), tasks._pack(in_order, tok)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     tok.mask_token = "<|endoftext|>"  # any id serves as the mask here

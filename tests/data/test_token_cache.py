@@ -59,12 +59,12 @@ def test_a_corpus_is_tokenized_once_and_memory_mapped_after(corpus, monkeypatch)
     monkeypatch.setenv("JAXBATCH_CACHE", "off")
     fresh = _load(corpus, tok)  # no cache: tokenized here, the rows a cached load gives
     _equal(first.train, fresh.train)
-    assert not isinstance(fresh.train["input_ids"], np.memmap)
+    assert not isinstance(fresh.train.tokens, np.memmap)
     monkeypatch.setenv("JAXBATCH_CACHE", str(corpus / "cache"))
     with monkeypatch.context() as m:
         _read_fails(m)
         again = _load(corpus, tok)
-    assert isinstance(again.train["input_ids"], np.memmap)
+    assert isinstance(again.train.tokens, np.memmap)  # its documents end to end, the rows read from them
     _equal(again.train, fresh.train)
     _equal(again.eval, fresh.eval)
     assert pipeline.digest(again.train) == pipeline.digest(fresh.train)  # a resumed run sees the same data
@@ -82,15 +82,19 @@ def test_whatever_the_rows_depend_on_makes_a_new_entry(corpus, monkeypatch):
     tok = bpe_tokenizer([TEXT])
     _load(corpus, tok)
     made = 2
-    for changed in [lambda: _load(corpus, tok, "data.seq_len=48"),
-                    lambda: _load(corpus, tok, "data.max_train=10"),
+    for changed in [lambda: _load(corpus, tok, "data.max_train=10"),
                     lambda: _load(corpus, bpe_tokenizer([TEXT], bos=True)),  # another post-processor
                     lambda: (corpus / "corpus" / "valid.txt").write_text(TEXT[:300]) and _load(corpus, tok)]:
         before = set(_entries(corpus))
         changed()
         made += len(set(_entries(corpus)) - before)
-    # both splits for a row length, a tokenizer, a changed file (the prepared data's hash); max_train: one
-    assert made == 2 + 2 + 1 + 2 + 2
+    # both splits for a tokenizer, a changed file (the prepared data's hash); max_train: one
+    assert made == 2 + 1 + 2 + 2
+    before = set(_entries(corpus))
+    longer = _load(corpus, tok, "data.seq_len=48")  # rows of another length: read from the same documents
+    assert set(_entries(corpus)) == before
+    monkeypatch.setenv("JAXBATCH_CACHE", "off")
+    _equal(longer.train, _load(corpus, tok, "data.seq_len=48").train)
     chat = bpe_tokenizer([TEXT])
     chat.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     assert token_cache.fingerprint(chat) != token_cache.fingerprint(tok)
@@ -117,7 +121,7 @@ def test_a_broken_entry_is_built_again(corpus, caplog, monkeypatch):
     tok = bpe_tokenizer([TEXT])
     first = {k: np.array(v) for k, v in _load(corpus, tok).train.items()}  # copied: its files are cut below
     for entry in _entries(corpus):
-        ids = entry / "input_ids.npy"
+        ids = entry / "tokens.npy"
         ids.write_bytes(ids.read_bytes()[:-100])  # a disk that lost the end of a file
     with caplog.at_level(logging.WARNING, logger="jaxbatch.data.token_cache"):
         again = _load(corpus, tok)
@@ -153,7 +157,7 @@ def test_rows_are_laid_into_the_entrys_files_and_a_full_disk_there_lays_them_in_
     laid = []
     monkeypatch.setattr(token_cache, "_on_disk", lambda *a, real=token_cache._on_disk: laid.append(a[1]) or real(*a))
     first = _load(corpus, tok).train
-    assert sorted(set(laid)) == ["input_ids", "labels", "positions", "segment_ids"]
+    assert sorted(set(laid)) == ["tokens"]  # where the documents begin: 8 bytes each, saved from memory
     monkeypatch.setenv("JAXBATCH_CACHE", str(corpus / "full"))
 
     def full(fd, offset, size):
@@ -163,7 +167,7 @@ def test_rows_are_laid_into_the_entrys_files_and_a_full_disk_there_lays_them_in_
     with caplog.at_level(logging.WARNING, logger="jaxbatch.data.token_cache"):
         data = _load(corpus, tok)
     assert "(No space left on device): it is tokenized again next run" in caplog.text
-    assert not isinstance(data.train["input_ids"], np.memmap) and not list((corpus / "full" / "tokens").iterdir())
+    assert not isinstance(data.train.tokens, np.memmap) and not list((corpus / "full" / "tokens").iterdir())
     _equal(data.train, first)
 
 
