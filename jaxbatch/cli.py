@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     gen_p.add_argument("--top-p", type=float, help=sampled.strip() % "1")
     gen_p.add_argument("--min-p", type=float, help="0 = none; tokens at least this times as likely as the likeliest"
                        + sampled % "0")
+    gen_p.add_argument("--typical-p", type=float, help="1 = none; locally typical sampling's mass (HF's)"
+                       + sampled % "1")
+    gen_p.add_argument("--epsilon-cutoff", type=float, help="0 = none; tokens at least this likely (HF's)"
+                       + sampled % "0")
+    gen_p.add_argument("--eta-cutoff", type=float, help="0 = none; eta sampling's cutoff (HF's)" + sampled % "0")
     gen_p.add_argument("--repetition-penalty", type=float, help="1 = none; HF's, greedy too" + sampled % "1")
     gen_p.add_argument("--no-repeat-ngram-size", type=int, help="0 = none; no n-gram of this size twice in a row's "
                        "tokens (HF's), greedy too" + sampled % "0")
@@ -433,7 +438,8 @@ def generate(args) -> int:
     early = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
     try:
         chosen, source = generate_lib.sampling(configs, temperature=args.temperature, top_k=args.top_k,
-                                               top_p=args.top_p, min_p=args.min_p,
+                                               top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
+                                               epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff,
                                                repetition_penalty=args.repetition_penalty,
                                                no_repeat_ngram_size=args.no_repeat_ngram_size,
                                                min_new_tokens=args.min_new_tokens)
@@ -465,13 +471,16 @@ def generate(args) -> int:
     banned = generate_lib.token_bans(configs, restored.run.spec.model.vocab_size, stops)
     if banned:
         print(f"banned: {', '.join(f'{k} {v}' for k, v in banned.items())} ({configs[0][0]})", file=sys.stderr)
+    shaping = generate_lib.token_shaping(configs, restored.run.spec.model.vocab_size)
+    if shaping:
+        print(f"also: {', '.join(f'{k} {v}' for k, v in shaping.items())} ({configs[0][0]})", file=sys.stderr)
     path, ignored = generate_lib.unapplied(configs)
     if ignored:
         print(f"note: {path} also sets {', '.join(ignored)}, which jaxbatch generate does not apply (HF's would)",
               file=sys.stderr)
     # every host runs each step on its share of the devices: the same programs, from the same prompts
     distributed.same_on_every_host(lambda: repr((prompts, chosen, beams, n, max_new, args.seed,
-                                                 args.batch_size, stops, strings, banned)),
+                                                 args.batch_size, stops, strings, banned, shaping)),
                                    "generate's prompts and settings", "give each the same ones")
     from jaxbatch.errors import writing
 
@@ -482,11 +491,11 @@ def generate(args) -> int:
             if searched:
                 new = generate_lib.beam_search(restored.run.graphdef, restored.params, batch, max_new,
                                                **beams, **sampled, stop_tokens=stops, num_return_sequences=n,
-                                               seed=args.seed + start, stop_text=ends_text, **banned)
+                                               seed=args.seed + start, stop_text=ends_text, **banned, **shaping)
             else:
                 new = generate_lib.generate(restored.run.graphdef, restored.params, batch, max_new,
                                             **chosen, seed=args.seed + start, stop_tokens=stops,
-                                            stop_text=ends_text, **banned)
+                                            stop_text=ends_text, **banned, **shaping)
         except ValueError as e:
             raise ConfigError(str(e)) from e
         if jax.process_index():

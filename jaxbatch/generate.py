@@ -1,5 +1,6 @@
-"""Text generation from a trained decoder with a KV cache: greedy, temperature, top-k, top-p and min-p sampling,
-a repetition penalty, n-gram blocking and a minimum length, beam search as transformers' generate(num_beams=...)
+"""Text generation from a trained decoder with a KV cache: greedy, temperature, top-k, top-p, min-p, typical,
+epsilon and eta sampling, a repetition penalty, n-gram blocking, a minimum length, banned and biased token
+sequences and forced first and last tokens, beam search as transformers' generate(num_beams=...)
 runs it (its beams, token for token; beam sampling too), batched prompts of different lengths (left-padded;
 padding keys are masked), on whatever mesh the params live on. One compiled prefill over the prompts, then one
 compiled single-token step reused for every new token; equal token for token to recomputing the whole sequence
@@ -25,18 +26,23 @@ from jaxbatch.errors import CheckpointError, ConfigError
 NUCLEUS_CANDIDATES = 256  # top-p alone looks among this many most likely tokens first (`sample`)
 
 
-@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p", "min_p"))
+@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff",
+                                             "eta_cutoff"))
 def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float,
-           min_p: float = 0.0) -> jax.Array:
+           min_p: float = 0.0, typical_p: float = 1.0, epsilon_cutoff: float = 0.0, eta_cutoff: float = 0.0) -> jax.Array:
     """Next token ids from (batch, vocab) logits: argmax at temperature 0, else a draw from the
     temperature-scaled distribution restricted to the top_k tokens, then to the top_p probability mass of
-    what is left, then to the tokens at least min_p times as likely as the most likely one (HF's order). Nothing
+    what is left, then to the tokens at least min_p times as likely as the most likely one (HF's order); with
+    typical_p, epsilon_cutoff or eta_cutoff, through `warp`'s filters in HF's order (typical sampling sorts). Nothing
     sorts the vocabulary, which took XLA:CPU ~40 ms for 4 x 50257 logits, near a 124M-parameter decoder's ~50 ms
     token step: top-k ranks its k with `lax.top_k` (0.5 ms); top-p alone ranks NUCLEUS_CANDIDATES tokens (1 ms),
     and where some row's hold less than top_p (a flat distribution) it finds the threshold over the whole
     vocabulary instead (`nucleus`, 8 ms)."""
     if temperature <= 0:
         return jnp.argmax(logits, -1).astype(jnp.int32)
+    if typical_p < 1.0 or epsilon_cutoff > 0 or eta_cutoff > 0:
+        kept = warp(logits, temperature, top_k, top_p, min_p, 1, typical_p, epsilon_cutoff, eta_cutoff)
+        return jax.random.categorical(key, kept).astype(jnp.int32)
     logits = logits / temperature
 
     def likely(values):  # min_p: a ratio of probabilities is a difference of logits, whatever the normalisation
@@ -206,10 +212,52 @@ def _banned(logits, ban):
     return logits if ban is None else jnp.where(ban, -jnp.inf, logits)
 
 
+def _bias(histories, rows: int, vocab: int, sequence_bias: Sequence[tuple[Sequence[int], float]]) -> jax.Array | None:
+    """(rows, vocab) to add to the scores, or None: HF's SequenceBiasLogitsProcessor. A one-token sequence's bias
+    always; a longer one's on its last token where the row's tokens (`histories()`, read only for those) end
+    with the rest of it."""
+    if not sequence_bias:
+        return None
+    out = np.zeros((rows, vocab), np.float32)
+    for ids, bias in sequence_bias:
+        if len(ids) == 1:
+            out[:, ids[0]] = bias
+    longer = [(list(ids), bias) for ids, bias in sequence_bias if len(ids) > 1]
+    for row, tokens in enumerate(histories() if longer else ()):
+        for ids, bias in longer:
+            if len(ids) - 1 <= len(tokens) and list(tokens[len(tokens) + 1 - len(ids):]) == ids[:-1]:
+                out[row, ids[-1]] += bias
+    return jnp.asarray(out)
+
+
+def _biased(scores, bias):
+    return scores if bias is None else scores + bias
+
+
+def _forced(new: int, longest: int, max_new_tokens: int, vocab: int, forced_bos_token_id: int | None,
+            forced_eos_token_id: Sequence[int]) -> jax.Array | None:
+    """(vocab,): the only tokens the `new`th may be, or None: HF's ForcedEOSTokenLogitsProcessor (an end of
+    sequence as the last new token) over its ForcedBOSTokenLogitsProcessor (`forced_bos_token_id` as the first
+    token of a row, so only after one-token prompts: a decoder's rows start with the prompt). A forced token wins
+    over the bans (HF would suppress it after forcing it, leaving none)."""
+    ids = list(forced_eos_token_id) if forced_eos_token_id and new == max_new_tokens - 1 else (
+        [forced_bos_token_id] if forced_bos_token_id is not None and longest + new == 1 else [])
+    if not ids:
+        return None
+    return jnp.asarray(np.isin(np.arange(vocab), ids))
+
+
+def _only(scores, forced):
+    return scores if forced is None else jnp.broadcast_to(jnp.where(forced, 0.0, -jnp.inf), scores.shape).astype(
+        scores.dtype)
+
+
 def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, typical_p: float = 1.0,
+             epsilon_cutoff: float = 0.0, eta_cutoff: float = 0.0, repetition_penalty: float = 1.0,
              no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0, seed: int = 0,
-             stop_tokens: Sequence[int] = (), stop_text: StopText | None = None,
+             stop_tokens: Sequence[int] = (), stop_text: StopText | None = None, sequence_bias: Sequence = (),
+             forced_bos_token_id: int | None = None, forced_eos_token_id: Sequence[int] = (),
              **banned: Sequence) -> list[list[int]]:
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
     the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does) or at the
@@ -217,8 +265,9 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     `repetition_penalty` (`penalize`) and the bans (`_bans`) come before the sampling filters, as HF's logits
     processors come before its warpers; a prompt's left padding is not among its tokens. `banned`: `_bans`'
     suppress_tokens, begin_suppress_tokens, bad_words_ids."""
-    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                   repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+    filters = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                   epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff)
+    check_sampling(**filters, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                    min_new_tokens=min_new_tokens, min_length=min_length)
     logits, cache, key_valid, next_pos, longest = _prefill(graphdef, params, prompts, max_new_tokens)
     batch = len(prompts)
@@ -229,12 +278,15 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     def so_far():  # each row's tokens: its prompt, then what it took (kept on the host, a step's tokens at a time)
         return [p + t for p, t in zip(prompts, taken)]
 
+    vocab = logits.shape[-1]
     for i in range(max_new_tokens):
+        logits = _biased(logits, _bias(so_far, batch, vocab, sequence_bias))
         if seen is not None:
             logits = penalize(logits, seen, repetition_penalty)
-        logits = _banned(logits, _bans(so_far, batch, logits.shape[-1], i, no_repeat_ngram_size,
+        logits = _banned(logits, _bans(so_far, batch, vocab, i, no_repeat_ngram_size,
                                        max(min_new_tokens, min_length - longest), stop_tokens, **banned))
-        token = sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, min_p)
+        logits = _only(logits, _forced(i, longest, max_new_tokens, vocab, forced_bos_token_id, forced_eos_token_id))
+        token = sample(logits, jax.random.fold_in(key, i), **filters)
         if seen is not None:
             seen = seen.at[jnp.arange(batch), token].set(True)
         now = np.asarray(token)
@@ -253,15 +305,18 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     return [row[: stop + 1] for row, stop in zip(taken, end)]
 
 
-def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: float, min_keep: int) -> jax.Array:
-    """(rows, vocab) log-probabilities as HF's sampling warpers leave them for beam sampling: divided by the
-    temperature, then -inf outside the top_k, the top_p mass and min_p of the likeliest, each filter keeping at
-    least `min_keep` tokens (HF's min_tokens_to_keep in beam methods: one more than the stop tokens)."""
+def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: float, min_keep: int,
+         typical_p: float = 1.0, epsilon_cutoff: float = 0.0, eta_cutoff: float = 0.0) -> jax.Array:
+    """(rows, vocab) log-probabilities (or logits) as HF's sampling warpers leave them: divided by the temperature,
+    then -inf outside the top_k, the top_p mass, min_p of the likeliest, the typical_p mass of the tokens whose
+    surprise is nearest the entropy (`typical`), those at least epsilon_cutoff likely, and those at least eta likely
+    (eta: min(eta_cutoff, sqrt(eta_cutoff) * exp(-entropy)); Hewitt et al. 2022), each filter keeping at least
+    `min_keep` tokens (HF's min_tokens_to_keep: one more than the stop tokens in beam methods, else 1): the
+    likeliest, the most typical for typical_p."""
     x = logp / temperature
-    floor = jax.lax.top_k(x, min_keep)[0][:, -1:]  # the `min_keep` likeliest, which no filter removes
 
-    def at_least(keep):  # a filter's kept tokens, and always the `min_keep` likeliest
-        return jnp.where(keep | (x >= floor), x, -jnp.inf)
+    def at_least(keep):  # a filter's kept tokens, and always the `min_keep` likeliest of those left so far
+        return jnp.where(keep | (x >= jax.lax.top_k(x, min_keep)[0][:, -1:]), x, -jnp.inf)
 
     if top_k > 0:
         x = at_least(x >= jax.lax.top_k(x, min(max(top_k, min_keep), x.shape[-1]))[0][:, -1:])
@@ -269,23 +324,48 @@ def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: f
         x = at_least(nucleus(jax.nn.softmax(x, -1), top_p))
     if min_p > 0:
         x = at_least(x >= jnp.max(x, -1, keepdims=True) + math.log(min_p))
+    if typical_p < 1.0:
+        x = jnp.where(typical(x, typical_p, min_keep), x, -jnp.inf)
+    if epsilon_cutoff > 0:
+        x = at_least(jax.nn.softmax(x, -1) >= epsilon_cutoff)
+    if eta_cutoff > 0:
+        p = jax.nn.softmax(x, -1)
+        entropy = -jnp.sum(jnp.where(p > 0, p * jax.nn.log_softmax(x, -1), 0.0), -1, keepdims=True)
+        x = at_least(p >= jnp.minimum(eta_cutoff, jnp.sqrt(eta_cutoff) * jnp.exp(-entropy)))
     return x
 
 
-@functools.partial(jax.jit, static_argnames=("beams", "keep", "temperature", "top_k", "top_p", "min_p"))
+def typical(x: jax.Array, mass: float, min_keep: int = 1) -> jax.Array:
+    """Which tokens HF's TypicalLogitsWarper keeps of (rows, vocab) logits (Meister et al. 2022): ranked by how far
+    their surprise -log p is from the entropy, the fewest that hold `mass` (the first whose running sum reaches it
+    included), at least `min_keep`, and any tied with the last one kept. A full sort of the vocabulary."""
+    logp = jax.nn.log_softmax(x, -1)
+    p = jnp.exp(logp)
+    entropy = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), -1, keepdims=True)
+    shifted = jnp.abs(-logp - entropy)
+    order = jnp.argsort(shifted, -1, stable=True)
+    ranked = jnp.take_along_axis(shifted, order, -1)
+    last = jnp.minimum(jnp.sum(jnp.cumsum(jnp.take_along_axis(p, order, -1), -1) < mass, -1), x.shape[-1] - 1)
+    keep = (ranked <= jnp.take_along_axis(ranked, last[:, None], -1)) | (jnp.arange(x.shape[-1]) < min_keep)
+    return jnp.zeros_like(keep).at[jnp.arange(x.shape[0])[:, None], order].set(keep)
+
+
+@functools.partial(jax.jit, static_argnames=("beams", "keep", "temperature", "top_k", "top_p", "min_p", "typical_p",
+                                             "epsilon_cutoff", "eta_cutoff"))
 def _candidates(logits, scores, seen, penalty, ban, key, beams: int, keep: int, temperature: float = 0.0,
-                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0):
+                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, typical_p: float = 1.0,
+                epsilon_cutoff: float = 0.0, eta_cutoff: float = 0.0, bias=None, forced=None):
     """Each prompt's `keep` continuations over all its beams: (scores, beam * vocab + token), best first. A
     beam's score is the sum of its tokens' log-probabilities, the penalty and bans applied to them (HF's order).
     The best `keep` at temperature 0; else, as HF's beam sampling, the log-probabilities warped (`warp`) and `keep`
     drawn without replacement in proportion to exp(score) (the Gumbel top-k trick: torch.multinomial's
     distribution)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    logp = _biased(jax.nn.log_softmax(logits.astype(jnp.float32), -1), bias)
     if seen is not None:
         logp = penalize(logp, seen, penalty)
-    logp = _banned(logp, ban)
+    logp = _only(_banned(logp, ban), forced)
     if temperature > 0:
-        logp = warp(logp, temperature, top_k, top_p, min_p, keep // beams)
+        logp = warp(logp, temperature, top_k, top_p, min_p, keep // beams, typical_p, epsilon_cutoff, eta_cutoff)
     vocab = logp.shape[-1]
     total = (logp.reshape(-1, beams, vocab) + scores[:, :, None]).reshape(-1, beams * vocab)
     if temperature <= 0:
@@ -309,8 +389,10 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, repetition_penalty: float = 1.0,
                 no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, min_length: int = 0,
                 stop_tokens: Sequence[int] = (), num_return_sequences: int = 1, temperature: float = 0.0,
-                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int = 0,
-                stop_text: StopText | None = None, **banned: Sequence) -> list[list[int]]:
+                top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, typical_p: float = 1.0,
+                epsilon_cutoff: float = 0.0, eta_cutoff: float = 0.0, seed: int = 0,
+                stop_text: StopText | None = None, sequence_bias: Sequence = (), forced_bos_token_id: int | None = None,
+                forced_eos_token_id: Sequence[int] = (), **banned: Sequence) -> list[list[int]]:
     """The best of `num_beams` beams for each prompt, as transformers' generate(num_beams=...) chooses it: each
     step keeps the prompt's best max(2, 1 + len(stop_tokens)) x num_beams continuations; those among the first
     num_beams that end (a stop token, or max_new_tokens) join the finished hypotheses, scored sum of
@@ -323,10 +405,11 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     from the warped log-probabilities, which are then the beams' scores. A stop string (`stop_text`) ends a
     hypothesis as a stop token does (HF's stopping criteria, applied to every continuation kept)."""
     check_beams(num_beams, early_stopping, num_return_sequences)
-    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                   repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+    filters = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                   epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff)
+    check_sampling(**filters, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                    min_new_tokens=min_new_tokens, min_length=min_length)
-    sampler = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p) if temperature > 0 else {}
+    sampler = filters if temperature > 0 else {}
     key = jax.random.key(seed)
     batch, beams = len(prompts), num_beams
     each_beam = [p for p in prompts for _ in range(beams)]  # row b * beams + k: prompt b's beam k
@@ -343,11 +426,18 @@ def beam_search(graphdef, params, prompts: list[list[int]], max_new_tokens: int,
     done = np.zeros((batch, beams), bool)
     open_ = np.ones(batch, bool)  # HF's is_early_stop_heuristic_unsatisfied
     for i in range(max_new_tokens):
-        ban = _bans(lambda: [p + running[r // beams, r % beams, :i].tolist() for r, p in enumerate(each_beam)],
-                    len(each_beam), logits.shape[-1], i, no_repeat_ngram_size,
+        vocab = logits.shape[-1]
+
+        def histories():  # each beam's tokens: its prompt, then what it took
+            return [p + running[r // beams, r % beams, :i].tolist() for r, p in enumerate(each_beam)]
+
+        ban = _bans(histories, len(each_beam), vocab, i, no_repeat_ngram_size,
                     max(min_new_tokens, min_length - longest), stop_tokens, **banned)
+        shaped = dict(bias=_bias(histories, len(each_beam), vocab, sequence_bias),
+                      forced=_forced(i, longest, max_new_tokens, vocab, forced_bos_token_id, forced_eos_token_id))
         top, index = (np.asarray(x) for x in _candidates(logits, jnp.asarray(scores), seen, repetition_penalty, ban,
-                                                           jax.random.fold_in(key, i), beams, keep, **sampler))
+                                                           jax.random.fold_in(key, i), beams, keep, **sampler,
+                                                           **shaped))
         parent, token = index // logits.shape[-1], index % logits.shape[-1]
         candidates = running[rows, parent]
         candidates[:, :, i] = token
@@ -403,6 +493,9 @@ SAMPLING_RANGES = {  # setting -> (whether a value is in its range, the range in
     "no_repeat_ngram_size": (lambda v: v >= 0 and v == int(v), ">= 0 (0 = none)"),
     "min_new_tokens": (lambda v: v >= 0 and v == int(v), ">= 0"),
     "min_length": (lambda v: v >= 0 and v == int(v), ">= 0 (prompt and new tokens)"),
+    "typical_p": (lambda v: 0 < v <= 1, "in (0, 1] (1 = none)"),
+    "epsilon_cutoff": (lambda v: 0 <= v < 1, "in [0, 1) (0 = none)"),
+    "eta_cutoff": (lambda v: 0 <= v < 1, "in [0, 1) (0 = none)"),
 }
 
 
@@ -466,26 +559,27 @@ def stop_tokens(tokenizer, configs: Configs) -> list[int]:
 
 
 PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "min_length": 0}  # all modes
-OFF = {"top_p": 1.0, "min_p": 0.0, **PROCESSORS}  # the settings' values that change nothing
+OFF = {"top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+       **PROCESSORS}  # the settings' values that change nothing
 OWN_SAMPLING = {"temperature": 0.8, "top_k": 0, **OFF}  # without a generation_config.json
 HF_SAMPLING = {"temperature": 1.0, "top_k": 50, **OFF}  # transformers' GenerationConfig defaults
 GREEDY = {"temperature": 0.0, "top_k": 0, **OFF}
-SAMPLERS = ("temperature", "top_k", "top_p", "min_p")  # what greedy decoding ignores (PROCESSORS it does not)
+SAMPLERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff",
+            "eta_cutoff")  # what greedy decoding ignores (PROCESSORS it does not)
 
 
 def applied(chosen: dict) -> list[str]:
     """The settings of `chosen` that shape the output: the temperature alone when it is 0 (greedy), else top_k
-    and top_p too, and min_p when it filters; each of PROCESSORS that is on."""
-    keys = ["temperature"] if chosen["temperature"] <= 0 else [k for k in SAMPLERS if k != "min_p" or chosen[k] > 0]
+    and top_p too, and the other SAMPLERS when they filter; each of PROCESSORS that is on."""
+    keys = ["temperature"] if chosen["temperature"] <= 0 else [
+        k for k in SAMPLERS if k in ("temperature", "top_k", "top_p") or chosen[k] != OFF[k]]
     return keys + [k for k in PROCESSORS if chosen[k] != OFF[k]]
 
 
 UNAPPLIED = {  # generation_config.json settings HF's generate applies and this one does not, with their no-op values
     "num_beam_groups": (None, 1), "diversity_penalty": (None, 0), "penalty_alpha": (None, 0),
-    "typical_p": (None, 1), "epsilon_cutoff": (None, 0), "eta_cutoff": (None, 0),
     "top_h": (None, 0), "encoder_repetition_penalty": (None, 1),
     "exponential_decay_length_penalty": (None,),
-    "sequence_bias": (None, {}, []), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
     "guidance_scale": (None, 1), "dola_layers": (None,),
     "watermarking_config": (None,),
 }
@@ -543,6 +637,38 @@ def token_bans(configs: Configs, vocab: int, stop_tokens: Sequence[int]) -> dict
             value = [ids for ids in value if not (len(ids) == 1 and ids[0] in stop_tokens)]
         if value:
             out[key] = value
+    return out
+
+
+def token_shaping(configs: Configs, vocab: int) -> dict:
+    """The first generation config's sequence_bias ([token ids, bias] pairs; a later pair for the same ids replaces
+    an earlier one, as HF's dict of them does), forced_bos_token_id (an id) and forced_eos_token_id (an id or a
+    list), each checked (ids of this vocabulary, finite biases): what `generate` and `beam_search` take."""
+    if not configs:
+        return {}
+    path, config = configs[0]
+
+    def ids(value, most=None):
+        return isinstance(value, list) and 0 < len(value) <= (most or len(value)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in value)
+
+    out, pairs = {}, config.get("sequence_bias")
+    if pairs:
+        if not (isinstance(pairs, list) and all(
+                isinstance(pair, list) and len(pair) == 2 and ids(pair[0]) and isinstance(pair[1], (int, float))
+                and not isinstance(pair[1], bool) and math.isfinite(pair[1]) for pair in pairs)):
+            raise CheckpointError(f"{path}: sequence_bias {pairs!r} is not a list of [token ids below the vocabulary "
+                                  f"size {vocab}, bias] pairs")
+        out["sequence_bias"] = [(list(k), float(v)) for k, v in {tuple(i): b for i, b in pairs}.items()]
+    for key in ("forced_bos_token_id", "forced_eos_token_id"):
+        value = config.get(key)
+        if value is None:
+            continue
+        value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+        if not ids(value, most=1 if key == "forced_bos_token_id" else None):
+            raise CheckpointError(f"{path}: {key} {config[key]!r} is not a token id below the vocabulary size {vocab}"
+                                  + " (or a list of them)" * (key == "forced_eos_token_id"))
+        out[key] = value[0] if key == "forced_bos_token_id" else value
     return out
 
 

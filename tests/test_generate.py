@@ -140,6 +140,30 @@ def test_sampling_draws_from_exactly_the_filtered_distribution(spread, top_k, to
         assert len(set(tokens.tolist())) > 0.5 * min(len(want), draws)  # and the draws spread over it
 
 
+@pytest.mark.parametrize("typical_p, epsilon, eta", [(0.5, 0, 0), (0.9, 3e-3, 0), (1.0, 0, 0.02), (0.3, 0, 3e-3)])
+def test_typical_epsilon_and_eta_sampling_draw_from_hfs_warped_distribution(typical_p, epsilon, eta):
+    """4000 draws of `sample` with typical_p, epsilon_cutoff or eta_cutoff fall in the set transformers' warpers
+    keep, each token as often as its probability there within 5 standard errors."""
+    torch = pytest.importorskip("torch")
+    from transformers.generation import logits_process as lp
+
+    vocab, draws = 200, 4000
+    logits = np.asarray(jax.random.normal(jax.random.key(5), (vocab,))) * 3.0
+    scores = torch.tensor(logits[None], dtype=torch.float32)
+    for warper, used in ((lp.TypicalLogitsWarper, typical_p < 1), (lp.EpsilonLogitsWarper, epsilon > 0),
+                         (lp.EtaLogitsWarper, eta > 0)):
+        scores = warper({lp.TypicalLogitsWarper: typical_p, lp.EpsilonLogitsWarper: epsilon,
+                         lp.EtaLogitsWarper: eta}[warper])(None, scores) if used else scores
+    want = torch.softmax(scores, -1).numpy()[0]
+    assert 1 < (want > 0).sum() < vocab  # a filter that really filters
+    tokens = np.asarray(generate.sample(jnp.tile(jnp.asarray(logits), (draws, 1)), jax.random.key(3), 1.0, 0, 1.0,
+                                        0.0, typical_p, epsilon, eta))
+    assert set(tokens.tolist()) <= set(np.flatnonzero(want).tolist())
+    for token in np.flatnonzero(want > 0.01):
+        prob = want[token]
+        assert abs(np.mean(tokens == token) - prob) < 5 * np.sqrt(prob * (1 - prob) / draws) + 1e-3, token
+
+
 @pytest.mark.parametrize("top_k,top_p,min_p", [(0, 1.0, 0.1), (0, 0.95, 0.05), (40, 0.9, 0.2)])
 def test_the_reference_filter_is_hfs_warpers(top_k, top_p, min_p):
     """`_nucleus`, which the draws above are held to, keeps what transformers' TopK, TopP and MinP warpers keep."""
@@ -159,10 +183,10 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
     sampling fills what it leaves out with transformers' GenerationConfig defaults (top-k 50); its repetition
     penalty applies either way; a value given on the command line wins; a bad value names the file."""
     def settings(temperature, top_k, top_p, repetition_penalty=1.0, min_p=0.0, no_repeat_ngram_size=0,
-                 min_new_tokens=0, min_length=0):
-        return dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                    min_new_tokens=min_new_tokens, min_length=min_length)
+                 min_new_tokens=0, min_length=0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0):
+        return dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                    epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff, repetition_penalty=repetition_penalty,
+                    no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens, min_length=min_length)
 
     missing = tmp_path / "missing"
     assert generate.sampling(read([missing])) == (settings(0.8, 0, 1.0),
@@ -201,8 +225,16 @@ def test_sampling_settings_are_the_command_lines_then_the_generation_configs_as_
     path.write_text('{"do_sample": true, "min_p": 0.05}')
     assert generate.sampling(read([tmp_path])) == (settings(1.0, 50, 1.0, min_p=0.05),
                                              f"temperature, top_k, top_p, min_p from {path}")
+    path.write_text('{"do_sample": true, "typical_p": 0.9, "epsilon_cutoff": 0.0, "eta_cutoff": 3e-4}')
+    assert generate.sampling(read([tmp_path]), top_k=0) == (settings(1.0, 0, 1.0, typical_p=0.9, eta_cutoff=3e-4),
+                                                            f"temperature, top_p, typical_p, eta_cutoff from {path}")
+    path.write_text('{"typical_p": 0.9}')  # greedy: a sampling filter, not applied
+    assert generate.sampling(read([tmp_path])) == (settings(0.0, 0, 1.0), f"temperature from {path}")
+    with pytest.raises(ValueError, match=r"--epsilon-cutoff must be in \[0, 1\) \(0 = none\), got 1.0"):
+        generate.sampling(read([tmp_path]), epsilon_cutoff=1.0)
     for bad in ('"top_p": 0', '"top_k": 2.5', '"temperature": "hot"', '"temperature": true',
-                '"repetition_penalty": -1', '"min_p": 1.5', '"no_repeat_ngram_size": 2.5', '"min_new_tokens": -2'):
+                '"repetition_penalty": -1', '"min_p": 1.5', '"no_repeat_ngram_size": 2.5', '"min_new_tokens": -2',
+                '"typical_p": 0', '"eta_cutoff": 1'):
         path.write_text(f'{{"do_sample": true, {bad}}}')
         with pytest.raises(generate.CheckpointError, match=r"generation_config.json: \w+ .* is not a valid"):
             generate.sampling(read([tmp_path]))
@@ -232,8 +264,8 @@ def test_generation_config_settings_it_does_not_apply_are_named(tmp_path):
                     '"suppress_tokens": [], "bos_token_id": 1, "max_length": 4096}')
     assert generate.unapplied(read([tmp_path])) == (path, [])
     path.write_text('{"num_beams": 4, "typical_p": 0.9, "min_p": 0.05, "sequence_bias": [[[7], 2.0]], '
-                    '"suppress_tokens": [3]}')
-    assert generate.unapplied(read([tmp_path]))[1] == ["typical_p 0.9", "sequence_bias [[[7], 2.0]]"]  # beams apply
+                    '"suppress_tokens": [3], "num_beam_groups": 2, "guidance_scale": 1.5}')
+    assert generate.unapplied(read([tmp_path]))[1] == ["num_beam_groups 2", "guidance_scale 1.5"]  # beams apply
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +452,73 @@ def test_suppressed_tokens_and_bad_words_give_hfs_tokens(random_gpt2, settings, 
                            for i in range(len(prompt) - len(word) + 1, len(whole) - len(word) + 1))
 
 
+@pytest.mark.parametrize("beams, settings", [  # this model's logits differ by ~0.1
+    (1, dict(sequence_bias=[([30], -0.1), ([27, 27], -0.15)])),
+    (1, dict(sequence_bias=[([27], 0.05), ([15, 27], -0.2)])),
+    (3, dict(sequence_bias=[([30, 30], -0.1), ([8, 8], -0.1)])),
+    (3, dict(sequence_bias=[([8], -0.1), ([30, 30], -0.2)])),
+    (1, dict(forced_eos_token_id=[7, 9])), (3, dict(forced_eos_token_id=[7, 9])),
+    (1, dict(forced_eos_token_id=[3], sequence_bias=[([4], 0.06)])),
+    (3, dict(forced_eos_token_id=[3], sequence_bias=[([4], 0.06)]))])
+def test_sequence_bias_and_forced_tokens_give_hfs_tokens(random_gpt2, beams, settings):
+    """A generation config's sequence_bias (added to a token's score, for a longer sequence where the row's tokens
+    end with the rest of it) and forced_eos_token_id (the last new token), greedy and in beam search (where the
+    bias is added to log-probabilities), token for token as transformers' generate applies them; each changes
+    the continuations, a longer sequence's bias too."""
+    import torch
+
+    theirs, restored = random_gpt2
+    prompts = np.random.default_rng(0).integers(0, 50, size=(3, 5))
+    hf = {k: [[list(ids), bias] for ids, bias in v] if k == "sequence_bias" else v for k, v in settings.items()}
+    with torch.no_grad():
+        want = theirs.generate(torch.tensor(prompts), attention_mask=torch.ones(3, 5, dtype=torch.long),
+                               max_new_tokens=12, do_sample=False, num_beams=beams, eos_token_id=21, pad_token_id=1,
+                               **hf)[:, 5:].tolist()
+    run = functools.partial(generate.generate if beams == 1 else functools.partial(generate.beam_search,
+                                                                                   num_beams=beams),
+                            restored.run.graphdef, restored.params, prompts.tolist(), 12, stop_tokens=[21])
+    ours = run(**settings)
+    assert [row + [1] * (len(want[0]) - len(row)) for row in ours] == want
+    assert ours != run()
+    longer = [(ids, bias) for ids, bias in settings.get("sequence_bias", []) if len(ids) > 1]
+    if longer:
+        singles = [(ids, bias) for ids, bias in settings["sequence_bias"] if len(ids) == 1]
+        assert ours != run(**{**settings, "sequence_bias": singles})
+    if "forced_eos_token_id" in settings:
+        assert all(row[-1] in settings["forced_eos_token_id"] for row in ours if len(row) == 12)
+
+
+def test_a_forced_first_token_follows_one_token_prompts_as_hfs():
+    """forced_bos_token_id forces the token after a row's first (HF's ForcedBOSTokenLogitsProcessor reads the
+    prompt as the row's start): after one-token prompts, greedy and sampled; after longer prompts, nothing."""
+    graphdef, params = _model("gpt-tiny")
+    prompts = [[3], [9]]
+    for sampler in ({}, dict(temperature=1.0, seed=4)):
+        forced = generate.generate(graphdef, params, prompts, 4, forced_bos_token_id=11, **sampler)
+        assert [row[0] for row in forced] == [11, 11]
+        assert 11 not in [row[0] for row in generate.generate(graphdef, params, prompts, 4, **sampler)]
+        plain = generate.generate(graphdef, params, [[3, 5]], 4, **sampler)
+        assert generate.generate(graphdef, params, [[3, 5]], 4, forced_bos_token_id=11, **sampler) == plain
+
+
+def test_token_shaping_is_read_from_the_generation_config_and_checked(tmp_path):
+    path = tmp_path / "generation_config.json"
+    assert generate.token_shaping([], 50) == {}
+    path.write_text('{"sequence_bias": [[[3], 1.5], [[4, 5], -2], [[3], 0.5]], "forced_bos_token_id": null, '
+                    '"forced_eos_token_id": 2}')
+    assert generate.token_shaping(read([tmp_path]), 50) == {  # the later [3]'s bias, as HF's dict of them
+        "sequence_bias": [([3], 0.5), ([4, 5], -2.0)], "forced_eos_token_id": [2]}
+    path.write_text('{"sequence_bias": [], "forced_bos_token_id": 7, "forced_eos_token_id": [2, 3]}')
+    assert generate.token_shaping(read([tmp_path]), 50) == {"forced_bos_token_id": 7, "forced_eos_token_id": [2, 3]}
+    for bad in ('{"sequence_bias": [[[50], 1.0]]}', '{"sequence_bias": [[3, 1.0]]}', '{"sequence_bias": [[[], 1.0]]}',
+                '{"sequence_bias": [[[3], "up"]]}', '{"sequence_bias": {"3": 1.0}}', '{"forced_bos_token_id": [1, 2]}',
+                '{"forced_eos_token_id": 50}', '{"forced_eos_token_id": true}'):
+        path.write_text(bad)
+        with pytest.raises(generate.CheckpointError, match="generation_config.json: .* is not .*below the vocabulary "
+                                                           "size 50"):
+            generate.token_shaping(read([tmp_path]), 50)
+
+
 def test_token_bans_are_read_from_the_generation_config_and_checked(tmp_path):
     path = tmp_path / "generation_config.json"
     assert generate.token_bans([], 50, [0]) == {}
@@ -463,12 +562,17 @@ def test_beam_search_gives_hfs_beams(random_gpt2, eos, length_penalty, early_sto
         assert any(len(row) < 12 for row in ours)  # the EOS path is taken (a penalty of 2 favours the long)
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p, min_p, keep", [
-    (0.7, 0, 1.0, 0.0, 2), (1.0, 1, 1.0, 0.0, 2), (0.5, 0, 0.05, 0.0, 3), (1.0, 40, 0.9, 0.2, 2),
-    (2.0, 0, 1.0, 0.99, 3), (1.0, 5, 0.3, 0.1, 4)])
-def test_beam_sampling_warps_log_probabilities_as_hfs_warpers(temperature, top_k, top_p, min_p, keep):
+@pytest.mark.parametrize("temperature, top_k, top_p, min_p, keep, typical_p, epsilon, eta", [
+    (0.7, 0, 1.0, 0.0, 2, 1.0, 0, 0), (1.0, 1, 1.0, 0.0, 2, 1.0, 0, 0), (0.5, 0, 0.05, 0.0, 3, 1.0, 0, 0),
+    (1.0, 40, 0.9, 0.2, 2, 1.0, 0, 0), (2.0, 0, 1.0, 0.99, 3, 1.0, 0, 0), (1.0, 5, 0.3, 0.1, 4, 1.0, 0, 0),
+    (1.0, 0, 1.0, 0.0, 1, 0.5, 0, 0), (0.7, 0, 1.0, 0.0, 3, 0.2, 0, 0), (1.0, 0, 1.0, 0.0, 1, 1.0, 3e-3, 0),
+    (1.0, 0, 1.0, 0.0, 2, 1.0, 0, 3e-3), (2.0, 50, 0.9, 0.0, 3, 0.5, 3e-3, 3e-3), (1.0, 0, 1.0, 0.0, 2, 0.9, 0.05, 0)])
+def test_beam_sampling_warps_log_probabilities_as_hfs_warpers(temperature, top_k, top_p, min_p, keep, typical_p,
+                                                              epsilon, eta):
     """HF's beam sampling warps log-probabilities, not logits (the temperature divides them unnormalised), and
-    each warper keeps at least one more token than there are stop tokens (`keep`)."""
+    each warper keeps at least one more token than there are stop tokens (`keep`): the likeliest left, but the
+    most typical for typical_p (it may drop the likeliest, after which epsilon keeps the likeliest left). Sampling
+    (keep 1) warps logits through the same filters."""
     torch = pytest.importorskip("torch")
     from transformers.generation import logits_process as lp
 
@@ -477,9 +581,12 @@ def test_beam_sampling_warps_log_probabilities_as_hfs_warpers(temperature, top_k
     for warper, used in ((lambda: lp.TemperatureLogitsWarper(temperature), True),  # HF's order
                          (lambda: lp.TopKLogitsWarper(top_k, min_tokens_to_keep=keep), top_k > 0),
                          (lambda: lp.TopPLogitsWarper(top_p, min_tokens_to_keep=keep), top_p < 1),
-                         (lambda: lp.MinPLogitsWarper(min_p, min_tokens_to_keep=keep), min_p > 0)):
+                         (lambda: lp.MinPLogitsWarper(min_p, min_tokens_to_keep=keep), min_p > 0),
+                         (lambda: lp.TypicalLogitsWarper(typical_p, min_tokens_to_keep=keep), typical_p < 1),
+                         (lambda: lp.EpsilonLogitsWarper(epsilon, min_tokens_to_keep=keep), epsilon > 0),
+                         (lambda: lp.EtaLogitsWarper(eta, min_tokens_to_keep=keep), eta > 0)):
         scores = warper()(None, scores) if used else scores
-    ours = np.asarray(generate.warp(logp, temperature, top_k, top_p, min_p, keep))
+    ours = np.asarray(generate.warp(logp, temperature, top_k, top_p, min_p, keep, typical_p, epsilon, eta))
     np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(scores.numpy()))
     np.testing.assert_allclose(ours[np.isfinite(ours)], scores.numpy()[np.isfinite(ours)], rtol=1e-6)
     assert (np.isfinite(ours).sum(1) >= keep).all()
@@ -615,6 +722,11 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12"]) == 0
     captured = capsys.readouterr()
     assert " " not in captured.out.splitlines()[0][len("the cat"):] and "banned: suppress_tokens [1] (" in captured.err
+    (run / "generation_config.json").write_text('{"forced_eos_token_id": 1, "do_sample": true, "typical_p": 0.5}')
+    assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "5", "--eta-cutoff", "0.01"]) == 0
+    captured = capsys.readouterr()  # the last new token forced to " ", typical and eta sampling
+    assert captured.out.splitlines()[0].endswith(" ") and len(captured.out.splitlines()[0]) == len("the cat") + 5
+    assert "also: forced_eos_token_id [1] (" in captured.err and ", typical_p 0.5, eta_cutoff 0.01 (" in captured.err
     (run / "generation_config.json").write_text('{"stop_strings": [""]}')
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12"]) == 2
     err = capsys.readouterr().err
