@@ -28,8 +28,8 @@ NUCLEUS_CANDIDATES = 256  # top-p alone looks among this many most likely tokens
 
 @functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff",
                                              "eta_cutoff"))
-def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float,
-           min_p: float = 0.0, typical_p: float = 1.0, epsilon_cutoff: float = 0.0, eta_cutoff: float = 0.0) -> jax.Array:
+def sample(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float, min_p: float = 0.0,
+           typical_p: float = 1.0, epsilon_cutoff: float = 0.0, eta_cutoff: float = 0.0) -> jax.Array:
     """Next token ids from (batch, vocab) logits: argmax at temperature 0, else a draw from the
     temperature-scaled distribution restricted to the top_k tokens, then to the top_p probability mass of
     what is left, then to the tokens at least min_p times as likely as the most likely one (HF's order); with
