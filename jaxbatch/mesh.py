@@ -44,10 +44,32 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with Auto axes: jit's in/out shardings plus GSPMD propagation do the partitioning."""
+    """A mesh with Auto axes: jit's in/out shardings plus GSPMD propagation do the partitioning. Devices of
+    several TPU slices (multislice: slices joined by the data-center network, DCN, far slower than the chips'
+    own links) are laid out as MaxText's dcn_data_parallelism does: the data axis spans the slices, so only the
+    gradient all-reduce crosses the DCN, and fsdp and model stay within a slice (FSDP spans them when the data
+    axis cannot: hybrid sharding, its gathers over the DCN; the model axis never)."""
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(mesh_cfg, len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    axis_types = (AxisType.Auto,) * len(AXES)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices == 1:
+        return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
+    across = next((i for i in (0, 1) if shape[i] % slices == 0), None)
+    if across is None:
+        raise ConfigError(f"mesh data={shape[0]} x fsdp={shape[1]} x model={shape[2]}: the devices span {slices} "
+                          f"TPU slices, and mesh.data (or else mesh.fsdp) must be a multiple of {slices} to span them "
+                          f"(mesh.model stays within a slice)")
+    within = [size // slices if i == across else size for i, size in enumerate(shape)]
+    dcn = [slices if i == across else 1 for i in range(len(AXES))]
+    from jax.experimental import mesh_utils
+
+    try:
+        grid = mesh_utils.create_hybrid_device_mesh(within, dcn, devices)
+    except (ValueError, AssertionError) as e:  # a slice's devices cannot hold the axes within it
+        raise ConfigError(f"mesh data={shape[0]} x fsdp={shape[1]} x model={shape[2]} over {slices} TPU slices: "
+                          f"{within} within each slice does not fit its devices ({e})") from e
+    return Mesh(grid, AXES, axis_types=axis_types)
 
 
 def logical_to_spec(names: Sequence[str | None], rules: Rules, mesh: Mesh | None = None,
@@ -152,4 +174,6 @@ def activation_spec(names: Sequence[str | None], shape: Sequence[int]) -> P:
 
 
 def describe(mesh: Mesh) -> str:
-    return " x ".join(f"{a}={mesh.shape[a]}" for a in AXES) + f" ({mesh.devices.size} {mesh.devices.flat[0].platform} devices)"
+    slices = len({getattr(d, "slice_index", 0) for d in mesh.devices.flat})
+    return " x ".join(f"{a}={mesh.shape[a]}" for a in AXES) + (
+        f" ({mesh.devices.size} {mesh.devices.flat[0].platform} devices" + f" in {slices} slices" * (slices > 1) + ")")

@@ -51,7 +51,8 @@ class Target:
     name: str
     chip: Chip
     devices: list
-    chips: int
+    chips: int  # in all its slices
+    slices: int = 1
 
     @property
     def per_chip(self) -> int:
@@ -66,16 +67,20 @@ class Target:
         return self.chip.peak_flops / self.per_chip
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.chips} x {self.chip.name} ({len(self.devices)} devices, "
+        slices = f" in {self.slices} slices" if self.slices > 1 else ""
+        return (f"{self.name}: {self.chips} x {self.chip.name}{slices} ({len(self.devices)} devices, "
                 f"{self.device_memory / GIB:.1f} GiB and {self.device_peak_flops / 1e12:.0f} TFLOP/s bf16 each)")
 
 
 def target(name: str) -> Target:
-    """The devices of TPU slice `name` ('v5e:4x4', 'v4:2x2x2', 'v5p:4x4x4', 'v6e:8x8'), compiled for locally."""
-    m = re.fullmatch(r"(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})", name)
-    if not m:
+    """The devices of TPU slice `name` ('v5e:4x4', 'v4:2x2x2', 'v5p:4x4x4', 'v6e:8x8'), or of N such slices joined
+    by the data-center network ('2xv5e:16x16', multislice: MaxText's compile_topology_num_slices), compiled for
+    locally."""
+    m = re.fullmatch(r"(?:(\d+)x)?(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})", name)
+    if not m or m[1] in ("0",):
         raise ConfigError(f"--target {name!r}: use a TPU generation and chip topology, e.g. v5e:4x4, v5e:16x16, "
-                          f"v4:2x2x2, v5p:4x4x4, v6e:8x8")
+                          f"v4:2x2x2, v5p:4x4x4, v6e:8x8, or N slices of one: 2xv5e:16x16")
+    slices, generation, chips_shape = int(m[1] or 1), m[2], m[3]
     try:
         import libtpu  # noqa: F401
     except ImportError as e:
@@ -86,10 +91,11 @@ def target(name: str) -> Target:
     # Compiling takes no TPU, so several processes may do it at once (libtpu otherwise keeps one per machine).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     # v4 and v5p chips hold two cores that JAX runs as one device ("megacore"), as on the real slice
-    kwargs = {"chip_config_name": "megacore"} if m[1] in ("v4", "v5p") else {}
+    kwargs = {"chip_config_name": "megacore"} if generation in ("v4", "v5p") else {}
     try:
-        devices = topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices
+        devices = topologies.get_topology_desc(platform="tpu", topology_name=f"{generation}:{chips_shape}",
+                                               num_slices=slices, **kwargs).devices
     except Exception as e:  # libtpu reports a bad topology as a generic runtime error
         raise ConfigError(f"--target {name}: libtpu cannot describe this slice ({str(e).splitlines()[0]})") from e
-    chips = math.prod(int(d) for d in m[2].split("x"))
-    return Target(name, CHIPS[m[1]], list(devices), chips)
+    chips = slices * math.prod(int(d) for d in chips_shape.split("x"))
+    return Target(name, CHIPS[generation], list(devices), chips, slices)

@@ -35,17 +35,47 @@ def test_chips_and_targets(monkeypatch):
     # tiny BERT, DP over 16 chips
     ("v5e:4x4", ["model.preset=tiny", "model.num_layers=1", "train.batch_size=16", "mesh.data=-1"]),
     ("v4:2x2x2", [*DECODER, "train.batch_size=16", "mesh.fsdp=4", "mesh.data=2"]),  # a decoder, FSDP x DP
+    ("2xv5e:2x2", [*DECODER, "train.batch_size=16", "mesh.fsdp=2", "mesh.data=4"]),  # two slices (multislice)
 ])
 def test_plan_compiles_for_a_slice_on_this_cpu(capsys, target, overrides):
     assert cli.main(["plan", "--target", target, *overrides]) == 0
     out = capsys.readouterr().out
     assert "tpu devices" in out and "plan: train.accum_steps=1 (micro-batch 16)" in out, out
+    assert ("tpu devices in 2 slices)" in out) == target.startswith("2x")
     slice_ = topology.target(target)
     assert f"of {memory.size(slice_.device_memory)} HBM" in out and "TFLOP per device per step" in out
     cfg = config.build(overrides)
     spec = run_lib.resolve(cfg, task=tasks.dataset_task(cfg.data))
     fixed = memory.state_bytes(spec, slice_.devices)
     assert f"params {memory.size(fixed.params)}," in out
+
+
+def test_a_multislice_mesh_spans_the_slices_with_its_data_axis():
+    """Devices of two v5e:2x2 slices (joined by the data-center network) laid out as MaxText's multislice: the data
+    axis spans the slices (only the gradient all-reduce crosses them), fsdp and model stay within one; FSDP spans
+    them when the data axis cannot (hybrid sharding), the model axis never; every device is used once."""
+    import numpy as np
+
+    from jaxbatch import mesh as mesh_lib
+
+    two = topology.target("2xv5e:2x2")
+    assert (two.chips, two.slices, len(two.devices), two.device_memory) == (8, 2, 8, 16 * 2**30)
+    assert "8 x TPU v5e in 2 slices" in two.describe() and "slices" not in topology.target("v5e:2x2").describe()
+
+    def slices(data, fsdp, model):
+        mesh = mesh_lib.make_mesh(config.build([f"mesh.data={data}", f"mesh.fsdp={fsdp}",
+                                                f"mesh.model={model}"]).mesh, two.devices)
+        assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in two.devices)
+        return np.vectorize(lambda d: d.slice_index)(mesh.devices)
+
+    assert (slices(4, 2, 1) == (np.arange(4) // 2)[:, None, None]).all()  # data rows 0-1 on one slice, 2-3 on the other
+    assert (slices(2, 1, 4) == np.arange(2)[:, None, None]).all()  # tensor parallel within each slice
+    assert slices(1, 8, 1).reshape(-1).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # FSDP across the slices
+    with pytest.raises(ConfigError, match=r"span 2 TPU slices, and mesh.data \(or else mesh.fsdp\) must be a multiple "
+                                          r"of 2"):
+        slices(1, 1, 8)
+    with pytest.raises(ConfigError, match="--target '0xv5e:2x2'"):
+        topology.target("0xv5e:2x2")
 
 
 def test_a_model_too_big_for_the_slice_is_reported_with_numbers(capsys):
