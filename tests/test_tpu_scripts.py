@@ -46,6 +46,43 @@ def test_dry_runs_print_the_gcloud_commands():
     assert "set ZONE" in _run("create.sh", env={k: v for k, v in ENV.items() if k != "ZONE"}).stderr
 
 
+def test_several_slices_are_one_queued_resource_and_every_slice_runs_each_command():
+    """SLICES=2 (multislice): one queued resource of 2 nodes named jb-0 and jb-1; setup, launch and delete reach
+    both."""
+    multi = dict(ENV, SLICES="2")
+    for args in ((), ("--spot",)):
+        created = _run("create.sh", *args, "--dry-run", env=multi).stdout.split()
+        assert created[4:7] == ["queued-resources", "create", "jb-qr"] and ("--spot" in created) == bool(args)
+        assert {"--node-count=2", "--node-prefix=jb"} <= set(created) and not any("--node-id" in a for a in created)
+    setup = _run("setup.sh", "--dry-run", env=multi).stdout.replace("\\", "")
+    assert all(f"scp /tmp/jaxbatch.tgz {n}:/tmp/jaxbatch.tgz" in setup and f"ssh {n} --worker=all" in setup
+               for n in ("jb-0", "jb-1"))
+    launch = _run("launch.sh", "--dry-run", "train.steps=10", env=multi).stdout.replace("\\ ", " ")
+    assert "tpu-vm ssh jb-0 --worker=all" in launch and "tpu-vm ssh jb-1 --worker=all" in launch
+    assert _run("delete.sh", "--dry-run", env=multi).stdout.split()[4:7] == ["queued-resources", "delete", "jb-qr"]
+    bad = _run("create.sh", "--dry-run", env=dict(ENV, SLICES="0"))
+    assert bad.returncode == 2 and "SLICES=0" in bad.stderr
+
+
+@pytest.mark.parametrize("codes, code", [((0, 0), 0), ((0, 3), 3)])
+def test_a_multislice_launch_runs_every_slice_and_fails_with_any(tmp_path, codes, code):
+    """Both slices' workers start (at once), and a slice's failure is the launch's exit code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for node, c in zip(("jb-0", "jb-1"), codes):
+        (tmp_path / f"code.{node}").write_text(str(c))
+    (bin_dir / "gcloud").write_text(f"""#!/usr/bin/env bash
+node=""; for a in "$@"; do case "$a" in jb-*) node=$a ;; esac; done
+echo "$node" >> {tmp_path}/log
+c=$(cat {tmp_path}/code.$node); echo "jaxbatch-exit $node-w0 $c"; exit $c
+""")
+    (bin_dir / "gcloud").chmod(0o755)
+    env = dict(ENV, SLICES="2", PATH=f"{bin_dir}:{ENV['PATH']}")
+    result = _run("launch.sh", "train.steps=10", env=env)
+    assert result.returncode == code, result.stderr
+    assert sorted((tmp_path / "log").read_text().split()) == ["jb-0", "jb-1"]
+
+
 def _fake_gcloud(tmp_path, attempts):
     """A gcloud that, on its n-th call, prints what the workers of attempt n reported and exits with its status."""
     bin_dir = tmp_path / "bin"

@@ -9,7 +9,7 @@ for arg in "$@"; do
     *) echo "delete.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
-if [[ "$queued" == 1 ]]; then
+if [[ "$queued" == 1 || "$SLICES" -gt 1 ]]; then  # a multislice job is always a queued resource
   run "${GCLOUD[@]}" compute tpus queued-resources delete "$TPU_NAME-qr" --zone="$ZONE" --force --quiet
 else
   tpu delete "$TPU_NAME" --quiet
