@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                        "tokens (HF's), greedy too" + sampled % "0")
     gen_p.add_argument("--min-new-tokens", type=int, help="no end-of-sequence token before this many new tokens "
                        "(HF's)" + sampled % "0")
+    gen_p.add_argument("--min-length", type=int, help="no end-of-sequence token before prompt and new tokens reach "
+                       "this many (HF's min_length: a batch's longest prompt counts)" + sampled % "0")
     gen_p.add_argument("--stop", action="append", default=[], help="a string that ends a continuation, left out of "
                        "the printed text (HF's stop_strings); repeat for several" + sampled % "none")
     gen_p.add_argument("--num-beams", type=int, help="> 1: beam search, as HF's generate(num_beams=...); "
@@ -442,7 +444,7 @@ def generate(args) -> int:
                                                epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff,
                                                repetition_penalty=args.repetition_penalty,
                                                no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                               min_new_tokens=args.min_new_tokens)
+                                               min_new_tokens=args.min_new_tokens, min_length=args.min_length)
         beams = generate_lib.beam_settings(configs, num_beams=args.num_beams, length_penalty=args.length_penalty,
                                            early_stopping=early)
         if beams["num_beams"] > 1:

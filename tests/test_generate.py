@@ -704,9 +704,9 @@ def test_train_a_char_lm_then_generate_and_evaluate(tmp_path, capsys):
     assert records[0] == {"prompt": "the cat", "completion": lines[0][len("the cat"):], "new_tokens": 12,
                           "finish_reason": "length"} and records[1]["prompt"] == "the" and len(records) == 2
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0",
-                     "--no-repeat-ngram-size", "2"]) == 0  # HF's n-gram blocking: no character pair twice
+                     "--no-repeat-ngram-size", "2", "--min-length", "9"]) == 0  # HF's n-gram blocking: no pair twice
     captured = capsys.readouterr()
-    assert captured.err == "sampling: greedy, no_repeat_ngram_size 2 (the command line)\n", captured.err
+    assert captured.err == "sampling: greedy, no_repeat_ngram_size 2, min_length 9 (the command line)\n", captured.err
     text = captured.out.splitlines()[0]
     assert len(text) == len("the cat") + 12 and len({text[i:i + 2] for i in range(len(text) - 1)}) == len(text) - 1
     assert cli.main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0",
