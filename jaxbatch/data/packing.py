@@ -7,6 +7,10 @@ continues in the next row as a new segment. Inputs are row[:-1], targets row[1:]
 where it continues the same document, so no loss is taken across a boundary or on padding, nor on the
 tokens a document only reads (`trained`: supervised fine-tuning trains on completions and assistant turns,
 not on prompts).
+
+The documents are kept end to end (`stream`: 2 bytes a token while ids fit in 16 bits) and `Packed` computes
+each row from them when it is read, so a corpus' rows (16 bytes a token) are never held or stored; `pack` gives
+them in memory.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ def stream(documents, trained=None, alloc=None) -> dict[str, np.ndarray]:
         out["targets"] = alloc("targets", bits.shape, np.uint8)
         out["targets"][:] = bits
     return out
+
+
+KEYS = ("input_ids", "labels", "segment_ids", "positions")  # a Packed's arrays
 
 
 class Packed(Mapping):
@@ -89,9 +96,6 @@ class Packed(Mapping):
                "segment_ids": segments[:, :-1], "positions": positions[:, :-1]}
         self._last = (token, out)
         return out
-
-
-KEYS = ("input_ids", "labels", "segment_ids", "positions")
 
 
 class _Column(np.lib.mixins.NDArrayOperatorsMixin):
