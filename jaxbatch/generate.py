@@ -262,9 +262,10 @@ def generate(graphdef, params, prompts: list[list[int]], max_new_tokens: int, *,
     """The new token ids for each prompt (a list of token ids, at least one). A prompt's continuation ends at
     the first of `stop_tokens` (end-of-sequence ids; kept as its last token, as HF's generate does) or at the
     token that ends a stop string (`stop_text`, from `text_stops`), and the loop ends once every prompt has ended.
-    `repetition_penalty` (`penalize`) and the bans (`_bans`) come before the sampling filters, as HF's logits
-    processors come before its warpers; a prompt's left padding is not among its tokens. `banned`: `_bans`'
-    suppress_tokens, begin_suppress_tokens, bad_words_ids."""
+    `sequence_bias` (`_bias`), `repetition_penalty` (`penalize`), the bans (`_bans`) and the forced tokens
+    (`_forced`) come in that order before the sampling filters, as HF's logits processors come before its warpers;
+    a prompt's left padding is not among its tokens. `banned`: `_bans`' suppress_tokens, begin_suppress_tokens,
+    bad_words_ids."""
     filters = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
                    epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff)
     check_sampling(**filters, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -356,7 +357,8 @@ def _candidates(logits, scores, seen, penalty, ban, key, beams: int, keep: int, 
                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, typical_p: float = 1.0,
                 epsilon_cutoff: float = 0.0, eta_cutoff: float = 0.0, bias=None, forced=None):
     """Each prompt's `keep` continuations over all its beams: (scores, beam * vocab + token), best first. A
-    beam's score is the sum of its tokens' log-probabilities, the penalty and bans applied to them (HF's order).
+    beam's score is the sum of its tokens' log-probabilities, the bias, penalty, bans and forced tokens applied to
+    them (HF's order).
     The best `keep` at temperature 0; else, as HF's beam sampling, the log-probabilities warped (`warp`) and `keep`
     drawn without replacement in proportion to exp(score) (the Gumbel top-k trick: torch.multinomial's
     distribution)."""
