@@ -52,7 +52,7 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(mesh_cfg, len(devices))
     axis_types = (AxisType.Auto,) * len(AXES)
-    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    slices = _slices(devices)
     if slices == 1:
         return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
     across = next((i for i in (0, 1) if shape[i] % slices == 0), None)
@@ -70,6 +70,11 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
         raise ConfigError(f"mesh data={shape[0]} x fsdp={shape[1]} x model={shape[2]} over {slices} TPU slices: "
                           f"{within} within each slice does not fit its devices ({e})") from e
     return Mesh(grid, AXES, axis_types=axis_types)
+
+
+def _slices(devices) -> int:
+    """How many TPU slices the devices span (1 for any other platform)."""
+    return len({getattr(d, "slice_index", 0) for d in devices})
 
 
 def logical_to_spec(names: Sequence[str | None], rules: Rules, mesh: Mesh | None = None,
@@ -174,6 +179,6 @@ def activation_spec(names: Sequence[str | None], shape: Sequence[int]) -> P:
 
 
 def describe(mesh: Mesh) -> str:
-    slices = len({getattr(d, "slice_index", 0) for d in mesh.devices.flat})
+    slices = _slices(mesh.devices.flat)
     return " x ".join(f"{a}={mesh.shape[a]}" for a in AXES) + (
         f" ({mesh.devices.size} {mesh.devices.flat[0].platform} devices" + f" in {slices} slices" * (slices > 1) + ")")

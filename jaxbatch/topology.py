@@ -77,7 +77,7 @@ def target(name: str) -> Target:
     by the data-center network ('2xv5e:16x16', multislice: MaxText's compile_topology_num_slices), compiled for
     locally."""
     m = re.fullmatch(r"(?:(\d+)x)?(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})", name)
-    if not m or m[1] in ("0",):
+    if not m or int(m[1] or 1) < 1:
         raise ConfigError(f"--target {name!r}: use a TPU generation and chip topology, e.g. v5e:4x4, v5e:16x16, "
                           f"v4:2x2x2, v5p:4x4x4, v6e:8x8, or N slices of one: 2xv5e:16x16")
     slices, generation, chips_shape = int(m[1] or 1), m[2], m[3]

@@ -74,8 +74,9 @@ def test_a_multislice_mesh_spans_the_slices_with_its_data_axis():
     with pytest.raises(ConfigError, match=r"span 2 TPU slices, and mesh.data \(or else mesh.fsdp\) must be a multiple "
                                           r"of 2"):
         slices(1, 1, 8)
-    with pytest.raises(ConfigError, match="--target '0xv5e:2x2'"):
-        topology.target("0xv5e:2x2")
+    for bad in ("0xv5e:2x2", "00xv5e:2x2"):
+        with pytest.raises(ConfigError, match=f"--target '{bad}'"):
+            topology.target(bad)
 
 
 def test_a_model_too_big_for_the_slice_is_reported_with_numbers(capsys):
