@@ -22,21 +22,25 @@ import numpy as np
 from jaxbatch.losses import IGNORE_INDEX
 
 
-def stream(documents, trained=None, alloc=None) -> dict[str, np.ndarray]:
+def stream(documents, trained=None, alloc=None, dtype=None) -> dict[str, np.ndarray]:
     """What packed rows are computed from (`Packed`): the documents' `tokens` end to end (uint16 while the ids fit,
     2 bytes a token, else int32), where each document `begins` in them, and, when some token is only read,
     whether each is a target (`targets`, a bit a token; `trained[i][j]` for document i's token j, `trained[i]` None
     when all of them are). 16 bytes a token as rows; 2-3 this way. `alloc(name, shape, dtype)` gives the arrays to
-    fill (default: in memory; the token cache's are files on disk)."""
+    fill (default: in memory; the token cache's are files on disk). The documents are read one at a time (a
+    sequence that makes each when asked serves: tasks' encoded corpora); `dtype`: the ids' (from the vocabulary's
+    size), else found from them."""
     alloc = alloc or (lambda name, shape, dtype: np.empty(shape, dtype))
-    lengths = np.asarray([len(doc) for doc in documents], np.int64)
+    lengths = np.fromiter((len(doc) for doc in documents), np.int64, len(documents))
     n = int(lengths.sum())
-    top = max((int(np.max(doc)) for doc in documents if len(doc)), default=0)
-    out = {"tokens": _end_to_end(documents, alloc("tokens", (n,), np.uint16 if top < 1 << 16 else np.int32)),
+    if dtype is None:
+        top = max((int(np.max(doc)) for doc in documents if len(doc)), default=0)
+        dtype = np.uint16 if top < 1 << 16 else np.int32
+    out = {"tokens": _end_to_end(documents, alloc("tokens", (n,), dtype)),
            "begins": np.cumsum(lengths) - lengths}
     if trained is not None and not all(t is None or np.all(t) for t in trained):
-        bits = np.packbits(_end_to_end([np.ones(len(doc), bool) if t is None else t for doc, t in
-                                        zip(documents, trained)], np.empty(n, bool)))
+        bits = np.packbits(_end_to_end((np.ones(k, bool) if t is None else t for k, t in zip(lengths, trained)),
+                                       np.empty(n, bool)))
         out["targets"] = alloc("targets", bits.shape, np.uint8)
         out["targets"][:] = bits
     return out
@@ -146,9 +150,12 @@ def pack(documents, seq_len: int, pad_id: int = 0, trained=None) -> dict[str, np
 
 
 def _end_to_end(documents, out: np.ndarray) -> np.ndarray:
-    """The documents (lists or arrays) end to end, written into `out` (their length in all)."""
-    if len(out):
-        np.concatenate([np.asarray(doc, out.dtype).reshape(-1) for doc in documents if len(doc)], out=out)
+    """The documents (lists or arrays, an iterable) end to end, written into `out` (their length in all) one at a
+    time."""
+    at = 0
+    for doc in documents:
+        out[at: at + len(doc)] = doc
+        at += len(doc)
     return out
 
 
