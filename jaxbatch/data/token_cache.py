@@ -11,7 +11,8 @@ on (the prepared data's content hash, the split and its limits, the tokenizer's 
 FORMAT), written to a temporary folder and renamed into place whole, so a killed run leaves no half entry and
 processes building the same entry at once keep one. An entry that cannot be read back is built again; a cache
 that cannot be written (a full disk, a read-only home, JAXBATCH_CACHE=off) costs the time only. Entries past
-TOKEN_CACHE_BYTES go, least recently used first, when a new one is written."""
+TOKEN_CACHE_BYTES go, least recently used first, when a new one is written, and entries of an older FORMAT (never
+read again) go then too."""
 
 from __future__ import annotations
 
@@ -89,6 +90,18 @@ def _clear_abandoned(base: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _clear_stale(base: Path) -> None:
+    """Removes the entries of another FORMAT (their manifest names another, or none: FORMAT 1's rows, 16 bytes a
+    token), which are never read again, rather than leave them to the size bound."""
+    for manifest in base.glob(f"[!.]*/{_MANIFEST}"):
+        try:
+            stale = json.loads(manifest.read_text()).get("format") != FORMAT
+        except (OSError, ValueError, AttributeError):  # being written or removed by another process: next time
+            continue
+        if stale:
+            shutil.rmtree(manifest.parent, ignore_errors=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -122,6 +135,7 @@ def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
     written (a full disk, a read-only folder), builds in memory instead. An error of the build's own (its data's)
     is left to go on."""
     _clear_abandoned(entry.parent)
+    _clear_stale(entry.parent)
     tmp = entry.parent / f".{entry.name}+{socket.gethostname()}+{os.getpid()}+{uuid.uuid4().hex[:8]}"
     try:
         try:
@@ -134,7 +148,7 @@ def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
                 value.flush()
             else:
                 np.save(tmp / f"{name}.npy", np.asarray(value), allow_pickle=False)
-        manifest = {"key": key, "arrays": {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in built.items()}}
+        manifest = {"key": key, "format": FORMAT, "arrays": {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in built.items()}}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, default=str))
         del built
         cache.prune(entry.parent, TOKEN_CACHE_BYTES, entries=True)  # the new entry (newest) among them

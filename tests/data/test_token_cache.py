@@ -70,6 +70,23 @@ def test_a_corpus_is_tokenized_once_and_memory_mapped_after(corpus, monkeypatch)
     assert pipeline.digest(again.train) == pipeline.digest(fresh.train)  # a resumed run sees the same data
 
 
+def test_entries_of_an_older_format_go_when_a_new_one_is_written(corpus, monkeypatch):
+    """An upgrade that changes what an entry holds (FORMAT) leaves the old entries unread: the next write removes
+    them (FORMAT 1's manifests named no format), not the size bound long after."""
+    tok = bpe_tokenizer([TEXT])
+    monkeypatch.setattr(token_cache, "FORMAT", 1)
+    _load(corpus, tok)
+    old = set(_entries(corpus))
+    manifest = next(iter(old)) / "arrays.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "format"}))
+    monkeypatch.setattr(token_cache, "FORMAT", 2)
+    _load(corpus, tok)
+    assert len(old) == 2 and not old & set(_entries(corpus)) and len(_entries(corpus)) == 2
+    again = set(_entries(corpus))
+    _load(corpus, tok, "data.max_train=10")  # a write of the current format keeps the current entries
+    assert again < set(_entries(corpus))
+
+
 def test_a_character_vocabulary_is_kept_with_its_rows(corpus, monkeypatch):
     first = _load(corpus)
     _read_fails(monkeypatch)
