@@ -175,9 +175,14 @@ def _bans(histories, rows: int, vocab: int, new: int, no_repeat_ngram_size: int,
         tokens = np.asarray(tokens)
         if no_repeat_ngram_size:
             ban[row, repeats(tokens, no_repeat_ngram_size)] = True
-        ban[row, [w[-1] for w in longer if len(w) - 1 <= len(tokens) and tokens[len(tokens) + 1 - len(w):].tolist()
-                  == w[:-1]]] = True
+        ban[row, [w[-1] for w in longer if _completes(tokens, w)]] = True
     return jnp.asarray(ban)
+
+
+def _completes(tokens, sequence: list[int]) -> bool:
+    """Whether a row's `tokens` end with all of `sequence` but its last token: taking that one completes it (HF's
+    NoBadWords and SequenceBias processors)."""
+    return len(sequence) - 1 <= len(tokens) and list(tokens[len(tokens) + 1 - len(sequence):]) == sequence[:-1]
 
 
 StopText = Callable[[list[int]], bool]  # whether a row's tokens (prompt, then new ones) end at a stop string
@@ -213,20 +218,22 @@ def _banned(logits, ban):
 
 
 def _bias(histories, rows: int, vocab: int, sequence_bias: Sequence[tuple[Sequence[int], float]]) -> jax.Array | None:
-    """(rows, vocab) to add to the scores, or None: HF's SequenceBiasLogitsProcessor. A one-token sequence's bias
-    always; a longer one's on its last token where the row's tokens (`histories()`, read only for those) end
-    with the rest of it."""
+    """(rows, vocab) to add to the scores ((vocab,) when every row's is the same), or None: HF's
+    SequenceBiasLogitsProcessor. A one-token sequence's bias always; a longer one's on its last token where the
+    row's tokens (`histories()`, read only for those) end with the rest of it."""
     if not sequence_bias:
         return None
-    out = np.zeros((rows, vocab), np.float32)
+    out = np.zeros(vocab, np.float32)
     for ids, bias in sequence_bias:
         if len(ids) == 1:
-            out[:, ids[0]] = bias
+            out[ids[0]] = bias
     longer = [(list(ids), bias) for ids, bias in sequence_bias if len(ids) > 1]
-    for row, tokens in enumerate(histories() if longer else ()):
-        for ids, bias in longer:
-            if len(ids) - 1 <= len(tokens) and list(tokens[len(tokens) + 1 - len(ids):]) == ids[:-1]:
-                out[row, ids[-1]] += bias
+    if longer:
+        out = np.tile(out, (rows, 1))
+        for row, tokens in enumerate(histories()):
+            for ids, bias in longer:
+                if _completes(tokens, ids):
+                    out[row, ids[-1]] += bias
     return jnp.asarray(out)
 
 
@@ -330,8 +337,7 @@ def warp(logp: jax.Array, temperature: float, top_k: int, top_p: float, min_p: f
     if epsilon_cutoff > 0:
         x = at_least(jax.nn.softmax(x, -1) >= epsilon_cutoff)
     if eta_cutoff > 0:
-        p = jax.nn.softmax(x, -1)
-        entropy = -jnp.sum(jnp.where(p > 0, p * jax.nn.log_softmax(x, -1), 0.0), -1, keepdims=True)
+        _, p, entropy = _entropy(x)
         x = at_least(p >= jnp.minimum(eta_cutoff, jnp.sqrt(eta_cutoff) * jnp.exp(-entropy)))
     return x
 
@@ -340,15 +346,21 @@ def typical(x: jax.Array, mass: float, min_keep: int = 1) -> jax.Array:
     """Which tokens HF's TypicalLogitsWarper keeps of (rows, vocab) logits (Meister et al. 2022): ranked by how far
     their surprise -log p is from the entropy, the fewest that hold `mass` (the first whose running sum reaches it
     included), at least `min_keep`, and any tied with the last one kept. A full sort of the vocabulary."""
-    logp = jax.nn.log_softmax(x, -1)
-    p = jnp.exp(logp)
-    entropy = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), -1, keepdims=True)
+    logp, p, entropy = _entropy(x)
     shifted = jnp.abs(-logp - entropy)
     order = jnp.argsort(shifted, -1, stable=True)
     ranked = jnp.take_along_axis(shifted, order, -1)
     last = jnp.minimum(jnp.sum(jnp.cumsum(jnp.take_along_axis(p, order, -1), -1) < mass, -1), x.shape[-1] - 1)
     keep = (ranked <= jnp.take_along_axis(ranked, last[:, None], -1)) | (jnp.arange(x.shape[-1]) < min_keep)
     return jnp.zeros_like(keep).at[jnp.arange(x.shape[0])[:, None], order].set(keep)
+
+
+def _entropy(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(log-probabilities, probabilities, each row's entropy in nats) of (rows, vocab) logits, -inf ones included
+    (they add none)."""
+    logp = jax.nn.log_softmax(x, -1)
+    p = jnp.exp(logp)
+    return logp, p, -jnp.sum(jnp.where(p > 0, p * logp, 0.0), -1, keepdims=True)
 
 
 @functools.partial(jax.jit, static_argnames=("beams", "keep", "temperature", "top_k", "top_p", "min_p", "typical_p",
