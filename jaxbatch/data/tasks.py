@@ -573,12 +573,11 @@ class _InOrder(Sequence):
 
     def __init__(self, pieces: list, lengths: list[np.ndarray], places: list[np.ndarray]):
         self.pieces = pieces
-        order = np.argsort(np.concatenate(places or [np.zeros(0, np.int64)]), kind="stable")
+        none = [np.zeros(0, np.int64)]
+        order = np.argsort(np.concatenate(places or none), kind="stable")
         self.piece = np.repeat(np.arange(len(pieces)), [len(k) for k in lengths])[order]
-        self.length = np.concatenate(lengths or [np.zeros(0, np.int64)])
-        self.start = (np.cumsum(self.length) - self.length - np.repeat(
-            np.cumsum([0] + [int(k.sum()) for k in lengths[:-1]]), [len(k) for k in lengths]))[order]
-        self.length = self.length[order]
+        self.start = np.concatenate([np.cumsum(k) - k for k in lengths] or none)[order]  # within its piece
+        self.length = np.concatenate(lengths or none)[order]
 
     def __len__(self) -> int:
         return len(self.length)

@@ -148,7 +148,8 @@ def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
                 value.flush()
             else:
                 np.save(tmp / f"{name}.npy", np.asarray(value), allow_pickle=False)
-        manifest = {"key": key, "format": FORMAT, "arrays": {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in built.items()}}
+        manifest = {"key": key, "format": FORMAT,
+                    "arrays": {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in built.items()}}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, default=str))
         del built
         cache.prune(entry.parent, TOKEN_CACHE_BYTES, entries=True)  # the new entry (newest) among them
