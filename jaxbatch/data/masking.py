@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 
+from jaxbatch.data import packing
 from jaxbatch.errors import DataError
 from jaxbatch.losses import IGNORE_INDEX, mlm_predictions
 
@@ -47,19 +48,26 @@ class Masking:
                    tuple(sorted(int(i) for i in tokenizer.all_special_ids)), model_cfg.mlm_mask_replace_prob,
                    model_cfg.mlm_random_replace_prob, model_cfg.mlm_whole_word_mask)
 
-    def encode(self, tokenizer, text: str) -> tuple[list[int], list[int]]:
-        """A document's ids with its special tokens, and where its words start (whole-word masking; else []):
-        a token that is not special and follows a gap in the text or a special token, as the collator reads
-        the tokenizer's offsets (so "don't" and "people," are one word each)."""
+    def encode(self, tokenizer, texts: list[str]) -> list[tuple[list[int], list[int] | None]]:
+        """Each text's ids with its special tokens (the texts encoded in one call: a fast tokenizer's batch
+        encoding runs in parallel), and where its words start (whole-word masking; else None): a token that is
+        not special and follows a gap in the text or a special token, as the collator reads the tokenizer's
+        offsets (so "don't" and "people," are one word each)."""
+        if not texts:
+            return []
+        enc = tokenizer(texts, return_offsets_mapping=self.whole_words, return_attention_mask=False,
+                        return_token_type_ids=False)
         if not self.whole_words:
-            return list(tokenizer.encode(text)), []
-        enc = tokenizer(text, return_offsets_mapping=True)
-        starts, previous_end, previous_special = [], -1, False
-        for token, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
-            special = token in self.special
-            starts.append(int(not special and (start != previous_end or previous_special)))
-            previous_end, previous_special = end, special
-        return list(enc["input_ids"]), starts
+            return [(ids, None) for ids in enc["input_ids"]]
+        out = []
+        for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"]):
+            starts, previous_end, previous_special = [], -1, False
+            for token, (start, end) in zip(ids, offsets):
+                special = token in self.special
+                starts.append(int(not special and (start != previous_end or previous_special)))
+                previous_end, previous_special = end, special
+            out.append((ids, starts))
+        return out
 
     def describe(self, mask_token: str) -> str:
         """The start line's account of the masking."""
@@ -101,6 +109,17 @@ class Masking:
 
         return mask
 
-    def eval_split(self, rows: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-        """A validation split masked once: keys (seed, 1, row)."""
-        return self.apply(self.candidates(rows), [(seed, 1, r) for r in range(len(rows["input_ids"]))])
+
+
+class Masked(packing.Rows):
+    """A split's rows (packing.Grouped) with `labels`: every token the masks may choose (training's, masked anew
+    in each batch: Masking.train_batch), or, given `seed`, the split masked once by keys (seed, 1, row)
+    (validation's: every evaluation scores the same positions). Computed as the rows are read, as theirs are."""
+
+    def __init__(self, how: Masking, rows: packing.Rows, seed: int | None = None):
+        super().__init__((*rows, "labels"), rows.num_rows, rows.seq_len)
+        self.how, self.laid, self.seed = how, rows, seed
+
+    def compute(self, which: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.how.candidates(self.laid.rows(which))
+        return out if self.seed is None else self.how.apply(out, [(self.seed, 1, int(r)) for r in which])

@@ -10,7 +10,8 @@ not on prompts).
 
 The documents are kept end to end (`stream`: 2 bytes a token while ids fit in 16 bits) and `Packed` computes
 each row from them when it is read, so a corpus' rows (16 bytes a token) are never held or stored; `pack` gives
-them in memory.
+them in memory. An encoder's rows (masked language modelling) are read from a stream the same way (`Grouped`):
+cut every seq_len tokens as run_mlm.py groups texts, or a document a row.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ import numpy as np
 from jaxbatch.losses import IGNORE_INDEX
 
 
-def stream(documents, trained=None, alloc=None, dtype=None) -> dict[str, np.ndarray]:
-    """What packed rows are computed from (`Packed`): the documents' `tokens` end to end (uint16 while the ids fit,
-    2 bytes a token, else int32), where each document `begins` in them, and, when some token is only read,
+def stream(documents, trained=None, alloc=None, dtype=None, marks=None) -> dict[str, np.ndarray]:
+    """What rows are computed from (`Packed`, `Grouped`): the documents' `tokens` end to end (uint16 while the ids
+    fit, 2 bytes a token, else int32), where each document `begins` in them, and, when some token is only read,
     whether each is a target (`targets`, a bit a token; `trained[i][j]` for document i's token j, `trained[i]` None
-    when all of them are). 16 bytes a token as rows; 2-3 this way. `alloc(name, shape, dtype)` gives the arrays to
-    fill (default: in memory; the token cache's are files on disk). The documents are read one at a time (a
-    sequence that makes each when asked serves: tasks' encoded corpora); `dtype`: the ids' (from the vocabulary's
-    size), else found from them."""
+    when all of them are). `marks`: {name: per document, a 0/1 per token (None: all 1)}, each kept as bits under
+    its name (e.g. where words start). 16 bytes a token as rows; 2-3 this way. `alloc(name, shape, dtype)` gives
+    the arrays to fill (default: in memory; the token cache's are files on disk). The documents are read one at a
+    time (a sequence that makes each when asked serves: tasks' encoded corpora); `dtype`: the ids' (from the
+    vocabulary's size), else found from them."""
     alloc = alloc or (lambda name, shape, dtype: np.empty(shape, dtype))
     lengths = np.fromiter((len(doc) for doc in documents), np.int64, len(documents))
     n = int(lengths.sum())
@@ -39,43 +41,63 @@ def stream(documents, trained=None, alloc=None, dtype=None) -> dict[str, np.ndar
     out = {"tokens": _end_to_end(documents, alloc("tokens", (n,), dtype)),
            "begins": np.cumsum(lengths) - lengths}
     if trained is not None and not all(t is None or np.all(t) for t in trained):
-        bits = np.packbits(_end_to_end((np.ones(k, bool) if t is None else t for k, t in zip(lengths, trained)),
+        marks = {**(marks or {}), "targets": trained}
+    for name, per_document in (marks or {}).items():
+        bits = np.packbits(_end_to_end((np.ones(k, bool) if m is None else m for k, m in zip(lengths, per_document)),
                                        np.empty(n, bool)))
-        out["targets"] = alloc("targets", bits.shape, np.uint8)
-        out["targets"][:] = bits
+        out[name] = alloc(name, bits.shape, np.uint8)
+        out[name][:] = bits
     return out
+
+
+def _bits(bits: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The bits (np.packbits') at places `at`, as 0/1."""
+    return np.asarray(bits[at >> 3]) >> (7 - (at & 7)) & 1
+
+
+class Rows(Mapping):
+    """Arrays of (num_rows, seq_len) int32 named `names`, each read like an array (`_Column`), their rows computed
+    when read (`compute`): a corpus' rows never need to be in memory, or on disk, at once."""
+
+    def __init__(self, names: tuple[str, ...], num_rows: int, seq_len: int):
+        self.names, self.num_rows, self.seq_len = names, num_rows, seq_len
+        self._last = None  # the rows read last: a batch reads its rows once per array
+
+    def __getitem__(self, key: str) -> "_Column":
+        if key not in self.names:
+            raise KeyError(key)
+        return _Column(self, key)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rows(self, which: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `which` (row numbers, int64) of each array."""
+        token = which.tobytes()
+        if self._last is None or self._last[0] != token:
+            self._last = (token, self.compute(which))
+        return self._last[1]
+
+    def compute(self, which: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
 
 KEYS = ("input_ids", "labels", "segment_ids", "positions")  # a Packed's arrays
 
 
-class Packed(Mapping):
+class Packed(Rows):
     """Rows of `seq_len + 1` tokens of the documents end to end (`stream`'s arrays) as {input_ids, labels,
-    segment_ids, positions}, each (rows, seq_len) int32 and read like an array, each row computed when it is read:
-    a corpus' rows never need to be in memory (or on disk) at once."""
+    segment_ids, positions}: a decoder's rows."""
 
     def __init__(self, arrays: dict[str, np.ndarray], seq_len: int, pad_id: int = 0):
         self.tokens, self.begins, self.bits = arrays["tokens"], np.asarray(arrays["begins"]), arrays.get("targets")
-        self.seq_len, self.pad_id = seq_len, pad_id
-        self.num_rows = -(-len(self.tokens) // (seq_len + 1))
-        self._last = None  # the rows read last: a batch reads its rows once per array
+        self.pad_id = pad_id
+        super().__init__(KEYS, -(-len(self.tokens) // (seq_len + 1)), seq_len)
 
-    def __getitem__(self, key: str) -> "_Column":
-        if key not in KEYS:
-            raise KeyError(key)
-        return _Column(self, key)
-
-    def __iter__(self):
-        return iter(KEYS)
-
-    def __len__(self) -> int:
-        return len(KEYS)
-
-    def rows(self, which: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows `which` (row numbers) of each array."""
-        token = which.tobytes()
-        if self._last is not None and self._last[0] == token:
-            return self._last[1]
+    def compute(self, which: np.ndarray) -> dict[str, np.ndarray]:
         width, n, begins = self.seq_len + 1, len(self.tokens), self.begins
         first = which.astype(np.int64)[:, None] * width
         place = first + np.arange(width)  # each row's tokens' places in the stream
@@ -94,12 +116,41 @@ class Packed(Mapping):
         target = real[:, 1:]
         if self.bits is not None:
             at = np.minimum(place[:, 1:], max(n - 1, 0))
-            target &= (np.asarray(self.bits[at >> 3]) >> (7 - (at & 7)) & 1).astype(bool)
+            target &= _bits(self.bits, at).astype(bool)
         same = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0) & target
-        out = {"input_ids": tokens[:, :-1], "labels": np.where(same, tokens[:, 1:], IGNORE_INDEX).astype(np.int32),
-               "segment_ids": segments[:, :-1], "positions": positions[:, :-1]}
-        self._last = (token, out)
-        return out
+        return {"input_ids": tokens[:, :-1], "labels": np.where(same, tokens[:, 1:], IGNORE_INDEX).astype(np.int32),
+                "segment_ids": segments[:, :-1], "positions": positions[:, :-1]}
+
+
+class Grouped(Rows):
+    """An encoder's rows of `seq_len` tokens from the documents end to end (`stream`'s arrays, each document with
+    its special tokens, e.g. [CLS] ... [SEP]): {input_ids, attention_mask, token_type_ids} and each of the stream's
+    marks (0/1, 0 in padding). The stream is cut every seq_len tokens, as Hugging Face's run_mlm.py groups texts
+    (an encoder attends across the documents of a row, as there; the last row is padded: run_mlm drops it, no text
+    is lost here), or, `per_document`, each document (at most seq_len tokens) is a row of its own, padded on the
+    right (run_mlm's --line_by_line)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], seq_len: int, pad_id: int = 0, per_document: bool = False):
+        self.tokens, self.begins = arrays["tokens"], np.asarray(arrays["begins"])
+        self.marks = {k: v for k, v in arrays.items() if k not in ("tokens", "begins")}
+        self.pad_id, self.per_document = pad_id, per_document
+        rows = len(self.begins) if per_document else -(-len(self.tokens) // seq_len)
+        super().__init__(("input_ids", "attention_mask", "token_type_ids", *self.marks), rows, seq_len)
+
+    def compute(self, which: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(self.tokens)
+        if self.per_document:
+            first = self.begins[which]
+            length = np.append(self.begins, n)[which + 1] - first
+        else:
+            first = which * self.seq_len
+            length = n - first
+        real = np.arange(self.seq_len) < length[:, None]
+        at = np.where(real, first[:, None] + np.arange(self.seq_len), 0)
+        ids = np.where(real, np.asarray(self.tokens[at]) if n else 0, self.pad_id).astype(np.int32)
+        return {"input_ids": ids, "attention_mask": real.astype(np.int32), "token_type_ids": np.zeros_like(ids),
+                **{k: np.where(real, _bits(bits, at) if n else 0, 0).astype(np.int32)
+                   for k, bits in self.marks.items()}}
 
 
 class _Column(np.lib.mixins.NDArrayOperatorsMixin):
@@ -107,7 +158,7 @@ class _Column(np.lib.mixins.NDArrayOperatorsMixin):
 
     dtype, ndim = np.dtype(np.int32), 2
 
-    def __init__(self, packed: Packed, key: str):
+    def __init__(self, packed: Rows, key: str):
         self.packed, self.key = packed, key
         self.shape = (packed.num_rows, packed.seq_len)
         self.size = self.shape[0] * self.shape[1]
@@ -116,6 +167,8 @@ class _Column(np.lib.mixins.NDArrayOperatorsMixin):
         return self.shape[0]
 
     def __getitem__(self, index):
+        if isinstance(index, np.ndarray) and index.ndim > 1:  # an element mask, rows of rows: of the whole array
+            return np.asarray(self)[index]
         rows, cols = index if isinstance(index, tuple) else (index, slice(None))
         n = self.shape[0]
         which = np.arange(*rows.indices(n)) if isinstance(rows, slice) else np.asarray(rows)
@@ -161,8 +214,8 @@ def _end_to_end(documents, out: np.ndarray) -> np.ndarray:
 
 def padded(documents: list[list[int]], seq_len: int, pad_id: int = 0,
            per_token: dict[str, list[list[int]]] | None = None) -> dict[str, np.ndarray]:
-    """concatenated's arrays with each document (at most seq_len tokens) in a row of its own, padded on the right,
-    as run_mlm.py's --line_by_line gives each line and a tokenizer pads texts (`per_token`, e.g. token types,
+    """{input_ids, attention_mask, token_type_ids}, each (rows, seq_len) int32: each document (at most seq_len
+    tokens) in a row of its own, padded on the right, as a tokenizer pads texts (`per_token`, e.g. token types,
     replaces the zero token types)."""
     def rows_of(docs: list[list[int]], fill: int) -> np.ndarray:
         out = np.full((len(docs), seq_len), fill, np.int32)
@@ -173,21 +226,3 @@ def padded(documents: list[list[int]], seq_len: int, pad_id: int = 0,
     ids = rows_of(documents, pad_id)
     return {"input_ids": ids, "attention_mask": rows_of([[1] * len(doc) for doc in documents], 0),
             "token_type_ids": np.zeros_like(ids), **{k: rows_of(v, 0) for k, v in (per_token or {}).items()}}
-
-
-def concatenated(documents, seq_len: int, pad_id: int = 0, per_token: dict | None = None) -> dict[str, np.ndarray]:
-    """{input_ids, attention_mask, token_type_ids}, each (rows, seq_len) int32: the documents (each with its own
-    special tokens, e.g. [CLS] ... [SEP]) end to end, cut every seq_len tokens, as Hugging Face's run_mlm.py
-    groups texts for masked language modelling. The last row is padded (run_mlm drops it: no text is lost here).
-    An encoder attends across the documents of a row, as there. `per_token`: more values per document token
-    (e.g. where words start), laid out as the tokens are (0 in padding). Documents: token id lists or arrays."""
-    def rows_of(docs, fill: int) -> np.ndarray:
-        n = sum(len(doc) for doc in docs)
-        out = np.full(-(-n // seq_len) * seq_len, fill, np.int32)
-        _end_to_end(docs, out[:n])
-        return out.reshape(-1, seq_len)
-
-    ids = rows_of(documents, pad_id)
-    real = rows_of([np.ones(len(doc), np.int32) for doc in documents], 0)
-    return {"input_ids": ids, "attention_mask": real, "token_type_ids": np.zeros_like(ids),
-            **{k: rows_of(v, 0) for k, v in (per_token or {}).items()}}

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxbatch import losses
-from jaxbatch.data import conll, files, masking, packing, squad, synthetic, text, token_cache, tokenize, tsv
+from jaxbatch.data import (conll, files, masking, packing, pipeline, squad, synthetic, text, token_cache, tokenize,
+                           tsv)
 from jaxbatch.errors import ConfigError, DataError, MissingSplit
 from jaxbatch.losses import FLOAT_HEADS, IGNORE_INDEX, MULTI_LABEL, REGRESSION
 
@@ -545,25 +546,47 @@ def _encoded(docs: list[text.Doc], tokenizer, chunk: int = 1000):
         yield from (encode(p, d, texts.get(i)) for i, (p, d) in enumerate(part))
 
 
+def _ids_dtype(tokenizer):
+    """2 bytes a token while the vocabulary's ids fit in 16 bits."""
+    return np.uint16 if len(tokenizer) <= 1 << 16 else np.int32
+
+
+def _in_order(chunks, dtype) -> tuple["_InOrder", "_InOrder | None"]:
+    """The documents of `chunks` (each an iterable of (place, ids, marks): marks a 0/1 per token, None for all 1)
+    and their marks (None when every one is 1), read back in their places' order (documents of equal place in
+    the order they came). Each chunk's documents are kept in one array (2 bytes a token; a document an array of
+    its own took ~270 bytes of Python objects more), converted as they come (materialising a chunk's Python lists
+    first cost ~14% in GC)."""
+    ids, marks, places, lengths = [], [], [], []
+    for chunk in chunks:
+        doc_ids, doc_marks, doc_places = [], [], []
+        for place, doc, mark in chunk:
+            doc_ids.append(np.asarray(doc, dtype))
+            doc_marks.append(None if mark is None else np.asarray(mark, bool))
+            doc_places.append(place)
+        ids.append(np.concatenate(doc_ids or [np.zeros(0, dtype)]))
+        marks.append(None if all(m is None or m.all() for m in doc_marks) else np.concatenate(
+            [np.ones(len(d), bool) if m is None else m for d, m in zip(doc_ids, doc_marks)]))
+        places.append(np.asarray(doc_places, np.int64))
+        lengths.append(np.asarray([len(doc) for doc in doc_ids], np.int64))
+    return (_InOrder(ids, lengths, places),
+            None if all(m is None for m in marks) else _InOrder(marks, lengths, places))
+
+
 def _pack(chunks, tokenizer, alloc=None) -> dict[str, np.ndarray]:
     """The documents (`chunks` of (place, document) pairs: _Corpus.chunks) end to end in their places' order, as
     packed rows are read from them (into arrays from `alloc`: packing.stream), and `context_turns`: how many of
-    their chats' assistant turns are only read. Each chunk's text is dropped once encoded, its documents' ids kept
-    in one array (2 bytes a token; a document an array of its own took ~270 bytes of Python objects more)."""
-    dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.int32
-    ids, targets, places, lengths, context_turns = [], [], [], [], 0
-    for chunk in chunks:
-        doc_ids, doc_targets = [], []
-        for doc, trained, turns in _encoded([doc for _, doc in chunk], tokenizer):  # as arrays at once (GC's work)
-            doc_ids.append(np.asarray(doc, dtype))
-            doc_targets.append(np.asarray(trained, bool))
+    their chats' assistant turns are only read. Each chunk's text is dropped once encoded."""
+    context_turns = 0
+
+    def encoded(chunk):
+        nonlocal context_turns
+        for (place, _), (doc, trained, turns) in zip(chunk, _encoded([doc for _, doc in chunk], tokenizer)):
             context_turns += turns
-        ids.append(np.concatenate(doc_ids or [np.zeros(0, dtype)]))
-        targets.append(None if all(t.all() for t in doc_targets) else np.concatenate(doc_targets))
-        places.append(np.asarray([place for place, _ in chunk], np.int64))
-        lengths.append(np.asarray([len(doc) for doc in doc_ids], np.int64))
-    documents = _InOrder(ids, lengths, places)
-    trained = None if all(t is None for t in targets) else _InOrder(targets, lengths, places)
+            yield place, doc, trained
+
+    dtype = _ids_dtype(tokenizer)
+    documents, trained = _in_order(map(encoded, chunks), dtype)
     return {**packing.stream(documents, trained, alloc=alloc, dtype=dtype), "context_turns": np.asarray(context_turns)}
 
 
@@ -633,44 +656,52 @@ def bytes_per_token(tokenizer) -> np.ndarray:
     return np.asarray([len(tokenizer.decode([i]).encode()) for i in range(len(tokenizer))])
 
 
-def _concatenated(chunks, tokenizer, seq_len: int, how: masking.Masking,
-                  line_by_line: bool = False) -> tuple[dict[str, np.ndarray], int]:
-    """A masked LM's rows: each document (`chunks` of (place, document) pairs: _Corpus.chunks) with the tokenizer's
-    special tokens, end to end in their places' order (packing.concatenated), with where its words start for
-    whole-word masking; and how many examples were cut. `line_by_line`: each non-empty line of the documents is
-    an example of its own, cut to seq_len (its last special token kept, as the tokenizer's truncation keeps it) and
-    padded (run_mlm's --line_by_line). Each chunk's text is dropped once encoded."""
-    encoded, cut = [], 0
-    for chunk in chunks:
+def _encoder_stream(chunks, tokenizer, seq_len: int, how: masking.Masking, line_by_line: bool = False,
+                    alloc=None) -> tuple[dict[str, np.ndarray], int]:
+    """A masked LM's documents (`chunks` of (place, document) pairs: _Corpus.chunks) with the tokenizer's special
+    tokens, end to end in their places' order (packing.stream, into arrays from `alloc`; packing.Grouped reads
+    rows from it), with where their words start for whole-word masking; and how many examples were cut.
+    `line_by_line`: each non-empty line of the documents is an example of its own, cut to seq_len (its last
+    special token kept, as the tokenizer's truncation keeps it), as run_mlm's --line_by_line. Each chunk's text is
+    dropped once encoded."""
+    cut = 0
+
+    def encoded(chunk):
+        nonlocal cut
         if any(prompt for _, (prompt, _) in chunk):
             raise DataError("masked language modelling reads plain text documents; prompt/completion and chat "
                             "examples train a causal language model (a decoder)")
-        texts = [((place, j), line) for place, (_, d) in chunk
-                 for j, line in enumerate(line for line in d.splitlines() if line.strip())] if line_by_line else [
-            (place, d) for place, (_, d) in chunk]
-        for place, text_ in texts:
-            ids, starts = how.encode(tokenizer, text_)
-            if line_by_line and len(ids) > seq_len:
-                cut, k = cut + 1, int(ids[-1] in how.special)
-                ids, starts = ids[: seq_len - k] + ids[len(ids) - k:], starts[: seq_len - k] + starts[len(starts) - k:]
-            # int32 arrays, one document at a time (Python lists of ints take ~45 bytes a token)
-            encoded.append((place, np.asarray(ids, np.int32), np.asarray(starts, np.int32)))
-    encoded.sort(key=lambda e: e[0])
+        texts = [(place, line) for place, (_, d) in chunk for line in d.splitlines() if line.strip()] if (
+            line_by_line) else [(place, d) for place, (_, d) in chunk]  # a document's lines share its place
+        for at in range(0, len(texts), 1000):  # encoded 1,000 texts a call (their ids' Python lists are large)
+            part = texts[at: at + 1000]
+            for (place, _), (ids, starts) in zip(part, how.encode(tokenizer, [t for _, t in part])):
+                if line_by_line and len(ids) > seq_len:
+                    cut, k = cut + 1, int(ids[-1] in how.special)
+                    ids = ids[: seq_len - k] + ids[len(ids) - k:]
+                    starts = starts and starts[: seq_len - k] + starts[len(starts) - k:]
+                yield place, ids, starts
+
+    dtype = _ids_dtype(tokenizer)
+    documents, starts = _in_order(map(encoded, chunks), dtype)
+    marks = {masking.WORD_STARTS: [None] * len(documents) if starts is None else starts} if how.whole_words else None
+    return packing.stream(documents, alloc=alloc, dtype=dtype, marks=marks), cut
+
+
+def _grouped(data_cfg, corpus: _Corpus, tokenizer, how: masking.Masking) -> tuple[packing.Grouped, int]:
+    """A masked LM's rows of one split (before masking; the documents end to end are cached) and how many examples
+    were cut."""
+    def build(alloc):
+        stream, cut = _encoder_stream(corpus.chunks(), tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line,
+                                      alloc)
+        return {**stream, "cut": np.asarray(cut)}
+
+    # rows of any length are read from the stream; a line (line_by_line) is cut to seq_len as it is encoded
+    layout = {"rows": "masked", "line_by_line": data_cfg.line_by_line, "whole_words": how.whole_words,
+              **({"seq_len": data_cfg.seq_len} if data_cfg.line_by_line else {})}
+    stream, cut = _cached(corpus, tokenizer, layout, build, "cut")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    starts = {masking.WORD_STARTS: [s for _, _, s in encoded]} if how.whole_words else None
-    lay = packing.padded if line_by_line else packing.concatenated
-    return lay([ids for _, ids, _ in encoded], seq_len, pad, starts), cut
-
-
-def _laid(data_cfg, corpus: _Corpus, tokenizer, how: masking.Masking) -> tuple[dict[str, np.ndarray], int]:
-    """A masked LM's rows of one split (before masking) and how many examples were cut."""
-    def build(alloc):  # laid in memory (packing.concatenated): the token cache keeps them
-        rows, cut = _concatenated(corpus.chunks(), tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line)
-        return {**rows, "cut": np.asarray(cut)}
-
-    layout = {"rows": "masked", "seq_len": data_cfg.seq_len, "line_by_line": data_cfg.line_by_line,
-              "whole_words": how.whole_words}
-    return _cached(corpus, tokenizer, layout, build, "cut")
+    return packing.Grouped(stream, data_cfg.seq_len, pad, data_cfg.line_by_line), cut
 
 
 def _masked_splits(data_cfg, tokenizer, corpora: dict[str, _Corpus], model_cfg,
@@ -678,16 +709,15 @@ def _masked_splits(data_cfg, tokenizer, corpora: dict[str, _Corpus], model_cfg,
     """{split: rows}: the `fresh` splits (training's) label every maskable token (masked anew each batch), the
     others are masked once (masking.py); the masking; {split: examples cut} (data.line_by_line's lines)."""
     how = masking.Masking.of(tokenizer, model_cfg)
-    laid = {split: _laid(data_cfg, corpus, tokenizer, how) for split, corpus in corpora.items()}
-    rows = {split: r for split, (r, _) in laid.items()}
-    out = {split: how.candidates(r) if split in fresh else how.eval_split(r, data_cfg.shuffle_seed)
-           for split, r in rows.items()}
+    grouped = {split: _grouped(data_cfg, corpus, tokenizer, how) for split, corpus in corpora.items()}
+    out = {split: masking.Masked(how, rows, None if split in fresh else data_cfg.shuffle_seed)
+           for split, (rows, _) in grouped.items()}
     for split, arrays in out.items():  # scored, no label would read as loss 0 and perplexity 1
         if not _labelled(arrays):
             what = "no token the masks may choose (all special or unknown to the tokenizer)" if split in fresh else (
                 "no masked token to score (too little text, or all of it special or unknown to the tokenizer)")
             raise DataError(f"data.name={data_cfg.name}: the {split} split has {what}")
-    return out, how, {split: n for split, (_, n) in laid.items()}
+    return out, how, {split: n for split, (_, n) in grouped.items()}
 
 
 def _load_lm(data_cfg, tokenizer, masked_lm=None) -> TaskData:
@@ -709,8 +739,9 @@ def _load_lm(data_cfg, tokenizer, masked_lm=None) -> TaskData:
 
 
 def _labelled(arrays: dict[str, np.ndarray]) -> bool:
-    """Whether a split has any label to score (a GLUE-style test split has none)."""
-    return bool(losses.labelled(arrays["labels"]).any())
+    """Whether a split has any label to score (a GLUE-style test split has none), read a block of rows at a time
+    up to the first."""
+    return any(losses.labelled(block).any() for block in pipeline.blocks(arrays["labels"]))
 
 
 def load(data_cfg, tokenizer, problem_type: str = "", masked_lm=None) -> TaskData:

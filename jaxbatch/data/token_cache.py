@@ -1,10 +1,10 @@
 """Tokenized text corpora kept on disk, as Hugging Face datasets keeps a `map`'s output and Levanter its token
 cache: a corpus is tokenized once, and every later run on the same data and tokenizer (a resumed run, `evaluate`,
 the next experiment) memory-maps the result instead of reading and tokenizing again (33 MB of text: 15.4 s each
-start, then 0.33 s: benchmarks/token_cache.py). A causal LM's entry is its documents end to end (2 bytes a token
-while ids fit in 16 bits) and where each begins, so rows of any length are computed from it as batches read them
-(packing.Packed); a masked LM's entry holds its rows. Memory-mapped files are read as batches ask for them, so a
-split far larger than memory costs the pages read only.
+start, then 0.33 s: benchmarks/token_cache.py). A language model's entry is its documents end to end (2 bytes a
+token while ids fit in 16 bits) and where each begins, so rows of any length are computed from it as batches read
+them (packing.Packed, packing.Grouped). Memory-mapped files are read as batches ask for them, so a split far larger
+than memory costs the pages read only.
 
 An entry is a folder of .npy files under $JAXBATCH_CACHE/tokens, named by a hash of everything the rows depend
 on (the prepared data's content hash, the split and its limits, the tokenizer's full definition, the layout and
@@ -34,7 +34,7 @@ from jaxbatch import cache
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when tokenizing or packing changes what an entry holds: older entries are then never read
+FORMAT = 3  # bump when tokenizing or packing changes what an entry holds: older entries are then never read
 TOKEN_CACHE_BYTES = 32 << 30
 _MANIFEST = "arrays.json"
 _TOLD: set[Path] = set()  # cache folders this process warned it cannot write

@@ -88,11 +88,23 @@ def test_any_number_of_hosts_masks_a_global_batch_as_one_does(tokenizer, ramp):
         assert masked_rows(halves) == masked_rows(whole), step
 
 
-def test_documents_are_concatenated_and_cut_into_rows_with_nothing_dropped():
-    out = packing.concatenated([[2, 10, 11, 3], [2, 12, 3], [2, 13, 14, 15, 3]], 5, pad_id=0)
-    np.testing.assert_array_equal(out["input_ids"], [[2, 10, 11, 3, 2], [12, 3, 2, 13, 14], [15, 3, 0, 0, 0]])
-    np.testing.assert_array_equal(out["attention_mask"], [[1] * 5, [1] * 5, [1, 1, 0, 0, 0]])
-    assert not out["token_type_ids"].any()
+def test_a_split_masked_once_masks_each_row_alike_however_its_rows_are_read(tokenizer):
+    """The validation split's masks are drawn as its rows are read, by row: any batch, order or subset of rows
+    gets the masks reading the whole split gives (every evaluation scores the same positions); the training
+    split's labels are every candidate token, unmasked."""
+    how = masking.Masking.of(tokenizer, masked_lm(mlm_probability=0.3))
+    rng = np.random.default_rng(4)
+    docs = [[2, *rng.integers(5, 55, rng.integers(1, 20)), 3] for _ in range(70)]
+    grouped = packing.Grouped(packing.stream(docs), 16, pad_id=0)
+    plain = {k: np.asarray(v) for k, v in grouped.items()}
+    once = how.apply(how.candidates(plain), [(7, 1, r) for r in range(len(plain["input_ids"]))])
+    masked, train = masking.Masked(how, grouped, seed=7), masking.Masked(how, grouped)
+    for which in (np.arange(len(once["labels"])), np.asarray([5, 2, 40, 2]), np.arange(3, 30, 4)):
+        for k in once:
+            np.testing.assert_array_equal(masked[k][which], once[k][which], err_msg=k)
+    np.testing.assert_array_equal(np.asarray(train["labels"]), how.candidates(plain)["labels"])
+    np.testing.assert_array_equal(np.asarray(train["input_ids"]), plain["input_ids"])
+    assert (once["labels"] != IGNORE_INDEX).any() and list(masked) == [*plain, "labels"]
 
 
 def test_a_corpus_trains_a_masked_lm_and_evaluate_sees_the_validation_masks_training_saw(tokenizer, tmp_path):
@@ -144,7 +156,7 @@ def test_whole_words_are_chosen_together_and_the_replacement_shares_are_the_conf
     tokenizer = bert.tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "don", "'", "t", "go", "##ne", "a"])
     how = masking.Masking.of(tokenizer, masked_lm(mlm_probability=0.2, mlm_whole_word_mask=True,
                                                   mlm_mask_replace_prob=1.0, mlm_random_replace_prob=0.0))
-    ids, starts = how.encode(tokenizer, "don't gone a")
+    [(ids, starts)] = how.encode(tokenizer, ["don't gone a"])
     assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "don", "'", "t", "go", "##ne", "a", "[SEP]"]
     assert starts == [0, 1, 0, 0, 1, 0, 1, 0]
     (tmp_path / "c.txt").write_text("\n\n".join(["don't gone a a gone don't gone"] * 400))

@@ -87,3 +87,57 @@ def test_rows_computed_as_they_are_read_are_the_rows_packed_plainly():
             np.testing.assert_array_equal(rows[k][1:], want[k][1:], err_msg=f"{k} {case}")
             for r in range(len(want[k])):
                 np.testing.assert_array_equal(rows[k][r], want[k][r], err_msg=f"{k} {case}")
+
+
+def test_an_encoders_rows_are_the_documents_cut_every_seq_len_or_one_a_row():
+    """run_mlm's two layouts, read from one stream: the documents end to end cut every seq_len tokens with nothing
+    dropped (the last row padded), or (per_document, its --line_by_line) each document a row of its own, padded;
+    a mark (where words start) rides with its tokens, 0 in padding."""
+    docs, starts = [[2, 10, 11, 3], [2, 12, 3], [2, 13, 14, 15, 3]], [[0, 1, 0, 0], None, [0, 1, 1, 0, 0]]
+    arrays = packing.stream(docs, marks={"word_starts": starts})
+    grouped = packing.Grouped(arrays, 5, pad_id=0)
+    assert list(grouped) == ["input_ids", "attention_mask", "token_type_ids", "word_starts"]
+    assert grouped["input_ids"].tolist() == [[2, 10, 11, 3, 2], [12, 3, 2, 13, 14], [15, 3, 0, 0, 0]]
+    assert grouped["attention_mask"].tolist() == [[1] * 5, [1] * 5, [1, 1, 0, 0, 0]]
+    assert grouped["word_starts"].tolist() == [[0, 1, 0, 0, 1], [1, 1, 0, 1, 1], [0, 0, 0, 0, 0]]
+    assert not np.asarray(grouped["token_type_ids"]).any()
+    lines = packing.Grouped(arrays, 6, pad_id=9, per_document=True)
+    assert lines["input_ids"].tolist() == [[2, 10, 11, 3, 9, 9], [2, 12, 3, 9, 9, 9], [2, 13, 14, 15, 3, 9]]
+    assert lines["word_starts"][[2, 0]].tolist() == [[0, 1, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0]]
+
+
+def test_an_encoders_rows_read_in_any_way_are_the_rows_laid_plainly():
+    """300 random corpora (empty documents, ids past uint16, a mark or none): both layouts' rows read whole, by
+    index arrays, negative indices, boolean masks and slices equal rows laid out plainly a document at a time."""
+    rng = np.random.default_rng(1)
+    for case in range(300):
+        high = 70_000 if case % 4 == 0 else 100
+        docs = [rng.integers(1, high, size=int(rng.integers(0, 9))).tolist() for _ in range(int(rng.integers(0, 8)))]
+        marks = [None if rng.random() < 0.2 else (rng.random(len(d)) < 0.5).astype(int) for d in docs]
+        seq, pad = int(rng.integers(1, 10)), int(rng.integers(0, 3))
+        arrays = packing.stream(docs, marks={"m": marks} if case % 2 else None)
+        flat = sum(docs, [])
+        flat_marks = sum([[1] * len(d) if m is None else list(m) for d, m in zip(docs, marks)], [])
+        for per_document in (False, True):
+            if per_document:
+                seq = max([seq, *map(len, docs)])  # a line is cut to seq_len as it is encoded
+                spans = [(b, len(d)) for b, d in zip(np.cumsum([0] + [len(d) for d in docs]), docs)]
+            else:
+                spans = [(f, min(seq, len(flat) - f)) for f in range(0, len(flat), seq)]
+            want = {k: np.zeros((len(spans), seq), np.int32) for k in ("input_ids", "attention_mask", "m")}
+            want["input_ids"][:] = pad
+            for r, (first, length) in enumerate(spans):
+                want["input_ids"][r, :length] = flat[first: first + length]
+                want["attention_mask"][r, :length] = 1
+                want["m"][r, :length] = flat_marks[first: first + length]
+            rows = packing.Grouped(arrays, seq, pad, per_document)
+            assert len(rows["input_ids"]) == len(spans) and ("m" in rows) == bool(case % 2)
+            pick = rng.integers(-len(spans), len(spans), size=4) if spans else np.zeros(0, int)
+            chosen = rng.random(len(spans)) < 0.5
+            for k in rows:
+                expect = want[k] if k != "token_type_ids" else np.zeros_like(want["input_ids"])
+                np.testing.assert_array_equal(np.asarray(rows[k]), expect, err_msg=f"{k} {case}")
+                np.testing.assert_array_equal(rows[k][pick], expect[pick], err_msg=f"{k} {case}")
+                np.testing.assert_array_equal(rows[k][chosen], expect[chosen], err_msg=f"{k} {case}")
+                np.testing.assert_array_equal(rows[k][1::2, :3], expect[1::2, :3], err_msg=f"{k} {case}")
+                np.testing.assert_array_equal(rows[k][expect > 1], expect[expect > 1], err_msg=f"{k} {case}")

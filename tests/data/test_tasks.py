@@ -887,10 +887,12 @@ def test_documents_read_in_shuffled_chunks_are_laid_in_file_order():
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     tok.mask_token = "<|endoftext|>"  # any id serves as the mask here
-    how = masking.Masking(0.15, tok.mask_token_id, len(tok), (tok.eos_token_id,))
-    for line_by_line in (False, True):
-        got, cut = tasks._concatenated(shuffled, tok, 8, how, line_by_line)
-        want, cut_in_order = tasks._concatenated(in_order, tok, 8, how, line_by_line)
-        assert cut == cut_in_order and cut == 50 * line_by_line
-        for k in want:
-            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    for whole_words in (False, True):
+        how = masking.Masking(0.15, tok.mask_token_id, len(tok), (tok.eos_token_id,), whole_words=whole_words)
+        for line_by_line in (False, True):
+            got, cut = tasks._encoder_stream(shuffled, tok, 8, how, line_by_line)
+            want, cut_in_order = tasks._encoder_stream(in_order, tok, 8, how, line_by_line)
+            assert cut == cut_in_order and cut == 50 * line_by_line
+            assert list(got) == ["tokens", "begins", *[masking.WORD_STARTS] * whole_words]
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)

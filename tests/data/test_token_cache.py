@@ -119,6 +119,8 @@ def test_whatever_the_rows_depend_on_makes_a_new_entry(corpus, monkeypatch):
 
 
 def test_a_masked_lms_rows_are_cached_with_their_count_of_cut_lines(corpus, monkeypatch):
+    """Lines (cut to seq_len as they are encoded) and grouped rows of any length read from the cached documents
+    equal a fresh load's, masked validation included."""
     from jaxbatch import run as run_lib
 
     cfg = config.build(["model.preset=minilm-l6", "model.pretrained=minilm-l6", "model.task=lm", "data.name=text",
@@ -127,11 +129,22 @@ def test_a_masked_lms_rows_are_cached_with_their_count_of_cut_lines(corpus, monk
     tok = run_lib.tokenizer(cfg)
     first = tasks.load(cfg.data, tok, masked_lm=cfg.model)
     assert first.truncated["train"] == 60
+    grouped = config.replace(cfg, data__line_by_line=False)
+    tasks.load(grouped.data, tok, masked_lm=cfg.model)
     _read_fails(monkeypatch)
     again = tasks.load(cfg.data, tok, masked_lm=cfg.model)
     assert again.truncated == first.truncated
     _equal(again.train, first.train)
     _equal(again.eval, first.eval)  # masked once, by data.shuffle_seed, the same
+    before = set(_entries(corpus))
+    longer = config.replace(grouped, data__seq_len=24)  # rows of another length: read from the same documents
+    cached = tasks.load(longer.data, tok, masked_lm=cfg.model)
+    assert set(_entries(corpus)) == before
+    monkeypatch.undo()  # the documents read again, and tokenized: nothing cached
+    monkeypatch.setenv("JAXBATCH_CACHE", "off")
+    fresh = tasks.load(longer.data, tok, masked_lm=cfg.model)
+    _equal(cached.train, fresh.train)
+    _equal(cached.eval, fresh.eval)
 
 
 def test_a_broken_entry_is_built_again(corpus, caplog, monkeypatch):
