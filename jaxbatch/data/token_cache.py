@@ -9,7 +9,9 @@ than memory costs the pages read only.
 An entry is a folder of .npy files under $JAXBATCH_CACHE/tokens, named by a hash of everything the rows depend
 on (the prepared data's content hash, the split and its limits, the tokenizer's full definition, the layout and
 FORMAT), written to a temporary folder and renamed into place whole, so a killed run leaves no half entry and
-processes building the same entry at once keep one. An entry that cannot be read back is built again; a cache
+processes building the same entry at once keep one. Each file's CRC-32 is in the manifest and checked when the
+entry is opened (~7 GB/s: a disk's flipped bit would otherwise train on wrong ids, silently); an entry that
+cannot be read back, or whose contents changed, is built again; a cache
 that cannot be written (a full disk, a read-only home, JAXBATCH_CACHE=off) costs the time only. Entries past
 TOKEN_CACHE_BYTES go, least recently used first, when a new one is written, and entries of an older FORMAT (never
 read again) go then too."""
@@ -25,6 +27,7 @@ import os
 import shutil
 import socket
 import uuid
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -112,13 +115,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _crc(path: Path) -> int:
+    """The file's CRC-32, read 64 MB at a time."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(64 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
 def _read(entry: Path) -> dict[str, np.ndarray] | None:
-    """The entry's arrays, each checked against the manifest written after them; None (and the entry removed)
-    when one is missing or unreadable."""
+    """The entry's arrays, each checked against the manifest written after them (shape, dtype, CRC-32); None (and
+    the entry removed) when one is missing, unreadable or changed."""
     try:
         manifest = json.loads((entry / _MANIFEST).read_text())
         out = {}
-        for name, (shape, dtype) in manifest["arrays"].items():
+        for name, (shape, dtype, crc) in manifest["arrays"].items():
+            if _crc(entry / f"{name}.npy") != crc:
+                raise ValueError(f"{name}.npy is not what was written (its CRC-32 differs)")
             out[name] = np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             if list(out[name].shape) != shape or str(out[name].dtype) != dtype:
                 raise ValueError(f"{name}.npy holds {out[name].dtype}{list(out[name].shape)}, not {dtype}{shape}")
@@ -148,8 +162,8 @@ def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
                 value.flush()
             else:
                 np.save(tmp / f"{name}.npy", np.asarray(value), allow_pickle=False)
-        manifest = {"key": key, "format": FORMAT,
-                    "arrays": {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in built.items()}}
+        manifest = {"key": key, "format": FORMAT, "arrays": {
+            k: [list(np.shape(v)), str(np.asarray(v).dtype), _crc(tmp / f"{k}.npy")] for k, v in built.items()}}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, default=str))
         del built
         cache.prune(entry.parent, TOKEN_CACHE_BYTES, entries=True)  # the new entry (newest) among them

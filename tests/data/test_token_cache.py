@@ -148,6 +148,7 @@ def test_a_masked_lms_rows_are_cached_with_their_count_of_cut_lines(corpus, monk
 
 
 def test_a_broken_entry_is_built_again(corpus, caplog, monkeypatch):
+    """A file cut short, a lost manifest or a flipped bit: the entry is built again, the rows as they were."""
     tok = bpe_tokenizer([TEXT])
     first = {k: np.array(v) for k, v in _load(corpus, tok).train.items()}  # copied: its files are cut below
     for entry in _entries(corpus):
@@ -164,6 +165,14 @@ def test_a_broken_entry_is_built_again(corpus, caplog, monkeypatch):
     with monkeypatch.context() as m:
         _read_fails(m)
         _equal(_load(corpus, tok).train, first)
+    caplog.clear()
+    for entry in _entries(corpus):  # one bit flipped, the file's size unchanged: ids that were never written
+        data = bytearray((entry / "tokens.npy").read_bytes())
+        data[len(data) - 7] ^= 4
+        (entry / "tokens.npy").write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="jaxbatch.data.token_cache"):
+        _equal(_load(corpus, tok).train, first)
+    assert caplog.text.count("its CRC-32 differs") == 2
 
 
 def test_a_cache_that_cannot_be_written_costs_only_time(corpus, monkeypatch, caplog):
