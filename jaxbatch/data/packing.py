@@ -16,6 +16,7 @@ cut every seq_len tokens as run_mlm.py groups texts, or a document a row.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -43,10 +44,26 @@ def stream(documents, trained=None, alloc=None, dtype=None, marks=None) -> dict[
     if trained is not None and not all(t is None or np.all(t) for t in trained):
         marks = {**(marks or {}), "targets": trained}
     for name, per_document in (marks or {}).items():
-        bits = np.packbits(_end_to_end((np.ones(k, bool) if m is None else m for k, m in zip(lengths, per_document)),
-                                       np.empty(n, bool)))
-        out[name] = alloc(name, bits.shape, np.uint8)
-        out[name][:] = bits
+        out[name] = _packed_bits((np.ones(k, bool) if m is None else m for k, m in zip(lengths, per_document)),
+                                 alloc(name, (-(-n // 8),), np.uint8))
+    return out
+
+
+def _packed_bits(pieces, out: np.ndarray, block: int = 1 << 23) -> np.ndarray:
+    """0/1 pieces (an iterable) end to end as np.packbits gives them, written into `out` about `block` bits at a
+    time (never a bool a token of the whole corpus at once)."""
+    pending, held, at = [], 0, 0
+    for piece in itertools.chain(pieces, [None]):
+        if piece is not None:
+            pending.append(np.asarray(piece, bool))
+            held += len(piece)
+        if held >= block or (piece is None and held):
+            bits = np.concatenate(pending)
+            whole = len(bits) if piece is None else len(bits) // 8 * 8  # the last byte padded, as packbits pads
+            packed = np.packbits(bits[:whole])
+            out[at: at + len(packed)] = packed
+            at += len(packed)
+            pending, held = [bits[whole:]], len(bits) - whole
     return out
 
 

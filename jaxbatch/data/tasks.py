@@ -551,32 +551,61 @@ def _ids_dtype(tokenizer):
     return np.uint16 if len(tokenizer) <= 1 << 16 else np.int32
 
 
-def _in_order(chunks, dtype) -> tuple["_InOrder", "_InOrder | None"]:
+def _in_order(chunks, dtype, files=None) -> tuple["_InOrder", "_InOrder | None"]:
     """The documents of `chunks` (each an iterable of (place, ids, marks): marks a 0/1 per token, None for all 1)
     and their marks (None when every one is 1), read back in their places' order (documents of equal place in
     the order they came). Each chunk's documents are kept in one array (2 bytes a token; a document an array of
     its own took ~270 bytes of Python objects more), converted as they come (materialising a chunk's Python lists
-    first cost ~14% in GC)."""
-    ids, marks, places, lengths = [], [], [], []
+    first cost ~14% in GC), and, building a token cache entry (`files`), written to its scratch files as they
+    come: only a chunk is in memory, whatever the corpus' size."""
+    ids = _Pieces(dtype, files.scratch("ids") if files else None)
+    marks = _Pieces(bool, files.scratch("marks") if files else None)
+    places, lengths = [], []
     for chunk in chunks:
         doc_ids, doc_marks, doc_places = [], [], []
         for place, doc, mark in chunk:
             doc_ids.append(np.asarray(doc, dtype))
             doc_marks.append(None if mark is None else np.asarray(mark, bool))
             doc_places.append(place)
-        ids.append(np.concatenate(doc_ids or [np.zeros(0, dtype)]))
-        marks.append(None if all(m is None or m.all() for m in doc_marks) else np.concatenate(
+        ids.add(np.concatenate(doc_ids or [np.zeros(0, dtype)]))
+        marks.add(None if all(m is None or m.all() for m in doc_marks) else np.concatenate(
             [np.ones(len(d), bool) if m is None else m for d, m in zip(doc_ids, doc_marks)]))
         places.append(np.asarray(doc_places, np.int64))
         lengths.append(np.asarray([len(doc) for doc in doc_ids], np.int64))
-    return (_InOrder(ids, lengths, places),
+    marks = marks.pieces()
+    return (_InOrder(ids.pieces(), lengths, places),
             None if all(m is None for m in marks) else _InOrder(marks, lengths, places))
 
 
-def _pack(chunks, tokenizer, alloc=None) -> dict[str, np.ndarray]:
+class _Pieces:
+    """Arrays (or None) kept in the order they are added: in memory, or appended to one file (`path`) and read back
+    as views of its one memory map (one mapping: a map per piece would hold a file descriptor each)."""
+
+    def __init__(self, dtype, path=None):
+        self.dtype, self.path, self.kept, self.at = np.dtype(dtype), path, [], 0
+        self.file = open(path, "wb") if path else None
+
+    def add(self, piece: np.ndarray | None) -> None:
+        if piece is None or self.file is None:
+            self.kept.append(piece)
+            return
+        piece.astype(self.dtype, copy=False).tofile(self.file)
+        self.kept.append((self.at, len(piece)))
+        self.at += len(piece)
+
+    def pieces(self) -> list:
+        if self.file is None:
+            return self.kept
+        self.file.close()
+        # an ndarray over the map (slicing a memmap costs a Python call a document more)
+        whole = np.memmap(self.path, self.dtype, "r").view(np.ndarray) if self.at else np.zeros(0, self.dtype)
+        return [p if p is None else whole[p[0]: p[0] + p[1]] for p in self.kept]
+
+
+def _pack(chunks, tokenizer, files=None) -> dict[str, np.ndarray]:
     """The documents (`chunks` of (place, document) pairs: _Corpus.chunks) end to end in their places' order, as
-    packed rows are read from them (into arrays from `alloc`: packing.stream), and `context_turns`: how many of
-    their chats' assistant turns are only read. Each chunk's text is dropped once encoded."""
+    packed rows are read from them (into a token cache entry's `files`: packing.stream), and `context_turns`: how
+    many of their chats' assistant turns are only read. Each chunk's text is dropped once encoded."""
     context_turns = 0
 
     def encoded(chunk):
@@ -586,8 +615,8 @@ def _pack(chunks, tokenizer, alloc=None) -> dict[str, np.ndarray]:
             yield place, doc, trained
 
     dtype = _ids_dtype(tokenizer)
-    documents, trained = _in_order(map(encoded, chunks), dtype)
-    return {**packing.stream(documents, trained, alloc=alloc, dtype=dtype), "context_turns": np.asarray(context_turns)}
+    documents, trained = _in_order(map(encoded, chunks), dtype, files)
+    return {**packing.stream(documents, trained, alloc=files, dtype=dtype), "context_turns": np.asarray(context_turns)}
 
 
 class _InOrder(Sequence):
@@ -616,7 +645,7 @@ class _InOrder(Sequence):
 
 
 def _cached(corpus: _Corpus, tokenizer, layout: dict, build, count: str) -> tuple[dict[str, np.ndarray], int]:
-    """`build(alloc)`'s rows of a corpus split and the number it holds under `count`, from the token cache when it has
+    """`build(files)`'s rows of a corpus split and the number it holds under `count`, from the token cache when it has
     them (keyed by the split, the tokenizer and `layout`: whatever else the rows depend on)."""
     fingerprint = token_cache.fingerprint(tokenizer)
     key = {"data": corpus.key(), "tokenizer": fingerprint, **layout} if fingerprint and corpus.key() else None
@@ -627,7 +656,7 @@ def _cached(corpus: _Corpus, tokenizer, layout: dict, build, count: str) -> tupl
 def _packed(corpus: _Corpus, tokenizer, seq_len: int) -> packing.Packed:
     """A causal LM's rows of one split (the documents end to end are cached, whatever the rows' length)."""
     tokens, context_turns = _cached(corpus, tokenizer, {"rows": "causal"},
-                                    lambda alloc: _pack(corpus.chunks(), tokenizer, alloc), "context_turns")
+                                    lambda files: _pack(corpus.chunks(), tokenizer, files), "context_turns")
     if context_turns:
         log.warning("%d earlier assistant turn(s) are not trained, only read: the chat template renders them "
                     "differently once the conversation goes on (e.g. without their reasoning)", context_turns)
@@ -636,7 +665,7 @@ def _packed(corpus: _Corpus, tokenizer, seq_len: int) -> packing.Packed:
 
 def _characters(corpora: dict[str, _Corpus]) -> text.CharTokenizer:
     """The character vocabulary of the corpora's documents (the token cache keeps it with their rows)."""
-    def build(alloc):
+    def build(files):
         docs = [doc for corpus in corpora.values() for doc in corpus.docs]
         if any(isinstance(p, list) for p, _ in docs):
             raise DataError(CHAT_NEEDS)
@@ -657,9 +686,9 @@ def bytes_per_token(tokenizer) -> np.ndarray:
 
 
 def _encoder_stream(chunks, tokenizer, seq_len: int, how: masking.Masking, line_by_line: bool = False,
-                    alloc=None) -> tuple[dict[str, np.ndarray], int]:
+                    files=None) -> tuple[dict[str, np.ndarray], int]:
     """A masked LM's documents (`chunks` of (place, document) pairs: _Corpus.chunks) with the tokenizer's special
-    tokens, end to end in their places' order (packing.stream, into arrays from `alloc`; packing.Grouped reads
+    tokens, end to end in their places' order (packing.stream, into a token cache entry's `files`; packing.Grouped reads
     rows from it), with where their words start for whole-word masking; and how many examples were cut.
     `line_by_line`: each non-empty line of the documents is an example of its own, cut to seq_len (its last
     special token kept, as the tokenizer's truncation keeps it), as run_mlm's --line_by_line. Each chunk's text is
@@ -683,17 +712,17 @@ def _encoder_stream(chunks, tokenizer, seq_len: int, how: masking.Masking, line_
                 yield place, ids, starts
 
     dtype = _ids_dtype(tokenizer)
-    documents, starts = _in_order(map(encoded, chunks), dtype)
+    documents, starts = _in_order(map(encoded, chunks), dtype, files)
     marks = {masking.WORD_STARTS: [None] * len(documents) if starts is None else starts} if how.whole_words else None
-    return packing.stream(documents, alloc=alloc, dtype=dtype, marks=marks), cut
+    return packing.stream(documents, alloc=files, dtype=dtype, marks=marks), cut
 
 
 def _grouped(data_cfg, corpus: _Corpus, tokenizer, how: masking.Masking) -> tuple[packing.Grouped, int]:
     """A masked LM's rows of one split (before masking; the documents end to end are cached) and how many examples
     were cut."""
-    def build(alloc):
+    def build(files):
         stream, cut = _encoder_stream(corpus.chunks(), tokenizer, data_cfg.seq_len, how, data_cfg.line_by_line,
-                                      alloc)
+                                      files)
         return {**stream, "cut": np.asarray(cut)}
 
     # rows of any length are read from the stream; a line (line_by_line) is cut to seq_len as it is encoded

@@ -4,22 +4,21 @@ the next experiment) memory-maps the result instead of reading and tokenizing ag
 start, then 0.33 s: benchmarks/token_cache.py). A language model's entry is its documents end to end (2 bytes a
 token while ids fit in 16 bits) and where each begins, so rows of any length are computed from it as batches read
 them (packing.Packed, packing.Grouped). Memory-mapped files are read as batches ask for them, so a split far larger
-than memory costs the pages read only.
+than memory costs the pages read only; a build keeps what it has read in scratch files (`Files.scratch`), so it
+needs no more memory either.
 
 An entry is a folder of .npy files under $JAXBATCH_CACHE/tokens, named by a hash of everything the rows depend
 on (the prepared data's content hash, the split and its limits, the tokenizer's full definition, the layout and
 FORMAT), written to a temporary folder and renamed into place whole, so a killed run leaves no half entry and
 processes building the same entry at once keep one. Each file's CRC-32 is in the manifest and checked when the
 entry is opened (~7 GB/s: a disk's flipped bit would otherwise train on wrong ids, silently); an entry that
-cannot be read back, or whose contents changed, is built again; a cache
-that cannot be written (a full disk, a read-only home, JAXBATCH_CACHE=off) costs the time only. Entries past
-TOKEN_CACHE_BYTES go, least recently used first, when a new one is written, and entries of an older FORMAT (never
-read again) go then too."""
+cannot be read back, or whose contents changed, is built again; a cache that cannot be written (a full disk, a
+read-only home, JAXBATCH_CACHE=off) costs the time only. Entries past TOKEN_CACHE_BYTES go, least recently used
+first, when a new one is written, and entries of an older FORMAT (never read again) go then too."""
 
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import json
 import logging
@@ -64,13 +63,28 @@ def fingerprint(tokenizer) -> str | None:
     return hashlib.sha1(json.dumps(described, default=str).encode()).hexdigest()
 
 
-Alloc = Callable[[str, tuple, type], np.ndarray]  # (name, shape, dtype) -> an array to fill
+class Files:
+    """The files of an entry being built: `files(name, shape, dtype)` gives an array that is already the entry's
+    file (a builder whose output is large fills it in place), `files.scratch(name)` a path for the builder's own
+    use (e.g. what it has read so far, so that it is never all in memory), removed before the entry is kept."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        return _on_disk(self.folder, name, shape, dtype)
+
+    def scratch(self, name: str) -> Path:
+        return self.folder / f"{name}{_SCRATCH}"
 
 
-def arrays(key: dict | None, build: Callable[[Alloc | None], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """`build(alloc)`'s arrays, memory-mapped from the entry for `key` (built and written first when there is
-    none; `alloc` gives arrays that are already the entry's files, for a builder whose output is large), or
-    `build(None)`'s own arrays where nothing is cached (`key` None, JAXBATCH_CACHE=off, an unwritable cache)."""
+_SCRATCH = ".scratch"
+
+
+def arrays(key: dict | None, build: Callable[[Files | None], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`build(files)`'s arrays, memory-mapped from the entry for `key` (built and written first when there is
+    none), or `build(None)`'s own arrays where nothing is cached (`key` None, JAXBATCH_CACHE=off, an unwritable
+    cache)."""
     base = folder()
     if key is None or base is None:
         return build(None)
@@ -116,10 +130,10 @@ def _alive(pid: int) -> bool:
 
 
 def _crc(path: Path) -> int:
-    """The file's CRC-32, read 64 MB at a time."""
+    """The file's CRC-32, read 4 MB at a time."""
     crc = 0
     with open(path, "rb") as f:
-        while block := f.read(64 << 20):
+        while block := f.read(4 << 20):
             crc = zlib.crc32(block, crc)
     return crc
 
@@ -154,9 +168,11 @@ def _write(entry: Path, key: dict, build) -> dict[str, np.ndarray]:
     try:
         try:
             tmp.mkdir(parents=True)
-            built = build(functools.partial(_on_disk, tmp))
+            built = build(Files(tmp))
         except _NoRoom as e:
             raise e.__cause__ from None
+        for scratch in tmp.glob(f"*{_SCRATCH}"):
+            scratch.unlink()
         for name, value in built.items():
             if isinstance(value, np.memmap) and Path(value.filename).parent == tmp:
                 value.flush()

@@ -141,3 +141,15 @@ def test_an_encoders_rows_read_in_any_way_are_the_rows_laid_plainly():
                 np.testing.assert_array_equal(rows[k][chosen], expect[chosen], err_msg=f"{k} {case}")
                 np.testing.assert_array_equal(rows[k][1::2, :3], expect[1::2, :3], err_msg=f"{k} {case}")
                 np.testing.assert_array_equal(rows[k][expect > 1], expect[expect > 1], err_msg=f"{k} {case}")
+
+
+def test_bits_are_packed_a_block_at_a_time_as_packbits_packs_them_whole():
+    """A corpus' marks are written a block of bits at a time (never a bool a token at once): any block size, any
+    pieces (empty ones, ones that end mid-byte) give np.packbits' bytes of the whole."""
+    rng = np.random.default_rng(2)
+    for case in range(200):
+        pieces = [rng.random(int(rng.integers(0, 30))) < 0.5 for _ in range(int(rng.integers(0, 9)))]
+        whole = np.packbits(np.concatenate(pieces or [np.zeros(0, bool)]))
+        out = np.full(len(whole), 77, np.uint8)
+        got = packing._packed_bits(iter(pieces), out, block=int(rng.integers(1, 40)))
+        np.testing.assert_array_equal(got, whole, err_msg=str(case))

@@ -188,15 +188,31 @@ def test_a_cache_that_cannot_be_written_costs_only_time(corpus, monkeypatch, cap
 
 
 def test_rows_are_laid_into_the_entrys_files_and_a_full_disk_there_lays_them_in_memory(corpus, monkeypatch, caplog):
-    """A causal corpus' rows are written straight into the entry's files (never all in memory at once); where the
-    disk cannot hold them (space taken up front: no crash when a page is first written) they are laid in memory."""
+    """A causal corpus' rows are written straight into the entry's files (never all in memory at once), its
+    documents into scratch files as they are read (gone from the entry); where the disk cannot hold them (space
+    taken up front: no crash when a page is first written) they are laid in memory."""
     import errno
 
     tok = bpe_tokenizer([TEXT])
-    laid = []
+    laid, scratch = [], []
     monkeypatch.setattr(token_cache, "_on_disk", lambda *a, real=token_cache._on_disk: laid.append(a[1]) or real(*a))
+    monkeypatch.setattr(token_cache.Files, "scratch", lambda self, name, real=token_cache.Files.scratch: (
+        scratch.append(name) or real(self, name)))
     first = _load(corpus, tok).train
     assert sorted(set(laid)) == ["tokens"]  # where the documents begin: 8 bytes each, saved from memory
+    assert scratch.count("ids") == 2  # each split's documents written as read, before they are put in order
+    assert not list((corpus / "cache" / "tokens").glob("*/*.scratch")) and first.tokens.size
+    monkeypatch.setenv("JAXBATCH_CACHE", str(corpus / "spill"))
+
+    def no_room(self, piece):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as ndarray.tofile raises it: no file named
+
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger="jaxbatch.data.token_cache"):
+        m.setattr(tasks._Pieces, "add", lambda self, piece, real=tasks._Pieces.add: (
+            no_room(self, piece) if self.file else real(self, piece)))
+        _equal(_load(corpus, tok).train, first)
+    assert "(No space left on device): it is tokenized again next run" in caplog.text
+    caplog.clear()
     monkeypatch.setenv("JAXBATCH_CACHE", str(corpus / "full"))
 
     def full(fd, offset, size):
