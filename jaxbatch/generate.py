@@ -157,25 +157,28 @@ def repeats(tokens: np.ndarray, n: int) -> np.ndarray:
 def _bans(histories, rows: int, vocab: int, new: int, no_repeat_ngram_size: int, min_new_tokens: int,
           stop_tokens: Sequence[int], suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = (),
           bad_words_ids: Sequence[Sequence[int]] = ()) -> jax.Array | None:
-    """(rows, vocab): what each row may not take next, or None where nothing is banned: the tokens that would
-    repeat an n-gram of the row (prompt and continuation, `histories()`, read only when a ban depends on them: it
-    brings every token taken so far to the host), the stop tokens while fewer than `min_new_tokens` are `new`,
-    `suppress_tokens` always and `begin_suppress_tokens` first, and the last token of each of `bad_words_ids` that
-    the row's tokens would complete (HF's NoRepeatNGram, MinNewTokensLength, SuppressTokens, SuppressTokensAtBegin
-    and NoBadWords processors; its MinLength one is min_new_tokens of its length less the padded prompt's)."""
+    """(rows, vocab) ((vocab,) when no ban depends on a row): what each row may not take next, or None where
+    nothing is banned: the tokens that would repeat an n-gram of the row (prompt and continuation, `histories()`,
+    read only when a ban depends on them: it brings every token taken so far to the host), the stop tokens while
+    fewer than `min_new_tokens` are `new`, `suppress_tokens` always and `begin_suppress_tokens` first, and the last
+    token of each of `bad_words_ids` that the row's tokens would complete (HF's NoRepeatNGram, MinNewTokensLength,
+    SuppressTokens, SuppressTokensAtBegin and NoBadWords processors; its MinLength one is min_new_tokens of its
+    length less the padded prompt's)."""
     early = new < min_new_tokens and len(stop_tokens) > 0
     always = [*suppress_tokens, *(begin_suppress_tokens if new == 0 else ()), *(stop_tokens if early else ()),
               *(w[0] for w in bad_words_ids if len(w) == 1)]
     longer = [list(w) for w in bad_words_ids if len(w) > 1]
     if not (no_repeat_ngram_size or always or longer):
         return None
-    ban = np.zeros((rows, vocab), bool)
-    ban[:, always] = True
-    for row, tokens in enumerate(histories() if no_repeat_ngram_size or longer else ()):
-        tokens = np.asarray(tokens)
-        if no_repeat_ngram_size:
-            ban[row, repeats(tokens, no_repeat_ngram_size)] = True
-        ban[row, [w[-1] for w in longer if _completes(tokens, w)]] = True
+    ban = np.zeros(vocab, bool)
+    ban[always] = True
+    if no_repeat_ngram_size or longer:
+        ban = np.tile(ban, (rows, 1))
+        for row, tokens in enumerate(histories()):
+            tokens = np.asarray(tokens)
+            if no_repeat_ngram_size:
+                ban[row, repeats(tokens, no_repeat_ngram_size)] = True
+            ban[row, [w[-1] for w in longer if _completes(tokens, w)]] = True
     return jnp.asarray(ban)
 
 
