@@ -21,20 +21,33 @@ SUFFIXES = (".txt", ".jsonl", ".parquet")  # the files of a corpus folder
 Doc = tuple[str | list[dict], str]  # (prompt or chat history: read, bar its assistant turns; text: trained on)
 
 
-def read(paths: list[Path]) -> list[Doc]:
-    """The documents of every file in order. An empty file in a folder of several holds no documents (as in
-    Hugging Face's text loader); a corpus with no text at all is an error naming it."""
-    docs = []
-    for path in paths:
-        if path.suffix in (".jsonl", ".parquet"):
-            docs += _records(path, records(path, empty_ok=len(paths) > 1)[0])
-            continue
-        text = read_text_file(path, empty_ok=len(paths) > 1)
-        docs += [("", d.strip()) for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
-    if not docs:
+def _file_docs(path: Path, empty_ok: bool = True) -> list[Doc]:
+    """One file's documents, in order."""
+    if path.suffix in (".jsonl", ".parquet"):
+        return _records(path, records(path, empty_ok=empty_ok)[0])
+    text = read_text_file(path, empty_ok=empty_ok)
+    return [("", d.strip()) for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
+
+
+def _counts(paths: list[Path]) -> list[int]:
+    """How many documents each file holds (every file read, so its errors are raised here, before any is
+    written). An empty file in a folder of several holds no documents (as in Hugging Face's text loader); a
+    corpus with no text at all is an error naming it."""
+    counts = [len(_file_docs(path, empty_ok=len(paths) > 1)) for path in paths]
+    if not sum(counts):
         where = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
         raise DataError(f"{where}: no text")
-    return docs
+    return counts
+
+
+def _documents(paths: list[Path], counts: list[int], start: int = 0, stop: int | None = None):
+    """Documents start..stop of the files in order, read a file at a time (`counts`: each file's; files wholly
+    outside are not read): a corpus of any size is never in memory at once."""
+    stop, at = sum(counts) if stop is None else stop, 0
+    for path, n in zip(paths, counts):
+        if at < stop and at + n > start:
+            yield from _file_docs(path)[max(start - at, 0): stop - at]
+        at += n
 
 
 def _records(path: Path, rows: list[tuple[int, dict]]) -> list[Doc]:
@@ -68,11 +81,16 @@ def _chat(messages, where: str) -> Doc:
     return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1]["content"]
 
 
+def _cut(n: int, validation_fraction: float) -> int:
+    """How many of n documents train: all but the last `validation_fraction`, at least one."""
+    return max(1, int(round(n * (1 - validation_fraction))))
+
+
 def split(docs: list[Doc], validation_fraction: float = 0.1) -> dict[str, list[Doc]]:
     """Deterministic split: the last `validation_fraction` of documents is validation (no leakage across).
     A corpus of too few documents for that (one book without blank lines, a handful of files) is split
     as a single text usually is: the last fraction of its characters, cut at a line break where there is one."""
-    cut = max(1, int(round(len(docs) * (1 - validation_fraction))))
+    cut = _cut(len(docs), validation_fraction)
     if cut < len(docs):
         return {"train": docs[:cut], "validation": docs[cut:]}
     if any(prompt for prompt, _ in docs):
@@ -128,13 +146,20 @@ def _split_named(path: Path) -> str | None:
     return next((split for split, keys in SPLIT_WORDS.items() if words & set(keys)), None)
 
 
-def splits(grouped: dict[str, list[Path]]) -> dict[str, list[Doc]]:
-    """The documents of `split_files`' splits: one corpus divided by `split`, or the named splits, the training
-    files divided where no file holds validation documents (as run_clm holds out a share of its train file)."""
-    if "" in grouped:
-        return split(read(grouped[""]))
-    docs = {name: read(paths) for name, paths in grouped.items()}
-    return {**docs, **split(docs["train"])} if "train" in docs and "validation" not in docs else docs
+def splits(grouped: dict[str, list[Path]], validation_fraction: float = 0.1) -> dict:
+    """The documents of `split_files`' splits, each an iterator reading a file at a time: one corpus divided by
+    `split`, or the named splits, the training files divided where no file holds validation documents (as
+    run_clm holds out a share of its train file). Every file is read once first, to count its documents."""
+    counts = {name: _counts(paths) for name, paths in grouped.items()}
+    out = {name: _documents(paths, counts[name]) for name, paths in grouped.items()}
+    held = "" if "" in grouped else "train" if "train" in grouped and "validation" not in grouped else None
+    if held is None:
+        return out
+    paths, n = grouped[held], sum(counts[held])
+    cut = _cut(n, validation_fraction)
+    divided = split(list(out[held]), validation_fraction) if cut == n else {  # too few documents: in memory
+        "train": _documents(paths, counts[held], 0, cut), "validation": _documents(paths, counts[held], cut)}
+    return divided if held == "" else {**out, **divided}  # train where it was, validation after the rest
 
 
 def files(directory_or_file: str | Path) -> list[Path]:
