@@ -123,12 +123,11 @@ class Packed(Rows):
                           self.pad_id).astype(np.int32)
         # segments: a row numbers its documents from 1 (2 when a document starts the row: the one before it closed
         # the previous row), each document start (an empty document's too) one more; padding is 0
-        segments = (np.searchsorted(begins, place, "right") - np.searchsorted(begins, first, "left")
-                    + (first > 0)).astype(np.int32)
+        after = np.searchsorted(begins, place, "right")  # (begins is memory-mapped: never copied whole)
+        segments = (after - np.searchsorted(begins, first, "left") + (first > 0)).astype(np.int32)
         segments[~real] = 0
         # positions count from the latest change of segment in the row: a document's start, the padding's start
-        changes = np.append(begins, n)
-        latest = changes[np.maximum(np.searchsorted(changes, place, "right") - 1, 0)]
+        latest = np.where(real, begins[np.maximum(after - 1, 0)] if len(begins) else 0, n)
         positions = (place - np.maximum(latest, first)).astype(np.int32)
         target = real[:, 1:]
         if self.bits is not None:
@@ -157,8 +156,8 @@ class Grouped(Rows):
     def compute(self, which: np.ndarray) -> dict[str, np.ndarray]:
         n = len(self.tokens)
         if self.per_document:
-            first = self.begins[which]
-            length = np.append(self.begins, n)[which + 1] - first
+            first, last = self.begins[which], len(self.begins) - 1
+            length = np.where(which < last, self.begins[np.minimum(which + 1, last)], n) - first
         else:
             first = which * self.seq_len
             length = n - first
