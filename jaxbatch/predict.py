@@ -179,6 +179,9 @@ def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -
     return out
 
 
+CHUNK = 4096  # sentences predicted at a time: a chunk's arrays are held (a tagger's ~5 KB a sentence), not the input's
+
+
 def predict(restored: run_lib.Restored, sentences: list[Sentence], where: str = "input") -> list[dict]:
     """One record per sentence: `entities` (token tasks: text, label, start, end, score = the mean
     probability of the predicted tag over the entity's words; plain tags such as part of speech have no
@@ -186,17 +189,25 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence], where: str = 
     sentence (a sentence longer than data.seq_len is run as overlapping windows, each word labelled from the
     window where it has the most context); or `label` and `probabilities` (sequence tasks; `labels` for a
     multi-label head, `score` for a regression head: a text longer than data.seq_len is truncated, and the
-    record says by how many pieces). `where` names the input in errors."""
+    record says by how many pieces); a masked LM's fills, a question's answer. `where` names the input in errors.
+    The input is checked whole first, then predicted CHUNK sentences at a time."""
+    task = restored.run.spec.model.task
+    if task == "lm":
+        run = _fill_masks
+    elif task == "qa":
+        sentences, run = _check_pairs("qa", [_paired(s) for s in sentences], where), _answer
+    elif task != "token":
+        sentences, run = _one_kind([_paired(s) for s in sentences]), _classify
+    else:
+        sentences, run = _check_pairs("token", sentences, where), _tag
+    return [record for at in range(0, len(sentences), CHUNK) for record in run(restored, sentences[at: at + CHUNK])]
+
+
+def _tag(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
+    """A token classifier's records (predict's)."""
     from seqeval.metrics.sequence_labeling import get_entities
 
     spec = restored.run.spec
-    if spec.model.task == "lm":
-        return _fill_masks(restored, sentences)
-    if spec.model.task == "qa":
-        return _answer(restored, _check_pairs("qa", [_paired(s) for s in sentences], where))
-    if spec.model.task != "token":
-        return _classify(restored, [_paired(s) for s in sentences])
-    _check_pairs("token", sentences, where)
     names = run_lib.label_names(spec)
     words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
     tokenizer = tokenize.for_words(restored.tokenizer)
@@ -247,13 +258,8 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
     pieces were cut to fit data.seq_len."""
     spec, tokenizer = restored.run.spec, restored.tokenizer
     names = run_lib.label_names(spec)
-    paired = [s.pair is not None for s in sentences]
-    if any(paired) and not all(paired):
-        single = next(s for s, p in zip(sentences, paired) if not p)
-        raise DataError(f"line {single.line}: a single text among text pairs (a pair is 'first<TAB>second'); "
-                        f"a model reads one or the other")
     words = [s.words or ["."] for s in sentences]  # a line of only spaces never reaches here; guard anyway
-    pairs = [s.pair.words or ["."] for s in sentences] if any(paired) else None
+    pairs = [s.pair.words or ["."] for s in sentences] if sentences[0].pair is not None else None
     shape = restored.run.family.batch_shapes(spec.model, len(words), spec.data.seq_len)["labels"]
     dummy = np.zeros(shape, losses.label_dtype(spec.model))  # labels only say the batch's shape here
     enc = tokenize.encode_labelled(tokenizer, words, dummy, spec.data.seq_len, pairs)
@@ -273,6 +279,16 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
             record["truncated_pieces"] = int(enc.cut[i])
         records.append(record)
     return records
+
+
+def _one_kind(sentences: list[Sentence]) -> list[Sentence]:
+    """`sentences`, checked to be all single texts or all pairs: a classifier reads one or the other."""
+    paired = [s.pair is not None for s in sentences]
+    if any(paired) and not all(paired):
+        single = next(s for s, p in zip(sentences, paired) if not p)
+        raise DataError(f"line {single.line}: a single text among text pairs (a pair is 'first<TAB>second'); "
+                        f"a model reads one or the other")
+    return sentences
 
 
 def _check_pairs(task: str, sentences: list[Sentence], where: str) -> list[Sentence]:

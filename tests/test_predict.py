@@ -72,6 +72,28 @@ def test_predict_equals_evaluate_on_any_mesh_and_from_an_export(ner_run, tmp_pat
     assert f"entity F1 {result['entity_f1']:.4f}" in out and "micro avg" in out and "B-PER" in out
 
 
+def test_a_long_input_is_predicted_a_chunk_at_a_time_as_at_once(ner_run, monkeypatch):
+    """Only a chunk's arrays are held: chunks of 7 of the 40 sentences give the tags and scores of one pass, and a
+    bad line in the last chunk is named before any chunk is predicted."""
+    from jaxbatch.errors import DataError
+
+    root, _, sentences = ner_run
+    restored = run_lib.restore(root / "run")
+    words = [predict.from_words(w) for w, _ in sentences]
+    whole = predict.predict(restored, words)
+    monkeypatch.setattr(predict, "CHUNK", 7)
+    calls = []
+    monkeypatch.setattr(predict, "_tag", lambda r, s, real=predict._tag: calls.append(len(s)) or real(r, s))
+    chunked = predict.predict(restored, words)
+    assert calls == [7] * 5 + [5] and [r["tags"] for r in chunked] == [r["tags"] for r in whole]
+    for a, b in zip(chunked, whole):
+        np.testing.assert_allclose([e["score"] for e in a["entities"]], [e["score"] for e in b["entities"]], atol=1e-5)
+    calls.clear()
+    with pytest.raises(DataError, match=":40: a pair of texts"):
+        predict.predict(restored, words[:-1] + [dataclasses.replace(words[-1], line=40, pair=words[0])], "in.txt")
+    assert calls == []
+
+
 def test_json_lines_sentences_predict_and_evaluate_as_column_files_do(ner_run, tmp_path, capsys):
     """`datasets`-style JSON lines: `predict` reads word lists with or without tags, `evaluate` a tagged test
     file (class ids named by data.labels, in its order), and both agree with the column file's results."""
