@@ -58,7 +58,10 @@ def fingerprint(tokenizer) -> str | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    described = [type(tokenizer).__name__, backend.to_str(), str(tokenizer.special_tokens_map),
+    # truncation and padding are set by each call (transformers resets them to the call's), so the state a
+    # tokenizer file starts with (sentence-transformers': 128 tokens) and the last call left are not its ids'
+    definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    described = [type(tokenizer).__name__, definition, str(tokenizer.special_tokens_map),
                  tokenizer.eos_token_id, getattr(tokenizer, "chat_template", None)]
     return hashlib.sha1(json.dumps(described, default=str).encode()).hexdigest()
 

@@ -118,6 +118,27 @@ def test_whatever_the_rows_depend_on_makes_a_new_entry(corpus, monkeypatch):
     assert token_cache.fingerprint(bpe_tokenizer([TEXT])) == token_cache.fingerprint(tok)
 
 
+def test_a_tokenizers_truncation_and_padding_are_not_its_definition(corpus, monkeypatch):
+    """A tokenizer file that sets truncation and padding (sentence-transformers' MiniLM: 128 tokens) has them reset
+    by its first call: the validation split, encoded after the training split, is found by the next run all the
+    same (its key once changed, so every first build was followed by a second of that split)."""
+    def tokenizer():
+        tok = bpe_tokenizer([TEXT])
+        tok.backend_tokenizer.enable_truncation(128)
+        tok.backend_tokenizer.enable_padding(length=128)
+        return tok
+
+    first = tokenizer()
+    before = token_cache.fingerprint(first)
+    loaded = _load(corpus, first)
+    assert token_cache.fingerprint(first) == before and len(_entries(corpus)) == 2
+    _read_fails(monkeypatch)
+    again = _load(corpus, tokenizer())  # a new process' tokenizer, as its file sets it
+    _equal(again.train, loaded.train)
+    _equal(again.eval, loaded.eval)
+    assert len(_entries(corpus)) == 2
+
+
 def test_a_masked_lms_rows_are_cached_with_their_count_of_cut_lines(corpus, monkeypatch):
     """Lines (cut to seq_len as they are encoded) and grouped rows of any length read from the cached documents
     equal a fresh load's, masked validation included."""
