@@ -35,7 +35,7 @@ def _plan(arrays: dict, batch_size: int, buckets: int) -> tuple[np.ndarray | Non
     starts = range(0, len(arrays["labels"]), batch_size)
     if "attention_mask" not in arrays:
         return None, [None for _ in starts], None
-    lengths = arrays["attention_mask"].sum(1)
+    lengths = pipeline.real_lengths(arrays)  # a block of rows at a time (a text corpus' rows are computed as read)
     order = np.argsort(lengths, kind="stable")
     lengths = lengths[order]
     seq_len = arrays["attention_mask"].shape[1]
@@ -68,15 +68,13 @@ def outputs(run, params, arrays: dict, batch_size: int | None = None, buckets: i
     returned in the split's order."""
     batch_size = eval_batch_size(run, batch_size)
     order, cuts, seq_len = _plan(arrays, batch_size, buckets)
-    if order is not None:
-        arrays = {k: v[order] for k, v in arrays.items()}
     token_outputs = seq_len is not None and (pipeline.per_token("labels", arrays["labels"], seq_len)
                                              or run.spec.model.task == "qa")  # its logits are per token
     totals: dict[str, float] = {}
     parts: dict[str, list] = {}
     batch_sums = []  # fetched once at the end (batches queue up; several CPU devices: Steps._launch)
     for cut, (local, real) in zip(cuts, pipeline.eval_batches(arrays, batch_size, jax.process_index(),
-                                                              jax.process_count())):
+                                                              jax.process_count(), order)):
         local = pipeline.take(local, slice(None), cut)  # the same cut on every host: from the global batch
         sums, preds = run.steps.eval(params, pipeline.to_global(local, run.batch_sh))
         batch_sums.append(sums)

@@ -35,6 +35,34 @@ def test_bucketed_eval_equals_full_length_eval(task):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_a_split_computed_as_read_is_evaluated_a_batch_at_a_time():
+    """A split whose rows are computed as they are read (a text corpus': packing.Rows) is read once, a block at a
+    time, for its lengths, then a batch at a time in length order (never whole), with the outputs of its arrays."""
+    from jaxbatch.data import packing
+
+    class Counted(packing.Rows):
+        def __init__(self, arrays):
+            super().__init__(tuple(arrays), len(arrays["labels"]), arrays["input_ids"].shape[1])
+            self.arrays, self.read = arrays, []
+
+        def compute(self, which):
+            self.read.append(len(which))
+            return {k: v[which] for k, v in self.arrays.items()}
+
+    cfg = tiny_config("model.task=token", "data.seq_len=32", "train.batch_size=8")
+    arrays = random_batch(cfg, 1, batch_size=45)
+    short = np.random.default_rng(1).random(45) < 0.6
+    arrays["attention_mask"][short, 8:] = 0
+    _, _, run = run_steps(cfg, [], jax.devices()[:1])
+    want_sums, want = evaluate.outputs(run, run.state.params, arrays)
+    counted = Counted(arrays)
+    sums, got = evaluate.outputs(run, run.state.params, counted)
+    assert counted.read[0] == 45 and max(counted.read[1:]) <= evaluate.eval_batch_size(run)
+    assert sums == pytest.approx(want_sums, rel=1e-6)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
 @pytest.mark.parametrize("task", ["token", "sequence", "lm"])
 def test_eval_compiled_ahead_for_every_batch_shape(task):
     """batch_shapes names exactly the batches `outputs` evaluates; after Steps.compile_eval, evaluating the

@@ -172,16 +172,19 @@ def step_shapes(arrays: dict[str, np.ndarray], global_batch: int, num_steps: int
 
 
 def eval_batches(arrays: dict[str, np.ndarray], global_batch: int, process_index: int = 0,
-                 process_count: int = 1):
-    """Fixed-order local batches covering every example once; the last batch is padded with unlabelled
-    examples (IGNORE_INDEX, NaN for scores: they count nowhere). Yields (local batch, number of real examples)."""
+                 process_count: int = 1, order: np.ndarray | None = None):
+    """Fixed-order local batches covering every example once, in the split's order or `order` (each batch's
+    examples gathered as it is read, so a split whose rows are computed as read is never whole in memory); the
+    last batch is padded with unlabelled examples (IGNORE_INDEX, NaN for scores: they count nowhere). Yields
+    (local batch, number of real examples)."""
     n = len(next(iter(arrays.values())))
     local = global_batch // process_count
     for start in range(0, n, global_batch):
         real = min(global_batch, n - start)
+        rows = slice(start, start + global_batch) if order is None else order[start: start + global_batch]
         batch = {}
         for k, v in arrays.items():
-            chunk = v[start: start + global_batch]
+            chunk = v[rows]
             if real < global_batch:
                 fill = losses.no_label(v.dtype) if k == "labels" else 0
                 chunk = np.concatenate([chunk, np.full((global_batch - real, *v.shape[1:]), fill, v.dtype)])
