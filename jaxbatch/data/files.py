@@ -44,13 +44,7 @@ def read_text_file(path, empty_ok: bool = False) -> str:
     """Reads UTF-8 text (without a leading byte-order mark); a missing file or another encoding becomes a
     DataError naming the file and byte, and so does an empty file unless `empty_ok` (one file of a corpus
     folder may hold nothing)."""
-    from pathlib import Path
-
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a file")
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+    path = _readable(path)
     try:
         raw = path.read_bytes()  # read once: a pipe (`--input <(zcat x.gz)`) can be read only once
     except OSError as e:  # no permission, an I/O error
@@ -59,6 +53,49 @@ def read_text_file(path, empty_ok: bool = False) -> str:
     if not text.strip() and not empty_ok:
         raise DataError(f"{path}: file is empty")
     return text
+
+
+def text_pieces(path, empty_ok: bool = False, block: int = 16 << 20):
+    """read_text_file's text in pieces, `block` bytes read at a time (a file of any size in constant memory), with
+    its errors: the same line and byte for text that is not UTF-8, an empty file at its end."""
+    import codecs
+
+    path = _readable(path)
+    decoder, offset, lines, started, seen = codecs.getincrementaldecoder("utf-8")(), 0, 0, False, False
+    try:
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(block)
+                held = len(decoder.getstate()[0])  # an unfinished character's bytes, from the block before
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as e:  # e.object: the held bytes, then raw
+                    line = lines + e.object[held: max(e.start, held)].count(b"\n") + 1
+                    raise DataError(f"{path}:{line}: not UTF-8 (byte {e.object[e.start]:#x} at offset "
+                                    f"{offset - held + e.start}); re-encode the text as UTF-8") from e
+                if text and not started:  # the text's first character
+                    text, started = text.removeprefix("\ufeff"), True
+                seen = seen or bool(text.strip())
+                offset, lines = offset + len(raw), lines + raw.count(b"\n")
+                if not raw:
+                    break
+                yield text
+    except OSError as e:  # no permission, an I/O error
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    if not seen and not empty_ok:
+        raise DataError(f"{path}: file is empty")
+
+
+def _readable(path):
+    """`path` as a Path; a folder or a missing file is a DataError naming it."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    return path
 
 
 def decode(raw: bytes, where) -> str:

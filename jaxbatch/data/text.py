@@ -10,30 +10,46 @@ kept whole so a later packer can cut them into fixed-length windows."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
 from jaxbatch.errors import DataError
-from jaxbatch.data.files import place, read_text_file, records
+from jaxbatch.data.files import place, records, text_pieces
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")  # the files of a corpus folder
 
 Doc = tuple[str | list[dict], str]  # (prompt or chat history: read, bar its assistant turns; text: trained on)
 
 
-def _file_docs(path: Path, empty_ok: bool = True) -> list[Doc]:
-    """One file's documents, in order."""
+def _file_docs(path: Path, empty_ok: bool = True):
+    """One file's documents, in order (an iterator: a .txt file's are read as its text is, 16 MB at a time)."""
     if path.suffix in (".jsonl", ".parquet"):
-        return _records(path, records(path, empty_ok=empty_ok)[0])
-    text = read_text_file(path, empty_ok=empty_ok)
-    return [("", d.strip()) for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
+        return iter(_records(path, records(path, empty_ok=empty_ok)[0]))
+    return _paragraphs(text_pieces(path, empty_ok=empty_ok))
+
+
+def _paragraphs(pieces):
+    """The blank-line separated documents of a text given in pieces, stripped ("\\r\\n" read as "\\n"): what
+    splitting the whole text on "\\n\\n" gives, a piece at a time (a document's pieces are joined once)."""
+    rest, held = [], ""  # the last document's pieces so far; a piece's last "\r" (its "\n" may begin the next)
+    for piece in itertools.chain(pieces, [None]):
+        text = held + (piece or "")
+        held = "\r" if piece is not None and text.endswith("\r") else ""
+        text = text[: len(text) - len(held)].replace("\r\n", "\n")
+        if piece is not None and "\n\n" not in (rest[-1][-1:] if rest else "") + text:
+            rest += [text] if text else []  # (an empty piece would hide the last character before it)
+            continue
+        parts = ("".join(rest) + text).split("\n\n")
+        rest = [parts.pop()] if piece is not None else []
+        yield from (("", d.strip()) for d in parts if d.strip())
 
 
 def _counts(paths: list[Path]) -> list[int]:
     """How many documents each file holds (every file read, so its errors are raised here, before any is
     written). An empty file in a folder of several holds no documents (as in Hugging Face's text loader); a
     corpus with no text at all is an error naming it."""
-    counts = [len(_file_docs(path, empty_ok=len(paths) > 1)) for path in paths]
+    counts = [sum(1 for _ in _file_docs(path, empty_ok=len(paths) > 1)) for path in paths]
     if not sum(counts):
         where = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
         raise DataError(f"{where}: no text")
@@ -46,7 +62,7 @@ def _documents(paths: list[Path], counts: list[int], start: int = 0, stop: int |
     stop, at = sum(counts) if stop is None else stop, 0
     for path, n in zip(paths, counts):
         if at < stop and at + n > start:
-            yield from _file_docs(path)[max(start - at, 0): stop - at]
+            yield from itertools.islice(_file_docs(path), max(start - at, 0), stop - at)
         at += n
 
 

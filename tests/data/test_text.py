@@ -35,3 +35,19 @@ def test_a_corpus_is_split_a_file_at_a_time_as_one_list_would_be(tmp_path, monke
     assert validation == [("", f"file 2 document {d}") for d in (7, 8, 9)] and read == ["part0.txt", "part2.txt"]
     everything = [doc for f in range(3) for doc in real(tmp_path / f"part{f}.txt")]
     assert [("", "file 0 document 0"), *got["train"]] == text.split(everything)["train"]
+
+
+def test_documents_read_a_piece_at_a_time_are_the_whole_texts_paragraphs():
+    """Blank-line separated documents found a piece at a time (a .txt file read 16 MB at a time) are those of the
+    whole text, wherever the pieces are cut (through "\\r\\n", between the two newlines of a separator, in a run of
+    blank lines): 3,000 random texts."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", " ", "\n", "\r", "\r\n", "\n\n", "é"]
+    for _ in range(3000):
+        whole = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        want = [("", d.strip()) for d in whole.replace("\r\n", "\n").split("\n\n") if d.strip()]
+        cuts = sorted(rng.sample(range(len(whole) + 1), min(len(whole) + 1, rng.randint(0, 6))))
+        pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)])]
+        assert list(text._paragraphs(iter(pieces))) == want, (whole, pieces)
