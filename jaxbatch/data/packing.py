@@ -170,7 +170,7 @@ class Grouped(Rows):
 
 
 class _Column(np.lib.mixins.NDArrayOperatorsMixin):
-    """One of a `Packed`'s arrays: indexed by rows (and columns) as a numpy array is, its rows computed then."""
+    """One of a `Rows`' arrays: indexed by rows (and columns) as a numpy array is, its rows computed then."""
 
     dtype, ndim = np.dtype(np.int32), 2
 
