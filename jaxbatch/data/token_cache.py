@@ -155,7 +155,7 @@ def _read(entry: Path) -> dict[str, np.ndarray] | None:
                 raise ValueError(f"{name}.npy holds {out[name].dtype}{list(out[name].shape)}, not {dtype}{shape}")
         os.utime(entry / _MANIFEST)  # used now: pruned last
         return out
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a manifest of any shape
         log.warning("token cache %s cannot be read (%s): tokenizing again", entry, e)
         shutil.rmtree(entry, ignore_errors=True)
         return None

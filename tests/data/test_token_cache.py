@@ -183,6 +183,9 @@ def test_a_broken_entry_is_built_again(corpus, caplog, monkeypatch):
     for entry in _entries(corpus):
         (entry / "arrays.json").unlink()  # an entry that lost its manifest is built again, and kept
     _equal(_load(corpus, tok).train, first)
+    for entry in _entries(corpus):  # a manifest of another shape (edited, or another program's)
+        (entry / "arrays.json").write_text(json.dumps({"format": token_cache.FORMAT, "arrays": None}))
+    _equal(_load(corpus, tok).train, first)
     with monkeypatch.context() as m:
         _read_fails(m)
         _equal(_load(corpus, tok).train, first)
