@@ -113,23 +113,42 @@ def decode(raw: bytes, where) -> str:
 def json_lines(path, text: str) -> list[tuple[int, dict]]:
     """(line number, object with lower-cased keys) for each non-blank line of a JSON lines file's `text`;
     anything but an object is a DataError naming the line (a whole-file JSON array: the file)."""
+    return list(_json_rows(path, text.splitlines()))
+
+
+def json_records(path, empty_ok: bool = False):
+    """json_lines of a file read a block at a time (text_pieces), as an iterator: a file of any size."""
+    return _json_rows(path, _lines(text_pieces(path, empty_ok)))
+
+
+def _json_rows(path, lines):
     import json
 
-    if text.lstrip().startswith("["):
-        raise DataError(f"{path}: holds one JSON array; write one object per line (JSON lines, as `datasets`' "
-                        f"Dataset.to_json and pandas' to_json(lines=True) do)")
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    first = True
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        if first and line.lstrip().startswith("["):  # the text's first character
+            raise DataError(f"{path}: holds one JSON array; write one object per line (JSON lines, as `datasets`' "
+                            f"Dataset.to_json and pandas' to_json(lines=True) do)")
+        first = False
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: not a JSON object ({e.msg})") from e
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: not a JSON object")
-        rows.append((number, {k.strip().lower(): v for k, v in row.items()}))  # `Text` names the text too
-    return rows
+        yield number, {k.strip().lower(): v for k, v in row.items()}  # `Text` names the text too
+
+
+def _lines(pieces):
+    """The lines of a text given in pieces, as str.splitlines gives those of the whole text."""
+    rest = ""
+    for piece in pieces:
+        lines = (rest + piece).splitlines(keepends=True)
+        rest = lines.pop() if lines else ""  # unfinished, or a "\r" whose "\n" may begin the next piece
+        yield from (line.splitlines()[0] for line in lines)
+    yield from rest.splitlines()
 
 
 def records(path, empty_ok: bool = False) -> tuple[list[tuple[int, dict]], dict[str, list[str]]]:

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from jaxbatch.errors import DataError
-from jaxbatch.data.files import place, records, text_pieces
+from jaxbatch.data.files import json_records, place, records, text_pieces
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")  # the files of a corpus folder
 
@@ -23,9 +23,12 @@ Doc = tuple[str | list[dict], str]  # (prompt or chat history: read, bar its ass
 
 
 def _file_docs(path: Path, empty_ok: bool = True):
-    """One file's documents, in order (an iterator: a .txt file's are read as its text is, 16 MB at a time)."""
-    if path.suffix in (".jsonl", ".parquet"):
-        return iter(_records(path, records(path, empty_ok=empty_ok)[0]))
+    """One file's documents, in order (an iterator: a .txt or .jsonl file's are read as its text is, 16 MB at a
+    time)."""
+    if path.suffix == ".jsonl":
+        return _records(path, json_records(path, empty_ok))
+    if path.suffix == ".parquet":
+        return _records(path, records(path, empty_ok=empty_ok)[0])
     return _paragraphs(text_pieces(path, empty_ok=empty_ok))
 
 
@@ -66,23 +69,22 @@ def _documents(paths: list[Path], counts: list[int], start: int = 0, stop: int |
         at += n
 
 
-def _records(path: Path, rows: list[tuple[int, dict]]) -> list[Doc]:
-    """The `text` (any case) of each record, or its `prompt` and `completion` (kept as written: a completion
-    often starts with a space); an empty text or completion holds no document."""
-    docs = []
+def _records(path: Path, rows):
+    """The `text` (any case) of each record (`rows`: (number, record) pairs, an iterable), or its `prompt` and
+    `completion` (kept as written: a completion often starts with a space), as they come; an empty text or
+    completion holds no document."""
     for number, row in rows:
         if isinstance(row.get("text"), str):
             if row["text"].strip():
-                docs.append(("", row["text"].strip()))
+                yield "", row["text"].strip()
         elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
             if row["completion"].strip():
-                docs.append((row["prompt"], row["completion"]))
+                yield row["prompt"], row["completion"]
         elif "messages" in row:
-            docs.append(_chat(row["messages"], place(path, number)))
+            yield _chat(row["messages"], place(path, number))
         else:
             raise DataError(f"{place(path, number)}: expected an object with a 'text' string, 'prompt' and "
                             f"'completion' strings, or 'messages', got keys {sorted(row)}")
-    return docs
 
 
 def _chat(messages, where: str) -> Doc:

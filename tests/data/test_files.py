@@ -66,3 +66,29 @@ def test_text_read_in_pieces_is_the_text_read_whole_with_the_same_errors(tmp_pat
         whole = read(lambda: files.read_text_file(path, empty_ok))
         pieces = read(lambda: "".join(files.text_pieces(path, empty_ok, block=rng.randint(1, 7))))
         assert pieces == whole, (case, raw)
+
+
+def test_json_lines_read_in_pieces_are_those_of_the_whole_text(tmp_path):
+    """json_records (a .jsonl corpus read a block at a time) gives json_lines' records of the whole text, or its
+    error, whatever the line breaks (\\r\\n cut between blocks, \\r, the separators str.splitlines knows) and
+    wherever the blocks end: 1,500 random files."""
+    import random
+
+    rng = random.Random(3)
+    parts = ['{"text": "a b"}', '{"Text": "x"}', "[1]", '"s"', "{bad", "", "  ", '{"prompt": "p", "completion": " c"}']
+    path = tmp_path / "c.jsonl"
+    for case in range(1500):
+        text = "".join(rng.choice(parts) + rng.choice(["\n", "\r\n", "\r", "\x1c", "\u2028", "\n\n"])
+                       for _ in range(rng.randint(0, 8)))
+        path.write_bytes(text.encode())
+
+        def read(how):
+            try:
+                return how()
+            except DataError as e:
+                return f"error: {e}"
+
+        whole = read(lambda: files.json_lines(path, files.read_text_file(path, case % 2 == 0)))
+        pieces = read(lambda: list(files._json_rows(path, files._lines(
+            files.text_pieces(path, case % 2 == 0, block=rng.randint(1, 9))))))
+        assert pieces == whole, (case, text)
