@@ -43,24 +43,22 @@ def _shard_rows(path) -> list[tuple[object, int]]:
 def read_text_file(path, empty_ok: bool = False) -> str:
     """Reads UTF-8 text (without a leading byte-order mark); a missing file or another encoding becomes a
     DataError naming the file and byte, and so does an empty file unless `empty_ok` (one file of a corpus
-    folder may hold nothing)."""
-    path = _readable(path)
-    try:
-        raw = path.read_bytes()  # read once: a pipe (`--input <(zcat x.gz)`) can be read only once
-    except OSError as e:  # no permission, an I/O error
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
-    text = decode(raw, path)
-    if not text.strip() and not empty_ok:
-        raise DataError(f"{path}: file is empty")
-    return text
+    folder may hold nothing). Read once, front to back: a pipe (`--input <(zcat x.gz)`) can be read only once."""
+    return "".join(text_pieces(path, empty_ok))
 
 
 def text_pieces(path, empty_ok: bool = False, block: int = 16 << 20):
-    """read_text_file's text in pieces, `block` bytes read at a time (a file of any size in constant memory), with
-    its errors: the same line and byte for text that is not UTF-8, an empty file at its end."""
+    """A file's UTF-8 text (without a leading byte-order mark) in pieces, `block` bytes read at a time (a file of
+    any size in constant memory); a missing file or another encoding is a DataError naming the file, line and byte
+    (as `decode`'s), and so is an empty file, at its end, unless `empty_ok`."""
     import codecs
+    from pathlib import Path
 
-    path = _readable(path)
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
     decoder, offset, lines, started, seen = codecs.getincrementaldecoder("utf-8")(), 0, 0, False, False
     try:
         with open(path, "rb") as f:
@@ -71,8 +69,7 @@ def text_pieces(path, empty_ok: bool = False, block: int = 16 << 20):
                     text = decoder.decode(raw, final=not raw)
                 except UnicodeDecodeError as e:  # e.object: the held bytes, then raw
                     line = lines + e.object[held: max(e.start, held)].count(b"\n") + 1
-                    raise DataError(f"{path}:{line}: not UTF-8 (byte {e.object[e.start]:#x} at offset "
-                                    f"{offset - held + e.start}); re-encode the text as UTF-8") from e
+                    raise _not_utf8(path, line, e.object[e.start], offset - held + e.start) from e
                 if text and not started:  # the text's first character
                     text, started = text.removeprefix("\ufeff"), True
                 seen = seen or bool(text.strip())
@@ -86,28 +83,18 @@ def text_pieces(path, empty_ok: bool = False, block: int = 16 << 20):
         raise DataError(f"{path}: file is empty")
 
 
-def _readable(path):
-    """`path` as a Path; a folder or a missing file is a DataError naming it."""
-    from pathlib import Path
-
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a file")
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    return path
-
-
 def decode(raw: bytes, where) -> str:
     """UTF-8 text without a leading byte-order mark (Windows editors, spreadsheet exports); another encoding is a
     DataError naming `where` (a file, standard input), the line and the byte."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{where}:{line}: not UTF-8 (byte {raw[e.start]:#x} at offset {e.start}); "
-                        f"re-encode the text as UTF-8") from e
+        raise _not_utf8(where, raw[: e.start].count(b"\n") + 1, raw[e.start], e.start) from e
     return text.removeprefix("\ufeff")
+
+
+def _not_utf8(where, line: int, byte: int, offset: int) -> DataError:
+    return DataError(f"{where}:{line}: not UTF-8 (byte {byte:#x} at offset {offset}); re-encode the text as UTF-8")
 
 
 def json_lines(path, text: str) -> list[tuple[int, dict]]:
