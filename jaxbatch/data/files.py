@@ -146,7 +146,7 @@ def records(path, empty_ok: bool = False) -> tuple[list[tuple[int, dict]], dict[
 
     path = Path(path)
     if path.suffix != ".parquet":
-        return json_lines(path, read_text_file(path, empty_ok)), {}
+        return list(json_records(path, empty_ok)), {}
     if "*" in path.name:  # a split's shards (find_splits): rows numbered across them, in name order
         rows, names, counts = [], {}, []
         for shard in shards(path):
