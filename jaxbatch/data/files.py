@@ -158,19 +158,31 @@ def records(path, empty_ok: bool = False) -> tuple[list[tuple[int, dict]], dict[
         if not rows and not empty_ok:
             raise DataError(f"{path}: no rows")
         return rows, names
-    import pyarrow
     import pyarrow.parquet as pq
 
-    if not path.is_file():
+    rows = list(parquet_records(path, empty_ok))
+    return rows, _class_names(path, (pq.read_schema(path).metadata or {}).get(b"huggingface"))
+
+
+def parquet_records(path, empty_ok: bool = False, batch: int = 4096):
+    """A Parquet file's records as `records` gives them, as an iterator reading `batch` rows at a time (a file of
+    any size: a row group's columns and a batch's Python objects in memory, not the whole table's)."""
+    import pyarrow
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    if not Path(path).is_file():
         raise DataError(f"{path}: no such file")
+    number = 0
     try:
-        table = pq.read_table(path)
-    except (pyarrow.ArrowException, OSError) as e:
+        for rows in pq.ParquetFile(path).iter_batches(batch_size=batch):
+            for row in rows.to_pylist():
+                number += 1
+                yield number, {k.strip().lower(): v for k, v in row.items()}
+    except (pyarrow.ArrowException, OSError) as e:  # a damaged footer, or a damaged row group as it is reached
         raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0] if str(e) else e!r})") from e
-    rows = [(n, {k.strip().lower(): v for k, v in row.items()}) for n, row in enumerate(table.to_pylist(), start=1)]
-    if not rows and not empty_ok:
+    if not number and not empty_ok:
         raise DataError(f"{path}: no rows")
-    return rows, _class_names(path, (table.schema.metadata or {}).get(b"huggingface"))
 
 
 def label_classes(path, label_columns: tuple[str, ...]) -> list[str]:

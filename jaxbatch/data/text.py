@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from jaxbatch.errors import DataError
-from jaxbatch.data.files import json_records, place, records, text_pieces
+from jaxbatch.data.files import json_records, parquet_records, place, text_pieces
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")  # the files of a corpus folder
 
@@ -23,12 +23,12 @@ Doc = tuple[str | list[dict], str]  # (prompt or chat history: read, bar its ass
 
 
 def _file_docs(path: Path, empty_ok: bool = True):
-    """One file's documents, in order (an iterator: a .txt or .jsonl file's are read as its text is, 16 MB at a
-    time)."""
+    """One file's documents, in order, as an iterator: a .txt or .jsonl file's read as its text is, 16 MB at a
+    time; a .parquet file's 4,096 rows at a time."""
     if path.suffix == ".jsonl":
         return _records(path, json_records(path, empty_ok))
     if path.suffix == ".parquet":
-        return _records(path, records(path, empty_ok=empty_ok)[0])
+        return _records(path, parquet_records(path, empty_ok))
     return _paragraphs(text_pieces(path, empty_ok=empty_ok))
 
 

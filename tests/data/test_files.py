@@ -89,3 +89,46 @@ def test_json_lines_read_in_pieces_are_those_of_the_whole_text(tmp_path):
         pieces = _outcome(lambda: list(files._json_rows(path, files._lines(
             files.text_pieces(path, case % 2 == 0, block=rng.randint(1, 9))))))
         assert pieces == whole, (case, text)
+
+
+def test_parquet_records_read_in_batches_are_those_of_the_whole_table(tmp_path):
+    """parquet_records (a .parquet corpus read a batch of rows at a time) gives the whole table's rows, numbered
+    from 1 with lower-cased keys, whatever the row groups and batches (nulls, lists, no rows): 300 random files."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(5)
+    path = tmp_path / "c.parquet"
+    for case in range(300):
+        n = rng.choice([0, 1, rng.randint(2, 40)])
+        table = pa.table({" Text": [rng.choice(["a b", "", None, "é\n"]) for _ in range(n)],
+                          "ids": [[rng.randint(0, 9)] * rng.randint(0, 3) for _ in range(n)]})
+        pq.write_table(table, path, row_group_size=rng.randint(1, 12))
+        empty_ok = case % 2 == 0
+
+        whole = [(i, {"text": row[" Text"], "ids": row["ids"]}) for i, row in enumerate(table.to_pylist(), start=1)]
+        expected = whole if whole or empty_ok else f"error: {path}: no rows"
+        assert _outcome(lambda: list(files.parquet_records(path, empty_ok, batch=rng.randint(1, 7)))) == expected
+        assert _outcome(lambda: files.records(path, empty_ok)[0]) == expected, case
+
+
+def test_a_damaged_row_group_is_named_when_the_read_reaches_it(tmp_path):
+    """Rows are read as they are asked for: a file whose last row group is damaged gives its first rows, then
+    one DataError naming the file (not an Arrow traceback)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": [f"document {i}" for i in range(30)]}), path, row_group_size=10)
+    chunk = pq.ParquetFile(path).metadata.row_group(2).column(0)
+    raw = bytearray(path.read_bytes())
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    raw[start:start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    path.write_bytes(bytes(raw))
+
+    rows = files.parquet_records(path, batch=5)
+    assert [next(rows)[1]["text"] for _ in range(20)] == [f"document {i}" for i in range(20)]
+    with pytest.raises(DataError, match=r"c.parquet: not a readable Parquet file"):
+        list(rows)
