@@ -223,9 +223,10 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_iterator, spec: config.Config, identity: dict | None = None,
-             metrics: dict | None = None) -> None:
+             metrics: dict | None = None, loop: dict | None = None) -> None:
         """Starts an asynchronous save (the next save, or `close`, waits for it), with `Best.metrics` when
-        checkpoints are ranked. Raises TrainingDiverged rather than write non-finite parameters."""
+        checkpoints are ranked and `loop`, what the train loop keeps on the host (`read_loop`). Raises
+        TrainingDiverged rather than write non-finite parameters."""
         sums, finite = fingerprint(state)
         if not finite:
             raise TrainingDiverged(f"step {step}: the state holds non-finite values; not saved (the newest "
@@ -236,7 +237,7 @@ class Checkpointer:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
                 spec=ocp.args.JsonSave(config.to_dict(spec)), fingerprint=ocp.args.JsonSave(sums),
-                identity=ocp.args.JsonSave(identity or {})), metrics=metrics)
+                identity=ocp.args.JsonSave(identity or {}), loop=ocp.args.JsonSave(loop or {})), metrics=metrics)
 
     def newest_complete(self) -> str:
         """'step N' for the newest checkpoint on disk (a save that failed is not one), else 'none yet'."""
@@ -343,6 +344,16 @@ class Checkpointer:
     def read_identity(self, step: int) -> dict:
         """What the run trained on (example count and content digest of the training split)."""
         return self.manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore())).identity
+
+    def read_loop(self, step: int) -> dict:
+        """What the train loop kept on the host at `step` (`save`'s `loop`), so a resumed run reports what an
+        uninterrupted one would; {} for a checkpoint written without it (before it was saved) or whose file
+        does not read (its arrays are verified; this record only completes the run's summary)."""
+        try:
+            found = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+        except (FileNotFoundError, ValueError, KeyError, OSError):
+            return {}
+        return found if isinstance(found, dict) else {}
 
     def restore_params(self, step: int, abstract_params, params_shardings):
         """Only the parameters of the state at `step` (no optimizer moments are read), placed with

@@ -43,6 +43,11 @@ class NoiseScale:
             self.trace = self.decay * self.trace + (1 - self.decay) * trace
         self.count += 1
 
+    def running(self) -> dict:
+        """The smoothed estimators: a checkpoint keeps them, and `NoiseScale(b, B, **running)` continues them
+        (a resumed run's estimates are an uninterrupted one's)."""
+        return {"g2": self.g2, "trace": self.trace, "count": self.count}
+
     @property
     def b_simple(self) -> float | None:
         if self.g2 is None or self.g2 <= 0:

@@ -253,7 +253,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                                           mask=data.masking.train_batch(t.seed) if data.masking else None))
     best = checkpoint.Best.of(spec.checkpoint)  # the metric ranking checkpoints, and early stopping's count
     ckpt = checkpoint.Checkpointer(ckpt_dir, spec.checkpoint.max_to_keep, best=best)
-    state = run.state
+    state, earlier = run.state, {}  # earlier: the loop's host-side record at the checkpoint resumed from
     if ckpt.latest_step() is not None and not spec.checkpoint.resume:
         ckpt.close()
         aside = reporting.move_aside(run_dir, ckpt_dir)
@@ -264,8 +264,12 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
             say("resuming with changed settings: " + "; ".join(changed))
         restored = ckpt.restore_latest(state, run.state_sh, batches, warn=say)
         if restored is not None:
-            state = restored
+            state, earlier = restored, ckpt.read_loop(int(restored.step))
             say(f"resumed from {ckpt.directory} at step {int(state.step)} (state and data iterator, verified)")
+            if not earlier:
+                say(f"note: checkpoint step {int(state.step)} holds no record of the run's earlier evaluations "
+                    f"(written by an older jaxbatch, or unreadable): its summary's evaluations and noise scale "
+                    f"start there")
             if best is not None:
                 best = best.resumed(ckpt.metrics(int(state.step)))
     if int(state.step) == 0 and (run_dir / "metrics.jsonl").is_file():
@@ -282,16 +286,22 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress, first_step)
 
     # ---- Loop -------------------------------------------------------------------------------------------------
-    noise = noise_scale.NoiseScale(run.micro_batch, t.batch_size) if t.accum_steps > 1 and t.accum_impl == "scan" else None
-    pending_noise = []  # per-step (|g_b|^2, |g_B|^2, b, B), on device until the next log
-    evals, start_time, result, eval_s = [], time.perf_counter(), None, [0.0]
+    noise = (noise_scale.NoiseScale(run.micro_batch, t.batch_size, **(earlier.get("noise_scale") or {}))
+             if t.accum_steps > 1 and t.accum_impl == "scan" else None)
+    pending_noise = []  # per-step (|g_b|^2, |g_B|^2, b, B), on device until the next log or save
+    evals, start_time, result, eval_s = list(earlier.get("evals", [])), time.perf_counter(), None, [0.0]
+
+    def take_noise() -> None:  # the pending steps' norms into the running estimate, in step order
+        for sq_small, sq_big, b_small, b_big in jax.device_get(pending_noise):
+            noise.update(float(sq_small), float(sq_big), b_small, b_big)
+        pending_noise.clear()
 
     def run_eval(done: int) -> dict:
         began = time.perf_counter()
         result = evaluate.evaluate(run, state.params, data.eval, data.label_names, data.task,
                                    batch_size=t.eval_batch_size or None, bytes_per_token=data.bytes_per_token,
                                    windows=data.windows.get("validation"))
-        evals.append({"step": done, **evaluate.recorded(result)})
+        evals[:] = [e for e in evals if e["step"] != done] + [{"step": done, **evaluate.recorded(result)}]  # a rerun
         reporter.log(done, {k: v for k, v in result.items() if isinstance(v, float)}, kind="eval")
         reporter.write(f"eval @ {done}: " + evaluate.summary_line(result))
         eval_s[0] += time.perf_counter() - began
@@ -340,9 +350,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                 if done % t.log_every == 0 or done == t.steps:
                     record = reporter.log(done, {**step_metrics, "batch_size": size, "samples": int(seen[done])})
                     if pending_noise:
-                        for sq_small, sq_big, b_small, b_big in jax.device_get(pending_noise):
-                            noise.update(float(sq_small), float(sq_big), b_small, b_big)
-                        pending_noise.clear()
+                        take_noise()
                         if noise.b_simple is not None:
                             reporter.log(done, {"b_simple": noise.b_simple}, kind="noise_scale")
                 if evaluating:
@@ -351,7 +359,10 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                         best = best.update(result.get(best.name, float("nan")), done)  # absent: no labelled dev token
                 if save:  # asynchronous; with a ranking metric, it travels with the checkpoint
                     ranking = best.metrics(result.get(best.name) if evaluating else None) if best is not None else None
-                    ckpt.save(done, state, batches, spec, identity, ranking)
+                    if pending_noise:
+                        take_noise()
+                    ckpt.save(done, state, batches, spec, identity, ranking, loop={
+                        "evals": evals, "noise_scale": noise.running() if noise is not None else None})
                 if patience_spent() and done < t.steps:
                     say(f"early stop at step {done}: no better {best.name} in {best.since} evaluations "
                         f"(train.patience={t.patience})")

@@ -78,6 +78,33 @@ def test_damaged_newest_checkpoint_falls_back_and_finishes_bitwise(fault, whole,
         np.testing.assert_array_equal(got[key], whole[key], err_msg=key)
 
 
+def test_a_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, capsys):
+    """The summary's evaluations and the gradient noise scale (a running estimate over every step) continue
+    across a resume from a checkpoint saved between two logs; a checkpoint written without the loop's record
+    (an older jaxbatch's) still resumes, and says what its summary lacks."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    accumulating = ["train.steps=6", "train.accum_steps=2", "train.eval_every=2", "train.log_every=2",
+                    "checkpoint.every=0"]
+    assert _train(whole, *accumulating) == 0
+    assert _train(run, *accumulating, "train.stop_after=3") == EXIT_STOPPED  # saved at 3: no log there
+    assert _train(run, *accumulating) == 0
+
+    def reported(run_dir):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        noise = [r for r in reporting.read_metrics(run_dir) if r["kind"] == "noise_scale"]
+        return summary["evals"], summary["noise_scale"], noise
+
+    evals, b_simple, noise = reported(whole)
+    assert [e["step"] for e in evals] == [2, 4, 6] and [r["step"] for r in noise] == [2, 4, 6] and b_simple
+    assert reported(run) == reported(whole)
+
+    shutil.rmtree(run / "checkpoints" / "6" / "loop")  # as an older jaxbatch wrote it
+    capsys.readouterr()
+    assert _train(run, *accumulating[1:], "train.steps=8") == 0
+    assert "its summary's evaluations and noise scale start there" in capsys.readouterr().out
+    assert [e["step"] for e in json.loads((run / "summary.json").read_text())["evals"]] == [8]
+
+
 def test_divergence_stops_with_its_code_and_a_finite_last_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     code = _train(run, "train.steps=40", "optim.learning_rate=1e6", "train.max_bad_steps=3", "checkpoint.every=1")
