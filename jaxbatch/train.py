@@ -341,8 +341,10 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                     reporter.start_clock(done)
                 slot_ended = bool(t.stop_after and done - first_step >= t.stop_after)
                 stop = _agree(bool(ckpt.stop_requested) or slot_ended)
+                # a due evaluation runs at train.stop_after's planned stop (segments report and rank as one run),
+                # not at a signal's (a preemption's grace period is short)
                 evaluating = (((t.eval_every and done % t.eval_every == 0) or done == t.steps)
-                              and not (stop and done < t.steps))
+                              and not (stop and done < t.steps and not slot_ended))
                 save = ((spec.checkpoint.every and done % spec.checkpoint.every == 0) or done == t.steps or stop
                         or (best is not None and evaluating))
                 if done % t.log_every == 0 or done == t.steps or save:

@@ -97,6 +97,10 @@ def test_a_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, capsys):
     evals, b_simple, noise = reported(whole)
     assert [e["step"] for e in evals] == [2, 4, 6] and [r["step"] for r in noise] == [2, 4, 6] and b_simple
     assert reported(run) == reported(whole)
+    at_eval = tmp_path / "at_eval"  # a planned stop where an evaluation is due evaluates (a signal's skips it)
+    assert _train(at_eval, *accumulating, "train.stop_after=4") == EXIT_STOPPED
+    assert _train(at_eval, *accumulating) == 0
+    assert reported(at_eval) == reported(whole)
 
     shutil.rmtree(run / "checkpoints" / "6" / "loop")  # as an older jaxbatch wrote it
     capsys.readouterr()
