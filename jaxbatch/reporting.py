@@ -82,7 +82,7 @@ class Reporter:
     keeps a tqdm bar with loss, tokens/s and MFU. Only process 0 writes."""
 
     def __init__(self, run_dir: str | Path, total_steps: int, peak: metrics.Peak, num_devices: int,
-                 progress: bool = True, initial_step: int = 0):
+                 progress: bool = True, initial_step: int = 0, reevaluating: bool = False):
         self.run_dir = Path(run_dir)
         self.primary = jax.process_index() == 0
         self.start_peak = peak  # per device, where it came from; a faster step raises `self.peak` if measured
@@ -95,7 +95,8 @@ class Reporter:
         if self.primary:
             path = self.run_dir / "metrics.jsonl"
             if path.is_file():  # a resumed run: rows past its checkpoint were not kept, so curves never double
-                kept = [r for r in read_metrics(self.run_dir) if r["step"] <= initial_step]
+                kept = [r for r in read_metrics(self.run_dir) if r["step"] < initial_step or r["step"] == initial_step
+                        and not (reevaluating and r["kind"] == "eval")]  # a finished run's evaluation, run again
                 replace_text(path, "".join(json.dumps(r) + "\n" for r in kept))
             with writing(path):
                 self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -283,7 +283,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     if first_step < last_step:
         ckpt.check_space(state)  # before the first step, not at the first save
     ckpt.handle_signals()
-    reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress, first_step)
+    reporter = reporting.Reporter(run_dir, t.steps, peak, jax.device_count(), t.progress, first_step,
+                                  reevaluating=first_step == last_step)
 
     # ---- Loop -------------------------------------------------------------------------------------------------
     noise = (noise_scale.NoiseScale(run.micro_batch, t.batch_size, **(earlier.get("noise_scale") or {}))

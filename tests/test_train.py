@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import event_records, subprocess_env, tiny_config
-from jaxbatch import cli, train
+from jaxbatch import cli, reporting, train
 from jaxbatch.data import pipeline
 
 
@@ -183,6 +183,8 @@ def test_the_best_checkpoint_is_kept_read_and_early_stopping_resumes_exactly(tmp
     rerun = train.train(tiny_config(*common, f"train.run_dir={tmp_path / 'whole'}")).summary
     assert rerun["step"] == stop and rerun["best"]["step"] == best_step
     assert rerun["evals"] == whole["evals"]  # its evaluation again, in place of the first
+    rows = [(r["step"], r["kind"]) for r in reporting.read_metrics(tmp_path / "whole")]
+    assert rows.count((stop, "eval")) == 1 and rows[-1] == (stop, "eval"), rows  # in metrics.jsonl too
     # two segments: cut before the best is known to be final
     cut = tiny_config(*common, "train.stop_after=3", f"train.run_dir={tmp_path / 'cut'}")
     assert not train.train(cut).finished
