@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxbatch import config, host
+from jaxbatch import config, distributed, host
 from jaxbatch import mesh as mesh_lib
 from jaxbatch.errors import CheckpointError, ConfigError, TrainingDiverged
 
@@ -276,6 +276,10 @@ class Checkpointer:
             state=ocp.args.StandardRestore(mesh_lib.abstract_with_shardings(state_like, state_shardings)),
             data=grain.checkpoint.CheckpointRestore(data_iterator), fingerprint=ocp.args.JsonRestore()))
         self._verify(step, restored.state, restored.fingerprint)
+        position = data_iterator.get_state().get("next_index", step)  # a batch a step, on every process
+        if distributed.any_process(position != step):
+            raise CheckpointError(f"step {step}: its data iterator's saved position is not batch {step}"
+                                  + (f" (here: {position})" if position != step else " on another process"))
         return restored.state
 
     @staticmethod

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxbatch import backends, host
 from jaxbatch.errors import ConfigError, DataError
@@ -165,3 +167,10 @@ def same_on_every_host(content: Callable[[], str], where: str, fix: str = "give 
 def describe() -> str:
     return (f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local / "
             f"{jax.device_count()} global devices")
+
+
+def any_process(local: bool) -> bool:
+    """True on every process when it is true on any: hosts stop, save or set a checkpoint aside together."""
+    if jax.process_count() == 1:
+        return local
+    return bool(np.max(multihost_utils.process_allgather(np.asarray(local, np.int32))))

@@ -12,7 +12,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jax.experimental import multihost_utils
 
 from jaxbatch import checkpoint, config, distributed, evaluate, lora, losses, metrics, models, noise_scale, optim
 from jaxbatch import precision, rampup, reporting
@@ -341,7 +340,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                     jax.block_until_ready(state)
                     reporter.start_clock(done)
                 slot_ended = bool(t.stop_after and done - first_step >= t.stop_after)
-                stop = _agree(bool(ckpt.stop_requested) or slot_ended)
+                stop = distributed.any_process(bool(ckpt.stop_requested) or slot_ended)
                 # a due evaluation runs at train.stop_after's planned stop (segments report and rank as one run),
                 # not at a signal's (a preemption's grace period is short)
                 evaluating = (((t.eval_every and done % t.eval_every == 0) or done == t.steps)
@@ -424,10 +423,3 @@ def _naming_the_newest_checkpoint(ckpt: checkpoint.Checkpointer):
         ckpt.wait()  # the save under way lands first (or fails, and says so)
         raise WriteError(f"{e}; the newest complete checkpoint is {ckpt.newest_complete()}: free space and run "
                          f"the same command again (it resumes from there)") from e
-
-
-def _agree(local: bool) -> bool:
-    """True on every process when it is true on any: hosts stop and save at the same step."""
-    if jax.process_count() == 1:
-        return local
-    return bool(np.max(multihost_utils.process_allgather(np.asarray(local, np.int32))))

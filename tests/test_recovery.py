@@ -57,6 +57,7 @@ FAULTS = {
     "truncated": lambda d: os.truncate(_largest_array_file(d), 100),
     "missing_metadata": lambda d: (d / "state" / "_METADATA").unlink(),
     "missing_item": lambda d: __import__("shutil").rmtree(d / "state"),
+    "data_position": lambda d: (d / "data" / "process_0-of-1.json").write_text('{"next_index": 3}'),  # parses
 }
 
 
