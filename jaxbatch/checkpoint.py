@@ -36,6 +36,7 @@ import signal
 import stat
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import grain
@@ -79,6 +80,14 @@ def fingerprint(tree) -> tuple[dict[str, int], bool]:
     jax.block_until_ready(leaves)  # the step that made them has finished everywhere (see steps.Steps._launch)
     sums, finite = jax.device_get(_fingerprint_program(leaves)(list(leaves)))
     return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, sums)}, bool(finite)
+
+
+LOOP_KEY = "loop record"  # the fingerprint's entry for `save`'s loop: not an array path (those start with ".")
+
+
+def _json_crc(obj) -> int:
+    """CRC-32 of a JSON object's canonical text (a float's repr reads back exactly: equal after the round trip)."""
+    return zlib.crc32(json.dumps(obj, sort_keys=True).encode())
 
 
 def compile_fingerprint(tree) -> None:
@@ -236,7 +245,8 @@ class Checkpointer:
             self.check_space(state)  # after the wait: the previous save's bytes are on disk
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-                spec=ocp.args.JsonSave(config.to_dict(spec)), fingerprint=ocp.args.JsonSave(sums),
+                spec=ocp.args.JsonSave(config.to_dict(spec)),
+                fingerprint=ocp.args.JsonSave({**sums, LOOP_KEY: _json_crc(loop or {})}),
                 identity=ocp.args.JsonSave(identity or {}), loop=ocp.args.JsonSave(loop or {})), metrics=metrics)
 
     def newest_complete(self) -> str:
@@ -351,13 +361,15 @@ class Checkpointer:
 
     def read_loop(self, step: int) -> dict:
         """What the train loop kept on the host at `step` (`save`'s `loop`), so a resumed run reports what an
-        uninterrupted one would; {} for a checkpoint written without it (before it was saved) or whose file
-        does not read (its arrays are verified; this record only completes the run's summary)."""
+        uninterrupted one would; {} for a checkpoint written without it (before it was saved), or whose record
+        does not read or does not match the CRC-32 kept in its fingerprint."""
         try:
-            found = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+            found = self.manager.restore(step, args=ocp.args.Composite(
+                loop=ocp.args.JsonRestore(), fingerprint=ocp.args.JsonRestore()))
         except (FileNotFoundError, ValueError, KeyError, OSError):
             return {}
-        return found if isinstance(found, dict) else {}
+        ok = isinstance(found.loop, dict) and found.fingerprint.get(LOOP_KEY) == _json_crc(found.loop)
+        return found.loop if ok else {}
 
     def restore_params(self, step: int, abstract_params, params_shardings):
         """Only the parameters of the state at `step` (no optimizer moments are read), placed with
