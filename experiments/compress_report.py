@@ -99,7 +99,8 @@ def main(argv=None) -> dict:
     for name, run_dir, opts in jobs:
         folder = out / "models" / name.replace(" ", "_").replace(":", "-").replace("%", "pct").replace("+", "plus")
         if not storage.is_compressed(folder):
-            pipeline.compress_model(run_dir, folder, dataclasses.replace(opts, data_dir=args.data_dir),
+            pipeline.compress_model(run_lib.restore(run_dir), folder,
+                                    dataclasses.replace(opts, data_dir=args.data_dir),
                                     log=lambda line, n=name: print(f"[{n}] {line}"))
         restored[name] = r = run_lib.restore(folder, [f"train.batch_size={args.batch}"])
         spec = r.run.spec

@@ -520,6 +520,7 @@ def generate(args) -> int:
 
 
 def compress(args) -> int:
+    from jaxbatch import folders
     from jaxbatch.compress import pipeline
     from jaxbatch.errors import ConfigError
 
@@ -530,7 +531,8 @@ def compress(args) -> int:
     pipeline.check(opts)  # a bad option's own message first
     if not (args.prune or args.pattern or args.quant or args.rank or args.rank_energy):
         raise ConfigError("compress: nothing asked; choose --prune, --pattern, --quant int8, --rank or --rank-energy")
-    report = pipeline.compress_model(args.model, args.out, opts, step=args.step)
+    folders.check_new(args.out)  # before the model is read
+    report = pipeline.compress_model(_restore(args.model, [], args.step, need_tokenizer=False), args.out, opts)
     print(f"wrote {args.out}: {report['params_after']:,} parameters ({report['nonzero_after']:,} non-zero; "
           f"{report['params']:,} before), {report['bytes_on_disk'] / 2**20:.2f} MiB on disk")
     return 0

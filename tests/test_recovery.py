@@ -264,6 +264,8 @@ def test_export_onto_a_file_and_an_unfinished_run_are_named(tmp_path, capsys):
     assert cli.main(["export", str(run), str(target)]) == 2
     err = capsys.readouterr().err
     assert "is unfinished (checkpoint at step 2 of 6)" in err and "exists and is not a folder" in err
+    assert cli.main(["compress", str(run), str(tmp_path / "pruned"), "--prune", "0.5"]) == 0
+    assert "is unfinished (checkpoint at step 2 of 6)" in capsys.readouterr().err  # compress says so too
 
 
 def _truncate_all(step_dir: Path) -> None:

@@ -165,11 +165,11 @@ def apply(restored: run_lib.Restored, opts: Options, log=print) -> tuple[config.
     return dataclasses.replace(spec, model=model_cfg), nnx.state(model, nnx.Param), report
 
 
-def compress_model(source: str | Path, out: str | Path, opts: Options, log=print, step: int | None = None) -> dict:
-    """Restores `source`, compresses it and writes the folder `out`; returns the report."""
+def compress_model(restored: run_lib.Restored, out: str | Path, opts: Options, log=print) -> dict:
+    """Compresses a restored model (`run.restore`'s, or the CLI's start-up path's) and writes the folder `out`;
+    returns the report."""
     check(opts)
     folders.check_new(out)
-    restored = run_lib.restore(source, step=step)
     spec, params, report = apply(restored, opts, log)
     storage.save(out, spec, params, restored.tokenizer, report)
     report["bytes_on_disk"] = storage.bytes_on_disk(Path(out))

@@ -62,7 +62,7 @@ def test_int8_folder_is_at_most_0_27_of_float32_and_sparse_tensors_are_packed(ru
     sizes = {}
     for name, opts in {"float": pipeline.Options(), "int8": pipeline.Options(quant="int8"),
                        "pruned": pipeline.Options(sparsity=0.5), "2:4-int8": pipeline.Options(pattern="2:4", quant="int8")}.items():
-        report = pipeline.compress_model(run_dir, tmp_path / name, opts, log=lambda _: None)
+        report = pipeline.compress_model(run_lib.restore(run_dir), tmp_path / name, opts, log=lambda _: None)
         sizes[name] = report["bytes_on_disk"]
         manifest = json.loads((tmp_path / name / storage.MANIFEST).read_text())
         packed = [k for k, e in manifest["params"].items() if e.get("packed")]
