@@ -2,17 +2,20 @@
 TensorFlow is never needed), and TFDS' own catalog when online.
 
 Prepared data is cached under a data dir, keyed by a hash of the source files' contents: unchanged files
-are not rebuilt, changed files get a new build next to the old one.
+are not rebuilt, changed files get a new build next to the old one. One process prepares a build at a time, and
+what a killed preparation left is removed by the next (`_preparing`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +167,9 @@ def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None)
     data_dir = str(data_dir or default_data_dir())
     builder = BUILDERS[kind][0](paths, data_dir=data_dir, file_format="array_record")
     try:
-        builder.download_and_prepare()
+        if not builder.is_prepared():  # (prepared data is read without a lock: its folder may be read-only)
+            with _preparing(Path(builder.data_dir).parent):
+                builder.download_and_prepare()  # a process that waited finds it prepared, and returns
     except (OSError, RuntimeError) as e:
         if not _cannot_write(e, data_dir):
             raise
@@ -173,6 +178,26 @@ def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None)
         raise WriteError(f"{data_dir}: cannot write the prepared data ({cause}); free space there or set "
                          f"data.cache_dir (or JAXBATCH_DATA_DIR) to another folder") from e
     return builder.as_data_source()
+
+
+@contextlib.contextmanager
+def _preparing(folder: Path):
+    """Holds `.prepare.lock` in a build's folder (the kernel's flock: a killed holder leaves none) while TFDS
+    prepares it: two processes given the same files (two runs, hosts sharing a disk) prepare them once, the second
+    waiting. Holding it, every `incomplete.*` folder there is a killed preparation's, which TFDS neither reuses
+    nor removes (a kill mid-write would keep its shards for good): they are removed. A file system without locks
+    (some network mounts): no waiting and nothing removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".prepare.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            locked = True
+        except OSError:
+            locked = False
+        if locked:
+            for abandoned in folder.glob("incomplete.*"):
+                shutil.rmtree(abandoned, ignore_errors=True)
+        yield  # closing the file releases the lock
 
 
 def _cannot_write(e: Exception, data_dir: str) -> bool:
