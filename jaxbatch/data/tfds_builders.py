@@ -167,7 +167,7 @@ def build(kind: str, paths: dict[str, Path], data_dir: str | Path | None = None)
     data_dir = str(data_dir or default_data_dir())
     builder = BUILDERS[kind][0](paths, data_dir=data_dir, file_format="array_record")
     try:
-        if not builder.is_prepared():  # (prepared data is read without a lock: its folder may be read-only)
+        if not Path(builder.data_dir).is_dir():  # as TFDS tests it; prepared data is read without the lock
             with _preparing(Path(builder.data_dir).parent):
                 builder.download_and_prepare()  # a process that waited finds it prepared, and returns
     except (OSError, RuntimeError) as e:
@@ -186,7 +186,8 @@ def _preparing(folder: Path):
     prepares it: two processes given the same files (two runs, hosts sharing a disk) prepare them once, the second
     waiting. Holding it, every `incomplete.*` folder there is a killed preparation's, which TFDS neither reuses
     nor removes (a kill mid-write would keep its shards for good): they are removed. A file system without locks
-    (some network mounts): no waiting and nothing removed."""
+    (some network mounts): no waiting and nothing removed. Data already prepared is read without it (its folder
+    may be read-only)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".prepare.lock", "a+") as handle:
         try:
