@@ -12,7 +12,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-
 from jaxbatch import checkpoint, config, distributed, evaluate, lora, losses, metrics, models, noise_scale, optim
 from jaxbatch import precision, rampup, reporting
 from jaxbatch import mesh as mesh_lib
@@ -363,8 +362,8 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                     ranking = best.metrics(result.get(best.name) if evaluating else None) if best is not None else None
                     if pending_noise:
                         take_noise()
-                    ckpt.save(done, state, batches, spec, identity, ranking, loop={
-                        "evals": evals, "noise_scale": noise.running() if noise is not None else None})
+                    ckpt.save(done, state, batches, spec, identity, ranking, loop={  # a copy: the save is async
+                        "evals": list(evals), "noise_scale": noise.running() if noise is not None else None})
                 if patience_spent() and done < t.steps:
                     say(f"early stop at step {done}: no better {best.name} in {best.since} evaluations "
                         f"(train.patience={t.patience})")
