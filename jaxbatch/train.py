@@ -318,7 +318,12 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
     trace = reporting.StepTrace(run_dir / "profile", first_step, t.profile)
     with _naming_the_newest_checkpoint(ckpt):  # a run file on a full disk stops the run in one line
         try:
-            if first_step == last_step:  # resuming a finished run: nothing to train, evaluate what it left
+            # resuming a finished run: nothing to train, evaluate what it left; or the evaluation a signal's stop
+            # skipped at this step (the record says it is missing; with checkpoint.best_metric the checkpoint is
+            # already saved unranked, so the hole stays rather than rank a checkpoint by a value it does not carry)
+            skipped = (bool(earlier) and best is None and t.eval_every and first_step % t.eval_every == 0
+                       and first_step not in {e["step"] for e in evals})
+            if first_step == last_step or skipped:
                 result = run_eval(first_step)
             for step in range(first_step, last_step):
                 batch = pipeline.to_global(next(batches), run.batch_sh)

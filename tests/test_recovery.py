@@ -114,6 +114,33 @@ def test_a_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, capsys):
         assert [e["step"] for e in json.loads((run / "summary.json").read_text())["evals"]] == [steps]
 
 
+def test_an_evaluation_a_signal_skipped_runs_when_the_run_resumes(tmp_path, monkeypatch):
+    """SIGTERM at an evaluation step saves without evaluating (a preemption's grace period is short); the resumed
+    run evaluates that step first, so its summary and metrics hold every evaluation an uninterrupted run's do."""
+    args = ["train.steps=8", "train.eval_every=4"]
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert _train(whole, *args) == 0
+    log = reporting.Reporter.log
+
+    def log_then_signal(self, step, metrics, kind="train"):  # after step 3: the loop stops at the end of step 4
+        record = log(self, step, metrics, kind)
+        if kind == "train" and step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record
+
+    monkeypatch.setattr(reporting.Reporter, "log", log_then_signal)
+    assert _train(run, *args) == EXIT_STOPPED
+    monkeypatch.undo()
+    assert json.loads((run / "summary.json").read_text())["evals"] == []  # step 4's was skipped
+    assert _train(run, *args) == 0
+
+    def evaluations(run_dir):
+        return (json.loads((run_dir / "summary.json").read_text())["evals"],
+                [r for r in reporting.read_metrics(run_dir) if r["kind"] == "eval"])
+
+    assert [e["step"] for e in evaluations(whole)[0]] == [4, 8] and evaluations(run) == evaluations(whole)
+
+
 def test_divergence_stops_with_its_code_and_a_finite_last_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     code = _train(run, "train.steps=40", "optim.learning_rate=1e6", "train.max_bad_steps=3", "checkpoint.every=1")
