@@ -82,7 +82,7 @@ def fingerprint(tree) -> tuple[dict[str, int], bool]:
     return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, sums)}, bool(finite)
 
 
-LOOP_KEY = "loop record"  # the fingerprint's entry for `save`'s loop: not an array path (those start with ".")
+_LOOP_KEY = "loop record"  # the fingerprint's entry for `save`'s loop: not an array path (those start with ".")
 
 
 def _json_crc(obj) -> int:
@@ -246,7 +246,7 @@ class Checkpointer:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
                 spec=ocp.args.JsonSave(config.to_dict(spec)),
-                fingerprint=ocp.args.JsonSave({**sums, LOOP_KEY: _json_crc(loop or {})}),
+                fingerprint=ocp.args.JsonSave({**sums, _LOOP_KEY: _json_crc(loop or {})}),
                 identity=ocp.args.JsonSave(identity or {}), loop=ocp.args.JsonSave(loop or {})), metrics=metrics)
 
     def newest_complete(self) -> str:
@@ -368,7 +368,7 @@ class Checkpointer:
                 loop=ocp.args.JsonRestore(), fingerprint=ocp.args.JsonRestore()))
         except (FileNotFoundError, ValueError, KeyError, OSError):
             return {}
-        ok = isinstance(found.loop, dict) and found.fingerprint.get(LOOP_KEY) == _json_crc(found.loop)
+        ok = isinstance(found.loop, dict) and found.fingerprint.get(_LOOP_KEY) == _json_crc(found.loop)
         return found.loop if ok else {}
 
     def restore_params(self, step: int, abstract_params, params_shardings):

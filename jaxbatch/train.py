@@ -365,8 +365,7 @@ def _train(cfg: config.Config, shaped: config.Config, ckpt_dir: Path) -> TrainRe
                         best = best.update(result.get(best.name, float("nan")), done)  # absent: no labelled dev token
                 if save:  # asynchronous; with a ranking metric, it travels with the checkpoint
                     ranking = best.metrics(result.get(best.name) if evaluating else None) if best is not None else None
-                    if pending_noise:
-                        take_noise()
+                    take_noise()  # every step's norms so far, into the record the checkpoint keeps
                     ckpt.save(done, state, batches, spec, identity, ranking, loop={  # a copy: the save is async
                         "evals": list(evals), "noise_scale": noise.running() if noise is not None else None})
                 if patience_spent() and done < t.steps:

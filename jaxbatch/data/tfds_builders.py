@@ -192,10 +192,9 @@ def _preparing(folder: Path):
     with open(folder / ".prepare.lock", "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            locked = True
         except OSError:
-            locked = False
-        if locked:
+            pass
+        else:
             for abandoned in folder.glob("incomplete.*"):
                 shutil.rmtree(abandoned, ignore_errors=True)
         yield  # closing the file releases the lock
