@@ -19,9 +19,9 @@ from jaxbatch import config, distributed, evaluate, losses, metrics, train
 
 
 def configure(defaults: list[str], overrides: list[str], config_file: str | None = None) -> config.Config:
-    """The recipe's config, then JAX started with it (`distributed.initialize`, before anything touches a
-    device)."""
-    cfg = config.build(defaults + overrides, config_file)
+    """The recipe's config (its defaults <- the user's file <- the user's overrides), then JAX started with it
+    (`distributed.initialize`, before anything touches a device)."""
+    cfg = config.build(overrides, config_file, base=config.build(defaults))
     if distributed.initialize(cfg):
         print(distributed.describe())
     return cfg
