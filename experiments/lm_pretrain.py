@@ -1,7 +1,7 @@
 """Character-level language-model pretraining on a text corpus (tiny shakespeare), nanoGPT's recipes.
 
     python -m experiments.lm_pretrain --data-dir ../shared/data/tinyshakespeare [--preset cpu|nanogpt-cpu|gpu]
-                                      [--arch gpt2|llama] [section.key=value ...]
+                                      [--arch gpt2|llama] [--config FILE] [section.key=value ...]
 
 Prints train/val loss, tokens/s and MFU while training, the validation loss, perplexity and bits per byte
 at the end, and samples text from the trained model. Presets:
@@ -49,15 +49,17 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--preset", choices=list(PRESETS), default="cpu")
     p.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2", help="llama: RoPE, RMSNorm, SwiGLU")
     p.add_argument("--samples", type=int, default=2, help="texts to sample at the end")
+    p.add_argument("--config", help="TOML/JSON config file applied over the preset, before the overrides")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args(argv)
     if args.samples < 0:
         p.error(f"--samples must be >= 0 (0: none), got {args.samples}")
     arch = ["model.preset=llama-tiny"] if args.arch == "llama" else []
     base = COMMON + PRESETS[args.preset] + arch + [f"data.data_dir={args.data_dir}"]
-    cfg = config.build(base + args.overrides)
-    if args.preset in CPU_PRESETS:  # the command line's overrides still win
-        cfg = config.build(base + [f"distributed.cpu_devices={distributed.cpu_devices_dividing(cfg.train.batch_size)}"] + args.overrides)
+    cfg = config.build(args.overrides, args.config, base=config.build(base))
+    if args.preset in CPU_PRESETS:  # as many devices as divide the batch; the file and the overrides still win
+        devices = f"distributed.cpu_devices={distributed.cpu_devices_dividing(cfg.train.batch_size)}"
+        cfg = config.build(args.overrides, args.config, base=config.build(base + [devices]))
     distributed.initialize(cfg)
     result = train.train(cfg)
     final = result.summary["final_eval"]
