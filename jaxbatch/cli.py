@@ -363,7 +363,9 @@ def predict(args) -> int:
         raise ConfigError(f"{args.model} is a causal language model, and predict labels text with a classifier or "
                           f"fills in a masked LM's masks; continue text with `jaxbatch generate` or score it with "
                           f"`jaxbatch evaluate`")
-    records = predict_lib.predict(restored, sentences, args.input or "stdin")
+    records = predict_lib.records(restored, sentences, args.input or "stdin")  # written as each chunk is predicted
+    if jax.process_count() > 1:  # every host predicts every chunk first: a failed write then stops no host mid-batch
+        records = list(records)
     from jaxbatch.errors import writing
 
     if jax.process_index() == 0:  # every host labelled its share of each batch and gathered all of them

@@ -20,7 +20,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, Iterator, TextIO
 
 import numpy as np
 
@@ -179,10 +179,15 @@ def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -
     return out
 
 
-CHUNK = 4096  # sentences predicted at a time: a chunk's arrays are held (a tagger's ~5 KB a sentence), not the input's
+CHUNK = 4096  # sentences predicted at a time: a chunk's arrays and records are held, not the input's
 
 
 def predict(restored: run_lib.Restored, sentences: list[Sentence], where: str = "input") -> list[dict]:
+    """Every sentence's record (`records`), as a list."""
+    return list(records(restored, sentences, where))
+
+
+def records(restored: run_lib.Restored, sentences: list[Sentence], where: str = "input") -> Iterator[dict]:
     """One record per sentence: `entities` (token tasks: text, label, start, end, score = the mean
     probability of the predicted tag over the entity's words; plain tags such as part of speech have no
     entities but a `scores` list, each tag's probability) and `tags`, one per word however long the
@@ -190,17 +195,19 @@ def predict(restored: run_lib.Restored, sentences: list[Sentence], where: str = 
     window where it has the most context); or `label` and `probabilities` (sequence tasks; `labels` for a
     multi-label head, `score` for a regression head: a text longer than data.seq_len is truncated, and the
     record says by how many pieces); a masked LM's fills, a question's answer. `where` names the input in errors.
-    The input is checked whole first, then predicted CHUNK sentences at a time."""
+    The input is checked whole when the first record is asked for, then predicted and yielded CHUNK sentences at a
+    time, so a writer's output grows as they come and a bad line is named before anything is written."""
     task = restored.run.spec.model.task
     if task == "lm":
-        run = _fill_masks
+        sentences, run = _check_masks(restored, sentences), _fill_masks
     elif task == "qa":
-        sentences, run = _check_pairs("qa", [_paired(s) for s in sentences], where), _answer
+        sentences, run = _check_questions(restored, _check_pairs("qa", [_paired(s) for s in sentences], where)), _answer
     elif task != "token":
         sentences, run = _one_kind([_paired(s) for s in sentences]), _classify
     else:
         sentences, run = _check_pairs("token", sentences, where), _tag
-    return [record for at in range(0, len(sentences), CHUNK) for record in run(restored, sentences[at: at + CHUNK])]
+    for at in range(0, len(sentences), CHUNK):
+        yield from run(restored, sentences[at: at + CHUNK])
 
 
 def _tag(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
@@ -307,13 +314,23 @@ def _check_pairs(task: str, sentences: list[Sentence], where: str) -> list[Sente
     return sentences
 
 
+def _questions(sentences: list[Sentence]) -> list[squad.Question]:
+    return [squad.Question(s.id or str(s.line), s.text, s.pair.text, (), (), f"line {s.line}") for s in sentences]
+
+
+def _check_questions(restored: run_lib.Restored, sentences: list[Sentence]) -> list[Sentence]:
+    """`sentences`, checked for a question answering model: each question leaves its context room in a window."""
+    spec = restored.run.spec
+    squad.checked_stride(restored.tokenizer, _questions(sentences), spec.data.seq_len, spec.data.doc_stride)
+    return sentences
+
+
 def _answer(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
     """Each question's answer in its context (`question<TAB>context`, or a SQuAD-style file's): `answer`, its
     `start` and `end` characters in the context, and `score` (squad.answers); "" where a model trained with
     data.unanswerable finds none, which also gives each question's `null_score_diff` and `best_span`."""
     spec = restored.run.spec
-    questions = [squad.Question(s.id or str(s.line), s.text, s.pair.text, (), (), f"line {s.line}") for s in sentences]
-    w = squad.windows(restored.tokenizer, questions, spec.data.seq_len, spec.data.doc_stride)
+    w = squad.windows(restored.tokenizer, _questions(sentences), spec.data.seq_len, spec.data.doc_stride)
     _, out = evaluate.outputs(restored.run, restored.params, w.arrays)  # in length buckets, back at seq_len
     found = squad.answers(w, out["start_logits"], out["end_logits"], spec.data.max_answer_length,
                           spec.data.unanswerable, spec.data.null_threshold)
@@ -322,25 +339,34 @@ def _answer(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]
             for s, a in zip(sentences, found)]
 
 
-def _fill_masks(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
-    """A masked LM's `predictions` for each line: per mask token, in order, its likeliest tokens (`token`,
-    `token_str`, `score`: the probability, `sequence`: the line with that mask filled in), as transformers'
-    fill-mask pipeline writes them. A line without a mask token, or with one past data.seq_len tokens, is one
-    error naming it."""
+def _check_masks(restored: run_lib.Restored, sentences: list[Sentence]) -> list[Sentence]:
+    """`sentences`, checked for a masked LM: a line without a mask token, with one past data.seq_len tokens, or with
+    more than the head predicts is one error naming it (tokenized CHUNK lines at a time, only counted)."""
     from jaxbatch.losses import mlm_predictions
 
+    spec, tok = restored.run.spec, restored.tokenizer
+    most = mlm_predictions(spec.data.seq_len, spec.model.mlm_probability)
+    for at in range(0, len(sentences), CHUNK):
+        texts = [s.text for s in sentences[at: at + CHUNK]]
+        cut = tok(texts, truncation=True, max_length=spec.data.seq_len)["input_ids"]  # as _fill_masks reads them
+        for s, whole, kept in zip(sentences[at: at + CHUNK], tok(texts)["input_ids"], cut):
+            n, inside = (sum(i == tok.mask_token_id for i in ids) for ids in (whole, kept))
+            if not n or inside < n or n > most:
+                why = (f"has no {tok.mask_token} to fill" if not n else f"has more than {most} {tok.mask_token} tokens"
+                       if n > most else f"has a {tok.mask_token} past data.seq_len={spec.data.seq_len} tokens")
+                raise DataError(f"line {s.line}: {why}")
+    return sentences
+
+
+def _fill_masks(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
+    """A masked LM's `predictions` for each line (checked by `_check_masks`): per mask token, in order, its likeliest
+    tokens (`token`, `token_str`, `score`: the probability, `sequence`: the line with that mask filled in), as
+    transformers' fill-mask pipeline writes them."""
     spec, tok = restored.run.spec, restored.tokenizer
     texts = [s.text for s in sentences]
     enc = tok(texts, padding="max_length", truncation=True, max_length=spec.data.seq_len, return_tensors="np")
     ids = enc["input_ids"].astype(np.int32)
     masks = ids == tok.mask_token_id
-    whole = [sum(i == tok.mask_token_id for i in row) for row in tok(texts)["input_ids"]]
-    most = mlm_predictions(spec.data.seq_len, spec.model.mlm_probability)
-    for s, found, n in zip(sentences, masks.sum(1), whole):
-        if not n or found < n or n > most:
-            why = (f"has no {tok.mask_token} to fill" if not n else f"has more than {most} {tok.mask_token} tokens"
-                   if n > most else f"has a {tok.mask_token} past data.seq_len={spec.data.seq_len} tokens")
-            raise DataError(f"line {s.line}: {why}")
     arrays = {"input_ids": ids, "attention_mask": enc["attention_mask"].astype(np.int32),
               "token_type_ids": enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int32),
               "labels": np.where(masks, ids, IGNORE_INDEX).astype(np.int32)}

@@ -94,6 +94,20 @@ def test_a_long_input_is_predicted_a_chunk_at_a_time_as_at_once(ner_run, monkeyp
     assert calls == []
 
 
+def test_predict_writes_each_chunk_as_soon_as_it_is_predicted(ner_run, capsys, monkeypatch):
+    """`jaxbatch predict big.txt | head` sees records as chunks are done, not once the whole input is: each chunk's
+    records are on stdout before the next chunk is tagged."""
+    root = ner_run[0]
+    monkeypatch.setattr(predict, "CHUNK", 7)
+    written = []
+    monkeypatch.setattr(predict, "_tag", lambda r, s, real=predict._tag:
+                        written.append(capsys.readouterr().out.count("\n")) or real(r, s))
+    capsys.readouterr()
+    assert cli.main(["predict", str(root / "run"), "--input", str(root / "data" / "test.txt")]) == 0
+    written.append(capsys.readouterr().out.count("\n"))
+    assert written[0] == 0 and set(written[1:-1]) == {7} and 0 < written[-1] <= 7 and len(written) > 3
+
+
 def test_json_lines_sentences_predict_and_evaluate_as_column_files_do(ner_run, tmp_path, capsys):
     """`datasets`-style JSON lines: `predict` reads word lists with or without tags, `evaluate` a tagged test
     file (class ids named by data.labels, in its order), and both agree with the column file's results."""
@@ -502,7 +516,7 @@ def test_a_multi_label_task_trains_reports_f1_and_predicts_label_sets(tmp_path, 
     assert got["loss"] == pytest.approx(bce, rel=1e-4)
 
 
-def test_a_masked_lm_fills_masks_as_transformers_fill_mask_pipeline_does(tmp_path, capsys):
+def test_a_masked_lm_fills_masks_as_transformers_fill_mask_pipeline_does(tmp_path, capsys, monkeypatch):
     """A BertForMaskedLM folder (random, its word-level tokenizer beside it): `jaxbatch predict` gives each
     mask's five likeliest tokens, their probabilities and filled-in sequences as transformers' fill-mask
     pipeline does, on one mesh and another; a line without a mask token is one error naming it."""
@@ -539,3 +553,8 @@ def test_a_masked_lm_fills_masks_as_transformers_fill_mask_pipeline_does(tmp_pat
     (tmp_path / "none.txt").write_text("w1 w2\n\nw3 [MASK]\nw4\n")
     assert cli.main(["predict", str(tmp_path / "mlm"), "--input", str(tmp_path / "none.txt")]) == 2
     assert "line 1: has no [MASK] to fill" in capsys.readouterr().err
+    monkeypatch.setattr(predict, "CHUNK", 2)  # a bad line in the third chunk: named before anything is written
+    (tmp_path / "late.txt").write_text("w1 [MASK]\n" * 4 + "w2 w3\n")
+    assert cli.main(["predict", str(tmp_path / "mlm"), "--input", str(tmp_path / "late.txt")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "line 5: has no [MASK] to fill" in err

@@ -422,7 +422,7 @@ def test_a_decoder_learns_to_tag_words_and_exports_a_token_classifier_hf_reads_a
         assert [theirs.config.id2label[best[j]] for j in firsts] == want
 
 
-def test_an_encoder_learns_to_answer_questions_and_exports_a_question_answering_model(tmp_path, capsys):
+def test_an_encoder_learns_to_answer_questions_and_exports_a_question_answering_model(tmp_path, capsys, monkeypatch):
     """MiniLM fine-tuned on generated SQuAD-style questions whose contexts take several windows of 48 tokens:
     from answering few questions right to all of them; `evaluate` scores the run alike, `predict` answers a
     question<TAB>context line (one piece long when data.max_answer_length=1 says so) and SQuAD's JSON, and the
@@ -453,6 +453,14 @@ def test_an_encoder_learns_to_answer_questions_and_exports_a_question_answering_
     assert (record["answer"], context[record["start"]: record["end"]]) == ("Nim Lark", "Nim Lark")
     assert cli.main(["predict", str(run), "--input", str(tmp_path / "ask.txt"), "data.max_answer_length=1"]) == 0
     assert json.loads(capsys.readouterr().out)["answer"] in ("Nim", "Ni", "Lark")  # one word piece at the most
+    from jaxbatch import predict
+
+    monkeypatch.setattr(predict, "CHUNK", 1)  # a question too long for its windows in the second chunk: named first
+    (tmp_path / "long.txt").write_text(f"Who is the lake?\t{context}\n{'Who is ' * 20}the lake?\t{context}\n")
+    assert cli.main(["predict", str(run), "--input", str(tmp_path / "long.txt")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "line 2: the question takes" in err
+    monkeypatch.undo()
     assert cli.main(["predict", str(run), "--input", str(tmp_path / "data" / "validation.json")]) == 0  # SQuAD's JSON
     answered = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     gold = {r["id"]: r["answers"]["text"][0] for r in generated(40, 1)}

@@ -114,20 +114,8 @@ def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int 
     """Every question's windows, as run_qa's prepare_train_features / prepare_validation_features (the question
     first, the context cut to fit with `doc_stride` tokens shared by neighbouring windows; 0: seq_len // 3,
     run_qa's 128 of 384), right-padded."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError("question answering maps answers to tokens through a fast tokenizer's offsets; this "
-                          "tokenizer has none (use a folder with a tokenizer.json)")
-    doc_stride = doc_stride or seq_len // 3
-    if not 0 < doc_stride < seq_len:
-        raise ConfigError(f"data.doc_stride={doc_stride} must be positive and below data.seq_len={seq_len}")
+    doc_stride = checked_stride(tokenizer, questions, seq_len, doc_stride)
     texts = [q.question.lstrip() for q in questions]  # run_qa strips a question's leading spaces
-    asked = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    longest = max(range(len(questions)), key=lambda i: len(asked[i]))
-    room = seq_len - len(asked[longest]) - tokenizer.num_special_tokens_to_add(pair=True)  # the context's
-    if room <= doc_stride:
-        raise DataError(f"{questions[longest].place}: the question takes {seq_len - room} of data.seq_len={seq_len} "
-                        f"tokens, leaving {room} for the context, not more than data.doc_stride={doc_stride}; "
-                        f"raise data.seq_len or lower data.doc_stride")
     parts = [_chunk(tokenizer, texts[lo:lo + CHUNK], questions[lo:lo + CHUNK], seq_len, doc_stride, offsets)
              for lo in range(0, len(questions), CHUNK)]
     owner = np.concatenate([part.question + lo for lo, part in zip(range(0, len(questions), CHUNK), parts)])
@@ -136,6 +124,27 @@ def windows(tokenizer, questions: list[Question], seq_len: int, doc_stride: int 
 
 
 CHUNK = 1000  # questions encoded at once: the tokenizer's Python lists of offsets take ~120 kB a question
+
+
+def checked_stride(tokenizer, questions: list[Question], seq_len: int, doc_stride: int = 0) -> int:
+    """`doc_stride` (0: seq_len // 3), checked with the tokenizer and every question: each must leave its context
+    more than doc_stride tokens of a window, or the question's place is named."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("question answering maps answers to tokens through a fast tokenizer's offsets; this "
+                          "tokenizer has none (use a folder with a tokenizer.json)")
+    doc_stride = doc_stride or seq_len // 3
+    if not 0 < doc_stride < seq_len:
+        raise ConfigError(f"data.doc_stride={doc_stride} must be positive and below data.seq_len={seq_len}")
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    for lo in range(0, len(questions), CHUNK):  # run_qa strips a question's leading spaces
+        asked = tokenizer([q.question.lstrip() for q in questions[lo:lo + CHUNK]], add_special_tokens=False)
+        longest = max(range(len(asked["input_ids"])), key=lambda i: len(asked["input_ids"][i]))
+        room = seq_len - len(asked["input_ids"][longest]) - specials  # the context's
+        if room <= doc_stride:
+            raise DataError(f"{questions[lo + longest].place}: the question takes {seq_len - room} of data.seq_len="
+                            f"{seq_len} tokens, leaving {room} for the context, not more than data.doc_stride="
+                            f"{doc_stride}; raise data.seq_len or lower data.doc_stride")
+    return doc_stride
 
 
 def _chunk(tokenizer, texts: list[str], questions: list[Question], seq_len: int, doc_stride: int,

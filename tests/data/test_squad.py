@@ -176,12 +176,14 @@ def test_the_best_span_over_a_questions_windows_is_its_answer(tokenizer):
     assert all(a["end"] >= a["start"] for a in reversed_)
 
 
-def test_a_question_too_long_for_its_windows_is_named(tmp_path, tokenizer):
+def test_a_question_too_long_for_its_windows_is_named(tmp_path, tokenizer, monkeypatch):
     long = dict(ROWS[0], question="what " * 30)
     questions = squad.read(write_split(tmp_path, "train", [ROWS[1], long]))
-    with pytest.raises(DataError, match=r"train.jsonl:2: the question takes 33 of data.seq_len=40 tokens, leaving 7 "
-                                         r"for the context, not more than data.doc_stride=12"):
-        squad.windows(tokenizer, questions, 40, 12)
+    for chunk in (squad.CHUNK, 1):  # read a chunk of questions at a time: the second chunk's is named by its place
+        monkeypatch.setattr(squad, "CHUNK", chunk)
+        with pytest.raises(DataError, match=r"train.jsonl:2: the question takes 33 of data.seq_len=40 tokens, "
+                                             r"leaving 7 for the context, not more than data.doc_stride=12"):
+            squad.windows(tokenizer, questions, 40, 12)
     with pytest.raises(ConfigError, match="data.doc_stride=40 must be positive and below data.seq_len=40"):
         squad.windows(tokenizer, questions, 40, 40)
 
