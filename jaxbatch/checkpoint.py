@@ -281,16 +281,31 @@ class Checkpointer:
 
     def restore(self, step: int, state_like, state_shardings, data_iterator):
         """The state at `step`, placed with `state_shardings` (any mesh: Orbax reshards), verified against
-        its fingerprint, and the iterator moved to where it was."""
+        its fingerprint, and the iterator moved to where it was (by another number of hosts too)."""
+        own = self.directory / str(step) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        data = {"data": grain.checkpoint.CheckpointRestore(data_iterator)} if own.is_file() else {}
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(mesh_lib.abstract_with_shardings(state_like, state_shardings)),
-            data=grain.checkpoint.CheckpointRestore(data_iterator), fingerprint=ocp.args.JsonRestore()))
+            fingerprint=ocp.args.JsonRestore(), **data))
         self._verify(step, restored.state, restored.fingerprint)
+        if not data:  # saved by another number of processes: grain's restore reads only a file of this count
+            self._take_saved_position(step, data_iterator)
         position = data_iterator.get_state().get("next_index", step)  # a batch a step, on every process
         if distributed.any_process(position != step):
             raise CheckpointError(f"step {step}: its data iterator's saved position is not batch {step}"
                                   + (f" (here: {position})" if position != step else " on another process"))
         return restored.state
+
+    def _take_saved_position(self, step: int, data_iterator) -> None:
+        """Sets the iterator to the position the checkpoint's processes saved (grain's `process_I-of-N.json`, one
+        per process). Every host reads its slice of each global batch, so each saved the same position (its
+        step's batch); any of them is this process' whatever the number of hosts now."""
+        saved = sorted((self.directory / str(step) / "data").glob("process_*-of-*.json"))
+        states = [json.loads(path.read_text()) for path in saved]
+        if not states or any(state != states[0] for state in states):
+            raise CheckpointError(f"step {step}: " + ("no data iterator position saved" if not states else
+                                                      "its processes saved different data iterator positions"))
+        data_iterator.set_state(states[0])
 
     @staticmethod
     def _verify(step: int, tree, saved: dict, prefix: str = "") -> None:

@@ -225,6 +225,32 @@ def test_sigterm_to_one_host_stops_both_at_the_same_step(tmp_path):
     assert rows == list(range(1, 21))
 
 
+def test_a_run_resumes_on_another_number_of_hosts_as_one_uninterrupted_process(tmp_path, capsys):
+    """Stopped on two hosts and resumed on one, or the reverse, a run trains as one process does throughout, dropout
+    included (every host reads its part of each global batch, so each row meets the mask of its place). Grain keeps
+    a position per process (process_I-of-N.json): each checkpoint was set aside as unusable and the run began again
+    at step 0."""
+    args = [*ARGS, "model.hidden_dropout=0.1", "train.steps=8", "train.log_every=1", "train.eval_every=0"]
+    assert cli.main(["train", *args, f"train.run_dir={tmp_path / 'one'}"]) == 0
+    for first_two in (True, False):
+        run = tmp_path / f"cut-{first_two}"
+        cut = [*args, "train.stop_after=4", f"train.run_dir={run}"]
+        if first_two:
+            procs = _launch_two(run, cut[:-1])
+            outputs = [p.communicate(timeout=600)[0] for p in procs]
+            assert [p.returncode for p in procs] == [75, 75], outputs[0][-3000:]
+            capsys.readouterr()
+            assert cli.main(["train", *args, f"train.run_dir={run}"]) == 0
+            printed = capsys.readouterr().out
+        else:
+            assert cli.main(["train", *cut]) == 75
+            procs = _launch_two(run, args)
+            printed = [p.communicate(timeout=600)[0] for p in procs][0]
+            assert [p.returncode for p in procs] == [0, 0], printed[-3000:]
+        assert f"resumed from {run / 'checkpoints'} at step 4" in printed and "unusable" not in printed
+        assert _losses(run) == pytest.approx(_losses(tmp_path / "one"), rel=1e-5)
+
+
 def test_cpu_devices_one_per_core_and_refused_once_jax_has_started(monkeypatch):
     import jax
 

@@ -58,6 +58,10 @@ FAULTS = {
     "missing_metadata": lambda d: (d / "state" / "_METADATA").unlink(),
     "missing_item": lambda d: __import__("shutil").rmtree(d / "state"),
     "data_position": lambda d: (d / "data" / "process_0-of-1.json").write_text('{"next_index": 3}'),  # parses
+    "no_data_position": lambda d: (d / "data" / "process_0-of-1.json").unlink(),
+    # as if saved by two hosts (read as by any number of hosts) that disagree on where the data stands
+    "hosts_disagree": lambda d: ((d / "data" / "process_0-of-1.json").rename(d / "data" / "process_0-of-2.json"),
+                                 (d / "data" / "process_1-of-2.json").write_text('{"next_index": 3}')),
 }
 
 

@@ -115,7 +115,10 @@ _IN_MEMORY = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_buckets: int = 1,
                   batch_sizes: list[int] | None = None, mask=None) -> grain.IterDataset:
-    """Local batches (global_batch / process_count examples) for `num_steps` steps, reshuffled every epoch.
+    """Local batches (global_batch / process_count examples) for `num_steps` steps, reshuffled every epoch. Host i
+    reads the i-th contiguous part of each global batch, the rows its devices hold once the hosts' parts are joined
+    (`to_global`), so the global batch, row for row, and each row's dropout mask are one host's whatever the number
+    of hosts.
 
     With `num_buckets > 1` each batch holds examples of similar length, cut to its bucket's length (a few
     compiled shapes instead of padding everything to seq_len). `batch_sizes` (one global batch per step,
@@ -138,17 +141,16 @@ def train_dataset(arrays: dict[str, np.ndarray], global_batch: int, num_steps: i
         def gather(step, entry):
             length, idx = entry
             local = len(idx) // process_count
-            mine = idx[process_index * local: (process_index + 1) * local]
-            order = np.argsort(mine)  # each host's rows in index order (one gather), keeping their global places
-            return mask(take(arrays, mine[order], length), step, process_index * local + order)
+            order = np.argsort(idx)[process_index * local: (process_index + 1) * local]  # in index order: one gather
+            return mask(take(arrays, idx[order], length), step, order)  # each row's place in the plan's batch
 
         return grain.MapDataset.source(plan).map_with_index(gather).to_iter_dataset(_IN_MEMORY)
     epochs = math.ceil(num_steps * global_batch / n)
     order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(epochs)  # the same order as shuffling the examples
-    order = order[: num_steps * global_batch][process_index::process_count]
-    rows = np.arange(global_batch // process_count) * process_count + process_index  # local rows' global places
-    return (order.batch(global_batch // process_count, drop_remainder=True)
-            .map_with_index(lambda step, idx: mask({k: v[idx] for k, v in arrays.items()}, step, rows))
+    local = global_batch // process_count
+    rows = process_index * local + np.arange(local)  # this host's rows of every global batch
+    return (order[: num_steps * global_batch].batch(global_batch, drop_remainder=True)
+            .map_with_index(lambda step, idx: mask({k: v[idx[rows]] for k, v in arrays.items()}, step, rows))
             .to_iter_dataset(_IN_MEMORY))
 
 
