@@ -26,7 +26,7 @@ def test_the_quickstart_fine_tunes_the_pretrained_model_with_a_config_file_and_o
     f1 = float(re.fullmatch(r"quickstart: 100 steps in \d+s, \d+ tokens/s; dev entity F1 (0\.\d+), token accuracy "
                             r"0\.\d+ \(SYNTHETIC corpus\)\. Results in .*", last)[1])
     summary = json.loads((run / "summary.json").read_text())
-    assert round(summary["final_eval"]["entity_f1"], 3) == f1 >= 0.6  # 0.697 on Zen 5 and Xeon boxes; random init: 0.084
+    assert round(summary["final_eval"]["entity_f1"], 3) == f1 >= 0.6  # 0.697 on Zen 5 and Xeon; random init: 0.084
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [25, 50, 75, 100]  # the file's log_every
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [50, 100]
