@@ -32,8 +32,9 @@ def test_accumulation_equals_big_batch(impl, k, big_batch_run):
         np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
         assert got["weight"] == w
     got = params_numpy(state)
-    for key in ref_params:
-        np.testing.assert_allclose(got[key], ref_params[key], atol=2e-6, rtol=1e-5, err_msg=key)
+    for key in ref_params:  # Adam divides by each gradient's own size: an embedding row whose few uses nearly cancel
+        # moves by ~3e-6 (3e-3 of its step, lr 1e-3) when k micro-batch sums round otherwise (the Intel Xeon box)
+        np.testing.assert_allclose(got[key], ref_params[key], atol=5e-6, rtol=1e-5, err_msg=key)
 
 
 def test_mean_of_means_would_differ(big_batch_run):
