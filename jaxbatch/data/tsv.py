@@ -119,24 +119,27 @@ def _read_csv(path: Path) -> list[Example]:
 
 def _read_named(path: Path, text: str, delimiter: str) -> list[Example]:
     """Rows of a file whose header names its columns. A TSV's quotes are text (GLUE's are: a premise may
-    start with one); a CSV's quote fields."""
+    start with one); a CSV's quote fields, and a quoted field may span lines: a row is named by the line it
+    starts on, where an editor shows it."""
     import csv
     import io
 
     quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]  # `Text,Label` names them too
-    columns, label_column = _columns(path, reader.fieldnames)
-    out = []
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    start = 1
     try:
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} "
+        names = [c.strip().lower() for c in next(reader, [])]  # `Text,Label` names them too
+        columns, label_column = _columns(path, names)
+        out, start = [], reader.line_num + 1
+        while (values := next(reader, None)) is not None:
+            if len(values) != len(names) and values:
+                raise DataError(f"{path}:{start}: expected {len(names)} "
                                 f"{DELIMITERS[delimiter]}-separated columns like the header")
-            if any(v.strip() for v in row.values()):
-                out.append(_example(path, reader.line_num, row, columns, label_column))
+            if any(v.strip() for v in values):
+                out.append(_example(path, start, dict(zip(names, values)), columns, label_column))
+            start = reader.line_num + 1
     except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: {e}") from e
+        raise DataError(f"{path}:{start}: {e}") from e
     if not out:
         raise DataError(f"{path}: no examples after the header")
     return out

@@ -63,8 +63,9 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
     for name, lines in (("semi.csv", [2, 3]), ("caps.jsonl", [1, 2])):  # a spreadsheet's ';' export; any case
         got = tsv.read(tmp_path / name)
         assert [(e.text, e.label) for e in got] == expected and [e.line for e in got] == lines, name
-    (tmp_path / "multi.csv").write_text('text,label\n"two\nlines",1\n')  # a quoted field may hold a newline
-    assert [(e.text, e.label) for e in tsv.read(tmp_path / "multi.csv")] == [("two\nlines", "1")]
+    (tmp_path / "multi.csv").write_text('text,label\n"two\nlines",1\n\nnext,0\n')  # a quoted field may hold a newline
+    got = tsv.read(tmp_path / "multi.csv")  # a row is named by the line it starts on
+    assert [(e.text, e.label, e.line) for e in got] == [("two\nlines", "1", 2), ("next", "0", 5)]
     (tmp_path / "test.jsonl").write_text('{"text": "unlabelled"}\n')  # no label key: an unlabelled split
     assert [(e.text, e.label) for e in tsv.read(tmp_path / "test.jsonl")] == [("unlabelled", "")]
     (tmp_path / "dev.csv").write_text("text,label\nok,pos\n")
@@ -82,6 +83,8 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
      r"the columns are \['body', 'label'\]"),
     ("x.csv", "text,label\nfine,1\nx\n", r"x.csv:3: expected 2 comma-separated columns"),
     ("x.csv", "text;label\nfine;1\nx,1\n", r"x.csv:3: expected 2 semicolon-separated columns"),
+    ("x.csv", 'text,label\n"a\nb",1\n"c\nd",1,2\n', r"x.csv:4: expected 2 comma-separated columns"),
+    ("x.csv", 'text,label\nfine,1\n"open,1\nmore\n', r"x.csv:3: expected 2 comma-separated columns"),  # an unclosed quote
     ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name, an integer id, a score or a list of "
                                   r"classes, got ''"),
     ("x.csv", "text,label\n", r"x.csv: no examples after the header"),
