@@ -356,7 +356,7 @@ def predict(args) -> int:
     path = Path(args.input) if args.input else None
     sentences = predict_lib.read_sentences(path, args.format)  # bad input fails before the model loads
     restored = _restore(args.model, args.overrides, args.step)
-    distributed.same_on_every_host(lambda: repr(sentences), args.input)
+    distributed.same_on_every_host(sentences.digest, args.input)
     if restored.run.spec.model.task == "lm" and not models.masked_lm(restored.run.spec.model):
         from jaxbatch.errors import ConfigError
 

@@ -16,18 +16,20 @@ each question, a span of its context (qa; a long context in overlapping windows)
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
 from jaxbatch import evaluate, losses
 from jaxbatch import run as run_lib
 from jaxbatch.data import conll, pipeline, squad, tokenize, tsv
-from jaxbatch.data.files import RECORD_SUFFIXES
+from jaxbatch.data.files import RECORD_SUFFIXES, read_text_file, text_lines
 from jaxbatch.errors import DataError
 from jaxbatch.losses import IGNORE_INDEX
 
@@ -96,24 +98,53 @@ def _first_keys(path: Path) -> set[str]:
     return {k.strip().lower() for k in keys}
 
 
-def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> list[Sentence]:
-    """Sentences from a file (or stdin for text), in order; empty text lines are skipped."""
+class Sentences:
+    """The input's sentences, in order, built as they are iterated: a sentence's words and offsets take ~20 times
+    its text's memory (~3 KB for 20 words), so a file of millions of lines is never held as Sentences. Each
+    pass (predict checks the whole input, then labels it) reads a text file again, a block at a time; other
+    inputs hold their parsed rows (texts and words) and build a chunk's Sentences when it is reached."""
+
+    def __init__(self, make: Callable[[], Iterator[Sentence]]):
+        self._make = make
+
+    def __iter__(self) -> Iterator[Sentence]:
+        return self._make()
+
+    def digest(self) -> str:
+        """What every host must have read alike (distributed.same_on_every_host), in one pass."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for s in self:
+            h.update(repr(s).encode())
+        return h.hexdigest()
+
+
+def read_sentences(path: Path | None, fmt: str, stdin: TextIO | None = None) -> Sentences:
+    """Sentences from a file (or stdin for text), in order; empty text lines are skipped. The input is read and
+    checked here (bad input fails before the model loads)."""
     fmt = input_format(path, fmt)
     if fmt == "conll":
-        return [from_words(s.words, s.line) for s in conll.read(path, tagged=False)]
+        words = conll.read(path, tagged=False)
+        return Sentences(lambda: (from_words(s.words, s.line) for s in words))
     if fmt == "tsv":
-        return [dataclasses.replace(split_words(e.text, e.line), pair=split_words(e.text_pair) if e.text_pair else None)
-                for e in tsv.read(path)]
+        examples = tsv.read(path)
+        return Sentences(lambda: (dataclasses.replace(split_words(e.text, e.line), pair=split_words(e.text_pair)
+                                                      if e.text_pair else None) for e in examples))
     if fmt == "squad":
-        return [Sentence(q.question, [], [], n, Sentence(q.context, [], []), q.id)
-                for n, q in enumerate(squad.read(path), start=1)]
+        questions = squad.read(path)
+        return Sentences(lambda: (Sentence(q.question, [], [], n, Sentence(q.context, [], []), q.id)
+                                  for n, q in enumerate(questions, start=1)))
     if fmt != "text":
         raise DataError(f"--format must be auto, text, conll, tsv or squad, got {fmt!r}")
-    lines = _stdin_text(stdin).splitlines() if path is None else _read_lines(path)
-    sentences = [split_words(line.strip(), n) for n, line in enumerate(lines, start=1) if line.strip()]
-    if not sentences:
+    if path is not None and path.is_file():  # read again at each pass; a pipe (`<(zcat x.gz)`) can be read once
+        lines = functools.partial(text_lines, path)
+    else:
+        lines = (_stdin_text(stdin) if path is None else read_text_file(path)).splitlines().__iter__
+    if not sum(bool(line.strip()) for line in lines()):  # a whole pass: every byte is UTF-8 too
         raise DataError(f"{path or 'stdin'}: no text to predict")
-    return sentences
+    return Sentences(lambda: (split_words(line.strip(), n) for n, line in enumerate(lines(), start=1)
+                              if line.strip()))
 
 
 def _stdin_text(stdin: TextIO | None) -> str:
@@ -124,12 +155,6 @@ def _stdin_text(stdin: TextIO | None) -> str:
     stream = stdin or sys.stdin
     raw = getattr(stream, "buffer", None)  # none: a text stream already (a caller's StringIO)
     return stream.read() if raw is None else decode(raw.read(), "stdin")
-
-
-def _read_lines(path: Path) -> list[str]:
-    from jaxbatch.data.files import read_text_file
-
-    return read_text_file(path).splitlines()
 
 
 def _pieces(tokenizer, words: list[list[str]]) -> list[np.ndarray]:
@@ -182,12 +207,12 @@ def predict_arrays(restored: run_lib.Restored, arrays: dict, buckets: int = 3) -
 CHUNK = 4096  # sentences predicted at a time: a chunk's arrays and records are held, not the input's
 
 
-def predict(restored: run_lib.Restored, sentences: list[Sentence], where: str = "input") -> list[dict]:
+def predict(restored: run_lib.Restored, sentences: Iterable[Sentence], where: str = "input") -> list[dict]:
     """Every sentence's record (`records`), as a list."""
     return list(records(restored, sentences, where))
 
 
-def records(restored: run_lib.Restored, sentences: list[Sentence], where: str = "input") -> Iterator[dict]:
+def records(restored: run_lib.Restored, sentences: Iterable[Sentence], where: str = "input") -> Iterator[dict]:
     """One record per sentence: `entities` (token tasks: text, label, start, end, score = the mean
     probability of the predicted tag over the entity's words; plain tags such as part of speech have no
     entities but a `scores` list, each tag's probability) and `tags`, one per word however long the
@@ -196,18 +221,45 @@ def records(restored: run_lib.Restored, sentences: list[Sentence], where: str = 
     multi-label head, `score` for a regression head: a text longer than data.seq_len is truncated, and the
     record says by how many pieces); a masked LM's fills, a question's answer. `where` names the input in errors.
     The input is checked whole when the first record is asked for, then predicted and yielded CHUNK sentences at a
-    time, so a writer's output grows as they come and a bad line is named before anything is written."""
+    time, so a writer's output grows as they come and a bad line is named before anything is written; each is
+    a pass over `sentences` (Sentences reads its file again), holding one chunk."""
     task = restored.run.spec.model.task
-    if task == "lm":
-        sentences, run = _check_masks(restored, sentences), _fill_masks
-    elif task == "qa":
-        sentences, run = _check_questions(restored, _check_pairs("qa", [_paired(s) for s in sentences], where)), _answer
-    elif task != "token":
-        sentences, run = _one_kind([_paired(s) for s in sentences]), _classify
-    else:
-        sentences, run = _check_pairs("token", sentences, where), _tag
-    for at in range(0, len(sentences), CHUNK):
-        yield from run(restored, sentences[at: at + CHUNK])
+    run = {"lm": _fill_masks, "qa": _answer, "token": _tag}.get(task, _classify)
+    _check(restored, sentences, where)
+    for chunk in _chunks(sentences, task):
+        yield from run(restored, chunk)
+
+
+def _chunks(sentences: Iterable[Sentence], task: str) -> Iterator[list[Sentence]]:
+    """CHUNK sentences at a time; a text line `first<TAB>second` read as a pair where the task takes pairs."""
+    it = iter(sentences)
+    pairs = task not in ("lm", "token")
+    while chunk := [_paired(s) if pairs else s for s in itertools.islice(it, CHUNK)]:
+        yield chunk
+
+
+def _check(restored: run_lib.Restored, sentences: Iterable[Sentence], where: str) -> None:
+    """The whole input, checked for the model before anything is predicted: the first bad line is one error.
+    A masked LM's and a question's checks tokenize a chunk at a time; a tagger's and a classifier's read each
+    sentence alone."""
+    task = restored.run.spec.model.task
+    if task in ("lm", "qa"):
+        for chunk in _chunks(sentences, task):
+            if task == "lm":
+                _check_masks(restored, chunk)
+            else:
+                _check_questions(restored, _check_pairs("qa", chunk, where))
+        return
+    if task == "token":
+        _check_pairs("token", sentences, where)
+        return
+    single, paired = None, False  # a classifier reads single texts or pairs, not both
+    for s in map(_paired, sentences):
+        single = single or (s if s.pair is None else None)
+        paired = paired or s.pair is not None
+        if single and paired:
+            raise DataError(f"line {single.line}: a single text among text pairs (a pair is 'first<TAB>second'); "
+                            f"a model reads one or the other")
 
 
 def _tag(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dict]:
@@ -288,17 +340,7 @@ def _classify(restored: run_lib.Restored, sentences: list[Sentence]) -> list[dic
     return records
 
 
-def _one_kind(sentences: list[Sentence]) -> list[Sentence]:
-    """`sentences`, checked to be all single texts or all pairs: a classifier reads one or the other."""
-    paired = [s.pair is not None for s in sentences]
-    if any(paired) and not all(paired):
-        single = next(s for s, p in zip(sentences, paired) if not p)
-        raise DataError(f"line {single.line}: a single text among text pairs (a pair is 'first<TAB>second'); "
-                        f"a model reads one or the other")
-    return sentences
-
-
-def _check_pairs(task: str, sentences: list[Sentence], where: str) -> list[Sentence]:
+def _check_pairs(task: str, sentences: Iterable[Sentence], where: str) -> Iterable[Sentence]:
     """`sentences`, checked: a question answering model reads pairs (question, context), a token classifier the
     words of one text; the other kind is named in one line (a tagger given a SQuAD file labelled no words)."""
     if task == "qa":

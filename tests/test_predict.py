@@ -94,6 +94,45 @@ def test_a_long_input_is_predicted_a_chunk_at_a_time_as_at_once(ner_run, monkeyp
     assert calls == []
 
 
+def test_a_text_file_is_read_a_chunk_at_a_time_at_each_pass(ner_run, tmp_path, monkeypatch):
+    """predict's memory does not grow with its input: a text file's Sentences (~3 KB each: words and offsets) are
+    built a chunk at a time, at each pass over the file (the whole input checked, then labelled); a pipe, which can
+    be read once, is held as its lines and gives the same records."""
+    import gc
+    import os
+    import threading
+    import weakref
+
+    root, _, sentences = ner_run
+    restored = run_lib.restore(root / "run")
+    text = "".join(" ".join(w) + "\n\n" for w, _ in sentences)  # 40 sentences, a blank line after each
+    (tmp_path / "in.txt").write_text(text)
+    whole = predict.predict(restored, [predict.split_words(" ".join(w), 2 * i + 1) for i, (w, _) in enumerate(sentences)])
+    monkeypatch.setattr(predict, "CHUNK", 7)
+    made, alive = [], []  # every Sentence built; the ones alive as each chunk is tagged
+
+    def split_words(*args, real=predict.split_words):
+        made.append(weakref.ref(sentence := real(*args)))
+        return sentence
+
+    def tag(restored, chunk, real=predict._tag):
+        gc.collect()
+        alive.append(sum(m() is not None for m in made))
+        return real(restored, chunk)
+
+    monkeypatch.setattr(predict, "split_words", split_words)
+    monkeypatch.setattr(predict, "_tag", tag)
+    got = predict.predict(restored, predict.read_sentences(tmp_path / "in.txt", "auto"))
+    assert got == whole and len(made) == 2 * 40 and max(alive) <= 7 and len(alive) == 6
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_text(text))
+    writer.start()
+    from_pipe = predict.read_sentences(pipe, "auto")
+    writer.join()
+    assert predict.predict(restored, from_pipe) == whole
+
+
 def test_predict_writes_each_chunk_as_soon_as_it_is_predicted(ner_run, capsys, monkeypatch):
     """`jaxbatch predict big.txt | head` sees records as chunks are done, not once the whole input is: each chunk's
     records are on stdout before the next chunk is tagged."""

@@ -105,7 +105,12 @@ def json_lines(path, text: str) -> list[tuple[int, dict]]:
 
 def json_records(path, empty_ok: bool = False):
     """json_lines of a file read a block at a time (text_pieces), as an iterator: a file of any size."""
-    return _json_rows(path, _lines(text_pieces(path, empty_ok)))
+    return _json_rows(path, text_lines(path, empty_ok))
+
+
+def text_lines(path, empty_ok: bool = False):
+    """A file's lines (as str.splitlines gives them) read a block at a time: a file of any size."""
+    return _lines(text_pieces(path, empty_ok))
 
 
 def _json_rows(path, lines):

@@ -358,8 +358,8 @@ def test_custom_tag_set_and_n_class_tsv(tmp_path):
     with pytest.raises(DataError, match=rf"^{t / 'dev.tsv'}:4: label 'mixed' is neither one of"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg))
     (t / "dev.tsv").unlink()
-    (t / "dev.csv").write_text('text\n"a long,\nreview"\nfine\n')  # a record's line: its last, as csv counts
-    with pytest.raises(DataError, match=rf"^{t / 'dev.csv'}:3: no label \(a validation file needs a label column"):
+    (t / "dev.csv").write_text('text\n"a long,\nreview"\nfine\n')  # a record's line: the one it starts on
+    with pytest.raises(DataError, match=rf"^{t / 'dev.csv'}:2: no label \(a validation file needs a label column"):
         tasks.load(cfg.data, run_lib.tokenizer(cfg))
     with pytest.raises(config.ConfigError, match="data.name=tsv reads your files: set data.data_dir"):
         tasks.load(_cfg(tmp_path, "data.name=tsv").data, None)
