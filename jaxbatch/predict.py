@@ -434,11 +434,12 @@ def _line(s: Sentence) -> dict:
     return {"line": s.line} if s.line else {}
 
 
-def write(records: Iterable[dict], sentences: list[Sentence], fmt: str, out: TextIO | None = None) -> None:
+def write(records: Iterable[dict], sentences: Iterable[Sentence], fmt: str, out: TextIO | None = None) -> None:
     """JSON lines, or (token tasks) CoNLL columns `word tag` with a blank line between sentences."""
     out = out or sys.stdout
-    for record, s in zip(records, sentences):
-        if fmt == "conll" and "tags" in record:
-            out.write("".join(f"{w} {t}\n" for w, t in zip(s.words, record["tags"])) + "\n")
+    words = (s.words for s in sentences) if fmt == "conll" else itertools.repeat(None)  # JSON: no pass over them
+    for record, ws in zip(records, words):
+        if ws is not None and "tags" in record:
+            out.write("".join(f"{w} {t}\n" for w, t in zip(ws, record["tags"])) + "\n")
         else:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
