@@ -107,7 +107,8 @@ def test_a_text_file_is_read_a_chunk_at_a_time_at_each_pass(ner_run, tmp_path, m
     restored = run_lib.restore(root / "run")
     text = "".join(" ".join(w) + "\n\n" for w, _ in sentences)  # 40 sentences, a blank line after each
     (tmp_path / "in.txt").write_text(text)
-    whole = predict.predict(restored, [predict.split_words(" ".join(w), 2 * i + 1) for i, (w, _) in enumerate(sentences)])
+    lines = [predict.split_words(" ".join(w), 2 * i + 1) for i, (w, _) in enumerate(sentences)]
+    whole = predict.predict(restored, lines)
     monkeypatch.setattr(predict, "CHUNK", 7)
     made, alive = [], []  # every Sentence built; the ones alive as each chunk is tagged
 

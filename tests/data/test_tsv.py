@@ -84,7 +84,7 @@ def test_csv_and_json_lines_read_as_the_same_examples_as_tsv(tmp_path):
     ("x.csv", "text,label\nfine,1\nx\n", r"x.csv:3: expected 2 comma-separated columns"),
     ("x.csv", "text;label\nfine;1\nx,1\n", r"x.csv:3: expected 2 semicolon-separated columns"),
     ("x.csv", 'text,label\n"a\nb",1\n"c\nd",1,2\n', r"x.csv:4: expected 2 comma-separated columns"),
-    ("x.csv", 'text,label\nfine,1\n"open,1\nmore\n', r"x.csv:3: expected 2 comma-separated columns"),  # an unclosed quote
+    ("x.csv", 'text,label\nfine,1\n"open,1\nmore\n', r"x.csv:3: expected 2 comma-separated columns"),  # unclosed
     ("x.csv", "text,label\nx,\n", r"x.csv:2: the label must be a class name, an integer id, a score or a list of "
                                   r"classes, got ''"),
     ("x.csv", "text,label\n", r"x.csv: no examples after the header"),
